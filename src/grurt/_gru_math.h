@@ -1,0 +1,206 @@
+/* Vectorizable float32 math for the GRU kernels: activations, the fused gate pass and a
+ * register-blocked matrix-vector product for small hidden sizes.
+ *
+ * Everything here is plain C that GCC/Clang auto-vectorize (no intrinsics), so the same
+ * source builds on x86-64 and aarch64. On x86-64 with GCC the hot functions are compiled
+ * three times (AVX-512, AVX2+FMA, baseline SSE2) and picked at load time by the dynamic
+ * loader (target_clones), so a wheel built here runs on any x86-64 CPU.
+ *
+ * Accuracy of the fast functions against float64, measured over 1e7 points in [-20, 20]
+ * (tests/test_activations.py re-checks the bounds):
+ *   grurt_exp:      relative error < 3e-7
+ *   sigmoid:        absolute error < 2e-7
+ *   tanh:           absolute error < 3e-7
+ */
+#ifndef GRURT_GRU_MATH_H
+#define GRURT_GRU_MATH_H
+
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(GRURT_NO_CLONES)
+#define GRURT_HOT __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define GRURT_HOT
+#endif
+
+/* Activation kinds: the numbering is shared with _kernels.pyx (ACTIVATION_CODES). */
+enum {
+    ACT_LINEAR = 0, ACT_SIGMOID, ACT_TANH, ACT_RELU, ACT_SOFTSIGN, ACT_SOFTPLUS,
+    ACT_HARD_SIGMOID, ACT_LEAKY_RELU, ACT_ELU, ACT_AFFINE, ACT_SCALED_TANH,
+    ACT_THRESHOLDED_RELU, ACT_SOFTMAX
+};
+
+typedef struct {
+    int kind;
+    float alpha, beta;
+} grurt_act;
+
+/* exp(x) by Cody-Waite range reduction and a degree-6 polynomial; branch-free so it
+ * vectorizes. Inputs are clamped to the float32 range of exp; NaN stays NaN. */
+static inline float grurt_exp(float x) {
+    x = x > 88.0f ? 88.0f : x;
+    x = x < -87.0f ? -87.0f : x;
+    float n = floorf(x * 1.44269504088896341f + 0.5f);
+    float r = x - n * 0.693359375f;
+    r = r - n * -2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    uint32_t bits = (uint32_t)((int32_t)n + 127) << 23;
+    float scale;
+    memcpy(&scale, &bits, sizeof scale);
+    return p * scale;
+}
+
+static inline float grurt_sigmoid(float x) {
+    return 1.0f / (1.0f + grurt_exp(-x));
+}
+
+/* tanh: an odd polynomial near zero (where 1 - 2/(e^2x + 1) would cancel), the
+ * exponential form elsewhere. */
+static inline float grurt_tanh(float x) {
+    float ax = fabsf(x);
+    float x2 = x * x;
+    float small = ((((-5.70498872745e-3f * x2 + 2.06390887954e-2f) * x2 - 5.37397155531e-2f) * x2
+                    + 1.33314422036e-1f) * x2 - 3.33332819422e-1f) * x2 * x + x;
+    float e = grurt_exp(-2.0f * ax);
+    float large = (1.0f - e) / (1.0f + e);
+    large = x < 0.0f ? -large : large;
+    return ax < 0.625f ? small : large;
+}
+
+static inline float grurt_clampf(float v, float clip) {
+    v = v > clip ? clip : v;
+    return v < -clip ? -clip : v;
+}
+
+/* y[i] = act(y[i]) for i < n; softmax is applied to the whole vector. */
+GRURT_HOT static void grurt_activate(const grurt_act *act, float *y, int n) {
+    const float a = act->alpha, b = act->beta;
+    int i;
+    switch (act->kind) {
+    case ACT_LINEAR: break;
+    case ACT_SIGMOID: for (i = 0; i < n; ++i) y[i] = grurt_sigmoid(y[i]); break;
+    case ACT_TANH: for (i = 0; i < n; ++i) y[i] = grurt_tanh(y[i]); break;
+    case ACT_RELU: for (i = 0; i < n; ++i) y[i] = y[i] > 0.0f ? y[i] : (y[i] != y[i] ? y[i] : 0.0f); break;
+    case ACT_SOFTSIGN: for (i = 0; i < n; ++i) y[i] = y[i] / (1.0f + fabsf(y[i])); break;
+    case ACT_SOFTPLUS:
+        for (i = 0; i < n; ++i) y[i] = (y[i] > 0.0f ? y[i] : 0.0f) + log1pf(grurt_exp(-fabsf(y[i])));
+        break;
+    case ACT_HARD_SIGMOID:
+        for (i = 0; i < n; ++i) {
+            float v = a * y[i] + b;
+            v = v > 1.0f ? 1.0f : v;
+            y[i] = v < 0.0f ? 0.0f : v;
+        }
+        break;
+    case ACT_LEAKY_RELU: for (i = 0; i < n; ++i) y[i] = y[i] >= 0.0f ? y[i] : a * y[i]; break;
+    case ACT_ELU:
+        for (i = 0; i < n; ++i) {
+            float v = y[i];
+            float neg = a * (fabsf(v) < 1e-3f ? v + 0.5f * v * v : grurt_exp(v) - 1.0f);
+            y[i] = v >= 0.0f ? v : neg;
+        }
+        break;
+    case ACT_AFFINE: for (i = 0; i < n; ++i) y[i] = a * y[i] + b; break;
+    case ACT_SCALED_TANH: for (i = 0; i < n; ++i) y[i] = a * grurt_tanh(b * y[i]); break;
+    case ACT_THRESHOLDED_RELU: for (i = 0; i < n; ++i) y[i] = y[i] > a ? y[i] : 0.0f; break;
+    case ACT_SOFTMAX: {
+        float m = y[0], s = 0.0f;
+        for (i = 1; i < n; ++i) m = y[i] > m ? y[i] : m;
+        for (i = 0; i < n; ++i) { y[i] = expf(y[i] - m); s += y[i]; }
+        for (i = 0; i < n; ++i) y[i] /= s;
+        break;
+    }
+    }
+}
+
+/* ---- the per-step gate pass -------------------------------------------------------
+ * xp: the input projection of this step, [z r h] (3H), with Wb + Rb folded in for z and r,
+ *     Wbh for h (and Rbh too when linear_before_reset = 0).
+ * hr: h·Rᵀ of this step: [z r h] (3H) for linear_before_reset = 1, [z r] for = 0.
+ * h:  the state (H), updated in place.
+ * gates: scratch of 3H floats.
+ */
+
+/* The common case, fused in one loop: sigmoid / tanh, no clip, linear_before_reset = 1. */
+GRURT_HOT static void grurt_gates_lbr1_fast(int H, const float *restrict xp, const float *restrict hr,
+                                            const float *restrict rbh, float *restrict h) {
+    for (int j = 0; j < H; ++j) {
+        float z = grurt_sigmoid(xp[j] + hr[j]);
+        float r = grurt_sigmoid(xp[H + j] + hr[H + j]);
+        float n = grurt_tanh(xp[2 * H + j] + r * (hr[2 * H + j] + rbh[j]));
+        h[j] = n + z * (h[j] - n);
+    }
+}
+
+/* Any activations and clip, linear_before_reset = 1. */
+GRURT_HOT static void grurt_gates_lbr1(int H, const float *restrict xp, const float *restrict hr,
+                                       const float *restrict rbh, float *restrict h, float *restrict gates,
+                                       const grurt_act *f, const grurt_act *g, float clip) {
+    int j;
+    for (j = 0; j < 2 * H; ++j) gates[j] = xp[j] + hr[j];
+    if (clip > 0.0f) for (j = 0; j < 2 * H; ++j) gates[j] = grurt_clampf(gates[j], clip);
+    grurt_activate(f, gates, 2 * H);
+    float *n = gates + 2 * H;
+    for (j = 0; j < H; ++j) n[j] = xp[2 * H + j] + gates[H + j] * (hr[2 * H + j] + rbh[j]);
+    if (clip > 0.0f) for (j = 0; j < H; ++j) n[j] = grurt_clampf(n[j], clip);
+    grurt_activate(g, n, H);
+    for (j = 0; j < H; ++j) h[j] = n[j] + gates[j] * (h[j] - n[j]);
+}
+
+/* linear_before_reset = 0, first half: z and r into gates[0:2H], r⊙h into rh. */
+GRURT_HOT static void grurt_gates_lbr0_zr(int H, const float *restrict xp, const float *restrict hr,
+                                          const float *restrict h, float *restrict gates, float *restrict rh,
+                                          const grurt_act *f, float clip) {
+    int j;
+    for (j = 0; j < 2 * H; ++j) gates[j] = xp[j] + hr[j];
+    if (clip > 0.0f) for (j = 0; j < 2 * H; ++j) gates[j] = grurt_clampf(gates[j], clip);
+    grurt_activate(f, gates, 2 * H);
+    for (j = 0; j < H; ++j) rh[j] = gates[H + j] * h[j];
+}
+
+/* linear_before_reset = 0, second half: hn = (r⊙h)·Rhᵀ; n = g(xp_h + hn); h updated. */
+GRURT_HOT static void grurt_gates_lbr0_h(int H, const float *restrict xp, const float *restrict hn,
+                                         float *restrict h, float *restrict gates,
+                                         const grurt_act *g, float clip) {
+    int j;
+    float *n = gates + 2 * H;
+    for (j = 0; j < H; ++j) n[j] = xp[2 * H + j] + hn[j];
+    if (clip > 0.0f) for (j = 0; j < H; ++j) n[j] = grurt_clampf(n[j], clip);
+    grurt_activate(g, n, H);
+    for (j = 0; j < H; ++j) h[j] = n[j] + gates[j] * (h[j] - n[j]);
+}
+
+/* ---- small matrix-vector product ---------------------------------------------------
+ * y = x · Aᵀ for A (n_out, n_in), with A packed at load (_kernels.pyx, pack_panels) into
+ * panels of GRURT_PANEL output columns: panel p, row k holds A[p*GRURT_PANEL + c, k] for
+ * c < GRURT_PANEL, zero past n_out. Eight independent 8-float accumulators per panel keep both FMA
+ * pipes busy; y must have room for the padded width (n_panels * GRURT_PANEL).
+ */
+#define GRURT_PANEL 64
+typedef float grurt_v8 __attribute__((vector_size(32), aligned(4)));
+
+GRURT_HOT static void grurt_gemv_panels(int n_in, int n_panels, const float *restrict x,
+                                        const float *restrict packed, float *restrict y) {
+    for (int p = 0; p < n_panels; ++p) {
+        const grurt_v8 *a = (const grurt_v8 *)(packed + (size_t)p * n_in * GRURT_PANEL);
+        grurt_v8 c0 = {0}, c1 = {0}, c2 = {0}, c3 = {0}, c4 = {0}, c5 = {0}, c6 = {0}, c7 = {0};
+        for (int k = 0; k < n_in; ++k, a += 8) {
+            float xk = x[k];
+            c0 += xk * a[0]; c1 += xk * a[1]; c2 += xk * a[2]; c3 += xk * a[3];
+            c4 += xk * a[4]; c5 += xk * a[5]; c6 += xk * a[6]; c7 += xk * a[7];
+        }
+        grurt_v8 *out = (grurt_v8 *)(y + (size_t)p * GRURT_PANEL);
+        out[0] = c0; out[1] = c1; out[2] = c2; out[3] = c3;
+        out[4] = c4; out[5] = c5; out[6] = c6; out[7] = c7;
+    }
+}
+
+#endif

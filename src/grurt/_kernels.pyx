@@ -1,0 +1,386 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""Sequence kernels: a whole model runs in one call without the GIL.
+
+``Plan`` packs a validated ModelSpec once (folded biases, transposed panels for the small
+matrix-vector kernel) and ``Plan.run`` executes every layer on contiguous float32 input.
+The kernels trust their input: shapes and dtypes are checked in model.py.
+"""
+from libc.stdlib cimport malloc, free
+from libc.string cimport memcpy, memset
+cimport numpy as cnp
+import numpy as np
+
+from ._blas cimport matmul_t
+
+cnp.import_array()
+
+cdef extern from "_gru_math.h" nogil:
+    ctypedef struct grurt_act:
+        int kind
+        float alpha
+        float beta
+    enum: GRURT_PANEL
+    void grurt_activate(const grurt_act* act, float* y, int n)
+    void grurt_gates_lbr1_fast(int H, const float* xp, const float* hr, const float* rbh, float* h)
+    void grurt_gates_lbr1(int H, const float* xp, const float* hr, const float* rbh, float* h,
+                          float* gates, const grurt_act* f, const grurt_act* g, float clip)
+    void grurt_gates_lbr0_zr(int H, const float* xp, const float* hr, const float* h, float* gates,
+                             float* rh, const grurt_act* f, float clip)
+    void grurt_gates_lbr0_h(int H, const float* xp, const float* hn, float* h, float* gates,
+                            const grurt_act* g, float clip)
+    void grurt_gemv_panels(int n_in, int n_panels, const float* x, const float* packed, float* y)
+
+# Must match the enum in _gru_math.h.
+ACTIVATION_CODES = {
+    "linear": 0, "sigmoid": 1, "tanh": 2, "relu": 3, "softsign": 4, "softplus": 5,
+    "hard_sigmoid": 6, "leaky_relu": 7, "elu": 8, "affine": 9, "scaled_tanh": 10,
+    "thresholded_relu": 11, "softmax": 12,
+}
+cdef int ACT_SIGMOID = 1, ACT_TANH = 2, ACT_SOFTMAX = 12
+
+# Up to this batch size the recurrent product runs through the panel kernel, one row at a
+# time; larger batches go to sgemm, where BLAS blocking pays off.
+cdef int PANEL_MAX_BATCH = 4
+
+cdef enum LayerKind:
+    GRU_LAYER, DENSE_LAYER, ACTIVATION_LAYER, SCALE_LAYER, REVERSE_LAYER, LAST_STEP_LAYER
+
+cdef struct LayerPlan:
+    int kind
+    int n_in, n_out          # features in and out
+    # GRU
+    int D, H, lbr, reverse_only, return_sequences, fast_gates
+    float clip               # 0 when off
+    grurt_act f, g           # gate and candidate activations; f is the Dense/Activation function
+    float* W                 # GRU: (D*3H, I) input weights of all directions; Dense: (out, in); Scale: a
+    float* bias              # GRU: (D*3H) biases folded into the input projection; Dense: b; Scale: c
+    float* R                 # (D, 3H, H) recurrent weights
+    float* rbh               # (D, H) Rb_h, applied inside r⊙(...) when linear_before_reset = 1
+    float* panels            # per direction: packed Rᵀ (lbr=1) or packed R_zrᵀ then R_hᵀ (lbr=0)
+    int panels_per_gate_set  # lbr=1: panels of 3H; lbr=0: panels of 2H
+    int panels_h             # lbr=0: panels of H
+    long panel_stride        # floats of packed panels per direction
+
+
+cdef inline int n_panels(int n_out):
+    return (n_out + GRURT_PANEL - 1) // GRURT_PANEL
+
+
+def pack_panels(a):
+    """(n_out, n_in) → (panels, n_in, GRURT_PANEL) with row k of panel p = a[p*P:(p+1)*P, k]."""
+    n_out, n_in = a.shape
+    padded = np.zeros((n_panels(n_out) * GRURT_PANEL, n_in), np.float32)
+    padded[:n_out] = a
+    return padded.reshape(-1, GRURT_PANEL, n_in).transpose(0, 2, 1).ravel()
+
+
+cdef grurt_act make_act(fn):
+    cdef grurt_act act
+    act.kind = ACTIVATION_CODES[fn.kind]
+    act.alpha = 0.0 if fn.alpha is None else fn.alpha
+    act.beta = 0.0 if fn.beta is None else fn.beta
+    return act
+
+
+cdef class Plan:
+    """The packed, ready-to-run form of a ModelSpec."""
+    cdef LayerPlan* layers
+    cdef int n_layers
+    cdef list arrays         # owns the memory the LayerPlans point into
+    cdef readonly int max_features, max_projection, max_step_scratch
+
+    def __cinit__(self):
+        self.layers = NULL
+
+    def __init__(self, spec):
+        from .spec import GRU, Dense, Activation, Scale, Reverse, LastStep
+        cdef LayerPlan* p
+        self.n_layers = len(spec.layers)
+        self.layers = <LayerPlan*>malloc(self.n_layers * sizeof(LayerPlan))
+        if self.layers == NULL:
+            raise MemoryError()
+        memset(self.layers, 0, self.n_layers * sizeof(LayerPlan))
+        self.arrays = []
+        features = spec.input_size
+        self.max_features = features
+        self.max_projection = 0
+        self.max_step_scratch = 0
+        for i, layer in enumerate(spec.layers):
+            p = &self.layers[i]
+            p.n_in = features
+            if isinstance(layer, GRU):
+                self._plan_gru(p, layer)
+            elif isinstance(layer, Dense):
+                p.kind = DENSE_LAYER
+                p.n_out = layer.output_size
+                p.W = self._keep(layer.W)
+                p.bias = self._keep(layer.b)
+                p.f = make_act(layer.activation)
+            elif isinstance(layer, Activation):
+                p.kind = ACTIVATION_LAYER
+                p.n_out = features
+                p.f = make_act(layer.function)
+            elif isinstance(layer, Scale):
+                p.kind = SCALE_LAYER
+                p.n_out = features
+                p.W = self._keep(layer.a)
+                p.bias = self._keep(layer.c)
+            elif isinstance(layer, Reverse):
+                p.kind = REVERSE_LAYER
+                p.n_out = features
+            elif isinstance(layer, LastStep):
+                p.kind = LAST_STEP_LAYER
+                p.n_out = features
+            features = p.n_out
+            self.max_features = max(self.max_features, features)
+
+    cdef float* _keep(self, array) except NULL:
+        array = np.ascontiguousarray(array, dtype=np.float32)
+        self.arrays.append(array)
+        return <float*>cnp.PyArray_DATA(array)
+
+    cdef _plan_gru(self, LayerPlan* p, layer):
+        D, H = layer.num_directions, layer.hidden_size
+        p.kind = GRU_LAYER
+        p.D, p.H = D, H
+        p.n_out = D * H
+        p.lbr = layer.linear_before_reset
+        p.reverse_only = layer.direction == "reverse"
+        p.return_sequences = layer.return_sequences
+        p.clip = 0.0 if layer.clip is None else layer.clip
+        p.f = make_act(layer.gate_activation)
+        p.g = make_act(layer.candidate_activation)
+        p.fast_gates = (p.lbr and p.clip == 0.0 and p.f.kind == ACT_SIGMOID and p.g.kind == ACT_TANH
+                        and p.f.alpha == 0.0 and p.g.alpha == 0.0)
+        p.W = self._keep(layer.W.reshape(D * 3 * H, layer.input_size))
+        B = layer.B.reshape(D, 6, H)
+        recurrent = B[:, 3:].copy()
+        if p.lbr:
+            recurrent[:, 2] = 0      # Rb_h stays inside r⊙(h·Rhᵀ + Rb_h)
+        p.bias = self._keep((B[:, :3] + recurrent).reshape(-1))
+        p.rbh = self._keep(B[:, 5] if p.lbr else np.zeros((D, H), np.float32))
+        p.R = self._keep(layer.R)
+        if p.lbr:
+            p.panels_per_gate_set = n_panels(3 * H)
+            p.panels_h = 0
+            packed = [pack_panels(layer.R[d]) for d in range(D)]
+        else:
+            p.panels_per_gate_set = n_panels(2 * H)
+            p.panels_h = n_panels(H)
+            packed = [np.concatenate([pack_panels(layer.R[d, :2 * H]), pack_panels(layer.R[d, 2 * H:])])
+                      for d in range(D)]
+        p.panel_stride = packed[0].size
+        p.panels = self._keep(np.concatenate(packed))
+        self.max_projection = max(self.max_projection, D * 3 * H)
+        padded = (p.panels_per_gate_set + p.panels_h) * GRURT_PANEL
+        self.max_step_scratch = max(self.max_step_scratch, padded + 5 * H)
+
+    def __dealloc__(self):
+        free(self.layers)
+
+    def workspace_floats(self, int batch, int steps):
+        """Floats of scratch memory one ``run`` of this shape needs (beside input and output)."""
+        rows = batch * steps
+        return 2 * rows * self.max_features + rows * self.max_projection + batch * self.max_step_scratch
+
+    def run(self, cnp.ndarray x, list states, cnp.ndarray lengths, cnp.ndarray out):
+        """Run all layers on x (B, T, I) into out; GRU states (D, B, H) are updated in place.
+
+        lengths is None or int32 (B,). All arrays are C-contiguous float32 of the right shapes.
+        """
+        cdef int B = x.shape[0], T = x.shape[1]
+        cdef int n_states = len(states)
+        cdef float** state_ptrs = <float**>malloc((n_states + 1) * sizeof(float*))
+        if state_ptrs == NULL:
+            raise MemoryError()
+        for i in range(n_states):
+            state_ptrs[i] = <float*>cnp.PyArray_DATA(states[i])
+        cdef const int* length_ptr = NULL if lengths is None else <int*>cnp.PyArray_DATA(lengths)
+        cdef const float* x_ptr = <float*>cnp.PyArray_DATA(x)
+        cdef float* out_ptr = <float*>cnp.PyArray_DATA(out)
+        cdef int ok
+        with nogil:
+            ok = run_layers(self.layers, self.n_layers, B, T, x_ptr, state_ptrs, length_ptr, out_ptr,
+                            self.max_features, self.max_projection, self.max_step_scratch)
+        free(state_ptrs)
+        if not ok:
+            raise MemoryError("grurt: could not allocate the workspace for this input")
+
+
+cdef int run_layers(const LayerPlan* layers, int n_layers, int B, int T, const float* x,
+                    float** states, const int* lengths, float* out,
+                    int max_features, int max_projection, int max_step_scratch) noexcept nogil:
+    """Execute every layer; returns 0 if the workspace could not be allocated."""
+    cdef size_t rows = <size_t>B * T
+    cdef size_t ping = rows * max_features
+    cdef float* work = <float*>malloc((2 * ping + rows * max_projection + <size_t>B * max_step_scratch)
+                                      * sizeof(float) + 64)
+    if work == NULL:
+        return 0
+    cdef float* buffers[2]
+    buffers[0] = work
+    buffers[1] = work + ping
+    cdef float* projection = work + 2 * ping
+    cdef float* scratch = projection + rows * max_projection
+    cdef const float* src = x
+    cdef float* dst
+    cdef int steps = T, i, gru_index = 0
+    cdef const LayerPlan* p
+    for i in range(n_layers):
+        p = &layers[i]
+        dst = out if i == n_layers - 1 else buffers[i % 2]
+        if p.kind == GRU_LAYER:
+            run_gru(p, B, steps, src, dst, states[gru_index], lengths, projection, scratch)
+            gru_index += 1
+            if not p.return_sequences:
+                steps = 1
+        elif p.kind == DENSE_LAYER:
+            dense(p, <size_t>B * steps, src, dst)
+        elif p.kind == ACTIVATION_LAYER:
+            memcpy(dst, src, <size_t>B * steps * p.n_out * sizeof(float))
+            activate_rows(&p.f, dst, <size_t>B * steps, p.n_out)
+        elif p.kind == SCALE_LAYER:
+            scale(p, <size_t>B * steps, src, dst)
+        elif p.kind == REVERSE_LAYER:
+            reverse_time(B, steps, p.n_out, lengths, src, dst)
+        elif p.kind == LAST_STEP_LAYER:
+            last_step(B, steps, p.n_out, lengths, src, dst)
+            steps = 1
+        src = dst
+    if lengths != NULL and steps > 1:
+        zero_padding(B, steps, layers[n_layers - 1].n_out, lengths, out)
+    free(work)
+    return 1
+
+
+cdef void activate_rows(const grurt_act* act, float* y, size_t rows, int n) noexcept nogil:
+    cdef size_t r
+    if act.kind == ACT_SOFTMAX:
+        for r in range(rows):
+            grurt_activate(act, y + r * n, n)
+    else:
+        grurt_activate(act, y, <int>(rows * n))
+
+
+cdef void dense(const LayerPlan* p, size_t rows, const float* x, float* y) noexcept nogil:
+    cdef size_t r
+    # y = x · Wᵀ + b
+    for r in range(rows):
+        memcpy(y + r * p.n_out, p.bias, p.n_out * sizeof(float))
+    matmul_t(<int>rows, p.n_out, p.n_in, x, p.W, 1.0, y)
+    activate_rows(&p.f, y, rows, p.n_out)
+
+
+cdef void scale(const LayerPlan* p, size_t rows, const float* x, float* y) noexcept nogil:
+    cdef size_t r
+    cdef int j, n = p.n_out
+    for r in range(rows):
+        for j in range(n):
+            y[r * n + j] = x[r * n + j] * p.W[j] + p.bias[j]
+
+
+cdef void reverse_time(int B, int T, int F, const int* lengths, const float* x, float* y) noexcept nogil:
+    cdef int b, t, L
+    for b in range(B):
+        L = T if lengths == NULL else lengths[b]
+        for t in range(T):
+            memcpy(y + (<size_t>b * T + t) * F,
+                   x + (<size_t>b * T + (L - 1 - t if t < L else t)) * F, F * sizeof(float))
+
+
+cdef void last_step(int B, int T, int F, const int* lengths, const float* x, float* y) noexcept nogil:
+    cdef int b
+    for b in range(B):
+        memcpy(y + <size_t>b * F, x + (<size_t>b * T + (T if lengths == NULL else lengths[b]) - 1) * F,
+               F * sizeof(float))
+
+
+cdef void zero_padding(int B, int T, int F, const int* lengths, float* y) noexcept nogil:
+    cdef int b
+    for b in range(B):
+        if lengths[b] < T:
+            memset(y + (<size_t>b * T + lengths[b]) * F, 0, <size_t>(T - lengths[b]) * F * sizeof(float))
+
+
+cdef void run_gru(const LayerPlan* p, int B, int T, const float* x, float* y, float* state,
+                  const int* lengths, float* xp, float* scratch) noexcept nogil:
+    """One GRU layer over x (B, T, I) into y: (B, T, D*H) sequences or (B, D*H) last states."""
+    cdef int H = p.H, G = 3 * H, DG = p.D * G
+    cdef size_t rows = <size_t>B * T, r
+    cdef int d, b
+    # xp (B*T, D*3H) = x · Wᵀ + folded biases, every time step and direction in one product
+    for r in range(rows):
+        memcpy(xp + r * DG, p.bias, DG * sizeof(float))
+    matmul_t(<int>rows, DG, p.n_in, x, p.W, 1.0, xp)
+    cdef float* seq_out = y if p.return_sequences else NULL
+    for d in range(p.D):
+        gru_direction(p, d, B, T, xp, state + <size_t>d * B * H, seq_out, lengths, scratch)
+    if not p.return_sequences:
+        for b in range(B):
+            for d in range(p.D):
+                memcpy(y + (<size_t>b * p.D + d) * H, state + (<size_t>d * B + b) * H, H * sizeof(float))
+
+
+cdef void gru_direction(const LayerPlan* p, int d, int B, int T, const float* xp, float* h,
+                        float* y, const int* lengths, float* scratch) noexcept nogil:
+    """The time loop of one direction. h (B, H) is updated in place; y may be NULL."""
+    cdef int H = p.H, G = 3 * H, DG = p.D * G, DH = p.D * H
+    cdef bint reverse = p.reverse_only or d == 1
+    cdef bint use_panels = B <= PANEL_MAX_BATCH
+    cdef const float* R = p.R + <size_t>d * G * H
+    cdef const float* rbh = p.rbh + <size_t>d * H
+    cdef const float* panels = p.panels + d * p.panel_stride
+    cdef const float* panels_h = panels + <size_t>p.panels_per_gate_set * GRURT_PANEL * H
+    # scratch: hr (B rows of the recurrent product), hn (lbr=0: B rows of (r⊙h)·Rhᵀ),
+    # rh (B, H) and gates (B, 3H)
+    cdef int hr_stride = p.panels_per_gate_set * GRURT_PANEL if use_panels else (G if p.lbr else 2 * H)
+    cdef int hn_stride = p.panels_h * GRURT_PANEL if use_panels else H
+    cdef float* hr = scratch
+    cdef float* hn = hr + <size_t>B * hr_stride
+    cdef float* rh = hn + <size_t>B * hn_stride
+    cdef float* gates = rh + <size_t>B * H
+    cdef int s, b, t, L
+    cdef const float* xrow
+    if y != NULL and lengths != NULL:
+        for b in range(B):
+            for t in range(lengths[b], T):
+                memset(y + (<size_t>b * T + t) * DH + d * H, 0, H * sizeof(float))
+    for s in range(T):
+        # hr = h · R_zrhᵀ (lbr=1) or h · R_zrᵀ (lbr=0)
+        if use_panels:
+            for b in range(B):
+                if lengths == NULL or s < lengths[b]:
+                    grurt_gemv_panels(H, p.panels_per_gate_set, h + b * H, panels, hr + b * hr_stride)
+        else:
+            matmul_t(B, G if p.lbr else 2 * H, H, h, R, 0.0, hr)
+        if not p.lbr:
+            for b in range(B):
+                L = T if lengths == NULL else lengths[b]
+                if s < L:
+                    t = L - 1 - s if reverse else s
+                    xrow = xp + (<size_t>b * T + t) * DG + d * G
+                    grurt_gates_lbr0_zr(H, xrow, hr + b * hr_stride, h + b * H, gates + b * G, rh + b * H,
+                                        &p.f, p.clip)
+            # hn = (r⊙h) · R_hᵀ
+            if use_panels:
+                for b in range(B):
+                    if lengths == NULL or s < lengths[b]:
+                        grurt_gemv_panels(H, p.panels_h, rh + b * H, panels_h, hn + b * hn_stride)
+            else:
+                matmul_t(B, H, H, rh, R + 2 * H * H, 0.0, hn)
+        for b in range(B):
+            L = T if lengths == NULL else lengths[b]
+            if s >= L:
+                continue
+            t = L - 1 - s if reverse else s
+            xrow = xp + (<size_t>b * T + t) * DG + d * G
+            if p.lbr:
+                if p.fast_gates:
+                    grurt_gates_lbr1_fast(H, xrow, hr + b * hr_stride, rbh, h + b * H)
+                else:
+                    grurt_gates_lbr1(H, xrow, hr + b * hr_stride, rbh, h + b * H, gates + b * G, &p.f, &p.g,
+                                     p.clip)
+            else:
+                grurt_gates_lbr0_h(H, xrow, hn + b * hn_stride, h + b * H, gates + b * G, &p.g, p.clip)
+            if y != NULL:
+                memcpy(y + (<size_t>b * T + t) * DH + d * H, h + b * H, H * sizeof(float))

@@ -1,0 +1,98 @@
+"""Live framework objects → grurt models. Frameworks are imported lazily."""
+from __future__ import annotations
+
+import numpy as np
+
+from .convert import torch_gru_direction
+from .errors import UnsupportedModelError
+from .model import Model
+from .spec import GRU, Activation, Dense, LastStep, ModelSpec, activation
+
+# torch.nn activation modules -> (grurt kind, attribute holding alpha or None)
+_TORCH_ACTIVATIONS = {
+    "Sigmoid": ("sigmoid", None), "Tanh": ("tanh", None), "ReLU": ("relu", None),
+    "Softsign": ("softsign", None), "ELU": ("elu", "alpha"), "LeakyReLU": ("leaky_relu", "negative_slope"),
+    "Identity": ("linear", None), "Softmax": ("softmax", None), "Hardsigmoid": ("hard_sigmoid", None),
+}
+_TORCH_NO_OPS = ("Dropout", "Flatten")
+
+
+def _numpy(tensor) -> np.ndarray:
+    return tensor.detach().cpu().float().numpy()
+
+
+def _torch_gru(module) -> list:
+    if getattr(module, "proj_size", 0):
+        raise UnsupportedModelError(f"torch.nn.GRU with proj_size={module.proj_size} is not supported")
+    directions = 2 if module.bidirectional else 1
+    layers = []
+    for k in range(module.num_layers):
+        per_direction = []
+        for suffix in ("", "_reverse")[:directions]:
+            name = f"l{k}{suffix}"
+            per_direction.append(torch_gru_direction(
+                _numpy(getattr(module, "weight_ih_" + name)), _numpy(getattr(module, "weight_hh_" + name)),
+                _numpy(getattr(module, "bias_ih_" + name)) if module.bias else None,
+                _numpy(getattr(module, "bias_hh_" + name)) if module.bias else None))
+        W, R, B = (np.stack(parts) for parts in zip(*per_direction))
+        layers.append(GRU(W=W, R=R, B=B, direction="bidirectional" if directions == 2 else "forward",
+                          linear_before_reset=True))
+    return layers
+
+
+def _torch_layer(module, index) -> list:
+    kind = type(module).__name__
+    if kind == "GRU":
+        return _torch_gru(module)
+    if kind == "Linear":
+        bias = _numpy(module.bias) if module.bias is not None else np.zeros(module.out_features, np.float32)
+        return [Dense(W=_numpy(module.weight), b=bias)]
+    if kind in _TORCH_ACTIVATIONS:
+        name, alpha_attr = _TORCH_ACTIVATIONS[kind]
+        if kind == "Softmax" and module.dim not in (-1, None, 2):
+            raise UnsupportedModelError(f"module {index} (Softmax): only softmax over the last axis is supported, "
+                                        f"got dim={module.dim}")
+        if kind == "Hardsigmoid":  # relu6(x + 3) / 6
+            return [Activation(activation("hard_sigmoid", 1 / 6, 0.5))]
+        alpha = getattr(module, alpha_attr) if alpha_attr else None
+        return [Activation(activation(name, alpha))]
+    if kind in _TORCH_NO_OPS:
+        return []
+    raise UnsupportedModelError(
+        f"module {index} ({kind}): unsupported torch module; grurt converts GRU, Linear, "
+        f"{', '.join(_TORCH_ACTIVATIONS)}, Dropout and Flatten")
+
+
+def from_torch(module, last_step: bool = False) -> Model:
+    """Convert ``torch.nn.GRU``/``Linear``/activations, alone, in ``nn.Sequential`` or a list, to a Model.
+
+    The model takes batch-first input (B, T, I) whatever ``batch_first`` says. A GRU passes
+    its output sequence on (``output`` of ``nn.GRU``); ``last_step=True`` keeps only the
+    last time step after the last GRU, as ``output[:, -1]`` does.
+    """
+    import torch.nn
+
+    if isinstance(module, torch.nn.Sequential):
+        modules = list(module)
+    elif isinstance(module, (list, tuple)):
+        modules = list(module)
+    else:
+        modules = [module]
+    layers = []
+    for index, child in enumerate(modules):
+        if not isinstance(child, torch.nn.Module):
+            raise UnsupportedModelError(f"module {index}: expected a torch.nn.Module, got {type(child).__name__}")
+        layers.extend(_torch_layer(child, index))
+    grus = [i for i, layer in enumerate(layers) if isinstance(layer, GRU)]
+    if not grus:
+        raise UnsupportedModelError("the torch model contains no nn.GRU")
+    if last_step:
+        layers.insert(grus[-1] + 1, LastStep())
+    return Model(ModelSpec(input_size=_first_input(layers), layers=tuple(layers)))
+
+
+def _first_input(layers) -> int:
+    first = layers[0]
+    if isinstance(first, (GRU, Dense)):
+        return first.input_size
+    raise UnsupportedModelError("the first module must be nn.GRU or nn.Linear so that the input size is known")

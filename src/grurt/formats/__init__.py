@@ -1,0 +1,26 @@
+"""Model files: grurt's .npz format, ONNX and Keras, chosen by file extension."""
+from __future__ import annotations
+
+import os
+
+from ..errors import UnsupportedModelError
+from .npz import load_npz, read_header, save
+
+__all__ = ["load", "save", "read_header"]
+
+
+def load(path, **options):
+    """Load a model file: ``.npz`` (grurt), ``.onnx``, ``.keras`` or ``.h5``; returns a Model."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no such model file: {path}")
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix == ".npz":
+        return load_npz(path, **options)
+    if suffix == ".onnx":
+        from .onnx import load_onnx
+        return load_onnx(path, **options)
+    if suffix in (".keras", ".h5", ".hdf5"):
+        from .keras import load_keras
+        return load_keras(path, **options)
+    raise UnsupportedModelError(f"{path}: unknown model file type {suffix!r}; expected .npz, .onnx, .keras or .h5")

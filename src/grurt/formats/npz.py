@@ -1,0 +1,235 @@
+"""grurt's own file format: a NumPy ``.npz`` archive with a JSON header. See docs/format.md.
+
+The file is data from possibly untrusted hands: it is read with ``allow_pickle=False``, and
+every array's declared shape and dtype is checked against the header before it is read.
+"""
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+import zlib
+
+import numpy as np
+
+from ..errors import GrurtError, ModelFormatError, UnsupportedModelError
+from ..spec import GRU, Activation, ActivationFunction, Dense, LastStep, ModelSpec, Reverse, Scale
+
+FORMAT_NAME = "grurt"
+FORMAT_VERSION = (1, 0)
+HEADER_KEY = "header"
+_MAX_HEADER_BYTES = 1 << 20
+
+_ARRAYS = {GRU: ("W", "R", "B"), Dense: ("W", "b"), Scale: ("a", "c")}
+_LAYER_FIELDS = {
+    "GRU": {"type", "hidden_size", "direction", "linear_before_reset", "gate_activation",
+            "candidate_activation", "clip", "return_sequences"},
+    "Dense": {"type", "units", "activation"},
+    "Activation": {"type", "function"},
+    "Scale": {"type"},
+    "Reverse": {"type"},
+    "LastStep": {"type"},
+}
+
+
+def _activation_to_json(fn: ActivationFunction) -> dict:
+    out = {"kind": fn.kind}
+    if fn.alpha is not None:
+        out["alpha"] = fn.alpha
+    if fn.beta is not None:
+        out["beta"] = fn.beta
+    return out
+
+
+def _layer_to_json(layer) -> dict:
+    if isinstance(layer, GRU):
+        return {"type": "GRU", "hidden_size": layer.hidden_size, "direction": layer.direction,
+                "linear_before_reset": layer.linear_before_reset,
+                "gate_activation": _activation_to_json(layer.gate_activation),
+                "candidate_activation": _activation_to_json(layer.candidate_activation),
+                "clip": layer.clip, "return_sequences": layer.return_sequences}
+    if isinstance(layer, Dense):
+        return {"type": "Dense", "units": layer.output_size, "activation": _activation_to_json(layer.activation)}
+    if isinstance(layer, Activation):
+        return {"type": "Activation", "function": _activation_to_json(layer.function)}
+    return {"type": type(layer).__name__}
+
+
+def save(model, path, metadata: dict | None = None) -> None:
+    """Write a Model (or ModelSpec) to ``path`` in grurt's .npz format."""
+    from .. import __version__
+
+    spec = getattr(model, "spec", model)
+    if not isinstance(spec, ModelSpec):
+        raise TypeError(f"save expects a grurt Model or ModelSpec, got {type(model).__name__}")
+    header = {"format": FORMAT_NAME, "format_version": "%d.%d" % FORMAT_VERSION,
+              "producer": f"grurt {__version__}", "input_size": spec.input_size,
+              "layers": [_layer_to_json(layer) for layer in spec.layers]}
+    if metadata:
+        header["metadata"] = {str(k): str(v) for k, v in metadata.items()}
+    arrays = {HEADER_KEY: np.array(json.dumps(header))}
+    for index, layer in enumerate(spec.layers):
+        for name in _ARRAYS.get(type(layer), ()):
+            arrays[f"{index}.{name}"] = getattr(layer, name)
+    with open(path, "wb") as handle:
+        np.savez(handle, **arrays)
+
+
+def _expect(condition, message):
+    if not condition:
+        raise ModelFormatError(message)
+
+
+def _activation_from_json(value, where) -> ActivationFunction:
+    if isinstance(value, str):
+        value = {"kind": value}
+    _expect(isinstance(value, dict) and isinstance(value.get("kind"), str),
+            f"{where}: an activation must be a name or {{'kind': ..., 'alpha': ..., 'beta': ...}}, got {value!r}")
+    unknown = set(value) - {"kind", "alpha", "beta"}
+    _expect(not unknown, f"{where}: unknown activation fields {sorted(unknown)}")
+    return ActivationFunction(value["kind"], value.get("alpha"), value.get("beta"))
+
+
+def _int_field(entry, key, where):
+    value = entry.get(key)
+    _expect(isinstance(value, int) and not isinstance(value, bool) and 0 < value < 2**31,
+            f"{where}: '{key}' must be a positive integer, got {value!r}")
+    return value
+
+
+def _read_header(archive: zipfile.ZipFile) -> dict:
+    name = HEADER_KEY + ".npy"
+    _expect(name in archive.namelist(), "not a grurt model: the archive has no 'header' entry")
+    info = archive.getinfo(name)
+    _expect(info.file_size <= _MAX_HEADER_BYTES, f"header entry is implausibly large ({info.file_size} bytes)")
+    with archive.open(name) as handle:
+        raw = handle.read(_MAX_HEADER_BYTES + 1)
+    array = np.load(io.BytesIO(raw), allow_pickle=False)
+    _expect(array.dtype.kind == "U" and array.ndim == 0, "header must be a 0-d string array holding JSON")
+    try:
+        header = json.loads(str(array))
+    except json.JSONDecodeError as exc:
+        raise ModelFormatError(f"header is not valid JSON: {exc}") from None
+    _expect(isinstance(header, dict) and header.get("format") == FORMAT_NAME,
+            "not a grurt model: header['format'] is not 'grurt'")
+    version = header.get("format_version")
+    try:
+        major, minor = (int(part) for part in str(version).split("."))
+    except ValueError:
+        raise ModelFormatError(f"header has an unreadable format_version {version!r}") from None
+    if major > FORMAT_VERSION[0]:
+        raise UnsupportedModelError(
+            f"this file is grurt format {version}, written by a newer grurt ({header.get('producer', '?')}); "
+            f"this grurt reads format {FORMAT_VERSION[0]}.x: upgrade grurt to load it")
+    return header
+
+
+def read_header(path) -> dict:
+    """The JSON header of a grurt .npz file (format version, producer, layers)."""
+    with _open_archive(path) as archive:
+        return _read_header(archive)
+
+
+def _open_archive(path) -> zipfile.ZipFile:
+    try:
+        return zipfile.ZipFile(path)
+    except FileNotFoundError:
+        raise
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+        raise ModelFormatError(f"{path}: not a readable .npz archive ({exc})") from None
+
+
+def _read_array(archive: zipfile.ZipFile, key: str, shape: tuple, where: str) -> np.ndarray:
+    name = key + ".npy"
+    _expect(name in archive.namelist(), f"{where}: array '{key}' is missing")
+    with archive.open(name) as handle:
+        try:
+            version = np.lib.format.read_magic(handle)
+            reader = {(1, 0): np.lib.format.read_array_header_1_0,
+                      (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+            _expect(reader is not None, f"{where}: array '{key}' has an unknown .npy version {version}")
+            stored_shape, fortran, dtype = reader(handle)
+        except ValueError as exc:
+            raise ModelFormatError(f"{where}: array '{key}' has a corrupt header ({exc})") from None
+        _expect(dtype.kind == "f" and not dtype.hasobject,
+                f"{where}: array '{key}' has dtype {dtype}, expected float32")
+        _expect(tuple(stored_shape) == tuple(shape),
+                f"{where}: array '{key}' has shape {tuple(stored_shape)}, expected {tuple(shape)}")
+        count = int(np.prod(shape))
+        data = handle.read(count * dtype.itemsize)
+        _expect(len(data) == count * dtype.itemsize, f"{where}: array '{key}' is truncated")
+    array = np.frombuffer(data, dtype=dtype).reshape(shape, order="F" if fortran else "C")
+    return array.astype(np.float32)
+
+
+def _layer_from_json(archive, entry, index, features):
+    where = f"layer {index}"
+    _expect(isinstance(entry, dict), f"{where}: expected an object, got {entry!r}")
+    kind = entry.get("type")
+    if kind not in _LAYER_FIELDS:
+        raise UnsupportedModelError(f"{where}: unknown layer type {kind!r}")
+    where = f"layer {index} ({kind})"
+    unknown = set(entry) - _LAYER_FIELDS[kind]
+    _expect(not unknown, f"{where}: unknown fields {sorted(unknown)}")
+
+    def array(name, shape):
+        return _read_array(archive, f"{index}.{name}", shape, where)
+
+    if kind == "GRU":
+        H = _int_field(entry, "hidden_size", where)
+        direction = entry.get("direction", "forward")
+        D = 2 if direction == "bidirectional" else 1
+        _check_budget(D * 3 * H * (features + H + 2), where)
+        return GRU(W=array("W", (D, 3 * H, features)), R=array("R", (D, 3 * H, H)), B=array("B", (D, 6 * H)),
+                   direction=direction,
+                   linear_before_reset=entry.get("linear_before_reset", False),
+                   gate_activation=_activation_from_json(entry.get("gate_activation", "sigmoid"), where),
+                   candidate_activation=_activation_from_json(entry.get("candidate_activation", "tanh"), where),
+                   clip=entry.get("clip"), return_sequences=entry.get("return_sequences", True))
+    if kind == "Dense":
+        units = _int_field(entry, "units", where)
+        _check_budget(units * (features + 1), where)
+        return Dense(W=array("W", (units, features)), b=array("b", (units,)),
+                     activation=_activation_from_json(entry.get("activation", "linear"), where))
+    if kind == "Activation":
+        return Activation(_activation_from_json(entry.get("function"), where))
+    if kind == "Scale":
+        return Scale(a=array("a", (features,)), c=array("c", (features,)))
+    return Reverse() if kind == "Reverse" else LastStep()
+
+
+_MAX_PARAMETERS = 2**31 - 1
+
+
+def _check_budget(count, where):
+    _expect(count <= _MAX_PARAMETERS, f"{where}: declares {count} parameters, more than grurt accepts")
+
+
+def load_npz(path):
+    """Read a grurt .npz file into a :class:`grurt.Model`."""
+    from ..model import Model
+
+    with _open_archive(path) as archive:
+        try:
+            header = _read_header(archive)
+            features = _int_field(header, "input_size", "header")
+            entries = header.get("layers")
+            _expect(isinstance(entries, list) and entries, "header: 'layers' must be a non-empty list")
+            layers = []
+            for index, entry in enumerate(entries):
+                layer = _layer_from_json(archive, entry, index, features)
+                layers.append(layer)
+                if isinstance(layer, GRU):
+                    features = layer.output_size
+                elif isinstance(layer, Dense):
+                    features = layer.output_size
+            expected = {f"{i}.{name}.npy" for i, layer in enumerate(layers) for name in _ARRAYS.get(type(layer), ())}
+            extra = set(archive.namelist()) - expected - {HEADER_KEY + ".npy"}
+            _expect(not extra, f"unexpected arrays in the file: {sorted(name[:-4] for name in extra)}")
+            spec = ModelSpec(input_size=header["input_size"], layers=tuple(layers))
+        except GrurtError:
+            raise
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError, KeyError, zlib.error) as exc:
+            raise ModelFormatError(f"{path}: corrupt grurt model ({type(exc).__name__}: {exc})") from None
+    return Model(spec)
+

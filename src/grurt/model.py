@@ -1,0 +1,146 @@
+"""``Model``: a validated spec, planned once, run many times."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from . import _kernels
+from .errors import InputError
+from .spec import ModelSpec
+
+_INT32_MAX = 2**31 - 1
+
+
+def _physical_memory() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 16 * 2**30
+
+
+#: A call that would need more bytes than this (input copy, workspace, output) is refused
+#: before anything is allocated. Defaults to the machine's physical memory.
+MEMORY_LIMIT_BYTES = _physical_memory()
+
+
+class Model:
+    """A GRU model ready to run. Build one with :func:`grurt.load`, :func:`grurt.from_torch`, ...
+
+    A Model is immutable and may be shared by any number of threads: each call allocates
+    its own workspace, and the kernels run without the GIL.
+    """
+
+    def __init__(self, spec: ModelSpec):
+        if not isinstance(spec, ModelSpec):
+            raise TypeError(f"Model expects a grurt.spec.ModelSpec, got {type(spec).__name__}")
+        self.spec = spec
+        self._plan = _kernels.Plan(spec)
+        self._state_shapes = [(g.num_directions, g.hidden_size) for g in spec.gru_layers]
+
+    @property
+    def input_size(self) -> int:
+        return self.spec.input_size
+
+    @property
+    def output_size(self) -> int:
+        return self.spec.output_size
+
+    @property
+    def layers(self):
+        return self.spec.layers
+
+    def __repr__(self) -> str:
+        layers = ", ".join(layer.describe() for layer in self.spec.layers)
+        return f"<grurt.Model input_size={self.input_size}: {layers}>"
+
+    def __reduce__(self):
+        return (Model, (self.spec,))
+
+    def run(self, seq, initial_state=None, return_state=False, lengths=None):
+        """Run the model on ``seq``: (T, I) for one sequence or (B, T, I) for a batch.
+
+        Returns float32 output shaped as the model defines ((B, T, F) if the model returns a
+        sequence, (B, F) otherwise; the batch axis is dropped for a (T, I) input). With
+        ``return_state=True`` returns ``(output, states)``: one (directions, B, H) array per
+        GRU layer ((directions, H) for a single sequence). ``initial_state`` takes the same
+        form. ``lengths`` (B,) gives each sequence's valid length for padded batches.
+        """
+        x, single = self._input(seq)
+        batch, steps, _ = x.shape
+        states = self._initial_states(initial_state, batch, single)
+        length_array = None if lengths is None else self._lengths(lengths, batch, steps, single)
+        out_shape = (batch, steps, self.spec.output_size) if self.spec.returns_sequence \
+            else (batch, self.spec.output_size)
+        out = np.empty(out_shape, np.float32)
+        self._plan.run(x, states, length_array, out)
+        if single:
+            out = out[0]
+        if not return_state:
+            return out
+        return out, [s[:, 0] if single else s for s in states]
+
+    __call__ = run
+
+    # ---- input checks: once per call, so that the kernels can trust everything ----
+
+    def _input(self, seq):
+        if type(seq) is not np.ndarray:
+            if not hasattr(seq, "__array__") and not isinstance(seq, (list, tuple)):
+                raise InputError(f"input must be an array of numbers, got {type(seq).__name__}")
+            seq = np.asarray(seq)
+        if seq.dtype.kind not in "fiub":
+            raise InputError(f"input must be real numbers, got dtype {seq.dtype}")
+        if seq.ndim not in (2, 3):
+            raise InputError(
+                f"input must be (T, {self.input_size}) or (B, T, {self.input_size}), got shape {seq.shape}")
+        single = seq.ndim == 2
+        batch, steps, features = (1,) + seq.shape if single else seq.shape
+        if features != self.input_size:
+            raise InputError(f"input has {features} features per step, the model expects {self.input_size}")
+        if steps == 0 or batch == 0:
+            raise InputError(f"input has no time steps or no sequences (shape {seq.shape})")
+        self._check_size(batch, steps)
+        if not (seq.dtype == np.float32 and seq.flags.c_contiguous):
+            seq = np.ascontiguousarray(seq, dtype=np.float32)
+        return seq.reshape(batch, steps, features), single
+
+    def _check_size(self, batch: int, steps: int):
+        rows = batch * steps
+        plan = self._plan
+        widest = max(plan.max_features, plan.max_projection)
+        if rows > _INT32_MAX // max(widest, 1):
+            raise InputError(f"input of {batch} sequences × {steps} steps is too large for 32-bit BLAS indexing")
+        needed = 4 * (rows * self.input_size + plan.workspace_floats(batch, steps) + rows * self.output_size)
+        if needed > MEMORY_LIMIT_BYTES:
+            raise InputError(
+                f"input of {batch} sequences × {steps} steps would need {needed / 2**30:.1f} GiB, "
+                f"more than the limit of {MEMORY_LIMIT_BYTES / 2**30:.1f} GiB (grurt.model.MEMORY_LIMIT_BYTES)")
+
+    def _initial_states(self, initial_state, batch: int, single: bool):
+        if initial_state is None:
+            return [np.zeros((d, batch, h), np.float32) for d, h in self._state_shapes]
+        if not isinstance(initial_state, (list, tuple)) or len(initial_state) != len(self._state_shapes):
+            raise InputError(f"initial_state must be a list of {len(self._state_shapes)} arrays, "
+                             "one per GRU layer")
+        states = []
+        for index, (value, (d, h)) in enumerate(zip(initial_state, self._state_shapes)):
+            expected = (d, h) if single else (d, batch, h)
+            value = np.asarray(value)
+            if value.dtype.kind not in "fiub" or value.shape != expected:
+                raise InputError(f"initial_state[{index}] must be a real array of shape {expected}, "
+                                 f"got {value.dtype} {value.shape}")
+            states.append(np.array(value, dtype=np.float32, order="C").reshape(d, batch, h))
+        return states
+
+    @staticmethod
+    def _lengths(lengths, batch: int, steps: int, single: bool):
+        values = np.asarray(lengths)
+        if single and values.ndim == 0:
+            values = values.reshape(1)
+        if values.shape != (batch,) or values.dtype.kind not in "iu":
+            raise InputError(f"lengths must be integers of shape ({batch},), got {values.dtype} {values.shape}")
+        if values.min() < 1 or values.max() > steps:
+            raise InputError(f"lengths must be between 1 and {steps} (the number of steps), "
+                             f"got {values.min()}..{values.max()}")
+        return np.ascontiguousarray(values, dtype=np.int32)

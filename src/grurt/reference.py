@@ -1,0 +1,147 @@
+"""The reference implementation: the canonical model executed in plain numpy, float64 inside.
+
+Written for clarity, independently of the kernels, and used as the oracle in the tests.
+``run`` takes the same arguments as :meth:`grurt.Model.run`.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .spec import GRU, Activation, ActivationFunction, Dense, LastStep, ModelSpec, Reverse, Scale
+
+
+def apply_activation(fn: ActivationFunction, x: np.ndarray) -> np.ndarray:
+    """Apply ``fn`` to a float64 array (softmax over the last axis)."""
+    a, b = fn.alpha, fn.beta
+    with np.errstate(over="ignore", invalid="ignore"):
+        if fn.kind == "sigmoid":
+            return 0.5 * (np.tanh(0.5 * x) + 1.0)
+        if fn.kind == "tanh":
+            return np.tanh(x)
+        if fn.kind == "relu":
+            return np.maximum(x, 0.0)
+        if fn.kind == "softsign":
+            return x / (1.0 + np.abs(x))
+        if fn.kind == "softplus":
+            return np.logaddexp(0.0, x)
+        if fn.kind == "hard_sigmoid":
+            return np.clip(a * x + b, 0.0, 1.0)
+        if fn.kind == "leaky_relu":
+            return np.where(x >= 0, x, a * x)
+        if fn.kind == "elu":
+            return np.where(x >= 0, x, a * np.expm1(np.minimum(x, 0.0)))
+        if fn.kind == "affine":
+            return a * x + b
+        if fn.kind == "scaled_tanh":
+            return a * np.tanh(b * x)
+        if fn.kind == "thresholded_relu":
+            return np.where(x > a, x, 0.0)
+        if fn.kind == "linear":
+            return x
+        if fn.kind == "softmax":
+            shifted = np.exp(x - x.max(axis=-1, keepdims=True))
+            return shifted / shifted.sum(axis=-1, keepdims=True)
+    raise AssertionError(f"unhandled activation {fn.kind}")
+
+
+def gru_direction(layer: GRU, d: int, x: np.ndarray, h: np.ndarray, reverse: bool, lengths: np.ndarray):
+    """One direction of a GRU over x (B, T, I) from state h (B, H).
+
+    Returns the outputs (B, T, H), zero past each sequence's length, and the final state.
+    """
+    H = layer.hidden_size
+    W, R, Bias = (np.asarray(a, np.float64) for a in (layer.W[d], layer.R[d], layer.B[d]))
+    Wz, Wr, Wh = W[:H], W[H:2 * H], W[2 * H:]
+    Rz, Rr, Rh = R[:H], R[H:2 * H], R[2 * H:]
+    Wbz, Wbr, Wbh, Rbz, Rbr, Rbh = Bias.reshape(6, H)
+    f, g = layer.gate_activation, layer.candidate_activation
+    clip = layer.clip
+
+    def clipped(v):
+        return v if clip is None else np.clip(v, -clip, clip)
+
+    batch, steps, _ = x.shape
+    y = np.zeros((batch, steps, H))
+    h = h.copy()
+    for b in range(batch):
+        n_steps = int(lengths[b])
+        order = range(n_steps - 1, -1, -1) if reverse else range(n_steps)
+        hb = h[b]
+        for t in order:
+            xt = x[b, t]
+            z = apply_activation(f, clipped(xt @ Wz.T + hb @ Rz.T + Wbz + Rbz))
+            r = apply_activation(f, clipped(xt @ Wr.T + hb @ Rr.T + Wbr + Rbr))
+            if layer.linear_before_reset:
+                n = apply_activation(g, clipped(xt @ Wh.T + r * (hb @ Rh.T + Rbh) + Wbh))
+            else:
+                n = apply_activation(g, clipped(xt @ Wh.T + (r * hb) @ Rh.T + Rbh + Wbh))
+            hb = (1.0 - z) * n + z * hb
+            y[b, t] = hb
+        h[b] = hb
+    return y, h
+
+
+def gru(layer: GRU, x: np.ndarray, h0: np.ndarray, lengths: np.ndarray):
+    """A whole GRU layer: x (B, T, I), h0 (D, B, H) -> (B, T, D*H) outputs, (D, B, H) final state."""
+    reverse_flags = {"forward": [False], "reverse": [True], "bidirectional": [False, True]}[layer.direction]
+    outputs, states = [], []
+    for d, reverse in enumerate(reverse_flags):
+        y, h = gru_direction(layer, d, x, h0[d], reverse, lengths)
+        outputs.append(y)
+        states.append(h)
+    return np.concatenate(outputs, axis=-1), np.stack(states)
+
+
+def reverse_time(x: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Reverse each sequence within its own length; padding stays where it is."""
+    out = x.copy()
+    for b, n in enumerate(lengths):
+        out[b, :n] = x[b, :n][::-1]
+    return out
+
+
+def run(model, seq, initial_state=None, return_state=False, lengths=None):
+    """Run ``model`` (a ModelSpec or Model) on ``seq`` exactly as :meth:`grurt.Model.run` does."""
+    spec: ModelSpec = getattr(model, "spec", model)
+    x = np.asarray(seq, dtype=np.float64)
+    single = x.ndim == 2
+    if single:
+        x = x[None]
+    batch, steps, _ = x.shape
+    lengths = np.full(batch, steps) if lengths is None else np.asarray(lengths).reshape(batch)
+    grus = spec.gru_layers
+    if initial_state is None:
+        initial_state = [np.zeros((g.num_directions, batch, g.hidden_size)) for g in grus]
+    else:
+        initial_state = [np.asarray(s, np.float64).reshape(g.num_directions, batch, g.hidden_size)
+                         for s, g in zip(initial_state, grus)]
+    states = []
+    has_time = True
+    for layer in spec.layers:
+        if isinstance(layer, GRU):
+            y, h = gru(layer, x, initial_state[len(states)], lengths)
+            states.append(h)
+            if layer.return_sequences:
+                x = y
+            else:
+                x, has_time = np.concatenate(list(h), axis=-1), False
+        elif isinstance(layer, Dense):
+            x = apply_activation(layer.activation, x @ np.asarray(layer.W, np.float64).T + layer.b)
+        elif isinstance(layer, Activation):
+            x = apply_activation(layer.function, x)
+        elif isinstance(layer, Scale):
+            x = x * layer.a + layer.c
+        elif isinstance(layer, Reverse):
+            x = reverse_time(x, lengths)
+        elif isinstance(layer, LastStep):
+            x, has_time = x[np.arange(batch), lengths - 1], False
+        if has_time:
+            # outputs past a sequence's end are zero, whatever the layer computes there
+            mask = np.arange(steps)[None, :] < lengths[:, None]
+            x = np.where(mask[..., None], x, 0.0)
+    out = x.astype(np.float32)
+    states = [h.astype(np.float32) for h in states]
+    if single:
+        out = out[0]
+        states = [h[:, 0] for h in states]
+    return (out, states) if return_state else out
