@@ -1,0 +1,261 @@
+"""The ``grurt`` command: demo, info, run, convert, bench, verify.
+
+Errors are one readable line on stderr and exit code 1 (2 for bad arguments).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import threading
+import time
+
+import numpy as np
+
+from . import __version__
+from .errors import GrurtError
+from .formats import load, read_header, save
+
+EXAMPLES = os.path.join(os.path.dirname(__file__), "examples")
+
+
+class CommandError(Exception):
+    """A user-facing failure of a command: printed as one line."""
+
+
+def _load_array(path: str, what: str) -> np.ndarray:
+    try:
+        return np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise CommandError(f"{what} file not found: {path}") from None
+    except (ValueError, OSError, EOFError) as exc:
+        raise CommandError(f"{what} file {path} is not a readable .npy array ({exc})") from None
+
+
+def cmd_demo(args) -> None:
+    model = load(os.path.join(EXAMPLES, "forecaster.npz"))
+    window = np.load(os.path.join(EXAMPLES, "forecaster_input.npy"), allow_pickle=False)
+    prediction = model.run(window)
+    print("grurt demo: GRU(50) -> Dense(1) next-day temperature forecaster (100-day window)")
+    print("last 7 days (°C):  " + "  ".join(f"{v:6.2f}" for v in window[-7:, 0]))
+    print(f"predicted next day: {prediction[0]:6.2f} °C")
+
+
+def cmd_info(args) -> None:
+    model = load(args.model)
+    spec = model.spec
+    if args.model.lower().endswith(".npz"):
+        header = read_header(args.model)
+        print(f"format:     grurt {header['format_version']} (written by {header.get('producer', '?')})")
+        for key, value in header.get("metadata", {}).items():
+            print(f"{key + ':':<11} {value}")
+    else:
+        print(f"format:     {os.path.splitext(args.model)[1].lstrip('.')} (converted at load)")
+    shape = "(batch, time, %d)" % spec.output_size if spec.returns_sequence else "(batch, %d)" % spec.output_size
+    print(f"input:      (batch, time, {spec.input_size})")
+    print(f"output:     {shape}")
+    print(f"parameters: {spec.parameter_count}")
+    print("layers:")
+    for index, layer in enumerate(spec.layers):
+        print(f"  {index}: {layer.describe()}")
+
+
+def cmd_run(args) -> None:
+    model = load(args.model)
+    seq = _load_array(args.input, "input")
+    lengths = _load_array(args.lengths, "lengths") if args.lengths else None
+    out = model.run(seq, lengths=lengths)
+    if args.output:
+        np.save(args.output, out)
+        print(f"wrote {args.output}: {out.dtype} {out.shape}")
+    else:
+        with np.printoptions(precision=6, suppress=True, threshold=200):
+            print(out)
+
+
+def _random_input(model, batch=4, steps=16, seed=0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((batch, steps, model.input_size)).astype(np.float32)
+
+
+def _framework_outputs(source: str, seq: np.ndarray):
+    """(oracle name, outputs) for ``seq`` computed by the framework the source file belongs to."""
+    suffix = os.path.splitext(source)[1].lower()
+    try:
+        if suffix == ".onnx":
+            from .formats.onnx import framework_outputs
+            return "onnxruntime", framework_outputs(source, seq)
+        if suffix in (".keras", ".h5", ".hdf5"):
+            from .formats.keras import framework_outputs
+            return "keras", framework_outputs(source, seq)
+        if suffix in (".pt", ".pth"):
+            return "torch", _torchscript_outputs(source, seq)
+    except ImportError as exc:
+        raise CommandError(f"the framework to check against is not installed ({exc})") from None
+    raise CommandError(f"cannot check against {source}: expected .onnx, .keras, .h5 or a TorchScript .pt file")
+
+
+def _torchscript_outputs(path: str, seq: np.ndarray) -> np.ndarray:
+    import torch
+
+    module = torch.jit.load(path, map_location="cpu")   # TorchScript: no arbitrary unpickling
+    with torch.no_grad():
+        out = module(torch.from_numpy(seq))
+    if isinstance(out, (tuple, list)):
+        out = out[0]
+    return out.numpy()
+
+
+def cmd_convert(args) -> None:
+    model = load(args.input)
+    save(model, args.output, metadata={"converted_from": os.path.basename(args.input)})
+    print(f"wrote {args.output}: {len(model.spec.layers)} layers, {model.spec.parameter_count} parameters")
+    if args.check:
+        seq = _random_input(model)
+        converted = load(args.output).run(seq)
+        try:
+            oracle, expected = _framework_outputs(args.input, seq)
+        except CommandError as exc:
+            from .reference import run as reference_run
+            oracle, expected = f"grurt.reference ({exc})", reference_run(model, seq)
+        print(f"check: max abs difference vs {oracle}: {np.abs(converted - expected).max():.3g}")
+
+
+def cmd_verify(args) -> None:
+    model = load(args.model)
+    seq = _random_input(model, batch=args.batch, steps=args.steps)
+    oracle, expected = _framework_outputs(args.against, seq)
+    got = model.run(seq)
+    if got.shape != np.shape(expected):
+        raise CommandError(f"output shapes differ: grurt {got.shape}, {oracle} {np.shape(expected)}")
+    error = float(np.abs(got - expected).max())
+    print(f"max abs error vs {oracle}: {error:.3g} (output {got.shape})")
+    if not error <= args.tolerance:
+        raise CommandError(f"error {error:.3g} exceeds the tolerance {args.tolerance:g}")
+
+
+class _Progress:
+    """A one-line progress bar on stderr, shown only once a run has lasted a second."""
+
+    def __init__(self, total: int):
+        self.total, self.start, self.shown = total, time.perf_counter(), False
+
+    def update(self, done: int):
+        if time.perf_counter() - self.start > 1.0 and sys.stderr.isatty() or self.shown:
+            self.shown = True
+            filled = 30 * done // self.total
+            sys.stderr.write(f"\r[{'#' * filled}{'.' * (30 - filled)}] {done}/{self.total}")
+            sys.stderr.flush()
+
+    def close(self):
+        if self.shown:
+            sys.stderr.write("\n")
+
+
+def cmd_bench(args) -> None:
+    model = load(args.model)
+    if args.stream:
+        stream_model = model
+        frame = np.random.default_rng(0).standard_normal((args.batch, model.input_size)).astype(np.float32)
+
+        def make_call():
+            stream = stream_model.stream(batch=args.batch)
+            return lambda: stream.step(frame)
+        what = f"stream.step batch={args.batch}"
+    else:
+        seq = _random_input(model, batch=args.batch, steps=args.steps)
+
+        def make_call():
+            return lambda: model.run(seq)
+        what = f"run batch={args.batch} steps={args.steps}"
+    calls = [make_call() for _ in range(args.threads)]
+    for call in calls:
+        call()  # warm up
+    per_thread = max(1, args.calls // args.threads)
+    latencies = [[] for _ in range(args.threads)]
+    progress = _Progress(per_thread * args.threads)
+    done = [0]
+
+    def worker(index):
+        call, record = calls[index], latencies[index]
+        for _ in range(per_thread):
+            start = time.perf_counter()
+            call()
+            record.append(time.perf_counter() - start)
+            done[0] += 1
+            if index == 0 and len(record) % 16 == 0:
+                progress.update(done[0])
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(args.threads)]
+    wall = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wall = time.perf_counter() - wall
+    progress.close()
+    times = np.concatenate([np.asarray(record) for record in latencies]) * 1e6
+    median, p90, p99 = np.percentile(times, [50, 90, 99])
+    print(f"{what} threads={args.threads} calls={times.size}")
+    print(f"latency µs: median {median:.1f}  p90 {p90:.1f}  p99 {p99:.1f}")
+    print(f"throughput: {times.size / wall:.0f} calls/s")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="grurt", description="Fast CPU inference for GRU models.")
+    parser.add_argument("--version", action="version", version=f"grurt {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("demo", help="run the shipped example forecaster").set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("info", help="describe a model file")
+    p.add_argument("model")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("run", help="run a model on an input .npy file")
+    p.add_argument("model")
+    p.add_argument("input", help="(T, I) or (B, T, I) array in .npy format")
+    p.add_argument("-o", "--output", help="write the output to this .npy file instead of printing it")
+    p.add_argument("--lengths", help=".npy file with the valid length of each sequence, shape (B,)")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("convert", help="convert .onnx/.keras/.h5 to grurt's .npz")
+    p.add_argument("input")
+    p.add_argument("output")
+    p.add_argument("--check", action="store_true", help="compare the converted model with the source")
+    p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("bench", help="measure latency and throughput")
+    p.add_argument("model")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--calls", type=int, default=2000, help="total number of calls (default 2000)")
+    p.add_argument("--stream", action="store_true", help="time one stream.step instead of run")
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("verify", help="compare grurt with the source framework on random inputs")
+    p.add_argument("model")
+    p.add_argument("--against", required=True, help=".onnx, .keras, .h5 or TorchScript .pt file")
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--steps", type=int, default=16)
+    p.add_argument("--tolerance", type=float, default=1e-4)
+    p.set_defaults(func=cmd_verify)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    for name in ("batch", "steps", "threads", "calls"):
+        if getattr(args, name, 1) < 1:
+            print(f"grurt: error: --{name} must be at least 1", file=sys.stderr)
+            return 2
+    try:
+        args.func(args)
+    except (GrurtError, CommandError, FileNotFoundError, ImportError) as exc:
+        print(f"grurt: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
