@@ -27,6 +27,8 @@ extension = Extension(
     ["src/grurt/_kernels.pyx"],
     include_dirs=[numpy.get_include(), "src/grurt"],
     define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")],
-    extra_compile_args=["-O3"] if os.name != "nt" else ["/O2"],
+    # No -ffast-math (it would change results and NaN handling); these two only let the
+    # compiler if-convert and vectorize the activation loops.
+    extra_compile_args=["-O3", "-fno-trapping-math", "-fno-math-errno"] if os.name != "nt" else ["/O2"],
 )
 setup(ext_modules=cythonize([extension], compiler_directives={"language_level": 3}))

@@ -11,6 +11,7 @@ cimport numpy as cnp
 import numpy as np
 
 from ._blas cimport matmul_t
+from .errors import UnsupportedModelError
 
 cnp.import_array()
 
@@ -41,6 +42,9 @@ cdef int ACT_SIGMOID = 1, ACT_TANH = 2, ACT_SOFTMAX = 12
 # Up to this batch size the recurrent product runs through the panel kernel, one row at a
 # time; larger batches go to sgemm, where BLAS blocking pays off.
 cdef int PANEL_MAX_BATCH = 4
+# State pointers live on the stack: a call allocates nothing it does not have to.
+cdef enum:
+    MAX_GRU_LAYERS = 64
 
 cdef enum LayerKind:
     GRU_LAYER, DENSE_LAYER, ACTIVATION_LAYER, SCALE_LAYER, REVERSE_LAYER, LAST_STEP_LAYER
@@ -95,6 +99,8 @@ cdef class Plan:
     def __init__(self, spec):
         from .spec import GRU, Dense, Activation, Scale, Reverse, LastStep
         cdef LayerPlan* p
+        if len(spec.gru_layers) > MAX_GRU_LAYERS:
+            raise UnsupportedModelError(f"grurt supports at most {MAX_GRU_LAYERS} GRU layers per model")
         self.n_layers = len(spec.layers)
         self.layers = <LayerPlan*>malloc(self.n_layers * sizeof(LayerPlan))
         if self.layers == NULL:
@@ -178,10 +184,10 @@ cdef class Plan:
     def __dealloc__(self):
         free(self.layers)
 
-    def workspace_floats(self, int batch, int steps):
+    cpdef size_t workspace_floats(self, int batch, int steps):
         """Floats of scratch memory one ``run`` of this shape needs (beside input and output)."""
-        rows = batch * steps
-        return 2 * rows * self.max_features + rows * self.max_projection + batch * self.max_step_scratch
+        cdef size_t rows = <size_t>batch * steps
+        return 2 * rows * self.max_features + rows * self.max_projection + <size_t>batch * self.max_step_scratch
 
     def run(self, cnp.ndarray x, list states, cnp.ndarray lengths, cnp.ndarray out):
         """Run all layers on x (B, T, I) into out; GRU states (D, B, H) are updated in place.
@@ -189,34 +195,44 @@ cdef class Plan:
         lengths is None or int32 (B,). All arrays are C-contiguous float32 of the right shapes.
         """
         cdef int B = x.shape[0], T = x.shape[1]
-        cdef int n_states = len(states)
-        cdef float** state_ptrs = <float**>malloc((n_states + 1) * sizeof(float*))
-        if state_ptrs == NULL:
-            raise MemoryError()
-        for i in range(n_states):
+        cdef size_t work_floats = self.workspace_floats(B, T)
+        cdef float* work
+        with nogil:
+            work = <float*>malloc(work_floats * sizeof(float))
+        if work == NULL:
+            raise MemoryError("grurt: could not allocate the workspace for this input")
+        try:
+            self._execute(B, T, x, states, lengths, out, work)
+        finally:
+            free(work)
+
+    def step(self, cnp.ndarray frame, list states, cnp.ndarray out, cnp.ndarray workspace, int batch):
+        """One time step of ``batch`` streams: like run with T = 1, allocating nothing.
+
+        ``workspace`` is float32 of at least workspace_floats(batch, 1) elements.
+        """
+        self._execute(batch, 1, frame, states, None, out, <float*>cnp.PyArray_DATA(workspace))
+
+    cdef _execute(self, int B, int T, cnp.ndarray x, list states, cnp.ndarray lengths, cnp.ndarray out,
+                  float* work):
+        cdef float* state_ptrs[MAX_GRU_LAYERS]
+        cdef int i
+        for i in range(len(states)):
             state_ptrs[i] = <float*>cnp.PyArray_DATA(states[i])
         cdef const int* length_ptr = NULL if lengths is None else <int*>cnp.PyArray_DATA(lengths)
         cdef const float* x_ptr = <float*>cnp.PyArray_DATA(x)
         cdef float* out_ptr = <float*>cnp.PyArray_DATA(out)
-        cdef int ok
         with nogil:
-            ok = run_layers(self.layers, self.n_layers, B, T, x_ptr, state_ptrs, length_ptr, out_ptr,
-                            self.max_features, self.max_projection, self.max_step_scratch)
-        free(state_ptrs)
-        if not ok:
-            raise MemoryError("grurt: could not allocate the workspace for this input")
+            run_layers(self.layers, self.n_layers, B, T, x_ptr, state_ptrs, length_ptr, out_ptr, work,
+                       self.max_features, self.max_projection)
 
 
-cdef int run_layers(const LayerPlan* layers, int n_layers, int B, int T, const float* x,
-                    float** states, const int* lengths, float* out,
-                    int max_features, int max_projection, int max_step_scratch) noexcept nogil:
-    """Execute every layer; returns 0 if the workspace could not be allocated."""
+cdef void run_layers(const LayerPlan* layers, int n_layers, int B, int T, const float* x,
+                     float** states, const int* lengths, float* out, float* work,
+                     int max_features, int max_projection) noexcept nogil:
+    """Execute every layer, using ``work`` (workspace_floats(B, T)) as scratch."""
     cdef size_t rows = <size_t>B * T
     cdef size_t ping = rows * max_features
-    cdef float* work = <float*>malloc((2 * ping + rows * max_projection + <size_t>B * max_step_scratch)
-                                      * sizeof(float) + 64)
-    if work == NULL:
-        return 0
     cdef float* buffers[2]
     buffers[0] = work
     buffers[1] = work + ping
@@ -249,8 +265,6 @@ cdef int run_layers(const LayerPlan* layers, int n_layers, int B, int T, const f
         src = dst
     if lengths != NULL and steps > 1:
         zero_padding(B, steps, layers[n_layers - 1].n_out, lengths, out)
-    free(work)
-    return 1
 
 
 cdef void activate_rows(const grurt_act* act, float* y, size_t rows, int n) noexcept nogil:

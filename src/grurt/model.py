@@ -7,7 +7,7 @@ import numpy as np
 
 from . import _kernels
 from .errors import InputError
-from .spec import ModelSpec
+from .spec import GRU, LastStep, ModelSpec, Reverse
 
 _INT32_MAX = 2**31 - 1
 
@@ -82,6 +82,10 @@ class Model:
 
     __call__ = run
 
+    def stream(self, batch: int = 1) -> "Stream":
+        """A :class:`Stream` that feeds this model one time step at a time, ``batch`` streams at once."""
+        return Stream(self, batch)
+
     # ---- input checks: once per call, so that the kernels can trust everything ----
 
     def _input(self, seq):
@@ -144,3 +148,89 @@ class Model:
             raise InputError(f"lengths must be between 1 and {steps} (the number of steps), "
                              f"got {values.min()}..{values.max()}")
         return np.ascontiguousarray(values, dtype=np.int32)
+
+
+class Stream:
+    """Runs a model one frame at a time; the GRU states live inside, preallocated.
+
+    ``step(frame)`` for T frames gives the same outputs as ``run`` on the sequence of those
+    frames (each step returns the output for the last frame, as ``run`` on the prefix
+    would) and leaves the same final ``state``. A Stream belongs to one caller at a time;
+    the Model it came from can be shared.
+    """
+
+    def __init__(self, model: Model, batch: int = 1):
+        if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
+            raise InputError(f"batch must be a positive integer, got {batch!r}")
+        for index, layer in enumerate(model.spec.layers):
+            if isinstance(layer, GRU) and layer.direction != "forward":
+                raise InputError(f"layer {index} is a {layer.direction} GRU, which needs the whole sequence: "
+                                 "this model cannot stream, use run()")
+            if isinstance(layer, Reverse):
+                raise InputError(f"layer {index} reverses time, which needs the whole sequence: "
+                                 "this model cannot stream, use run()")
+        self.model = model
+        self.batch = int(batch)
+        self._plan = model._plan
+        self._states = [np.zeros((d, self.batch, h), np.float32) for d, h in model._state_shapes]
+        self._workspace = np.empty(self._plan.workspace_floats(self.batch, 1), np.float32)
+        # step() sees one frame: every layer's output is (B, F), there is no time axis left
+        self._out_shape = (self.batch, model.output_size)
+
+    def reset(self) -> None:
+        """Zero every state, as at the start of a new stream."""
+        for state in self._states:
+            state.fill(0.0)
+
+    @property
+    def state(self):
+        """Copies of the GRU states, one (directions, batch, hidden) array per GRU layer."""
+        return [state.copy() for state in self._states]
+
+    @state.setter
+    def state(self, values):
+        if not isinstance(values, (list, tuple)) or len(values) != len(self._states):
+            raise InputError(f"state must be a list of {len(self._states)} arrays, one per GRU layer")
+        checked = []
+        for index, (value, current) in enumerate(zip(values, self._states)):
+            value = np.asarray(value)
+            if value.dtype.kind not in "fiub" or value.shape != current.shape:
+                raise InputError(f"state[{index}] must be a real array of shape {current.shape}, "
+                                 f"got {value.dtype} {value.shape}")
+            checked.append(value)
+        for value, current in zip(checked, self._states):
+            current[...] = value
+
+    def step(self, frame, out=None):
+        """Advance every stream by one frame: (I,) when batch is 1, or (batch, I).
+
+        Returns the output for this frame, (F,) or (batch, F). With ``out`` (a C-contiguous
+        float32 array of that shape) the result is written there and nothing is allocated.
+        """
+        if not (type(frame) is np.ndarray and frame.dtype == np.float32 and frame.flags.c_contiguous):
+            frame = self._coerce(frame)
+        single = frame.ndim == 1
+        if frame.shape[-1] != self.model.input_size or (frame.shape[0] != self.batch and not single) \
+                or frame.ndim not in (1, 2) or (single and self.batch != 1):
+            raise InputError(f"frame must be ({self.batch}, {self.model.input_size})"
+                             + (f" or ({self.model.input_size},)" if self.batch == 1 else "")
+                             + f", got shape {frame.shape}")
+        if out is None:
+            result = np.empty(self._out_shape, np.float32)
+        else:
+            result = out
+            if not (type(out) is np.ndarray and out.dtype == np.float32 and out.flags.c_contiguous
+                    and out.size == self.batch * self.model.output_size):
+                raise InputError(f"out must be a C-contiguous float32 array of "
+                                 f"{self.batch * self.model.output_size} elements")
+        self._plan.step(frame, self._states, result, self._workspace, self.batch)
+        if out is None and single:
+            return result[0]
+        return result
+
+    @staticmethod
+    def _coerce(frame):
+        frame = np.asarray(frame)
+        if frame.dtype.kind not in "fiub":
+            raise InputError(f"frame must be real numbers, got dtype {frame.dtype}")
+        return np.ascontiguousarray(frame, dtype=np.float32)
