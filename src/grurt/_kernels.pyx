@@ -45,6 +45,13 @@ cdef int PANEL_MAX_BATCH = 4
 # State pointers live on the stack: a call allocates nothing it does not have to.
 cdef enum:
     MAX_GRU_LAYERS = 64
+    MAX_THREADS = 64
+
+cdef extern from "<pthread.h>" nogil:
+    ctypedef struct pthread_t:
+        pass
+    int pthread_create(pthread_t* thread, const void* attr, void* (*start)(void*) noexcept nogil, void* arg)
+    int pthread_join(pthread_t thread, void** retval)
 
 cdef enum LayerKind:
     GRU_LAYER, DENSE_LAYER, ACTIVATION_LAYER, SCALE_LAYER, REVERSE_LAYER, LAST_STEP_LAYER
@@ -187,12 +194,13 @@ cdef class Plan:
     cpdef size_t workspace_floats(self, int batch, int steps):
         """Floats of scratch memory one ``run`` of this shape needs (beside input and output)."""
         cdef size_t rows = <size_t>batch * steps
-        return 2 * rows * self.max_features + rows * self.max_projection + <size_t>batch * self.max_step_scratch
+        return 2 * rows * self.max_features + rows * self.max_projection + 2 * <size_t>batch * self.max_step_scratch
 
-    def run(self, cnp.ndarray x, list states, cnp.ndarray lengths, cnp.ndarray out):
+    def run(self, cnp.ndarray x, list states, cnp.ndarray lengths, cnp.ndarray out, int threads=1):
         """Run all layers on x (B, T, I) into out; GRU states (D, B, H) are updated in place.
 
         lengths is None or int32 (B,). All arrays are C-contiguous float32 of the right shapes.
+        ``threads`` > 1 splits each GRU layer's directions and batch across that many threads.
         """
         cdef int B = x.shape[0], T = x.shape[1]
         cdef size_t work_floats = self.workspace_floats(B, T)
@@ -202,7 +210,7 @@ cdef class Plan:
         if work == NULL:
             raise MemoryError("grurt: could not allocate the workspace for this input")
         try:
-            self._execute(B, T, x, states, lengths, out, work)
+            self._execute(B, T, x, states, lengths, out, work, threads)
         finally:
             free(work)
 
@@ -211,10 +219,10 @@ cdef class Plan:
 
         ``workspace`` is float32 of at least workspace_floats(batch, 1) elements.
         """
-        self._execute(batch, 1, frame, states, None, out, <float*>cnp.PyArray_DATA(workspace))
+        self._execute(batch, 1, frame, states, None, out, <float*>cnp.PyArray_DATA(workspace), 1)
 
     cdef _execute(self, int B, int T, cnp.ndarray x, list states, cnp.ndarray lengths, cnp.ndarray out,
-                  float* work):
+                  float* work, int threads):
         cdef float* state_ptrs[MAX_GRU_LAYERS]
         cdef int i
         for i in range(len(states)):
@@ -224,12 +232,12 @@ cdef class Plan:
         cdef float* out_ptr = <float*>cnp.PyArray_DATA(out)
         with nogil:
             run_layers(self.layers, self.n_layers, B, T, x_ptr, state_ptrs, length_ptr, out_ptr, work,
-                       self.max_features, self.max_projection)
+                       self.max_features, self.max_projection, threads)
 
 
 cdef void run_layers(const LayerPlan* layers, int n_layers, int B, int T, const float* x,
                      float** states, const int* lengths, float* out, float* work,
-                     int max_features, int max_projection) noexcept nogil:
+                     int max_features, int max_projection, int threads) noexcept nogil:
     """Execute every layer, using ``work`` (workspace_floats(B, T)) as scratch."""
     cdef size_t rows = <size_t>B * T
     cdef size_t ping = rows * max_features
@@ -246,7 +254,7 @@ cdef void run_layers(const LayerPlan* layers, int n_layers, int B, int T, const 
         p = &layers[i]
         dst = out if i == n_layers - 1 else buffers[i % 2]
         if p.kind == GRU_LAYER:
-            run_gru(p, B, steps, src, dst, states[gru_index], lengths, projection, scratch)
+            run_gru(p, B, steps, src, dst, states[gru_index], lengths, projection, scratch, threads)
             gru_index += 1
             if not p.return_sequences:
                 steps = 1
@@ -316,19 +324,66 @@ cdef void zero_padding(int B, int T, int F, const int* lengths, float* y) noexce
             memset(y + (<size_t>b * T + lengths[b]) * F, 0, <size_t>(T - lengths[b]) * F * sizeof(float))
 
 
+cdef struct DirectionTask:
+    # one direction of a GRU layer over a slice of the batch
+    const LayerPlan* p
+    int d, B, T
+    const float* xp
+    float* h
+    float* y
+    const int* lengths
+    float* scratch
+
+
+cdef void* run_direction_task(void* arg) noexcept nogil:
+    cdef DirectionTask* task = <DirectionTask*>arg
+    gru_direction(task.p, task.d, task.B, task.T, task.xp, task.h, task.y, task.lengths, task.scratch)
+    return NULL
+
+
 cdef void run_gru(const LayerPlan* p, int B, int T, const float* x, float* y, float* state,
-                  const int* lengths, float* xp, float* scratch) noexcept nogil:
-    """One GRU layer over x (B, T, I) into y: (B, T, D*H) sequences or (B, D*H) last states."""
-    cdef int H = p.H, G = 3 * H, DG = p.D * G
+                  const int* lengths, float* xp, float* scratch, int threads) noexcept nogil:
+    """One GRU layer over x (B, T, I) into y: (B, T, D*H) sequences or (B, D*H) last states.
+
+    ``scratch`` holds D × B step scratches; ``threads`` > 1 runs the directions and slices
+    of the batch (independent recurrences) on their own threads.
+    """
+    cdef int H = p.H, G = 3 * H, DG = p.D * G, DH = p.D * H
     cdef size_t rows = <size_t>B * T, r
-    cdef int d, b
+    cdef int d, b, i, b0, b1, chunk
     # xp (B*T, D*3H) = x · Wᵀ + folded biases, every time step and direction in one product
     for r in range(rows):
         memcpy(xp + r * DG, p.bias, DG * sizeof(float))
     matmul_t(<int>rows, DG, p.n_in, x, p.W, 1.0, xp)
     cdef float* seq_out = y if p.return_sequences else NULL
+    cdef size_t step_scratch = (<size_t>(p.panels_per_gate_set + p.panels_h) * GRURT_PANEL + 5 * H)
+    cdef int chunks = max(1, min(B, threads // p.D))
+    cdef int n_tasks = p.D * chunks
+    cdef DirectionTask tasks[MAX_THREADS]
+    cdef pthread_t handles[MAX_THREADS]
+    cdef bint started[MAX_THREADS]
+    if n_tasks > MAX_THREADS:
+        chunks = MAX_THREADS // p.D
+        n_tasks = p.D * chunks
+    i = 0
     for d in range(p.D):
-        gru_direction(p, d, B, T, xp, state + <size_t>d * B * H, seq_out, lengths, scratch)
+        for chunk in range(chunks):
+            b0, b1 = B * chunk // chunks, B * (chunk + 1) // chunks
+            tasks[i].p, tasks[i].d, tasks[i].B, tasks[i].T = p, d, b1 - b0, T
+            tasks[i].xp = xp + <size_t>b0 * T * DG
+            tasks[i].h = state + (<size_t>d * B + b0) * H
+            tasks[i].y = NULL if seq_out == NULL else seq_out + <size_t>b0 * T * DH
+            tasks[i].lengths = NULL if lengths == NULL else lengths + b0
+            tasks[i].scratch = scratch + (<size_t>d * B + b0) * step_scratch
+            i += 1
+    for i in range(1, n_tasks):
+        started[i] = pthread_create(&handles[i], NULL, run_direction_task, &tasks[i]) == 0
+        if not started[i]:
+            run_direction_task(&tasks[i])
+    run_direction_task(&tasks[0])
+    for i in range(1, n_tasks):
+        if started[i]:
+            pthread_join(handles[i], NULL)
     if not p.return_sequences:
         for b in range(B):
             for d in range(p.D):

@@ -57,7 +57,7 @@ class Model:
     def __reduce__(self):
         return (Model, (self.spec,))
 
-    def run(self, seq, initial_state=None, return_state=False, lengths=None):
+    def run(self, seq, initial_state=None, return_state=False, lengths=None, threads=1):
         """Run the model on ``seq``: (T, I) for one sequence or (B, T, I) for a batch.
 
         Returns float32 output shaped as the model defines ((B, T, F) if the model returns a
@@ -65,6 +65,7 @@ class Model:
         ``return_state=True`` returns ``(output, states)``: one (directions, B, H) array per
         GRU layer ((directions, H) for a single sequence). ``initial_state`` takes the same
         form. ``lengths`` (B,) gives each sequence's valid length for padded batches.
+        ``threads`` > 1 runs the directions and batch slices of each GRU layer in parallel.
         """
         x, single = self._input(seq)
         batch, steps, _ = x.shape
@@ -73,7 +74,9 @@ class Model:
         out_shape = (batch, steps, self.spec.output_size) if self.spec.returns_sequence \
             else (batch, self.spec.output_size)
         out = np.empty(out_shape, np.float32)
-        self._plan.run(x, states, length_array, out)
+        if threads != 1 and (isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= 64):
+            raise InputError(f"threads must be an integer from 1 to 64, got {threads!r}")
+        self._plan.run(x, states, length_array, out, threads)
         if single:
             out = out[0]
         if not return_state:
