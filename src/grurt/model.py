@@ -74,7 +74,7 @@ class Model:
         out_shape = (batch, steps, self.spec.output_size) if self.spec.returns_sequence \
             else (batch, self.spec.output_size)
         out = np.empty(out_shape, np.float32)
-        if threads != 1 and (isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= 64):
+        if type(threads) is not int or not 1 <= threads <= 64:
             raise InputError(f"threads must be an integer from 1 to 64, got {threads!r}")
         self._plan.run(x, states, length_array, out, threads)
         if single:
