@@ -24,6 +24,14 @@ def _physical_memory() -> int:
 MEMORY_LIMIT_BYTES = _physical_memory()
 
 
+def _as_array(value, what: str) -> np.ndarray:
+    """np.asarray, with a ragged or unconvertible value reported as an InputError."""
+    try:
+        return np.asarray(value)
+    except (ValueError, TypeError) as exc:
+        raise InputError(f"{what} must be a rectangular array of numbers ({exc})") from None
+
+
 class Model:
     """A GRU model ready to run. Build one with :func:`grurt.load`, :func:`grurt.from_torch`, ...
 
@@ -95,7 +103,7 @@ class Model:
         if type(seq) is not np.ndarray:
             if not hasattr(seq, "__array__") and not isinstance(seq, (list, tuple)):
                 raise InputError(f"input must be an array of numbers, got {type(seq).__name__}")
-            seq = np.asarray(seq)
+            seq = _as_array(seq, "input")
         if seq.dtype.kind not in "fiub":
             raise InputError(f"input must be real numbers, got dtype {seq.dtype}")
         if seq.ndim not in (2, 3):
@@ -133,7 +141,7 @@ class Model:
         states = []
         for index, (value, (d, h)) in enumerate(zip(initial_state, self._state_shapes)):
             expected = (d, h) if single else (d, batch, h)
-            value = np.asarray(value)
+            value = _as_array(value, f"initial_state[{index}]")
             if value.dtype.kind not in "fiub" or value.shape != expected:
                 raise InputError(f"initial_state[{index}] must be a real array of shape {expected}, "
                                  f"got {value.dtype} {value.shape}")
@@ -142,7 +150,7 @@ class Model:
 
     @staticmethod
     def _lengths(lengths, batch: int, steps: int, single: bool):
-        values = np.asarray(lengths)
+        values = _as_array(lengths, "lengths")
         if single and values.ndim == 0:
             values = values.reshape(1)
         if values.shape != (batch,) or values.dtype.kind not in "iu":
