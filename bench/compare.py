@@ -1,0 +1,395 @@
+#!/usr/bin/env python
+"""grurt side by side with onnxruntime, PyTorch eager and OpenVINO, in one process.
+
+    python bench/compare.py [--quick] [--workloads W1,W2] [--plot out.png]
+
+For each workload of ``workloads.py`` the PyTorch module is exported to ONNX (legacy
+TorchScript exporter, dynamic batch/time axes) and run by every contender:
+
+    grurt                          Model.run (W3: one Model.stream step), BLAS on 1 thread
+    grurt (2 threads)              W4 only, if Model.run has a ``threads`` option
+    onnxruntime (1 thread)         intra_op_num_threads = inter_op_num_threads = 1: the baseline
+    onnxruntime (default threads)
+    torch eager (1 thread)         torch.set_num_threads(1), autograd off (W3: nn.GRUCell)
+    openvino f32 (1 thread)        if installed; INFERENCE_PRECISION_HINT=f32 because it
+                                   defaults to bf16 on CPUs with AVX-512 BF16 / AMX
+
+Contenders are timed interleaved: each round gives every contender one turn, in a shuffled
+order, so machine noise hits all of them alike. A turn is one timed call, or for short
+calls an untimed warm-up call (the previous contender evicted the caches) and a ~2 ms burst
+of timed calls: we measure a model called in a loop, as pytest-benchmark does. Every output is
+first checked against PyTorch (max abs error <= 1e-4, else the row says WRONG). The
+ratio column is onnxruntime-1-thread median / contender median: > 1 means faster than ORT.
+Rounds adapt to a time budget per workload: the full run takes < 3 minutes,
+``--quick`` < 40 s. With few calls (W4) p99 is close to the maximum.
+"""
+import os
+
+# grurt calls scipy's OpenBLAS: one thread, set before numpy/scipy are loaded.
+os.environ["OPENBLAS_NUM_THREADS"] = "1"
+
+import argparse
+import datetime
+import gc
+import inspect
+import platform
+import random
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Callable, List, Optional, Tuple
+
+import numpy as np
+import torch
+
+import grurt
+import workloads
+
+TOLERANCE = 1e-4
+BURST_SECONDS = 0.002          # target length of one contender's turn
+WARM_UP_BELOW_SECONDS = 0.005  # calls shorter than this get an untimed warm-up call per turn
+BASELINE = "onnxruntime (1 thread)"
+
+
+# ---- contenders: each factory returns call(x) -> output; stream steppers carry their state ----
+
+def export_onnx(w: workloads.Workload, directory: str) -> str:
+    """Export ``w`` with the legacy exporter: input "x", output "y" (W3: a one-step GRU x, h0 -> h_n)."""
+    path = os.path.join(directory, f"{w.name}.onnx")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the legacy exporter's deprecation notices
+        if w.stream:
+            gru = w.gru
+            frame = torch.from_numpy(w.x[:, None])
+            h0 = torch.zeros(gru.num_layers, w.x.shape[0], gru.hidden_size)
+            torch.onnx.export(_OneStep(gru), (frame, h0), path, dynamo=False, opset_version=17,
+                              input_names=["x", "h0"], output_names=["h_n"],
+                              dynamic_axes={"x": {0: "batch"}, "h0": {1: "batch"}, "h_n": {1: "batch"}})
+        else:
+            sequence_out = w.torch_module(torch.from_numpy(w.x)).ndim == 3
+            torch.onnx.export(w.torch_module, (torch.from_numpy(w.x),), path, dynamo=False, opset_version=17,
+                              input_names=["x"], output_names=["y"],
+                              dynamic_axes={"x": {0: "batch", 1: "time"},
+                                            "y": {0: "batch", 1: "time"} if sequence_out else {0: "batch"}})
+    return path
+
+
+class _OneStep(torch.nn.Module):
+    def __init__(self, gru):
+        super().__init__()
+        self.gru = gru
+
+    def forward(self, x, h0):
+        return self.gru(x, h0)[1]
+
+
+def grurt_factory(w, threads=None):
+    if w.stream:
+        return lambda: workloads.stream_stepper(w.model, batch=w.x.shape[0])
+    if threads:
+        return lambda: (lambda x: w.model.run(x, threads=threads))
+    return lambda: w.model.run
+
+
+def ort_factory(w, path, threads):
+    import onnxruntime as ort
+
+    def make():
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = threads
+        session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        if not w.stream:
+            return lambda x: session.run(None, {"x": x})[0]
+        h = np.zeros((1, w.x.shape[0], w.gru.hidden_size), np.float32)
+
+        def step(frame):
+            nonlocal h
+            h = session.run(None, {"x": frame[:, None], "h0": h})[0]
+            return h[0]
+        return step
+    return make
+
+
+def openvino_factory(w, path):
+    import openvino as ov
+
+    def make():
+        config = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": 1}
+        request = ov.Core().compile_model(path, "CPU", config).create_infer_request()
+        if not w.stream:
+            return lambda x: request.infer({"x": x}, share_inputs=True)[0]
+        h = np.zeros((1, w.x.shape[0], w.gru.hidden_size), np.float32)
+
+        def step(frame):
+            nonlocal h
+            h = request.infer({"x": frame[:, None], "h0": h}, share_inputs=True)[0]  # outputs are copies
+            return h[0]
+        return step
+    return make
+
+
+def torch_factory(w):
+    def make():
+        if not w.stream:
+            return lambda x: w.torch_module(torch.from_numpy(x)).numpy()
+        gru = w.gru  # a GRUCell with the GRU's weights: the usual way to step in PyTorch
+        cell = torch.nn.GRUCell(gru.input_size, gru.hidden_size).eval()
+        cell.load_state_dict({"weight_ih": gru.weight_ih_l0, "weight_hh": gru.weight_hh_l0,
+                              "bias_ih": gru.bias_ih_l0, "bias_hh": gru.bias_hh_l0})
+        h = torch.zeros(w.x.shape[0], gru.hidden_size)
+
+        def step(frame):
+            nonlocal h
+            h = cell(torch.from_numpy(frame), h)
+            return h.numpy()
+        return step
+    return make
+
+
+def openvino_available() -> bool:
+    try:
+        import openvino  # noqa: F401
+        return True
+    except ImportError:
+        return False
+
+
+def grurt_has_threads() -> bool:
+    return "threads" in inspect.signature(grurt.Model.run).parameters
+
+
+# ---- measuring ----
+
+@dataclass
+class Row:
+    contender: str
+    status: str = "ok"                    # ok / WRONG ... / n/a ... / ERROR ...
+    call: Optional[Callable] = None
+    times: List[float] = field(default_factory=list)   # seconds per call
+
+    @property
+    def timed(self) -> bool:
+        return self.call is not None and len(self.times) > 0
+
+    def median_us(self) -> float:
+        return float(np.median(self.times)) * 1e6
+
+    def p99_us(self) -> float:
+        return float(np.percentile(self.times, 99)) * 1e6
+
+
+def check(w, call) -> str:
+    """Compare ``call``'s output with PyTorch's; a stepper is fed ``check_frames`` from a fresh state."""
+    expected = workloads.reference(w)
+    if w.stream:
+        got = np.stack([np.array(call(np.ascontiguousarray(w.check_frames[:, t])))
+                        for t in range(w.check_frames.shape[1])], axis=1)
+    else:
+        got = np.asarray(call(w.x))
+    if got.shape != expected.shape:
+        return f"WRONG (shape {got.shape}, expected {expected.shape})"
+    error = float(np.max(np.abs(got.astype(np.float64) - expected)))
+    if not error <= TOLERANCE:  # also catches NaN
+        return f"WRONG (max abs err {error:.1e})"
+    return f"ok ({error:.0e})"
+
+
+def prepare(row: Row, w, factory) -> None:
+    """Build and check one contender; failures become the row's status."""
+    try:
+        row.call = factory()
+        row.status = check(w, row.call)  # a stepper then just goes on from the state it reached
+    except Exception as error:  # report it and carry on with the other contenders
+        row.status = f"ERROR ({type(error).__name__}: {str(error).splitlines()[0][:80]})"
+        row.call = None
+
+
+def interleaved(rows: List[Row], x: np.ndarray, budget: float, min_rounds: int, max_rounds: int) -> int:
+    """Time every row's call on ``x``: rounds in which each row has a turn, in a shuffled order.
+
+    Short calls run in bursts of several timed calls, after one untimed call: the contender
+    before them evicted their caches, and a loop of calls is the case worth measuring (without
+    this, a 10 µs call measures 30 µs after a torch call). Returns the number of rounds.
+    """
+    live = [row for row in rows if row.call is not None]
+    if not live:
+        return 0
+    cost = {}
+    for row in live:  # each call's cost: the fastest of a few warm calls (one if it is slow)
+        samples = []
+        while len(samples) < 5 and sum(samples) < 0.01:
+            start = time.perf_counter()
+            row.call(x)
+            samples.append(time.perf_counter() - start)
+        cost[id(row)] = min(samples)
+    burst = {key: max(1, min(100, round(BURST_SECONDS / c))) for key, c in cost.items()}
+    warm_up = {key: c < WARM_UP_BELOW_SECONDS for key, c in cost.items()}
+    round_cost = sum((burst[key] + warm_up[key]) * c for key, c in cost.items())
+    rounds = int(min(max_rounds, max(min_rounds, budget / max(round_cost, 1e-9))))
+    deadline = time.perf_counter() + 1.5 * budget  # the estimate is optimistic on a loaded machine
+    order = list(live)
+    shuffle = random.Random(0).shuffle  # not a fixed cycle: every contender follows every other
+    gc.disable()  # a collection would land on whichever contender happens to run
+    try:
+        for rep in range(rounds):
+            if rep >= min_rounds and time.perf_counter() > deadline:
+                rounds = rep
+                break
+            shuffle(order)
+            for row in order:
+                if warm_up[id(row)]:
+                    row.call(x)
+                for _ in range(burst[id(row)]):
+                    start = time.perf_counter()
+                    row.call(x)
+                    row.times.append(time.perf_counter() - start)
+    finally:
+        gc.enable()
+    return rounds
+
+
+def bench_workload(w, directory: str, quick: bool) -> Tuple[List[Row], int]:
+    path = export_onnx(w, directory)
+    grurt_runs = not w.stream or workloads.has_stream(w.model)
+    contenders = [("grurt", grurt_factory(w) if grurt_runs else None)]
+    if w.name == "W4" and grurt_has_threads():
+        contenders.append(("grurt (2 threads)", grurt_factory(w, threads=2)))
+    contenders += [(BASELINE, ort_factory(w, path, 1)),
+                   ("onnxruntime (default threads)", ort_factory(w, path, None)),
+                   ("torch eager (1 thread)", torch_factory(w))]
+    if openvino_available():
+        contenders.append(("openvino f32 (1 thread)", openvino_factory(w, path)))
+    rows = []
+    for name, factory in contenders:
+        row = Row(name)
+        if factory is None:
+            row.status = "n/a (no stream API)"
+        else:
+            prepare(row, w, factory)
+        rows.append(row)
+    budget, min_rounds, max_rounds = (2.0, 3, 300) if quick else (15.0, 8, 2000)
+    return rows, interleaved(rows, w.x, budget, min_rounds, max_rounds)
+
+
+# ---- reporting ----
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as handle:
+            cpu = next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{cpu}, {os.cpu_count()} logical cores ({usable} usable)"
+
+
+def versions() -> str:
+    import onnxruntime
+    parts = [f"python {platform.python_version()}", f"grurt {grurt.__version__}", f"numpy {np.__version__}",
+             f"torch {torch.__version__}", f"onnxruntime {onnxruntime.__version__}"]
+    if openvino_available():
+        import openvino
+        parts.append(f"openvino {openvino.__version__.split('-')[0]}")
+    return ", ".join(parts)
+
+
+def fmt_us(value: float) -> str:
+    return f"{value:,.1f}" if value < 100 else f"{value:,.0f}"
+
+
+def table(results) -> str:
+    lines = ["| workload | contender | median µs | p99 µs | ORT-1t / this | calls | check |",
+             "|---|---|---:|---:|---:|---:|---|"]
+    for w, rows, rounds in results:
+        baseline = next((r for r in rows if r.contender == BASELINE and r.timed), None)
+        for row in rows:
+            label = f"{w} ({rounds} rounds)" if row is rows[0] else ""
+            if row.timed:
+                ratio = f"{baseline.median_us() / row.median_us():.2f}" if baseline else "—"
+                lines.append(f"| {label} | {row.contender} | {fmt_us(row.median_us())} | "
+                             f"{fmt_us(row.p99_us())} | {ratio} | {len(row.times)} | {row.status} |")
+            else:
+                lines.append(f"| {label} | {row.contender} | — | — | — | — | {row.status} |")
+    return "\n".join(lines)
+
+
+def plot(results, path: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(dict.fromkeys(row.contender for _, rows, _ in results for row in rows))
+    names.sort(key=lambda name: not name.startswith("grurt"))  # grurt rows first, stable otherwise
+    colour = {name: f"C{k}" for k, name in enumerate(names)}
+    width = 0.8 / max(len(rows) for _, rows, _ in results)
+    fig, ax = plt.subplots(figsize=(max(6, 1.8 * len(results)), 4.5))
+    labelled = set()
+    for i, (_, rows, _) in enumerate(results):
+        timed = sorted((row for row in rows if row.timed), key=lambda row: names.index(row.contender))
+        for k, row in enumerate(timed):
+            bad = not row.status.startswith("ok")  # a fast wrong answer must not look like a win
+            label = None if row.contender in labelled else row.contender
+            labelled.add(row.contender)
+            ax.bar(i + (k - (len(timed) - 1) / 2) * width, row.median_us(), width, label=label,
+                   color=colour[row.contender], hatch="xx" if bad else None, alpha=0.4 if bad else 1.0)
+    ax.set_yscale("log")
+    ax.set_ylabel("median µs per call (log)")
+    ax.set_xticks(range(len(results)))
+    ax.set_xticklabels([str(w) for w, _, _ in results], fontsize=8)
+    ax.set_title("grurt vs onnxruntime / torch / openvino (hatched = WRONG output)", fontsize=10)
+    handles, labels = ax.get_legend_handles_labels()
+    order = sorted(range(len(labels)), key=lambda j: names.index(labels[j]))
+    ax.legend([handles[j] for j in order], [labels[j] for j in order], fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small time budget (< 40 s in total)")
+    parser.add_argument("--workloads", default=",".join(workloads.NAMES),
+                        help=f"comma-separated subset of {','.join(workloads.NAMES)}")
+    parser.add_argument("--plot", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "compare.png"),
+                        help="where to write the PNG bar plot (default: bench/compare.png)")
+    args = parser.parse_args(argv)
+    names = [name.strip() for name in args.workloads.split(",") if name.strip()]
+    unknown = [name for name in names if name not in workloads.NAMES]
+    if unknown:
+        parser.error(f"unknown workload(s) {', '.join(unknown)}; choose from {', '.join(workloads.NAMES)}")
+
+    torch.set_num_threads(1)
+    torch.set_grad_enabled(False)  # inference: no autograd bookkeeping for the torch contender
+    started = time.perf_counter()
+    print(f"# grurt comparison{' (--quick)' if args.quick else ''}\n")
+    print(f"- machine: {machine()}")
+    print(f"- date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}")
+    print(f"- {versions()}")
+    if not grurt_has_threads():
+        print("- grurt (2 threads) skipped: Model.run has no `threads` option")
+    if not openvino_available():
+        print("- openvino not installed: skipped")
+    print(flush=True)
+
+    results = []
+    with tempfile.TemporaryDirectory(prefix="grurt-bench-") as directory:
+        for name in names:
+            w = workloads.get(name)
+            rows, rounds = bench_workload(w, directory, args.quick)
+            results.append((w, rows, rounds))
+            print(f"  {w}: {rounds} rounds, {time.perf_counter() - started:.0f} s elapsed", file=sys.stderr, flush=True)
+    print(table(results))
+    if args.plot:
+        plot(results, args.plot)
+        print(f"\nplot: {args.plot}")
+    print(f"total time: {time.perf_counter() - started:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""pytest-benchmark cases for grurt: workloads W1-W5 and the Python overhead of ``run()``.
+
+For regression tracking (results land in .benchmarks/, which git ignores):
+
+    pytest bench/ --benchmark-autosave            # record a baseline
+    pytest bench/ --benchmark-compare             # compare with the latest saved run
+    pytest bench/ --benchmark-compare --benchmark-compare-fail=median:10%
+    pytest bench/test_bench.py --benchmark-disable   # smoke run: every case once, outputs checked
+
+Threads: everything runs single-threaded so that numbers are comparable between runs and
+machines. ``OPENBLAS_NUM_THREADS=1`` (grurt calls scipy's OpenBLAS) and ``OMP_NUM_THREADS=1``
+/ ``MKL_NUM_THREADS=1`` (torch, used to build the workloads) are set below before numpy,
+scipy or torch are imported; threadpoolctl, when installed, enforces the BLAS limit in case
+they were imported earlier. The ``threads=2`` case runs only if ``Model.run`` has that option.
+
+These are not part of the test suite (``testpaths`` is tests/); each case also checks its
+output against PyTorch so that a fast wrong kernel does not pass as an improvement.
+"""
+import os
+
+for _variable in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[_variable] = "1"
+
+import inspect
+
+import numpy as np
+import pytest
+
+import grurt
+import workloads
+
+try:
+    from threadpoolctl import threadpool_limits
+    threadpool_limits(1)
+except ImportError:
+    pass
+
+TOLERANCE = 1e-4
+RUN_WORKLOADS = ["W1", "W2", "W4", "W5", "overhead"]
+
+
+def assert_matches_torch(w, out):
+    expected = workloads.reference(w)
+    assert out.shape == expected.shape
+    np.testing.assert_allclose(out, expected, rtol=0, atol=TOLERANCE)
+
+
+@pytest.mark.parametrize("name", RUN_WORKLOADS)
+def test_run(benchmark, name):
+    w = workloads.get(name)
+    benchmark.group = str(w)
+    benchmark.extra_info["input_shape"] = list(w.x.shape)
+    out = benchmark(w.model.run, w.x)
+    assert_matches_torch(w, out)
+
+
+def test_stream_step(benchmark):
+    w = workloads.get("W3")
+    if not workloads.has_stream(w.model):
+        pytest.skip("n/a (no stream API): grurt.Model has no stream()")
+    benchmark.group = str(w)
+    # The state check first, on a fresh stream: step() must carry the state between frames.
+    check = workloads.stream_stepper(w.model)
+    got = np.stack([check(np.ascontiguousarray(w.check_frames[:, t])).copy()
+                    for t in range(w.check_frames.shape[1])], axis=1)
+    np.testing.assert_allclose(got, workloads.reference(w), rtol=0, atol=TOLERANCE)
+    step = workloads.stream_stepper(w.model)
+    out = benchmark(step, w.x)
+    assert out.shape == (1, w.model.output_size) and np.isfinite(out).all()
+
+
+def test_run_two_threads(benchmark):
+    if "threads" not in inspect.signature(grurt.Model.run).parameters:
+        pytest.skip("Model.run has no threads option")
+    w = workloads.get("W4")
+    benchmark.group = str(w)
+    out = benchmark(w.model.run, w.x, threads=2)
+    assert_matches_torch(w, out)

@@ -1,0 +1,149 @@
+"""The benchmark workloads, built once and shared by ``test_bench.py`` and ``compare.py``.
+
+Each workload is a batch-first PyTorch module with random weights (fixed seed), the same
+network as a grurt Model (``grurt.from_torch``) and a float32 input:
+
+    W1  forecaster        GRU(50) -> Dense(1) on the last step        (1, 100, 1)
+    W2  keyword spotting  2 x GRU(128) -> Dense(12) on the last step  (1, 100, 40)
+    W3  streaming step    GRU(256), one ``stream.step``               frame (1, 64)
+    W4  throughput        bidirectional GRU(256), output sequence     (64, 200, 64)
+    W5  large             GRU(1024), last state                       (1, 50, 512)
+    overhead              GRU with H = I = T = B = 1: the Python cost of ``run()``
+
+``torch_module(x)`` gives the reference output that every runtime must match. W3 is a
+streaming workload: ``x`` is one frame (B, I) and ``check_frames`` (B, K, I) is a short
+sequence used to check that a stepper carries its state correctly.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+import grurt
+
+SEED = 20240601
+NAMES = ("W1", "W2", "W3", "W4", "W5", "overhead")
+
+
+class LastStepHead(nn.Module):
+    """GRU -> Linear on the last time step, as ``grurt.from_torch([gru, head], last_step=True)``."""
+
+    def __init__(self, gru: nn.GRU, head: nn.Linear):
+        super().__init__()
+        self.gru, self.head = gru, head
+
+    def forward(self, x):
+        y, _ = self.gru(x)
+        return self.head(y[:, -1])
+
+
+class Sequence(nn.Module):
+    """The GRU's full output sequence (B, T, D*H)."""
+
+    def __init__(self, gru: nn.GRU):
+        super().__init__()
+        self.gru = gru
+
+    def forward(self, x):
+        return self.gru(x)[0]
+
+
+class LastState(nn.Module):
+    """The last layer's final state (B, H), i.e. ``h_n[-1]`` (= ``output[:, -1]`` for one direction)."""
+
+    def __init__(self, gru: nn.GRU):
+        super().__init__()
+        self.gru = gru
+
+    def forward(self, x):
+        return self.gru(x)[1][-1]
+
+
+@dataclass
+class Workload:
+    name: str
+    title: str
+    torch_module: nn.Module          # batch-first; torch_module(x) is the reference output
+    model: grurt.Model
+    x: np.ndarray                    # the timed input (for W3: one frame (B, I))
+    stream: bool = False             # W3: time one streaming step instead of run()
+    check_frames: Optional[np.ndarray] = None  # W3: (B, K, I) frames for the state check
+
+    @property
+    def gru(self) -> nn.GRU:
+        return self.torch_module.gru
+
+    def __str__(self) -> str:
+        return f"{self.name} {self.title}"
+
+
+def _gru(seed: int, input_size: int, hidden: int, **kwargs) -> nn.GRU:
+    torch.manual_seed(seed)  # per workload, so weights do not depend on build order
+    return nn.GRU(input_size, hidden, batch_first=True, **kwargs).eval()
+
+
+def _input(seed: int, shape) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal(shape, dtype=np.float32)
+
+
+@functools.lru_cache(maxsize=None)
+def get(name: str) -> Workload:
+    """Build workload ``name`` (one of NAMES) once; later calls return the same object."""
+    seed = SEED + NAMES.index(name)
+    if name == "W1":
+        gru = _gru(seed, 1, 50)
+        head = nn.Linear(50, 1)
+        return Workload("W1", "forecaster", LastStepHead(gru, head).eval(),
+                        grurt.from_torch([gru, head], last_step=True), _input(seed, (1, 100, 1)))
+    if name == "W2":
+        gru = _gru(seed, 40, 128, num_layers=2)
+        head = nn.Linear(128, 12)
+        return Workload("W2", "keyword spotting", LastStepHead(gru, head).eval(),
+                        grurt.from_torch([gru, head], last_step=True), _input(seed, (1, 100, 40)))
+    if name == "W3":
+        gru = _gru(seed, 64, 256)
+        frames = _input(seed, (1, 9, 64))
+        return Workload("W3", "streaming step", Sequence(gru), grurt.from_torch([gru]),
+                        np.ascontiguousarray(frames[:, 0]), stream=True,
+                        check_frames=np.ascontiguousarray(frames[:, 1:]))
+    if name == "W4":
+        gru = _gru(seed, 64, 256, bidirectional=True)
+        return Workload("W4", "throughput", Sequence(gru), grurt.from_torch([gru]),
+                        _input(seed, (64, 200, 64)))
+    if name == "W5":
+        gru = _gru(seed, 512, 1024)
+        return Workload("W5", "large", LastState(gru), grurt.from_torch([gru], last_step=True),
+                        _input(seed, (1, 50, 512)))
+    if name == "overhead":
+        gru = _gru(seed, 1, 1)
+        return Workload("overhead", "(H=I=T=B=1)", Sequence(gru), grurt.from_torch([gru]),
+                        _input(seed, (1, 1, 1)))
+    raise KeyError(f"unknown workload {name!r}; expected one of {', '.join(NAMES)}")
+
+
+_references = {}
+
+
+def reference(w: Workload) -> np.ndarray:
+    """The PyTorch output for ``w.x`` (for W3: the states after each of ``check_frames``), computed once."""
+    if w.name not in _references:
+        x = w.check_frames if w.stream else w.x
+        with torch.inference_mode():
+            _references[w.name] = w.torch_module(torch.from_numpy(x)).numpy()
+    return _references[w.name]
+
+
+def has_stream(model: grurt.Model) -> bool:
+    return callable(getattr(model, "stream", None))
+
+
+def stream_stepper(model: grurt.Model, batch: int = 1):
+    """A fresh grurt stream as ``step(frame) -> output``, writing into one preallocated buffer."""
+    stream = model.stream(batch=batch)
+    buf = np.empty((batch, model.output_size), np.float32)
+    return lambda frame: stream.step(frame, out=buf)
