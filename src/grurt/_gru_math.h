@@ -186,25 +186,38 @@ GRURT_HOT static void grurt_gates_lbr0_h(int H, const float *restrict xp, const 
 /* ---- small matrix-vector product ---------------------------------------------------
  * y = x · Aᵀ for A (n_out, n_in), with A packed at load (_kernels.pyx, pack_panels) into
  * panels of GRURT_PANEL output columns: panel p, row k holds A[p*GRURT_PANEL + c, k] for
- * c < GRURT_PANEL, zero past n_out. Eight independent 8-float accumulators per panel keep both FMA
- * pipes busy; y must have room for the padded width (n_panels * GRURT_PANEL).
+ * c < GRURT_PANEL, zero past n_out; y must have room for n_panels * GRURT_PANEL floats.
+ * Two panels go through each pass: eight independent 8-float accumulators keep both FMA
+ * pipes busy, and 32-column panels waste little on small hidden sizes (150 → 160).
  */
-#define GRURT_PANEL 64
+#define GRURT_PANEL 32
 typedef float grurt_v8 __attribute__((vector_size(32), aligned(4)));
 
 GRURT_HOT static void grurt_gemv_panels(int n_in, int n_panels, const float *restrict x,
                                         const float *restrict packed, float *restrict y) {
-    for (int p = 0; p < n_panels; ++p) {
+    int p = 0;
+    for (; p + 1 < n_panels; p += 2) {
         const grurt_v8 *a = (const grurt_v8 *)(packed + (size_t)p * n_in * GRURT_PANEL);
-        grurt_v8 c0 = {0}, c1 = {0}, c2 = {0}, c3 = {0}, c4 = {0}, c5 = {0}, c6 = {0}, c7 = {0};
-        for (int k = 0; k < n_in; ++k, a += 8) {
+        const grurt_v8 *b = a + 4 * (size_t)n_in;
+        grurt_v8 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, b0 = {0}, b1 = {0}, b2 = {0}, b3 = {0};
+        for (int k = 0; k < n_in; ++k, a += 4, b += 4) {
             float xk = x[k];
-            c0 += xk * a[0]; c1 += xk * a[1]; c2 += xk * a[2]; c3 += xk * a[3];
-            c4 += xk * a[4]; c5 += xk * a[5]; c6 += xk * a[6]; c7 += xk * a[7];
+            a0 += xk * a[0]; a1 += xk * a[1]; a2 += xk * a[2]; a3 += xk * a[3];
+            b0 += xk * b[0]; b1 += xk * b[1]; b2 += xk * b[2]; b3 += xk * b[3];
         }
         grurt_v8 *out = (grurt_v8 *)(y + (size_t)p * GRURT_PANEL);
-        out[0] = c0; out[1] = c1; out[2] = c2; out[3] = c3;
-        out[4] = c4; out[5] = c5; out[6] = c6; out[7] = c7;
+        out[0] = a0; out[1] = a1; out[2] = a2; out[3] = a3;
+        out[4] = b0; out[5] = b1; out[6] = b2; out[7] = b3;
+    }
+    if (p < n_panels) {
+        const grurt_v8 *a = (const grurt_v8 *)(packed + (size_t)p * n_in * GRURT_PANEL);
+        grurt_v8 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+        for (int k = 0; k < n_in; ++k, a += 4) {
+            float xk = x[k];
+            a0 += xk * a[0]; a1 += xk * a[1]; a2 += xk * a[2]; a3 += xk * a[3];
+        }
+        grurt_v8 *out = (grurt_v8 *)(y + (size_t)p * GRURT_PANEL);
+        out[0] = a0; out[1] = a1; out[2] = a2; out[3] = a3;
     }
 }
 
