@@ -1,0 +1,321 @@
+"""The Cython kernels (grurt.Model.run) against the float64 numpy reference (grurt.reference.run).
+
+Tolerance everywhere: max abs difference <= 1e-5 (gru_testing.ATOL) on outputs *and* returned
+states, with weights scaled so that every value stays O(1) (gru_testing asserts the reference
+stays below 20), i.e. about 100 float32 ulps.
+
+Kinks: relu, leaky_relu, hard_sigmoid, elu, affine and clip are continuous (Lipschitz), so a
+float32 rounding error e in a pre-activation changes their output by at most L*e, kink or not:
+no special care needed. thresholded_relu is discontinuous (it jumps by alpha at x = alpha): it is
+kept out of the big property tests and compared only on examples whose every pre-activation is
+more than 1e-4 away from alpha (gru_testing.kink_monitor measures this in the reference).
+
+Hypothesis runs derandomized with a fixed number of examples, so CI is reproducible.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+import grurt
+from grurt import reference
+from grurt.spec import Activation, Dense, LastStep, ModelSpec, Reverse, Scale, activation
+
+from gru_testing import (ATOL, CONTINUOUS_ACTIVATIONS, DIRECTIONS, GRU_ACTIVATIONS, assert_matches_reference,
+                         max_abs_diff, random_activation, random_gru, random_states, run_both)
+
+_BASE = settings(derandomize=True, deadline=None, database=None, print_blob=True,
+                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+
+def profile(**options):
+    """Derandomized (reproducible in CI), no deadline, no example database."""
+    return settings(_BASE, **options)
+
+# Hidden sizes around the 64-column panel of the small matrix-vector kernel (3H and 2H panels too).
+PANEL_EDGES = (1, 2, 21, 22, 31, 32, 33, 42, 43, 63, 64, 65, 127, 128, 129, 160)
+hidden_sizes = st.one_of(st.sampled_from(PANEL_EDGES), st.integers(1, 160))
+
+
+def _lengths(rng, batch, steps):
+    lengths = rng.integers(1, steps + 1, size=batch)
+    lengths[rng.integers(batch)] = steps      # the full length is the common case
+    return lengths
+
+
+# ---------------------------------------------------------------------------------------------
+# One GRU layer, every option, many shapes
+# ---------------------------------------------------------------------------------------------
+
+@profile(max_examples=150)
+@given(I=st.integers(1, 64), H=hidden_sizes, T=st.integers(1, 120), B=st.integers(1, 8),
+       lbr=st.booleans(), direction=st.sampled_from(DIRECTIONS),
+       f=st.sampled_from(CONTINUOUS_ACTIVATIONS), g=st.sampled_from(CONTINUOUS_ACTIVATIONS),
+       clip=st.one_of(st.none(), st.floats(0.25, 4.0)), with_state=st.booleans(),
+       return_sequences=st.booleans(), with_lengths=st.booleans(), threads=st.sampled_from((1, 1, 2, 3, 4)),
+       seed=st.integers(0, 2**32 - 1))
+def test_gru_layer_matches_reference(I, H, T, B, lbr, direction, f, g, clip, with_state, return_sequences,
+                                     with_lengths, threads, seed):
+    """threads > 1 splits directions and batch slices over threads (each slice picks the panel or
+    the sgemm path by its own size)."""
+    rng = np.random.default_rng(seed)
+    layer = random_gru(rng, I, H, direction, lbr, random_activation(rng, f), random_activation(rng, g),
+                       clip, return_sequences)
+    model = grurt.Model(ModelSpec(I, (layer,)))
+    x = rng.normal(size=(B, T, I)).astype(np.float32)
+    h0 = random_states(rng, model.spec, B) if with_state else None
+    lengths = _lengths(rng, B, T) if with_lengths else None
+    assert_matches_reference(model, x, h0, lengths, threads=threads)
+
+
+@pytest.mark.parametrize("g", GRU_ACTIVATIONS)
+@pytest.mark.parametrize("f", GRU_ACTIVATIONS)
+def test_every_activation_pair(f, g):
+    """Each activation as gate (f) and as candidate (g), both reset positions, clip on and off,
+    both the panel (B=3) and sgemm (B=6) paths, bidirectional with lengths and initial state."""
+    for variant, (lbr, clip, batch) in enumerate([(True, None, 3), (False, None, 6), (True, 1.5, 6),
+                                                  (False, 0.75, 3)]):
+        # thresholded_relu jumps at alpha: try seeds until no pre-activation is within 1e-4 of it
+        for seed in range(40):
+            rng = np.random.default_rng([GRU_ACTIVATIONS.index(f), GRU_ACTIVATIONS.index(g), variant, seed])
+            layer = random_gru(rng, 5, 9, "bidirectional", lbr, random_activation(rng, f),
+                               random_activation(rng, g), clip)
+            model = grurt.Model(ModelSpec(5, (layer,)))
+            x = rng.normal(size=(batch, 12, 5)).astype(np.float32)
+            h0 = random_states(rng, model.spec, batch)
+            lengths = _lengths(rng, batch, 12)
+            *_, margin = run_both(model, x, h0, lengths)
+            if margin > 1e-4:
+                break
+        assert_matches_reference(model, x, h0, lengths)
+
+
+@profile(max_examples=60, suppress_health_check=list(HealthCheck))
+@given(I=st.integers(1, 8), H=st.integers(1, 12), T=st.integers(1, 16), B=st.integers(1, 6),
+       lbr=st.booleans(), direction=st.sampled_from(DIRECTIONS), as_gate=st.booleans(),
+       other=st.sampled_from(GRU_ACTIVATIONS), clip=st.one_of(st.none(), st.floats(0.5, 3.0)),
+       seed=st.integers(0, 2**32 - 1))
+def test_thresholded_relu(I, H, T, B, lbr, direction, as_gate, other, clip, seed):
+    """thresholded_relu on small shapes, examples with a pre-activation near the jump discarded."""
+    rng = np.random.default_rng(seed)
+    fns = [random_activation(rng, "thresholded_relu"), random_activation(rng, other)]
+    f, g = fns if as_gate else fns[::-1]
+    model = grurt.Model(ModelSpec(I, (random_gru(rng, I, H, direction, lbr, f, g, clip),)))
+    x = rng.normal(size=(B, T, I)).astype(np.float32)
+    h0 = random_states(rng, model.spec, B)
+    *_, margin = run_both(model, x, h0)
+    assume(margin > 1e-4)
+    assert_matches_reference(model, x, h0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Stacks: 1-3 GRU layers with Dense / Activation / Scale / Reverse / LastStep around them
+# ---------------------------------------------------------------------------------------------
+
+@st.composite
+def stacked_models(draw):
+    seed = draw(st.integers(0, 2**32 - 1))
+    rng = np.random.default_rng(seed)
+    I = draw(st.integers(1, 24))
+    n_gru = draw(st.integers(1, 3))
+    layers, features = [], I
+    if draw(st.booleans()):
+        layers.append(Scale(a=rng.uniform(0.5, 1.5, I), c=rng.normal(size=I) * 0.2))
+    for k in range(n_gru):
+        last = k == n_gru - 1
+        H = draw(st.sampled_from((1, 7, 33, 64, 65, 100)))
+        direction = draw(st.sampled_from(DIRECTIONS))
+        f = random_activation(rng, draw(st.sampled_from(CONTINUOUS_ACTIVATIONS)))
+        g = random_activation(rng, draw(st.sampled_from(CONTINUOUS_ACTIVATIONS)))
+        clip = draw(st.one_of(st.none(), st.floats(0.5, 3.0)))
+        return_sequences = (not last) or draw(st.booleans())
+        layers.append(random_gru(rng, features, H, direction, draw(st.booleans()), f, g, clip, return_sequences))
+        features = layers[-1].output_size
+        if not last:
+            extra = draw(st.sampled_from(("none", "dense", "activation", "scale", "reverse")))
+            if extra == "dense":
+                out = draw(st.integers(1, 40))
+                layers.append(Dense(W=rng.normal(size=(out, features)) / np.sqrt(features), b=rng.normal(size=out) * 0.2,
+                                    activation=activation(draw(st.sampled_from(("linear", "tanh", "relu", "softmax"))))))
+                features = out
+            elif extra == "activation":
+                layers.append(Activation(activation(draw(st.sampled_from(("softmax", "tanh", "elu", "softsign"))))))
+            elif extra == "scale":
+                layers.append(Scale(a=rng.uniform(0.5, 1.5, features), c=rng.normal(size=features) * 0.2))
+            elif extra == "reverse":
+                layers.append(Reverse())
+    has_time = layers[-1].return_sequences
+    tail = draw(st.sampled_from(("none", "reverse", "laststep", "dense", "dense_softmax", "softmax", "scale")))
+    if tail == "reverse" and has_time:
+        layers.append(Reverse())
+    elif tail == "laststep" and has_time:
+        layers.append(LastStep())
+    elif tail in ("dense", "dense_softmax"):
+        out = draw(st.integers(1, 12))
+        fn = activation("softmax" if tail == "dense_softmax" else "linear")
+        layers.append(Dense(W=rng.normal(size=(out, features)) / np.sqrt(features), b=rng.normal(size=out), activation=fn))
+    elif tail == "softmax":
+        layers.append(Activation(activation("softmax")))
+    elif tail == "scale":
+        layers.append(Scale(a=rng.uniform(-2, 2, features), c=rng.normal(size=features)))
+    return ModelSpec(I, tuple(layers)), seed
+
+
+@profile(max_examples=80)
+@given(model_and_seed=stacked_models(), T=st.integers(1, 60), B=st.integers(1, 8), with_state=st.booleans(),
+       with_lengths=st.booleans(), threads=st.sampled_from((1, 2, 4)))
+def test_stacked_models_match_reference(model_and_seed, T, B, with_state, with_lengths, threads):
+    spec, seed = model_and_seed
+    rng = np.random.default_rng(seed + 1)
+    model = grurt.Model(spec)
+    x = rng.normal(size=(B, T, spec.input_size)).astype(np.float32)
+    h0 = random_states(rng, spec, B) if with_state else None
+    lengths = _lengths(rng, B, T) if with_lengths else None
+    assert_matches_reference(model, x, h0, lengths, threads=threads)
+    # and a single (T, I) sequence gives the same as a batch of one
+    single = model.run(x[0], initial_state=None if h0 is None else [s[:, 0] for s in h0])
+    batch_of_one = model.run(x[:1], initial_state=None if h0 is None else [s[:, :1] for s in h0])[0]
+    assert max_abs_diff(single, batch_of_one) <= 1e-6
+
+
+# ---------------------------------------------------------------------------------------------
+# The two recurrent-product paths and the 64-column panel boundary
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("lbr", [True, False], ids=["lbr1", "lbr0"])
+@pytest.mark.parametrize("H", [1, 21, 22, 31, 32, 33, 63, 64, 65, 128, 129])
+def test_panel_and_sgemm_paths(H, lbr):
+    """B <= 4 runs h·Rᵀ through the panel kernel, B > 4 through sgemm; both match the reference,
+    and every sequence of a batch matches the same sequence run alone (B = 1) within 1e-5."""
+    rng = np.random.default_rng([H, lbr])
+    I, T = 11, 25
+    f = random_activation(rng, "hard_sigmoid") if H % 2 else None      # the generic gate pass too
+    model = grurt.Model(ModelSpec(I, (random_gru(rng, I, H, "bidirectional", lbr, gate=f),)))
+    x = rng.normal(size=(8, T, I)).astype(np.float32)
+    h0 = random_states(rng, model.spec, 8)
+    alone = [model.run(x[b], initial_state=[s[:, b] for s in h0], return_state=True) for b in range(8)]
+    for B in (1, 2, 3, 4, 5, 6, 8):
+        state = [s[:, :B] for s in h0]
+        assert_matches_reference(model, x[:B], state)
+        # threads=4 with two directions: two batch slices per direction, each slice choosing
+        # its own path (B=8 -> slices of 4 -> panels; B=5 -> 2 and 3)
+        for threads in (1, 4):
+            out, states = model.run(x[:B], initial_state=state, return_state=True, threads=threads)
+            for b in range(B):
+                assert max_abs_diff(out[b], alone[b][0]) <= ATOL
+                assert max_abs_diff(states[0][:, b], alone[b][1][0]) <= ATOL
+
+
+def test_fast_and_generic_gate_pass_agree():
+    """sigmoid/tanh without clip takes the fused fast pass; the same functions through the
+    generic pass (a clip too large to act) must give the same numbers within 1e-6."""
+    rng = np.random.default_rng(7)
+    layer = random_gru(rng, 6, 70, "forward", True)
+    clipped = random_gru(np.random.default_rng(7), 6, 70, "forward", True, clip=1e30)
+    x = rng.normal(size=(5, 40, 6)).astype(np.float32)
+    a = grurt.Model(ModelSpec(6, (layer,))).run(x)
+    b = grurt.Model(ModelSpec(6, (clipped,))).run(x)
+    assert max_abs_diff(a, b) <= 1e-6
+    assert_matches_reference(grurt.Model(ModelSpec(6, (layer,))), x)
+
+
+# ---------------------------------------------------------------------------------------------
+# lengths: a padded batch gives what each sequence gives alone
+# ---------------------------------------------------------------------------------------------
+
+def _padded_model(rng, direction, lbr, return_sequences, tail):
+    layers = [random_gru(rng, 4, 20, direction, lbr)]
+    features = layers[0].output_size
+    layers.append(random_gru(rng, features, 13, direction, not lbr, return_sequences=return_sequences))
+    features = layers[-1].output_size
+    if return_sequences and tail == "reverse":
+        layers.append(Reverse())
+    if return_sequences and tail == "laststep":
+        layers.append(LastStep())
+    if tail == "dense":
+        layers.append(Dense(W=rng.normal(size=(3, features)), b=np.ones(3), activation=activation("softmax")))
+    return grurt.Model(ModelSpec(4, tuple(layers)))
+
+
+@pytest.mark.parametrize("tail", ["none", "reverse", "laststep", "dense"])
+@pytest.mark.parametrize("return_sequences", [True, False], ids=["seq", "last"])
+@pytest.mark.parametrize("direction", DIRECTIONS)
+@pytest.mark.parametrize("B", [3, 7], ids=["panel", "sgemm"])
+def test_lengths_match_each_sequence_alone(B, direction, return_sequences, tail):
+    rng = np.random.default_rng([B, DIRECTIONS.index(direction), return_sequences, len(tail)])
+    model = _padded_model(rng, direction, B == 3, return_sequences, tail)
+    T = 17
+    lengths = np.array([17, 1, 9, 16, 2, 11, 5][:B])
+    x = rng.normal(size=(B, T, 4)).astype(np.float32)
+    x[np.arange(T)[None, :] >= lengths[:, None]] = rng.normal(size=(1, 4)) * 100   # loud padding
+    h0 = random_states(rng, model.spec, B)
+    out, states = model.run(x, initial_state=h0, lengths=lengths, return_state=True, threads=2)
+    assert_matches_reference(model, x, h0, lengths)
+    for b, L in enumerate(lengths):
+        alone, alone_states = model.run(x[b, :L], initial_state=[s[:, b] for s in h0], return_state=True)
+        if model.spec.returns_sequence:
+            assert max_abs_diff(out[b, :L], alone) <= ATOL
+            assert np.all(out[b, L:] == 0), "outputs past a sequence's length must be exactly zero"
+        else:
+            assert max_abs_diff(out[b], alone) <= ATOL
+        for s, a in zip(states, alone_states):
+            assert max_abs_diff(s[:, b], a) <= ATOL
+
+
+# ---------------------------------------------------------------------------------------------
+# The non-GRU layers, checked against their plain definitions (not only the reference)
+# ---------------------------------------------------------------------------------------------
+
+def test_layers_follow_their_definitions():
+    rng = np.random.default_rng(3)
+    I, B, T = 6, 5, 9
+    x = rng.normal(size=(B, T, I)).astype(np.float32)
+    x64 = x.astype(np.float64)
+    lengths = np.array([9, 3, 1, 7, 8])
+    W, b = rng.normal(size=(4, I)), rng.normal(size=4)
+    a, c = rng.normal(size=I), rng.normal(size=I)
+    W32, b32, a32, c32 = (v.astype(np.float32).astype(np.float64) for v in (W, b, a, c))
+
+    def run(*layers, **kw):
+        return grurt.Model(ModelSpec(I, layers)).run(x, **kw)
+
+    # Dense: x·Wᵀ + b
+    assert max_abs_diff(run(Dense(W=W, b=b)), x64 @ W32.T + b32) <= 1e-5
+    # softmax over the feature axis: rows sum to 1
+    y = run(Dense(W=W, b=b, activation=activation("softmax")))
+    e = np.exp(x64 @ W32.T + b32)
+    assert max_abs_diff(y, e / e.sum(-1, keepdims=True)) <= 1e-6
+    assert max_abs_diff(y.sum(-1), np.ones((B, T))) <= 1e-6
+    y = run(Activation(activation("softmax")))
+    e = np.exp(x64)
+    assert max_abs_diff(y, e / e.sum(-1, keepdims=True)) <= 1e-6
+    # Scale: x·a + c
+    assert max_abs_diff(run(Scale(a=a, c=c)), x64 * a32 + c32) <= 1e-6
+    # Reverse: the time axis flipped (exactly: it is a copy)
+    assert np.array_equal(run(Reverse()), x[:, ::-1])
+    # ... each sequence within its own length; padding zero
+    y = run(Reverse(), lengths=lengths)
+    for i, L in enumerate(lengths):
+        assert np.array_equal(y[i, :L], x[i, :L][::-1])
+        assert np.all(y[i, L:] == 0)
+    # LastStep: out[:, -1], or each sequence's last valid step
+    assert np.array_equal(run(LastStep()), x[:, -1])
+    assert np.array_equal(run(LastStep(), lengths=lengths), x[np.arange(B), lengths - 1])
+    assert np.array_equal(run(Reverse(), LastStep(), lengths=lengths), x[:, 0])
+    # an Activation after LastStep works on (B, F)
+    y = run(LastStep(), Activation(activation("tanh")))
+    assert y.shape == (B, I) and max_abs_diff(y, np.tanh(x64[:, -1])) <= 3e-7
+
+
+@pytest.mark.parametrize("kind", [k for k in GRU_ACTIVATIONS] + ["linear"])
+def test_activation_layer_matches_reference(kind):
+    """Every elementwise function as a layer (the same C code as inside the GRU)."""
+    rng = np.random.default_rng(list(GRU_ACTIVATIONS + ("linear",)).index(kind))
+    fn = random_activation(rng, kind)
+    x = rng.uniform(-6, 6, size=(3, 200, 7)).astype(np.float32)
+    if kind == "thresholded_relu":      # keep inputs 1e-4 away from the jump at alpha
+        x[np.abs(x - fn.alpha) < 1e-4] += 1e-3
+    model = grurt.Model(ModelSpec(7, (Activation(fn),)))
+    assert max_abs_diff(model.run(x), reference.run(model, x)) <= 1e-6
