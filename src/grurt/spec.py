@@ -158,6 +158,9 @@ class GRU:
         _elementwise("GRU gate activation", self.gate_activation)
         _elementwise("GRU candidate activation", self.candidate_activation)
         if self.clip is not None:
+            if isinstance(self.clip, (bool, np.bool_, str, bytes)) or np.ndim(self.clip) != 0 \
+                    or np.asarray(self.clip).dtype.kind not in "fiu":
+                raise ModelFormatError(f"GRU: clip must be a positive finite number, got {self.clip!r}")
             clip = float(self.clip)
             if not clip > 0 or not math.isfinite(clip):
                 raise ModelFormatError(f"GRU: clip must be a positive finite number, got {self.clip!r}")

@@ -93,7 +93,7 @@ def _activation_from_json(value, where) -> ActivationFunction:
 def _int_field(entry, key, where):
     value = entry.get(key)
     _expect(isinstance(value, int) and not isinstance(value, bool) and 0 < value < 2**31,
-            f"{where}: '{key}' must be a positive integer, got {value!r}")
+            f"{where}: '{key}' must be a positive integer below 2**31, got {value!r}")
     return value
 
 
@@ -104,11 +104,14 @@ def _read_header(archive: zipfile.ZipFile) -> dict:
     _expect(info.file_size <= _MAX_HEADER_BYTES, f"header entry is implausibly large ({info.file_size} bytes)")
     with archive.open(name) as handle:
         raw = handle.read(_MAX_HEADER_BYTES + 1)
-    array = np.load(io.BytesIO(raw), allow_pickle=False)
+    try:
+        array = np.load(io.BytesIO(raw), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise ModelFormatError(f"the 'header' entry is not a readable .npy array ({exc})") from None
     _expect(array.dtype.kind == "U" and array.ndim == 0, "header must be a 0-d string array holding JSON")
     try:
         header = json.loads(str(array))
-    except json.JSONDecodeError as exc:
+    except (ValueError, RecursionError) as exc:   # JSONDecodeError, huge int literals, deep nesting
         raise ModelFormatError(f"header is not valid JSON: {exc}") from None
     _expect(isinstance(header, dict) and header.get("format") == FORMAT_NAME,
             "not a grurt model: header['format'] is not 'grurt'")
@@ -127,7 +130,10 @@ def _read_header(archive: zipfile.ZipFile) -> dict:
 def read_header(path) -> dict:
     """The JSON header of a grurt .npz file (format version, producer, layers)."""
     with _open_archive(path) as archive:
-        return _read_header(archive)
+        try:
+            return _read_header(archive)
+        except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as exc:
+            raise ModelFormatError(f"{path}: corrupt grurt model ({type(exc).__name__}: {exc})") from None
 
 
 def _open_archive(path) -> zipfile.ZipFile:
@@ -166,7 +172,7 @@ def _layer_from_json(archive, entry, index, features):
     where = f"layer {index}"
     _expect(isinstance(entry, dict), f"{where}: expected an object, got {entry!r}")
     kind = entry.get("type")
-    if kind not in _LAYER_FIELDS:
+    if not isinstance(kind, str) or kind not in _LAYER_FIELDS:
         raise UnsupportedModelError(f"{where}: unknown layer type {kind!r}")
     where = f"layer {index} ({kind})"
     unknown = set(entry) - _LAYER_FIELDS[kind]
