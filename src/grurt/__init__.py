@@ -7,10 +7,10 @@
 __version__ = "0.1.0"
 
 from .errors import GrurtError, InputError, ModelFormatError, UnsupportedModelError
-from .export import from_torch
+from .export import from_keras, from_torch
 from .formats import load, save
 from .model import Model
 from .spec import ModelSpec
 
-__all__ = ["load", "save", "from_torch", "Model", "ModelSpec", "GrurtError", "InputError",
+__all__ = ["load", "save", "from_torch", "from_keras", "Model", "ModelSpec", "GrurtError", "InputError",
            "ModelFormatError", "UnsupportedModelError", "__version__"]

@@ -1,9 +1,11 @@
 """Live framework objects → grurt models. Frameworks are imported lazily."""
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 
-from .convert import torch_gru_direction
+from .convert import torch_gru_direction, with_scalers
 from .errors import UnsupportedModelError
 from .model import Model
 from .spec import GRU, Activation, Dense, LastStep, ModelSpec, activation
@@ -63,12 +65,13 @@ def _torch_layer(module, index) -> list:
         f"{', '.join(_TORCH_ACTIVATIONS)}, Dropout and Flatten")
 
 
-def from_torch(module, last_step: bool = False) -> Model:
+def from_torch(module, last_step: bool = False, input_scaler=None, output_scaler=None) -> Model:
     """Convert ``torch.nn.GRU``/``Linear``/activations, alone, in ``nn.Sequential`` or a list, to a Model.
 
     The model takes batch-first input (B, T, I) whatever ``batch_first`` says. A GRU passes
     its output sequence on (``output`` of ``nn.GRU``); ``last_step=True`` keeps only the
-    last time step after the last GRU, as ``output[:, -1]`` does.
+    last time step after the last GRU, as ``output[:, -1]`` does. ``input_scaler`` and
+    ``output_scaler`` fold fitted scikit-learn scalers in, as in :func:`from_keras`.
     """
     import torch.nn
 
@@ -88,7 +91,8 @@ def from_torch(module, last_step: bool = False) -> Model:
         raise UnsupportedModelError("the torch model contains no nn.GRU")
     if last_step:
         layers.insert(grus[-1] + 1, LastStep())
-    return Model(ModelSpec(input_size=_first_input(layers), layers=tuple(layers)))
+    spec = ModelSpec(input_size=_first_input(layers), layers=tuple(layers))
+    return Model(with_scalers(spec, input_scaler, output_scaler))
 
 
 def _first_input(layers) -> int:
@@ -96,3 +100,27 @@ def _first_input(layers) -> int:
     if isinstance(first, (GRU, Dense)):
         return first.input_size
     raise UnsupportedModelError("the first module must be nn.GRU or nn.Linear so that the input size is known")
+
+
+def from_keras(model, input_scaler=None, output_scaler=None) -> Model:
+    """Convert a live Keras model (Keras 3 on any backend, or tf.keras 2) to a Model.
+
+    The model is a Sequential or functional chain of the layers listed in docs/keras.md.
+    ``input_scaler``/``output_scaler``: fitted scikit-learn MinMaxScaler or StandardScaler,
+    folded in so that the Model takes raw input and returns outputs in real units.
+    """
+    from .formats.keras import spec_from_keras
+
+    if not hasattr(model, "layers") or not hasattr(model, "get_config"):
+        raise UnsupportedModelError(f"expected a Keras Sequential or functional model, got {type(model).__name__}")
+    try:
+        config = model.get_config()
+    except NotImplementedError:
+        raise UnsupportedModelError(f"{type(model).__name__} has no config (a subclassed model?); "
+                                    "grurt reads Sequential and functional models") from None
+    # the same (config, weights, version) triple the file readers produce
+    weights = {layer.name: [np.asarray(w) for w in layer.get_weights()] for layer in model.layers}
+    package = sys.modules.get(type(model).__module__.partition(".")[0])
+    spec = spec_from_keras({"class_name": type(model).__name__, "config": config}, weights,
+                           getattr(package, "__version__", "3"))
+    return Model(with_scalers(spec, input_scaler, output_scaler))
