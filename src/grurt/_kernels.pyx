@@ -99,6 +99,7 @@ cdef class Plan:
     cdef int n_layers
     cdef list arrays         # owns the memory the LayerPlans point into
     cdef readonly int max_features, max_projection, max_step_scratch
+    cdef readonly int state_width    # sum of D*H over GRU layers: the states of one sequence
 
     def __cinit__(self):
         self.layers = NULL
@@ -187,19 +188,26 @@ cdef class Plan:
         self.max_projection = max(self.max_projection, D * 3 * H)
         padded = (p.panels_per_gate_set + p.panels_h) * GRURT_PANEL
         self.max_step_scratch = max(self.max_step_scratch, padded + 5 * H)
+        self.state_width += D * H
 
     def __dealloc__(self):
         free(self.layers)
 
     cpdef size_t workspace_floats(self, int batch, int steps):
-        """Floats of scratch memory one ``run`` of this shape needs (beside input and output)."""
+        """Floats of scratch memory one ``run`` of this shape needs (beside input and output).
+
+        The last batch * state_width floats hold the GRU states when the caller passes none.
+        """
         cdef size_t rows = <size_t>batch * steps
-        return 2 * rows * self.max_features + rows * self.max_projection + 2 * <size_t>batch * self.max_step_scratch
+        return (2 * rows * self.max_features + rows * self.max_projection
+                + <size_t>batch * (2 * self.max_step_scratch + self.state_width))
 
     def run(self, cnp.ndarray x, list states, cnp.ndarray lengths, cnp.ndarray out, int threads=1):
         """Run all layers on x (B, T, I) into out; GRU states (D, B, H) are updated in place.
 
-        lengths is None or int32 (B,). All arrays are C-contiguous float32 of the right shapes.
+        states is None (zero initial states, final states discarded) or one array per GRU
+        layer; lengths is None or int32 (B,). All arrays are C-contiguous float32 of the right
+        shapes.
         ``threads`` > 1 splits each GRU layer's directions and batch across that many threads.
         """
         cdef int B = x.shape[0], T = x.shape[1]
@@ -224,9 +232,19 @@ cdef class Plan:
     cdef _execute(self, int B, int T, cnp.ndarray x, list states, cnp.ndarray lengths, cnp.ndarray out,
                   float* work, int threads):
         cdef float* state_ptrs[MAX_GRU_LAYERS]
-        cdef int i
-        for i in range(len(states)):
-            state_ptrs[i] = <float*>cnp.PyArray_DATA(states[i])
+        cdef float* own_states
+        cdef int i, n_grus = 0
+        if states is None:
+            own_states = work + self.workspace_floats(B, T) - <size_t>B * self.state_width
+            memset(own_states, 0, <size_t>B * self.state_width * sizeof(float))
+            for i in range(self.n_layers):
+                if self.layers[i].kind == GRU_LAYER:
+                    state_ptrs[n_grus] = own_states
+                    own_states += <size_t>B * self.layers[i].D * self.layers[i].H
+                    n_grus += 1
+        else:
+            for i in range(len(states)):
+                state_ptrs[i] = <float*>cnp.PyArray_DATA(states[i])
         cdef const int* length_ptr = NULL if lengths is None else <int*>cnp.PyArray_DATA(lengths)
         cdef const float* x_ptr = <float*>cnp.PyArray_DATA(x)
         cdef float* out_ptr = <float*>cnp.PyArray_DATA(out)

@@ -10,6 +10,7 @@ from .errors import InputError
 from .spec import GRU, LastStep, ModelSpec, Reverse
 
 _INT32_MAX = 2**31 - 1
+_FLOAT32 = np.dtype(np.float32)
 
 
 def _physical_memory() -> int:
@@ -45,6 +46,13 @@ class Model:
         self.spec = spec
         self._plan = _kernels.Plan(spec)
         self._state_shapes = [(g.num_directions, g.hidden_size) for g in spec.gru_layers]
+        self._output_size, self._returns_sequence = spec.output_size, spec.returns_sequence
+        # memory a call needs: per row (input copy, workspace, output) and per sequence
+        plan = self._plan
+        self._bytes_per_row = 4 * (spec.input_size + plan.workspace_floats(1, 1) - plan.workspace_floats(1, 0)
+                                   + spec.output_size)
+        self._bytes_per_sequence = 4 * plan.workspace_floats(1, 0)
+        self._max_rows = _INT32_MAX // max(plan.max_features, plan.max_projection, 1)
 
     @property
     def input_size(self) -> int:
@@ -75,13 +83,22 @@ class Model:
         form. ``lengths`` (B,) gives each sequence's valid length for padded batches.
         ``threads`` > 1 runs the directions and batch slices of each GRU layer in parallel.
         """
-        x, single = self._input(seq)
-        batch, steps, _ = x.shape
-        states = self._initial_states(initial_state, batch, single)
+        x = seq
+        # fast path for the common case; anything else goes through the full checks
+        if not (type(x) is np.ndarray and x.ndim == 3 and x.dtype is _FLOAT32 and x.flags.c_contiguous
+                and x.shape[2] == self.spec.input_size and x.shape[0] and x.shape[1]):
+            x, single = self._input(seq)
+        else:
+            single = False
+        batch, steps = x.shape[0], x.shape[1]
+        self._check_size(batch, steps)
+        if initial_state is None and not return_state:
+            states = None                                   # zero states kept in the workspace
+        else:
+            states = self._initial_states(initial_state, batch, single)
         length_array = None if lengths is None else self._lengths(lengths, batch, steps, single)
-        out_shape = (batch, steps, self.spec.output_size) if self.spec.returns_sequence \
-            else (batch, self.spec.output_size)
-        out = np.empty(out_shape, np.float32)
+        out = np.empty((batch, steps, self._output_size) if self._returns_sequence else (batch, self._output_size),
+                       _FLOAT32)
         if type(threads) is not int or not 1 <= threads <= 64:
             raise InputError(f"threads must be an integer from 1 to 64, got {threads!r}")
         self._plan.run(x, states, length_array, out, threads)
@@ -115,18 +132,15 @@ class Model:
             raise InputError(f"input has {features} features per step, the model expects {self.input_size}")
         if steps == 0 or batch == 0:
             raise InputError(f"input has no time steps or no sequences (shape {seq.shape})")
-        self._check_size(batch, steps)
         if not (seq.dtype == np.float32 and seq.flags.c_contiguous):
             seq = np.ascontiguousarray(seq, dtype=np.float32)
         return seq.reshape(batch, steps, features), single
 
     def _check_size(self, batch: int, steps: int):
         rows = batch * steps
-        plan = self._plan
-        widest = max(plan.max_features, plan.max_projection)
-        if rows > _INT32_MAX // max(widest, 1):
+        if rows > self._max_rows:
             raise InputError(f"input of {batch} sequences × {steps} steps is too large for 32-bit BLAS indexing")
-        needed = 4 * (rows * self.input_size + plan.workspace_floats(batch, steps) + rows * self.output_size)
+        needed = rows * self._bytes_per_row + batch * self._bytes_per_sequence
         if needed > MEMORY_LIMIT_BYTES:
             raise InputError(
                 f"input of {batch} sequences × {steps} steps would need {needed / 2**30:.1f} GiB, "
