@@ -87,11 +87,11 @@ class Model:
         # fast path for the common case; anything else goes through the full checks
         if not (type(x) is np.ndarray and x.ndim == 3 and x.dtype is _FLOAT32 and x.flags.c_contiguous
                 and x.shape[2] == self.spec.input_size and x.shape[0] and x.shape[1]):
-            x, single = self._input(seq)
+            x, single = self._input(seq)                   # checks the size before converting
         else:
             single = False
+            self._check_size(x.shape[0], x.shape[1])
         batch, steps = x.shape[0], x.shape[1]
-        self._check_size(batch, steps)
         if initial_state is None and not return_state:
             states = None                                   # zero states kept in the workspace
         else:
@@ -132,6 +132,7 @@ class Model:
             raise InputError(f"input has {features} features per step, the model expects {self.input_size}")
         if steps == 0 or batch == 0:
             raise InputError(f"input has no time steps or no sequences (shape {seq.shape})")
+        self._check_size(batch, steps)                     # before the float32 copy below
         if not (seq.dtype == np.float32 and seq.flags.c_contiguous):
             seq = np.ascontiguousarray(seq, dtype=np.float32)
         return seq.reshape(batch, steps, features), single
