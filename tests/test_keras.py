@@ -57,6 +57,10 @@ MODELS = {
         layers.Bidirectional(layers.GRU(5, return_sequences=True), merge_mode="ave"), layers.Dense(2)),
     "bidirectional_last_sum": lambda: seq_model(
         layers.Bidirectional(layers.GRU(5, reset_after=False), merge_mode="sum"), layers.Dense(1)),
+    "bidirectional_activations": lambda: seq_model(
+        layers.Bidirectional(layers.GRU(5, return_sequences=True, recurrent_activation="hard_sigmoid",
+                                        activation="softsign"), merge_mode="ave"),
+        layers.GRU(3, go_backwards=True, activation="relu"), layers.Dense(1)),
     "stacked": lambda: seq_model(layers.GRU(8, return_sequences=True), layers.GRU(6, return_sequences=True),
                                  layers.GRU(4, return_sequences=True), layers.Dense(1)),
     "classifier": lambda: seq_model(layers.GRU(8), layers.Dense(4, activation="softmax")),

@@ -277,8 +277,8 @@ def _gru_parts(layer: _Layer, config: dict, weights: list):
     if use_bias:
         layer.expect_shape("bias", bias, (2, 3 * units) if reset_after else (3 * units,))
     settings = dict(linear_before_reset=bool(reset_after),
-                    gate_activation=layer.activation("recurrent_activation", "sigmoid"),
-                    candidate_activation=layer.activation("activation", "tanh"),
+                    gate_activation=keras_activation(config.get("recurrent_activation", "sigmoid"), layer.keras_major),
+                    candidate_activation=keras_activation(config.get("activation", "tanh"), layer.keras_major),
                     return_sequences=bool(config.get("return_sequences", False)))
     return keras_gru_direction(kernel, recurrent, bias, reset_after), settings, bool(config.get("go_backwards"))
 
@@ -438,8 +438,8 @@ def framework_outputs(path, seq):
     """``model.predict(seq)`` computed by Keras itself, shaped as :meth:`grurt.Model.run` returns it.
 
     Imports Keras lazily (with the torch or jax backend when TensorFlow is absent). A file saved
-    by Keras 2 is run by tf_keras when installed; Keras 3 would compute its ``hard_sigmoid``
-    differently, so such a file is refused rather than checked against the wrong numbers.
+    by Keras 2 is run by tf_keras when installed; without it, one that uses ``hard_sigmoid``
+    raises ImportError rather than be checked against Keras 3's different numbers.
     """
     path = os.fspath(path)
     config, _, version = read_keras(path)
@@ -453,9 +453,9 @@ def framework_outputs(path, seq):
     else:
         import keras
     if _major(version) < _major(keras.__version__) and "hard_sigmoid" in json.dumps(config):
-        raise UnsupportedModelError(
-            f"{path} was saved by Keras {version} and uses hard_sigmoid, which Keras {keras.__version__} "
-            "computes differently (x/6 + 0.5 instead of 0.2·x + 0.5); install tf_keras to check it")
+        raise ImportError(f"{path} was saved by Keras {version} and uses hard_sigmoid, which Keras "
+                          f"{keras.__version__} computes differently (x/6 + 0.5, not 0.2·x + 0.5): "
+                          "checking it needs tf_keras")
     model = keras.models.load_model(path, compile=False)
     x = np.asarray(seq, np.float32)
     out = np.asarray(model.predict(x[None] if x.ndim == 2 else x, verbose=0), np.float32)
