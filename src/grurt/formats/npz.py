@@ -165,7 +165,8 @@ def _read_array(archive: zipfile.ZipFile, key: str, shape: tuple, where: str) ->
         data = handle.read(count * dtype.itemsize)
         _expect(len(data) == count * dtype.itemsize, f"{where}: array '{key}' is truncated")
     array = np.frombuffer(data, dtype=dtype).reshape(shape, order="F" if fortran else "C")
-    return array.astype(np.float32)
+    with np.errstate(over="ignore"):    # a float64 beyond float32's range becomes inf: refused by the spec
+        return array.astype(np.float32)
 
 
 def _layer_from_json(archive, entry, index, features):
