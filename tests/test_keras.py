@@ -70,6 +70,9 @@ MODELS = {
     "batchnorm": lambda: seq_model(layers.GRU(6, return_sequences=True), layers.BatchNormalization(),
                                    layers.Dense(3, activation="relu"), layers.BatchNormalization(center=False)),
     "functional": functional_model,
+    "normalization_given": lambda: seq_model(
+        layers.Normalization(mean=[0.1, -0.2, 0.3], variance=[1.5, 0.5, 2.0]), layers.GRU(4), layers.Dense(2),
+        layers.Normalization(mean=[1.0, 2.0], variance=[4.0, 9.0], invert=True)),
 }
 
 

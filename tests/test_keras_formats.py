@@ -28,12 +28,11 @@ ATOL = 1e-5
 
 def raw_weights(path=KERAS2_FILE):
     """The arrays at the paths tf.keras 2 uses, read without grurt."""
+    gru = ("gru_cell/kernel:0", "gru_cell/recurrent_kernel:0", "gru_cell/bias:0")
     with h5py.File(path, "r") as f:
         group = f["model_weights"]
         return {name: [np.asarray(group[f"{name}/{name}/{w}"], np.float64) for w in weights]
-                for name, weights in (("gru", ("gru_cell/kernel:0", "gru_cell/recurrent_kernel:0", "gru_cell/bias:0")),
-                                      ("gru_1", ("gru_cell/kernel:0", "gru_cell/recurrent_kernel:0", "gru_cell/bias:0")),
-                                      ("dense", ("kernel:0", "bias:0")))}
+                for name, weights in (("gru", gru), ("gru_1", gru), ("dense", ("kernel:0", "bias:0")))}
 
 
 def keras2_gru(x, kernel, recurrent_kernel, bias, return_sequences):
@@ -226,3 +225,13 @@ def test_h5_hostile_layer_config(tmp_path):
         layers[2] = {"class_name": "Bidirectional", "config": {"name": "gru_1", "layer": 5}}
     with pytest.raises(grurt.ModelFormatError, match=r"layer 'gru_1' \(Bidirectional\): malformed config"):
         grurt.load(copy_with_config(tmp_path, corrupt))
+
+
+def test_h5_weight_that_is_not_numeric(tmp_path):
+    path = tmp_path / "bad.h5"
+    shutil.copy(KERAS2_FILE, path)
+    with h5py.File(path, "r+") as f:
+        del f["model_weights/dense/dense/bias:0"]
+        f["model_weights/dense/dense/bias:0"] = np.array([b"a", b"b"])
+    with pytest.raises(grurt.ModelFormatError, match="bias:0 is not a numeric dataset"):
+        grurt.load(path)

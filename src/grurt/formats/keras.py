@@ -26,6 +26,7 @@ from ..errors import GrurtError, ModelFormatError, UnsupportedModelError
 from ..spec import GRU, Activation, Dense, ModelSpec, Reverse, Scale
 
 _MAX_JSON_BYTES = 64 << 20
+_MAX_WEIGHT_ELEMENTS = 1 << 28   # 1 GiB of float32 in one array
 #: Layers that do nothing at inference.
 _NO_OPS = ("Dropout", "SpatialDropout1D", "GaussianNoise", "GaussianDropout", "AlphaDropout")
 
@@ -93,7 +94,7 @@ def _archive_vars(group, where):
     if "vars" in group:
         variables = group["vars"]
         try:
-            arrays = [np.asarray(variables[str(i)]) for i in range(len(variables))]
+            arrays = [_array(variables[str(i)], where) for i in range(len(variables))]
         except KeyError:
             raise ModelFormatError(f"{where}/vars: variables are not numbered 0..{len(variables) - 1}") from None
     for child in ("forward_layer", "backward_layer", "cell", "layer"):  # Bidirectional, RNN, TimeDistributed
@@ -118,10 +119,19 @@ def _read_hdf5(path, h5py):
         for name in _attribute_list(group, "layer_names"):
             try:
                 layer = group[name]
-                weights[name] = [np.asarray(layer[w]) for w in _attribute_list(layer, "weight_names")]
+                weights[name] = [_array(layer[w], f"{path}: {name}") for w in _attribute_list(layer, "weight_names")]
             except KeyError as exc:
                 raise ModelFormatError(f"{path}: weights of layer {name!r} are missing ({exc})") from None
     return config, weights, version
+
+
+def _array(node, where) -> np.ndarray:
+    """A weight dataset, its size checked before it is read (the file may be hostile)."""
+    if not hasattr(node, "dtype") or node.dtype.kind not in "fiu":
+        raise ModelFormatError(f"{where}: {node.name} is not a numeric dataset")
+    if node.size > _MAX_WEIGHT_ELEMENTS:
+        raise ModelFormatError(f"{where}: {node.name} has {node.size} elements, more than {_MAX_WEIGHT_ELEMENTS}")
+    return node[()]
 
 
 def _attribute_list(group, name):
@@ -171,7 +181,7 @@ def _chain(model_config):
         inputs = [layer for layer in layers if layer["class_name"] == "InputLayer"]
         chain = [layer for layer in layers if layer["class_name"] != "InputLayer"]
         declared = inputs[0] if inputs else (chain[0] if chain else {})
-        return chain, _batch_shape(declared) or _batch_shape({"config": {"batch_shape": config.get("build_input_shape")}})
+        return chain, _batch_shape(declared) or _shape(config.get("build_input_shape"))
     return _functional_chain(kind, config, layers)
 
 
@@ -216,8 +226,11 @@ def _refs(value):
 
 def _batch_shape(layer):
     config = layer.get("config", {})
-    shape = config.get("batch_shape") or config.get("batch_input_shape")
-    return shape if isinstance(shape, (list, tuple)) else None
+    return _shape(config.get("batch_shape") or config.get("batch_input_shape"))
+
+
+def _shape(value):
+    return value if isinstance(value, (list, tuple)) else None
 
 
 # ---- layers ----
@@ -291,10 +304,10 @@ def _gru(layer: _Layer):
 
 
 def _bidirectional(layer: _Layer):
-    forward = layer.config.get("layer", {})
+    forward = layer.config["layer"]
     # Keras 2 writes backward_layer only when the user gave one; otherwise it mirrors the forward layer
-    backward = layer.config.get("backward_layer") or {
-        **forward, "config": {**forward.get("config", {}), "go_backwards": not forward.get("config", {}).get("go_backwards")}}
+    mirror = {**forward["config"], "go_backwards": not forward["config"].get("go_backwards")}
+    backward = layer.config.get("backward_layer") or {"class_name": forward["class_name"], "config": mirror}
     if forward.get("class_name") != "GRU" or backward.get("class_name") != "GRU":
         raise UnsupportedModelError(f"wraps {forward.get('class_name')}; grurt runs Bidirectional(GRU)")
     half = len(layer.weights) // 2
