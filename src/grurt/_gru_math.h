@@ -24,6 +24,9 @@
 #else
 #define GRURT_HOT
 #endif
+/* Helpers are forced inline so that each clone of a hot function gets its own copy,
+ * compiled for the same instruction set (same FMA contraction, same vector width). */
+#define GRURT_INLINE static inline __attribute__((always_inline))
 
 /* Activation kinds: the numbering is shared with _kernels.pyx (ACTIVATION_CODES). */
 enum {
@@ -39,7 +42,7 @@ typedef struct {
 
 /* exp(x) by Cody-Waite range reduction and a degree-6 polynomial; branch-free so it
  * vectorizes. Inputs are clamped to the float32 range of exp; NaN stays NaN. */
-static inline float grurt_exp(float x) {
+GRURT_INLINE float grurt_exp(float x) {
     x = x > 88.0f ? 88.0f : x;
     x = x < -87.0f ? -87.0f : x;
     /* n = round(x / ln 2): adding 1.5 * 2^23 rounds to an integer held in the low mantissa
@@ -63,13 +66,13 @@ static inline float grurt_exp(float x) {
     return p * scale;
 }
 
-static inline float grurt_sigmoid(float x) {
+GRURT_INLINE float grurt_sigmoid(float x) {
     return 1.0f / (1.0f + grurt_exp(-x));
 }
 
 /* tanh: an odd polynomial near zero (where 1 - 2/(e^2x + 1) would cancel), the
  * exponential form elsewhere. */
-static inline float grurt_tanh(float x) {
+GRURT_INLINE float grurt_tanh(float x) {
     float ax = fabsf(x);
     float x2 = x * x;
     float small = ((((-5.70498872745e-3f * x2 + 2.06390887954e-2f) * x2 - 5.37397155531e-2f) * x2
@@ -80,7 +83,7 @@ static inline float grurt_tanh(float x) {
     return ax < 0.625f ? small : large;
 }
 
-static inline float grurt_clampf(float v, float clip) {
+GRURT_INLINE float grurt_clampf(float v, float clip) {
     v = v > clip ? clip : v;
     return v < -clip ? -clip : v;
 }
@@ -129,32 +132,33 @@ GRURT_HOT static void grurt_activate(const grurt_act *act, float *y, int n) {
 /* ---- the per-step gate pass -------------------------------------------------------
  * xp: the input projection of this step, [z r h] (3H), with Wb + Rb folded in for z and r,
  *     Wbh for h (and Rbh too when linear_before_reset = 0).
- * hr: h·Rᵀ of this step: [z r h] (3H) for linear_before_reset = 1, [z r] for = 0.
+ * hr: h·Rᵀ of this step: [z r h] (3H) with Rb_h added to h for linear_before_reset = 1,
+ *     [z r] for = 0.
  * h:  the state (H), updated in place.
  * gates: scratch of 3H floats.
  */
 
 /* The common case, fused in one loop: sigmoid / tanh, no clip, linear_before_reset = 1. */
 GRURT_HOT static void grurt_gates_lbr1_fast(int H, const float *restrict xp, const float *restrict hr,
-                                            const float *restrict rbh, float *restrict h) {
+                                            float *restrict h) {
     for (int j = 0; j < H; ++j) {
         float z = grurt_sigmoid(xp[j] + hr[j]);
         float r = grurt_sigmoid(xp[H + j] + hr[H + j]);
-        float n = grurt_tanh(xp[2 * H + j] + r * (hr[2 * H + j] + rbh[j]));
+        float n = grurt_tanh(xp[2 * H + j] + r * hr[2 * H + j]);
         h[j] = n + z * (h[j] - n);
     }
 }
 
 /* Any activations and clip, linear_before_reset = 1. */
 GRURT_HOT static void grurt_gates_lbr1(int H, const float *restrict xp, const float *restrict hr,
-                                       const float *restrict rbh, float *restrict h, float *restrict gates,
+                                       float *restrict h, float *restrict gates,
                                        const grurt_act *f, const grurt_act *g, float clip) {
     int j;
     for (j = 0; j < 2 * H; ++j) gates[j] = xp[j] + hr[j];
     if (clip > 0.0f) for (j = 0; j < 2 * H; ++j) gates[j] = grurt_clampf(gates[j], clip);
     grurt_activate(f, gates, 2 * H);
     float *n = gates + 2 * H;
-    for (j = 0; j < H; ++j) n[j] = xp[2 * H + j] + gates[H + j] * (hr[2 * H + j] + rbh[j]);
+    for (j = 0; j < H; ++j) n[j] = xp[2 * H + j] + gates[H + j] * hr[2 * H + j];
     if (clip > 0.0f) for (j = 0; j < H; ++j) n[j] = grurt_clampf(n[j], clip);
     grurt_activate(g, n, H);
     for (j = 0; j < H; ++j) h[j] = n[j] + gates[j] * (h[j] - n[j]);
@@ -183,23 +187,35 @@ GRURT_HOT static void grurt_gates_lbr0_h(int H, const float *restrict xp, const 
     for (j = 0; j < H; ++j) h[j] = n[j] + gates[j] * (h[j] - n[j]);
 }
 
-/* ---- small matrix-vector product ---------------------------------------------------
- * y = x · Aᵀ for A (n_out, n_in), with A packed at load (_kernels.pyx, pack_panels) into
- * panels of GRURT_PANEL output columns: panel p, row k holds A[p*GRURT_PANEL + c, k] for
- * c < GRURT_PANEL, zero past n_out; y must have room for n_panels * GRURT_PANEL floats.
- * Two panels go through each pass: eight independent 8-float accumulators keep both FMA
- * pipes busy, and 32-column panels waste little on small hidden sizes (150 → 160).
+/* ---- matrix products with weights packed at load -----------------------------------
+ * Y = init + X · Aᵀ for X (rows, n_in) and A (n_out, n_in), with A packed at load
+ * (_kernels.pyx, pack_panels) into panels of GRURT_PANEL output columns: panel p, row k
+ * holds A[p*GRURT_PANEL + c, k] for c < GRURT_PANEL, zero past n_out. ``init`` (one value
+ * per column, padded; NULL for zeros) carries the biases. Rows of Y have room for
+ * n_panels * GRURT_PANEL floats.
+ *
+ * Packing once at load is what beats a BLAS call here: sgemm packs its operands on every
+ * call, and a GRU multiplies by the same weights at every time step.
  */
 #define GRURT_PANEL 32
 typedef float grurt_v8 __attribute__((vector_size(32), aligned(4)));
 
-GRURT_HOT static void grurt_gemv_panels(int n_in, int n_panels, const float *restrict x,
-                                        const float *restrict packed, float *restrict y) {
+/* the four 8-float vectors of panel p of init, or zeros */
+#define GRURT_INIT(init, p, i) ((init) ? ((const grurt_v8 *)((init) + (size_t)(p) * GRURT_PANEL))[i] \
+                                       : (grurt_v8){0})
+
+/* One row: two panels per pass, so eight independent accumulators keep both FMA pipes busy. */
+GRURT_INLINE void grurt_gemv_panels(int n_in, int n_panels, const float *restrict x,
+                                    const float *restrict packed, const float *restrict init,
+                                    float *restrict y) {
     int p = 0;
     for (; p + 1 < n_panels; p += 2) {
         const grurt_v8 *a = (const grurt_v8 *)(packed + (size_t)p * n_in * GRURT_PANEL);
         const grurt_v8 *b = a + 4 * (size_t)n_in;
-        grurt_v8 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, b0 = {0}, b1 = {0}, b2 = {0}, b3 = {0};
+        grurt_v8 a0 = GRURT_INIT(init, p, 0), a1 = GRURT_INIT(init, p, 1);
+        grurt_v8 a2 = GRURT_INIT(init, p, 2), a3 = GRURT_INIT(init, p, 3);
+        grurt_v8 b0 = GRURT_INIT(init, p + 1, 0), b1 = GRURT_INIT(init, p + 1, 1);
+        grurt_v8 b2 = GRURT_INIT(init, p + 1, 2), b3 = GRURT_INIT(init, p + 1, 3);
         for (int k = 0; k < n_in; ++k, a += 4, b += 4) {
             float xk = x[k];
             a0 += xk * a[0]; a1 += xk * a[1]; a2 += xk * a[2]; a3 += xk * a[3];
@@ -211,7 +227,8 @@ GRURT_HOT static void grurt_gemv_panels(int n_in, int n_panels, const float *res
     }
     if (p < n_panels) {
         const grurt_v8 *a = (const grurt_v8 *)(packed + (size_t)p * n_in * GRURT_PANEL);
-        grurt_v8 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+        grurt_v8 a0 = GRURT_INIT(init, p, 0), a1 = GRURT_INIT(init, p, 1);
+        grurt_v8 a2 = GRURT_INIT(init, p, 2), a3 = GRURT_INIT(init, p, 3);
         for (int k = 0; k < n_in; ++k, a += 4) {
             float xk = x[k];
             a0 += xk * a[0]; a1 += xk * a[1]; a2 += xk * a[2]; a3 += xk * a[3];
@@ -219,6 +236,38 @@ GRURT_HOT static void grurt_gemv_panels(int n_in, int n_panels, const float *res
         grurt_v8 *out = (grurt_v8 *)(y + (size_t)p * GRURT_PANEL);
         out[0] = a0; out[1] = a1; out[2] = a2; out[3] = a3;
     }
+}
+
+/* Several rows: tiles of 3 rows × 1 panel (twelve accumulators) reuse each weight vector
+ * three times while the panel stays in L1; leftover rows go through the one-row kernel,
+ * whose arithmetic per element is the same, so results do not depend on the batch. */
+GRURT_HOT static void grurt_gemm_panels(int rows, int n_in, int n_panels, const float *restrict x, int ldx,
+                                        const float *restrict packed, const float *restrict init,
+                                        float *restrict y, int ldy) {
+    int r = 0;
+    for (; r + 2 < rows; r += 3) {
+        const float *x0 = x + (size_t)r * ldx, *x1 = x0 + ldx, *x2 = x1 + ldx;
+        for (int p = 0; p < n_panels; ++p) {
+            const grurt_v8 *w = (const grurt_v8 *)(packed + (size_t)p * n_in * GRURT_PANEL);
+            grurt_v8 a0 = GRURT_INIT(init, p, 0), a1 = GRURT_INIT(init, p, 1);
+            grurt_v8 a2 = GRURT_INIT(init, p, 2), a3 = GRURT_INIT(init, p, 3);
+            grurt_v8 b0 = a0, b1 = a1, b2 = a2, b3 = a3, c0 = a0, c1 = a1, c2 = a2, c3 = a3;
+            for (int k = 0; k < n_in; ++k, w += 4) {
+                float s = x0[k], t = x1[k], u = x2[k];
+                a0 += s * w[0]; b0 += t * w[0]; c0 += u * w[0];
+                a1 += s * w[1]; b1 += t * w[1]; c1 += u * w[1];
+                a2 += s * w[2]; b2 += t * w[2]; c2 += u * w[2];
+                a3 += s * w[3]; b3 += t * w[3]; c3 += u * w[3];
+            }
+            grurt_v8 *y0 = (grurt_v8 *)(y + (size_t)r * ldy + (size_t)p * GRURT_PANEL);
+            grurt_v8 *y1 = (grurt_v8 *)((float *)y0 + ldy), *y2 = (grurt_v8 *)((float *)y1 + ldy);
+            y0[0] = a0; y0[1] = a1; y0[2] = a2; y0[3] = a3;
+            y1[0] = b0; y1[1] = b1; y1[2] = b2; y1[3] = b3;
+            y2[0] = c0; y2[1] = c1; y2[2] = c2; y2[3] = c3;
+        }
+    }
+    for (; r < rows; ++r)
+        grurt_gemv_panels(n_in, n_panels, x + (size_t)r * ldx, packed, init, y + (size_t)r * ldy);
 }
 
 #endif

@@ -22,14 +22,15 @@ cdef extern from "_gru_math.h" nogil:
         float beta
     enum: GRURT_PANEL
     void grurt_activate(const grurt_act* act, float* y, int n)
-    void grurt_gates_lbr1_fast(int H, const float* xp, const float* hr, const float* rbh, float* h)
-    void grurt_gates_lbr1(int H, const float* xp, const float* hr, const float* rbh, float* h,
-                          float* gates, const grurt_act* f, const grurt_act* g, float clip)
+    void grurt_gates_lbr1_fast(int H, const float* xp, const float* hr, float* h)
+    void grurt_gates_lbr1(int H, const float* xp, const float* hr, float* h, float* gates,
+                          const grurt_act* f, const grurt_act* g, float clip)
     void grurt_gates_lbr0_zr(int H, const float* xp, const float* hr, const float* h, float* gates,
                              float* rh, const grurt_act* f, float clip)
     void grurt_gates_lbr0_h(int H, const float* xp, const float* hn, float* h, float* gates,
                             const grurt_act* g, float clip)
-    void grurt_gemv_panels(int n_in, int n_panels, const float* x, const float* packed, float* y)
+    void grurt_gemm_panels(int rows, int n_in, int n_panels, const float* x, int ldx, const float* packed,
+                           const float* init, float* y, int ldy)
 
 # Must match the enum in _gru_math.h.
 ACTIVATION_CODES = {
@@ -39,9 +40,6 @@ ACTIVATION_CODES = {
 }
 cdef int ACT_SIGMOID = 1, ACT_TANH = 2, ACT_SOFTMAX = 12
 
-# Up to this batch size the recurrent product runs through the panel kernel, one row at a
-# time; larger batches go to sgemm, where BLAS blocking pays off.
-cdef int PANEL_MAX_BATCH = 4
 # State pointers live on the stack: a call allocates nothing it does not have to.
 cdef enum:
     MAX_GRU_LAYERS = 64
@@ -59,18 +57,19 @@ cdef enum LayerKind:
 cdef struct LayerPlan:
     int kind
     int n_in, n_out          # features in and out
+    grurt_act f, g           # GRU: gate and candidate activations; Dense/Activation: f
+    float* W                 # Dense: (out, in); Scale: a
+    float* bias              # GRU: folded biases of the projection, padded to xp_stride; Dense: b; Scale: c
     # GRU
     int D, H, lbr, reverse_only, return_sequences, fast_gates
     float clip               # 0 when off
-    grurt_act f, g           # gate and candidate activations; f is the Dense/Activation function
-    float* W                 # GRU: (D*3H, I) input weights of all directions; Dense: (out, in); Scale: a
-    float* bias              # GRU: (D*3H) biases folded into the input projection; Dense: b; Scale: c
-    float* R                 # (D, 3H, H) recurrent weights
-    float* rbh               # (D, H) Rb_h, applied inside r⊙(...) when linear_before_reset = 1
-    float* panels            # per direction: packed Rᵀ (lbr=1) or packed R_zrᵀ then R_hᵀ (lbr=0)
+    float* W_panels          # packed Wᵀ of all directions: the input projection
+    int xp_stride            # floats per row of the projection: D*3H padded to whole panels
+    float* R_panels          # per direction: packed Rᵀ (lbr=1) or packed R_zrᵀ then R_hᵀ (lbr=0)
+    float* R_init            # lbr=1, per direction: [0, 0, Rb_h] padded, the start of h·Rᵀ + Rb_h
     int panels_per_gate_set  # lbr=1: panels of 3H; lbr=0: panels of 2H
     int panels_h             # lbr=0: panels of H
-    long panel_stride        # floats of packed panels per direction
+    long panel_stride        # floats of packed recurrent panels per direction
 
 
 cdef inline int n_panels(int n_out):
@@ -80,9 +79,14 @@ cdef inline int n_panels(int n_out):
 def pack_panels(a):
     """(n_out, n_in) → (panels, n_in, GRURT_PANEL) with row k of panel p = a[p*P:(p+1)*P, k]."""
     n_out, n_in = a.shape
-    padded = np.zeros((n_panels(n_out) * GRURT_PANEL, n_in), np.float32)
-    padded[:n_out] = a
-    return padded.reshape(-1, GRURT_PANEL, n_in).transpose(0, 2, 1).ravel()
+    return pad_rows(a, n_panels(n_out) * GRURT_PANEL).reshape(-1, GRURT_PANEL, n_in).transpose(0, 2, 1).ravel()
+
+
+def pad_rows(a, rows):
+    """``a`` with zero rows appended up to ``rows``."""
+    padded = np.zeros((rows,) + a.shape[1:], np.float32)
+    padded[:a.shape[0]] = a
+    return padded
 
 
 cdef grurt_act make_act(fn):
@@ -166,26 +170,31 @@ cdef class Plan:
         p.g = make_act(layer.candidate_activation)
         p.fast_gates = (p.lbr and p.clip == 0.0 and p.f.kind == ACT_SIGMOID and p.g.kind == ACT_TANH
                         and p.f.alpha == 0.0 and p.g.alpha == 0.0)
-        p.W = self._keep(layer.W.reshape(D * 3 * H, layer.input_size))
+        # the input projection of all directions at once: x · Wᵀ + biases folded in
+        W = layer.W.reshape(D * 3 * H, layer.input_size)
+        p.W_panels = self._keep(pack_panels(W))
+        p.xp_stride = n_panels(D * 3 * H) * GRURT_PANEL
         B = layer.B.reshape(D, 6, H)
         recurrent = B[:, 3:].copy()
         if p.lbr:
             recurrent[:, 2] = 0      # Rb_h stays inside r⊙(h·Rhᵀ + Rb_h)
-        p.bias = self._keep((B[:, :3] + recurrent).reshape(-1))
-        p.rbh = self._keep(B[:, 5] if p.lbr else np.zeros((D, H), np.float32))
-        p.R = self._keep(layer.R)
+        p.bias = self._keep(pad_rows((B[:, :3] + recurrent).reshape(-1), p.xp_stride))
         if p.lbr:
             p.panels_per_gate_set = n_panels(3 * H)
             p.panels_h = 0
             packed = [pack_panels(layer.R[d]) for d in range(D)]
+            p.R_init = self._keep(np.concatenate(
+                [pad_rows(np.concatenate([np.zeros(2 * H, np.float32), B[d, 5]]), p.panels_per_gate_set * GRURT_PANEL)
+                 for d in range(D)]))
         else:
             p.panels_per_gate_set = n_panels(2 * H)
             p.panels_h = n_panels(H)
             packed = [np.concatenate([pack_panels(layer.R[d, :2 * H]), pack_panels(layer.R[d, 2 * H:])])
                       for d in range(D)]
+            p.R_init = NULL
         p.panel_stride = packed[0].size
-        p.panels = self._keep(np.concatenate(packed))
-        self.max_projection = max(self.max_projection, D * 3 * H)
+        p.R_panels = self._keep(np.concatenate(packed))
+        self.max_projection = max(self.max_projection, p.xp_stride)
         padded = (p.panels_per_gate_set + p.panels_h) * GRURT_PANEL
         self.max_step_scratch = max(self.max_step_scratch, padded + 5 * H)
         self.state_width += D * H
@@ -342,66 +351,86 @@ cdef void zero_padding(int B, int T, int F, const int* lengths, float* y) noexce
             memset(y + (<size_t>b * T + lengths[b]) * F, 0, <size_t>(T - lengths[b]) * F * sizeof(float))
 
 
-cdef struct DirectionTask:
-    # one direction of a GRU layer over a slice of the batch
+cdef struct GruTask:
+    # a slice of the work of one GRU layer: rows of the input projection, or one direction
+    # of the recurrence over a slice of the batch
     const LayerPlan* p
     int d, B, T
-    const float* xp
+    const float* x
+    float* xp
     float* h
     float* y
     const int* lengths
     float* scratch
 
 
+cdef void* run_projection_task(void* arg) noexcept nogil:
+    cdef GruTask* task = <GruTask*>arg
+    cdef const LayerPlan* p = task.p
+    # xp (rows, D*3H) = x · Wᵀ + folded biases, every time step and direction in one product
+    grurt_gemm_panels(task.B, p.n_in, p.xp_stride // GRURT_PANEL, task.x, p.n_in, p.W_panels, p.bias,
+                      task.xp, p.xp_stride)
+    return NULL
+
+
 cdef void* run_direction_task(void* arg) noexcept nogil:
-    cdef DirectionTask* task = <DirectionTask*>arg
+    cdef GruTask* task = <GruTask*>arg
     gru_direction(task.p, task.d, task.B, task.T, task.xp, task.h, task.y, task.lengths, task.scratch)
     return NULL
+
+
+cdef void run_parallel(void* (*work)(void*) noexcept nogil, GruTask* tasks, int n_tasks) noexcept nogil:
+    """Run tasks[1:] on threads of their own and tasks[0] here; inline if a thread cannot start."""
+    cdef pthread_t handles[MAX_THREADS]
+    cdef bint started[MAX_THREADS]
+    cdef int i
+    for i in range(1, n_tasks):
+        started[i] = pthread_create(&handles[i], NULL, work, &tasks[i]) == 0
+        if not started[i]:
+            work(&tasks[i])
+    work(&tasks[0])
+    for i in range(1, n_tasks):
+        if started[i]:
+            pthread_join(handles[i], NULL)
 
 
 cdef void run_gru(const LayerPlan* p, int B, int T, const float* x, float* y, float* state,
                   const int* lengths, float* xp, float* scratch, int threads) noexcept nogil:
     """One GRU layer over x (B, T, I) into y: (B, T, D*H) sequences or (B, D*H) last states.
 
-    ``scratch`` holds D × B step scratches; ``threads`` > 1 runs the directions and slices
-    of the batch (independent recurrences) on their own threads.
+    ``scratch`` holds D × B step scratches; ``threads`` > 1 splits the projection by rows and
+    the recurrence by direction and batch slice (independent recurrences).
     """
-    cdef int H = p.H, G = 3 * H, DG = p.D * G, DH = p.D * H
-    cdef size_t rows = <size_t>B * T, r
-    cdef int d, b, i, b0, b1, chunk
-    # xp (B*T, D*3H) = x · Wᵀ + folded biases, every time step and direction in one product
-    for r in range(rows):
-        memcpy(xp + r * DG, p.bias, DG * sizeof(float))
-    matmul_t(<int>rows, DG, p.n_in, x, p.W, 1.0, xp)
-    cdef float* seq_out = y if p.return_sequences else NULL
+    cdef int H = p.H, DH = p.D * H
+    cdef int rows = B * T
+    cdef int d, b, i, b0, b1, chunk, chunks, n_tasks
+    cdef GruTask tasks[MAX_THREADS]
     cdef size_t step_scratch = (<size_t>(p.panels_per_gate_set + p.panels_h) * GRURT_PANEL + 5 * H)
-    cdef int chunks = max(1, min(B, threads // p.D))
-    cdef int n_tasks = p.D * chunks
-    cdef DirectionTask tasks[MAX_THREADS]
-    cdef pthread_t handles[MAX_THREADS]
-    cdef bint started[MAX_THREADS]
-    if n_tasks > MAX_THREADS:
-        chunks = MAX_THREADS // p.D
-        n_tasks = p.D * chunks
+    cdef float* seq_out = y if p.return_sequences else NULL
+    threads = min(threads, MAX_THREADS)
+    # the input projection, split by rows
+    n_tasks = max(1, min(threads, rows // 16))
+    for i in range(n_tasks):
+        b0, b1 = rows * i // n_tasks, rows * (i + 1) // n_tasks
+        tasks[i].p, tasks[i].B = p, b1 - b0
+        tasks[i].x = x + <size_t>b0 * p.n_in
+        tasks[i].xp = xp + <size_t>b0 * p.xp_stride
+    run_parallel(run_projection_task, tasks, n_tasks)
+    # the recurrence, split by direction and batch slice
+    chunks = max(1, min(B, threads // p.D))
+    n_tasks = p.D * chunks
     i = 0
     for d in range(p.D):
         for chunk in range(chunks):
             b0, b1 = B * chunk // chunks, B * (chunk + 1) // chunks
             tasks[i].p, tasks[i].d, tasks[i].B, tasks[i].T = p, d, b1 - b0, T
-            tasks[i].xp = xp + <size_t>b0 * T * DG
+            tasks[i].xp = xp + <size_t>b0 * T * p.xp_stride
             tasks[i].h = state + (<size_t>d * B + b0) * H
             tasks[i].y = NULL if seq_out == NULL else seq_out + <size_t>b0 * T * DH
             tasks[i].lengths = NULL if lengths == NULL else lengths + b0
             tasks[i].scratch = scratch + (<size_t>d * B + b0) * step_scratch
             i += 1
-    for i in range(1, n_tasks):
-        started[i] = pthread_create(&handles[i], NULL, run_direction_task, &tasks[i]) == 0
-        if not started[i]:
-            run_direction_task(&tasks[i])
-    run_direction_task(&tasks[0])
-    for i in range(1, n_tasks):
-        if started[i]:
-            pthread_join(handles[i], NULL)
+    run_parallel(run_direction_task, tasks, n_tasks)
     if not p.return_sequences:
         for b in range(B):
             for d in range(p.D):
@@ -411,62 +440,50 @@ cdef void run_gru(const LayerPlan* p, int B, int T, const float* x, float* y, fl
 cdef void gru_direction(const LayerPlan* p, int d, int B, int T, const float* xp, float* h,
                         float* y, const int* lengths, float* scratch) noexcept nogil:
     """The time loop of one direction. h (B, H) is updated in place; y may be NULL."""
-    cdef int H = p.H, G = 3 * H, DG = p.D * G, DH = p.D * H
+    cdef int H = p.H, G = 3 * H, DH = p.D * H
     cdef bint reverse = p.reverse_only or d == 1
-    cdef bint use_panels = B <= PANEL_MAX_BATCH
-    cdef const float* R = p.R + <size_t>d * G * H
-    cdef const float* rbh = p.rbh + <size_t>d * H
-    cdef const float* panels = p.panels + d * p.panel_stride
+    cdef const float* panels = p.R_panels + d * p.panel_stride
     cdef const float* panels_h = panels + <size_t>p.panels_per_gate_set * GRURT_PANEL * H
+    cdef int hr_stride = p.panels_per_gate_set * GRURT_PANEL
+    cdef int hn_stride = p.panels_h * GRURT_PANEL
+    cdef const float* hr_init = NULL if p.R_init == NULL else p.R_init + <size_t>d * hr_stride
     # scratch: hr (B rows of the recurrent product), hn (lbr=0: B rows of (r⊙h)·Rhᵀ),
     # rh (B, H) and gates (B, 3H)
-    cdef int hr_stride = p.panels_per_gate_set * GRURT_PANEL if use_panels else (G if p.lbr else 2 * H)
-    cdef int hn_stride = p.panels_h * GRURT_PANEL if use_panels else H
     cdef float* hr = scratch
     cdef float* hn = hr + <size_t>B * hr_stride
     cdef float* rh = hn + <size_t>B * hn_stride
     cdef float* gates = rh + <size_t>B * H
     cdef int s, b, t, L
     cdef const float* xrow
+    memset(rh, 0, <size_t>B * H * sizeof(float))     # rows of finished sequences stay defined
     if y != NULL and lengths != NULL:
         for b in range(B):
             for t in range(lengths[b], T):
                 memset(y + (<size_t>b * T + t) * DH + d * H, 0, H * sizeof(float))
     for s in range(T):
-        # hr = h · R_zrhᵀ (lbr=1) or h · R_zrᵀ (lbr=0)
-        if use_panels:
-            for b in range(B):
-                if lengths == NULL or s < lengths[b]:
-                    grurt_gemv_panels(H, p.panels_per_gate_set, h + b * H, panels, hr + b * hr_stride)
-        else:
-            matmul_t(B, G if p.lbr else 2 * H, H, h, R, 0.0, hr)
+        # hr = h · R_zrhᵀ + [0 0 Rb_h] (lbr=1) or h · R_zrᵀ (lbr=0)
+        grurt_gemm_panels(B, H, p.panels_per_gate_set, h, H, panels, hr_init, hr, hr_stride)
         if not p.lbr:
             for b in range(B):
                 L = T if lengths == NULL else lengths[b]
                 if s < L:
                     t = L - 1 - s if reverse else s
-                    xrow = xp + (<size_t>b * T + t) * DG + d * G
+                    xrow = xp + (<size_t>b * T + t) * p.xp_stride + d * G
                     grurt_gates_lbr0_zr(H, xrow, hr + b * hr_stride, h + b * H, gates + b * G, rh + b * H,
                                         &p.f, p.clip)
             # hn = (r⊙h) · R_hᵀ
-            if use_panels:
-                for b in range(B):
-                    if lengths == NULL or s < lengths[b]:
-                        grurt_gemv_panels(H, p.panels_h, rh + b * H, panels_h, hn + b * hn_stride)
-            else:
-                matmul_t(B, H, H, rh, R + 2 * H * H, 0.0, hn)
+            grurt_gemm_panels(B, H, p.panels_h, rh, H, panels_h, NULL, hn, hn_stride)
         for b in range(B):
             L = T if lengths == NULL else lengths[b]
             if s >= L:
                 continue
             t = L - 1 - s if reverse else s
-            xrow = xp + (<size_t>b * T + t) * DG + d * G
+            xrow = xp + (<size_t>b * T + t) * p.xp_stride + d * G
             if p.lbr:
                 if p.fast_gates:
-                    grurt_gates_lbr1_fast(H, xrow, hr + b * hr_stride, rbh, h + b * H)
+                    grurt_gates_lbr1_fast(H, xrow, hr + b * hr_stride, h + b * H)
                 else:
-                    grurt_gates_lbr1(H, xrow, hr + b * hr_stride, rbh, h + b * H, gates + b * G, &p.f, &p.g,
-                                     p.clip)
+                    grurt_gates_lbr1(H, xrow, hr + b * hr_stride, h + b * H, gates + b * G, &p.f, &p.g, p.clip)
             else:
                 grurt_gates_lbr0_h(H, xrow, hn + b * hn_stride, h + b * H, gates + b * G, &p.g, p.clip)
             if y != NULL:
