@@ -17,7 +17,8 @@ TorchScript exporter, dynamic batch/time axes) and run by every contender:
 Contenders are timed interleaved: each round gives every contender one turn, in a shuffled
 order, so machine noise hits all of them alike. A turn is one timed call, or for short
 calls an untimed warm-up call (the previous contender evicted the caches) and a ~2 ms burst
-of timed calls: we measure a model called in a loop, as pytest-benchmark does. Every output is
+of timed calls: we measure a model called in a loop, as pytest-benchmark does. A 2 ms pause
+before each turn lets the previous contender's worker threads go idle. Every output is
 first checked against PyTorch (max abs error <= 1e-4, else the row says WRONG). The
 ratio column is onnxruntime-1-thread median / contender median: > 1 means faster than ORT.
 Rounds adapt to a time budget per workload: the full run takes < 3 minutes,
@@ -50,6 +51,7 @@ import workloads
 TOLERANCE = 1e-4
 BURST_SECONDS = 0.002          # target length of one contender's turn
 WARM_UP_BELOW_SECONDS = 0.005  # calls shorter than this get an untimed warm-up call per turn
+SETTLE_SECONDS = 0.002         # pause before each turn, see interleaved()
 BASELINE = "onnxruntime (1 thread)"
 
 
@@ -213,34 +215,38 @@ def interleaved(rows: List[Row], x: np.ndarray, budget: float, min_rounds: int, 
 
     Short calls run in bursts of several timed calls, after one untimed call: the contender
     before them evicted their caches, and a loop of calls is the case worth measuring (without
-    this, a 10 µs call measures 30 µs after a torch call). Returns the number of rounds.
+    this, a 10 µs call measures 30 µs after a torch call). Each turn starts after a short
+    pause: onnxruntime's spinning pool threads and OpenVINO's workers stay busy for a moment
+    after a call returns, and on 2 loaded cores that slowed the next contender 2-3x (torch on
+    W2 after onnxruntime-default). Returns the number of rounds.
     """
     live = [row for row in rows if row.call is not None]
     if not live:
         return 0
     cost = {}
-    for row in live:  # each call's cost: the fastest of a few warm calls (one if it is slow)
+    for row in live:  # each call's cost: the fastest of up to five warm calls (one if it is slow)
         samples = []
-        while len(samples) < 5 and sum(samples) < 0.01:
+        while len(samples) < 5 and min(samples, default=0.0) < 0.02:
             start = time.perf_counter()
             row.call(x)
             samples.append(time.perf_counter() - start)
         cost[id(row)] = min(samples)
     burst = {key: max(1, min(100, round(BURST_SECONDS / c))) for key, c in cost.items()}
     warm_up = {key: c < WARM_UP_BELOW_SECONDS for key, c in cost.items()}
-    round_cost = sum((burst[key] + warm_up[key]) * c for key, c in cost.items())
+    round_cost = sum((burst[key] + warm_up[key]) * c + SETTLE_SECONDS for key, c in cost.items())
     rounds = int(min(max_rounds, max(min_rounds, budget / max(round_cost, 1e-9))))
     deadline = time.perf_counter() + 1.5 * budget  # the estimate is optimistic on a loaded machine
     order = list(live)
     shuffle = random.Random(0).shuffle  # not a fixed cycle: every contender follows every other
     gc.disable()  # a collection would land on whichever contender happens to run
     try:
-        for rep in range(rounds):
-            if rep >= min_rounds and time.perf_counter() > deadline:
-                rounds = rep
+        for done in range(rounds):
+            if done >= min_rounds and time.perf_counter() > deadline:
+                rounds = done
                 break
             shuffle(order)
             for row in order:
+                time.sleep(SETTLE_SECONDS)
                 if warm_up[id(row)]:
                     row.call(x)
                 for _ in range(burst[id(row)]):
@@ -271,7 +277,7 @@ def bench_workload(w, directory: str, quick: bool) -> Tuple[List[Row], int]:
         else:
             prepare(row, w, factory)
         rows.append(row)
-    budget, min_rounds, max_rounds = (2.0, 3, 300) if quick else (15.0, 8, 2000)
+    budget, min_rounds, max_rounds = (1.5, 2, 300) if quick else (12.0, 5, 2000)
     return rows, interleaved(rows, w.x, budget, min_rounds, max_rounds)
 
 
@@ -286,6 +292,13 @@ def machine() -> str:
         pass
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return f"{cpu}, {os.cpu_count()} logical cores ({usable} usable)"
+
+
+def load_average() -> str:
+    try:
+        return " ".join(f"{value:.2f}" for value in os.getloadavg())
+    except OSError:
+        return "unknown"
 
 
 def versions() -> str:
@@ -369,6 +382,7 @@ def main(argv=None) -> int:
     print(f"# grurt comparison{' (--quick)' if args.quick else ''}\n")
     print(f"- machine: {machine()}")
     print(f"- date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}")
+    print(f"- load average at start: {load_average()} (other processes share these cores)")
     print(f"- {versions()}")
     if not grurt_has_threads():
         print("- grurt (2 threads) skipped: Model.run has no `threads` option")
@@ -387,7 +401,7 @@ def main(argv=None) -> int:
     if args.plot:
         plot(results, args.plot)
         print(f"\nplot: {args.plot}")
-    print(f"total time: {time.perf_counter() - started:.0f} s")
+    print(f"total time: {time.perf_counter() - started:.0f} s; load average at end: {load_average()}")
     return 0
 
 
