@@ -17,7 +17,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:Depreca
 
 import grurt  # noqa: E402
 from grurt.formats.keras import framework_outputs  # noqa: E402
-from grurt.spec import GRU, Dense, Reverse  # noqa: E402
+from grurt.spec import GRU, Merge, Reverse  # noqa: E402
 
 ATOL = 1e-5
 STEPS, FEATURES = 20, 3
@@ -55,6 +55,8 @@ MODELS = {
         layers.Bidirectional(layers.GRU(5, return_sequences=True), merge_mode="sum"), layers.Dense(2)),
     "bidirectional_ave": lambda: seq_model(
         layers.Bidirectional(layers.GRU(5, return_sequences=True), merge_mode="ave"), layers.Dense(2)),
+    "bidirectional_mul": lambda: seq_model(
+        layers.Bidirectional(layers.GRU(5, return_sequences=True), merge_mode="mul"), layers.Dense(2)),
     "bidirectional_last_sum": lambda: seq_model(
         layers.Bidirectional(layers.GRU(5, reset_after=False), merge_mode="sum"), layers.Dense(1)),
     "bidirectional_activations": lambda: seq_model(
@@ -134,13 +136,12 @@ def test_single_sequence_and_state(zoo):
 
 
 def test_canonical_layers(zoo):
-    """go_backwards is a reverse GRU plus Reverse; sum/ave merges are a fixed Dense."""
+    """go_backwards is a reverse GRU plus Reverse; sum/ave/mul merges are a Merge layer."""
     backwards = grurt.from_keras(zoo["backwards_sequence"][0]).layers
     assert backwards[0].direction == "reverse" and isinstance(backwards[1], Reverse)
     assert len(grurt.from_keras(zoo["backwards_last"][0]).layers) == 2
     gru, merge, _ = grurt.from_keras(zoo["bidirectional_ave"][0]).layers
-    assert gru.direction == "bidirectional" and isinstance(merge, Dense)
-    np.testing.assert_array_equal(merge.W, 0.5 * np.hstack([np.eye(5), np.eye(5)]))
+    assert gru.direction == "bidirectional" and isinstance(merge, Merge) and merge.mode == "ave"
     hard = grurt.from_keras(zoo["hard_sigmoid"][0]).layers[0]
     assert isinstance(hard, GRU) and hard.gate_activation.alpha == pytest.approx(1 / 6)
     assert hard.linear_before_reset
@@ -197,9 +198,8 @@ def test_framework_outputs(zoo, ext):
 
 
 @pytest.mark.parametrize("build, fragment", [
-    (lambda: seq_model(layers.Bidirectional(layers.GRU(3), merge_mode="mul")), "merge_mode='mul'"),
     (lambda: seq_model(layers.Bidirectional(layers.GRU(3), merge_mode=None)), "merge_mode=None"),
-    (lambda: seq_model(layers.Masking(), layers.GRU(3)), "'masking' (Masking): masking is not supported"),
+    (lambda: seq_model(layers.Dense(3), layers.Masking(), layers.GRU(3)), "Masking only as the first layer"),
     (lambda: seq_model(layers.LSTM(3)), "'lstm' (LSTM) is not supported"),
     (lambda: seq_model(layers.GRU(3, return_state=True)), "return_state=True"),
     (lambda: seq_model(layers.GRU(3, activation="selu")), "unsupported Keras activation 'selu'"),
@@ -217,3 +217,41 @@ def test_branching_model_is_unsupported():
     added = layers.Add()([layers.GRU(3)(inputs), layers.GRU(3)(inputs)])
     with pytest.raises(grurt.UnsupportedModelError, match="simple chain"):
         grurt.from_keras(keras.Model(inputs, added))
+
+
+@pytest.mark.parametrize("source", ["live", "keras", "h5"])
+def test_masking_of_trailing_padding(tmp_path, source):
+    """Masking → each sequence's length: final states match model.predict on a padded batch;
+    sequence outputs match on the real steps (Keras repeats the last output past the end, grurt
+    writes zeros, as ONNX sequence_lens does)."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((4, STEPS, FEATURES)).astype(np.float32)
+    lengths = np.array([STEPS, 1, 7, 13])
+    for b, n in enumerate(lengths):
+        x[b, n:] = -1.0
+    last = seq_model(layers.Masking(mask_value=-1.0), layers.GRU(6), layers.Dense(2))
+    sequence = seq_model(layers.Masking(mask_value=-1.0), layers.GRU(5, return_sequences=True),
+                         layers.Bidirectional(layers.GRU(3, return_sequences=True), merge_mode="mul"))
+    for model in (last, sequence):
+        randomize(model, rng)
+        expected = model.predict(x, verbose=0)
+        if source == "live":
+            converted = grurt.from_keras(model)
+        else:
+            path = str(tmp_path / f"{model.name}.{source}")
+            model.save(path)
+            converted = grurt.load(path)
+        assert converted.spec.mask_value == -1.0
+        out = converted.run(x)
+        assert out.shape == expected.shape
+        if out.ndim == 2:
+            assert np.abs(out - expected).max() <= ATOL
+        else:
+            for b, n in enumerate(lengths):
+                assert np.abs(out[b, :n] - expected[b, :n]).max() <= ATOL
+                assert not out[b, n:].any()
+        # a masked step before real ones cannot become a length: refused, not silently wrong
+        holes = x.copy()
+        holes[0, 3] = -1.0
+        with pytest.raises(grurt.InputError, match="masked steps before its last real step"):
+            converted.run(holes)

@@ -52,12 +52,13 @@ cdef extern from "<pthread.h>" nogil:
     int pthread_join(pthread_t thread, void** retval)
 
 cdef enum LayerKind:
-    GRU_LAYER, DENSE_LAYER, ACTIVATION_LAYER, SCALE_LAYER, REVERSE_LAYER, LAST_STEP_LAYER
+    GRU_LAYER, DENSE_LAYER, ACTIVATION_LAYER, SCALE_LAYER, REVERSE_LAYER, LAST_STEP_LAYER, MERGE_LAYER
 
 cdef struct LayerPlan:
     int kind
     int n_in, n_out          # features in and out
     grurt_act f, g           # GRU: gate and candidate activations; Dense/Activation: f
+    int merge_mode           # Merge: index in MERGE_MODES (sum, ave, mul)
     float* W                 # Dense: (out, in); Scale: a
     float* bias              # GRU: folded biases of the projection, padded to xp_stride; Dense: b; Scale: c
     # GRU
@@ -109,7 +110,7 @@ cdef class Plan:
         self.layers = NULL
 
     def __init__(self, spec):
-        from .spec import GRU, Dense, Activation, Scale, Reverse, LastStep
+        from .spec import GRU, Dense, Activation, Scale, Reverse, LastStep, Merge, MERGE_MODES
         cdef LayerPlan* p
         if len(spec.gru_layers) > MAX_GRU_LAYERS:
             raise UnsupportedModelError(f"grurt supports at most {MAX_GRU_LAYERS} GRU layers per model")
@@ -149,6 +150,10 @@ cdef class Plan:
             elif isinstance(layer, LastStep):
                 p.kind = LAST_STEP_LAYER
                 p.n_out = features
+            elif isinstance(layer, Merge):
+                p.kind = MERGE_LAYER
+                p.n_out = features // 2
+                p.merge_mode = MERGE_MODES.index(layer.mode)
             features = p.n_out
             self.max_features = max(self.max_features, features)
 
@@ -297,6 +302,8 @@ cdef void run_layers(const LayerPlan* layers, int n_layers, int B, int T, const 
         elif p.kind == LAST_STEP_LAYER:
             last_step(B, steps, p.n_out, lengths, src, dst)
             steps = 1
+        elif p.kind == MERGE_LAYER:
+            merge(p, <size_t>B * steps, src, dst)
         src = dst
     if lengths != NULL and steps > 1:
         zero_padding(B, steps, layers[n_layers - 1].n_out, lengths, out)
@@ -326,6 +333,21 @@ cdef void scale(const LayerPlan* p, size_t rows, const float* x, float* y) noexc
     for r in range(rows):
         for j in range(n):
             y[r * n + j] = x[r * n + j] * p.W[j] + p.bias[j]
+
+
+cdef void merge(const LayerPlan* p, size_t rows, const float* x, float* y) noexcept nogil:
+    cdef size_t r
+    cdef int j, n = p.n_out
+    cdef const float* first
+    for r in range(rows):
+        first = x + r * 2 * n
+        for j in range(n):
+            if p.merge_mode == 0:
+                y[r * n + j] = first[j] + first[n + j]
+            elif p.merge_mode == 1:
+                y[r * n + j] = (first[j] + first[n + j]) * 0.5
+            else:
+                y[r * n + j] = first[j] * first[n + j]
 
 
 cdef void reverse_time(int B, int T, int F, const int* lengths, const float* x, float* y) noexcept nogil:

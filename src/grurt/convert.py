@@ -101,6 +101,8 @@ def with_scalers(spec: ModelSpec, input_scaler=None, output_scaler=None) -> Mode
     """Fold scalers into ``spec``: raw input → scaled at the front, scaled → real units at the end."""
     layers = list(spec.layers)
     if input_scaler is not None:
+        if spec.mask_value is not None:  # the mask compares scaled values, the input would be raw
+            raise UnsupportedModelError("input_scaler cannot be folded into a model with Masking")
         a, c = scaler_affine(input_scaler)
         if a.shape != (spec.input_size,):
             raise ModelFormatError(f"input_scaler was fitted on {a.size} features, "
@@ -112,4 +114,4 @@ def with_scalers(spec: ModelSpec, input_scaler=None, output_scaler=None) -> Mode
             raise ModelFormatError(f"output_scaler was fitted on {a.size} features, "
                                    f"the model outputs {spec.output_size}")
         layers.append(Scale(a, c))
-    return ModelSpec(spec.input_size, tuple(layers))
+    return ModelSpec(spec.input_size, tuple(layers), mask_value=spec.mask_value)

@@ -96,6 +96,8 @@ class Model:
             states = None                                   # zero states kept in the workspace
         else:
             states = self._initial_states(initial_state, batch, single)
+        if lengths is None and self.spec.mask_value is not None:
+            lengths = self._lengths_from_mask(x)
         length_array = None if lengths is None else self._lengths(lengths, batch, steps, single)
         out = np.empty((batch, steps, self._output_size) if self._returns_sequence else (batch, self._output_size),
                        _FLOAT32)
@@ -162,6 +164,20 @@ class Model:
                                  f"got {value.dtype} {value.shape}")
             states.append(np.array(value, dtype=np.float32, order="C").reshape(d, batch, h))
         return states
+
+    def _lengths_from_mask(self, x):
+        """Each sequence's length from its trailing steps whose features all equal mask_value."""
+        real = (x != self.spec.mask_value).any(axis=2)                 # (B, T)
+        lengths = x.shape[1] - np.argmax(real[:, ::-1], axis=1)
+        empty = ~real.any(axis=1)
+        if empty.any():
+            raise InputError(f"sequence {int(np.argmax(empty))} is entirely masked (every step equals "
+                             f"mask_value={self.spec.mask_value:g})")
+        holes = real.sum(axis=1) != lengths
+        if holes.any():
+            raise InputError(f"sequence {int(np.argmax(holes))} has masked steps before its last real step; "
+                             "grurt supports masking of trailing padding only")
+        return lengths
 
     @staticmethod
     def _lengths(lengths, batch: int, steps: int, single: bool):

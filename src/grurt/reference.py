@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .spec import GRU, Activation, ActivationFunction, Dense, LastStep, ModelSpec, Reverse, Scale
+from .spec import GRU, Activation, ActivationFunction, Dense, LastStep, Merge, ModelSpec, Reverse, Scale
 
 
 def apply_activation(fn: ActivationFunction, x: np.ndarray) -> np.ndarray:
@@ -108,6 +108,9 @@ def run(model, seq, initial_state=None, return_state=False, lengths=None):
     if single:
         x = x[None]
     batch, steps, _ = x.shape
+    if lengths is None and spec.mask_value is not None:
+        lengths = np.array([1 + max([t for t in range(steps) if (x[b, t] != spec.mask_value).any()], default=0)
+                            for b in range(batch)])
     lengths = np.full(batch, steps) if lengths is None else np.asarray(lengths).reshape(batch)
     grus = spec.gru_layers
     if initial_state is None:
@@ -133,6 +136,9 @@ def run(model, seq, initial_state=None, return_state=False, lengths=None):
             x = x * layer.a + layer.c
         elif isinstance(layer, Reverse):
             x = reverse_time(x, lengths)
+        elif isinstance(layer, Merge):
+            first, second = np.split(x, 2, axis=-1)
+            x = {"sum": first + second, "ave": (first + second) / 2, "mul": first * second}[layer.mode]
         elif isinstance(layer, LastStep):
             x, has_time = x[np.arange(batch), lengths - 1], False
         if has_time:

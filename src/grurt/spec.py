@@ -265,6 +265,24 @@ class Reverse:
         return "Reverse()"
 
 
+MERGE_MODES = ("sum", "ave", "mul")
+
+
+@dataclass(frozen=True, eq=False)
+class Merge:
+    """Combines the two halves of the features (a bidirectional GRU's directions) elementwise:
+    (…, 2F) → (…, F) by ``sum``, ``ave`` (mean) or ``mul`` (product), as Keras ``Bidirectional`` merges."""
+
+    mode: str
+
+    def __post_init__(self):
+        if self.mode not in MERGE_MODES:
+            raise UnsupportedModelError(f"Merge: mode {self.mode!r} is not one of {MERGE_MODES}")
+
+    def describe(self) -> str:
+        return f"Merge({self.mode})"
+
+
 @dataclass(frozen=True, eq=False)
 class LastStep:
     """Keeps only each sequence's last valid time step: (B, T, F) -> (B, F), like ``out[:, -1]``."""
@@ -273,22 +291,32 @@ class LastStep:
         return "LastStep()"
 
 
-Layer = Union[GRU, Dense, Activation, Scale, Reverse, LastStep]
-LAYER_TYPES = (GRU, Dense, Activation, Scale, Reverse, LastStep)
+Layer = Union[GRU, Dense, Activation, Scale, Reverse, LastStep, Merge]
+LAYER_TYPES = (GRU, Dense, Activation, Scale, Reverse, LastStep, Merge)
 SEQUENCE_ONLY = (GRU, Reverse, LastStep)
 
 
 @dataclass(frozen=True, eq=False)
 class ModelSpec:
-    """The input feature count and an ordered list of layers, validated on construction."""
+    """The input feature count and an ordered list of layers, validated on construction.
+
+    ``mask_value`` (Keras ``Masking``): time steps whose features all equal it are padding;
+    ``run`` then derives each sequence's length from its trailing padding.
+    """
 
     input_size: int
     layers: Tuple[Layer, ...] = field(default_factory=tuple)
+    mask_value: Optional[float] = None
 
     def __post_init__(self):
         object.__setattr__(self, "input_size", _positive_int("model", "input_size", self.input_size))
         layers = tuple(self.layers)
         object.__setattr__(self, "layers", layers)
+        if self.mask_value is not None:
+            if isinstance(self.mask_value, (bool, np.bool_)) or not isinstance(
+                    self.mask_value, (int, float, np.integer, np.floating)) or not math.isfinite(self.mask_value):
+                raise ModelFormatError(f"model: mask_value must be a finite number, got {self.mask_value!r}")
+            object.__setattr__(self, "mask_value", float(np.float32(self.mask_value)))
         if not layers:
             raise ModelFormatError("model has no layers")
         features, has_time = self.input_size, True
@@ -303,6 +331,8 @@ class ModelSpec:
                 expected = layer.input_size
             elif isinstance(layer, Scale):
                 expected = layer.size
+            elif isinstance(layer, Merge) and features % 2:
+                raise ModelFormatError(f"{where}: needs an even number of features, receives {features}")
             else:
                 expected = features
             if expected != features:
@@ -314,6 +344,8 @@ class ModelSpec:
                 features = layer.output_size
             elif isinstance(layer, LastStep):
                 has_time = False
+            elif isinstance(layer, Merge):
+                features //= 2
         object.__setattr__(self, "output_size", features)
         object.__setattr__(self, "returns_sequence", has_time)
 

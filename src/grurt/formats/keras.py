@@ -23,7 +23,7 @@ import numpy as np
 
 from ..convert import batchnorm_affine, keras_activation, keras_gru_direction, with_scalers
 from ..errors import GrurtError, ModelFormatError, UnsupportedModelError
-from ..spec import GRU, Activation, Dense, ModelSpec, Reverse, Scale
+from ..spec import GRU, MERGE_MODES, Activation, Dense, Merge, ModelSpec, Reverse, Scale
 
 _MAX_JSON_BYTES = 64 << 20
 _MAX_WEIGHT_ELEMENTS = 1 << 28   # 1 GiB of float32 in one array
@@ -318,13 +318,12 @@ def _bidirectional(layer: _Layer):
     W, R, B = (np.stack(pair) for pair in zip(fwd, bwd))
     gru = GRU(W, R, B, direction="bidirectional", **fwd_settings)
     # Keras flips the backward output back in time and merges; the canonical layer concatenates.
-    merge, hidden = layer.config.get("merge_mode", "concat"), gru.hidden_size
+    merge = layer.config.get("merge_mode", "concat")
     if merge == "concat":
         return [gru]
-    if merge in ("sum", "ave"):
-        pair = np.hstack([np.eye(hidden), np.eye(hidden)]) * (0.5 if merge == "ave" else 1.0)
-        return [gru, Dense(pair, np.zeros(hidden))]
-    raise UnsupportedModelError(f"merge_mode={merge!r} is not supported; use concat, sum or ave")
+    if merge in MERGE_MODES:
+        return [gru, Merge(merge)]
+    raise UnsupportedModelError(f"merge_mode={merge!r} is not supported; use concat, sum, ave or mul")
 
 
 def _dense(layer: _Layer):
@@ -386,14 +385,9 @@ def _flatten(layer: _Layer):
     return []
 
 
-def _masking(layer: _Layer):
-    raise UnsupportedModelError("masking is not supported; leave the Masking layer out and pass each "
-                            "sequence's length to Model.run(seq, lengths=...) for right-padded batches")
-
-
 _LAYERS = {"GRU": _gru, "Bidirectional": _bidirectional, "Dense": _dense, "TimeDistributed": _time_distributed,
            "Activation": _activation, "BatchNormalization": _batch_normalization,
-           "Normalization": _normalization, "Rescaling": _rescaling, "Flatten": _flatten, "Masking": _masking,
+           "Normalization": _normalization, "Rescaling": _rescaling, "Flatten": _flatten,
            **{kind: lambda layer: [] for kind in _NO_OPS}}
 
 
@@ -407,28 +401,32 @@ def spec_from_keras(model_config: dict, weights: dict, keras_version: str) -> Mo
     features = batch_shape[-1] if batch_shape and batch_shape[-1] else _first_dimension(chain, weights)
     if features is None:
         raise ModelFormatError("cannot tell the number of input features: the model has no weights")
-    input_size, has_time, layers = features, True, []
+    input_size, has_time, layers, mask_value = features, True, [], None
     for config in chain:
         layer = _Layer(config["class_name"], _layer_name(config), config.get("config", {}),
                        weights.get(_layer_name(config), []), keras_major, features, has_time)
+        if layer.kind == "Masking":
+            # trailing padding becomes each sequence's length (Model.run derives `lengths`)
+            if layers:
+                raise UnsupportedModelError(f"{layer.where()}: grurt supports Masking only as the first layer")
+            mask_value = layer.config.get("mask_value", 0.0)
+            continue
         if layer.kind not in _LAYERS:
             raise UnsupportedModelError(f"{layer.where()} is not supported; grurt converts InputLayer, "
-                                        f"{', '.join(kind for kind in _LAYERS if kind != 'Masking')}")
+                                        f"Masking, {', '.join(_LAYERS)}")
         try:
             produced = _LAYERS[layer.kind](layer)
         except GrurtError as exc:
             raise type(exc)(f"{layer.where()}: {exc}") from None
         except (TypeError, ValueError, KeyError, AttributeError, IndexError) as exc:  # a hostile config
             raise ModelFormatError(f"{layer.where()}: malformed config or weights ({exc!r})") from None
-        for new in produced:
-            if isinstance(new, GRU):
-                features, has_time = new.output_size, new.return_sequences
-            elif isinstance(new, Dense):
-                features = new.output_size
-            layers.append(new)
+        if produced:
+            layers.extend(produced)
+            so_far = ModelSpec(input_size, tuple(layers))
+            features, has_time = so_far.output_size, so_far.returns_sequence
     if not any(isinstance(layer, GRU) for layer in layers):
         raise UnsupportedModelError("the Keras model contains no GRU layer")
-    return ModelSpec(input_size, tuple(layers))
+    return ModelSpec(input_size, tuple(layers), mask_value=mask_value)
 
 
 def _major(version) -> int:

@@ -13,7 +13,7 @@ import zlib
 import numpy as np
 
 from ..errors import GrurtError, ModelFormatError, UnsupportedModelError
-from ..spec import GRU, Activation, ActivationFunction, Dense, LastStep, ModelSpec, Reverse, Scale
+from ..spec import GRU, Activation, ActivationFunction, Dense, LastStep, Merge, ModelSpec, Reverse, Scale
 
 FORMAT_NAME = "grurt"
 FORMAT_VERSION = (1, 0)
@@ -21,6 +21,7 @@ HEADER_KEY = "header"
 _MAX_HEADER_BYTES = 1 << 20
 
 _ARRAYS = {GRU: ("W", "R", "B"), Dense: ("W", "b"), Scale: ("a", "c")}
+_HEADER_FIELDS = {"format", "format_version", "producer", "input_size", "layers", "mask_value", "metadata"}
 _LAYER_FIELDS = {
     "GRU": {"type", "hidden_size", "direction", "linear_before_reset", "gate_activation",
             "candidate_activation", "clip", "return_sequences"},
@@ -29,6 +30,7 @@ _LAYER_FIELDS = {
     "Scale": {"type"},
     "Reverse": {"type"},
     "LastStep": {"type"},
+    "Merge": {"type", "mode"},
 }
 
 
@@ -52,6 +54,8 @@ def _layer_to_json(layer) -> dict:
         return {"type": "Dense", "units": layer.output_size, "activation": _activation_to_json(layer.activation)}
     if isinstance(layer, Activation):
         return {"type": "Activation", "function": _activation_to_json(layer.function)}
+    if isinstance(layer, Merge):
+        return {"type": "Merge", "mode": layer.mode}
     return {"type": type(layer).__name__}
 
 
@@ -65,6 +69,8 @@ def save(model, path, metadata: dict | None = None) -> None:
     header = {"format": FORMAT_NAME, "format_version": "%d.%d" % FORMAT_VERSION,
               "producer": f"grurt {__version__}", "input_size": spec.input_size,
               "layers": [_layer_to_json(layer) for layer in spec.layers]}
+    if spec.mask_value is not None:
+        header["mask_value"] = spec.mask_value
     if metadata:
         header["metadata"] = {str(k): str(v) for k, v in metadata.items()}
     arrays = {HEADER_KEY: np.array(json.dumps(header))}
@@ -124,6 +130,8 @@ def _read_header(archive: zipfile.ZipFile) -> dict:
         raise UnsupportedModelError(
             f"this file is grurt format {version}, written by a newer grurt ({header.get('producer', '?')}); "
             f"this grurt reads format {FORMAT_VERSION[0]}.x: upgrade grurt to load it")
+    unknown = set(header) - _HEADER_FIELDS
+    _expect(not unknown, f"header: unknown fields {sorted(unknown)}")
     return header
 
 
@@ -202,6 +210,8 @@ def _layer_from_json(archive, entry, index, features):
         return Activation(_activation_from_json(entry.get("function"), where))
     if kind == "Scale":
         return Scale(a=array("a", (features,)), c=array("c", (features,)))
+    if kind == "Merge":
+        return Merge(entry.get("mode"))
     return Reverse() if kind == "Reverse" else LastStep()
 
 
@@ -224,16 +234,13 @@ def load_npz(path):
             _expect(isinstance(entries, list) and entries, "header: 'layers' must be a non-empty list")
             layers = []
             for index, entry in enumerate(entries):
-                layer = _layer_from_json(archive, entry, index, features)
-                layers.append(layer)
-                if isinstance(layer, GRU):
-                    features = layer.output_size
-                elif isinstance(layer, Dense):
-                    features = layer.output_size
+                layers.append(_layer_from_json(archive, entry, index, features))
+                features = ModelSpec(header["input_size"], tuple(layers)).output_size
             expected = {f"{i}.{name}.npy" for i, layer in enumerate(layers) for name in _ARRAYS.get(type(layer), ())}
             extra = set(archive.namelist()) - expected - {HEADER_KEY + ".npy"}
             _expect(not extra, f"unexpected arrays in the file: {sorted(name[:-4] for name in extra)}")
-            spec = ModelSpec(input_size=header["input_size"], layers=tuple(layers))
+            spec = ModelSpec(input_size=header["input_size"], layers=tuple(layers),
+                             mask_value=header.get("mask_value"))
         except GrurtError:
             raise
         except (zipfile.BadZipFile, OSError, EOFError, ValueError, KeyError, zlib.error) as exc:
