@@ -35,8 +35,9 @@ def profile(**options):
     return settings(_BASE, **options)
 
 # Hidden sizes around the 64-column panel of the small matrix-vector kernel (3H and 2H panels too).
-PANEL_EDGES = (1, 2, 21, 22, 31, 32, 33, 42, 43, 63, 64, 65, 127, 128, 129, 160)
+PANEL_EDGES = (1, 2, 10, 11, 16, 17, 21, 22, 31, 32, 33, 42, 43, 63, 64, 65, 95, 96, 97, 127, 128, 129, 160)
 hidden_sizes = st.one_of(st.sampled_from(PANEL_EDGES), st.integers(1, 160))
+BOUNDED_GATES = ("sigmoid", "hard_sigmoid", "tanh", "softsign", "scaled_tanh")
 
 
 def _lengths(rng, batch, steps):
@@ -127,7 +128,10 @@ def stacked_models(draw):
         last = k == n_gru - 1
         H = draw(st.sampled_from((1, 7, 33, 64, 65, 100)))
         direction = draw(st.sampled_from(DIRECTIONS))
-        f = random_activation(rng, draw(st.sampled_from(CONTINUOUS_ACTIVATIONS)))
+        # deeper layers get inputs of unknown scale: unbounded gate functions there could push
+        # z above 1 and the stack would diverge, so they take bounded gates (the single-layer
+        # tests cover every gate function on unit-scale inputs)
+        f = random_activation(rng, draw(st.sampled_from(CONTINUOUS_ACTIVATIONS if k == 0 else BOUNDED_GATES)))
         g = random_activation(rng, draw(st.sampled_from(CONTINUOUS_ACTIVATIONS)))
         clip = draw(st.one_of(st.none(), st.floats(0.5, 3.0)))
         return_sequences = (not last) or draw(st.booleans())
