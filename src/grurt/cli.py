@@ -114,7 +114,7 @@ def cmd_convert(args) -> None:
         converted = load(args.output).run(seq)
         try:
             oracle, expected = _framework_outputs(args.input, seq)
-        except CommandError as exc:
+        except (CommandError, GrurtError) as exc:   # no framework, or it cannot run this file
             from .reference import run as reference_run
             oracle, expected = f"grurt.reference ({exc})", reference_run(model, seq)
         print(f"check: max abs difference vs {oracle}: {np.abs(converted - expected).max():.3g}")
