@@ -2,6 +2,7 @@
 import os
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -90,7 +91,7 @@ def test_verify_against_torchscript(tmp_path):
     grurt.save(grurt.from_torch([net.gru, net.fc], last_step=True), tmp_path / "net.npz")
     result = grurt_cmd("verify", tmp_path / "net.npz", "--against", tmp_path / "net.pt")
     assert result.returncode == 0, result.stderr
-    error = float(result.stdout.split("max abs error vs torch: ")[1].split()[0])
+    error = float(result.stdout.split("output: max abs error vs torch: ")[1].split()[0])
     assert error <= 1e-5
 
 
@@ -120,3 +121,62 @@ def test_garbage_files_are_one_line_errors(tmp_path):
         assert result.returncode == 1
         assert message in result.stderr and "Traceback" not in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.fixture(scope="module")
+def onnx_file(tmp_path_factory):
+    """A legacy torch.onnx export of GRU(3 → 8) + Linear, returning the head and h_n."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("onnxruntime")
+    torch.manual_seed(1)
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.gru, self.fc = torch.nn.GRU(3, 8, batch_first=True), torch.nn.Linear(8, 2)
+
+        def forward(self, x):
+            out, h_n = self.gru(x)
+            return self.fc(out[:, -1]), h_n
+
+    path = tmp_path_factory.mktemp("onnx") / "net.onnx"
+    with warnings.catch_warnings():          # the legacy exporter's deprecation and tracer notes
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Net(), (torch.randn(2, 5, 3),), str(path), dynamo=False, input_names=["x"],
+                          output_names=["y", "h_n"],
+                          dynamic_axes={"x": {0: "b", 1: "t"}, "y": {0: "b"}, "h_n": {1: "b"}})
+    return path
+
+
+def test_convert_check_and_verify_against_onnxruntime(onnx_file, tmp_path):
+    result = grurt_cmd("convert", onnx_file, tmp_path / "net.npz", "--check")
+    assert result.returncode == 0, result.stderr
+    error = float(result.stdout.split("max abs difference vs onnxruntime: ")[1].split()[0])
+    assert error <= 1e-5
+    result = grurt_cmd("verify", tmp_path / "net.npz", "--against", onnx_file)
+    assert result.returncode == 0, result.stderr
+    lines = dict(line.split(": max abs error vs onnxruntime: ") for line in result.stdout.strip().splitlines())
+    assert set(lines) == {"output", "state[0]"}          # one line per graph output
+    assert all(float(value) <= 1e-5 for value in lines.values())
+
+
+def test_verify_fails_loudly_when_models_differ(onnx_file, tmp_path):
+    other = grurt.load(onnx_file).spec
+    layers = list(other.layers)
+    layers[-1] = type(layers[-1])(W=layers[-1].W + 0.1, b=layers[-1].b)      # a wrong head
+    grurt.save(grurt.spec.ModelSpec(other.input_size, tuple(layers)), tmp_path / "wrong.npz")
+    result = grurt_cmd("verify", tmp_path / "wrong.npz", "--against", onnx_file)
+    assert result.returncode == 1
+    assert "exceeds the tolerance" in result.stderr
+
+
+def test_convert_check_against_keras(tmp_path):
+    pytest.importorskip("keras")
+    script = (
+        "import os; os.environ.setdefault('KERAS_BACKEND', 'torch'); import keras\n"
+        "m = keras.Sequential([keras.Input((6, 2)), keras.layers.GRU(4), keras.layers.Dense(1)])\n"
+        f"m.save({str(tmp_path / 'm.keras')!r})\n")
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=120)
+    result = grurt_cmd("convert", tmp_path / "m.keras", tmp_path / "m.npz", "--check")
+    assert result.returncode == 0, result.stderr
+    assert float(result.stdout.split("max abs difference vs keras: ")[1].split()[0]) <= 1e-5
