@@ -366,9 +366,9 @@ def test_huge_declared_sizes_refused_before_allocation(saved, tmp_path):
     from the header alone: peak Python/numpy memory during the load stays under 20 MB."""
     cases = [
         (_set(["layers", 1, "hidden_size"], 10**12), r"'hidden_size' must be a positive integer below 2\*\*31"),
-        (_set(["layers", 1, "hidden_size"], 2**20), r"layer 1 \(GRU\): declares \d+ parameters, more than grurt"),
-        (_set(["layers", 5, "hidden_size"], 2**30), r"layer 5 \(GRU\): declares \d+ parameters"),
-        (_set(["layers", 7, "units"], 2**30), r"layer 7 \(Dense\): declares \d+ parameters"),
+        (_set(["layers", 1, "hidden_size"], 2**20), r"layer 1 \(GRU\): the model declares more than 268435456 param"),
+        (_set(["layers", 5, "hidden_size"], 2**30), r"layer 5 \(GRU\): the model declares more than \d+ parameters"),
+        (_set(["layers", 7, "units"], 2**30), r"layer 7 \(Dense\): the model declares more than \d+ parameters"),
         (_set(["input_size"], 2**31), r"'input_size' must be a positive integer below 2\*\*31"),
         (_set(["layers", 1, "hidden_size"], -5), "'hidden_size' must be a positive integer"),
         (_set(["layers", 1, "hidden_size"], 7.0), "'hidden_size' must be a positive integer"),
@@ -481,3 +481,16 @@ def test_load_paths(tmp_path, saved):
     # load accepts str and PathLike
     assert grurt.load(str(saved)).input_size == grurt.load(saved).input_size == 5
     assert os.path.getsize(saved) > 0
+
+
+def test_parameter_budget_is_per_file(model, saved, monkeypatch):
+    """Every layer may fit the budget and the file still exceed it: the budget counts them all."""
+    import grurt.formats.npz as npz
+    total = model.spec.parameter_count
+    largest = max(getattr(layer, "W").size for layer in model.spec.layers if hasattr(layer, "W"))
+    assert largest < total - 1
+    monkeypatch.setattr(npz, "MAX_PARAMETERS", total - 1)
+    with pytest.raises(grurt.ModelFormatError, match="the model declares more than"):
+        grurt.load(saved)
+    monkeypatch.setattr(npz, "MAX_PARAMETERS", total)
+    assert grurt.load(saved).spec.parameter_count == total

@@ -120,6 +120,17 @@ def test_linear_head_on_last_step(container, bidirectional):
     assert max_diff(model.run(x[0].numpy()), want[0]) <= ATOL
 
 
+def test_classifier_head_softmax_without_dim():
+    """nn.Softmax() on (B, F) works over the features, as torch does after out[:, -1]."""
+    torch.manual_seed(6)
+    gru, fc = nn.GRU(3, 10, batch_first=True), nn.Linear(10, 4)
+    model = grurt.from_torch([gru, fc, nn.Flatten(), nn.Softmax()], last_step=True)
+    x = torch.randn(5, 8, 3)
+    with torch.no_grad():
+        want = torch.softmax(fc(gru(x)[0][:, -1]), dim=1).numpy()
+    assert max_diff(model.run(x.numpy()), want) <= ATOL
+
+
 def test_linear_head_on_every_step_with_activations():
     torch.manual_seed(5)
     gru = nn.GRU(4, 16, batch_first=True)
@@ -191,6 +202,8 @@ def test_double_precision_module_is_converted():
     (lambda: [nn.GRU(3, 4), nn.Conv1d(4, 4, 1)], "Conv1d"),
     (lambda: nn.Sequential(nn.GRU(3, 4), nn.LayerNorm(4)), "LayerNorm"),
     (lambda: [nn.GRU(3, 4), nn.Softmax(dim=1)], "dim=1"),
+    (lambda: [nn.GRU(3, 4), nn.Softmax()], r"dim=None on a \(B, T, F\) input"),   # torch: over the batch
+    (lambda: [nn.GRU(3, 4), nn.Flatten(), nn.Linear(20, 1)], "flattening a sequence"),
     (lambda: [nn.GRU(3, 4), "linear"], "str"),
     (lambda: nn.Linear(3, 4), "no nn.GRU"),
 ])

@@ -42,7 +42,8 @@ def _torch_gru(module) -> list:
     return layers
 
 
-def _torch_layer(module, index) -> list:
+def _torch_layer(module, index, has_time: bool) -> list:
+    """The canonical layers of one torch module; ``has_time``: its input still has a time axis."""
     kind = type(module).__name__
     if kind == "GRU":
         return _torch_gru(module)
@@ -51,13 +52,16 @@ def _torch_layer(module, index) -> list:
         return [Dense(W=_numpy(module.weight), b=bias)]
     if kind in _TORCH_ACTIVATIONS:
         name, alpha_attr = _TORCH_ACTIVATIONS[kind]
-        if kind == "Softmax" and module.dim not in (-1, None, 2):
+        # dim=None means dim 0 (the batch!) on (B, T, F) and dim 1 on (B, F) in torch
+        if kind == "Softmax" and module.dim not in ((-1, 2) if has_time else (-1, 1, None)):
             raise UnsupportedModelError(f"module {index} (Softmax): only softmax over the last axis is supported, "
-                                        f"got dim={module.dim}")
+                                        f"got dim={module.dim} on a {'(B, T, F)' if has_time else '(B, F)'} input")
         if kind == "Hardsigmoid":  # relu6(x + 3) / 6
             return [Activation(activation("hard_sigmoid", 1 / 6, 0.5))]
         alpha = getattr(module, alpha_attr) if alpha_attr else None
         return [Activation(activation(name, alpha))]
+    if kind == "Flatten" and has_time:
+        raise UnsupportedModelError(f"module {index} (Flatten): flattening a sequence is not supported")
     if kind in _TORCH_NO_OPS:
         return []
     raise UnsupportedModelError(
@@ -81,16 +85,17 @@ def from_torch(module, last_step: bool = False, input_scaler=None, output_scaler
         modules = list(module)
     else:
         modules = [module]
-    layers = []
     for index, child in enumerate(modules):
         if not isinstance(child, torch.nn.Module):
             raise UnsupportedModelError(f"module {index}: expected a torch.nn.Module, got {type(child).__name__}")
-        layers.extend(_torch_layer(child, index))
-    grus = [i for i, layer in enumerate(layers) if isinstance(layer, GRU)]
-    if not grus:
+    last_gru = max([i for i, child in enumerate(modules) if isinstance(child, torch.nn.GRU)], default=None)
+    layers = []
+    for index, child in enumerate(modules):
+        layers.extend(_torch_layer(child, index, has_time=not (last_step and last_gru is not None and index > last_gru)))
+        if last_step and index == last_gru:
+            layers.append(LastStep())
+    if last_gru is None:
         raise UnsupportedModelError("the torch model contains no nn.GRU")
-    if last_step:
-        layers.insert(grus[-1] + 1, LastStep())
     spec = ModelSpec(input_size=_first_input(layers), layers=tuple(layers))
     return Model(with_scalers(spec, input_scaler, output_scaler))
 

@@ -177,7 +177,7 @@ def _read_array(archive: zipfile.ZipFile, key: str, shape: tuple, where: str) ->
         return array.astype(np.float32)
 
 
-def _layer_from_json(archive, entry, index, features):
+def _layer_from_json(archive, entry, index, features, budget):
     where = f"layer {index}"
     _expect(isinstance(entry, dict), f"{where}: expected an object, got {entry!r}")
     kind = entry.get("type")
@@ -194,7 +194,7 @@ def _layer_from_json(archive, entry, index, features):
         H = _int_field(entry, "hidden_size", where)
         direction = entry.get("direction", "forward")
         D = 2 if direction == "bidirectional" else 1
-        _check_budget(D * 3 * H * (features + H + 2), where)
+        _check_budget(D * 3 * H * (features + H + 2), budget, where)
         return GRU(W=array("W", (D, 3 * H, features)), R=array("R", (D, 3 * H, H)), B=array("B", (D, 6 * H)),
                    direction=direction,
                    linear_before_reset=entry.get("linear_before_reset", False),
@@ -203,23 +203,29 @@ def _layer_from_json(archive, entry, index, features):
                    clip=entry.get("clip"), return_sequences=entry.get("return_sequences", True))
     if kind == "Dense":
         units = _int_field(entry, "units", where)
-        _check_budget(units * (features + 1), where)
+        _check_budget(units * (features + 1), budget, where)
         return Dense(W=array("W", (units, features)), b=array("b", (units,)),
                      activation=_activation_from_json(entry.get("activation", "linear"), where))
     if kind == "Activation":
         return Activation(_activation_from_json(entry.get("function"), where))
     if kind == "Scale":
+        _check_budget(2 * features, budget, where)
         return Scale(a=array("a", (features,)), c=array("c", (features,)))
     if kind == "Merge":
         return Merge(entry.get("mode"))
     return Reverse() if kind == "Reverse" else LastStep()
 
 
-_MAX_PARAMETERS = 2**31 - 1
+#: Parameters one file may declare in all (1 GiB of float32): a few-MB compressed archive of
+#: zeros must not make load() allocate gigabytes.
+MAX_PARAMETERS = 2**28
 
 
-def _check_budget(count, where):
-    _expect(count <= _MAX_PARAMETERS, f"{where}: declares {count} parameters, more than grurt accepts")
+def _check_budget(count, budget, where):
+    """Take ``count`` parameters from ``budget`` (a one-element list: what the file has left)."""
+    budget[0] -= count
+    _expect(budget[0] >= 0, f"{where}: the model declares more than {MAX_PARAMETERS} parameters "
+                            "(grurt.formats.npz.MAX_PARAMETERS)")
 
 
 def load_npz(path):
@@ -232,9 +238,9 @@ def load_npz(path):
             features = _int_field(header, "input_size", "header")
             entries = header.get("layers")
             _expect(isinstance(entries, list) and entries, "header: 'layers' must be a non-empty list")
-            layers = []
+            layers, budget = [], [MAX_PARAMETERS]
             for index, entry in enumerate(entries):
-                layers.append(_layer_from_json(archive, entry, index, features))
+                layers.append(_layer_from_json(archive, entry, index, features, budget))
                 features = ModelSpec(header["input_size"], tuple(layers)).output_size
             expected = {f"{i}.{name}.npy" for i, layer in enumerate(layers) for name in _ARRAYS.get(type(layer), ())}
             extra = set(archive.namelist()) - expected - {HEADER_KEY + ".npy"}
