@@ -42,6 +42,7 @@ cdef int ACT_SIGMOID = 1, ACT_TANH = 2, ACT_SOFTMAX = 12
 
 # State pointers live on the stack: a call allocates nothing it does not have to.
 cdef enum:
+    ALIGN_FLOATS = 16            # 64 bytes: every buffer and packed weight starts on a cache line
     MAX_GRU_LAYERS = 64
     MAX_THREADS = 64
 
@@ -73,6 +74,11 @@ cdef struct LayerPlan:
     long panel_stride        # floats of packed recurrent panels per direction
 
 
+cdef inline size_t aligned(size_t floats) noexcept nogil:
+    """``floats`` rounded up to whole cache lines."""
+    return (floats + ALIGN_FLOATS - 1) // ALIGN_FLOATS * ALIGN_FLOATS
+
+
 cdef inline int n_panels(int n_out):
     return (n_out + GRURT_PANEL - 1) // GRURT_PANEL
 
@@ -81,6 +87,14 @@ def pack_panels(a):
     """(n_out, n_in) → (panels, n_in, GRURT_PANEL) with row k of panel p = a[p*P:(p+1)*P, k]."""
     n_out, n_in = a.shape
     return pad_rows(a, n_panels(n_out) * GRURT_PANEL).reshape(-1, GRURT_PANEL, n_in).transpose(0, 2, 1).ravel()
+
+
+def aligned_empty(size):
+    """A float32 array of ``size`` elements starting on a 64-byte boundary (a cache line), so
+    that the kernels' vector loads never straddle two lines."""
+    raw = np.empty(size + ALIGN_FLOATS, np.float32)
+    start = (-raw.ctypes.data % (4 * ALIGN_FLOATS)) // 4
+    return raw[start:start + size]
 
 
 def pad_rows(a, rows):
@@ -158,9 +172,10 @@ cdef class Plan:
             self.max_features = max(self.max_features, features)
 
     cdef float* _keep(self, array) except NULL:
-        array = np.ascontiguousarray(array, dtype=np.float32)
-        self.arrays.append(array)
-        return <float*>cnp.PyArray_DATA(array)
+        kept = aligned_empty(np.size(array))
+        kept[...] = np.ravel(array)
+        self.arrays.append(kept)
+        return <float*>cnp.PyArray_DATA(kept)
 
     cdef _plan_gru(self, LayerPlan* p, layer):
         D, H = layer.num_directions, layer.hidden_size
@@ -200,8 +215,7 @@ cdef class Plan:
         p.panel_stride = packed[0].size
         p.R_panels = self._keep(np.concatenate(packed))
         self.max_projection = max(self.max_projection, p.xp_stride)
-        padded = (p.panels_per_gate_set + p.panels_h) * GRURT_PANEL
-        self.max_step_scratch = max(self.max_step_scratch, padded + 5 * H)
+        self.max_step_scratch = max(self.max_step_scratch, step_scratch_floats(p))
         self.state_width += D * H
 
     def __dealloc__(self):
@@ -213,8 +227,8 @@ cdef class Plan:
         The last batch * state_width floats hold the GRU states when the caller passes none.
         """
         cdef size_t rows = <size_t>batch * steps
-        return (2 * rows * self.max_features + rows * self.max_projection
-                + <size_t>batch * (2 * self.max_step_scratch + self.state_width))
+        return (2 * aligned(rows * self.max_features) + rows * self.max_projection
+                + 2 * <size_t>batch * self.max_step_scratch + <size_t>batch * self.state_width)
 
     def run(self, cnp.ndarray x, list states, cnp.ndarray lengths, cnp.ndarray out, int threads=1):
         """Run all layers on x (B, T, I) into out; GRU states (D, B, H) are updated in place.
@@ -225,21 +239,22 @@ cdef class Plan:
         ``threads`` > 1 splits each GRU layer's directions and batch across that many threads.
         """
         cdef int B = x.shape[0], T = x.shape[1]
-        cdef size_t work_floats = self.workspace_floats(B, T)
-        cdef float* work
+        cdef size_t work_floats = self.workspace_floats(B, T) + ALIGN_FLOATS
+        cdef float* raw
         with nogil:
-            work = <float*>malloc(work_floats * sizeof(float))
-        if work == NULL:
+            raw = <float*>malloc(work_floats * sizeof(float))
+        if raw == NULL:
             raise MemoryError("grurt: could not allocate the workspace for this input")
         try:
-            self._execute(B, T, x, states, lengths, out, work, threads)
+            self._execute(B, T, x, states, lengths, out, raw + (-(<size_t>raw) // 4) % ALIGN_FLOATS, threads)
         finally:
-            free(work)
+            free(raw)
 
     def step(self, cnp.ndarray frame, list states, cnp.ndarray out, cnp.ndarray workspace, int batch):
         """One time step of ``batch`` streams: like run with T = 1, allocating nothing.
 
-        ``workspace`` is float32 of at least workspace_floats(batch, 1) elements.
+        ``workspace`` is float32 of at least workspace_floats(batch, 1) elements, from
+        aligned_empty.
         """
         self._execute(batch, 1, frame, states, None, out, <float*>cnp.PyArray_DATA(workspace), 1)
 
@@ -272,7 +287,7 @@ cdef void run_layers(const LayerPlan* layers, int n_layers, int B, int T, const 
                      int max_features, int max_projection, int threads) noexcept nogil:
     """Execute every layer, using ``work`` (workspace_floats(B, T)) as scratch."""
     cdef size_t rows = <size_t>B * T
-    cdef size_t ping = rows * max_features
+    cdef size_t ping = aligned(rows * max_features)
     cdef float* buffers[2]
     buffers[0] = work
     buffers[1] = work + ping
@@ -386,6 +401,11 @@ cdef struct GruTask:
     float* scratch
 
 
+cdef size_t step_scratch_floats(const LayerPlan* p) noexcept nogil:
+    """Scratch of one batch row of one direction: hr, hn, rh and gates (see gru_direction)."""
+    return aligned((<size_t>(p.panels_per_gate_set + p.panels_h) * GRURT_PANEL + 4 * p.H))
+
+
 cdef void* run_projection_task(void* arg) noexcept nogil:
     cdef GruTask* task = <GruTask*>arg
     cdef const LayerPlan* p = task.p
@@ -427,7 +447,7 @@ cdef void run_gru(const LayerPlan* p, int B, int T, const float* x, float* y, fl
     cdef int rows = B * T
     cdef int d, b, i, b0, b1, chunk, chunks, n_tasks
     cdef GruTask tasks[MAX_THREADS]
-    cdef size_t step_scratch = (<size_t>(p.panels_per_gate_set + p.panels_h) * GRURT_PANEL + 5 * H)
+    cdef size_t step_scratch = step_scratch_floats(p)
     cdef float* seq_out = y if p.return_sequences else NULL
     threads = min(threads, MAX_THREADS)
     # the input projection, split by rows

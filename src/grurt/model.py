@@ -215,7 +215,7 @@ class Stream:
         self.batch = int(batch)
         self._plan = model._plan
         self._states = [np.zeros((d, self.batch, h), np.float32) for d, h in model._state_shapes]
-        self._workspace = np.empty(self._plan.workspace_floats(self.batch, 1), np.float32)
+        self._workspace = _kernels.aligned_empty(self._plan.workspace_floats(self.batch, 1))
         # step() sees one frame: every layer's output is (B, F), there is no time axis left
         self._out_shape = (self.batch, model.output_size)
 
