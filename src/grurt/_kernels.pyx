@@ -42,6 +42,7 @@ cdef int ACT_SIGMOID = 1, ACT_TANH = 2, ACT_SOFTMAX = 12
 
 # State pointers live on the stack: a call allocates nothing it does not have to.
 cdef enum:
+    CHUNK_STEPS = 16             # time steps whose input projection is computed together
     ALIGN_FLOATS = 16            # 64 bytes: every buffer and packed weight starts on a cache line
     MAX_GRU_LAYERS = 64
     MAX_THREADS = 64
@@ -61,12 +62,13 @@ cdef struct LayerPlan:
     grurt_act f, g           # GRU: gate and candidate activations; Dense/Activation: f
     int merge_mode           # Merge: index in MERGE_MODES (sum, ave, mul)
     float* W                 # Dense: (out, in); Scale: a
-    float* bias              # GRU: folded biases of the projection, padded to xp_stride; Dense: b; Scale: c
+    float* bias              # GRU: per direction, folded biases of the projection (xp_stride); Dense: b; Scale: c
     # GRU
     int D, H, lbr, reverse_only, return_sequences, fast_gates
     float clip               # 0 when off
-    float* W_panels          # packed Wᵀ of all directions: the input projection
-    int xp_stride            # floats per row of the projection: D*3H padded to whole panels
+    float* W_panels          # per direction: packed Wᵀ, the input projection
+    long W_panel_stride      # floats of packed input panels per direction
+    int xp_stride            # floats per row of the projection: 3H padded to whole panels
     float* R_panels          # per direction: packed Rᵀ (lbr=1) or packed R_zrᵀ then R_hᵀ (lbr=0)
     float* R_init            # lbr=1, per direction: [0, 0, Rb_h] padded, the start of h·Rᵀ + Rb_h
     int panels_per_gate_set  # lbr=1: panels of 3H; lbr=0: panels of 2H
@@ -117,7 +119,7 @@ cdef class Plan:
     cdef LayerPlan* layers
     cdef int n_layers
     cdef list arrays         # owns the memory the LayerPlans point into
-    cdef readonly int max_features, max_projection, max_step_scratch
+    cdef readonly int max_features, max_step_scratch
     cdef readonly int state_width    # sum of D*H over GRU layers: the states of one sequence
 
     def __cinit__(self):
@@ -136,7 +138,6 @@ cdef class Plan:
         self.arrays = []
         features = spec.input_size
         self.max_features = features
-        self.max_projection = 0
         self.max_step_scratch = 0
         for i, layer in enumerate(spec.layers):
             p = &self.layers[i]
@@ -190,15 +191,17 @@ cdef class Plan:
         p.g = make_act(layer.candidate_activation)
         p.fast_gates = (p.lbr and p.clip == 0.0 and p.f.kind == ACT_SIGMOID and p.g.kind == ACT_TANH
                         and p.f.alpha == 0.0 and p.g.alpha == 0.0)
-        # the input projection of all directions at once: x · Wᵀ + biases folded in
-        W = layer.W.reshape(D * 3 * H, layer.input_size)
-        p.W_panels = self._keep(pack_panels(W))
-        p.xp_stride = n_panels(D * 3 * H) * GRURT_PANEL
+        # the input projection x · Wᵀ + biases folded in, per direction
+        input_panels = [pack_panels(layer.W[d]) for d in range(D)]
+        p.W_panels = self._keep(np.concatenate(input_panels))
+        p.W_panel_stride = input_panels[0].size
+        p.xp_stride = n_panels(3 * H) * GRURT_PANEL
         B = layer.B.reshape(D, 6, H)
         recurrent = B[:, 3:].copy()
         if p.lbr:
             recurrent[:, 2] = 0      # Rb_h stays inside r⊙(h·Rhᵀ + Rb_h)
-        p.bias = self._keep(pad_rows((B[:, :3] + recurrent).reshape(-1), p.xp_stride))
+        p.bias = self._keep(np.concatenate([pad_rows((B[d, :3] + recurrent[d]).ravel(), p.xp_stride)
+                                            for d in range(D)]))
         if p.lbr:
             p.panels_per_gate_set = n_panels(3 * H)
             p.panels_h = 0
@@ -214,7 +217,6 @@ cdef class Plan:
             p.R_init = NULL
         p.panel_stride = packed[0].size
         p.R_panels = self._keep(np.concatenate(packed))
-        self.max_projection = max(self.max_projection, p.xp_stride)
         self.max_step_scratch = max(self.max_step_scratch, step_scratch_floats(p))
         self.state_width += D * H
 
@@ -227,8 +229,8 @@ cdef class Plan:
         The last batch * state_width floats hold the GRU states when the caller passes none.
         """
         cdef size_t rows = <size_t>batch * steps
-        return (2 * aligned(rows * self.max_features) + rows * self.max_projection
-                + 2 * <size_t>batch * self.max_step_scratch + <size_t>batch * self.state_width)
+        return (2 * aligned(rows * self.max_features) + 2 * <size_t>batch * self.max_step_scratch
+                + <size_t>batch * self.state_width)
 
     def run(self, cnp.ndarray x, list states, cnp.ndarray lengths, cnp.ndarray out, int threads=1):
         """Run all layers on x (B, T, I) into out; GRU states (D, B, H) are updated in place.
@@ -279,20 +281,19 @@ cdef class Plan:
         cdef float* out_ptr = <float*>cnp.PyArray_DATA(out)
         with nogil:
             run_layers(self.layers, self.n_layers, B, T, x_ptr, state_ptrs, length_ptr, out_ptr, work,
-                       self.max_features, self.max_projection, threads)
+                       self.max_features, threads)
 
 
 cdef void run_layers(const LayerPlan* layers, int n_layers, int B, int T, const float* x,
                      float** states, const int* lengths, float* out, float* work,
-                     int max_features, int max_projection, int threads) noexcept nogil:
+                     int max_features, int threads) noexcept nogil:
     """Execute every layer, using ``work`` (workspace_floats(B, T)) as scratch."""
     cdef size_t rows = <size_t>B * T
     cdef size_t ping = aligned(rows * max_features)
     cdef float* buffers[2]
     buffers[0] = work
     buffers[1] = work + ping
-    cdef float* projection = work + 2 * ping
-    cdef float* scratch = projection + rows * max_projection
+    cdef float* scratch = work + 2 * ping
     cdef const float* src = x
     cdef float* dst
     cdef int steps = T, i, gru_index = 0
@@ -301,7 +302,7 @@ cdef void run_layers(const LayerPlan* layers, int n_layers, int B, int T, const 
         p = &layers[i]
         dst = out if i == n_layers - 1 else buffers[i % 2]
         if p.kind == GRU_LAYER:
-            run_gru(p, B, steps, src, dst, states[gru_index], lengths, projection, scratch, threads)
+            run_gru(p, B, steps, src, dst, states[gru_index], lengths, scratch, threads)
             gru_index += 1
             if not p.return_sequences:
                 steps = 1
@@ -402,30 +403,40 @@ cdef struct GruTask:
 
 
 cdef size_t step_scratch_floats(const LayerPlan* p) noexcept nogil:
-    """Scratch of one batch row of one direction: hr, hn, rh and gates (see gru_direction)."""
-    return aligned((<size_t>(p.panels_per_gate_set + p.panels_h) * GRURT_PANEL + 4 * p.H))
+    """Scratch of one batch row of one direction (see gru_direction): its input projection for
+    CHUNK_STEPS steps, then hr, hn, rh and gates."""
+    return aligned(<size_t>CHUNK_STEPS * p.xp_stride
+                   + <size_t>(p.panels_per_gate_set + p.panels_h) * GRURT_PANEL + 4 * p.H)
 
 
-cdef void* run_projection_task(void* arg) noexcept nogil:
-    cdef GruTask* task = <GruTask*>arg
-    cdef const LayerPlan* p = task.p
-    # xp (rows, D*3H) = x · Wᵀ + folded biases, every time step and direction in one product
-    grurt_gemm_panels(task.B, p.n_in, p.xp_stride // GRURT_PANEL, task.x, p.n_in, p.W_panels, p.bias,
-                      task.xp, p.xp_stride)
-    return NULL
+cdef struct GruTask:
+    # one direction of a GRU layer over a slice of the batch
+    const LayerPlan* p
+    int d, B, T
+    const float* x
+    float* h
+    float* y
+    const int* lengths
+    float* scratch
 
 
 cdef void* run_direction_task(void* arg) noexcept nogil:
     cdef GruTask* task = <GruTask*>arg
-    gru_direction(task.p, task.d, task.B, task.T, task.xp, task.h, task.y, task.lengths, task.scratch)
+    gru_direction(task.p, task.d, task.B, task.T, task.x, task.h, task.y, task.lengths, task.scratch)
     return NULL
 
 
-cdef void run_parallel(void* (*work)(void*) noexcept nogil, GruTask* tasks, int n_tasks) noexcept nogil:
-    """Run tasks[1:] on threads of their own and tasks[0] here; inline if a thread cannot start."""
+cdef void run_parallel(void* (*work)(void*) noexcept nogil, GruTask* tasks, int n_tasks,
+                       int threads) noexcept nogil:
+    """Run the tasks, on threads of their own when ``threads`` allows one per task (the first
+    task runs here; a thread that cannot start runs inline), one after the other otherwise."""
     cdef pthread_t handles[MAX_THREADS]
     cdef bint started[MAX_THREADS]
     cdef int i
+    if n_tasks > threads:
+        for i in range(n_tasks):
+            work(&tasks[i])
+        return
     for i in range(1, n_tasks):
         started[i] = pthread_create(&handles[i], NULL, work, &tasks[i]) == 0
         if not started[i]:
@@ -437,96 +448,110 @@ cdef void run_parallel(void* (*work)(void*) noexcept nogil, GruTask* tasks, int 
 
 
 cdef void run_gru(const LayerPlan* p, int B, int T, const float* x, float* y, float* state,
-                  const int* lengths, float* xp, float* scratch, int threads) noexcept nogil:
+                  const int* lengths, float* scratch, int threads) noexcept nogil:
     """One GRU layer over x (B, T, I) into y: (B, T, D*H) sequences or (B, D*H) last states.
 
-    ``scratch`` holds D × B step scratches; ``threads`` > 1 splits the projection by rows and
-    the recurrence by direction and batch slice (independent recurrences).
+    ``scratch`` holds D × B row scratches; ``threads`` > 1 runs the directions and slices of
+    the batch (independent recurrences) on threads of their own.
     """
     cdef int H = p.H, DH = p.D * H
-    cdef int rows = B * T
-    cdef int d, b, i, b0, b1, chunk, chunks, n_tasks
+    cdef int d, b, i, b0, b1, chunk, chunks
     cdef GruTask tasks[MAX_THREADS]
-    cdef size_t step_scratch = step_scratch_floats(p)
+    cdef size_t row_scratch = step_scratch_floats(p)
     cdef float* seq_out = y if p.return_sequences else NULL
-    threads = min(threads, MAX_THREADS)
-    # the input projection, split by rows
-    n_tasks = max(1, min(threads, rows // 16))
-    for i in range(n_tasks):
-        b0, b1 = rows * i // n_tasks, rows * (i + 1) // n_tasks
-        tasks[i].p, tasks[i].B = p, b1 - b0
-        tasks[i].x = x + <size_t>b0 * p.n_in
-        tasks[i].xp = xp + <size_t>b0 * p.xp_stride
-    run_parallel(run_projection_task, tasks, n_tasks)
-    # the recurrence, split by direction and batch slice
-    chunks = max(1, min(B, threads // p.D))
-    n_tasks = p.D * chunks
+    chunks = max(1, min(B, min(threads, MAX_THREADS) // p.D))
     i = 0
     for d in range(p.D):
         for chunk in range(chunks):
             b0, b1 = B * chunk // chunks, B * (chunk + 1) // chunks
             tasks[i].p, tasks[i].d, tasks[i].B, tasks[i].T = p, d, b1 - b0, T
-            tasks[i].xp = xp + <size_t>b0 * T * p.xp_stride
+            tasks[i].x = x + <size_t>b0 * T * p.n_in
             tasks[i].h = state + (<size_t>d * B + b0) * H
             tasks[i].y = NULL if seq_out == NULL else seq_out + <size_t>b0 * T * DH
             tasks[i].lengths = NULL if lengths == NULL else lengths + b0
-            tasks[i].scratch = scratch + (<size_t>d * B + b0) * step_scratch
+            tasks[i].scratch = scratch + (<size_t>d * B + b0) * row_scratch
             i += 1
-    run_parallel(run_direction_task, tasks, n_tasks)
+    run_parallel(run_direction_task, tasks, p.D * chunks, threads)
     if not p.return_sequences:
         for b in range(B):
             for d in range(p.D):
                 memcpy(y + (<size_t>b * p.D + d) * H, state + (<size_t>d * B + b) * H, H * sizeof(float))
 
 
-cdef void gru_direction(const LayerPlan* p, int d, int B, int T, const float* xp, float* h,
+cdef void gru_direction(const LayerPlan* p, int d, int B, int T, const float* x, float* h,
                         float* y, const int* lengths, float* scratch) noexcept nogil:
-    """The time loop of one direction. h (B, H) is updated in place; y may be NULL."""
-    cdef int H = p.H, G = 3 * H, DH = p.D * H
+    """The time loop of one direction over x (B, T, I). h (B, H) is updated in place; y may be NULL.
+
+    The input projection x · Wᵀ + biases, which does not depend on the state, is computed
+    for CHUNK_STEPS steps of every sequence at once before those steps run: one large product
+    instead of one per step, with a buffer small enough to stay in cache.
+    """
+    cdef int H = p.H, G = 3 * H, DH = p.D * H, I = p.n_in
     cdef bint reverse = p.reverse_only or d == 1
+    cdef const float* W = p.W_panels + d * p.W_panel_stride
+    cdef const float* bias = p.bias + <size_t>d * p.xp_stride
     cdef const float* panels = p.R_panels + d * p.panel_stride
     cdef const float* panels_h = panels + <size_t>p.panels_per_gate_set * GRURT_PANEL * H
+    cdef int xs = p.xp_stride, n_w_panels = p.xp_stride // GRURT_PANEL
     cdef int hr_stride = p.panels_per_gate_set * GRURT_PANEL
     cdef int hn_stride = p.panels_h * GRURT_PANEL
     cdef const float* hr_init = NULL if p.R_init == NULL else p.R_init + <size_t>d * hr_stride
-    # scratch: hr (B rows of the recurrent product), hn (lbr=0: B rows of (r⊙h)·Rhᵀ),
-    # rh (B, H) and gates (B, 3H)
-    cdef float* hr = scratch
+    # scratch: xp (B rows × CHUNK_STEPS steps of the projection), hr (B rows of the recurrent
+    # product), hn (lbr=0: B rows of (r⊙h)·Rhᵀ), rh (B, H) and gates (B, 3H)
+    cdef float* xp = scratch
+    cdef float* hr = xp + <size_t>B * CHUNK_STEPS * xs
     cdef float* hn = hr + <size_t>B * hr_stride
     cdef float* rh = hn + <size_t>B * hn_stride
     cdef float* gates = rh + <size_t>B * H
-    cdef int s, b, t, L
+    cdef int s, s0, n, b, t, L, m
     cdef const float* xrow
     memset(rh, 0, <size_t>B * H * sizeof(float))     # rows of finished sequences stay defined
     if y != NULL and lengths != NULL:
         for b in range(B):
             for t in range(lengths[b], T):
                 memset(y + (<size_t>b * T + t) * DH + d * H, 0, H * sizeof(float))
-    for s in range(T):
-        # hr = h · R_zrhᵀ + [0 0 Rb_h] (lbr=1) or h · R_zrᵀ (lbr=0)
-        grurt_gemm_panels(B, H, p.panels_per_gate_set, h, H, panels, hr_init, hr, hr_stride)
-        if not p.lbr:
-            for b in range(B):
-                L = T if lengths == NULL else lengths[b]
-                if s < L:
-                    t = L - 1 - s if reverse else s
-                    xrow = xp + (<size_t>b * T + t) * p.xp_stride + d * G
-                    grurt_gates_lbr0_zr(H, xrow, hr + b * hr_stride, h + b * H, gates + b * G, rh + b * H,
-                                        &p.f, p.clip)
-            # hn = (r⊙h) · R_hᵀ
-            grurt_gemm_panels(B, H, p.panels_h, rh, H, panels_h, NULL, hn, hn_stride)
+    s0 = 0
+    while s0 < T:
+        n = min(CHUNK_STEPS, T - s0)
+        # xp[b, i] = x[b, t] · Wᵀ + bias for the steps s0 .. s0+n-1 of sequence b, in time
+        # order: t = s0 + i forward, t = L - s0 - m + i in reverse (m steps left in b)
         for b in range(B):
             L = T if lengths == NULL else lengths[b]
-            if s >= L:
-                continue
-            t = L - 1 - s if reverse else s
-            xrow = xp + (<size_t>b * T + t) * p.xp_stride + d * G
-            if p.lbr:
-                if p.fast_gates:
-                    grurt_gates_lbr1_fast(H, xrow, hr + b * hr_stride, h + b * H)
+            if s0 < L:
+                m = min(n, L - s0)
+                t = L - s0 - m if reverse else s0
+                grurt_gemm_panels(m, I, n_w_panels, x + (<size_t>b * T + t) * I, I, W, bias,
+                                  xp + <size_t>b * CHUNK_STEPS * xs, xs)
+        for s in range(s0, s0 + n):
+            # hr = h · R_zrhᵀ + [0 0 Rb_h] (lbr=1) or h · R_zrᵀ (lbr=0)
+            grurt_gemm_panels(B, H, p.panels_per_gate_set, h, H, panels, hr_init, hr, hr_stride)
+            if not p.lbr:
+                for b in range(B):
+                    L = T if lengths == NULL else lengths[b]
+                    if s < L:
+                        xrow = xp + (<size_t>b * CHUNK_STEPS + chunk_row(s, s0, L, reverse)) * xs
+                        grurt_gates_lbr0_zr(H, xrow, hr + b * hr_stride, h + b * H, gates + b * G, rh + b * H,
+                                            &p.f, p.clip)
+                # hn = (r⊙h) · R_hᵀ
+                grurt_gemm_panels(B, H, p.panels_h, rh, H, panels_h, NULL, hn, hn_stride)
+            for b in range(B):
+                L = T if lengths == NULL else lengths[b]
+                if s >= L:
+                    continue
+                xrow = xp + (<size_t>b * CHUNK_STEPS + chunk_row(s, s0, L, reverse)) * xs
+                if p.lbr:
+                    if p.fast_gates:
+                        grurt_gates_lbr1_fast(H, xrow, hr + b * hr_stride, h + b * H)
+                    else:
+                        grurt_gates_lbr1(H, xrow, hr + b * hr_stride, h + b * H, gates + b * G, &p.f, &p.g,
+                                         p.clip)
                 else:
-                    grurt_gates_lbr1(H, xrow, hr + b * hr_stride, h + b * H, gates + b * G, &p.f, &p.g, p.clip)
-            else:
-                grurt_gates_lbr0_h(H, xrow, hn + b * hn_stride, h + b * H, gates + b * G, &p.g, p.clip)
-            if y != NULL:
-                memcpy(y + (<size_t>b * T + t) * DH + d * H, h + b * H, H * sizeof(float))
+                    grurt_gates_lbr0_h(H, xrow, hn + b * hn_stride, h + b * H, gates + b * G, &p.g, p.clip)
+                if y != NULL:
+                    t = L - 1 - s if reverse else s
+                    memcpy(y + (<size_t>b * T + t) * DH + d * H, h + b * H, H * sizeof(float))
+        s0 += CHUNK_STEPS
+
+cdef inline int chunk_row(int s, int s0, int L, bint reverse) noexcept nogil:
+    """The projection row of step s in a chunk that starts at step s0 (sequence length L)."""
+    return min(CHUNK_STEPS, L - s0) - 1 - (s - s0) if reverse else s - s0

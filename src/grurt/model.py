@@ -52,7 +52,7 @@ class Model:
         self._bytes_per_row = 4 * (spec.input_size + plan.workspace_floats(1, 1) - plan.workspace_floats(1, 0)
                                    + spec.output_size)
         self._bytes_per_sequence = 4 * plan.workspace_floats(1, 0)
-        self._max_rows = _INT32_MAX // max(plan.max_features, plan.max_projection, 1)
+        self._max_rows = _INT32_MAX // max(plan.max_features, 1)
 
     @property
     def input_size(self) -> int:
