@@ -29,8 +29,8 @@ cdef extern from "_gru_math.h" nogil:
                              float* rh, const grurt_act* f, float clip)
     void grurt_gates_lbr0_h(int H, const float* xp, const float* hn, float* h, float* gates,
                             const grurt_act* g, float clip)
-    void grurt_gemm_panels(int rows, int n_in, int n_panels, const float* x, int ldx, const float* packed,
-                           const float* init, float* y, int ldy)
+    void grurt_gemm(int rows, int n_in, int n_panels, const float* x, int ldx, const float* packed,
+                    const float* init, float* y, int ldy)
 
 # Must match the enum in _gru_math.h.
 ACTIVATION_CODES = {
@@ -520,11 +520,11 @@ cdef void gru_direction(const LayerPlan* p, int d, int B, int T, const float* x,
             if s0 < L:
                 m = min(n, L - s0)
                 t = L - s0 - m if reverse else s0
-                grurt_gemm_panels(m, I, n_w_panels, x + (<size_t>b * T + t) * I, I, W, bias,
+                grurt_gemm(m, I, n_w_panels, x + (<size_t>b * T + t) * I, I, W, bias,
                                   xp + <size_t>b * CHUNK_STEPS * xs, xs)
         for s in range(s0, s0 + n):
             # hr = h · R_zrhᵀ + [0 0 Rb_h] (lbr=1) or h · R_zrᵀ (lbr=0)
-            grurt_gemm_panels(B, H, p.panels_per_gate_set, h, H, panels, hr_init, hr, hr_stride)
+            grurt_gemm(B, H, p.panels_per_gate_set, h, H, panels, hr_init, hr, hr_stride)
             if not p.lbr:
                 for b in range(B):
                     L = T if lengths == NULL else lengths[b]
@@ -533,7 +533,7 @@ cdef void gru_direction(const LayerPlan* p, int d, int B, int T, const float* x,
                         grurt_gates_lbr0_zr(H, xrow, hr + b * hr_stride, h + b * H, gates + b * G, rh + b * H,
                                             &p.f, p.clip)
                 # hn = (r⊙h) · R_hᵀ
-                grurt_gemm_panels(B, H, p.panels_h, rh, H, panels_h, NULL, hn, hn_stride)
+                grurt_gemm(B, H, p.panels_h, rh, H, panels_h, NULL, hn, hn_stride)
             for b in range(B):
                 L = T if lengths == NULL else lengths[b]
                 if s >= L:
