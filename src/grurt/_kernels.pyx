@@ -389,19 +389,6 @@ cdef void zero_padding(int B, int T, int F, const int* lengths, float* y) noexce
             memset(y + (<size_t>b * T + lengths[b]) * F, 0, <size_t>(T - lengths[b]) * F * sizeof(float))
 
 
-cdef struct GruTask:
-    # a slice of the work of one GRU layer: rows of the input projection, or one direction
-    # of the recurrence over a slice of the batch
-    const LayerPlan* p
-    int d, B, T
-    const float* x
-    float* xp
-    float* h
-    float* y
-    const int* lengths
-    float* scratch
-
-
 cdef size_t step_scratch_floats(const LayerPlan* p) noexcept nogil:
     """Scratch of one batch row of one direction (see gru_direction): its input projection for
     CHUNK_STEPS steps, then hr, hn, rh and gates."""
@@ -468,7 +455,7 @@ cdef void run_gru(const LayerPlan* p, int B, int T, const float* x, float* y, fl
             tasks[i].x = x + <size_t>b0 * T * p.n_in
             tasks[i].h = state + (<size_t>d * B + b0) * H
             tasks[i].y = NULL if seq_out == NULL else seq_out + <size_t>b0 * T * DH
-            tasks[i].lengths = NULL if lengths == NULL else lengths + b0
+            tasks[i].lengths = NULL if lengths == NULL else <const int*>(lengths + b0)
             tasks[i].scratch = scratch + (<size_t>d * B + b0) * row_scratch
             i += 1
     run_parallel(run_direction_task, tasks, p.D * chunks, threads)
