@@ -292,16 +292,17 @@ GRURT_HOT static void grurt_gemm_panels(int rows, int n_in, int n_panels, const 
         grurt_gemv_panels(n_in, n_panels, x + (size_t)r * ldx, packed, init, y + (size_t)r * ldy);
 }
 
-/* Batches: AVX-512 tiles of 6 rows × 1 panel (two 16-float vectors per row, twelve
- * accumulators, each weight vector used six times) where the CPU has it, the tiles above for
- * the rows left. Every output element is the same FMA sequence either way. */
+/* Batches: AVX-512 tiles of 8 rows × 1 panel (two 16-float vectors per row, sixteen
+ * accumulators, each weight vector used eight times) where the CPU has it, the tiles above
+ * for the rows left. Every output element is the same FMA sequence either way. */
 #ifdef GRURT_X86_DISPATCH
 typedef float grurt_v16 __attribute__((vector_size(64), aligned(4)));
+#define GRURT_AVX512_ROWS 8
 
-__attribute__((target("arch=x86-64-v4"))) static void grurt_gemm_rows6_avx512(
+__attribute__((target("arch=x86-64-v4"))) static void grurt_gemm_rows8_avx512(
         int rows, int n_in, int n_panels, const float *restrict x, int ldx, const float *restrict packed,
         const float *restrict init, float *restrict y, int ldy) {
-    for (int r = 0; r + 5 < rows; r += 6) {
+    for (int r = 0; r + GRURT_AVX512_ROWS <= rows; r += GRURT_AVX512_ROWS) {
         const float *x0 = x + (size_t)r * ldx;
         for (int p = 0; p < n_panels; ++p) {
             const grurt_v16 *w = (const grurt_v16 *)(packed + (size_t)p * n_in * GRURT_PANEL);
@@ -310,23 +311,24 @@ __attribute__((target("arch=x86-64-v4"))) static void grurt_gemm_rows6_avx512(
                 i0 = ((const grurt_v16 *)(init + (size_t)p * GRURT_PANEL))[0];
                 i1 = ((const grurt_v16 *)(init + (size_t)p * GRURT_PANEL))[1];
             }
-            grurt_v16 a0 = i0, a1 = i1, b0 = i0, b1 = i1, c0 = i0, c1 = i1;
-            grurt_v16 d0 = i0, d1 = i1, e0 = i0, e1 = i1, f0 = i0, f1 = i1;
+            grurt_v16 acc[2 * GRURT_AVX512_ROWS];
+#pragma GCC unroll 8
+            for (int i = 0; i < GRURT_AVX512_ROWS; ++i) { acc[2 * i] = i0; acc[2 * i + 1] = i1; }
             for (int k = 0; k < n_in; ++k, w += 2) {
                 grurt_v16 w0 = w[0], w1 = w[1];
-                float s;
-                s = x0[k];           a0 += s * w0; a1 += s * w1;
-                s = x0[ldx + k];     b0 += s * w0; b1 += s * w1;
-                s = x0[2 * ldx + k]; c0 += s * w0; c1 += s * w1;
-                s = x0[3 * ldx + k]; d0 += s * w0; d1 += s * w1;
-                s = x0[4 * ldx + k]; e0 += s * w0; e1 += s * w1;
-                s = x0[5 * ldx + k]; f0 += s * w0; f1 += s * w1;
+#pragma GCC unroll 8
+                for (int i = 0; i < GRURT_AVX512_ROWS; ++i) {
+                    float s = x0[(size_t)i * ldx + k];
+                    acc[2 * i] += s * w0;
+                    acc[2 * i + 1] += s * w1;
+                }
             }
-            grurt_v16 *out = (grurt_v16 *)(y + (size_t)r * ldy + (size_t)p * GRURT_PANEL);
-            size_t l = (size_t)ldy / 16;   /* ldy is a whole number of panels */
-            out[0] = a0; out[1] = a1; out[l] = b0; out[l + 1] = b1; out[2 * l] = c0; out[2 * l + 1] = c1;
-            out[3 * l] = d0; out[3 * l + 1] = d1; out[4 * l] = e0; out[4 * l + 1] = e1;
-            out[5 * l] = f0; out[5 * l + 1] = f1;
+#pragma GCC unroll 8
+            for (int i = 0; i < GRURT_AVX512_ROWS; ++i) {
+                grurt_v16 *out = (grurt_v16 *)(y + (size_t)(r + i) * ldy + (size_t)p * GRURT_PANEL);
+                out[0] = acc[2 * i];
+                out[1] = acc[2 * i + 1];
+            }
         }
     }
 }
@@ -340,9 +342,9 @@ static void grurt_gemm(int rows, int n_in, int n_panels, const float *restrict x
         __builtin_cpu_init();
         avx512 = __builtin_cpu_supports("x86-64-v4");
     }
-    if (avx512 && rows >= 6) {
-        int tiled = rows / 6 * 6;
-        grurt_gemm_rows6_avx512(tiled, n_in, n_panels, x, ldx, packed, init, y, ldy);
+    if (avx512 && rows >= GRURT_AVX512_ROWS) {
+        int tiled = rows / GRURT_AVX512_ROWS * GRURT_AVX512_ROWS;
+        grurt_gemm_rows8_avx512(tiled, n_in, n_panels, x, ldx, packed, init, y, ldy);
         rows -= tiled;
         x += (size_t)tiled * ldx;
         y += (size_t)tiled * ldy;
