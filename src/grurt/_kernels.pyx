@@ -1,8 +1,9 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
 """Sequence kernels: a whole model runs in one call without the GIL.
 
-``Plan`` packs a validated ModelSpec once (folded biases, transposed panels for the small
-matrix-vector kernel) and ``Plan.run`` executes every layer on contiguous float32 input.
+``Plan`` packs a validated ModelSpec once (folded biases, weights in the panel layout of the
+product kernels in _gru_math.h) and ``Plan.run`` executes every layer on contiguous float32
+input.
 The kernels trust their input: shapes and dtypes are checked in model.py.
 """
 from libc.stdlib cimport malloc, free
@@ -40,11 +41,10 @@ ACTIVATION_CODES = {
 }
 cdef int ACT_SIGMOID = 1, ACT_TANH = 2, ACT_SOFTMAX = 12
 
-# State pointers live on the stack: a call allocates nothing it does not have to.
 cdef enum:
     CHUNK_STEPS = 16             # time steps whose input projection is computed together
     ALIGN_FLOATS = 16            # 64 bytes: every buffer and packed weight starts on a cache line
-    MAX_GRU_LAYERS = 64
+    MAX_GRU_LAYERS = 64          # state pointers and thread handles live on the stack
     MAX_THREADS = 64
 
 cdef extern from "<pthread.h>" nogil:
