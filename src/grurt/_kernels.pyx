@@ -144,6 +144,10 @@ cdef class Plan:
             p.n_in = features
             if isinstance(layer, GRU):
                 self._plan_gru(p, layer)
+                following = spec.layers[i + 1] if i + 1 < len(spec.layers) else None
+                if isinstance(following, LastStep) and layer.direction == "forward":
+                    # the last output of a forward GRU is its final state: skip writing the sequence
+                    p.return_sequences = 0
             elif isinstance(layer, Dense):
                 p.kind = DENSE_LAYER
                 p.n_out = layer.output_size
@@ -376,9 +380,10 @@ cdef void reverse_time(int B, int T, int F, const int* lengths, const float* x, 
 
 
 cdef void last_step(int B, int T, int F, const int* lengths, const float* x, float* y) noexcept nogil:
+    """Each sequence's last valid step; T = 1 when a forward GRU already gave its final state."""
     cdef int b
     for b in range(B):
-        memcpy(y + <size_t>b * F, x + (<size_t>b * T + (T if lengths == NULL else lengths[b]) - 1) * F,
+        memcpy(y + <size_t>b * F, x + (<size_t>b * T + (T if lengths == NULL else min(lengths[b], T)) - 1) * F,
                F * sizeof(float))
 
 
