@@ -485,7 +485,6 @@ def test_load_paths(tmp_path, saved):
 
 def test_parameter_budget_is_per_file(model, saved, monkeypatch):
     """Every layer may fit the budget and the file still exceed it: the budget counts them all."""
-    import grurt.formats.npz as npz
     total = model.spec.parameter_count
     largest = max(getattr(layer, "W").size for layer in model.spec.layers if hasattr(layer, "W"))
     assert largest < total - 1

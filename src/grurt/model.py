@@ -7,7 +7,7 @@ import numpy as np
 
 from . import _kernels
 from .errors import InputError
-from .spec import GRU, LastStep, ModelSpec, Reverse
+from .spec import GRU, ModelSpec, Reverse
 
 _INT32_MAX = 2**31 - 1
 _FLOAT32 = np.dtype(np.float32)
