@@ -73,9 +73,8 @@ GRURT_INLINE float grurt_exp(float x) {
  * the coefficients of Eigen's generic_fast_tanh_float, which MLAS (onnxruntime) uses too.
  * One division and no exponential; odd, so tanh(-x) = -tanh(x) exactly; NaN stays NaN. */
 GRURT_INLINE float grurt_tanh(float x) {
-    x = x > 9.0f ? 9.0f : x;
-    x = x < -9.0f ? -9.0f : x;
     float x2 = x * x;
+    x2 = x2 > 81.0f ? 81.0f : x2;   /* |x| > 9: x·p/q is then beyond ±1 and clamped below */
     float p = -2.76076847742355e-16f;
     p = p * x2 + 2.00018790482477e-13f;
     p = p * x2 - 8.60467152213735e-11f;
