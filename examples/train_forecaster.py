@@ -2,8 +2,8 @@
 
 The classic daily-temperature setup (100-day windows of a univariate series, MinMax scaled,
 predict the next day), on a synthetic seasonal series so that it needs no data download.
-The scaler is folded into the model as Scale layers: the shipped model takes and returns
-degrees Celsius. Run from the repository root (needs torch):
+The fitted MinMaxScaler is folded into the model as Scale layers: the shipped model takes
+and returns degrees Celsius. Run from the repository root (needs torch and scikit-learn):
 
     python examples/train_forecaster.py   # writes src/grurt/examples/forecaster.npz and forecaster_input.npy
 """
@@ -11,9 +11,9 @@ import os
 
 import numpy as np
 import torch
+from sklearn.preprocessing import MinMaxScaler
 
 import grurt
-from grurt.spec import ModelSpec, Scale
 
 WINDOW = 100
 OUT_DIR = os.path.join(os.path.dirname(__file__), "..", "src", "grurt", "examples")
@@ -32,8 +32,8 @@ def daily_temperature(days: int, seed: int = 0) -> np.ndarray:
 def main():
     torch.manual_seed(0)
     series = daily_temperature(3650)
-    low, high = float(series.min()), float(series.max())
-    scaled = (series - low) / (high - low)
+    scaler = MinMaxScaler().fit(series[:, None])
+    scaled = scaler.transform(series[:, None])[:, 0].astype(np.float32)
     windows = np.lib.stride_tricks.sliding_window_view(scaled, WINDOW + 1)
     x = torch.tensor(windows[:, :WINDOW, None].copy())
     y = torch.tensor(windows[:, WINDOW:].copy())
@@ -52,15 +52,10 @@ def main():
             optimizer.step()
         print(f"epoch {epoch}: mse {loss.item():.5f} (scaled units)")
 
-    trained = grurt.from_torch([gru, head], last_step=True).spec
-    span = high - low
-    spec = ModelSpec(input_size=1, layers=(
-        Scale(a=[1 / span], c=[-low / span]),      # °C → [0, 1], the fitted MinMax scaling
-        *trained.layers,
-        Scale(a=[span], c=[low]),                  # [0, 1] → °C
-    ))
-    grurt.save(spec, os.path.join(OUT_DIR, "forecaster.npz"), metadata={"description": "GRU(50) next-day temperature forecaster, 100-day window",
-                                    "units": "degrees Celsius", "trained_by": "examples/train_forecaster.py"})
+    model = grurt.from_torch([gru, head], last_step=True, input_scaler=scaler, output_scaler=scaler)
+    grurt.save(model, os.path.join(OUT_DIR, "forecaster.npz"),
+               metadata={"description": "GRU(50) next-day temperature forecaster, 100-day window",
+                         "units": "degrees Celsius", "trained_by": "examples/train_forecaster.py"})
     # the last window of the series, for `grurt demo`
     np.save(os.path.join(OUT_DIR, "forecaster_input.npy"), series[-WINDOW:, None])
     print("wrote", os.path.normpath(OUT_DIR))

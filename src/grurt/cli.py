@@ -169,11 +169,10 @@ class _Progress:
 def cmd_bench(args) -> None:
     model = load(args.model)
     if args.stream:
-        stream_model = model
         frame = np.random.default_rng(0).standard_normal((args.batch, model.input_size)).astype(np.float32)
 
         def make_call():
-            stream = stream_model.stream(batch=args.batch)
+            stream = model.stream(batch=args.batch)
             return lambda: stream.step(frame)
         what = f"stream.step batch={args.batch}"
     else:

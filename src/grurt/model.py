@@ -149,18 +149,18 @@ class Model:
                 f"input of {batch} sequences × {steps} steps would need {needed / 2**30:.1f} GiB, "
                 f"more than the limit of {MEMORY_LIMIT_BYTES / 2**30:.1f} GiB (grurt.model.MEMORY_LIMIT_BYTES)")
 
-    def _initial_states(self, initial_state, batch: int, single: bool):
+    def _initial_states(self, initial_state, batch: int, single: bool, name: str = "initial_state"):
+        """Fresh C-contiguous float32 (D, B, H) states: zeros for None, else checked copies."""
         if initial_state is None:
             return [np.zeros((d, batch, h), np.float32) for d, h in self._state_shapes]
         if not isinstance(initial_state, (list, tuple)) or len(initial_state) != len(self._state_shapes):
-            raise InputError(f"initial_state must be a list of {len(self._state_shapes)} arrays, "
-                             "one per GRU layer")
+            raise InputError(f"{name} must be a list of {len(self._state_shapes)} arrays, one per GRU layer")
         states = []
         for index, (value, (d, h)) in enumerate(zip(initial_state, self._state_shapes)):
             expected = (d, h) if single else (d, batch, h)
-            value = _as_array(value, f"initial_state[{index}]")
+            value = _as_array(value, f"{name}[{index}]")
             if value.dtype.kind not in "fiub" or value.shape != expected:
-                raise InputError(f"initial_state[{index}] must be a real array of shape {expected}, "
+                raise InputError(f"{name}[{index}] must be a real array of shape {expected}, "
                                  f"got {value.dtype} {value.shape}")
             states.append(np.array(value, dtype=np.float32, order="C").reshape(d, batch, h))
         return states
@@ -214,7 +214,7 @@ class Stream:
         self.model = model
         self.batch = int(batch)
         self._plan = model._plan
-        self._states = [np.zeros((d, self.batch, h), np.float32) for d, h in model._state_shapes]
+        self._states = model._initial_states(None, self.batch, single=False)
         self._workspace = _kernels.aligned_empty(self._plan.workspace_floats(self.batch, 1))
         # step() sees one frame: every layer's output is (B, F), there is no time axis left
         self._out_shape = (self.batch, model.output_size)
@@ -231,17 +231,8 @@ class Stream:
 
     @state.setter
     def state(self, values):
-        if not isinstance(values, (list, tuple)) or len(values) != len(self._states):
-            raise InputError(f"state must be a list of {len(self._states)} arrays, one per GRU layer")
-        checked = []
-        for index, (value, current) in enumerate(zip(values, self._states)):
-            value = np.asarray(value)
-            if value.dtype.kind not in "fiub" or value.shape != current.shape:
-                raise InputError(f"state[{index}] must be a real array of shape {current.shape}, "
-                                 f"got {value.dtype} {value.shape}")
-            checked.append(value)
-        for value, current in zip(checked, self._states):
-            current[...] = value
+        """Set every GRU state from a list of (directions, batch, hidden) arrays; None zeros them."""
+        self._states = self.model._initial_states(values, self.batch, single=False, name="state")
 
     def step(self, frame, out=None):
         """Advance every stream by one frame: (I,) when batch is 1, or (batch, I).
