@@ -159,10 +159,15 @@ GRURT_HOT static void grurt_activate(const grurt_act *act, float *y, int n) {
  * gates: scratch of 3H floats.
  */
 
-/* The common case, fused in one loop: sigmoid / tanh, no clip, linear_before_reset = 1. */
+/* The common case, fused in one loop: sigmoid / tanh, no clip, linear_before_reset = 1.
+ * It runs over whole blocks of GRURT_UNIT_BLOCK units, never a scalar remainder: h has room
+ * for H rounded up to a block, and xp and hr are readable that far past each gate's H values
+ * (the extra lanes compute unused numbers). */
+#define GRURT_UNIT_BLOCK 16
 GRURT_HOT static void grurt_gates_lbr1_fast(int H, const float *restrict xp, const float *restrict hr,
                                             float *restrict h) {
-    for (int j = 0; j < H; ++j) {
+    int units = (H + GRURT_UNIT_BLOCK - 1) & -GRURT_UNIT_BLOCK;
+    for (int j = 0; j < units; ++j) {
         float z = grurt_sigmoid(xp[j] + hr[j]);
         float r = grurt_sigmoid(xp[H + j] + hr[H + j]);
         float n = grurt_tanh(xp[2 * H + j] + r * hr[2 * H + j]);
@@ -331,6 +336,39 @@ __attribute__((target("arch=x86-64-v4"))) static void grurt_gemm_rows8_avx512(
         }
     }
 }
+
+/* One row, every panel in a single pass: two 16-float accumulators per panel stay in the 32
+ * AVX-512 registers for up to 6 panels (a GRU with H <= 64), so x is read once and each
+ * accumulator's FMA chain is n_in long, not twice that as with two panels per pass. Every
+ * output is the same FMA sequence as in grurt_gemv_panels. */
+#define GRURT_WIDE_MIN_PANELS 3
+#define GRURT_WIDE_MAX_PANELS 6
+#define GRURT_DEFINE_GEMV_WIDE(NP)                                                                   \
+__attribute__((target("arch=x86-64-v4"))) static void grurt_gemv_wide_##NP(                          \
+        int n_in, const float *restrict x, const float *restrict packed, const float *restrict init, \
+        float *restrict y) {                                                                         \
+    const size_t panel = (size_t)n_in * GRURT_PANEL;                                                 \
+    grurt_v16 acc[2 * NP];                                                                           \
+    _Pragma("GCC unroll 12") for (int i = 0; i < 2 * NP; ++i)                                        \
+        acc[i] = init ? ((const grurt_v16 *)init)[i] : (grurt_v16){0};                               \
+    for (int k = 0; k < n_in; ++k) {                                                                 \
+        const float *row = packed + (size_t)k * GRURT_PANEL;                                         \
+        float xk = x[k];                                                                             \
+        _Pragma("GCC unroll 6") for (int p = 0; p < NP; ++p) {                                       \
+            acc[2 * p] += xk * ((const grurt_v16 *)(row + p * panel))[0];                            \
+            acc[2 * p + 1] += xk * ((const grurt_v16 *)(row + p * panel))[1];                        \
+        }                                                                                            \
+    }                                                                                                \
+    _Pragma("GCC unroll 12") for (int i = 0; i < 2 * NP; ++i) ((grurt_v16 *)y)[i] = acc[i];          \
+}
+GRURT_DEFINE_GEMV_WIDE(3)
+GRURT_DEFINE_GEMV_WIDE(4)
+GRURT_DEFINE_GEMV_WIDE(5)
+GRURT_DEFINE_GEMV_WIDE(6)
+
+typedef void (*grurt_gemv_fn)(int, const float *, const float *, const float *, float *);
+static const grurt_gemv_fn grurt_gemv_wide[GRURT_WIDE_MAX_PANELS - GRURT_WIDE_MIN_PANELS + 1] = {
+    grurt_gemv_wide_3, grurt_gemv_wide_4, grurt_gemv_wide_5, grurt_gemv_wide_6};
 #endif
 
 static void grurt_gemm(int rows, int n_in, int n_panels, const float *restrict x, int ldx,
@@ -347,6 +385,12 @@ static void grurt_gemm(int rows, int n_in, int n_panels, const float *restrict x
         rows -= tiled;
         x += (size_t)tiled * ldx;
         y += (size_t)tiled * ldy;
+    }
+    if (avx512 && n_panels >= GRURT_WIDE_MIN_PANELS && n_panels <= GRURT_WIDE_MAX_PANELS) {
+        for (int r = 0; r < rows; ++r)
+            grurt_gemv_wide[n_panels - GRURT_WIDE_MIN_PANELS](n_in, x + (size_t)r * ldx, packed, init,
+                                                               y + (size_t)r * ldy);
+        return;
     }
 #endif
     grurt_gemm_panels(rows, n_in, n_panels, x, ldx, packed, init, y, ldy);

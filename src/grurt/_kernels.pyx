@@ -22,6 +22,7 @@ cdef extern from "_gru_math.h" nogil:
         float alpha
         float beta
     enum: GRURT_PANEL
+    enum: GRURT_UNIT_BLOCK
     void grurt_activate(const grurt_act* act, float* y, int n)
     void grurt_gates_lbr1_fast(int H, const float* xp, const float* hr, float* h)
     void grurt_gates_lbr1(int H, const float* xp, const float* hr, float* h, float* gates,
@@ -394,11 +395,17 @@ cdef void zero_padding(int B, int T, int F, const int* lengths, float* y) noexce
             memset(y + (<size_t>b * T + lengths[b]) * F, 0, <size_t>(T - lengths[b]) * F * sizeof(float))
 
 
+cdef inline int padded_units(int H) noexcept nogil:
+    """H rounded up to whole blocks of the gate pass."""
+    return (H + GRURT_UNIT_BLOCK - 1) // GRURT_UNIT_BLOCK * GRURT_UNIT_BLOCK
+
+
 cdef size_t step_scratch_floats(const LayerPlan* p) noexcept nogil:
-    """Scratch of one batch row of one direction (see gru_direction): its input projection for
-    CHUNK_STEPS steps, then hr, hn, rh and gates."""
-    return aligned(<size_t>CHUNK_STEPS * p.xp_stride
-                   + <size_t>(p.panels_per_gate_set + p.panels_h) * GRURT_PANEL + 4 * p.H)
+    """Scratch of one batch row of one direction (see gru_direction): its state, its input
+    projection for CHUNK_STEPS steps, then hr, hn, rh and gates, and the gate pass's read slack."""
+    return aligned(padded_units(p.H) + <size_t>CHUNK_STEPS * p.xp_stride
+                   + <size_t>(p.panels_per_gate_set + p.panels_h) * GRURT_PANEL + 4 * p.H
+                   + 2 * GRURT_UNIT_BLOCK)
 
 
 cdef struct GruTask:
@@ -488,15 +495,24 @@ cdef void gru_direction(const LayerPlan* p, int d, int B, int T, const float* x,
     cdef int hr_stride = p.panels_per_gate_set * GRURT_PANEL
     cdef int hn_stride = p.panels_h * GRURT_PANEL
     cdef const float* hr_init = NULL if p.R_init == NULL else p.R_init + <size_t>d * hr_stride
-    # scratch: xp (B rows × CHUNK_STEPS steps of the projection), hr (B rows of the recurrent
-    # product), hn (lbr=0: B rows of (r⊙h)·Rhᵀ), rh (B, H) and gates (B, 3H)
-    cdef float* xp = scratch
-    cdef float* hr = xp + <size_t>B * CHUNK_STEPS * xs
-    cdef float* hn = hr + <size_t>B * hr_stride
+    # scratch: state (B rows of Hp: the gate pass computes whole blocks of units), xp (B rows ×
+    # CHUNK_STEPS steps of the projection), hr (B rows of the recurrent product), hn (lbr=0: B
+    # rows of (r⊙h)·Rhᵀ), rh (B, H) and gates (B, 3H); xp and hr are followed by GRURT_UNIT_BLOCK
+    # floats of zeros that the gate pass may read past its last row
+    cdef int Hp = padded_units(H)
+    cdef float* state = scratch
+    cdef float* xp = state + <size_t>B * Hp
+    cdef float* hr = xp + <size_t>B * CHUNK_STEPS * xs + GRURT_UNIT_BLOCK
+    cdef float* hn = hr + <size_t>B * hr_stride + GRURT_UNIT_BLOCK
     cdef float* rh = hn + <size_t>B * hn_stride
     cdef float* gates = rh + <size_t>B * H
     cdef int s, s0, n, b, t, L, m
     cdef const float* xrow
+    memset(state, 0, <size_t>B * Hp * sizeof(float))
+    for b in range(B):
+        memcpy(state + b * Hp, h + b * H, H * sizeof(float))
+    memset(xp + <size_t>B * CHUNK_STEPS * xs, 0, GRURT_UNIT_BLOCK * sizeof(float))
+    memset(hr + <size_t>B * hr_stride, 0, GRURT_UNIT_BLOCK * sizeof(float))
     memset(rh, 0, <size_t>B * H * sizeof(float))     # rows of finished sequences stay defined
     if y != NULL and lengths != NULL:
         for b in range(B):
@@ -514,15 +530,17 @@ cdef void gru_direction(const LayerPlan* p, int d, int B, int T, const float* x,
                 t = L - s0 - m if reverse else s0
                 grurt_gemm(m, I, n_w_panels, x + (<size_t>b * T + t) * I, I, W, bias,
                                   xp + <size_t>b * CHUNK_STEPS * xs, xs)
+                if m < CHUNK_STEPS:     # the gate pass may read into the first row left unset
+                    memset(xp + (<size_t>b * CHUNK_STEPS + m) * xs, 0, GRURT_UNIT_BLOCK * sizeof(float))
         for s in range(s0, s0 + n):
             # hr = h · R_zrhᵀ + [0 0 Rb_h] (lbr=1) or h · R_zrᵀ (lbr=0)
-            grurt_gemm(B, H, p.panels_per_gate_set, h, H, panels, hr_init, hr, hr_stride)
+            grurt_gemm(B, H, p.panels_per_gate_set, state, Hp, panels, hr_init, hr, hr_stride)
             if not p.lbr:
                 for b in range(B):
                     L = T if lengths == NULL else lengths[b]
                     if s < L:
                         xrow = xp + (<size_t>b * CHUNK_STEPS + chunk_row(s, s0, L, reverse)) * xs
-                        grurt_gates_lbr0_zr(H, xrow, hr + b * hr_stride, h + b * H, gates + b * G, rh + b * H,
+                        grurt_gates_lbr0_zr(H, xrow, hr + b * hr_stride, state + b * Hp, gates + b * G, rh + b * H,
                                             &p.f, p.clip)
                 # hn = (r⊙h) · R_hᵀ
                 grurt_gemm(B, H, p.panels_h, rh, H, panels_h, NULL, hn, hn_stride)
@@ -533,16 +551,18 @@ cdef void gru_direction(const LayerPlan* p, int d, int B, int T, const float* x,
                 xrow = xp + (<size_t>b * CHUNK_STEPS + chunk_row(s, s0, L, reverse)) * xs
                 if p.lbr:
                     if p.fast_gates:
-                        grurt_gates_lbr1_fast(H, xrow, hr + b * hr_stride, h + b * H)
+                        grurt_gates_lbr1_fast(H, xrow, hr + b * hr_stride, state + b * Hp)
                     else:
-                        grurt_gates_lbr1(H, xrow, hr + b * hr_stride, h + b * H, gates + b * G, &p.f, &p.g,
+                        grurt_gates_lbr1(H, xrow, hr + b * hr_stride, state + b * Hp, gates + b * G, &p.f, &p.g,
                                          p.clip)
                 else:
-                    grurt_gates_lbr0_h(H, xrow, hn + b * hn_stride, h + b * H, gates + b * G, &p.g, p.clip)
+                    grurt_gates_lbr0_h(H, xrow, hn + b * hn_stride, state + b * Hp, gates + b * G, &p.g, p.clip)
                 if y != NULL:
                     t = L - 1 - s if reverse else s
-                    memcpy(y + (<size_t>b * T + t) * DH + d * H, h + b * H, H * sizeof(float))
+                    memcpy(y + (<size_t>b * T + t) * DH + d * H, state + b * Hp, H * sizeof(float))
         s0 += CHUNK_STEPS
+    for b in range(B):
+        memcpy(h + b * H, state + b * Hp, H * sizeof(float))
 
 cdef inline int chunk_row(int s, int s0, int L, bint reverse) noexcept nogil:
     """The projection row of step s in a chunk that starts at step s0 (sequence length L)."""
