@@ -164,8 +164,8 @@ GRURT_HOT static void grurt_activate(const grurt_act *act, float *y, int n) {
  * for H rounded up to a block, and xp and hr are readable that far past each gate's H values
  * (the extra lanes compute unused numbers). */
 #define GRURT_UNIT_BLOCK 16
-GRURT_HOT static void grurt_gates_lbr1_fast(int H, const float *restrict xp, const float *restrict hr,
-                                            float *restrict h) {
+GRURT_HOT static void grurt_gates_lbr1_vectorized(int H, const float *restrict xp, const float *restrict hr,
+                                                  float *restrict h) {
     int units = (H + GRURT_UNIT_BLOCK - 1) & -GRURT_UNIT_BLOCK;
     for (int j = 0; j < units; ++j) {
         float z = grurt_sigmoid(xp[j] + hr[j]);
@@ -173,6 +173,81 @@ GRURT_HOT static void grurt_gates_lbr1_fast(int H, const float *restrict xp, con
         float n = grurt_tanh(xp[2 * H + j] + r * hr[2 * H + j]);
         h[j] = n + z * (h[j] - n);
     }
+}
+
+#ifdef GRURT_X86_DISPATCH
+#include <immintrin.h>
+/* The same pass with AVX-512 intrinsics: the clamps become single min/max instructions (GCC
+ * if-converts the C ones into compare-and-blend sequences), and the last partial block is
+ * one masked 8- or 16-lane block. Same operations in the same order as grurt_tanh and
+ * grurt_sigmoid, so the results equal the C pass's; NaN propagates the same way (vminps and
+ * vmaxps return their second operand when either is NaN: a NaN x² becomes 81 and x·p/q NaN). */
+#define GRURT_DEFINE_TANH_AVX512(NAME, V, PS)                                                        \
+__attribute__((target("arch=x86-64-v4"))) GRURT_INLINE V NAME(V x) {                                 \
+    V x2 = PS(min)(PS(mul)(x, x), PS(set1)(81.0f));                                                  \
+    V p = PS(fmadd)(PS(set1)(-2.76076847742355e-16f), x2, PS(set1)(2.00018790482477e-13f));          \
+    p = PS(fmadd)(p, x2, PS(set1)(-8.60467152213735e-11f));                                          \
+    p = PS(fmadd)(p, x2, PS(set1)(5.12229709037114e-08f));                                           \
+    p = PS(fmadd)(p, x2, PS(set1)(1.48572235717979e-05f));                                           \
+    p = PS(fmadd)(p, x2, PS(set1)(6.37261928875436e-04f));                                           \
+    p = PS(fmadd)(p, x2, PS(set1)(4.89352455891786e-03f));                                           \
+    V q = PS(fmadd)(PS(set1)(1.19825839466702e-06f), x2, PS(set1)(1.18534705686654e-04f));          \
+    q = PS(fmadd)(q, x2, PS(set1)(2.26843463243900e-03f));                                           \
+    q = PS(fmadd)(q, x2, PS(set1)(4.89352518554385e-03f));                                           \
+    V t = PS(div)(PS(mul)(x, p), q);                                                                 \
+    return PS(max)(PS(set1)(-1.0f), PS(min)(PS(set1)(1.0f), t));                                     \
+}
+#define GRURT_PS16(op) _mm512_##op##_ps
+#define GRURT_PS8(op) _mm256_##op##_ps
+GRURT_DEFINE_TANH_AVX512(grurt_tanh16, __m512, GRURT_PS16)
+GRURT_DEFINE_TANH_AVX512(grurt_tanh8, __m256, GRURT_PS8)
+
+/* units j .. j+LANES-1 of the gate pass, loading and storing through LOAD / STORE */
+#define GRURT_GATE_BLOCK(V, PS, TANH, LOAD, STORE) {                                                 \
+    V half = PS(set1)(0.5f);                                                                         \
+    V z = PS(fmadd)(half, TANH(PS(mul)(half, PS(add)(LOAD(xp + j), LOAD(hr + j)))), half);           \
+    V r = PS(fmadd)(half, TANH(PS(mul)(half, PS(add)(LOAD(xp + H + j), LOAD(hr + H + j)))), half);   \
+    V n = TANH(PS(fmadd)(r, LOAD(hr + 2 * H + j), LOAD(xp + 2 * H + j)));                            \
+    STORE(h + j, PS(fmadd)(z, PS(sub)(LOAD(h + j), n), n));                                          \
+}
+#define GRURT_MASKED_LOAD16(ptr) _mm512_maskz_loadu_ps(mask16, ptr)
+#define GRURT_MASKED_STORE16(ptr, v) _mm512_mask_storeu_ps(ptr, mask16, v)
+#define GRURT_MASKED_LOAD8(ptr) _mm256_maskz_loadu_ps(mask8, ptr)
+#define GRURT_MASKED_STORE8(ptr, v) _mm256_mask_storeu_ps(ptr, mask8, v)
+
+__attribute__((target("arch=x86-64-v4"))) static void grurt_gates_lbr1_avx512(
+        int H, const float *restrict xp, const float *restrict hr, float *restrict h) {
+    int j = 0;
+    for (; j + 16 <= H; j += 16)
+        GRURT_GATE_BLOCK(__m512, GRURT_PS16, grurt_tanh16, _mm512_loadu_ps, _mm512_storeu_ps)
+    if (H - j > 8) {
+        __mmask16 mask16 = (__mmask16)((1u << (H - j)) - 1);
+        GRURT_GATE_BLOCK(__m512, GRURT_PS16, grurt_tanh16, GRURT_MASKED_LOAD16, GRURT_MASKED_STORE16)
+    } else if (H - j > 0) {
+        __mmask8 mask8 = (__mmask8)((1u << (H - j)) - 1);
+        GRURT_GATE_BLOCK(__m256, GRURT_PS8, grurt_tanh8, GRURT_MASKED_LOAD8, GRURT_MASKED_STORE8)
+    }
+}
+
+/* whether this CPU runs the AVX-512 (x86-64-v4) kernels; cached */
+static int grurt_avx512(void) {
+    static int supported = -1;
+    if (supported < 0) {
+        __builtin_cpu_init();
+        supported = __builtin_cpu_supports("x86-64-v4");
+    }
+    return supported;
+}
+#endif
+
+static void grurt_gates_lbr1_fast(int H, const float *restrict xp, const float *restrict hr, float *restrict h) {
+#ifdef GRURT_X86_DISPATCH
+    if (grurt_avx512()) {
+        grurt_gates_lbr1_avx512(H, xp, hr, h);
+        return;
+    }
+#endif
+    grurt_gates_lbr1_vectorized(H, xp, hr, h);
 }
 
 /* Any activations and clip, linear_before_reset = 1. */
@@ -374,11 +449,7 @@ static const grurt_gemv_fn grurt_gemv_wide[GRURT_WIDE_MAX_PANELS - GRURT_WIDE_MI
 static void grurt_gemm(int rows, int n_in, int n_panels, const float *restrict x, int ldx,
                        const float *restrict packed, const float *restrict init, float *restrict y, int ldy) {
 #ifdef GRURT_X86_DISPATCH
-    static int avx512 = -1;
-    if (avx512 < 0) {
-        __builtin_cpu_init();
-        avx512 = __builtin_cpu_supports("x86-64-v4");
-    }
+    int avx512 = grurt_avx512();
     if (avx512 && rows >= GRURT_AVX512_ROWS) {
         int tiled = rows / GRURT_AVX512_ROWS * GRURT_AVX512_ROWS;
         grurt_gemm_rows8_avx512(tiled, n_in, n_panels, x, ldx, packed, init, y, ldy);
