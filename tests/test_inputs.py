@@ -249,6 +249,7 @@ def test_strided_and_non_contiguous_inputs(model):
         "fortran order": np.asfortranarray(base[:, :, :I]),
         "broadcast batch": np.broadcast_to(base[:1, :, :I], (4, 16, I)),
         "float64 strided": base.astype(np.float64)[:, 1::3, 1::2],
+        "big-endian float32": base[:, :, :I].astype(">f4"),
     }
     for name, view in views.items():
         expected = model.run(np.ascontiguousarray(view, dtype=np.float32))

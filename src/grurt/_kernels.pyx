@@ -122,6 +122,11 @@ cdef class Plan:
     cdef list arrays         # owns the memory the LayerPlans point into
     cdef readonly int max_features, max_step_scratch
     cdef readonly int state_width    # sum of D*H over GRU layers: the states of one sequence
+    cdef readonly int input_size, output_size
+    cdef readonly bint returns_sequence
+    # the size limits a call is checked against (Model._check_size): rows = batch × steps
+    # within 32-bit BLAS indexing, and the bytes a call allocates per row and per sequence
+    cdef readonly size_t max_rows, bytes_per_row, bytes_per_sequence
 
     def __cinit__(self):
         self.layers = NULL
@@ -176,6 +181,13 @@ cdef class Plan:
                 p.merge_mode = MERGE_MODES.index(layer.mode)
             features = p.n_out
             self.max_features = max(self.max_features, features)
+        self.input_size, self.output_size = spec.input_size, spec.output_size
+        self.returns_sequence = spec.returns_sequence
+        self.max_rows = (2**31 - 1) // max(self.max_features, 1)
+        # input copy, workspace and output per row; workspace per sequence (states, step scratch)
+        self.bytes_per_row = 4 * (spec.input_size + self.workspace_floats(1, 1) - self.workspace_floats(1, 0)
+                                  + spec.output_size)
+        self.bytes_per_sequence = 4 * self.workspace_floats(1, 0)
 
     cdef float* _keep(self, array) except NULL:
         kept = aligned_empty(np.size(array))
@@ -245,7 +257,36 @@ cdef class Plan:
         shapes.
         ``threads`` > 1 splits each GRU layer's directions and batch across that many threads.
         """
-        cdef int B = x.shape[0], T = x.shape[1]
+        self._run(x.shape[0], x.shape[1], x, states, lengths, out, threads)
+
+    def run_plain(self, x, size_t memory_limit):
+        """The output for x with zero initial states, on one thread, if x is a C-contiguous
+        float32 (B, T, input_size) ndarray with B, T >= 1 within the size limits; None
+        otherwise (the caller then runs its full checks, which convert x or explain what is
+        wrong). The common call, checked and allocated without Python-level work."""
+        if type(x) is not np.ndarray:
+            return None
+        cdef cnp.ndarray a = <cnp.ndarray>x
+        if (cnp.PyArray_NDIM(a) != 3 or cnp.PyArray_TYPE(a) != cnp.NPY_FLOAT32
+                or not cnp.PyArray_IS_C_CONTIGUOUS(a) or not cnp.PyArray_ISNOTSWAPPED(a)):
+            return None
+        cdef cnp.npy_intp* shape = cnp.PyArray_DIMS(a)
+        if (shape[2] != self.input_size or shape[0] < 1 or shape[1] < 1
+                or <size_t>shape[0] > self.max_rows or <size_t>shape[1] > self.max_rows):
+            return None
+        cdef size_t rows = <size_t>shape[0] * <size_t>shape[1]
+        if rows > self.max_rows or rows * self.bytes_per_row + shape[0] * self.bytes_per_sequence > memory_limit:
+            return None
+        cdef cnp.npy_intp out_shape[3]
+        out_shape[0], out_shape[1], out_shape[2] = shape[0], shape[1], self.output_size
+        if not self.returns_sequence:
+            out_shape[1] = self.output_size
+        cdef cnp.ndarray out = cnp.PyArray_EMPTY(3 if self.returns_sequence else 2, out_shape, cnp.NPY_FLOAT32, 0)
+        self._run(<int>shape[0], <int>shape[1], a, None, None, out, 1)
+        return out
+
+    cdef _run(self, int B, int T, cnp.ndarray x, list states, cnp.ndarray lengths, cnp.ndarray out, int threads):
+        """_execute with a workspace allocated for the call."""
         cdef size_t work_floats = self.workspace_floats(B, T) + ALIGN_FLOATS
         cdef float* raw
         with nogil:

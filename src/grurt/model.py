@@ -9,7 +9,6 @@ from . import _kernels
 from .errors import InputError
 from .spec import GRU, ModelSpec, Reverse
 
-_INT32_MAX = 2**31 - 1
 _FLOAT32 = np.dtype(np.float32)
 
 
@@ -47,12 +46,7 @@ class Model:
         self._plan = _kernels.Plan(spec)
         self._state_shapes = [(g.num_directions, g.hidden_size) for g in spec.gru_layers]
         self._output_size, self._returns_sequence = spec.output_size, spec.returns_sequence
-        # memory a call needs: per row (input copy, workspace, output) and per sequence
-        plan = self._plan
-        self._bytes_per_row = 4 * (spec.input_size + plan.workspace_floats(1, 1) - plan.workspace_floats(1, 0)
-                                   + spec.output_size)
-        self._bytes_per_sequence = 4 * plan.workspace_floats(1, 0)
-        self._max_rows = _INT32_MAX // max(plan.max_features, 1)
+        self._plain_runs = spec.mask_value is None      # no lengths to derive from the input
 
     @property
     def input_size(self) -> int:
@@ -83,14 +77,14 @@ class Model:
         form. ``lengths`` (B,) gives each sequence's valid length for padded batches.
         ``threads`` > 1 runs the directions and batch slices of each GRU layer in parallel.
         """
-        x = seq
-        # fast path for the common case; anything else goes through the full checks
-        if not (type(x) is np.ndarray and x.ndim == 3 and x.dtype is _FLOAT32 and x.flags.c_contiguous
-                and x.shape[2] == self.spec.input_size and x.shape[0] and x.shape[1]):
-            x, single = self._input(seq)                   # checks the size before converting
-        else:
-            single = False
-            self._check_size(x.shape[0], x.shape[1])
+        # the common call (a float32 batch, zero states, one thread) is checked in C; anything
+        # else, including what that check turns down, goes through the full checks below
+        if (initial_state is None and not return_state and lengths is None and threads == 1
+                and type(threads) is int and self._plain_runs):
+            out = self._plan.run_plain(seq, MEMORY_LIMIT_BYTES)
+            if out is not None:
+                return out
+        x, single = self._input(seq)                       # checks the size before converting
         batch, steps = x.shape[0], x.shape[1]
         if initial_state is None and not return_state:
             states = None                                   # zero states kept in the workspace
@@ -141,9 +135,9 @@ class Model:
 
     def _check_size(self, batch: int, steps: int):
         rows = batch * steps
-        if rows > self._max_rows:
+        if rows > self._plan.max_rows:
             raise InputError(f"input of {batch} sequences × {steps} steps is too large for 32-bit BLAS indexing")
-        needed = rows * self._bytes_per_row + batch * self._bytes_per_sequence
+        needed = rows * self._plan.bytes_per_row + batch * self._plan.bytes_per_sequence
         if needed > MEMORY_LIMIT_BYTES:
             raise InputError(
                 f"input of {batch} sequences × {steps} steps would need {needed / 2**30:.1f} GiB, "
