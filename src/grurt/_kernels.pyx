@@ -32,7 +32,7 @@ cdef extern from "_gru_math.h" nogil:
     void grurt_gates_lbr0_h(int H, const float* xp, const float* hn, float* h, float* gates,
                             const grurt_act* g, float clip)
     void grurt_gemm(int rows, int n_in, int n_panels, const float* x, int ldx, const float* packed,
-                    const float* init, float* y, int ldy)
+                    const float* init, float* y, int ldy, int backward)
 
 # Must match the enum in _gru_math.h.
 ACTIVATION_CODES = {
@@ -570,12 +570,13 @@ cdef void gru_direction(const LayerPlan* p, int d, int B, int T, const float* x,
                 m = min(n, L - s0)
                 t = L - s0 - m if reverse else s0
                 grurt_gemm(m, I, n_w_panels, x + (<size_t>b * T + t) * I, I, W, bias,
-                                  xp + <size_t>b * CHUNK_STEPS * xs, xs)
+                                  xp + <size_t>b * CHUNK_STEPS * xs, xs, 0)
                 if m < CHUNK_STEPS:     # the gate pass may read into the first row left unset
                     memset(xp + (<size_t>b * CHUNK_STEPS + m) * xs, 0, GRURT_UNIT_BLOCK * sizeof(float))
         for s in range(s0, s0 + n):
             # hr = h · R_zrhᵀ + [0 0 Rb_h] (lbr=1) or h · R_zrᵀ (lbr=0)
-            grurt_gemm(B, H, p.panels_per_gate_set, state, Hp, panels, hr_init, hr, hr_stride)
+            # odd steps read R backwards (see GRURT_K in _gru_math.h)
+            grurt_gemm(B, H, p.panels_per_gate_set, state, Hp, panels, hr_init, hr, hr_stride, s % 2)
             if not p.lbr:
                 for b in range(B):
                     L = T if lengths == NULL else lengths[b]
@@ -584,7 +585,7 @@ cdef void gru_direction(const LayerPlan* p, int d, int B, int T, const float* x,
                         grurt_gates_lbr0_zr(H, xrow, hr + b * hr_stride, state + b * Hp, gates + b * G, rh + b * H,
                                             &p.f, p.clip)
                 # hn = (r⊙h) · R_hᵀ
-                grurt_gemm(B, H, p.panels_h, rh, H, panels_h, NULL, hn, hn_stride)
+                grurt_gemm(B, H, p.panels_h, rh, H, panels_h, NULL, hn, hn_stride, s % 2)
             for b in range(B):
                 L = T if lengths == NULL else lengths[b]
                 if s >= L:
