@@ -86,6 +86,15 @@ def test_huge_input_refused_before_allocating(model, shape):
     assert peak < 2**20, f"{peak} bytes allocated before refusing"
 
 
+def test_memory_limit_applies_to_ordinary_arrays(model, monkeypatch):
+    """A C-contiguous float32 batch (the call checked in C) is held to the same limit."""
+    x = np.ones((4, 50, I), np.float32)
+    monkeypatch.setattr(grurt.model, "MEMORY_LIMIT_BYTES", 1000)
+    refuses(r"input of 4 sequences × 50 steps would need 0\.0 GiB, more than the limit of 0\.0 GiB", model, x)
+    monkeypatch.setattr(grurt.model, "MEMORY_LIMIT_BYTES", 2**30)
+    assert model.run(x).shape[0] == 4
+
+
 def test_memory_limit(model, monkeypatch):
     """Below the 32-bit limit but above grurt.model.MEMORY_LIMIT_BYTES: refused, not allocated."""
     monkeypatch.setattr(grurt.model, "MEMORY_LIMIT_BYTES", 8 * 2**20)
