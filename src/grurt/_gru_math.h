@@ -1,10 +1,12 @@
-/* Vectorizable float32 math for the GRU kernels: activations, the fused gate pass and a
- * register-blocked matrix-vector product for small hidden sizes.
+/* Vectorizable float32 math for the GRU kernels: activations, the fused gate pass and the
+ * register-blocked matrix products over weights packed at load.
  *
- * Everything here is plain C that GCC/Clang auto-vectorize (no intrinsics), so the same
- * source builds on x86-64 and aarch64. On x86-64 with GCC the hot functions are compiled
- * three times (AVX-512, AVX2+FMA, baseline SSE2) and picked at load time by the dynamic
- * loader (target_clones), so a wheel built here runs on any x86-64 CPU.
+ * The portable part is plain C that GCC/Clang auto-vectorize, so the same source builds on
+ * x86-64 and aarch64. On x86-64 with GCC the hot functions are compiled three times
+ * (AVX-512, AVX2+FMA, baseline SSE2) and picked at load time by the dynamic loader
+ * (target_clones), and a few kernels exist only for AVX-512 (8-row product tiles, the
+ * one-pass product for H <= 64, the gate pass in intrinsics), chosen at run time by
+ * grurt_avx512(); so a wheel built here runs on any x86-64 CPU.
  *
  * Accuracy of the fast functions against float64, measured over 1e7 points in [-20, 20]
  * (tests/test_activations.py re-checks the bounds):
