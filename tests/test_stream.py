@@ -113,6 +113,15 @@ def test_bad_frames_and_states():
         stream.step(np.array([["a"] * 5] * 2))
     with pytest.raises(grurt.InputError, match="out must be"):
         stream.step(np.zeros((2, 5), np.float32), out=np.empty((2, 3), np.float64))
+    readonly = np.zeros((2, 3), np.float32)
+    readonly.setflags(write=False)
+    with pytest.raises(grurt.InputError, match="out must be a writeable"):
+        stream.step(np.zeros((2, 5), np.float32), out=readonly)
+    assert not readonly.any()
+    for frame in (np.float32(1.0), np.array(1.0, np.float32), np.zeros((1, 2, 5), np.float32),
+                  np.zeros((2, 5), ">f4")[:, :4]):
+        with pytest.raises(grurt.InputError, match=r"frame must be \(2, 5\)"):
+            stream.step(frame)
     with pytest.raises(grurt.InputError, match=r"state\[0\] must be .*\(1, 2, 6\)"):
         stream.state = [np.zeros((1, 3, 6))]
     with pytest.raises(grurt.InputError, match="one per GRU layer"):

@@ -324,6 +324,33 @@ cdef class Plan:
         """
         self._execute(batch, 1, frame, states, None, out, <float*>cnp.PyArray_DATA(workspace), 1)
 
+    def step_plain(self, frame, out, list states, cnp.ndarray workspace, int batch):
+        """step() for the common call, checked in C: a C-contiguous float32 frame of shape
+        (batch, input_size), or (input_size,) when batch is 1, and ``out`` None or a
+        C-contiguous float32 array of batch × output_size elements. Returns the output ((F,)
+        for a 1-D frame without ``out``), or None when the call needs the full checks."""
+        if type(frame) is not np.ndarray or not (out is None or type(out) is np.ndarray):
+            return None
+        cdef cnp.ndarray a = <cnp.ndarray>frame
+        cdef int ndim = cnp.PyArray_NDIM(a)
+        if (ndim < 1 or ndim > 2 or cnp.PyArray_TYPE(a) != cnp.NPY_FLOAT32 or not cnp.PyArray_IS_C_CONTIGUOUS(a)
+                or not cnp.PyArray_ISNOTSWAPPED(a) or cnp.PyArray_DIMS(a)[ndim - 1] != self.input_size
+                or not (ndim == 2 and cnp.PyArray_DIMS(a)[0] == batch or ndim == 1 and batch == 1)):
+            return None
+        cdef cnp.ndarray result
+        cdef cnp.npy_intp shape[2]
+        if out is None:
+            shape[0], shape[1] = batch, self.output_size
+            result = cnp.PyArray_EMPTY(2, shape, cnp.NPY_FLOAT32, 0)
+        else:
+            result = <cnp.ndarray>out
+            if (cnp.PyArray_TYPE(result) != cnp.NPY_FLOAT32 or not cnp.PyArray_IS_C_CONTIGUOUS(result)
+                    or not cnp.PyArray_ISNOTSWAPPED(result) or not cnp.PyArray_ISWRITEABLE(result)
+                    or cnp.PyArray_SIZE(result) != <cnp.npy_intp>batch * self.output_size):
+                return None
+        self._execute(batch, 1, a, states, None, result, <float*>cnp.PyArray_DATA(workspace), 1)
+        return result[0] if out is None and ndim == 1 else result
+
     cdef _execute(self, int B, int T, cnp.ndarray x, list states, cnp.ndarray lengths, cnp.ndarray out,
                   float* work, int threads):
         cdef float* state_ptrs[MAX_GRU_LAYERS]

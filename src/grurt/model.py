@@ -234,11 +234,14 @@ class Stream:
         Returns the output for this frame, (F,) or (batch, F). With ``out`` (a C-contiguous
         float32 array of that shape) the result is written there and nothing is allocated.
         """
+        result = self._plan.step_plain(frame, out, self._states, self._workspace, self.batch)
+        if result is not None:                              # the common call, checked in C
+            return result
         if not (type(frame) is np.ndarray and frame.dtype == np.float32 and frame.flags.c_contiguous):
             frame = self._coerce(frame)
         single = frame.ndim == 1
-        if frame.shape[-1] != self.model.input_size or (frame.shape[0] != self.batch and not single) \
-                or frame.ndim not in (1, 2) or (single and self.batch != 1):
+        if frame.ndim not in (1, 2) or frame.shape[-1] != self.model.input_size \
+                or (frame.shape[0] != self.batch and not single) or (single and self.batch != 1):
             raise InputError(f"frame must be ({self.batch}, {self.model.input_size})"
                              + (f" or ({self.model.input_size},)" if self.batch == 1 else "")
                              + f", got shape {frame.shape}")
@@ -247,8 +250,8 @@ class Stream:
         else:
             result = out
             if not (type(out) is np.ndarray and out.dtype == np.float32 and out.flags.c_contiguous
-                    and out.size == self.batch * self.model.output_size):
-                raise InputError(f"out must be a C-contiguous float32 array of "
+                    and out.flags.writeable and out.size == self.batch * self.model.output_size):
+                raise InputError(f"out must be a writeable C-contiguous float32 array of "
                                  f"{self.batch * self.model.output_size} elements")
         self._plan.step(frame, self._states, result, self._workspace, self.batch)
         if out is None and single:
