@@ -312,3 +312,14 @@ def test_returned_arrays_are_fresh(model, x):
     out2, states2 = model.run(x, return_state=True)
     assert np.array_equal(out2, keep[0])
     assert all(np.array_equal(a, b) for a, b in zip(states2, keep[1]))
+
+
+def test_single_sequence_forms_agree(model, x):
+    """(T, I) gives the batch-of-one result without the batch axis, whichever path checks
+    it (float32 C-contiguous input is checked in C, anything else in Python)."""
+    last_state = grurt.Model(ModelSpec(I, model.spec.layers[:1] + (LastStep(),)))
+    for m in (model, last_state):
+        want = m.run(x[:1])[0]
+        for seq in (np.ascontiguousarray(x[0]), x[0].astype(np.float64), x[0].tolist()):
+            got = m.run(seq)
+            assert got.shape == want.shape and np.array_equal(got, want)

@@ -279,28 +279,37 @@ cdef class Plan:
 
     def run_plain(self, x, size_t memory_limit):
         """The output for x with zero initial states, on one thread, if x is a C-contiguous
-        float32 (B, T, input_size) ndarray with B, T >= 1 within the size limits; None
-        otherwise (the caller then runs its full checks, which convert x or explain what is
-        wrong). The common call, checked and allocated without Python-level work."""
+        float32 ndarray of shape (B, T, input_size), or (T, input_size) for one sequence (the
+        output then has no batch axis), with B, T >= 1 within the size limits; None otherwise
+        (the caller then runs its full checks, which convert x or explain what is wrong).
+        The common call, checked and allocated without Python-level work."""
         if type(x) is not np.ndarray:
             return None
         cdef cnp.ndarray a = <cnp.ndarray>x
-        if (cnp.PyArray_NDIM(a) != 3 or cnp.PyArray_TYPE(a) != cnp.NPY_FLOAT32
+        cdef int ndim = cnp.PyArray_NDIM(a)
+        if (ndim < 2 or ndim > 3 or cnp.PyArray_TYPE(a) != cnp.NPY_FLOAT32
                 or not cnp.PyArray_IS_C_CONTIGUOUS(a) or not cnp.PyArray_ISNOTSWAPPED(a)):
             return None
         cdef cnp.npy_intp* shape = cnp.PyArray_DIMS(a)
-        if (shape[2] != self.input_size or shape[0] < 1 or shape[1] < 1
-                or <size_t>shape[0] > self.max_rows or <size_t>shape[1] > self.max_rows):
+        cdef cnp.npy_intp B = 1 if ndim == 2 else shape[0], T = shape[ndim - 2]
+        if (shape[ndim - 1] != self.input_size or B < 1 or T < 1
+                or <size_t>B > self.max_rows or <size_t>T > self.max_rows):
             return None
-        cdef size_t rows = <size_t>shape[0] * <size_t>shape[1]
-        if rows > self.max_rows or rows * self.bytes_per_row + shape[0] * self.bytes_per_sequence > memory_limit:
+        cdef size_t rows = <size_t>B * <size_t>T
+        if rows > self.max_rows or rows * self.bytes_per_row + B * self.bytes_per_sequence > memory_limit:
             return None
+        # (B, T, F) or (B, F); without the batch axis for one (T, I) sequence
         cdef cnp.npy_intp out_shape[3]
-        out_shape[0], out_shape[1], out_shape[2] = shape[0], shape[1], self.output_size
-        if not self.returns_sequence:
-            out_shape[1] = self.output_size
-        cdef cnp.ndarray out = cnp.PyArray_EMPTY(3 if self.returns_sequence else 2, out_shape, cnp.NPY_FLOAT32, 0)
-        self._run(<int>shape[0], <int>shape[1], a, None, None, out, 1)
+        cdef int out_ndim = 0
+        if ndim == 3:
+            out_shape[out_ndim] = B
+            out_ndim += 1
+        if self.returns_sequence:
+            out_shape[out_ndim] = T
+            out_ndim += 1
+        out_shape[out_ndim] = self.output_size
+        cdef cnp.ndarray out = cnp.PyArray_EMPTY(out_ndim + 1, out_shape, cnp.NPY_FLOAT32, 0)
+        self._run(<int>B, <int>T, a, None, None, out, 1)
         return out
 
     cdef _run(self, int B, int T, cnp.ndarray x, list states, cnp.ndarray lengths, cnp.ndarray out, int threads):
