@@ -4,9 +4,10 @@
  * The portable part is plain C that GCC/Clang auto-vectorize, so the same source builds on
  * x86-64 and aarch64. On x86-64 with GCC the hot functions are compiled three times
  * (AVX-512, AVX2+FMA, baseline SSE2) and picked at load time by the dynamic loader
- * (target_clones), and a few kernels exist only for AVX-512 (8-row product tiles, the
- * one-pass product for H <= 64, the gate pass in intrinsics), chosen at run time by
- * grurt_avx512(); so a wheel built here runs on any x86-64 CPU.
+ * (target_clones); the gate pass also exists in AVX2 and AVX-512 intrinsics, and a few
+ * products only for AVX-512 (8-row tiles, one pass for H <= 64), chosen at run time by
+ * grurt_avx2() / grurt_avx512(); so a wheel built here runs on any x86-64 CPU. Building with
+ * -DGRURT_NO_AVX512 leaves the AVX-512 code out (CI runs the tests on that build too).
  *
  * Accuracy of the fast functions against float64, measured over 1e7 points in [-20, 20]
  * (tests/test_activations.py re-checks the bounds):
@@ -24,7 +25,13 @@
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(GRURT_NO_CLONES)
 #define GRURT_X86_DISPATCH 1
+#ifdef GRURT_NO_AVX512
+/* a build that runs on any CPU what a CPU without AVX-512 runs (CI tests it) */
+#define GRURT_HOT __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define GRURT_X86_AVX512 1
 #define GRURT_HOT __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#endif
 #else
 #define GRURT_HOT
 #endif
@@ -179,13 +186,13 @@ GRURT_HOT static void grurt_gates_lbr1_vectorized(int H, const float *restrict x
 
 #ifdef GRURT_X86_DISPATCH
 #include <immintrin.h>
-/* The same pass with AVX-512 intrinsics: the clamps become single min/max instructions (GCC
- * if-converts the C ones into compare-and-blend sequences), and the last partial block is
- * one masked 8- or 16-lane block. Same operations in the same order as grurt_tanh and
- * grurt_sigmoid, so the results equal the C pass's; NaN propagates the same way (vminps and
- * vmaxps return their second operand when either is NaN: a NaN x² becomes 81 and x·p/q NaN). */
-#define GRURT_DEFINE_TANH_AVX512(NAME, V, PS)                                                        \
-__attribute__((target("arch=x86-64-v4"))) GRURT_INLINE V NAME(V x) {                                 \
+/* The same pass with AVX2 or AVX-512 intrinsics: the clamps become single min/max
+ * instructions (GCC if-converts the C ones into compare-and-blend sequences). Same
+ * operations in the same order as grurt_tanh and grurt_sigmoid, so the results equal the C
+ * pass's; NaN propagates the same way (vminps and vmaxps return their second operand when
+ * either is NaN: a NaN x² becomes 81 and x·p/q NaN). */
+#define GRURT_DEFINE_TANH_SIMD(NAME, ARCH, V, PS)                                                    \
+__attribute__((target(ARCH))) GRURT_INLINE V NAME(V x) {                                             \
     V x2 = PS(min)(PS(mul)(x, x), PS(set1)(81.0f));                                                  \
     V p = PS(fmadd)(PS(set1)(-2.76076847742355e-16f), x2, PS(set1)(2.00018790482477e-13f));          \
     p = PS(fmadd)(p, x2, PS(set1)(-8.60467152213735e-11f));                                          \
@@ -199,10 +206,8 @@ __attribute__((target("arch=x86-64-v4"))) GRURT_INLINE V NAME(V x) {            
     V t = PS(div)(PS(mul)(x, p), q);                                                                 \
     return PS(max)(PS(set1)(-1.0f), PS(min)(PS(set1)(1.0f), t));                                     \
 }
-#define GRURT_PS16(op) _mm512_##op##_ps
 #define GRURT_PS8(op) _mm256_##op##_ps
-GRURT_DEFINE_TANH_AVX512(grurt_tanh16, __m512, GRURT_PS16)
-GRURT_DEFINE_TANH_AVX512(grurt_tanh8, __m256, GRURT_PS8)
+GRURT_DEFINE_TANH_SIMD(grurt_tanh8, "arch=x86-64-v3", __m256, GRURT_PS8)
 
 /* units j .. j+LANES-1 of the gate pass, loading and storing through LOAD / STORE */
 #define GRURT_GATE_BLOCK(V, PS, TANH, LOAD, STORE) {                                                 \
@@ -212,6 +217,29 @@ GRURT_DEFINE_TANH_AVX512(grurt_tanh8, __m256, GRURT_PS8)
     V n = TANH(PS(fmadd)(r, LOAD(hr + 2 * H + j), LOAD(xp + 2 * H + j)));                            \
     STORE(h + j, PS(fmadd)(z, PS(sub)(LOAD(h + j), n), n));                                          \
 }
+
+/* AVX2: whole 8-unit blocks, with the padding of grurt_gates_lbr1_vectorized */
+__attribute__((target("arch=x86-64-v3"))) static void grurt_gates_lbr1_avx2(
+        int H, const float *restrict xp, const float *restrict hr, float *restrict h) {
+    for (int j = 0; j < H; j += 8)
+        GRURT_GATE_BLOCK(__m256, GRURT_PS8, grurt_tanh8, _mm256_loadu_ps, _mm256_storeu_ps)
+}
+
+/* whether this CPU runs the AVX2 (x86-64-v3) kernels; cached */
+static int grurt_avx2(void) {
+    static int supported = -1;
+    if (supported < 0) {
+        __builtin_cpu_init();
+        supported = __builtin_cpu_supports("x86-64-v3");
+    }
+    return supported;
+}
+#endif
+
+#ifdef GRURT_X86_AVX512
+/* AVX-512: 16-unit blocks, the last partial block a masked 8- or 16-lane one */
+#define GRURT_PS16(op) _mm512_##op##_ps
+GRURT_DEFINE_TANH_SIMD(grurt_tanh16, "arch=x86-64-v4", __m512, GRURT_PS16)
 #define GRURT_MASKED_LOAD16(ptr) _mm512_maskz_loadu_ps(mask16, ptr)
 #define GRURT_MASKED_STORE16(ptr, v) _mm512_mask_storeu_ps(ptr, mask16, v)
 #define GRURT_MASKED_LOAD8(ptr) _mm256_maskz_loadu_ps(mask8, ptr)
@@ -243,9 +271,15 @@ static int grurt_avx512(void) {
 #endif
 
 static void grurt_gates_lbr1_fast(int H, const float *restrict xp, const float *restrict hr, float *restrict h) {
-#ifdef GRURT_X86_DISPATCH
+#ifdef GRURT_X86_AVX512
     if (grurt_avx512()) {
         grurt_gates_lbr1_avx512(H, xp, hr, h);
+        return;
+    }
+#endif
+#ifdef GRURT_X86_DISPATCH
+    if (grurt_avx2()) {
+        grurt_gates_lbr1_avx2(H, xp, hr, h);
         return;
     }
 #endif
@@ -394,7 +428,7 @@ GRURT_HOT static void grurt_gemm_panels(int rows, int n_in, int n_panels, const 
 /* Batches: AVX-512 tiles of 8 rows × 1 panel (two 16-float vectors per row, sixteen
  * accumulators, each weight vector used eight times) where the CPU has it, the tiles above
  * for the rows left. Every output element is the same FMA sequence either way. */
-#ifdef GRURT_X86_DISPATCH
+#ifdef GRURT_X86_AVX512
 typedef float grurt_v16 __attribute__((vector_size(64), aligned(4)));
 #define GRURT_AVX512_ROWS 8
 
@@ -471,7 +505,7 @@ static const grurt_gemv_fn grurt_gemv_wide[GRURT_WIDE_MAX_PANELS - GRURT_WIDE_MI
 static void grurt_gemm(int rows, int n_in, int n_panels, const float *restrict x, int ldx,
                        const float *restrict packed, const float *restrict init, float *restrict y, int ldy,
                        int backward) {
-#ifdef GRURT_X86_DISPATCH
+#ifdef GRURT_X86_AVX512
     int avx512 = grurt_avx512();
     if (avx512 && rows >= GRURT_AVX512_ROWS) {
         int tiled = rows / GRURT_AVX512_ROWS * GRURT_AVX512_ROWS;
