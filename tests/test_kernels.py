@@ -326,39 +326,3 @@ def test_activation_layer_matches_reference(kind):
         x[np.abs(x - fn.alpha) < 1e-4] += 1e-3
     model = grurt.Model(ModelSpec(7, (Activation(fn),)))
     assert max_abs_diff(model.run(x), reference.run(model, x)) <= 1e-6
-
-
-# ---------------------------------------------------------------------------------------------
-# threads: consecutive forward GRUs overlap as a pipeline, computing exactly the same numbers
-# ---------------------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("stack", ["two", "dense_then_three", "four_last_state", "lbr0_pair"])
-def test_pipelined_layers_equal_one_thread(stack):
-    """With threads > batch, two consecutive forward GRUs run on two threads, the second a
-    chunk behind the first (when the smaller layer has >= 4e6 multiply-adds per call, which
-    these shapes have: T = 200, H = 64, 64 inputs: 3·64·128·200 = 4.9e6 per sequence). Each
-    step is the same arithmetic as on one thread, so outputs and states must be identical;
-    the reference bounds the whole."""
-    rng = np.random.default_rng(list(map(ord, stack)))
-    I, T, H = 64, 200, 64
-    gru = lambda n_in, **kw: random_gru(rng, n_in, H, "forward", kw.pop("lbr", True), **kw)
-    if stack == "two":
-        layers = (gru(I), gru(H))
-    elif stack == "dense_then_three":        # the pair reads a buffer, and a third GRU follows it
-        layers = (Dense(W=rng.normal(size=(I, I)) / 8, b=rng.normal(size=I) * 0.1), gru(I), gru(H), gru(H))
-    elif stack == "four_last_state":         # two pairs; the second hands over its last state
-        layers = (gru(I), gru(H), gru(H), gru(H, return_sequences=False))
-    else:
-        layers = (gru(I, lbr=False), gru(H, lbr=False), LastStep())
-    model = grurt.Model(ModelSpec(I, layers))
-    assert model._plan.has_pipeline
-    for B, threads in ((1, 2), (1, 4), (2, 3)):
-        x = rng.normal(size=(B, T, I)).astype(np.float32)
-        h0 = random_states(rng, model.spec, B)
-        lengths = np.array([T, 137][:B])
-        one = model.run(x, initial_state=h0, return_state=True, lengths=lengths)
-        many = model.run(x, initial_state=h0, return_state=True, lengths=lengths, threads=threads)
-        assert np.array_equal(one[0], many[0])
-        assert all(np.array_equal(a, b) for a, b in zip(one[1], many[1]))
-        assert np.array_equal(model.run(x, threads=threads), model.run(x))
-    assert_matches_reference(model, x, h0)

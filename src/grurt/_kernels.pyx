@@ -47,21 +47,6 @@ cdef enum:
     ALIGN_FLOATS = 16            # 64 bytes: every buffer and packed weight starts on a cache line
     MAX_GRU_LAYERS = 64          # state pointers and thread handles live on the stack
     MAX_THREADS = 64
-    # A pipeline (run_pipeline) starts a thread per call (20-35 µs here) and its second layer
-    # waits for the first chunk, so it pays off only for enough work: measured break-even for
-    # 2 × GRU(128) at batch 1 is T ≈ 64, about 4 million multiply-adds in the smaller layer.
-    PIPELINE_MIN_MACS = 4000000
-
-cdef extern from *:
-    """
-    static inline int grurt_load_acquire(const int *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
-    static inline void grurt_store_release(int *p, int v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
-    """
-    int grurt_load_acquire(const int* p) nogil
-    void grurt_store_release(int* p, int v) nogil
-
-cdef extern from "<sched.h>" nogil:
-    int sched_yield()
 
 cdef extern from "<pthread.h>" nogil:
     ctypedef struct pthread_t:
@@ -139,7 +124,6 @@ cdef class Plan:
     cdef readonly int state_width    # sum of D*H over GRU layers: the states of one sequence
     cdef readonly int input_size, output_size
     cdef readonly bint returns_sequence
-    cdef readonly bint has_pipeline    # two consecutive forward GRUs: run(threads >= 2) may overlap them
     # the size limits a call is checked against (Model._check_size): rows = batch × steps
     # within 32-bit BLAS indexing, and the bytes a call allocates per row and per sequence
     cdef readonly size_t max_rows, bytes_per_row, bytes_per_sequence
@@ -197,8 +181,6 @@ cdef class Plan:
                 p.merge_mode = MERGE_MODES.index(layer.mode)
             features = p.n_out
             self.max_features = max(self.max_features, features)
-        for i in range(self.n_layers - 1):
-            self.has_pipeline |= pipelines(&self.layers[i], &self.layers[i + 1])
         self.input_size, self.output_size = spec.input_size, spec.output_size
         self.returns_sequence = spec.returns_sequence
         self.max_rows = (2**31 - 1) // max(self.max_features, 1)
@@ -264,7 +246,7 @@ cdef class Plan:
         The last batch * state_width floats hold the GRU states when the caller passes none.
         """
         cdef size_t rows = <size_t>batch * steps
-        return ((2 + self.has_pipeline) * aligned(rows * self.max_features) + 2 * <size_t>batch * self.max_step_scratch
+        return (2 * aligned(rows * self.max_features) + 2 * <size_t>batch * self.max_step_scratch
                 + <size_t>batch * self.state_width)
 
     def run(self, cnp.ndarray x, list states, cnp.ndarray lengths, cnp.ndarray out, int threads=1):
@@ -381,68 +363,26 @@ cdef class Plan:
         cdef float* out_ptr = <float*>cnp.PyArray_DATA(out)
         with nogil:
             run_layers(self.layers, self.n_layers, B, T, x_ptr, state_ptrs, length_ptr, out_ptr, work,
-                       self.max_features, 2 + self.has_pipeline, threads)
-
-
-cdef bint pipelines(const LayerPlan* first, const LayerPlan* second) noexcept nogil:
-    """Whether ``second`` can run a few steps behind ``first`` on another thread: both forward
-    GRUs, ``first`` handing over its whole sequence, so step t of ``second`` needs only steps
-    up to t of ``first``."""
-    return (first.kind == GRU_LAYER and second.kind == GRU_LAYER and first.D == 1 and second.D == 1
-            and not first.reverse_only and not second.reverse_only and first.return_sequences)
-
-
-cdef inline double step_macs(const LayerPlan* p) noexcept nogil:
-    """Multiply-adds of one GRU step of one sequence (projection and recurrence)."""
-    return 3.0 * p.H * (p.n_in + p.H)
-
-
-cdef float* free_buffer(float** buffers, int n_buffers, const float* busy, const float* also_busy) noexcept nogil:
-    """A buffer that is neither of the two busy ones."""
-    cdef int k
-    for k in range(n_buffers):
-        if buffers[k] != busy and buffers[k] != also_busy:
-            return buffers[k]
-    return NULL
+                       self.max_features, threads)
 
 
 cdef void run_layers(const LayerPlan* layers, int n_layers, int B, int T, const float* x,
                      float** states, const int* lengths, float* out, float* work,
-                     int max_features, int n_buffers, int threads) noexcept nogil:
-    """Execute every layer, using ``work`` (workspace_floats(B, T)) as scratch: n_buffers (2, or
-    3 for a plan with a pipeline) buffers of B × T × max_features, then the GRU scratch.
-
-    With ``threads`` > B (so that splitting the batch leaves threads idle), two consecutive
-    forward GRUs with enough work (PIPELINE_MIN_MACS) run as a pipeline on two threads.
-    """
+                     int max_features, int threads) noexcept nogil:
+    """Execute every layer, using ``work`` (workspace_floats(B, T)) as scratch."""
     cdef size_t rows = <size_t>B * T
     cdef size_t ping = aligned(rows * max_features)
-    cdef float* buffers[3]
-    cdef int k
-    for k in range(n_buffers):
-        buffers[k] = work + k * ping
-    cdef float* scratch = work + n_buffers * ping
+    cdef float* buffers[2]
+    buffers[0] = work
+    buffers[1] = work + ping
+    cdef float* scratch = work + 2 * ping
     cdef const float* src = x
     cdef float* dst
-    cdef float* middle
-    cdef int steps = T, i = 0, gru_index = 0
+    cdef int steps = T, i, gru_index = 0
     cdef const LayerPlan* p
-    while i < n_layers:
+    for i in range(n_layers):
         p = &layers[i]
-        if (threads > B and n_buffers == 3 and i + 1 < n_layers and pipelines(p, &layers[i + 1])
-                and <double>B * steps * min(step_macs(p), step_macs(&layers[i + 1])) >= PIPELINE_MIN_MACS):
-            # the second layer writes neither the first one's input nor its output
-            middle = free_buffer(buffers, n_buffers, src, NULL)
-            dst = out if i + 1 == n_layers - 1 else free_buffer(buffers, n_buffers, src, middle)
-            run_pipeline(p, &layers[i + 1], B, steps, src, middle, dst, states[gru_index],
-                         states[gru_index + 1], lengths, scratch)
-            gru_index += 2
-            if not layers[i + 1].return_sequences:
-                steps = 1
-            src = dst
-            i += 2
-            continue
-        dst = out if i == n_layers - 1 else free_buffer(buffers, n_buffers, src, NULL)
+        dst = out if i == n_layers - 1 else buffers[i % 2]
         if p.kind == GRU_LAYER:
             run_gru(p, B, steps, src, dst, states[gru_index], lengths, scratch, threads)
             gru_index += 1
@@ -463,7 +403,6 @@ cdef void run_layers(const LayerPlan* layers, int n_layers, int B, int T, const 
         elif p.kind == MERGE_LAYER:
             merge(p, <size_t>B * steps, src, dst)
         src = dst
-        i += 1
     if lengths != NULL and steps > 1:
         zero_padding(B, steps, layers[n_layers - 1].n_out, lengths, out)
 
@@ -555,22 +494,18 @@ cdef struct GruTask:
     float* y
     const int* lengths
     float* scratch
-    const int* ready        # NULL, or the steps of x written so far (a pipeline's first layer)
-    int* progress           # NULL, or where this task publishes the steps of y it has written
 
 
 cdef void* run_direction_task(void* arg) noexcept nogil:
     cdef GruTask* task = <GruTask*>arg
-    gru_direction(task.p, task.d, task.B, task.T, task.x, task.h, task.y, task.lengths, task.scratch,
-                  task.ready, task.progress)
+    gru_direction(task.p, task.d, task.B, task.T, task.x, task.h, task.y, task.lengths, task.scratch)
     return NULL
 
 
 cdef void run_parallel(void* (*work)(void*) noexcept nogil, GruTask* tasks, int n_tasks,
                        int threads) noexcept nogil:
     """Run the tasks, on threads of their own when ``threads`` allows one per task (the first
-    task runs here), one after the other otherwise. A task whose thread cannot start runs here
-    after the first one, in order: a pipeline's second layer only ever waits for the first."""
+    task runs here; a thread that cannot start runs inline), one after the other otherwise."""
     cdef pthread_t handles[MAX_THREADS]
     cdef bint started[MAX_THREADS]
     cdef int i
@@ -580,12 +515,12 @@ cdef void run_parallel(void* (*work)(void*) noexcept nogil, GruTask* tasks, int 
         return
     for i in range(1, n_tasks):
         started[i] = pthread_create(&handles[i], NULL, work, &tasks[i]) == 0
+        if not started[i]:
+            work(&tasks[i])
     work(&tasks[0])
     for i in range(1, n_tasks):
         if started[i]:
             pthread_join(handles[i], NULL)
-        else:
-            work(&tasks[i])
 
 
 cdef void run_gru(const LayerPlan* p, int B, int T, const float* x, float* y, float* state,
@@ -596,7 +531,7 @@ cdef void run_gru(const LayerPlan* p, int B, int T, const float* x, float* y, fl
     the batch (independent recurrences) on threads of their own.
     """
     cdef int H = p.H, DH = p.D * H
-    cdef int d, i, b0, b1, chunk, chunks
+    cdef int d, b, i, b0, b1, chunk, chunks
     cdef GruTask tasks[MAX_THREADS]
     cdef size_t row_scratch = step_scratch_floats(p)
     cdef float* seq_out = y if p.return_sequences else NULL
@@ -611,49 +546,17 @@ cdef void run_gru(const LayerPlan* p, int B, int T, const float* x, float* y, fl
             tasks[i].y = NULL if seq_out == NULL else seq_out + <size_t>b0 * T * DH
             tasks[i].lengths = NULL if lengths == NULL else <const int*>(lengths + b0)
             tasks[i].scratch = scratch + (<size_t>d * B + b0) * row_scratch
-            tasks[i].ready, tasks[i].progress = NULL, NULL
             i += 1
     run_parallel(run_direction_task, tasks, p.D * chunks, threads)
     if not p.return_sequences:
-        final_states(p, B, state, y)
-
-
-cdef void final_states(const LayerPlan* p, int B, const float* state, float* y) noexcept nogil:
-    """y (B, D*H) = the final states (D, B, H) of a GRU that hands over no sequence."""
-    cdef int b, d
-    for b in range(B):
-        for d in range(p.D):
-            memcpy(y + (<size_t>b * p.D + d) * p.H, state + (<size_t>d * B + b) * p.H, p.H * sizeof(float))
-
-
-cdef void run_pipeline(const LayerPlan* first, const LayerPlan* second, int B, int T, const float* x,
-                       float* middle, float* y, float* first_state, float* second_state,
-                       const int* lengths, float* scratch) noexcept nogil:
-    """Two forward GRUs (see pipelines()) on two threads: the second follows the first chunk
-    by chunk, each step computed exactly as when they run one after the other. x → first →
-    middle (B, T, H1) → second → y."""
-    cdef int progress = 0
-    cdef GruTask tasks[2]
-    tasks[0].p, tasks[0].d, tasks[0].B, tasks[0].T = first, 0, B, T
-    tasks[0].x, tasks[0].h, tasks[0].y = x, first_state, middle
-    tasks[0].lengths, tasks[0].scratch = lengths, scratch
-    tasks[0].ready, tasks[0].progress = NULL, &progress
-    tasks[1].p, tasks[1].d, tasks[1].B, tasks[1].T = second, 0, B, T
-    tasks[1].x, tasks[1].h, tasks[1].y = middle, second_state, y if second.return_sequences else NULL
-    tasks[1].lengths, tasks[1].scratch = lengths, scratch + <size_t>B * step_scratch_floats(first)
-    tasks[1].ready, tasks[1].progress = &progress, NULL
-    run_parallel(run_direction_task, tasks, 2, 2)
-    if not second.return_sequences:
-        final_states(second, B, second_state, y)
+        for b in range(B):
+            for d in range(p.D):
+                memcpy(y + (<size_t>b * p.D + d) * H, state + (<size_t>d * B + b) * H, H * sizeof(float))
 
 
 cdef void gru_direction(const LayerPlan* p, int d, int B, int T, const float* x, float* h,
-                        float* y, const int* lengths, float* scratch, const int* ready,
-                        int* progress) noexcept nogil:
+                        float* y, const int* lengths, float* scratch) noexcept nogil:
     """The time loop of one direction over x (B, T, I). h (B, H) is updated in place; y may be NULL.
-
-    In a pipeline (forward direction only), each chunk first waits until ``ready`` shows its
-    steps of x written, and ``progress`` announces the steps of y written after each chunk.
 
     The input projection x · Wᵀ + biases, which does not depend on the state, is computed
     for CHUNK_STEPS steps of every sequence at once before those steps run: one large product
@@ -695,9 +598,6 @@ cdef void gru_direction(const LayerPlan* p, int d, int B, int T, const float* x,
     s0 = 0
     while s0 < T:
         n = min(CHUNK_STEPS, T - s0)
-        if ready != NULL:
-            while grurt_load_acquire(ready) < s0 + n:
-                sched_yield()
         # xp[b, i] = x[b, t] · Wᵀ + bias for the steps s0 .. s0+n-1 of sequence b, in time
         # order: t = s0 + i forward, t = L - s0 - m + i in reverse (m steps left in b)
         for b in range(B):
@@ -738,8 +638,6 @@ cdef void gru_direction(const LayerPlan* p, int d, int B, int T, const float* x,
                 if y != NULL:
                     t = L - 1 - s if reverse else s
                     memcpy(y + (<size_t>b * T + t) * DH + d * H, state + b * Hp, H * sizeof(float))
-        if progress != NULL:
-            grurt_store_release(progress, s0 + n)
         s0 += CHUNK_STEPS
     for b in range(B):
         memcpy(h + b * H, state + b * Hp, H * sizeof(float))
