@@ -77,7 +77,7 @@ class Model:
         form. ``lengths`` (B,) gives each sequence's valid length for padded batches.
         ``threads`` > 1 runs the directions and batch slices of each GRU layer in parallel.
         """
-        # the common call (a float32 batch, zero states, one thread) is checked in C; anything
+        # the common call (a float32 sequence or batch, zero states, one thread) is checked in C; anything
         # else, including what that check turns down, goes through the full checks below
         if (initial_state is None and not return_state and lengths is None and threads == 1
                 and type(threads) is int and self._plain_runs):
