@@ -7,7 +7,8 @@ For each workload of ``workloads.py`` the PyTorch module is exported to ONNX (le
 TorchScript exporter, dynamic batch/time axes) and run by every contender:
 
     grurt                          Model.run (W3: one Model.stream step), BLAS on 1 thread
-    grurt (2 threads)              W4 only, if Model.run has a ``threads`` option
+    grurt (2 threads)              W4 (a direction per thread) and W5 (the units of each step
+                                   split over the threads), if Model.run has a ``threads`` option
     onnxruntime (1 thread)         intra_op_num_threads = inter_op_num_threads = 1: the baseline
     onnxruntime (default threads)
     torch eager (1 thread)         torch.set_num_threads(1), autograd off (W3: nn.GRUCell)
@@ -262,7 +263,7 @@ def bench_workload(w, directory: str, quick: bool) -> Tuple[List[Row], int]:
     path = export_onnx(w, directory)
     grurt_runs = not w.stream or workloads.has_stream(w.model)
     contenders = [("grurt", grurt_factory(w) if grurt_runs else None)]
-    if w.name == "W4" and grurt_has_threads():
+    if w.name in ("W4", "W5") and grurt_has_threads():
         contenders.append(("grurt (2 threads)", grurt_factory(w, threads=2)))
     contenders += [(BASELINE, ort_factory(w, path, 1)),
                    ("onnxruntime (default threads)", ort_factory(w, path, None)),

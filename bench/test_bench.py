@@ -69,10 +69,11 @@ def test_stream_step(benchmark):
     assert out.shape == (1, w.model.output_size) and np.isfinite(out).all()
 
 
-def test_run_two_threads(benchmark):
+@pytest.mark.parametrize("name", ["W4", "W5"])
+def test_run_two_threads(benchmark, name):
     if "threads" not in inspect.signature(grurt.Model.run).parameters:
         pytest.skip("Model.run has no threads option")
-    w = workloads.get("W4")
+    w = workloads.get(name)
     benchmark.group = str(w)
     out = benchmark(w.model.run, w.x, threads=2)
     assert_matches_torch(w, out)

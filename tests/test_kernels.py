@@ -326,3 +326,24 @@ def test_activation_layer_matches_reference(kind):
         x[np.abs(x - fn.alpha) < 1e-4] += 1e-3
     model = grurt.Model(ModelSpec(7, (Activation(fn),)))
     assert max_abs_diff(model.run(x), reference.run(model, x)) <= 1e-6
+
+
+@pytest.mark.parametrize("H, direction, return_sequences", [
+    (512, "forward", True), (544, "reverse", True), (1024, "forward", False), (512, "reverse", False)])
+def test_units_split_over_threads_equal_one_thread(H, direction, return_sequences):
+    """threads > batch and a large one-direction GRU (H >= 512, whole panels of 32 units,
+    sigmoid/tanh, linear_before_reset = 1): each step's units are split over the threads,
+    which meet at a barrier per step. Every unit's arithmetic is that of one thread, so
+    outputs and states must be identical (H = 544: 17 panels, split unevenly)."""
+    rng = np.random.default_rng([H, len(direction)])
+    I, T = 16, 37
+    model = grurt.Model(ModelSpec(I, (random_gru(rng, I, H, direction, return_sequences=return_sequences),)))
+    for B, threads in ((1, 2), (1, 3), (2, 4)):
+        x = rng.normal(size=(B, T, I)).astype(np.float32)
+        h0 = random_states(rng, model.spec, B)
+        lengths = np.array([T, 20][:B])
+        one = model.run(x, initial_state=h0, return_state=True, lengths=lengths)
+        many = model.run(x, initial_state=h0, return_state=True, lengths=lengths, threads=threads)
+        assert np.array_equal(one[0], many[0]) and np.array_equal(one[1][0], many[1][0])
+        assert np.array_equal(model.run(x, threads=threads), model.run(x))
+    assert_matches_reference(model, x, h0)

@@ -47,6 +47,36 @@ cdef enum:
     ALIGN_FLOATS = 16            # 64 bytes: every buffer and packed weight starts on a cache line
     MAX_GRU_LAYERS = 64          # state pointers and thread handles live on the stack
     MAX_THREADS = 64
+    # one sequence's step split over threads by units (run_units) needs this much work per
+    # step to pay for a barrier per step: H = 512 and up
+    MIN_SPLIT_UNITS = 512
+
+cdef extern from *:
+    """
+    #include <sched.h>
+    /* A reusable barrier for the threads of one call; they spin, then yield. */
+    typedef struct { int arrived, generation, parties; } grurt_barrier;
+    static void grurt_barrier_wait(grurt_barrier *b) {
+        int generation = __atomic_load_n(&b->generation, __ATOMIC_ACQUIRE);
+        if (__atomic_add_fetch(&b->arrived, 1, __ATOMIC_ACQ_REL) == b->parties) {
+            __atomic_store_n(&b->arrived, 0, __ATOMIC_RELAXED);
+            __atomic_store_n(&b->generation, generation + 1, __ATOMIC_RELEASE);
+            return;
+        }
+        for (int spins = 0; __atomic_load_n(&b->generation, __ATOMIC_ACQUIRE) == generation; ++spins)
+            if (spins > 2000) sched_yield();
+    }
+    static inline int grurt_load_acquire(const int *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+    static inline void grurt_store_release(int *p, int v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
+    """
+    ctypedef struct grurt_barrier:
+        int arrived, generation, parties
+    void grurt_barrier_wait(grurt_barrier* b) nogil
+    int grurt_load_acquire(const int* p) nogil
+    void grurt_store_release(int* p, int v) nogil
+
+cdef extern from "<sched.h>" nogil:
+    int sched_yield()
 
 cdef extern from "<pthread.h>" nogil:
     ctypedef struct pthread_t:
@@ -528,14 +558,20 @@ cdef void run_gru(const LayerPlan* p, int B, int T, const float* x, float* y, fl
     """One GRU layer over x (B, T, I) into y: (B, T, D*H) sequences or (B, D*H) last states.
 
     ``scratch`` holds D × B row scratches; ``threads`` > 1 runs the directions and slices of
-    the batch (independent recurrences) on threads of their own.
+    the batch (independent recurrences) on threads of their own, or, when that leaves threads
+    idle, the units of a large one-direction layer (run_units).
     """
     cdef int H = p.H, DH = p.D * H
-    cdef int d, b, i, b0, b1, chunk, chunks
+    cdef int d, i, b0, b1, chunk, chunks
     cdef GruTask tasks[MAX_THREADS]
     cdef size_t row_scratch = step_scratch_floats(p)
     cdef float* seq_out = y if p.return_sequences else NULL
     chunks = max(1, min(B, min(threads, MAX_THREADS) // p.D))
+    if (p.D == 1 and chunks < threads and p.fast_gates and H >= MIN_SPLIT_UNITS and H % GRURT_PANEL == 0
+            and run_units(p, B, T, x, seq_out, state, lengths, scratch, min(threads, MAX_THREADS))):
+        if not p.return_sequences:
+            final_states(p, B, state, y)
+        return
     i = 0
     for d in range(p.D):
         for chunk in range(chunks):
@@ -549,9 +585,143 @@ cdef void run_gru(const LayerPlan* p, int B, int T, const float* x, float* y, fl
             i += 1
     run_parallel(run_direction_task, tasks, p.D * chunks, threads)
     if not p.return_sequences:
+        final_states(p, B, state, y)
+
+
+cdef void final_states(const LayerPlan* p, int B, const float* state, float* y) noexcept nogil:
+    """y (B, D*H) = the final states (D, B, H) of a GRU that hands over no sequence."""
+    cdef int b, d
+    for b in range(B):
+        for d in range(p.D):
+            memcpy(y + (<size_t>b * p.D + d) * p.H, state + (<size_t>d * B + b) * p.H, p.H * sizeof(float))
+
+
+cdef struct UnitTask:
+    # the units u0 .. u1-1 of a one-direction GRU layer over the whole batch (run_units)
+    const LayerPlan* p
+    int B, T, u0, u1
+    const float* x
+    float* y
+    const int* lengths
+    float* scratch          # this task's projections and products
+    float* states[2]        # shared: the state before and after a step, B rows of H
+    grurt_barrier* barrier
+    int* go                 # 1: run, -1: do nothing (another thread could not start)
+
+
+cdef void* run_units_task(void* arg) noexcept nogil:
+    cdef UnitTask* task = <UnitTask*>arg
+    while grurt_load_acquire(task.go) == 0:
+        sched_yield()
+    if grurt_load_acquire(task.go) == 1:
+        gru_units(task)
+    return NULL
+
+
+cdef bint run_units(const LayerPlan* p, int B, int T, const float* x, float* y, float* state,
+                    const int* lengths, float* scratch, int threads) noexcept nogil:
+    """A one-direction GRU with its units split over ``threads`` threads, for batches too
+    small to split: each thread computes its units' rows of the products and their gates,
+    and the threads meet at a barrier after every step, when the new state is complete.
+    Every unit's arithmetic is the same as on one thread. Returns False, having computed
+    nothing, when a thread cannot be started."""
+    cdef int H = p.H, n = min(threads, H // GRURT_PANEL), t, started = 1, go = 0
+    cdef UnitTask tasks[MAX_THREADS]
+    cdef pthread_t handles[MAX_THREADS]
+    cdef grurt_barrier barrier
+    barrier.arrived, barrier.generation, barrier.parties = 0, 0, n
+    # shared: the state before and after a step; then each thread's scratch
+    cdef float* states0 = scratch
+    cdef float* states1 = states0 + <size_t>B * H
+    cdef float* local = states1 + <size_t>B * H
+    memcpy(states0, state, <size_t>B * H * sizeof(float))
+    for t in range(n):
+        tasks[t].p, tasks[t].B, tasks[t].T = p, B, T
+        # whole panels of units per thread
+        tasks[t].u0 = H // GRURT_PANEL * t // n * GRURT_PANEL
+        tasks[t].u1 = H // GRURT_PANEL * (t + 1) // n * GRURT_PANEL
+        tasks[t].x, tasks[t].y, tasks[t].lengths = x, y, lengths
+        tasks[t].scratch = local
+        local += <size_t>B * unit_scratch_floats(tasks[t].u1 - tasks[t].u0)
+        tasks[t].states[0], tasks[t].states[1] = states0, states1
+        tasks[t].barrier, tasks[t].go = &barrier, &go
+    for t in range(1, n):
+        if pthread_create(&handles[t], NULL, run_units_task, &tasks[t]) != 0:
+            break
+        started += 1
+    grurt_store_release(&go, 1 if started == n else -1)
+    if started == n:
+        gru_units(&tasks[0])
+    for t in range(1, started):
+        pthread_join(handles[t], NULL)
+    if started < n:
+        return False
+    # step s reads states[s % 2] and writes the other one
+    memcpy(state, states1 if T % 2 else states0, <size_t>B * H * sizeof(float))
+    return True
+
+
+cdef inline size_t unit_scratch_floats(int units) noexcept nogil:
+    """Per batch row, a run_units thread's projections of CHUNK_STEPS steps and its products,
+    each followed by the gate pass's read slack."""
+    return <size_t>(CHUNK_STEPS + 1) * 3 * units + 2 * GRURT_UNIT_BLOCK
+
+
+cdef void gru_units(UnitTask* task) noexcept nogil:
+    """gru_direction for the units u0 .. u1-1 of every sequence (sigmoid/tanh, no clip,
+    linear_before_reset = 1), the state shared with the other threads of run_units. Its
+    projections and products hold [z r h] of its units only: three panel ranges of the layer's
+    packed weights, one per gate."""
+    cdef const LayerPlan* p = task.p
+    cdef int B = task.B, T = task.T, H = p.H, I = p.n_in, u0 = task.u0, U = task.u1 - task.u0
+    cdef int G = 3 * U, panels = U // GRURT_PANEL
+    cdef bint reverse = p.reverse_only
+    cdef float* xp = task.scratch
+    cdef float* hr = xp + <size_t>B * CHUNK_STEPS * G + GRURT_UNIT_BLOCK
+    cdef int s, s0, n, b, t, L, m, g
+    cdef size_t first_panel
+    cdef float* cur
+    cdef float* nxt
+    cdef const float* xrow
+    memset(xp + <size_t>B * CHUNK_STEPS * G, 0, GRURT_UNIT_BLOCK * sizeof(float))
+    memset(hr + <size_t>B * G, 0, GRURT_UNIT_BLOCK * sizeof(float))
+    if task.y != NULL and task.lengths != NULL:
         for b in range(B):
-            for d in range(p.D):
-                memcpy(y + (<size_t>b * p.D + d) * H, state + (<size_t>d * B + b) * H, H * sizeof(float))
+            for t in range(task.lengths[b], T):
+                memset(task.y + (<size_t>b * T + t) * H + u0, 0, U * sizeof(float))
+    s0 = 0
+    while s0 < T:
+        n = min(CHUNK_STEPS, T - s0)
+        for b in range(B):
+            L = T if task.lengths == NULL else task.lengths[b]
+            if s0 < L:
+                m = min(n, L - s0)
+                t = L - s0 - m if reverse else s0
+                for g in range(3):
+                    first_panel = (g * H + u0) // GRURT_PANEL
+                    grurt_gemm(m, I, panels, task.x + (<size_t>b * T + t) * I, I,
+                               p.W_panels + first_panel * I * GRURT_PANEL, p.bias + g * H + u0,
+                               xp + <size_t>b * CHUNK_STEPS * G + g * U, G, 0)
+                if m < CHUNK_STEPS:
+                    memset(xp + (<size_t>b * CHUNK_STEPS + m) * G, 0, GRURT_UNIT_BLOCK * sizeof(float))
+        for s in range(s0, s0 + n):
+            cur, nxt = task.states[s % 2], task.states[1 - s % 2]
+            for g in range(3):
+                first_panel = (g * H + u0) // GRURT_PANEL
+                grurt_gemm(B, H, panels, cur, H, p.R_panels + first_panel * H * GRURT_PANEL,
+                           p.R_init + g * H + u0, hr + g * U, G, s % 2)
+            for b in range(B):
+                memcpy(nxt + b * H + u0, cur + b * H + u0, U * sizeof(float))
+                L = T if task.lengths == NULL else task.lengths[b]
+                if s >= L:
+                    continue
+                xrow = xp + (<size_t>b * CHUNK_STEPS + chunk_row(s, s0, L, reverse)) * G
+                grurt_gates_lbr1_fast(U, xrow, hr + b * G, nxt + b * H + u0)
+                if task.y != NULL:
+                    t = L - 1 - s if reverse else s
+                    memcpy(task.y + (<size_t>b * T + t) * H + u0, nxt + b * H + u0, U * sizeof(float))
+            grurt_barrier_wait(task.barrier)     # every unit of the new state is written
+        s0 += CHUNK_STEPS
 
 
 cdef void gru_direction(const LayerPlan* p, int d, int B, int T, const float* x, float* h,
