@@ -329,12 +329,12 @@ def test_activation_layer_matches_reference(kind):
 
 
 @pytest.mark.parametrize("H, direction, return_sequences", [
-    (512, "forward", True), (544, "reverse", True), (1024, "forward", False), (512, "reverse", False)])
+    (1024, "forward", True), (1056, "reverse", True), (1024, "forward", False), (1024, "reverse", False)])
 def test_units_split_over_threads_equal_one_thread(H, direction, return_sequences):
-    """threads > batch and a large one-direction GRU (H >= 512, whole panels of 32 units,
+    """threads > batch and a large one-direction GRU (H >= 1024, whole panels of 32 units,
     sigmoid/tanh, linear_before_reset = 1): each step's units are split over the threads,
     which meet at a barrier per step. Every unit's arithmetic is that of one thread, so
-    outputs and states must be identical (H = 544: 17 panels, split unevenly)."""
+    outputs and states must be identical (H = 1056: 33 panels, split unevenly)."""
     rng = np.random.default_rng([H, len(direction)])
     I, T = 16, 37
     model = grurt.Model(ModelSpec(I, (random_gru(rng, I, H, direction, return_sequences=return_sequences),)))
