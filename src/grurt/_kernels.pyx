@@ -55,30 +55,61 @@ cdef enum:
 
 cdef extern from *:
     """
+    #include <pthread.h>
     #include <sched.h>
-    /* A reusable barrier for the threads of one call; they spin, then yield. */
-    typedef struct { int arrived, generation, parties; } grurt_barrier;
+    /* A reusable barrier for the threads of one call. A thread that arrives early spins for
+     * a few microseconds (the usual wait when the threads have cores of their own), then
+     * sleeps, so that a thread that lost its core to another process can get one back. */
+    typedef struct {
+        int arrived, generation, parties;
+        pthread_mutex_t lock;
+        pthread_cond_t wake;
+    } grurt_barrier;
     static void grurt_barrier_wait(grurt_barrier *b) {
         int generation = __atomic_load_n(&b->generation, __ATOMIC_ACQUIRE);
         if (__atomic_add_fetch(&b->arrived, 1, __ATOMIC_ACQ_REL) == b->parties) {
             __atomic_store_n(&b->arrived, 0, __ATOMIC_RELAXED);
+            pthread_mutex_lock(&b->lock);
             __atomic_store_n(&b->generation, generation + 1, __ATOMIC_RELEASE);
+            pthread_cond_broadcast(&b->wake);
+            pthread_mutex_unlock(&b->lock);
             return;
         }
-        for (int spins = 0; __atomic_load_n(&b->generation, __ATOMIC_ACQUIRE) == generation; ++spins)
-            if (spins > 2000) sched_yield();
+        for (int spins = 0; spins < 200000; ++spins)
+            if (__atomic_load_n(&b->generation, __ATOMIC_ACQUIRE) != generation)
+                return;
+        pthread_mutex_lock(&b->lock);
+        while (__atomic_load_n(&b->generation, __ATOMIC_ACQUIRE) == generation)
+            pthread_cond_wait(&b->wake, &b->lock);
+        pthread_mutex_unlock(&b->lock);
+    }
+    static void grurt_barrier_init(grurt_barrier *b, int parties) {
+        b->arrived = b->generation = 0;
+        b->parties = parties;
+        pthread_mutex_init(&b->lock, NULL);
+        pthread_cond_init(&b->wake, NULL);
+    }
+    static void grurt_barrier_destroy(grurt_barrier *b) {
+        pthread_mutex_destroy(&b->lock);
+        pthread_cond_destroy(&b->wake);
     }
     static inline int grurt_load_acquire(const int *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
     static inline void grurt_store_release(int *p, int v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
     """
     ctypedef struct grurt_barrier:
-        int arrived, generation, parties
+        pass
     void grurt_barrier_wait(grurt_barrier* b) nogil
+    void grurt_barrier_init(grurt_barrier* b, int parties) nogil
+    void grurt_barrier_destroy(grurt_barrier* b) nogil
     int grurt_load_acquire(const int* p) nogil
     void grurt_store_release(int* p, int v) nogil
 
 cdef extern from "<sched.h>" nogil:
     int sched_yield()
+
+cdef extern from "<unistd.h>" nogil:
+    long sysconf(int name)
+    int _SC_NPROCESSORS_ONLN
 
 cdef extern from "<pthread.h>" nogil:
     ctypedef struct pthread_t:
@@ -625,13 +656,17 @@ cdef bint run_units(const LayerPlan* p, int B, int T, const float* x, float* y, 
     """A one-direction GRU with its units split over ``threads`` threads, for batches too
     small to split: each thread computes its units' rows of the products and their gates,
     and the threads meet at a barrier after every step, when the new state is complete.
-    Every unit's arithmetic is the same as on one thread. Returns False, having computed
-    nothing, when a thread cannot be started."""
-    cdef int H = p.H, n = min(threads, H // GRURT_PANEL), t, started = 1, go = 0
+    Every unit's arithmetic is the same as on one thread. At most one thread per online CPU:
+    threads that spin at a barrier must not share cores. Returns False, having computed
+    nothing, when that leaves one thread or a thread cannot be started."""
+    cdef int H = p.H, n = <int>min(<long>min(threads, H // GRURT_PANEL), sysconf(_SC_NPROCESSORS_ONLN))
+    cdef int t, started = 1, go = 0
+    if n < 2:
+        return False
     cdef UnitTask tasks[MAX_THREADS]
     cdef pthread_t handles[MAX_THREADS]
     cdef grurt_barrier barrier
-    barrier.arrived, barrier.generation, barrier.parties = 0, 0, n
+    grurt_barrier_init(&barrier, n)
     # shared: the state before and after a step; then each thread's scratch
     cdef float* states0 = scratch
     cdef float* states1 = states0 + <size_t>B * H
@@ -656,6 +691,7 @@ cdef bint run_units(const LayerPlan* p, int B, int T, const float* x, float* y, 
         gru_units(&tasks[0])
     for t in range(1, started):
         pthread_join(handles[t], NULL)
+    grurt_barrier_destroy(&barrier)
     if started < n:
         return False
     # step s reads states[s % 2] and writes the other one
