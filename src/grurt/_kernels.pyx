@@ -657,8 +657,8 @@ cdef bint run_units(const LayerPlan* p, int B, int T, const float* x, float* y, 
     small to split: each thread computes its units' rows of the products and their gates,
     and the threads meet at a barrier after every step, when the new state is complete.
     Every unit's arithmetic is the same as on one thread. At most one thread per online CPU:
-    threads that spin at a barrier must not share cores. Returns False, having computed
-    nothing, when that leaves one thread or a thread cannot be started."""
+    threads that meet at every step gain nothing from sharing a core. Returns False, having
+    computed nothing, when that leaves one thread or a thread cannot be started."""
     cdef int H = p.H, n = <int>min(<long>min(threads, H // GRURT_PANEL), sysconf(_SC_NPROCESSORS_ONLN))
     cdef int t, started = 1, go = 0
     if n < 2:
