@@ -6,7 +6,7 @@
  * (AVX-512, AVX2+FMA, baseline SSE2) and picked at load time by the dynamic loader
  * (target_clones); the gate pass also exists in AVX2 and AVX-512 intrinsics, and a few
  * products only for AVX-512 (8-row tiles, one pass for H <= 64), chosen at run time by
- * grurt_avx2() / grurt_avx512(); so a wheel built here runs on any x86-64 CPU. Building with
+ * grurt_x86_level(); so a wheel built here runs on any x86-64 CPU. Building with
  * -DGRURT_NO_AVX512 leaves the AVX-512 code out (CI runs the tests on that build too).
  *
  * Accuracy of the fast functions against float64, measured over 1e7 points in [-20, 20]
@@ -225,14 +225,14 @@ __attribute__((target("arch=x86-64-v3"))) static void grurt_gates_lbr1_avx2(
         GRURT_GATE_BLOCK(__m256, GRURT_PS8, grurt_tanh8, _mm256_loadu_ps, _mm256_storeu_ps)
 }
 
-/* whether this CPU runs the AVX2 (x86-64-v3) kernels; cached */
-static int grurt_avx2(void) {
-    static int supported = -1;
-    if (supported < 0) {
+/* the x86-64 level of this CPU: 4 (AVX-512), 3 (AVX2 + FMA) or 0; cached */
+static int grurt_x86_level(void) {
+    static int level = -1;
+    if (level < 0) {
         __builtin_cpu_init();
-        supported = __builtin_cpu_supports("x86-64-v3");
+        level = __builtin_cpu_supports("x86-64-v4") ? 4 : __builtin_cpu_supports("x86-64-v3") ? 3 : 0;
     }
-    return supported;
+    return level;
 }
 #endif
 
@@ -258,27 +258,17 @@ __attribute__((target("arch=x86-64-v4"))) static void grurt_gates_lbr1_avx512(
         GRURT_GATE_BLOCK(__m256, GRURT_PS8, grurt_tanh8, GRURT_MASKED_LOAD8, GRURT_MASKED_STORE8)
     }
 }
-
-/* whether this CPU runs the AVX-512 (x86-64-v4) kernels; cached */
-static int grurt_avx512(void) {
-    static int supported = -1;
-    if (supported < 0) {
-        __builtin_cpu_init();
-        supported = __builtin_cpu_supports("x86-64-v4");
-    }
-    return supported;
-}
 #endif
 
 static void grurt_gates_lbr1_fast(int H, const float *restrict xp, const float *restrict hr, float *restrict h) {
 #ifdef GRURT_X86_AVX512
-    if (grurt_avx512()) {
+    if (grurt_x86_level() >= 4) {
         grurt_gates_lbr1_avx512(H, xp, hr, h);
         return;
     }
 #endif
 #ifdef GRURT_X86_DISPATCH
-    if (grurt_avx2()) {
+    if (grurt_x86_level() >= 3) {
         grurt_gates_lbr1_avx2(H, xp, hr, h);
         return;
     }
@@ -506,7 +496,7 @@ static void grurt_gemm(int rows, int n_in, int n_panels, const float *restrict x
                        const float *restrict packed, const float *restrict init, float *restrict y, int ldy,
                        int backward) {
 #ifdef GRURT_X86_AVX512
-    int avx512 = grurt_avx512();
+    int avx512 = grurt_x86_level() >= 4;
     if (avx512 && rows >= GRURT_AVX512_ROWS) {
         int tiled = rows / GRURT_AVX512_ROWS * GRURT_AVX512_ROWS;
         grurt_gemm_rows8_avx512(tiled, n_in, n_panels, x, ldx, packed, init, y, ldy, backward);
