@@ -90,11 +90,17 @@ def test_keras2_file_matches_reference(x):
     assert np.abs(keras3 - expected).max() > 1e-2
 
 
-def test_keras_version_chooses_hard_sigmoid(tmp_path):
-    path = tmp_path / "as_keras3.h5"
+def edited_copy(tmp_path, edit):
+    """A copy of the Keras 2 file, opened for writing and passed to ``edit``."""
+    path = tmp_path / "edited.h5"
     shutil.copy(KERAS2_FILE, path)
     with h5py.File(path, "r+") as f:
-        f.attrs["keras_version"] = "3.0.0"
+        edit(f)
+    return path
+
+
+def test_keras_version_chooses_hard_sigmoid(tmp_path):
+    path = edited_copy(tmp_path, lambda f: f.attrs.modify("keras_version", "3.0.0"))
     alphas = [grurt.load(p).layers[0].gate_activation.alpha for p in (KERAS2_FILE, path)]
     assert alphas == [pytest.approx(0.2), pytest.approx(1 / 6)]
 
@@ -120,13 +126,20 @@ def test_framework_outputs_refuses_keras2_hard_sigmoid(x):
 # ---- malformed files ----
 
 def copy_with_config(tmp_path, edit):
-    path = tmp_path / "edited.h5"
-    shutil.copy(KERAS2_FILE, path)
-    with h5py.File(path, "r+") as f:
+    """A copy of the Keras 2 file whose layer configs went through ``edit``."""
+    def edit_config(f):
         config = json.loads(f.attrs["model_config"])
         edit(config["config"]["layers"])
         f.attrs["model_config"] = json.dumps(config).encode("utf8")
-    return path
+    return edited_copy(tmp_path, edit_config)
+
+
+def replace_dataset(name, value):
+    """An edit for edited_copy that puts ``value`` in place of the dataset ``name``."""
+    def edit(f):
+        del f[name]
+        f[name] = value
+    return edit
 
 
 def keras_archive(tmp_path, files):
@@ -155,10 +168,7 @@ def test_keras_archive_config_not_json(tmp_path):
 
 
 def test_h5_config_not_json(tmp_path):
-    path = tmp_path / "bad.h5"
-    shutil.copy(KERAS2_FILE, path)
-    with h5py.File(path, "r+") as f:
-        f.attrs["model_config"] = b"{not json"
+    path = edited_copy(tmp_path, lambda f: f.attrs.modify("model_config", b"{not json"))
     with pytest.raises(grurt.ModelFormatError, match="model_config is not JSON"):
         grurt.load(path)
 
@@ -172,21 +182,14 @@ def test_h5_weights_contradict_config(tmp_path):
 
 
 def test_h5_weight_of_wrong_shape(tmp_path):
-    path = tmp_path / "bad.h5"
-    shutil.copy(KERAS2_FILE, path)
-    with h5py.File(path, "r+") as f:
-        del f["model_weights/dense/dense/kernel:0"]
-        f["model_weights/dense/dense/kernel:0"] = np.zeros((4, 2), np.float32)
+    path = edited_copy(tmp_path, replace_dataset("model_weights/dense/dense/kernel:0", np.zeros((4, 2), np.float32)))
     with pytest.raises(grurt.ModelFormatError, match=r"layer 'dense' \(Dense\): kernel has shape \(4, 2\), "
                                                        r"expected \(3, 2\)"):
         grurt.load(path)
 
 
 def test_h5_missing_weights(tmp_path):
-    path = tmp_path / "bad.h5"
-    shutil.copy(KERAS2_FILE, path)
-    with h5py.File(path, "r+") as f:
-        del f["model_weights/gru_1/gru_1/gru_cell/bias:0"]
+    path = edited_copy(tmp_path, lambda f: f.pop("model_weights/gru_1/gru_1/gru_cell/bias:0"))
     with pytest.raises(grurt.ModelFormatError, match="weights of layer 'gru_1' are missing"):
         grurt.load(path)
 
@@ -228,10 +231,6 @@ def test_h5_hostile_layer_config(tmp_path):
 
 
 def test_h5_weight_that_is_not_numeric(tmp_path):
-    path = tmp_path / "bad.h5"
-    shutil.copy(KERAS2_FILE, path)
-    with h5py.File(path, "r+") as f:
-        del f["model_weights/dense/dense/bias:0"]
-        f["model_weights/dense/dense/bias:0"] = np.array([b"a", b"b"])
+    path = edited_copy(tmp_path, replace_dataset("model_weights/dense/dense/bias:0", np.array([b"a", b"b"])))
     with pytest.raises(grurt.ModelFormatError, match="bias:0 is not a numeric dataset"):
         grurt.load(path)
