@@ -16,7 +16,7 @@ from keras import layers  # noqa: E402
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
 import grurt  # noqa: E402
-from grurt.formats.keras import framework_outputs  # noqa: E402
+from grurt.verify import keras_outputs  # noqa: E402
 from grurt.spec import GRU, Merge, Reverse  # noqa: E402
 
 ATOL = 1e-5
@@ -191,8 +191,8 @@ def test_files_load_without_keras(zoo, tmp_path):
 @pytest.mark.parametrize("ext", ["keras", "h5"])
 def test_framework_outputs(zoo, ext):
     _, x, expected, files = zoo["bidirectional_sum"]
-    np.testing.assert_allclose(framework_outputs(files[ext], x), expected, rtol=0, atol=1e-6)
-    single = framework_outputs(files[ext], x[0])
+    np.testing.assert_allclose(keras_outputs(files[ext], x), expected, rtol=0, atol=1e-6)
+    single = keras_outputs(files[ext], x[0])
     assert single.shape == expected[0].shape
     np.testing.assert_allclose(single, expected[0], rtol=0, atol=1e-6)
 

@@ -18,7 +18,7 @@ import pytest
 
 import grurt
 from grurt import reference
-from grurt.formats.keras import framework_outputs
+from grurt.verify import keras_outputs
 from grurt.spec import GRU, Dense, ModelSpec, activation
 
 DATA = Path(__file__).parent / "data"
@@ -120,7 +120,7 @@ def test_script_reproduces_committed_file():
 def test_framework_outputs_refuses_keras2_hard_sigmoid(x):
     pytest.importorskip("keras")
     with pytest.raises(ImportError, match="saved by Keras 2.12.0 and uses hard_sigmoid"):
-        framework_outputs(KERAS2_FILE, x)
+        keras_outputs(KERAS2_FILE, x)
 
 
 # ---- malformed files ----

@@ -16,7 +16,8 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 import grurt  # noqa: E402
 from grurt import reference  # noqa: E402
 from grurt.errors import ModelFormatError, UnsupportedModelError  # noqa: E402
-from grurt.formats.onnx import framework_outputs, load_onnx  # noqa: E402
+from grurt.importers.onnx import load_onnx  # noqa: E402
+from grurt.verify import onnx_outputs  # noqa: E402
 from grurt.spec import GRU, Activation, Dense, LastStep, Reverse, Scale, activation  # noqa: E402
 
 ATOL = 1e-5
@@ -285,7 +286,7 @@ def test_time_major_graph_with_layers_around_the_gru(tmp_path):
     x = data()
     (expected,) = run_ort(path, X=x.transpose(1, 0, 2))
     assert_close(model.run(x), expected.transpose(1, 0, 2))
-    assert_close(framework_outputs(path, x), expected.transpose(1, 0, 2))
+    assert_close(onnx_outputs(path, x), expected.transpose(1, 0, 2))
 
 
 def test_final_state_feeds_the_head(tmp_path):
@@ -396,8 +397,8 @@ def test_streaming_graph_with_state_input_and_output(tmp_path):
     out, states = model.run(x, initial_state=[state[:1], state[1:]], return_state=True)
     assert_close(out, expected.transpose(1, 0, 2))
     assert_close(np.concatenate(states), expected_state)
-    # framework_outputs maps the same way
-    ort_out, ort_states = framework_outputs(path, x, initial_state=[state[:1], state[1:]], return_state=True)
+    # onnx_outputs maps the same way
+    ort_out, ort_states = onnx_outputs(path, x, initial_state=[state[:1], state[1:]], return_state=True)
     assert_close(ort_out, expected.transpose(1, 0, 2))
     assert_close(np.concatenate(ort_states), expected_state)
 

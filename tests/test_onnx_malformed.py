@@ -9,7 +9,7 @@ onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from grurt.errors import ModelFormatError, UnsupportedModelError  # noqa: E402
-from grurt.formats.onnx import load_onnx  # noqa: E402
+from grurt.importers.onnx import load_onnx  # noqa: E402
 
 H, I = 4, 3
 

@@ -18,7 +18,8 @@ pytest.importorskip("onnxscript")
 
 from torch import nn  # noqa: E402
 
-from grurt.formats.onnx import framework_outputs, load_onnx  # noqa: E402
+from grurt.importers.onnx import load_onnx  # noqa: E402
+from grurt.verify import onnx_outputs  # noqa: E402
 from grurt.spec import GRU, Activation, Dense, LastStep  # noqa: E402
 
 ATOL = 1e-5
@@ -162,7 +163,7 @@ def test_exported_model_matches_torch_and_onnxruntime(exported, name, exporter):
         expected = module(x).numpy()
     np.testing.assert_allclose(model.run(batch_first(name, x)), expected, rtol=0, atol=ATOL)
     (x,) = example_inputs(name, module, *onnxruntime_size(path), seed=1)
-    np.testing.assert_allclose(model.run(batch_first(name, x)), framework_outputs(path, batch_first(name, x)),
+    np.testing.assert_allclose(model.run(batch_first(name, x)), onnx_outputs(path, batch_first(name, x)),
                                rtol=0, atol=ATOL)
 
 
@@ -193,8 +194,8 @@ def test_streaming_export_maps_state_input_and_output(exported, exporter):
     np.testing.assert_allclose(np.concatenate(states), expected_h, rtol=0, atol=ATOL)
     x, h0 = example_inputs("streaming", module, *onnxruntime_size(path), seed=2)
     out, states = model.run(x.numpy(), initial_state=list(h0.numpy()[:, None]), return_state=True)
-    ort_out, ort_states = framework_outputs(path, x.numpy(), initial_state=list(h0.numpy()[:, None]),
-                                            return_state=True)
+    ort_out, ort_states = onnx_outputs(path, x.numpy(), initial_state=list(h0.numpy()[:, None]),
+                                       return_state=True)
     np.testing.assert_allclose(out, ort_out, rtol=0, atol=ATOL)
     np.testing.assert_allclose(np.concatenate(states), np.concatenate(ort_states), rtol=0, atol=ATOL)
 
@@ -203,7 +204,7 @@ def test_framework_outputs_is_onnxruntime_reshaped(exported):
     module, path = exported["no_bias", "legacy"]
     (x,) = example_inputs("no_bias", module, *RUN_SIZE, seed=3)
     (raw,) = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, {"x": x.numpy()})
-    np.testing.assert_array_equal(framework_outputs(path, batch_first("no_bias", x)), raw)
+    np.testing.assert_array_equal(onnx_outputs(path, batch_first("no_bias", x)), raw)
 
 
 def test_static_dynamo_export(tmp_path):
@@ -241,4 +242,4 @@ def test_dynamo_export_without_linear_before_reset_warns(exported, tmp_path):
         expected = module(x).numpy()
     # the file is wrong (it is not the torch model) and grurt reads it as written, like onnxruntime
     assert np.abs(model.run(x.numpy()) - expected).max() > 1e-3
-    np.testing.assert_allclose(model.run(x.numpy()), framework_outputs(broken_path, x.numpy()), rtol=0, atol=ATOL)
+    np.testing.assert_allclose(model.run(x.numpy()), onnx_outputs(broken_path, x.numpy()), rtol=0, atol=ATOL)

@@ -6,11 +6,13 @@
 """
 __version__ = "0.1.0"
 
+from . import reference
 from .errors import GrurtError, InputError, ModelFormatError, UnsupportedModelError
-from .export import from_keras, from_torch
 from .formats import load, save
+from .importers.keras import from_keras
+from .importers.torch import from_torch
 from .model import Model
 from .spec import ModelSpec
 
 __all__ = ["load", "save", "from_torch", "from_keras", "Model", "ModelSpec", "GrurtError", "InputError",
-           "ModelFormatError", "UnsupportedModelError", "__version__"]
+           "ModelFormatError", "UnsupportedModelError", "reference", "__version__"]

@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 
-from . import __version__
+from . import __version__, verify
 from .errors import GrurtError
 from .formats import load, read_header, save
 
@@ -84,15 +84,13 @@ def _framework_outputs(source: str, seq: np.ndarray):
     suffix = os.path.splitext(source)[1].lower()
     try:
         if suffix == ".onnx":
-            from .formats.onnx import framework_outputs
-            output, states = framework_outputs(source, seq, return_state=True)
+            output, states = verify.onnx_outputs(source, seq, return_state=True)
             named = {f"state[{k}]": state for k, state in enumerate(states) if state is not None}
             return "onnxruntime", {"output": output, **named}
         if suffix in (".keras", ".h5", ".hdf5"):
-            from .formats.keras import framework_outputs
-            return "keras", {"output": framework_outputs(source, seq)}
+            return "keras", {"output": verify.keras_outputs(source, seq)}
         if suffix in (".pt", ".pth"):
-            return "torch", {"output": _torchscript_outputs(source, seq)}
+            return "torch", {"output": verify.torchscript_outputs(source, seq)}
     except ImportError as exc:
         raise CommandError(f"the framework to check against is not installed ({exc})") from None
     raise CommandError(f"cannot check against {source}: expected .onnx, .keras, .h5 or a TorchScript .pt file")
@@ -108,17 +106,6 @@ def _max_errors(model, seq, expected: dict) -> dict:
             raise CommandError(f"{name} shapes differ: grurt {got[name].shape}, source {np.shape(want)}")
         errors[name] = float(np.abs(got[name] - want).max())
     return errors
-
-
-def _torchscript_outputs(path: str, seq: np.ndarray) -> np.ndarray:
-    import torch
-
-    module = torch.jit.load(path, map_location="cpu")   # TorchScript: no arbitrary unpickling
-    with torch.no_grad():
-        out = module(torch.from_numpy(seq))
-    if isinstance(out, (tuple, list)):
-        out = out[0]
-    return out.numpy()
 
 
 def cmd_convert(args) -> None:

@@ -1,8 +1,8 @@
 """The canonical model: frozen dataclasses for layers and models, and their validation.
 
 Every importer translates into these classes and nothing downstream knows which
-framework a model came from. The GRU follows the ONNX ``GRU`` operator: gate order
-z, r, h; per direction ``W [3H, I]``, ``R [3H, H]``, ``B [6H] = [Wb_z Wb_r Wb_h Rb_z Rb_r Rb_h]``::
+framework a model came from. The GRU: gate order z, r, h (update, reset, candidate);
+per direction ``W [3H, I]``, ``R [3H, H]``, ``B [6H] = [Wb_z Wb_r Wb_h Rb_z Rb_r Rb_h]``::
 
     z  = f(x·Wzᵀ + h·Rzᵀ + Wbz + Rbz)
     r  = f(x·Wrᵀ + h·Rrᵀ + Wbr + Rbr)
@@ -49,7 +49,7 @@ DIRECTIONS = ("forward", "reverse", "bidirectional")
 
 @dataclass(frozen=True)
 class ActivationFunction:
-    """An elementwise function (or softmax) with its ONNX-style ``alpha``/``beta``."""
+    """An elementwise function (or softmax) with its ``alpha``/``beta`` (see ACTIVATION_DEFAULTS)."""
 
     kind: str
     alpha: Optional[float] = None
@@ -78,7 +78,7 @@ class ActivationFunction:
 
 
 def activation(kind: str, alpha: Optional[float] = None, beta: Optional[float] = None) -> ActivationFunction:
-    """Shorthand for :class:`ActivationFunction`; unset alpha/beta take the ONNX defaults."""
+    """Shorthand for :class:`ActivationFunction`; unset alpha/beta take the defaults in ACTIVATION_DEFAULTS."""
     return ActivationFunction(kind, alpha, beta)
 
 
@@ -119,7 +119,7 @@ def _elementwise(owner: str, fn) -> ActivationFunction:
 
 @dataclass(frozen=True, eq=False)
 class GRU:
-    """A GRU layer in ONNX conventions. Arrays have a leading direction axis D (1 or 2).
+    """A GRU layer (the equations at the top of this module). Arrays have a leading direction axis D (1 or 2).
 
     ``W`` is (D, 3H, I), ``R`` is (D, 3H, H), ``B`` is (D, 6H); for a bidirectional
     layer index 0 is the forward and index 1 the reverse direction.
@@ -271,7 +271,7 @@ MERGE_MODES = ("sum", "ave", "mul")
 @dataclass(frozen=True, eq=False)
 class Merge:
     """Combines the two halves of the features (a bidirectional GRU's directions) elementwise:
-    (…, 2F) → (…, F) by ``sum``, ``ave`` (mean) or ``mul`` (product), as Keras ``Bidirectional`` merges."""
+    (…, 2F) → (…, F) by ``sum``, ``ave`` (mean) or ``mul`` (product)."""
 
     mode: str
 
@@ -300,7 +300,7 @@ SEQUENCE_ONLY = (GRU, Reverse, LastStep)
 class ModelSpec:
     """The input feature count and an ordered list of layers, validated on construction.
 
-    ``mask_value`` (Keras ``Masking``): time steps whose features all equal it are padding;
+    ``mask_value``: time steps whose features all equal it are padding;
     ``run`` then derives each sequence's length from its trailing padding.
     """
 

@@ -1,4 +1,5 @@
-"""Model files: grurt's .npz format, ONNX and Keras, chosen by file extension."""
+"""Model files, chosen by file extension: grurt's own .npz format (:mod:`.npz`), and the ONNX and
+Keras files their importers read (:mod:`grurt.importers`)."""
 from __future__ import annotations
 
 import os
@@ -18,9 +19,9 @@ def load(path, **options):
     if suffix == ".npz":
         return load_npz(path, **options)
     if suffix == ".onnx":
-        from .onnx import load_onnx
+        from ..importers.onnx import load_onnx
         return load_onnx(path, **options)
     if suffix in (".keras", ".h5", ".hdf5"):
-        from .keras import load_keras
+        from ..importers.keras import load_keras
         return load_keras(path, **options)
     raise UnsupportedModelError(f"{path}: unknown model file type {suffix!r}; expected .npz, .onnx, .keras or .h5")

@@ -13,12 +13,12 @@ import zlib
 import numpy as np
 
 from ..errors import GrurtError, ModelFormatError, UnsupportedModelError
+from ..limits import MAX_HEADER_BYTES, MAX_PARAMETERS
 from ..spec import GRU, Activation, ActivationFunction, Dense, LastStep, Merge, ModelSpec, Reverse, Scale
 
 FORMAT_NAME = "grurt"
 FORMAT_VERSION = (1, 0)
 HEADER_KEY = "header"
-_MAX_HEADER_BYTES = 1 << 20
 
 _ARRAYS = {GRU: ("W", "R", "B"), Dense: ("W", "b"), Scale: ("a", "c")}
 _HEADER_FIELDS = {"format", "format_version", "producer", "input_size", "layers", "mask_value", "metadata"}
@@ -107,9 +107,9 @@ def _read_header(archive: zipfile.ZipFile) -> dict:
     name = HEADER_KEY + ".npy"
     _expect(name in archive.namelist(), "not a grurt model: the archive has no 'header' entry")
     info = archive.getinfo(name)
-    _expect(info.file_size <= _MAX_HEADER_BYTES, f"header entry is implausibly large ({info.file_size} bytes)")
+    _expect(info.file_size <= MAX_HEADER_BYTES, f"header entry is implausibly large ({info.file_size} bytes)")
     with archive.open(name) as handle:
-        raw = handle.read(_MAX_HEADER_BYTES + 1)
+        raw = handle.read(MAX_HEADER_BYTES + 1)
     try:
         array = np.load(io.BytesIO(raw), allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
@@ -214,11 +214,6 @@ def _layer_from_json(archive, entry, index, features, budget):
     if kind == "Merge":
         return Merge(entry.get("mode"))
     return Reverse() if kind == "Reverse" else LastStep()
-
-
-#: Parameters one file may declare in all (1 GiB of float32): a few-MB compressed archive of
-#: zeros must not make load() allocate gigabytes.
-MAX_PARAMETERS = 2**28
 
 
 def _check_budget(count, budget, where):

@@ -1,14 +1,39 @@
-"""Live framework objects → grurt models. Frameworks are imported lazily."""
-from __future__ import annotations
+"""Live ``torch.nn`` modules → grurt: :func:`from_torch`. The one place that knows PyTorch's conventions.
 
-import sys
+==========================  ==========================================  ==========================================
+                            PyTorch                                     grurt (:mod:`grurt.spec`)
+==========================  ==========================================  ==========================================
+GRU gate order              r, z, n                                     z, r, h: the first two blocks swap
+reset position              always after the recurrent product          ``linear_before_reset=True``
+GRU weights                 ``weight_ih_l{k}`` (3H, I),                 ``W`` (D, 3H, I), ``R`` (D, 3H, H);
+                            ``weight_hh_l{k}`` (3H, H); ``_reverse``    direction 0 forward, 1 reverse
+                            suffix for the backward direction
+GRU biases                  two (3H,) vectors ``bias_ih_l{k}``,         ``B`` (D, 6H) = [input bias, recurrent
+                            ``bias_hh_l{k}``; none with ``bias=False``  bias], zeros when there are none
+GRU activations             sigmoid (gates), tanh (candidate), fixed    the defaults
+``num_layers``              stacked layers in one module                one GRU layer each
+``dropout``                 between layers, training only               ignored
+``proj_size``               projects the output                         refused
+input layout                (T, B, I), or (B, T, I) with batch_first    always (B, T, I)
+``h_n``                     (L·D, B, H): layer 0 fwd, layer 0 bwd,      one (D, B, H) state per GRU layer
+                            layer 1 fwd, ...
+``Linear``                  ``weight`` (out, in), ``bias`` (out,)       ``Dense`` W (out, in), b (out,)
+``Hardsigmoid``             relu6(x + 3) / 6 = clip(x/6 + 1/2, 0, 1)    ``hard_sigmoid`` α = 1/6, β = 0.5
+``LeakyReLU``, ``ELU``      ``negative_slope`` (0.01), ``alpha`` (1.0)  α
+``Softmax(dim=None)``       dim 0 (the batch!) on (B, T, F)             only the last axis is accepted
+``Dropout``, ``Flatten``    no-ops at inference (Flatten of (B, F))     nothing
+==========================  ==========================================  ==========================================
+
+torch is imported lazily, by :func:`from_torch` itself.
+"""
+from __future__ import annotations
 
 import numpy as np
 
-from .convert import torch_gru_direction, with_scalers
-from .errors import UnsupportedModelError
-from .model import Model
-from .spec import GRU, Activation, Dense, LastStep, ModelSpec, activation
+from ..errors import UnsupportedModelError
+from ..model import Model
+from ..spec import GRU, Activation, Dense, LastStep, ModelSpec, activation
+from .scalers import with_scalers
 
 # torch.nn activation modules -> (grurt kind, attribute holding alpha or None)
 _TORCH_ACTIVATIONS = {
@@ -21,6 +46,22 @@ _TORCH_NO_OPS = ("Dropout", "Flatten")
 
 def _numpy(tensor) -> np.ndarray:
     return tensor.detach().cpu().float().numpy()
+
+
+def reorder_rzn_to_zrh(a: np.ndarray) -> np.ndarray:
+    """Swap the first two gate blocks of a (3H, ...) array: PyTorch's r, z, n → z, r, h."""
+    r, z, n = np.split(np.asarray(a), 3, axis=0)
+    return np.concatenate([z, r, n], axis=0)
+
+
+def torch_gru_direction(weight_ih, weight_hh, bias_ih=None, bias_hh=None):
+    """One direction of a PyTorch GRU → (W [3H, I], R [3H, H], B [6H]) in grurt's order."""
+    W = reorder_rzn_to_zrh(weight_ih)
+    R = reorder_rzn_to_zrh(weight_hh)
+    hidden3 = W.shape[0]
+    Wb = np.zeros(hidden3, np.float32) if bias_ih is None else reorder_rzn_to_zrh(bias_ih)
+    Rb = np.zeros(hidden3, np.float32) if bias_hh is None else reorder_rzn_to_zrh(bias_hh)
+    return W, R, np.concatenate([Wb, Rb])
 
 
 def _torch_gru(module) -> list:
@@ -106,26 +147,3 @@ def _first_input(layers) -> int:
         return first.input_size
     raise UnsupportedModelError("the first module must be nn.GRU or nn.Linear so that the input size is known")
 
-
-def from_keras(model, input_scaler=None, output_scaler=None) -> Model:
-    """Convert a live Keras model (Keras 3 on any backend, or tf.keras 2) to a Model.
-
-    The model is a Sequential or functional chain of the layers listed in docs/keras.md.
-    ``input_scaler``/``output_scaler``: fitted scikit-learn MinMaxScaler or StandardScaler,
-    folded in so that the Model takes raw input and returns outputs in real units.
-    """
-    from .formats.keras import spec_from_keras
-
-    if not hasattr(model, "layers") or not hasattr(model, "get_config"):
-        raise UnsupportedModelError(f"expected a Keras Sequential or functional model, got {type(model).__name__}")
-    try:
-        config = model.get_config()
-    except NotImplementedError:
-        raise UnsupportedModelError(f"{type(model).__name__} has no config (a subclassed model?); "
-                                    "grurt reads Sequential and functional models") from None
-    # the same (config, weights, version) triple the file readers produce
-    weights = {layer.name: [np.asarray(w) for w in layer.get_weights()] for layer in model.layers}
-    package = sys.modules.get(type(model).__module__.partition(".")[0])
-    spec = spec_from_keras({"class_name": type(model).__name__, "config": config}, weights,
-                           getattr(package, "__version__", "3"))
-    return Model(with_scalers(spec, input_scaler, output_scaler))

@@ -1,40 +1,96 @@
-"""Keras models → grurt. See docs/keras.md.
+"""Keras models → grurt: :func:`from_keras`, :func:`load_keras`. The one place that knows Keras's conventions.
 
-Three sources meet in one translation. The ``.keras`` archive (Keras 3, and Keras ≥ 2.13)
-and the legacy HDF5 file (Keras 2 and 3) are read with h5py alone, without importing keras
-or tensorflow; :func:`grurt.from_keras` reads a live model. Each produces the same triple:
+See docs/keras.md. Three sources meet in one translation. The ``.keras`` archive (Keras 3,
+and Keras ≥ 2.13) and the legacy HDF5 file (Keras 2 and 3) are read with h5py alone,
+without importing keras or tensorflow; :func:`from_keras` reads a live model. Each produces
+the same triple:
 
 * the model config, ``{"class_name": ..., "config": ...}`` as Keras serialises it;
 * each layer's weights keyed by layer name, in ``layer.get_weights()`` order;
 * the Keras version that saved it (``hard_sigmoid`` differs between Keras 2 and 3);
 
 and :func:`spec_from_keras` turns that into a :class:`~grurt.spec.ModelSpec`.
+
+=========================  ===============================  =========================  ===========================
+                           Keras 3                          Keras 2 / tf.keras         grurt (:mod:`grurt.spec`)
+=========================  ===============================  =========================  ===========================
+GRU gate order             z, r, h                          z, r, h                    z, r, h (unchanged)
+GRU weights                ``kernel`` (I, 3H),              same                       transposed: ``W`` (3H, I),
+                           ``recurrent_kernel`` (H, 3H)                                ``R`` (3H, H)
+reset position             ``reset_after``, default True    tf.keras 2: True;          ``linear_before_reset``
+                                                            Keras ≤ 2.2: False
+GRU bias                   (2, 3H) [input; recurrent] with  same                       ``B`` (6H): the two rows, or
+                           ``reset_after``, else (3H,)                                 [bias, 0]
+gate activation            ``recurrent_activation``,        sigmoid (Keras ≤ 2.2.5:    ``gate_activation``
+                           default sigmoid                  hard_sigmoid)
+candidate activation       ``activation``, default tanh     same                       ``candidate_activation``
+``hard_sigmoid``           clip(x/6 + 0.5, 0, 1)            clip(0.2·x + 0.5, 0, 1)    α = 1/6 or 0.2, β = 0.5
+``leaky_relu``             negative slope 0.2               same                       α = 0.2
+``go_backwards``           returns the sequence in          same                       reverse GRU + ``Reverse``
+                           reversed time order
+``Bidirectional``          flips the backward output        same                       bidirectional GRU (concat)
+                           back; ``merge_mode`` concat                                 + ``Merge``; None refused
+                           (default), sum, ave, mul, None
+``Masking``                all-equal ``mask_value`` steps   same                       ``mask_value``: trailing
+                           are skipped, state carried                                  padding gives the lengths
+                                                                                       (first layer only)
+``Dense``                  ``kernel`` (I, out), ``bias``    same                       ``W`` (out, I) transposed
+``BatchNormalization``     epsilon 1e-3; [γ, β, mean, var]  same                       ``Scale``
+                           (γ/β absent without
+                           ``scale``/``center``)
+``Normalization``          (x − mean) / max(√var, 1e-7)     same                       ``Scale``
+input layout               (B, T, I)                        (B, T, I)                  (B, T, I)
+=========================  ===============================  =========================  ===========================
+
+Dropout, SpatialDropout1D, GaussianNoise, GaussianDropout and AlphaDropout do nothing at
+inference.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
+import sys
 import zipfile
 from dataclasses import dataclass
 
 import numpy as np
 
-from ..convert import batchnorm_affine, keras_activation, keras_gru_direction, with_scalers
 from ..errors import GrurtError, ModelFormatError, UnsupportedModelError
-from ..spec import GRU, MERGE_MODES, Activation, Dense, Merge, ModelSpec, Reverse, Scale
+from ..limits import MAX_JSON_BYTES, MAX_PARAMETERS
+from ..model import Model
+from ..spec import GRU, MERGE_MODES, Activation, ActivationFunction, Dense, Merge, ModelSpec, Reverse, Scale, activation
+from .scalers import with_scalers
 
-_MAX_JSON_BYTES = 64 << 20
-_MAX_WEIGHT_ELEMENTS = 1 << 28   # 1 GiB of float32 in one array
 #: Layers that do nothing at inference.
 _NO_OPS = ("Dropout", "SpatialDropout1D", "GaussianNoise", "GaussianDropout", "AlphaDropout")
 
 
+def from_keras(model, input_scaler=None, output_scaler=None) -> Model:
+    """Convert a live Keras model (Keras 3 on any backend, or tf.keras 2) to a Model.
+
+    The model is a Sequential or functional chain of the layers listed in docs/keras.md.
+    ``input_scaler``/``output_scaler``: fitted scikit-learn MinMaxScaler or StandardScaler,
+    folded in so that the Model takes raw input and returns outputs in real units.
+    """
+
+    if not hasattr(model, "layers") or not hasattr(model, "get_config"):
+        raise UnsupportedModelError(f"expected a Keras Sequential or functional model, got {type(model).__name__}")
+    try:
+        config = model.get_config()
+    except NotImplementedError:
+        raise UnsupportedModelError(f"{type(model).__name__} has no config (a subclassed model?); "
+                                    "grurt reads Sequential and functional models") from None
+    # the same (config, weights, version) triple the file readers produce
+    weights = {layer.name: [np.asarray(w) for w in layer.get_weights()] for layer in model.layers}
+    package = sys.modules.get(type(model).__module__.partition(".")[0])
+    spec = spec_from_keras({"class_name": type(model).__name__, "config": config}, weights,
+                           getattr(package, "__version__", "3"))
+    return Model(with_scalers(spec, input_scaler, output_scaler))
+
+
 def load_keras(path, input_scaler=None, output_scaler=None):
     """Load a ``.keras`` or ``.h5`` Keras model file as a Model; scalers as in :func:`grurt.from_keras`."""
-    from ..model import Model
-
     spec = spec_from_keras(*read_keras(path))
     return Model(with_scalers(spec, input_scaler, output_scaler))
 
@@ -74,8 +130,8 @@ def _read_archive(path, h5py):
 
 
 def _archive_member(archive, name) -> bytes:
-    if archive.getinfo(name).file_size > _MAX_JSON_BYTES:
-        raise ModelFormatError(f"{name} is larger than {_MAX_JSON_BYTES >> 20} MiB")
+    if archive.getinfo(name).file_size > MAX_JSON_BYTES:
+        raise ModelFormatError(f"{name} is larger than {MAX_JSON_BYTES >> 20} MiB")
     return archive.read(name)
 
 
@@ -129,8 +185,8 @@ def _array(node, where) -> np.ndarray:
     """A weight dataset, its size checked before it is read (the file may be hostile)."""
     if not hasattr(node, "dtype") or node.dtype.kind not in "fiu":
         raise ModelFormatError(f"{where}: {node.name} is not a numeric dataset")
-    if node.size > _MAX_WEIGHT_ELEMENTS:
-        raise ModelFormatError(f"{where}: {node.name} has {node.size} elements, more than {_MAX_WEIGHT_ELEMENTS}")
+    if node.size > MAX_PARAMETERS:
+        raise ModelFormatError(f"{where}: {node.name} has {node.size} elements, more than {MAX_PARAMETERS}")
     return node[()]
 
 
@@ -231,6 +287,52 @@ def _batch_shape(layer):
 
 def _shape(value):
     return value if isinstance(value, (list, tuple)) else None
+
+
+# ---- Keras's GRU, activations and batch normalisation ----
+
+def keras_gru_direction(kernel, recurrent_kernel, bias=None, reset_after=True):
+    """One direction of a Keras GRU → (W [3H, I], R [3H, H], B [6H]) in ONNX order.
+
+    Keras already orders the gates z, r, h but stores kernels transposed, (I, 3H) and
+    (H, 3H). With ``reset_after`` the bias is (2, 3H), input then recurrent (ONNX
+    ``linear_before_reset = 1``); without it a single (3H,) input bias, so ``Rb = 0``.
+    """
+    W = np.asarray(kernel).T
+    R = np.asarray(recurrent_kernel).T
+    hidden3 = W.shape[0]
+    if bias is None:
+        return W, R, np.zeros(2 * hidden3, np.float32)
+    bias = np.asarray(bias)
+    B = bias.reshape(-1) if reset_after else np.concatenate([bias, np.zeros(hidden3, bias.dtype)])
+    return W, R, B
+
+
+# Keras activation names grurt computes, with their Keras arguments where grurt's default differs
+_KERAS_ACTIVATIONS = {"linear": (), "sigmoid": (), "tanh": (), "relu": (), "softsign": (), "softplus": (),
+                      "softmax": (), "elu": (), "leaky_relu": (0.2,)}
+
+
+def keras_activation(name, keras_major: int) -> ActivationFunction:
+    """A Keras activation name → ActivationFunction. ``hard_sigmoid`` changed formula in Keras 3:
+    clip(x/6 + 0.5, 0, 1), where Keras 2 computes clip(0.2·x + 0.5, 0, 1)."""
+    if name == "hard_sigmoid":
+        return activation("hard_sigmoid", 1 / 6 if keras_major >= 3 else 0.2, 0.5)
+    if name is None:
+        return activation("linear")
+    if isinstance(name, str) and name in _KERAS_ACTIVATIONS:
+        return activation(name, *_KERAS_ACTIVATIONS[name])
+    raise UnsupportedModelError(f"unsupported Keras activation {name!r}; grurt computes "
+                                f"{', '.join(_KERAS_ACTIVATIONS)} and hard_sigmoid")
+
+
+def batchnorm_affine(mean, variance, epsilon, gamma=None, beta=None):
+    """Inference-time batch normalisation ``(x − mean)/√(var + ε)·γ + β`` as ``x·a + c``."""
+    a = 1.0 / np.sqrt(np.asarray(variance, np.float64) + epsilon)
+    if gamma is not None:
+        a = a * gamma
+    c = -np.asarray(mean, np.float64) * a
+    return a, c if beta is None else c + beta
 
 
 # ---- layers ----
@@ -443,31 +545,3 @@ def _first_dimension(chain, weights):
         if arrays and np.ndim(arrays[0]):
             return int(np.shape(arrays[0])[0])
     return None
-
-
-def framework_outputs(path, seq):
-    """``model.predict(seq)`` computed by Keras itself, shaped as :meth:`grurt.Model.run` returns it.
-
-    Imports Keras lazily (with the torch or jax backend when TensorFlow is absent). A file saved
-    by Keras 2 is run by tf_keras when installed; without it, one that uses ``hard_sigmoid``
-    raises ImportError rather than be checked against Keras 3's different numbers.
-    """
-    path = os.fspath(path)
-    config, _, version = read_keras(path)
-    if "KERAS_BACKEND" not in os.environ and importlib.util.find_spec("tensorflow") is None:
-        for backend in ("torch", "jax"):
-            if importlib.util.find_spec(backend):
-                os.environ["KERAS_BACKEND"] = backend
-                break
-    if _major(version) < 3 and importlib.util.find_spec("tf_keras"):
-        import tf_keras as keras
-    else:
-        import keras
-    if _major(version) < _major(keras.__version__) and "hard_sigmoid" in json.dumps(config):
-        raise ImportError(f"{path} was saved by Keras {version} and uses hard_sigmoid, which Keras "
-                          f"{keras.__version__} computes differently (x/6 + 0.5, not 0.2·x + 0.5): "
-                          "checking it needs tf_keras")
-    model = keras.models.load_model(path, compile=False)
-    x = np.asarray(seq, np.float32)
-    out = np.asarray(model.predict(x[None] if x.ndim == 2 else x, verbose=0), np.float32)
-    return out[0] if x.ndim == 2 else out

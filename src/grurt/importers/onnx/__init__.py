@@ -1,0 +1,123 @@
+"""ONNX files → grurt: :func:`load_onnx`. The one place that knows ONNX's conventions. See docs/onnx.md.
+
+The file is read (:mod:`.proto`), then interpreted symbolically at small probe sizes of its
+dynamic dimensions (:mod:`.graph`, with the operators of :mod:`.ops` and :mod:`.gru`): the
+result is the canonical layer chain and where each graph input and output maps to.
+
+======================  ============================================================  ===========================
+                        ONNX                                                          grurt (:mod:`grurt.spec`)
+======================  ============================================================  ===========================
+GRU gate order          z, r, h                                                       z, r, h
+GRU weights             ``W`` (D, 3H, I), ``R`` (D, 3H, H), ``B`` (D, 6H) = [Wb, Rb]  the same arrays
+reset position          ``linear_before_reset``, default 0                            ``linear_before_reset``
+GRU activations         f, g per direction (default Sigmoid, Tanh), alpha/beta        the same; both directions
+                        lists; ``clip`` clamps their inputs                           must agree
+``HardSigmoid``         clip(α·x + β, 0, 1), α = 0.2, β = 0.5 by default              ``hard_sigmoid``
+``LeakyRelu``, ``Elu``  α = 0.01, α = 1.0 by default                                  α
+sequence layout         GRU ``layout`` 0: (T, B, I); 1: (B, T, I) (valid ONNX that    always (B, T, I)
+                        onnxruntime refuses)
+``Gemm``                α·A'·B' + β·C, ``transA``/``transB``                          ``Dense`` W = α·B'ᵀ
+``MatMul``              x·W with W (in, out)                                          ``Dense`` W = Wᵀ
+``Softmax``             opset ≥ 13: one ``axis`` (default −1); before: the axes       softmax over the features
+                        from ``axis`` (default 1) on, flattened
+``Clip``                ``min``/``max`` attributes (opset < 11), inputs after         relu / hard_sigmoid, Scale
+``Slice``               ``starts``/``ends``/``axes`` attributes (opset < 10),         —
+                        inputs after
+``Div``                 integer division truncates                                    —
+operator sets           default domain ("" or "ai.onnx"), opsets 7 to 22              —
+======================  ============================================================  ===========================
+
+A file that loads but probably does not mean what its author meant warns (:func:`_warn`):
+a PyTorch export with ``linear_before_reset=0`` (torch.onnx.export(dynamo=True) with
+onnxscript older than 0.7.1), and a graph that reads step T−1 of sequences given lengths.
+"""
+from __future__ import annotations
+
+import warnings
+
+from ...errors import GrurtError, InputError, ModelFormatError, UnsupportedModelError
+from ...model import Model
+from ...spec import LastStep
+from .graph import _Mismatch
+from .gru import _GRUOp
+from .ops import _Ops
+from .proto import _open
+
+
+class _Importer(_GRUOp, _Ops):
+    """The interpreter with every operator's handler."""
+
+    ATTRIBUTES = {**_Ops.ATTRIBUTES, **_GRUOp.ATTRIBUTES}
+
+
+# ---- driving: probe sizes, unifying dims ----
+
+def _interpret(source, fixed=None, probe=0):
+    """Interpret the graph with dims from ``fixed`` (param -> size) and probe sizes for the others.
+
+    Dims that must agree (a state input's batch and the sequence's) are unified by retrying.
+    """
+    fixed = dict(fixed or {})
+    params = []
+    for _, _, dims in source.inputs:
+        params += [d for d in dims if isinstance(d, str) and d not in params]
+    links = {}
+    while True:
+        sizes = {}
+        for index, param in enumerate(params):
+            sizes[param] = fixed.get(param, (3, 5)[probe] + index)
+        for param, target in links.items():
+            sizes[param] = sizes[target] if isinstance(target, str) else target
+        try:
+            return _Importer(source, sizes).run()
+        except _Mismatch as mismatch:
+            got = [p for p in params if sizes[p] == mismatch.got and p not in links and p not in fixed]
+            expected = [p for p in params if sizes[p] == mismatch.expected]
+            if got:
+                links.update({p: expected[0] if expected else mismatch.expected for p in got})
+            elif expected and not set(expected) & set(fixed):
+                links.update({p: mismatch.got for p in expected})
+            else:   # the graph cannot run the batch size asked for, or contradicts itself
+                raise (InputError if set(expected) & set(fixed) else ModelFormatError)(str(mismatch)) from None
+
+
+def _import(path):
+    source = _open(path)
+    result = _interpret(source)
+    if source.dynamic:
+        try:
+            other = _interpret(source, probe=1)
+        except GrurtError as exc:
+            raise UnsupportedModelError(f"the graph works only for some input sizes: {exc}") from None
+        if other.signature() != result.signature():
+            raise UnsupportedModelError("the graph means a different model for different input sizes "
+                                        "(e.g. a hard-coded time index or batch size)")
+    return source, result
+
+
+def _warn(model, result):
+    """Files that load but probably do not mean what their author meant."""
+    # PyTorch's GRU always resets after the recurrent product: a PyTorch file with
+    # linear_before_reset=0 comes from the dynamo exporter with onnxscript < 0.7.1 and is wrong
+    if model.producer_name == "pytorch" and result.lbr0_nodes:
+        warnings.warn(
+            f"this PyTorch export has linear_before_reset=0 in {', '.join(result.lbr0_nodes)}, but every "
+            "torch.nn.GRU needs linear_before_reset=1: torch.onnx.export(dynamo=True) with onnxscript older than "
+            "0.7.1 drops it, and the file (in onnxruntime too) computes a different GRU than the torch model. "
+            "Re-export with pip install 'onnxscript>=0.7.1', or use grurt.from_torch on the module.", stacklevel=3)
+    if result.lengths_input and any(isinstance(layer, LastStep) for layer in result.spec.layers):
+        warnings.warn("the graph takes sequence_lens and selects the last time step: grurt's last step is each "
+                      "sequence's last valid step, where the ONNX graph reads step T-1 (padding) of shorter "
+                      "sequences", stacklevel=3)
+
+
+def load_onnx(path):
+    """Read an ONNX file holding a GRU network into a :class:`grurt.Model`. See docs/onnx.md.
+
+    The model takes batch-first input (B, T, I) whatever the graph's layout; a state graph
+    input maps to ``run(initial_state=...)``, state graph outputs to ``return_state=True``
+    and a ``sequence_lens`` input to ``run(lengths=...)``.
+    """
+    source, result = _import(path)
+    _warn(source.model, result)
+    return Model(result.spec)

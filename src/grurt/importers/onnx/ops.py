@@ -1,0 +1,294 @@
+"""The ONNX operators grurt understands, other than GRU (:mod:`.gru`).
+
+Data movement and shape arithmetic (Transpose, Reshape, Squeeze, Slice, Gather, Concat,
+Split, Shape, ...) run on constants and on id arrays alike. Arithmetic folds constants; with
+model data on one side and a constant on the other it becomes a per-feature ``Scale``.
+Gemm and MatMul become ``Dense``; activation ops, Softmax and Clip become ``Activation``
+layers (Clip written with relu and hard_sigmoid).
+"""
+from __future__ import annotations
+
+import functools
+import math
+
+import numpy as np
+
+from ...errors import ModelFormatError, UnsupportedModelError
+from ...limits import MAX_PARAMETERS
+from ...spec import Activation, activation
+from .graph import _Interpreter, _Sym
+
+# elementwise activation ops -> (grurt kind, attributes carrying alpha and beta)
+_ACTIVATION_OPS = {
+    "Relu": ("relu", ()), "Sigmoid": ("sigmoid", ()), "Tanh": ("tanh", ()), "Softsign": ("softsign", ()),
+    "Softplus": ("softplus", ()), "LeakyRelu": ("leaky_relu", ("alpha",)), "Elu": ("elu", ("alpha",)),
+    "HardSigmoid": ("hard_sigmoid", ("alpha", "beta")), "ThresholdedRelu": ("thresholded_relu", ("alpha",)),
+}
+
+
+class _Ops(_Interpreter):
+    """The handlers of every operator but GRU."""
+
+    # attributes each op understands; any other attribute is refused by name and value
+    ATTRIBUTES = {
+        "Gemm": {"alpha", "beta", "transA", "transB"}, "MatMul": set(), "Add": set(), "Sub": set(),
+        "Mul": set(), "Div": set(), "Neg": set(), "Sqrt": set(), "Reciprocal": set(), "Equal": set(),
+        "Where": set(), "Softmax": {"axis"}, "Clip": {"min", "max"}, "Identity": set(),
+        "Dropout": {"ratio", "seed"}, "Constant": {"value", "value_float", "value_floats",
+                                                    "value_int", "value_ints"},
+        "ConstantOfShape": {"value"}, "Shape": {"start", "end"}, "Size": set(), "Cast": {"to", "saturate"},
+        "Transpose": {"perm"}, "Reshape": {"allowzero"}, "Flatten": {"axis"}, "Squeeze": {"axes"},
+        "Unsqueeze": {"axes"}, "Gather": {"axis"}, "Slice": {"starts", "ends", "axes"}, "Concat": {"axis"},
+        "Split": {"axis", "split", "num_outputs"}, "Expand": set(),
+        **{op: set(attrs) for op, (_, attrs) in _ACTIVATION_OPS.items()},
+    }
+
+    def _handler(self, op_type):
+        if op_type in _ACTIVATION_OPS:
+            return functools.partial(self._op_activation, _ACTIVATION_OPS[op_type])
+        return super()._handler(op_type)
+
+    # -- operators: data movement and shape arithmetic (constants and ids alike) --
+
+    def _op_Identity(self, where, inputs, attrs, n_out):
+        return [inputs[0]]
+
+    def _op_Dropout(self, where, inputs, attrs, n_out):
+        training = self._const(where, inputs[2] if len(inputs) > 2 else None, "training_mode")
+        if n_out > 1 or (training is not None and bool(np.asarray(training))):
+            raise UnsupportedModelError(f"{where}: only inference dropout (no mask output, no training mode) "
+                                        "is supported")
+        return [inputs[0]]
+
+    def _op_Constant(self, where, inputs, attrs, n_out):
+        if len(attrs) != 1:
+            raise ModelFormatError(f"{where}: needs exactly one value attribute, got {sorted(attrs)}")
+        (name, value), = attrs.items()
+        dtype = np.float32 if name.startswith("value_float") else np.int64
+        return [value if name == "value" else np.array(value, dtype)]
+
+    def _op_ConstantOfShape(self, where, inputs, attrs, n_out):
+        shape = self._ints(where, inputs[0], "shape")
+        if any(d < 0 for d in shape) or math.prod(shape) > MAX_PARAMETERS:
+            raise ModelFormatError(f"{where}: shape {shape} is negative or too large")
+        fill = attrs.get("value", np.zeros(1, np.float32))
+        return [np.full(shape, fill.reshape(-1)[0], fill.dtype)]
+
+    def _op_Shape(self, where, inputs, attrs, n_out):
+        shape = np.array(inputs[0].shape, np.int64)
+        return [shape[slice(attrs.get("start", 0), attrs.get("end"))]]
+
+    def _op_Size(self, where, inputs, attrs, n_out):
+        return [np.array(math.prod(inputs[0].shape), np.int64)]
+
+    def _op_Cast(self, where, inputs, attrs, n_out):
+        from onnx import TensorProto, helper
+
+        to = attrs.get("to")
+        value = inputs[0]
+        if isinstance(value, _Sym):
+            integers, floats = (TensorProto.INT32, TensorProto.INT64), (TensorProto.FLOAT, TensorProto.DOUBLE)
+            if to not in (integers if value.integer else floats):
+                raise UnsupportedModelError(f"{where}: attribute to={to} would change the model's data type")
+            return [value]
+        return [np.asarray(value).astype(helper.tensor_dtype_to_np_dtype(to))]
+
+    def _op_Transpose(self, where, inputs, attrs, n_out):
+        perm = attrs.get("perm")
+        return [self._move(inputs[0], lambda a: np.transpose(a, perm))]
+
+    def _op_Reshape(self, where, inputs, attrs, n_out):
+        target = self._ints(where, inputs[1], "shape")
+        value = inputs[0]
+        if not attrs.get("allowzero", 0):
+            target = [value.shape[i] if d == 0 else d for i, d in enumerate(target)]
+        return [self._move(value, lambda a: a.reshape(target))]
+
+    def _op_Flatten(self, where, inputs, attrs, n_out):
+        shape = inputs[0].shape
+        axis = attrs.get("axis", 1) % (len(shape) + 1) if shape else 0
+        target = (math.prod(shape[:axis]), math.prod(shape[axis:]))
+        return [self._move(inputs[0], lambda a: a.reshape(target))]
+
+    def _op_Squeeze(self, where, inputs, attrs, n_out):
+        axes = self._axes(where, attrs, inputs, 1)
+        value = inputs[0]
+        axes = tuple(i for i, d in enumerate(value.shape) if d == 1) if axes is None else tuple(axes)
+        return [self._move(value, lambda a: np.squeeze(a, axes))]
+
+    def _op_Unsqueeze(self, where, inputs, attrs, n_out):
+        axes = self._axes(where, attrs, inputs, 1)
+        return [self._move(inputs[0], lambda a: np.expand_dims(a, tuple(axes)))]
+
+    def _op_Gather(self, where, inputs, attrs, n_out):
+        indices = self._const(where, inputs[1], "indices")
+        return [self._move(inputs[0], lambda a: np.take(a, np.asarray(indices, np.int64), axis=attrs.get("axis", 0)))]
+
+    def _op_Slice(self, where, inputs, attrs, n_out):
+        if self.opset < 10:
+            starts, ends, axes, steps = attrs.get("starts"), attrs.get("ends"), attrs.get("axes"), None
+        else:
+            starts, ends, axes, steps = (self._ints(where, inputs[i] if len(inputs) > i else None, name)
+                                         for i, name in ((1, "starts"), (2, "ends"), (3, "axes"), (4, "steps")))
+        value = inputs[0]
+        axes = list(range(len(starts))) if axes is None else axes
+        steps = [1] * len(starts) if steps is None else steps
+        index = [slice(None)] * len(value.shape)
+        for start, end, axis, step in zip(starts, ends, axes, steps):
+            if step == 0:
+                raise ModelFormatError(f"{where}: step 0")
+            index[axis] = slice(start, end, step)
+        return [self._move(value, lambda a: a[tuple(index)])]
+
+    def _op_Concat(self, where, inputs, attrs, n_out):
+        kinds = {isinstance(v, _Sym) for v in inputs}
+        if kinds == {True, False}:
+            raise UnsupportedModelError(f"{where}: joins the model's data with constants")
+        if kinds == {True}:
+            return [_Sym(np.concatenate([v.ids for v in inputs], axis=attrs["axis"]), inputs[0].integer)]
+        return [np.concatenate([np.asarray(v) for v in inputs], axis=attrs["axis"])]
+
+    def _op_Split(self, where, inputs, attrs, n_out):
+        value, axis = inputs[0], attrs.get("axis", 0)
+        sizes = attrs.get("split") or self._ints(where, inputs[1] if len(inputs) > 1 else None, "split")
+        if sizes is None:
+            length = value.shape[axis]
+            chunk = -(-length // n_out)
+            sizes = [min(chunk, length - i * chunk) for i in range(n_out)]
+        bounds = np.cumsum(sizes)[:-1]
+        return [self._move(value, lambda a, i=i: np.split(a, bounds, axis=axis)[i]) for i in range(len(sizes))]
+
+    def _op_Expand(self, where, inputs, attrs, n_out):
+        shape = np.broadcast_shapes(inputs[0].shape, tuple(self._ints(where, inputs[1], "shape")))
+        if math.prod(shape) > MAX_PARAMETERS:
+            raise ModelFormatError(f"{where}: shape {shape} is too large")
+        return [self._move(inputs[0], lambda a: np.broadcast_to(a, shape).copy())]
+
+    # -- operators: arithmetic --
+
+    def _fold(self, where, inputs, fn):
+        return [fn(*(np.asarray(self._const(where, v, "the operand")) for v in inputs))]
+
+    def _op_Add(self, where, inputs, attrs, n_out):
+        return self._arithmetic(where, inputs, np.add, lambda k: (1, k), lambda k: (1, k))
+
+    def _op_Sub(self, where, inputs, attrs, n_out):
+        return self._arithmetic(where, inputs, np.subtract, lambda k: (1, -k), lambda k: (-1, k))
+
+    def _op_Mul(self, where, inputs, attrs, n_out):
+        return self._arithmetic(where, inputs, np.multiply, lambda k: (k, 0), lambda k: (k, 0))
+
+    def _op_Div(self, where, inputs, attrs, n_out):
+        def divide(x, y):  # ONNX integer division truncates
+            return np.trunc(x / y).astype(x.dtype) if x.dtype.kind in "iu" else x / y
+        return self._arithmetic(where, inputs, divide, lambda k: (1 / k, 0), None)
+
+    def _arithmetic(self, where, inputs, fn, right, left):
+        """Constants fold; model data (op) constant becomes a per-feature Scale: x·a + c = right(k)/left(k)."""
+        x, y = inputs
+        if isinstance(x, _Sym) and isinstance(y, _Sym):
+            raise UnsupportedModelError(f"{where}: combines two model tensors (e.g. a residual connection)")
+        if isinstance(x, _Sym) or (isinstance(y, _Sym) and left):
+            data, k, make = (x, y, right) if isinstance(x, _Sym) else (y, x, left)
+            return [self._scale_op(where, data, *make(np.asarray(k, np.float64)))]
+        return self._fold(where, inputs, fn)
+
+    def _op_Neg(self, where, inputs, attrs, n_out):
+        if isinstance(inputs[0], _Sym):
+            return [self._scale_op(where, inputs[0], -1.0, 0.0)]
+        return self._fold(where, inputs, np.negative)
+
+    def _op_Sqrt(self, where, inputs, attrs, n_out):
+        return self._fold(where, inputs, np.sqrt)
+
+    def _op_Reciprocal(self, where, inputs, attrs, n_out):
+        return self._fold(where, inputs, np.reciprocal)
+
+    def _op_Equal(self, where, inputs, attrs, n_out):
+        return self._fold(where, inputs, np.equal)
+
+    def _op_Where(self, where, inputs, attrs, n_out):
+        return self._fold(where, inputs, np.where)
+
+    # -- operators: layers --
+
+    def _op_Gemm(self, where, inputs, attrs, n_out):
+        A, B, C = (inputs + [None])[:3]
+        alpha, beta = attrs.get("alpha", 1.0), attrs.get("beta", 1.0)
+        B = np.asarray(self._const(where, B, "B"))
+        if attrs.get("transB", 0):
+            B = B.T
+        if not isinstance(A, _Sym):
+            A = np.asarray(A)
+            product = alpha * ((A.T if attrs.get("transA", 0) else A) @ B)
+            return [product + beta * C if C is not None else product]
+        if attrs.get("transA", 0):
+            A = _Sym(A.ids.T)
+        if A.ids.ndim != 2:
+            raise ModelFormatError(f"{where}: A must be 2-D, got shape {A.shape}")
+        bias = np.zeros(B.shape[-1])
+        if C is not None:
+            C = np.broadcast_to(np.asarray(self._const(where, C, "C"), np.float64), (A.shape[0], B.shape[-1]))
+            if not (C == C[:1]).all():
+                raise UnsupportedModelError(f"{where}: C varies over the batch, not only per output feature")
+            bias = beta * C[0]
+        return [self._dense(where, A, alpha * B.T, bias)]
+
+    def _op_MatMul(self, where, inputs, attrs, n_out):
+        x, W = inputs
+        if not isinstance(x, _Sym):
+            return self._fold(where, inputs, np.matmul)
+        W = np.asarray(self._const(where, W, "the right operand"))
+        if W.ndim != 2:
+            raise UnsupportedModelError(f"{where}: the weight must be a 2-D matrix, got shape {W.shape}")
+        return [self._dense(where, x, W.T, 0.0)]
+
+    def _activation(self, where, inputs, kind, alpha=None, beta=None):
+        value = inputs[0]
+        if not isinstance(value, _Sym):
+            raise UnsupportedModelError(f"{where}: activation of a constant")
+        return [self._elementwise(where, value, Activation(activation(kind, alpha, beta)))]
+
+    def _op_activation(self, kind_and_attrs, where, inputs, attrs, n_out):
+        kind, names = kind_and_attrs
+        return self._activation(where, inputs, kind, *(attrs.get(name) for name in names))
+
+    def _op_Softmax(self, where, inputs, attrs, n_out):
+        value = inputs[0]
+        if not isinstance(value, _Sym):
+            raise UnsupportedModelError(f"{where}: softmax of a constant")
+        rank = len(value.shape)
+        axis = attrs.get("axis", -1 if self.opset >= 13 else 1) % rank
+        # before opset 13, softmax runs over all axes from `axis` on, flattened
+        reduced = [axis] if self.opset >= 13 else list(range(axis, rank))
+        kept = [i for i in range(rank) if i not in reduced]
+        ids = value.ids.transpose(kept + reduced)
+        _, features = self._rows(where, ids.reshape(ids.shape[:len(kept)] + (-1,)))
+        if features.size != self.tip.shape[-1]:
+            raise UnsupportedModelError(f"{where}: softmax over part of the features")
+        return self._activation(where, inputs, "softmax")
+
+    def _op_Clip(self, where, inputs, attrs, n_out):
+        value = inputs[0]
+        if self.opset < 11:
+            low, high = attrs.get("min", -math.inf), attrs.get("max", math.inf)
+        else:
+            bounds = [self._const(where, v, "min/max") for v in (inputs + [None, None])[1:3]]
+            low, high = (float(np.asarray(b).reshape(())) if b is not None else default
+                         for b, default in zip(bounds, (-math.inf, math.inf)))
+        if not low < high:
+            raise UnsupportedModelError(f"{where}: min={low} is not below max={high}")
+        if not isinstance(value, _Sym):
+            return [np.clip(value, low, high)]
+        # clip written with grurt's functions, exact up to float rounding; (a, c) is x·a + c
+        relu = Activation(activation("relu"))
+        if math.isinf(low) and math.isinf(high):
+            steps = ()
+        elif math.isinf(high):      # relu(x - low) + low
+            steps = ((1.0, -low), relu, (1.0, low))
+        elif math.isinf(low):       # high - relu(high - x)
+            steps = ((-1.0, high), relu, (-1.0, high))
+        else:                       # low + (high - low)·clip((x - low)/(high - low), 0, 1)
+            span = high - low
+            steps = (Activation(activation("hard_sigmoid", 1 / span, (0 - low) / span)), (span, low))
+        return [self._elementwise(where, value, *steps)]
