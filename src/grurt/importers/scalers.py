@@ -2,13 +2,13 @@
 
 scikit-learn is not imported: a scaler is read through its fitted attributes.
 
-=================  ==========================================  ===============================
-scaler             ``transform(x)``                             as ``x·a + c``
-=================  ==========================================  ===============================
-MinMaxScaler       ``x·scale_ + min_`` (``clip=True`` refused)  a = scale_, c = min_
-StandardScaler     ``(x − mean_) / scale_``                     a = 1/scale_, c = −mean_/scale_
-                   (``with_mean``/``with_std`` off: 0 / 1)
-=================  ==========================================  ===============================
+=================  ============================================  ===============================
+scaler             ``transform(x)``                              as ``x·a + c``
+=================  ============================================  ===============================
+MinMaxScaler       ``x·scale_ + min_`` (``clip=True`` refused)   a = scale_, c = min_
+StandardScaler     ``(x − mean_) / scale_`` (mean 0 without      a = 1/scale_, c = −mean_/scale_
+                   ``with_mean``, scale 1 without ``with_std``)
+=================  ============================================  ===============================
 
 ``inverse_transform`` is ``(x − c) / a``, folded at the output end.
 """

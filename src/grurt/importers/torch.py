@@ -20,7 +20,8 @@ input layout                (T, B, I), or (B, T, I) with batch_first    always (
 ``Linear``                  ``weight`` (out, in), ``bias`` (out,)       ``Dense`` W (out, in), b (out,)
 ``Hardsigmoid``             relu6(x + 3) / 6 = clip(x/6 + 1/2, 0, 1)    ``hard_sigmoid`` α = 1/6, β = 0.5
 ``LeakyReLU``, ``ELU``      ``negative_slope`` (0.01), ``alpha`` (1.0)  α
-``Softmax(dim=None)``       dim 0 (the batch!) on (B, T, F)             only the last axis is accepted
+``Softmax``                 ``dim=None`` is dim 0 (the batch!) on       only the last axis is accepted
+                            (B, T, F), dim 1 on (B, F)
 ``Dropout``, ``Flatten``    no-ops at inference (Flatten of (B, F))     nothing
 ==========================  ==========================================  ==========================================
 
