@@ -58,7 +58,7 @@ def parse_json(text, where: str, error=None):
             text = bytes(text).decode("utf-8")
         value = json.loads(str(text))
     except (ValueError, RecursionError, UnicodeDecodeError) as exc:
-        raise error(f"{where} is not JSON ({type(exc).__name__}: {str(exc)[:100]})") from None
+        raise error(f"{where} is not valid JSON ({type(exc).__name__}: {str(exc)[:100]})") from None
     if not json_depth_ok(value):
         raise error(f"{where} nests deeper than {MAX_JSON_DEPTH} levels (grurt.limits.MAX_JSON_DEPTH)")
     return value

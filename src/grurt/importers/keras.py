@@ -355,6 +355,12 @@ def keras_gru_direction(kernel, recurrent_kernel, bias=None, reset_after=True):
     return W, R, B
 
 
+def keras_dense(kernel, bias=None):
+    """A Keras ``Dense`` → (W (out, in), b (out,)): the kernel is stored (in, out); no bias is zeros."""
+    W = np.asarray(kernel).T
+    return W, np.zeros(W.shape[0], np.float32) if bias is None else np.asarray(bias)
+
+
 # Keras activation names grurt computes, with their Keras arguments where grurt's default differs
 _KERAS_ACTIVATIONS = {"linear": (), "sigmoid": (), "tanh": (), "relu": (), "softsign": (), "softplus": (),
                       "softmax": (), "elu": (), "leaky_relu": (0.2,)}
@@ -480,9 +486,10 @@ def _dense(layer: _Layer):
     layer.expect_weights(1 + use_bias)
     kernel = layer.weights[0]
     layer.expect_shape("kernel", kernel, (layer.features, units))
-    bias = layer.weights[1] if use_bias else np.zeros(units, np.float32)
-    layer.expect_shape("bias", bias, (units,))
-    return [Dense(np.asarray(kernel).T, bias, layer.activation("activation"))]
+    bias = layer.weights[1] if use_bias else None
+    if use_bias:
+        layer.expect_shape("bias", bias, (units,))
+    return [Dense(*keras_dense(kernel, bias), layer.activation("activation"))]
 
 
 def _time_distributed(layer: _Layer):
