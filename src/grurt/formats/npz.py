@@ -162,7 +162,7 @@ def _read_array(archive: zipfile.ZipFile, key: str, shape: tuple, where: str) ->
                       (2, 0): np.lib.format.read_array_header_2_0}.get(version)
             _expect(reader is not None, f"{where}: array '{key}' has an unknown .npy version {version}")
             stored_shape, fortran, dtype = reader(handle)
-        except GrurtError:
+        except (GrurtError, zipfile.BadZipFile, OSError, EOFError, zlib.error, NotImplementedError):
             raise
         except Exception as exc:    # noqa: BLE001 - numpy parses the header with ast/tokenize: many exception types
             raise ModelFormatError(f"{where}: array '{key}' has a corrupt header ({exc})") from None

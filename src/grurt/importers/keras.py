@@ -1,8 +1,8 @@
 """Keras models → grurt: :func:`from_keras`, :func:`load_keras`. The one place that knows Keras's conventions.
 
 See docs/keras.md. Three sources meet in one translation. The ``.keras`` archive (Keras 3,
-and Keras ≥ 2.13) and the legacy HDF5 file (Keras 2 and 3) are read with h5py alone,
-without importing keras or tensorflow; :func:`from_keras` reads a live model. Each produces
+and Keras ≥ 2.13) and the legacy HDF5 file (Keras 2 and 3) are read with pyfive alone (a
+pure-Python HDF5 reader: libhdf5 is not safe on hostile bytes), without importing keras or tensorflow; :func:`from_keras` reads a live model. Each produces
 the same triple:
 
 * the model config, ``{"class_name": ..., "config": ...}`` as Keras serialises it;

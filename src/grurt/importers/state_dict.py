@@ -37,6 +37,7 @@ import math
 import os
 import re
 import zipfile
+import zlib
 from collections.abc import Mapping
 
 import numpy as np
@@ -247,7 +248,7 @@ def _read_npy(handle, where) -> np.ndarray:
         if reader is None:
             raise ModelFormatError(f"{where}: unknown .npy version {version}")
         shape, fortran, dtype = reader(handle)
-    except GrurtError:
+    except (GrurtError, zipfile.BadZipFile, OSError, EOFError, zlib.error, NotImplementedError):
         raise
     except Exception as exc:    # noqa: BLE001 - numpy parses the header with ast/tokenize: many exception types
         raise ModelFormatError(f"{where}: corrupt .npy header ({type(exc).__name__}: {exc})") from None

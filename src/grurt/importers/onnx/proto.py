@@ -167,9 +167,12 @@ def _attributes(node, allowed, folder, where):
             value = helper.get_attribute_value(attr)
         if attr.name not in allowed or attr.ref_attr_name:
             raise UnsupportedModelError(f"{where}: attribute {attr.name}={value!r} is not supported")
-        if isinstance(value, list):
-            value = [v.decode() if isinstance(v, bytes) else v for v in value]
-        attrs[attr.name] = value.decode() if isinstance(value, bytes) else value
+        try:
+            if isinstance(value, list):
+                value = [v.decode() if isinstance(v, bytes) else v for v in value]
+            attrs[attr.name] = value.decode() if isinstance(value, bytes) else value
+        except UnicodeDecodeError:
+            raise ModelFormatError(f"{where}: attribute {attr.name} is not valid UTF-8 text") from None
     return attrs
 
 
