@@ -73,3 +73,46 @@ def test_short_fuzz_run(loader, seeds):
     assert summary.total == SHORT_RUN
     assert summary.counts["rejected"] > SHORT_RUN // 2            # the mutations do reach the checks
     assert not summary.failures, summary.failures
+
+
+# ---- the limits of grurt.limits, each refused before the content is inflated or parsed ----
+
+def _zip(path, members):
+    import zipfile
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for name, content in members.items():
+            archive.writestr(name, content)
+    return path
+
+
+def test_every_keras_member_is_bounded(tmp_path, monkeypatch):
+    pytest.importorskip("pyfive")
+    import grurt.importers.keras as keras_importer
+    config = '{"class_name": "Sequential", "config": {"layers": []}}'
+    monkeypatch.setattr(keras_importer, "MAX_HDF5_BYTES", 1 << 20)
+    bomb = _zip(tmp_path / "bomb.keras", {"config.json": config, "model.weights.h5": b"\0" * (4 << 20)})
+    assert bomb.stat().st_size < 20_000                                 # 4 MiB of zeros, deflated
+    with pytest.raises(grurt.ModelFormatError, match="model.weights.h5 is larger than 1 MiB"):
+        grurt.load(bomb)
+
+
+def test_json_nesting_is_bounded(tmp_path):
+    pytest.importorskip("pyfive")
+    deep = '{"class_name": "Sequential", "config": {"layers": [], "x": ' + "[" * 80 + "]" * 80 + "}}"
+    with pytest.raises(grurt.ModelFormatError, match="nests deeper than 64 levels"):
+        grurt.load(_zip(tmp_path / "deep.keras", {"config.json": deep, "model.weights.h5": b""}))
+
+
+def test_state_dict_members_and_counts_are_bounded(tmp_path, monkeypatch):
+    import numpy as np
+
+    import grurt.importers.state_dict as state_dict
+    path = tmp_path / "state.npz"
+    np.savez(path, **{f"m{k}.weight": np.zeros((2, 2), np.float32) for k in range(5)})
+    monkeypatch.setattr(state_dict, "MAX_ARRAYS", 4)
+    with pytest.raises(grurt.ModelFormatError, match="5 members, more than 4"):
+        grurt.from_state_dict(path)
+    monkeypatch.setattr(state_dict, "MAX_ARRAYS", 100)
+    monkeypatch.setattr(state_dict, "MAX_MEMBER_BYTES", 100)
+    with pytest.raises(grurt.ModelFormatError, match="member 'm0.weight.npy' is larger than"):
+        grurt.from_state_dict(path)
