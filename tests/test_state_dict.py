@@ -269,3 +269,29 @@ def test_pt_files_are_loaded_with_weights_only(tmp_path):
     torch.save({"gru.weight_ih_l0": Evil()}, tmp_path / "evil.pt")
     with pytest.raises(grurt.ModelFormatError, match="not a readable .pt state dict"):
         grurt.from_state_dict(tmp_path / "evil.pt")
+
+
+_NAMES = [f"gru.{kind}_l{k}{suffix}" for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+          for k in (0, 1) for suffix in ("", "_reverse")] + \
+    ["cell.weight_ih", "cell.weight_hh", "cell.bias_ih", "cell.bias_hh", "fc.weight", "fc.bias", "weight",
+     "bn.running_mean", "gru.weight_hr_l0", "x.y.weight_ih_l0"]
+
+
+def test_any_combination_of_names_and_shapes_loads_or_is_refused():
+    """Hypothesis: state dicts made of known names with arbitrary shapes (0 to 7 per axis, 0-3 axes)
+    give a Model or a GrurtError, never another exception."""
+    hypothesis = pytest.importorskip("hypothesis")
+    st = hypothesis.strategies
+
+    @hypothesis.settings(max_examples=300, deadline=None, derandomize=True)
+    @hypothesis.given(st.dictionaries(st.sampled_from(_NAMES), st.lists(st.sampled_from([0, 1, 2, 3, 4, 6, 12]),
+                                                                         max_size=3), max_size=10))
+    def check(shapes):
+        state = {name: np.full(shape, 0.1, np.float32) for name, shape in shapes.items()}
+        try:
+            model = grurt.from_state_dict(state)
+        except grurt.GrurtError:
+            return
+        model.run(np.zeros((1, 2, model.input_size), np.float32))
+
+    check()

@@ -337,6 +337,9 @@ def _module_type(prefix, params, declared) -> str:
     if declared is not None:
         if declared not in _TYPES:
             raise UnsupportedModelError(f"{where}: types says {declared!r}; grurt reads {', '.join(_TYPES)}")
+        if declared != "Linear" and _module_type(prefix, params, None) != declared:    # names tell GRUs apart
+            raise ModelFormatError(f"{where}: types says {declared!r}, but its parameters are not those of "
+                                   f"nn.{declared}: {sorted(names)}")
         return declared
     if names and all(_GRU_PARAM.fullmatch(name) for name in names):
         _recurrent_kind(where, params[min(n for n in names if n.startswith("weight_hh"))]
