@@ -6,8 +6,8 @@ import os
 import numpy as np
 
 from . import _kernels
-from .errors import InputError
-from .spec import GRU, ModelSpec, Reverse
+from .errors import InputError, ModelFormatError
+from .spec import GRU, ModelSpec, Reverse, Scale
 
 _FLOAT32 = np.dtype(np.float32)
 
@@ -47,6 +47,20 @@ class Model:
         self._state_shapes = [(g.num_directions, g.hidden_size) for g in spec.gru_layers]
         self._output_size, self._returns_sequence = spec.output_size, spec.returns_sequence
         self._plain_runs = spec.mask_value is None      # no lengths to derive from the input
+
+    @classmethod
+    def chain(cls, layers, input_size=None, mask_value=None) -> "Model":
+        """A Model of canonical layers applied in order (``grurt.layers`` builds them from any
+        framework's weights). ``input_size`` defaults to that of the first GRU, Dense or Scale.
+        Put ``LastStep()`` after the last GRU to keep only the last time step."""
+        layers = tuple(layers)
+        for layer in layers if input_size is None else ():
+            input_size = layer.size if isinstance(layer, Scale) else getattr(layer, "input_size", None)
+            if input_size is not None:
+                break
+        if input_size is None:
+            raise ModelFormatError("Model.chain: no GRU, Dense or Scale layer tells the input size; pass input_size=")
+        return cls(ModelSpec(input_size, layers, mask_value=mask_value))
 
     @property
     def input_size(self) -> int:
