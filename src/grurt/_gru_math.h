@@ -321,7 +321,7 @@ GRURT_HOT static void grurt_gates_lbr0_h(int H, const float *restrict xp, const 
 
 /* ---- matrix products with weights packed at load -----------------------------------
  * Y = init + X · Aᵀ for X (rows, n_in) and A (n_out, n_in), with A packed at load
- * (_kernels.pyx, pack_panels) into panels of GRURT_PANEL output columns: panel p, row k
+ * (_plan.pxi, pack_panels) into panels of GRURT_PANEL output columns: panel p, row k
  * holds A[p*GRURT_PANEL + c, k] for c < GRURT_PANEL, zero past n_out. ``init`` (one value
  * per column, padded; NULL for zeros) carries the biases. Rows of Y have room for
  * n_panels * GRURT_PANEL floats.
