@@ -88,7 +88,11 @@ def from_keras(model, input_scaler=None, output_scaler=None) -> Model:
     ``input_scaler``/``output_scaler``: fitted scikit-learn MinMaxScaler or StandardScaler,
     folded in so that the Model takes raw input and returns outputs in real units.
     """
+    return Model(with_scalers(live_keras_spec(model), input_scaler, output_scaler))
 
+
+def live_keras_spec(model) -> ModelSpec:
+    """The :class:`~grurt.spec.ModelSpec` of a live Keras model (what :func:`from_keras` runs)."""
     if not hasattr(model, "layers") or not hasattr(model, "get_config"):
         raise UnsupportedModelError(f"expected a Keras Sequential or functional model, got {type(model).__name__}")
     try:
@@ -99,9 +103,8 @@ def from_keras(model, input_scaler=None, output_scaler=None) -> Model:
     # the same (config, weights, version) triple the file readers produce
     weights = {layer.name: [np.asarray(w) for w in layer.get_weights()] for layer in model.layers}
     package = sys.modules.get(type(model).__module__.partition(".")[0])
-    spec = spec_from_keras({"class_name": type(model).__name__, "config": config}, weights,
+    return spec_from_keras({"class_name": type(model).__name__, "config": config}, weights,
                            getattr(package, "__version__", "3"))
-    return Model(with_scalers(spec, input_scaler, output_scaler))
 
 
 def load_keras(path, input_scaler=None, output_scaler=None):

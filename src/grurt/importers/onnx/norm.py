@@ -68,6 +68,7 @@ class _NormOps(_Interpreter):
     global pooling over time and Flatten of a sequence. Mixed in before :class:`.ops._Ops`."""
 
     ATTRIBUTES = {"LayerNormalization": {"axis", "epsilon", "stash_type"}, "LpNormalization": {"axis", "p"},
+                  "ReduceL2": {"axes", "keepdims", "noop_with_empty_axes"},
                   "ReduceMean": {"axes", "keepdims", "noop_with_empty_axes"},
                   "ReduceMax": {"axes", "keepdims", "noop_with_empty_axes"},
                   "GlobalAveragePool": set(), "GlobalMaxPool": set(), "Pow": set()}
@@ -153,6 +154,42 @@ class _NormOps(_Interpreter):
     def _op_ReduceMax(self, where, inputs, attrs, n_out):
         return self._reduce(where, inputs, attrs, "max", np.max)
 
+    def _op_ReduceL2(self, where, inputs, attrs, n_out):
+        """‖x‖ over the features, as ``F.normalize`` exports it: ReduceL2, Clip(min=ε), Expand, Div."""
+        value = inputs[0]
+        if not isinstance(value, (_Sym,) + _PENDING):
+            value = np.asarray(value)
+            axes = self._reduce_axes(where, inputs, attrs, value.ndim)
+            return [np.sqrt(np.sum(value * value, axis=tuple(axes), keepdims=bool(attrs.get("keepdims", 1))))]
+        rank = len(value.shape)
+        axes = self._reduce_axes(where, inputs, attrs, rank)
+        if isinstance(value, _Sym) and axes == [rank - 1] and attrs.get("keepdims", 1) \
+                and self._all_features(where, value):
+            return [_Stat("l2", value, value.shape[:-1] + (1,))]
+        raise UnsupportedModelError(f"{where}: the L2 norm is supported over the features, as F.normalize takes it")
+
+    def _op_Clip(self, where, inputs, attrs, n_out):
+        value = inputs[0]
+        if isinstance(value, _Stat) and value.kind == "l2" and not value.epsilon:
+            if self.opset < 11:
+                low, high = attrs.get("min"), attrs.get("max")
+            else:
+                low, high = (self._const(where, v, "min/max") for v in (inputs + [None, None])[1:3])
+            if low is not None and high is None and np.size(low) == 1 and float(np.asarray(low).reshape(())) >= 0:
+                return [dataclasses.replace(value, epsilon=float(np.asarray(low).reshape(())))]
+        self._refuse_pending(where, inputs)
+        return super()._op_Clip(where, inputs, attrs, n_out)
+
+    def _op_Expand(self, where, inputs, attrs, n_out):
+        value = inputs[0]
+        if isinstance(value, _Stat) and value.kind == "l2":   # the norm broadcast back over the features
+            shape = np.broadcast_shapes(value.shape, tuple(self._ints(where, inputs[1], "shape")))
+            if shape != value.x.shape:
+                raise UnsupportedModelError(f"{where}: expands an L2 norm to shape {shape}")
+            return [dataclasses.replace(value, shape=shape)]
+        self._refuse_pending(where, inputs)
+        return super()._op_Expand(where, inputs, attrs, n_out)
+
     def _reduce(self, where, inputs, attrs, mode, fold):
         value = inputs[0]
         keepdims = bool(attrs.get("keepdims", 1))
@@ -234,6 +271,8 @@ class _NormOps(_Interpreter):
             size = self.tip.shape[-1]
             return [self._feature_layer(where, x.x, -1, lambda features: LayerNorm(np.ones(size), np.zeros(size),
                                                                                     y.epsilon))]
+        if isinstance(x, _Sym) and isinstance(y, _Stat) and y.kind == "l2" and np.array_equal(x.ids, y.x.ids):
+            return [self._feature_layer(where, x, -1, lambda features: UnitNorm(y.epsilon))]
         self._refuse_pending(where, inputs)
         return super()._op_Div(where, inputs, attrs, n_out)
 
@@ -287,9 +326,9 @@ class _NormOps(_Interpreter):
         pairs = b[:, 0] * features + f[:, 0]
         if np.unique(pairs).size != batch * features or pairs.size != batch * features:
             raise UnsupportedModelError(f"{where}: the axes kept are not the batch and the features")
-        self._push(GlobalPool(mode))
+        self.layers.append(GlobalPool(mode))
         self.has_time = False
-        self.tip = self.tip.reshape(batch, features)
+        self.tip = self._new_ids((batch, features))
         kept_shape = [value.shape[i] for i in kept]
         ids = self.tip.reshape(-1)[pairs].reshape(kept_shape)
         if keepdims:
