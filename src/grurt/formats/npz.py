@@ -34,7 +34,9 @@ _LAYER_FIELDS = {
     "Merge": {"type", "mode"},
 }
 # format 1.1 (issue 12)
-_ARRAYS.update({Embedding: ("table",), LayerNorm: ("gamma", "beta")})
+_ARRAYS_1_1 = {Embedding: ("table",), LayerNorm: ("gamma", "beta")}
+_TYPES_1_1 = (Embedding, LayerNorm, UnitNorm, GlobalPool, Flatten)
+_ARRAYS.update(_ARRAYS_1_1)
 _LAYER_FIELDS.update({
     "Embedding": {"type", "vocabulary", "features"},
     "LayerNorm": {"type", "epsilon"},
@@ -84,7 +86,10 @@ def save(model, path, metadata: dict | None = None) -> None:
     spec = getattr(model, "spec", model)
     if not isinstance(spec, ModelSpec):
         raise TypeError(f"save expects a grurt Model or ModelSpec, got {type(model).__name__}")
-    header = {"format": FORMAT_NAME, "format_version": "%d.%d" % FORMAT_VERSION,
+    # a model that needs nothing newer is written as 1.0, so that grurt releases reading 1.0 load it
+    version = FORMAT_VERSION if any(isinstance(layer, _TYPES_1_1) for layer in spec.layers) \
+        else (1, 0)
+    header = {"format": FORMAT_NAME, "format_version": "%d.%d" % version,
               "producer": f"grurt {__version__}", "input_size": spec.input_size,
               "layers": [_layer_to_json(layer) for layer in spec.layers]}
     if spec.mask_value is not None:
