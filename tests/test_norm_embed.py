@@ -18,7 +18,8 @@ from grurt import reference  # noqa: E402
 from grurt.spec import (GRU, Embedding, Flatten, GlobalPool, LayerNorm, ModelSpec,  # noqa: E402
                         UnitNorm)
 
-from gru_testing import ATOL, max_abs_diff  # noqa: E402
+from gru_testing import max_abs_diff  # noqa: E402
+from tolerances import ATOL  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
