@@ -6,8 +6,12 @@ import os
 import numpy as np
 
 from . import _kernels
-from .errors import InputError
-from .spec import GRU, WHOLE_SEQUENCE, Activation, ModelSpec, Reverse, activation
+from .errors import InputError, UnsupportedModelError
+from .spec import (GRU, WHOLE_SEQUENCE, Activation, Dense, LastStep, Merge, ModelSpec, Reverse, Scale,
+                   activation)
+
+#: The layers the compiled kernels run (a leading Embedding's lookup runs in Model itself).
+KERNEL_LAYERS = (GRU, Dense, Activation, Scale, Reverse, LastStep, Merge)
 
 _FLOAT32 = np.dtype(np.float32)
 
@@ -46,6 +50,10 @@ class Model:
         # a model that takes ids: the Embedding's lookup runs here (after the ids are checked), the
         # kernels run the rest on its float32 output
         self._table = spec.layers[0].table if spec.takes_ids else None
+        for index, layer in enumerate(spec.layers[1:] if spec.takes_ids else spec.layers):
+            if not isinstance(layer, KERNEL_LAYERS):
+                raise UnsupportedModelError(f"{layer.describe()}: grurt's kernels do not run this layer yet "
+                                            "(grurt.reference.run computes it)")
         self._plan = _kernels.Plan(_kernel_spec(spec))
         self._state_shapes = [(g.num_directions, g.hidden_size) for g in spec.gru_layers]
         self._output_size, self._returns_sequence = spec.output_size, spec.returns_sequence
