@@ -14,6 +14,7 @@ import pytest
 
 os.environ.setdefault("KERAS_BACKEND", "torch")
 
+import grurt  # noqa: E402
 from grurt import reference  # noqa: E402
 from grurt.spec import (GRU, Embedding, Flatten, GlobalPool, LayerNorm, ModelSpec,  # noqa: E402
                         UnitNorm)
@@ -29,10 +30,12 @@ def kinds(spec):
 
 
 def assert_runs_like(spec, x, expected, **run_args):
-    """The reference on ``spec`` gives ``expected`` within ATOL."""
-    out = reference.run(spec, x, **run_args)
+    """The reference on ``spec`` and the kernels (a Model of it) give ``expected`` within ATOL."""
     expected = np.asarray(expected)
+    out = reference.run(spec, x, **run_args)
     assert max_abs_diff(np.reshape(out, expected.shape), expected) <= ATOL
+    kernels = grurt.Model(spec).run(x, **run_args)
+    assert max_abs_diff(np.reshape(kernels, expected.shape), expected) <= ATOL
     return out
 
 
@@ -100,9 +103,12 @@ def test_torch_grucell_decoder_steps():
         for _ in range(6):
             h = cell(x, h)
             x = head(h)
+            kernels, (kernel_state,) = grurt.Model(spec).run(out_grurt[:, None], initial_state=[state],
+                                                             return_state=True)
             out_grurt, (state,) = reference.run(spec, out_grurt[:, None], initial_state=[state], return_state=True)
             assert max_abs_diff(out_grurt, x.numpy()) <= ATOL
             assert max_abs_diff(state[0], h.numpy()) <= ATOL
+            assert max_abs_diff(kernels, x.numpy()) <= ATOL and max_abs_diff(kernel_state[0], h.numpy()) <= ATOL
 
 
 def test_torch_grucell_without_bias():

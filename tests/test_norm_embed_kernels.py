@@ -12,6 +12,9 @@ from grurt.spec import (GRU, Dense, Embedding, Flatten, GlobalPool, LastStep, La
 from gru_testing import assert_matches_reference, max_abs_diff, random_gru, random_states
 from tolerances import ATOL
 
+#: stepping vs run: the same kernels, but the products run on other row counts (as in test_stream)
+STEP_TOL = 1e-6
+
 
 def layer_norm(rng, size, epsilon=1e-5):
     return LayerNorm(rng.uniform(0.5, 1.5, size), rng.normal(size=size) * 0.3, epsilon)
@@ -137,12 +140,12 @@ def test_stream_ids_equals_run():
     stream = model.stream(batch=3)
     out = np.empty((3, 2), np.float32)
     for t in range(6):
-        stream.step(ids[:, t], out=out)
-        assert np.array_equal(out, expected[:, t])
+        assert stream.step(ids[:, t], out=out) is out
+        assert max_abs_diff(out, expected[:, t]) <= STEP_TOL
     for got, want in zip(stream.state, states):
-        assert np.array_equal(got, want)
+        assert max_abs_diff(got, want) <= STEP_TOL
     single = model.stream()
-    assert np.array_equal(np.stack([single.step(int(i)) for i in ids[1]]), expected[1])
+    assert max_abs_diff(np.stack([single.step(int(i)) for i in ids[1]]), expected[1]) <= STEP_TOL
 
 
 def test_grucell_streams_as_decoder():

@@ -7,11 +7,11 @@ import numpy as np
 
 from . import _kernels
 from .errors import InputError, ModelFormatError, UnsupportedModelError
-from .spec import (GRU, WHOLE_SEQUENCE, Activation, Dense, Embedding, LastStep, Merge, ModelSpec, Reverse, Scale,
-                   activation)
+from .spec import (GRU, WHOLE_SEQUENCE, Activation, Dense, Embedding, Flatten, GlobalPool, LastStep, LayerNorm,
+                   Merge, ModelSpec, Reverse, Scale, UnitNorm, activation)
 
 #: The layers the compiled kernels run (a leading Embedding's lookup runs in Model itself).
-KERNEL_LAYERS = (GRU, Dense, Activation, Scale, Reverse, LastStep, Merge)
+KERNEL_LAYERS = (GRU, Dense, Activation, Scale, Reverse, LastStep, Merge, LayerNorm, UnitNorm, GlobalPool, Flatten)
 
 _FLOAT32 = np.dtype(np.float32)
 
