@@ -301,7 +301,8 @@ class Stream:
         self._states = self.model._initial_states(values, self.batch, single=False, name="state")
 
     def step(self, frame, out=None):
-        """Advance every stream by one frame: (I,) when batch is 1, or (batch, I).
+        """Advance every stream by one frame: (I,) when batch is 1, or (batch, I); for a model that
+        takes token ids, one id when batch is 1, or (batch,) ids.
 
         Returns the output for this frame, (F,) or (batch, F). With ``out`` (a C-contiguous
         float32 array of that shape) the result is written there and nothing is allocated.
