@@ -18,7 +18,8 @@ One module, split by job into files that Cython includes here:
     _threads.pxi   a GRU layer spread over threads (directions, batch slices or units)
     _layers.pxi    running the layers in order, and the layers other than GRU
 
-The C they call: _gru_math.h (activations, gate pass, products) and _threads.h (the barrier).
+The C they call: _gru_math.h (activations, gate pass, products), _threads.h (the barrier) and
+_norm.h (layer and unit normalisation, global pooling, flattening).
 """
 from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy, memset
@@ -61,6 +62,14 @@ cdef extern from "_threads.h" nogil:
     void grurt_barrier_destroy(grurt_barrier* b)
     int grurt_load_acquire(const int* p)
     void grurt_store_release(int* p, int v)
+
+cdef extern from "_norm.h" nogil:
+    enum: GRURT_POOL_AVERAGE, GRURT_POOL_MAX
+    void grurt_layer_norm(const float* x, float* y, size_t rows, int n, const float* gamma, const float* beta,
+                          float eps)
+    void grurt_unit_norm(const float* x, float* y, size_t rows, int n, float eps)
+    void grurt_global_pool(const float* x, float* y, int B, int T, int F, const int* lengths, int mode)
+    void grurt_flatten(const float* x, float* y, int B, int T, int F, const int* lengths)
 
 cdef extern from "<sched.h>" nogil:
     int sched_yield()

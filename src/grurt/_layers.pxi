@@ -42,6 +42,16 @@ cdef int run_layers(const LayerPlan* layers, int n_layers, int B, int T, const f
             steps = 1
         elif p.kind == MERGE_LAYER:
             merge(p, <size_t>B * steps, src, dst)
+        elif p.kind == LAYER_NORM_LAYER:
+            grurt_layer_norm(src, dst, <size_t>B * steps, p.n_out, p.W, p.bias, p.eps)
+        elif p.kind == UNIT_NORM_LAYER:
+            grurt_unit_norm(src, dst, <size_t>B * steps, p.n_out, p.eps)
+        elif p.kind == GLOBAL_POOL_LAYER:     # mean / max over each sequence's valid steps
+            grurt_global_pool(src, dst, B, steps, p.n_out, lengths, p.pool_mode)
+            steps = 1
+        elif p.kind == FLATTEN_LAYER:         # (B, T, F) → (B, T·F), padding steps zero
+            grurt_flatten(src, dst, B, steps, p.n_in, lengths)
+            steps = 1
         src = dst
     if lengths != NULL and steps > 1:
         zero_padding(B, steps, layers[n_layers - 1].n_out, lengths, out)

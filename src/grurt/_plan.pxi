@@ -2,13 +2,16 @@
 # workspace sizes and size limits worked out), and the calls that run it.
 
 cdef enum LayerKind:
-    GRU_LAYER, DENSE_LAYER, ACTIVATION_LAYER, SCALE_LAYER, REVERSE_LAYER, LAST_STEP_LAYER, MERGE_LAYER
+    GRU_LAYER, DENSE_LAYER, ACTIVATION_LAYER, SCALE_LAYER, REVERSE_LAYER, LAST_STEP_LAYER, MERGE_LAYER,
+    LAYER_NORM_LAYER, UNIT_NORM_LAYER, GLOBAL_POOL_LAYER, FLATTEN_LAYER
 
 cdef struct LayerPlan:
     int kind
     int n_in, n_out          # features in and out
     grurt_act f, g           # GRU: gate and candidate activations; Dense/Activation: f
     int merge_mode           # Merge: a MergeMode
+    float eps                # LayerNorm, UnitNorm: epsilon
+    int pool_mode            # GlobalPool: GRURT_POOL_AVERAGE or GRURT_POOL_MAX
     float* W                 # Dense: (out, in); Scale: a
     float* bias              # GRU: per direction, folded biases of the projection (xp_stride); Dense: b; Scale: c
     # GRU
@@ -80,6 +83,8 @@ cdef class Plan:
 
     def __init__(self, spec):
         from .spec import GRU, Dense, Activation, Scale, Reverse, LastStep, Merge
+        from .spec import LayerNorm, UnitNorm, GlobalPool, Flatten
+        steps_folded = 1     # after a Flatten of T steps, B rows hold what B·T rows held
         cdef LayerPlan* p
         if len(spec.gru_layers) > MAX_GRU_LAYERS:
             raise UnsupportedModelError(f"grurt supports at most {MAX_GRU_LAYERS} GRU layers per model")
@@ -126,8 +131,27 @@ cdef class Plan:
                 p.kind = MERGE_LAYER
                 p.n_out = features // 2
                 p.merge_mode = MERGE_CODES[layer.mode]
+            elif isinstance(layer, LayerNorm):
+                p.kind = LAYER_NORM_LAYER
+                p.n_out = features
+                p.W = self._keep(layer.gamma)
+                p.bias = self._keep(layer.beta)
+                p.eps = layer.epsilon
+            elif isinstance(layer, UnitNorm):
+                p.kind = UNIT_NORM_LAYER
+                p.n_out = features
+                p.eps = layer.epsilon
+            elif isinstance(layer, GlobalPool):
+                p.kind = GLOBAL_POOL_LAYER
+                p.n_out = features
+                p.pool_mode = GRURT_POOL_MAX if layer.mode == "max" else GRURT_POOL_AVERAGE
+            elif isinstance(layer, Flatten):
+                p.kind = FLATTEN_LAYER
+                p.n_out = features * layer.steps
+                steps_folded = layer.steps
             features = p.n_out
-            self.max_features = max(self.max_features, features)
+            # buffers hold B·T rows of max_features: after a Flatten of T steps, B rows of T·F fit
+            self.max_features = max(self.max_features, -(-features // steps_folded))
         self.input_size, self.output_size = spec.input_size, spec.output_size
         self.returns_sequence = spec.returns_sequence
         self.max_rows = (2**31 - 1) // max(self.max_features, 1)

@@ -52,7 +52,13 @@ def cmd_info(args) -> None:
     else:
         print(f"format:     {os.path.splitext(args.model)[1].lstrip('.')} (converted at load)")
     shape = "(batch, time, %d)" % spec.output_size if spec.returns_sequence else "(batch, %d)" % spec.output_size
-    print(f"input:      (batch, time, {spec.input_size})")
+    if spec.takes_ids:
+        print(f"input:      (batch, time) integer token ids in [0, {spec.vocabulary})"
+              + (f", padding id {spec.mask_value}" if spec.mask_value is not None else ""))
+    else:
+        print(f"input:      (batch, time, {spec.input_size})")
+    if spec.fixed_steps is not None:
+        print(f"time steps: exactly {spec.fixed_steps} (the model flattens its sequences)")
     print(f"output:     {shape}")
     print(f"parameters: {spec.parameter_count}")
     print("layers:")
@@ -78,7 +84,11 @@ def _random_input(model, batch=4, steps=16, seed=0, source=None) -> np.ndarray:
     if source is not None and os.path.splitext(source)[1].lower() == ".onnx":
         fixed_batch, fixed_steps = verify.onnx_input_sizes(source)
         batch, steps = fixed_batch or batch, fixed_steps or steps
-    return np.random.default_rng(seed).standard_normal((batch, steps, model.input_size)).astype(np.float32)
+    rng = np.random.default_rng(seed)
+    steps = model.spec.fixed_steps or steps
+    if model.spec.takes_ids:     # ids from 1: 0 may be the padding id
+        return rng.integers(min(1, model.vocabulary - 1), model.vocabulary, (batch, steps))
+    return rng.standard_normal((batch, steps, model.input_size)).astype(np.float32)
 
 
 def _framework_outputs(source: str, seq: np.ndarray):
@@ -160,7 +170,7 @@ class _Progress:
 def cmd_bench(args) -> None:
     model = load(args.model)
     if args.stream:
-        frame = np.random.default_rng(0).standard_normal((args.batch, model.input_size)).astype(np.float32)
+        frame = _random_input(model, args.batch, 1)[:, 0]
 
         def make_call():
             stream = model.stream(batch=args.batch)

@@ -15,9 +15,10 @@ import numpy as np
 from ..errors import GrurtError, ModelFormatError, UnsupportedModelError
 from ..limits import MAX_HEADER_BYTES, MAX_PARAMETERS, parse_json
 from ..spec import GRU, Activation, ActivationFunction, Dense, LastStep, Merge, ModelSpec, Reverse, Scale
+from ..spec import Embedding, Flatten, GlobalPool, LayerNorm, UnitNorm
 
 FORMAT_NAME = "grurt"
-FORMAT_VERSION = (1, 0)
+FORMAT_VERSION = (1, 1)     # 1.1: Embedding (input_size null), LayerNorm, UnitNorm, GlobalPool, Flatten
 HEADER_KEY = "header"
 
 _ARRAYS = {GRU: ("W", "R", "B"), Dense: ("W", "b"), Scale: ("a", "c")}
@@ -32,6 +33,17 @@ _LAYER_FIELDS = {
     "LastStep": {"type"},
     "Merge": {"type", "mode"},
 }
+# format 1.1 (issue 12)
+_ARRAYS_1_1 = {Embedding: ("table",), LayerNorm: ("gamma", "beta")}
+_TYPES_1_1 = (Embedding, LayerNorm, UnitNorm, GlobalPool, Flatten)
+_ARRAYS.update(_ARRAYS_1_1)
+_LAYER_FIELDS.update({
+    "Embedding": {"type", "vocabulary", "features"},
+    "LayerNorm": {"type", "epsilon"},
+    "UnitNorm": {"type", "epsilon"},
+    "GlobalPool": {"type", "mode"},
+    "Flatten": {"type", "steps"},
+})
 
 
 def _activation_to_json(fn: ActivationFunction) -> dict:
@@ -56,6 +68,14 @@ def _layer_to_json(layer) -> dict:
         return {"type": "Activation", "function": _activation_to_json(layer.function)}
     if isinstance(layer, Merge):
         return {"type": "Merge", "mode": layer.mode}
+    if isinstance(layer, Embedding):
+        return {"type": "Embedding", "vocabulary": layer.vocabulary, "features": layer.output_size}
+    if isinstance(layer, (LayerNorm, UnitNorm)):
+        return {"type": type(layer).__name__, "epsilon": layer.epsilon}
+    if isinstance(layer, GlobalPool):
+        return {"type": "GlobalPool", "mode": layer.mode}
+    if isinstance(layer, Flatten):
+        return {"type": "Flatten", "steps": layer.steps}
     return {"type": type(layer).__name__}
 
 
@@ -66,7 +86,10 @@ def save(model, path, metadata: dict | None = None) -> None:
     spec = getattr(model, "spec", model)
     if not isinstance(spec, ModelSpec):
         raise TypeError(f"save expects a grurt Model or ModelSpec, got {type(model).__name__}")
-    header = {"format": FORMAT_NAME, "format_version": "%d.%d" % FORMAT_VERSION,
+    # a model that needs nothing newer is written as 1.0, so that grurt releases reading 1.0 load it
+    version = FORMAT_VERSION if any(isinstance(layer, _TYPES_1_1) for layer in spec.layers) \
+        else (1, 0)
+    header = {"format": FORMAT_NAME, "format_version": "%d.%d" % version,
               "producer": f"grurt {__version__}", "input_size": spec.input_size,
               "layers": [_layer_to_json(layer) for layer in spec.layers]}
     if spec.mask_value is not None:
@@ -214,7 +237,33 @@ def _layer_from_json(archive, entry, index, features, budget):
         return Scale(a=array("a", (features,)), c=array("c", (features,)))
     if kind == "Merge":
         return Merge(entry.get("mode"))
+    if kind in _LAYERS_1_1:
+        return _LAYERS_1_1[kind](entry, array, features, budget, where)
     return Reverse() if kind == "Reverse" else LastStep()
+
+
+# ---- format 1.1 layers (issue 12) ----
+
+def _embedding_from_json(entry, array, features, budget, where):
+    _expect(features is None, f"{where}: an Embedding must be the first layer of a model whose input_size is null")
+    vocabulary, dims = _int_field(entry, "vocabulary", where), _int_field(entry, "features", where)
+    _check_budget(vocabulary * dims, budget, where)
+    return Embedding(array("table", (vocabulary, dims)))
+
+
+def _layer_norm_from_json(entry, array, features, budget, where):
+    _check_budget(2 * features, budget, where)
+    return LayerNorm(array("gamma", (features,)), array("beta", (features,)), entry.get("epsilon"))
+
+
+def _unit_norm_from_json(entry, array, features, budget, where):
+    return UnitNorm(entry.get("epsilon"))
+
+
+_LAYERS_1_1 = {"Embedding": _embedding_from_json, "LayerNorm": _layer_norm_from_json,
+               "UnitNorm": _unit_norm_from_json,
+               "GlobalPool": lambda entry, *_: GlobalPool(entry.get("mode")),
+               "Flatten": lambda entry, array, features, budget, where: Flatten(_int_field(entry, "steps", where))}
 
 
 def _check_budget(count, budget, where):
@@ -231,9 +280,12 @@ def load_npz(path):
     with _open_archive(path) as archive:
         try:
             header = _read_header(archive)
-            features = _int_field(header, "input_size", "header")
+            # input_size null: the model takes token ids (its first layer is an Embedding, format 1.1)
+            features = None if header.get("input_size", 0) is None else _int_field(header, "input_size", "header")
             entries = header.get("layers")
             _expect(isinstance(entries, list) and entries, "header: 'layers' must be a non-empty list")
+            _expect(features is not None or (isinstance(entries[0], dict) and entries[0].get("type") == "Embedding"),
+                    "header: input_size is null but the first layer is not an Embedding")
             layers, budget = [], [MAX_PARAMETERS]
             for index, entry in enumerate(entries):
                 layers.append(_layer_from_json(archive, entry, index, features, budget))

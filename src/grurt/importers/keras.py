@@ -40,6 +40,20 @@ candidate activation       ``activation``, default tanh     same                
                            ``scale``/``center``)
 ``Normalization``          (x − mean) / max(√var, 1e-7)     same                       ``Scale``
 input layout               (B, T, I)                        (B, T, I)                  (B, T, I)
+``Embedding``              ``embeddings`` (V, E);           same                       ``Embedding`` (first layer
+                           ``mask_zero``: id 0 masks                                   only; the model takes ids);
+                                                                                       ``mask_value`` 0
+``LayerNormalization``     epsilon 1e-3 over ``axis``;      same                       ``LayerNorm`` (last axis
+                           [γ, β] (absent without                                      only); ``rms_scaling``
+                           ``scale``/``center``)                                       refused
+``UnitNormalization``      x / max(‖x‖, 1e-12) (≥ 3.6)      x / √max(Σx², 1e-12)       ``UnitNorm`` ε = 1e-12,
+                                                            (Keras 3 < 3.6 too)        or 1e-6 = √1e-12
+``GlobalAveragePooling1D`` mean over the unmasked steps     same                       ``GlobalPool`` (average over
+                                                                                       valid steps)
+``GlobalMaxPooling1D``     max over all steps (no mask)     same                       ``GlobalPool`` (max over
+                                                                                       valid steps)
+``Flatten`` of (B, T, F)   (B, T·F); T from the input       same                       ``Flatten(T)``: the model
+                           shape                                                       runs only with that T
 =========================  ===============================  =========================  ===========================
 
 Dropout, SpatialDropout1D, GaussianNoise, GaussianDropout and AlphaDropout do nothing at
@@ -61,6 +75,7 @@ from ..errors import GrurtError, ModelFormatError, UnsupportedModelError
 from ..limits import MAX_ARRAYS, MAX_HDF5_BYTES, MAX_JSON_BYTES, MAX_PARAMETERS, parse_json
 from ..model import Model
 from ..spec import GRU, MERGE_MODES, Activation, ActivationFunction, Dense, Merge, ModelSpec, Reverse, Scale, activation
+from ..spec import Embedding, Flatten, GlobalPool, LayerNorm, UnitNorm
 from .scalers import with_scalers
 
 #: Layers that do nothing at inference.
@@ -74,7 +89,11 @@ def from_keras(model, input_scaler=None, output_scaler=None) -> Model:
     ``input_scaler``/``output_scaler``: fitted scikit-learn MinMaxScaler or StandardScaler,
     folded in so that the Model takes raw input and returns outputs in real units.
     """
+    return Model(with_scalers(live_keras_spec(model), input_scaler, output_scaler))
 
+
+def live_keras_spec(model) -> ModelSpec:
+    """The :class:`~grurt.spec.ModelSpec` of a live Keras model (what :func:`from_keras` runs)."""
     if not hasattr(model, "layers") or not hasattr(model, "get_config"):
         raise UnsupportedModelError(f"expected a Keras Sequential or functional model, got {type(model).__name__}")
     try:
@@ -85,9 +104,8 @@ def from_keras(model, input_scaler=None, output_scaler=None) -> Model:
     # the same (config, weights, version) triple the file readers produce
     weights = {layer.name: [np.asarray(w) for w in layer.get_weights()] for layer in model.layers}
     package = sys.modules.get(type(model).__module__.partition(".")[0])
-    spec = spec_from_keras({"class_name": type(model).__name__, "config": config}, weights,
+    return spec_from_keras({"class_name": type(model).__name__, "config": config}, weights,
                            getattr(package, "__version__", "3"))
-    return Model(with_scalers(spec, input_scaler, output_scaler))
 
 
 def load_keras(path, input_scaler=None, output_scaler=None):
@@ -401,6 +419,9 @@ class _Layer:
     keras_major: int
     features: int
     has_time: bool
+    steps: object = None          # the input's fixed number of time steps, if the input shape gives one
+    keras_version: str = "3"
+    masked: bool = False          # a Masking layer or mask_zero Embedding precedes this layer
 
     def where(self) -> str:
         return f"layer {self.name!r} ({self.kind})"
@@ -537,7 +558,7 @@ def _rescaling(layer: _Layer):
 
 def _flatten(layer: _Layer):
     if layer.has_time:
-        raise UnsupportedModelError("flattening a sequence is not supported")
+        return _flatten_sequence(layer)
     return []
 
 
@@ -547,20 +568,102 @@ _LAYERS = {"GRU": _gru, "Bidirectional": _bidirectional, "Dense": _dense, "TimeD
            **{kind: lambda layer: [] for kind in _NO_OPS}}
 
 
+# ---- Embedding, LayerNormalization, UnitNormalization, global pooling, Flatten of a sequence (issue 12) ----
+
+def _embedding(layer: _Layer):
+    layer.expect_weights(1)
+    table = layer.weights[0]
+    dims = (layer.config.get("input_dim"), layer.config.get("output_dim"))
+    layer.expect_shape("embeddings", table, dims)
+    return [Embedding(table)]          # mask_zero: spec_from_keras sets mask_value = 0
+
+
+def _layer_normalization(layer: _Layer):
+    config = layer.config
+    layer.last_axis(config.get("axis", -1))
+    if config.get("rms_scaling"):
+        raise UnsupportedModelError("rms_scaling=True is not supported")
+    scale, center = config.get("scale", True), config.get("center", True)
+    layer.expect_weights(scale + center)
+    for index, array in enumerate(layer.weights):
+        layer.expect_shape(f"weight {index}", array, (layer.features,))
+    weights = list(layer.weights)
+    gamma = weights.pop(0) if scale else np.ones(layer.features, np.float32)
+    beta = weights.pop(0) if center else np.zeros(layer.features, np.float32)
+    return [LayerNorm(gamma, beta, config.get("epsilon", 1e-3))]
+
+
+def _unit_normalization(layer: _Layer):
+    layer.last_axis(layer.config.get("axis", -1))
+    major, minor = _version(layer.keras_version)
+    # Keras ≥ 3.6: x·min(1/‖x‖, 1/ε) = x / max(‖x‖, ε); before (and tf.keras): x·rsqrt(max(Σx², ε)), ε = 1e-12
+    floors_norm = major > 3 or (major == 3 and (minor is None or minor >= 6))
+    return [UnitNorm(1e-12 if floors_norm else 1e-6)]
+
+
+def _global_pooling(mode):
+    def convert(layer: _Layer):
+        if layer.config.get("data_format", "channels_last") != "channels_last":
+            raise UnsupportedModelError(f"data_format={layer.config['data_format']!r}; grurt pools (B, T, F) "
+                                        "sequences (channels_last)")
+        if layer.config.get("keepdims"):
+            raise UnsupportedModelError("keepdims=True is not supported")
+        if not layer.has_time:
+            raise UnsupportedModelError("its input has no time axis")
+        return [GlobalPool(mode)]
+    return convert
+
+
+def _flatten_sequence(layer: _Layer):
+    if layer.masked:
+        raise UnsupportedModelError("flattening a masked sequence is not supported (Keras flattens the masked "
+                                    "steps' repeated outputs, grurt's padding is zero)")
+    if not isinstance(layer.steps, int) or isinstance(layer.steps, bool) or layer.steps < 1:
+        raise UnsupportedModelError("flattening a sequence needs a fixed number of time steps in the model's "
+                                    f"input shape (got {layer.steps!r})")
+    return [Flatten(layer.steps)]
+
+
+def _version(version):
+    """(major, minor) of a Keras version string; minor None when not given."""
+    parts = str(version).split(".")
+    try:
+        return int(parts[0]), (int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else None)
+    except ValueError:
+        raise ModelFormatError(f"unreadable Keras version {version!r}") from None
+
+
+_LAYERS.update({"Embedding": _embedding, "LayerNormalization": _layer_normalization,
+                "UnitNormalization": _unit_normalization,
+                "GlobalAveragePooling1D": _global_pooling("average"), "GlobalMaxPooling1D": _global_pooling("max")})
+
+
 def spec_from_keras(model_config: dict, weights: dict, keras_version: str) -> ModelSpec:
     """Translate a Keras model config and its weights (by layer name) into a ModelSpec."""
     keras_major = _major(keras_version)
     chain, batch_shape = _chain(model_config)
-    if batch_shape is not None and len(batch_shape) != 3:
-        raise UnsupportedModelError(f"the model takes input of shape {tuple(batch_shape)}; "
-                                    "grurt runs (batch, time, features) sequences")
+    takes_ids = bool(chain) and chain[0].get("class_name") == "Embedding"
+    if batch_shape is not None and len(batch_shape) != (2 if takes_ids else 3):
+        raise UnsupportedModelError(f"the model takes input of shape {tuple(batch_shape)}; grurt runs "
+                                    + ("(batch, time) token ids" if takes_ids else "(batch, time, features) sequences"))
     features = batch_shape[-1] if batch_shape and batch_shape[-1] else _first_dimension(chain, weights)
-    if features is None:
+    if takes_ids:
+        features = None     # the model takes ids; the Embedding gives the features
+    elif features is None:
         raise ModelFormatError("cannot tell the number of input features: the model has no weights")
+    steps = batch_shape[1] if batch_shape else None
     input_size, has_time, layers, mask_value = features, True, [], None
     for config in chain:
         layer = _Layer(config["class_name"], _layer_name(config), config.get("config", {}),
-                       weights.get(_layer_name(config), []), keras_major, features, has_time)
+                       weights.get(_layer_name(config), []), keras_major, features, has_time,
+                       steps=steps, keras_version=str(keras_version), masked=mask_value is not None)
+        if layer.kind == "GlobalMaxPooling1D" and layer.masked and any(g.direction != "forward"
+                                                                      for g in layers if isinstance(g, GRU)):
+            # Keras zeroes masked outputs of reverse/bidirectional GRUs and max-pools them with the rest
+            raise UnsupportedModelError(f"{layer.where()}: max-pooling a masked sequence after a reverse or "
+                                        "bidirectional GRU is not supported")
+        if layer.kind == "Embedding" and layer.config.get("mask_zero") and not layers:
+            mask_value = 0      # id 0 is padding: trailing zeros give each sequence's length
         if layer.kind == "Masking":
             # trailing padding becomes each sequence's length (Model.run derives `lengths`)
             if layers:
