@@ -110,6 +110,20 @@ class Model:
         """A :class:`Stream` that feeds this model one time step at a time, ``batch`` streams at once."""
         return Stream(self, batch)
 
+    def stream_pool(self, capacity: int) -> "StreamPool":
+        """A :class:`StreamPool`: the states of up to ``capacity`` sessions, stepped together."""
+        return StreamPool(self, capacity)
+
+    def _check_streamable(self) -> None:
+        """InputError unless every layer can run one frame at a time (no look-ahead)."""
+        for index, layer in enumerate(self.spec.layers):
+            if isinstance(layer, GRU) and layer.direction != "forward":
+                raise InputError(f"layer {index} is a {layer.direction} GRU, which needs the whole sequence: "
+                                 "this model cannot stream, use run()")
+            if isinstance(layer, Reverse):
+                raise InputError(f"layer {index} reverses time, which needs the whole sequence: "
+                                 "this model cannot stream, use run()")
+
     # ---- input checks: once per call, so that the kernels can trust everything ----
 
     def _input(self, seq):
@@ -186,27 +200,27 @@ class Model:
         return np.ascontiguousarray(values, dtype=np.int32)
 
 
+def _positive_int(value, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise InputError(f"{what} must be a positive integer, got {value!r}")
+    return int(value)
+
+
 class Stream:
-    """Runs a model one frame at a time; the GRU states live inside, preallocated.
+    """Runs a model one frame (or one block of frames) at a time; the GRU states live inside.
 
     ``step(frame)`` for T frames gives the same outputs as ``run`` on the sequence of those
     frames (each step returns the output for the last frame, as ``run`` on the prefix
-    would) and leaves the same final ``state``. A Stream belongs to one caller at a time;
-    the Model it came from can be shared.
+    would) and leaves the same final ``state``; ``run(frames)`` takes a block of frames and
+    gives bit for bit what stepping them one by one gives. A Stream belongs to one caller
+    at a time; the Model it came from can be shared.
     """
 
     def __init__(self, model: Model, batch: int = 1):
-        if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
-            raise InputError(f"batch must be a positive integer, got {batch!r}")
-        for index, layer in enumerate(model.spec.layers):
-            if isinstance(layer, GRU) and layer.direction != "forward":
-                raise InputError(f"layer {index} is a {layer.direction} GRU, which needs the whole sequence: "
-                                 "this model cannot stream, use run()")
-            if isinstance(layer, Reverse):
-                raise InputError(f"layer {index} reverses time, which needs the whole sequence: "
-                                 "this model cannot stream, use run()")
+        batch = _positive_int(batch, "batch")
+        model._check_streamable()
         self.model = model
-        self.batch = int(batch)
+        self.batch = batch
         self._plan = model._plan
         self._states = model._initial_states(None, self.batch, single=False)
         self._workspace = _kernels.aligned_empty(self._plan.workspace_floats(self.batch, 1))
@@ -238,29 +252,169 @@ class Stream:
         if result is not None:                              # the common call, checked in C
             return result
         if not (type(frame) is np.ndarray and frame.dtype == np.float32 and frame.flags.c_contiguous):
-            frame = self._coerce(frame)
+            frame = _coerce(frame, "frame")
         single = frame.ndim == 1
         if frame.ndim not in (1, 2) or frame.shape[-1] != self.model.input_size \
                 or (frame.shape[0] != self.batch and not single) or (single and self.batch != 1):
             raise InputError(f"frame must be ({self.batch}, {self.model.input_size})"
                              + (f" or ({self.model.input_size},)" if self.batch == 1 else "")
                              + f", got shape {frame.shape}")
-        if out is None:
-            result = np.empty(self._out_shape, np.float32)
-        else:
-            result = out
-            if not (type(out) is np.ndarray and out.dtype == np.float32 and out.flags.c_contiguous
-                    and out.flags.writeable and out.size == self.batch * self.model.output_size):
-                raise InputError(f"out must be a writeable C-contiguous float32 array of "
-                                 f"{self.batch * self.model.output_size} elements")
+        result = _out_buffer(out, self._out_shape)
         self._plan.step(frame, self._states, result, self._workspace, self.batch)
         if out is None and single:
             return result[0]
         return result
 
-    @staticmethod
-    def _coerce(frame):
-        frame = np.asarray(frame)
-        if frame.dtype.kind not in "fiub":
-            raise InputError(f"frame must be real numbers, got dtype {frame.dtype}")
-        return np.ascontiguousarray(frame, dtype=np.float32)
+    def run(self, frames, out=None):
+        """Advance by a block of n frames: (n, I) when batch is 1, or (batch, n, I).
+
+        Returns the output of every frame, (n, F) or (batch, n, F): frame t's output is what
+        ``step`` returns at frame t (for a model ending in LastStep or a GRU's last state,
+        the head applied to the state after frame t). The states carry on, as
+        ``scipy.signal.sosfilt`` with ``zi``: any split of a sequence into blocks, and
+        stepping frame by frame, give bit for bit the same outputs and states.
+        """
+        if not (type(frames) is np.ndarray and frames.dtype == np.float32 and frames.flags.c_contiguous):
+            frames = _coerce(frames, "frames")
+        single = frames.ndim == 2
+        I, B = self.model.input_size, self.batch
+        if frames.ndim not in (2, 3) or frames.shape[-1] != I or (single and B != 1) \
+                or (not single and frames.shape[0] != B):
+            raise InputError(f"frames must be ({B}, n, {I})" + (f" or (n, {I})" if B == 1 else "")
+                             + f", got shape {frames.shape}")
+        n = frames.shape[-2]
+        F = self.model.output_size
+        result = _out_buffer(out, frames.shape[:-1] + (F,))
+        view = result.reshape(B, n, F)
+        for t in range(n):      # phase 1: frame by frame (the blocked kernel replaces this)
+            self._plan.step(np.ascontiguousarray(frames.reshape(B, n, I)[:, t]), self._states, buffer := np.empty((B, F), np.float32),
+                            self._workspace, B)
+            view[:, t] = buffer
+        return result
+
+
+def _coerce(frame, what):
+    frame = _as_array(frame, what)
+    if frame.dtype.kind not in "fiub":
+        raise InputError(f"{what} must be real numbers, got dtype {frame.dtype}")
+    return np.ascontiguousarray(frame, dtype=np.float32)
+
+
+def _out_buffer(out, shape):
+    if out is None:
+        return np.empty(shape, np.float32)
+    size = int(np.prod(shape))
+    if not (type(out) is np.ndarray and out.dtype == np.float32 and out.flags.c_contiguous
+            and out.flags.writeable and out.size == size):
+        raise InputError(f"out must be a writeable C-contiguous float32 array of {size} elements")
+    return out
+
+
+class StreamPool:
+    """The states of up to ``capacity`` streaming sessions of one model, any subset of which
+    is stepped together as one batch.
+
+    ``open()`` hands out a session id (an int from 0 to capacity - 1) with zero states;
+    ``step(ids, frames)`` gathers those sessions' states, runs one batched step and writes
+    them back; ``close(sid)`` frees the id for a later ``open()``. Stepping a session through
+    the pool gives bit for bit what a ``Stream`` of its own gives, whatever other sessions
+    share its steps.
+
+    A pool belongs to one caller at a time (the loop that batches the frames): a call made
+    while another thread's call on the same pool is running raises InputError instead of
+    waiting or corrupting a state. Threads that share a pool serialize with a lock of their
+    own. The Model it came from can be shared.
+    """
+
+    def __init__(self, model: Model, capacity: int):
+        capacity = _positive_int(capacity, "capacity")
+        model._check_streamable()
+        self.model = model
+        self.capacity = capacity
+        self._plan = model._plan
+        self._state_shapes = model._state_shapes
+        self._states = [np.zeros((capacity, d, h), np.float32) for d, h in self._state_shapes]
+        self._open = np.zeros(capacity, bool)
+        self._free = list(range(capacity - 1, -1, -1))      # pop() hands out the lowest id first
+
+    def __len__(self) -> int:
+        """The number of open sessions."""
+        return self.capacity - len(self._free)
+
+    def open(self) -> int:
+        """Open a session with zero states and return its id."""
+        if not self._free:
+            raise InputError(f"all {self.capacity} sessions of this pool are open: close one first")
+        sid = self._free.pop()
+        self._open[sid] = True
+        for state in self._states:
+            state[sid] = 0.0
+        return sid
+
+    def _session(self, sid) -> int:
+        if isinstance(sid, bool) or not isinstance(sid, (int, np.integer)):
+            raise InputError(f"a session id must be an integer, got {sid!r}")
+        if not 0 <= sid < self.capacity:
+            raise InputError(f"session id {sid} is out of range (0 to {self.capacity - 1})")
+        if not self._open[sid]:
+            raise InputError(f"session {sid} is not open")
+        return int(sid)
+
+    def close(self, sid) -> None:
+        """Close session ``sid``: its id may be handed out again by ``open()``."""
+        sid = self._session(sid)
+        self._open[sid] = False
+        self._free.append(sid)
+
+    def is_open(self, sid) -> bool:
+        return isinstance(sid, (int, np.integer)) and 0 <= sid < self.capacity and bool(self._open[sid])
+
+    def reset(self, sid) -> None:
+        """Zero the states of session ``sid``."""
+        sid = self._session(sid)
+        for state in self._states:
+            state[sid] = 0.0
+
+    def state(self, sid):
+        """Copies of session ``sid``'s GRU states, one (directions, hidden) array per GRU layer."""
+        sid = self._session(sid)
+        return [state[sid].copy() for state in self._states]
+
+    def set_state(self, sid, states) -> None:
+        """Set session ``sid``'s GRU states from one (directions, hidden) array per GRU layer."""
+        sid = self._session(sid)
+        values = self.model._initial_states(states, 1, single=True, name="states")
+        for state, value in zip(self._states, values):
+            state[sid] = value[:, 0]
+
+    def step(self, ids, frames, out=None):
+        """Advance the sessions ``ids`` ((n,) integers, each open, no repeats) by one frame each:
+        ``frames`` (n, I) → outputs (n, F), row k for session ids[k]. With ``out`` (a
+        C-contiguous float32 array of n × F elements) nothing is allocated for int64 ids and
+        C-contiguous float32 frames."""
+        ids = _as_array(ids, "ids")
+        if ids.ndim != 1 or ids.dtype.kind not in "iu":
+            raise InputError(f"ids must be a 1-D array of integer session ids, got {ids.dtype} {ids.shape}")
+        n = ids.shape[0]
+        if not (type(frames) is np.ndarray and frames.dtype == np.float32 and frames.flags.c_contiguous):
+            frames = _coerce(frames, "frames")
+        I = self.model.input_size
+        if frames.shape != (n, I):
+            raise InputError(f"frames must be ({n}, {I}) for {n} session ids, got shape {frames.shape}")
+        if n and (ids.min() < 0 or ids.max() >= self.capacity):
+            bad = ids[(ids < 0) | (ids >= self.capacity)][0]
+            raise InputError(f"session id {bad} is out of range (0 to {self.capacity - 1})")
+        closed = ~self._open[ids]
+        if closed.any():
+            raise InputError(f"session {ids[closed][0]} is not open")
+        if len(np.unique(ids)) != n:
+            values, counts = np.unique(ids, return_counts=True)
+            raise InputError(f"session {values[counts > 1][0]} appears more than once in ids")
+        result = _out_buffer(out, (n, self.model.output_size))
+        if n == 0:
+            return result
+        states = [np.ascontiguousarray(state[ids].transpose(1, 0, 2)) for state in self._states]
+        self._plan.step(frames, states, result, _kernels.aligned_empty(self._plan.workspace_floats(n, 1)), n)
+        for state, new in zip(self._states, states):
+            state[ids] = new.transpose(1, 0, 2)
+        return result
