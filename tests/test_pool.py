@@ -221,32 +221,44 @@ def test_pool_step_with_out_allocates_nothing():
     assert current == 0
 
 
-def test_pool_refuses_a_concurrent_call():
-    """One caller at a time: a call while another thread's step runs raises, never corrupts."""
-    rng = np.random.default_rng(3)
-    model = grurt.Model(ModelSpec(64, (random_gru(rng, 64, 512),)))
-    pool = model.stream_pool(256)
-    ids = np.array([pool.open() for _ in range(256)])
-    frames = np.ones((256, 64), np.float32)
+def _concurrent_refusals(step, other):
+    """Run ``step`` 30 times on a thread while this one calls ``other`` in a loop: the
+    messages of the InputErrors ``other`` raised, and any error of the stepping thread."""
     refused, errors = [], []
 
     def stepper():
         try:
             for _ in range(30):
-                pool.step(ids, frames)
-        except Exception as exc:              # pragma: no cover - reported below
+                step()
+        except Exception as exc:              # pragma: no cover - reported by the caller
             errors.append(exc)
 
     thread = threading.Thread(target=stepper)
     thread.start()
     while thread.is_alive():
         try:
-            pool.reset(int(ids[0]))
+            other()
         except grurt.InputError as exc:
             refused.append(str(exc))
     thread.join()
-    assert not errors or all("in use" in str(e) for e in errors)
-    assert refused and all("in use" in message for message in refused)
+    return refused, errors
+
+
+def test_pool_and_stream_refuse_a_concurrent_call():
+    """One caller at a time: a call while another thread's step runs (without the GIL)
+    raises InputError, never waits and never corrupts a state."""
+    rng = np.random.default_rng(3)
+    model = grurt.Model(ModelSpec(64, (random_gru(rng, 64, 512),)))
+    pool = model.stream_pool(256)
+    ids = np.array([pool.open() for _ in range(256)])
+    frames = np.ones((256, 64), np.float32)
+    refused, errors = _concurrent_refusals(lambda: pool.step(ids, frames), lambda: pool.reset(int(ids[0])))
+    assert not errors
+    assert refused and all("StreamPool is in use by another thread" in m for m in refused)
+    stream = model.stream(256)
+    refused, errors = _concurrent_refusals(lambda: stream.step(frames), lambda: stream.step(frames))
+    assert all("Stream is in use by another thread" in str(e) for e in errors)
+    assert refused and all("Stream is in use by another thread" in m for m in refused)
 
 
 # ---- blocks of frames: Stream.run --------------------------------------------------------------
