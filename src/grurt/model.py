@@ -6,8 +6,8 @@ import os
 import numpy as np
 
 from . import _kernels
-from .errors import InputError
-from .spec import GRU, ModelSpec, Reverse
+from .errors import InputError, ModelFormatError
+from .spec import GRU, ModelSpec, Reverse, Scale
 
 _FLOAT32 = np.dtype(np.float32)
 
@@ -47,6 +47,20 @@ class Model:
         self._state_shapes = [(g.num_directions, g.hidden_size) for g in spec.gru_layers]
         self._output_size, self._returns_sequence = spec.output_size, spec.returns_sequence
         self._plain_runs = spec.mask_value is None      # no lengths to derive from the input
+
+    @classmethod
+    def chain(cls, layers, input_size=None, mask_value=None) -> "Model":
+        """A Model of canonical layers applied in order (``grurt.layers`` builds them from any
+        framework's weights). ``input_size`` defaults to that of the first GRU, Dense or Scale.
+        Put ``LastStep()`` after the last GRU to keep only the last time step."""
+        layers = tuple(layers)
+        for layer in layers if input_size is None else ():
+            input_size = layer.size if isinstance(layer, Scale) else getattr(layer, "input_size", None)
+            if input_size is not None:
+                break
+        if input_size is None:
+            raise ModelFormatError("Model.chain: no GRU, Dense or Scale layer tells the input size; pass input_size=")
+        return cls(ModelSpec(input_size, layers, mask_value=mask_value))
 
     @property
     def input_size(self) -> int:
@@ -95,8 +109,8 @@ class Model:
         length_array = None if lengths is None else self._lengths(lengths, batch, steps, single)
         out = np.empty((batch, steps, self._output_size) if self._returns_sequence else (batch, self._output_size),
                        _FLOAT32)
-        if type(threads) is not int or not 1 <= threads <= 64:
-            raise InputError(f"threads must be an integer from 1 to 64, got {threads!r}")
+        if type(threads) is not int or not 1 <= threads <= _kernels.MAX_THREADS:
+            raise InputError(f"threads must be an integer from 1 to {_kernels.MAX_THREADS}, got {threads!r}")
         self._plan.run(x, states, length_array, out, threads)
         if single:
             out = out[0]
@@ -148,11 +162,12 @@ class Model:
         return seq.reshape(batch, steps, features), single
 
     def _check_size(self, batch: int, steps: int):
-        rows = batch * steps
-        if rows > self._plan.max_rows:
+        """The limits of Plan.check_size (the same check as the C fast path's), explained."""
+        failure = self._plan.check_size(batch, steps, MEMORY_LIMIT_BYTES)
+        if failure == _kernels.TOO_MANY_ROWS:
             raise InputError(f"input of {batch} sequences × {steps} steps is too large for 32-bit BLAS indexing")
-        needed = rows * self._plan.bytes_per_row + batch * self._plan.bytes_per_sequence
-        if needed > MEMORY_LIMIT_BYTES:
+        if failure == _kernels.TOO_MUCH_MEMORY:
+            needed = self._plan.bytes_needed(batch, steps)
             raise InputError(
                 f"input of {batch} sequences × {steps} steps would need {needed / 2**30:.1f} GiB, "
                 f"more than the limit of {MEMORY_LIMIT_BYTES / 2**30:.1f} GiB (grurt.model.MEMORY_LIMIT_BYTES)")

@@ -13,7 +13,7 @@ import zlib
 import numpy as np
 
 from ..errors import GrurtError, ModelFormatError, UnsupportedModelError
-from ..limits import MAX_HEADER_BYTES, MAX_PARAMETERS
+from ..limits import MAX_HEADER_BYTES, MAX_PARAMETERS, parse_json
 from ..spec import GRU, Activation, ActivationFunction, Dense, LastStep, Merge, ModelSpec, Reverse, Scale
 
 FORMAT_NAME = "grurt"
@@ -105,20 +105,19 @@ def _int_field(entry, key, where):
 
 def _read_header(archive: zipfile.ZipFile) -> dict:
     name = HEADER_KEY + ".npy"
-    _expect(name in archive.namelist(), "not a grurt model: the archive has no 'header' entry")
+    _expect(name in archive.namelist(), "not a grurt model: the archive has no 'header' entry. A state dict saved "
+            "with numpy.savez (PyTorch parameter names -> arrays) loads with grurt.from_state_dict(path)")
     info = archive.getinfo(name)
     _expect(info.file_size <= MAX_HEADER_BYTES, f"header entry is implausibly large ({info.file_size} bytes)")
     with archive.open(name) as handle:
         raw = handle.read(MAX_HEADER_BYTES + 1)
     try:
         array = np.load(io.BytesIO(raw), allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise ModelFormatError(f"the 'header' entry is not a readable .npy array ({exc})") from None
+    except Exception as exc:    # noqa: BLE001 - numpy parses .npy headers with ast/tokenize: many exception types
+        raise ModelFormatError(f"the 'header' entry is not a readable .npy array ({type(exc).__name__}: {exc})") from None
     _expect(array.dtype.kind == "U" and array.ndim == 0, "header must be a 0-d string array holding JSON")
-    try:
-        header = json.loads(str(array))
-    except (ValueError, RecursionError) as exc:   # JSONDecodeError, huge int literals, deep nesting
-        raise ModelFormatError(f"header is not valid JSON: {exc}") from None
+    # JSONDecodeError, huge int literals, deep nesting (MAX_JSON_DEPTH)
+    header = parse_json(str(array), "header")
     _expect(isinstance(header, dict) and header.get("format") == FORMAT_NAME,
             "not a grurt model: header['format'] is not 'grurt'")
     version = header.get("format_version")
@@ -140,7 +139,7 @@ def read_header(path) -> dict:
     with _open_archive(path) as archive:
         try:
             return _read_header(archive)
-        except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as exc:
+        except (zipfile.BadZipFile, OSError, EOFError, zlib.error, NotImplementedError) as exc:
             raise ModelFormatError(f"{path}: corrupt grurt model ({type(exc).__name__}: {exc})") from None
 
 
@@ -149,7 +148,7 @@ def _open_archive(path) -> zipfile.ZipFile:
         return zipfile.ZipFile(path)
     except FileNotFoundError:
         raise
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as exc:
         raise ModelFormatError(f"{path}: not a readable .npz archive ({exc})") from None
 
 
@@ -163,7 +162,9 @@ def _read_array(archive: zipfile.ZipFile, key: str, shape: tuple, where: str) ->
                       (2, 0): np.lib.format.read_array_header_2_0}.get(version)
             _expect(reader is not None, f"{where}: array '{key}' has an unknown .npy version {version}")
             stored_shape, fortran, dtype = reader(handle)
-        except ValueError as exc:
+        except (GrurtError, zipfile.BadZipFile, OSError, EOFError, zlib.error, NotImplementedError):
+            raise
+        except Exception as exc:    # noqa: BLE001 - numpy parses the header with ast/tokenize: many exception types
             raise ModelFormatError(f"{where}: array '{key}' has a corrupt header ({exc})") from None
         _expect(dtype.kind == "f" and not dtype.hasobject,
                 f"{where}: array '{key}' has dtype {dtype}, expected float32")
@@ -244,7 +245,7 @@ def load_npz(path):
                              mask_value=header.get("mask_value"))
         except GrurtError:
             raise
-        except (zipfile.BadZipFile, OSError, EOFError, ValueError, KeyError, zlib.error) as exc:
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError, KeyError, zlib.error, NotImplementedError) as exc:
             raise ModelFormatError(f"{path}: corrupt grurt model ({type(exc).__name__}: {exc})") from None
     return Model(spec)
 
