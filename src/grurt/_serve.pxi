@@ -16,7 +16,8 @@
 #
 # The common calls (C-contiguous float32 frames and ``out``, int64 ids) are checked here in C
 # and allocate nothing with ``out``; anything else goes through the checked path, which
-# converts the input or raises an InputError that says what is wrong.
+# converts the input or raises an InputError that says what is wrong. (This file is compiled
+# with wraparound=False, as the rest of the module: no negative indices, in Python code too.)
 import time as _time
 
 from .errors import InputError
@@ -218,7 +219,7 @@ cdef class Stream:
                     and (cnp.PyArray_DIMS(a)[0] == self.batch if ndim == 2 else self.batch == 1)):
                 if out is None:
                     shape[0], shape[1] = self.batch, self.output_size
-                    result = cnp.PyArray_EMPTY(ndim, shape if ndim == 2 else shape + 1, cnp.NPY_FLOAT32, 0)
+                    result = cnp.PyArray_EMPTY(ndim, &shape[2 - ndim], cnp.NPY_FLOAT32, 0)
                     self._step(<float*>cnp.PyArray_DATA(a), <float*>cnp.PyArray_DATA(result))
                     return result
                 if plain_out(out, <cnp.npy_intp>self.batch * self.output_size):
@@ -243,11 +244,14 @@ cdef class Stream:
         frame = _real_array(frame, "frame")
         I = self.input_size
         single = frame.ndim == 1
-        if (frame.ndim not in (1, 2) or frame.shape[-1] != I or (single and self.batch != 1)
+        if (frame.ndim not in (1, 2) or frame.shape[frame.ndim - 1] != I or (single and self.batch != 1)
                 or (not single and frame.shape[0] != self.batch)):
             raise InputError(f"frame must be ({self.batch}, {I})" + (f" or ({I},)" if self.batch == 1 else "")
                              + f", got shape {frame.shape}")
-        result = _out_array(out, (self.output_size,) if single else (self.batch, self.output_size))
+        if single:
+            result = _out_array(out, (self.output_size,))
+        else:
+            result = _out_array(out, (self.batch, self.output_size))
         self._step(<float*>cnp.PyArray_DATA(frame), <float*>cnp.PyArray_DATA(<cnp.ndarray>result))
         return result
 
@@ -292,14 +296,14 @@ cdef class Stream:
         frames = _real_array(frames, "frames")
         B, I = self.batch, self.input_size
         single = frames.ndim == 2
-        if (frames.ndim not in (2, 3) or frames.shape[-1] != I or (single and B != 1)
+        if (frames.ndim not in (2, 3) or frames.shape[frames.ndim - 1] != I or (single and B != 1)
                 or (not single and frames.shape[0] != B)):
             raise InputError(f"frames must be ({B}, n, {I})" + (f" or (n, {I})" if B == 1 else "")
                              + f", got shape {frames.shape}")
-        n = frames.shape[-2]
+        n = frames.shape[frames.ndim - 2]
         if n > self.plan.max_rows:
             raise InputError(f"a block of {n} frames is too large; pass fewer frames per call")
-        result = _out_array(out, frames.shape[:-1] + (self.output_size,))
+        result = _out_array(out, frames.shape[:frames.ndim - 1] + (self.output_size,))
         self._run(<float*>cnp.PyArray_DATA(frames), n, <float*>cnp.PyArray_DATA(<cnp.ndarray>result))
         return result
 
@@ -408,7 +412,7 @@ cdef class StreamPool:
     cdef size_t row_floats
     cdef object store                 # (capacity, row_floats) float32
     cdef float* rows
-    cdef unsigned char* is_open
+    cdef unsigned char* open_flags
     cdef int* free_ids                # a stack: the lowest free id on top
     cdef int n_free
     cdef unsigned long long* seen     # the call in which each id was last stepped (repeats)
@@ -421,7 +425,10 @@ cdef class StreamPool:
     cdef int busy
 
     def __cinit__(self):
-        self.is_open, self.free_ids, self.seen, self.work_raw = NULL, NULL, NULL, NULL
+        self.open_flags = NULL
+        self.free_ids = NULL
+        self.seen = NULL
+        self.work_raw = NULL
 
     def __init__(self, model, capacity):
         capacity = _positive_int(capacity, "capacity")
@@ -441,10 +448,10 @@ cdef class StreamPool:
         self.capacity = capacity
         self.store = np.zeros((capacity, max(1, offset)), np.float32)
         self.rows = <float*>cnp.PyArray_DATA(self.store)
-        self.is_open = <unsigned char*>calloc(capacity, 1)
+        self.open_flags = <unsigned char*>calloc(capacity, 1)
         self.free_ids = <int*>malloc(capacity * sizeof(int))
         self.seen = <unsigned long long*>calloc(capacity, sizeof(unsigned long long))
-        if self.is_open == NULL or self.free_ids == NULL or self.seen == NULL:
+        if self.open_flags == NULL or self.free_ids == NULL or self.seen == NULL:
             raise MemoryError()
         cdef int i
         for i in range(capacity):
@@ -453,7 +460,7 @@ cdef class StreamPool:
         self.macs_per_session = macs_per_row(self.plan)
 
     def __dealloc__(self):
-        free(self.is_open)
+        free(self.open_flags)
         free(self.free_ids)
         free(self.seen)
         free(self.work_raw)
@@ -473,7 +480,7 @@ cdef class StreamPool:
             raise InputError(f"a session id must be an integer, got {sid!r}")
         if not 0 <= sid < self.capacity:
             raise InputError(f"session id {sid} is out of range (0 to {self.capacity - 1})")
-        if not self.is_open[<int>sid]:
+        if not self.open_flags[<int>sid]:
             raise InputError(f"session {sid} is not open")
         return <int>sid
 
@@ -487,7 +494,7 @@ cdef class StreamPool:
                 raise InputError(f"all {self.capacity} sessions of this pool are open: close one first")
             self.n_free -= 1
             sid = self.free_ids[self.n_free]
-            self.is_open[sid] = 1
+            self.open_flags[sid] = 1
             memset(self.rows + <size_t>sid * self.row_floats, 0, self.row_floats * sizeof(float))
             return sid
         finally:
@@ -498,7 +505,7 @@ cdef class StreamPool:
         self._claim()
         try:
             s = self._session(sid)
-            self.is_open[s] = 0
+            self.open_flags[s] = 0
             # keep the free ids sorted, lowest on top, so that open() hands out the lowest
             i = self.n_free
             while i > 0 and self.free_ids[i - 1] < s:
@@ -512,7 +519,7 @@ cdef class StreamPool:
     def is_open(self, sid):
         """Whether ``sid`` is the id of an open session."""
         return (not isinstance(sid, bool) and isinstance(sid, (int, np.integer)) and 0 <= sid < self.capacity
-                and self.is_open[<int>sid] != 0)
+                and self.open_flags[<int>sid] != 0)
 
     def reset(self, sid):
         """Zero the states of session ``sid``."""
@@ -607,7 +614,7 @@ cdef class StreamPool:
             sid = ids[k]
             if sid < 0 or sid >= self.capacity:
                 problem = ID_OUT_OF_RANGE
-            elif not self.is_open[sid]:
+            elif not self.open_flags[sid]:
                 problem = ID_NOT_OPEN
             elif self.seen[sid] == self.calls:
                 problem = ID_REPEATED
@@ -655,7 +662,6 @@ cdef class StreamPool:
         cdef float* step_work = self.work + <size_t>n * self.row_floats
         cdef int i, k, part, W
         cdef float* row
-        cdef Plan plan = self.plan
         for i in range(self.n_slots):
             slot_ptrs[i] = gathered
             gathered += <size_t>n * self.slot_parts[i] * self.slot_width[i]
@@ -666,7 +672,8 @@ cdef class StreamPool:
                 for part in range(self.slot_parts[i]):
                     memcpy(slot_ptrs[i] + (<size_t>part * n + k) * W, row + self.slot_offset[i] + part * W,
                            W * sizeof(float))
-        run_layers(plan.layers, plan.n_layers, n, 1, x, slot_ptrs, NULL, out, step_work, plan.max_features, 1, True)
+        run_layers(self.plan.layers, self.plan.n_layers, n, 1, x, slot_ptrs, NULL, out, step_work,
+                   self.plan.max_features, 1, True)
         for k in range(n):
             row = self.rows + <size_t>ids[k] * self.row_floats
             for i in range(self.n_slots):
