@@ -370,16 +370,17 @@ def _plan_run(model, x, h0, lengths, threads):
     return out, states, used
 
 
-def _assert_threads(model, x, h0, lengths, threads, expected_threads):
-    """threads > 1 against the float64 reference, bit for bit against one thread, and run on
-    ``expected_threads`` threads: a split that silently fell back to one thread fails."""
+def _assert_threads(model, x, h0, lengths, threads, expected_threads, against_reference=True):
+    """threads > 1 bit for bit against one thread (and against the float64 reference), and run
+    on ``expected_threads`` threads: a split that silently fell back to one thread fails."""
     one = _plan_run(model, x, h0, lengths, 1)
     many = _plan_run(model, x, h0, lengths, threads)
     assert one[2] == 1
     assert many[2] == expected_threads, f"threads={threads}: {many[2]} threads ran the layer, not {expected_threads}"
     assert np.array_equal(many[0], one[0])
     assert all(np.array_equal(a, b) for a, b in zip(many[1], one[1]))
-    assert_matches_reference(model, x, h0, lengths, threads=threads)
+    if against_reference:
+        assert_matches_reference(model, x, h0, lengths, threads=threads)
     # zero initial states kept in the workspace (another path through Model.run), bit for bit too
     assert np.array_equal(model.run(x, threads=threads), model.run(x))
 
@@ -402,7 +403,8 @@ def test_units_split_over_threads(H, direction, return_sequences):
         x = rng.normal(size=(B, T, I)).astype(np.float32)
         h0 = random_states(rng, model.spec, B)
         lengths = np.array([T, 20][:B])
-        _assert_threads(model, x, h0, lengths, threads, min(threads, cpus))
+        # the float64 reference (about a second for H = 1024) once per layer
+        _assert_threads(model, x, h0, lengths, threads, min(threads, cpus), against_reference=B == 2)
 
 
 @pytest.mark.parametrize("direction, H, lbr, B, threads, expected", [
