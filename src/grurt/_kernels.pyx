@@ -47,75 +47,31 @@ cdef enum:
     ALIGN_FLOATS = 16            # 64 bytes: every buffer and packed weight starts on a cache line
     MAX_GRU_LAYERS = 64          # state pointers and thread handles live on the stack
     MAX_THREADS = 64
-    # Splitting one sequence's steps over threads by units (run_units) costs a barrier per
-    # step: about 1 µs when the threads' cores are busy, but about 20 µs when a core was idle
-    # before the call (measured here). H >= 1024 (R of 12 MB, about 140 µs per step) wins
-    # either way: GRU(1024) over 50 steps 8.3 -> 5.3 ms after idle; H = 512 loses after idle.
-    MIN_SPLIT_UNITS = 1024
+    # Below these sizes a layer never splits over threads (measured: the split's cost exceeds
+    # its gain even with warm workers); above them, whether it pays is measured (choose_split).
+    MIN_SPLIT_UNITS = 128            # units split: H of whole panels, at least this
+    MIN_SPLIT_STEP_FMAS = 40000      # units split: B·H·3H multiply-adds per step
+    MIN_SPLIT_TASK_FMAS = 4000000    # tasks: T·B·H·3H multiply-adds in the layer
 
-cdef extern from *:
-    """
-    #include <pthread.h>
-    #include <sched.h>
-    /* A reusable barrier for the threads of one call. A thread that arrives early spins for
-     * a few microseconds (the usual wait when the threads have cores of their own), then
-     * sleeps, so that a thread that lost its core to another process can get one back. */
-    typedef struct {
-        int arrived, generation, parties;
-        pthread_mutex_t lock;
-        pthread_cond_t wake;
-    } grurt_barrier;
-    static void grurt_barrier_wait(grurt_barrier *b) {
-        int generation = __atomic_load_n(&b->generation, __ATOMIC_ACQUIRE);
-        if (__atomic_add_fetch(&b->arrived, 1, __ATOMIC_ACQ_REL) == b->parties) {
-            __atomic_store_n(&b->arrived, 0, __ATOMIC_RELAXED);
-            pthread_mutex_lock(&b->lock);
-            __atomic_store_n(&b->generation, generation + 1, __ATOMIC_RELEASE);
-            pthread_cond_broadcast(&b->wake);
-            pthread_mutex_unlock(&b->lock);
-            return;
-        }
-        for (int spins = 0; spins < 200000; ++spins)
-            if (__atomic_load_n(&b->generation, __ATOMIC_ACQUIRE) != generation)
-                return;
-        pthread_mutex_lock(&b->lock);
-        while (__atomic_load_n(&b->generation, __ATOMIC_ACQUIRE) == generation)
-            pthread_cond_wait(&b->wake, &b->lock);
-        pthread_mutex_unlock(&b->lock);
-    }
-    static void grurt_barrier_init(grurt_barrier *b, int parties) {
-        b->arrived = b->generation = 0;
-        b->parties = parties;
-        pthread_mutex_init(&b->lock, NULL);
-        pthread_cond_init(&b->wake, NULL);
-    }
-    static void grurt_barrier_destroy(grurt_barrier *b) {
-        pthread_mutex_destroy(&b->lock);
-        pthread_cond_destroy(&b->wake);
-    }
-    static inline int grurt_load_acquire(const int *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
-    static inline void grurt_store_release(int *p, int v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
-    """
-    ctypedef struct grurt_barrier:
+cdef extern from "_pool.h" nogil:
+    ctypedef void (*grurt_pool_fn)(void* arg, int slot) noexcept nogil
+    int grurt_pool_run(int threads, grurt_pool_fn fn, void* arg)
+    int grurt_pool_workers()
+    int grurt_usable_cpus()
+    int grurt_claim(int* next)
+    long grurt_now_ns()
+    ctypedef struct grurt_phased:
         pass
-    void grurt_barrier_wait(grurt_barrier* b) nogil
-    void grurt_barrier_init(grurt_barrier* b, int parties) nogil
-    void grurt_barrier_destroy(grurt_barrier* b) nogil
-    int grurt_load_acquire(const int* p) nogil
-    void grurt_store_release(int* p, int v) nogil
+    void grurt_phased_init(grurt_phased* w, int per_phase, int phases)
+    int grurt_phased_claim(grurt_phased* w, long* waited_ns)
+    void grurt_phased_done(grurt_phased* w)
 
-cdef extern from "<sched.h>" nogil:
-    int sched_yield()
-
-cdef extern from "<unistd.h>" nogil:
-    long sysconf(int name)
-    int _SC_NPROCESSORS_ONLN
-
-cdef extern from "<pthread.h>" nogil:
-    ctypedef struct pthread_t:
-        pass
-    int pthread_create(pthread_t* thread, const void* attr, void* (*start)(void*) noexcept nogil, void* arg)
-    int pthread_join(pthread_t thread, void** retval)
+cdef struct ThreadChoice:
+    # whether a layer's calls with threads > 1 pay (choose_split): for the last shape seen,
+    # running averages of the ns per call on one thread [0] and split [1] (0: not measured)
+    long shape
+    long ns[2]
+    int interval, countdown, probing
 
 cdef enum LayerKind:
     GRU_LAYER, DENSE_LAYER, ACTIVATION_LAYER, SCALE_LAYER, REVERSE_LAYER, LAST_STEP_LAYER, MERGE_LAYER
@@ -138,6 +94,7 @@ cdef struct LayerPlan:
     int panels_per_gate_set  # lbr=1: panels of 3H; lbr=0: panels of 2H
     int panels_h             # lbr=0: panels of H
     long panel_stride        # floats of packed recurrent panels per direction
+    ThreadChoice choice      # threads > 1: whether splitting this layer pays (mutable, shared by callers)
 
 
 cdef inline size_t aligned(size_t floats) noexcept nogil:
@@ -318,9 +275,10 @@ cdef class Plan:
         states is None (zero initial states, final states discarded) or one array per GRU
         layer; lengths is None or int32 (B,). All arrays are C-contiguous float32 of the right
         shapes.
-        ``threads`` > 1 splits each GRU layer's directions and batch across that many threads.
+        ``threads`` > 1 lets each GRU layer run on up to that many threads of the worker pool
+        (run_gru). Returns the largest number of threads that ran a layer.
         """
-        self._run(x.shape[0], x.shape[1], x, states, lengths, out, threads)
+        return self._run(x.shape[0], x.shape[1], x, states, lengths, out, threads)
 
     def run_plain(self, x, size_t memory_limit):
         """The output for x with zero initial states, on one thread, if x is a C-contiguous
@@ -366,7 +324,7 @@ cdef class Plan:
         if raw == NULL:
             raise MemoryError("grurt: could not allocate the workspace for this input")
         try:
-            self._execute(B, T, x, states, lengths, out, raw + (-(<size_t>raw) // 4) % ALIGN_FLOATS, threads)
+            return self._execute(B, T, x, states, lengths, out, raw + (-(<size_t>raw) // 4) % ALIGN_FLOATS, threads)
         finally:
             free(raw)
 
@@ -424,15 +382,18 @@ cdef class Plan:
         cdef const int* length_ptr = NULL if lengths is None else <int*>cnp.PyArray_DATA(lengths)
         cdef const float* x_ptr = <float*>cnp.PyArray_DATA(x)
         cdef float* out_ptr = <float*>cnp.PyArray_DATA(out)
+        cdef int ran
         with nogil:
-            run_layers(self.layers, self.n_layers, B, T, x_ptr, state_ptrs, length_ptr, out_ptr, work,
+            ran = run_layers(self.layers, self.n_layers, B, T, x_ptr, state_ptrs, length_ptr, out_ptr, work,
                        self.max_features, threads)
+        return ran
 
 
-cdef void run_layers(const LayerPlan* layers, int n_layers, int B, int T, const float* x,
-                     float** states, const int* lengths, float* out, float* work,
-                     int max_features, int threads) noexcept nogil:
-    """Execute every layer, using ``work`` (workspace_floats(B, T)) as scratch."""
+cdef int run_layers(const LayerPlan* layers, int n_layers, int B, int T, const float* x,
+                    float** states, const int* lengths, float* out, float* work,
+                    int max_features, int threads) noexcept nogil:
+    """Execute every layer, using ``work`` (workspace_floats(B, T)) as scratch. Returns the
+    largest number of threads that ran a layer."""
     cdef size_t rows = <size_t>B * T
     cdef size_t ping = aligned(rows * max_features)
     cdef float* buffers[2]
@@ -441,13 +402,13 @@ cdef void run_layers(const LayerPlan* layers, int n_layers, int B, int T, const 
     cdef float* scratch = work + 2 * ping
     cdef const float* src = x
     cdef float* dst
-    cdef int steps = T, i, gru_index = 0
+    cdef int steps = T, i, gru_index = 0, ran = 1
     cdef const LayerPlan* p
     for i in range(n_layers):
         p = &layers[i]
         dst = out if i == n_layers - 1 else buffers[i % 2]
         if p.kind == GRU_LAYER:
-            run_gru(p, B, steps, src, dst, states[gru_index], lengths, scratch, threads)
+            ran = max(ran, run_gru(p, B, steps, src, dst, states[gru_index], lengths, scratch, threads))
             gru_index += 1
             if not p.return_sequences:
                 steps = 1
@@ -468,6 +429,7 @@ cdef void run_layers(const LayerPlan* layers, int n_layers, int B, int T, const 
         src = dst
     if lengths != NULL and steps > 1:
         zero_padding(B, steps, layers[n_layers - 1].n_out, lengths, out)
+    return ran
 
 
 cdef void activate_rows(const grurt_act* act, float* y, size_t rows, int n) noexcept nogil:
@@ -559,66 +521,130 @@ cdef struct GruTask:
     float* scratch
 
 
-cdef void* run_direction_task(void* arg) noexcept nogil:
-    cdef GruTask* task = <GruTask*>arg
+cdef void run_direction_task(GruTask* task) noexcept nogil:
     gru_direction(task.p, task.d, task.B, task.T, task.x, task.h, task.y, task.lengths, task.scratch)
-    return NULL
 
 
-cdef void run_parallel(void* (*work)(void*) noexcept nogil, GruTask* tasks, int n_tasks,
-                       int threads) noexcept nogil:
-    """Run the tasks, on threads of their own when ``threads`` allows one per task (the first
-    task runs here; a thread that cannot start runs inline), one after the other otherwise."""
-    cdef pthread_t handles[MAX_THREADS]
-    cdef bint started[MAX_THREADS]
+cdef struct TaskJob:
+    # independent recurrences (directions × batch slices), claimed one at a time by the threads
+    GruTask* tasks
+    int n, next
+
+
+cdef void tasks_job(void* arg, int slot) noexcept nogil:
+    cdef TaskJob* job = <TaskJob*>arg
     cdef int i
-    if n_tasks > threads:
-        for i in range(n_tasks):
-            work(&tasks[i])
-        return
-    for i in range(1, n_tasks):
-        started[i] = pthread_create(&handles[i], NULL, work, &tasks[i]) == 0
-        if not started[i]:
-            work(&tasks[i])
-    work(&tasks[0])
-    for i in range(1, n_tasks):
-        if started[i]:
-            pthread_join(handles[i], NULL)
+    while True:
+        i = grurt_claim(&job.next)
+        if i >= job.n:
+            return
+        run_direction_task(&job.tasks[i])
 
 
-cdef void run_gru(const LayerPlan* p, int B, int T, const float* x, float* y, float* state,
-                  const int* lengths, float* scratch, int threads) noexcept nogil:
+cdef enum Split:
+    ONE_THREAD, SPLIT_TASKS, SPLIT_UNITS
+
+
+cdef int run_gru(const LayerPlan* p, int B, int T, const float* x, float* y, float* state,
+                 const int* lengths, float* scratch, int threads) noexcept nogil:
     """One GRU layer over x (B, T, I) into y: (B, T, D*H) sequences or (B, D*H) last states.
+    Returns the number of threads that ran it.
 
-    ``scratch`` holds D × B row scratches; ``threads`` > 1 runs the directions and slices of
-    the batch (independent recurrences) on threads of their own, or, when that leaves threads
-    idle, the units of a large one-direction layer (run_units).
+    ``scratch`` holds D × B row scratches. With ``threads`` > 1 (capped at the usable CPUs)
+    the layer runs on the worker pool (_pool.h): the directions and slices of the batch
+    (independent recurrences) as tasks that the threads claim one at a time, or, for one
+    sequence of a one-direction layer, the units of each step (run_units). Whether the split
+    pays is measured (choose_split): on cores that another process is using, or for a layer
+    too small, the layer runs on one thread.
     """
     cdef int H = p.H, DH = p.D * H
-    cdef int d, i, b0, b1, chunk, chunks
+    cdef int d, i, b0, b1, chunk, chunks, n_tasks, ran = 1
     cdef GruTask tasks[MAX_THREADS]
+    cdef TaskJob job
     cdef size_t row_scratch = step_scratch_floats(p)
     cdef float* seq_out = y if p.return_sequences else NULL
-    chunks = max(1, min(B, min(threads, MAX_THREADS) // p.D))
-    if (p.D == 1 and chunks < threads and p.fast_gates and H >= MIN_SPLIT_UNITS and H % GRURT_PANEL == 0
-            and run_units(p, B, T, x, seq_out, state, lengths, scratch, min(threads, MAX_THREADS))):
-        if not p.return_sequences:
-            final_states(p, B, state, y)
-        return
-    i = 0
-    for d in range(p.D):
-        for chunk in range(chunks):
-            b0, b1 = B * chunk // chunks, B * (chunk + 1) // chunks
-            tasks[i].p, tasks[i].d, tasks[i].B, tasks[i].T = p, d, b1 - b0, T
-            tasks[i].x = x + <size_t>b0 * T * p.n_in
-            tasks[i].h = state + (<size_t>d * B + b0) * H
-            tasks[i].y = NULL if seq_out == NULL else seq_out + <size_t>b0 * T * DH
-            tasks[i].lengths = NULL if lengths == NULL else <const int*>(lengths + b0)
-            tasks[i].scratch = scratch + (<size_t>d * B + b0) * row_scratch
-            i += 1
-    run_parallel(run_direction_task, tasks, p.D * chunks, threads)
+    cdef int usable = min(min(threads, MAX_THREADS), grurt_usable_cpus())
+    cdef int split = ONE_THREAD
+    cdef bint units = (p.D == 1 and p.fast_gates and H % GRURT_PANEL == 0 and H >= MIN_SPLIT_UNITS
+                       and <long>B * H * 3 * H >= MIN_SPLIT_STEP_FMAS)
+    if usable > 1:
+        if p.D * B >= usable or (p.D * B >= 2 and not units):
+            if <long>T * B * H * 3 * H >= MIN_SPLIT_TASK_FMAS:
+                split = SPLIT_TASKS
+        elif units:
+            split = SPLIT_UNITS
+    cdef long shape = (<long>B << 32) + T
+    cdef bint use_split = split != ONE_THREAD and choose_split(<ThreadChoice*>&p.choice, shape)
+    cdef long start = grurt_now_ns()
+    if use_split and split == SPLIT_UNITS:
+        ran = run_units(p, B, T, x, seq_out, state, lengths, scratch, usable)
+    else:
+        # tasks: per direction, the batch in slices of at least 8 rows (an AVX-512 tile), up to
+        # four tasks per thread, so that a thread that is slowed down holds back a small part
+        chunks = 1
+        if use_split:
+            chunks = max(1, min(B, min(max(1, 4 * usable // p.D), max((usable + p.D - 1) // p.D, B // 8))))
+        n_tasks = 0
+        for d in range(p.D):
+            for chunk in range(chunks):
+                b0, b1 = B * chunk // chunks, B * (chunk + 1) // chunks
+                i = n_tasks
+                tasks[i].p, tasks[i].d, tasks[i].B, tasks[i].T = p, d, b1 - b0, T
+                tasks[i].x = x + <size_t>b0 * T * p.n_in
+                tasks[i].h = state + (<size_t>d * B + b0) * H
+                tasks[i].y = NULL if seq_out == NULL else seq_out + <size_t>b0 * T * DH
+                tasks[i].lengths = NULL if lengths == NULL else <const int*>(lengths + b0)
+                tasks[i].scratch = scratch + (<size_t>d * B + b0) * row_scratch
+                n_tasks += 1
+        job.tasks, job.n, job.next = tasks, n_tasks, 0
+        if use_split:
+            ran = grurt_pool_run(usable, tasks_job, &job)
+        else:
+            tasks_job(&job, 0)
+    if split != ONE_THREAD:
+        record_split(<ThreadChoice*>&p.choice, shape, use_split, grurt_now_ns() - start)
     if not p.return_sequences:
         final_states(p, B, state, y)
+    return ran
+
+
+cdef bint choose_split(ThreadChoice* c, long shape) noexcept nogil:
+    """Whether this call of a layer runs split over threads: the faster of the two ways,
+    judged by the running averages of earlier calls of the same shape (a split must win by
+    5%), with the other way tried again now and then (after 4 calls, then 8, ... up to 64
+    while it keeps losing) so that the choice follows the machine: cores that scale when they
+    are free, a core that another process keeps busy. Calls from several threads update these
+    numbers without a lock: a lost update only delays the choice."""
+    cdef long t1, ts
+    if c.shape != shape:
+        c.shape, c.ns[0], c.ns[1], c.interval, c.countdown, c.probing = shape, 0, 0, 4, 4, 0
+    t1, ts = c.ns[0], c.ns[1]
+    if ts == 0:
+        return True
+    if t1 == 0:
+        return False
+    cdef bint best = ts * 20 < t1 * 19
+    c.countdown -= 1
+    if c.countdown <= 0:
+        c.countdown = c.interval
+        c.probing = 1
+        return not best
+    return best
+
+
+cdef void record_split(ThreadChoice* c, long shape, bint split, long ns) noexcept nogil:
+    """Adds one call's time to the average of the way it ran (a sample above twice the average,
+    a preemption, counts as twice the average)."""
+    if c.shape != shape:
+        return
+    cdef long old = c.ns[split]
+    c.ns[split] = ns if old == 0 else (old + min(ns, 2 * old)) // 2
+    if c.probing:
+        c.probing = 0
+        if c.ns[0] != 0 and c.ns[1] != 0 and (c.ns[1] * 20 < c.ns[0] * 19) == split:
+            c.interval = 4                          # the way tried is now the faster one
+        else:
+            c.interval = min(2 * c.interval, 64)    # still the slower: try it less often
 
 
 cdef void final_states(const LayerPlan* p, int B, const float* state, float* y) noexcept nogil:
@@ -629,137 +655,138 @@ cdef void final_states(const LayerPlan* p, int B, const float* state, float* y) 
             memcpy(y + (<size_t>b * p.D + d) * p.H, state + (<size_t>d * B + b) * p.H, p.H * sizeof(float))
 
 
-cdef struct UnitTask:
-    # the units u0 .. u1-1 of a one-direction GRU layer over the whole batch (run_units)
+cdef struct UnitsJob:
+    # a one-direction GRU layer with the units of every step split into groups (run_units)
     const LayerPlan* p
-    int B, T, u0, u1
+    int B, T, groups, panels          # panels: of one gate, H / GRURT_PANEL
     const float* x
     float* y
     const int* lengths
-    float* scratch          # this task's projections and products
-    float* states[2]        # shared: the state before and after a step, B rows of H
-    grurt_barrier* barrier
-    int* go                 # 1: run, -1: do nothing (another thread could not start)
+    float* scratch                    # group g's projections and products: scratch + g * group_floats
+    size_t group_floats
+    float* states[2]                  # the state before and after a step, B rows of H
+    grurt_phased work
 
 
-cdef void* run_units_task(void* arg) noexcept nogil:
-    cdef UnitTask* task = <UnitTask*>arg
-    while grurt_load_acquire(task.go) == 0:
-        sched_yield()
-    if grurt_load_acquire(task.go) == 1:
-        gru_units(task)
-    return NULL
+cdef void units_job(void* arg, int slot) noexcept nogil:
+    """Claims items until none are left: phase q is the input projection of a chunk of
+    CHUNK_STEPS steps, or one step; item g of a phase is unit group g."""
+    cdef UnitsJob* job = <UnitsJob*>arg
+    cdef long waited = 0
+    cdef int t, q, g, c, r
+    while True:
+        t = grurt_phased_claim(&job.work, &waited)
+        if t < 0:
+            return
+        q, g = t // job.groups, t % job.groups
+        c, r = q // (CHUNK_STEPS + 1), q % (CHUNK_STEPS + 1)
+        if r == 0:
+            units_project(job, g, c * CHUNK_STEPS)
+        else:
+            units_step(job, g, c * CHUNK_STEPS, c * CHUNK_STEPS + r - 1)
+        grurt_phased_done(&job.work)
 
 
-cdef bint run_units(const LayerPlan* p, int B, int T, const float* x, float* y, float* state,
-                    const int* lengths, float* scratch, int threads) noexcept nogil:
-    """A one-direction GRU with its units split over ``threads`` threads, for batches too
-    small to split: each thread computes its units' rows of the products and their gates,
-    and the threads meet at a barrier after every step, when the new state is complete.
-    Every unit's arithmetic is the same as on one thread. At most one thread per online CPU:
-    threads that meet at every step gain nothing from sharing a core. Returns False, having
-    computed nothing, when that leaves one thread or a thread cannot be started."""
-    cdef int H = p.H, n = <int>min(<long>min(threads, H // GRURT_PANEL), sysconf(_SC_NPROCESSORS_ONLN))
-    cdef int t, started = 1, go = 0
-    if n < 2:
-        return False
-    cdef UnitTask tasks[MAX_THREADS]
-    cdef pthread_t handles[MAX_THREADS]
-    cdef grurt_barrier barrier
-    grurt_barrier_init(&barrier, n)
-    # shared: the state before and after a step; then each thread's scratch
-    cdef float* states0 = scratch
-    cdef float* states1 = states0 + <size_t>B * H
-    cdef float* local = states1 + <size_t>B * H
-    memcpy(states0, state, <size_t>B * H * sizeof(float))
-    for t in range(n):
-        tasks[t].p, tasks[t].B, tasks[t].T = p, B, T
-        # whole panels of units per thread
-        tasks[t].u0 = H // GRURT_PANEL * t // n * GRURT_PANEL
-        tasks[t].u1 = H // GRURT_PANEL * (t + 1) // n * GRURT_PANEL
-        tasks[t].x, tasks[t].y, tasks[t].lengths = x, y, lengths
-        tasks[t].scratch = local
-        local += <size_t>B * unit_scratch_floats(tasks[t].u1 - tasks[t].u0)
-        tasks[t].states[0], tasks[t].states[1] = states0, states1
-        tasks[t].barrier, tasks[t].go = &barrier, &go
-    for t in range(1, n):
-        if pthread_create(&handles[t], NULL, run_units_task, &tasks[t]) != 0:
-            break
-        started += 1
-    grurt_store_release(&go, 1 if started == n else -1)
-    if started == n:
-        gru_units(&tasks[0])
-    for t in range(1, started):
-        pthread_join(handles[t], NULL)
-    grurt_barrier_destroy(&barrier)
-    if started < n:
-        return False
+cdef int run_units(const LayerPlan* p, int B, int T, const float* x, float* y, float* state,
+                   const int* lengths, float* scratch, int threads) noexcept nogil:
+    """A one-direction GRU (sigmoid/tanh, no clip, linear_before_reset = 1) with the units of
+    each step split into groups that the threads claim: a thread takes the next group, and a
+    group of step s starts once every group of step s - 1 is done (grurt_phased). There is no
+    barrier: a thread that is late or slow holds back only the groups it has claimed, and the
+    caller runs everything that no worker takes. Every unit's arithmetic is that of one
+    thread. Returns the number of threads that ran."""
+    cdef int H = p.H, P = H // GRURT_PANEL
+    # groups of at least two panels per gate (the one-row product runs two panels per pass)
+    # and about two per thread
+    cdef int groups = max(1, min(P // 2, 2 * threads))
+    cdef UnitsJob job
+    job.p, job.B, job.T, job.groups, job.panels = p, B, T, groups, P
+    job.x, job.y, job.lengths = x, y, lengths
+    job.states[0] = scratch
+    job.states[1] = scratch + <size_t>B * H
+    job.scratch = scratch + 2 * <size_t>B * H
+    job.group_floats = aligned(<size_t>B * unit_scratch_floats((P + groups - 1) // groups * GRURT_PANEL))
+    memcpy(job.states[0], state, <size_t>B * H * sizeof(float))
+    grurt_phased_init(&job.work, groups, (T + CHUNK_STEPS - 1) // CHUNK_STEPS + T)
+    cdef int ran = grurt_pool_run(threads, units_job, &job)
     # step s reads states[s % 2] and writes the other one
-    memcpy(state, states1 if T % 2 else states0, <size_t>B * H * sizeof(float))
-    return True
+    memcpy(state, job.states[T % 2], <size_t>B * H * sizeof(float))
+    return ran
 
 
 cdef inline size_t unit_scratch_floats(int units) noexcept nogil:
-    """Per batch row, a run_units thread's projections of CHUNK_STEPS steps and its products,
-    each followed by the gate pass's read slack."""
+    """Per batch row, a unit group's projections of CHUNK_STEPS steps and its products, each
+    followed by the gate pass's read slack."""
     return <size_t>(CHUNK_STEPS + 1) * 3 * units + 2 * GRURT_UNIT_BLOCK
 
 
-cdef void gru_units(UnitTask* task) noexcept nogil:
-    """gru_direction for the units u0 .. u1-1 of every sequence (sigmoid/tanh, no clip,
-    linear_before_reset = 1), the state shared with the other threads of run_units. Its
-    projections and products hold [z r h] of its units only: three panel ranges of the layer's
-    packed weights, one per gate."""
-    cdef const LayerPlan* p = task.p
-    cdef int B = task.B, T = task.T, H = p.H, I = p.n_in, u0 = task.u0, U = task.u1 - task.u0
-    cdef int G = 3 * U, panels = U // GRURT_PANEL
-    cdef bint reverse = p.reverse_only
-    cdef float* xp = task.scratch
+cdef inline void unit_group(const UnitsJob* job, int g, int* u0, int* U) noexcept nogil:
+    cdef int first = job.panels * g // job.groups, last = job.panels * (g + 1) // job.groups
+    u0[0], U[0] = first * GRURT_PANEL, (last - first) * GRURT_PANEL
+
+
+cdef void units_project(UnitsJob* job, int g, int s0) noexcept nogil:
+    """Group g's rows of the input projection for the steps s0 .. s0+CHUNK_STEPS-1: [z r h] of
+    its units, three panel ranges of the layer's packed weights, one per gate."""
+    cdef const LayerPlan* p = job.p
+    cdef int B = job.B, T = job.T, H = p.H, I = p.n_in, u0, U, G, b, t, L, m, gate
+    unit_group(job, g, &u0, &U)
+    G = 3 * U
+    cdef int panels = U // GRURT_PANEL, n = min(CHUNK_STEPS, T - s0)
+    cdef float* xp = job.scratch + g * job.group_floats
     cdef float* hr = xp + <size_t>B * CHUNK_STEPS * G + GRURT_UNIT_BLOCK
-    cdef int s, s0, n, b, t, L, m, g
     cdef size_t first_panel
-    cdef float* cur
-    cdef float* nxt
-    cdef const float* xrow
-    memset(xp + <size_t>B * CHUNK_STEPS * G, 0, GRURT_UNIT_BLOCK * sizeof(float))
-    memset(hr + <size_t>B * G, 0, GRURT_UNIT_BLOCK * sizeof(float))
-    if task.y != NULL and task.lengths != NULL:
-        for b in range(B):
-            for t in range(task.lengths[b], T):
-                memset(task.y + (<size_t>b * T + t) * H + u0, 0, U * sizeof(float))
-    s0 = 0
-    while s0 < T:
-        n = min(CHUNK_STEPS, T - s0)
-        for b in range(B):
-            L = T if task.lengths == NULL else task.lengths[b]
-            if s0 < L:
-                m = min(n, L - s0)
-                t = L - s0 - m if reverse else s0
-                for g in range(3):
-                    first_panel = (g * H + u0) // GRURT_PANEL
-                    grurt_gemm(m, I, panels, task.x + (<size_t>b * T + t) * I, I,
-                               p.W_panels + first_panel * I * GRURT_PANEL, p.bias + g * H + u0,
-                               xp + <size_t>b * CHUNK_STEPS * G + g * U, G, 0)
-                if m < CHUNK_STEPS:
-                    memset(xp + (<size_t>b * CHUNK_STEPS + m) * G, 0, GRURT_UNIT_BLOCK * sizeof(float))
-        for s in range(s0, s0 + n):
-            cur, nxt = task.states[s % 2], task.states[1 - s % 2]
-            for g in range(3):
-                first_panel = (g * H + u0) // GRURT_PANEL
-                grurt_gemm(B, H, panels, cur, H, p.R_panels + first_panel * H * GRURT_PANEL,
-                           p.R_init + g * H + u0, hr + g * U, G, s % 2)
+    cdef bint reverse = p.reverse_only
+    if s0 == 0:
+        memset(xp + <size_t>B * CHUNK_STEPS * G, 0, GRURT_UNIT_BLOCK * sizeof(float))
+        memset(hr + <size_t>B * G, 0, GRURT_UNIT_BLOCK * sizeof(float))
+        if job.y != NULL and job.lengths != NULL:
             for b in range(B):
-                memcpy(nxt + b * H + u0, cur + b * H + u0, U * sizeof(float))
-                L = T if task.lengths == NULL else task.lengths[b]
-                if s >= L:
-                    continue
-                xrow = xp + (<size_t>b * CHUNK_STEPS + chunk_row(s, s0, L, reverse)) * G
-                grurt_gates_lbr1_fast(U, xrow, hr + b * G, nxt + b * H + u0)
-                if task.y != NULL:
-                    t = L - 1 - s if reverse else s
-                    memcpy(task.y + (<size_t>b * T + t) * H + u0, nxt + b * H + u0, U * sizeof(float))
-            grurt_barrier_wait(task.barrier)     # every unit of the new state is written
-        s0 += CHUNK_STEPS
+                for t in range(job.lengths[b], T):
+                    memset(job.y + (<size_t>b * T + t) * H + u0, 0, U * sizeof(float))
+    for b in range(B):
+        L = T if job.lengths == NULL else job.lengths[b]
+        if s0 < L:
+            m = min(n, L - s0)
+            t = L - s0 - m if reverse else s0
+            for gate in range(3):
+                first_panel = (gate * H + u0) // GRURT_PANEL
+                grurt_gemm(m, I, panels, job.x + (<size_t>b * T + t) * I, I,
+                           p.W_panels + first_panel * I * GRURT_PANEL, p.bias + gate * H + u0,
+                           xp + <size_t>b * CHUNK_STEPS * G + gate * U, G, 0)
+            if m < CHUNK_STEPS:
+                memset(xp + (<size_t>b * CHUNK_STEPS + m) * G, 0, GRURT_UNIT_BLOCK * sizeof(float))
+
+
+cdef void units_step(UnitsJob* job, int g, int s0, int s) noexcept nogil:
+    """Step s for group g's units: their rows of h·R_zrhᵀ + [0 0 Rb_h], their gates, the new
+    state's units and their outputs."""
+    cdef const LayerPlan* p = job.p
+    cdef int B = job.B, T = job.T, H = p.H, u0, U, G, b, t, L, gate
+    unit_group(job, g, &u0, &U)
+    G = 3 * U
+    cdef int panels = U // GRURT_PANEL
+    cdef float* xp = job.scratch + g * job.group_floats
+    cdef float* hr = xp + <size_t>B * CHUNK_STEPS * G + GRURT_UNIT_BLOCK
+    cdef float* cur = job.states[s % 2]
+    cdef float* nxt = job.states[1 - s % 2]
+    cdef size_t first_panel
+    cdef bint reverse = p.reverse_only
+    cdef const float* xrow
+    for gate in range(3):
+        first_panel = (gate * H + u0) // GRURT_PANEL
+        grurt_gemm(B, H, panels, cur, H, p.R_panels + first_panel * H * GRURT_PANEL,
+                   p.R_init + gate * H + u0, hr + gate * U, G, s % 2)
+    for b in range(B):
+        memcpy(nxt + b * H + u0, cur + b * H + u0, U * sizeof(float))
+        L = T if job.lengths == NULL else job.lengths[b]
+        if s >= L:
+            continue
+        xrow = xp + (<size_t>b * CHUNK_STEPS + chunk_row(s, s0, L, reverse)) * G
+        grurt_gates_lbr1_fast(U, xrow, hr + b * G, nxt + b * H + u0)
+        if job.y != NULL:
+            t = L - 1 - s if reverse else s
+            memcpy(job.y + (<size_t>b * T + t) * H + u0, nxt + b * H + u0, U * sizeof(float))
 
 
 cdef void gru_direction(const LayerPlan* p, int d, int B, int T, const float* x, float* h,
