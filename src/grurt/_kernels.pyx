@@ -280,8 +280,8 @@ cdef class Plan:
         """
         return self._run(x.shape[0], x.shape[1], x, states, lengths, out, threads)
 
-    def run_plain(self, x, size_t memory_limit):
-        """The output for x with zero initial states, on one thread, if x is a C-contiguous
+    def run_plain(self, x, size_t memory_limit, int threads=1):
+        """The output for x with zero initial states, on up to ``threads`` threads, if x is a C-contiguous
         float32 ndarray of shape (B, T, input_size), or (T, input_size) for one sequence (the
         output then has no batch axis), with B, T >= 1 within the size limits; None otherwise
         (the caller then runs its full checks, which convert x or explain what is wrong).
@@ -312,7 +312,7 @@ cdef class Plan:
             out_ndim += 1
         out_shape[out_ndim] = self.output_size
         cdef cnp.ndarray out = cnp.PyArray_EMPTY(out_ndim + 1, out_shape, cnp.NPY_FLOAT32, 0)
-        self._run(<int>B, <int>T, a, None, None, out, 1)
+        self._run(<int>B, <int>T, a, None, None, out, threads)
         return out
 
     cdef _run(self, int B, int T, cnp.ndarray x, list states, cnp.ndarray lengths, cnp.ndarray out, int threads):
@@ -608,6 +608,25 @@ cdef int run_gru(const LayerPlan* p, int B, int T, const float* x, float* y, flo
     return ran
 
 
+cdef int split_policy = 0   # 0: measured (choose_split); 1: always split; -1: never (set_split_policy)
+
+
+def set_split_policy(policy):
+    """"auto" (the default: each layer measures whether its split over threads pays), "always"
+    or "never": for tests, which must run the split paths whatever the machine, and for
+    measurements. Returns the previous policy."""
+    global split_policy
+    names = {"auto": 0, "always": 1, "never": -1}
+    previous = {v: k for k, v in names.items()}[split_policy]
+    split_policy = names[policy]
+    return previous
+
+
+def pool_workers():
+    """Worker threads the pool has created in this process (they live until it exits)."""
+    return grurt_pool_workers()
+
+
 cdef bint choose_split(ThreadChoice* c, long shape) noexcept nogil:
     """Whether this call of a layer runs split over threads: the faster of the two ways,
     judged by the running averages of earlier calls of the same shape (a split must win by
@@ -616,6 +635,8 @@ cdef bint choose_split(ThreadChoice* c, long shape) noexcept nogil:
     are free, a core that another process keeps busy. Calls from several threads update these
     numbers without a lock: a lost update only delays the choice."""
     cdef long t1, ts
+    if split_policy != 0:
+        return split_policy > 0
     if c.shape != shape:
         c.shape, c.ns[0], c.ns[1], c.interval, c.countdown, c.probing = shape, 0, 0, 4, 4, 0
     t1, ts = c.ns[0], c.ns[1]
