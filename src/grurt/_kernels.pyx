@@ -57,7 +57,8 @@ cdef extern from "_pool.h" nogil:
     ctypedef void (*grurt_pool_fn)(void* arg, int slot) noexcept nogil
     int grurt_pool_run(int threads, grurt_pool_fn fn, void* arg)
     int grurt_pool_workers()
-    int grurt_usable_cpus()
+    int grurt_pool_cpus()
+    long grurt_ticks()
     int grurt_claim(int* next)
     long grurt_now_ns()
     ctypedef struct grurt_phased:
@@ -66,11 +67,15 @@ cdef extern from "_pool.h" nogil:
     int grurt_phased_claim(grurt_phased* w, long* waited_ns)
     void grurt_phased_done(grurt_phased* w)
 
+cdef enum:
+    CHOICE_SAMPLES = 5       # choose_split compares the median of this many recent calls each way
+
 cdef struct ThreadChoice:
-    # whether a layer's calls with threads > 1 pay (choose_split): for the last shape seen,
-    # running averages of the ns per call on one thread [0] and split [1] (0: not measured)
+    # whether a layer's calls with threads > 1 pay (choose_split), for the last shape seen: the
+    # durations (grurt_ticks) of the latest calls on one thread [0] and split [1], ring buffers
     long shape
-    long ns[2]
+    long ticks[2][CHOICE_SAMPLES]
+    int count[2]             # samples taken each way (the ring position is count % CHOICE_SAMPLES)
     int interval, countdown, probing
 
 cdef enum LayerKind:
@@ -260,6 +265,17 @@ cdef class Plan:
     def __dealloc__(self):
         free(self.layers)
 
+    def split_times(self):
+        """Per GRU layer, the median durations (grurt_ticks: time-stamp counter ticks on
+        x86-64) of its recent calls on one thread and split (None: not measured), behind
+        choose_split, for the last shape that layer ran with threads > 1."""
+        result = []
+        for i in range(self.n_layers):
+            if self.layers[i].kind == GRU_LAYER:
+                c = &self.layers[i].choice
+                result.append(tuple(choice_median(c, k) or None for k in range(2)))
+        return result
+
     cpdef size_t workspace_floats(self, int batch, int steps):
         """Floats of scratch memory one ``run`` of this shape needs (beside input and output).
 
@@ -328,15 +344,16 @@ cdef class Plan:
         finally:
             free(raw)
 
-    def step(self, cnp.ndarray frame, list states, cnp.ndarray out, cnp.ndarray workspace, int batch):
+    def step(self, cnp.ndarray frame, list states, cnp.ndarray out, cnp.ndarray workspace, int batch,
+             int threads=1):
         """One time step of ``batch`` streams: like run with T = 1, allocating nothing.
 
         ``workspace`` is float32 of at least workspace_floats(batch, 1) elements, from
         aligned_empty.
         """
-        self._execute(batch, 1, frame, states, None, out, <float*>cnp.PyArray_DATA(workspace), 1)
+        self._execute(batch, 1, frame, states, None, out, <float*>cnp.PyArray_DATA(workspace), threads)
 
-    def step_plain(self, frame, out, list states, cnp.ndarray workspace, int batch):
+    def step_plain(self, frame, out, list states, cnp.ndarray workspace, int batch, int threads=1):
         """step() for the common call, checked in C: a C-contiguous float32 frame of shape
         (batch, input_size), or (input_size,) when batch is 1, and ``out`` None or a
         C-contiguous float32 array of batch × output_size elements. Returns the output ((F,)
@@ -360,7 +377,7 @@ cdef class Plan:
                     or not cnp.PyArray_ISNOTSWAPPED(result) or not cnp.PyArray_ISWRITEABLE(result)
                     or cnp.PyArray_SIZE(result) != <cnp.npy_intp>batch * self.output_size):
                 return None
-        self._execute(batch, 1, a, states, None, result, <float*>cnp.PyArray_DATA(workspace), 1)
+        self._execute(batch, 1, a, states, None, result, <float*>cnp.PyArray_DATA(workspace), threads)
         return result[0] if out is None and ndim == 1 else result
 
     cdef _execute(self, int B, int T, cnp.ndarray x, list states, cnp.ndarray lengths, cnp.ndarray out,
@@ -563,7 +580,7 @@ cdef int run_gru(const LayerPlan* p, int B, int T, const float* x, float* y, flo
     cdef TaskJob job
     cdef size_t row_scratch = step_scratch_floats(p)
     cdef float* seq_out = y if p.return_sequences else NULL
-    cdef int usable = min(min(threads, MAX_THREADS), grurt_usable_cpus())
+    cdef int usable = min(min(threads, MAX_THREADS), grurt_pool_cpus()) if threads > 1 else 1
     cdef int split = ONE_THREAD
     cdef bint units = (p.D == 1 and p.fast_gates and H % GRURT_PANEL == 0 and H >= MIN_SPLIT_UNITS
                        and <long>B * H * 3 * H >= MIN_SPLIT_STEP_FMAS)
@@ -575,7 +592,7 @@ cdef int run_gru(const LayerPlan* p, int B, int T, const float* x, float* y, flo
             split = SPLIT_UNITS
     cdef long shape = (<long>B << 32) + T
     cdef bint use_split = split != ONE_THREAD and choose_split(<ThreadChoice*>&p.choice, shape)
-    cdef long start = grurt_now_ns()
+    cdef long start = grurt_ticks() if split != ONE_THREAD else 0
     if use_split and split == SPLIT_UNITS:
         ran = run_units(p, B, T, x, seq_out, state, lengths, scratch, usable)
     else:
@@ -602,7 +619,7 @@ cdef int run_gru(const LayerPlan* p, int B, int T, const float* x, float* y, flo
         else:
             tasks_job(&job, 0)
     if split != ONE_THREAD:
-        record_split(<ThreadChoice*>&p.choice, shape, use_split, grurt_now_ns() - start)
+        record_split(<ThreadChoice*>&p.choice, shape, use_split, grurt_ticks() - start)
     if not p.return_sequences:
         final_states(p, B, state, y)
     return ran
@@ -627,24 +644,46 @@ def pool_workers():
     return grurt_pool_workers()
 
 
+cdef long choice_median(const ThreadChoice* c, int way) noexcept nogil:
+    """The median of the recent durations of one way (0 when none)."""
+    cdef int n = min(c.count[way], CHOICE_SAMPLES), i, j
+    cdef long v[CHOICE_SAMPLES]
+    cdef long key
+    if n == 0:
+        return 0
+    for i in range(n):
+        key = c.ticks[way][i]
+        j = i
+        while j > 0 and v[j - 1] > key:
+            v[j] = v[j - 1]
+            j -= 1
+        v[j] = key
+    return v[n // 2]
+
+
+cdef inline bint split_wins(const ThreadChoice* c) noexcept nogil:
+    """Whether the split's median is at least 5% below one thread's."""
+    return choice_median(c, 1) * 20 < choice_median(c, 0) * 19
+
+
 cdef bint choose_split(ThreadChoice* c, long shape) noexcept nogil:
-    """Whether this call of a layer runs split over threads: the faster of the two ways,
-    judged by the running averages of earlier calls of the same shape (a split must win by
-    5%), with the other way tried again now and then (after 4 calls, then 8, ... up to 64
-    while it keeps losing) so that the choice follows the machine: cores that scale when they
-    are free, a core that another process keeps busy. Calls from several threads update these
-    numbers without a lock: a lost update only delays the choice."""
-    cdef long t1, ts
+    """Whether this call of a layer runs split over threads: the faster of the two ways by the
+    median of their latest calls of the same shape (a split must win by 5%; a median, because
+    a split call that waits for a preempted worker is rare but long), with the other way tried
+    again now and then (after 4 calls, then 8, ... up to 64 while it keeps losing) so that the
+    choice follows the machine: cores that scale when they are free, a core that another
+    process keeps busy. Calls from several threads update these numbers without a lock: a lost
+    update only delays the choice."""
     if split_policy != 0:
         return split_policy > 0
     if c.shape != shape:
-        c.shape, c.ns[0], c.ns[1], c.interval, c.countdown, c.probing = shape, 0, 0, 4, 4, 0
-    t1, ts = c.ns[0], c.ns[1]
-    if ts == 0:
+        memset(c, 0, sizeof(ThreadChoice))
+        c.shape, c.interval, c.countdown = shape, 4, 4
+    if c.count[1] < 2:           # measure each way twice first (the first call wakes things up)
         return True
-    if t1 == 0:
+    if c.count[0] < 2:
         return False
-    cdef bint best = ts * 20 < t1 * 19
+    cdef bint best = split_wins(c)
     c.countdown -= 1
     if c.countdown <= 0:
         c.countdown = c.interval
@@ -653,16 +692,15 @@ cdef bint choose_split(ThreadChoice* c, long shape) noexcept nogil:
     return best
 
 
-cdef void record_split(ThreadChoice* c, long shape, bint split, long ns) noexcept nogil:
-    """Adds one call's time to the average of the way it ran (a sample above twice the average,
-    a preemption, counts as twice the average)."""
+cdef void record_split(ThreadChoice* c, long shape, bint split, long ticks) noexcept nogil:
+    """Adds one call's duration to the samples of the way it ran."""
     if c.shape != shape:
         return
-    cdef long old = c.ns[split]
-    c.ns[split] = ns if old == 0 else (old + min(ns, 2 * old)) // 2
+    c.ticks[split][c.count[split] % CHOICE_SAMPLES] = ticks
+    c.count[split] += 1
     if c.probing:
         c.probing = 0
-        if c.ns[0] != 0 and c.ns[1] != 0 and (c.ns[1] * 20 < c.ns[0] * 19) == split:
+        if split_wins(c) == split:
             c.interval = 4                          # the way tried is now the faster one
         else:
             c.interval = min(2 * c.interval, 64)    # still the slower: try it less often

@@ -108,9 +108,10 @@ class Model:
 
     __call__ = run
 
-    def stream(self, batch: int = 1) -> "Stream":
-        """A :class:`Stream` that feeds this model one time step at a time, ``batch`` streams at once."""
-        return Stream(self, batch)
+    def stream(self, batch: int = 1, threads: int = 1) -> "Stream":
+        """A :class:`Stream` that feeds this model one time step at a time, ``batch`` streams at once
+        (``threads`` as in :meth:`run`, for each step)."""
+        return Stream(self, batch, threads)
 
     # ---- input checks: once per call, so that the kernels can trust everything ----
 
@@ -197,9 +198,12 @@ class Stream:
     the Model it came from can be shared.
     """
 
-    def __init__(self, model: Model, batch: int = 1):
+    def __init__(self, model: Model, batch: int = 1, threads: int = 1):
         if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
             raise InputError(f"batch must be a positive integer, got {batch!r}")
+        if type(threads) is not int or not 1 <= threads <= 64:
+            raise InputError(f"threads must be an integer from 1 to 64, got {threads!r}")
+        self.threads = threads
         for index, layer in enumerate(model.spec.layers):
             if isinstance(layer, GRU) and layer.direction != "forward":
                 raise InputError(f"layer {index} is a {layer.direction} GRU, which needs the whole sequence: "
@@ -236,7 +240,7 @@ class Stream:
         Returns the output for this frame, (F,) or (batch, F). With ``out`` (a C-contiguous
         float32 array of that shape) the result is written there and nothing is allocated.
         """
-        result = self._plan.step_plain(frame, out, self._states, self._workspace, self.batch)
+        result = self._plan.step_plain(frame, out, self._states, self._workspace, self.batch, self.threads)
         if result is not None:                              # the common call, checked in C
             return result
         if not (type(frame) is np.ndarray and frame.dtype == np.float32 and frame.flags.c_contiguous):
@@ -255,7 +259,7 @@ class Stream:
                     and out.flags.writeable and out.size == self.batch * self.model.output_size):
                 raise InputError(f"out must be a writeable C-contiguous float32 array of "
                                  f"{self.batch * self.model.output_size} elements")
-        self._plan.step(frame, self._states, result, self._workspace, self.batch)
+        self._plan.step(frame, self._states, result, self._workspace, self.batch, self.threads)
         if out is None and single:
             return result[0]
         return result
