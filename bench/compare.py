@@ -7,8 +7,9 @@ For each workload of ``workloads.py`` the PyTorch module is exported to ONNX (le
 TorchScript exporter, dynamic batch/time axes) and run by every contender:
 
     grurt                          Model.run (W3: one Model.stream step), BLAS on 1 thread
-    grurt (2 threads)              W4 (a direction per thread) and W5 (the units of each step
-                                   split over the threads), if Model.run has a ``threads`` option
+    grurt (2 threads)              run(threads=2) (W3: a stream made with threads=2), if Model.run
+                                   has a ``threads`` option: each layer runs on grurt's worker
+                                   pool when that measures faster, on one thread otherwise
     onnxruntime (1 thread)         intra_op_num_threads = inter_op_num_threads = 1: the baseline
     onnxruntime (default threads)
     torch eager (1 thread)         torch.set_num_threads(1), autograd off (W3: nn.GRUCell)
@@ -24,6 +25,9 @@ first checked against PyTorch (max abs error <= 1e-4, else the row says WRONG). 
 ratio column is onnxruntime-1-thread median / contender median: > 1 means faster than ORT.
 Rounds adapt to a time budget per workload: the full run takes < 3 minutes,
 ``--quick`` < 40 s. With few calls (W4) p99 is close to the maximum.
+The header gives the machine's own scaling (bench/scaling.py: a fixed one-thread loop alone
+and twice at once; 2.00x = two free cores), measured before and after the run: thread
+figures mean something only beside it.
 """
 import os
 
@@ -47,6 +51,7 @@ import numpy as np
 import torch
 
 import grurt
+import scaling
 import workloads
 
 TOLERANCE = 1e-4
@@ -90,7 +95,7 @@ class _OneStep(torch.nn.Module):
 
 def grurt_factory(w, threads=None):
     if w.stream:
-        return lambda: workloads.stream_stepper(w.model, batch=w.x.shape[0])
+        return lambda: workloads.stream_stepper(w.model, batch=w.x.shape[0], threads=threads or 1)
     if threads:
         return lambda: (lambda x: w.model.run(x, threads=threads))
     return lambda: w.model.run
@@ -263,7 +268,7 @@ def bench_workload(w, directory: str, quick: bool) -> Tuple[List[Row], int]:
     path = export_onnx(w, directory)
     grurt_runs = not w.stream or workloads.has_stream(w.model)
     contenders = [("grurt", grurt_factory(w) if grurt_runs else None)]
-    if w.name in ("W4", "W5") and grurt_has_threads():
+    if w.name != "overhead" and grurt_has_threads():
         contenders.append(("grurt (2 threads)", grurt_factory(w, threads=2)))
     contenders += [(BASELINE, ort_factory(w, path, 1)),
                    ("onnxruntime (default threads)", ort_factory(w, path, None)),
@@ -384,6 +389,7 @@ def main(argv=None) -> int:
     print(f"- machine: {machine()}")
     print(f"- date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}")
     print(f"- load average at start: {load_average()} (other processes share these cores)")
+    print(f"- {scaling.describe()}, before the run", flush=True)
     print(f"- {versions()}")
     if not grurt_has_threads():
         print("- grurt (2 threads) skipped: Model.run has no `threads` option")
@@ -403,6 +409,7 @@ def main(argv=None) -> int:
         plot(results, args.plot)
         print(f"\nplot: {args.plot}")
     print(f"total time: {time.perf_counter() - started:.0f} s; load average at end: {load_average()}")
+    print(f"{scaling.describe()}, after the run")
     return 0
 
 

@@ -38,7 +38,7 @@ def _run(copies: int, iterations: int) -> float:
     return max(float(p.communicate()[0]) for p in procs)
 
 
-def measure(iterations: int = 600, repeats: int = 2):
+def measure(iterations: int = 300, repeats: int = 2):
     """(scaling, seconds alone, seconds for two at once): best of ``repeats`` each."""
     alone = min(_run(1, iterations) for _ in range(repeats))
     together = min(_run(2, iterations) for _ in range(repeats))

@@ -68,7 +68,7 @@ cdef extern from "_pool.h" nogil:
     void grurt_phased_done(grurt_phased* w)
 
 cdef enum:
-    CHOICE_SAMPLES = 5       # choose_split compares the median of this many recent calls each way
+    CHOICE_SAMPLES = 9       # choose_split compares the median of this many recent calls each way
 
 cdef struct ThreadChoice:
     # whether a layer's calls with threads > 1 pay (choose_split), for the last shape seen: the
