@@ -294,6 +294,12 @@ static int grurt_pool_workers(void) {
     return __atomic_load_n(&grurt_pool.started, __ATOMIC_ACQUIRE);
 }
 
+static inline int grurt_load_acquire(const int *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+static inline void grurt_store_release(int *p, int v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
+static inline int grurt_cas(int *p, int expected, int desired) {
+    return __atomic_compare_exchange_n(p, &expected, desired, 0, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED);
+}
+
 /* ---- shared work ----
  *
  * A job's items are claimed one at a time from an atomic counter: whoever is free takes the
