@@ -15,6 +15,8 @@ cdef struct ThreadChoice:
     long ticks[2][CHOICE_SAMPLES]
     int count[2]             # samples taken each way (the ring position is count % CHOICE_SAMPLES)
     int interval, countdown, probing
+    int calls                # calls since the shape changed (timed_call times one in four)
+    bint best                # whether the split's median wins, as of the last timed call
 
 
 cdef struct LayerPlan:

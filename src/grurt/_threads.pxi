@@ -60,9 +60,9 @@ cdef inline bint split_wins(const ThreadChoice* c) noexcept nogil:
 
 cdef bint choose_split(ThreadChoice* c, long shape) noexcept nogil:
     """Whether this call runs split over threads: the faster of the two ways by the median of
-    their latest calls of the same shape (a split must win by 5%; a median, because a split
-    call that waits for a preempted worker is rare but long), with the other way tried again
-    now and then (after 4 calls, then 8, ... up to 64 while it keeps losing), so that the
+    their latest timed calls of the same shape (a split must win by 5%; a median, because a
+    split call that waits for a preempted worker is rare but long), with the other way tried
+    again now and then (after 4 calls, then 8, ... up to 64 while it keeps losing), so that the
     choice follows the machine: cores that scale when they are free, a core that another
     process keeps busy. Calls from several threads update these numbers without a lock: a lost
     update only delays the choice."""
@@ -75,24 +75,33 @@ cdef bint choose_split(ThreadChoice* c, long shape) noexcept nogil:
         return True
     if c.count[0] < 2:
         return False
-    cdef bint best = split_wins(c)
     c.countdown -= 1
     if c.countdown <= 0:
         c.countdown = c.interval
         c.probing = 1
-        return not best
-    return best
+        return not c.best
+    return c.best
+
+
+cdef inline bint timed_call(ThreadChoice* c) noexcept nogil:
+    """Whether to time this call (after choose_split): every probe and first call, and one in
+    four of the others (reading the clock costs 0.1-0.2 µs here, 2% of a streaming step)."""
+    if split_policy != 0:
+        return False
+    c.calls += 1
+    return c.probing or c.count[0] < 2 or c.count[1] < 2 or c.calls % 4 == 0
 
 
 cdef void record_split(ThreadChoice* c, long shape, bint split, long ticks) noexcept nogil:
-    """Adds one call's duration to the samples of the way it ran."""
-    if split_policy != 0 or c.shape != shape:
+    """Adds one timed call's duration to the samples of the way it ran."""
+    if c.shape != shape:
         return
     c.ticks[split][c.count[split] % CHOICE_SAMPLES] = ticks
     c.count[split] += 1
+    c.best = split_wins(c)
     if c.probing:
         c.probing = 0
-        if split_wins(c) == split:
+        if c.best == split:
             c.interval = 4                          # the way tried is now the faster one
         else:
             c.interval = min(2 * c.interval, 64)    # still the slower: try it less often
@@ -150,7 +159,8 @@ cdef int run_gru(const LayerPlan* p, int B, int T, const float* x, float* y, flo
             split = SPLIT_UNITS
     cdef long shape = (<long>B << 32) + T
     cdef bint use_split = split != ONE_THREAD and choose_split(<ThreadChoice*>&p.choice, shape)
-    cdef long start = grurt_ticks() if split != ONE_THREAD else 0
+    cdef bint timed = split != ONE_THREAD and timed_call(<ThreadChoice*>&p.choice)
+    cdef long start = grurt_ticks() if timed else 0
     if use_split and split == SPLIT_UNITS:
         used = run_units(p, B, T, x, seq_out, state, lengths, scratch, usable)
     else:
@@ -173,7 +183,7 @@ cdef int run_gru(const LayerPlan* p, int B, int T, const float* x, float* y, flo
             used = grurt_pool_run(usable, tasks_job, &job)
         else:
             tasks_job(&job, 0)
-    if split != ONE_THREAD:
+    if timed:
         record_split(<ThreadChoice*>&p.choice, shape, use_split, grurt_ticks() - start)
     if not p.return_sequences:
         final_states(p, B, state, y)
@@ -321,7 +331,8 @@ cdef int run_gru_pair(const LayerPlan* p, const LayerPlan* q, int B, int T, cons
     cdef long shape = (<long>B << 32) + T
     cdef ThreadChoice* choice = <ThreadChoice*>&p.pair_choice
     cdef bint use_pipe = choose_split(choice, shape)
-    cdef long start = grurt_ticks()
+    cdef bint timed = timed_call(choice)
+    cdef long start = grurt_ticks() if timed else 0
     cdef int used
     cdef PipeJob job
     if use_pipe:
@@ -339,5 +350,6 @@ cdef int run_gru_pair(const LayerPlan* p, const LayerPlan* q, int B, int T, cons
         # two statements: Cython evaluates the arguments of max() last to first
         used = run_gru(p, B, T, x, mid, state_p, lengths, scratch, threads)
         used = max(used, run_gru(q, B, T, mid, y, state_q, lengths, scratch, threads))
-    record_split(choice, shape, use_pipe, grurt_ticks() - start)
+    if timed:
+        record_split(choice, shape, use_pipe, grurt_ticks() - start)
     return used
