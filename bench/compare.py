@@ -406,8 +406,11 @@ def main(argv=None) -> int:
             print(f"  {w}: {rounds} rounds, {time.perf_counter() - started:.0f} s elapsed", file=sys.stderr, flush=True)
     print(table(results))
     if args.plot:
-        plot(results, args.plot)
-        print(f"\nplot: {args.plot}")
+        try:
+            plot(results, args.plot)
+            print(f"\nplot: {args.plot}")
+        except ImportError as error:  # matplotlib is optional: the table is the result
+            print(f"\nno plot ({error})")
     print(f"total time: {time.perf_counter() - started:.0f} s; load average at end: {load_average()}")
     print(f"{scaling.describe()}, after the run")
     return 0
