@@ -18,8 +18,8 @@ pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:Depreca
 import grurt  # noqa: E402
 from grurt.verify import keras_outputs  # noqa: E402
 from grurt.spec import GRU, Merge, Reverse  # noqa: E402
+from tolerances import ATOL
 
-ATOL = 1e-5
 STEPS, FEATURES = 20, 3
 
 
@@ -204,7 +204,8 @@ def test_framework_outputs(zoo, ext):
     (lambda: seq_model(layers.GRU(3, return_state=True)), "return_state=True"),
     (lambda: seq_model(layers.GRU(3, activation="selu")), "unsupported Keras activation 'selu'"),
     (lambda: seq_model(layers.Dense(3)), "no GRU layer"),
-    (lambda: seq_model(layers.GRU(3, return_sequences=True), layers.Flatten()), "flattening a sequence"),
+    (lambda: seq_model(layers.Masking(), layers.GRU(3, return_sequences=True), layers.Flatten()),
+     "flattening a masked sequence"),
 ])
 def test_unsupported_layers_are_named(build, fragment):
     with pytest.raises(grurt.UnsupportedModelError) as info:

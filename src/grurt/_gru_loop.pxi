@@ -55,6 +55,9 @@ cdef struct GruTask:
     float* rh
     float* gates
     int xs, hs
+    # 1: odd steps sum the recurrent product backwards (model.run, see GRURT_K in _gru_math.h);
+    # 0: every step forwards, as a stream's one-step calls do (streaming calls, run_layers)
+    int alternate
 
 
 cdef inline int padded_units(int H) noexcept nogil:
@@ -94,6 +97,7 @@ cdef void whole_layer_task(GruTask* t, const LayerPlan* p, int d, int B, int T, 
     t.hn = t.hr + <size_t>B * t.hs + GRURT_UNIT_BLOCK
     t.rh = t.hn + <size_t>B * p.panels_h * GRURT_PANEL
     t.gates = t.rh + <size_t>B * H
+    t.alternate = 1
 
 
 cdef void unit_range_task(GruTask* t, const LayerPlan* p, int u0, int u1, int B, int T, const float* x,
@@ -117,6 +121,7 @@ cdef void unit_range_task(GruTask* t, const LayerPlan* p, int u0, int u1, int B,
     t.xp = scratch
     t.hr = t.xp + <size_t>B * CHUNK_STEPS * t.xs + GRURT_UNIT_BLOCK
     t.hn = t.rh = t.gates = NULL
+    t.alternate = 1
 
 
 cdef inline void product(const GruTask* t, int rows, int n_in, int panels, const float* x, int ldx,
@@ -205,8 +210,9 @@ cdef void gru_step(const GruTask* t, int s0, int s) noexcept nogil:
     cdef float* h
     cdef const float* xrow
     # hr = h · R_zrhᵀ + [0 0 Rb_h] (lbr=1) or h · R_zrᵀ (lbr=0)
-    # odd steps read R backwards (see GRURT_K in _gru_math.h)
-    product(t, B, H, t.r_panels, cur, ldh, R, hr_init, hr, hs, s % 2)
+    # odd steps read R backwards (see GRURT_K in _gru_math.h), unless streaming
+    cdef int backward = s % 2 if t.alternate else 0
+    product(t, B, H, t.r_panels, cur, ldh, R, hr_init, hr, hs, backward)
     if not p.lbr:
         for b in range(B):
             L = T if lengths == NULL else lengths[b]
@@ -215,7 +221,7 @@ cdef void gru_step(const GruTask* t, int s0, int s) noexcept nogil:
                 grurt_gates_lbr0_zr(U, xrow, hr + b * hs, cur + b * ldh, t.gates + b * 3 * U,
                                     t.rh + b * H, &p.f, p.clip)
         # hn = (r⊙h) · R_hᵀ
-        grurt_gemm(B, H, p.panels_h, t.rh, H, R_h, NULL, t.hn, hn_stride, s % 2)
+        grurt_gemm(B, H, p.panels_h, t.rh, H, R_h, NULL, t.hn, hn_stride, backward)
     for b in range(B):
         h = nxt + b * ldh + u0
         if nxt != cur:      # shared state: carry this task's units over, then update them

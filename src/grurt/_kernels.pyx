@@ -5,11 +5,12 @@
 product kernels in _gru_math.h) and ``Plan.run`` executes every layer on contiguous float32
 input.
 
-What the kernels trust: ``Plan.run`` and ``Plan.step`` trust their arguments (C-contiguous
-float32 arrays of the right shapes, lengths within 1..T, a size that passed
-``Plan.check_size``): model.py checks them. ``Plan.run_plain`` and ``Plan.step_plain`` check
-the common call themselves (type, dtype, layout, shape and ``check_size``) and return None to
-hand anything else to model.py, whose full checks convert the input or explain what is wrong.
+What the kernels trust: ``Plan.run`` trusts its arguments (C-contiguous float32 arrays of
+the right shapes, lengths within 1..T, a size that passed ``Plan.check_size``): model.py
+checks them. ``Plan.run_plain`` checks the common call itself (type, dtype, layout, shape and
+``check_size``) and returns None to hand anything else to model.py, whose full checks convert
+the input or explain what is wrong. ``Stream`` and ``StreamPool`` (_serve.pxi) check their
+common calls in C the same way, and anything else in their checked paths.
 
 One module, split by job into files that Cython includes here:
 
@@ -18,11 +19,13 @@ One module, split by job into files that Cython includes here:
     _threads.pxi   GRU layers spread over the worker pool (directions, batch slices, units,
                    or two stacked layers pipelined), and the measured choice to do so
     _layers.pxi    running the layers in order, and the layers other than GRU
+    _serve.pxi     Stream and StreamPool: states kept between calls, stepped in C
 
-The C they call: _gru_math.h (activations, gate pass, products) and _pool.h (the persistent
-worker pool and the atomic counters threads claim work from).
+The C they call: _gru_math.h (activations, gate pass, products), _pool.h (the persistent
+worker pool and the atomic counters threads claim work from) and _norm.h (layer and unit
+normalisation, global pooling, flattening).
 """
-from libc.stdlib cimport malloc, free
+from libc.stdlib cimport malloc, calloc, free
 from libc.string cimport memcpy, memset
 cimport numpy as cnp
 import numpy as np
@@ -72,6 +75,14 @@ cdef extern from "_pool.h" nogil:
     int grurt_phased_claim(grurt_phased* w, long* waited_ns)
     void grurt_phased_done(grurt_phased* w)
 
+cdef extern from "_norm.h" nogil:
+    enum: GRURT_POOL_AVERAGE, GRURT_POOL_MAX
+    void grurt_layer_norm(const float* x, float* y, size_t rows, int n, const float* gamma, const float* beta,
+                          float eps)
+    void grurt_unit_norm(const float* x, float* y, size_t rows, int n, float eps)
+    void grurt_global_pool(const float* x, float* y, int B, int T, int F, const int* lengths, int mode)
+    void grurt_flatten(const float* x, float* y, int B, int T, int F, const int* lengths)
+
 cdef extern from "<sched.h>" nogil:
     int sched_yield()
 
@@ -102,6 +113,7 @@ cpdef enum:
 
 cdef enum:
     CHUNK_STEPS = 16             # time steps whose input projection is computed together
+    DENSE_TILE_ROWS = 8          # rows of a Dense layer's last partial panel computed together (dense)
     ALIGN_FLOATS = 16            # 64 bytes: every buffer and packed weight starts on a cache line
     # Below these sizes a layer never splits over threads (the split's cost would exceed its
     # gain even with warm workers); above them, whether it pays is measured (choose_split).
@@ -113,3 +125,4 @@ include "_plan.pxi"
 include "_gru_loop.pxi"
 include "_threads.pxi"
 include "_layers.pxi"
+include "_serve.pxi"

@@ -130,9 +130,13 @@ cdef enum Split:
 
 
 cdef int run_gru(const LayerPlan* p, int B, int T, const float* x, float* y, float* state,
-                 const int* lengths, float* scratch, int threads) noexcept nogil:
+                 const int* lengths, float* scratch, int threads, bint streaming) noexcept nogil:
     """One GRU layer over x (B, T, I) into y: (B, T, D*H) sequences or (B, D*H) last states.
     Returns the number of threads that ran it.
+
+    ``streaming`` (Stream and StreamPool calls): every step sums its recurrent product in
+    forward order, and y is always the sequence of states, so that a block of steps gives bit
+    for bit what the same steps give one call at a time.
 
     ``scratch`` holds D × B row scratches. With ``threads`` > 1 (capped at the usable CPUs)
     the layer runs on the worker pool: its directions and slices of the batch as tasks that
@@ -144,7 +148,7 @@ cdef int run_gru(const LayerPlan* p, int B, int T, const float* x, float* y, flo
     cdef GruTask tasks[MAX_THREADS]
     cdef TaskJob job
     cdef size_t row_scratch = step_scratch_floats(p)
-    cdef float* seq_out = y if p.return_sequences else NULL
+    cdef float* seq_out = y if p.return_sequences or streaming else NULL
     cdef int usable = min(min(threads, MAX_THREADS), grurt_pool_cpus()) if threads > 1 else 1
     cdef int split = ONE_THREAD
     # the sizes below which a split never pays; policy "always" (tests) splits whatever can be
@@ -162,7 +166,7 @@ cdef int run_gru(const LayerPlan* p, int B, int T, const float* x, float* y, flo
     cdef bint timed = split != ONE_THREAD and timed_call(<ThreadChoice*>&p.choice)
     cdef long start = grurt_ticks() if timed else 0
     if use_split and split == SPLIT_UNITS:
-        used = run_units(p, B, T, x, seq_out, state, lengths, scratch, usable)
+        used = run_units(p, B, T, x, seq_out, state, lengths, scratch, usable, streaming)
     else:
         # per direction, the batch in slices of at least 8 rows (an AVX-512 tile), up to four
         # tasks per thread, so that a thread that is slowed down holds back a small part
@@ -178,6 +182,7 @@ cdef int run_gru(const LayerPlan* p, int B, int T, const float* x, float* y, flo
                                  NULL if seq_out == NULL else seq_out + <size_t>b0 * T * DH,
                                  NULL if lengths == NULL else lengths + b0,
                                  scratch + (<size_t>d * B + b0) * row_scratch)
+                tasks[job.n].alternate = not streaming
                 job.n += 1
         if use_split:
             used = grurt_pool_run(usable, tasks_job, &job)
@@ -185,7 +190,7 @@ cdef int run_gru(const LayerPlan* p, int B, int T, const float* x, float* y, flo
             tasks_job(&job, 0)
     if timed:
         record_split(<ThreadChoice*>&p.choice, shape, use_split, grurt_ticks() - start)
-    if not p.return_sequences:
+    if not p.return_sequences and not streaming:
         final_states(p, B, state, y)
     return used
 
@@ -228,7 +233,7 @@ cdef void units_job(void* arg, int slot) noexcept nogil:
 
 
 cdef int run_units(const LayerPlan* p, int B, int T, const float* x, float* y, float* state,
-                   const int* lengths, float* scratch, int threads) noexcept nogil:
+                   const int* lengths, float* scratch, int threads, bint streaming) noexcept nogil:
     """A one-direction GRU (sigmoid/tanh, no clip, linear_before_reset = 1) with the units of
     each step in groups that the threads claim: a thread takes the next group, and a group of
     step s starts once every group of step s - 1 is done. There is no barrier: a thread that
@@ -247,6 +252,7 @@ cdef int run_units(const LayerPlan* p, int B, int T, const float* x, float* y, f
     for g in range(n_groups):
         u0, u1 = P * g // n_groups * GRURT_PANEL, P * (g + 1) // n_groups * GRURT_PANEL
         unit_range_task(&groups[g], p, u0, u1, B, T, x, y, lengths, states0, states1, local)
+        groups[g].alternate = not streaming
         local += aligned(<size_t>B * unit_scratch_floats(u1 - u0))
     job.groups, job.n_groups, job.T = groups, n_groups, T
     grurt_phased_init(&job.work, n_groups, (T + CHUNK_STEPS - 1) // CHUNK_STEPS + T)
@@ -313,11 +319,12 @@ cdef void pipe_job(void* arg, int slot) noexcept nogil:
             sched_yield()        # the thread we wait for lost its core: let it have ours
 
 
-cdef bint pipelines(const LayerPlan* p, const LayerPlan* q, int B, int T, int threads) noexcept nogil:
+cdef bint pipelines(const LayerPlan* p, const LayerPlan* q, int B, int T, int threads,
+                    bint streaming) noexcept nogil:
     """Whether GRU layers p then q may run as a pipeline: both one-direction forward layers,
     p handing q its sequence, fewer sequences than threads (else batch tasks split better),
-    and enough work."""
-    return (threads > 1 and p.D == 1 and q.D == 1 and not p.reverse_only and not q.reverse_only
+    and enough work; not in streaming calls."""
+    return (threads > 1 and not streaming and p.D == 1 and q.D == 1 and not p.reverse_only and not q.reverse_only
             and p.return_sequences and B < min(threads, grurt_pool_cpus()) and T > CHUNK_STEPS
             and (split_policy > 0 or <long>T * B * (p.H * 3 * p.H + q.H * 3 * q.H) >= MIN_SPLIT_TASK_FMAS))
 
@@ -348,8 +355,8 @@ cdef int run_gru_pair(const LayerPlan* p, const LayerPlan* q, int B, int T, cons
             final_states(q, B, state_q, y)
     else:
         # two statements: Cython evaluates the arguments of max() last to first
-        used = run_gru(p, B, T, x, mid, state_p, lengths, scratch, threads)
-        used = max(used, run_gru(q, B, T, mid, y, state_q, lengths, scratch, threads))
+        used = run_gru(p, B, T, x, mid, state_p, lengths, scratch, threads, False)
+        used = max(used, run_gru(q, B, T, mid, y, state_q, lengths, scratch, threads, False))
     if timed:
         record_split(choice, shape, use_pipe, grurt_ticks() - start)
     return used

@@ -6,8 +6,13 @@ import os
 import numpy as np
 
 from . import _kernels
-from .errors import InputError
-from .spec import GRU, ModelSpec, Reverse
+from .errors import InputError, ModelFormatError, UnsupportedModelError
+from .spec import (GRU, WHOLE_SEQUENCE, Activation, Dense, Embedding, Flatten, GlobalPool, LastStep, LayerNorm,
+                   Merge, ModelSpec, Reverse, Scale, UnitNorm, activation)
+
+#: The layers the compiled kernels run (a leading Embedding's lookup runs in Model itself).
+KERNEL_LAYERS = (GRU, Dense, Activation, Scale, Reverse, LastStep, Merge, LayerNorm, UnitNorm, GlobalPool, Flatten)
+from ._kernels import Stream, StreamPool   # noqa: F401 (public: grurt.model.Stream)
 
 _FLOAT32 = np.dtype(np.float32)
 
@@ -43,14 +48,45 @@ class Model:
         if not isinstance(spec, ModelSpec):
             raise TypeError(f"Model expects a grurt.spec.ModelSpec, got {type(spec).__name__}")
         self.spec = spec
-        self._plan = _kernels.Plan(spec)
+        # a model that takes ids: the Embedding's lookup runs here (after the ids are checked), the
+        # kernels run the rest on its float32 output
+        self._table = spec.layers[0].table if spec.takes_ids else None
+        for index, layer in enumerate(spec.layers[1:] if spec.takes_ids else spec.layers):
+            if not isinstance(layer, KERNEL_LAYERS):
+                raise UnsupportedModelError(f"{layer.describe()}: grurt's kernels do not run this layer yet "
+                                            "(grurt.reference.run computes it)")
+        self._plan = _kernels.Plan(_kernel_spec(spec))
         self._state_shapes = [(g.num_directions, g.hidden_size) for g in spec.gru_layers]
         self._output_size, self._returns_sequence = spec.output_size, spec.returns_sequence
-        self._plain_runs = spec.mask_value is None      # no lengths to derive from the input
+        self._fixed_steps = spec.fixed_steps
+        # no lengths to derive from the input, no ids, any number of steps: the C fast path
+        self._plain_runs = spec.mask_value is None and not spec.takes_ids and spec.fixed_steps is None
+
+    @classmethod
+    def chain(cls, layers, input_size=None, mask_value=None) -> "Model":
+        """A Model of canonical layers applied in order (``grurt.layers`` builds them from any
+        framework's weights). ``input_size`` defaults to that of the first GRU, Dense or Scale.
+        Put ``LastStep()`` after the last GRU to keep only the last time step."""
+        layers = tuple(layers)
+        if layers and isinstance(layers[0], Embedding):      # the model takes token ids
+            return cls(ModelSpec(None, layers, mask_value=mask_value))
+        for layer in layers if input_size is None else ():
+            input_size = layer.size if isinstance(layer, Scale) else getattr(layer, "input_size", None)
+            if input_size is not None:
+                break
+        if input_size is None:
+            raise ModelFormatError("Model.chain: no GRU, Dense or Scale layer tells the input size; pass input_size=")
+        return cls(ModelSpec(input_size, layers, mask_value=mask_value))
 
     @property
-    def input_size(self) -> int:
+    def input_size(self):
+        """Features per input step; None for a model that takes token ids (:attr:`vocabulary`)."""
         return self.spec.input_size
+
+    @property
+    def vocabulary(self):
+        """The number of valid token ids (0 .. vocabulary − 1) of a model that takes ids, else None."""
+        return self.spec.vocabulary
 
     @property
     def output_size(self) -> int:
@@ -79,21 +115,30 @@ class Model:
         pool, when that is measured to be faster (see the README); results are bit for bit
         those of one thread.
         """
-        # the common call (a float32 sequence or batch, zero states) is checked in C; anything
+        # the common call (a float32 sequence or batch, zero states, one thread) is checked in C; anything
         # else, including what that check turns down, goes through the full checks below
         if (initial_state is None and not return_state and lengths is None and type(threads) is int
-                and 1 <= threads <= 64 and self._plain_runs):
+                and 1 <= threads <= _kernels.MAX_THREADS and self._plain_runs):
             out = self._plan.run_plain(seq, MEMORY_LIMIT_BYTES, threads)
             if out is not None:
                 return out
-        x, single = self._input(seq)                       # checks the size before converting
+        if self._table is not None:
+            ids, single = self._ids(seq)
+            if lengths is None and self.spec.mask_value is not None:
+                lengths = self._lengths_from_mask(ids == self.spec.mask_value)
+            x = np.take(self._table, ids, axis=0)          # (B, T, E) float32: the ids are checked
+        else:
+            x, single = self._input(seq)                   # checks the size before converting
+            if lengths is None and self.spec.mask_value is not None:
+                lengths = self._lengths_from_mask((x == self.spec.mask_value).all(axis=2))
         batch, steps = x.shape[0], x.shape[1]
+        if self._fixed_steps is not None and steps != self._fixed_steps:
+            raise InputError(f"this model runs only on sequences of {self._fixed_steps} steps (it flattens them), "
+                             f"got {steps}")
         if initial_state is None and not return_state:
             states = None                                   # zero states kept in the workspace
         else:
             states = self._initial_states(initial_state, batch, single)
-        if lengths is None and self.spec.mask_value is not None:
-            lengths = self._lengths_from_mask(x)
         length_array = None if lengths is None else self._lengths(lengths, batch, steps, single)
         out = np.empty((batch, steps, self._output_size) if self._returns_sequence else (batch, self._output_size),
                        _FLOAT32)
@@ -110,8 +155,41 @@ class Model:
 
     def stream(self, batch: int = 1, threads: int = 1) -> "Stream":
         """A :class:`Stream` that feeds this model one time step at a time, ``batch`` streams at once
-        (``threads`` as in :meth:`run`, for each step)."""
+        (``threads`` as in :meth:`run`, for each call)."""
         return Stream(self, batch, threads)
+
+    def stream_pool(self, capacity: int) -> "StreamPool":
+        """A :class:`StreamPool`: the states of up to ``capacity`` sessions, stepped together."""
+        return StreamPool(self, capacity)
+
+    def _check_streamable(self) -> None:
+        """InputError unless every layer can run one frame at a time (no look-ahead)."""
+        for index, layer in enumerate(self.spec.layers):
+            if isinstance(layer, GRU) and layer.direction != "forward":
+                raise InputError(f"layer {index} is a {layer.direction} GRU, which needs the whole sequence: "
+                                 "this model cannot stream, use run()")
+            if isinstance(layer, Reverse):
+                raise InputError(f"layer {index} reverses time, which needs the whole sequence: "
+                                 "this model cannot stream, use run()")
+            if isinstance(layer, WHOLE_SEQUENCE):
+                raise InputError(f"layer {index} ({layer.describe()}) needs the whole sequence: "
+                                 "this model cannot stream, use run()")
+
+    def _token_frames(self, ids) -> np.ndarray:
+        """The embedding rows of token ids of any shape, float32, for the streaming calls of a model
+        that takes ids: an InputError unless they are integers within [0, vocabulary)."""
+        if type(ids) is not np.ndarray:
+            if isinstance(ids, (bool, np.bool_)):
+                raise InputError("this model takes integer token ids, got a bool")
+            ids = _as_array(ids, "ids")
+        if ids.dtype.kind not in "iu":
+            raise InputError(f"this model takes integer token ids, got dtype {ids.dtype}")
+        if ids.size:
+            low, high = ids.min(), ids.max()
+            if low < 0 or high >= self.spec.vocabulary:
+                raise InputError(f"token id {low if low < 0 else high} is outside the vocabulary "
+                                 f"[0, {self.spec.vocabulary})")
+        return np.take(self._table, ids, axis=0)
 
     # ---- input checks: once per call, so that the kernels can trust everything ----
 
@@ -163,10 +241,32 @@ class Model:
             states.append(np.array(value, dtype=np.float32, order="C").reshape(d, batch, h))
         return states
 
-    def _lengths_from_mask(self, x):
-        """Each sequence's length from its trailing steps whose features all equal mask_value."""
-        real = (x != self.spec.mask_value).any(axis=2)                 # (B, T)
-        lengths = x.shape[1] - np.argmax(real[:, ::-1], axis=1)
+    def _ids(self, seq):
+        """Token ids (T,) or (B, T) → C-contiguous (B, T) integers within [0, vocabulary), and single."""
+        if type(seq) is not np.ndarray:
+            if not hasattr(seq, "__array__") and not isinstance(seq, (list, tuple, int, np.integer)):
+                raise InputError(f"input must be an array of token ids, got {type(seq).__name__}")
+            seq = _as_array(seq, "input")
+        if seq.dtype.kind not in "iu":
+            raise InputError(f"this model takes integer token ids, got dtype {seq.dtype}")
+        if seq.ndim not in (1, 2):
+            raise InputError(f"token ids must be (T,) or (B, T), got shape {seq.shape}")
+        single = seq.ndim == 1
+        batch, steps = (1,) + seq.shape if single else seq.shape
+        if steps == 0 or batch == 0:
+            raise InputError(f"input has no time steps or no sequences (shape {seq.shape})")
+        self._check_size(batch, steps)
+        low, high = seq.min(), seq.max()
+        if low < 0 or high >= self.spec.vocabulary:
+            bad = low if low < 0 else high
+            raise InputError(f"token id {bad} is outside the vocabulary [0, {self.spec.vocabulary})")
+        return np.ascontiguousarray(seq).reshape(batch, steps), single
+
+    def _lengths_from_mask(self, padding):
+        """Each sequence's length from its trailing padding steps (``padding`` (B, T): the step equals
+        mask_value in every feature, or is the padding id)."""
+        real = ~padding                                                # (B, T)
+        lengths = padding.shape[1] - np.argmax(real[:, ::-1], axis=1)
         empty = ~real.any(axis=1)
         if empty.any():
             raise InputError(f"sequence {int(np.argmax(empty))} is entirely masked (every step equals "
@@ -190,84 +290,9 @@ class Model:
         return np.ascontiguousarray(values, dtype=np.int32)
 
 
-class Stream:
-    """Runs a model one frame at a time; the GRU states live inside, preallocated.
-
-    ``step(frame)`` for T frames gives the same outputs as ``run`` on the sequence of those
-    frames (each step returns the output for the last frame, as ``run`` on the prefix
-    would) and leaves the same final ``state``. A Stream belongs to one caller at a time;
-    the Model it came from can be shared.
-    """
-
-    def __init__(self, model: Model, batch: int = 1, threads: int = 1):
-        if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
-            raise InputError(f"batch must be a positive integer, got {batch!r}")
-        if type(threads) is not int or not 1 <= threads <= 64:
-            raise InputError(f"threads must be an integer from 1 to 64, got {threads!r}")
-        self.threads = threads
-        for index, layer in enumerate(model.spec.layers):
-            if isinstance(layer, GRU) and layer.direction != "forward":
-                raise InputError(f"layer {index} is a {layer.direction} GRU, which needs the whole sequence: "
-                                 "this model cannot stream, use run()")
-            if isinstance(layer, Reverse):
-                raise InputError(f"layer {index} reverses time, which needs the whole sequence: "
-                                 "this model cannot stream, use run()")
-        self.model = model
-        self.batch = int(batch)
-        self._plan = model._plan
-        self._states = model._initial_states(None, self.batch, single=False)
-        self._workspace = _kernels.aligned_empty(self._plan.workspace_floats(self.batch, 1))
-        # step() sees one frame: every layer's output is (B, F), there is no time axis left
-        self._out_shape = (self.batch, model.output_size)
-
-    def reset(self) -> None:
-        """Zero every state, as at the start of a new stream."""
-        for state in self._states:
-            state.fill(0.0)
-
-    @property
-    def state(self):
-        """Copies of the GRU states, one (directions, batch, hidden) array per GRU layer."""
-        return [state.copy() for state in self._states]
-
-    @state.setter
-    def state(self, values):
-        """Set every GRU state from a list of (directions, batch, hidden) arrays; None zeros them."""
-        self._states = self.model._initial_states(values, self.batch, single=False, name="state")
-
-    def step(self, frame, out=None):
-        """Advance every stream by one frame: (I,) when batch is 1, or (batch, I).
-
-        Returns the output for this frame, (F,) or (batch, F). With ``out`` (a C-contiguous
-        float32 array of that shape) the result is written there and nothing is allocated.
-        """
-        result = self._plan.step_plain(frame, out, self._states, self._workspace, self.batch, self.threads)
-        if result is not None:                              # the common call, checked in C
-            return result
-        if not (type(frame) is np.ndarray and frame.dtype == np.float32 and frame.flags.c_contiguous):
-            frame = self._coerce(frame)
-        single = frame.ndim == 1
-        if frame.ndim not in (1, 2) or frame.shape[-1] != self.model.input_size \
-                or (frame.shape[0] != self.batch and not single) or (single and self.batch != 1):
-            raise InputError(f"frame must be ({self.batch}, {self.model.input_size})"
-                             + (f" or ({self.model.input_size},)" if self.batch == 1 else "")
-                             + f", got shape {frame.shape}")
-        if out is None:
-            result = np.empty(self._out_shape, np.float32)
-        else:
-            result = out
-            if not (type(out) is np.ndarray and out.dtype == np.float32 and out.flags.c_contiguous
-                    and out.flags.writeable and out.size == self.batch * self.model.output_size):
-                raise InputError(f"out must be a writeable C-contiguous float32 array of "
-                                 f"{self.batch * self.model.output_size} elements")
-        self._plan.step(frame, self._states, result, self._workspace, self.batch, self.threads)
-        if out is None and single:
-            return result[0]
-        return result
-
-    @staticmethod
-    def _coerce(frame):
-        frame = np.asarray(frame)
-        if frame.dtype.kind not in "fiub":
-            raise InputError(f"frame must be real numbers, got dtype {frame.dtype}")
-        return np.ascontiguousarray(frame, dtype=np.float32)
+def _kernel_spec(spec: ModelSpec) -> ModelSpec:
+    """What the kernels run: the spec without a leading Embedding (whose lookup Model does)."""
+    if not spec.takes_ids:
+        return spec
+    rest = spec.layers[1:] or (Activation(activation("linear")),)
+    return ModelSpec(spec.layers[0].output_size, rest)
