@@ -173,3 +173,18 @@ def test_pool_c_harness(tmp_path):
     result = subprocess.run([str(binary)], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "all checks passed" in result.stdout
+
+
+@pytest.mark.parametrize("H", [128, 256])
+def test_stream_threads_are_bit_exact(always_split, H):
+    """A stream made with threads=2 (each step's units in groups, summed forwards as streams
+    do) steps bit for bit as a one-thread stream, frame by frame and in blocks."""
+    model, rng = gru_model([H, 9], 16, H, "forward", layers=2)
+    frames = rng.normal(size=(1, 20, 16)).astype(np.float32)
+    one, two = model.stream(), model.stream(threads=2)
+    assert two.threads == 2
+    for t in range(frames.shape[1]):
+        assert np.array_equal(one.step(frames[:, t]), two.step(frames[:, t]))
+    assert np.array_equal(one.run(frames), two.run(frames))
+    with pytest.raises(grurt.InputError, match="threads"):
+        model.stream(threads=0)
