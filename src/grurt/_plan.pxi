@@ -6,18 +6,18 @@ cdef enum LayerKind:
     LAYER_NORM_LAYER, UNIT_NORM_LAYER, GLOBAL_POOL_LAYER, FLATTEN_LAYER
 
 cdef enum:
-    CHOICE_SAMPLES = 9       # choose_split compares the median of this many recent calls each way
+    CHOICE_SAMPLES = 5       # choose_split decides on the median of this many recent ratios
 
 cdef struct ThreadChoice:
     # whether a layer's calls with threads > 1 pay (choose_split, _threads.pxi), for the last
-    # shape seen: the durations (grurt_ticks) of the latest calls on one thread [0] and split
-    # [1], in ring buffers
+    # shape seen: ratios (split time / one-thread time) of pairs of consecutive calls, one
+    # each way, in a ring buffer
     long shape
-    long ticks[2][CHOICE_SAMPLES]
-    int count[2]             # samples taken each way (the ring position is count % CHOICE_SAMPLES)
-    int interval, countdown, probing
-    int calls                # calls since the shape changed (timed_call times one in four)
-    bint best                # whether the split's median wins, as of the last timed call
+    float ratios[CHOICE_SAMPLES]
+    int n_ratios             # ratios taken (the ring position is n_ratios % CHOICE_SAMPLES)
+    long last_ticks          # the duration of the last timed call, and its way
+    int last_way, calls, next_probe, interval
+    bint best                # whether the split wins, as of the last ratio
 
 
 cdef struct LayerPlan:
@@ -256,15 +256,15 @@ cdef class Plan:
         statement of the limits: run_plain applies it, and so does Model._check_size."""
         return self._check_size(batch, steps, memory_limit)
 
-    def split_times(self):
-        """Per GRU layer, the median durations (grurt_ticks: time-stamp counter ticks on
-        x86-64) of its recent calls on one thread and split (None: not measured), behind
-        choose_split, for the last shape that layer ran with threads > 1."""
+    def split_ratios(self):
+        """Per GRU layer, the recent ratios (split time / one-thread time, of pairs of
+        consecutive calls) behind choose_split, for the last shape that layer ran with
+        threads > 1, and whether it splits now."""
         result = []
         for i in range(self.n_layers):
             if self.layers[i].kind == GRU_LAYER:
                 c = &self.layers[i].choice
-                result.append(tuple(choice_median(c, k) or None for k in range(2)))
+                result.append(([c.ratios[k] for k in range(min(c.n_ratios, CHOICE_SAMPLES))], bool(c.best)))
         return result
 
     def bytes_needed(self, size_t batch, size_t steps):

@@ -36,15 +36,15 @@ def pool_workers():
 
 # ---- the measured choice ---------------------------------------------------------------------
 
-cdef long choice_median(const ThreadChoice* c, int way) noexcept nogil:
-    """The median of the recent durations of one way (0 when none)."""
-    cdef int n = min(c.count[way], CHOICE_SAMPLES), i, j
-    cdef long v[CHOICE_SAMPLES]
-    cdef long key
+cdef float median_ratio(const ThreadChoice* c) noexcept nogil:
+    """The median of the recent ratios (1 when none)."""
+    cdef int n = min(c.n_ratios, CHOICE_SAMPLES), i, j
+    cdef float v[CHOICE_SAMPLES]
+    cdef float key
     if n == 0:
-        return 0
+        return 1.0
     for i in range(n):
-        key = c.ticks[way][i]
+        key = c.ratios[i]
         j = i
         while j > 0 and v[j - 1] > key:
             v[j] = v[j - 1]
@@ -53,58 +53,57 @@ cdef long choice_median(const ThreadChoice* c, int way) noexcept nogil:
     return v[n // 2]
 
 
-cdef inline bint split_wins(const ThreadChoice* c) noexcept nogil:
-    """Whether the split's median is at least 5% below the other way's."""
-    return choice_median(c, 1) * 20 < choice_median(c, 0) * 19
+cdef enum:
+    CHOICE_WARM_UP = 6       # calls alternating the two ways when a shape is new
+    CHOICE_MAX_INTERVAL = 16 # at most this many calls between two tries of the other way
 
 
 cdef bint choose_split(ThreadChoice* c, long shape) noexcept nogil:
-    """Whether this call runs split over threads: the faster of the two ways by the median of
-    their latest timed calls of the same shape (a split must win by 5%; a median, because a
-    split call that waits for a preempted worker is rare but long), with the other way tried
-    again now and then (after 4 calls, then 8, ... up to 64 while it keeps losing), so that the
-    choice follows the machine: cores that scale when they are free, a core that another
-    process keeps busy. Calls from several threads update these numbers without a lock: a lost
-    update only delays the choice."""
+    """Whether this call runs split over threads. The two ways are compared by pairs of
+    consecutive calls, one each way (the machine changes slowly next to a call, so a pair
+    sees the same conditions: free cores, or a core that another process keeps busy), and the
+    decision is the median of the latest ratios: split while it is at least 5% faster. The
+    other way is tried again every 4 calls, then 8, up to 16 while the choice holds, with the
+    call before it timed as its partner. A median, because a split call that waits for a
+    preempted worker is rare but long. Calls from several threads update these numbers
+    without a lock: a lost update only delays the choice."""
     if split_policy != 0:
         return split_policy > 0
     if c.shape != shape:
         memset(c, 0, sizeof(ThreadChoice))
-        c.shape, c.interval, c.countdown = shape, 4, 4
-    if c.count[1] < 2:           # measure each way twice first (a first call wakes things up)
-        return True
-    if c.count[0] < 2:
-        return False
-    c.countdown -= 1
-    if c.countdown <= 0:
-        c.countdown = c.interval
-        c.probing = 1
+        c.shape, c.interval, c.last_way = shape, 4, -1
+    c.calls += 1
+    if c.calls <= CHOICE_WARM_UP:
+        return c.calls % 2 == 1          # split, one thread, split, ...
+    if c.calls == CHOICE_WARM_UP + 1:
+        c.next_probe = c.calls + c.interval
+    if c.calls == c.next_probe:
         return not c.best
     return c.best
 
 
-cdef inline bint timed_call(ThreadChoice* c) noexcept nogil:
-    """Whether to time this call (after choose_split): every probe and first call, and one in
-    four of the others (reading the clock costs 0.1-0.2 µs here, 2% of a streaming step)."""
-    if split_policy != 0:
-        return False
-    c.calls += 1
-    return c.probing or c.count[0] < 2 or c.count[1] < 2 or c.calls % 4 == 0
+cdef inline bint timed_call(const ThreadChoice* c) noexcept nogil:
+    """Whether to time this call (after choose_split): in the warm-up, a try of the other way
+    and the call before it; no other (reading the clock costs 0.1-0.2 µs here)."""
+    return split_policy == 0 and (c.calls <= CHOICE_WARM_UP or c.calls >= c.next_probe - 1)
 
 
 cdef void record_split(ThreadChoice* c, long shape, bint split, long ticks) noexcept nogil:
-    """Adds one timed call's duration to the samples of the way it ran."""
+    """A timed call's duration: with the timed call just before it, run the other way, it
+    makes a ratio; after a try of the other way, the next try comes sooner if the choice
+    changed, later if not."""
+    cdef bint was_best = c.best
     if c.shape != shape:
         return
-    c.ticks[split][c.count[split] % CHOICE_SAMPLES] = ticks
-    c.count[split] += 1
-    c.best = split_wins(c)
-    if c.probing:
-        c.probing = 0
-        if c.best == split:
-            c.interval = 4                          # the way tried is now the faster one
-        else:
-            c.interval = min(2 * c.interval, 64)    # still the slower: try it less often
+    if c.last_way >= 0 and c.last_way != split and c.last_ticks > 0 and ticks > 0:
+        c.ratios[c.n_ratios % CHOICE_SAMPLES] = (<float>ticks / c.last_ticks if split
+                                                 else <float>c.last_ticks / ticks)
+        c.n_ratios += 1
+        c.best = median_ratio(c) < 0.95
+    c.last_way, c.last_ticks = split, ticks
+    if c.calls > CHOICE_WARM_UP and c.calls >= c.next_probe:
+        c.interval = 4 if c.best != was_best else min(2 * c.interval, CHOICE_MAX_INTERVAL)
+        c.next_probe = c.calls + c.interval
 
 
 # ---- one layer: tasks or the unit split ------------------------------------------------------
@@ -163,7 +162,7 @@ cdef int run_gru(const LayerPlan* p, int B, int T, const float* x, float* y, flo
             split = SPLIT_UNITS
     cdef long shape = (<long>B << 32) + T
     cdef bint use_split = split != ONE_THREAD and choose_split(<ThreadChoice*>&p.choice, shape)
-    cdef bint timed = split != ONE_THREAD and timed_call(<ThreadChoice*>&p.choice)
+    cdef bint timed = split != ONE_THREAD and timed_call(&p.choice)
     cdef long start = grurt_ticks() if timed else 0
     if use_split and split == SPLIT_UNITS:
         used = run_units(p, B, T, x, seq_out, state, lengths, scratch, usable, streaming)
