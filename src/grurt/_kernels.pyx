@@ -61,6 +61,7 @@ cdef extern from "_gru_math.h" nogil:
 cdef extern from "_pool.h" nogil:
     ctypedef void (*grurt_pool_fn)(void* arg, int slot) noexcept nogil
     int grurt_pool_run(int threads, grurt_pool_fn fn, void* arg)
+    int grurt_pool_run_wait(int threads, grurt_pool_fn fn, void* arg, int wait)
     int grurt_pool_workers()
     int grurt_pool_cpus()
     long grurt_ticks()

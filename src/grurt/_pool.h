@@ -229,12 +229,12 @@ static void grurt_pool_post(grurt_worker *w, grurt_pool_fn fn, void *arg, int sl
         grurt_worker_wake(w);
 }
 
-/* Withdraw the job if the worker has not started it; else wait until it finished. Returns 1
- * if the worker ran the job. */
-static int grurt_pool_collect(grurt_worker *w) {
+/* Withdraw the job if the worker has not started it (unless `wait`); else wait until it
+ * finished. Returns 1 if the worker ran the job. */
+static int grurt_pool_collect(grurt_worker *w, int wait) {
     int posted = GRURT_WORKER_POSTED;
-    if (__atomic_compare_exchange_n(&w->state, &posted, GRURT_WORKER_FREE, 0, __ATOMIC_ACQ_REL,
-                                    __ATOMIC_ACQUIRE))
+    if (!wait && __atomic_compare_exchange_n(&w->state, &posted, GRURT_WORKER_FREE, 0, __ATOMIC_ACQ_REL,
+                                             __ATOMIC_ACQUIRE))
         return 0;
     for (int spins = 0; __atomic_load_n(&w->state, __ATOMIC_ACQUIRE) != GRURT_WORKER_DONE; ++spins) {
         if (spins < 4096)
@@ -246,9 +246,11 @@ static int grurt_pool_collect(grurt_worker *w) {
     return 1;
 }
 
-/* Workers available to a call that wants `threads` threads in all: the free ones, so that the
- * callers inside the pool and their workers never outnumber the usable CPUs. */
-static int grurt_pool_run(int threads, grurt_pool_fn fn, void *arg) {
+/* Runs fn(arg, 0) here and fn(arg, k) on up to threads - 1 free workers (so that the callers
+ * inside the pool and their workers never outnumber the usable CPUs); returns the number of
+ * threads that ran fn. With `wait` (tests: every worker taken must take part), a job that
+ * no worker has started is waited for instead of withdrawn. */
+static int grurt_pool_run_wait(int threads, grurt_pool_fn fn, void *arg, int wait) {
     grurt_worker *taken[GRURT_POOL_MAX_WORKERS];
     pthread_once(&grurt_pool_once, grurt_pool_init);
     int callers = __atomic_add_fetch(&grurt_pool.active_callers, 1, __ATOMIC_ACQ_REL);
@@ -263,9 +265,13 @@ static int grurt_pool_run(int threads, grurt_pool_fn fn, void *arg) {
     fn(arg, 0);
     int ran = 1;
     for (int k = 0; k < n; ++k)
-        ran += grurt_pool_collect(taken[k]);
+        ran += grurt_pool_collect(taken[k], wait);
     __atomic_sub_fetch(&grurt_pool.active_callers, 1, __ATOMIC_ACQ_REL);
     return ran;
+}
+
+static int grurt_pool_run(int threads, grurt_pool_fn fn, void *arg) {
+    return grurt_pool_run_wait(threads, fn, arg, 0);
 }
 
 /* Threads a call may use: the usable CPUs when the pool started (cached; CPUs - 1 workers). */

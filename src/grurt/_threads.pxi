@@ -21,7 +21,9 @@ cdef int split_policy = 0   # 0: measured (choose_split); 1: always split; -1: n
 def set_split_policy(policy):
     """"auto" (the default: each layer measures whether its split over threads pays), "always"
     or "never": for tests, which must run the split paths whatever the machine, and for
-    measurements. Returns the previous policy."""
+    measurements. "always" also splits layers below the size thresholds and has each call
+    wait for the workers it took to start (so that they take part) instead of withdrawing
+    their job. Returns the previous policy."""
     global split_policy
     names = {"auto": 0, "always": 1, "never": -1}
     previous = {v: k for k, v in names.items()}[split_policy]
@@ -184,7 +186,7 @@ cdef int run_gru(const LayerPlan* p, int B, int T, const float* x, float* y, flo
                 tasks[job.n].alternate = not streaming
                 job.n += 1
         if use_split:
-            used = grurt_pool_run(usable, tasks_job, &job)
+            used = grurt_pool_run_wait(usable, tasks_job, &job, split_policy > 0)
         else:
             tasks_job(&job, 0)
     if timed:
@@ -255,7 +257,7 @@ cdef int run_units(const LayerPlan* p, int B, int T, const float* x, float* y, f
         local += aligned(<size_t>B * unit_scratch_floats(u1 - u0))
     job.groups, job.n_groups, job.T = groups, n_groups, T
     grurt_phased_init(&job.work, n_groups, (T + CHUNK_STEPS - 1) // CHUNK_STEPS + T)
-    cdef int used = grurt_pool_run(threads, units_job, &job)
+    cdef int used = grurt_pool_run_wait(threads, units_job, &job, split_policy > 0)
     # step s reads states[s % 2] and writes the other one
     memcpy(state, states1 if T % 2 else states0, <size_t>B * H * sizeof(float))
     return used
@@ -349,7 +351,7 @@ cdef int run_gru_pair(const LayerPlan* p, const LayerPlan* q, int B, int T, cons
                          scratch + <size_t>B * step_scratch_floats(p))
         job.chunks = (T + CHUNK_STEPS - 1) // CHUNK_STEPS
         job.claimed[0] = job.claimed[1] = job.done[0] = job.done[1] = 0
-        used = grurt_pool_run(min(threads, 2), pipe_job, &job)
+        used = grurt_pool_run_wait(min(threads, 2), pipe_job, &job, split_policy > 0)
         if not q.return_sequences:
             final_states(q, B, state_q, y)
     else:
