@@ -11,8 +11,9 @@ TorchScript exporter, dynamic batch/time axes) and run by every contender:
     grurt (state fed each step)    W3 with the state held outside: ``stream.state = [h]``
                                    before each step, as onnxruntime is fed ``h0``
     grurt (64 x Stream.step)       W7 without a pool: one Stream per session, 64 calls
-    grurt (2 threads)              W4 (a direction per thread) and W5 (the units of each step
-                                   split over the threads), if Model.run has a ``threads`` option
+    grurt (2 threads)              W1-W5: run(threads=2) (W3: a stream made with threads=2), if
+                                   Model.run has a ``threads`` option: each layer runs on grurt's
+                                   worker pool when that measures faster, on one thread otherwise
     onnxruntime (1 thread)         intra_op_num_threads = inter_op_num_threads = 1: the baseline
     onnxruntime (default threads)
     torch eager (1 thread)         torch.set_num_threads(1), autograd off (W3: nn.GRUCell)
@@ -30,6 +31,9 @@ W7's other contenders keep the 1,024 sessions' states in a numpy array (1024, 25
 the 64 stepped sessions' rows into ``h0`` (1, 64, 256), run one batched step and scatter the
 new states back (torch: ``nn.GRUCell`` on the gathered rows). Rounds adapt to a time budget per workload: the full run takes < 3 minutes,
 ``--quick`` < 40 s. With few calls (W4) p99 is close to the maximum.
+The header gives the machine's own scaling (bench/scaling.py: a fixed one-thread loop alone
+and twice at once; 2.00x = two free cores), measured before and after the run: thread
+figures mean something only beside it.
 """
 import os
 
@@ -53,6 +57,7 @@ import numpy as np
 import torch
 
 import grurt
+import scaling
 import workloads
 
 TOLERANCE = 1e-4
@@ -102,7 +107,7 @@ def grurt_factory(w, threads=None, variant=None):
     if w.pool is not None:
         return lambda: workloads.pool_stepper(w)
     if w.stream:
-        return lambda: workloads.stream_stepper(w.model, batch=w.x.shape[0])
+        return lambda: workloads.stream_stepper(w.model, batch=w.x.shape[0], threads=threads or 1)
     if threads:
         return lambda: (lambda x: w.model.run(x, threads=threads))
     return lambda: w.model.run
@@ -298,7 +303,7 @@ def bench_workload(w, directory: str, quick: bool) -> Tuple[List[Row], int]:
         contenders.append(("grurt (state fed each step)", grurt_factory(w, variant="state fed")))
     if w.pool is not None and workloads.has_stream(w.model):
         contenders.append((f"grurt ({len(w.pool[1])} x Stream.step)", grurt_factory(w, variant="streams")))
-    if w.name in ("W4", "W5") and grurt_has_threads():
+    if w.name in ("W1", "W2", "W3", "W4", "W5") and grurt_has_threads():
         contenders.append(("grurt (2 threads)", grurt_factory(w, threads=2)))
     contenders += [(BASELINE, ort_factory(w, path, 1)),
                    ("onnxruntime (default threads)", ort_factory(w, path, None)),
@@ -419,6 +424,7 @@ def main(argv=None) -> int:
     print(f"- machine: {machine()}")
     print(f"- date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}")
     print(f"- load average at start: {load_average()} (other processes share these cores)")
+    print(f"- {scaling.describe()}, before the run", flush=True)
     print(f"- {versions()}")
     if not grurt_has_threads():
         print("- grurt (2 threads) skipped: Model.run has no `threads` option")
@@ -435,9 +441,13 @@ def main(argv=None) -> int:
             print(f"  {w}: {rounds} rounds, {time.perf_counter() - started:.0f} s elapsed", file=sys.stderr, flush=True)
     print(table(results))
     if args.plot:
-        plot(results, args.plot)
-        print(f"\nplot: {args.plot}")
+        try:
+            plot(results, args.plot)
+            print(f"\nplot: {args.plot}")
+        except ImportError as error:  # matplotlib is optional: the table is the result
+            print(f"\nno plot ({error})")
     print(f"total time: {time.perf_counter() - started:.0f} s; load average at end: {load_average()}")
+    print(f"{scaling.describe()}, after the run")
     return 0
 
 

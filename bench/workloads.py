@@ -155,9 +155,9 @@ def has_stream(model: grurt.Model) -> bool:
     return callable(getattr(model, "stream", None))
 
 
-def stream_stepper(model: grurt.Model, batch: int = 1):
+def stream_stepper(model: grurt.Model, batch: int = 1, threads: int = 1):
     """A fresh grurt stream as ``step(frame) -> output``, writing into one preallocated buffer."""
-    stream = model.stream(batch=batch)
+    stream = model.stream(batch=batch, threads=threads) if threads > 1 else model.stream(batch=batch)
     buf = np.empty((batch, model.output_size), np.float32)
     return lambda frame: stream.step(frame, out=buf)
 

@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import grurt
-from grurt import reference
+from grurt import _kernels, reference
 from grurt.spec import Activation, Dense, LastStep, ModelSpec, Reverse, Scale, activation
 
 from gru_testing import (ATOL, CONTINUOUS_ACTIVATIONS, DIRECTIONS, GRU_ACTIVATIONS, assert_matches_reference,
@@ -371,28 +371,41 @@ def _plan_run(model, x, h0, lengths, threads):
 
 
 def _assert_threads(model, x, h0, lengths, threads, expected_threads, against_reference=True):
-    """threads > 1 bit for bit against one thread (and against the float64 reference), and run
-    on ``expected_threads`` threads: a split that silently fell back to one thread fails."""
-    one = _plan_run(model, x, h0, lengths, 1)
-    many = _plan_run(model, x, h0, lengths, threads)
-    assert one[2] == 1
-    assert many[2] == expected_threads, f"threads={threads}: {many[2]} threads ran the layer, not {expected_threads}"
-    assert np.array_equal(many[0], one[0])
-    assert all(np.array_equal(a, b) for a, b in zip(many[1], one[1]))
-    if against_reference:
-        assert_matches_reference(model, x, h0, lengths, threads=threads)
-    # zero initial states kept in the workspace (another path through Model.run), bit for bit too
-    assert np.array_equal(model.run(x, threads=threads), model.run(x))
+    """threads > 1 against the float64 reference, bit for bit against one thread, and run on
+    up to ``expected_threads`` threads: split whatever the machine measures
+    (set_split_policy("always")), and a split that silently fell back to one thread fails
+    (a worker may find the work done when it wakes, so some call of a few must report more
+    than one thread)."""
+    previous = _kernels.set_split_policy("always")
+    try:
+        one = _plan_run(model, x, h0, lengths, 1)
+        assert one[2] == 1
+        most = 1
+        for attempt in range(50):
+            many = _plan_run(model, x, h0, lengths, threads)
+            assert 1 <= many[2] <= expected_threads
+            assert np.array_equal(many[0], one[0])
+            assert all(np.array_equal(a, b) for a, b in zip(many[1], one[1]))
+            most = max(most, many[2])
+            if most == expected_threads and attempt >= 2:
+                break
+        assert most == expected_threads, f"threads={threads}: at most {most} threads ran the layer, not {expected_threads}"
+        if against_reference:
+            assert_matches_reference(model, x, h0, lengths, threads=threads)
+        # zero initial states kept in the workspace (another path through Model.run), bit for bit too
+        assert np.array_equal(model.run(x, threads=threads), model.run(x))
+    finally:
+        _kernels.set_split_policy(previous)
 
 
 @pytest.mark.parametrize("H, direction, return_sequences", [
     (1024, "forward", True), (1056, "reverse", True), (1024, "forward", False), (1024, "reverse", False)])
 def test_units_split_over_threads(H, direction, return_sequences):
     """threads > batch and a large one-direction GRU (H >= 1024, whole panels of 32 units,
-    sigmoid/tanh, linear_before_reset = 1): each step's units are split over the threads,
-    which meet at a barrier per step. Every unit's arithmetic is that of one thread, so
-    outputs and states must be identical (H = 1056: 33 panels, split unevenly). The split
-    runs at most one thread per online CPU."""
+    sigmoid/tanh, linear_before_reset = 1): each step's units are split into groups that the
+    threads claim, a group of step s starting once step s - 1 is complete. Every unit's
+    arithmetic is that of one thread, so outputs and states must be identical (H = 1056: 33
+    panels, groups of unequal size). The pool runs at most one thread per usable CPU."""
     cpus = os.cpu_count()
     if cpus == 1:
         pytest.skip("one CPU: the unit split runs at most one thread per CPU, so it cannot run here")
@@ -424,4 +437,4 @@ def test_directions_and_batch_split_over_threads(direction, H, lbr, B, threads, 
     model = grurt.Model(ModelSpec(I, (random_gru(rng, I, H, direction, lbr, gate=f),)))
     x = rng.normal(size=(B, T, I)).astype(np.float32)
     h0 = random_states(rng, model.spec, B)
-    _assert_threads(model, x, h0, _lengths(rng, B, T), threads, expected)
+    _assert_threads(model, x, h0, _lengths(rng, B, T), threads, min(expected, os.cpu_count()))

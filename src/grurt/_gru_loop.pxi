@@ -7,7 +7,12 @@
 #                      direction/batch split (run_gru)
 #   unit_range_task    whole panels of units of a one-direction layer over the whole batch
 #                      (the unit split, run_units): the state is shared by the tasks and
-#                      double-buffered, and all tasks meet at a barrier after every step
+#                      double-buffered; step s of any task starts once every task has
+#                      finished step s - 1 (_threads.pxi)
+#
+# gru_loop runs a task's whole loop. Its parts, for the threaded ways that interleave tasks:
+# gru_begin, then per chunk of CHUNK_STEPS steps gru_project and gru_step for each step, then
+# gru_end.
 #
 # Per step s (gate order z, r, h; see the equations in spec.py):
 #
@@ -50,11 +55,9 @@ cdef struct GruTask:
     float* rh
     float* gates
     int xs, hs
-    grurt_barrier* barrier   # the unit split: where the tasks meet after each step; NULL otherwise
     # 1: odd steps sum the recurrent product backwards (model.run, see GRURT_K in _gru_math.h);
     # 0: every step forwards, as a stream's one-step calls do (streaming calls, run_layers)
     int alternate
-    int* go                  # for a task on a thread of its own: 0 wait, 1 run, -1 do nothing
 
 
 cdef inline int padded_units(int H) noexcept nogil:
@@ -94,13 +97,12 @@ cdef void whole_layer_task(GruTask* t, const LayerPlan* p, int d, int B, int T, 
     t.hn = t.hr + <size_t>B * t.hs + GRURT_UNIT_BLOCK
     t.rh = t.hn + <size_t>B * p.panels_h * GRURT_PANEL
     t.gates = t.rh + <size_t>B * H
-    t.barrier = NULL
     t.alternate = 1
 
 
 cdef void unit_range_task(GruTask* t, const LayerPlan* p, int u0, int u1, int B, int T, const float* x,
-                          float* y, const int* lengths, float* states0, float* states1, float* scratch,
-                          grurt_barrier* barrier) noexcept nogil:
+                          float* y, const int* lengths, float* states0, float* states1,
+                          float* scratch) noexcept nogil:
     """Units u0 .. u1-1 (whole panels) of a one-direction layer, sigmoid/tanh, no clip,
     linear_before_reset = 1, over the whole batch; the state (B, H) is shared: step s reads
     states[s % 2] and writes the task's units of the other. ``scratch``: B ×
@@ -119,7 +121,6 @@ cdef void unit_range_task(GruTask* t, const LayerPlan* p, int u0, int u1, int B,
     t.xp = scratch
     t.hr = t.xp + <size_t>B * CHUNK_STEPS * t.xs + GRURT_UNIT_BLOCK
     t.hn = t.rh = t.gates = NULL
-    t.barrier = barrier
     t.alternate = 1
 
 
@@ -144,92 +145,109 @@ cdef void gru_loop(const GruTask* t) noexcept nogil:
     for CHUNK_STEPS steps of every sequence at once before those steps run: one large product
     instead of one per step, with a buffer small enough to stay in cache.
     """
+    cdef int s0 = 0, s
+    gru_begin(t)
+    while s0 < t.T:
+        gru_project(t, s0)
+        for s in range(s0, min(s0 + CHUNK_STEPS, t.T)):
+            gru_step(t, s0, s)
+        s0 += CHUNK_STEPS
+    gru_end(t)
+
+
+cdef void gru_begin(const GruTask* t) noexcept nogil:
+    """Before the first step: a private state copied in (padded rows, the padding zero), the
+    gate pass's read slack zeroed, outputs past each sequence's length zeroed."""
+    cdef int B = t.B, T = t.T, H = t.p.H, DH = t.p.D * H, b, ts
+    if t.h != NULL:
+        memset(t.states[0], 0, <size_t>B * t.ldh * sizeof(float))
+        for b in range(B):
+            memcpy(t.states[0] + b * t.ldh, t.h + b * H, H * sizeof(float))
+    memset(t.xp + <size_t>B * CHUNK_STEPS * t.xs, 0, GRURT_UNIT_BLOCK * sizeof(float))
+    memset(t.hr + <size_t>B * t.hs, 0, GRURT_UNIT_BLOCK * sizeof(float))
+    if t.rh != NULL:
+        memset(t.rh, 0, <size_t>B * H * sizeof(float))      # rows of finished sequences stay defined
+    if t.y != NULL and t.lengths != NULL:
+        for b in range(B):
+            for ts in range(t.lengths[b], T):
+                memset(t.y + (<size_t>b * T + ts) * DH + t.d * H + t.u0, 0, t.U * sizeof(float))
+
+
+cdef void gru_project(const GruTask* t, int s0) noexcept nogil:
+    """xp[b, i] = x[b, t] · Wᵀ + bias for the steps s0 .. s0+n-1 of sequence b (n up to
+    CHUNK_STEPS), in time order: t = s0 + i forward, t = L - s0 - m + i in reverse (m steps
+    left in b)."""
     cdef const LayerPlan* p = t.p
-    cdef int B = t.B, T = t.T, H = p.H, DH = p.D * H, I = p.n_in, d = t.d, u0 = t.u0, U = t.U
-    cdef int xs = t.xs, hs = t.hs, ldh = t.ldh, hn_stride = p.panels_h * GRURT_PANEL
-    cdef bint reverse = p.reverse_only or d == 1
-    cdef const float* W = p.W_panels + d * p.W_panel_stride
-    cdef const float* bias = p.bias + <size_t>d * p.xp_stride
-    cdef const float* R = p.R_panels + d * p.panel_stride
+    cdef int B = t.B, T = t.T, I = p.n_in, xs = t.xs, n = min(CHUNK_STEPS, T - s0), b, ts, L, m
+    cdef bint reverse = p.reverse_only or t.d == 1
+    cdef const float* W = p.W_panels + t.d * p.W_panel_stride
+    cdef const float* bias = p.bias + <size_t>t.d * p.xp_stride
+    for b in range(B):
+        L = T if t.lengths == NULL else t.lengths[b]
+        if s0 < L:
+            m = min(n, L - s0)
+            ts = L - s0 - m if reverse else s0
+            product(t, m, I, t.w_panels, t.x + (<size_t>b * T + ts) * I, I, W, bias,
+                    t.xp + <size_t>b * CHUNK_STEPS * xs, xs, 0)
+            if m < CHUNK_STEPS:     # the gate pass may read into the first row left unset
+                memset(t.xp + (<size_t>b * CHUNK_STEPS + m) * xs, 0, GRURT_UNIT_BLOCK * sizeof(float))
+
+
+cdef void gru_step(const GruTask* t, int s0, int s) noexcept nogil:
+    """Step s (in the chunk that starts at s0) of the task's units: reads states[s % 2],
+    writes states[1 - s % 2] (the same buffer for a private state) and the outputs."""
+    cdef const LayerPlan* p = t.p
+    cdef int B = t.B, T = t.T, H = p.H, DH = p.D * H, u0 = t.u0, U = t.U
+    cdef int xs = t.xs, hs = t.hs, ldh = t.ldh, hn_stride = p.panels_h * GRURT_PANEL, b, ts, L
+    cdef bint reverse = p.reverse_only or t.d == 1
+    cdef const float* R = p.R_panels + t.d * p.panel_stride
     cdef const float* R_h = R + <size_t>p.panels_per_gate_set * GRURT_PANEL * H
-    cdef const float* hr_init = NULL if p.R_init == NULL else p.R_init + <size_t>d * p.panels_per_gate_set * GRURT_PANEL
+    cdef const float* hr_init = NULL if p.R_init == NULL else p.R_init + <size_t>t.d * p.panels_per_gate_set * GRURT_PANEL
     cdef const int* lengths = t.lengths
-    cdef float* y = t.y
-    cdef float* xp = t.xp
+    cdef float* cur = t.states[s % 2]
+    cdef float* nxt = t.states[1 - s % 2]
     cdef float* hr = t.hr
-    cdef float* hn = t.hn
-    cdef float* rh = t.rh
-    cdef float* gates = t.gates
-    cdef float* cur
-    cdef float* nxt
     cdef float* h
     cdef const float* xrow
-    cdef int s, s0, n, b, ts, L, m, backward
-    if t.h != NULL:         # a private state: padded rows, the padding zero
-        memset(t.states[0], 0, <size_t>B * ldh * sizeof(float))
-        for b in range(B):
-            memcpy(t.states[0] + b * ldh, t.h + b * H, H * sizeof(float))
-    memset(xp + <size_t>B * CHUNK_STEPS * xs, 0, GRURT_UNIT_BLOCK * sizeof(float))
-    memset(hr + <size_t>B * hs, 0, GRURT_UNIT_BLOCK * sizeof(float))
-    if rh != NULL:
-        memset(rh, 0, <size_t>B * H * sizeof(float))      # rows of finished sequences stay defined
-    if y != NULL and lengths != NULL:
-        for b in range(B):
-            for ts in range(lengths[b], T):
-                memset(y + (<size_t>b * T + ts) * DH + d * H + u0, 0, U * sizeof(float))
-    s0 = 0
-    while s0 < T:
-        n = min(CHUNK_STEPS, T - s0)
-        # xp[b, i] = x[b, t] · Wᵀ + bias for the steps s0 .. s0+n-1 of sequence b, in time
-        # order: t = s0 + i forward, t = L - s0 - m + i in reverse (m steps left in b)
+    # hr = h · R_zrhᵀ + [0 0 Rb_h] (lbr=1) or h · R_zrᵀ (lbr=0)
+    # odd steps read R backwards (see GRURT_K in _gru_math.h), unless streaming
+    cdef int backward = s % 2 if t.alternate else 0
+    product(t, B, H, t.r_panels, cur, ldh, R, hr_init, hr, hs, backward)
+    if not p.lbr:
         for b in range(B):
             L = T if lengths == NULL else lengths[b]
-            if s0 < L:
-                m = min(n, L - s0)
-                ts = L - s0 - m if reverse else s0
-                product(t, m, I, t.w_panels, t.x + (<size_t>b * T + ts) * I, I, W, bias,
-                        xp + <size_t>b * CHUNK_STEPS * xs, xs, 0)
-                if m < CHUNK_STEPS:     # the gate pass may read into the first row left unset
-                    memset(xp + (<size_t>b * CHUNK_STEPS + m) * xs, 0, GRURT_UNIT_BLOCK * sizeof(float))
-        for s in range(s0, s0 + n):
-            cur, nxt = t.states[s % 2], t.states[1 - s % 2]
-            # hr = h · R_zrhᵀ + [0 0 Rb_h] (lbr=1) or h · R_zrᵀ (lbr=0)
-            # odd steps read R backwards (see GRURT_K in _gru_math.h), unless streaming
-            backward = s % 2 if t.alternate else 0
-            product(t, B, H, t.r_panels, cur, ldh, R, hr_init, hr, hs, backward)
-            if not p.lbr:
-                for b in range(B):
-                    L = T if lengths == NULL else lengths[b]
-                    if s < L:
-                        xrow = xp + (<size_t>b * CHUNK_STEPS + chunk_row(s, s0, L, reverse)) * xs
-                        grurt_gates_lbr0_zr(U, xrow, hr + b * hs, cur + b * ldh, gates + b * 3 * U,
-                                            rh + b * H, &p.f, p.clip)
-                # hn = (r⊙h) · R_hᵀ
-                grurt_gemm(B, H, p.panels_h, rh, H, R_h, NULL, hn, hn_stride, backward)
-            for b in range(B):
-                h = nxt + b * ldh + u0
-                if nxt != cur:      # shared state: carry this task's units over, then update them
-                    memcpy(h, cur + b * ldh + u0, U * sizeof(float))
-                L = T if lengths == NULL else lengths[b]
-                if s >= L:
-                    continue
-                xrow = xp + (<size_t>b * CHUNK_STEPS + chunk_row(s, s0, L, reverse)) * xs
-                if p.lbr:
-                    if p.fast_gates:
-                        grurt_gates_lbr1_fast(U, xrow, hr + b * hs, h)
-                    else:
-                        grurt_gates_lbr1(U, xrow, hr + b * hs, h, gates + b * 3 * U, &p.f, &p.g, p.clip)
-                else:
-                    grurt_gates_lbr0_h(U, xrow, hn + b * hn_stride, h, gates + b * 3 * U, &p.g, p.clip)
-                if y != NULL:
-                    ts = L - 1 - s if reverse else s
-                    memcpy(y + (<size_t>b * T + ts) * DH + d * H + u0, h, U * sizeof(float))
-            if t.barrier != NULL:
-                grurt_barrier_wait(t.barrier)     # every unit of the new state is written
-        s0 += CHUNK_STEPS
+            if s < L:
+                xrow = t.xp + (<size_t>b * CHUNK_STEPS + chunk_row(s, s0, L, reverse)) * xs
+                grurt_gates_lbr0_zr(U, xrow, hr + b * hs, cur + b * ldh, t.gates + b * 3 * U,
+                                    t.rh + b * H, &p.f, p.clip)
+        # hn = (r⊙h) · R_hᵀ
+        grurt_gemm(B, H, p.panels_h, t.rh, H, R_h, NULL, t.hn, hn_stride, backward)
+    for b in range(B):
+        h = nxt + b * ldh + u0
+        if nxt != cur:      # shared state: carry this task's units over, then update them
+            memcpy(h, cur + b * ldh + u0, U * sizeof(float))
+        L = T if lengths == NULL else lengths[b]
+        if s >= L:
+            continue
+        xrow = t.xp + (<size_t>b * CHUNK_STEPS + chunk_row(s, s0, L, reverse)) * xs
+        if p.lbr:
+            if p.fast_gates:
+                grurt_gates_lbr1_fast(U, xrow, hr + b * hs, h)
+            else:
+                grurt_gates_lbr1(U, xrow, hr + b * hs, h, t.gates + b * 3 * U, &p.f, &p.g, p.clip)
+        else:
+            grurt_gates_lbr0_h(U, xrow, t.hn + b * hn_stride, h, t.gates + b * 3 * U, &p.g, p.clip)
+        if t.y != NULL:
+            ts = L - 1 - s if reverse else s
+            memcpy(t.y + (<size_t>b * T + ts) * DH + t.d * H + u0, h, U * sizeof(float))
+
+
+cdef void gru_end(const GruTask* t) noexcept nogil:
+    """After the last step: a private state copied out."""
+    cdef int b
     if t.h != NULL:
-        for b in range(B):
-            memcpy(t.h + b * H, t.states[0] + b * ldh, H * sizeof(float))
+        for b in range(t.B):
+            memcpy(t.h + b * t.p.H, t.states[0] + b * t.ldh, t.p.H * sizeof(float))
 
 
 cdef inline int chunk_row(int s, int s0, int L, bint reverse) noexcept nogil:

@@ -16,12 +16,14 @@ One module, split by job into files that Cython includes here:
 
     _plan.pxi      Plan: packing, folded biases, workspace sizes, size limits, the calls
     _gru_loop.pxi  the GRU time loop (one, for a whole layer or for a range of its units)
-    _threads.pxi   a GRU layer spread over threads (directions, batch slices or units)
+    _threads.pxi   GRU layers spread over the worker pool (directions, batch slices, units,
+                   or two stacked layers pipelined), and the measured choice to do so
     _layers.pxi    running the layers in order, and the layers other than GRU
     _serve.pxi     Stream and StreamPool: states kept between calls, stepped in C
 
-The C they call: _gru_math.h (activations, gate pass, products), _threads.h (the barrier) and
-_norm.h (layer and unit normalisation, global pooling, flattening).
+The C they call: _gru_math.h (activations, gate pass, products), _pool.h (the persistent
+worker pool and the atomic counters threads claim work from) and _norm.h (layer and unit
+normalisation, global pooling, flattening).
 """
 from libc.stdlib cimport malloc, calloc, free
 from libc.string cimport memcpy, memset
@@ -56,14 +58,23 @@ cdef extern from "_gru_math.h" nogil:
     void grurt_gemm(int rows, int n_in, int n_panels, const float* x, int ldx, const float* packed,
                     const float* init, float* y, int ldy, int backward)
 
-cdef extern from "_threads.h" nogil:
-    ctypedef struct grurt_barrier:
-        pass
-    void grurt_barrier_wait(grurt_barrier* b)
-    void grurt_barrier_init(grurt_barrier* b, int parties)
-    void grurt_barrier_destroy(grurt_barrier* b)
+cdef extern from "_pool.h" nogil:
+    ctypedef void (*grurt_pool_fn)(void* arg, int slot) noexcept nogil
+    int grurt_pool_run(int threads, grurt_pool_fn fn, void* arg)
+    int grurt_pool_run_wait(int threads, grurt_pool_fn fn, void* arg, int wait)
+    int grurt_pool_workers()
+    int grurt_pool_cpus()
+    long grurt_ticks()
+    int grurt_claim(int* next)
+    void grurt_cpu_relax()
     int grurt_load_acquire(const int* p)
     void grurt_store_release(int* p, int v)
+    bint grurt_cas(int* p, int expected, int desired)
+    ctypedef struct grurt_phased:
+        pass
+    void grurt_phased_init(grurt_phased* w, int per_phase, int phases)
+    int grurt_phased_claim(grurt_phased* w, long* waited_ns)
+    void grurt_phased_done(grurt_phased* w)
 
 cdef extern from "_norm.h" nogil:
     enum: GRURT_POOL_AVERAGE, GRURT_POOL_MAX
@@ -75,16 +86,6 @@ cdef extern from "_norm.h" nogil:
 
 cdef extern from "<sched.h>" nogil:
     int sched_yield()
-
-cdef extern from "<unistd.h>" nogil:
-    long sysconf(int name)
-    int _SC_NPROCESSORS_ONLN
-
-cdef extern from "<pthread.h>" nogil:
-    ctypedef struct pthread_t:
-        pass
-    int pthread_create(pthread_t* thread, const void* attr, void* (*start)(void*) noexcept nogil, void* arg)
-    int pthread_join(pthread_t thread, void** retval)
 
 # The spec's activation names -> the C enum of _gru_math.h, and merge modes -> MergeMode.
 ACTIVATION_CODES = {
@@ -115,11 +116,11 @@ cdef enum:
     CHUNK_STEPS = 16             # time steps whose input projection is computed together
     DENSE_TILE_ROWS = 8          # rows of a Dense layer's last partial panel computed together (dense)
     ALIGN_FLOATS = 16            # 64 bytes: every buffer and packed weight starts on a cache line
-    # Splitting one sequence's steps over threads by units (run_units) costs a barrier per
-    # step: about 1 µs when the threads' cores are busy, but about 20 µs when a core was idle
-    # before the call (measured here). H >= 1024 (R of 12 MB, about 140 µs per step) wins
-    # either way: GRU(1024) over 50 steps 8.3 -> 5.3 ms after idle; H = 512 loses after idle.
-    MIN_SPLIT_UNITS = 1024
+    # Below these sizes a layer never splits over threads (the split's cost would exceed its
+    # gain even with warm workers); above them, whether it pays is measured (choose_split).
+    MIN_SPLIT_UNITS = 128            # unit split: H of whole panels, at least this
+    MIN_SPLIT_STEP_FMAS = 40000      # unit split: B·H·3H multiply-adds per step
+    MIN_SPLIT_TASK_FMAS = 4000000    # tasks and pipelines: T·B·H·3H multiply-adds per layer
 
 include "_plan.pxi"
 include "_gru_loop.pxi"

@@ -22,9 +22,27 @@ cdef int run_layers(const LayerPlan* layers, int n_layers, int B, int T, const f
     cdef int steps = T, i, gru_index = 0, used, threads_of_largest = 1
     cdef size_t weights, largest = 0
     cdef const LayerPlan* p
-    for i in range(n_layers):
+    cdef const LayerPlan* q
+    cdef float* dst2
+    i = 0
+    while i < n_layers:
         p = &layers[i]
         dst = out if i == n_layers - 1 else buffers[i % 2]
+        q = &layers[i + 1] if i + 1 < n_layers else NULL
+        if p.kind == GRU_LAYER and q != NULL and q.kind == GRU_LAYER and pipelines(p, q, B, steps, threads, streaming):
+            # two stacked GRU layers, pipelined over the threads (_threads.pxi)
+            dst2 = out if i + 1 == n_layers - 1 else buffers[(i + 1) % 2]
+            used = run_gru_pair(p, q, B, steps, src, dst, dst2, states[gru_index], states[gru_index + 1],
+                                lengths, scratch, threads)
+            weights = max(<size_t>3 * p.H * (p.n_in + p.H), <size_t>3 * q.H * (q.n_in + q.H))
+            if weights > largest:
+                largest, threads_of_largest = weights, used
+            gru_index += 2
+            if not q.return_sequences:
+                steps = 1
+            src = dst2
+            i += 2
+            continue
         if p.kind == GRU_LAYER:
             used = run_gru(p, B, steps, src, dst, states[gru_index], lengths, scratch, threads, streaming)
             weights = <size_t>p.D * 3 * p.H * (p.n_in + p.H)
@@ -61,6 +79,7 @@ cdef int run_layers(const LayerPlan* layers, int n_layers, int B, int T, const f
             grurt_flatten(src, dst, B, steps, p.n_in, lengths)
             steps = 1
         src = dst
+        i += 1
     if lengths != NULL and steps > 1:
         zero_padding(B, steps, layers[n_layers - 1].n_out, lengths, out)
     return threads_of_largest

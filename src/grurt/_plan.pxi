@@ -5,6 +5,21 @@ cdef enum LayerKind:
     GRU_LAYER, DENSE_LAYER, ACTIVATION_LAYER, SCALE_LAYER, REVERSE_LAYER, LAST_STEP_LAYER, MERGE_LAYER,
     LAYER_NORM_LAYER, UNIT_NORM_LAYER, GLOBAL_POOL_LAYER, FLATTEN_LAYER
 
+cdef enum:
+    CHOICE_SAMPLES = 5       # choose_split decides on the median of this many recent ratios
+
+cdef struct ThreadChoice:
+    # whether a layer's calls with threads > 1 pay (choose_split, _threads.pxi), for the last
+    # shape seen: ratios (split time / one-thread time) of pairs of consecutive calls, one
+    # each way, in a ring buffer
+    long shape
+    float ratios[CHOICE_SAMPLES]
+    int n_ratios             # ratios taken (the ring position is n_ratios % CHOICE_SAMPLES)
+    long last_ticks          # the duration of the last timed call, and its way
+    int last_way, calls, next_probe, interval
+    bint best                # whether the split wins, as of the last ratio
+
+
 cdef struct LayerPlan:
     int kind
     int n_in, n_out          # features in and out
@@ -26,6 +41,8 @@ cdef struct LayerPlan:
     int panels_per_gate_set  # lbr=1: panels of 3H; lbr=0: panels of 2H
     int panels_h             # lbr=0: panels of H
     long panel_stride        # floats of packed recurrent panels per direction
+    ThreadChoice choice      # threads > 1: whether splitting this layer pays (mutable, shared by callers)
+    ThreadChoice pair_choice # threads > 1: whether pipelining it with the next GRU layer pays
 
 
 cdef inline size_t aligned(size_t floats) noexcept nogil:
@@ -239,6 +256,17 @@ cdef class Plan:
         statement of the limits: run_plain applies it, and so does Model._check_size."""
         return self._check_size(batch, steps, memory_limit)
 
+    def split_ratios(self):
+        """Per GRU layer, the recent ratios (split time / one-thread time, of pairs of
+        consecutive calls) behind choose_split, for the last shape that layer ran with
+        threads > 1, and whether it splits now."""
+        result = []
+        for i in range(self.n_layers):
+            if self.layers[i].kind == GRU_LAYER:
+                c = &self.layers[i].choice
+                result.append(([c.ratios[k] for k in range(min(c.n_ratios, CHOICE_SAMPLES))], bool(c.best)))
+        return result
+
     def bytes_needed(self, size_t batch, size_t steps):
         """The bytes a call allocates: its float32 input copy, workspace and output (for
         ``batch`` × ``steps`` within max_rows)."""
@@ -250,17 +278,19 @@ cdef class Plan:
         states is None (zero initial states, final states discarded) or one array per GRU
         layer; lengths is None or int32 (B,). All arrays are C-contiguous float32 of the right
         shapes.
-        ``threads`` > 1 splits each GRU layer's directions and batch across that many threads,
-        or the units of a large one-direction layer (see run_gru).
+        ``threads`` > 1 lets each GRU layer run on up to that many threads of the worker pool
+        (run_gru, _threads.pxi): its directions and batch slices, the units of its steps, or
+        two stacked layers pipelined, whichever applies, when that is measured to pay.
 
         Returns the number of threads that ran the GRU layer with the most weights (the first
-        of equals; 1 without GRU layers): less than asked when the layer has fewer tasks, or the
-        machine fewer CPUs for a unit split, or when a thread could not be started.
+        of equals; 1 without GRU layers): less than asked when the layer has fewer tasks, the
+        machine fewer CPUs, other calls hold the workers, the split was measured not to pay,
+        or the caller finished the work before a worker woke up.
         """
         return self._run(x.shape[0], x.shape[1], x, states, lengths, out, threads)
 
-    def run_plain(self, x, size_t memory_limit):
-        """The output for x with zero initial states, on one thread, if x is a C-contiguous
+    def run_plain(self, x, size_t memory_limit, int threads=1):
+        """The output for x with zero initial states, on up to ``threads`` threads, if x is a C-contiguous
         float32 ndarray of shape (B, T, input_size), or (T, input_size) for one sequence (the
         output then has no batch axis), with B, T >= 1 within the size limits; None otherwise
         (the caller then runs its full checks, which convert x or explain what is wrong).
@@ -288,7 +318,7 @@ cdef class Plan:
             out_ndim += 1
         out_shape[out_ndim] = self.output_size
         cdef cnp.ndarray out = cnp.PyArray_EMPTY(out_ndim + 1, out_shape, cnp.NPY_FLOAT32, 0)
-        self._run(<int>B, <int>T, a, None, None, out, 1)
+        self._run(<int>B, <int>T, a, None, None, out, threads)
         return out
 
     cdef int _run(self, int B, int T, cnp.ndarray x, list states, cnp.ndarray lengths, cnp.ndarray out,

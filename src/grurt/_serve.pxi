@@ -120,12 +120,16 @@ cdef class Stream:
     cdef int block_frames
     cdef size_t macs                  # multiply-adds of one frame of the batch
     cdef int busy
+    cdef readonly int threads         # as Model.run's threads, for every call
 
     def __cinit__(self):
         self.block_raw = NULL
 
-    def __init__(self, model, batch=1):
+    def __init__(self, model, batch=1, threads=1):
         self.batch = _positive_int(batch, "batch")
+        if type(threads) is not int or not 1 <= threads <= MAX_THREADS:
+            raise InputError(f"threads must be an integer from 1 to {MAX_THREADS}, got {threads!r}")
+        self.threads = threads
         model._check_streamable()
         self.model = model
         self.plan = model._plan
@@ -233,10 +237,10 @@ cdef class Stream:
         if self.macs >= NOGIL_MIN_MACS:
             with nogil:
                 run_layers(plan.layers, plan.n_layers, self.batch, 1, x, self.state_ptrs, NULL, out,
-                           self.step_work, plan.max_features, 1, True)
+                           self.step_work, plan.max_features, self.threads, True)
         else:
             run_layers(plan.layers, plan.n_layers, self.batch, 1, x, self.state_ptrs, NULL, out,
-                       self.step_work, plan.max_features, 1, True)
+                       self.step_work, plan.max_features, self.threads, True)
         self.busy = 0
         return 0
 
@@ -349,12 +353,12 @@ cdef class Stream:
                 for b in range(B):
                     memcpy(stage_x + <size_t>b * m * I, x + (<size_t>b * n + t0) * I, <size_t>m * I * sizeof(float))
                 run_layers(plan.layers, plan.n_layers, B, m, stage_x, self.state_ptrs, NULL, stage_y,
-                           self.block_work, plan.max_features, 1, True)
+                           self.block_work, plan.max_features, self.threads, True)
                 for b in range(B):
                     memcpy(out + (<size_t>b * n + t0) * F, stage_y + <size_t>b * m * F, <size_t>m * F * sizeof(float))
             else:
                 run_layers(plan.layers, plan.n_layers, B, m, x + <size_t>t0 * I, self.state_ptrs, NULL,
-                           out + <size_t>t0 * F, self.block_work, plan.max_features, 1, True)
+                           out + <size_t>t0 * F, self.block_work, plan.max_features, self.threads, True)
             t0 += m
         if release:
             PyEval_RestoreThread(saved)
@@ -373,7 +377,7 @@ cdef class Stream:
         with nogil:
             for r in range(reps):
                 run_layers(plan.layers, plan.n_layers, self.batch, 1, x, self.state_ptrs, NULL, y,
-                           self.step_work, plan.max_features, 1, True)
+                           self.step_work, plan.max_features, self.threads, True)
         return (_time.perf_counter_ns() - start) / reps
 
 

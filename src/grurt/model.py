@@ -111,13 +111,15 @@ class Model:
         ``return_state=True`` returns ``(output, states)``: one (directions, B, H) array per
         GRU layer ((directions, H) for a single sequence). ``initial_state`` takes the same
         form. ``lengths`` (B,) gives each sequence's valid length for padded batches.
-        ``threads`` > 1 runs the directions and batch slices of each GRU layer in parallel.
+        ``threads`` > 1 lets each GRU layer run on up to that many threads of grurt's worker
+        pool, when that is measured to be faster (see the README); results are bit for bit
+        those of one thread.
         """
         # the common call (a float32 sequence or batch, zero states, one thread) is checked in C; anything
         # else, including what that check turns down, goes through the full checks below
-        if (initial_state is None and not return_state and lengths is None and threads == 1
-                and type(threads) is int and self._plain_runs):
-            out = self._plan.run_plain(seq, MEMORY_LIMIT_BYTES)
+        if (initial_state is None and not return_state and lengths is None and type(threads) is int
+                and 1 <= threads <= _kernels.MAX_THREADS and self._plain_runs):
+            out = self._plan.run_plain(seq, MEMORY_LIMIT_BYTES, threads)
             if out is not None:
                 return out
         if self._table is not None:
@@ -151,9 +153,10 @@ class Model:
 
     __call__ = run
 
-    def stream(self, batch: int = 1) -> "Stream":
-        """A :class:`Stream` that feeds this model one time step at a time, ``batch`` streams at once."""
-        return Stream(self, batch)
+    def stream(self, batch: int = 1, threads: int = 1) -> "Stream":
+        """A :class:`Stream` that feeds this model one time step at a time, ``batch`` streams at once
+        (``threads`` as in :meth:`run`, for each call)."""
+        return Stream(self, batch, threads)
 
     def stream_pool(self, capacity: int) -> "StreamPool":
         """A :class:`StreamPool`: the states of up to ``capacity`` sessions, stepped together."""
