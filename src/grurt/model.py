@@ -6,8 +6,8 @@ import os
 import numpy as np
 
 from . import _kernels
-from .errors import InputError
-from .spec import GRU, ModelSpec, Reverse
+from .errors import InputError, UnsupportedModelError
+from .spec import GRU, TIME_LAYERS, Conv1D, ModelSpec, Reverse, conv_history_shapes, frame_rate_layers, output_steps
 
 _FLOAT32 = np.dtype(np.float32)
 
@@ -32,6 +32,22 @@ def _as_array(value, what: str) -> np.ndarray:
         raise InputError(f"{what} must be a rectangular array of numbers ({exc})") from None
 
 
+class _NoKernels:
+    """Stands in for a Plan whose kernels do not run the spec's layers yet: grurt.reference does."""
+
+    def __init__(self, spec):
+        self.max_rows, self.bytes_per_row, self.bytes_per_sequence = 2**31 - 1, 0, 0
+
+    def _refuse(self, *args, **kwargs):
+        raise UnsupportedModelError("this build's kernels do not run Conv1D/Pool1D/ZeroPad1D yet; "
+                                    "grurt.reference.run computes the model")
+
+    run = run_plain = step = step_plain = _refuse
+
+    def workspace_floats(self, batch, steps):
+        return 0
+
+
 class Model:
     """A GRU model ready to run. Build one with :func:`grurt.load`, :func:`grurt.from_torch`, ...
 
@@ -43,10 +59,15 @@ class Model:
         if not isinstance(spec, ModelSpec):
             raise TypeError(f"Model expects a grurt.spec.ModelSpec, got {type(spec).__name__}")
         self.spec = spec
-        self._plan = _kernels.Plan(spec)
+        self._time_layers = any(isinstance(layer, TIME_LAYERS) for layer in spec.layers)
+        if self._time_layers and not getattr(_kernels, "TIME_LAYERS", False):
+            self._plan = _NoKernels(spec)      # until the kernels run Conv1D/Pool1D/ZeroPad1D
+        else:
+            self._plan = _kernels.Plan(spec)
         self._state_shapes = [(g.num_directions, g.hidden_size) for g in spec.gru_layers]
         self._output_size, self._returns_sequence = spec.output_size, spec.returns_sequence
         self._plain_runs = spec.mask_value is None      # no lengths to derive from the input
+        self._frame_rate_layers = frame_rate_layers(spec)
 
     @property
     def input_size(self) -> int:
@@ -92,9 +113,14 @@ class Model:
             states = self._initial_states(initial_state, batch, single)
         if lengths is None and self.spec.mask_value is not None:
             lengths = self._lengths_from_mask(x)
+        if lengths is not None and self._frame_rate_layers:
+            index, layer = self._frame_rate_layers[0]
+            raise InputError(f"lengths cannot be used with layer {index} ({layer.describe()}), which changes the "
+                             "number of frames or looks ahead: run sequences of different lengths one at a time")
         length_array = None if lengths is None else self._lengths(lengths, batch, steps, single)
-        out = np.empty((batch, steps, self._output_size) if self._returns_sequence else (batch, self._output_size),
-                       _FLOAT32)
+        out_steps = output_steps(self.spec, steps) if self._time_layers else steps
+        out = np.empty((batch, out_steps, self._output_size) if self._returns_sequence
+                       else (batch, self._output_size), _FLOAT32)
         if type(threads) is not int or not 1 <= threads <= 64:
             raise InputError(f"threads must be an integer from 1 to 64, got {threads!r}")
         self._plan.run(x, states, length_array, out, threads)
@@ -205,28 +231,54 @@ class Stream:
             if isinstance(layer, Reverse):
                 raise InputError(f"layer {index} reverses time, which needs the whole sequence: "
                                  "this model cannot stream, use run()")
+        for index, layer in frame_rate_layers(model.spec):
+            raise InputError(f"layer {index} ({layer.describe()}) changes the number of frames or looks ahead "
+                             "(only a causal Conv1D, stride 1 and padding ((k-1)·dilation, 0), streams): "
+                             "this model cannot stream, use run()")
         self.model = model
         self.batch = int(batch)
         self._plan = model._plan
         self._states = model._initial_states(None, self.batch, single=False)
+        self._n_grus = len(self._states)
+        # per Conv1D: its last (k-1)·dilation input frames and room for the new one, (B, span, C)
+        self._histories = [np.zeros((b, frames + 1, c), np.float32)
+                           for b, frames, c in conv_history_shapes(model.spec, self.batch)]
         self._workspace = _kernels.aligned_empty(self._plan.workspace_floats(self.batch, 1))
         # step() sees one frame: every layer's output is (B, F), there is no time axis left
         self._out_shape = (self.batch, model.output_size)
 
     def reset(self) -> None:
         """Zero every state, as at the start of a new stream."""
-        for state in self._states:
+        for state in self._states + self._histories:
             state.fill(0.0)
 
     @property
     def state(self):
-        """Copies of the GRU states, one (directions, batch, hidden) array per GRU layer."""
-        return [state.copy() for state in self._states]
+        """Copies of the state: one (directions, batch, hidden) array per GRU layer, then, for a
+        model with Conv1D layers, one (batch, (k-1)·dilation, in_channels) array per Conv1D: the
+        last input frames it has seen, oldest first."""
+        return [state.copy() for state in self._states] + [h[:, :-1].copy() for h in self._histories]
 
     @state.setter
     def state(self, values):
-        """Set every GRU state from a list of (directions, batch, hidden) arrays; None zeros them."""
-        self._states = self.model._initial_states(values, self.batch, single=False, name="state")
+        """Set the state from a list as ``state`` returns it; a list of the GRU states alone (as
+        ``run(return_state=True)`` returns) zeros the Conv1D histories, as at the start of a
+        sequence; None zeros everything."""
+        histories = None
+        if isinstance(values, (list, tuple)) and self._histories and len(values) == self._n_grus + len(
+                self._histories):
+            values, histories = list(values[:self._n_grus]), list(values[self._n_grus:])
+        states = self.model._initial_states(values, self.batch, single=False, name="state")
+        if histories is not None:
+            for index, (value, history) in enumerate(zip(histories, self._histories)):
+                value = np.asarray(value)
+                expected = history[:, :-1].shape
+                if value.dtype.kind not in "fiub" or value.shape != expected:
+                    raise InputError(f"state[{self._n_grus + index}] (Conv1D history) must be a real array of "
+                                     f"shape {expected}, got {value.dtype} {value.shape}")
+        self._states = states
+        for index, history in enumerate(self._histories):
+            history[:, :-1] = 0.0 if histories is None else histories[index]
 
     def step(self, frame, out=None):
         """Advance every stream by one frame: (I,) when batch is 1, or (batch, I).
