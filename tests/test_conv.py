@@ -193,3 +193,211 @@ def test_fold_layer_is_exact():
     padded = grurt.spec.fold_layer(ZeroPad1D(2, 1), conv)
     assert padded.padding == (3, 2)
     assert grurt.spec.fold_layer(conv, grurt.spec.Activation(activation("softmax"))) is None
+
+
+# ---- Keras: live models, .keras and .h5 files, against model.predict ----
+
+def _keras_models():
+    keras = pytest.importorskip("keras")
+    L = keras.layers
+
+    def model(steps, *stack):
+        return keras.Sequential([keras.Input((steps, 4)), *stack, L.GRU(6), L.Dense(2)])
+
+    return {
+        "valid_bn_relu": lambda: model(12, L.Conv1D(8, 3), L.BatchNormalization(), L.Activation("relu")),
+        "same_even_k": lambda: model(12, L.Conv1D(8, 4, padding="same", activation="tanh")),
+        "causal_dilated": lambda: model(12, L.Conv1D(8, 3, padding="causal", dilation_rate=2)),
+        "same_stride2": lambda: model(11, L.Conv1D(8, 3, strides=2, padding="same")),
+        "groups": lambda: model(12, L.Conv1D(8, 3, groups=2, use_bias=False)),
+        "maxpool_same": lambda: model(11, L.Conv1D(8, 2), L.MaxPooling1D(3, strides=2, padding="same")),
+        "avgpool_same": lambda: model(11, L.AveragePooling1D(3, strides=2, padding="same")),
+        "avgpool_valid": lambda: model(12, L.AveragePooling1D(2)),
+        "zero_padding": lambda: model(12, L.ZeroPadding1D((2, 1)), L.Conv1D(8, 3)),
+        "zero_padding_alone": lambda: model(12, L.ZeroPadding1D(2)),
+    }
+
+
+KERAS_NAMES = ("valid_bn_relu", "same_even_k", "causal_dilated", "same_stride2", "groups", "maxpool_same",
+               "avgpool_same", "avgpool_valid", "zero_padding", "zero_padding_alone")
+
+
+@pytest.mark.parametrize("name", KERAS_NAMES)
+def test_keras_layers_match_predict(name, tmp_path):
+    model = _keras_models()[name]()
+    rng = np.random.default_rng(5)
+    for layer in model.layers:       # non-trivial BatchNormalization statistics
+        if type(layer).__name__ == "BatchNormalization":
+            layer.set_weights([rng.uniform(0.5, 1.5, 8), rng.uniform(-0.5, 0.5, 8), rng.uniform(-0.5, 0.5, 8),
+                               rng.uniform(0.5, 2, 8)])
+    steps = model.input_shape[1]
+    x = rng.standard_normal((3, steps, 4)).astype(np.float32)
+    expected = np.asarray(model.predict(x, verbose=0))
+    sources = {"live": grurt.from_keras(model)}
+    for suffix in (".keras", ".h5"):
+        path = tmp_path / f"m{suffix}"
+        model.save(path)
+        sources[suffix] = grurt.load(path)
+    for source, converted in sources.items():
+        np.testing.assert_allclose(reference.run(converted, x), expected, rtol=0, atol=ATOL, err_msg=source)
+    if name == "valid_bn_relu":      # BatchNormalization and the Activation folded into the Conv1D
+        assert [type(layer) for layer in sources["live"].layers] == [Conv1D, GRU, Dense]
+        assert sources["live"].layers[0].activation.kind == "relu"
+
+
+# ---- ONNX: torch exports (legacy and dynamo) and hand-built graphs, against onnxruntime ----
+
+class TorchCRNN(nn.Module):
+    """(B, T, C) → causal Conv1d (left pad, then conv) + BatchNorm + ReLU → max pool → GRU → Linear on the last step."""
+
+    def __init__(self, pool=True):
+        super().__init__()
+        torch.manual_seed(3)
+        self.conv, self.bn = nn.Conv1d(5, 8, 3), _randomize_bn(nn.BatchNorm1d(8), 3)
+        self.pool = nn.AvgPool1d(2, padding=1, count_include_pad=False) if pool else nn.Identity()
+        self.gru, self.fc = nn.GRU(8, 6, batch_first=True), nn.Linear(6, 2)
+
+    def forward(self, x):
+        h = nn.functional.pad(x.transpose(1, 2), (2, 0))
+        h = self.pool(torch.relu(self.bn(self.conv(h))))
+        y, _ = self.gru(h.transpose(1, 2))
+        return self.fc(y[:, -1])
+
+
+def _ort(path, x):
+    ort = pytest.importorskip("onnxruntime")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: x})[0]
+
+
+@pytest.mark.parametrize("dynamo", [False, True])
+@pytest.mark.parametrize("pool", [False, True])
+def test_onnx_torch_crnn(tmp_path, dynamo, pool):
+    pytest.importorskip("onnxruntime")
+    if dynamo:
+        pytest.importorskip("onnxscript")
+    module = TorchCRNN(pool).eval()
+    x = np.random.default_rng(0).standard_normal((2, 9, 5)).astype(np.float32)
+    path = tmp_path / "crnn.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        # torch 2.13's dynamo exporter keeps the time axis static here: onnxruntime runs the export's length
+        kwargs = dict(dynamic_shapes={"x": {0: torch.export.Dim("batch")}}, verbose=False) \
+            if dynamo else dict(dynamic_axes={"x": {0: "batch", 1: "time"}})
+        torch.onnx.export(module, (torch.from_numpy(x),), str(path), dynamo=dynamo, input_names=["x"], **kwargs)
+    model = grurt.load(path)
+    assert isinstance(model.layers[0], Conv1D) and model.layers[0].causal and model.layers[0].activation.kind == "relu"
+    for steps in (9, 12):
+        xs = np.random.default_rng(steps).standard_normal((3, steps, 5)).astype(np.float32)
+        with torch.no_grad():
+            expected = module(torch.from_numpy(xs)).numpy()
+        np.testing.assert_allclose(reference.run(model, xs), expected, rtol=0, atol=ATOL)
+        if not dynamo or steps == 9:
+            np.testing.assert_allclose(_ort(path, xs), expected, rtol=0, atol=ATOL)
+
+
+def _onnx_graph(path, nodes, initializers, steps, channels, opset=17):
+    """A (B, T, C) input "x", transposed to (B, C, T), the given nodes from "h0" to "h", transposed
+    back to (B, T, C'), then a GRU(4) whose final state is the output."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(11)
+    state = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    width = initializers.pop("_width")
+    gru_w = {"W": rng.standard_normal((1, 12, width)) * 0.3, "R": rng.standard_normal((1, 12, 4)) * 0.3,
+             "B": rng.standard_normal((1, 24)) * 0.1}
+    all_nodes = [helper.make_node("Transpose", ["x"], ["h0"], perm=[0, 2, 1]), *nodes,
+                 helper.make_node("Transpose", ["h"], ["seq"], perm=[2, 0, 1]),
+                 helper.make_node("GRU", ["seq", "W", "R", "B"], ["", "y3"], hidden_size=4),
+                 helper.make_node("Squeeze", ["y3", "axes0"], ["y"])]
+    inits = [numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in {**initializers, **gru_w}.items()]
+    inits.append(numpy_helper.from_array(np.array([0], np.int64), "axes0"))
+    graph = helper.make_graph(all_nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                             ["batch", "time", channels])],
+                              [state], inits)
+    import onnx
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)]), str(path))
+
+
+ONNX_CASES = {
+    # name: (nodes, initializers (with "_width": features into the GRU))
+    "conv_same_upper_stride2": lambda: (
+        ["Conv", dict(auto_pad="SAME_UPPER", strides=[2], kernel_shape=[4])], {"_width": 6}, True),
+    "conv_same_lower_even_k": lambda: (["Conv", dict(auto_pad="SAME_LOWER", kernel_shape=[4])], {"_width": 6}, True),
+    "conv_pads_dilated": lambda: (["Conv", dict(pads=[4, 0], dilations=[2])], {"_width": 6}, True),
+    "conv_pads_groups": lambda: (["Conv", dict(pads=[3, 1], group=3)], {"_width": 6}, True),
+    "conv_valid": lambda: (["Conv", dict(auto_pad="VALID", strides=[3])], {"_width": 6}, True),
+    "avgpool_exclude": lambda: (["AveragePool", dict(kernel_shape=[3], strides=[2], pads=[1, 1])],
+                                {"_width": 3}, False),
+    "avgpool_include": lambda: (["AveragePool", dict(kernel_shape=[3], strides=[2], pads=[2, 1],
+                                                     count_include_pad=1)], {"_width": 3}, False),
+    "avgpool_same_upper": lambda: (["AveragePool", dict(kernel_shape=[4], strides=[3], auto_pad="SAME_UPPER")],
+                                   {"_width": 3}, False),
+    "maxpool_pads": lambda: (["MaxPool", dict(kernel_shape=[3], strides=[1], pads=[2, 0])], {"_width": 3}, False),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ONNX_CASES))
+def test_onnx_handbuilt_conv_and_pool(tmp_path, name):
+    from onnx import helper
+    pytest.importorskip("onnxruntime")
+    (op, attrs), inits, is_conv = ONNX_CASES[name]()
+    rng = np.random.default_rng(2)
+    inputs = ["h0"]
+    if is_conv:
+        k = attrs.get("kernel_shape", [3])[0]
+        groups = attrs.get("group", 1)
+        inits.update(Wc=rng.standard_normal((6, 3 // groups, k)) * 0.4, Bc=rng.standard_normal(6) * 0.1)
+        inputs += ["Wc", "Bc"]
+    nodes = [helper.make_node(op, inputs, ["h"], **attrs)]
+    path = tmp_path / f"{name}.onnx"
+    _onnx_graph(path, nodes, inits, None, 3)
+    model = grurt.load(path)
+    for steps in (7, 10):
+        x = rng.standard_normal((2, steps, 3)).astype(np.float32)
+        np.testing.assert_allclose(reference.run(model, x), _ort(path, x), rtol=0, atol=ATOL)
+
+
+def test_onnx_pad_and_batchnorm(tmp_path):
+    """Pad (time axis, zeros) then Conv folds into the conv's padding; BatchNormalization after it folds."""
+    from onnx import helper
+    rng = np.random.default_rng(4)
+    inits = {"_width": 6, "pads": np.array([0, 0, 2, 0, 0, 1], np.int64), "Wc": rng.standard_normal((6, 3, 3)) * 0.4,
+             "Bc": rng.standard_normal(6) * 0.1, "g": rng.uniform(0.5, 1.5, 6), "be": rng.standard_normal(6) * 0.2,
+             "mu": rng.standard_normal(6) * 0.2, "var": rng.uniform(0.5, 2, 6)}
+    nodes = [helper.make_node("Pad", ["h0", "pads"], ["p"], mode="constant"),
+             helper.make_node("Conv", ["p", "Wc", "Bc"], ["c"]),
+             helper.make_node("BatchNormalization", ["c", "g", "be", "mu", "var"], ["n"], epsilon=1e-3),
+             helper.make_node("Relu", ["n"], ["h"])]
+    path = tmp_path / "pad_bn.onnx"
+    pads = inits.pop("pads")
+    from onnx import numpy_helper
+    _onnx_graph(path, nodes, inits, None, 3)
+    import onnx
+    m = onnx.load(str(path))
+    m.graph.initializer.append(numpy_helper.from_array(pads, "pads"))
+    onnx.save(m, str(path))
+    model = grurt.load(path)
+    assert [type(layer) for layer in model.layers] == [Conv1D, GRU]
+    assert model.layers[0].padding == (2, 1) and model.layers[0].activation.kind == "relu"
+    x = rng.standard_normal((2, 8, 3)).astype(np.float32)
+    np.testing.assert_allclose(reference.run(model, x), _ort(path, x), rtol=0, atol=ATOL)
+
+
+# ---- the npz format ----
+
+def test_npz_roundtrip_and_version(tmp_path):
+    spec = ModelSpec(3, (ZeroPad1D(1, 2), _conv(3, 4, 3, stride=2, padding="same_lower", activation=activation("elu")),
+                         _conv(4, 4, 2, groups=4, dilation=3, padding=(3, 0)),
+                         Pool1D("average", 3, 2, (1, 1), count_include_pad=True), Pool1D("max", 2, 2, "same_upper"),
+                         _gru(4)))
+    path = tmp_path / "m.npz"
+    grurt.save(grurt.Model(spec), path)
+    assert grurt.formats.npz.read_header(path)["format_version"] == "1.1"
+    loaded = grurt.load(path)
+    assert [layer.describe() for layer in loaded.layers] == [layer.describe() for layer in spec.layers]
+    x = np.random.default_rng(0).standard_normal((2, 13, 3))
+    np.testing.assert_array_equal(reference.run(loaded, x), reference.run(spec, x))
+    plain = tmp_path / "plain.npz"
+    grurt.save(grurt.Model(ModelSpec(3, (_gru(3),))), plain)
+    assert grurt.formats.npz.read_header(plain)["format_version"] == "1.0"
