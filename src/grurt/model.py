@@ -257,7 +257,7 @@ class Stream:
         """Copies of the state: one (directions, batch, hidden) array per GRU layer, then, for a
         model with Conv1D layers, one (batch, (k-1)·dilation, in_channels) array per Conv1D: the
         last input frames it has seen, oldest first."""
-        return [state.copy() for state in self._states] + [h[:, :-1].copy() for h in self._histories]
+        return [state.copy() for state in self._states] + [h[:, 1:].copy() for h in self._histories]
 
     @state.setter
     def state(self, values):
@@ -272,13 +272,13 @@ class Stream:
         if histories is not None:
             for index, (value, history) in enumerate(zip(histories, self._histories)):
                 value = np.asarray(value)
-                expected = history[:, :-1].shape
+                expected = history[:, 1:].shape
                 if value.dtype.kind not in "fiub" or value.shape != expected:
                     raise InputError(f"state[{self._n_grus + index}] (Conv1D history) must be a real array of "
                                      f"shape {expected}, got {value.dtype} {value.shape}")
         self._states = states
         for index, history in enumerate(self._histories):
-            history[:, :-1] = 0.0 if histories is None else histories[index]
+            history[:, 1:] = 0.0 if histories is None else histories[index]
 
     def step(self, frame, out=None):
         """Advance every stream by one frame: (I,) when batch is 1, or (batch, I).
