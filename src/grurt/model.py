@@ -121,8 +121,8 @@ class Model:
         out_steps = output_steps(self.spec, steps) if self._time_layers else steps
         out = np.empty((batch, out_steps, self._output_size) if self._returns_sequence
                        else (batch, self._output_size), _FLOAT32)
-        if type(threads) is not int or not 1 <= threads <= 64:
-            raise InputError(f"threads must be an integer from 1 to 64, got {threads!r}")
+        if type(threads) is not int or not 1 <= threads <= _kernels.MAX_THREADS:
+            raise InputError(f"threads must be an integer from 1 to {_kernels.MAX_THREADS}, got {threads!r}")
         self._plan.run(x, states, length_array, out, threads)
         if single:
             out = out[0]
@@ -160,11 +160,12 @@ class Model:
         return seq.reshape(batch, steps, features), single
 
     def _check_size(self, batch: int, steps: int):
-        rows = batch * steps
-        if rows > self._plan.max_rows:
+        """The limits of Plan.check_size (the same check as the C fast path's), explained."""
+        failure = self._plan.check_size(batch, steps, MEMORY_LIMIT_BYTES)
+        if failure == _kernels.TOO_MANY_ROWS:
             raise InputError(f"input of {batch} sequences × {steps} steps is too large for 32-bit BLAS indexing")
-        needed = rows * self._plan.bytes_per_row + batch * self._plan.bytes_per_sequence
-        if needed > MEMORY_LIMIT_BYTES:
+        if failure == _kernels.TOO_MUCH_MEMORY:
+            needed = self._plan.bytes_needed(batch, steps)
             raise InputError(
                 f"input of {batch} sequences × {steps} steps would need {needed / 2**30:.1f} GiB, "
                 f"more than the limit of {MEMORY_LIMIT_BYTES / 2**30:.1f} GiB (grurt.model.MEMORY_LIMIT_BYTES)")
