@@ -135,9 +135,9 @@ static void grurt_conv_seq(const grurt_conv *c, int T, const float *x, float *y,
             }
         }
     }
-    if (c->act.kind == 12)      /* softmax: per frame */
+    if (c->act.kind == ACT_SOFTMAX)      /* per frame */
         for (int t = 0; t < out; ++t) grurt_activate(&c->act, y + (size_t)t * O, O);
-    else if (c->act.kind != 0)
+    else if (c->act.kind != ACT_LINEAR)
         grurt_activate(&c->act, y, out * O);
 }
 

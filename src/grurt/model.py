@@ -287,7 +287,7 @@ class Stream:
         Returns the output for this frame, (F,) or (batch, F). With ``out`` (a C-contiguous
         float32 array of that shape) the result is written there and nothing is allocated.
         """
-        result = self._plan.step_plain(frame, out, self._states, self._workspace, self.batch)
+        result = self._plan.step_plain(frame, out, self._states, self._workspace, self.batch, self._histories)
         if result is not None:                              # the common call, checked in C
             return result
         if not (type(frame) is np.ndarray and frame.dtype == np.float32 and frame.flags.c_contiguous):
@@ -306,7 +306,7 @@ class Stream:
                     and out.flags.writeable and out.size == self.batch * self.model.output_size):
                 raise InputError(f"out must be a writeable C-contiguous float32 array of "
                                  f"{self.batch * self.model.output_size} elements")
-        self._plan.step(frame, self._states, result, self._workspace, self.batch)
+        self._plan.step(frame, self._states, result, self._workspace, self.batch, self._histories)
         if out is None and single:
             return result[0]
         return result
