@@ -401,3 +401,124 @@ def test_npz_roundtrip_and_version(tmp_path):
     plain = tmp_path / "plain.npz"
     grurt.save(grurt.Model(ModelSpec(3, (_gru(3),))), plain)
     assert grurt.formats.npz.read_header(plain)["format_version"] == "1.0"
+
+
+# ---- the kernels against the reference ----
+
+from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+
+
+@st.composite
+def conv_models(draw):
+    """A Conv1D (kernel 1-20, stride, dilation, groups incl. depthwise, any padding), maybe a
+    Pool1D and a ZeroPad1D, then a GRU; and an input batch of 1-8 sequences of T frames."""
+    groups = draw(st.sampled_from([1, 1, 2, 3]))
+    cin = groups * draw(st.integers(1, 4))
+    depthwise = groups > 1 and draw(st.booleans())
+    cout = cin if depthwise else groups * draw(st.integers(1, 6))
+    groups = cin if depthwise else groups
+    k = draw(st.integers(1, 20))
+    stride, dilation = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    span = (k - 1) * dilation + 1
+    padding = draw(st.one_of(st.tuples(st.integers(0, span), st.integers(0, span)),
+                             st.sampled_from(["same_upper", "same_lower", (span - 1, 0)])))
+    act = draw(st.sampled_from(["linear", "relu", "tanh"]))
+    rng = np.random.default_rng(draw(st.integers(0, 2**16)))
+    layers = [Conv1D(W=rng.standard_normal((cout, cin // groups, k)) / np.sqrt(cin // groups * k),
+                     b=rng.standard_normal(cout) * 0.1, stride=stride, dilation=dilation, groups=groups,
+                     padding=padding, activation=activation(act))]
+    if draw(st.booleans()):
+        size = draw(st.integers(1, 4))
+        layers.append(Pool1D(draw(st.sampled_from(POOL_MODES)), size, draw(st.integers(1, 3)),
+                             draw(st.sampled_from([(0, 0), (size - 1, 0), "same_upper"])),
+                             count_include_pad=draw(st.booleans())))
+    if draw(st.booleans()):
+        layers.append(ZeroPad1D(draw(st.integers(0, 2)), draw(st.integers(0, 2))))
+    layers.append(_gru(cout, seed=int(rng.integers(1000))))
+    spec = ModelSpec(cin, tuple(layers))
+    batch, steps = draw(st.integers(1, 8)), draw(st.integers(1, 40))
+    return spec, rng.standard_normal((batch, steps, cin)).astype(np.float32)
+
+
+from grurt.spec import POOL_MODES  # noqa: E402
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(conv_models())
+def test_kernels_match_reference(case):
+    """Every shape: at most ATOL from the float64 reference; too short an input is the same InputError."""
+    spec, x = case
+    model = grurt.Model(spec)
+    if x.shape[1] < grurt.spec.min_steps(spec):
+        with pytest.raises(grurt.InputError, match="shorter than its window"):
+            model.run(x)
+        with pytest.raises(grurt.InputError, match="shorter than its window"):
+            reference.run(spec, x)
+        return
+    expected = reference.run(spec, x)
+    np.testing.assert_allclose(model.run(x), expected, rtol=0, atol=ATOL)
+    np.testing.assert_allclose(model.run(x[:1].copy()), expected[:1], rtol=0, atol=ATOL)   # the fast path
+    np.testing.assert_allclose(model.run(x[0].astype(np.float64)), expected[0], rtol=0, atol=ATOL)
+
+
+@pytest.mark.parametrize("k, dilation, groups", [(1, 1, 1), (5, 1, 1), (4, 3, 1), (3, 2, 2), (7, 1, 6)])
+def test_stream_equals_run(k, dilation, groups):
+    """A causal Conv1D streams: stepping equals run on each prefix; state holds the conv history."""
+    span = (k - 1) * dilation + 1
+    conv = _conv(6, 6, k, dilation=dilation, groups=groups, padding=(span - 1, 0), activation=activation("relu"))
+    spec = ModelSpec(6, (conv, _gru(6), LastStep(), Dense(np.random.default_rng(0).standard_normal((2, 5)), np.zeros(2))))
+    model = grurt.Model(spec)
+    x = np.random.default_rng(k).standard_normal((3, 12, 6)).astype(np.float32)
+    stream = model.stream(batch=3)
+    out = np.empty((3, 2), np.float32)
+    for t in range(12):
+        stream.step(x[:, t], out=out)
+        np.testing.assert_allclose(out, reference.run(spec, x[:, :t + 1]), rtol=0, atol=ATOL)
+    state = stream.state
+    assert len(state) == 2 and state[1].shape == (3, span - 1, 6)
+    np.testing.assert_array_equal(state[1], x[:, 12 - (span - 1):] if span > 1 else x[:, :0])
+    # a stream restored from that state continues exactly
+    other = model.stream(batch=3)
+    other.state = state
+    np.testing.assert_array_equal(other.step(x[:, 0]), stream.step(x[:, 0]))
+    # the GRU states alone: the history starts from zeros, as run(initial_state=...) does
+    _, states = model.run(x, return_state=True)
+    other.state = states
+    assert not other.state[1].any()
+    stream.reset()
+    assert not any(s.any() for s in stream.state)
+    with pytest.raises(grurt.InputError, match=r"state\[1\] \(Conv1D history\)"):
+        other.state = [states[0], np.zeros((3, span, 6))]
+
+
+def test_model_run_lengths_and_short_input():
+    spec = ModelSpec(3, (_conv(3, 4, 5, padding=(2, 2)), _gru(4)))
+    model = grurt.Model(spec)
+    x = np.random.default_rng(0).standard_normal((2, 6, 3)).astype(np.float32)
+    with pytest.raises(grurt.InputError, match="lengths cannot be used with layer 0"):
+        model.run(x, lengths=[6, 3])
+    valid = grurt.Model(ModelSpec(3, (_conv(3, 4, 5), _gru(4))))
+    with pytest.raises(grurt.InputError, match=r"layer 0 \(Conv1D.*at least 5 input frames"):
+        valid.run(x[:, :4])
+    causal = grurt.Model(ModelSpec(3, (_conv(3, 4, 3, padding=(2, 0)), _gru(4))))
+    np.testing.assert_allclose(causal.run(x, lengths=[6, 3]), reference.run(causal, x, lengths=[6, 3]),
+                               rtol=0, atol=ATOL)
+
+
+def test_w6_crnn_from_torch_runs_and_streams():
+    """The benchmark's CRNN: from_torch with left padding, kernels vs torch and the stream vs run."""
+    torch.manual_seed(0)
+    conv, bn = nn.Conv1d(40, 64, 5), _randomize_bn(nn.BatchNorm1d(64), 0)
+    gru, fc = nn.GRU(64, 128, batch_first=True), nn.Linear(128, 12)
+    mods = [nn.ConstantPad1d((4, 0), 0.0), conv, bn, nn.ReLU(), gru, fc]
+    for m in mods:
+        m.eval()
+    model = grurt.from_torch(mods, last_step=True)
+    assert [type(layer) for layer in model.layers] == [Conv1D, GRU, LastStep, Dense]
+    x = np.random.default_rng(0).standard_normal((1, 100, 40)).astype(np.float32)
+    expected = torch_forward(mods, x, last_step=True)
+    np.testing.assert_allclose(model.run(x), expected, rtol=0, atol=ATOL)
+    stream = model.stream()
+    for t in range(100):
+        y = stream.step(x[0, t])
+    np.testing.assert_allclose(y, expected[0], rtol=0, atol=ATOL)
