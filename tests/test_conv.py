@@ -522,3 +522,14 @@ def test_w6_crnn_from_torch_runs_and_streams():
     for t in range(100):
         y = stream.step(x[0, t])
     np.testing.assert_allclose(y, expected[0], rtol=0, atol=ATOL)
+
+
+def test_cli_info_describes_time_layers(tmp_path, capsys):
+    from grurt import cli
+    path = tmp_path / "m.npz"
+    grurt.save(grurt.Model(ModelSpec(3, (_conv(3, 4, 5, stride=2, padding="same_upper"), Pool1D("max", 2, 2),
+                                         _gru(4)))), path)
+    cli.main(["info", str(path)])
+    text = capsys.readouterr().out
+    assert "Conv1D(3 -> 4, k=5, stride=2, same_upper, linear)" in text and "Pool1D(max, size=2, stride=2" in text
+    assert "1.1" in text

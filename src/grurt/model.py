@@ -6,7 +6,7 @@ import os
 import numpy as np
 
 from . import _kernels
-from .errors import InputError, UnsupportedModelError
+from .errors import InputError
 from .spec import GRU, TIME_LAYERS, Conv1D, ModelSpec, Reverse, conv_history_shapes, frame_rate_layers, output_steps
 
 _FLOAT32 = np.dtype(np.float32)
@@ -32,22 +32,6 @@ def _as_array(value, what: str) -> np.ndarray:
         raise InputError(f"{what} must be a rectangular array of numbers ({exc})") from None
 
 
-class _NoKernels:
-    """Stands in for a Plan whose kernels do not run the spec's layers yet: grurt.reference does."""
-
-    def __init__(self, spec):
-        self.max_rows, self.bytes_per_row, self.bytes_per_sequence = 2**31 - 1, 0, 0
-
-    def _refuse(self, *args, **kwargs):
-        raise UnsupportedModelError("this build's kernels do not run Conv1D/Pool1D/ZeroPad1D yet; "
-                                    "grurt.reference.run computes the model")
-
-    run = run_plain = step = step_plain = _refuse
-
-    def workspace_floats(self, batch, steps):
-        return 0
-
-
 class Model:
     """A GRU model ready to run. Build one with :func:`grurt.load`, :func:`grurt.from_torch`, ...
 
@@ -60,10 +44,7 @@ class Model:
             raise TypeError(f"Model expects a grurt.spec.ModelSpec, got {type(spec).__name__}")
         self.spec = spec
         self._time_layers = any(isinstance(layer, TIME_LAYERS) for layer in spec.layers)
-        if self._time_layers and not getattr(_kernels, "TIME_LAYERS", False):
-            self._plan = _NoKernels(spec)      # until the kernels run Conv1D/Pool1D/ZeroPad1D
-        else:
-            self._plan = _kernels.Plan(spec)
+        self._plan = _kernels.Plan(spec)
         self._state_shapes = [(g.num_directions, g.hidden_size) for g in spec.gru_layers]
         self._output_size, self._returns_sequence = spec.output_size, spec.returns_sequence
         self._plain_runs = spec.mask_value is None      # no lengths to derive from the input

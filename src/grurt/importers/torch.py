@@ -133,6 +133,12 @@ def from_torch(module, last_step: bool = False, input_scaler=None, output_scaler
     its output sequence on (``output`` of ``nn.GRU``); ``last_step=True`` keeps only the
     last time step after the last GRU, as ``output[:, -1]`` does. ``input_scaler`` and
     ``output_scaler`` fold fitted scikit-learn scalers in, as in :func:`from_keras`.
+
+    Channels-first modules (``Conv1d``, ``BatchNorm1d``, ``MaxPool1d``, ``AvgPool1d``,
+    ``ConstantPad1d``, ``ZeroPad1d``) are read as applied to the (B, T, C) sequence with the
+    transposes to and from PyTorch's (B, C, T) implied (docs/convolutions.md). A BatchNorm1d
+    folds into the Conv1d or Linear before it, an activation into a Conv1d, padding into the
+    Conv1d after it.
     """
     import torch.nn
 
