@@ -7,11 +7,13 @@ import numpy as np
 
 from . import _kernels
 from .errors import InputError, ModelFormatError, UnsupportedModelError
-from .spec import (GRU, WHOLE_SEQUENCE, Activation, Dense, Embedding, Flatten, GlobalPool, LastStep, LayerNorm,
-                   Merge, ModelSpec, Reverse, Scale, UnitNorm, activation)
+from .spec import (GRU, TIME_LAYERS, WHOLE_SEQUENCE, Activation, Dense, Embedding, Flatten, GlobalPool, LastStep,
+                   LayerNorm, Merge, ModelSpec, Reverse, Scale, UnitNorm, activation, conv_history_shapes,
+                   frame_rate_layers, output_steps)
 
 #: The layers the compiled kernels run (a leading Embedding's lookup runs in Model itself).
-KERNEL_LAYERS = (GRU, Dense, Activation, Scale, Reverse, LastStep, Merge, LayerNorm, UnitNorm, GlobalPool, Flatten)
+KERNEL_LAYERS = (GRU, Dense, Activation, Scale, Reverse, LastStep, Merge, LayerNorm, UnitNorm, GlobalPool,
+                 Flatten) + TIME_LAYERS
 
 _FLOAT32 = np.dtype(np.float32)
 
@@ -54,12 +56,14 @@ class Model:
             if not isinstance(layer, KERNEL_LAYERS):
                 raise UnsupportedModelError(f"{layer.describe()}: grurt's kernels do not run this layer yet "
                                             "(grurt.reference.run computes it)")
+        self._time_layers = any(isinstance(layer, TIME_LAYERS) for layer in spec.layers)
         self._plan = _kernels.Plan(_kernel_spec(spec))
         self._state_shapes = [(g.num_directions, g.hidden_size) for g in spec.gru_layers]
         self._output_size, self._returns_sequence = spec.output_size, spec.returns_sequence
         self._fixed_steps = spec.fixed_steps
         # no lengths to derive from the input, no ids, any number of steps: the C fast path
         self._plain_runs = spec.mask_value is None and not spec.takes_ids and spec.fixed_steps is None
+        self._frame_rate_layers = frame_rate_layers(spec)
 
     @classmethod
     def chain(cls, layers, input_size=None, mask_value=None) -> "Model":
@@ -129,16 +133,25 @@ class Model:
             if lengths is None and self.spec.mask_value is not None:
                 lengths = self._lengths_from_mask((x == self.spec.mask_value).all(axis=2))
         batch, steps = x.shape[0], x.shape[1]
-        if self._fixed_steps is not None and steps != self._fixed_steps:
+        # frames out of the time layers (InputError naming the layer when the input is too short)
+        out_steps = output_steps(self.spec, steps) if self._time_layers else steps
+        if self._fixed_steps is not None and out_steps != self._fixed_steps:
+            if self._time_layers:
+                raise InputError(f"this model flattens exactly {self._fixed_steps} frames, but {steps} input frames "
+                                 f"give {out_steps} after its convolution, pooling and padding layers")
             raise InputError(f"this model runs only on sequences of {self._fixed_steps} steps (it flattens them), "
                              f"got {steps}")
         if initial_state is None and not return_state:
             states = None                                   # zero states kept in the workspace
         else:
             states = self._initial_states(initial_state, batch, single)
+        if lengths is not None and self._frame_rate_layers:
+            index, layer = self._frame_rate_layers[0]
+            raise InputError(f"lengths cannot be used with layer {index} ({layer.describe()}), which changes the "
+                             "number of frames or looks ahead: run sequences of different lengths one at a time")
         length_array = None if lengths is None else self._lengths(lengths, batch, steps, single)
-        out = np.empty((batch, steps, self._output_size) if self._returns_sequence else (batch, self._output_size),
-                       _FLOAT32)
+        out = np.empty((batch, out_steps, self._output_size) if self._returns_sequence
+                       else (batch, self._output_size), _FLOAT32)
         if type(threads) is not int or not 1 <= threads <= _kernels.MAX_THREADS:
             raise InputError(f"threads must be an integer from 1 to {_kernels.MAX_THREADS}, got {threads!r}")
         self._plan.run(x, states, length_array, out, threads)
@@ -275,30 +288,56 @@ class Stream:
             if isinstance(layer, WHOLE_SEQUENCE):
                 raise InputError(f"layer {index} ({layer.describe()}) needs the whole sequence: "
                                  "this model cannot stream, use run()")
+        for index, layer in frame_rate_layers(model.spec):
+            raise InputError(f"layer {index} ({layer.describe()}) changes the number of frames or looks ahead "
+                             "(only a causal Conv1D, stride 1 and padding ((k-1)·dilation, 0), streams): "
+                             "this model cannot stream, use run()")
         self.model = model
         self.batch = int(batch)
         self._plan = model._plan
         self._states = model._initial_states(None, self.batch, single=False)
         # a model that takes ids: each step's ids are looked up into this frame, then stepped
         self._frame = None if model._table is None else np.empty((self.batch, model._table.shape[1]), np.float32)
+        self._n_grus = len(self._states)
+        # per Conv1D: its last (k-1)·dilation input frames and room for the new one, (B, span, C)
+        self._histories = [np.zeros((b, frames + 1, c), np.float32)
+                           for b, frames, c in conv_history_shapes(model.spec, self.batch)]
         self._workspace = _kernels.aligned_empty(self._plan.workspace_floats(self.batch, 1))
         # step() sees one frame: every layer's output is (B, F), there is no time axis left
         self._out_shape = (self.batch, model.output_size)
 
     def reset(self) -> None:
         """Zero every state, as at the start of a new stream."""
-        for state in self._states:
+        for state in self._states + self._histories:
             state.fill(0.0)
 
     @property
     def state(self):
-        """Copies of the GRU states, one (directions, batch, hidden) array per GRU layer."""
-        return [state.copy() for state in self._states]
+        """Copies of the state: one (directions, batch, hidden) array per GRU layer, then, for a
+        model with Conv1D layers, one (batch, (k-1)·dilation, in_channels) array per Conv1D: the
+        last input frames it has seen, oldest first."""
+        return [state.copy() for state in self._states] + [h[:, 1:].copy() for h in self._histories]
 
     @state.setter
     def state(self, values):
-        """Set every GRU state from a list of (directions, batch, hidden) arrays; None zeros them."""
-        self._states = self.model._initial_states(values, self.batch, single=False, name="state")
+        """Set the state from a list as ``state`` returns it; a list of the GRU states alone (as
+        ``run(return_state=True)`` returns) zeros the Conv1D histories, as at the start of a
+        sequence; None zeros everything."""
+        histories = None
+        if isinstance(values, (list, tuple)) and self._histories and len(values) == self._n_grus + len(
+                self._histories):
+            values, histories = list(values[:self._n_grus]), list(values[self._n_grus:])
+        states = self.model._initial_states(values, self.batch, single=False, name="state")
+        if histories is not None:
+            for index, (value, history) in enumerate(zip(histories, self._histories)):
+                value = np.asarray(value)
+                expected = history[:, 1:].shape
+                if value.dtype.kind not in "fiub" or value.shape != expected:
+                    raise InputError(f"state[{self._n_grus + index}] (Conv1D history) must be a real array of "
+                                     f"shape {expected}, got {value.dtype} {value.shape}")
+        self._states = states
+        for index, history in enumerate(self._histories):
+            history[:, 1:] = 0.0 if histories is None else histories[index]
 
     def step(self, frame, out=None):
         """Advance every stream by one frame: (I,) when batch is 1, or (batch, I); for a model that
@@ -309,7 +348,7 @@ class Stream:
         """
         if self._frame is not None:
             return self._step_ids(frame, out)
-        result = self._plan.step_plain(frame, out, self._states, self._workspace, self.batch)
+        result = self._plan.step_plain(frame, out, self._states, self._workspace, self.batch, self._histories)
         if result is not None:                              # the common call, checked in C
             return result
         if not (type(frame) is np.ndarray and frame.dtype == np.float32 and frame.flags.c_contiguous):
@@ -328,7 +367,7 @@ class Stream:
                     and out.flags.writeable and out.size == self.batch * self.model.output_size):
                 raise InputError(f"out must be a writeable C-contiguous float32 array of "
                                  f"{self.batch * self.model.output_size} elements")
-        self._plan.step(frame, self._states, result, self._workspace, self.batch)
+        self._plan.step(frame, self._states, result, self._workspace, self.batch, self._histories)
         if out is None and single:
             return result[0]
         return result
@@ -358,7 +397,7 @@ class Stream:
                     and out.flags.writeable and out.size == self.batch * self.model.output_size):
                 raise InputError(f"out must be a writeable C-contiguous float32 array of "
                                  f"{self.batch * self.model.output_size} elements")
-        self._plan.step(self._frame, self._states, result, self._workspace, self.batch)
+        self._plan.step(self._frame, self._states, result, self._workspace, self.batch, self._histories)
         if out is None and single:
             return result[0]
         return result
