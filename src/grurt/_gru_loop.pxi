@@ -51,6 +51,9 @@ cdef struct GruTask:
     float* gates
     int xs, hs
     grurt_barrier* barrier   # the unit split: where the tasks meet after each step; NULL otherwise
+    # 1: odd steps sum the recurrent product backwards (model.run, see GRURT_K in _gru_math.h);
+    # 0: every step forwards, as a stream's one-step calls do (streaming calls, run_layers)
+    int alternate
     int* go                  # for a task on a thread of its own: 0 wait, 1 run, -1 do nothing
 
 
@@ -92,6 +95,7 @@ cdef void whole_layer_task(GruTask* t, const LayerPlan* p, int d, int B, int T, 
     t.rh = t.hn + <size_t>B * p.panels_h * GRURT_PANEL
     t.gates = t.rh + <size_t>B * H
     t.barrier = NULL
+    t.alternate = 1
 
 
 cdef void unit_range_task(GruTask* t, const LayerPlan* p, int u0, int u1, int B, int T, const float* x,
@@ -116,6 +120,7 @@ cdef void unit_range_task(GruTask* t, const LayerPlan* p, int u0, int u1, int B,
     t.hr = t.xp + <size_t>B * CHUNK_STEPS * t.xs + GRURT_UNIT_BLOCK
     t.hn = t.rh = t.gates = NULL
     t.barrier = barrier
+    t.alternate = 1
 
 
 cdef inline void product(const GruTask* t, int rows, int n_in, int panels, const float* x, int ldx,
@@ -159,7 +164,7 @@ cdef void gru_loop(const GruTask* t) noexcept nogil:
     cdef float* nxt
     cdef float* h
     cdef const float* xrow
-    cdef int s, s0, n, b, ts, L, m
+    cdef int s, s0, n, b, ts, L, m, backward
     if t.h != NULL:         # a private state: padded rows, the padding zero
         memset(t.states[0], 0, <size_t>B * ldh * sizeof(float))
         for b in range(B):
@@ -189,8 +194,9 @@ cdef void gru_loop(const GruTask* t) noexcept nogil:
         for s in range(s0, s0 + n):
             cur, nxt = t.states[s % 2], t.states[1 - s % 2]
             # hr = h · R_zrhᵀ + [0 0 Rb_h] (lbr=1) or h · R_zrᵀ (lbr=0)
-            # odd steps read R backwards (see GRURT_K in _gru_math.h)
-            product(t, B, H, t.r_panels, cur, ldh, R, hr_init, hr, hs, s % 2)
+            # odd steps read R backwards (see GRURT_K in _gru_math.h), unless streaming
+            backward = s % 2 if t.alternate else 0
+            product(t, B, H, t.r_panels, cur, ldh, R, hr_init, hr, hs, backward)
             if not p.lbr:
                 for b in range(B):
                     L = T if lengths == NULL else lengths[b]
@@ -199,7 +205,7 @@ cdef void gru_loop(const GruTask* t) noexcept nogil:
                         grurt_gates_lbr0_zr(U, xrow, hr + b * hs, cur + b * ldh, gates + b * 3 * U,
                                             rh + b * H, &p.f, p.clip)
                 # hn = (r⊙h) · R_hᵀ
-                grurt_gemm(B, H, p.panels_h, rh, H, R_h, NULL, hn, hn_stride, s % 2)
+                grurt_gemm(B, H, p.panels_h, rh, H, R_h, NULL, hn, hn_stride, backward)
             for b in range(B):
                 h = nxt + b * ldh + u0
                 if nxt != cur:      # shared state: carry this task's units over, then update them

@@ -2,12 +2,21 @@
 
 cdef int run_layers(const LayerPlan* layers, int n_layers, int B, int T, const float* x,
                     float** states, const int* lengths, float* out, float* work,
-                    size_t ping, size_t time_scratch, float** histories, int threads) noexcept nogil:
+                    size_t ping, size_t time_scratch, float** histories, int threads,
+                    bint streaming) noexcept nogil:
     """Execute every layer, using ``work`` (workspace_floats(B, T)) as scratch: two buffers of
     ``ping`` floats for the layers' inputs and outputs, ``time_scratch`` floats for the layers
-    over time, then the GRU scratch. Returns the number of threads that ran the GRU layer with
-    the most weights (the first of equals; 1 without GRU layers). ``histories`` (a streaming
-    step, T = 1): each Conv1D's history buffer, (B, span, C)."""
+    over time, then the GRU scratch (Plan.layout gives both sizes). Returns the number of
+    threads that ran the GRU layer with the most weights (the first of equals; 1 without GRU
+    layers).
+
+    ``streaming`` (the calls of Stream and StreamPool, _serve.pxi): the output of every step,
+    each GRU summing in forward order (run_gru), a GRU's last state and LastStep being the
+    output of each step; T steps then give bit for bit what T calls of one step give.
+    ``histories`` (streaming, every Conv1D causal): each Conv1D's history buffer, (B, span, C),
+    its last span − 1 input frames in rows 1 ..; each of the T frames of each sequence goes
+    through grurt_conv_step in order, so a block gives the bits of T single steps.
+    """
     cdef float* buffers[2]
     buffers[0] = work
     buffers[1] = work + ping
@@ -15,19 +24,19 @@ cdef int run_layers(const LayerPlan* layers, int n_layers, int B, int T, const f
     cdef float* scratch = conv_scratch + time_scratch
     cdef const float* src = x
     cdef float* dst
-    cdef int steps = T, i, gru_index = 0, conv_index = 0, used, threads_of_largest = 1, out_steps, b
+    cdef int steps = T, i, gru_index = 0, conv_index = 0, used, threads_of_largest = 1, out_steps, b, t
     cdef size_t weights, largest = 0
     cdef const LayerPlan* p
     for i in range(n_layers):
         p = &layers[i]
         dst = out if i == n_layers - 1 else buffers[i % 2]
         if p.kind == GRU_LAYER:
-            used = run_gru(p, B, steps, src, dst, states[gru_index], lengths, scratch, threads)
+            used = run_gru(p, B, steps, src, dst, states[gru_index], lengths, scratch, threads, streaming)
             weights = <size_t>p.D * 3 * p.H * (p.n_in + p.H)
             if weights > largest:
                 largest, threads_of_largest = weights, used
             gru_index += 1
-            if not p.return_sequences:
+            if not p.return_sequences and not streaming:
                 steps = 1
         elif p.kind == DENSE_LAYER:
             dense(p, <size_t>B * steps, src, dst)
@@ -39,8 +48,11 @@ cdef int run_layers(const LayerPlan* layers, int n_layers, int B, int T, const f
         elif p.kind == REVERSE_LAYER:
             reverse_time(B, steps, p.n_out, lengths, src, dst)
         elif p.kind == LAST_STEP_LAYER:
-            last_step(B, steps, p.n_out, lengths, src, dst)
-            steps = 1
+            if streaming:       # every step's output is its own last step
+                memcpy(dst, src, <size_t>B * steps * p.n_out * sizeof(float))
+            else:
+                last_step(B, steps, p.n_out, lengths, src, dst)
+                steps = 1
         elif p.kind == MERGE_LAYER:
             merge(p, <size_t>B * steps, src, dst)
         elif p.kind == LAYER_NORM_LAYER:
@@ -54,10 +66,12 @@ cdef int run_layers(const LayerPlan* layers, int n_layers, int B, int T, const f
             grurt_flatten(src, dst, B, steps, p.n_in, lengths)
             steps = 1
         elif p.kind == CONV_LAYER:
-            if histories != NULL:       # a streaming step: the frame joins the history, one output frame
+            if histories != NULL:       # streaming: each frame joins the history, one output frame each
                 for b in range(B):
-                    grurt_conv_step(&p.conv, histories[conv_index] + <size_t>b * p.span * p.n_in,
-                                    src + <size_t>b * p.n_in, dst + <size_t>b * p.n_out, conv_scratch)
+                    for t in range(steps):
+                        grurt_conv_step(&p.conv, histories[conv_index] + <size_t>b * p.span * p.n_in,
+                                        src + (<size_t>b * steps + t) * p.n_in,
+                                        dst + (<size_t>b * steps + t) * p.n_out, conv_scratch)
             else:
                 out_steps = layer_steps(p, steps)
                 for b in range(B):
@@ -89,11 +103,27 @@ cdef void activate_rows(const grurt_act* act, float* y, size_t rows, int n) noex
 
 
 cdef void dense(const LayerPlan* p, size_t rows, const float* x, float* y) noexcept nogil:
-    cdef size_t r
-    # y = x · Wᵀ + b
-    for r in range(rows):
-        memcpy(y + r * p.n_out, p.bias, p.n_out * sizeof(float))
-    matmul_t(<int>rows, p.n_out, p.n_in, x, p.W, 1.0, y)
+    """y = f(x · Wᵀ + b) on grurt's panel kernels (W packed at plan time, b the initial value):
+    every row the same sequence of operations, whatever the number of rows (BLAS sgemm's
+    results change with it), so that a sequence gives the same bits alone or in a batch and
+    a frame the same bits stepped alone or in a block. Whole panels go straight into y; the
+    last partial panel goes through a tile of DENSE_TILE_ROWS rows and is copied out."""
+    cdef int n_in = p.n_in, n_out = p.n_out, full = n_out // GRURT_PANEL, tail = n_out % GRURT_PANEL
+    cdef size_t r, m
+    cdef int i
+    cdef float tile[DENSE_TILE_ROWS * GRURT_PANEL]
+    cdef const float* tail_panel = p.W_panels + <size_t>full * n_in * GRURT_PANEL
+    if full > 0:
+        grurt_gemm(<int>rows, n_in, full, x, n_in, p.W_panels, p.bias, y, n_out, 0)
+    if tail > 0:
+        r = 0
+        while r < rows:
+            m = min(<size_t>DENSE_TILE_ROWS, rows - r)
+            grurt_gemm(<int>m, n_in, 1, x + r * n_in, n_in, tail_panel, p.bias + full * GRURT_PANEL, tile,
+                       GRURT_PANEL, 0)
+            for i in range(<int>m):
+                memcpy(y + (r + i) * n_out + full * GRURT_PANEL, tile + i * GRURT_PANEL, tail * sizeof(float))
+            r += m
     activate_rows(&p.f, y, rows, p.n_out)
 
 
