@@ -17,6 +17,11 @@ TorchScript exporter, dynamic batch/time axes) and run by every contender:
     onnxruntime (1 thread)         intra_op_num_threads = inter_op_num_threads = 1: the baseline
     onnxruntime (default threads)
     torch eager (1 thread)         torch.set_num_threads(1), autograd off (W3: nn.GRUCell)
+
+W6s (a CRNN's streaming step) is exported as a step graph: the last 5 frames (B, 5, 40) and
+the GRU state in, the head's output and the new state out; onnxruntime, OpenVINO and torch
+keep those frames (shifted in place) and the state between calls, grurt's stream keeps the
+conv history and the GRU state inside.
     openvino f32 (1 thread)        if installed; INFERENCE_PRECISION_HINT=f32 because it
                                    defaults to bf16 on CPUs with AVX-512 BF16 / AMX
 
@@ -74,7 +79,14 @@ def export_onnx(w: workloads.Workload, directory: str) -> str:
     path = os.path.join(directory, f"{w.name}.onnx")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the legacy exporter's deprecation notices
-        if w.stream:
+        if w.step_module is not None:       # W6s: the last `span` frames and the GRU state in, output and state out
+            frames = torch.from_numpy(np.repeat(w.x[:, None], w.span, axis=1))
+            h0 = torch.zeros(1, w.x.shape[0], w.gru.hidden_size)
+            torch.onnx.export(w.step_module, (frames, h0), path, dynamo=False, opset_version=17,
+                              input_names=["x", "h0"], output_names=["y", "h_n"],
+                              dynamic_axes={"x": {0: "batch"}, "h0": {1: "batch"}, "y": {0: "batch"},
+                                            "h_n": {1: "batch"}})
+        elif w.stream:
             gru = w.gru
             frame = torch.from_numpy(w.x[:, None])
             h0 = torch.zeros(gru.num_layers, w.x.shape[0], gru.hidden_size)
@@ -124,6 +136,8 @@ def ort_factory(w, path, threads):
         session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
         if not w.stream:
             return lambda x: session.run(None, {"x": x})[0]
+        if w.step_module is not None:
+            return window_stepper(w, lambda frames, h: session.run(None, {"x": frames, "h0": h}))
         if w.pool is not None:
             return pooled(w, lambda frames, h0: session.run(None, {"x": frames[:, None], "h0": h0[None]})[0][0])
         h = np.zeros((1, w.x.shape[0], w.gru.hidden_size), np.float32)
@@ -159,6 +173,8 @@ def openvino_factory(w, path):
             return pooled(w, lambda frames, h0: request.infer({"x": frames[:, None], "h0": h0[None]})[0][0])
         if not w.stream:
             return lambda x: request.infer({"x": x}, share_inputs=True)[0]
+        if w.step_module is not None:
+            return window_stepper(w, lambda frames, h: list(request.infer({"x": frames, "h0": h}).values()))
         h = np.zeros((1, w.x.shape[0], w.gru.hidden_size), np.float32)
 
         def step(frame):
@@ -173,6 +189,9 @@ def torch_factory(w):
     def make():
         if not w.stream:
             return lambda x: w.torch_module(torch.from_numpy(x)).numpy()
+        if w.step_module is not None:
+            return window_stepper(w, lambda frames, h: [t.numpy() for t in w.step_module(torch.from_numpy(frames),
+                                                                                        torch.from_numpy(h))])
         gru = w.gru  # a GRUCell with the GRU's weights: the usual way to step in PyTorch
         cell = torch.nn.GRUCell(gru.input_size, gru.hidden_size).eval()
         cell.load_state_dict({"weight_ih": gru.weight_ih_l0, "weight_hh": gru.weight_hh_l0,
@@ -187,6 +206,21 @@ def torch_factory(w):
             return h.numpy()
         return step
     return make
+
+
+def window_stepper(w, run_step):
+    """W6s for a runtime without stream state: the caller keeps the last ``span`` frames (shifted
+    in place) and the GRU state; ``run_step(frames, h)`` returns (output, new state)."""
+    frames = np.zeros((w.x.shape[0], w.span, w.x.shape[1]), np.float32)
+    h = np.zeros((1, w.x.shape[0], w.gru.hidden_size), np.float32)
+
+    def step(frame):
+        nonlocal h
+        frames[:, :-1] = frames[:, 1:]
+        frames[:, -1] = frame
+        y, h = run_step(frames, h)
+        return y
+    return step
 
 
 def openvino_available() -> bool:

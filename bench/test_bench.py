@@ -36,7 +36,7 @@ except ImportError:
     pass
 
 TOLERANCE = 1e-4
-RUN_WORKLOADS = ["W1", "W2", "W4", "W5", "overhead"]
+RUN_WORKLOADS = ["W1", "W2", "W4", "W5", "W6", "overhead"]
 
 
 def assert_matches_torch(w, out):
@@ -54,8 +54,9 @@ def test_run(benchmark, name):
     assert_matches_torch(w, out)
 
 
-def test_stream_step(benchmark):
-    w = workloads.get("W3")
+@pytest.mark.parametrize("name", ["W3", "W6s"])
+def test_stream_step(benchmark, name):
+    w = workloads.get(name)
     if not workloads.has_stream(w.model):
         pytest.skip("n/a (no stream API): grurt.Model has no stream()")
     benchmark.group = str(w)

@@ -8,6 +8,10 @@ network as a grurt Model (``grurt.from_torch``) and a float32 input:
     W3  streaming step    GRU(256), one ``stream.step``               frame (1, 64)
     W4  throughput        bidirectional GRU(256), output sequence     (64, 200, 64)
     W5  large             GRU(1024), last state                       (1, 50, 512)
+    W6  CRNN              causal Conv1D(40 -> 64, k=5) + BatchNorm + ReLU -> GRU(128)
+                          -> Dense(12) on the last step                (1, 100, 40)
+    W6s CRNN streaming    W6, one ``stream.step``: the frame into the conv history,
+                          one GRU step, the head                      frame (1, 40)
     W7  serving           GRU(256), 64 of 1,024 open sessions stepped  frames (64, 64)
                           together (``StreamPool.step``)
     overhead              GRU with H = I = T = B = 1: the Python cost of ``run()``
@@ -31,7 +35,7 @@ from torch import nn
 import grurt
 
 SEED = 20240601
-NAMES = ("W1", "W2", "W3", "W4", "W5", "W7", "overhead")
+NAMES = ("W1", "W2", "W3", "W4", "W5", "W6", "W6s", "W7", "overhead")
 
 
 class LastStepHead(nn.Module):
@@ -68,6 +72,33 @@ class LastState(nn.Module):
         return self.gru(x)[1][-1]
 
 
+class CRNN(nn.Module):
+    """(B, T, C) -> causal Conv1d (left pad k - 1, then the conv) + BatchNorm + ReLU -> GRU -> Linear,
+    on the last step (or every step with ``last_step=False``)."""
+
+    def __init__(self, conv: nn.Conv1d, bn: nn.BatchNorm1d, gru: nn.GRU, head: nn.Linear, last_step: bool = True):
+        super().__init__()
+        self.conv, self.bn, self.gru, self.head, self.last_step = conv, bn, gru, head, last_step
+
+    def forward(self, x):
+        h = nn.functional.pad(x.transpose(1, 2), (self.conv.kernel_size[0] - 1, 0))
+        y, _ = self.gru(torch.relu(self.bn(self.conv(h))).transpose(1, 2))
+        return self.head(y[:, -1] if self.last_step else y)
+
+
+class CRNNStep(nn.Module):
+    """One streaming step of CRNN: the last k frames (B, k, C) and the GRU state (1, B, H) -> (output, state)."""
+
+    def __init__(self, conv, bn, gru, head):
+        super().__init__()
+        self.conv, self.bn, self.gru, self.head = conv, bn, gru, head
+
+    def forward(self, frames, h0):
+        h = torch.relu(self.bn(self.conv(frames.transpose(1, 2)))).transpose(1, 2)      # (B, 1, 64)
+        y, h_n = self.gru(h, h0)
+        return self.head(y[:, -1]), h_n
+
+
 @dataclass
 class Workload:
     name: str
@@ -75,8 +106,10 @@ class Workload:
     torch_module: nn.Module          # batch-first; torch_module(x) is the reference output
     model: grurt.Model
     x: np.ndarray                    # the timed input (for W3: one frame (B, I))
-    stream: bool = False             # W3, W7: time one streaming step instead of run()
-    check_frames: Optional[np.ndarray] = None  # W3, W7: (B, K, I) frames for the state check
+    stream: bool = False             # W3, W6s, W7: time one streaming step instead of run()
+    check_frames: Optional[np.ndarray] = None  # W3, W6s, W7: (B, K, I) frames for the state check
+    step_module: Optional[nn.Module] = None    # W6s: (last `span` frames (B, span, I), h0 (1, B, H)) -> (y, h_n)
+    span: int = 1                              # W6s: input frames one step reads
     pool: Optional[tuple] = None     # W7: (capacity, session ids stepped together (n,))
 
     @property
@@ -124,6 +157,24 @@ def get(name: str) -> Workload:
         gru = _gru(seed, 512, 1024)
         return Workload("W5", "large", LastState(gru), grurt.from_torch([gru], last_step=True),
                         _input(seed, (1, 50, 512)))
+    if name in ("W6", "W6s"):
+        torch.manual_seed(SEED + NAMES.index("W6"))
+        conv, bn = nn.Conv1d(40, 64, 5), nn.BatchNorm1d(64)
+        with torch.no_grad():      # trained-looking statistics, so that folding BatchNorm matters
+            bn.running_mean.uniform_(-0.5, 0.5)
+            bn.running_var.uniform_(0.5, 2.0)
+            bn.weight.uniform_(0.5, 1.5)
+            bn.bias.uniform_(-0.2, 0.2)
+        gru, head = _gru(SEED + NAMES.index("W6"), 64, 128), nn.Linear(128, 12)
+        parts = [conv.eval(), bn.eval(), gru, head.eval()]
+        model = grurt.from_torch([nn.ConstantPad1d((4, 0), 0.0), conv, bn, nn.ReLU(), gru, head], last_step=True)
+        if name == "W6":
+            return Workload("W6", "CRNN", CRNN(*parts).eval(), model, _input(seed, (1, 100, 40)))
+        frames = _input(seed, (1, 9, 40))
+        return Workload("W6s", "CRNN streaming step", CRNN(*parts, last_step=False).eval(), model,
+                        np.ascontiguousarray(frames[:, 0]), stream=True,
+                        check_frames=np.ascontiguousarray(frames[:, 1:]), step_module=CRNNStep(*parts).eval(),
+                        span=5)
     if name == "W7":
         gru = _gru(seed, 64, 256)
         frames = _input(seed, (64, 9, 64))

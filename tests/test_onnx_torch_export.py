@@ -242,4 +242,7 @@ def test_dynamo_export_without_linear_before_reset_warns(exported, tmp_path):
         expected = module(x).numpy()
     # the file is wrong (it is not the torch model) and grurt reads it as written, like onnxruntime
     assert np.abs(model.run(x.numpy()) - expected).max() > 1e-3
+    # only the first dynamo export of a process keeps time dynamic (torch 2.13): later ones (after
+    # test_conv's, say) fix it at the export's length, which onnxruntime then needs
+    (x,) = example_inputs("forecaster", module, *onnxruntime_size(path))
     np.testing.assert_allclose(model.run(x.numpy()), onnx_outputs(broken_path, x.numpy()), rtol=0, atol=ATOL)

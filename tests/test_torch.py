@@ -199,7 +199,7 @@ def test_double_precision_module_is_converted():
 @pytest.mark.parametrize("modules, fragment", [
     (lambda: nn.LSTM(3, 4), "LSTM"),
     (lambda: nn.RNN(3, 4), "RNN"),
-    (lambda: [nn.GRU(3, 4), nn.Conv1d(4, 4, 1)], "Conv1d"),
+    (lambda: [nn.GRU(3, 4), nn.Conv2d(4, 4, 1)], "Conv2d"),
     (lambda: nn.Sequential(nn.GRU(3, 4), nn.LayerNorm((5, 4))), "normalized_shape"),
     (lambda: [nn.GRU(3, 4), nn.Softmax(dim=1)], "dim=1"),
     (lambda: [nn.GRU(3, 4), nn.Softmax()], r"dim=None on a \(B, T, F\) input"),   # torch: over the batch

@@ -22,8 +22,9 @@ One module, split by job into files that Cython includes here:
     _serve.pxi     Stream and StreamPool: states kept between calls, stepped in C
 
 The C they call: _gru_math.h (activations, gate pass, products), _pool.h (the persistent
-worker pool and the atomic counters threads claim work from) and _norm.h (layer and unit
-normalisation, global pooling, flattening).
+worker pool and the atomic counters threads claim work from), _norm.h (layer and unit
+normalisation, global pooling, flattening) and _conv.h (convolution, pooling and zero padding
+over time, the causal streaming step).
 """
 from libc.stdlib cimport malloc, calloc, free
 from libc.string cimport memcpy, memset
@@ -84,6 +85,30 @@ cdef extern from "_norm.h" nogil:
     void grurt_global_pool(const float* x, float* y, int B, int T, int F, const int* lengths, int mode)
     void grurt_flatten(const float* x, float* y, int B, int T, int F, const int* lengths)
 
+cdef extern from "_conv.h" nogil:
+    # layers over time (grurt.spec.Conv1D, Pool1D, ZeroPad1D); see _conv.h
+    ctypedef struct grurt_conv:
+        int C, O, k, stride, dilation, groups
+        int left, right, same, ldy
+        const float* packed
+        long tap_stride
+        const float* bias_panels
+        const float* Wg
+        const float* bias
+        grurt_act act
+    void grurt_conv_seq(const grurt_conv* c, int T, const float* x, float* y, float* scratch)
+    void grurt_conv_step(const grurt_conv* c, float* history, const float* frame, float* y, float* scratch)
+    size_t grurt_conv_scratch(const grurt_conv* c, int T)
+    void grurt_conv_pads(const grurt_conv* c, int T, int* left, int* right)
+    int grurt_window_steps(int T, int left, int right, int span, int stride)
+    void grurt_same_pads(int T, int stride, int span, int lower, int* left, int* right)
+    void grurt_pool_seq(int T, int F, const float* x, int size, int stride, int left, int out, int is_max,
+                        int include_pad, float* y)
+    void grurt_pad_frames(int T, int C, int left, int right, const float* x, float* xp)
+
+#: The kernels run Conv1D, Pool1D and ZeroPad1D (model.py checks).
+TIME_LAYERS = True
+
 cdef extern from "<sched.h>" nogil:
     int sched_yield()
 
@@ -105,6 +130,7 @@ if ACTIVATION_CODES.keys() != ACTIVATION_DEFAULTS.keys() or MERGE_CODES.keys() !
 cpdef enum:
     MAX_THREADS = 64             # task and thread handles live on the stack
     MAX_GRU_LAYERS = 64          # state pointers live on the stack
+    MAX_CONV_LAYERS = 64         # conv history pointers (streaming) live on the stack
 
 # Plan.check_size: FITS, or the limit a call of that size exceeds.
 cpdef enum:

@@ -2,24 +2,29 @@
 
 cdef int run_layers(const LayerPlan* layers, int n_layers, int B, int T, const float* x,
                     float** states, const int* lengths, float* out, float* work,
-                    int max_features, int threads, bint streaming) noexcept nogil:
-    """Execute every layer, using ``work`` (workspace_floats(B, T)) as scratch. Returns the
-    number of threads that ran the GRU layer with the most weights (the first of equals; 1
-    without GRU layers).
+                    size_t ping, size_t time_scratch, float** histories, int threads,
+                    bint streaming) noexcept nogil:
+    """Execute every layer, using ``work`` (workspace_floats(B, T)) as scratch: two buffers of
+    ``ping`` floats for the layers' inputs and outputs, ``time_scratch`` floats for the layers
+    over time, then the GRU scratch (Plan.layout gives both sizes). Returns the number of
+    threads that ran the GRU layer with the most weights (the first of equals; 1 without GRU
+    layers).
 
     ``streaming`` (the calls of Stream and StreamPool, _serve.pxi): the output of every step,
     each GRU summing in forward order (run_gru), a GRU's last state and LastStep being the
     output of each step; T steps then give bit for bit what T calls of one step give.
+    ``histories`` (streaming, every Conv1D causal): each Conv1D's history buffer, (B, span, C),
+    its last span − 1 input frames in rows 1 ..; each of the T frames of each sequence goes
+    through grurt_conv_step in order, so a block gives the bits of T single steps.
     """
-    cdef size_t rows = <size_t>B * T
-    cdef size_t ping = aligned(rows * max_features)
     cdef float* buffers[2]
     buffers[0] = work
     buffers[1] = work + ping
-    cdef float* scratch = work + 2 * ping
+    cdef float* conv_scratch = work + 2 * ping
+    cdef float* scratch = conv_scratch + time_scratch
     cdef const float* src = x
     cdef float* dst
-    cdef int steps = T, i, gru_index = 0, used, threads_of_largest = 1
+    cdef int steps = T, i, gru_index = 0, conv_index = 0, used, threads_of_largest = 1, out_steps, b, t
     cdef size_t weights, largest = 0
     cdef const LayerPlan* p
     cdef const LayerPlan* q
@@ -78,6 +83,28 @@ cdef int run_layers(const LayerPlan* layers, int n_layers, int B, int T, const f
         elif p.kind == FLATTEN_LAYER:         # (B, T, F) → (B, T·F), padding steps zero
             grurt_flatten(src, dst, B, steps, p.n_in, lengths)
             steps = 1
+        elif p.kind == CONV_LAYER:
+            if histories != NULL:       # streaming: each frame joins the history, one output frame each
+                for b in range(B):
+                    for t in range(steps):
+                        grurt_conv_step(&p.conv, histories[conv_index] + <size_t>b * p.span * p.n_in,
+                                        src + (<size_t>b * steps + t) * p.n_in,
+                                        dst + (<size_t>b * steps + t) * p.n_out, conv_scratch)
+            else:
+                out_steps = layer_steps(p, steps)
+                for b in range(B):
+                    grurt_conv_seq(&p.conv, steps, src + <size_t>b * steps * p.n_in,
+                                   dst + <size_t>b * out_steps * p.n_out, conv_scratch)
+                steps = out_steps
+            conv_index += 1
+        elif p.kind == POOL_LAYER:
+            pool(p, B, steps, src, dst)
+            steps = layer_steps(p, steps)
+        elif p.kind == PAD_LAYER:
+            for b in range(B):
+                grurt_pad_frames(steps, p.n_out, p.pad_left, p.pad_right, src + <size_t>b * steps * p.n_out,
+                                 dst + <size_t>b * (steps + p.pad_left + p.pad_right) * p.n_out)
+            steps += p.pad_left + p.pad_right
         src = dst
         i += 1
     if lengths != NULL and steps > 1:
@@ -164,3 +191,14 @@ cdef void zero_padding(int B, int T, int F, const int* lengths, float* y) noexce
     for b in range(B):
         if lengths[b] < T:
             memset(y + (<size_t>b * T + lengths[b]) * F, 0, <size_t>(T - lengths[b]) * F * sizeof(float))
+
+
+cdef void pool(const LayerPlan* p, int B, int steps, const float* x, float* y) noexcept nogil:
+    """Pool1D over each sequence of x (B, steps, F)."""
+    cdef int left = p.pad_left, right = p.pad_right, b, out
+    if p.pad_same:
+        grurt_same_pads(steps, p.stride, p.span, p.pad_same == 2, &left, &right)
+    out = grurt_window_steps(steps, left, right, p.span, p.stride)
+    for b in range(B):
+        grurt_pool_seq(steps, p.n_out, x + <size_t>b * steps * p.n_out, p.span, p.stride, left, out, p.pool_max,
+                       p.pool_include_pad, y + <size_t>b * out * p.n_out)

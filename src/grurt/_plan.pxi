@@ -3,7 +3,8 @@
 
 cdef enum LayerKind:
     GRU_LAYER, DENSE_LAYER, ACTIVATION_LAYER, SCALE_LAYER, REVERSE_LAYER, LAST_STEP_LAYER, MERGE_LAYER,
-    LAYER_NORM_LAYER, UNIT_NORM_LAYER, GLOBAL_POOL_LAYER, FLATTEN_LAYER
+    LAYER_NORM_LAYER, UNIT_NORM_LAYER, GLOBAL_POOL_LAYER, FLATTEN_LAYER,
+    CONV_LAYER, POOL_LAYER, PAD_LAYER
 
 cdef enum:
     CHOICE_SAMPLES = 5       # choose_split decides on the median of this many recent ratios
@@ -43,6 +44,12 @@ cdef struct LayerPlan:
     long panel_stride        # floats of packed recurrent panels per direction
     ThreadChoice choice      # threads > 1: whether splitting this layer pays (mutable, shared by callers)
     ThreadChoice pair_choice # threads > 1: whether pipelining it with the next GRU layer pays
+    # layers over time
+    grurt_conv conv          # Conv1D: packed weights and geometry (_conv.h)
+    int span, stride         # Conv1D, Pool1D: input frames one output reads, frames between outputs
+    int pad_left, pad_right  # Pool1D, ZeroPad1D: zero frames (Pool1D: unless pad_same)
+    int pad_same             # Pool1D: 0 explicit, 1 same_upper, 2 same_lower
+    int pool_max, pool_include_pad
 
 
 cdef inline size_t aligned(size_t floats) noexcept nogil:
@@ -95,6 +102,8 @@ cdef class Plan:
     # the size limits of a call (check_size): rows = batch × steps within 32-bit BLAS
     # indexing, and the bytes a call allocates per row and per sequence
     cdef readonly size_t max_rows, bytes_per_row, bytes_per_sequence
+    cdef readonly bint time_layers   # Conv1D, Pool1D or ZeroPad1D: frame counts change from layer to layer
+    cdef readonly int n_convs
 
     def __cinit__(self):
         self.layers = NULL
@@ -167,6 +176,8 @@ cdef class Plan:
                 p.kind = FLATTEN_LAYER
                 p.n_out = features * layer.steps
                 steps_folded = layer.steps
+            else:
+                self._plan_time_layer(p, layer)
             features = p.n_out
             # buffers hold B·T rows of max_features: after a Flatten of T steps, B rows of T·F fit
             self.max_features = max(self.max_features, -(-features // steps_folded))
@@ -226,6 +237,93 @@ cdef class Plan:
         self.max_step_scratch = max(self.max_step_scratch, step_scratch_floats(p))
         self.state_width += D * H
 
+    cdef _plan_time_layer(self, LayerPlan* p, layer):
+        """Conv1D, Pool1D, ZeroPad1D (anything else is not a layer the spec lets through)."""
+        from .spec import Conv1D, Pool1D, ZeroPad1D
+        self.time_layers = True
+        if isinstance(layer, ZeroPad1D):
+            p.kind = PAD_LAYER
+            p.n_out = p.n_in
+            p.pad_left, p.pad_right = layer.left, layer.right
+            return
+        p.span, p.stride = layer.span, layer.stride
+        if isinstance(layer.padding, str):
+            p.pad_same = 1 if layer.padding == "same_upper" else 2
+        else:
+            p.pad_left, p.pad_right = layer.padding
+        if isinstance(layer, Pool1D):
+            p.kind = POOL_LAYER
+            p.n_out = p.n_in
+            p.pool_max = layer.mode == "max"
+            p.pool_include_pad = layer.count_include_pad
+            return
+        if not isinstance(layer, Conv1D):
+            raise UnsupportedModelError(f"the kernels do not run {type(layer).__name__} layers")
+        if self.n_convs == MAX_CONV_LAYERS:
+            raise UnsupportedModelError(f"grurt supports at most {MAX_CONV_LAYERS} Conv1D layers per model")
+        self.n_convs += 1
+        p.kind = CONV_LAYER
+        O, Cg, k = layer.W.shape
+        G, d = layer.groups, layer.dilation
+        p.n_out = O
+        c = &p.conv
+        c.C, c.O, c.k, c.stride, c.dilation, c.groups = p.n_in, O, k, layer.stride, d, G
+        c.left, c.right, c.same = p.pad_left, p.pad_right, p.pad_same
+        c.act = make_act(layer.activation)
+        if G == 1:
+            # products over the packed panels of _gru_math.h: rows of y as wide as whole panels
+            c.ldy = n_panels(O) * GRURT_PANEL
+            if d == 1:       # one product over the k·C floats of each window: W (O, k, C) -> (O, k·C)
+                c.packed = self._keep(pack_panels(np.ascontiguousarray(layer.W.transpose(0, 2, 1)).reshape(O, k * Cg)))
+                c.tap_stride = 0
+            else:            # one product per tap j: W[:, :, j] (O, C)
+                taps = [pack_panels(np.ascontiguousarray(layer.W[:, :, j])) for j in range(k)]
+                c.packed = self._keep(np.concatenate(taps))
+                c.tap_stride = taps[0].size
+            c.bias_panels = self._keep(pad_rows(layer.b, c.ldy))
+        else:
+            # Wg[g][j][c][o'] = W[g·Og + o', c, j]: the loop runs over the output channels o' of group g
+            c.ldy = O
+            if Cg == 1 and O == G:       # depthwise: Wg[j][c] = W[c, 0, j], the loop runs over the channels
+                c.Wg = self._keep(layer.W[:, 0, :].T)
+            else:
+                c.Wg = self._keep(layer.W.reshape(G, O // G, Cg, k).transpose(0, 3, 2, 1))
+            c.bias = self._keep(layer.b)
+
+    cdef void _sizes(self, int B, int T, size_t* frames, size_t* extra) noexcept nogil:
+        """For a call on B sequences of T frames: ``frames``, the floats of the largest layer
+        input or output (B × frames × features); ``extra``, the scratch of the layers over time
+        (a padded sequence and product rows for Conv1D, also for a streaming step)."""
+        cdef int i, steps = T, out
+        cdef const LayerPlan* p
+        frames[0] = <size_t>B * T * self.input_size
+        extra[0] = 0
+        for i in range(self.n_layers):
+            p = &self.layers[i]
+            out = layer_steps(p, steps)
+            if p.kind == CONV_LAYER:
+                extra[0] = max(extra[0], max(grurt_conv_scratch(&p.conv, steps), grurt_conv_scratch(&p.conv, p.span)))
+            steps = out
+            frames[0] = max(frames[0], <size_t>B * max(steps, 0) * p.n_out)
+
+    cdef void layout(self, int B, int T, size_t* ping, size_t* time_scratch) noexcept nogil:
+        """run_layers' ``ping`` and ``time_scratch`` for B sequences of T frames (the workspace
+        of workspace_floats(B, T)); a workspace for more frames serves fewer with the same layout."""
+        cdef size_t frames = <size_t>B * T * self.max_features, extra = 0
+        if self.time_layers:
+            self._sizes(B, T, &frames, &extra)
+        ping[0], time_scratch[0] = aligned(frames), aligned(extra)
+
+    cdef int output_steps(self, int T) noexcept nogil:
+        """Frames of the output for T input frames (1 once the time axis is gone); < 1 when an
+        input is too short for a window (Model.run explains which)."""
+        cdef int i, steps = T
+        for i in range(self.n_layers):
+            steps = layer_steps(&self.layers[i], steps)
+            if steps < 1:
+                return steps
+        return steps
+
     def __dealloc__(self):
         free(self.layers)
 
@@ -235,7 +333,10 @@ cdef class Plan:
         The last batch * state_width floats hold the GRU states when the caller passes none.
         """
         cdef size_t rows = <size_t>batch * steps
-        return (2 * aligned(rows * self.max_features) + 2 * <size_t>batch * self.max_step_scratch
+        cdef size_t frames = rows * self.max_features, extra = 0
+        if self.time_layers:
+            self._sizes(batch, steps, &frames, &extra)
+        return (2 * aligned(frames) + aligned(extra) + 2 * <size_t>batch * self.max_step_scratch
                 + <size_t>batch * self.state_width)
 
     cdef size_t _bytes_needed(self, size_t batch, size_t steps) noexcept nogil:
@@ -314,8 +415,12 @@ cdef class Plan:
             out_shape[out_ndim] = B
             out_ndim += 1
         if self.returns_sequence:
-            out_shape[out_ndim] = T
+            out_shape[out_ndim] = T if not self.time_layers else self.output_steps(<int>T)
+            if out_shape[out_ndim] < 1:
+                return None          # too short for a window: Model.run names the layer
             out_ndim += 1
+        elif self.time_layers and self.output_steps(<int>T) < 1:
+            return None
         out_shape[out_ndim] = self.output_size
         cdef cnp.ndarray out = cnp.PyArray_EMPTY(out_ndim + 1, out_shape, cnp.NPY_FLOAT32, 0)
         self._run(<int>B, <int>T, a, None, None, out, threads)
@@ -336,11 +441,21 @@ cdef class Plan:
             free(raw)
 
     cdef int _execute(self, int B, int T, cnp.ndarray x, list states, cnp.ndarray lengths, cnp.ndarray out,
-                      float* work, int threads) except -1:
-        """Every layer on x into out, with ``work`` as scratch; returns run's thread count."""
+                      float* work, int threads, list histories=None) except -1:
+        """Every layer on x into out, with ``work`` as scratch; returns run's thread count.
+        With ``histories`` (a streaming step) each Conv1D reads and updates its history."""
         cdef float* state_ptrs[MAX_GRU_LAYERS]
+        cdef float* history_ptrs[MAX_CONV_LAYERS]
+        cdef float** history_arg = NULL
         cdef float* own_states
+        cdef size_t frames = <size_t>B * T * self.max_features, extra = 0
         cdef int i, n_grus = 0
+        if self.time_layers:
+            self._sizes(B, T, &frames, &extra)
+        if histories:
+            for i in range(len(histories)):
+                history_ptrs[i] = <float*>cnp.PyArray_DATA(histories[i])
+            history_arg = history_ptrs
         if states is None:
             own_states = work + self.workspace_floats(B, T) - <size_t>B * self.state_width
             memset(own_states, 0, <size_t>B * self.state_width * sizeof(float))
@@ -358,6 +473,21 @@ cdef class Plan:
         cdef int threads_used
         with nogil:
             threads_used = run_layers(self.layers, self.n_layers, B, T, x_ptr, state_ptrs, length_ptr, out_ptr,
-                                      work, self.max_features, threads, False)
+                                      work, aligned(frames), aligned(extra), history_arg, threads, False)
         return threads_used
 
+
+
+cdef int layer_steps(const LayerPlan* p, int steps) noexcept nogil:
+    """Frames out of layer ``p`` for ``steps`` frames in (0 when the input is shorter than its window)."""
+    cdef int left = p.pad_left, right = p.pad_right
+    if p.kind == CONV_LAYER or p.kind == POOL_LAYER:
+        if p.pad_same:
+            grurt_same_pads(steps, p.stride, p.span, p.pad_same == 2, &left, &right)
+        return grurt_window_steps(steps, left, right, p.span, p.stride)
+    if p.kind == PAD_LAYER:
+        return steps + left + right
+    if (p.kind == LAST_STEP_LAYER or p.kind == GLOBAL_POOL_LAYER or p.kind == FLATTEN_LAYER
+            or (p.kind == GRU_LAYER and not p.return_sequences)):
+        return 1
+    return steps

@@ -14,6 +14,11 @@
 # frames are split into calls, nor on which other sessions share a step: a session in a pool,
 # a Stream stepped frame by frame and a Stream fed blocks all give the same bits.
 #
+# A causal Conv1D's last (k - 1)·dilation input frames are state too: a Stream keeps one
+# (batch, span, C) history per Conv1D, a pool one slot per Conv1D per session, and run_layers
+# pushes every frame of a block through grurt_conv_step in order (so a block's first frames
+# read the history, and a block gives the bits of single steps).
+#
 # The common calls (C-contiguous float32 frames and ``out``, int64 ids) are checked here in C
 # and allocate nothing with ``out``; anything else goes through the checked path, which
 # converts the input or raises an InputError that says what is wrong. (This file is compiled
@@ -84,6 +89,8 @@ cdef size_t macs_per_row(Plan plan) noexcept:
             macs += <size_t>p.D * 3 * p.H * (p.n_in + p.H)
         elif p.kind == DENSE_LAYER:
             macs += <size_t>p.n_in * p.n_out
+        elif p.kind == CONV_LAYER:
+            macs += <size_t>p.conv.k * (p.n_in // p.conv.groups) * p.n_out
     return macs
 
 
@@ -121,6 +128,14 @@ cdef class Stream:
     cdef size_t macs                  # multiply-adds of one frame of the batch
     cdef int busy
     cdef readonly int threads         # as Model.run's threads, for every call
+    # Conv1D (causal): each one's (batch, span, C) history, span = (k - 1)·dilation + 1, its last
+    # span - 1 input frames in rows 1 .. (row 0 is spare, see grurt_conv_step), oldest first
+    cdef int n_convs
+    cdef float* history_ptrs[MAX_CONV_LAYERS]
+    cdef float** histories            # history_ptrs, or NULL without Conv1D
+    cdef object history_buffer        # every history, one after the other
+    cdef list history_views           # (batch, span, C) each
+    cdef size_t step_ping, step_extra # run_layers' layout of one step (Plan.layout)
 
     def __cinit__(self):
         self.block_raw = NULL
@@ -149,7 +164,25 @@ cdef class Stream:
             offset += view.size
         self.step_buffer = aligned_empty(self.plan.workspace_floats(self.batch, 1))
         self.step_work = <float*>cnp.PyArray_DATA(self.step_buffer)
+        self.plan.layout(self.batch, 1, &self.step_ping, &self.step_extra)
         self.macs = self.batch * macs_per_row(self.plan)
+        cdef const LayerPlan* p
+        history_shapes = []
+        for i in range(self.plan.n_layers):
+            p = &self.plan.layers[i]
+            if p.kind == CONV_LAYER:
+                history_shapes.append((self.batch, p.span, p.n_in))
+        self.n_convs = len(history_shapes)
+        self.history_buffer = aligned_empty(max(1, sum(b * k * c for b, k, c in history_shapes)))
+        self.history_buffer[...] = 0
+        self.history_views = []
+        offset = 0
+        for i, shape in enumerate(history_shapes):
+            view = self.history_buffer[offset:offset + shape[0] * shape[1] * shape[2]].reshape(shape)
+            self.history_views.append(view)
+            self.history_ptrs[i] = <float*>cnp.PyArray_DATA(view)
+            offset += view.size
+        self.histories = self.history_ptrs if self.n_convs else NULL
 
     def __dealloc__(self):
         free(self.block_raw)
@@ -160,16 +193,21 @@ cdef class Stream:
         """Zero every state, as at the start of a new stream."""
         self._claim()
         self.states_buffer[...] = 0
+        self.history_buffer[...] = 0
         self.busy = 0
 
     @property
     def state(self):
-        """Copies of the GRU states, one (directions, batch, hidden) array per GRU layer."""
-        return [view.copy() for view in self.state_views]
+        """Copies of the state: one (directions, batch, hidden) array per GRU layer, then, for a
+        model with Conv1D layers, one (batch, (k-1)·dilation, in_channels) array per Conv1D: the
+        last input frames it has seen, oldest first (zeros at the start of a stream)."""
+        return [view.copy() for view in self.state_views] + [h[:, 1:].copy() for h in self.history_views]
 
     @state.setter
     def state(self, values):
-        """Set every GRU state from a list of (directions, batch, hidden) arrays; None zeros them."""
+        """Set the state from a list as ``state`` returns it. A list of the GRU states alone (as
+        ``run(return_state=True)`` returns) zeros the Conv1D histories, as at the start of a
+        sequence; None zeros everything."""
         cdef int i
         cdef cnp.ndarray a
         cdef cnp.npy_intp* dims
@@ -191,10 +229,27 @@ cdef class Stream:
                         for i in range(self.n_states):
                             a = <cnp.ndarray>values[i]
                             memcpy(self.state_ptrs[i], cnp.PyArray_DATA(a), cnp.PyArray_NBYTES(a))
+                        if self.n_convs:
+                            self.history_buffer[...] = 0
                         return
+            histories = None
+            if (isinstance(values, (list, tuple)) and self.n_convs
+                    and len(values) == self.n_states + self.n_convs):
+                values, histories = list(values[:self.n_states]), list(values[self.n_states:])
+                for i in range(self.n_convs):
+                    value = _real_array(histories[i], f"state[{self.n_states + i}] (Conv1D history)")
+                    expected = self.history_views[i][:, 1:].shape
+                    if value.shape != expected:
+                        raise InputError(f"state[{self.n_states + i}] (Conv1D history) must be of shape "
+                                         f"{expected}, got {value.shape}")
+                    histories[i] = value
             checked = self.model._initial_states(values, self.batch, single=False, name="state")
             for view, value in zip(self.state_views, checked):
                 view[...] = value
+            self.history_buffer[...] = 0
+            if histories is not None:
+                for view, value in zip(self.history_views, histories):
+                    view[:, 1:] = value
         finally:
             self.busy = 0
 
@@ -237,10 +292,10 @@ cdef class Stream:
         if self.macs >= NOGIL_MIN_MACS:
             with nogil:
                 run_layers(plan.layers, plan.n_layers, self.batch, 1, x, self.state_ptrs, NULL, out,
-                           self.step_work, plan.max_features, self.threads, True)
+                           self.step_work, self.step_ping, self.step_extra, self.histories, self.threads, True)
         else:
             run_layers(plan.layers, plan.n_layers, self.batch, 1, x, self.state_ptrs, NULL, out,
-                       self.step_work, plan.max_features, self.threads, True)
+                       self.step_work, self.step_ping, self.step_extra, self.histories, self.threads, True)
         self.busy = 0
         return 0
 
@@ -343,6 +398,8 @@ cdef class Stream:
         cdef float* stage_x = self.block_work + work_floats
         cdef float* stage_y = stage_x + <size_t>B * block * I
         cdef bint release = self.macs * block >= NOGIL_MIN_MACS
+        cdef size_t ping, extra
+        plan.layout(B, block, &ping, &extra)      # the workspace is workspace_floats(B, block)
         cdef PyThreadState* saved = NULL
         if release:
             saved = PyEval_SaveThread()
@@ -353,12 +410,12 @@ cdef class Stream:
                 for b in range(B):
                     memcpy(stage_x + <size_t>b * m * I, x + (<size_t>b * n + t0) * I, <size_t>m * I * sizeof(float))
                 run_layers(plan.layers, plan.n_layers, B, m, stage_x, self.state_ptrs, NULL, stage_y,
-                           self.block_work, plan.max_features, self.threads, True)
+                           self.block_work, ping, extra, self.histories, self.threads, True)
                 for b in range(B):
                     memcpy(out + (<size_t>b * n + t0) * F, stage_y + <size_t>b * m * F, <size_t>m * F * sizeof(float))
             else:
                 run_layers(plan.layers, plan.n_layers, B, m, x + <size_t>t0 * I, self.state_ptrs, NULL,
-                           out + <size_t>t0 * F, self.block_work, plan.max_features, self.threads, True)
+                           out + <size_t>t0 * F, self.block_work, ping, extra, self.histories, self.threads, True)
             t0 += m
         if release:
             PyEval_RestoreThread(saved)
@@ -377,7 +434,7 @@ cdef class Stream:
         with nogil:
             for r in range(reps):
                 run_layers(plan.layers, plan.n_layers, self.batch, 1, x, self.state_ptrs, NULL, y,
-                           self.step_work, plan.max_features, self.threads, True)
+                           self.step_work, self.step_ping, self.step_extra, self.histories, self.threads, True)
         return (_time.perf_counter_ns() - start) / reps
 
 
@@ -412,11 +469,14 @@ cdef class StreamPool:
     cdef Plan plan
     # A session's states are one row of ``store``: its slots one after the other. A slot is
     # (parts, width) floats that the kernels take as (parts, n, width) for n sessions: a GRU
-    # layer's state is (D, H). (A convolution's input history would be one more kind of slot.)
-    cdef int n_slots
-    cdef size_t slot_offset[MAX_GRU_LAYERS]
-    cdef int slot_parts[MAX_GRU_LAYERS]
-    cdef int slot_width[MAX_GRU_LAYERS]
+    # layer's state is (D, H); a causal Conv1D's input history is (1, span·C), which the
+    # kernels take as (n, span, C) (its last span - 1 input frames in rows 1 .., row 0 spare,
+    # as in Stream). The n_slots - n_convs GRU slots come first, then one per Conv1D.
+    cdef int n_slots, n_convs
+    cdef size_t slot_offset[MAX_GRU_LAYERS + MAX_CONV_LAYERS]
+    cdef int slot_parts[MAX_GRU_LAYERS + MAX_CONV_LAYERS]
+    cdef int slot_width[MAX_GRU_LAYERS + MAX_CONV_LAYERS]
+    cdef int history_span[MAX_CONV_LAYERS]
     cdef size_t row_floats
     cdef object store                 # (capacity, row_floats) float32
     cdef float* rows
@@ -449,6 +509,18 @@ cdef class StreamPool:
             self.slot_offset[self.n_slots], self.slot_parts[self.n_slots], self.slot_width[self.n_slots] = offset, d, h
             self.n_slots += 1
             offset += d * h
+        cdef const LayerPlan* p
+        cdef int i
+        self.n_convs = 0
+        for i in range(self.plan.n_layers):
+            p = &self.plan.layers[i]
+            if p.kind == CONV_LAYER:
+                self.history_span[self.n_convs] = p.span
+                self.slot_offset[self.n_slots], self.slot_parts[self.n_slots] = offset, 1
+                self.slot_width[self.n_slots] = p.span * p.n_in
+                self.n_slots += 1
+                self.n_convs += 1
+                offset += <size_t>p.span * p.n_in
         self.row_floats = offset
         if capacity > 2**31 - 1 or capacity * (offset * 4 + 16) > _memory_limit():
             raise InputError(f"a pool of {capacity} sessions would need more memory than the limit "
@@ -461,7 +533,6 @@ cdef class StreamPool:
         self.seen = <unsigned long long*>calloc(capacity, sizeof(unsigned long long))
         if self.open_flags == NULL or self.free_ids == NULL or self.seen == NULL:
             raise MemoryError()
-        cdef int i
         for i in range(capacity):
             self.free_ids[i] = capacity - 1 - i
         self.n_free = capacity
@@ -538,26 +609,53 @@ cdef class StreamPool:
         finally:
             self.busy = 0
 
+    def _history(self, row, int c):
+        """Conv1D c's history in a store row, a (span, C) view (row 0 spare)."""
+        cdef int i = self.n_slots - self.n_convs + c
+        span = self.history_span[c]
+        return row[self.slot_offset[i]:self.slot_offset[i] + self.slot_width[i]].reshape(span, self.slot_width[i] // span)
+
     def state(self, sid):
-        """Copies of session ``sid``'s GRU states, one (directions, hidden) array per GRU layer."""
+        """Copies of session ``sid``'s states: one (directions, hidden) array per GRU layer, then,
+        for a model with Conv1D layers, one ((k-1)·dilation, in_channels) array per Conv1D, the
+        last input frames it has seen, oldest first (a Stream's state without the batch axis)."""
         self._claim()
         try:
             s = self._session(sid)
             row = self.store[s]
-            return [row[self.slot_offset[i]:self.slot_offset[i] + self.slot_parts[i] * self.slot_width[i]]
-                    .reshape(self.slot_parts[i], self.slot_width[i]).copy() for i in range(self.n_slots)]
+            n_grus = self.n_slots - self.n_convs
+            return ([row[self.slot_offset[i]:self.slot_offset[i] + self.slot_parts[i] * self.slot_width[i]]
+                     .reshape(self.slot_parts[i], self.slot_width[i]).copy() for i in range(n_grus)]
+                    + [self._history(row, c)[1:].copy() for c in range(self.n_convs)])
         finally:
             self.busy = 0
 
     def set_state(self, sid, states):
-        """Set session ``sid``'s GRU states from one (directions, hidden) array per GRU layer."""
+        """Set session ``sid``'s states from a list as ``state(sid)`` returns it; a list of the GRU
+        states alone (one (directions, hidden) array per GRU layer) zeros the Conv1D histories."""
         self._claim()
         try:
             s = self._session(sid)
+            n_grus = self.n_slots - self.n_convs
+            histories = None
+            if isinstance(states, (list, tuple)) and self.n_convs and len(states) == n_grus + self.n_convs:
+                states, histories = list(states[:n_grus]), list(states[n_grus:])
+                for c in range(self.n_convs):
+                    value = _real_array(histories[c], f"states[{n_grus + c}] (Conv1D history)")
+                    expected = self._history(self.store[s], c)[1:].shape
+                    if value.shape != expected:
+                        raise InputError(f"states[{n_grus + c}] (Conv1D history) must be of shape {expected}, "
+                                         f"got {value.shape}")
+                    histories[c] = value
             values = self.model._initial_states(states, 1, single=True, name="states")
             row = self.store[s]
-            for i in range(self.n_slots):
+            for i in range(n_grus):
                 row[self.slot_offset[i]:self.slot_offset[i] + self.slot_parts[i] * self.slot_width[i]] = values[i].ravel()
+            for c in range(self.n_convs):
+                history = self._history(row, c)
+                history[...] = 0
+                if histories is not None:
+                    history[1:] = histories[c]
         finally:
             self.busy = 0
 
@@ -667,8 +765,11 @@ cdef class StreamPool:
 
     cdef void _step_nogil(self, const long long* ids, int n, const float* x, float* out) noexcept nogil:
         """Gather the sessions' slots into (parts, n, width) arrays, step, scatter them back."""
-        cdef float* slot_ptrs[MAX_GRU_LAYERS]
+        cdef float* slot_ptrs[MAX_GRU_LAYERS + MAX_CONV_LAYERS]
         cdef float* gathered = self.work
+        cdef size_t ping, extra
+        cdef int n_grus = self.n_slots - self.n_convs
+        self.plan.layout(n, 1, &ping, &extra)
         cdef float* step_work = self.work + <size_t>n * self.row_floats
         cdef int i, k, part, W
         cdef float* row
@@ -683,7 +784,7 @@ cdef class StreamPool:
                     memcpy(slot_ptrs[i] + (<size_t>part * n + k) * W, row + self.slot_offset[i] + part * W,
                            W * sizeof(float))
         run_layers(self.plan.layers, self.plan.n_layers, n, 1, x, slot_ptrs, NULL, out, step_work,
-                   self.plan.max_features, 1, True)
+                   ping, extra, &slot_ptrs[n_grus] if self.n_convs else NULL, 1, True)
         for k in range(n):
             row = self.rows + <size_t>ids[k] * self.row_floats
             for i in range(self.n_slots):

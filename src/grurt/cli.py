@@ -15,6 +15,7 @@ import numpy as np
 from . import __version__, verify
 from .errors import GrurtError
 from .formats import load, read_header, save
+from .spec import fixed_input_steps, min_steps
 
 EXAMPLES = os.path.join(os.path.dirname(__file__), "examples")
 
@@ -58,7 +59,12 @@ def cmd_info(args) -> None:
     else:
         print(f"input:      (batch, time, {spec.input_size})")
     if spec.fixed_steps is not None:
-        print(f"time steps: exactly {spec.fixed_steps} (the model flattens its sequences)")
+        steps = fixed_input_steps(spec)
+        if steps is not None and steps != spec.fixed_steps:
+            print(f"time steps: {spec.fixed_steps} at its Flatten (e.g. {steps} input frames; the model flattens "
+                  "its sequences)")
+        else:
+            print(f"time steps: exactly {spec.fixed_steps} (the model flattens its sequences)")
     print(f"output:     {shape}")
     print(f"parameters: {spec.parameter_count}")
     print("layers:")
@@ -81,11 +87,16 @@ def cmd_run(args) -> None:
 
 def _random_input(model, batch=4, steps=16, seed=0, source=None) -> np.ndarray:
     """Random input for ``model``; an ONNX ``source`` whose input has fixed sizes gets those."""
-    if source is not None and os.path.splitext(source)[1].lower() == ".onnx":
+    fixed_steps = None
+    suffix = os.path.splitext(source)[1].lower() if source is not None else None
+    if suffix == ".onnx":
         fixed_batch, fixed_steps = verify.onnx_input_sizes(source)
-        batch, steps = fixed_batch or batch, fixed_steps or steps
+        batch = fixed_batch or batch
+    elif suffix in (".keras", ".h5", ".hdf5"):
+        fixed_steps = verify.keras_input_sizes(source)[1]
     rng = np.random.default_rng(seed)
-    steps = model.spec.fixed_steps or steps
+    # a Flatten fixes the frames it receives; convolutions or pooling before it change the count
+    steps = fixed_steps or fixed_input_steps(model.spec) or max(steps, min_steps(model.spec))
     if model.spec.takes_ids:     # ids from 1: 0 may be the padding id
         return rng.integers(min(1, model.vocabulary - 1), model.vocabulary, (batch, steps))
     return rng.standard_normal((batch, steps, model.input_size)).astype(np.float32)

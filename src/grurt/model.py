@@ -7,11 +7,13 @@ import numpy as np
 
 from . import _kernels
 from .errors import InputError, ModelFormatError, UnsupportedModelError
-from .spec import (GRU, WHOLE_SEQUENCE, Activation, Dense, Embedding, Flatten, GlobalPool, LastStep, LayerNorm,
-                   Merge, ModelSpec, Reverse, Scale, UnitNorm, activation)
+from .spec import (GRU, TIME_LAYERS, WHOLE_SEQUENCE, Activation, Dense, Embedding, Flatten, GlobalPool, LastStep,
+                   LayerNorm, Merge, ModelSpec, Reverse, Scale, UnitNorm, activation, conv_history_shapes,
+                   frame_rate_layers, output_steps)
 
 #: The layers the compiled kernels run (a leading Embedding's lookup runs in Model itself).
-KERNEL_LAYERS = (GRU, Dense, Activation, Scale, Reverse, LastStep, Merge, LayerNorm, UnitNorm, GlobalPool, Flatten)
+KERNEL_LAYERS = (GRU, Dense, Activation, Scale, Reverse, LastStep, Merge, LayerNorm, UnitNorm, GlobalPool,
+                 Flatten) + TIME_LAYERS
 from ._kernels import Stream, StreamPool   # noqa: F401 (public: grurt.model.Stream)
 
 _FLOAT32 = np.dtype(np.float32)
@@ -55,12 +57,14 @@ class Model:
             if not isinstance(layer, KERNEL_LAYERS):
                 raise UnsupportedModelError(f"{layer.describe()}: grurt's kernels do not run this layer yet "
                                             "(grurt.reference.run computes it)")
+        self._time_layers = any(isinstance(layer, TIME_LAYERS) for layer in spec.layers)
         self._plan = _kernels.Plan(_kernel_spec(spec))
         self._state_shapes = [(g.num_directions, g.hidden_size) for g in spec.gru_layers]
         self._output_size, self._returns_sequence = spec.output_size, spec.returns_sequence
         self._fixed_steps = spec.fixed_steps
         # no lengths to derive from the input, no ids, any number of steps: the C fast path
         self._plain_runs = spec.mask_value is None and not spec.takes_ids and spec.fixed_steps is None
+        self._frame_rate_layers = frame_rate_layers(spec)
 
     @classmethod
     def chain(cls, layers, input_size=None, mask_value=None) -> "Model":
@@ -132,16 +136,25 @@ class Model:
             if lengths is None and self.spec.mask_value is not None:
                 lengths = self._lengths_from_mask((x == self.spec.mask_value).all(axis=2))
         batch, steps = x.shape[0], x.shape[1]
-        if self._fixed_steps is not None and steps != self._fixed_steps:
+        # frames out of the time layers (InputError naming the layer when the input is too short)
+        out_steps = output_steps(self.spec, steps) if self._time_layers else steps
+        if self._fixed_steps is not None and out_steps != self._fixed_steps:
+            if self._time_layers:
+                raise InputError(f"this model flattens exactly {self._fixed_steps} frames, but {steps} input frames "
+                                 f"give {out_steps} after its convolution, pooling and padding layers")
             raise InputError(f"this model runs only on sequences of {self._fixed_steps} steps (it flattens them), "
                              f"got {steps}")
         if initial_state is None and not return_state:
             states = None                                   # zero states kept in the workspace
         else:
             states = self._initial_states(initial_state, batch, single)
+        if lengths is not None and self._frame_rate_layers:
+            index, layer = self._frame_rate_layers[0]
+            raise InputError(f"lengths cannot be used with layer {index} ({layer.describe()}), which changes the "
+                             "number of frames or looks ahead: run sequences of different lengths one at a time")
         length_array = None if lengths is None else self._lengths(lengths, batch, steps, single)
-        out = np.empty((batch, steps, self._output_size) if self._returns_sequence else (batch, self._output_size),
-                       _FLOAT32)
+        out = np.empty((batch, out_steps, self._output_size) if self._returns_sequence
+                       else (batch, self._output_size), _FLOAT32)
         if type(threads) is not int or not 1 <= threads <= _kernels.MAX_THREADS:
             raise InputError(f"threads must be an integer from 1 to {_kernels.MAX_THREADS}, got {threads!r}")
         self._plan.run(x, states, length_array, out, threads)
@@ -174,6 +187,10 @@ class Model:
             if isinstance(layer, WHOLE_SEQUENCE):
                 raise InputError(f"layer {index} ({layer.describe()}) needs the whole sequence: "
                                  "this model cannot stream, use run()")
+        for index, layer in frame_rate_layers(self.spec):
+            raise InputError(f"layer {index} ({layer.describe()}) changes the number of frames or looks ahead "
+                             "(only a causal Conv1D, stride 1 and padding ((k-1)·dilation, 0), streams): "
+                             "this model cannot stream, use run()")
 
     def _token_frames(self, ids) -> np.ndarray:
         """The embedding rows of token ids of any shape, float32, for the streaming calls of a model

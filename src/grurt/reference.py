@@ -9,6 +9,8 @@ import numpy as np
 
 from .spec import GRU, Activation, ActivationFunction, Dense, LastStep, Merge, ModelSpec, Reverse, Scale
 from .spec import Embedding, Flatten, GlobalPool, LayerNorm, UnitNorm
+from .errors import InputError
+from .spec import TIME_LAYERS, Conv1D, Pool1D, ZeroPad1D, frame_rate_layers, output_steps
 
 
 def apply_activation(fn: ActivationFunction, x: np.ndarray) -> np.ndarray:
@@ -151,11 +153,17 @@ def run(model, seq, initial_state=None, return_state=False, lengths=None):
             x = x[None]
         padding = (x == spec.mask_value).all(axis=2) if spec.mask_value is not None else None
     batch, steps, _ = x.shape
-    if spec.fixed_steps is not None and steps != spec.fixed_steps:
-        raise ValueError(f"the model runs on sequences of exactly {spec.fixed_steps} steps (Flatten), got {steps}")
+    flattened = output_steps(spec, steps)   # InputError when a window finds no frames, as Model.run
+    if spec.fixed_steps is not None and flattened != spec.fixed_steps:
+        raise ValueError(f"the model runs on sequences of exactly {spec.fixed_steps} steps at its Flatten, "
+                         f"got {flattened} (from {steps} input frames)")
     if lengths is None and padding is not None:
         lengths = np.array([1 + max([t for t in range(steps) if not padding[b, t]], default=0)
                             for b in range(batch)])
+    if lengths is not None and frame_rate_layers(spec):
+        index, layer = frame_rate_layers(spec)[0]
+        raise InputError(f"lengths cannot be used with layer {index} ({layer.describe()}), "
+                         "which changes the number of frames or looks ahead")
     lengths = np.full(batch, steps) if lengths is None else np.asarray(lengths).reshape(batch)
     grus = spec.gru_layers
     if initial_state is None:
@@ -196,6 +204,11 @@ def run(model, seq, initial_state=None, return_state=False, lengths=None):
             x, has_time = global_pool(layer, x, lengths), False
         elif isinstance(layer, Flatten):
             x, has_time = x.reshape(batch, -1), False
+        elif isinstance(layer, TIME_LAYERS):
+            x = time_layer(layer, x)
+            if x.shape[1] != steps:      # only whole sequences (no lengths) change their frame count
+                steps = x.shape[1]
+                lengths = np.full(batch, steps)
         if has_time:
             # outputs past a sequence's end are zero, whatever the layer computes there
             mask = np.arange(steps)[None, :] < lengths[:, None]
@@ -206,3 +219,48 @@ def run(model, seq, initial_state=None, return_state=False, lengths=None):
         out = out[0]
         states = [h[:, 0] for h in states]
     return (out, states) if return_state else out
+
+
+# ---- layers over time (issue 12) ----
+
+def conv1d(layer: Conv1D, x: np.ndarray) -> np.ndarray:
+    """x (B, T, C) -> (B, T_out, O): for each tap j, the strided frames t·s + j·d of the padded input."""
+    batch, steps, channels = x.shape
+    left, right = layer.pads(steps)
+    xp = np.concatenate([np.zeros((batch, left, channels)), x, np.zeros((batch, right, channels))], axis=1)
+    out_steps = layer.output_steps(steps)
+    W = np.asarray(layer.W, np.float64)                     # (O, C/G, k)
+    G, s, d = layer.groups, layer.stride, layer.dilation
+    og, cg = W.shape[0] // G, W.shape[1]
+    y = np.zeros((batch, out_steps, W.shape[0]))
+    for g in range(G):
+        acc = np.zeros((batch, out_steps, og)) + np.asarray(layer.b[g * og:(g + 1) * og], np.float64)
+        for j in range(layer.kernel_size):
+            frames = xp[:, j * d: j * d + s * (out_steps - 1) + 1: s, g * cg:(g + 1) * cg]
+            acc += frames @ W[g * og:(g + 1) * og, :, j].T
+        y[..., g * og:(g + 1) * og] = acc
+    return apply_activation(layer.activation, y)
+
+
+def pool1d(layer: Pool1D, x: np.ndarray) -> np.ndarray:
+    """Window t covers input frames t·stride − left ... + size − 1, clipped to the real frames."""
+    batch, steps, features = x.shape
+    left, _ = layer.pads(steps)
+    out_steps = layer.output_steps(steps)
+    y = np.empty((batch, out_steps, features))
+    for t in range(out_steps):
+        start = t * layer.stride - left
+        window = x[:, max(start, 0):min(start + layer.size, steps)]
+        if layer.mode == "max":
+            y[:, t] = window.max(axis=1)
+        else:
+            y[:, t] = window.sum(axis=1) / (layer.size if layer.count_include_pad else window.shape[1])
+    return y
+
+
+def time_layer(layer, x: np.ndarray) -> np.ndarray:
+    if isinstance(layer, Conv1D):
+        return conv1d(layer, x)
+    if isinstance(layer, Pool1D):
+        return pool1d(layer, x)
+    return np.pad(x, ((0, 0), (layer.left, layer.right), (0, 0)))

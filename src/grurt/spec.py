@@ -19,6 +19,7 @@ Activations are computed on (batch, time, features) tensors; a GRU with
 from __future__ import annotations
 
 import math
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Optional, Tuple, Union
 
@@ -470,6 +471,8 @@ class ModelSpec:
                 expected = layer.size
             elif isinstance(layer, Merge) and features % 2:
                 raise ModelFormatError(f"{where}: needs an even number of features, receives {features}")
+            elif isinstance(layer, TIME_LAYERS):
+                expected = _check_time_layer(where, layer, features, has_time, self.mask_value)
             else:
                 expected = features
             if expected != features:
@@ -489,6 +492,8 @@ class ModelSpec:
                 has_time = False
             elif isinstance(layer, Flatten):
                 features, has_time = features * layer.steps, False
+            elif isinstance(layer, Conv1D):
+                features = layer.out_channels
         object.__setattr__(self, "output_size", features)
         object.__setattr__(self, "returns_sequence", has_time)
 
@@ -512,12 +517,314 @@ class ModelSpec:
 
     @property
     def fixed_steps(self) -> Optional[int]:
-        """The only number of time steps the model runs on (a ``Flatten`` fixes it), or None."""
+        """The only number of time steps the model's ``Flatten`` accepts, or None without one.
+
+        These are the frames reaching the Flatten: convolutions, pooling or padding before it
+        change the count (``output_steps(spec, T)`` must equal it; ``fixed_input_steps`` gives
+        the fewest input frames that do)."""
         return next((layer.steps for layer in self.layers if isinstance(layer, Flatten)), None)
 
     @property
     def parameter_count(self) -> int:
         arrays = {GRU: ("W", "R", "B"), Dense: ("W", "b"), Scale: ("a", "c"),
-                  Embedding: ("table",), LayerNorm: ("gamma", "beta")}
+                  Embedding: ("table",), LayerNorm: ("gamma", "beta"), Conv1D: ("W", "b")}
         return sum(getattr(layer, name).size for layer in self.layers
                    for name in arrays.get(type(layer), ()))
+
+
+# ---- layers over time: convolution, pooling, zero padding (issue 12) ----
+#
+# They read and write (B, T, F) sequences like every layer, but change the number of frames:
+# a layer with T input frames yields ``output_steps(T)`` frames. Padding is explicit: a
+# (left, right) count of zero frames, or for strides above 1 the TensorFlow/ONNX rule
+# "same_upper"/"same_lower", which depends on T (``pads(T)``); importers translate each
+# framework's convention (docs/convolutions.md).
+
+#: The padding rules that depend on the input length (stride > 1); with stride 1 they are
+#: turned into explicit frame counts when the layer is built.
+SAME_PADDINGS = ("same_upper", "same_lower")
+# POOL_MODES (max, average), shared with GlobalPool, is defined above it.
+
+
+def _non_negative_int(owner: str, name: str, value) -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise ModelFormatError(f"{owner}: {name} must be a non-negative integer, got {value!r}")
+    return int(value)
+
+
+def _padding(owner: str, padding, stride: int, span: int):
+    """``padding`` as (left, right) ints, or a SAME_PADDINGS name when it depends on T."""
+    if isinstance(padding, str):
+        if padding not in SAME_PADDINGS:
+            raise ModelFormatError(f"{owner}: padding {padding!r} is not (left, right) or one of {SAME_PADDINGS}")
+        if stride == 1:      # SAME with stride 1: span - 1 frames, the odd one at the end (upper) or start (lower)
+            total = span - 1
+            small, large = total // 2, total - total // 2
+            return (small, large) if padding == "same_upper" else (large, small)
+        return padding
+    if not isinstance(padding, (tuple, list)) or len(padding) != 2:
+        raise ModelFormatError(f"{owner}: padding must be (left, right) frame counts, got {padding!r}")
+    return tuple(_non_negative_int(owner, "padding", p) for p in padding)
+
+
+def same_pads(steps: int, stride: int, span: int, lower: bool = False) -> Tuple[int, int]:
+    """TensorFlow / ONNX SAME padding of ``steps`` frames: ceil(steps / stride) outputs."""
+    total = max((-(-steps // stride) - 1) * stride + span - steps, 0)
+    small, large = total // 2, total - total // 2
+    return (large, small) if lower else (small, large)
+
+
+class _TimeLayer:
+    """What Conv1D and Pool1D share: a window of ``span`` frames every ``stride`` frames."""
+
+    def pads(self, steps: int) -> Tuple[int, int]:
+        """(left, right) zero frames added to an input of ``steps`` frames."""
+        if isinstance(self.padding, str):
+            return same_pads(steps, self.stride, self.span, self.padding == "same_lower")
+        return self.padding
+
+    def output_steps(self, steps: int) -> int:
+        """Frames out for ``steps`` frames in; 0 when the input is shorter than one window."""
+        left, right = self.pads(steps)
+        padded = steps + left + right
+        return 0 if padded < self.span else (padded - self.span) // self.stride + 1
+
+    @property
+    def causal(self) -> bool:
+        """One output per input frame, computed from that frame and earlier ones only: streams."""
+        return self.stride == 1 and self.padding == (self.span - 1, 0)
+
+    def _padding_text(self) -> str:
+        return self.padding if isinstance(self.padding, str) else f"pad={self.padding[0]},{self.padding[1]}"
+
+
+@dataclass(frozen=True, eq=False)
+class Conv1D(_TimeLayer):
+    """A 1-D convolution over time (cross-correlation, as in every framework)::
+
+        y[b, t, o] = activation(b[o] + Σ_j Σ_c W[o, c, j] · xp[b, t·stride + j·dilation, g·C/G + c])
+
+    ``W`` (out, in/groups, k), the PyTorch and ONNX layout; ``b`` (out,); output channel o
+    belongs to group g = o // (out/groups); ``xp`` is the input with ``padding`` zero frames
+    added (left, right). ``groups`` = in = out is a depthwise convolution.
+    """
+
+    W: np.ndarray
+    b: np.ndarray
+    stride: int = 1
+    dilation: int = 1
+    groups: int = 1
+    padding: Union[Tuple[int, int], str] = (0, 0)
+    activation: ActivationFunction = LINEAR
+
+    def __post_init__(self):
+        W = np.asarray(self.W)
+        if W.ndim != 3 or 0 in W.shape:
+            raise ModelFormatError(f"Conv1D: W must be a non-empty 3-D (out, in/groups, k) array, got shape {W.shape}")
+        set_ = object.__setattr__
+        for name in ("stride", "dilation", "groups"):
+            set_(self, name, _positive_int("Conv1D", name, getattr(self, name)))
+        if W.shape[0] % self.groups:
+            raise ModelFormatError(f"Conv1D: {W.shape[0]} output channels do not split into {self.groups} groups")
+        set_(self, "W", _weights("Conv1D", "W", W, W.shape))
+        set_(self, "b", _weights("Conv1D", "b", self.b, (W.shape[0],)))
+        set_(self, "padding", _padding("Conv1D", self.padding, self.stride, self.span))
+        if not isinstance(self.activation, ActivationFunction):
+            raise ModelFormatError(f"Conv1D: expected an ActivationFunction, got {self.activation!r}")
+
+    @property
+    def kernel_size(self) -> int:
+        return self.W.shape[2]
+
+    @property
+    def span(self) -> int:
+        """Input frames one output frame reads: (k − 1)·dilation + 1."""
+        return (self.kernel_size - 1) * self.dilation + 1
+
+    @property
+    def in_channels(self) -> int:
+        return self.W.shape[1] * self.groups
+
+    @property
+    def out_channels(self) -> int:
+        return self.W.shape[0]
+
+    @property
+    def input_size(self) -> int:
+        return self.in_channels
+
+    @property
+    def output_size(self) -> int:
+        return self.out_channels
+
+    def describe(self) -> str:
+        parts = [f"{self.in_channels} -> {self.out_channels}", f"k={self.kernel_size}"]
+        parts += [f"{n}={getattr(self, n)}" for n in ("stride", "dilation", "groups") if getattr(self, n) != 1]
+        parts += ["causal" if self.causal and self.span > 1 else self._padding_text(), self.activation.describe()]
+        return f"Conv1D({', '.join(parts)})"
+
+
+@dataclass(frozen=True, eq=False)
+class Pool1D(_TimeLayer):
+    """Max or average pooling over time, per feature: output frame t reads the frames
+    t·stride − left ... t·stride − left + size − 1 of the input. Padding frames take no part
+    in a maximum; an average divides by ``size`` when ``count_include_pad``, else by the
+    number of real frames in the window."""
+
+    mode: str
+    size: int
+    stride: int = 1
+    padding: Union[Tuple[int, int], str] = (0, 0)
+    count_include_pad: bool = False
+
+    def __post_init__(self):
+        if self.mode not in POOL_MODES:
+            raise UnsupportedModelError(f"Pool1D: mode {self.mode!r} is not one of {POOL_MODES}")
+        set_ = object.__setattr__
+        for name in ("size", "stride"):
+            set_(self, name, _positive_int("Pool1D", name, getattr(self, name)))
+        set_(self, "padding", _padding("Pool1D", self.padding, self.stride, self.size))
+        if not isinstance(self.padding, str) and max(self.padding) >= self.size:
+            raise ModelFormatError(f"Pool1D: padding {self.padding} must be smaller than the window ({self.size}) "
+                                   "on each side, so that every window holds a real frame")
+        if not isinstance(self.count_include_pad, (bool, np.bool_)):
+            raise ModelFormatError(f"Pool1D: count_include_pad must be a bool, got {self.count_include_pad!r}")
+        set_(self, "count_include_pad", bool(self.count_include_pad) and self.mode == "average")
+
+    @property
+    def span(self) -> int:
+        return self.size
+
+    def describe(self) -> str:
+        parts = [self.mode, f"size={self.size}", f"stride={self.stride}", self._padding_text()]
+        if self.count_include_pad:
+            parts.append("count_include_pad")
+        return f"Pool1D({', '.join(parts)})"
+
+
+@dataclass(frozen=True, eq=False)
+class ZeroPad1D:
+    """Adds ``left`` and ``right`` zero frames to every sequence (Keras ZeroPadding1D, ONNX Pad)."""
+
+    left: int = 0
+    right: int = 0
+
+    def __post_init__(self):
+        object.__setattr__(self, "left", _non_negative_int("ZeroPad1D", "left", self.left))
+        object.__setattr__(self, "right", _non_negative_int("ZeroPad1D", "right", self.right))
+
+    def output_steps(self, steps: int) -> int:
+        return steps + self.left + self.right
+
+    def describe(self) -> str:
+        return f"ZeroPad1D({self.left}, {self.right})"
+
+
+TIME_LAYERS = (Conv1D, Pool1D, ZeroPad1D)
+LAYER_TYPES = LAYER_TYPES + TIME_LAYERS
+SEQUENCE_ONLY = SEQUENCE_ONLY + TIME_LAYERS
+
+
+def _check_time_layer(where, layer, features, has_time, mask_value) -> int:
+    """ModelSpec's checks of a Conv1D/Pool1D/ZeroPad1D; returns the input features it expects."""
+    if mask_value is not None:
+        raise UnsupportedModelError(f"{where}: a model with a mask_value (Keras Masking or mask_zero) cannot hold "
+                                    "convolution, pooling or padding layers")
+    return layer.in_channels if isinstance(layer, Conv1D) else features
+
+
+def output_steps(spec: ModelSpec, steps: int) -> int:
+    """Frames the layers hand on for ``steps`` input frames (1 once the time axis is gone).
+
+    Raises InputError, naming the layer, when an input is too short for a window of it."""
+    from .errors import InputError
+
+    for index, layer in enumerate(spec.layers):
+        if isinstance(layer, TIME_LAYERS):
+            out = layer.output_steps(steps)
+            if out < 1:
+                raise InputError(
+                    f"input of {steps} frames at layer {index} ({layer.describe()}) is shorter than its window of "
+                    f"{layer.span} frames: no output frame exists (the model needs at least "
+                    f"{min_steps(spec)} input frames)")
+            steps = out
+        elif isinstance(layer, LastStep) or (isinstance(layer, GRU) and not layer.return_sequences):
+            steps = 1
+    return steps
+
+
+def fixed_input_steps(spec: ModelSpec) -> Optional[int]:
+    """The fewest input frames that reach a model's Flatten as exactly ``spec.fixed_steps``
+    frames (None without a Flatten, or when no input length gives that count)."""
+    wanted = spec.fixed_steps
+    if wanted is None:
+        return None
+    if not any(isinstance(layer, TIME_LAYERS) for layer in spec.layers):
+        return wanted
+    steps = min_steps(spec)
+    while True:     # one more input frame adds 0 or 1 output frames: stepping by the shortfall never overshoots
+        got = output_steps(spec, steps)
+        if got == wanted:
+            return steps
+        if got > wanted:
+            return None
+        steps += wanted - got
+
+
+def min_steps(spec: ModelSpec) -> int:
+    """The fewest input frames for which every layer yields at least one frame."""
+    needed = 1                       # frames wanted out of the layers below, walking back up
+    for layer in reversed(spec.layers):
+        if isinstance(layer, ZeroPad1D):
+            needed = max(1, needed - layer.left - layer.right)
+        elif isinstance(layer, TIME_LAYERS):
+            if isinstance(layer.padding, str):       # SAME: ceil(T / stride) outputs
+                needed = (needed - 1) * layer.stride + 1
+            else:
+                needed = max(1, layer.span + layer.stride * (needed - 1) - sum(layer.padding))
+    return needed
+
+
+def frame_rate_layers(spec: ModelSpec):
+    """(index, layer) of each layer that changes the number of frames or looks ahead: every
+    Pool1D and ZeroPad1D, and each Conv1D that is not causal (stride 1, padding ((k−1)·d, 0)).
+    Such a model runs whole sequences only: no ``lengths``, no streaming."""
+    return [(index, layer) for index, layer in enumerate(spec.layers)
+            if isinstance(layer, (Pool1D, ZeroPad1D)) or (isinstance(layer, Conv1D) and not layer.causal)]
+
+
+def conv_history_shapes(spec: ModelSpec, batch: int) -> Tuple[Tuple[int, int, int], ...]:
+    """Per Conv1D layer, the shape of a stream's history: (batch, (k − 1)·dilation, in_channels),
+    the last input frames it has seen, oldest first (zeros at the start of a stream)."""
+    return tuple((batch, layer.span - 1, layer.in_channels) for layer in spec.layers if isinstance(layer, Conv1D))
+
+
+def fold_layer(previous, layer):
+    """``previous`` and ``layer`` as one layer, or None when they do not fold:
+
+    * ZeroPad1D then Conv1D: the conv pads those zero frames itself;
+    * a Conv1D or Dense without activation then a Scale (a BatchNormalization): the
+      per-channel ``x·a + c`` goes into the weights, ``W·a`` and ``b·a + c``;
+    * a Conv1D without activation then an elementwise Activation: fused into the conv.
+    """
+    if isinstance(previous, ZeroPad1D) and isinstance(layer, Conv1D) and not isinstance(layer.padding, str):
+        return dataclasses.replace(layer, padding=(layer.padding[0] + previous.left, layer.padding[1] + previous.right))
+    if isinstance(previous, (Conv1D, Dense)) and previous.activation.kind == "linear":
+        if isinstance(layer, Scale):
+            a, c = np.asarray(layer.a, np.float64), np.asarray(layer.c, np.float64)
+            W = np.asarray(previous.W, np.float64)
+            W = W * a[:, None, None] if W.ndim == 3 else W * a[:, None]
+            return dataclasses.replace(previous, W=W, b=np.asarray(previous.b, np.float64) * a + c)
+        if isinstance(previous, Conv1D) and isinstance(layer, Activation) and layer.function.kind != "softmax":
+            return dataclasses.replace(previous, activation=layer.function)
+    return None
+
+
+def append_folded(layers: list, new_layers) -> None:
+    """Append ``new_layers`` to ``layers``, folding each into the one before when fold_layer can."""
+    for layer in new_layers:
+        merged = fold_layer(layers[-1], layer) if layers else None
+        if merged is None:
+            layers.append(layer)
+        else:
+            layers[-1] = merged

@@ -26,6 +26,15 @@ def onnx_input_sizes(path):
     return tuple(sizes) if probe.batch_first else (sizes[1], sizes[0])
 
 
+def keras_input_sizes(path):
+    """(batch, steps) the Keras file's declared input shape fixes: an int where it does, else None."""
+    from .importers.keras import _chain
+    config, _, _ = read_keras(path)
+    _, batch_shape = _chain(config)
+    sizes = list(batch_shape or ())[:2] + [None, None]
+    return tuple(size if isinstance(size, int) and not isinstance(size, bool) else None for size in sizes[:2])
+
+
 def onnx_outputs(path, seq, initial_state=None, return_state=False, lengths=None):
     """Run the ONNX file with onnxruntime on batch-first ``seq`` and shape the result as grurt does.
 
@@ -36,13 +45,21 @@ def onnx_outputs(path, seq, initial_state=None, return_state=False, lengths=None
     except ImportError:
         raise ImportError("running ONNX files needs onnxruntime: pip install onnxruntime") from None
     source, probe = _import(path)
-    x = np.asarray(seq, np.float32)
-    single = x.ndim == 2
-    if single:
-        x = x[None]
-    if x.ndim != 3 or x.shape[2] != probe.spec.input_size:
-        raise InputError(f"input must be (B, T, {probe.spec.input_size}) or (T, {probe.spec.input_size}), "
-                         f"got shape {np.shape(seq)}")
+    if probe.spec.takes_ids:         # an integer input of token ids (B, T) or (T,)
+        x = np.asarray(seq)
+        single = x.ndim == 1
+        if single:
+            x = x[None]
+        if x.ndim != 2 or x.dtype.kind not in "iu":
+            raise InputError(f"input must be integer token ids (B, T) or (T,), got {x.dtype} {np.shape(seq)}")
+    else:
+        x = np.asarray(seq, np.float32)
+        single = x.ndim == 2
+        if single:
+            x = x[None]
+        if x.ndim != 3 or x.shape[2] != probe.spec.input_size:
+            raise InputError(f"input must be (B, T, {probe.spec.input_size}) or (T, {probe.spec.input_size}), "
+                             f"got shape {np.shape(seq)}")
     batch, steps = x.shape[:2]
     dims = {name: dims for name, _, dims in source.inputs}
     fixed = {}
@@ -53,7 +70,8 @@ def onnx_outputs(path, seq, initial_state=None, return_state=False, lengths=None
         fixed[dim] = size
     run = _interpret(source, fixed)      # the exact element mapping at this size
     feeds = {name: np.zeros(run.inputs[name].shape, dtype) for name, dtype, _ in source.inputs}
-    feeds[run.sequence_input] = x if run.batch_first else x.transpose(1, 0, 2)
+    sequence = x if run.batch_first else x.swapaxes(0, 1)
+    feeds[run.sequence_input] = np.ascontiguousarray(sequence, feeds[run.sequence_input].dtype)
     for k, state in enumerate(initial_state or ()):
         if k in run.state_inputs:
             name, ids = run.state_inputs[k]
@@ -79,7 +97,8 @@ def onnx_outputs(path, seq, initial_state=None, return_state=False, lengths=None
             array[positions[positions >= 0]] = values[positions >= 0]
             seen[positions[positions >= 0]] = True
     spec = probe.spec
-    out = arrays[0].reshape((batch, steps, spec.output_size) if spec.returns_sequence else (batch, spec.output_size))
+    # (B, T', F): T' is T changed by any convolution, pooling or padding; or (B, F)
+    out = arrays[0].reshape(run.tip.shape if spec.returns_sequence else (batch, spec.output_size))
     states = [a.reshape(c.shape) if seen.all() else None for a, seen, c in zip(arrays[1:], filled[1:], run.states)]
     if single:
         out = out[0]

@@ -16,9 +16,11 @@ from ..errors import GrurtError, ModelFormatError, UnsupportedModelError
 from ..limits import MAX_HEADER_BYTES, MAX_PARAMETERS, parse_json
 from ..spec import GRU, Activation, ActivationFunction, Dense, LastStep, Merge, ModelSpec, Reverse, Scale
 from ..spec import Embedding, Flatten, GlobalPool, LayerNorm, UnitNorm
+from ..spec import TIME_LAYERS, Conv1D, Pool1D, ZeroPad1D
 
 FORMAT_NAME = "grurt"
-FORMAT_VERSION = (1, 1)     # 1.1: Embedding (input_size null), LayerNorm, UnitNorm, GlobalPool, Flatten
+# 1.1: Embedding (input_size null), LayerNorm, UnitNorm, GlobalPool, Flatten; Conv1D, Pool1D, ZeroPad1D
+FORMAT_VERSION = (1, 1)
 HEADER_KEY = "header"
 
 _ARRAYS = {GRU: ("W", "R", "B"), Dense: ("W", "b"), Scale: ("a", "c")}
@@ -35,7 +37,8 @@ _LAYER_FIELDS = {
 }
 # format 1.1 (issue 12)
 _ARRAYS_1_1 = {Embedding: ("table",), LayerNorm: ("gamma", "beta")}
-_TYPES_1_1 = (Embedding, LayerNorm, UnitNorm, GlobalPool, Flatten)
+#: the layers a 1.0 reader does not know: a file holding one is written as 1.1, any other as 1.0
+_TYPES_1_1 = (Embedding, LayerNorm, UnitNorm, GlobalPool, Flatten) + TIME_LAYERS
 _ARRAYS.update(_ARRAYS_1_1)
 _LAYER_FIELDS.update({
     "Embedding": {"type", "vocabulary", "features"},
@@ -56,6 +59,8 @@ def _activation_to_json(fn: ActivationFunction) -> dict:
 
 
 def _layer_to_json(layer) -> dict:
+    if isinstance(layer, TIME_LAYERS):
+        return _time_layer_to_json(layer)
     if isinstance(layer, GRU):
         return {"type": "GRU", "hidden_size": layer.hidden_size, "direction": layer.direction,
                 "linear_before_reset": layer.linear_before_reset,
@@ -87,8 +92,7 @@ def save(model, path, metadata: dict | None = None) -> None:
     if not isinstance(spec, ModelSpec):
         raise TypeError(f"save expects a grurt Model or ModelSpec, got {type(model).__name__}")
     # a model that needs nothing newer is written as 1.0, so that grurt releases reading 1.0 load it
-    version = FORMAT_VERSION if any(isinstance(layer, _TYPES_1_1) for layer in spec.layers) \
-        else (1, 0)
+    version = FORMAT_VERSION if any(isinstance(layer, _TYPES_1_1) for layer in spec.layers) else (1, 0)
     header = {"format": FORMAT_NAME, "format_version": "%d.%d" % version,
               "producer": f"grurt {__version__}", "input_size": spec.input_size,
               "layers": [_layer_to_json(layer) for layer in spec.layers]}
@@ -239,6 +243,8 @@ def _layer_from_json(archive, entry, index, features, budget):
         return Merge(entry.get("mode"))
     if kind in _LAYERS_1_1:
         return _LAYERS_1_1[kind](entry, array, features, budget, where)
+    if kind in _TIME_LAYER_FIELDS:
+        return _time_layer_from_json(entry, kind, where, features, budget, array)
     return Reverse() if kind == "Reverse" else LastStep()
 
 
@@ -301,3 +307,63 @@ def load_npz(path):
             raise ModelFormatError(f"{path}: corrupt grurt model ({type(exc).__name__}: {exc})") from None
     return Model(spec)
 
+
+
+# ---- format 1.1: layers over time (Conv1D, Pool1D, ZeroPad1D) ----
+
+_TIME_LAYER_FIELDS = {
+    "Conv1D": {"type", "out_channels", "kernel_size", "stride", "dilation", "groups", "padding", "activation"},
+    "Pool1D": {"type", "mode", "size", "stride", "padding", "count_include_pad"},
+    "ZeroPad1D": {"type", "left", "right"},
+}
+_LAYER_FIELDS.update(_TIME_LAYER_FIELDS)
+_ARRAYS[Conv1D] = ("W", "b")
+
+
+def _padding_to_json(padding):
+    return padding if isinstance(padding, str) else list(padding)
+
+
+def _time_layer_to_json(layer) -> dict:
+    if isinstance(layer, Conv1D):
+        return {"type": "Conv1D", "out_channels": layer.out_channels, "kernel_size": layer.kernel_size,
+                "stride": layer.stride, "dilation": layer.dilation, "groups": layer.groups,
+                "padding": _padding_to_json(layer.padding), "activation": _activation_to_json(layer.activation)}
+    if isinstance(layer, Pool1D):
+        return {"type": "Pool1D", "mode": layer.mode, "size": layer.size, "stride": layer.stride,
+                "padding": _padding_to_json(layer.padding), "count_include_pad": layer.count_include_pad}
+    return {"type": "ZeroPad1D", "left": layer.left, "right": layer.right}
+
+
+def _padding_from_json(entry, where):
+    value = entry.get("padding", [0, 0])
+    if isinstance(value, list):
+        _expect(len(value) == 2 and all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**31
+                                        for v in value),
+                f"{where}: 'padding' must be [left, right] frame counts, got {value!r}")
+        return tuple(value)
+    return value      # a name: checked by the layer
+
+
+def _count_field(entry, key, where, default):
+    value = entry.get(key, default)
+    _expect(isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**31,
+            f"{where}: '{key}' must be a non-negative integer below 2**31, got {value!r}")
+    return value
+
+
+def _time_layer_from_json(entry, kind, where, features, budget, array):
+    if kind == "Conv1D":
+        out, k = _int_field(entry, "out_channels", where), _int_field(entry, "kernel_size", where)
+        groups = entry.get("groups", 1)
+        _expect(isinstance(groups, int) and not isinstance(groups, bool) and groups >= 1 and features % groups == 0,
+                f"{where}: 'groups' must be a positive integer dividing the {features} input channels, got {groups!r}")
+        _check_budget(out * (features // groups * k + 1), budget, where)
+        return Conv1D(W=array("W", (out, features // groups, k)), b=array("b", (out,)),
+                      stride=entry.get("stride", 1), dilation=entry.get("dilation", 1), groups=groups,
+                      padding=_padding_from_json(entry, where),
+                      activation=_activation_from_json(entry.get("activation", "linear"), where))
+    if kind == "Pool1D":
+        return Pool1D(entry.get("mode"), entry.get("size"), entry.get("stride", 1), _padding_from_json(entry, where),
+                      entry.get("count_include_pad", False))
+    return ZeroPad1D(_count_field(entry, "left", where, 0), _count_field(entry, "right", where, 0))

@@ -54,6 +54,18 @@ input layout               (B, T, I)                        (B, T, I)           
                                                                                        valid steps)
 ``Flatten`` of (B, T, F)   (B, T·F); T from the input       same                       ``Flatten(T)``: the model
                            shape                                                       runs only with that T
+``Conv1D``                 (B, T, C); ``kernel`` (k,        same                       ``Conv1D`` W (out, in/g, k)
+                           in/groups, out); padding                                    transposed; padding (0, 0),
+                           ``valid``, ``same`` (odd frame                              ((k−1)d // 2, rest),
+                           on the right), ``causal``                                   ((k−1)d, 0); same with
+                           ((k−1)·d on the left)                                       stride > 1: ``same_upper``
+``BatchNormalization``     after a Conv1D or Dense without  same                       folded into its weights
+after Conv1D / Dense       activation
+``MaxPooling1D``,          ``pool_size``, ``strides``       same                       ``Pool1D``; average never
+``AveragePooling1D``       (default pool_size); ``same``                               counts padding
+                           averages exclude the padding
+``ZeroPadding1D``          ``padding`` int or (left, right) same                       ``ZeroPad1D`` (folded into
+                                                                                       a Conv1D after it)
 =========================  ===============================  =========================  ===========================
 
 Dropout, SpatialDropout1D, GaussianNoise, GaussianDropout and AlphaDropout do nothing at
@@ -71,11 +83,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import GrurtError, ModelFormatError, UnsupportedModelError
+from ..errors import GrurtError, InputError, ModelFormatError, UnsupportedModelError
 from ..limits import MAX_ARRAYS, MAX_HDF5_BYTES, MAX_JSON_BYTES, MAX_PARAMETERS, parse_json
 from ..model import Model
 from ..spec import GRU, MERGE_MODES, Activation, ActivationFunction, Dense, Merge, ModelSpec, Reverse, Scale, activation
 from ..spec import Embedding, Flatten, GlobalPool, LayerNorm, UnitNorm
+from ..spec import Conv1D, Pool1D, ZeroPad1D, append_folded, output_steps
 from .scalers import with_scalers
 
 #: Layers that do nothing at inference.
@@ -651,7 +664,7 @@ def spec_from_keras(model_config: dict, weights: dict, keras_version: str) -> Mo
         features = None     # the model takes ids; the Embedding gives the features
     elif features is None:
         raise ModelFormatError("cannot tell the number of input features: the model has no weights")
-    steps = batch_shape[1] if batch_shape else None
+    input_steps = steps = batch_shape[1] if batch_shape else None
     input_size, has_time, layers, mask_value = features, True, [], None
     for config in chain:
         layer = _Layer(config["class_name"], _layer_name(config), config.get("config", {}),
@@ -680,9 +693,19 @@ def spec_from_keras(model_config: dict, weights: dict, keras_version: str) -> Mo
         except (TypeError, ValueError, KeyError, AttributeError, IndexError) as exc:  # a hostile config
             raise ModelFormatError(f"{layer.where()}: malformed config or weights ({exc!r})") from None
         if produced:
-            layers.extend(produced)
+            if layer.kind in _FOLDING:
+                append_folded(layers, produced)     # BatchNormalization into Conv1D/Dense, ...
+            else:
+                layers.extend(produced)
             so_far = ModelSpec(input_size, tuple(layers))
             features, has_time = so_far.output_size, so_far.returns_sequence
+            if layer.kind in _TIME_KINDS and isinstance(input_steps, int) and input_steps >= 1:
+                # convolutions, pooling and padding change the frame count a later Flatten sees
+                try:
+                    steps = output_steps(so_far, input_steps)
+                except InputError as exc:
+                    raise UnsupportedModelError(f"{layer.where()}: the model's input of {input_steps} steps "
+                                                f"is too short ({exc})") from None
     if not any(isinstance(layer, GRU) for layer in layers):
         raise UnsupportedModelError("the Keras model contains no GRU layer")
     return ModelSpec(input_size, tuple(layers), mask_value=mask_value)
@@ -699,6 +722,87 @@ def _first_dimension(chain, weights):
     """The input feature count as the leading dimension of the first weight (kernel, γ or mean)."""
     for layer in chain:
         arrays = weights.get(_layer_name(layer))
+        if arrays and layer.get("class_name") == "Conv1D" and np.ndim(arrays[0]) == 3:   # kernel (k, in/g, out)
+            return int(np.shape(arrays[0])[1]) * int(layer.get("config", {}).get("groups", 1))
         if arrays and np.ndim(arrays[0]):
             return int(np.shape(arrays[0])[0])
     return None
+
+
+# ---- layers over time (issue 12): Conv1D, pooling, zero padding ----
+
+def _single(layer: _Layer, key, default=None):
+    """An int option that Keras writes as an int or a one-element list."""
+    value = layer.config.get(key, default)
+    if isinstance(value, (list, tuple)):
+        if len(value) != 1:
+            raise UnsupportedModelError(f"{key}={value!r}; a 1-D layer takes one value")
+        value = value[0]
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ModelFormatError(f"{key} must be an integer, got {value!r}")
+    return value
+
+
+def _channels_last(layer: _Layer):
+    if layer.config.get("data_format", "channels_last") not in ("channels_last", None):
+        raise UnsupportedModelError(f"data_format={layer.config['data_format']!r}; grurt reads channels_last "
+                                    "(batch, time, channels)")
+    if not layer.has_time:
+        raise UnsupportedModelError("needs a sequence, but an earlier layer already removed the time axis")
+
+
+def _keras_padding(name, span, stride, what="padding"):
+    """Keras valid / same / causal → (left, right), or 'same_upper' when it depends on T (stride > 1)."""
+    if name == "valid":
+        return (0, 0)
+    if name == "same":      # TensorFlow SAME: the odd frame at the end
+        return "same_upper"
+    if name == "causal":
+        return (span - 1, 0)
+    raise UnsupportedModelError(f"{what}={name!r} is not supported; grurt reads valid, same and causal")
+
+
+def _conv1d(layer: _Layer):
+    _channels_last(layer)
+    config = layer.config
+    filters, use_bias = config.get("filters"), config.get("use_bias", True)
+    k, s, d, groups = (_single(layer, "kernel_size"), _single(layer, "strides", 1), _single(layer, "dilation_rate", 1),
+                       config.get("groups", 1))
+    layer.expect_weights(1 + use_bias)
+    kernel = np.asarray(layer.weights[0])
+    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1 or layer.features % groups:
+        raise ModelFormatError(f"groups={groups!r} does not divide the {layer.features} input channels")
+    layer.expect_shape("kernel", kernel, (k, layer.features // groups, filters))
+    bias = layer.weights[1] if use_bias else np.zeros(filters, np.float32)
+    layer.expect_shape("bias", bias, (filters,))
+    padding = _keras_padding(config.get("padding", "valid"), (k - 1) * d + 1, s)
+    return [Conv1D(W=kernel.transpose(2, 1, 0), b=bias, stride=s, dilation=d, groups=groups, padding=padding,
+                   activation=layer.activation("activation"))]
+
+
+def _pooling1d(layer: _Layer):
+    _channels_last(layer)
+    size = _single(layer, "pool_size", 2)
+    stride = size if layer.config.get("strides") is None else _single(layer, "strides")
+    if layer.config.get("padding", "valid") == "causal":
+        raise UnsupportedModelError("padding='causal' is not a pooling padding")
+    padding = _keras_padding(layer.config.get("padding", "valid"), size, stride)
+    # Keras (TensorFlow) averages exclude the padding
+    return [Pool1D("max" if layer.kind.startswith("Max") else "average", size, stride, padding)]
+
+
+def _zero_padding1d(layer: _Layer):
+    if not layer.has_time:
+        raise UnsupportedModelError("needs a sequence, but an earlier layer already removed the time axis")
+    padding = layer.config.get("padding", 1)
+    left, right = (padding, padding) if isinstance(padding, int) else padding
+    return [ZeroPad1D(left, right)]
+
+
+_LAYERS.update({"Conv1D": _conv1d, "MaxPooling1D": _pooling1d, "AveragePooling1D": _pooling1d,
+                "MaxPool1D": _pooling1d, "AvgPool1D": _pooling1d, "ZeroPadding1D": _zero_padding1d})
+#: Layers appended with spec.append_folded: BatchNormalization into the Conv1D or Dense before it,
+#: an Activation into a Conv1D, ZeroPadding1D into the Conv1D after it.
+_FOLDING = ("BatchNormalization", "Activation", "Conv1D")
+#: Layers that change the number of frames (a Flatten after them reads the new count).
+_TIME_KINDS = ("Conv1D", "MaxPooling1D", "AveragePooling1D", "MaxPool1D", "AvgPool1D", "ZeroPadding1D")

@@ -13,12 +13,25 @@ optional), suffix ``_reverse``                                        (``linear_
 ``bias_hh`` (bias optional)                                           sequence, ``linear_before_reset=1``
 ``weight`` (out, in), ``bias`` (out,)           ``nn.Linear``         ``Dense`` (per step on a sequence, as
                                                                       torch applies Linear)
+``weight`` (num, dim) with                      ``nn.Embedding``      ``Embedding``: first module only, the
+``types={"m": "Embedding"}``                                          model takes token ids (B, T)
+``weight`` (out, in/groups, k), ``bias``        ``nn.Conv1d``         ``Conv1D`` over (B, T, C) (the
+(optional); ``conv={"m": padding}``                                   transposes implied, as from_torch);
+                                                                      a BatchNorm1d right after it folds in
+``running_mean``, ``running_var``, ``weight``,  ``nn.BatchNorm1d``    ``Scale`` (eps ``eps={"m": ...}``,
+``bias`` (affine), ``num_batches_tracked``                            default 1e-5), folded into the
+                                                                      Conv1d or Linear before it
+``weight`` (n,), ``bias`` (n,)                  ``nn.LayerNorm``      ``LayerNorm`` over the features (eps
+                                                                      ``eps=``, default 1e-5)
 ==============================================  ====================  =====================================
 
 ``weight_hh`` with 3H rows is a GRU; 4H rows (``nn.LSTM``) or H (``nn.RNN``) are refused, as
-are modules whose names match none of the rows above (``nn.Embedding``'s lone ``weight``,
-``nn.Conv1d``'s 3-D weight, ``nn.BatchNorm1d``'s running statistics, ``nn.LayerNorm``). A lone
-2-D ``weight`` is ``nn.Linear(bias=False)`` or ``nn.Embedding``: ``types={"m": "Linear"}`` says which.
+are modules whose names match none of the rows above. What names cannot tell comes as an option:
+a lone 2-D ``weight`` is ``nn.Linear(bias=False)`` or ``nn.Embedding`` (``types={"m": "Linear"}``
+or ``"Embedding"``); a lone 1-D ``weight`` is ``nn.LayerNorm(bias=False)`` or another module
+(``types={"m": "LayerNorm"}``); a Conv1d's padding, stride and dilation are not stored
+(``conv={"m": "causal"}``, an int p for ``padding=p``, ``(left, right)``, ``"same"``, ``"valid"``,
+or a dict ``{"padding": ..., "stride": s, "dilation": d, "groups": g}``: required for every Conv1d).
 
 Modules run in the order the state dict lists them (PyTorch lists them in the order ``__init__``
 assigns them, which is not always the call order: ``modules=[...]`` gives the order, and uses
@@ -45,19 +58,22 @@ import numpy as np
 from ..errors import GrurtError, ModelFormatError, UnsupportedModelError
 from ..limits import MAX_ARRAYS, MAX_MEMBER_BYTES, MAX_PARAMETERS
 from ..model import Model
-from ..spec import GRU, Activation, ActivationFunction, Dense, LastStep, ModelSpec, activation
+from ..spec import (GRU, Activation, ActivationFunction, Conv1D, Dense, Embedding, LastStep, LayerNorm, ModelSpec,
+                    Scale, activation, append_folded)
 from .scalers import with_scalers
 from .torch import torch_gru_direction
 
 _GRU_PARAM = re.compile(r"(weight_ih|weight_hh|bias_ih|bias_hh)_l(\d+)(_reverse)?")
 _CELL_PARAMS = {"weight_ih", "weight_hh", "bias_ih", "bias_hh"}
-_TYPES = ("GRU", "GRUCell", "Linear")
-_WHAT_WE_READ = ("grurt reads the parameters of nn.GRU, nn.GRUCell and nn.Linear today; build other "
-                 "layers with grurt.layers and grurt.Model.chain, or leave this module out with modules=[...]")
+_TYPES = ("GRU", "GRUCell", "Linear", "Embedding", "Conv1d", "BatchNorm1d", "LayerNorm")
+_WHAT_WE_READ = ("grurt reads the parameters of nn.GRU, nn.GRUCell, nn.Linear, nn.Embedding, nn.Conv1d, "
+                 "nn.BatchNorm1d and nn.LayerNorm; build other layers with grurt.layers and grurt.Model.chain, "
+                 "or leave this module out with modules=[...]")
+_TORCH_EPS = 1e-5        # nn.BatchNorm1d's and nn.LayerNorm's default eps
 
 
 def from_state_dict(source, last_step: bool = False, activations=None, modules=None, types=None,
-                    key=None, input_scaler=None, output_scaler=None) -> Model:
+                    key=None, input_scaler=None, output_scaler=None, conv=None, eps=None) -> Model:
     """A Model from a PyTorch state dict: a ``.npz``, ``.safetensors`` or ``.pt``/``.pth`` file, or a
     mapping name → array (numpy arrays or torch tensors).
 
@@ -67,7 +83,16 @@ def from_state_dict(source, last_step: bool = False, activations=None, modules=N
       (``"sigmoid"``, ``"tanh"``, ``"relu"``, ``"softmax"``, ... or a ``grurt.spec.activation(...)``).
     * ``modules``: the module prefixes in call order (default: the order of the state dict);
       modules not named are left out.
-    * ``types``: ``{module prefix: "Linear"}`` where names cannot tell (a lone 2-D ``weight``).
+    * ``types``: ``{module prefix: "Linear"}`` where names cannot tell: a lone 2-D ``weight``
+      (``"Linear"`` or ``"Embedding"``; an Embedding must be the first module, the model then
+      takes token ids), a lone 1-D ``weight`` (``"LayerNorm"``).
+    * ``conv``: ``{module prefix: padding}`` for each ``nn.Conv1d``, which the state dict does not
+      store: ``"causal"`` ((k−1)·dilation frames on the left: the convolution streams), an int p
+      (torch's ``padding=p``), ``(left, right)``, ``"same"`` or ``"valid"``; or a dict with
+      ``padding`` and any of ``stride``, ``dilation``, ``groups`` (default 1). The Conv1d runs on
+      the (B, T, C) sequence, the transposes to and from torch's (B, C, T) implied.
+    * ``eps``: ``{module prefix: epsilon}`` of an ``nn.BatchNorm1d`` or ``nn.LayerNorm`` created
+      with another eps than torch's default 1e-5.
     * ``key``: the entry holding the state dict in a checkpoint dict (``"model_state_dict"``).
     * ``input_scaler``/``output_scaler``: fitted scikit-learn scalers, as in :func:`grurt.from_torch`.
     """
@@ -75,7 +100,8 @@ def from_state_dict(source, last_step: bool = False, activations=None, modules=N
     groups = _modules(arrays, modules)
     types = dict(types or {})
     activations = dict(activations or {})
-    for option, names in (("types", types), ("activations", activations)):
+    conv, eps = dict(conv or {}), dict(eps or {})
+    for option, names in (("types", types), ("activations", activations), ("conv", conv), ("eps", eps)):
         unknown = [name for name in names if name not in groups]
         if unknown:
             raise ModelFormatError(f"{option} names {unknown}, which are not modules of the state dict "
@@ -83,20 +109,31 @@ def from_state_dict(source, last_step: bool = False, activations=None, modules=N
     built = []
     for prefix, params in groups.items():
         kind = _module_type(prefix, params, types.get(prefix))
-        built.append((prefix, kind, _GRU_LAYERS[kind](prefix, params) if kind != "Linear" else [_linear(prefix, params)]))
-    if all(kind == "Linear" for _, kind, _ in built):
+        for option, kinds in (("conv", ("Conv1d",)), ("eps", ("BatchNorm1d", "LayerNorm"))):
+            if prefix in {"conv": conv, "eps": eps}[option] and kind not in kinds:
+                raise ModelFormatError(f"{option} names module {_name(prefix)}, which is an nn.{kind}, not "
+                                       f"{' or '.join('nn.' + k for k in kinds)}")
+        built.append((prefix, kind, _build(kind, prefix, params, conv.get(prefix), eps.get(prefix, _TORCH_EPS))))
+    if not any(kind in _GRU_LAYERS for _, kind, _ in built):
         raise UnsupportedModelError(f"the state dict holds no nn.GRU or nn.GRUCell parameters (modules: "
                                     f"{_listing(groups)})")
     if modules is None and _is_safetensors(source) and len(built) > 1:
         built = _order_by_sizes(built, source)
-    last_gru = max(index for index, (_, kind, _) in enumerate(built) if kind != "Linear")
+    embeddings = [index for index, (_, kind, _) in enumerate(built) if kind == "Embedding"]
+    if embeddings and embeddings != [0]:
+        prefix = built[embeddings[-1] if embeddings[0] == 0 else embeddings[0]][0]
+        raise ModelFormatError(f"module {_name(prefix)} (nn.Embedding) must be the first module (its ids are the "
+                               "model's input); pass modules=[...] in the order forward() calls them")
+    last_gru = max(index for index, (_, kind, _) in enumerate(built) if kind in _GRU_LAYERS)
     layers, features = [], None
     for index, (prefix, kind, module_layers) in enumerate(built):
-        takes = module_layers[0].input_size
+        takes = _takes(module_layers[0])
         if features is not None and takes != features:
+            hint = (" (a grouped Conv1d: conv={%r: {'padding': ..., 'groups': g}})" % prefix
+                    if kind == "Conv1d" and takes and features % takes == 0 else "")
             raise ModelFormatError(
                 f"module {_name(prefix)} ({kind}) takes {takes} features, but the module before it "
-                f"({_name(built[index - 1][0])}) gives {features}: the state dict lists modules in the order "
+                f"({_name(built[index - 1][0])}) gives {features}{hint}: the state dict lists modules in the order "
                 "__init__ assigns them; pass modules=[...] in the order forward() calls them")
         function = activations.get(prefix)
         if function is not None:
@@ -104,14 +141,22 @@ def from_state_dict(source, last_step: bool = False, activations=None, modules=N
         if kind == "Linear" and function is not None:
             module_layers = [Dense(module_layers[0].W, module_layers[0].b, function)]
             function = None
-        layers.extend(module_layers)
+        # a BatchNorm1d folds into the Conv1d or Linear right before it, an activation into a Conv1d
+        append_folded(layers, module_layers)
         if last_step and index == last_gru:
             layers.append(LastStep())
         if function is not None:
-            layers.append(Activation(function))
-        features = ModelSpec(layers[0].input_size, tuple(layers)).output_size
-    spec = ModelSpec(layers[0].input_size, tuple(layers))
+            append_folded(layers, [Activation(function)])
+        features = ModelSpec(_takes(layers[0]), tuple(layers)).output_size
+    spec = ModelSpec(_takes(layers[0]), tuple(layers))
     return Model(with_scalers(spec, input_scaler, output_scaler))
+
+
+def _takes(layer):
+    """The features a module's first layer reads (None for an Embedding: it reads ids)."""
+    if isinstance(layer, Embedding):
+        return None
+    return layer.size if isinstance(layer, (Scale, LayerNorm)) else layer.input_size
 
 
 def _is_safetensors(source) -> bool:
@@ -134,8 +179,11 @@ def _order_by_sizes(built, source):
             return
         for index in remaining:
             layers = built[index][2]
-            if features is None or layers[0].input_size == features:
-                extend(order + [index], remaining - {index}, ModelSpec(layers[0].input_size, tuple(layers)).output_size)
+            takes = _takes(layers[0])
+            if takes is None and order:         # an Embedding reads the ids: first only
+                continue
+            if features is None or takes == features:
+                extend(order + [index], remaining - {index}, ModelSpec(takes, tuple(layers)).output_size)
 
     extend([], frozenset(range(len(built))), None)
     if len(orders) != 1:
@@ -331,13 +379,20 @@ def _modules(arrays, order) -> dict:
 
 
 def _module_type(prefix, params, declared) -> str:
-    """GRU, GRUCell or Linear from the parameter names and shapes; anything else is an error naming it."""
+    """The module type from the parameter names and shapes; anything else is an error naming it."""
     names = set(params)
     where = f"module {_name(prefix)}"
     if declared is not None:
         if declared not in _TYPES:
             raise UnsupportedModelError(f"{where}: types says {declared!r}; grurt reads {', '.join(_TYPES)}")
-        if declared != "Linear" and _module_type(prefix, params, None) != declared:    # names tell GRUs apart
+        if declared in ("Linear", "Embedding", "LayerNorm"):       # what the names may not tell
+            shapes = {"Linear": ({"weight"}, {"weight", "bias"}), "Embedding": ({"weight"},),
+                      "LayerNorm": ({"weight"}, {"weight", "bias"})}[declared]
+            ndim = 1 if declared == "LayerNorm" else 2
+            if names not in shapes or np.ndim(params["weight"]) != ndim:
+                raise ModelFormatError(f"{where}: types says {declared!r}, but its parameters are not those of "
+                                       f"nn.{declared}: {sorted(names)} (weight {np.shape(params.get('weight'))})")
+        elif _module_type(prefix, params, None) != declared:    # the names tell the others apart
             raise ModelFormatError(f"{where}: types says {declared!r}, but its parameters are not those of "
                                    f"nn.{declared}: {sorted(names)}")
         return declared
@@ -353,9 +408,22 @@ def _module_type(prefix, params, declared) -> str:
         if names == {"weight"}:
             raise UnsupportedModelError(
                 f"{where} has a lone 2-D 'weight' {tuple(params['weight'].shape)}: nn.Linear(bias=False) or "
-                f"nn.Embedding? The names cannot tell: pass types={{{prefix!r}: 'Linear'}} if it is a Linear. "
-                f"An Embedding is not supported: {_WHAT_WE_READ}")
+                f"nn.Embedding? The names cannot tell: pass types={{{prefix!r}: 'Linear'}} if it is a Linear, "
+                f"types={{{prefix!r}: 'Embedding'}} if it is an Embedding (the first module)")
         return "Linear"
+    if {"running_mean", "running_var"} <= names <= {"running_mean", "running_var", "weight", "bias",
+                                                    "num_batches_tracked"}:
+        return "BatchNorm1d"
+    if names in ({"weight", "bias"}, {"weight"}) and np.ndim(params["weight"]) == 3 \
+            and ("bias" not in names or np.ndim(params["bias"]) == 1):
+        return "Conv1d"
+    if names == {"weight", "bias"} and np.ndim(params["weight"]) == 1 and np.ndim(params["bias"]) == 1:
+        return "LayerNorm"
+    if names == {"weight"} and np.ndim(params["weight"]) == 1:
+        raise UnsupportedModelError(
+            f"{where} has a lone 1-D 'weight' {tuple(params['weight'].shape)}: nn.LayerNorm(bias=False) or "
+            f"another module (nn.PReLU, ...)? The names cannot tell: pass types={{{prefix!r}: 'LayerNorm'}} if it "
+            "is a LayerNorm")
     raise UnsupportedModelError(f"{where} ({_guess(params)}) with parameters {sorted(names)}: {_WHAT_WE_READ}")
 
 
@@ -462,6 +530,96 @@ def _linear(prefix, params) -> Dense:
 
 
 _GRU_LAYERS = {"GRU": _gru_module, "GRUCell": _gru_cell}
+
+
+def _build(kind, prefix, params, conv, eps) -> list:
+    """The canonical layers of one module of type ``kind``."""
+    if kind in _GRU_LAYERS:
+        return _GRU_LAYERS[kind](prefix, params)
+    if kind == "Linear":
+        return [_linear(prefix, params)]
+    return {"Embedding": _embedding, "Conv1d": _conv1d, "BatchNorm1d": _batch_norm,
+            "LayerNorm": _layer_norm}[kind](f"module {_name(prefix)} (nn.{kind})", prefix, params, conv, eps)
+
+
+def _embedding(where, prefix, params, conv, eps):
+    weight = _param(where, params, "weight", None)
+    if weight.ndim != 2 or 0 in weight.shape:
+        raise ModelFormatError(f"{where}: weight must be a non-empty 2-D (num, dim) array, got {weight.shape}")
+    return [Embedding(weight)]         # padding_idx only affects training
+
+
+def _conv1d(where, prefix, params, conv, eps):
+    """nn.Conv1d: weight (out, in/groups, k), bias; padding, stride, dilation and groups from ``conv``."""
+    if conv is None:
+        raise UnsupportedModelError(
+            f"{where}: a state dict does not store a Conv1d's padding: pass conv={{{prefix!r}: padding}} with "
+            "padding 'causal', an int p (torch's padding=p), (left, right), 'same' or 'valid' (or a dict with "
+            "'padding' and any of 'stride', 'dilation', 'groups')")
+    options = dict(conv) if isinstance(conv, Mapping) else {"padding": conv}
+    unknown = set(options) - {"padding", "stride", "dilation", "groups"}
+    if unknown or "padding" not in options:
+        raise ModelFormatError(f"{where}: conv options are 'padding' (required), 'stride', 'dilation' and "
+                               f"'groups', got {sorted(options)}")
+    weight = _param(where, params, "weight", None)
+    if weight.ndim != 3 or 0 in weight.shape:
+        raise ModelFormatError(f"{where}: weight must be a non-empty 3-D (out, in/groups, k) array, got "
+                               f"{weight.shape}")
+    out, _, k = weight.shape
+    bias = _param(where, params, "bias", (out,)) if "bias" in params else np.zeros(out)
+    stride, dilation, groups = (options.get(name, 1) for name in ("stride", "dilation", "groups"))
+    for name, value in (("stride", stride), ("dilation", dilation), ("groups", groups)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ModelFormatError(f"{where}: conv {name} must be a positive integer, got {value!r}")
+    padding = options["padding"]
+    span = (k - 1) * dilation + 1
+    if padding == "causal":
+        padding = (span - 1, 0)
+    elif padding == "valid":
+        padding = (0, 0)
+    elif padding == "same":             # torch: stride 1, the odd frame on the right
+        if stride != 1:
+            raise ModelFormatError(f"{where}: torch's padding='same' needs stride 1, got {stride}")
+        padding = ((span - 1) // 2, span - 1 - (span - 1) // 2)
+    elif isinstance(padding, (int, np.integer)) and not isinstance(padding, bool):
+        padding = (int(padding), int(padding))
+    elif not (isinstance(padding, (tuple, list)) and len(padding) == 2):
+        raise ModelFormatError(f"{where}: conv padding must be 'causal', 'same', 'valid', an int or (left, right), "
+                               f"got {padding!r}")
+    return [Conv1D(W=weight, b=bias, stride=stride, dilation=dilation, groups=groups, padding=tuple(padding))]
+
+
+def _batch_norm(where, prefix, params, conv, eps):
+    """nn.BatchNorm1d in eval mode: a per-channel x·a + c from the running statistics."""
+    from .keras import batchnorm_affine
+    mean = _param(where, params, "running_mean", None)
+    if mean.ndim != 1 or mean.size == 0:
+        raise ModelFormatError(f"{where}: running_mean must be a non-empty 1-D array, got {mean.shape}")
+    n = mean.size
+    variance = _param(where, params, "running_var", (n,))
+    if (variance < 0).any():
+        raise ModelFormatError(f"{where}: running_var has negative values")
+    gamma = _param(where, params, "weight", (n,)) if "weight" in params else None
+    beta = _param(where, params, "bias", (n,)) if "bias" in params else None
+    if (gamma is None) != (beta is None):
+        raise ModelFormatError(f"{where}: an affine BatchNorm1d has both weight and bias")
+    a, c = batchnorm_affine(mean, variance, _eps(where, eps), gamma, beta)
+    return [Scale(a, c)]
+
+
+def _layer_norm(where, prefix, params, conv, eps):
+    gamma = _param(where, params, "weight", None)
+    if gamma.ndim != 1 or gamma.size == 0:
+        raise ModelFormatError(f"{where}: weight must be a non-empty 1-D array, got {gamma.shape}")
+    beta = _param(where, params, "bias", gamma.shape) if "bias" in params else np.zeros(gamma.size)
+    return [LayerNorm(gamma, beta, _eps(where, eps))]
+
+
+def _eps(where, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not math.isfinite(value) or value < 0:
+        raise ModelFormatError(f"{where}: eps must be a non-negative number, got {value!r}")
+    return float(value)
 
 
 def _activation(prefix, value) -> ActivationFunction:

@@ -31,6 +31,18 @@ input layout                (T, B, I), or (B, T, I) with batch_first    always (
                             only affects training                       model takes ids (B, T)
 ``LayerNorm``               eps 1e-5 over ``normalized_shape``;         ``LayerNorm`` (last axis only);
                             ``elementwise_affine``, ``bias``            γ = 1, β = 0 when absent
+``Conv1d``                  on (B, C, T); ``weight`` (out, in/groups,   ``Conv1D`` on (B, T, C): the same weight;
+                            k); ``padding`` p (both sides), ``'same'``  padding (p, p), same: ((k−1)d // 2, the
+                            (stride 1, odd frame on the right),         rest), valid: (0, 0); other padding
+                            ``'valid'``; ``padding_mode`` zeros         modes refused
+``BatchNorm1d``             eps 1e-5; running_mean/var, weight, bias    folded into a Conv1D/Dense before it,
+                            (none when ``affine=False``)                else ``Scale``
+``MaxPool1d``,              on (B, C, T); ``padding`` both sides;       ``Pool1D``; ``ceil_mode``, dilation and
+``AvgPool1d``               ``count_include_pad=True`` by default       ``return_indices`` refused
+``ConstantPad1d``,          pads the last axis (time in (B, C, T))      ``ZeroPad1D`` (value 0 only), folded
+``ZeroPad1d``                                                           into a Conv1D after it
+channels-first modules      applied to (B, C, T) in torch               grurt's (B, T, C) input: the transposes
+                                                                        around them are implied
 ==========================  ==========================================  ==========================================
 
 torch is imported lazily, by :func:`from_torch` itself.
@@ -41,8 +53,9 @@ import numpy as np
 
 from ..errors import UnsupportedModelError
 from ..model import Model
-from ..spec import GRU, Activation, Dense, LastStep, ModelSpec, activation
+from ..spec import GRU, Activation, Conv1D, Dense, LastStep, ModelSpec, Pool1D, Scale, ZeroPad1D, activation
 from ..spec import Embedding, LayerNorm
+from ..spec import append_folded
 from .scalers import with_scalers
 
 # torch.nn activation modules -> (grurt kind, attribute holding alpha or None)
@@ -117,9 +130,11 @@ def _torch_layer(module, index, has_time: bool) -> list:
         raise UnsupportedModelError(f"module {index} (Flatten): flattening a sequence is not supported")
     if kind in _TORCH_NO_OPS:
         return []
+    if kind in _TORCH_TIME_MODULES:
+        return _TORCH_TIME_MODULES[kind](module, f"module {index} ({kind})")
     raise UnsupportedModelError(
         f"module {index} ({kind}): unsupported torch module; grurt converts GRU, GRUCell, Linear, Embedding, "
-        f"LayerNorm, {', '.join(_TORCH_ACTIVATIONS)}, Dropout and Flatten")
+        f"LayerNorm, {', '.join(_TORCH_ACTIVATIONS)}, Dropout, Flatten, {', '.join(_TORCH_TIME_MODULES)}")
 
 
 def from_torch(module, last_step: bool = False, input_scaler=None, output_scaler=None) -> Model:
@@ -133,6 +148,12 @@ def from_torch(module, last_step: bool = False, input_scaler=None, output_scaler
     A ``GRUCell`` is a GRU layer of one direction that returns its final state:
     ``model.run(x[:, None], initial_state=[h[None]])`` is ``cell(x, h)``, and a stream steps it.
     An ``Embedding`` first makes the model take integer ids (B, T).
+
+    Channels-first modules (``Conv1d``, ``BatchNorm1d``, ``MaxPool1d``, ``AvgPool1d``,
+    ``ConstantPad1d``, ``ZeroPad1d``) are read as applied to the (B, T, C) sequence with the
+    transposes to and from PyTorch's (B, C, T) implied (docs/convolutions.md). A BatchNorm1d
+    folds into the Conv1d or Linear before it, an activation into a Conv1d, padding into the
+    Conv1d after it.
     """
     return Model(spec_from_torch(module, last_step, input_scaler, output_scaler))
 
@@ -155,8 +176,9 @@ def spec_from_torch(module, last_step: bool = False, input_scaler=None, output_s
     layers = []
     for index, child in enumerate(modules):
         has_time = not (last_step and last_gru is not None and index > last_gru)
-        layers.extend(_torch_layer(child, index, has_time=has_time and not (first_cell is not None
-                                                                            and index > first_cell)))
+        # BatchNorm1d folds into the Conv1d/Linear before it, ReLU & co. into a Conv1d, padding into a Conv1d
+        append_folded(layers, _torch_layer(child, index, has_time=has_time and not (first_cell is not None
+                                                                                    and index > first_cell)))
         if last_step and index == last_gru:
             layers.append(LastStep())
     if last_gru is None and first_cell is None:
@@ -167,12 +189,12 @@ def spec_from_torch(module, last_step: bool = False, input_scaler=None, output_s
 
 def _first_input(layers):
     first = layers[0]
-    if isinstance(first, (GRU, Dense)):
+    if isinstance(first, (GRU, Dense, Conv1D)):
         return first.input_size
     if isinstance(first, Embedding):
         return None     # the model takes ids
-    raise UnsupportedModelError("the first module must be nn.GRU, nn.GRUCell, nn.Linear or nn.Embedding so that "
-                                "the input size is known")
+    raise UnsupportedModelError("the first module must be nn.GRU, nn.GRUCell, nn.Linear, nn.Conv1d or nn.Embedding "
+                                "so that the input size is known")
 
 
 # ---- GRUCell, Embedding, LayerNorm (issue 12) ----
@@ -204,4 +226,71 @@ def _torch_layer_norm(module, index) -> list:
 
 
 _TORCH_MODULES_12 = {"GRUCell": _torch_gru_cell, "Embedding": _torch_embedding, "LayerNorm": _torch_layer_norm}
+
+
+# ---- channels-first modules over time (issue 12): Conv1d, BatchNorm1d, pooling, padding ----
+
+def _one(value, what, where):
+    """An int, or the single element of a 1-tuple (torch's ``_single`` attributes)."""
+    if isinstance(value, (tuple, list)):
+        if len(value) != 1:
+            raise UnsupportedModelError(f"{where}: {what}={value!r}; a 1-D layer takes one value")
+        value = value[0]
+    return int(value)
+
+
+def _torch_conv1d(module, where):
+    if module.padding_mode != "zeros":
+        raise UnsupportedModelError(f"{where}: padding_mode={module.padding_mode!r} is not supported; grurt pads "
+                                    "with zeros only")
+    k, d = _one(module.kernel_size, "kernel_size", where), _one(module.dilation, "dilation", where)
+    if module.padding == "valid":
+        padding = (0, 0)
+    elif module.padding == "same":       # torch: stride 1, the odd frame on the right
+        total = d * (k - 1)
+        padding = (total // 2, total - total // 2)
+    else:
+        p = _one(module.padding, "padding", where)
+        padding = (p, p)
+    bias = _numpy(module.bias) if module.bias is not None else np.zeros(module.out_channels, np.float32)
+    return [Conv1D(W=_numpy(module.weight), b=bias, stride=_one(module.stride, "stride", where), dilation=d,
+                   groups=module.groups, padding=padding)]
+
+
+def _torch_batchnorm(module, where):
+    if not module.track_running_stats or module.running_mean is None:
+        raise UnsupportedModelError(f"{where}: track_running_stats=False normalises with each batch's statistics, "
+                                    "even in eval mode; grurt needs running statistics")
+    from .keras import batchnorm_affine
+    gamma = _numpy(module.weight) if module.affine else None
+    beta = _numpy(module.bias) if module.affine else None
+    a, c = batchnorm_affine(_numpy(module.running_mean), _numpy(module.running_var), module.eps, gamma, beta)
+    return [Scale(a, c)]
+
+
+def _torch_pool(module, where):
+    kind = type(module).__name__
+    if module.ceil_mode:
+        raise UnsupportedModelError(f"{where}: ceil_mode=True is not supported")
+    if kind == "MaxPool1d" and (_one(module.dilation, "dilation", where) != 1 or module.return_indices):
+        raise UnsupportedModelError(f"{where}: dilation and return_indices are not supported")
+    size = _one(module.kernel_size, "kernel_size", where)
+    stride = size if module.stride is None else _one(module.stride, "stride", where)
+    p = _one(module.padding, "padding", where)
+    return [Pool1D("max" if kind == "MaxPool1d" else "average", size, stride, (p, p),
+                   count_include_pad=kind == "AvgPool1d" and bool(module.count_include_pad))]
+
+
+def _torch_pad(module, where):
+    if float(getattr(module, "value", 0.0)) != 0.0:
+        raise UnsupportedModelError(f"{where}: padding value {module.value} is not supported; grurt pads with zeros")
+    padding = module.padding
+    padding = (padding, padding) if isinstance(padding, int) else tuple(padding)
+    if len(padding) != 2:
+        raise UnsupportedModelError(f"{where}: padding={module.padding!r}; grurt pads the time axis only")
+    return [ZeroPad1D(*padding)]
+
+
+_TORCH_TIME_MODULES = {"Conv1d": _torch_conv1d, "BatchNorm1d": _torch_batchnorm, "MaxPool1d": _torch_pool,
+                       "AvgPool1d": _torch_pool, "ConstantPad1d": _torch_pad, "ZeroPad1d": _torch_pad}
 

@@ -38,6 +38,7 @@ import warnings
 from ...errors import GrurtError, InputError, ModelFormatError, UnsupportedModelError
 from ...model import Model
 from ...spec import LastStep
+from .conv import _ConvOps, _TooShort
 from .graph import _Mismatch
 from .gru import _GRUOp
 from .norm import _NormOps
@@ -45,10 +46,10 @@ from .ops import _Ops
 from .proto import _open
 
 
-class _Importer(_GRUOp, _NormOps, _Ops):
+class _Importer(_GRUOp, _NormOps, _ConvOps, _Ops):
     """The interpreter with every operator's handler."""
 
-    ATTRIBUTES = {**_Ops.ATTRIBUTES, **_GRUOp.ATTRIBUTES, **_NormOps.ATTRIBUTES}
+    ATTRIBUTES = {**_Ops.ATTRIBUTES, **_GRUOp.ATTRIBUTES, **_NormOps.ATTRIBUTES, **_ConvOps.ATTRIBUTES}
 
 
 # ---- driving: probe sizes, unifying dims ----
@@ -63,14 +64,19 @@ def _interpret(source, fixed=None, probe=0):
     for _, _, dims in source.inputs:
         params += [d for d in dims if isinstance(d, str) and d not in params]
     links = {}
+    longer = 0      # added to the probe sizes while a convolution or pool finds too few frames
     while True:
         sizes = {}
         for index, param in enumerate(params):
-            sizes[param] = fixed.get(param, (3, 5)[probe] + index)
+            sizes[param] = fixed.get(param, (3, 5)[probe] + index + longer)
         for param, target in links.items():
             sizes[param] = sizes[target] if isinstance(target, str) else target
         try:
             return _Importer(source, sizes).run()
+        except _TooShort as short:
+            if longer >= 1024 or not params:
+                raise ModelFormatError(f"{short} (the graph's input is too short for it)") from None
+            longer = max(16, 4 * longer)
         except _Mismatch as mismatch:
             got = [p for p in params if sizes[p] == mismatch.got and p not in links and p not in fixed]
             expected = [p for p in params if sizes[p] == mismatch.expected]

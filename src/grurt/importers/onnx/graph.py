@@ -31,7 +31,7 @@ import numpy as np
 
 from ...errors import GrurtError, ModelFormatError, UnsupportedModelError
 from ...limits import MAX_IDS, MAX_PARAMETERS
-from ...spec import GRU, Dense, LastStep, ModelSpec, Reverse, Scale
+from ...spec import GRU, Dense, LastStep, ModelSpec, Reverse, Scale, append_folded
 from .proto import _DEFAULT_DOMAINS, _attributes, _live_nodes
 
 _LOOP_HINT = {"Loop": " (tf2onnx writes Keras GRUs other than sigmoid/reset_after=True as a Loop)",
@@ -207,7 +207,9 @@ class _Interpreter:
             raise UnsupportedModelError("sequence_lens must be one graph input given to every GRU node; "
                                         "grurt applies one lengths array to all layers")
         ids_block, takes_ids = self.inputs[self.sequence_input]     # an integer input is token ids (Embedding)
-        spec = ModelSpec(input_size=None if takes_ids else ids_block.shape[-1], layers=tuple(self.layers))
+        layers = []
+        append_folded(layers, self.layers)    # BatchNormalization into a Conv, Relu into a Conv, Pad into a Conv
+        spec = ModelSpec(input_size=None if takes_ids else ids_block.shape[-1], layers=tuple(layers))
         return _Import(spec, self.sequence_input, self.batch_first, self.state_inputs,
                        self.lengths[0] if self.lengths else None, self.tip, self.states,
                        {name: ids for name, (ids, _) in self.inputs.items()}, outputs, self.lbr0_nodes)
