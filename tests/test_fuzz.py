@@ -87,7 +87,7 @@ def _zip(path, members):
 
 def test_every_keras_member_is_bounded(tmp_path, monkeypatch):
     pytest.importorskip("pyfive")
-    import grurt.importers.keras as keras_importer
+    import grurt.importers.keras.files as keras_importer
     config = '{"class_name": "Sequential", "config": {"layers": []}}'
     monkeypatch.setattr(keras_importer, "MAX_HDF5_BYTES", 1 << 20)
     bomb = _zip(tmp_path / "bomb.keras", {"config.json": config, "model.weights.h5": b"\0" * (4 << 20)})

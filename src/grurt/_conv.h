@@ -37,8 +37,8 @@ typedef struct {
     grurt_act act;
 } grurt_conv;
 
-/* TensorFlow / ONNX SAME padding of T frames: ceil(T / s) outputs, the odd frame at the end
- * (upper) or at the start (lower). */
+/* SAME padding of T frames: ceil(T / s) outputs, total padding max((ceil(T/s) − 1)·s + span − T, 0),
+ * the odd frame at the end (upper) or at the start (lower). */
 static inline void grurt_same_pads(int T, int stride, int span, int lower, int *left, int *right) {
     int out = (T + stride - 1) / stride;
     int total = (out - 1) * stride + span - T;

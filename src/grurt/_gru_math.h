@@ -80,8 +80,8 @@ GRURT_INLINE float grurt_exp(float x) {
 }
 
 /* tanh as a 13/6-degree rational function of x on [-9, 9] (tanh is ±1 in float32 beyond):
- * tanh(x) ≈ x·p(x²)/q(x²) with the coefficients of Eigen's generic_fast_tanh_float, which MLAS
- * (onnxruntime) uses too. One division and no exponential; odd, so tanh(-x) = -tanh(x)
+ * tanh(x) ≈ x·p(x²)/q(x²) with the coefficients of Eigen's generic_fast_tanh_float (also used by
+ * MLAS). One division and no exponential; odd, so tanh(-x) = -tanh(x)
  * exactly; NaN stays NaN.
  *
  * GRURT_TANH_PQ is the one statement of the coefficients and of their evaluation order

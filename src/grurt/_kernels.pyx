@@ -86,7 +86,7 @@ cdef extern from "_norm.h" nogil:
     void grurt_flatten(const float* x, float* y, int B, int T, int F, const int* lengths)
 
 cdef extern from "_conv.h" nogil:
-    # layers over time (grurt.spec.Conv1D, Pool1D, ZeroPad1D); see _conv.h
+    # layers over time (grurt.timelayers.Conv1D, Pool1D, ZeroPad1D); see _conv.h
     ctypedef struct grurt_conv:
         int C, O, k, stride, dilation, groups
         int left, right, same, ldy

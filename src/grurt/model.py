@@ -40,7 +40,7 @@ def _as_array(value, what: str) -> np.ndarray:
 
 
 class Model:
-    """A GRU model ready to run. Build one with :func:`grurt.load`, :func:`grurt.from_torch`, ...
+    """A GRU model ready to run. Build one with :func:`grurt.load` or the ``from_*`` functions
 
     A Model is immutable and may be shared by any number of threads: each call allocates
     its own workspace, and the kernels run without the GIL.

@@ -25,89 +25,12 @@ from typing import Optional, Tuple, Union
 
 import numpy as np
 
+from ._fields import (ACTIVATION_DEFAULTS, LAYER_ONLY_ACTIVATIONS, LINEAR, POOL_MODES, SIGMOID, TANH,  # noqa: F401
+                      ActivationFunction, _positive_int, _weights, activation)
 from .errors import ModelFormatError, UnsupportedModelError
+from .timelayers import SAME_PADDINGS, TIME_LAYERS, Conv1D, Pool1D, ZeroPad1D, same_pads  # noqa: F401
 
-# name -> default (alpha, beta); None means the parameter is not used by that function.
-ACTIVATION_DEFAULTS = {
-    "sigmoid": (None, None),
-    "tanh": (None, None),
-    "relu": (None, None),
-    "softsign": (None, None),
-    "softplus": (None, None),
-    "hard_sigmoid": (0.2, 0.5),        # clip(alpha*x + beta, 0, 1)
-    "leaky_relu": (0.01, None),        # x if x >= 0 else alpha*x
-    "elu": (1.0, None),                # x if x >= 0 else alpha*(exp(x) - 1)
-    "affine": (1.0, 0.0),              # alpha*x + beta
-    "scaled_tanh": (1.0, 1.0),         # alpha*tanh(beta*x)
-    "thresholded_relu": (1.0, None),   # x if x > alpha else 0
-    "linear": (None, None),            # identity (Dense and Activation layers only)
-    "softmax": (None, None),           # over the feature axis (Dense and Activation layers only)
-}
-#: Functions that are not elementwise or are meaningless as GRU gate/candidate activations.
-LAYER_ONLY_ACTIVATIONS = ("linear", "softmax")
 DIRECTIONS = ("forward", "reverse", "bidirectional")
-
-
-@dataclass(frozen=True)
-class ActivationFunction:
-    """An elementwise function (or softmax) with its ``alpha``/``beta`` (see ACTIVATION_DEFAULTS)."""
-
-    kind: str
-    alpha: Optional[float] = None
-    beta: Optional[float] = None
-
-    def __post_init__(self):
-        if self.kind not in ACTIVATION_DEFAULTS:
-            raise UnsupportedModelError(
-                f"unsupported activation {self.kind!r}; supported: {', '.join(ACTIVATION_DEFAULTS)}")
-        default_alpha, default_beta = ACTIVATION_DEFAULTS[self.kind]
-        for name, value, default in (("alpha", self.alpha, default_alpha), ("beta", self.beta, default_beta)):
-            if default is None:
-                if value is not None:
-                    raise ModelFormatError(f"activation {self.kind!r} takes no {name} (got {value!r})")
-                continue
-            value = default if value is None else value
-            if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.floating, np.integer)):
-                raise ModelFormatError(f"activation {self.kind!r}: {name} must be a number, got {value!r}")
-            if not math.isfinite(float(value)):
-                raise ModelFormatError(f"activation {self.kind!r}: {name} must be finite, got {value!r}")
-            object.__setattr__(self, name, float(np.float32(value)))
-
-    def describe(self) -> str:
-        params = [f"{n}={v:g}" for n, v in (("alpha", self.alpha), ("beta", self.beta)) if v is not None]
-        return f"{self.kind}({', '.join(params)})" if params else self.kind
-
-
-def activation(kind: str, alpha: Optional[float] = None, beta: Optional[float] = None) -> ActivationFunction:
-    """Shorthand for :class:`ActivationFunction`; unset alpha/beta take the defaults in ACTIVATION_DEFAULTS."""
-    return ActivationFunction(kind, alpha, beta)
-
-
-SIGMOID = activation("sigmoid")
-TANH = activation("tanh")
-LINEAR = activation("linear")
-
-
-def _weights(owner: str, name: str, value, shape: Tuple[int, ...]) -> np.ndarray:
-    """Return ``value`` as a read-only, C-contiguous float32 array of exactly ``shape``."""
-    if isinstance(value, np.ndarray) and value.dtype == object:
-        raise ModelFormatError(f"{owner}: {name} is an object array, expected float32 numbers")
-    try:
-        array = np.array(value, dtype=np.float32, order="C", copy=True)
-    except (TypeError, ValueError) as exc:
-        raise ModelFormatError(f"{owner}: {name} is not numeric ({exc})") from None
-    if array.shape != tuple(shape):
-        raise ModelFormatError(f"{owner}: {name} has shape {array.shape}, expected {tuple(shape)}")
-    if not np.isfinite(array).all():
-        raise ModelFormatError(f"{owner}: {name} contains NaN or infinity")
-    array.setflags(write=False)
-    return array
-
-
-def _positive_int(owner: str, name: str, value) -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ModelFormatError(f"{owner}: {name} must be a positive integer, got {value!r}")
-    return int(value)
 
 
 def _elementwise(owner: str, fn) -> ActivationFunction:
@@ -307,7 +230,7 @@ class Embedding:
 
     Only as a model's first layer: the model then takes integer ids (B, T) or (T,) instead of
     features, and its ``input_size`` is None. An id outside [0, vocabulary) is an InputError
-    (checked before any kernel reads the table; ONNX ``Gather``'s negative ids are refused too).
+    (checked before any kernel reads the table; negative ids are refused, never wrapped).
     """
 
     table: np.ndarray
@@ -360,10 +283,9 @@ class LayerNorm:
 class UnitNorm:
     """L2 normalisation over the features of each step: ``y = x / max(‖x‖₂, epsilon)``.
 
-    With ``epsilon`` 0 (ONNX ``LpNormalization``, which has none) a step whose features are
-    all zero gives zeros, as onnxruntime computes it. PyTorch ``F.normalize`` and Keras ≥ 3.6
-    ``UnitNormalization`` floor the norm at their epsilon (1e-12); Keras 2 and Keras 3 < 3.6
-    floor the *squared* norm at 1e-12, i.e. the norm at 1e-6 (see docs/keras.md).
+    ``epsilon`` floors the norm, not its square: a floor δ on ``Σx²`` is ``epsilon = √δ``
+    (δ = 1e-12 gives 1e-6). With ``epsilon`` 0 a step whose features are all zero gives zeros
+    (not NaN). The importers' tables say which epsilon each framework's layer becomes.
     """
 
     epsilon: float = 1e-12
@@ -373,9 +295,6 @@ class UnitNorm:
 
     def describe(self) -> str:
         return f"UnitNorm(epsilon={self.epsilon:g})"
-
-
-POOL_MODES = ("average", "max")
 
 
 @dataclass(frozen=True, eq=False)
@@ -424,7 +343,7 @@ class ModelSpec:
     ``run`` then derives each sequence's length from its trailing padding.
 
     A model whose first layer is an :class:`Embedding` takes integer token ids (B, T) instead
-    of features: its ``input_size`` is None, and ``mask_value`` (Keras ``mask_zero``: 0) is
+    of features: its ``input_size`` is None, and ``mask_value`` (typically 0) is
     the padding id.
     """
 
@@ -533,194 +452,6 @@ class ModelSpec:
 
 
 # ---- layers over time: convolution, pooling, zero padding (issue 12) ----
-#
-# They read and write (B, T, F) sequences like every layer, but change the number of frames:
-# a layer with T input frames yields ``output_steps(T)`` frames. Padding is explicit: a
-# (left, right) count of zero frames, or for strides above 1 the TensorFlow/ONNX rule
-# "same_upper"/"same_lower", which depends on T (``pads(T)``); importers translate each
-# framework's convention (docs/convolutions.md).
-
-#: The padding rules that depend on the input length (stride > 1); with stride 1 they are
-#: turned into explicit frame counts when the layer is built.
-SAME_PADDINGS = ("same_upper", "same_lower")
-# POOL_MODES (max, average), shared with GlobalPool, is defined above it.
-
-
-def _non_negative_int(owner: str, name: str, value) -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 0:
-        raise ModelFormatError(f"{owner}: {name} must be a non-negative integer, got {value!r}")
-    return int(value)
-
-
-def _padding(owner: str, padding, stride: int, span: int):
-    """``padding`` as (left, right) ints, or a SAME_PADDINGS name when it depends on T."""
-    if isinstance(padding, str):
-        if padding not in SAME_PADDINGS:
-            raise ModelFormatError(f"{owner}: padding {padding!r} is not (left, right) or one of {SAME_PADDINGS}")
-        if stride == 1:      # SAME with stride 1: span - 1 frames, the odd one at the end (upper) or start (lower)
-            total = span - 1
-            small, large = total // 2, total - total // 2
-            return (small, large) if padding == "same_upper" else (large, small)
-        return padding
-    if not isinstance(padding, (tuple, list)) or len(padding) != 2:
-        raise ModelFormatError(f"{owner}: padding must be (left, right) frame counts, got {padding!r}")
-    return tuple(_non_negative_int(owner, "padding", p) for p in padding)
-
-
-def same_pads(steps: int, stride: int, span: int, lower: bool = False) -> Tuple[int, int]:
-    """TensorFlow / ONNX SAME padding of ``steps`` frames: ceil(steps / stride) outputs."""
-    total = max((-(-steps // stride) - 1) * stride + span - steps, 0)
-    small, large = total // 2, total - total // 2
-    return (large, small) if lower else (small, large)
-
-
-class _TimeLayer:
-    """What Conv1D and Pool1D share: a window of ``span`` frames every ``stride`` frames."""
-
-    def pads(self, steps: int) -> Tuple[int, int]:
-        """(left, right) zero frames added to an input of ``steps`` frames."""
-        if isinstance(self.padding, str):
-            return same_pads(steps, self.stride, self.span, self.padding == "same_lower")
-        return self.padding
-
-    def output_steps(self, steps: int) -> int:
-        """Frames out for ``steps`` frames in; 0 when the input is shorter than one window."""
-        left, right = self.pads(steps)
-        padded = steps + left + right
-        return 0 if padded < self.span else (padded - self.span) // self.stride + 1
-
-    @property
-    def causal(self) -> bool:
-        """One output per input frame, computed from that frame and earlier ones only: streams."""
-        return self.stride == 1 and self.padding == (self.span - 1, 0)
-
-    def _padding_text(self) -> str:
-        return self.padding if isinstance(self.padding, str) else f"pad={self.padding[0]},{self.padding[1]}"
-
-
-@dataclass(frozen=True, eq=False)
-class Conv1D(_TimeLayer):
-    """A 1-D convolution over time (cross-correlation, as in every framework)::
-
-        y[b, t, o] = activation(b[o] + Σ_j Σ_c W[o, c, j] · xp[b, t·stride + j·dilation, g·C/G + c])
-
-    ``W`` (out, in/groups, k), the PyTorch and ONNX layout; ``b`` (out,); output channel o
-    belongs to group g = o // (out/groups); ``xp`` is the input with ``padding`` zero frames
-    added (left, right). ``groups`` = in = out is a depthwise convolution.
-    """
-
-    W: np.ndarray
-    b: np.ndarray
-    stride: int = 1
-    dilation: int = 1
-    groups: int = 1
-    padding: Union[Tuple[int, int], str] = (0, 0)
-    activation: ActivationFunction = LINEAR
-
-    def __post_init__(self):
-        W = np.asarray(self.W)
-        if W.ndim != 3 or 0 in W.shape:
-            raise ModelFormatError(f"Conv1D: W must be a non-empty 3-D (out, in/groups, k) array, got shape {W.shape}")
-        set_ = object.__setattr__
-        for name in ("stride", "dilation", "groups"):
-            set_(self, name, _positive_int("Conv1D", name, getattr(self, name)))
-        if W.shape[0] % self.groups:
-            raise ModelFormatError(f"Conv1D: {W.shape[0]} output channels do not split into {self.groups} groups")
-        set_(self, "W", _weights("Conv1D", "W", W, W.shape))
-        set_(self, "b", _weights("Conv1D", "b", self.b, (W.shape[0],)))
-        set_(self, "padding", _padding("Conv1D", self.padding, self.stride, self.span))
-        if not isinstance(self.activation, ActivationFunction):
-            raise ModelFormatError(f"Conv1D: expected an ActivationFunction, got {self.activation!r}")
-
-    @property
-    def kernel_size(self) -> int:
-        return self.W.shape[2]
-
-    @property
-    def span(self) -> int:
-        """Input frames one output frame reads: (k − 1)·dilation + 1."""
-        return (self.kernel_size - 1) * self.dilation + 1
-
-    @property
-    def in_channels(self) -> int:
-        return self.W.shape[1] * self.groups
-
-    @property
-    def out_channels(self) -> int:
-        return self.W.shape[0]
-
-    @property
-    def input_size(self) -> int:
-        return self.in_channels
-
-    @property
-    def output_size(self) -> int:
-        return self.out_channels
-
-    def describe(self) -> str:
-        parts = [f"{self.in_channels} -> {self.out_channels}", f"k={self.kernel_size}"]
-        parts += [f"{n}={getattr(self, n)}" for n in ("stride", "dilation", "groups") if getattr(self, n) != 1]
-        parts += ["causal" if self.causal and self.span > 1 else self._padding_text(), self.activation.describe()]
-        return f"Conv1D({', '.join(parts)})"
-
-
-@dataclass(frozen=True, eq=False)
-class Pool1D(_TimeLayer):
-    """Max or average pooling over time, per feature: output frame t reads the frames
-    t·stride − left ... t·stride − left + size − 1 of the input. Padding frames take no part
-    in a maximum; an average divides by ``size`` when ``count_include_pad``, else by the
-    number of real frames in the window."""
-
-    mode: str
-    size: int
-    stride: int = 1
-    padding: Union[Tuple[int, int], str] = (0, 0)
-    count_include_pad: bool = False
-
-    def __post_init__(self):
-        if self.mode not in POOL_MODES:
-            raise UnsupportedModelError(f"Pool1D: mode {self.mode!r} is not one of {POOL_MODES}")
-        set_ = object.__setattr__
-        for name in ("size", "stride"):
-            set_(self, name, _positive_int("Pool1D", name, getattr(self, name)))
-        set_(self, "padding", _padding("Pool1D", self.padding, self.stride, self.size))
-        if not isinstance(self.padding, str) and max(self.padding) >= self.size:
-            raise ModelFormatError(f"Pool1D: padding {self.padding} must be smaller than the window ({self.size}) "
-                                   "on each side, so that every window holds a real frame")
-        if not isinstance(self.count_include_pad, (bool, np.bool_)):
-            raise ModelFormatError(f"Pool1D: count_include_pad must be a bool, got {self.count_include_pad!r}")
-        set_(self, "count_include_pad", bool(self.count_include_pad) and self.mode == "average")
-
-    @property
-    def span(self) -> int:
-        return self.size
-
-    def describe(self) -> str:
-        parts = [self.mode, f"size={self.size}", f"stride={self.stride}", self._padding_text()]
-        if self.count_include_pad:
-            parts.append("count_include_pad")
-        return f"Pool1D({', '.join(parts)})"
-
-
-@dataclass(frozen=True, eq=False)
-class ZeroPad1D:
-    """Adds ``left`` and ``right`` zero frames to every sequence (Keras ZeroPadding1D, ONNX Pad)."""
-
-    left: int = 0
-    right: int = 0
-
-    def __post_init__(self):
-        object.__setattr__(self, "left", _non_negative_int("ZeroPad1D", "left", self.left))
-        object.__setattr__(self, "right", _non_negative_int("ZeroPad1D", "right", self.right))
-
-    def output_steps(self, steps: int) -> int:
-        return steps + self.left + self.right
-
-    def describe(self) -> str:
-        return f"ZeroPad1D({self.left}, {self.right})"
-
-
-TIME_LAYERS = (Conv1D, Pool1D, ZeroPad1D)
 LAYER_TYPES = LAYER_TYPES + TIME_LAYERS
 SEQUENCE_ONLY = SEQUENCE_ONLY + TIME_LAYERS
 

@@ -10,6 +10,7 @@ channels on axis 1 and time on axis 2.
 =====================  ===============================================  ====================================
 attribute              ONNX                                             grurt
 =====================  ===============================================  ====================================
+Conv ``W``, ``B``      W (out, in/group, k), B (out,)                   ``Conv1D`` W, b: the same arrays
 ``pads``               [begin, end] frames, default 0                   ``padding`` (begin, end)
 ``auto_pad``           NOTSET (use pads), VALID, SAME_UPPER (the odd    (0, 0); with stride 1 ((span−1) // 2,
                        frame at the end), SAME_LOWER (at the start)     rest) or reversed; else same_upper/lower

@@ -11,8 +11,10 @@ ONNX                                    meaning                                 
                                         ``axis`` (−1) on; epsilon 1e-5 by default                 axis only
 ReduceMean, Sub, Pow 2, ReduceMean,     the same, as ``torch.onnx.export`` writes it before       ``LayerNorm`` (the Mul/
 Add ε, Sqrt, Div (, Mul γ, Add β)       opset 17                                                  Add fold into γ, β)
-``LpNormalization``                     x / ‖x‖_p over ``axis`` (−1); no epsilon                  ``UnitNorm(0)``: p = 2
-                                                                                                  only
+``LpNormalization``                     x / ‖x‖_p over ``axis`` (−1); no epsilon: onnxruntime     ``UnitNorm(0)``: p = 2
+                                        gives zeros for an all-zero step                          only
+ReduceL2, Clip(min=ε), Expand, Div      x / max(‖x‖₂, ε), as ``F.normalize`` exports it (ε        ``UnitNorm(ε)``
+                                        1e-12 by default)
 ``GlobalAveragePool``,                  mean / max over the axes after the first two: (B, F, T)   ``GlobalPool``: they
 ``GlobalMaxPool``, ``ReduceMean``,      → (B, F, 1); or over the ``axes`` given                   must be the time axis
 ``ReduceMax`` over time

@@ -1,0 +1,129 @@
+"""Keras models → grurt: :func:`from_keras`, :func:`load_keras`. The one place that knows Keras's conventions.
+
+See docs/keras.md. Three sources meet in one translation. The ``.keras`` archive (Keras 3,
+and Keras ≥ 2.13) and the legacy HDF5 file (Keras 2 and 3) are read with pyfive alone (a
+pure-Python HDF5 reader: libhdf5 is not safe on hostile bytes), without importing keras or tensorflow; :func:`from_keras` reads a live model. Each produces
+the same triple:
+
+* the model config, ``{"class_name": ..., "config": ...}`` as Keras serialises it;
+* each layer's weights keyed by layer name, in ``layer.get_weights()`` order;
+* the Keras version that saved it (``hard_sigmoid`` differs between Keras 2 and 3);
+
+and :func:`spec_from_keras` turns that into a :class:`~grurt.spec.ModelSpec`.
+
+=========================  ===============================  =========================  ===========================
+                           Keras 3                          Keras 2 / tf.keras         grurt (:mod:`grurt.spec`)
+=========================  ===============================  =========================  ===========================
+GRU gate order             z, r, h                          z, r, h                    z, r, h (unchanged)
+GRU weights                ``kernel`` (I, 3H),              same                       transposed: ``W`` (3H, I),
+                           ``recurrent_kernel`` (H, 3H)                                ``R`` (3H, H)
+reset position             ``reset_after``, default True    tf.keras 2: True;          ``linear_before_reset``
+                                                            Keras ≤ 2.2: False
+GRU bias                   (2, 3H) [input; recurrent] with  same                       ``B`` (6H): the two rows, or
+                           ``reset_after``, else (3H,)                                 [bias, 0]
+gate activation            ``recurrent_activation``,        sigmoid (Keras ≤ 2.2.5:    ``gate_activation``
+                           default sigmoid                  hard_sigmoid)
+candidate activation       ``activation``, default tanh     same                       ``candidate_activation``
+``hard_sigmoid``           clip(x/6 + 0.5, 0, 1)            clip(0.2·x + 0.5, 0, 1)    α = 1/6 or 0.2, β = 0.5
+``leaky_relu``             negative slope 0.2               same                       α = 0.2
+``go_backwards``           returns the sequence in          same                       reverse GRU + ``Reverse``
+                           reversed time order
+``Bidirectional``          flips the backward output        same                       bidirectional GRU (concat)
+                           back; ``merge_mode`` concat                                 + ``Merge``; None refused
+                           (default), sum, ave, mul, None
+``Masking``                all-equal ``mask_value`` steps   same                       ``mask_value``: trailing
+                           are skipped, state carried                                  padding gives the lengths
+                                                                                       (first layer only)
+``Dense``                  ``kernel`` (I, out), ``bias``    same                       ``W`` (out, I) transposed
+``BatchNormalization``     epsilon 1e-3; [γ, β, mean, var]  same                       ``Scale``
+                           (γ/β absent without
+                           ``scale``/``center``)
+``Normalization``          (x − mean) / max(√var, 1e-7)     same                       ``Scale``
+input layout               (B, T, I)                        (B, T, I)                  (B, T, I)
+``Embedding``              ``embeddings`` (V, E);           same                       ``Embedding`` (first layer
+                           ``mask_zero``: id 0 masks                                   only; the model takes ids);
+                                                                                       ``mask_value`` 0
+``LayerNormalization``     epsilon 1e-3 over ``axis``;      same                       ``LayerNorm`` (last axis
+                           [γ, β] (absent without                                      only); ``rms_scaling``
+                           ``scale``/``center``)                                       refused
+``UnitNormalization``      x / max(‖x‖, 1e-12) (≥ 3.6)      x / √max(Σx², 1e-12)       ``UnitNorm`` ε = 1e-12,
+                                                            (Keras 3 < 3.6 too)        or 1e-6 = √1e-12
+``GlobalAveragePooling1D`` mean over the unmasked steps     same                       ``GlobalPool`` (average over
+                                                                                       valid steps)
+``GlobalMaxPooling1D``     max over all steps (no mask)     same                       ``GlobalPool`` (max over
+                                                                                       valid steps)
+``Flatten`` of (B, T, F)   (B, T·F); T from the input       same                       ``Flatten(T)``: the model
+                           shape                                                       runs only with that T
+``Conv1D``                 (B, T, C); ``kernel`` (k,        same                       ``Conv1D`` W (out, in/g, k)
+                           in/groups, out); padding                                    transposed; padding (0, 0),
+                           ``valid``, ``same`` (odd frame                              ((k−1)d // 2, rest),
+                           on the right), ``causal``                                   ((k−1)d, 0); same with
+                           ((k−1)·d on the left)                                       stride > 1: ``same_upper``
+``BatchNormalization``     after a Conv1D or Dense without  same                       folded into its weights
+after Conv1D / Dense       activation
+``MaxPooling1D``,          ``pool_size``, ``strides``       same                       ``Pool1D``; average never
+``AveragePooling1D``       (default pool_size); ``same``                               counts padding
+                           averages exclude the padding
+``ZeroPadding1D``          ``padding`` int or (left, right) same                       ``ZeroPad1D`` (folded into
+                                                                                       a Conv1D after it)
+=========================  ===============================  =========================  ===========================
+
+Dropout, SpatialDropout1D, GaussianNoise, GaussianDropout and AlphaDropout do nothing at
+inference.
+
+The package: :mod:`.files` reads ``.keras`` archives and HDF5 files (pyfive, size limits),
+:mod:`.layers` translates the config and weights into grurt layers.
+"""
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+
+from ...errors import GrurtError, ModelFormatError, UnsupportedModelError
+from ...model import Model
+from ...spec import ModelSpec
+from ..scalers import with_scalers
+from .files import HDF5_SIGNATURE, read_keras  # noqa: F401
+from .layers import (_chain, _major, batchnorm_affine, keras_activation, keras_dense,  # noqa: F401
+                     keras_gru_direction, spec_from_keras)
+
+
+
+def from_keras(model, input_scaler=None, output_scaler=None) -> Model:
+    """Convert a live Keras model (Keras 3 on any backend, or tf.keras 2) to a Model.
+
+    The model is a Sequential or functional chain of the layers listed in docs/keras.md.
+    ``input_scaler``/``output_scaler``: fitted scikit-learn MinMaxScaler or StandardScaler,
+    folded in so that the Model takes raw input and returns outputs in real units.
+    """
+    return Model(with_scalers(live_keras_spec(model), input_scaler, output_scaler))
+
+
+def live_keras_spec(model) -> ModelSpec:
+    """The :class:`~grurt.spec.ModelSpec` of a live Keras model (what :func:`from_keras` runs)."""
+    if not hasattr(model, "layers") or not hasattr(model, "get_config"):
+        raise UnsupportedModelError(f"expected a Keras Sequential or functional model, got {type(model).__name__}")
+    try:
+        config = model.get_config()
+    except NotImplementedError:
+        raise UnsupportedModelError(f"{type(model).__name__} has no config (a subclassed model?); "
+                                    "grurt reads Sequential and functional models") from None
+    # the same (config, weights, version) triple the file readers produce
+    weights = {layer.name: [np.asarray(w) for w in layer.get_weights()] for layer in model.layers}
+    package = sys.modules.get(type(model).__module__.partition(".")[0])
+    return spec_from_keras({"class_name": type(model).__name__, "config": config}, weights,
+                           getattr(package, "__version__", "3"))
+
+
+def load_keras(path, input_scaler=None, output_scaler=None):
+    """Load a ``.keras`` or ``.h5`` Keras model file as a Model; scalers as in :func:`grurt.from_keras`."""
+    config, weights, version = read_keras(path)
+    try:
+        spec = spec_from_keras(config, weights, version)
+    except GrurtError:
+        raise
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError, RecursionError) as exc:  # a hostile config
+        raise ModelFormatError(f"{path}: malformed model config ({type(exc).__name__}: {exc})") from None
+    return Model(with_scalers(spec, input_scaler, output_scaler))
+
