@@ -459,7 +459,7 @@ SEQUENCE_ONLY = SEQUENCE_ONLY + TIME_LAYERS
 def _check_time_layer(where, layer, features, has_time, mask_value) -> int:
     """ModelSpec's checks of a Conv1D/Pool1D/ZeroPad1D; returns the input features it expects."""
     if mask_value is not None:
-        raise UnsupportedModelError(f"{where}: a model with a mask_value (Keras Masking or mask_zero) cannot hold "
+        raise UnsupportedModelError(f"{where}: a model with a mask_value (padding steps or a padding id) cannot hold "
                                     "convolution, pooling or padding layers")
     return layer.in_channels if isinstance(layer, Conv1D) else features
 
