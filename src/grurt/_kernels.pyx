@@ -8,6 +8,7 @@ The kernels trust their input: shapes and dtypes are checked in model.py.
 """
 from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy, memset
+from libc.stdint cimport uint16_t, int8_t, int32_t
 cimport numpy as cnp
 import numpy as np
 
@@ -33,6 +34,38 @@ cdef extern from "_gru_math.h" nogil:
                             const grurt_act* g, float clip)
     void grurt_gemm(int rows, int n_in, int n_panels, const float* x, int ldx, const float* packed,
                     const float* init, float* y, int ldy, int backward)
+
+cdef extern from "_lowp.h" nogil:
+    size_t GRURT_LOWP_WORK_BYTES(int n_in)
+    int grurt_lowp_force_widening
+    int grurt_bf16_uses_dot()
+    int grurt_i8_uses_dot()
+    void grurt_gemm_bf16(int rows, int n_in, int n_panels, const float* x, int ldx, const uint16_t* packed,
+                         const float* init, float* y, int ldy, int backward, void* work)
+    void grurt_gemm_i8(int rows, int n_in, int n_panels, const float* x, int ldx, const int8_t* packed,
+                       const float* scale, const int32_t* colsum, const float* init, float* y, int ldy,
+                       int backward, void* work)
+
+# Weight modes (grurt.precision.WEIGHT_MODES order)
+cdef enum:
+    WEIGHTS_FLOAT32 = 0
+    WEIGHTS_BF16 = 1
+    WEIGHTS_INT8 = 2
+WEIGHT_CODES = {"float32": WEIGHTS_FLOAT32, "bf16": WEIGHTS_BF16, "int8": WEIGHTS_INT8}
+
+
+def lowp_paths():
+    """How this CPU runs the reduced-precision products: {"bf16": "dot" or "widening", "int8": ...}."""
+    return {"bf16": "dot" if grurt_bf16_uses_dot() else "widening",
+            "int8": "dot" if grurt_i8_uses_dot() else "widening"}
+
+
+def force_widening(bint on):
+    """Tests: run the reduced-precision products on the portable widening path (on) or the
+    fastest this CPU has (off). Affects every model of the process."""
+    global grurt_lowp_force_widening
+    grurt_lowp_force_widening = on
+
 
 # Must match the enum in _gru_math.h.
 ACTIVATION_CODES = {
@@ -137,7 +170,18 @@ cdef struct LayerPlan:
     float* R_init            # lbr=1, per direction: [0, 0, Rb_h] padded, the start of h·Rᵀ + Rb_h
     int panels_per_gate_set  # lbr=1: panels of 3H; lbr=0: panels of 2H
     int panels_h             # lbr=0: panels of H
-    long panel_stride        # floats of packed recurrent panels per direction
+    long panel_stride        # floats of packed recurrent panels per direction (float32)
+    # how W_panels and R_panels are stored (WEIGHTS_*; _lowp.h for bf16 and int8), in panels of
+    # *_panel_bytes bytes, *_dir_panels per direction; int8: per packed column, a scale and
+    # 128 · Σ q (the VNNI path's offset)
+    int wmode
+    long W_panel_bytes, R_panel_bytes
+    int W_dir_panels, R_dir_panels
+    float* W_scale
+    float* R_scale
+    int32_t* W_colsum
+    int32_t* R_colsum
+    size_t lowp_work_floats  # scratch of the reduced-precision products (0 for float32)
 
 
 cdef inline size_t aligned(size_t floats) noexcept nogil:
@@ -153,6 +197,17 @@ def pack_panels(a):
     """(n_out, n_in) → (panels, n_in, GRURT_PANEL) with row k of panel p = a[p*P:(p+1)*P, k]."""
     n_out, n_in = a.shape
     return pad_rows(a, n_panels(n_out) * GRURT_PANEL).reshape(-1, GRURT_PANEL, n_in).transpose(0, 2, 1).ravel()
+
+
+def pack_groups(a, group):
+    """(n_out, n_in) bf16 bits or int8 → the panel layout of _lowp.h: per panel of GRURT_PANEL
+    rows, per group of ``group`` inputs (n_in padded with zeros), two halves of 16 lanes, each
+    lane the group's ``group`` consecutive weights of one row."""
+    n_out, n_in = a.shape
+    groups = (n_in + group - 1) // group
+    padded = np.zeros((n_panels(n_out) * GRURT_PANEL, groups * group), a.dtype)
+    padded[:n_out, :n_in] = a
+    return padded.reshape(-1, 2, GRURT_PANEL // 2, groups, group).transpose(0, 3, 1, 2, 4).ravel()
 
 
 def aligned_empty(size):
@@ -194,7 +249,9 @@ cdef class Plan:
     def __cinit__(self):
         self.layers = NULL
 
-    def __init__(self, spec):
+    def __init__(self, spec, weights="float32", stored=None):
+        """``weights``: the mode of the GRU weights; ``stored`` maps (layer index, "W"/"R") to
+        the arrays the mode stores (grurt.precision.stored), computed here when absent."""
         from .spec import GRU, Dense, Activation, Scale, Reverse, LastStep, Merge, MERGE_MODES
         cdef LayerPlan* p
         if len(spec.gru_layers) > MAX_GRU_LAYERS:
@@ -212,7 +269,7 @@ cdef class Plan:
             p = &self.layers[i]
             p.n_in = features
             if isinstance(layer, GRU):
-                self._plan_gru(p, layer)
+                self._plan_gru(p, layer, WEIGHT_CODES[weights], i, stored or {})
                 following = spec.layers[i + 1] if i + 1 < len(spec.layers) else None
                 if isinstance(following, LastStep) and layer.direction == "forward":
                     # the last output of a forward GRU is its final state: skip writing the sequence
@@ -258,7 +315,36 @@ cdef class Plan:
         self.arrays.append(kept)
         return <float*>cnp.PyArray_DATA(kept)
 
-    cdef _plan_gru(self, LayerPlan* p, layer):
+    cdef void* _keep_bytes(self, array) except NULL:
+        """A 64-byte aligned copy of ``array``'s bytes (packed bf16 or int8 weights, int32 sums)."""
+        raw = np.ascontiguousarray(array).view(np.uint8).ravel()
+        kept = aligned_empty((raw.size + 3) // 4).view(np.uint8)
+        kept[:raw.size] = raw
+        self.arrays.append(kept)
+        return cnp.PyArray_DATA(kept)
+
+    cdef _pack_reduced(self, int mode, parts_list, splits):
+        """Pack one GRU matrix (W or R) in a reduced mode: ``parts_list`` per direction (the
+        stored arrays), each cut into row ranges ``splits`` packed one after the other.
+        Returns the addresses of the packed weights, scales and sums (0 when unused)."""
+        group = 2 if mode == WEIGHTS_BF16 else 4
+        packed, scales, sums = [], [], []
+        for parts in parts_list:
+            for lo, hi in splits:
+                rows = parts[0][lo:hi]
+                packed.append(pack_groups(rows, group))
+                if mode == WEIGHTS_INT8:
+                    scales.append(pad_rows(parts[1][lo:hi], n_panels(hi - lo) * GRURT_PANEL))
+                    sums.append(np.pad(128 * rows.astype(np.int32).sum(axis=1), (0, n_panels(hi - lo) * GRURT_PANEL - (hi - lo))).astype(np.int32))
+        data = self._keep_bytes(np.concatenate(packed))
+        if mode == WEIGHTS_INT8:
+            scale = self._keep(np.concatenate(scales))
+            colsum = <int32_t*>self._keep_bytes(np.concatenate(sums))
+        else:
+            scale, colsum = NULL, NULL
+        return <size_t>data, <size_t>scale, <size_t>colsum
+
+    cdef _plan_gru(self, LayerPlan* p, layer, int mode, int index, dict stored):
         D, H = layer.num_directions, layer.hidden_size
         p.kind = GRU_LAYER
         p.D, p.H = D, H
@@ -297,8 +383,41 @@ cdef class Plan:
             p.R_init = NULL
         p.panel_stride = packed[0].size
         p.R_panels = self._keep(np.concatenate(packed))
+        p.wmode = mode
+        p.W_dir_panels = n_panels(3 * H)
+        p.R_dir_panels = p.panels_per_gate_set + p.panels_h
+        p.W_panel_bytes = <long>layer.input_size * GRURT_PANEL * 4
+        p.R_panel_bytes = <long>H * GRURT_PANEL * 4
+        p.lowp_work_floats = 0
+        if mode != WEIGHTS_FLOAT32:
+            self._plan_reduced(p, layer, mode, index, stored)
         self.max_step_scratch = max(self.max_step_scratch, step_scratch_floats(p))
         self.state_width += D * H
+
+    cdef _plan_reduced(self, LayerPlan* p, layer, int mode, int index, dict stored):
+        """W_panels and R_panels (packed as float32 above, dropped) repacked in mode ``mode``."""
+        from .precision import stored as stored_parts, WEIGHT_MODES
+        D, H = layer.num_directions, layer.hidden_size
+        name_of = WEIGHT_MODES[mode]
+        group = 2 if mode == WEIGHTS_BF16 else 4
+        for which in ("W", "R"):
+            parts = stored.get((index, which))
+            if parts is None:
+                parts = stored_parts(getattr(layer, which), name_of)
+            per_direction = [tuple(part[d] for part in parts) for d in range(D)]
+            splits = [(0, 3 * H)] if which == "W" or p.lbr else [(0, 2 * H), (2 * H, 3 * H)]
+            data, scale, colsum = self._pack_reduced(mode, per_direction, splits)
+            n_in = layer.input_size if which == "W" else H
+            # one panel: groups of 2 (bf16) or 4 (int8) inputs, 128 bytes each
+            panel_bytes = (n_in + group - 1) // group * 128
+            if which == "W":
+                p.W_panels, p.W_scale = <float*><size_t>data, <float*><size_t>scale
+                p.W_colsum, p.W_panel_bytes = <int32_t*><size_t>colsum, panel_bytes
+            else:
+                p.R_panels, p.R_scale = <float*><size_t>data, <float*><size_t>scale
+                p.R_colsum, p.R_panel_bytes = <int32_t*><size_t>colsum, panel_bytes
+        # the float32 panels packed by _plan_gru are no longer referenced: let them go
+        p.lowp_work_floats = (GRURT_LOWP_WORK_BYTES(max(layer.input_size, H)) + 4 * ALIGN_FLOATS) // 4
 
     def __dealloc__(self):
         free(self.layers)
@@ -540,12 +659,36 @@ cdef inline int padded_units(int H) noexcept nogil:
     return (H + GRURT_UNIT_BLOCK - 1) // GRURT_UNIT_BLOCK * GRURT_UNIT_BLOCK
 
 
+cdef inline void gru_product(const LayerPlan* p, bint recurrent, int d, int first_panel, int rows, int n_in,
+                             int count, const float* x, int ldx, const float* init, float* y, int ldy,
+                             int backward, void* work) noexcept nogil:
+    """y = init + x · Aᵀ over ``count`` panels of A = W (recurrent false) or R of direction d
+    from panel ``first_panel`` on, in the layer's weight mode; ``work``: its lowp_work_floats."""
+    cdef size_t panel = <size_t>d * (p.R_dir_panels if recurrent else p.W_dir_panels) + first_panel
+    cdef const char* base = (<const char*>(p.R_panels if recurrent else p.W_panels)
+                             + panel * <size_t>(p.R_panel_bytes if recurrent else p.W_panel_bytes))
+    if p.wmode == WEIGHTS_FLOAT32:
+        grurt_gemm(rows, n_in, count, x, ldx, <const float*>base, init, y, ldy, backward)
+    elif p.wmode == WEIGHTS_BF16:
+        grurt_gemm_bf16(rows, n_in, count, x, ldx, <const uint16_t*>base, init, y, ldy, backward, work)
+    else:
+        grurt_gemm_i8(rows, n_in, count, x, ldx, <const int8_t*>base,
+                      (p.R_scale if recurrent else p.W_scale) + panel * GRURT_PANEL,
+                      (p.R_colsum if recurrent else p.W_colsum) + panel * GRURT_PANEL,
+                      init, y, ldy, backward, work)
+
+
+cdef inline void* lowp_work(float* after) noexcept nogil:
+    """The reduced-precision products' scratch: the first cache line at or after ``after``."""
+    return <void*>(after + (-(<size_t>after) // 4) % ALIGN_FLOATS)
+
+
 cdef size_t step_scratch_floats(const LayerPlan* p) noexcept nogil:
     """Scratch of one batch row of one direction (see gru_direction): its state, its input
     projection for CHUNK_STEPS steps, then hr, hn, rh and gates, and the gate pass's read slack."""
     return aligned(padded_units(p.H) + <size_t>CHUNK_STEPS * p.xp_stride
                    + <size_t>(p.panels_per_gate_set + p.panels_h) * GRURT_PANEL + 4 * p.H
-                   + 2 * GRURT_UNIT_BLOCK)
+                   + 2 * GRURT_UNIT_BLOCK + p.lowp_work_floats)
 
 
 cdef struct GruTask:
@@ -637,6 +780,7 @@ cdef struct UnitTask:
     float* y
     const int* lengths
     float* scratch          # this task's projections and products
+    void* work              # this task's reduced-precision product scratch (lowp_work_floats)
     float* states[2]        # shared: the state before and after a step, B rows of H
     grurt_barrier* barrier
     int* go                 # 1: run, -1: do nothing (another thread could not start)
@@ -671,6 +815,12 @@ cdef bint run_units(const LayerPlan* p, int B, int T, const float* x, float* y, 
     cdef float* states0 = scratch
     cdef float* states1 = states0 + <size_t>B * H
     cdef float* local = states1 + <size_t>B * H
+    cdef float* works = NULL
+    if p.lowp_work_floats:
+        works = <float*>malloc(n * p.lowp_work_floats * sizeof(float))
+        if works == NULL:
+            grurt_barrier_destroy(&barrier)
+            return False
     memcpy(states0, state, <size_t>B * H * sizeof(float))
     for t in range(n):
         tasks[t].p, tasks[t].B, tasks[t].T = p, B, T
@@ -679,6 +829,7 @@ cdef bint run_units(const LayerPlan* p, int B, int T, const float* x, float* y, 
         tasks[t].u1 = H // GRURT_PANEL * (t + 1) // n * GRURT_PANEL
         tasks[t].x, tasks[t].y, tasks[t].lengths = x, y, lengths
         tasks[t].scratch = local
+        tasks[t].work = NULL if works == NULL else lowp_work(works + t * p.lowp_work_floats)
         local += <size_t>B * unit_scratch_floats(tasks[t].u1 - tasks[t].u0)
         tasks[t].states[0], tasks[t].states[1] = states0, states1
         tasks[t].barrier, tasks[t].go = &barrier, &go
@@ -692,6 +843,7 @@ cdef bint run_units(const LayerPlan* p, int B, int T, const float* x, float* y, 
     for t in range(1, started):
         pthread_join(handles[t], NULL)
     grurt_barrier_destroy(&barrier)
+    free(works)
     if started < n:
         return False
     # step s reads states[s % 2] and writes the other one
@@ -737,17 +889,16 @@ cdef void gru_units(UnitTask* task) noexcept nogil:
                 t = L - s0 - m if reverse else s0
                 for g in range(3):
                     first_panel = (g * H + u0) // GRURT_PANEL
-                    grurt_gemm(m, I, panels, task.x + (<size_t>b * T + t) * I, I,
-                               p.W_panels + first_panel * I * GRURT_PANEL, p.bias + g * H + u0,
-                               xp + <size_t>b * CHUNK_STEPS * G + g * U, G, 0)
+                    gru_product(p, False, 0, first_panel, m, I, panels, task.x + (<size_t>b * T + t) * I, I,
+                                p.bias + g * H + u0, xp + <size_t>b * CHUNK_STEPS * G + g * U, G, 0, task.work)
                 if m < CHUNK_STEPS:
                     memset(xp + (<size_t>b * CHUNK_STEPS + m) * G, 0, GRURT_UNIT_BLOCK * sizeof(float))
         for s in range(s0, s0 + n):
             cur, nxt = task.states[s % 2], task.states[1 - s % 2]
             for g in range(3):
                 first_panel = (g * H + u0) // GRURT_PANEL
-                grurt_gemm(B, H, panels, cur, H, p.R_panels + first_panel * H * GRURT_PANEL,
-                           p.R_init + g * H + u0, hr + g * U, G, s % 2)
+                gru_product(p, True, 0, first_panel, B, H, panels, cur, H, p.R_init + g * H + u0, hr + g * U, G,
+                            s % 2, task.work)
             for b in range(B):
                 memcpy(nxt + b * H + u0, cur + b * H + u0, U * sizeof(float))
                 L = T if task.lengths == NULL else task.lengths[b]
@@ -772,10 +923,7 @@ cdef void gru_direction(const LayerPlan* p, int d, int B, int T, const float* x,
     """
     cdef int H = p.H, G = 3 * H, DH = p.D * H, I = p.n_in
     cdef bint reverse = p.reverse_only or d == 1
-    cdef const float* W = p.W_panels + d * p.W_panel_stride
     cdef const float* bias = p.bias + <size_t>d * p.xp_stride
-    cdef const float* panels = p.R_panels + d * p.panel_stride
-    cdef const float* panels_h = panels + <size_t>p.panels_per_gate_set * GRURT_PANEL * H
     cdef int xs = p.xp_stride, n_w_panels = p.xp_stride // GRURT_PANEL
     cdef int hr_stride = p.panels_per_gate_set * GRURT_PANEL
     cdef int hn_stride = p.panels_h * GRURT_PANEL
@@ -791,6 +939,7 @@ cdef void gru_direction(const LayerPlan* p, int d, int B, int T, const float* x,
     cdef float* hn = hr + <size_t>B * hr_stride + GRURT_UNIT_BLOCK
     cdef float* rh = hn + <size_t>B * hn_stride
     cdef float* gates = rh + <size_t>B * H
+    cdef void* work = lowp_work(gates + <size_t>B * G)     # the reduced-precision products' scratch
     cdef int s, s0, n, b, t, L, m
     cdef const float* xrow
     memset(state, 0, <size_t>B * Hp * sizeof(float))
@@ -813,14 +962,14 @@ cdef void gru_direction(const LayerPlan* p, int d, int B, int T, const float* x,
             if s0 < L:
                 m = min(n, L - s0)
                 t = L - s0 - m if reverse else s0
-                grurt_gemm(m, I, n_w_panels, x + (<size_t>b * T + t) * I, I, W, bias,
-                                  xp + <size_t>b * CHUNK_STEPS * xs, xs, 0)
+                gru_product(p, False, d, 0, m, I, n_w_panels, x + (<size_t>b * T + t) * I, I, bias,
+                            xp + <size_t>b * CHUNK_STEPS * xs, xs, 0, work)
                 if m < CHUNK_STEPS:     # the gate pass may read into the first row left unset
                     memset(xp + (<size_t>b * CHUNK_STEPS + m) * xs, 0, GRURT_UNIT_BLOCK * sizeof(float))
         for s in range(s0, s0 + n):
             # hr = h · R_zrhᵀ + [0 0 Rb_h] (lbr=1) or h · R_zrᵀ (lbr=0)
             # odd steps read R backwards (see GRURT_K in _gru_math.h)
-            grurt_gemm(B, H, p.panels_per_gate_set, state, Hp, panels, hr_init, hr, hr_stride, s % 2)
+            gru_product(p, True, d, 0, B, H, p.panels_per_gate_set, state, Hp, hr_init, hr, hr_stride, s % 2, work)
             if not p.lbr:
                 for b in range(B):
                     L = T if lengths == NULL else lengths[b]
@@ -829,7 +978,8 @@ cdef void gru_direction(const LayerPlan* p, int d, int B, int T, const float* x,
                         grurt_gates_lbr0_zr(H, xrow, hr + b * hr_stride, state + b * Hp, gates + b * G, rh + b * H,
                                             &p.f, p.clip)
                 # hn = (r⊙h) · R_hᵀ
-                grurt_gemm(B, H, p.panels_h, rh, H, panels_h, NULL, hn, hn_stride, s % 2)
+                gru_product(p, True, d, p.panels_per_gate_set, B, H, p.panels_h, rh, H, NULL, hn, hn_stride, s % 2,
+                            work)
             for b in range(B):
                 L = T if lengths == NULL else lengths[b]
                 if s >= L:

@@ -111,13 +111,15 @@ def _torch_layer(module, index, has_time: bool) -> list:
         f"{', '.join(_TORCH_ACTIVATIONS)}, Dropout and Flatten")
 
 
-def from_torch(module, last_step: bool = False, input_scaler=None, output_scaler=None) -> Model:
+def from_torch(module, last_step: bool = False, input_scaler=None, output_scaler=None,
+               weights: str = "float32") -> Model:
     """Convert ``torch.nn.GRU``/``Linear``/activations, alone, in ``nn.Sequential`` or a list, to a Model.
 
     The model takes batch-first input (B, T, I) whatever ``batch_first`` says. A GRU passes
     its output sequence on (``output`` of ``nn.GRU``); ``last_step=True`` keeps only the
     last time step after the last GRU, as ``output[:, -1]`` does. ``input_scaler`` and
     ``output_scaler`` fold fitted scikit-learn scalers in, as in :func:`from_keras`.
+    ``weights`` ("float32", "bf16", "int8"): how the GRU weights are stored, see :mod:`grurt.precision`.
     """
     import torch.nn
 
@@ -139,7 +141,7 @@ def from_torch(module, last_step: bool = False, input_scaler=None, output_scaler
     if last_gru is None:
         raise UnsupportedModelError("the torch model contains no nn.GRU")
     spec = ModelSpec(input_size=_first_input(layers), layers=tuple(layers))
-    return Model(with_scalers(spec, input_scaler, output_scaler))
+    return Model(with_scalers(spec, input_scaler, output_scaler), weights)
 
 
 def _first_input(layers) -> int:
