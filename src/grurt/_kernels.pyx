@@ -85,6 +85,9 @@ cdef enum:
     # before the call (measured here). H >= 1024 (R of 12 MB, about 140 µs per step) wins
     # either way: GRU(1024) over 50 steps 8.3 -> 5.3 ms after idle; H = 512 loses after idle.
     MIN_SPLIT_UNITS = 1024
+    # bf16 R of fewer units (R of 48 KB or less in float32: it stays in L1) is multiplied as
+    # float32 panels of its bf16 values, see Plan._plan_reduced
+    BF16_MIN_RECURRENT_UNITS = 64
 
 cdef extern from *:
     """
@@ -174,7 +177,7 @@ cdef struct LayerPlan:
     # how W_panels and R_panels are stored (WEIGHTS_*; _lowp.h for bf16 and int8), in panels of
     # *_panel_bytes bytes, *_dir_panels per direction; int8: per packed column, a scale and
     # 128 · Σ q (the VNNI path's offset)
-    int wmode
+    int W_mode, R_mode
     long W_panel_bytes, R_panel_bytes
     int W_dir_panels, R_dir_panels
     float* W_scale
@@ -383,7 +386,7 @@ cdef class Plan:
             p.R_init = NULL
         p.panel_stride = packed[0].size
         p.R_panels = self._keep(np.concatenate(packed))
-        p.wmode = mode
+        p.W_mode = p.R_mode = WEIGHTS_FLOAT32
         p.W_dir_panels = n_panels(3 * H)
         p.R_dir_panels = p.panels_per_gate_set + p.panels_h
         p.W_panel_bytes = <long>layer.input_size * GRURT_PANEL * 4
@@ -395,8 +398,15 @@ cdef class Plan:
         self.state_width += D * H
 
     cdef _plan_reduced(self, LayerPlan* p, layer, int mode, int index, dict stored):
-        """W_panels and R_panels (packed as float32 above, dropped) repacked in mode ``mode``."""
-        from .precision import stored as stored_parts, WEIGHT_MODES
+        """W_panels and R_panels (packed as float32 above) repacked in mode ``mode``.
+
+        bf16 only pays where a product streams its weights from L2 or L3: AVX512_BF16 does as
+        many multiply-adds per cycle as float32 FMAs (bench/lowp_bench.c). So bf16 weights that
+        a product reads from L1 or reuses over many rows (the input projection, computed for 16
+        steps at once; R of H < 64) are held as float32 panels of their bf16 values: the same
+        numbers, multiplied exactly, at float32 speed. int8 (VNNI: three times the float32
+        multiply-adds per cycle) is used everywhere."""
+        from .precision import stored as stored_parts, from_bf16, WEIGHT_MODES
         D, H = layer.num_directions, layer.hidden_size
         name_of = WEIGHT_MODES[mode]
         group = 2 if mode == WEIGHTS_BF16 else 4
@@ -406,14 +416,24 @@ cdef class Plan:
                 parts = stored_parts(getattr(layer, which), name_of)
             per_direction = [tuple(part[d] for part in parts) for d in range(D)]
             splits = [(0, 3 * H)] if which == "W" or p.lbr else [(0, 2 * H), (2 * H, 3 * H)]
+            if mode == WEIGHTS_BF16 and (which == "W" or H < BF16_MIN_RECURRENT_UNITS):
+                values = from_bf16(parts[0])
+                if which == "W":
+                    p.W_panels = self._keep(np.concatenate([pack_panels(values[d]) for d in range(D)]))
+                else:
+                    p.R_panels = self._keep(np.concatenate([np.concatenate([pack_panels(values[d, lo:hi])
+                                                                            for lo, hi in splits]) for d in range(D)]))
+                continue
             data, scale, colsum = self._pack_reduced(mode, per_direction, splits)
             n_in = layer.input_size if which == "W" else H
             # one panel: groups of 2 (bf16) or 4 (int8) inputs, 128 bytes each
             panel_bytes = (n_in + group - 1) // group * 128
             if which == "W":
+                p.W_mode = mode
                 p.W_panels, p.W_scale = <float*><size_t>data, <float*><size_t>scale
                 p.W_colsum, p.W_panel_bytes = <int32_t*><size_t>colsum, panel_bytes
             else:
+                p.R_mode = mode
                 p.R_panels, p.R_scale = <float*><size_t>data, <float*><size_t>scale
                 p.R_colsum, p.R_panel_bytes = <int32_t*><size_t>colsum, panel_bytes
         # the float32 panels packed by _plan_gru are no longer referenced: let them go
@@ -667,9 +687,10 @@ cdef inline void gru_product(const LayerPlan* p, bint recurrent, int d, int firs
     cdef size_t panel = <size_t>d * (p.R_dir_panels if recurrent else p.W_dir_panels) + first_panel
     cdef const char* base = (<const char*>(p.R_panels if recurrent else p.W_panels)
                              + panel * <size_t>(p.R_panel_bytes if recurrent else p.W_panel_bytes))
-    if p.wmode == WEIGHTS_FLOAT32:
+    cdef int mode = p.R_mode if recurrent else p.W_mode
+    if mode == WEIGHTS_FLOAT32:
         grurt_gemm(rows, n_in, count, x, ldx, <const float*>base, init, y, ldy, backward)
-    elif p.wmode == WEIGHTS_BF16:
+    elif mode == WEIGHTS_BF16:
         grurt_gemm_bf16(rows, n_in, count, x, ldx, <const uint16_t*>base, init, y, ldy, backward, work)
     else:
         grurt_gemm_i8(rows, n_in, count, x, ldx, <const int8_t*>base,
