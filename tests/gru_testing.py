@@ -28,6 +28,7 @@ import numpy as np
 import grurt
 from grurt import reference
 from grurt.spec import GRU, ActivationFunction, activation
+from tolerances import ATOL
 
 #: Every activation a GRU accepts as gate or candidate function.
 GRU_ACTIVATIONS = ("sigmoid", "hard_sigmoid", "tanh", "relu", "leaky_relu", "elu", "softsign",
@@ -39,8 +40,6 @@ _NEGATIVE_GATES = ("tanh", "softsign", "scaled_tanh", "affine", "leaky_relu", "e
 DIRECTIONS = ("forward", "reverse", "bidirectional")
 MAX_REFERENCE_MAGNITUDE = 20.0
 RECURRENT_NORM = 0.6
-#: Output tolerance of the kernels against the float64 reference (the design's 1e-5 budget).
-ATOL = 1e-5
 
 
 def random_activation(rng: np.random.Generator, kind: str) -> ActivationFunction:

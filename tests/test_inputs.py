@@ -178,9 +178,16 @@ def test_lengths_for_a_single_sequence(model, x):
     refuses(r"lengths must be between 1 and 6", model, x[0], lengths=9)
 
 
+# ---- threads --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("bad", [0, 65, 1.5, True, "2"])
+def test_bad_threads(model, x, bad):
+    refuses(r"threads must be an integer from 1 to 64", model, x, threads=bad)
+
+
 # ---- NaN and inf: as PyTorch, without crashing ----------------------------------------------
 
-@pytest.mark.parametrize("batch", [4, 7], ids=["panel", "sgemm"])
+@pytest.mark.parametrize("batch", [4, 9], ids=["3-row tiles", "8-row tiles"])
 def test_nan_and_inf_propagate_as_in_torch(batch):
     torch.manual_seed(batch)
     torch.set_num_threads(1)

@@ -18,8 +18,8 @@ pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:Depreca
 import grurt  # noqa: E402
 from grurt.verify import keras_outputs  # noqa: E402
 from grurt.spec import GRU, Merge, Reverse  # noqa: E402
+from tolerances import ATOL
 
-ATOL = 1e-5
 STEPS, FEATURES = 20, 3
 
 

@@ -20,10 +20,10 @@ import grurt
 from grurt import reference
 from grurt.verify import keras_outputs
 from grurt.spec import GRU, Dense, ModelSpec, activation
+from tolerances import ATOL
 
 DATA = Path(__file__).parent / "data"
 KERAS2_FILE = DATA / "keras2_gru_hard_sigmoid.h5"
-ATOL = 1e-5
 
 
 def raw_weights(path=KERAS2_FILE):

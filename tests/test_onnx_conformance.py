@@ -14,8 +14,8 @@ gru_cases = pytest.importorskip("onnx.backend.test.case.node.gru")
 from onnx import helper, numpy_helper  # noqa: E402
 
 from grurt.importers.onnx import load_onnx  # noqa: E402
+from tolerances import ATOL
 
-ATOL = 1e-5
 WEIGHTS = ("W", "R", "B")
 
 

@@ -19,8 +19,8 @@ from grurt.errors import ModelFormatError, UnsupportedModelError  # noqa: E402
 from grurt.importers.onnx import load_onnx  # noqa: E402
 from grurt.verify import onnx_outputs  # noqa: E402
 from grurt.spec import GRU, Activation, Dense, LastStep, Reverse, Scale, activation  # noqa: E402
+from tolerances import ATOL
 
-ATOL = 1e-5
 BATCH, STEPS, FEATURES, HIDDEN = 3, 6, 3, 4
 FLOAT = TensorProto.FLOAT
 

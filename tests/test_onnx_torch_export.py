@@ -21,8 +21,8 @@ from torch import nn  # noqa: E402
 from grurt.importers.onnx import load_onnx  # noqa: E402
 from grurt.verify import onnx_outputs  # noqa: E402
 from grurt.spec import GRU, Activation, Dense, LastStep  # noqa: E402
+from tolerances import ATOL
 
-ATOL = 1e-5
 EXPORT_SIZE, RUN_SIZE = (2, 5), (3, 7)   # (batch, time)
 
 

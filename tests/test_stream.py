@@ -1,5 +1,6 @@
 """Streaming: Model.stream() / Stream.step against Model.run and the reference."""
 import os
+import threading
 import tracemalloc
 
 import numpy as np
@@ -158,3 +159,32 @@ def test_step_with_out_allocates_nothing():
     finally:
         tracemalloc.stop()
     assert current == 0
+
+
+def test_a_stream_per_thread():
+    """4 threads, each stepping its own Stream of one shared Model (and resetting it), get exactly
+    the frames' outputs of a Stream stepped alone."""
+    rng = np.random.default_rng(11)
+    model = stacked(rng, (11, 6), True, input_size=4)
+    frames = rng.normal(size=(50, 4)).astype(np.float32)
+    alone = model.stream()
+    expected = np.stack([alone.step(f) for f in frames])
+    failures, errors = [], []
+
+    def worker(seed):
+        try:
+            stream = model.stream()
+            for repeat in range(20):
+                stream.reset()
+                if not np.array_equal(np.stack([stream.step(f) for f in frames]), expected):
+                    failures.append((seed, repeat))
+        except Exception as exc:   # reported below: an exception in a thread must fail the test
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(seed,)) for seed in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert failures == []

@@ -17,8 +17,7 @@ import torch
 from torch import nn
 
 import grurt
-
-ATOL = 1e-5
+from tolerances import ATOL
 
 
 @pytest.fixture(autouse=True)
@@ -90,7 +89,8 @@ def test_gru_matches_torch(num_layers, bidirectional, batch_first, bias):
 @pytest.mark.parametrize("H", [1, 64, 65, 130])
 @pytest.mark.parametrize("B", [1, 4, 9])
 def test_gru_sizes_match_torch(H, B):
-    """The panel (B <= 4) and sgemm (B > 4) paths, across the 64-column panel boundary."""
+    """One row, 3-row and 8-row tiles (B = 1, 4, 9); H = 64 is the largest the one-pass product
+    covers (3H = 6 panels of 32 units), 65 the first beyond it, 130 a multi-pass product."""
     torch.manual_seed(H * 10 + B)
     gru = nn.GRU(5, H, batch_first=True, bidirectional=True)
     model = grurt.from_torch(gru)

@@ -1,0 +1,10 @@
+"""The test suite's tolerances, stated once.
+
+Every float32 output or state of grurt is held to ``ATOL`` (max abs difference) against an
+independent oracle: grurt's float64 numpy reference (``grurt.reference.run``), PyTorch,
+Keras 3 or onnxruntime. Claims of exactness (batch independence, threads, round trips,
+streaming a block vs frame by frame) are asserted with ``np.array_equal``, not a tolerance.
+"""
+
+#: float32 kernels vs an oracle: about 100 float32 ulps of an O(1) value (the design's budget).
+ATOL = 1e-5
