@@ -44,47 +44,48 @@
  * portable path on CPUs that have the dot instructions) */
 static int grurt_lowp_force_widening = 0;
 
-typedef float grurt_f16v __attribute__((vector_size(64), aligned(4)));
-typedef uint32_t grurt_u16v __attribute__((vector_size(64), aligned(4)));
-typedef int32_t grurt_i16v __attribute__((vector_size(64), aligned(4)));
+/* The widening kernels use 8-lane vectors, as the float32 kernels do: a wider generic
+ * vector is split by GCC on AVX2, and then some of its multiply-adds may be contracted to FMAs
+ * and others not, differently in the 1-row and the 4-row tiles; at the target's own width
+ * every tile rounds alike, so a row's result does not depend on its batch. */
+typedef uint32_t grurt_u8v __attribute__((vector_size(32), aligned(4)));
+typedef int32_t grurt_i8v __attribute__((vector_size(32), aligned(4)));
 
 #define GRURT_G(i, n_groups) (backward ? (n_groups) - 1 - (i) : (i))
 
 /* ---- widening, portable -------------------------------------------------------------- */
 
-/* ROWS rows × one panel, bf16: the 32 columns as two 16-lane halves. */
+/* ROWS rows × one panel, bf16: the 32 columns as four 8-lane quarters. */
 GRURT_INLINE void grurt_bf16_widen_tile(int ROWS, int n_in, const float *restrict x, int ldx,
                                         const uint16_t *restrict panel, const float *restrict init,
                                         float *restrict y, int ldy, int backward) {
     int n_groups = (n_in + 1) / 2, full = n_in / 2;
-    grurt_f16v acc[2 * 4];
-    grurt_f16v i0 = {0}, i1 = {0};
-    if (init) { i0 = ((const grurt_f16v *)init)[0]; i1 = ((const grurt_f16v *)init)[1]; }
+    grurt_v8 acc[4 * 4];
+#pragma GCC unroll 16
+    for (int r = 0; r < ROWS; ++r)
 #pragma GCC unroll 4
-    for (int r = 0; r < ROWS; ++r) { acc[2 * r] = i0; acc[2 * r + 1] = i1; }
-    const grurt_u16v hi_mask = (grurt_u16v){0} + 0xffff0000u;
-    for (int i = 0; i < n_groups; ++i) {
-        int q = GRURT_G(i, n_groups);
-        const grurt_u16v *w = (const grurt_u16v *)(panel + (size_t)q * 64);
-        grurt_f16v lo0 = (grurt_f16v)(w[0] << 16), hi0 = (grurt_f16v)(w[0] & hi_mask);
-        grurt_f16v lo1 = (grurt_f16v)(w[1] << 16), hi1 = (grurt_f16v)(w[1] & hi_mask);
+        for (int i = 0; i < 4; ++i) acc[4 * r + i] = GRURT_INIT(init, 0, i);
+    const grurt_u8v hi_mask = (grurt_u8v){0} + 0xffff0000u;
+    for (int g = 0; g < n_groups; ++g) {
+        int q = GRURT_G(g, n_groups);
+        const grurt_u8v *w = (const grurt_u8v *)(panel + (size_t)q * 64);
+        grurt_v8 lo0 = (grurt_v8)(w[0] << 16), hi0 = (grurt_v8)(w[0] & hi_mask);
+        grurt_v8 lo1 = (grurt_v8)(w[1] << 16), hi1 = (grurt_v8)(w[1] & hi_mask);
+        grurt_v8 lo2 = (grurt_v8)(w[2] << 16), hi2 = (grurt_v8)(w[2] & hi_mask);
+        grurt_v8 lo3 = (grurt_v8)(w[3] << 16), hi3 = (grurt_v8)(w[3] & hi_mask);
         int odd = q < full;     /* the group's second input exists */
 #pragma GCC unroll 4
         for (int r = 0; r < ROWS; ++r) {
             const float *xr = x + (size_t)r * ldx + 2 * q;
             float x0 = xr[0], x1 = odd ? xr[1] : 0.0f;
-            acc[2 * r] += x0 * lo0;
-            acc[2 * r + 1] += x0 * lo1;
-            acc[2 * r] += x1 * hi0;
-            acc[2 * r + 1] += x1 * hi1;
+            acc[4 * r] += x0 * lo0; acc[4 * r + 1] += x0 * lo1; acc[4 * r + 2] += x0 * lo2; acc[4 * r + 3] += x0 * lo3;
+            acc[4 * r] += x1 * hi0; acc[4 * r + 1] += x1 * hi1; acc[4 * r + 2] += x1 * hi2; acc[4 * r + 3] += x1 * hi3;
         }
     }
 #pragma GCC unroll 4
-    for (int r = 0; r < ROWS; ++r) {
-        grurt_f16v *out = (grurt_f16v *)(y + (size_t)r * ldy);
-        out[0] = acc[2 * r];
-        out[1] = acc[2 * r + 1];
-    }
+    for (int r = 0; r < ROWS; ++r)
+#pragma GCC unroll 4
+        for (int i = 0; i < 4; ++i) ((grurt_v8 *)(y + (size_t)r * ldy))[i] = acc[4 * r + i];
 }
 
 GRURT_HOT static void grurt_gemm_bf16_widen(int rows, int n_in, int n_panels, const float *restrict x, int ldx,
@@ -104,50 +105,45 @@ GRURT_HOT static void grurt_gemm_bf16_widen(int rows, int n_in, int n_panels, co
                                   ldy, backward);
 }
 
-/* ROWS rows × one panel, int8: element j of each lane, sign-extended, as float */
+/* int8: element j of each lane, sign-extended, as float */
 #define GRURT_I8_ELEMENT(v, j) \
-    __builtin_convertvector((grurt_i16v)((grurt_u16v)(v) << (8 * (3 - (j)))) >> 24, grurt_f16v)
+    __builtin_convertvector((grurt_i8v)((grurt_u8v)(v) << (8 * (3 - (j)))) >> 24, grurt_v8)
 
 GRURT_INLINE void grurt_i8_widen_tile(int ROWS, int n_in, const float *restrict x, int ldx,
                                       const int8_t *restrict panel, const float *restrict scale,
                                       const float *restrict init, float *restrict y, int ldy, int backward) {
     int n_groups = (n_in + 3) / 4, full = n_in / 4;
-    grurt_f16v acc[2 * 4];
+    grurt_v8 acc[4 * 4];
+#pragma GCC unroll 16
+    for (int r = 0; r < 4 * ROWS; ++r) acc[r] = (grurt_v8){0};
+    for (int g = 0; g < n_groups; ++g) {
+        int q = GRURT_G(g, n_groups);
+        const grurt_i8v *w = (const grurt_i8v *)(panel + (size_t)q * 128);
+        grurt_v8 e[4][4];
 #pragma GCC unroll 4
-    for (int r = 0; r < 2 * ROWS; ++r) acc[r] = (grurt_f16v){0};
-    for (int i = 0; i < n_groups; ++i) {
-        int q = GRURT_G(i, n_groups);
-        const grurt_i16v *w = (const grurt_i16v *)(panel + (size_t)q * 128);
-        grurt_i16v v0 = w[0], v1 = w[1];
-        grurt_f16v a0 = GRURT_I8_ELEMENT(v0, 0), a1 = GRURT_I8_ELEMENT(v1, 0);
-        grurt_f16v b0 = GRURT_I8_ELEMENT(v0, 1), b1 = GRURT_I8_ELEMENT(v1, 1);
-        grurt_f16v c0 = GRURT_I8_ELEMENT(v0, 2), c1 = GRURT_I8_ELEMENT(v1, 2);
-        grurt_f16v d0 = GRURT_I8_ELEMENT(v0, 3), d1 = GRURT_I8_ELEMENT(v1, 3);
+        for (int i = 0; i < 4; ++i) {
+            grurt_i8v v = w[i];
+            e[0][i] = GRURT_I8_ELEMENT(v, 0);
+            e[1][i] = GRURT_I8_ELEMENT(v, 1);
+            e[2][i] = GRURT_I8_ELEMENT(v, 2);
+            e[3][i] = GRURT_I8_ELEMENT(v, 3);
+        }
         int left = q < full ? 4 : n_in - 4 * q;
 #pragma GCC unroll 4
         for (int r = 0; r < ROWS; ++r) {
             const float *xr = x + (size_t)r * ldx + 4 * q;
-            float x0 = xr[0], x1 = left > 1 ? xr[1] : 0.0f, x2 = left > 2 ? xr[2] : 0.0f;
-            float x3 = left > 3 ? xr[3] : 0.0f;
-            acc[2 * r] += x0 * a0;
-            acc[2 * r + 1] += x0 * a1;
-            acc[2 * r] += x1 * b0;
-            acc[2 * r + 1] += x1 * b1;
-            acc[2 * r] += x2 * c0;
-            acc[2 * r + 1] += x2 * c1;
-            acc[2 * r] += x3 * d0;
-            acc[2 * r + 1] += x3 * d1;
+            float xs[4] = {xr[0], left > 1 ? xr[1] : 0.0f, left > 2 ? xr[2] : 0.0f, left > 3 ? xr[3] : 0.0f};
+#pragma GCC unroll 4
+            for (int j = 0; j < 4; ++j)
+#pragma GCC unroll 4
+                for (int i = 0; i < 4; ++i) acc[4 * r + i] += xs[j] * e[j][i];
         }
     }
-    grurt_f16v s0 = ((const grurt_f16v *)scale)[0], s1 = ((const grurt_f16v *)scale)[1];
-    grurt_f16v i0 = {0}, i1 = {0};
-    if (init) { i0 = ((const grurt_f16v *)init)[0]; i1 = ((const grurt_f16v *)init)[1]; }
 #pragma GCC unroll 4
-    for (int r = 0; r < ROWS; ++r) {
-        grurt_f16v *out = (grurt_f16v *)(y + (size_t)r * ldy);
-        out[0] = i0 + s0 * acc[2 * r];
-        out[1] = i1 + s1 * acc[2 * r + 1];
-    }
+    for (int r = 0; r < ROWS; ++r)
+#pragma GCC unroll 4
+        for (int i = 0; i < 4; ++i)
+            ((grurt_v8 *)(y + (size_t)r * ldy))[i] = GRURT_INIT(init, 0, i) + ((const grurt_v8 *)scale)[i] * acc[4 * r + i];
 }
 
 GRURT_HOT static void grurt_gemm_i8_widen(int rows, int n_in, int n_panels, const float *restrict x, int ldx,
