@@ -54,6 +54,11 @@ typedef int32_t grurt_i8v __attribute__((vector_size(32), aligned(4)));
 #define GRURT_G(i, n_groups) (backward ? (n_groups) - 1 - (i) : (i))
 
 /* ---- widening, portable -------------------------------------------------------------- */
+/* Multiplies and adds round separately here (no FMA contraction): GCC contracts some
+ * multiply-adds of a tile and not others depending on how it vectorizes the tile, and then
+ * the 1-row and 4-row tiles round differently and a row's result depends on its batch. */
+#pragma GCC push_options
+#pragma GCC optimize("fp-contract=off")
 
 /* ROWS rows × one panel, bf16: the 32 columns as four 8-lane quarters. */
 GRURT_INLINE void grurt_bf16_widen_tile(int ROWS, int n_in, const float *restrict x, int ldx,
@@ -162,6 +167,8 @@ GRURT_HOT static void grurt_gemm_i8_widen(int rows, int n_in, int n_panels, cons
                                 init ? init + p * GRURT_PANEL : NULL, y + (size_t)r * ldy + p * GRURT_PANEL,
                                 ldy, backward);
 }
+
+#pragma GCC pop_options
 
 /* ---- dot instructions, x86-64 with AVX-512 ------------------------------------------- */
 #ifdef GRURT_X86_AVX512
