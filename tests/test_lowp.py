@@ -77,10 +77,12 @@ def test_budget_against_pytorch(name):
         error = np.abs(reduced.run(x) - expected).max()
         assert error <= BUDGETS[mode], (mode, error)
         assert model.run(x) is not None and np.array_equal(model.run(x), grurt.Model(model.spec).run(x))
-    if name == "W3":   # streaming: stepping frame by frame gives the sequence's outputs
-        stream = model.with_weights("int8").stream()
-        stepped = np.stack([stream.step(x[0, t]) for t in range(x.shape[1])])
-        assert np.array_equal(stepped, model.with_weights("int8").run(x[0]))
+    if name == "W3":   # streaming: stepping frame by frame gives the sequence's outputs (up to the
+        # order of the sums: a sequence alternates it from step to step, see GRURT_K)
+        for mode in MODES:
+            stream = model.with_weights(mode).stream()
+            stepped = np.stack([stream.step(x[0, t]) for t in range(x.shape[1])])
+            assert np.abs(stepped - model.with_weights(mode).run(x[0])).max() <= ATOL
 
 
 @pytest.mark.parametrize("lbr", [True, False])
