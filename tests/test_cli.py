@@ -180,3 +180,31 @@ def test_convert_check_against_keras(tmp_path):
     result = grurt_cmd("convert", tmp_path / "m.keras", tmp_path / "m.npz", "--check")
     assert result.returncode == 0, result.stderr
     assert float(result.stdout.split("max abs difference vs keras: ")[1].split()[0]) <= 1e-5
+
+
+@pytest.mark.parametrize("layout", [0, 1])
+def test_verify_and_convert_check_use_the_fixed_sizes_of_an_onnx_input(tmp_path, layout):
+    """An ONNX file whose input has fixed shape (2, 5, 3) runs at those sizes, not 4 × 16 (≤ 1e-5)."""
+    pytest.importorskip("onnxruntime")
+    from onnx import TensorProto, helper, numpy_helper, save
+    rng = np.random.default_rng(3)
+    W, R, B = (rng.normal(size=s).astype(np.float32) * 0.5 for s in ((1, 12, 3), (1, 12, 4), (1, 24)))
+    shape = [5, 2, 3] if layout == 0 else [2, 5, 3]
+    node = helper.make_node("GRU", ["X", "W", "R", "B"], ["Y", "Y_h"], hidden_size=4, linear_before_reset=1)
+    if layout:   # onnxruntime refuses GRU layout=1: transpose around a layout-0 GRU instead
+        nodes = [helper.make_node("Transpose", ["X"], ["Xt"], perm=[1, 0, 2]),
+                 helper.make_node("GRU", ["Xt", "W", "R", "B"], ["Y", "Y_h"], hidden_size=4, linear_before_reset=1)]
+    else:
+        nodes = [node]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("X", TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info("Y_h", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(a, n) for a, n in ((W, "W"), (R, "R"), (B, "B"))])
+    path = tmp_path / "fixed.onnx"
+    save(helper.make_model(graph, opset_imports=[helper.make_operatorsetid("", 17)], ir_version=9), path)
+    result = grurt_cmd("verify", path, "--against", path)
+    assert result.returncode == 0, result.stderr
+    assert all(float(line.rsplit(": ", 1)[1]) <= 1e-5 for line in result.stdout.strip().splitlines())
+    result = grurt_cmd("convert", path, tmp_path / "fixed.npz", "--check")
+    assert result.returncode == 0, result.stderr
+    assert "vs onnxruntime: " in result.stdout
+    assert float(result.stdout.split("vs onnxruntime: ")[1].split()[0]) <= 1e-5

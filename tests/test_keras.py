@@ -204,7 +204,8 @@ def test_framework_outputs(zoo, ext):
     (lambda: seq_model(layers.GRU(3, return_state=True)), "return_state=True"),
     (lambda: seq_model(layers.GRU(3, activation="selu")), "unsupported Keras activation 'selu'"),
     (lambda: seq_model(layers.Dense(3)), "no GRU layer"),
-    (lambda: seq_model(layers.GRU(3, return_sequences=True), layers.Flatten()), "flattening a sequence"),
+    (lambda: seq_model(layers.Masking(), layers.GRU(3, return_sequences=True), layers.Flatten()),
+     "flattening a masked sequence"),
 ])
 def test_unsupported_layers_are_named(build, fragment):
     with pytest.raises(grurt.UnsupportedModelError) as info:

@@ -163,13 +163,13 @@ def test_keras_archive_without_weights(tmp_path):
 
 def test_keras_archive_config_not_json(tmp_path):
     path = keras_archive(tmp_path, {"config.json": "{'class_name': Sequential", "model.weights.h5": b""})
-    with pytest.raises(grurt.ModelFormatError, match="config.json is not JSON"):
+    with pytest.raises(grurt.ModelFormatError, match="config.json is not valid JSON"):
         grurt.load(path)
 
 
 def test_h5_config_not_json(tmp_path):
     path = edited_copy(tmp_path, lambda f: f.attrs.modify("model_config", b"{not json"))
-    with pytest.raises(grurt.ModelFormatError, match="model_config is not JSON"):
+    with pytest.raises(grurt.ModelFormatError, match="model_config is not valid JSON"):
         grurt.load(path)
 
 

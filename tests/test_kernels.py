@@ -2,7 +2,9 @@
 
 Tolerance everywhere: max abs difference <= 1e-5 (gru_testing.ATOL) on outputs *and* returned
 states, with weights scaled so that every value stays O(1) (gru_testing asserts the reference
-stays below 20), i.e. about 100 float32 ulps.
+stays below 20), i.e. about 100 float32 ulps. What must not change the numbers at all (the
+batch a sequence runs in, threads, a single sequence against a batch of one) is compared bit
+for bit (np.array_equal).
 
 Kinks: relu, leaky_relu, hard_sigmoid, elu, affine and clip are continuous (Lipschitz), so a
 float32 rounding error e in a pre-activation changes their output by at most L*e, kink or not:
@@ -13,6 +15,8 @@ more than 1e-4 away from alpha (gru_testing.kink_monitor measures this in the re
 Hypothesis runs derandomized with a fixed number of examples, so CI is reproducible.
 """
 from __future__ import annotations
+
+import os
 
 import numpy as np
 import pytest
@@ -34,8 +38,10 @@ def profile(**options):
     """Derandomized (reproducible in CI), no deadline, no example database."""
     return settings(_BASE, **options)
 
-# Hidden sizes around the edges of the kernels' packed column panels (32 and 64 wide; the
-# recurrent products have 3H or 2H + H output columns, so edges of H, 2H and 3H all matter).
+# Hidden sizes around the edges of the products' packed column panels (GRURT_PANEL = 32
+# columns; the one-row kernel takes panels in pairs, and with AVX-512 3-6 panels, 96-192
+# columns, in one pass). The recurrent products have 3H (lbr=1) or 2H + H (lbr=0) output
+# columns, so edges of H, 2H and 3H all matter.
 PANEL_EDGES = (1, 2, 10, 11, 16, 17, 21, 22, 31, 32, 33, 42, 43, 63, 64, 65, 95, 96, 97, 127, 128, 129, 160)
 hidden_sizes = st.one_of(st.sampled_from(PANEL_EDGES), st.integers(1, 160))
 BOUNDED_GATES = ("sigmoid", "hard_sigmoid", "tanh", "softsign", "scaled_tanh")
@@ -60,8 +66,8 @@ def _lengths(rng, batch, steps):
        seed=st.integers(0, 2**32 - 1))
 def test_gru_layer_matches_reference(I, H, T, B, lbr, direction, f, g, clip, with_state, return_sequences,
                                      with_lengths, threads, seed):
-    """threads > 1 splits directions and batch slices over threads (each slice picks the panel or
-    the sgemm path by its own size)."""
+    """threads > 1 splits directions and batch slices over threads (each slice has its own
+    batch size, so its own mix of the products' row tiles)."""
     rng = np.random.default_rng(seed)
     layer = random_gru(rng, I, H, direction, lbr, random_activation(rng, f), random_activation(rng, g),
                        clip, return_sequences)
@@ -76,9 +82,11 @@ def test_gru_layer_matches_reference(I, H, T, B, lbr, direction, f, g, clip, wit
 @pytest.mark.parametrize("f", GRU_ACTIVATIONS)
 def test_every_activation_pair(f, g):
     """Each activation as gate (f) and as candidate (g), both reset positions, clip on and off,
-    both the panel (B=3) and sgemm (B=6) paths, bidirectional with lengths and initial state."""
-    for variant, (lbr, clip, batch) in enumerate([(True, None, 3), (False, None, 6), (True, 1.5, 6),
-                                                  (False, 0.75, 3)]):
+    bidirectional with lengths and initial state; batches of 1 (the one-row product), 3 (a
+    3-row tile), 8 and 9 (an AVX-512 8-row tile, or 3-row tiles and one-row leftovers without
+    AVX-512)."""
+    for variant, (lbr, clip, batch) in enumerate([(True, None, 3), (False, None, 9), (True, 1.5, 8),
+                                                  (False, 0.75, 1)]):
         # thresholded_relu jumps at alpha: try seeds until no pre-activation is within 1e-4 of it
         for seed in range(40):
             rng = np.random.default_rng([GRU_ACTIVATIONS.index(f), GRU_ACTIVATIONS.index(g), variant, seed])
@@ -179,14 +187,14 @@ def test_stacked_models_match_reference(model_and_seed, T, B, with_state, with_l
     h0 = random_states(rng, spec, B) if with_state else None
     lengths = _lengths(rng, B, T) if with_lengths else None
     assert_matches_reference(model, x, h0, lengths, threads=threads)
-    # and a single (T, I) sequence gives the same as a batch of one
+    # and a single (T, I) sequence gives bit for bit what a batch of one gives
     single = model.run(x[0], initial_state=None if h0 is None else [s[:, 0] for s in h0])
     batch_of_one = model.run(x[:1], initial_state=None if h0 is None else [s[:, :1] for s in h0])[0]
-    assert max_abs_diff(single, batch_of_one) <= 1e-6
+    assert np.array_equal(single, batch_of_one)
 
 
 # ---------------------------------------------------------------------------------------------
-# Batch sizes (panel/sgemm paths, thread slices) and the panel boundaries
+# Batch sizes (the products' row tiles, thread slices) and the panel boundaries
 # ---------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("lbr", [True, False], ids=["lbr1", "lbr0"])
@@ -206,8 +214,8 @@ def test_batch_sizes_across_panel_edges(H, lbr):
     for B in (1, 2, 3, 4, 5, 6, 8, 9, 17):
         state = [s[:, :B] for s in h0]
         assert_matches_reference(model, x[:B], state)
-        # threads=4 with two directions: two batch slices per direction, each slice choosing
-        # its own path (B=8 -> slices of 4 -> panels; B=5 -> 2 and 3)
+        # threads=4 with two directions: two batch slices per direction, each with its own
+        # row tiles (B=17 -> slices of 8 and 9; B=5 -> 2 and 3)
         for threads in (1, 4):
             out, states = model.run(x[:B], initial_state=state, return_state=True, threads=threads)
             for b in range(B):
@@ -249,7 +257,7 @@ def _padded_model(rng, direction, lbr, return_sequences, tail):
 @pytest.mark.parametrize("tail", ["none", "reverse", "laststep", "dense"])
 @pytest.mark.parametrize("return_sequences", [True, False], ids=["seq", "last"])
 @pytest.mark.parametrize("direction", DIRECTIONS)
-@pytest.mark.parametrize("B", [3, 7], ids=["panel", "sgemm"])
+@pytest.mark.parametrize("B", [3, 7], ids=["B3", "B7"])     # B3: lbr=1 then lbr=0 layers; B7: lbr=0 then 1
 def test_lengths_match_each_sequence_alone(B, direction, return_sequences, tail):
     rng = np.random.default_rng([B, DIRECTIONS.index(direction), return_sequences, len(tail)])
     model = _padded_model(rng, direction, B == 3, return_sequences, tail)
@@ -328,13 +336,45 @@ def test_activation_layer_matches_reference(kind):
     assert max_abs_diff(model.run(x), reference.run(model, x)) <= 1e-6
 
 
+# ---------------------------------------------------------------------------------------------
+# Threads: the same numbers, bit for bit, and the number of threads asked for
+# ---------------------------------------------------------------------------------------------
+
+def _plan_run(model, x, h0, lengths, threads):
+    """Plan.run as Model.run calls it: (output, final states, the number of threads that ran
+    the largest GRU layer)."""
+    B, T = x.shape[:2]
+    out = np.empty((B, T, model.output_size) if model.spec.returns_sequence else (B, model.output_size), np.float32)
+    states = [np.array(s, np.float32, order="C") for s in h0]
+    used = model._plan.run(x, states, None if lengths is None else np.asarray(lengths, np.int32), out, threads)
+    return out, states, used
+
+
+def _assert_threads(model, x, h0, lengths, threads, expected_threads):
+    """threads > 1 against the float64 reference, bit for bit against one thread, and run on
+    ``expected_threads`` threads: a split that silently fell back to one thread fails."""
+    one = _plan_run(model, x, h0, lengths, 1)
+    many = _plan_run(model, x, h0, lengths, threads)
+    assert one[2] == 1
+    assert many[2] == expected_threads, f"threads={threads}: {many[2]} threads ran the layer, not {expected_threads}"
+    assert np.array_equal(many[0], one[0])
+    assert all(np.array_equal(a, b) for a, b in zip(many[1], one[1]))
+    assert_matches_reference(model, x, h0, lengths, threads=threads)
+    # zero initial states kept in the workspace (another path through Model.run), bit for bit too
+    assert np.array_equal(model.run(x, threads=threads), model.run(x))
+
+
 @pytest.mark.parametrize("H, direction, return_sequences", [
     (1024, "forward", True), (1056, "reverse", True), (1024, "forward", False), (1024, "reverse", False)])
-def test_units_split_over_threads_equal_one_thread(H, direction, return_sequences):
+def test_units_split_over_threads(H, direction, return_sequences):
     """threads > batch and a large one-direction GRU (H >= 1024, whole panels of 32 units,
     sigmoid/tanh, linear_before_reset = 1): each step's units are split over the threads,
     which meet at a barrier per step. Every unit's arithmetic is that of one thread, so
-    outputs and states must be identical (H = 1056: 33 panels, split unevenly)."""
+    outputs and states must be identical (H = 1056: 33 panels, split unevenly). The split
+    runs at most one thread per online CPU."""
+    cpus = os.cpu_count()
+    if cpus == 1:
+        pytest.skip("one CPU: the unit split runs at most one thread per CPU, so it cannot run here")
     rng = np.random.default_rng([H, len(direction)])
     I, T = 16, 37
     model = grurt.Model(ModelSpec(I, (random_gru(rng, I, H, direction, return_sequences=return_sequences),)))
@@ -342,8 +382,24 @@ def test_units_split_over_threads_equal_one_thread(H, direction, return_sequence
         x = rng.normal(size=(B, T, I)).astype(np.float32)
         h0 = random_states(rng, model.spec, B)
         lengths = np.array([T, 20][:B])
-        one = model.run(x, initial_state=h0, return_state=True, lengths=lengths)
-        many = model.run(x, initial_state=h0, return_state=True, lengths=lengths, threads=threads)
-        assert np.array_equal(one[0], many[0]) and np.array_equal(one[1][0], many[1][0])
-        assert np.array_equal(model.run(x, threads=threads), model.run(x))
-    assert_matches_reference(model, x, h0)
+        _assert_threads(model, x, h0, lengths, threads, min(threads, cpus))
+
+
+@pytest.mark.parametrize("direction, H, lbr, B, threads, expected", [
+    ("bidirectional", 40, True, 1, 2, 2),       # a direction per thread
+    ("bidirectional", 33, False, 3, 4, 4),      # two batch slices per direction
+    ("bidirectional", 40, True, 5, 3, 2),       # threads left over: each direction on one
+    ("forward", 65, False, 5, 3, 3),            # batch slices of 1, 2 and 2
+    ("reverse", 40, True, 9, 2, 2),
+    ("forward", 1024, True, 4, 2, 2),           # a large layer: batch slices, no unit split
+])
+def test_directions_and_batch_split_over_threads(direction, H, lbr, B, threads, expected):
+    """Directions and slices of the batch are independent recurrences, one per thread: each
+    gives bit for bit what it gives on one thread."""
+    rng = np.random.default_rng([H, B, threads])
+    I, T = 7, 29
+    f = None if lbr else random_activation(rng, "hard_sigmoid")         # the generic gate pass too
+    model = grurt.Model(ModelSpec(I, (random_gru(rng, I, H, direction, lbr, gate=f),)))
+    x = rng.normal(size=(B, T, I)).astype(np.float32)
+    h0 = random_states(rng, model.spec, B)
+    _assert_threads(model, x, h0, _lengths(rng, B, T), threads, expected)

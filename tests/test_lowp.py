@@ -152,7 +152,7 @@ def test_file_round_trip(tmp_path, mode):
     path = tmp_path / "m.npz"
     grurt.save(model, path)
     header = read_header(path)
-    assert header["format_version"] == "1.1"
+    assert header["format_version"] == "1.2"
     assert [layer.get("weights") for layer in header["layers"]] == [mode, mode, None]
     with np.load(path) as arrays:
         assert arrays["0.R"].dtype == (np.uint16 if mode == "bf16" else np.int8)

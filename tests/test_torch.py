@@ -200,7 +200,7 @@ def test_double_precision_module_is_converted():
     (lambda: nn.LSTM(3, 4), "LSTM"),
     (lambda: nn.RNN(3, 4), "RNN"),
     (lambda: [nn.GRU(3, 4), nn.Conv1d(4, 4, 1)], "Conv1d"),
-    (lambda: nn.Sequential(nn.GRU(3, 4), nn.LayerNorm(4)), "LayerNorm"),
+    (lambda: nn.Sequential(nn.GRU(3, 4), nn.LayerNorm((5, 4))), "normalized_shape"),
     (lambda: [nn.GRU(3, 4), nn.Softmax(dim=1)], "dim=1"),
     (lambda: [nn.GRU(3, 4), nn.Softmax()], r"dim=None on a \(B, T, F\) input"),   # torch: over the batch
     (lambda: [nn.GRU(3, 4), nn.Flatten(), nn.Linear(20, 1)], "flattening a sequence"),

@@ -6,13 +6,14 @@
 """
 __version__ = "0.1.0"
 
-from . import reference
+from . import layers, reference
 from .errors import GrurtError, InputError, ModelFormatError, UnsupportedModelError
 from .formats import load, save
 from .importers.keras import from_keras
+from .importers.state_dict import from_state_dict
 from .importers.torch import from_torch
 from .model import Model
 from .spec import ModelSpec
 
-__all__ = ["load", "save", "from_torch", "from_keras", "Model", "ModelSpec", "GrurtError", "InputError",
+__all__ = ["load", "save", "from_torch", "from_keras", "from_state_dict", "layers", "Model", "ModelSpec", "GrurtError", "InputError",
            "ModelFormatError", "UnsupportedModelError", "reference", "__version__"]

@@ -39,7 +39,8 @@
  * compiled for the same instruction set (same FMA contraction, same vector width). */
 #define GRURT_INLINE static inline __attribute__((always_inline))
 
-/* Activation kinds: the numbering is shared with _kernels.pyx (ACTIVATION_CODES). */
+/* Activation kinds, declared here only: _kernels.pyx maps the spec's names onto these constants
+ * (ACTIVATION_CODES). */
 enum {
     ACT_LINEAR = 0, ACT_SIGMOID, ACT_TANH, ACT_RELU, ACT_SOFTSIGN, ACT_SOFTPLUS,
     ACT_HARD_SIGMOID, ACT_LEAKY_RELU, ACT_ELU, ACT_AFFINE, ACT_SCALED_TANH,
@@ -79,22 +80,33 @@ GRURT_INLINE float grurt_exp(float x) {
 }
 
 /* tanh as a 13/6-degree rational function of x on [-9, 9] (tanh is ±1 in float32 beyond):
- * the coefficients of Eigen's generic_fast_tanh_float, which MLAS (onnxruntime) uses too.
- * One division and no exponential; odd, so tanh(-x) = -tanh(x) exactly; NaN stays NaN. */
+ * tanh(x) ≈ x·p(x²)/q(x²) with the coefficients of Eigen's generic_fast_tanh_float, which MLAS
+ * (onnxruntime) uses too. One division and no exponential; odd, so tanh(-x) = -tanh(x)
+ * exactly; NaN stays NaN.
+ *
+ * GRURT_TANH_PQ is the one statement of the coefficients and of their evaluation order
+ * (Horner, highest power first), for grurt_tanh and for the intrinsics versions
+ * (GRURT_DEFINE_TANH_SIMD): MADD(a, b, c) is a·b + c and K(c) makes a constant, so both
+ * perform the same operations in the same order. */
+#define GRURT_TANH_PQ(MADD, K, x2, p, q)                                                             \
+    p = MADD(K(-2.76076847742355e-16f), x2, K(2.00018790482477e-13f));                              \
+    p = MADD(p, x2, K(-8.60467152213735e-11f));                                                      \
+    p = MADD(p, x2, K(5.12229709037114e-08f));                                                       \
+    p = MADD(p, x2, K(1.48572235717979e-05f));                                                       \
+    p = MADD(p, x2, K(6.37261928875436e-04f));                                                       \
+    p = MADD(p, x2, K(4.89352455891786e-03f));                                                       \
+    q = MADD(K(1.19825839466702e-06f), x2, K(1.18534705686654e-04f));                               \
+    q = MADD(q, x2, K(2.26843463243900e-03f));                                                       \
+    q = MADD(q, x2, K(4.89352518554385e-03f));
+#define GRURT_TANH_MADD(a, b, c) ((a) * (b) + (c))
+#define GRURT_TANH_CONST(c) (c)
+/* |x| > 9, that is x² > 81: x·p/q is then beyond ±1 and clamped to it */
+#define GRURT_TANH_MAX_X2 81.0f
+
 GRURT_INLINE float grurt_tanh(float x) {
-    float x2 = x * x;
-    x2 = x2 > 81.0f ? 81.0f : x2;   /* |x| > 9: x·p/q is then beyond ±1 and clamped below */
-    float p = -2.76076847742355e-16f;
-    p = p * x2 + 2.00018790482477e-13f;
-    p = p * x2 - 8.60467152213735e-11f;
-    p = p * x2 + 5.12229709037114e-08f;
-    p = p * x2 + 1.48572235717979e-05f;
-    p = p * x2 + 6.37261928875436e-04f;
-    p = p * x2 + 4.89352455891786e-03f;
-    float q = 1.19825839466702e-06f;
-    q = q * x2 + 1.18534705686654e-04f;
-    q = q * x2 + 2.26843463243900e-03f;
-    q = q * x2 + 4.89352518554385e-03f;
+    float x2 = x * x, p, q;
+    x2 = x2 > GRURT_TANH_MAX_X2 ? GRURT_TANH_MAX_X2 : x2;
+    GRURT_TANH_PQ(GRURT_TANH_MADD, GRURT_TANH_CONST, x2, p, q)
     float t = x * p / q;
     t = t > 1.0f ? 1.0f : t;          /* rounding may step past ±1: gates must stay in [0, 1] */
     return t < -1.0f ? -1.0f : t;
@@ -188,21 +200,14 @@ GRURT_HOT static void grurt_gates_lbr1_vectorized(int H, const float *restrict x
 #include <immintrin.h>
 /* The same pass with AVX2 or AVX-512 intrinsics: the clamps become single min/max
  * instructions (GCC if-converts the C ones into compare-and-blend sequences). Same
- * operations in the same order as grurt_tanh and grurt_sigmoid, so the results equal the C
- * pass's; NaN propagates the same way (vminps and vmaxps return their second operand when
+ * operations in the same order as grurt_tanh (both expand GRURT_TANH_PQ; the C one's a·b + c
+ * are contracted to FMAs in the AVX2 and AVX-512 clones) and grurt_sigmoid, so the results
+ * equal the C pass's; NaN propagates the same way (vminps and vmaxps return their second operand when
  * either is NaN: a NaN x² becomes 81 and x·p/q NaN). */
 #define GRURT_DEFINE_TANH_SIMD(NAME, ARCH, V, PS)                                                    \
 __attribute__((target(ARCH))) GRURT_INLINE V NAME(V x) {                                             \
-    V x2 = PS(min)(PS(mul)(x, x), PS(set1)(81.0f));                                                  \
-    V p = PS(fmadd)(PS(set1)(-2.76076847742355e-16f), x2, PS(set1)(2.00018790482477e-13f));          \
-    p = PS(fmadd)(p, x2, PS(set1)(-8.60467152213735e-11f));                                          \
-    p = PS(fmadd)(p, x2, PS(set1)(5.12229709037114e-08f));                                           \
-    p = PS(fmadd)(p, x2, PS(set1)(1.48572235717979e-05f));                                           \
-    p = PS(fmadd)(p, x2, PS(set1)(6.37261928875436e-04f));                                           \
-    p = PS(fmadd)(p, x2, PS(set1)(4.89352455891786e-03f));                                           \
-    V q = PS(fmadd)(PS(set1)(1.19825839466702e-06f), x2, PS(set1)(1.18534705686654e-04f));          \
-    q = PS(fmadd)(q, x2, PS(set1)(2.26843463243900e-03f));                                           \
-    q = PS(fmadd)(q, x2, PS(set1)(4.89352518554385e-03f));                                           \
+    V x2 = PS(min)(PS(mul)(x, x), PS(set1)(GRURT_TANH_MAX_X2)), p, q;                                \
+    GRURT_TANH_PQ(PS(fmadd), PS(set1), x2, p, q)                                                     \
     V t = PS(div)(PS(mul)(x, p), q);                                                                 \
     return PS(max)(PS(set1)(-1.0f), PS(min)(PS(set1)(1.0f), t));                                     \
 }
@@ -316,7 +321,7 @@ GRURT_HOT static void grurt_gates_lbr0_h(int H, const float *restrict xp, const 
 
 /* ---- matrix products with weights packed at load -----------------------------------
  * Y = init + X · Aᵀ for X (rows, n_in) and A (n_out, n_in), with A packed at load
- * (_kernels.pyx, pack_panels) into panels of GRURT_PANEL output columns: panel p, row k
+ * (_plan.pxi, pack_panels) into panels of GRURT_PANEL output columns: panel p, row k
  * holds A[p*GRURT_PANEL + c, k] for c < GRURT_PANEL, zero past n_out. ``init`` (one value
  * per column, padded; NULL for zeros) carries the biases. Rows of Y have room for
  * n_panels * GRURT_PANEL floats.

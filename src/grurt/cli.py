@@ -53,7 +53,13 @@ def cmd_info(args) -> None:
     else:
         print(f"format:     {os.path.splitext(args.model)[1].lstrip('.')} (converted at load)")
     shape = "(batch, time, %d)" % spec.output_size if spec.returns_sequence else "(batch, %d)" % spec.output_size
-    print(f"input:      (batch, time, {spec.input_size})")
+    if spec.takes_ids:
+        print(f"input:      (batch, time) integer token ids in [0, {spec.vocabulary})"
+              + (f", padding id {spec.mask_value}" if spec.mask_value is not None else ""))
+    else:
+        print(f"input:      (batch, time, {spec.input_size})")
+    if spec.fixed_steps is not None:
+        print(f"time steps: exactly {spec.fixed_steps} (the model flattens its sequences)")
     print(f"output:     {shape}")
     print(f"parameters: {spec.parameter_count}")
     print(f"weights:    {model.weights}" + (" (GRU W and R; biases and other layers float32)"
@@ -76,8 +82,16 @@ def cmd_run(args) -> None:
             print(out)
 
 
-def _random_input(model, batch=4, steps=16, seed=0) -> np.ndarray:
-    return np.random.default_rng(seed).standard_normal((batch, steps, model.input_size)).astype(np.float32)
+def _random_input(model, batch=4, steps=16, seed=0, source=None) -> np.ndarray:
+    """Random input for ``model``; an ONNX ``source`` whose input has fixed sizes gets those."""
+    if source is not None and os.path.splitext(source)[1].lower() == ".onnx":
+        fixed_batch, fixed_steps = verify.onnx_input_sizes(source)
+        batch, steps = fixed_batch or batch, fixed_steps or steps
+    rng = np.random.default_rng(seed)
+    steps = model.spec.fixed_steps or steps
+    if model.spec.takes_ids:     # ids from 1: 0 may be the padding id
+        return rng.integers(min(1, model.vocabulary - 1), model.vocabulary, (batch, steps))
+    return rng.standard_normal((batch, steps, model.input_size)).astype(np.float32)
 
 
 def _framework_outputs(source: str, seq: np.ndarray):
@@ -117,8 +131,8 @@ def cmd_convert(args) -> None:
     print(f"wrote {args.output}: {len(model.spec.layers)} layers, {model.spec.parameter_count} parameters"
           + ("" if model.weights == "float32" else f", {model.weights} GRU weights"))
     if args.check:
-        seq = _random_input(model)
         try:
+            seq = _random_input(model, source=args.input)
             oracle, expected = _framework_outputs(args.input, seq)
         except (CommandError, GrurtError) as exc:   # no framework, or it cannot run this file
             from .reference import run as reference_run
@@ -135,7 +149,7 @@ def _relative(error: float, expected) -> float:
 
 def cmd_verify(args) -> None:
     model = load(args.model, weights=args.weights)
-    seq = _random_input(model, batch=args.batch, steps=args.steps)
+    seq = _random_input(model, batch=args.batch, steps=args.steps, source=args.against)
     oracle, expected = _framework_outputs(args.against, seq)
     errors = _max_errors(model, seq, expected)
     if model.weights != "float32":
@@ -175,7 +189,7 @@ class _Progress:
 def cmd_bench(args) -> None:
     model = load(args.model)
     if args.stream:
-        frame = np.random.default_rng(0).standard_normal((args.batch, model.input_size)).astype(np.float32)
+        frame = _random_input(model, args.batch, 1)[:, 0]
 
         def make_call():
             stream = model.stream(batch=args.batch)
@@ -258,8 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("verify", help="compare grurt with the source framework on random inputs")
     p.add_argument("model")
     p.add_argument("--against", required=True, help=".onnx, .keras, .h5 or TorchScript .pt file")
-    p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--steps", type=int, default=16)
+    p.add_argument("--batch", type=int, default=4, help="batch size (an ONNX file's fixed batch size wins)")
+    p.add_argument("--steps", type=int, default=16, help="time steps (an ONNX file's fixed length wins)")
     p.add_argument("--tolerance", type=float, default=1e-4,
                    help="largest max abs error vs the source accepted (exit 1 above it)")
     p.add_argument("--weights", choices=WEIGHT_MODES, default=None,

@@ -7,8 +7,12 @@ import numpy as np
 
 from . import _kernels
 from . import precision
-from .errors import InputError
-from .spec import GRU, ModelSpec, Reverse
+from .errors import InputError, ModelFormatError, UnsupportedModelError
+from .spec import (GRU, WHOLE_SEQUENCE, Activation, Dense, Embedding, Flatten, GlobalPool, LastStep, LayerNorm,
+                   Merge, ModelSpec, Reverse, Scale, UnitNorm, activation)
+
+#: The layers the compiled kernels run (a leading Embedding's lookup runs in Model itself).
+KERNEL_LAYERS = (GRU, Dense, Activation, Scale, Reverse, LastStep, Merge, LayerNorm, UnitNorm, GlobalPool, Flatten)
 
 _FLOAT32 = np.dtype(np.float32)
 
@@ -60,14 +64,48 @@ class Model:
                         parts = stored.get((index, name))
                         self._stored[index, name] = (tuple(parts) if parts is not None
                                                      else precision.stored(getattr(layer, name), self.weights))
-        self._plan = _kernels.Plan(spec, self.weights, self._stored)
+        # a model that takes ids: the Embedding's lookup runs here (after the ids are checked), the
+        # kernels run the rest on its float32 output
+        self._table = spec.layers[0].table if spec.takes_ids else None
+        for index, layer in enumerate(spec.layers[1:] if spec.takes_ids else spec.layers):
+            if not isinstance(layer, KERNEL_LAYERS):
+                raise UnsupportedModelError(f"{layer.describe()}: grurt's kernels do not run this layer yet "
+                                            "(grurt.reference.run computes it)")
+        # the kernels' layer indices start after a leading Embedding
+        offset = 1 if spec.takes_ids else 0
+        self._plan = _kernels.Plan(_kernel_spec(spec), self.weights,
+                                   {(index - offset, name): parts for (index, name), parts in self._stored.items()})
         self._state_shapes = [(g.num_directions, g.hidden_size) for g in spec.gru_layers]
         self._output_size, self._returns_sequence = spec.output_size, spec.returns_sequence
-        self._plain_runs = spec.mask_value is None      # no lengths to derive from the input
+        self._fixed_steps = spec.fixed_steps
+        # no lengths to derive from the input, no ids, any number of steps: the C fast path
+        self._plain_runs = spec.mask_value is None and not spec.takes_ids and spec.fixed_steps is None
+
+    @classmethod
+    def chain(cls, layers, input_size=None, mask_value=None) -> "Model":
+        """A Model of canonical layers applied in order (``grurt.layers`` builds them from any
+        framework's weights). ``input_size`` defaults to that of the first GRU, Dense or Scale.
+        Put ``LastStep()`` after the last GRU to keep only the last time step."""
+        layers = tuple(layers)
+        if layers and isinstance(layers[0], Embedding):      # the model takes token ids
+            return cls(ModelSpec(None, layers, mask_value=mask_value))
+        for layer in layers if input_size is None else ():
+            input_size = layer.size if isinstance(layer, Scale) else getattr(layer, "input_size", None)
+            if input_size is not None:
+                break
+        if input_size is None:
+            raise ModelFormatError("Model.chain: no GRU, Dense or Scale layer tells the input size; pass input_size=")
+        return cls(ModelSpec(input_size, layers, mask_value=mask_value))
 
     @property
-    def input_size(self) -> int:
+    def input_size(self):
+        """Features per input step; None for a model that takes token ids (:attr:`vocabulary`)."""
         return self.spec.input_size
+
+    @property
+    def vocabulary(self):
+        """The number of valid token ids (0 .. vocabulary − 1) of a model that takes ids, else None."""
+        return self.spec.vocabulary
 
     @property
     def output_size(self) -> int:
@@ -109,19 +147,28 @@ class Model:
             out = self._plan.run_plain(seq, MEMORY_LIMIT_BYTES)
             if out is not None:
                 return out
-        x, single = self._input(seq)                       # checks the size before converting
+        if self._table is not None:
+            ids, single = self._ids(seq)
+            if lengths is None and self.spec.mask_value is not None:
+                lengths = self._lengths_from_mask(ids == self.spec.mask_value)
+            x = np.take(self._table, ids, axis=0)          # (B, T, E) float32: the ids are checked
+        else:
+            x, single = self._input(seq)                   # checks the size before converting
+            if lengths is None and self.spec.mask_value is not None:
+                lengths = self._lengths_from_mask((x == self.spec.mask_value).all(axis=2))
         batch, steps = x.shape[0], x.shape[1]
+        if self._fixed_steps is not None and steps != self._fixed_steps:
+            raise InputError(f"this model runs only on sequences of {self._fixed_steps} steps (it flattens them), "
+                             f"got {steps}")
         if initial_state is None and not return_state:
             states = None                                   # zero states kept in the workspace
         else:
             states = self._initial_states(initial_state, batch, single)
-        if lengths is None and self.spec.mask_value is not None:
-            lengths = self._lengths_from_mask(x)
         length_array = None if lengths is None else self._lengths(lengths, batch, steps, single)
         out = np.empty((batch, steps, self._output_size) if self._returns_sequence else (batch, self._output_size),
                        _FLOAT32)
-        if type(threads) is not int or not 1 <= threads <= 64:
-            raise InputError(f"threads must be an integer from 1 to 64, got {threads!r}")
+        if type(threads) is not int or not 1 <= threads <= _kernels.MAX_THREADS:
+            raise InputError(f"threads must be an integer from 1 to {_kernels.MAX_THREADS}, got {threads!r}")
         self._plan.run(x, states, length_array, out, threads)
         if single:
             out = out[0]
@@ -159,11 +206,12 @@ class Model:
         return seq.reshape(batch, steps, features), single
 
     def _check_size(self, batch: int, steps: int):
-        rows = batch * steps
-        if rows > self._plan.max_rows:
+        """The limits of Plan.check_size (the same check as the C fast path's), explained."""
+        failure = self._plan.check_size(batch, steps, MEMORY_LIMIT_BYTES)
+        if failure == _kernels.TOO_MANY_ROWS:
             raise InputError(f"input of {batch} sequences × {steps} steps is too large for 32-bit BLAS indexing")
-        needed = rows * self._plan.bytes_per_row + batch * self._plan.bytes_per_sequence
-        if needed > MEMORY_LIMIT_BYTES:
+        if failure == _kernels.TOO_MUCH_MEMORY:
+            needed = self._plan.bytes_needed(batch, steps)
             raise InputError(
                 f"input of {batch} sequences × {steps} steps would need {needed / 2**30:.1f} GiB, "
                 f"more than the limit of {MEMORY_LIMIT_BYTES / 2**30:.1f} GiB (grurt.model.MEMORY_LIMIT_BYTES)")
@@ -184,10 +232,32 @@ class Model:
             states.append(np.array(value, dtype=np.float32, order="C").reshape(d, batch, h))
         return states
 
-    def _lengths_from_mask(self, x):
-        """Each sequence's length from its trailing steps whose features all equal mask_value."""
-        real = (x != self.spec.mask_value).any(axis=2)                 # (B, T)
-        lengths = x.shape[1] - np.argmax(real[:, ::-1], axis=1)
+    def _ids(self, seq):
+        """Token ids (T,) or (B, T) → C-contiguous (B, T) integers within [0, vocabulary), and single."""
+        if type(seq) is not np.ndarray:
+            if not hasattr(seq, "__array__") and not isinstance(seq, (list, tuple, int, np.integer)):
+                raise InputError(f"input must be an array of token ids, got {type(seq).__name__}")
+            seq = _as_array(seq, "input")
+        if seq.dtype.kind not in "iu":
+            raise InputError(f"this model takes integer token ids, got dtype {seq.dtype}")
+        if seq.ndim not in (1, 2):
+            raise InputError(f"token ids must be (T,) or (B, T), got shape {seq.shape}")
+        single = seq.ndim == 1
+        batch, steps = (1,) + seq.shape if single else seq.shape
+        if steps == 0 or batch == 0:
+            raise InputError(f"input has no time steps or no sequences (shape {seq.shape})")
+        self._check_size(batch, steps)
+        low, high = seq.min(), seq.max()
+        if low < 0 or high >= self.spec.vocabulary:
+            bad = low if low < 0 else high
+            raise InputError(f"token id {bad} is outside the vocabulary [0, {self.spec.vocabulary})")
+        return np.ascontiguousarray(seq).reshape(batch, steps), single
+
+    def _lengths_from_mask(self, padding):
+        """Each sequence's length from its trailing padding steps (``padding`` (B, T): the step equals
+        mask_value in every feature, or is the padding id)."""
+        real = ~padding                                                # (B, T)
+        lengths = padding.shape[1] - np.argmax(real[:, ::-1], axis=1)
         empty = ~real.any(axis=1)
         if empty.any():
             raise InputError(f"sequence {int(np.argmax(empty))} is entirely masked (every step equals "
@@ -230,10 +300,15 @@ class Stream:
             if isinstance(layer, Reverse):
                 raise InputError(f"layer {index} reverses time, which needs the whole sequence: "
                                  "this model cannot stream, use run()")
+            if isinstance(layer, WHOLE_SEQUENCE):
+                raise InputError(f"layer {index} ({layer.describe()}) needs the whole sequence: "
+                                 "this model cannot stream, use run()")
         self.model = model
         self.batch = int(batch)
         self._plan = model._plan
         self._states = model._initial_states(None, self.batch, single=False)
+        # a model that takes ids: each step's ids are looked up into this frame, then stepped
+        self._frame = None if model._table is None else np.empty((self.batch, model._table.shape[1]), np.float32)
         self._workspace = _kernels.aligned_empty(self._plan.workspace_floats(self.batch, 1))
         # step() sees one frame: every layer's output is (B, F), there is no time axis left
         self._out_shape = (self.batch, model.output_size)
@@ -254,11 +329,14 @@ class Stream:
         self._states = self.model._initial_states(values, self.batch, single=False, name="state")
 
     def step(self, frame, out=None):
-        """Advance every stream by one frame: (I,) when batch is 1, or (batch, I).
+        """Advance every stream by one frame: (I,) when batch is 1, or (batch, I); for a model that
+        takes token ids, one id when batch is 1, or (batch,) ids.
 
         Returns the output for this frame, (F,) or (batch, F). With ``out`` (a C-contiguous
         float32 array of that shape) the result is written there and nothing is allocated.
         """
+        if self._frame is not None:
+            return self._step_ids(frame, out)
         result = self._plan.step_plain(frame, out, self._states, self._workspace, self.batch)
         if result is not None:                              # the common call, checked in C
             return result
@@ -283,9 +361,47 @@ class Stream:
             return result[0]
         return result
 
+    def _step_ids(self, ids, out):
+        """step() of a model that takes ids: one id (batch 1) or (batch,) ids."""
+        if type(ids) is not np.ndarray:
+            if isinstance(ids, (bool, np.bool_)):
+                raise InputError("this model takes integer token ids, got a bool")
+            ids = _as_array(ids, "ids")
+        if ids.dtype.kind not in "iu":
+            raise InputError(f"this model takes integer token ids, got dtype {ids.dtype}")
+        single = ids.ndim == 0
+        if not (ids.shape == (self.batch,) or (single and self.batch == 1)):
+            raise InputError(f"ids must be ({self.batch},)" + (" or one id" if self.batch == 1 else "")
+                             + f", got shape {ids.shape}")
+        low, high = ids.min(), ids.max()
+        vocabulary = self.model.spec.vocabulary
+        if low < 0 or high >= vocabulary:
+            raise InputError(f"token id {low if low < 0 else high} is outside the vocabulary [0, {vocabulary})")
+        np.take(self.model._table, ids.reshape(-1), axis=0, out=self._frame)
+        if out is None:
+            result = np.empty(self._out_shape, np.float32)
+        else:
+            result = out
+            if not (type(out) is np.ndarray and out.dtype == np.float32 and out.flags.c_contiguous
+                    and out.flags.writeable and out.size == self.batch * self.model.output_size):
+                raise InputError(f"out must be a writeable C-contiguous float32 array of "
+                                 f"{self.batch * self.model.output_size} elements")
+        self._plan.step(self._frame, self._states, result, self._workspace, self.batch)
+        if out is None and single:
+            return result[0]
+        return result
+
     @staticmethod
     def _coerce(frame):
         frame = np.asarray(frame)
         if frame.dtype.kind not in "fiub":
             raise InputError(f"frame must be real numbers, got dtype {frame.dtype}")
         return np.ascontiguousarray(frame, dtype=np.float32)
+
+
+def _kernel_spec(spec: ModelSpec) -> ModelSpec:
+    """What the kernels run: the spec without a leading Embedding (whose lookup Model does)."""
+    if not spec.takes_ids:
+        return spec
+    rest = spec.layers[1:] or (Activation(activation("linear")),)
+    return ModelSpec(spec.layers[0].output_size, rest)

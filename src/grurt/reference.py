@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from .spec import GRU, Activation, ActivationFunction, Dense, LastStep, Merge, ModelSpec, Reverse, Scale
+from .spec import Embedding, Flatten, GlobalPool, LayerNorm, UnitNorm
 
 
 def apply_activation(fn: ActivationFunction, x: np.ndarray) -> np.ndarray:
@@ -100,16 +101,60 @@ def reverse_time(x: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     return out
 
 
+def embed(layer: Embedding, ids: np.ndarray) -> np.ndarray:
+    """Rows of the table for integer ids (B, T) → (B, T, E); ids outside [0, vocabulary) are an error."""
+    ids = np.asarray(ids)
+    if ids.dtype.kind not in "iu":
+        raise TypeError(f"ids must be integers, got dtype {ids.dtype}")
+    if ids.size and (ids.min() < 0 or ids.max() >= layer.vocabulary):
+        raise IndexError(f"ids must be in [0, {layer.vocabulary}), got {ids.min()}..{ids.max()}")
+    return np.asarray(layer.table, np.float64)[ids]
+
+
+def layer_norm(layer: LayerNorm, x: np.ndarray) -> np.ndarray:
+    """(x − mean) / sqrt(var + eps) · gamma + beta over the last axis, var biased."""
+    mean = x.mean(axis=-1, keepdims=True)
+    var = ((x - mean) ** 2).mean(axis=-1, keepdims=True)
+    return (x - mean) / np.sqrt(var + layer.epsilon) * layer.gamma + layer.beta
+
+
+def unit_norm(layer: UnitNorm, x: np.ndarray) -> np.ndarray:
+    """x / max(‖x‖₂, eps) over the last axis; a zero vector gives zeros (also when eps is 0)."""
+    norm = np.sqrt((x * x).sum(axis=-1, keepdims=True))
+    denominator = np.maximum(norm, layer.epsilon)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(denominator > 0, x / np.where(denominator > 0, denominator, 1.0), 0.0)
+
+
+def global_pool(layer: GlobalPool, x: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Mean or max of each sequence over its own valid steps: (B, T, F) → (B, F)."""
+    pool = np.mean if layer.mode == "average" else np.max
+    return np.stack([pool(x[b, :n], axis=0) for b, n in enumerate(lengths)])
+
+
 def run(model, seq, initial_state=None, return_state=False, lengths=None):
-    """Run ``model`` (a ModelSpec or Model) on ``seq`` exactly as :meth:`grurt.Model.run` does."""
+    """Run ``model`` (a ModelSpec or Model) on ``seq`` exactly as :meth:`grurt.Model.run` does.
+
+    A model that takes ids (its first layer an Embedding) takes integer ids (T,) or (B, T).
+    """
     spec: ModelSpec = getattr(model, "spec", model)
-    x = np.asarray(seq, dtype=np.float64)
-    single = x.ndim == 2
-    if single:
-        x = x[None]
+    if spec.takes_ids:
+        ids = np.asarray(seq)
+        single = ids.ndim == 1
+        ids = ids[None] if single else ids
+        x = embed(spec.layers[0], ids)
+        padding = ids == spec.mask_value if spec.mask_value is not None else None
+    else:
+        x = np.asarray(seq, dtype=np.float64)
+        single = x.ndim == 2
+        if single:
+            x = x[None]
+        padding = (x == spec.mask_value).all(axis=2) if spec.mask_value is not None else None
     batch, steps, _ = x.shape
-    if lengths is None and spec.mask_value is not None:
-        lengths = np.array([1 + max([t for t in range(steps) if (x[b, t] != spec.mask_value).any()], default=0)
+    if spec.fixed_steps is not None and steps != spec.fixed_steps:
+        raise ValueError(f"the model runs on sequences of exactly {spec.fixed_steps} steps (Flatten), got {steps}")
+    if lengths is None and padding is not None:
+        lengths = np.array([1 + max([t for t in range(steps) if not padding[b, t]], default=0)
                             for b in range(batch)])
     lengths = np.full(batch, steps) if lengths is None else np.asarray(lengths).reshape(batch)
     grus = spec.gru_layers
@@ -141,6 +186,16 @@ def run(model, seq, initial_state=None, return_state=False, lengths=None):
             x = {"sum": first + second, "ave": (first + second) / 2, "mul": first * second}[layer.mode]
         elif isinstance(layer, LastStep):
             x, has_time = x[np.arange(batch), lengths - 1], False
+        elif isinstance(layer, Embedding):
+            pass        # applied to the ids above
+        elif isinstance(layer, LayerNorm):
+            x = layer_norm(layer, x)
+        elif isinstance(layer, UnitNorm):
+            x = unit_norm(layer, x)
+        elif isinstance(layer, GlobalPool):
+            x, has_time = global_pool(layer, x, lengths), False
+        elif isinstance(layer, Flatten):
+            x, has_time = x.reshape(batch, -1), False
         if has_time:
             # outputs past a sequence's end are zero, whatever the layer computes there
             mask = np.arange(steps)[None, :] < lengths[:, None]

@@ -291,9 +291,128 @@ class LastStep:
         return "LastStep()"
 
 
+# ---- embeddings, normalisation over features, pooling over time, flattening (issue 12) ----
+
+def _epsilon(owner: str, value) -> float:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not math.isfinite(float(value)) or value < 0:
+        raise ModelFormatError(f"{owner}: epsilon must be a finite number >= 0, got {value!r}")
+    return float(np.float32(value))
+
+
+@dataclass(frozen=True, eq=False)
+class Embedding:
+    """Token ids → rows of ``table`` (vocabulary, features): ``y[b, t] = table[ids[b, t]]``.
+
+    Only as a model's first layer: the model then takes integer ids (B, T) or (T,) instead of
+    features, and its ``input_size`` is None. An id outside [0, vocabulary) is an InputError
+    (checked before any kernel reads the table; ONNX ``Gather``'s negative ids are refused too).
+    """
+
+    table: np.ndarray
+
+    def __post_init__(self):
+        table = np.asarray(self.table)
+        if table.ndim != 2 or 0 in table.shape:
+            raise ModelFormatError(f"Embedding: table must be a non-empty 2-D (vocabulary, features) array, "
+                                   f"got shape {table.shape}")
+        object.__setattr__(self, "table", _weights("Embedding", "table", table, table.shape))
+
+    @property
+    def vocabulary(self) -> int:
+        return self.table.shape[0]
+
+    @property
+    def output_size(self) -> int:
+        return self.table.shape[1]
+
+    def describe(self) -> str:
+        return f"Embedding({self.vocabulary} ids -> {self.output_size})"
+
+
+@dataclass(frozen=True, eq=False)
+class LayerNorm:
+    """Normalisation over the features of each step: ``y = (x − μ) / √(σ² + epsilon) · gamma + beta``,
+    μ and σ² the mean and (biased, ÷F) variance of the step's F features."""
+
+    gamma: np.ndarray
+    beta: np.ndarray
+    epsilon: float = 1e-5
+
+    def __post_init__(self):
+        gamma = np.asarray(self.gamma)
+        if gamma.ndim != 1 or gamma.shape[0] < 1:
+            raise ModelFormatError(f"LayerNorm: gamma must be a non-empty 1-D array, got shape {gamma.shape}")
+        object.__setattr__(self, "gamma", _weights("LayerNorm", "gamma", gamma, gamma.shape))
+        object.__setattr__(self, "beta", _weights("LayerNorm", "beta", self.beta, gamma.shape))
+        object.__setattr__(self, "epsilon", _epsilon("LayerNorm", self.epsilon))
+
+    @property
+    def size(self) -> int:
+        return self.gamma.shape[0]
+
+    def describe(self) -> str:
+        return f"LayerNorm({self.size}, epsilon={self.epsilon:g})"
+
+
+@dataclass(frozen=True, eq=False)
+class UnitNorm:
+    """L2 normalisation over the features of each step: ``y = x / max(‖x‖₂, epsilon)``.
+
+    With ``epsilon`` 0 (ONNX ``LpNormalization``, which has none) a step whose features are
+    all zero gives zeros, as onnxruntime computes it. PyTorch ``F.normalize`` and Keras ≥ 3.6
+    ``UnitNormalization`` floor the norm at their epsilon (1e-12); Keras 2 and Keras 3 < 3.6
+    floor the *squared* norm at 1e-12, i.e. the norm at 1e-6 (see docs/keras.md).
+    """
+
+    epsilon: float = 1e-12
+
+    def __post_init__(self):
+        object.__setattr__(self, "epsilon", _epsilon("UnitNorm", self.epsilon))
+
+    def describe(self) -> str:
+        return f"UnitNorm(epsilon={self.epsilon:g})"
+
+
+POOL_MODES = ("average", "max")
+
+
+@dataclass(frozen=True, eq=False)
+class GlobalPool:
+    """Mean or maximum over each sequence's valid time steps: (B, T, F) → (B, F)."""
+
+    mode: str
+
+    def __post_init__(self):
+        if self.mode not in POOL_MODES:
+            raise UnsupportedModelError(f"GlobalPool: mode {self.mode!r} is not one of {POOL_MODES}")
+
+    def describe(self) -> str:
+        return f"GlobalPool({self.mode})"
+
+
+@dataclass(frozen=True, eq=False)
+class Flatten:
+    """(B, T, F) → (B, T·F), step-major (``x.reshape(B, -1)``): the model then runs only on
+    sequences of exactly ``steps`` time steps (padding past a sequence's length is zero)."""
+
+    steps: int
+
+    def __post_init__(self):
+        object.__setattr__(self, "steps", _positive_int("Flatten", "steps", self.steps))
+
+    def describe(self) -> str:
+        return f"Flatten({self.steps} steps)"
+
+
 Layer = Union[GRU, Dense, Activation, Scale, Reverse, LastStep, Merge]
 LAYER_TYPES = (GRU, Dense, Activation, Scale, Reverse, LastStep, Merge)
 SEQUENCE_ONLY = (GRU, Reverse, LastStep)
+Layer = Union[Layer, Embedding, LayerNorm, UnitNorm, GlobalPool, Flatten]
+LAYER_TYPES += (Embedding, LayerNorm, UnitNorm, GlobalPool, Flatten)
+SEQUENCE_ONLY += (GlobalPool, Flatten)
+#: Layers that need the whole sequence before they can give an output: a model with one cannot stream.
+WHOLE_SEQUENCE = (GlobalPool, Flatten)
 
 
 @dataclass(frozen=True, eq=False)
@@ -302,21 +421,35 @@ class ModelSpec:
 
     ``mask_value``: time steps whose features all equal it are padding;
     ``run`` then derives each sequence's length from its trailing padding.
+
+    A model whose first layer is an :class:`Embedding` takes integer token ids (B, T) instead
+    of features: its ``input_size`` is None, and ``mask_value`` (Keras ``mask_zero``: 0) is
+    the padding id.
     """
 
-    input_size: int
+    input_size: Optional[int]
     layers: Tuple[Layer, ...] = field(default_factory=tuple)
     mask_value: Optional[float] = None
 
     def __post_init__(self):
-        object.__setattr__(self, "input_size", _positive_int("model", "input_size", self.input_size))
         layers = tuple(self.layers)
         object.__setattr__(self, "layers", layers)
+        takes_ids = bool(layers) and isinstance(layers[0], Embedding)
+        if takes_ids and self.input_size is not None:
+            raise ModelFormatError(f"model: input_size must be None when the first layer is an Embedding "
+                                   f"(the model takes token ids), got {self.input_size!r}")
+        if not takes_ids:
+            object.__setattr__(self, "input_size", _positive_int("model", "input_size", self.input_size))
         if self.mask_value is not None:
             if isinstance(self.mask_value, (bool, np.bool_)) or not isinstance(
                     self.mask_value, (int, float, np.integer, np.floating)) or not math.isfinite(self.mask_value):
                 raise ModelFormatError(f"model: mask_value must be a finite number, got {self.mask_value!r}")
             object.__setattr__(self, "mask_value", float(np.float32(self.mask_value)))
+            if takes_ids:
+                if self.mask_value != int(self.mask_value):
+                    raise ModelFormatError(f"model: mask_value of a model that takes ids must be an integer id, "
+                                           f"got {self.mask_value!r}")
+                object.__setattr__(self, "mask_value", int(self.mask_value))
         if not layers:
             raise ModelFormatError("model has no layers")
         features, has_time = self.input_size, True
@@ -324,12 +457,16 @@ class ModelSpec:
             where = f"layer {index} ({type(layer).__name__})"
             if not isinstance(layer, LAYER_TYPES):
                 raise UnsupportedModelError(f"{where}: not a grurt layer: {layer!r}")
+            if isinstance(layer, Embedding) and index:
+                raise ModelFormatError(f"{where}: an Embedding must be the model's first layer")
             if isinstance(layer, SEQUENCE_ONLY) and not has_time:
                 raise ModelFormatError(
                     f"{where}: needs a sequence, but an earlier layer already removed the time axis")
             if isinstance(layer, (GRU, Dense)):
                 expected = layer.input_size
             elif isinstance(layer, Scale):
+                expected = layer.size
+            elif isinstance(layer, LayerNorm):
                 expected = layer.size
             elif isinstance(layer, Merge) and features % 2:
                 raise ModelFormatError(f"{where}: needs an even number of features, receives {features}")
@@ -346,6 +483,12 @@ class ModelSpec:
                 has_time = False
             elif isinstance(layer, Merge):
                 features //= 2
+            elif isinstance(layer, Embedding):
+                features = layer.output_size
+            elif isinstance(layer, GlobalPool):
+                has_time = False
+            elif isinstance(layer, Flatten):
+                features, has_time = features * layer.steps, False
         object.__setattr__(self, "output_size", features)
         object.__setattr__(self, "returns_sequence", has_time)
 
@@ -358,7 +501,23 @@ class ModelSpec:
         return tuple((g.num_directions, batch, g.hidden_size) for g in self.gru_layers)
 
     @property
+    def takes_ids(self) -> bool:
+        """True when the model's input is integer token ids (its first layer is an Embedding)."""
+        return isinstance(self.layers[0], Embedding)
+
+    @property
+    def vocabulary(self) -> Optional[int]:
+        """The number of valid ids (0 .. vocabulary − 1) of a model that takes ids, else None."""
+        return self.layers[0].vocabulary if self.takes_ids else None
+
+    @property
+    def fixed_steps(self) -> Optional[int]:
+        """The only number of time steps the model runs on (a ``Flatten`` fixes it), or None."""
+        return next((layer.steps for layer in self.layers if isinstance(layer, Flatten)), None)
+
+    @property
     def parameter_count(self) -> int:
-        arrays = {GRU: ("W", "R", "B"), Dense: ("W", "b"), Scale: ("a", "c")}
+        arrays = {GRU: ("W", "R", "B"), Dense: ("W", "b"), Scale: ("a", "c"),
+                  Embedding: ("table",), LayerNorm: ("gamma", "beta")}
         return sum(getattr(layer, name).size for layer in self.layers
                    for name in arrays.get(type(layer), ()))

@@ -18,6 +18,14 @@ from .importers.onnx import _import, _interpret
 from .importers.onnx.graph import _lookup
 
 
+def onnx_input_sizes(path):
+    """(batch, steps) the ONNX file's sequence input fixes: an int where its shape is fixed, else None."""
+    source, probe = _import(path)
+    dims = {name: dims for name, _, dims in source.inputs}[probe.sequence_input]
+    sizes = [d if isinstance(d, int) else None for d in dims[:2]]
+    return tuple(sizes) if probe.batch_first else (sizes[1], sizes[0])
+
+
 def onnx_outputs(path, seq, initial_state=None, return_state=False, lengths=None):
     """Run the ONNX file with onnxruntime on batch-first ``seq`` and shape the result as grurt does.
 

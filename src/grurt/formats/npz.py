@@ -14,13 +14,14 @@ import numpy as np
 
 from .. import precision
 from ..errors import GrurtError, ModelFormatError, UnsupportedModelError
-from ..limits import MAX_HEADER_BYTES, MAX_PARAMETERS
+from ..limits import MAX_HEADER_BYTES, MAX_PARAMETERS, parse_json
 from ..spec import GRU, Activation, ActivationFunction, Dense, LastStep, Merge, ModelSpec, Reverse, Scale
+from ..spec import Embedding, Flatten, GlobalPool, LayerNorm, UnitNorm
 
 FORMAT_NAME = "grurt"
-FORMAT_VERSION = (1, 1)
-#: files without reduced-precision weights are written as 1.0, which every grurt reads
-PLAIN_VERSION = (1, 0)
+# 1.1: Embedding (input_size null), LayerNorm, UnitNorm, GlobalPool, Flatten
+# 1.2: GRU "weights": "bf16" / "int8" (reduced-precision W and R, docs/format.md)
+FORMAT_VERSION = (1, 2)
 HEADER_KEY = "header"
 
 _ARRAYS = {GRU: ("W", "R", "B"), Dense: ("W", "b"), Scale: ("a", "c")}
@@ -35,6 +36,17 @@ _LAYER_FIELDS = {
     "LastStep": {"type"},
     "Merge": {"type", "mode"},
 }
+# format 1.1 (issue 12)
+_ARRAYS_1_1 = {Embedding: ("table",), LayerNorm: ("gamma", "beta")}
+_TYPES_1_1 = (Embedding, LayerNorm, UnitNorm, GlobalPool, Flatten)
+_ARRAYS.update(_ARRAYS_1_1)
+_LAYER_FIELDS.update({
+    "Embedding": {"type", "vocabulary", "features"},
+    "LayerNorm": {"type", "epsilon"},
+    "UnitNorm": {"type", "epsilon"},
+    "GlobalPool": {"type", "mode"},
+    "Flatten": {"type", "steps"},
+})
 
 
 def _activation_to_json(fn: ActivationFunction) -> dict:
@@ -59,6 +71,14 @@ def _layer_to_json(layer) -> dict:
         return {"type": "Activation", "function": _activation_to_json(layer.function)}
     if isinstance(layer, Merge):
         return {"type": "Merge", "mode": layer.mode}
+    if isinstance(layer, Embedding):
+        return {"type": "Embedding", "vocabulary": layer.vocabulary, "features": layer.output_size}
+    if isinstance(layer, (LayerNorm, UnitNorm)):
+        return {"type": type(layer).__name__, "epsilon": layer.epsilon}
+    if isinstance(layer, GlobalPool):
+        return {"type": "GlobalPool", "mode": layer.mode}
+    if isinstance(layer, Flatten):
+        return {"type": "Flatten", "steps": layer.steps}
     return {"type": type(layer).__name__}
 
 
@@ -69,9 +89,11 @@ def save(model, path, metadata: dict | None = None) -> None:
     spec = getattr(model, "spec", model)
     if not isinstance(spec, ModelSpec):
         raise TypeError(f"save expects a grurt Model or ModelSpec, got {type(model).__name__}")
+    # a model that needs nothing newer is written as 1.0 (or 1.1), so that older grurt releases load it
     weights = getattr(model, "weights", "float32")
-    header = {"format": FORMAT_NAME, "format_version": "%d.%d" % (PLAIN_VERSION if weights == "float32"
-                                                                  else FORMAT_VERSION),
+    version = (FORMAT_VERSION if weights != "float32"
+               else (1, 1) if any(isinstance(layer, _TYPES_1_1) for layer in spec.layers) else (1, 0))
+    header = {"format": FORMAT_NAME, "format_version": "%d.%d" % version,
               "producer": f"grurt {__version__}", "input_size": spec.input_size,
               "layers": [_layer_to_json(layer) for layer in spec.layers]}
     if spec.mask_value is not None:
@@ -118,20 +140,19 @@ def _int_field(entry, key, where):
 
 def _read_header(archive: zipfile.ZipFile) -> dict:
     name = HEADER_KEY + ".npy"
-    _expect(name in archive.namelist(), "not a grurt model: the archive has no 'header' entry")
+    _expect(name in archive.namelist(), "not a grurt model: the archive has no 'header' entry. A state dict saved "
+            "with numpy.savez (PyTorch parameter names -> arrays) loads with grurt.from_state_dict(path)")
     info = archive.getinfo(name)
     _expect(info.file_size <= MAX_HEADER_BYTES, f"header entry is implausibly large ({info.file_size} bytes)")
     with archive.open(name) as handle:
         raw = handle.read(MAX_HEADER_BYTES + 1)
     try:
         array = np.load(io.BytesIO(raw), allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise ModelFormatError(f"the 'header' entry is not a readable .npy array ({exc})") from None
+    except Exception as exc:    # noqa: BLE001 - numpy parses .npy headers with ast/tokenize: many exception types
+        raise ModelFormatError(f"the 'header' entry is not a readable .npy array ({type(exc).__name__}: {exc})") from None
     _expect(array.dtype.kind == "U" and array.ndim == 0, "header must be a 0-d string array holding JSON")
-    try:
-        header = json.loads(str(array))
-    except (ValueError, RecursionError) as exc:   # JSONDecodeError, huge int literals, deep nesting
-        raise ModelFormatError(f"header is not valid JSON: {exc}") from None
+    # JSONDecodeError, huge int literals, deep nesting (MAX_JSON_DEPTH)
+    header = parse_json(str(array), "header")
     _expect(isinstance(header, dict) and header.get("format") == FORMAT_NAME,
             "not a grurt model: header['format'] is not 'grurt'")
     version = header.get("format_version")
@@ -153,7 +174,7 @@ def read_header(path) -> dict:
     with _open_archive(path) as archive:
         try:
             return _read_header(archive)
-        except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as exc:
+        except (zipfile.BadZipFile, OSError, EOFError, zlib.error, NotImplementedError) as exc:
             raise ModelFormatError(f"{path}: corrupt grurt model ({type(exc).__name__}: {exc})") from None
 
 
@@ -162,7 +183,7 @@ def _open_archive(path) -> zipfile.ZipFile:
         return zipfile.ZipFile(path)
     except FileNotFoundError:
         raise
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as exc:
         raise ModelFormatError(f"{path}: not a readable .npz archive ({exc})") from None
 
 
@@ -178,7 +199,9 @@ def _read_array(archive: zipfile.ZipFile, key: str, shape: tuple, where: str, dt
                       (2, 0): np.lib.format.read_array_header_2_0}.get(version)
             _expect(reader is not None, f"{where}: array '{key}' has an unknown .npy version {version}")
             stored_shape, fortran, dtype = reader(handle)
-        except ValueError as exc:
+        except (GrurtError, zipfile.BadZipFile, OSError, EOFError, zlib.error, NotImplementedError):
+            raise
+        except Exception as exc:    # noqa: BLE001 - numpy parses the header with ast/tokenize: many exception types
             raise ModelFormatError(f"{where}: array '{key}' has a corrupt header ({exc})") from None
         if dtype_name == "float32":
             _expect(dtype.kind == "f" and not dtype.hasobject,
@@ -251,7 +274,33 @@ def _layer_from_json(archive, entry, index, features, budget, stored):
         return Scale(a=array("a", (features,)), c=array("c", (features,)))
     if kind == "Merge":
         return Merge(entry.get("mode"))
+    if kind in _LAYERS_1_1:
+        return _LAYERS_1_1[kind](entry, array, features, budget, where)
     return Reverse() if kind == "Reverse" else LastStep()
+
+
+# ---- format 1.1 layers (issue 12) ----
+
+def _embedding_from_json(entry, array, features, budget, where):
+    _expect(features is None, f"{where}: an Embedding must be the first layer of a model whose input_size is null")
+    vocabulary, dims = _int_field(entry, "vocabulary", where), _int_field(entry, "features", where)
+    _check_budget(vocabulary * dims, budget, where)
+    return Embedding(array("table", (vocabulary, dims)))
+
+
+def _layer_norm_from_json(entry, array, features, budget, where):
+    _check_budget(2 * features, budget, where)
+    return LayerNorm(array("gamma", (features,)), array("beta", (features,)), entry.get("epsilon"))
+
+
+def _unit_norm_from_json(entry, array, features, budget, where):
+    return UnitNorm(entry.get("epsilon"))
+
+
+_LAYERS_1_1 = {"Embedding": _embedding_from_json, "LayerNorm": _layer_norm_from_json,
+               "UnitNorm": _unit_norm_from_json,
+               "GlobalPool": lambda entry, *_: GlobalPool(entry.get("mode")),
+               "Flatten": lambda entry, array, features, budget, where: Flatten(_int_field(entry, "steps", where))}
 
 
 def _check_budget(count, budget, where):
@@ -268,9 +317,12 @@ def load_npz(path):
     with _open_archive(path) as archive:
         try:
             header = _read_header(archive)
-            features = _int_field(header, "input_size", "header")
+            # input_size null: the model takes token ids (its first layer is an Embedding, format 1.1)
+            features = None if header.get("input_size", 0) is None else _int_field(header, "input_size", "header")
             entries = header.get("layers")
             _expect(isinstance(entries, list) and entries, "header: 'layers' must be a non-empty list")
+            _expect(features is not None or (isinstance(entries[0], dict) and entries[0].get("type") == "Embedding"),
+                    "header: input_size is null but the first layer is not an Embedding")
             layers, budget, stored = [], [MAX_PARAMETERS], {}
             for index, entry in enumerate(entries):
                 layers.append(_layer_from_json(archive, entry, index, features, budget, stored))
@@ -287,7 +339,7 @@ def load_npz(path):
                              mask_value=header.get("mask_value"))
         except GrurtError:
             raise
-        except (zipfile.BadZipFile, OSError, EOFError, ValueError, KeyError, zlib.error) as exc:
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError, KeyError, zlib.error, NotImplementedError) as exc:
             raise ModelFormatError(f"{path}: corrupt grurt model ({type(exc).__name__}: {exc})") from None
     return Model(spec, weights, stored)
 

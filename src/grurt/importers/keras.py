@@ -1,8 +1,8 @@
 """Keras models → grurt: :func:`from_keras`, :func:`load_keras`. The one place that knows Keras's conventions.
 
 See docs/keras.md. Three sources meet in one translation. The ``.keras`` archive (Keras 3,
-and Keras ≥ 2.13) and the legacy HDF5 file (Keras 2 and 3) are read with h5py alone,
-without importing keras or tensorflow; :func:`from_keras` reads a live model. Each produces
+and Keras ≥ 2.13) and the legacy HDF5 file (Keras 2 and 3) are read with pyfive alone (a
+pure-Python HDF5 reader: libhdf5 is not safe on hostile bytes), without importing keras or tensorflow; :func:`from_keras` reads a live model. Each produces
 the same triple:
 
 * the model config, ``{"class_name": ..., "config": ...}`` as Keras serialises it;
@@ -40,6 +40,20 @@ candidate activation       ``activation``, default tanh     same                
                            ``scale``/``center``)
 ``Normalization``          (x − mean) / max(√var, 1e-7)     same                       ``Scale``
 input layout               (B, T, I)                        (B, T, I)                  (B, T, I)
+``Embedding``              ``embeddings`` (V, E);           same                       ``Embedding`` (first layer
+                           ``mask_zero``: id 0 masks                                   only; the model takes ids);
+                                                                                       ``mask_value`` 0
+``LayerNormalization``     epsilon 1e-3 over ``axis``;      same                       ``LayerNorm`` (last axis
+                           [γ, β] (absent without                                      only); ``rms_scaling``
+                           ``scale``/``center``)                                       refused
+``UnitNormalization``      x / max(‖x‖, 1e-12) (≥ 3.6)      x / √max(Σx², 1e-12)       ``UnitNorm`` ε = 1e-12,
+                                                            (Keras 3 < 3.6 too)        or 1e-6 = √1e-12
+``GlobalAveragePooling1D`` mean over the unmasked steps     same                       ``GlobalPool`` (average over
+                                                                                       valid steps)
+``GlobalMaxPooling1D``     max over all steps (no mask)     same                       ``GlobalPool`` (max over
+                                                                                       valid steps)
+``Flatten`` of (B, T, F)   (B, T·F); T from the input       same                       ``Flatten(T)``: the model
+                           shape                                                       runs only with that T
 =========================  ===============================  =========================  ===========================
 
 Dropout, SpatialDropout1D, GaussianNoise, GaussianDropout and AlphaDropout do nothing at
@@ -47,7 +61,8 @@ inference.
 """
 from __future__ import annotations
 
-import json
+import io
+import math
 import os
 import re
 import sys
@@ -57,9 +72,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import GrurtError, ModelFormatError, UnsupportedModelError
-from ..limits import MAX_JSON_BYTES, MAX_PARAMETERS
+from ..limits import MAX_ARRAYS, MAX_HDF5_BYTES, MAX_JSON_BYTES, MAX_PARAMETERS, parse_json
 from ..model import Model
 from ..spec import GRU, MERGE_MODES, Activation, ActivationFunction, Dense, Merge, ModelSpec, Reverse, Scale, activation
+from ..spec import Embedding, Flatten, GlobalPool, LayerNorm, UnitNorm
 from .scalers import with_scalers
 
 #: Layers that do nothing at inference.
@@ -74,7 +90,11 @@ def from_keras(model, input_scaler=None, output_scaler=None, weights: str = "flo
     folded in so that the Model takes raw input and returns outputs in real units.
     ``weights`` ("float32", "bf16", "int8"): how the GRU weights are stored, see :mod:`grurt.precision`.
     """
+    return Model(with_scalers(live_keras_spec(model), input_scaler, output_scaler), weights)
 
+
+def live_keras_spec(model) -> ModelSpec:
+    """The :class:`~grurt.spec.ModelSpec` of a live Keras model (what :func:`from_keras` runs)."""
     if not hasattr(model, "layers") or not hasattr(model, "get_config"):
         raise UnsupportedModelError(f"expected a Keras Sequential or functional model, got {type(model).__name__}")
     try:
@@ -85,55 +105,88 @@ def from_keras(model, input_scaler=None, output_scaler=None, weights: str = "flo
     # the same (config, weights, version) triple the file readers produce
     weights = {layer.name: [np.asarray(w) for w in layer.get_weights()] for layer in model.layers}
     package = sys.modules.get(type(model).__module__.partition(".")[0])
-    spec = spec_from_keras({"class_name": type(model).__name__, "config": config}, weights,
+    return spec_from_keras({"class_name": type(model).__name__, "config": config}, weights,
                            getattr(package, "__version__", "3"))
-    return Model(with_scalers(spec, input_scaler, output_scaler), weights)
 
 
 def load_keras(path, input_scaler=None, output_scaler=None):
     """Load a ``.keras`` or ``.h5`` Keras model file as a Model; scalers as in :func:`grurt.from_keras`."""
-    spec = spec_from_keras(*read_keras(path))
+    config, weights, version = read_keras(path)
+    try:
+        spec = spec_from_keras(config, weights, version)
+    except GrurtError:
+        raise
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError, RecursionError) as exc:  # a hostile config
+        raise ModelFormatError(f"{path}: malformed model config ({type(exc).__name__}: {exc})") from None
     return Model(with_scalers(spec, input_scaler, output_scaler))
 
 
 def read_keras(path):
-    """Read a Keras file into (model config, weights by layer name, Keras version)."""
+    """Read a Keras file into (model config, weights by layer name, Keras version).
+
+    HDF5 is read by pyfive, a pure-Python reader, never by libhdf5: a model file is data from
+    possibly untrusted hands, and libhdf5 crashes the process (segfaults) or hangs on some
+    malformed files (docs/state_dicts.md, "Hostile files"). pyfive and zipfile being pure
+    Python, any exception they raise on the file's bytes means a malformed file: it becomes
+    a ModelFormatError.
+    """
     path = os.fspath(path)
     try:
-        import h5py
+        import pyfive
     except ImportError:
-        raise ImportError("reading Keras files needs h5py: pip install grurt[keras]") from None
-    if zipfile.is_zipfile(path):
-        return _read_archive(path, h5py)
-    if h5py.is_hdf5(path):
-        return _read_hdf5(path, h5py)
+        raise ImportError("reading Keras files needs pyfive: pip install grurt[keras]") from None
+    with open(path, "rb") as handle:        # FileNotFoundError stays itself
+        signature = handle.read(len(HDF5_SIGNATURE))
+    try:
+        if zipfile.is_zipfile(path):
+            return _read_archive(path, pyfive)
+        if signature == HDF5_SIGNATURE:
+            if os.path.getsize(path) > MAX_HDF5_BYTES:
+                raise ModelFormatError(f"{path}: larger than {MAX_HDF5_BYTES >> 20} MiB (grurt.limits.MAX_HDF5_BYTES)")
+            with open(path, "rb") as handle:
+                return _read_hdf5(path, pyfive.File(io.BytesIO(handle.read())))
+    except GrurtError:
+        raise
+    except Exception as exc:    # noqa: BLE001 - pure-Python parsers: any failure is a malformed file
+        raise ModelFormatError(f"{path}: malformed Keras file ({type(exc).__name__}: {str(exc)[:200]})") from None
     raise ModelFormatError(f"{path}: neither a .keras archive (zip) nor an HDF5 file")
+
+
+#: The first bytes of an HDF5 file without a user block (the only kind Keras writes).
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 
 # ---- .keras archive: config.json, metadata.json, model.weights.h5 ----
 
-def _read_archive(path, h5py):
+def _read_archive(path, pyfive):
     with zipfile.ZipFile(path) as archive:
         names = set(archive.namelist())
+        if len(names) > MAX_ARRAYS:
+            raise ModelFormatError(f"{path}: the archive has {len(names)} members, more than {MAX_ARRAYS}")
         if "config.json" not in names:
             raise ModelFormatError(f"{path}: the .keras archive has no config.json")
-        config = _json(_archive_member(archive, "config.json"), f"{path}: config.json")
-        metadata = _json(_archive_member(archive, "metadata.json"), f"{path}: metadata.json") \
+        config = _json(_archive_member(archive, "config.json", MAX_JSON_BYTES), f"{path}: config.json")
+        metadata = _json(_archive_member(archive, "metadata.json", MAX_JSON_BYTES), f"{path}: metadata.json") \
             if "metadata.json" in names else {}
         if "model.weights.h5" not in names:
             raise ModelFormatError(f"{path}: the .keras archive has no model.weights.h5, so no weights")
         layers, _ = _chain(config)
-        with archive.open("model.weights.h5") as raw, h5py.File(raw, "r") as store:
-            weights = {}
-            for name, group in _archive_paths(layers):
-                weights[name] = _archive_vars(store[group], f"{path}: {group}") if group in store else []
-    return config, weights, str(metadata.get("keras_version", "3"))
+        store = pyfive.File(io.BytesIO(_archive_member(archive, "model.weights.h5", MAX_HDF5_BYTES)))
+        weights = {}
+        for name, group in _archive_paths(layers):
+            weights[name] = _archive_vars(store[group], f"{path}: {group}") if group in store else []
+    return config, weights, _text(metadata.get("keras_version", "3"))
 
 
-def _archive_member(archive, name) -> bytes:
-    if archive.getinfo(name).file_size > MAX_JSON_BYTES:
-        raise ModelFormatError(f"{name} is larger than {MAX_JSON_BYTES >> 20} MiB")
-    return archive.read(name)
+def _archive_member(archive, name, limit) -> bytes:
+    """A member's bytes, refused when it would decompress to more than ``limit`` bytes (zip bombs)."""
+    if archive.getinfo(name).file_size > limit:
+        raise ModelFormatError(f"{name} is larger than {limit >> 20} MiB")
+    with archive.open(name) as member:
+        data = member.read(limit + 1)
+    if len(data) > limit:
+        raise ModelFormatError(f"{name} is larger than {limit >> 20} MiB")
+    return data
 
 
 def _archive_paths(layers):
@@ -145,58 +198,72 @@ def _archive_paths(layers):
         yield _layer_name(layer), f"layers/{base}_{used[base]}" if used[base] else f"layers/{base}"
 
 
-def _archive_vars(group, where):
+def _archive_vars(group, where, depth=0):
     """A layer's variables in get_weights() order: its own, then its sublayers'."""
     arrays = []
+    if depth > 4:
+        raise ModelFormatError(f"{where}: sublayers nested too deep")
     if "vars" in group:
         variables = group["vars"]
+        if len(variables) > MAX_ARRAYS:
+            raise ModelFormatError(f"{where}/vars: {len(variables)} variables, more than {MAX_ARRAYS}")
         try:
             arrays = [_array(variables[str(i)], where) for i in range(len(variables))]
         except KeyError:
             raise ModelFormatError(f"{where}/vars: variables are not numbered 0..{len(variables) - 1}") from None
     for child in ("forward_layer", "backward_layer", "cell", "layer"):  # Bidirectional, RNN, TimeDistributed
         if child in group:
-            arrays += _archive_vars(group[child], f"{where}/{child}")
+            arrays += _archive_vars(group[child], f"{where}/{child}", depth + 1)
     return arrays
 
 
 # ---- legacy HDF5: model_config attribute, model_weights/<layer>/<weight name> ----
 
-def _read_hdf5(path, h5py):
-    with h5py.File(path, "r") as f:
-        if "model_config" not in f.attrs:
-            raise ModelFormatError(f"{path}: no model_config attribute; the file holds weights only "
-                                   "(save the whole model with model.save)")
-        config = _json(f.attrs["model_config"], f"{path}: model_config")
-        if "model_weights" not in f:
-            raise ModelFormatError(f"{path}: no model_weights group")
-        group = f["model_weights"]
-        version = _text(f.attrs.get("keras_version", group.attrs.get("keras_version", "2")))
-        weights = {}
-        for name in _attribute_list(group, "layer_names"):
-            try:
-                layer = group[name]
-                weights[name] = [_array(layer[w], f"{path}: {name}") for w in _attribute_list(layer, "weight_names")]
-            except KeyError as exc:
-                raise ModelFormatError(f"{path}: weights of layer {name!r} are missing ({exc})") from None
+def _read_hdf5(path, f):
+    if "model_config" not in f.attrs:
+        raise ModelFormatError(f"{path}: no model_config attribute; the file holds weights only "
+                               "(save the whole model with model.save)")
+    config = _json(f.attrs["model_config"], f"{path}: model_config")
+    if "model_weights" not in f:
+        raise ModelFormatError(f"{path}: no model_weights group")
+    group = f["model_weights"]
+    version = _text(f.attrs.get("keras_version", group.attrs.get("keras_version", "2")))
+    weights = {}
+    for name in _attribute_list(group, "layer_names"):
+        try:
+            layer = group[name]
+            weights[name] = [_array(layer[w], f"{path}: {name}") for w in _attribute_list(layer, "weight_names")]
+        except KeyError as exc:
+            raise ModelFormatError(f"{path}: weights of layer {name!r} are missing ({exc})") from None
     return config, weights, version
 
 
 def _array(node, where) -> np.ndarray:
-    """A weight dataset, its size checked before it is read (the file may be hostile)."""
-    if not hasattr(node, "dtype") or node.dtype.kind not in "fiu":
-        raise ModelFormatError(f"{where}: {node.name} is not a numeric dataset")
-    if node.size > MAX_PARAMETERS:
-        raise ModelFormatError(f"{where}: {node.name} has {node.size} elements, more than {MAX_PARAMETERS}")
-    return node[()]
+    """A weight dataset, its type and size checked before it is read (the file may be hostile)."""
+    if not hasattr(node, "dtype") or not hasattr(node, "shape") or node.dtype.kind not in "fiu":
+        raise ModelFormatError(f"{where}: {getattr(node, 'name', '?')} is not a numeric dataset")
+    size = math.prod(int(d) for d in node.shape)
+    if size > MAX_PARAMETERS:
+        raise ModelFormatError(f"{where}: {node.name} has {size} elements, more than {MAX_PARAMETERS}")
+    if getattr(node, "compression", None) is not None or getattr(node, "shuffle", False):
+        raise UnsupportedModelError(f"{where}: {node.name} is compressed; grurt reads uncompressed "
+                                    "datasets (what Keras writes)")
+    array = np.asarray(node[()])
+    if array.shape != tuple(node.shape) or array.dtype.kind not in "fiu":
+        raise ModelFormatError(f"{where}: {node.name} does not hold the {tuple(node.shape)} numbers it declares")
+    return array
 
 
 def _attribute_list(group, name):
     """A list of names stored as an HDF5 attribute, split into ``name0``, ``name1``... when large."""
-    chunks = [group.attrs[name]] if name in group.attrs else []
-    while f"{name}{len(chunks)}" in group.attrs:
-        chunks.append(group.attrs[f"{name}{len(chunks)}"])
-    return [_text(item) for chunk in chunks for item in np.atleast_1d(chunk)]
+    attrs = group.attrs
+    chunks = [attrs[name]] if name in attrs else []
+    while f"{name}{len(chunks)}" in attrs and len(chunks) <= MAX_ARRAYS:
+        chunks.append(attrs[f"{name}{len(chunks)}"])
+    names = [item for chunk in chunks for item in np.atleast_1d(chunk)]
+    if len(names) > MAX_ARRAYS:
+        raise ModelFormatError(f"attribute {name!r} lists {len(names)} names, more than {MAX_ARRAYS}")
+    return [_text(item) for item in names]
 
 
 def _text(value) -> str:
@@ -204,10 +271,8 @@ def _text(value) -> str:
 
 
 def _json(raw, where):
-    try:
-        value = json.loads(_text(raw))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ModelFormatError(f"{where} is not JSON ({exc})") from None
+    value = parse_json(raw.tobytes() if isinstance(raw, np.ndarray) and raw.dtype.kind == "S" else
+                       raw if isinstance(raw, (bytes, str)) else _text(raw), where)
     if not isinstance(value, dict):
         raise ModelFormatError(f"{where} is not a JSON object")
     return value
@@ -309,6 +374,12 @@ def keras_gru_direction(kernel, recurrent_kernel, bias=None, reset_after=True):
     return W, R, B
 
 
+def keras_dense(kernel, bias=None):
+    """A Keras ``Dense`` → (W (out, in), b (out,)): the kernel is stored (in, out); no bias is zeros."""
+    W = np.asarray(kernel).T
+    return W, np.zeros(W.shape[0], np.float32) if bias is None else np.asarray(bias)
+
+
 # Keras activation names grurt computes, with their Keras arguments where grurt's default differs
 _KERAS_ACTIVATIONS = {"linear": (), "sigmoid": (), "tanh": (), "relu": (), "softsign": (), "softplus": (),
                       "softmax": (), "elu": (), "leaky_relu": (0.2,)}
@@ -349,6 +420,9 @@ class _Layer:
     keras_major: int
     features: int
     has_time: bool
+    steps: object = None          # the input's fixed number of time steps, if the input shape gives one
+    keras_version: str = "3"
+    masked: bool = False          # a Masking layer or mask_zero Embedding precedes this layer
 
     def where(self) -> str:
         return f"layer {self.name!r} ({self.kind})"
@@ -434,9 +508,10 @@ def _dense(layer: _Layer):
     layer.expect_weights(1 + use_bias)
     kernel = layer.weights[0]
     layer.expect_shape("kernel", kernel, (layer.features, units))
-    bias = layer.weights[1] if use_bias else np.zeros(units, np.float32)
-    layer.expect_shape("bias", bias, (units,))
-    return [Dense(np.asarray(kernel).T, bias, layer.activation("activation"))]
+    bias = layer.weights[1] if use_bias else None
+    if use_bias:
+        layer.expect_shape("bias", bias, (units,))
+    return [Dense(*keras_dense(kernel, bias), layer.activation("activation"))]
 
 
 def _time_distributed(layer: _Layer):
@@ -484,7 +559,7 @@ def _rescaling(layer: _Layer):
 
 def _flatten(layer: _Layer):
     if layer.has_time:
-        raise UnsupportedModelError("flattening a sequence is not supported")
+        return _flatten_sequence(layer)
     return []
 
 
@@ -494,20 +569,102 @@ _LAYERS = {"GRU": _gru, "Bidirectional": _bidirectional, "Dense": _dense, "TimeD
            **{kind: lambda layer: [] for kind in _NO_OPS}}
 
 
+# ---- Embedding, LayerNormalization, UnitNormalization, global pooling, Flatten of a sequence (issue 12) ----
+
+def _embedding(layer: _Layer):
+    layer.expect_weights(1)
+    table = layer.weights[0]
+    dims = (layer.config.get("input_dim"), layer.config.get("output_dim"))
+    layer.expect_shape("embeddings", table, dims)
+    return [Embedding(table)]          # mask_zero: spec_from_keras sets mask_value = 0
+
+
+def _layer_normalization(layer: _Layer):
+    config = layer.config
+    layer.last_axis(config.get("axis", -1))
+    if config.get("rms_scaling"):
+        raise UnsupportedModelError("rms_scaling=True is not supported")
+    scale, center = config.get("scale", True), config.get("center", True)
+    layer.expect_weights(scale + center)
+    for index, array in enumerate(layer.weights):
+        layer.expect_shape(f"weight {index}", array, (layer.features,))
+    weights = list(layer.weights)
+    gamma = weights.pop(0) if scale else np.ones(layer.features, np.float32)
+    beta = weights.pop(0) if center else np.zeros(layer.features, np.float32)
+    return [LayerNorm(gamma, beta, config.get("epsilon", 1e-3))]
+
+
+def _unit_normalization(layer: _Layer):
+    layer.last_axis(layer.config.get("axis", -1))
+    major, minor = _version(layer.keras_version)
+    # Keras ≥ 3.6: x·min(1/‖x‖, 1/ε) = x / max(‖x‖, ε); before (and tf.keras): x·rsqrt(max(Σx², ε)), ε = 1e-12
+    floors_norm = major > 3 or (major == 3 and (minor is None or minor >= 6))
+    return [UnitNorm(1e-12 if floors_norm else 1e-6)]
+
+
+def _global_pooling(mode):
+    def convert(layer: _Layer):
+        if layer.config.get("data_format", "channels_last") != "channels_last":
+            raise UnsupportedModelError(f"data_format={layer.config['data_format']!r}; grurt pools (B, T, F) "
+                                        "sequences (channels_last)")
+        if layer.config.get("keepdims"):
+            raise UnsupportedModelError("keepdims=True is not supported")
+        if not layer.has_time:
+            raise UnsupportedModelError("its input has no time axis")
+        return [GlobalPool(mode)]
+    return convert
+
+
+def _flatten_sequence(layer: _Layer):
+    if layer.masked:
+        raise UnsupportedModelError("flattening a masked sequence is not supported (Keras flattens the masked "
+                                    "steps' repeated outputs, grurt's padding is zero)")
+    if not isinstance(layer.steps, int) or isinstance(layer.steps, bool) or layer.steps < 1:
+        raise UnsupportedModelError("flattening a sequence needs a fixed number of time steps in the model's "
+                                    f"input shape (got {layer.steps!r})")
+    return [Flatten(layer.steps)]
+
+
+def _version(version):
+    """(major, minor) of a Keras version string; minor None when not given."""
+    parts = str(version).split(".")
+    try:
+        return int(parts[0]), (int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else None)
+    except ValueError:
+        raise ModelFormatError(f"unreadable Keras version {version!r}") from None
+
+
+_LAYERS.update({"Embedding": _embedding, "LayerNormalization": _layer_normalization,
+                "UnitNormalization": _unit_normalization,
+                "GlobalAveragePooling1D": _global_pooling("average"), "GlobalMaxPooling1D": _global_pooling("max")})
+
+
 def spec_from_keras(model_config: dict, weights: dict, keras_version: str) -> ModelSpec:
     """Translate a Keras model config and its weights (by layer name) into a ModelSpec."""
     keras_major = _major(keras_version)
     chain, batch_shape = _chain(model_config)
-    if batch_shape is not None and len(batch_shape) != 3:
-        raise UnsupportedModelError(f"the model takes input of shape {tuple(batch_shape)}; "
-                                    "grurt runs (batch, time, features) sequences")
+    takes_ids = bool(chain) and chain[0].get("class_name") == "Embedding"
+    if batch_shape is not None and len(batch_shape) != (2 if takes_ids else 3):
+        raise UnsupportedModelError(f"the model takes input of shape {tuple(batch_shape)}; grurt runs "
+                                    + ("(batch, time) token ids" if takes_ids else "(batch, time, features) sequences"))
     features = batch_shape[-1] if batch_shape and batch_shape[-1] else _first_dimension(chain, weights)
-    if features is None:
+    if takes_ids:
+        features = None     # the model takes ids; the Embedding gives the features
+    elif features is None:
         raise ModelFormatError("cannot tell the number of input features: the model has no weights")
+    steps = batch_shape[1] if batch_shape else None
     input_size, has_time, layers, mask_value = features, True, [], None
     for config in chain:
         layer = _Layer(config["class_name"], _layer_name(config), config.get("config", {}),
-                       weights.get(_layer_name(config), []), keras_major, features, has_time)
+                       weights.get(_layer_name(config), []), keras_major, features, has_time,
+                       steps=steps, keras_version=str(keras_version), masked=mask_value is not None)
+        if layer.kind == "GlobalMaxPooling1D" and layer.masked and any(g.direction != "forward"
+                                                                      for g in layers if isinstance(g, GRU)):
+            # Keras zeroes masked outputs of reverse/bidirectional GRUs and max-pools them with the rest
+            raise UnsupportedModelError(f"{layer.where()}: max-pooling a masked sequence after a reverse or "
+                                        "bidirectional GRU is not supported")
+        if layer.kind == "Embedding" and layer.config.get("mask_zero") and not layers:
+            mask_value = 0      # id 0 is padding: trailing zeros give each sequence's length
         if layer.kind == "Masking":
             # trailing padding becomes each sequence's length (Model.run derives `lengths`)
             if layers:

@@ -45,6 +45,8 @@ def with_scalers(spec: ModelSpec, input_scaler=None, output_scaler=None) -> Mode
     """Fold scalers into ``spec``: raw input → scaled at the front, scaled → real units at the end."""
     layers = list(spec.layers)
     if input_scaler is not None:
+        if spec.takes_ids:
+            raise UnsupportedModelError("input_scaler cannot be folded into a model that takes token ids")
         if spec.mask_value is not None:  # the mask compares scaled values, the input would be raw
             raise UnsupportedModelError("input_scaler cannot be folded into a model with Masking")
         a, c = scaler_affine(input_scaler)

@@ -23,6 +23,14 @@ input layout                (T, B, I), or (B, T, I) with batch_first    always (
 ``Softmax``                 ``dim=None`` is dim 0 (the batch!) on       only the last axis is accepted
                             (B, T, F), dim 1 on (B, F)
 ``Dropout``, ``Flatten``    no-ops at inference (Flatten of (B, F))     nothing
+``GRUCell``                 one step ``h' = cell(x, h)``: gates r, z,   a forward GRU (``linear_before_reset``)
+                            n, reset after; x (B, I), h (B, H)          returning its final state: run it on
+                                                                        (B, 1, I) with ``initial_state=[h[None]]``,
+                                                                        or stream it
+``Embedding``               ``weight`` (num, dim); ``padding_idx``      ``Embedding`` (first module only): the
+                            only affects training                       model takes ids (B, T)
+``LayerNorm``               eps 1e-5 over ``normalized_shape``;         ``LayerNorm`` (last axis only);
+                            ``elementwise_affine``, ``bias``            γ = 1, β = 0 when absent
 ==========================  ==========================================  ==========================================
 
 torch is imported lazily, by :func:`from_torch` itself.
@@ -34,6 +42,7 @@ import numpy as np
 from ..errors import UnsupportedModelError
 from ..model import Model
 from ..spec import GRU, Activation, Dense, LastStep, ModelSpec, activation
+from ..spec import Embedding, LayerNorm
 from .scalers import with_scalers
 
 # torch.nn activation modules -> (grurt kind, attribute holding alpha or None)
@@ -102,13 +111,15 @@ def _torch_layer(module, index, has_time: bool) -> list:
             return [Activation(activation("hard_sigmoid", 1 / 6, 0.5))]
         alpha = getattr(module, alpha_attr) if alpha_attr else None
         return [Activation(activation(name, alpha))]
+    if kind in _TORCH_MODULES_12:
+        return _TORCH_MODULES_12[kind](module, index)
     if kind == "Flatten" and has_time:
         raise UnsupportedModelError(f"module {index} (Flatten): flattening a sequence is not supported")
     if kind in _TORCH_NO_OPS:
         return []
     raise UnsupportedModelError(
-        f"module {index} ({kind}): unsupported torch module; grurt converts GRU, Linear, "
-        f"{', '.join(_TORCH_ACTIVATIONS)}, Dropout and Flatten")
+        f"module {index} ({kind}): unsupported torch module; grurt converts GRU, GRUCell, Linear, Embedding, "
+        f"LayerNorm, {', '.join(_TORCH_ACTIVATIONS)}, Dropout and Flatten")
 
 
 def from_torch(module, last_step: bool = False, input_scaler=None, output_scaler=None,
@@ -119,8 +130,17 @@ def from_torch(module, last_step: bool = False, input_scaler=None, output_scaler
     its output sequence on (``output`` of ``nn.GRU``); ``last_step=True`` keeps only the
     last time step after the last GRU, as ``output[:, -1]`` does. ``input_scaler`` and
     ``output_scaler`` fold fitted scikit-learn scalers in, as in :func:`from_keras`.
+
+    A ``GRUCell`` is a GRU layer of one direction that returns its final state:
+    ``model.run(x[:, None], initial_state=[h[None]])`` is ``cell(x, h)``, and a stream steps it.
+    An ``Embedding`` first makes the model take integer ids (B, T).
     ``weights`` ("float32", "bf16", "int8"): how the GRU weights are stored, see :mod:`grurt.precision`.
     """
+    return Model(spec_from_torch(module, last_step, input_scaler, output_scaler), weights)
+
+
+def spec_from_torch(module, last_step: bool = False, input_scaler=None, output_scaler=None) -> ModelSpec:
+    """The :class:`~grurt.spec.ModelSpec` :func:`from_torch` runs."""
     import torch.nn
 
     if isinstance(module, torch.nn.Sequential):
@@ -133,20 +153,57 @@ def from_torch(module, last_step: bool = False, input_scaler=None, output_scaler
         if not isinstance(child, torch.nn.Module):
             raise UnsupportedModelError(f"module {index}: expected a torch.nn.Module, got {type(child).__name__}")
     last_gru = max([i for i, child in enumerate(modules) if isinstance(child, torch.nn.GRU)], default=None)
+    first_cell = min([i for i, child in enumerate(modules) if isinstance(child, torch.nn.GRUCell)], default=None)
     layers = []
     for index, child in enumerate(modules):
-        layers.extend(_torch_layer(child, index, has_time=not (last_step and last_gru is not None and index > last_gru)))
+        has_time = not (last_step and last_gru is not None and index > last_gru)
+        layers.extend(_torch_layer(child, index, has_time=has_time and not (first_cell is not None
+                                                                            and index > first_cell)))
         if last_step and index == last_gru:
             layers.append(LastStep())
-    if last_gru is None:
-        raise UnsupportedModelError("the torch model contains no nn.GRU")
+    if last_gru is None and first_cell is None:
+        raise UnsupportedModelError("the torch model contains no nn.GRU or nn.GRUCell")
     spec = ModelSpec(input_size=_first_input(layers), layers=tuple(layers))
-    return Model(with_scalers(spec, input_scaler, output_scaler), weights)
+    return with_scalers(spec, input_scaler, output_scaler)
 
 
-def _first_input(layers) -> int:
+def _first_input(layers):
     first = layers[0]
     if isinstance(first, (GRU, Dense)):
         return first.input_size
-    raise UnsupportedModelError("the first module must be nn.GRU or nn.Linear so that the input size is known")
+    if isinstance(first, Embedding):
+        return None     # the model takes ids
+    raise UnsupportedModelError("the first module must be nn.GRU, nn.GRUCell, nn.Linear or nn.Embedding so that "
+                                "the input size is known")
+
+
+# ---- GRUCell, Embedding, LayerNorm (issue 12) ----
+
+def _torch_gru_cell(module, index) -> list:
+    W, R, B = torch_gru_direction(_numpy(module.weight_ih), _numpy(module.weight_hh),
+                                  _numpy(module.bias_ih) if module.bias else None,
+                                  _numpy(module.bias_hh) if module.bias else None)
+    return [GRU(W=W[None], R=R[None], B=B[None], direction="forward", linear_before_reset=True,
+                return_sequences=False)]
+
+
+def _torch_embedding(module, index) -> list:
+    if module.max_norm is not None:
+        raise UnsupportedModelError(f"module {index} (Embedding): max_norm={module.max_norm} renormalises rows "
+                                    "at lookup time; not supported")
+    return [Embedding(_numpy(module.weight))]      # padding_idx only affects training
+
+
+def _torch_layer_norm(module, index) -> list:
+    shape = tuple(module.normalized_shape)
+    if len(shape) != 1:
+        raise UnsupportedModelError(f"module {index} (LayerNorm): normalized_shape={shape}; grurt normalises "
+                                    "over the last axis (the features) only")
+    ones, zeros = np.ones(shape, np.float32), np.zeros(shape, np.float32)
+    gamma = _numpy(module.weight) if module.weight is not None else ones
+    beta = _numpy(module.bias) if getattr(module, "bias", None) is not None else zeros
+    return [LayerNorm(gamma, beta, module.eps)]
+
+
+_TORCH_MODULES_12 = {"GRUCell": _torch_gru_cell, "Embedding": _torch_embedding, "LayerNorm": _torch_layer_norm}
 

@@ -40,14 +40,15 @@ from ...model import Model
 from ...spec import LastStep
 from .graph import _Mismatch
 from .gru import _GRUOp
+from .norm import _NormOps
 from .ops import _Ops
 from .proto import _open
 
 
-class _Importer(_GRUOp, _Ops):
+class _Importer(_GRUOp, _NormOps, _Ops):
     """The interpreter with every operator's handler."""
 
-    ATTRIBUTES = {**_Ops.ATTRIBUTES, **_GRUOp.ATTRIBUTES}
+    ATTRIBUTES = {**_Ops.ATTRIBUTES, **_GRUOp.ATTRIBUTES, **_NormOps.ATTRIBUTES}
 
 
 # ---- driving: probe sizes, unifying dims ----

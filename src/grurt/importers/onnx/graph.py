@@ -206,7 +206,8 @@ class _Interpreter:
         if self.lengths and (len(self.lengths) != len(self.states) or len(set(self.lengths)) != 1):
             raise UnsupportedModelError("sequence_lens must be one graph input given to every GRU node; "
                                         "grurt applies one lengths array to all layers")
-        spec = ModelSpec(input_size=self.inputs[self.sequence_input][0].shape[-1], layers=tuple(self.layers))
+        ids_block, takes_ids = self.inputs[self.sequence_input]     # an integer input is token ids (Embedding)
+        spec = ModelSpec(input_size=None if takes_ids else ids_block.shape[-1], layers=tuple(self.layers))
         return _Import(spec, self.sequence_input, self.batch_first, self.state_inputs,
                        self.lengths[0] if self.lengths else None, self.tip, self.states,
                        {name: ids for name, (ids, _) in self.inputs.items()}, outputs, self.lbr0_nodes)

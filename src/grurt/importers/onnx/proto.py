@@ -38,7 +38,30 @@ def _read_model(path):
         raise ModelFormatError(f"{path}: not a readable ONNX file ({type(exc).__name__}: {exc})") from None
     if model.ir_version < 1 or not model.HasField("graph"):
         raise ModelFormatError(f"{path}: not an ONNX model (no IR version or no graph)")
+    _check_strings(model, path)
     return model
+
+
+def _check_strings(model, path):
+    """Refuse string fields (names, op types, dims, attributes) that are not UTF-8: protobuf hands
+    them over as bytes, which no name lookup expects."""
+    from google.protobuf.descriptor import FieldDescriptor
+
+    stack = [model]
+    while stack:
+        message = stack.pop()
+        for descriptor, value in message.ListFields():
+            if descriptor.type == FieldDescriptor.TYPE_MESSAGE:
+                stack.extend(value if _is_repeated(descriptor) else [value])
+            elif descriptor.type == FieldDescriptor.TYPE_STRING:
+                values = value if _is_repeated(descriptor) else [value]
+                if not all(isinstance(v, str) for v in values):
+                    raise ModelFormatError(f"{path}: field '{descriptor.name}' is not valid UTF-8 text")
+
+
+def _is_repeated(descriptor) -> bool:
+    repeated = getattr(descriptor, "is_repeated", None)    # protobuf >= 5.28; .label before
+    return repeated if isinstance(repeated, bool) else descriptor.label == descriptor.LABEL_REPEATED
 
 
 def _tensor_array(tensor, folder, where):
@@ -144,9 +167,12 @@ def _attributes(node, allowed, folder, where):
             value = helper.get_attribute_value(attr)
         if attr.name not in allowed or attr.ref_attr_name:
             raise UnsupportedModelError(f"{where}: attribute {attr.name}={value!r} is not supported")
-        if isinstance(value, list):
-            value = [v.decode() if isinstance(v, bytes) else v for v in value]
-        attrs[attr.name] = value.decode() if isinstance(value, bytes) else value
+        try:
+            if isinstance(value, list):
+                value = [v.decode() if isinstance(v, bytes) else v for v in value]
+            attrs[attr.name] = value.decode() if isinstance(value, bytes) else value
+        except UnicodeDecodeError:
+            raise ModelFormatError(f"{where}: attribute {attr.name} is not valid UTF-8 text") from None
     return attrs
 
 

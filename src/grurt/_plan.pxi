@@ -1,0 +1,459 @@
+# Included by _kernels.pyx. Plan: a ModelSpec packed once (weights in panels, biases folded,
+# workspace sizes and size limits worked out), and the calls that run it.
+
+cdef enum LayerKind:
+    GRU_LAYER, DENSE_LAYER, ACTIVATION_LAYER, SCALE_LAYER, REVERSE_LAYER, LAST_STEP_LAYER, MERGE_LAYER,
+    LAYER_NORM_LAYER, UNIT_NORM_LAYER, GLOBAL_POOL_LAYER, FLATTEN_LAYER
+
+cdef struct LayerPlan:
+    int kind
+    int n_in, n_out          # features in and out
+    grurt_act f, g           # GRU: gate and candidate activations; Dense/Activation: f
+    int merge_mode           # Merge: a MergeMode
+    float eps                # LayerNorm, UnitNorm: epsilon
+    int pool_mode            # GlobalPool: GRURT_POOL_AVERAGE or GRURT_POOL_MAX
+    float* W                 # Dense: (out, in); Scale: a
+    float* bias              # GRU: per direction, folded biases of the projection (xp_stride); Dense: b; Scale: c
+    # GRU
+    int D, H, lbr, reverse_only, return_sequences, fast_gates
+    float clip               # 0 when off
+    float* W_panels          # per direction: packed Wᵀ, the input projection
+    long W_panel_stride      # floats of packed input panels per direction
+    int xp_stride            # floats per row of the projection: 3H padded to whole panels
+    float* R_panels          # per direction: packed Rᵀ (lbr=1) or packed R_zrᵀ then R_hᵀ (lbr=0)
+    float* R_init            # lbr=1, per direction: [0, 0, Rb_h] padded, the start of h·Rᵀ + Rb_h
+    int panels_per_gate_set  # lbr=1: panels of 3H; lbr=0: panels of 2H
+    int panels_h             # lbr=0: panels of H
+    long panel_stride        # floats of packed recurrent panels per direction (float32)
+    # how W_panels and R_panels are stored (a WeightMode; _lowp.h for bf16 and int8), in panels
+    # of *_panel_bytes bytes, *_dir_panels per direction; int8: per packed column, a scale and
+    # 128 · Σ q (the VNNI path's offset)
+    int W_mode, R_mode
+    long W_panel_bytes, R_panel_bytes
+    int W_dir_panels, R_dir_panels
+    float* W_scale
+    float* R_scale
+    int32_t* W_colsum
+    int32_t* R_colsum
+    size_t lowp_work_floats  # scratch of the reduced-precision products, per task (0 for float32)
+
+
+cdef inline size_t aligned(size_t floats) noexcept nogil:
+    """``floats`` rounded up to whole cache lines."""
+    return (floats + ALIGN_FLOATS - 1) // ALIGN_FLOATS * ALIGN_FLOATS
+
+
+cdef inline int n_panels(int n_out):
+    return (n_out + GRURT_PANEL - 1) // GRURT_PANEL
+
+
+def pack_groups(a, group):
+    """(n_out, n_in) bf16 bits or int8 → the panel layout of _lowp.h: per panel of GRURT_PANEL
+    rows, per group of ``group`` inputs (n_in padded with zeros), two halves of 16 lanes, each
+    lane the group's ``group`` consecutive weights of one row."""
+    n_out, n_in = a.shape
+    groups = (n_in + group - 1) // group
+    padded = np.zeros((n_panels(n_out) * GRURT_PANEL, groups * group), a.dtype)
+    padded[:n_out, :n_in] = a
+    return padded.reshape(-1, 2, GRURT_PANEL // 2, groups, group).transpose(0, 3, 1, 2, 4).ravel()
+
+
+def pack_panels(a):
+    """(n_out, n_in) → (panels, n_in, GRURT_PANEL) with row k of panel p = a[p*P:(p+1)*P, k]."""
+    n_out, n_in = a.shape
+    return pad_rows(a, n_panels(n_out) * GRURT_PANEL).reshape(-1, GRURT_PANEL, n_in).transpose(0, 2, 1).ravel()
+
+
+def aligned_empty(size):
+    """A float32 array of ``size`` elements starting on a 64-byte boundary (a cache line), so
+    that the kernels' vector loads never straddle two lines."""
+    raw = np.empty(size + ALIGN_FLOATS, np.float32)
+    start = (-raw.ctypes.data % (4 * ALIGN_FLOATS)) // 4
+    return raw[start:start + size]
+
+
+def pad_rows(a, rows):
+    """``a`` with zero rows appended up to ``rows``."""
+    padded = np.zeros((rows,) + a.shape[1:], np.float32)
+    padded[:a.shape[0]] = a
+    return padded
+
+
+cdef grurt_act make_act(fn):
+    cdef grurt_act act
+    act.kind = ACTIVATION_CODES[fn.kind]
+    act.alpha = 0.0 if fn.alpha is None else fn.alpha
+    act.beta = 0.0 if fn.beta is None else fn.beta
+    return act
+
+
+cdef class Plan:
+    """The packed, ready-to-run form of a ModelSpec."""
+    cdef LayerPlan* layers
+    cdef int n_layers
+    cdef list arrays         # owns the memory the LayerPlans point into
+    cdef readonly int max_features, max_step_scratch
+    cdef readonly int state_width    # sum of D*H over GRU layers: the states of one sequence
+    cdef readonly int input_size, output_size
+    cdef readonly bint returns_sequence
+    # the size limits of a call (check_size): rows = batch × steps within 32-bit BLAS
+    # indexing, and the bytes a call allocates per row and per sequence
+    cdef readonly size_t max_rows, bytes_per_row, bytes_per_sequence
+
+    def __cinit__(self):
+        self.layers = NULL
+
+    def __init__(self, spec, weights="float32", stored=None):
+        """``weights``: the mode of the GRU weights (grurt.precision); ``stored`` maps (layer
+        index, "W"/"R") to the arrays the mode stores, computed here when absent."""
+        from .spec import GRU, Dense, Activation, Scale, Reverse, LastStep, Merge
+        from .spec import LayerNorm, UnitNorm, GlobalPool, Flatten
+        steps_folded = 1     # after a Flatten of T steps, B rows hold what B·T rows held
+        cdef LayerPlan* p
+        if len(spec.gru_layers) > MAX_GRU_LAYERS:
+            raise UnsupportedModelError(f"grurt supports at most {MAX_GRU_LAYERS} GRU layers per model")
+        self.n_layers = len(spec.layers)
+        self.layers = <LayerPlan*>malloc(self.n_layers * sizeof(LayerPlan))
+        if self.layers == NULL:
+            raise MemoryError()
+        memset(self.layers, 0, self.n_layers * sizeof(LayerPlan))
+        self.arrays = []
+        features = spec.input_size
+        self.max_features = features
+        self.max_step_scratch = 0
+        for i, layer in enumerate(spec.layers):
+            p = &self.layers[i]
+            p.n_in = features
+            if isinstance(layer, GRU):
+                self._plan_gru(p, layer, WEIGHT_CODES[weights], i, stored or {})
+                following = spec.layers[i + 1] if i + 1 < len(spec.layers) else None
+                if isinstance(following, LastStep) and layer.direction == "forward":
+                    # the last output of a forward GRU is its final state: skip writing the sequence
+                    p.return_sequences = 0
+            elif isinstance(layer, Dense):
+                p.kind = DENSE_LAYER
+                p.n_out = layer.output_size
+                p.W = self._keep(layer.W)
+                p.bias = self._keep(layer.b)
+                p.f = make_act(layer.activation)
+            elif isinstance(layer, Activation):
+                p.kind = ACTIVATION_LAYER
+                p.n_out = features
+                p.f = make_act(layer.function)
+            elif isinstance(layer, Scale):
+                p.kind = SCALE_LAYER
+                p.n_out = features
+                p.W = self._keep(layer.a)
+                p.bias = self._keep(layer.c)
+            elif isinstance(layer, Reverse):
+                p.kind = REVERSE_LAYER
+                p.n_out = features
+            elif isinstance(layer, LastStep):
+                p.kind = LAST_STEP_LAYER
+                p.n_out = features
+            elif isinstance(layer, Merge):
+                p.kind = MERGE_LAYER
+                p.n_out = features // 2
+                p.merge_mode = MERGE_CODES[layer.mode]
+            elif isinstance(layer, LayerNorm):
+                p.kind = LAYER_NORM_LAYER
+                p.n_out = features
+                p.W = self._keep(layer.gamma)
+                p.bias = self._keep(layer.beta)
+                p.eps = layer.epsilon
+            elif isinstance(layer, UnitNorm):
+                p.kind = UNIT_NORM_LAYER
+                p.n_out = features
+                p.eps = layer.epsilon
+            elif isinstance(layer, GlobalPool):
+                p.kind = GLOBAL_POOL_LAYER
+                p.n_out = features
+                p.pool_mode = GRURT_POOL_MAX if layer.mode == "max" else GRURT_POOL_AVERAGE
+            elif isinstance(layer, Flatten):
+                p.kind = FLATTEN_LAYER
+                p.n_out = features * layer.steps
+                steps_folded = layer.steps
+            features = p.n_out
+            # buffers hold B·T rows of max_features: after a Flatten of T steps, B rows of T·F fit
+            self.max_features = max(self.max_features, -(-features // steps_folded))
+        self.input_size, self.output_size = spec.input_size, spec.output_size
+        self.returns_sequence = spec.returns_sequence
+        self.max_rows = (2**31 - 1) // max(self.max_features, 1)
+        # input copy, workspace and output per row; workspace per sequence (states, step scratch)
+        self.bytes_per_row = 4 * (spec.input_size + self.workspace_floats(1, 1) - self.workspace_floats(1, 0)
+                                  + spec.output_size)
+        self.bytes_per_sequence = 4 * self.workspace_floats(1, 0)
+
+    cdef float* _keep(self, array) except NULL:
+        kept = aligned_empty(np.size(array))
+        kept[...] = np.ravel(array)
+        self.arrays.append(kept)
+        return <float*>cnp.PyArray_DATA(kept)
+
+    cdef void* _keep_bytes(self, array) except NULL:
+        """A 64-byte aligned copy of ``array``'s bytes (packed bf16 or int8 weights, int32 sums)."""
+        raw = np.ascontiguousarray(array).view(np.uint8).ravel()
+        kept = aligned_empty((raw.size + 3) // 4).view(np.uint8)
+        kept[:raw.size] = raw
+        self.arrays.append(kept)
+        return cnp.PyArray_DATA(kept)
+
+    cdef _plan_gru(self, LayerPlan* p, layer, int mode, int index, dict stored):
+        D, H = layer.num_directions, layer.hidden_size
+        p.kind = GRU_LAYER
+        p.D, p.H = D, H
+        p.n_out = D * H
+        p.lbr = layer.linear_before_reset
+        p.reverse_only = layer.direction == "reverse"
+        p.return_sequences = layer.return_sequences
+        p.clip = 0.0 if layer.clip is None else layer.clip
+        p.f = make_act(layer.gate_activation)
+        p.g = make_act(layer.candidate_activation)
+        p.fast_gates = (p.lbr and p.clip == 0.0 and p.f.kind == ACT_SIGMOID and p.g.kind == ACT_TANH
+                        and p.f.alpha == 0.0 and p.g.alpha == 0.0)
+        # the input projection x · Wᵀ + biases folded in, per direction
+        input_panels = [pack_panels(layer.W[d]) for d in range(D)]
+        p.W_panels = self._keep(np.concatenate(input_panels))
+        p.W_panel_stride = input_panels[0].size
+        p.xp_stride = n_panels(3 * H) * GRURT_PANEL
+        B = layer.B.reshape(D, 6, H)
+        recurrent = B[:, 3:].copy()
+        if p.lbr:
+            recurrent[:, 2] = 0      # Rb_h stays inside r⊙(h·Rhᵀ + Rb_h)
+        p.bias = self._keep(np.concatenate([pad_rows((B[d, :3] + recurrent[d]).ravel(), p.xp_stride)
+                                            for d in range(D)]))
+        if p.lbr:
+            p.panels_per_gate_set = n_panels(3 * H)
+            p.panels_h = 0
+            packed = [pack_panels(layer.R[d]) for d in range(D)]
+            p.R_init = self._keep(np.concatenate(
+                [pad_rows(np.concatenate([np.zeros(2 * H, np.float32), B[d, 5]]), p.panels_per_gate_set * GRURT_PANEL)
+                 for d in range(D)]))
+        else:
+            p.panels_per_gate_set = n_panels(2 * H)
+            p.panels_h = n_panels(H)
+            packed = [np.concatenate([pack_panels(layer.R[d, :2 * H]), pack_panels(layer.R[d, 2 * H:])])
+                      for d in range(D)]
+            p.R_init = NULL
+        p.panel_stride = packed[0].size
+        p.R_panels = self._keep(np.concatenate(packed))
+        p.W_mode = p.R_mode = WEIGHTS_FLOAT32
+        p.W_dir_panels = n_panels(3 * H)
+        p.R_dir_panels = p.panels_per_gate_set + p.panels_h
+        p.W_panel_bytes = <long>layer.input_size * GRURT_PANEL * 4
+        p.R_panel_bytes = <long>H * GRURT_PANEL * 4
+        p.lowp_work_floats = 0
+        if mode != WEIGHTS_FLOAT32:
+            self._plan_reduced(p, layer, mode, index, stored)
+        self.max_step_scratch = max(self.max_step_scratch, step_scratch_floats(p))
+        self.state_width += D * H
+
+    cdef _plan_reduced(self, LayerPlan* p, layer, int mode, int index, dict stored):
+        """W_panels and R_panels (packed as float32 by _plan_gru) repacked in mode ``mode``.
+
+        bf16 only pays where a product streams its weights from L2 or L3: AVX512_BF16 does as
+        many multiply-adds per cycle as float32 FMAs (bench/lowp_bench.c). So bf16 weights that
+        a product reads from L1 or reuses over many rows (the input projection, computed for 16
+        steps at once; R of H < 64) are held as float32 panels of their bf16 values: the same
+        numbers, multiplied exactly, at float32 speed. int8 (VNNI: three times the float32
+        multiply-adds per cycle) is used everywhere."""
+        from .precision import stored as stored_parts, from_bf16, WEIGHT_MODES
+        cdef void* data
+        cdef float* panels
+        cdef float* scale
+        cdef int32_t* colsum
+        D, H = layer.num_directions, layer.hidden_size
+        group = 2 if mode == WEIGHTS_BF16 else 4
+        for which in ("W", "R"):
+            parts = stored.get((index, which))
+            if parts is None:
+                parts = stored_parts(getattr(layer, which), WEIGHT_MODES[mode])
+            splits = [(0, 3 * H)] if which == "W" or p.lbr else [(0, 2 * H), (2 * H, 3 * H)]
+            if mode == WEIGHTS_BF16 and (which == "W" or H < BF16_MIN_RECURRENT_UNITS):
+                values = from_bf16(parts[0])
+                panels = self._keep(np.concatenate([pack_panels(values[d, lo:hi])
+                                                    for d in range(D) for lo, hi in splits]))
+                if which == "W":
+                    p.W_panels = panels
+                else:
+                    p.R_panels = panels
+                continue
+            packed, scales, sums = [], [], []
+            for d in range(D):
+                for lo, hi in splits:
+                    rows = parts[0][d, lo:hi]
+                    packed.append(pack_groups(rows, group))
+                    if mode == WEIGHTS_INT8:
+                        width = n_panels(hi - lo) * GRURT_PANEL
+                        scales.append(pad_rows(parts[1][d, lo:hi], width))
+                        sums.append(np.pad(128 * rows.astype(np.int32).sum(axis=1), (0, width - (hi - lo))))
+            data = self._keep_bytes(np.concatenate(packed))
+            n_in = layer.input_size if which == "W" else H
+            panel_bytes = (n_in + group - 1) // group * 128      # groups of 128 bytes per panel
+            scale, colsum = NULL, NULL
+            if mode == WEIGHTS_INT8:
+                scale = self._keep(np.concatenate(scales))
+                colsum = <int32_t*>self._keep_bytes(np.concatenate(sums).astype(np.int32))
+            if which == "W":
+                p.W_mode, p.W_panels, p.W_panel_bytes, p.W_scale, p.W_colsum = mode, <float*>data, panel_bytes, scale, colsum
+            else:
+                p.R_mode, p.R_panels, p.R_panel_bytes, p.R_scale, p.R_colsum = mode, <float*>data, panel_bytes, scale, colsum
+        p.lowp_work_floats = (GRURT_LOWP_WORK_BYTES(max(layer.input_size, H)) + 4 * ALIGN_FLOATS) // 4
+
+    def __dealloc__(self):
+        free(self.layers)
+
+    cpdef size_t workspace_floats(self, int batch, int steps):
+        """Floats of scratch memory one ``run`` of this shape needs (beside input and output).
+
+        The last batch * state_width floats hold the GRU states when the caller passes none.
+        """
+        cdef size_t rows = <size_t>batch * steps
+        return (2 * aligned(rows * self.max_features) + 2 * <size_t>batch * self.max_step_scratch
+                + <size_t>batch * self.state_width)
+
+    cdef size_t _bytes_needed(self, size_t batch, size_t steps) noexcept nogil:
+        return batch * steps * self.bytes_per_row + batch * self.bytes_per_sequence
+
+    cdef int _check_size(self, size_t batch, size_t steps, size_t memory_limit) noexcept nogil:
+        # batch and steps each within max_rows first, so that their product cannot overflow
+        if batch > self.max_rows or steps > self.max_rows or batch * steps > self.max_rows:
+            return TOO_MANY_ROWS
+        if self._bytes_needed(batch, steps) > memory_limit:
+            return TOO_MUCH_MEMORY
+        return FITS
+
+    def check_size(self, size_t batch, size_t steps, size_t memory_limit):
+        """FITS if a call on ``batch`` sequences of ``steps`` steps (both >= 1) is within the
+        limits, else the limit it exceeds: TOO_MANY_ROWS (batch × steps rows of features beyond
+        32-bit BLAS indexing) or TOO_MUCH_MEMORY (bytes_needed beyond ``memory_limit``). The one
+        statement of the limits: run_plain applies it, and so does Model._check_size."""
+        return self._check_size(batch, steps, memory_limit)
+
+    def bytes_needed(self, size_t batch, size_t steps):
+        """The bytes a call allocates: its float32 input copy, workspace and output (for
+        ``batch`` × ``steps`` within max_rows)."""
+        return self._bytes_needed(batch, steps)
+
+    def run(self, cnp.ndarray x, list states, cnp.ndarray lengths, cnp.ndarray out, int threads=1):
+        """Run all layers on x (B, T, I) into out; GRU states (D, B, H) are updated in place.
+
+        states is None (zero initial states, final states discarded) or one array per GRU
+        layer; lengths is None or int32 (B,). All arrays are C-contiguous float32 of the right
+        shapes.
+        ``threads`` > 1 splits each GRU layer's directions and batch across that many threads,
+        or the units of a large one-direction layer (see run_gru).
+
+        Returns the number of threads that ran the GRU layer with the most weights (the first
+        of equals; 1 without GRU layers): less than asked when the layer has fewer tasks, or the
+        machine fewer CPUs for a unit split, or when a thread could not be started.
+        """
+        return self._run(x.shape[0], x.shape[1], x, states, lengths, out, threads)
+
+    def run_plain(self, x, size_t memory_limit):
+        """The output for x with zero initial states, on one thread, if x is a C-contiguous
+        float32 ndarray of shape (B, T, input_size), or (T, input_size) for one sequence (the
+        output then has no batch axis), with B, T >= 1 within the size limits; None otherwise
+        (the caller then runs its full checks, which convert x or explain what is wrong).
+        The common call, checked and allocated without Python-level work."""
+        if type(x) is not np.ndarray:
+            return None
+        cdef cnp.ndarray a = <cnp.ndarray>x
+        cdef int ndim = cnp.PyArray_NDIM(a)
+        if (ndim < 2 or ndim > 3 or cnp.PyArray_TYPE(a) != cnp.NPY_FLOAT32
+                or not cnp.PyArray_IS_C_CONTIGUOUS(a) or not cnp.PyArray_ISNOTSWAPPED(a)):
+            return None
+        cdef cnp.npy_intp* shape = cnp.PyArray_DIMS(a)
+        cdef cnp.npy_intp B = 1 if ndim == 2 else shape[0], T = shape[ndim - 2]
+        if (shape[ndim - 1] != self.input_size or B < 1 or T < 1
+                or self._check_size(<size_t>B, <size_t>T, memory_limit) != FITS):
+            return None
+        # (B, T, F) or (B, F); without the batch axis for one (T, I) sequence
+        cdef cnp.npy_intp out_shape[3]
+        cdef int out_ndim = 0
+        if ndim == 3:
+            out_shape[out_ndim] = B
+            out_ndim += 1
+        if self.returns_sequence:
+            out_shape[out_ndim] = T
+            out_ndim += 1
+        out_shape[out_ndim] = self.output_size
+        cdef cnp.ndarray out = cnp.PyArray_EMPTY(out_ndim + 1, out_shape, cnp.NPY_FLOAT32, 0)
+        self._run(<int>B, <int>T, a, None, None, out, 1)
+        return out
+
+    cdef int _run(self, int B, int T, cnp.ndarray x, list states, cnp.ndarray lengths, cnp.ndarray out,
+                  int threads) except -1:
+        """_execute with a workspace allocated for the call."""
+        cdef size_t work_floats = self.workspace_floats(B, T) + ALIGN_FLOATS
+        cdef float* raw
+        with nogil:
+            raw = <float*>malloc(work_floats * sizeof(float))
+        if raw == NULL:
+            raise MemoryError("grurt: could not allocate the workspace for this input")
+        try:
+            return self._execute(B, T, x, states, lengths, out, raw + (-(<size_t>raw) // 4) % ALIGN_FLOATS, threads)
+        finally:
+            free(raw)
+
+    def step(self, cnp.ndarray frame, list states, cnp.ndarray out, cnp.ndarray workspace, int batch):
+        """One time step of ``batch`` streams: like run with T = 1, allocating nothing.
+
+        ``workspace`` is float32 of at least workspace_floats(batch, 1) elements, from
+        aligned_empty.
+        """
+        self._execute(batch, 1, frame, states, None, out, <float*>cnp.PyArray_DATA(workspace), 1)
+
+    def step_plain(self, frame, out, list states, cnp.ndarray workspace, int batch):
+        """step() for the common call, checked in C: a C-contiguous float32 frame of shape
+        (batch, input_size), or (input_size,) when batch is 1, and ``out`` None or a
+        C-contiguous float32 array of batch × output_size elements. Returns the output ((F,)
+        for a 1-D frame without ``out``), or None when the call needs the full checks."""
+        if type(frame) is not np.ndarray or not (out is None or type(out) is np.ndarray):
+            return None
+        cdef cnp.ndarray a = <cnp.ndarray>frame
+        cdef int ndim = cnp.PyArray_NDIM(a)
+        if (ndim < 1 or ndim > 2 or cnp.PyArray_TYPE(a) != cnp.NPY_FLOAT32 or not cnp.PyArray_IS_C_CONTIGUOUS(a)
+                or not cnp.PyArray_ISNOTSWAPPED(a) or cnp.PyArray_DIMS(a)[ndim - 1] != self.input_size
+                or not (ndim == 2 and cnp.PyArray_DIMS(a)[0] == batch or ndim == 1 and batch == 1)):
+            return None
+        cdef cnp.ndarray result
+        cdef cnp.npy_intp shape[2]
+        if out is None:
+            shape[0], shape[1] = batch, self.output_size
+            result = cnp.PyArray_EMPTY(2, shape, cnp.NPY_FLOAT32, 0)
+        else:
+            result = <cnp.ndarray>out
+            if (cnp.PyArray_TYPE(result) != cnp.NPY_FLOAT32 or not cnp.PyArray_IS_C_CONTIGUOUS(result)
+                    or not cnp.PyArray_ISNOTSWAPPED(result) or not cnp.PyArray_ISWRITEABLE(result)
+                    or cnp.PyArray_SIZE(result) != <cnp.npy_intp>batch * self.output_size):
+                return None
+        self._execute(batch, 1, a, states, None, result, <float*>cnp.PyArray_DATA(workspace), 1)
+        return result[0] if out is None and ndim == 1 else result
+
+    cdef int _execute(self, int B, int T, cnp.ndarray x, list states, cnp.ndarray lengths, cnp.ndarray out,
+                      float* work, int threads) except -1:
+        """Every layer on x into out, with ``work`` as scratch; returns run's thread count."""
+        cdef float* state_ptrs[MAX_GRU_LAYERS]
+        cdef float* own_states
+        cdef int i, n_grus = 0
+        if states is None:
+            own_states = work + self.workspace_floats(B, T) - <size_t>B * self.state_width
+            memset(own_states, 0, <size_t>B * self.state_width * sizeof(float))
+            for i in range(self.n_layers):
+                if self.layers[i].kind == GRU_LAYER:
+                    state_ptrs[n_grus] = own_states
+                    own_states += <size_t>B * self.layers[i].D * self.layers[i].H
+                    n_grus += 1
+        else:
+            for i in range(len(states)):
+                state_ptrs[i] = <float*>cnp.PyArray_DATA(states[i])
+        cdef const int* length_ptr = NULL if lengths is None else <int*>cnp.PyArray_DATA(lengths)
+        cdef const float* x_ptr = <float*>cnp.PyArray_DATA(x)
+        cdef float* out_ptr = <float*>cnp.PyArray_DATA(out)
+        cdef int threads_used
+        with nogil:
+            threads_used = run_layers(self.layers, self.n_layers, B, T, x_ptr, state_ptrs, length_ptr, out_ptr,
+                                      work, self.max_features, threads)
+        return threads_used
+
