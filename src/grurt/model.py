@@ -121,7 +121,9 @@ class Model:
         return f"<grurt.Model input_size={self.input_size}{mode}: {layers}>"
 
     def __reduce__(self):
-        return (Model, (self.spec, self.weights, self._stored or None))
+        if self.weights == "float32":
+            return (Model, (self.spec,))
+        return (Model, (self.spec, self.weights, self._stored))
 
     def with_weights(self, weights: str) -> "Model":
         """This model with its GRU weights in another mode ("float32", "bf16" or "int8"), as a
