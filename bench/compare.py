@@ -6,7 +6,11 @@
 For each workload of ``workloads.py`` the PyTorch module is exported to ONNX (legacy
 TorchScript exporter, dynamic batch/time axes) and run by every contender:
 
-    grurt                          Model.run (W3: one Model.stream step), BLAS on 1 thread
+    grurt                          Model.run (W3: one Model.stream step; W7: one StreamPool
+                                   step of 64 of 1,024 sessions), BLAS on 1 thread
+    grurt (state fed each step)    W3 with the state held outside: ``stream.state = [h]``
+                                   before each step, as onnxruntime is fed ``h0``
+    grurt (64 x Stream.step)       W7 without a pool: one Stream per session, 64 calls
     grurt (2 threads)              W4 (a direction per thread) and W5 (the units of each step
                                    split over the threads), if Model.run has a ``threads`` option
     grurt bf16 / grurt int8        with ``--weights``: the same model with reduced-precision GRU
@@ -24,7 +28,9 @@ of timed calls: we measure a model called in a loop, as pytest-benchmark does. A
 before each turn lets the previous contender's worker threads go idle. Every output is
 first checked against PyTorch (max abs error <= 1e-4, else the row says WRONG). The
 ratio column is onnxruntime-1-thread median / contender median: > 1 means faster than ORT.
-Rounds adapt to a time budget per workload: the full run takes < 3 minutes,
+W7's other contenders keep the 1,024 sessions' states in a numpy array (1024, 256), gather
+the 64 stepped sessions' rows into ``h0`` (1, 64, 256), run one batched step and scatter the
+new states back (torch: ``nn.GRUCell`` on the gathered rows). Rounds adapt to a time budget per workload: the full run takes < 3 minutes,
 ``--quick`` < 40 s. With few calls (W4) p99 is close to the maximum.
 """
 import os
@@ -92,9 +98,15 @@ class _OneStep(torch.nn.Module):
         return self.gru(x, h0)[1]
 
 
-def grurt_factory(w, threads=None, weights=None):
+def grurt_factory(w, threads=None, variant=None, weights=None):
     def model():
         return w.model.with_weights(weights) if weights else w.model
+    if variant == "state fed":
+        return lambda: workloads.state_fed_stepper(w.model, batch=w.x.shape[0])
+    if variant == "streams":
+        return lambda: workloads.streams_stepper(w)
+    if w.pool is not None:
+        return lambda: workloads.pool_stepper(w)
     if w.stream:
         return lambda: workloads.stream_stepper(model(), batch=w.x.shape[0])
     if threads:
@@ -113,6 +125,8 @@ def ort_factory(w, path, threads):
         session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
         if not w.stream:
             return lambda x: session.run(None, {"x": x})[0]
+        if w.pool is not None:
+            return pooled(w, lambda frames, h0: session.run(None, {"x": frames[:, None], "h0": h0[None]})[0][0])
         h = np.zeros((1, w.x.shape[0], w.gru.hidden_size), np.float32)
 
         def step(frame):
@@ -123,12 +137,27 @@ def ort_factory(w, path, threads):
     return make
 
 
+def pooled(w, batched_step):
+    """W7 outside grurt: the sessions' states in one numpy array; each call gathers the rows
+    of the stepped sessions, runs ``batched_step(frames, h0) -> h_n`` and scatters them back."""
+    capacity, ids = w.pool
+    states = np.zeros((capacity, w.gru.hidden_size), np.float32)
+
+    def step(frames):
+        h = batched_step(frames, states[ids])
+        states[ids] = h
+        return h
+    return step
+
+
 def openvino_factory(w, path):
     import openvino as ov
 
     def make():
         config = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": 1}
         request = ov.Core().compile_model(path, "CPU", config).create_infer_request()
+        if w.pool is not None:
+            return pooled(w, lambda frames, h0: request.infer({"x": frames[:, None], "h0": h0[None]})[0][0])
         if not w.stream:
             return lambda x: request.infer({"x": x}, share_inputs=True)[0]
         h = np.zeros((1, w.x.shape[0], w.gru.hidden_size), np.float32)
@@ -149,6 +178,8 @@ def torch_factory(w):
         cell = torch.nn.GRUCell(gru.input_size, gru.hidden_size).eval()
         cell.load_state_dict({"weight_ih": gru.weight_ih_l0, "weight_hh": gru.weight_hh_l0,
                               "bias_ih": gru.bias_ih_l0, "bias_hh": gru.bias_hh_l0})
+        if w.pool is not None:
+            return pooled(w, lambda frames, h0: cell(torch.from_numpy(frames), torch.from_numpy(h0)).numpy())
         h = torch.zeros(w.x.shape[0], gru.hidden_size)
 
         def step(frame):
@@ -267,11 +298,15 @@ def interleaved(rows: List[Row], x: np.ndarray, budget: float, min_rounds: int, 
 
 def bench_workload(w, directory: str, quick: bool, weights=()) -> Tuple[List[Row], int]:
     path = export_onnx(w, directory)
-    grurt_runs = not w.stream or workloads.has_stream(w.model)
+    grurt_runs = (not w.stream or workloads.has_stream(w.model)) and (w.pool is None or workloads.has_pool(w.model))
     contenders = [("grurt", grurt_factory(w) if grurt_runs else None)]
+    if w.name == "W3" and grurt_runs:
+        contenders.append(("grurt (state fed each step)", grurt_factory(w, variant="state fed")))
+    if w.pool is not None and workloads.has_stream(w.model):
+        contenders.append((f"grurt ({len(w.pool[1])} x Stream.step)", grurt_factory(w, variant="streams")))
     if w.name in ("W4", "W5") and grurt_has_threads():
         contenders.append(("grurt (2 threads)", grurt_factory(w, threads=2)))
-    for mode in weights:
+    for mode in weights if w.pool is None else ():
         contenders.append((f"grurt {mode}", grurt_factory(w, weights=mode) if grurt_runs else None))
     contenders += [(BASELINE, ort_factory(w, path, 1)),
                    ("onnxruntime (default threads)", ort_factory(w, path, None)),
@@ -282,7 +317,7 @@ def bench_workload(w, directory: str, quick: bool, weights=()) -> Tuple[List[Row
     for name, factory in contenders:
         row = Row(name)
         if factory is None:
-            row.status = "n/a (no stream API)"
+            row.status = "n/a (no stream or pool API)"
         else:
             prepare(row, w, factory, WEIGHT_BUDGETS.get(name.rpartition(" ")[2], TOLERANCE))
         rows.append(row)

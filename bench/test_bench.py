@@ -96,3 +96,31 @@ def test_run_two_threads(benchmark, name):
     benchmark.group = str(w)
     out = benchmark(w.model.run, w.x, threads=2)
     assert_matches_torch(w, out)
+
+
+def _check_stepper(w, step):
+    got = np.stack([np.array(step(np.ascontiguousarray(w.check_frames[:, t])))
+                    for t in range(w.check_frames.shape[1])], axis=1)
+    np.testing.assert_allclose(got, workloads.reference(w), rtol=0, atol=TOLERANCE)
+
+
+def test_stream_step_state_fed(benchmark):
+    """W3 with the state held outside and set before every step (``stream.state = [h]``)."""
+    w = workloads.get("W3")
+    benchmark.group = str(w)
+    _check_stepper(w, workloads.state_fed_stepper(w.model))
+    out = benchmark(workloads.state_fed_stepper(w.model), w.x)
+    assert np.isfinite(out).all()
+
+
+@pytest.mark.parametrize("how", ["pool", "streams"])
+def test_pool_step(benchmark, how):
+    """W7: 64 of 1,024 open sessions stepped together (pool), or one Stream.step per session."""
+    w = workloads.get("W7")
+    if not workloads.has_pool(w.model):
+        pytest.skip("n/a (no pool API): grurt.Model has no stream_pool()")
+    benchmark.group = str(w)
+    make = workloads.pool_stepper if how == "pool" else workloads.streams_stepper
+    _check_stepper(w, make(w))
+    out = benchmark(make(w), w.x)
+    assert out.shape == (64, w.model.output_size) and np.isfinite(out).all()

@@ -8,11 +8,15 @@ network as a grurt Model (``grurt.from_torch``) and a float32 input:
     W3  streaming step    GRU(256), one ``stream.step``               frame (1, 64)
     W4  throughput        bidirectional GRU(256), output sequence     (64, 200, 64)
     W5  large             GRU(1024), last state                       (1, 50, 512)
+    W7  serving           GRU(256), 64 of 1,024 open sessions stepped  frames (64, 64)
+                          together (``StreamPool.step``)
     overhead              GRU with H = I = T = B = 1: the Python cost of ``run()``
 
 ``torch_module(x)`` gives the reference output that every runtime must match. W3 is a
 streaming workload: ``x`` is one frame (B, I) and ``check_frames`` (B, K, I) is a short
-sequence used to check that a stepper carries its state correctly.
+sequence used to check that a stepper carries its state correctly. W7 is one too: ``x``
+holds one frame for each of 64 sessions (rows in the order of ``session_ids``) of a pool of
+1,024 open sessions, and ``check_frames`` (64, K, I) the frames the check feeds them.
 """
 from __future__ import annotations
 
@@ -27,7 +31,7 @@ from torch import nn
 import grurt
 
 SEED = 20240601
-NAMES = ("W1", "W2", "W3", "W4", "W5", "overhead")
+NAMES = ("W1", "W2", "W3", "W4", "W5", "W7", "overhead")
 
 
 class LastStepHead(nn.Module):
@@ -71,8 +75,9 @@ class Workload:
     torch_module: nn.Module          # batch-first; torch_module(x) is the reference output
     model: grurt.Model
     x: np.ndarray                    # the timed input (for W3: one frame (B, I))
-    stream: bool = False             # W3: time one streaming step instead of run()
-    check_frames: Optional[np.ndarray] = None  # W3: (B, K, I) frames for the state check
+    stream: bool = False             # W3, W7: time one streaming step instead of run()
+    check_frames: Optional[np.ndarray] = None  # W3, W7: (B, K, I) frames for the state check
+    pool: Optional[tuple] = None     # W7: (capacity, session ids stepped together (n,))
 
     @property
     def gru(self) -> nn.GRU:
@@ -119,6 +124,14 @@ def get(name: str) -> Workload:
         gru = _gru(seed, 512, 1024)
         return Workload("W5", "large", LastState(gru), grurt.from_torch([gru], last_step=True),
                         _input(seed, (1, 50, 512)))
+    if name == "W7":
+        gru = _gru(seed, 64, 256)
+        frames = _input(seed, (64, 9, 64))
+        # 64 of 1,024 sessions, scattered over the pool in no particular order
+        ids = np.random.default_rng(seed).permutation(1024)[:64].astype(np.int64)
+        return Workload("W7", "serving", Sequence(gru), grurt.from_torch([gru]),
+                        np.ascontiguousarray(frames[:, 0]), stream=True,
+                        check_frames=np.ascontiguousarray(frames[:, 1:]), pool=(1024, ids))
     if name == "overhead":
         gru = _gru(seed, 1, 1)
         return Workload("overhead", "(H=I=T=B=1)", Sequence(gru), grurt.from_torch([gru]),
@@ -147,3 +160,43 @@ def stream_stepper(model: grurt.Model, batch: int = 1):
     stream = model.stream(batch=batch)
     buf = np.empty((batch, model.output_size), np.float32)
     return lambda frame: stream.step(frame, out=buf)
+
+
+def state_fed_stepper(model: grurt.Model, batch: int = 1):
+    """W3 with the state held outside: ``stream.state = [h]`` before each step, the new state
+    (the output of a GRU-only model) handed back, as an ONNX session with ``h0`` works."""
+    stream = model.stream(batch=batch)
+    h = np.zeros((1, batch, model.output_size), np.float32)
+    buf = h[0]
+
+    def step(frame):
+        stream.state = [h]
+        return stream.step(frame, out=buf)      # the new state, written into h
+    return step
+
+
+def has_pool(model: grurt.Model) -> bool:
+    return callable(getattr(model, "stream_pool", None))
+
+
+def pool_stepper(w: Workload):
+    """W7 in grurt: a pool of ``capacity`` open sessions, ``step(frames)`` steps ``session_ids``."""
+    capacity, ids = w.pool
+    pool = w.model.stream_pool(capacity)
+    for _ in range(capacity):
+        pool.open()
+    buf = np.empty((len(ids), w.model.output_size), np.float32)
+    return lambda frames: pool.step(ids, frames, out=buf)
+
+
+def streams_stepper(w: Workload):
+    """W7 without a pool: one Stream per session, ``step`` called once per session."""
+    streams = [w.model.stream() for _ in range(len(w.pool[1]))]
+    buf = np.empty((len(streams), w.model.output_size), np.float32)
+    rows = [buf[k] for k in range(len(streams))]
+
+    def step(frames):
+        for k, stream in enumerate(streams):
+            stream.step(frames[k], out=rows[k])
+        return buf
+    return step

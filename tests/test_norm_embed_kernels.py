@@ -200,3 +200,29 @@ def test_npz_round_trip(tmp_path):
     spec = ModelSpec(3, (random_gru(rng, 3, 5), GlobalPool("max")))
     grurt.save(spec, path)
     assert grurt.load(path).spec.layers[1].mode == "max"
+
+
+def test_token_id_blocks_and_pools_equal_stepping():
+    """stream.run on blocks of ids and a pool stepping sessions of ids give exactly what stepping
+    one Stream per sequence gives; bad ids are refused by both."""
+    rng = np.random.default_rng(5)
+    model = grurt.Model(ModelSpec(None, (embedding(rng, 12, 4), random_gru(rng, 4, 7),
+                                         Dense(rng.normal(size=(2, 7)), np.zeros(2)))))
+    ids = rng.integers(0, 12, (3, 9))
+    stepped = []
+    for b in range(3):
+        stream = model.stream()
+        stepped.append(np.stack([stream.step(int(i)) for i in ids[b]]))
+    stepped = np.stack(stepped)
+    block = model.stream(batch=3)
+    assert np.array_equal(np.concatenate([block.run(ids[:, :4]), block.run(ids[:, 4:])], axis=1), stepped)
+    single = model.stream()
+    assert np.array_equal(single.run(ids[1]), stepped[1])
+    pool = model.stream_pool(8)
+    sessions = np.array([pool.open() for _ in range(3)])
+    got = np.stack([pool.step(sessions, ids[:, t]) for t in range(9)], axis=1)
+    assert np.array_equal(got, stepped)
+    with pytest.raises(grurt.InputError, match="token id 12 is outside the vocabulary"):
+        pool.step(sessions, np.array([1, 12, 3]))
+    with pytest.raises(grurt.InputError, match="integer token ids"):
+        single.run(np.ones((4,), np.float32))

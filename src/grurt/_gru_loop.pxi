@@ -52,6 +52,9 @@ cdef struct GruTask:
     int xs, hs
     void* work               # the reduced-precision products' scratch (p.lowp_work_floats)
     grurt_barrier* barrier   # the unit split: where the tasks meet after each step; NULL otherwise
+    # 1: odd steps sum the recurrent product backwards (model.run, see GRURT_K in _gru_math.h);
+    # 0: every step forwards, as a stream's one-step calls do (streaming calls, run_layers)
+    int alternate
     int* go                  # for a task on a thread of its own: 0 wait, 1 run, -1 do nothing
 
 
@@ -100,6 +103,7 @@ cdef void whole_layer_task(GruTask* t, const LayerPlan* p, int d, int B, int T, 
     t.gates = t.rh + <size_t>B * H
     t.work = lowp_work(t.gates + <size_t>B * 3 * H)
     t.barrier = NULL
+    t.alternate = 1
 
 
 cdef void unit_range_task(GruTask* t, const LayerPlan* p, int u0, int u1, int B, int T, const float* x,
@@ -125,6 +129,7 @@ cdef void unit_range_task(GruTask* t, const LayerPlan* p, int u0, int u1, int B,
     t.hn = t.rh = t.gates = NULL
     t.work = work
     t.barrier = barrier
+    t.alternate = 1
 
 
 cdef inline void gru_product(const LayerPlan* p, bint recurrent, int d, int first_panel, int rows, int n_in,
@@ -187,7 +192,7 @@ cdef void gru_loop(const GruTask* t) noexcept nogil:
     cdef float* nxt
     cdef float* h
     cdef const float* xrow
-    cdef int s, s0, n, b, ts, L, m
+    cdef int s, s0, n, b, ts, L, m, backward
     if t.h != NULL:         # a private state: padded rows, the padding zero
         memset(t.states[0], 0, <size_t>B * ldh * sizeof(float))
         for b in range(B):
@@ -217,8 +222,9 @@ cdef void gru_loop(const GruTask* t) noexcept nogil:
         for s in range(s0, s0 + n):
             cur, nxt = t.states[s % 2], t.states[1 - s % 2]
             # hr = h · R_zrhᵀ + [0 0 Rb_h] (lbr=1) or h · R_zrᵀ (lbr=0)
-            # odd steps read R backwards (see GRURT_K in _gru_math.h)
-            product(t, True, B, H, t.r_panels, cur, ldh, hr_init, hr, hs, s % 2)
+            # odd steps read R backwards (see GRURT_K in _gru_math.h), unless streaming
+            backward = s % 2 if t.alternate else 0
+            product(t, True, B, H, t.r_panels, cur, ldh, hr_init, hr, hs, backward)
             if not p.lbr:
                 for b in range(B):
                     L = T if lengths == NULL else lengths[b]
@@ -228,7 +234,7 @@ cdef void gru_loop(const GruTask* t) noexcept nogil:
                                             rh + b * H, &p.f, p.clip)
                 # hn = (r⊙h) · R_hᵀ
                 gru_product(p, True, d, p.panels_per_gate_set, B, H, p.panels_h, rh, H, NULL, hn, hn_stride,
-                            s % 2, t.work)
+                            backward, t.work)
             for b in range(B):
                 h = nxt + b * ldh + u0
                 if nxt != cur:      # shared state: carry this task's units over, then update them

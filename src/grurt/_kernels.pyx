@@ -5,11 +5,12 @@
 product kernels in _gru_math.h) and ``Plan.run`` executes every layer on contiguous float32
 input.
 
-What the kernels trust: ``Plan.run`` and ``Plan.step`` trust their arguments (C-contiguous
-float32 arrays of the right shapes, lengths within 1..T, a size that passed
-``Plan.check_size``): model.py checks them. ``Plan.run_plain`` and ``Plan.step_plain`` check
-the common call themselves (type, dtype, layout, shape and ``check_size``) and return None to
-hand anything else to model.py, whose full checks convert the input or explain what is wrong.
+What the kernels trust: ``Plan.run`` trusts its arguments (C-contiguous float32 arrays of
+the right shapes, lengths within 1..T, a size that passed ``Plan.check_size``): model.py
+checks them. ``Plan.run_plain`` checks the common call itself (type, dtype, layout, shape and
+``check_size``) and returns None to hand anything else to model.py, whose full checks convert
+the input or explain what is wrong. ``Stream`` and ``StreamPool`` (_serve.pxi) check their
+common calls in C the same way, and anything else in their checked paths.
 
 One module, split by job into files that Cython includes here:
 
@@ -17,12 +18,13 @@ One module, split by job into files that Cython includes here:
     _gru_loop.pxi  the GRU time loop (one, for a whole layer or for a range of its units)
     _threads.pxi   a GRU layer spread over threads (directions, batch slices or units)
     _layers.pxi    running the layers in order, and the layers other than GRU
+    _serve.pxi     Stream and StreamPool: states kept between calls, stepped in C
 
 The C they call: _gru_math.h (activations, gate pass, products), _lowp.h (products over bf16
 and int8 weights), _threads.h (the barrier) and _norm.h (layer and unit normalisation, global
 pooling, flattening).
 """
-from libc.stdlib cimport malloc, free
+from libc.stdlib cimport malloc, calloc, free
 from libc.string cimport memcpy, memset
 from libc.stdint cimport uint16_t, int8_t, int32_t
 cimport numpy as cnp
@@ -143,6 +145,7 @@ cpdef enum:
 
 cdef enum:
     CHUNK_STEPS = 16             # time steps whose input projection is computed together
+    DENSE_TILE_ROWS = 8          # rows of a Dense layer's last partial panel computed together (dense)
     ALIGN_FLOATS = 16            # 64 bytes: every buffer and packed weight starts on a cache line
     # Splitting one sequence's steps over threads by units (run_units) costs a barrier per
     # step: about 1 µs when the threads' cores are busy, but about 20 µs when a core was idle
@@ -157,3 +160,4 @@ include "_plan.pxi"
 include "_gru_loop.pxi"
 include "_threads.pxi"
 include "_layers.pxi"
+include "_serve.pxi"

@@ -2,10 +2,15 @@
 
 cdef int run_layers(const LayerPlan* layers, int n_layers, int B, int T, const float* x,
                     float** states, const int* lengths, float* out, float* work,
-                    int max_features, int threads) noexcept nogil:
+                    int max_features, int threads, bint streaming) noexcept nogil:
     """Execute every layer, using ``work`` (workspace_floats(B, T)) as scratch. Returns the
     number of threads that ran the GRU layer with the most weights (the first of equals; 1
-    without GRU layers)."""
+    without GRU layers).
+
+    ``streaming`` (the calls of Stream and StreamPool, _serve.pxi): the output of every step,
+    each GRU summing in forward order (run_gru), a GRU's last state and LastStep being the
+    output of each step; T steps then give bit for bit what T calls of one step give.
+    """
     cdef size_t rows = <size_t>B * T
     cdef size_t ping = aligned(rows * max_features)
     cdef float* buffers[2]
@@ -21,12 +26,12 @@ cdef int run_layers(const LayerPlan* layers, int n_layers, int B, int T, const f
         p = &layers[i]
         dst = out if i == n_layers - 1 else buffers[i % 2]
         if p.kind == GRU_LAYER:
-            used = run_gru(p, B, steps, src, dst, states[gru_index], lengths, scratch, threads)
+            used = run_gru(p, B, steps, src, dst, states[gru_index], lengths, scratch, threads, streaming)
             weights = <size_t>p.D * 3 * p.H * (p.n_in + p.H)
             if weights > largest:
                 largest, threads_of_largest = weights, used
             gru_index += 1
-            if not p.return_sequences:
+            if not p.return_sequences and not streaming:
                 steps = 1
         elif p.kind == DENSE_LAYER:
             dense(p, <size_t>B * steps, src, dst)
@@ -38,8 +43,11 @@ cdef int run_layers(const LayerPlan* layers, int n_layers, int B, int T, const f
         elif p.kind == REVERSE_LAYER:
             reverse_time(B, steps, p.n_out, lengths, src, dst)
         elif p.kind == LAST_STEP_LAYER:
-            last_step(B, steps, p.n_out, lengths, src, dst)
-            steps = 1
+            if streaming:       # every step's output is its own last step
+                memcpy(dst, src, <size_t>B * steps * p.n_out * sizeof(float))
+            else:
+                last_step(B, steps, p.n_out, lengths, src, dst)
+                steps = 1
         elif p.kind == MERGE_LAYER:
             merge(p, <size_t>B * steps, src, dst)
         elif p.kind == LAYER_NORM_LAYER:
@@ -68,11 +76,27 @@ cdef void activate_rows(const grurt_act* act, float* y, size_t rows, int n) noex
 
 
 cdef void dense(const LayerPlan* p, size_t rows, const float* x, float* y) noexcept nogil:
-    cdef size_t r
-    # y = x · Wᵀ + b
-    for r in range(rows):
-        memcpy(y + r * p.n_out, p.bias, p.n_out * sizeof(float))
-    matmul_t(<int>rows, p.n_out, p.n_in, x, p.W, 1.0, y)
+    """y = f(x · Wᵀ + b) on grurt's panel kernels (W packed at plan time, b the initial value):
+    every row the same sequence of operations, whatever the number of rows (BLAS sgemm's
+    results change with it), so that a sequence gives the same bits alone or in a batch and
+    a frame the same bits stepped alone or in a block. Whole panels go straight into y; the
+    last partial panel goes through a tile of DENSE_TILE_ROWS rows and is copied out."""
+    cdef int n_in = p.n_in, n_out = p.n_out, full = n_out // GRURT_PANEL, tail = n_out % GRURT_PANEL
+    cdef size_t r, m
+    cdef int i
+    cdef float tile[DENSE_TILE_ROWS * GRURT_PANEL]
+    cdef const float* tail_panel = p.W_panels + <size_t>full * n_in * GRURT_PANEL
+    if full > 0:
+        grurt_gemm(<int>rows, n_in, full, x, n_in, p.W_panels, p.bias, y, n_out, 0)
+    if tail > 0:
+        r = 0
+        while r < rows:
+            m = min(<size_t>DENSE_TILE_ROWS, rows - r)
+            grurt_gemm(<int>m, n_in, 1, x + r * n_in, n_in, tail_panel, p.bias + full * GRURT_PANEL, tile,
+                       GRURT_PANEL, 0)
+            for i in range(<int>m):
+                memcpy(y + (r + i) * n_out + full * GRURT_PANEL, tile + i * GRURT_PANEL, tail * sizeof(float))
+            r += m
     activate_rows(&p.f, y, rows, p.n_out)
 
 

@@ -12,12 +12,13 @@ cdef struct LayerPlan:
     int merge_mode           # Merge: a MergeMode
     float eps                # LayerNorm, UnitNorm: epsilon
     int pool_mode            # GlobalPool: GRURT_POOL_AVERAGE or GRURT_POOL_MAX
-    float* W                 # Dense: (out, in); Scale: a
-    float* bias              # GRU: per direction, folded biases of the projection (xp_stride); Dense: b; Scale: c
+    float* W                 # Scale: a; LayerNorm: γ
+    float* bias              # GRU: per direction, folded biases of the projection (xp_stride); Dense: b padded
+                             # to whole panels; Scale: c; LayerNorm: β
     # GRU
     int D, H, lbr, reverse_only, return_sequences, fast_gates
     float clip               # 0 when off
-    float* W_panels          # per direction: packed Wᵀ, the input projection
+    float* W_panels          # GRU, per direction: packed Wᵀ, the input projection; Dense: packed Wᵀ
     long W_panel_stride      # floats of packed input panels per direction
     int xp_stride            # floats per row of the projection: 3H padded to whole panels
     float* R_panels          # per direction: packed Rᵀ (lbr=1) or packed R_zrᵀ then R_hᵀ (lbr=0)
@@ -133,8 +134,8 @@ cdef class Plan:
             elif isinstance(layer, Dense):
                 p.kind = DENSE_LAYER
                 p.n_out = layer.output_size
-                p.W = self._keep(layer.W)
-                p.bias = self._keep(layer.b)
+                p.W_panels = self._keep(pack_panels(np.asarray(layer.W, np.float32)))
+                p.bias = self._keep(pad_rows(np.asarray(layer.b, np.float32), n_panels(p.n_out) * GRURT_PANEL))
                 p.f = make_act(layer.activation)
             elif isinstance(layer, Activation):
                 p.kind = ACTIVATION_LAYER
@@ -396,41 +397,6 @@ cdef class Plan:
         finally:
             free(raw)
 
-    def step(self, cnp.ndarray frame, list states, cnp.ndarray out, cnp.ndarray workspace, int batch):
-        """One time step of ``batch`` streams: like run with T = 1, allocating nothing.
-
-        ``workspace`` is float32 of at least workspace_floats(batch, 1) elements, from
-        aligned_empty.
-        """
-        self._execute(batch, 1, frame, states, None, out, <float*>cnp.PyArray_DATA(workspace), 1)
-
-    def step_plain(self, frame, out, list states, cnp.ndarray workspace, int batch):
-        """step() for the common call, checked in C: a C-contiguous float32 frame of shape
-        (batch, input_size), or (input_size,) when batch is 1, and ``out`` None or a
-        C-contiguous float32 array of batch × output_size elements. Returns the output ((F,)
-        for a 1-D frame without ``out``), or None when the call needs the full checks."""
-        if type(frame) is not np.ndarray or not (out is None or type(out) is np.ndarray):
-            return None
-        cdef cnp.ndarray a = <cnp.ndarray>frame
-        cdef int ndim = cnp.PyArray_NDIM(a)
-        if (ndim < 1 or ndim > 2 or cnp.PyArray_TYPE(a) != cnp.NPY_FLOAT32 or not cnp.PyArray_IS_C_CONTIGUOUS(a)
-                or not cnp.PyArray_ISNOTSWAPPED(a) or cnp.PyArray_DIMS(a)[ndim - 1] != self.input_size
-                or not (ndim == 2 and cnp.PyArray_DIMS(a)[0] == batch or ndim == 1 and batch == 1)):
-            return None
-        cdef cnp.ndarray result
-        cdef cnp.npy_intp shape[2]
-        if out is None:
-            shape[0], shape[1] = batch, self.output_size
-            result = cnp.PyArray_EMPTY(2, shape, cnp.NPY_FLOAT32, 0)
-        else:
-            result = <cnp.ndarray>out
-            if (cnp.PyArray_TYPE(result) != cnp.NPY_FLOAT32 or not cnp.PyArray_IS_C_CONTIGUOUS(result)
-                    or not cnp.PyArray_ISNOTSWAPPED(result) or not cnp.PyArray_ISWRITEABLE(result)
-                    or cnp.PyArray_SIZE(result) != <cnp.npy_intp>batch * self.output_size):
-                return None
-        self._execute(batch, 1, a, states, None, result, <float*>cnp.PyArray_DATA(workspace), 1)
-        return result[0] if out is None and ndim == 1 else result
-
     cdef int _execute(self, int B, int T, cnp.ndarray x, list states, cnp.ndarray lengths, cnp.ndarray out,
                       float* work, int threads) except -1:
         """Every layer on x into out, with ``work`` as scratch; returns run's thread count."""
@@ -454,6 +420,6 @@ cdef class Plan:
         cdef int threads_used
         with nogil:
             threads_used = run_layers(self.layers, self.n_layers, B, T, x_ptr, state_ptrs, length_ptr, out_ptr,
-                                      work, self.max_features, threads)
+                                      work, self.max_features, threads, False)
         return threads_used
 

@@ -3,9 +3,13 @@
 # split). Every way runs gru_loop (_gru_loop.pxi) on tasks, with the same arithmetic per unit.
 
 cdef int run_gru(const LayerPlan* p, int B, int T, const float* x, float* y, float* state,
-                 const int* lengths, float* scratch, int threads) noexcept nogil:
+                 const int* lengths, float* scratch, int threads, bint streaming) noexcept nogil:
     """One GRU layer over x (B, T, I) into y: (B, T, D*H) sequences or (B, D*H) last states.
     Returns the number of threads that ran it.
+
+    ``streaming`` (Stream and StreamPool calls): every step sums its recurrent product in
+    forward order, and y is always the sequence of states, so that a block of steps gives bit
+    for bit what the same steps give one call at a time.
 
     ``scratch`` holds D × B row scratches; ``threads`` > 1 runs the directions and slices of
     the batch on threads of their own, or, when that leaves threads idle, the units of a large
@@ -15,9 +19,9 @@ cdef int run_gru(const LayerPlan* p, int B, int T, const float* x, float* y, flo
     cdef int d, i, b0, b1, chunk, chunks, n_tasks, used = 0
     cdef GruTask tasks[MAX_THREADS]
     cdef size_t row_scratch = step_scratch_floats(p)
-    cdef float* seq_out = y if p.return_sequences else NULL
+    cdef float* seq_out = y if p.return_sequences or streaming else NULL
     chunks = max(1, min(B, min(threads, MAX_THREADS) // p.D))
-    if p.D == 1 and chunks < threads and p.fast_gates and H >= MIN_SPLIT_UNITS and H % GRURT_PANEL == 0:
+    if not streaming and p.D == 1 and chunks < threads and p.fast_gates and H >= MIN_SPLIT_UNITS and H % GRURT_PANEL == 0:
         used = run_units(p, B, T, x, seq_out, state, lengths, scratch, min(threads, MAX_THREADS))
     if used == 0:
         n_tasks = 0
@@ -29,6 +33,7 @@ cdef int run_gru(const LayerPlan* p, int B, int T, const float* x, float* y, flo
                                  NULL if seq_out == NULL else seq_out + <size_t>b0 * T * DH,
                                  NULL if lengths == NULL else lengths + b0,
                                  scratch + (<size_t>d * B + b0) * row_scratch)
+                tasks[n_tasks].alternate = not streaming
                 n_tasks += 1
         if n_tasks > threads:       # one after the other
             for i in range(n_tasks):
@@ -36,7 +41,7 @@ cdef int run_gru(const LayerPlan* p, int B, int T, const float* x, float* y, flo
             used = 1
         else:
             used = run_tasks(tasks, n_tasks, False)
-    if not p.return_sequences:
+    if not p.return_sequences and not streaming:
         final_states(p, B, state, y)
     return used
 

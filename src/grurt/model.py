@@ -13,6 +13,7 @@ from .spec import (GRU, WHOLE_SEQUENCE, Activation, Dense, Embedding, Flatten, G
 
 #: The layers the compiled kernels run (a leading Embedding's lookup runs in Model itself).
 KERNEL_LAYERS = (GRU, Dense, Activation, Scale, Reverse, LastStep, Merge, LayerNorm, UnitNorm, GlobalPool, Flatten)
+from ._kernels import Stream, StreamPool   # noqa: F401 (public: grurt.model.Stream)
 
 _FLOAT32 = np.dtype(np.float32)
 
@@ -184,6 +185,39 @@ class Model:
         """A :class:`Stream` that feeds this model one time step at a time, ``batch`` streams at once."""
         return Stream(self, batch)
 
+    def stream_pool(self, capacity: int) -> "StreamPool":
+        """A :class:`StreamPool`: the states of up to ``capacity`` sessions, stepped together."""
+        return StreamPool(self, capacity)
+
+    def _check_streamable(self) -> None:
+        """InputError unless every layer can run one frame at a time (no look-ahead)."""
+        for index, layer in enumerate(self.spec.layers):
+            if isinstance(layer, GRU) and layer.direction != "forward":
+                raise InputError(f"layer {index} is a {layer.direction} GRU, which needs the whole sequence: "
+                                 "this model cannot stream, use run()")
+            if isinstance(layer, Reverse):
+                raise InputError(f"layer {index} reverses time, which needs the whole sequence: "
+                                 "this model cannot stream, use run()")
+            if isinstance(layer, WHOLE_SEQUENCE):
+                raise InputError(f"layer {index} ({layer.describe()}) needs the whole sequence: "
+                                 "this model cannot stream, use run()")
+
+    def _token_frames(self, ids) -> np.ndarray:
+        """The embedding rows of token ids of any shape, float32, for the streaming calls of a model
+        that takes ids: an InputError unless they are integers within [0, vocabulary)."""
+        if type(ids) is not np.ndarray:
+            if isinstance(ids, (bool, np.bool_)):
+                raise InputError("this model takes integer token ids, got a bool")
+            ids = _as_array(ids, "ids")
+        if ids.dtype.kind not in "iu":
+            raise InputError(f"this model takes integer token ids, got dtype {ids.dtype}")
+        if ids.size:
+            low, high = ids.min(), ids.max()
+            if low < 0 or high >= self.spec.vocabulary:
+                raise InputError(f"token id {low if low < 0 else high} is outside the vocabulary "
+                                 f"[0, {self.spec.vocabulary})")
+        return np.take(self._table, ids, axis=0)
+
     # ---- input checks: once per call, so that the kernels can trust everything ----
 
     def _input(self, seq):
@@ -281,124 +315,6 @@ class Model:
             raise InputError(f"lengths must be between 1 and {steps} (the number of steps), "
                              f"got {values.min()}..{values.max()}")
         return np.ascontiguousarray(values, dtype=np.int32)
-
-
-class Stream:
-    """Runs a model one frame at a time; the GRU states live inside, preallocated.
-
-    ``step(frame)`` for T frames gives the same outputs as ``run`` on the sequence of those
-    frames (each step returns the output for the last frame, as ``run`` on the prefix
-    would) and leaves the same final ``state``. A Stream belongs to one caller at a time;
-    the Model it came from can be shared.
-    """
-
-    def __init__(self, model: Model, batch: int = 1):
-        if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
-            raise InputError(f"batch must be a positive integer, got {batch!r}")
-        for index, layer in enumerate(model.spec.layers):
-            if isinstance(layer, GRU) and layer.direction != "forward":
-                raise InputError(f"layer {index} is a {layer.direction} GRU, which needs the whole sequence: "
-                                 "this model cannot stream, use run()")
-            if isinstance(layer, Reverse):
-                raise InputError(f"layer {index} reverses time, which needs the whole sequence: "
-                                 "this model cannot stream, use run()")
-            if isinstance(layer, WHOLE_SEQUENCE):
-                raise InputError(f"layer {index} ({layer.describe()}) needs the whole sequence: "
-                                 "this model cannot stream, use run()")
-        self.model = model
-        self.batch = int(batch)
-        self._plan = model._plan
-        self._states = model._initial_states(None, self.batch, single=False)
-        # a model that takes ids: each step's ids are looked up into this frame, then stepped
-        self._frame = None if model._table is None else np.empty((self.batch, model._table.shape[1]), np.float32)
-        self._workspace = _kernels.aligned_empty(self._plan.workspace_floats(self.batch, 1))
-        # step() sees one frame: every layer's output is (B, F), there is no time axis left
-        self._out_shape = (self.batch, model.output_size)
-
-    def reset(self) -> None:
-        """Zero every state, as at the start of a new stream."""
-        for state in self._states:
-            state.fill(0.0)
-
-    @property
-    def state(self):
-        """Copies of the GRU states, one (directions, batch, hidden) array per GRU layer."""
-        return [state.copy() for state in self._states]
-
-    @state.setter
-    def state(self, values):
-        """Set every GRU state from a list of (directions, batch, hidden) arrays; None zeros them."""
-        self._states = self.model._initial_states(values, self.batch, single=False, name="state")
-
-    def step(self, frame, out=None):
-        """Advance every stream by one frame: (I,) when batch is 1, or (batch, I); for a model that
-        takes token ids, one id when batch is 1, or (batch,) ids.
-
-        Returns the output for this frame, (F,) or (batch, F). With ``out`` (a C-contiguous
-        float32 array of that shape) the result is written there and nothing is allocated.
-        """
-        if self._frame is not None:
-            return self._step_ids(frame, out)
-        result = self._plan.step_plain(frame, out, self._states, self._workspace, self.batch)
-        if result is not None:                              # the common call, checked in C
-            return result
-        if not (type(frame) is np.ndarray and frame.dtype == np.float32 and frame.flags.c_contiguous):
-            frame = self._coerce(frame)
-        single = frame.ndim == 1
-        if frame.ndim not in (1, 2) or frame.shape[-1] != self.model.input_size \
-                or (frame.shape[0] != self.batch and not single) or (single and self.batch != 1):
-            raise InputError(f"frame must be ({self.batch}, {self.model.input_size})"
-                             + (f" or ({self.model.input_size},)" if self.batch == 1 else "")
-                             + f", got shape {frame.shape}")
-        if out is None:
-            result = np.empty(self._out_shape, np.float32)
-        else:
-            result = out
-            if not (type(out) is np.ndarray and out.dtype == np.float32 and out.flags.c_contiguous
-                    and out.flags.writeable and out.size == self.batch * self.model.output_size):
-                raise InputError(f"out must be a writeable C-contiguous float32 array of "
-                                 f"{self.batch * self.model.output_size} elements")
-        self._plan.step(frame, self._states, result, self._workspace, self.batch)
-        if out is None and single:
-            return result[0]
-        return result
-
-    def _step_ids(self, ids, out):
-        """step() of a model that takes ids: one id (batch 1) or (batch,) ids."""
-        if type(ids) is not np.ndarray:
-            if isinstance(ids, (bool, np.bool_)):
-                raise InputError("this model takes integer token ids, got a bool")
-            ids = _as_array(ids, "ids")
-        if ids.dtype.kind not in "iu":
-            raise InputError(f"this model takes integer token ids, got dtype {ids.dtype}")
-        single = ids.ndim == 0
-        if not (ids.shape == (self.batch,) or (single and self.batch == 1)):
-            raise InputError(f"ids must be ({self.batch},)" + (" or one id" if self.batch == 1 else "")
-                             + f", got shape {ids.shape}")
-        low, high = ids.min(), ids.max()
-        vocabulary = self.model.spec.vocabulary
-        if low < 0 or high >= vocabulary:
-            raise InputError(f"token id {low if low < 0 else high} is outside the vocabulary [0, {vocabulary})")
-        np.take(self.model._table, ids.reshape(-1), axis=0, out=self._frame)
-        if out is None:
-            result = np.empty(self._out_shape, np.float32)
-        else:
-            result = out
-            if not (type(out) is np.ndarray and out.dtype == np.float32 and out.flags.c_contiguous
-                    and out.flags.writeable and out.size == self.batch * self.model.output_size):
-                raise InputError(f"out must be a writeable C-contiguous float32 array of "
-                                 f"{self.batch * self.model.output_size} elements")
-        self._plan.step(self._frame, self._states, result, self._workspace, self.batch)
-        if out is None and single:
-            return result[0]
-        return result
-
-    @staticmethod
-    def _coerce(frame):
-        frame = np.asarray(frame)
-        if frame.dtype.kind not in "fiub":
-            raise InputError(f"frame must be real numbers, got dtype {frame.dtype}")
-        return np.ascontiguousarray(frame, dtype=np.float32)
 
 
 def _kernel_spec(spec: ModelSpec) -> ModelSpec:
