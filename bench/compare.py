@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """grurt side by side with onnxruntime, PyTorch eager and OpenVINO, in one process.
 
-    python bench/compare.py [--quick] [--workloads W1,W2] [--plot out.png]
+    python bench/compare.py [--quick] [--workloads W1,W2] [--weights bf16,int8] [--plot out.png]
 
 For each workload of ``workloads.py`` the PyTorch module is exported to ONNX (legacy
 TorchScript exporter, dynamic batch/time axes) and run by every contender:
@@ -14,6 +14,8 @@ TorchScript exporter, dynamic batch/time axes) and run by every contender:
     grurt (2 threads)              W1-W5: run(threads=2) (W3: a stream made with threads=2), if
                                    Model.run has a ``threads`` option: each layer runs on grurt's
                                    worker pool when that measures faster, on one thread otherwise
+    grurt bf16 / grurt int8        with ``--weights``: the same model with reduced-precision GRU
+                                   weights (``Model.with_weights``), checked with the mode's budget
     onnxruntime (1 thread)         intra_op_num_threads = inter_op_num_threads = 1: the baseline
     onnxruntime (default threads)
     torch eager (1 thread)         torch.set_num_threads(1), autograd off (W3: nn.GRUCell)
@@ -66,6 +68,8 @@ import scaling
 import workloads
 
 TOLERANCE = 1e-4
+#: max abs error against PyTorch float32 that each reduced weight mode may reach (README, Accuracy)
+WEIGHT_BUDGETS = {"bf16": 5e-3, "int8": 2e-2}
 BURST_SECONDS = 0.002          # target length of one contender's turn
 WARM_UP_BELOW_SECONDS = 0.005  # calls shorter than this get an untimed warm-up call per turn
 SETTLE_SECONDS = 0.002         # pause before each turn, see interleaved()
@@ -111,7 +115,9 @@ class _OneStep(torch.nn.Module):
         return self.gru(x, h0)[1]
 
 
-def grurt_factory(w, threads=None, variant=None):
+def grurt_factory(w, threads=None, variant=None, weights=None):
+    def model():
+        return w.model.with_weights(weights) if weights else w.model
     if variant == "state fed":
         return lambda: workloads.state_fed_stepper(w.model, batch=w.x.shape[0])
     if variant == "streams":
@@ -119,10 +125,10 @@ def grurt_factory(w, threads=None, variant=None):
     if w.pool is not None:
         return lambda: workloads.pool_stepper(w)
     if w.stream:
-        return lambda: workloads.stream_stepper(w.model, batch=w.x.shape[0], threads=threads or 1)
+        return lambda: workloads.stream_stepper(model(), batch=w.x.shape[0], threads=threads or 1)
     if threads:
-        return lambda: (lambda x: w.model.run(x, threads=threads))
-    return lambda: w.model.run
+        return lambda: (lambda x, m=model(): m.run(x, threads=threads))
+    return lambda: model().run
 
 
 def ort_factory(w, path, threads):
@@ -255,7 +261,7 @@ class Row:
         return float(np.percentile(self.times, 99)) * 1e6
 
 
-def check(w, call) -> str:
+def check(w, call, tolerance=TOLERANCE) -> str:
     """Compare ``call``'s output with PyTorch's; a stepper is fed ``check_frames`` from a fresh state."""
     expected = workloads.reference(w)
     if w.stream:
@@ -266,16 +272,16 @@ def check(w, call) -> str:
     if got.shape != expected.shape:
         return f"WRONG (shape {got.shape}, expected {expected.shape})"
     error = float(np.max(np.abs(got.astype(np.float64) - expected)))
-    if not error <= TOLERANCE:  # also catches NaN
+    if not error <= tolerance:  # also catches NaN
         return f"WRONG (max abs err {error:.1e})"
     return f"ok ({error:.0e})"
 
 
-def prepare(row: Row, w, factory) -> None:
+def prepare(row: Row, w, factory, tolerance=TOLERANCE) -> None:
     """Build and check one contender; failures become the row's status."""
     try:
         row.call = factory()
-        row.status = check(w, row.call)  # a stepper then just goes on from the state it reached
+        row.status = check(w, row.call, tolerance)  # a stepper then just goes on from the state it reached
     except Exception as error:  # report it and carry on with the other contenders
         row.status = f"ERROR ({type(error).__name__}: {str(error).splitlines()[0][:80]})"
         row.call = None
@@ -329,7 +335,7 @@ def interleaved(rows: List[Row], x: np.ndarray, budget: float, min_rounds: int, 
     return rounds
 
 
-def bench_workload(w, directory: str, quick: bool) -> Tuple[List[Row], int]:
+def bench_workload(w, directory: str, quick: bool, weights=()) -> Tuple[List[Row], int]:
     path = export_onnx(w, directory)
     grurt_runs = (not w.stream or workloads.has_stream(w.model)) and (w.pool is None or workloads.has_pool(w.model))
     contenders = [("grurt", grurt_factory(w) if grurt_runs else None)]
@@ -339,6 +345,8 @@ def bench_workload(w, directory: str, quick: bool) -> Tuple[List[Row], int]:
         contenders.append((f"grurt ({len(w.pool[1])} x Stream.step)", grurt_factory(w, variant="streams")))
     if w.name in ("W1", "W2", "W3", "W4", "W5") and grurt_has_threads():
         contenders.append(("grurt (2 threads)", grurt_factory(w, threads=2)))
+    for mode in weights if w.pool is None else ():
+        contenders.append((f"grurt {mode}", grurt_factory(w, weights=mode) if grurt_runs else None))
     contenders += [(BASELINE, ort_factory(w, path, 1)),
                    ("onnxruntime (default threads)", ort_factory(w, path, None)),
                    ("torch eager (1 thread)", torch_factory(w))]
@@ -350,7 +358,7 @@ def bench_workload(w, directory: str, quick: bool) -> Tuple[List[Row], int]:
         if factory is None:
             row.status = "n/a (no stream or pool API)"
         else:
-            prepare(row, w, factory)
+            prepare(row, w, factory, WEIGHT_BUDGETS.get(name.rpartition(" ")[2], TOLERANCE))
         rows.append(row)
     budget, min_rounds, max_rounds = (1.5, 2, 300) if quick else (12.0, 5, 2000)
     return rows, interleaved(rows, w.x, budget, min_rounds, max_rounds)
@@ -445,7 +453,12 @@ def main(argv=None) -> int:
                         help=f"comma-separated subset of {','.join(workloads.NAMES)}")
     parser.add_argument("--plot", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "compare.png"),
                         help="where to write the PNG bar plot (default: bench/compare.png)")
+    parser.add_argument("--weights", default="",
+                        help="comma-separated reduced weight modes to add as grurt contenders (bf16,int8)")
     args = parser.parse_args(argv)
+    weights = [mode.strip() for mode in args.weights.split(",") if mode.strip()]
+    if any(mode not in WEIGHT_BUDGETS for mode in weights):
+        parser.error(f"--weights: choose from {', '.join(WEIGHT_BUDGETS)}")
     names = [name.strip() for name in args.workloads.split(",") if name.strip()]
     unknown = [name for name in names if name not in workloads.NAMES]
     if unknown:
@@ -470,7 +483,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="grurt-bench-") as directory:
         for name in names:
             w = workloads.get(name)
-            rows, rounds = bench_workload(w, directory, args.quick)
+            rows, rounds = bench_workload(w, directory, args.quick, weights)
             results.append((w, rows, rounds))
             print(f"  {w}: {rounds} rounds, {time.perf_counter() - started:.0f} s elapsed", file=sys.stderr, flush=True)
     print(table(results))

@@ -54,6 +54,25 @@ def test_run(benchmark, name):
     assert_matches_torch(w, out)
 
 
+#: max abs error against PyTorch float32 of each reduced weight mode (README, Accuracy)
+WEIGHT_BUDGETS = {"bf16": 5e-3, "int8": 2e-2}
+
+
+@pytest.mark.parametrize("mode", sorted(WEIGHT_BUDGETS))
+@pytest.mark.parametrize("name", ["W1", "W2", "W5"])
+def test_run_reduced(benchmark, name, mode):
+    """The workloads with bf16 or int8 GRU weights, held to the mode's budget."""
+    w = workloads.get(name)
+    if not hasattr(w.model, "with_weights"):
+        pytest.skip("n/a: grurt.Model has no with_weights()")
+    model = w.model.with_weights(mode)
+    benchmark.group = f"{w} {mode}"
+    out = benchmark(model.run, w.x)
+    expected = workloads.reference(w)
+    assert out.shape == expected.shape
+    np.testing.assert_allclose(out, expected, rtol=0, atol=WEIGHT_BUDGETS[mode])
+
+
 @pytest.mark.parametrize("name", ["W3", "W6s"])
 def test_stream_step(benchmark, name):
     w = workloads.get(name)

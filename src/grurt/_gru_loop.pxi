@@ -55,6 +55,7 @@ cdef struct GruTask:
     float* rh
     float* gates
     int xs, hs
+    void* work               # the reduced-precision products' scratch (p.lowp_work_floats)
     # 1: odd steps sum the recurrent product backwards (model.run, see GRURT_K in _gru_math.h);
     # 0: every step forwards, as a stream's one-step calls do (streaming calls, run_layers)
     int alternate
@@ -70,13 +71,19 @@ cdef size_t step_scratch_floats(const LayerPlan* p) noexcept nogil:
     projection for CHUNK_STEPS steps, then hr, hn, rh and gates, and the gate pass's read slack."""
     return aligned(padded_units(p.H) + <size_t>CHUNK_STEPS * p.xp_stride
                    + <size_t>(p.panels_per_gate_set + p.panels_h) * GRURT_PANEL + 4 * p.H
-                   + 2 * GRURT_UNIT_BLOCK)
+                   + 2 * GRURT_UNIT_BLOCK + p.lowp_work_floats)
 
 
 cdef inline size_t unit_scratch_floats(int units) noexcept nogil:
     """Scratch of one batch row of a unit-range task (unit_range_task): its projections of
-    CHUNK_STEPS steps and its products, each followed by the gate pass's read slack."""
+    CHUNK_STEPS steps and its products, each followed by the gate pass's read slack. (Its
+    reduced-precision products' scratch, p.lowp_work_floats per task, comes on top.)"""
     return <size_t>(CHUNK_STEPS + 1) * 3 * units + 2 * GRURT_UNIT_BLOCK
+
+
+cdef inline void* lowp_work(float* after) noexcept nogil:
+    """The reduced-precision products' scratch: the first cache line at or after ``after``."""
+    return <void*>(after + (-(<size_t>after) // 4) % ALIGN_FLOATS)
 
 
 cdef void whole_layer_task(GruTask* t, const LayerPlan* p, int d, int B, int T, const float* x, float* h,
@@ -97,16 +104,17 @@ cdef void whole_layer_task(GruTask* t, const LayerPlan* p, int d, int B, int T, 
     t.hn = t.hr + <size_t>B * t.hs + GRURT_UNIT_BLOCK
     t.rh = t.hn + <size_t>B * p.panels_h * GRURT_PANEL
     t.gates = t.rh + <size_t>B * H
+    t.work = lowp_work(t.gates + <size_t>B * 3 * H)
     t.alternate = 1
 
 
 cdef void unit_range_task(GruTask* t, const LayerPlan* p, int u0, int u1, int B, int T, const float* x,
-                          float* y, const int* lengths, float* states0, float* states1,
-                          float* scratch) noexcept nogil:
+                          float* y, const int* lengths, float* states0, float* states1, float* scratch,
+                          void* work) noexcept nogil:
     """Units u0 .. u1-1 (whole panels) of a one-direction layer, sigmoid/tanh, no clip,
     linear_before_reset = 1, over the whole batch; the state (B, H) is shared: step s reads
     states[s % 2] and writes the task's units of the other. ``scratch``: B ×
-    unit_scratch_floats(u1 - u0)."""
+    unit_scratch_floats(u1 - u0); ``work``: p.lowp_work_floats, 64-byte aligned."""
     cdef int H = p.H, U = u1 - u0, g
     t.p, t.d, t.B, t.T, t.u0, t.U = p, 0, B, T, u0, U
     t.x, t.y, t.lengths, t.h = x, y, lengths, NULL
@@ -121,19 +129,42 @@ cdef void unit_range_task(GruTask* t, const LayerPlan* p, int u0, int u1, int B,
     t.xp = scratch
     t.hr = t.xp + <size_t>B * CHUNK_STEPS * t.xs + GRURT_UNIT_BLOCK
     t.hn = t.rh = t.gates = NULL
+    t.work = work
     t.alternate = 1
 
 
-cdef inline void product(const GruTask* t, int rows, int n_in, int panels, const float* x, int ldx,
-                         const float* packed, const float* init, float* y, int ldy, int backward) noexcept nogil:
-    """y[:, part] = init[part] + x · packed[part]ᵀ for each of the task's parts (_gru_math.h, grurt_gemm)."""
+cdef inline void gru_product(const LayerPlan* p, bint recurrent, int d, int first_panel, int rows, int n_in,
+                             int count, const float* x, int ldx, const float* init, float* y, int ldy,
+                             int backward, void* work) noexcept nogil:
+    """y = init + x · Aᵀ over ``count`` panels of A = W (recurrent false) or R of direction d
+    from panel ``first_panel`` on, in the way the plan stores them: float32 (_gru_math.h,
+    grurt_gemm), bf16 or int8 (_lowp.h; ``work``: p.lowp_work_floats)."""
+    cdef size_t panel = <size_t>d * (p.R_dir_panels if recurrent else p.W_dir_panels) + first_panel
+    cdef const char* base = (<const char*>(p.R_panels if recurrent else p.W_panels)
+                             + panel * <size_t>(p.R_panel_bytes if recurrent else p.W_panel_bytes))
+    cdef int mode = p.R_mode if recurrent else p.W_mode
+    if mode == WEIGHTS_FLOAT32:
+        grurt_gemm(rows, n_in, count, x, ldx, <const float*>base, init, y, ldy, backward)
+    elif mode == WEIGHTS_BF16:
+        grurt_gemm_bf16(rows, n_in, count, x, ldx, <const uint16_t*>base, init, y, ldy, backward, work)
+    else:
+        grurt_gemm_i8(rows, n_in, count, x, ldx, <const int8_t*>base,
+                      (p.R_scale if recurrent else p.W_scale) + panel * GRURT_PANEL,
+                      (p.R_colsum if recurrent else p.W_colsum) + panel * GRURT_PANEL,
+                      init, y, ldy, backward, work)
+
+
+cdef inline void product(const GruTask* t, bint recurrent, int rows, int n_in, int panels, const float* x,
+                         int ldx, const float* init, float* y, int ldy, int backward) noexcept nogil:
+    """y[:, part] = init[part] + x · A[part]ᵀ for each of the task's parts, A = W or R of the
+    task's direction (gru_product)."""
     cdef int g
     cdef const float* part_init = NULL
     for g in range(t.n_parts):
         if init != NULL:
             part_init = init + <size_t>t.part_panel[g] * GRURT_PANEL
-        grurt_gemm(rows, n_in, panels, x, ldx, packed + <size_t>t.part_panel[g] * n_in * GRURT_PANEL, part_init,
-                   y + t.part_out[g], ldy, backward)
+        gru_product(t.p, recurrent, t.d, t.part_panel[g], rows, n_in, panels, x, ldx, part_init,
+                    y + t.part_out[g], ldy, backward, t.work)
 
 
 cdef void gru_loop(const GruTask* t) noexcept nogil:
@@ -180,14 +211,13 @@ cdef void gru_project(const GruTask* t, int s0) noexcept nogil:
     cdef const LayerPlan* p = t.p
     cdef int B = t.B, T = t.T, I = p.n_in, xs = t.xs, n = min(CHUNK_STEPS, T - s0), b, ts, L, m
     cdef bint reverse = p.reverse_only or t.d == 1
-    cdef const float* W = p.W_panels + t.d * p.W_panel_stride
     cdef const float* bias = p.bias + <size_t>t.d * p.xp_stride
     for b in range(B):
         L = T if t.lengths == NULL else t.lengths[b]
         if s0 < L:
             m = min(n, L - s0)
             ts = L - s0 - m if reverse else s0
-            product(t, m, I, t.w_panels, t.x + (<size_t>b * T + ts) * I, I, W, bias,
+            product(t, False, m, I, t.w_panels, t.x + (<size_t>b * T + ts) * I, I, bias,
                     t.xp + <size_t>b * CHUNK_STEPS * xs, xs, 0)
             if m < CHUNK_STEPS:     # the gate pass may read into the first row left unset
                 memset(t.xp + (<size_t>b * CHUNK_STEPS + m) * xs, 0, GRURT_UNIT_BLOCK * sizeof(float))
@@ -200,8 +230,6 @@ cdef void gru_step(const GruTask* t, int s0, int s) noexcept nogil:
     cdef int B = t.B, T = t.T, H = p.H, DH = p.D * H, u0 = t.u0, U = t.U
     cdef int xs = t.xs, hs = t.hs, ldh = t.ldh, hn_stride = p.panels_h * GRURT_PANEL, b, ts, L
     cdef bint reverse = p.reverse_only or t.d == 1
-    cdef const float* R = p.R_panels + t.d * p.panel_stride
-    cdef const float* R_h = R + <size_t>p.panels_per_gate_set * GRURT_PANEL * H
     cdef const float* hr_init = NULL if p.R_init == NULL else p.R_init + <size_t>t.d * p.panels_per_gate_set * GRURT_PANEL
     cdef const int* lengths = t.lengths
     cdef float* cur = t.states[s % 2]
@@ -212,7 +240,7 @@ cdef void gru_step(const GruTask* t, int s0, int s) noexcept nogil:
     # hr = h · R_zrhᵀ + [0 0 Rb_h] (lbr=1) or h · R_zrᵀ (lbr=0)
     # odd steps read R backwards (see GRURT_K in _gru_math.h), unless streaming
     cdef int backward = s % 2 if t.alternate else 0
-    product(t, B, H, t.r_panels, cur, ldh, R, hr_init, hr, hs, backward)
+    product(t, True, B, H, t.r_panels, cur, ldh, hr_init, hr, hs, backward)
     if not p.lbr:
         for b in range(B):
             L = T if lengths == NULL else lengths[b]
@@ -221,7 +249,8 @@ cdef void gru_step(const GruTask* t, int s0, int s) noexcept nogil:
                 grurt_gates_lbr0_zr(U, xrow, hr + b * hs, cur + b * ldh, t.gates + b * 3 * U,
                                     t.rh + b * H, &p.f, p.clip)
         # hn = (r⊙h) · R_hᵀ
-        grurt_gemm(B, H, p.panels_h, t.rh, H, R_h, NULL, t.hn, hn_stride, backward)
+        gru_product(p, True, t.d, p.panels_per_gate_set, B, H, p.panels_h, t.rh, H, NULL, t.hn, hn_stride,
+                    backward, t.work)
     for b in range(B):
         h = nxt + b * ldh + u0
         if nxt != cur:      # shared state: carry this task's units over, then update them

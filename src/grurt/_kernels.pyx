@@ -21,13 +21,14 @@ One module, split by job into files that Cython includes here:
     _layers.pxi    running the layers in order, and the layers other than GRU
     _serve.pxi     Stream and StreamPool: states kept between calls, stepped in C
 
-The C they call: _gru_math.h (activations, gate pass, products), _pool.h (the persistent
-worker pool and the atomic counters threads claim work from), _norm.h (layer and unit
-normalisation, global pooling, flattening) and _conv.h (convolution, pooling and zero padding
-over time, the causal streaming step).
+The C they call: _gru_math.h (activations, gate pass, products), _lowp.h (products over bf16
+and int8 weights), _pool.h (the persistent worker pool and the atomic counters threads claim
+work from), _norm.h (layer and unit normalisation, global pooling, flattening) and _conv.h
+(convolution, pooling and zero padding over time, the causal streaming step).
 """
 from libc.stdlib cimport malloc, calloc, free
 from libc.string cimport memcpy, memset
+from libc.stdint cimport uint16_t, int8_t, int32_t
 cimport numpy as cnp
 import numpy as np
 
@@ -58,6 +59,17 @@ cdef extern from "_gru_math.h" nogil:
                             const grurt_act* g, float clip)
     void grurt_gemm(int rows, int n_in, int n_panels, const float* x, int ldx, const float* packed,
                     const float* init, float* y, int ldy, int backward)
+
+cdef extern from "_lowp.h" nogil:
+    size_t GRURT_LOWP_WORK_BYTES(int n_in)
+    int grurt_lowp_force_widening
+    int grurt_bf16_uses_dot()
+    int grurt_i8_uses_dot()
+    void grurt_gemm_bf16(int rows, int n_in, int n_panels, const float* x, int ldx, const uint16_t* packed,
+                         const float* init, float* y, int ldy, int backward, void* work)
+    void grurt_gemm_i8(int rows, int n_in, int n_panels, const float* x, int ldx, const int8_t* packed,
+                       const float* scale, const int32_t* colsum, const float* init, float* y, int ldy,
+                       int backward, void* work)
 
 cdef extern from "_pool.h" nogil:
     ctypedef void (*grurt_pool_fn)(void* arg, int slot) noexcept nogil
@@ -126,6 +138,25 @@ if ACTIVATION_CODES.keys() != ACTIVATION_DEFAULTS.keys() or MERGE_CODES.keys() !
     raise ImportError("grurt._kernels: ACTIVATION_CODES and MERGE_CODES must name every activation and merge "
                       "mode of grurt.spec")
 
+# How GRU weights are stored (grurt.precision.WEIGHT_MODES)
+cdef enum WeightMode:
+    WEIGHTS_FLOAT32, WEIGHTS_BF16, WEIGHTS_INT8
+WEIGHT_CODES = {"float32": WEIGHTS_FLOAT32, "bf16": WEIGHTS_BF16, "int8": WEIGHTS_INT8}
+
+
+def lowp_paths():
+    """How this CPU runs the reduced-precision products: {"bf16": "dot" or "widening", "int8": ...}."""
+    return {"bf16": "dot" if grurt_bf16_uses_dot() else "widening",
+            "int8": "dot" if grurt_i8_uses_dot() else "widening"}
+
+
+def force_widening(bint on):
+    """Tests: run the reduced-precision products on the portable widening path (on) or the
+    fastest this CPU has (off). Affects every model of the process."""
+    global grurt_lowp_force_widening
+    grurt_lowp_force_widening = on
+
+
 # Limits, visible from Python (model.py checks ``threads`` against MAX_THREADS).
 cpdef enum:
     MAX_THREADS = 64             # task and thread handles live on the stack
@@ -147,6 +178,9 @@ cdef enum:
     MIN_SPLIT_UNITS = 128            # unit split: H of whole panels, at least this
     MIN_SPLIT_STEP_FMAS = 40000      # unit split: B·H·3H multiply-adds per step
     MIN_SPLIT_TASK_FMAS = 4000000    # tasks and pipelines: T·B·H·3H multiply-adds per layer
+    # bf16 R of fewer units (R of 48 KB or less in float32: it stays in L1) is multiplied as
+    # float32 panels of its bf16 values, see Plan._plan_reduced
+    BF16_MIN_RECURRENT_UNITS = 64
 
 include "_plan.pxi"
 include "_gru_loop.pxi"

@@ -41,7 +41,7 @@ cdef struct LayerPlan:
     float* R_init            # lbr=1, per direction: [0, 0, Rb_h] padded, the start of h·Rᵀ + Rb_h
     int panels_per_gate_set  # lbr=1: panels of 3H; lbr=0: panels of 2H
     int panels_h             # lbr=0: panels of H
-    long panel_stride        # floats of packed recurrent panels per direction
+    long panel_stride        # floats of packed recurrent panels per direction (float32)
     ThreadChoice choice      # threads > 1: whether splitting this layer pays (mutable, shared by callers)
     ThreadChoice pair_choice # threads > 1: whether pipelining it with the next GRU layer pays
     # layers over time
@@ -50,6 +50,17 @@ cdef struct LayerPlan:
     int pad_left, pad_right  # Pool1D, ZeroPad1D: zero frames (Pool1D: unless pad_same)
     int pad_same             # Pool1D: 0 explicit, 1 same_upper, 2 same_lower
     int pool_max, pool_include_pad
+    # how W_panels and R_panels are stored (a WeightMode; _lowp.h for bf16 and int8), in panels
+    # of *_panel_bytes bytes, *_dir_panels per direction; int8: per packed column, a scale and
+    # 128 · Σ q (the VNNI path's offset)
+    int W_mode, R_mode
+    long W_panel_bytes, R_panel_bytes
+    int W_dir_panels, R_dir_panels
+    float* W_scale
+    float* R_scale
+    int32_t* W_colsum
+    int32_t* R_colsum
+    size_t lowp_work_floats  # scratch of the reduced-precision products, per task (0 for float32)
 
 
 cdef inline size_t aligned(size_t floats) noexcept nogil:
@@ -59,6 +70,17 @@ cdef inline size_t aligned(size_t floats) noexcept nogil:
 
 cdef inline int n_panels(int n_out):
     return (n_out + GRURT_PANEL - 1) // GRURT_PANEL
+
+
+def pack_groups(a, group):
+    """(n_out, n_in) bf16 bits or int8 → the panel layout of _lowp.h: per panel of GRURT_PANEL
+    rows, per group of ``group`` inputs (n_in padded with zeros), two halves of 16 lanes, each
+    lane the group's ``group`` consecutive weights of one row."""
+    n_out, n_in = a.shape
+    groups = (n_in + group - 1) // group
+    padded = np.zeros((n_panels(n_out) * GRURT_PANEL, groups * group), a.dtype)
+    padded[:n_out, :n_in] = a
+    return padded.reshape(-1, 2, GRURT_PANEL // 2, groups, group).transpose(0, 3, 1, 2, 4).ravel()
 
 
 def pack_panels(a):
@@ -108,7 +130,9 @@ cdef class Plan:
     def __cinit__(self):
         self.layers = NULL
 
-    def __init__(self, spec):
+    def __init__(self, spec, weights="float32", stored=None):
+        """``weights``: the mode of the GRU weights (grurt.precision); ``stored`` maps (layer
+        index, "W"/"R") to the arrays the mode stores, computed here when absent."""
         from .spec import GRU, Dense, Activation, Scale, Reverse, LastStep, Merge
         from .spec import LayerNorm, UnitNorm, GlobalPool, Flatten
         steps_folded = 1     # after a Flatten of T steps, B rows hold what B·T rows held
@@ -128,7 +152,7 @@ cdef class Plan:
             p = &self.layers[i]
             p.n_in = features
             if isinstance(layer, GRU):
-                self._plan_gru(p, layer)
+                self._plan_gru(p, layer, WEIGHT_CODES[weights], i, stored or {})
                 following = spec.layers[i + 1] if i + 1 < len(spec.layers) else None
                 if isinstance(following, LastStep) and layer.direction == "forward":
                     # the last output of a forward GRU is its final state: skip writing the sequence
@@ -195,7 +219,15 @@ cdef class Plan:
         self.arrays.append(kept)
         return <float*>cnp.PyArray_DATA(kept)
 
-    cdef _plan_gru(self, LayerPlan* p, layer):
+    cdef void* _keep_bytes(self, array) except NULL:
+        """A 64-byte aligned copy of ``array``'s bytes (packed bf16 or int8 weights, int32 sums)."""
+        raw = np.ascontiguousarray(array).view(np.uint8).ravel()
+        kept = aligned_empty((raw.size + 3) // 4).view(np.uint8)
+        kept[:raw.size] = raw
+        self.arrays.append(kept)
+        return cnp.PyArray_DATA(kept)
+
+    cdef _plan_gru(self, LayerPlan* p, layer, int mode, int index, dict stored):
         D, H = layer.num_directions, layer.hidden_size
         p.kind = GRU_LAYER
         p.D, p.H = D, H
@@ -234,6 +266,14 @@ cdef class Plan:
             p.R_init = NULL
         p.panel_stride = packed[0].size
         p.R_panels = self._keep(np.concatenate(packed))
+        p.W_mode = p.R_mode = WEIGHTS_FLOAT32
+        p.W_dir_panels = n_panels(3 * H)
+        p.R_dir_panels = p.panels_per_gate_set + p.panels_h
+        p.W_panel_bytes = <long>layer.input_size * GRURT_PANEL * 4
+        p.R_panel_bytes = <long>H * GRURT_PANEL * 4
+        p.lowp_work_floats = 0
+        if mode != WEIGHTS_FLOAT32:
+            self._plan_reduced(p, layer, mode, index, stored)
         self.max_step_scratch = max(self.max_step_scratch, step_scratch_floats(p))
         self.state_width += D * H
 
@@ -323,6 +363,58 @@ cdef class Plan:
             if steps < 1:
                 return steps
         return steps
+
+    cdef _plan_reduced(self, LayerPlan* p, layer, int mode, int index, dict stored):
+        """W_panels and R_panels (packed as float32 by _plan_gru) repacked in mode ``mode``.
+
+        bf16 only pays where a product streams its weights from L2 or L3: AVX512_BF16 does as
+        many multiply-adds per cycle as float32 FMAs (bench/lowp_bench.c). So bf16 weights that
+        a product reads from L1 or reuses over many rows (the input projection, computed for 16
+        steps at once; R of H < 64) are held as float32 panels of their bf16 values: the same
+        numbers, multiplied exactly, at float32 speed. int8 (VNNI: three times the float32
+        multiply-adds per cycle) is used everywhere."""
+        from .precision import stored as stored_parts, from_bf16, WEIGHT_MODES
+        cdef void* data
+        cdef float* panels
+        cdef float* scale
+        cdef int32_t* colsum
+        D, H = layer.num_directions, layer.hidden_size
+        group = 2 if mode == WEIGHTS_BF16 else 4
+        for which in ("W", "R"):
+            parts = stored.get((index, which))
+            if parts is None:
+                parts = stored_parts(getattr(layer, which), WEIGHT_MODES[mode])
+            splits = [(0, 3 * H)] if which == "W" or p.lbr else [(0, 2 * H), (2 * H, 3 * H)]
+            if mode == WEIGHTS_BF16 and (which == "W" or H < BF16_MIN_RECURRENT_UNITS):
+                values = from_bf16(parts[0])
+                panels = self._keep(np.concatenate([pack_panels(values[d, lo:hi])
+                                                    for d in range(D) for lo, hi in splits]))
+                if which == "W":
+                    p.W_panels = panels
+                else:
+                    p.R_panels = panels
+                continue
+            packed, scales, sums = [], [], []
+            for d in range(D):
+                for lo, hi in splits:
+                    rows = parts[0][d, lo:hi]
+                    packed.append(pack_groups(rows, group))
+                    if mode == WEIGHTS_INT8:
+                        width = n_panels(hi - lo) * GRURT_PANEL
+                        scales.append(pad_rows(parts[1][d, lo:hi], width))
+                        sums.append(np.pad(128 * rows.astype(np.int32).sum(axis=1), (0, width - (hi - lo))))
+            data = self._keep_bytes(np.concatenate(packed))
+            n_in = layer.input_size if which == "W" else H
+            panel_bytes = (n_in + group - 1) // group * 128      # groups of 128 bytes per panel
+            scale, colsum = NULL, NULL
+            if mode == WEIGHTS_INT8:
+                scale = self._keep(np.concatenate(scales))
+                colsum = <int32_t*>self._keep_bytes(np.concatenate(sums).astype(np.int32))
+            if which == "W":
+                p.W_mode, p.W_panels, p.W_panel_bytes, p.W_scale, p.W_colsum = mode, <float*>data, panel_bytes, scale, colsum
+            else:
+                p.R_mode, p.R_panels, p.R_panel_bytes, p.R_scale, p.R_colsum = mode, <float*>data, panel_bytes, scale, colsum
+        p.lowp_work_floats = (GRURT_LOWP_WORK_BYTES(max(layer.input_size, H)) + 4 * ALIGN_FLOATS) // 4
 
     def __dealloc__(self):
         free(self.layers)

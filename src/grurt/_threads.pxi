@@ -168,7 +168,9 @@ cdef int run_gru(const LayerPlan* p, int B, int T, const float* x, float* y, flo
     cdef long start = grurt_ticks() if timed else 0
     if use_split and split == SPLIT_UNITS:
         used = run_units(p, B, T, x, seq_out, state, lengths, scratch, usable, streaming)
-    else:
+        if used == 0:           # no memory for the groups' reduced-precision scratch
+            use_split, timed, split, used = False, False, ONE_THREAD, 1
+    if not (use_split and split == SPLIT_UNITS):
         # per direction, the batch in slices of at least 8 rows (an AVX-512 tile), up to four
         # tasks per thread, so that a thread that is slowed down holds back a small part
         chunks = 1
@@ -249,15 +251,23 @@ cdef int run_units(const LayerPlan* p, int B, int T, const float* x, float* y, f
     cdef float* states0 = scratch
     cdef float* states1 = states0 + <size_t>B * H
     cdef float* local = states1 + <size_t>B * H
+    # each group's reduced-precision product scratch (a group's items never run at once)
+    cdef float* works = NULL
+    if p.lowp_work_floats:
+        works = <float*>malloc(n_groups * p.lowp_work_floats * sizeof(float))
+        if works == NULL:
+            return 0            # nothing computed: the caller runs the layer on one thread
     memcpy(states0, state, <size_t>B * H * sizeof(float))
     for g in range(n_groups):
         u0, u1 = P * g // n_groups * GRURT_PANEL, P * (g + 1) // n_groups * GRURT_PANEL
-        unit_range_task(&groups[g], p, u0, u1, B, T, x, y, lengths, states0, states1, local)
+        unit_range_task(&groups[g], p, u0, u1, B, T, x, y, lengths, states0, states1, local,
+                        NULL if works == NULL else lowp_work(works + g * p.lowp_work_floats))
         groups[g].alternate = not streaming
         local += aligned(<size_t>B * unit_scratch_floats(u1 - u0))
     job.groups, job.n_groups, job.T = groups, n_groups, T
     grurt_phased_init(&job.work, n_groups, (T + CHUNK_STEPS - 1) // CHUNK_STEPS + T)
     cdef int used = grurt_pool_run_wait(threads, units_job, &job, split_policy > 0)
+    free(works)
     # step s reads states[s % 2] and writes the other one
     memcpy(state, states1 if T % 2 else states0, <size_t>B * H * sizeof(float))
     return used

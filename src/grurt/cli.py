@@ -15,6 +15,7 @@ import numpy as np
 from . import __version__, verify
 from .errors import GrurtError
 from .formats import load, read_header, save
+from .precision import WEIGHT_MODES
 from .spec import fixed_input_steps, min_steps
 
 EXAMPLES = os.path.join(os.path.dirname(__file__), "examples")
@@ -67,6 +68,8 @@ def cmd_info(args) -> None:
             print(f"time steps: exactly {spec.fixed_steps} (the model flattens its sequences)")
     print(f"output:     {shape}")
     print(f"parameters: {spec.parameter_count}")
+    print(f"weights:    {model.weights}" + (" (GRU W and R; biases and other layers float32)"
+                                             if model.weights != "float32" else ""))
     print("layers:")
     for index, layer in enumerate(spec.layers):
         print(f"  {index}: {layer.describe()}")
@@ -134,9 +137,10 @@ def _max_errors(model, seq, expected: dict) -> dict:
 
 
 def cmd_convert(args) -> None:
-    model = load(args.input)
+    model = load(args.input, weights=args.weights)
     save(model, args.output, metadata={"converted_from": os.path.basename(args.input)})
-    print(f"wrote {args.output}: {len(model.spec.layers)} layers, {model.spec.parameter_count} parameters")
+    print(f"wrote {args.output}: {len(model.spec.layers)} layers, {model.spec.parameter_count} parameters"
+          + ("" if model.weights == "float32" else f", {model.weights} GRU weights"))
     if args.check:
         try:
             seq = _random_input(model, source=args.input)
@@ -148,13 +152,28 @@ def cmd_convert(args) -> None:
         print(f"check: max abs difference vs {oracle}: {max(errors.values()):.3g}")
 
 
+def _relative(error: float, expected) -> float:
+    """``error`` relative to the largest magnitude of ``expected``."""
+    scale = float(np.abs(expected).max()) if np.size(expected) else 0.0
+    return error / scale if scale > 0 else float(error > 0) * float("inf")
+
+
 def cmd_verify(args) -> None:
-    model = load(args.model)
+    model = load(args.model, weights=args.weights)
     seq = _random_input(model, batch=args.batch, steps=args.steps, source=args.against)
     oracle, expected = _framework_outputs(args.against, seq)
     errors = _max_errors(model, seq, expected)
+    if model.weights != "float32":
+        # the reduced-precision model against the float32 model it was made from
+        float32_model = load(args.model, weights="float32")
+        output, states = float32_model.run(seq, return_state=True)
+        baseline = {"output": output, **{f"state[{k}]": state for k, state in enumerate(states)}}
+        for name, error in _max_errors(model, seq, {n: baseline[n] for n in expected}).items():
+            print(f"{name}: {model.weights} vs float32 grurt: max abs error {error:.3g}, "
+                  f"max relative error {_relative(error, baseline[name]):.3g}")
     for name, error in errors.items():
-        print(f"{name}: max abs error vs {oracle}: {error:.3g}")
+        print(f"{name}: max abs error vs {oracle}: {error:.3g}"
+              + (f", max relative error {_relative(error, expected[name]):.3g}" if model.weights != "float32" else ""))
     worst = max(errors.values())
     if not worst <= args.tolerance:
         raise CommandError(f"error {worst:.3g} exceeds the tolerance {args.tolerance:g}")
@@ -248,6 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input")
     p.add_argument("output")
     p.add_argument("--check", action="store_true", help="compare the converted model with the source")
+    p.add_argument("--weights", choices=WEIGHT_MODES, default=None,
+                   help="store the GRU weights in this precision (default: as the input has them)")
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("bench", help="measure latency and throughput")
@@ -264,7 +285,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--against", required=True, help=".onnx, .keras, .h5 or TorchScript .pt file")
     p.add_argument("--batch", type=int, default=4, help="batch size (an ONNX file's fixed batch size wins)")
     p.add_argument("--steps", type=int, default=16, help="time steps (an ONNX file's fixed length wins)")
-    p.add_argument("--tolerance", type=float, default=1e-4)
+    p.add_argument("--tolerance", type=float, default=1e-4,
+                   help="largest max abs error vs the source accepted (exit 1 above it)")
+    p.add_argument("--weights", choices=WEIGHT_MODES, default=None,
+                   help="run the model with its GRU weights in this precision, and also report the "
+                        "error against its float32 self")
     p.set_defaults(func=cmd_verify)
     return parser
 

@@ -6,6 +6,7 @@ import os
 import numpy as np
 
 from . import _kernels
+from . import precision
 from .errors import InputError, ModelFormatError, UnsupportedModelError
 from .spec import (GRU, TIME_LAYERS, WHOLE_SEQUENCE, Activation, Dense, Embedding, Flatten, GlobalPool, LastStep,
                    LayerNorm, Merge, ModelSpec, Reverse, Scale, UnitNorm, activation, conv_history_shapes,
@@ -44,12 +45,28 @@ class Model:
 
     A Model is immutable and may be shared by any number of threads: each call allocates
     its own workspace, and the kernels run without the GIL.
+
+    ``weights`` ("float32", the default; "bf16"; "int8") is how the GRU input and recurrent
+    weights are stored and multiplied (:mod:`grurt.precision`); ``spec`` holds their float32
+    values (for a model read from a reduced-precision file, the values the file stores).
+    ``stored`` (internal: from a file) maps (layer index, "W" or "R") to the arrays the mode
+    stores, when they are known exactly; they are otherwise computed from ``spec``.
     """
 
-    def __init__(self, spec: ModelSpec):
+    def __init__(self, spec: ModelSpec, weights: str = "float32", stored=None):
         if not isinstance(spec, ModelSpec):
             raise TypeError(f"Model expects a grurt.spec.ModelSpec, got {type(spec).__name__}")
         self.spec = spec
+        self.weights = precision.check_mode(weights)
+        self._stored = {}
+        if self.weights != "float32":
+            stored = stored or {}
+            for index, layer in enumerate(spec.layers):
+                if isinstance(layer, GRU):
+                    for name in precision.REDUCED_ARRAYS:
+                        parts = stored.get((index, name))
+                        self._stored[index, name] = (tuple(parts) if parts is not None
+                                                     else precision.stored(getattr(layer, name), self.weights))
         # a model that takes ids: the Embedding's lookup runs here (after the ids are checked), the
         # kernels run the rest on its float32 output
         self._table = spec.layers[0].table if spec.takes_ids else None
@@ -58,7 +75,10 @@ class Model:
                 raise UnsupportedModelError(f"{layer.describe()}: grurt's kernels do not run this layer yet "
                                             "(grurt.reference.run computes it)")
         self._time_layers = any(isinstance(layer, TIME_LAYERS) for layer in spec.layers)
-        self._plan = _kernels.Plan(_kernel_spec(spec))
+        # the kernels' layer indices start after a leading Embedding
+        offset = 1 if spec.takes_ids else 0
+        self._plan = _kernels.Plan(_kernel_spec(spec), self.weights,
+                                   {(index - offset, name): parts for (index, name), parts in self._stored.items()})
         self._state_shapes = [(g.num_directions, g.hidden_size) for g in spec.gru_layers]
         self._output_size, self._returns_sequence = spec.output_size, spec.returns_sequence
         self._fixed_steps = spec.fixed_steps
@@ -102,10 +122,20 @@ class Model:
 
     def __repr__(self) -> str:
         layers = ", ".join(layer.describe() for layer in self.spec.layers)
-        return f"<grurt.Model input_size={self.input_size}: {layers}>"
+        mode = "" if self.weights == "float32" else f" weights={self.weights}"
+        return f"<grurt.Model input_size={self.input_size}{mode}: {layers}>"
 
     def __reduce__(self):
-        return (Model, (self.spec,))
+        if self.weights == "float32":
+            return (Model, (self.spec,))
+        return (Model, (self.spec, self.weights, self._stored))
+
+    def with_weights(self, weights: str) -> "Model":
+        """This model with its GRU weights in another mode ("float32", "bf16" or "int8"), as a
+        new Model. Reduced precision is rounded from this model's float32 values (``spec``)."""
+        if precision.check_mode(weights) == self.weights:
+            return self
+        return Model(self.spec, weights)
 
     def run(self, seq, initial_state=None, return_state=False, lengths=None, threads=1):
         """Run the model on ``seq``: (T, I) for one sequence or (B, T, I) for a batch.

@@ -10,8 +10,17 @@ from .npz import load_npz, read_header, save
 __all__ = ["load", "save", "read_header"]
 
 
-def load(path, **options):
-    """Load a model file: ``.npz`` (grurt), ``.onnx``, ``.keras`` or ``.h5``; returns a Model."""
+def load(path, weights=None, **options):
+    """Load a model file: ``.npz`` (grurt), ``.onnx``, ``.keras`` or ``.h5``; returns a Model.
+
+    ``weights`` ("float32", "bf16", "int8"; see :mod:`grurt.precision`) sets how the GRU
+    weights are stored and multiplied; None keeps the file's (float32 unless a grurt file
+    says otherwise)."""
+    model = _load(path, **options)
+    return model if weights is None else model.with_weights(weights)
+
+
+def _load(path, **options):
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no such model file: {path}")

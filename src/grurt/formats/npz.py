@@ -12,6 +12,7 @@ import zlib
 
 import numpy as np
 
+from .. import precision
 from ..errors import GrurtError, ModelFormatError, UnsupportedModelError
 from ..limits import MAX_HEADER_BYTES, MAX_PARAMETERS, parse_json
 from ..spec import GRU, Activation, ActivationFunction, Dense, LastStep, Merge, ModelSpec, Reverse, Scale
@@ -20,14 +21,15 @@ from ..spec import TIME_LAYERS, Conv1D, Pool1D, ZeroPad1D
 
 FORMAT_NAME = "grurt"
 # 1.1: Embedding (input_size null), LayerNorm, UnitNorm, GlobalPool, Flatten; Conv1D, Pool1D, ZeroPad1D
-FORMAT_VERSION = (1, 1)
+# 1.2: GRU "weights": "bf16" / "int8" (reduced-precision W and R, docs/format.md)
+FORMAT_VERSION = (1, 2)
 HEADER_KEY = "header"
 
 _ARRAYS = {GRU: ("W", "R", "B"), Dense: ("W", "b"), Scale: ("a", "c")}
 _HEADER_FIELDS = {"format", "format_version", "producer", "input_size", "layers", "mask_value", "metadata"}
 _LAYER_FIELDS = {
     "GRU": {"type", "hidden_size", "direction", "linear_before_reset", "gate_activation",
-            "candidate_activation", "clip", "return_sequences"},
+            "candidate_activation", "clip", "return_sequences", "weights"},
     "Dense": {"type", "units", "activation"},
     "Activation": {"type", "function"},
     "Scale": {"type"},
@@ -91,8 +93,11 @@ def save(model, path, metadata: dict | None = None) -> None:
     spec = getattr(model, "spec", model)
     if not isinstance(spec, ModelSpec):
         raise TypeError(f"save expects a grurt Model or ModelSpec, got {type(model).__name__}")
-    # a model that needs nothing newer is written as 1.0, so that grurt releases reading 1.0 load it
-    version = FORMAT_VERSION if any(isinstance(layer, _TYPES_1_1) for layer in spec.layers) else (1, 0)
+    # a model is written in the oldest version that holds it (1.0, 1.1 for the newer layers,
+    # 1.2 for reduced-precision weights), so that older grurt releases load it
+    weights = getattr(model, "weights", "float32")
+    version = ((1, 2) if weights != "float32"
+               else (1, 1) if any(isinstance(layer, _TYPES_1_1) for layer in spec.layers) else (1, 0))
     header = {"format": FORMAT_NAME, "format_version": "%d.%d" % version,
               "producer": f"grurt {__version__}", "input_size": spec.input_size,
               "layers": [_layer_to_json(layer) for layer in spec.layers]}
@@ -104,6 +109,14 @@ def save(model, path, metadata: dict | None = None) -> None:
     for index, layer in enumerate(spec.layers):
         for name in _ARRAYS.get(type(layer), ()):
             arrays[f"{index}.{name}"] = getattr(layer, name)
+        if isinstance(layer, GRU) and weights != "float32":
+            header["layers"][index]["weights"] = weights
+            for name in precision.REDUCED_ARRAYS:
+                parts = model._stored[index, name]
+                arrays[f"{index}.{name}"] = parts[0]
+                if weights == "int8":
+                    arrays[f"{index}.{name}_scale"] = parts[1]
+    arrays[HEADER_KEY] = np.array(json.dumps(header))
     with open(path, "wb") as handle:
         np.savez(handle, **arrays)
 
@@ -179,7 +192,9 @@ def _open_archive(path) -> zipfile.ZipFile:
         raise ModelFormatError(f"{path}: not a readable .npz archive ({exc})") from None
 
 
-def _read_array(archive: zipfile.ZipFile, key: str, shape: tuple, where: str) -> np.ndarray:
+def _read_array(archive: zipfile.ZipFile, key: str, shape: tuple, where: str, dtype_name: str = "float32"):
+    """The array ``key``: float32 (any float dtype in the file is converted), or exactly
+    ``dtype_name`` (uint16 for bf16 bits, int8) for reduced-precision weights."""
     name = key + ".npy"
     _expect(name in archive.namelist(), f"{where}: array '{key}' is missing")
     with archive.open(name) as handle:
@@ -193,19 +208,27 @@ def _read_array(archive: zipfile.ZipFile, key: str, shape: tuple, where: str) ->
             raise
         except Exception as exc:    # noqa: BLE001 - numpy parses the header with ast/tokenize: many exception types
             raise ModelFormatError(f"{where}: array '{key}' has a corrupt header ({exc})") from None
-        _expect(dtype.kind == "f" and not dtype.hasobject,
-                f"{where}: array '{key}' has dtype {dtype}, expected float32")
+        if dtype_name == "float32":
+            _expect(dtype.kind == "f" and not dtype.hasobject,
+                    f"{where}: array '{key}' has dtype {dtype}, expected float32")
+        else:
+            _expect(dtype == np.dtype(dtype_name).newbyteorder("<") or dtype == np.dtype(dtype_name),
+                    f"{where}: array '{key}' has dtype {dtype}, expected {dtype_name}")
         _expect(tuple(stored_shape) == tuple(shape),
                 f"{where}: array '{key}' has shape {tuple(stored_shape)}, expected {tuple(shape)}")
         count = int(np.prod(shape))
         data = handle.read(count * dtype.itemsize)
         _expect(len(data) == count * dtype.itemsize, f"{where}: array '{key}' is truncated")
     array = np.frombuffer(data, dtype=dtype).reshape(shape, order="F" if fortran else "C")
+    if dtype_name != "float32":
+        return np.ascontiguousarray(array, dtype=np.dtype(dtype_name))
     with np.errstate(over="ignore"):    # a float64 beyond float32's range becomes inf: refused by the spec
         return array.astype(np.float32)
 
 
-def _layer_from_json(archive, entry, index, features, budget):
+def _layer_from_json(archive, entry, index, features, budget, stored):
+    """The layer of header entry ``entry``; a reduced-precision GRU's stored arrays go into
+    ``stored`` as (index, name) -> parts (see grurt.precision.stored)."""
     where = f"layer {index}"
     _expect(isinstance(entry, dict), f"{where}: expected an object, got {entry!r}")
     kind = entry.get("type")
@@ -215,15 +238,30 @@ def _layer_from_json(archive, entry, index, features, budget):
     unknown = set(entry) - _LAYER_FIELDS[kind]
     _expect(not unknown, f"{where}: unknown fields {sorted(unknown)}")
 
-    def array(name, shape):
-        return _read_array(archive, f"{index}.{name}", shape, where)
+    def array(name, shape, dtype_name="float32"):
+        return _read_array(archive, f"{index}.{name}", shape, where, dtype_name)
 
     if kind == "GRU":
         H = _int_field(entry, "hidden_size", where)
         direction = entry.get("direction", "forward")
         D = 2 if direction == "bidirectional" else 1
         _check_budget(D * 3 * H * (features + H + 2), budget, where)
-        return GRU(W=array("W", (D, 3 * H, features)), R=array("R", (D, 3 * H, H)), B=array("B", (D, 6 * H)),
+        weights = entry.get("weights", "float32")
+        if weights not in precision.WEIGHT_MODES:
+            raise UnsupportedModelError(f"{where}: weights {weights!r} are not supported by this grurt "
+                                        f"(it reads {', '.join(precision.WEIGHT_MODES)}): upgrade grurt to load it")
+        matrices = {}
+        for name, shape in (("W", (D, 3 * H, features)), ("R", (D, 3 * H, H))):
+            if weights == "float32":
+                matrices[name] = array(name, shape)
+                continue
+            if weights == "bf16":
+                parts = (array(name, shape, "uint16"),)
+            else:
+                parts = (array(name, shape, "int8"), array(name + "_scale", (D, 3 * H)))
+            stored[index, name] = parts
+            matrices[name] = precision.values(parts, weights)
+        return GRU(W=matrices["W"], R=matrices["R"], B=array("B", (D, 6 * H)),
                    direction=direction,
                    linear_before_reset=entry.get("linear_before_reset", False),
                    gate_activation=_activation_from_json(entry.get("gate_activation", "sigmoid"), where),
@@ -292,11 +330,16 @@ def load_npz(path):
             _expect(isinstance(entries, list) and entries, "header: 'layers' must be a non-empty list")
             _expect(features is not None or (isinstance(entries[0], dict) and entries[0].get("type") == "Embedding"),
                     "header: input_size is null but the first layer is not an Embedding")
-            layers, budget = [], [MAX_PARAMETERS]
+            layers, budget, stored = [], [MAX_PARAMETERS], {}
             for index, entry in enumerate(entries):
-                layers.append(_layer_from_json(archive, entry, index, features, budget))
+                layers.append(_layer_from_json(archive, entry, index, features, budget, stored))
                 features = ModelSpec(header["input_size"], tuple(layers)).output_size
+            modes = {entry.get("weights", "float32") for entry, layer in zip(entries, layers) if isinstance(layer, GRU)}
+            _expect(len(modes) <= 1, f"GRU layers with different weight modes ({', '.join(sorted(modes))}): "
+                                     "grurt runs one mode per model")
+            weights = modes.pop() if modes else "float32"
             expected = {f"{i}.{name}.npy" for i, layer in enumerate(layers) for name in _ARRAYS.get(type(layer), ())}
+            expected |= {f"{i}.{name}_scale.npy" for i, name in stored if weights == "int8"}
             extra = set(archive.namelist()) - expected - {HEADER_KEY + ".npy"}
             _expect(not extra, f"unexpected arrays in the file: {sorted(name[:-4] for name in extra)}")
             spec = ModelSpec(input_size=header["input_size"], layers=tuple(layers),
@@ -305,7 +348,7 @@ def load_npz(path):
             raise
         except (zipfile.BadZipFile, OSError, EOFError, ValueError, KeyError, zlib.error, NotImplementedError) as exc:
             raise ModelFormatError(f"{path}: corrupt grurt model ({type(exc).__name__}: {exc})") from None
-    return Model(spec)
+    return Model(spec, weights, stored)
 
 
 

@@ -73,7 +73,8 @@ _TORCH_EPS = 1e-5        # nn.BatchNorm1d's and nn.LayerNorm's default eps
 
 
 def from_state_dict(source, last_step: bool = False, activations=None, modules=None, types=None,
-                    key=None, input_scaler=None, output_scaler=None, conv=None, eps=None) -> Model:
+                    key=None, input_scaler=None, output_scaler=None, conv=None, eps=None,
+                    weights: str = "float32") -> Model:
     """A Model from a PyTorch state dict: a ``.npz``, ``.safetensors`` or ``.pt``/``.pth`` file, or a
     mapping name → array (numpy arrays or torch tensors).
 
@@ -95,6 +96,7 @@ def from_state_dict(source, last_step: bool = False, activations=None, modules=N
       with another eps than torch's default 1e-5.
     * ``key``: the entry holding the state dict in a checkpoint dict (``"model_state_dict"``).
     * ``input_scaler``/``output_scaler``: fitted scikit-learn scalers, as in :func:`grurt.from_torch`.
+    * ``weights``: ``"float32"``, ``"bf16"`` or ``"int8"`` GRU weights, see :mod:`grurt.precision`.
     """
     arrays = read_state_dict(source, key=key)
     groups = _modules(arrays, modules)
@@ -149,7 +151,7 @@ def from_state_dict(source, last_step: bool = False, activations=None, modules=N
             append_folded(layers, [Activation(function)])
         features = ModelSpec(_takes(layers[0]), tuple(layers)).output_size
     spec = ModelSpec(_takes(layers[0]), tuple(layers))
-    return Model(with_scalers(spec, input_scaler, output_scaler))
+    return Model(with_scalers(spec, input_scaler, output_scaler), weights)
 
 
 def _takes(layer):

@@ -137,7 +137,8 @@ def _torch_layer(module, index, has_time: bool) -> list:
         f"LayerNorm, {', '.join(_TORCH_ACTIVATIONS)}, Dropout, Flatten, {', '.join(_TORCH_TIME_MODULES)}")
 
 
-def from_torch(module, last_step: bool = False, input_scaler=None, output_scaler=None) -> Model:
+def from_torch(module, last_step: bool = False, input_scaler=None, output_scaler=None,
+               weights: str = "float32") -> Model:
     """Convert ``torch.nn.GRU``/``Linear``/activations, alone, in ``nn.Sequential`` or a list, to a Model.
 
     The model takes batch-first input (B, T, I) whatever ``batch_first`` says. A GRU passes
@@ -154,8 +155,10 @@ def from_torch(module, last_step: bool = False, input_scaler=None, output_scaler
     transposes to and from PyTorch's (B, C, T) implied (docs/convolutions.md). A BatchNorm1d
     folds into the Conv1d or Linear before it, an activation into a Conv1d, padding into the
     Conv1d after it.
+
+    ``weights`` ("float32", "bf16", "int8"): how the GRU weights are stored, see :mod:`grurt.precision`.
     """
-    return Model(spec_from_torch(module, last_step, input_scaler, output_scaler))
+    return Model(spec_from_torch(module, last_step, input_scaler, output_scaler), weights)
 
 
 def spec_from_torch(module, last_step: bool = False, input_scaler=None, output_scaler=None) -> ModelSpec:

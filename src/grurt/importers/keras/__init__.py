@@ -90,14 +90,15 @@ from .layers import (_chain, _major, batchnorm_affine, keras_activation, keras_d
 
 
 
-def from_keras(model, input_scaler=None, output_scaler=None) -> Model:
+def from_keras(model, input_scaler=None, output_scaler=None, weights: str = "float32") -> Model:
     """Convert a live Keras model (Keras 3 on any backend, or tf.keras 2) to a Model.
 
     The model is a Sequential or functional chain of the layers listed in docs/keras.md.
     ``input_scaler``/``output_scaler``: fitted scikit-learn MinMaxScaler or StandardScaler,
     folded in so that the Model takes raw input and returns outputs in real units.
+    ``weights`` ("float32", "bf16", "int8"): how the GRU weights are stored, see :mod:`grurt.precision`.
     """
-    return Model(with_scalers(live_keras_spec(model), input_scaler, output_scaler))
+    return Model(with_scalers(live_keras_spec(model), input_scaler, output_scaler), weights)
 
 
 def live_keras_spec(model) -> ModelSpec:
