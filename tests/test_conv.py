@@ -15,20 +15,10 @@ import grurt  # noqa: E402
 from grurt import reference  # noqa: E402
 from grurt.spec import GRU, Conv1D, Dense, LastStep, ModelSpec, Pool1D, Scale, ZeroPad1D, activation  # noqa: E402
 
-from gru_testing import ATOL  # noqa: E402
+from gru_testing import ATOL
+from torch_testing import randomize_batchnorm  # noqa: E402
 
 CHANNELS_FIRST = (nn.Conv1d, nn.BatchNorm1d, nn.MaxPool1d, nn.AvgPool1d, nn.ConstantPad1d, nn.ZeroPad1d)
-
-
-def _randomize_bn(bn, seed):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        bn.running_mean.copy_(torch.rand(bn.num_features, generator=g) - 0.5)
-        bn.running_var.copy_(torch.rand(bn.num_features, generator=g) + 0.5)
-        if bn.affine:
-            bn.weight.copy_(torch.rand(bn.num_features, generator=g) + 0.5)
-            bn.bias.copy_(torch.rand(bn.num_features, generator=g) - 0.5)
-    return bn
 
 
 def torch_forward(modules, x, last_step):
@@ -56,7 +46,7 @@ def crnn(front, seed=0, channels=6, hidden=7):
     mods += [nn.GRU(width, hidden, batch_first=True), nn.Linear(hidden, 3)]
     for i, m in enumerate(mods):
         if isinstance(m, nn.BatchNorm1d):
-            _randomize_bn(m, seed + i)
+            randomize_batchnorm(m, seed + i)
         m.eval()
     return mods
 
@@ -92,7 +82,7 @@ def test_torch_modules_match_torch(name, last_step):
 def test_torch_batchnorm_folds_into_conv_and_linear():
     """Conv1d → BatchNorm1d → ReLU is one Conv1D (relu); Linear → BatchNorm1d one Dense."""
     mods = crnn(lambda c: [nn.Conv1d(c, 8, 3, padding=1), nn.BatchNorm1d(8), nn.ReLU()])
-    bn = _randomize_bn(nn.BatchNorm1d(3), 7).eval()
+    bn = randomize_batchnorm(nn.BatchNorm1d(3), 7).eval()
     mods.append(bn)
     model = grurt.from_torch(mods, last_step=True)
     kinds = [type(layer) for layer in model.layers]
@@ -101,7 +91,7 @@ def test_torch_batchnorm_folds_into_conv_and_linear():
     x = np.random.default_rng(0).standard_normal((3, 9, 6)).astype(np.float32)
     np.testing.assert_allclose(reference.run(model, x), torch_forward(mods, x, True), rtol=0, atol=ATOL)
     # standalone BatchNorm (after the GRU, before an activation) stays a Scale
-    alone = grurt.from_torch([nn.GRU(6, 4, batch_first=True), _randomize_bn(nn.BatchNorm1d(4), 1).eval()])
+    alone = grurt.from_torch([nn.GRU(6, 4, batch_first=True), randomize_batchnorm(nn.BatchNorm1d(4), 1).eval()])
     assert isinstance(alone.layers[-1], Scale)
 
 
@@ -253,7 +243,7 @@ class TorchCRNN(nn.Module):
     def __init__(self, pool=True):
         super().__init__()
         torch.manual_seed(3)
-        self.conv, self.bn = nn.Conv1d(5, 8, 3), _randomize_bn(nn.BatchNorm1d(8), 3)
+        self.conv, self.bn = nn.Conv1d(5, 8, 3), randomize_batchnorm(nn.BatchNorm1d(8), 3)
         self.pool = nn.AvgPool1d(2, padding=1, count_include_pad=False) if pool else nn.Identity()
         self.gru, self.fc = nn.GRU(8, 6, batch_first=True), nn.Linear(6, 2)
 
@@ -508,7 +498,7 @@ def test_model_run_lengths_and_short_input():
 def test_w6_crnn_from_torch_runs_and_streams():
     """The benchmark's CRNN: from_torch with left padding, kernels vs torch and the stream vs run."""
     torch.manual_seed(0)
-    conv, bn = nn.Conv1d(40, 64, 5), _randomize_bn(nn.BatchNorm1d(64), 0)
+    conv, bn = nn.Conv1d(40, 64, 5), randomize_batchnorm(nn.BatchNorm1d(64), 0)
     gru, fc = nn.GRU(64, 128, batch_first=True), nn.Linear(128, 12)
     mods = [nn.ConstantPad1d((4, 0), 0.0), conv, bn, nn.ReLU(), gru, fc]
     for m in mods:

@@ -14,16 +14,7 @@ from gru_testing import ATOL
 torch = pytest.importorskip("torch")
 nn = torch.nn
 
-
-def _randomize_bn(bn, seed):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        bn.running_mean.copy_(torch.rand(bn.num_features, generator=g) - 0.5)
-        bn.running_var.copy_(torch.rand(bn.num_features, generator=g) + 0.5)
-        if bn.affine:
-            bn.weight.copy_(torch.rand(bn.num_features, generator=g) + 0.5)
-            bn.bias.copy_(torch.rand(bn.num_features, generator=g) - 0.5)
-    return bn.eval()
+from torch_testing import randomize_batchnorm  # noqa: E402 (needs torch)
 
 
 class CausalCRNN(nn.Module):
@@ -33,7 +24,7 @@ class CausalCRNN(nn.Module):
         super().__init__()
         torch.manual_seed(1)
         self.conv = nn.Conv1d(5, 8, 3, dilation=2)
-        self.bn = _randomize_bn(nn.BatchNorm1d(8, affine=affine, eps=eps), 2)
+        self.bn = randomize_batchnorm(nn.BatchNorm1d(8, affine=affine, eps=eps), 2).eval()
         self.gru, self.fc = nn.GRU(8, 6, batch_first=True), nn.Linear(6, 2)
 
     def forward(self, x):
@@ -172,7 +163,7 @@ def test_conv_needs_its_padding():
 
 def test_batchnorm_after_a_gru_is_a_scale():
     torch.manual_seed(5)
-    gru, bn, fc = nn.GRU(3, 4, batch_first=True), _randomize_bn(nn.BatchNorm1d(4), 6), nn.Linear(4, 2)
+    gru, bn, fc = nn.GRU(3, 4, batch_first=True), randomize_batchnorm(nn.BatchNorm1d(4), 6).eval(), nn.Linear(4, 2)
     state = {**{f"gru.{k}": v for k, v in gru.state_dict().items()},
              **{f"bn.{k}": v for k, v in bn.state_dict().items()}, **{f"fc.{k}": v for k, v in fc.state_dict().items()}}
     model = grurt.from_state_dict(state, last_step=True)
