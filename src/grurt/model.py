@@ -8,6 +8,7 @@ import numpy as np
 from . import _kernels
 from . import precision
 from .errors import InputError, ModelFormatError, UnsupportedModelError
+from .graph import Graph
 from .spec import (GRU, TIME_LAYERS, WHOLE_SEQUENCE, Activation, Dense, Embedding, Flatten, GlobalPool, LastStep,
                    LayerNorm, Merge, ModelSpec, Reverse, Scale, UnitNorm, activation, conv_history_shapes,
                    frame_rate_layers, output_steps)
@@ -53,11 +54,24 @@ class Model:
     stores, when they are known exactly; they are otherwise computed from ``spec``.
     """
 
-    def __init__(self, spec: ModelSpec, weights: str = "float32", stored=None):
-        if not isinstance(spec, ModelSpec):
-            raise TypeError(f"Model expects a grurt.spec.ModelSpec, got {type(spec).__name__}")
-        self.spec = spec
+    def __init__(self, spec, weights: str = "float32", stored=None):
+        if isinstance(spec, Graph):
+            graph, chain = spec, spec.as_chain()
+        elif isinstance(spec, ModelSpec):
+            graph, chain = None, spec
+        else:
+            raise TypeError(f"Model expects a grurt.graph.Graph or grurt.spec.ModelSpec, got {type(spec).__name__}")
         self.weights = precision.check_mode(weights)
+        if chain is None:                      # a graph: its chains run as Models of their own
+            from .graph_model import GraphRunner
+            self.spec = self.graph = graph
+            self._graph = GraphRunner(graph, self.weights, stored or {})
+            self._stored = dict(stored or {})     # by node index, for pickling
+            self._plain_runs = False
+            return
+        self.spec = spec = chain
+        self.graph = graph if graph is not None else Graph.from_chain(spec)
+        self._graph = None
         self._stored = {}
         if self.weights != "float32":
             stored = stored or {}
@@ -103,26 +117,46 @@ class Model:
         return cls(ModelSpec(input_size, layers, mask_value=mask_value))
 
     @property
+    def input_names(self):
+        """The inputs' names, in the order ``run`` takes a list of inputs."""
+        return self.graph.input_names
+
+    @property
+    def output_names(self):
+        """The outputs' names, in the order ``run`` returns several outputs."""
+        return self.graph.output_names
+
+    @property
     def input_size(self):
-        """Features per input step; None for a model that takes token ids (:attr:`vocabulary`)."""
+        """Features per input step; None for a model that takes token ids (:attr:`vocabulary`), or
+        that has several inputs (:attr:`graph` describes them)."""
+        if self._graph is not None:
+            return self.graph.inputs[0].size if len(self.graph.inputs) == 1 else None
         return self.spec.input_size
 
     @property
     def vocabulary(self):
-        """The number of valid token ids (0 .. vocabulary − 1) of a model that takes ids, else None."""
-        return self.spec.vocabulary
+        """The number of valid token ids (0 .. vocabulary − 1) of a chain that takes ids, else None."""
+        return None if self._graph is not None else self.spec.vocabulary
 
     @property
-    def output_size(self) -> int:
+    def output_size(self):
+        """Features of the output (None for a model with several outputs)."""
+        if self._graph is not None:
+            outputs = self.graph.outputs
+            return self.graph.tensors[outputs[0].name].features if len(outputs) == 1 else None
         return self.spec.output_size
 
     @property
     def layers(self):
-        return self.spec.layers
+        return tuple(node.layer for node in self.graph.nodes) if self._graph is not None else self.spec.layers
 
     def __repr__(self) -> str:
-        layers = ", ".join(layer.describe() for layer in self.spec.layers)
         mode = "" if self.weights == "float32" else f" weights={self.weights}"
+        if self._graph is not None:
+            return (f"<grurt.Model inputs={list(self.input_names)} outputs={list(self.output_names)}{mode}: "
+                    f"{len(self.graph.nodes)} nodes>")
+        layers = ", ".join(layer.describe() for layer in self.spec.layers)
         return f"<grurt.Model input_size={self.input_size}{mode}: {layers}>"
 
     def __reduce__(self):
@@ -140,6 +174,12 @@ class Model:
     def run(self, seq, initial_state=None, return_state=False, lengths=None, threads=1):
         """Run the model on ``seq``: (T, I) for one sequence or (B, T, I) for a batch.
 
+        A model with several inputs takes a list of them in :attr:`input_names` order, or a dict
+        by name (any model takes the dict); each input has its batch axis, or none has. Several
+        outputs come back as a tuple in :attr:`output_names` order. A model that is a graph takes
+        ``initial_state`` and gives ``return_state`` per GRU node, in the graph's order
+        (``model.graph.gru_nodes``); a GRU whose h0 is a tensor of the graph takes None there.
+
         Returns float32 output shaped as the model defines ((B, T, F) if the model returns a
         sequence, (B, F) otherwise; the batch axis is dropped for a (T, I) input). With
         ``return_state=True`` returns ``(output, states)``: one (directions, B, H) array per
@@ -156,6 +196,12 @@ class Model:
             out = self._plan.run_plain(seq, MEMORY_LIMIT_BYTES, threads)
             if out is not None:
                 return out
+        if self._graph is not None or type(seq) is dict:
+            if type(threads) is not int or not 1 <= threads <= _kernels.MAX_THREADS:
+                raise InputError(f"threads must be an integer from 1 to {_kernels.MAX_THREADS}, got {threads!r}")
+            if self._graph is not None:
+                return self._graph.run(seq, initial_state, return_state, lengths, threads)
+            seq = self._graph_input(seq)
         if self._table is not None:
             ids, single = self._ids(seq)
             if lengths is None and self.spec.mask_value is not None:
@@ -196,14 +242,37 @@ class Model:
 
     __call__ = run
 
-    def stream(self, batch: int = 1, threads: int = 1) -> "Stream":
+    def stream(self, batch: int = 1, threads: int = 1, static=None):
         """A :class:`Stream` that feeds this model one time step at a time, ``batch`` streams at once
-        (``threads`` as in :meth:`run`, for each call)."""
+        (``threads`` as in :meth:`run`, for each call).
+
+        A model that is a graph gives a :class:`~grurt.graph_model.GraphStream`: ``step`` takes one
+        frame of each sequence input (a list in input order or a dict by name, when there are
+        several), and ``static`` gives the static inputs (vectors and states) once per stream,
+        as a dict by name (or a list, or the one value), with the stream's batch axis."""
+        if self._graph is not None:
+            from .graph_model import GraphStream
+            if type(threads) is not int or not 1 <= threads <= _kernels.MAX_THREADS:
+                raise InputError(f"threads must be an integer from 1 to {_kernels.MAX_THREADS}, got {threads!r}")
+            return GraphStream(self, batch, threads, static)
+        if static is not None:
+            raise InputError("this model has no static inputs, got static=")
         return Stream(self, batch, threads)
 
     def stream_pool(self, capacity: int) -> "StreamPool":
-        """A :class:`StreamPool`: the states of up to ``capacity`` sessions, stepped together."""
+        """A :class:`StreamPool`: the states of up to ``capacity`` sessions, stepped together
+        (a chain model; a graph streams with :meth:`stream`)."""
+        if self._graph is not None:
+            raise InputError("stream_pool runs models that are one chain of layers; this model is a graph: "
+                             "use stream(batch=...)")
         return StreamPool(self, capacity)
+
+    def _graph_input(self, values: dict):
+        """The one input of a chain, given as {name: value}."""
+        (name,) = self.input_names
+        if set(values) != {name}:
+            raise InputError(f"this model's one input is {name!r}, got {sorted(map(str, values))}")
+        return values[name]
 
     def _check_streamable(self) -> None:
         """InputError unless every layer can run one frame at a time (no look-ahead)."""

@@ -11,6 +11,7 @@ from .spec import GRU, Activation, ActivationFunction, Dense, LastStep, Merge, M
 from .spec import Embedding, Flatten, GlobalPool, LayerNorm, UnitNorm
 from .errors import InputError
 from .spec import TIME_LAYERS, Conv1D, Pool1D, ZeroPad1D, frame_rate_layers, output_steps
+from .graph import Combine, Concat, Graph, Slice
 
 
 def apply_activation(fn: ActivationFunction, x: np.ndarray) -> np.ndarray:
@@ -135,11 +136,13 @@ def global_pool(layer: GlobalPool, x: np.ndarray, lengths: np.ndarray) -> np.nda
 
 
 def run(model, seq, initial_state=None, return_state=False, lengths=None):
-    """Run ``model`` (a ModelSpec or Model) on ``seq`` exactly as :meth:`grurt.Model.run` does.
+    """Run ``model`` (a ModelSpec, Graph or Model) on ``seq`` exactly as :meth:`grurt.Model.run` does.
 
     A model that takes ids (its first layer an Embedding) takes integer ids (T,) or (B, T).
     """
     spec: ModelSpec = getattr(model, "spec", model)
+    if isinstance(spec, Graph):
+        return run_graph(spec, seq, initial_state, return_state, lengths)
     if spec.takes_ids:
         ids = np.asarray(seq)
         single = ids.ndim == 1
@@ -172,53 +175,131 @@ def run(model, seq, initial_state=None, return_state=False, lengths=None):
         initial_state = [np.asarray(s, np.float64).reshape(g.num_directions, batch, g.hidden_size)
                          for s, g in zip(initial_state, grus)]
     states = []
-    has_time = True
-    for layer in spec.layers:
-        if isinstance(layer, GRU):
-            y, h = gru(layer, x, initial_state[len(states)], lengths)
+    for layer in spec.layers[1:] if spec.takes_ids else spec.layers:      # the Embedding read the ids above
+        h0 = initial_state[len(states)] if isinstance(layer, GRU) else None
+        x, h, lengths = apply_layer(layer, x, lengths, h0)
+        if h is not None:
             states.append(h)
-            if layer.return_sequences:
-                x = y
-            else:
-                x, has_time = np.concatenate(list(h), axis=-1), False
-        elif isinstance(layer, Dense):
-            x = apply_activation(layer.activation, x @ np.asarray(layer.W, np.float64).T + layer.b)
-        elif isinstance(layer, Activation):
-            x = apply_activation(layer.function, x)
-        elif isinstance(layer, Scale):
-            x = x * layer.a + layer.c
-        elif isinstance(layer, Reverse):
-            x = reverse_time(x, lengths)
-        elif isinstance(layer, Merge):
-            first, second = np.split(x, 2, axis=-1)
-            x = {"sum": first + second, "ave": (first + second) / 2, "mul": first * second}[layer.mode]
-        elif isinstance(layer, LastStep):
-            x, has_time = x[np.arange(batch), lengths - 1], False
-        elif isinstance(layer, Embedding):
-            pass        # applied to the ids above
-        elif isinstance(layer, LayerNorm):
-            x = layer_norm(layer, x)
-        elif isinstance(layer, UnitNorm):
-            x = unit_norm(layer, x)
-        elif isinstance(layer, GlobalPool):
-            x, has_time = global_pool(layer, x, lengths), False
-        elif isinstance(layer, Flatten):
-            x, has_time = x.reshape(batch, -1), False
-        elif isinstance(layer, TIME_LAYERS):
-            x = time_layer(layer, x)
-            if x.shape[1] != steps:      # only whole sequences (no lengths) change their frame count
-                steps = x.shape[1]
-                lengths = np.full(batch, steps)
-        if has_time:
-            # outputs past a sequence's end are zero, whatever the layer computes there
-            mask = np.arange(steps)[None, :] < lengths[:, None]
-            x = np.where(mask[..., None], x, 0.0)
     out = x.astype(np.float32)
     states = [h.astype(np.float32) for h in states]
     if single:
         out = out[0]
         states = [h[:, 0] for h in states]
     return (out, states) if return_state else out
+
+
+def run_graph(graph: Graph, inputs, initial_state=None, return_state=False, lengths=None):
+    """Run a graph node by node in its order, on float64 arrays. ``inputs``: one array (a graph of one
+    input), a list in input order or a dict by name; the rest as :meth:`grurt.Model.run`."""
+    if not isinstance(inputs, dict):
+        inputs = dict(zip(graph.input_names, [inputs] if len(graph.inputs) == 1 else inputs))
+    env, single = {}, False
+    for spec in graph.inputs:
+        value = np.asarray(inputs[spec.name])
+        single = value.ndim == {"sequence": 2, "ids": 1, "vector": 1, "state": 2}[spec.kind]
+        if spec.kind == "ids":
+            env[spec.name] = value[None] if single else value
+        elif spec.kind == "state":         # (D, B, H) → (B, D·H)
+            value = value[:, None] if single else value
+            env[spec.name] = np.concatenate(list(value.astype(np.float64)), axis=-1)
+        else:
+            env[spec.name] = value.astype(np.float64)[None] if single else value.astype(np.float64)
+    batch = env[graph.input_names[0]].shape[0]
+    lengths = None if lengths is None else np.asarray(lengths).reshape(batch)
+    grus = graph.gru_nodes
+    given = list(initial_state) if initial_state is not None else [None] * len(grus)
+    states = []
+    for node in graph.nodes:
+        layer, args = node.layer, [env[name] for name in node.inputs]
+        if isinstance(layer, Slice):
+            out = args[0][..., layer.begin:layer.end]
+        elif isinstance(layer, Concat):
+            out = np.concatenate(args, axis=-1)
+        elif isinstance(layer, Combine):
+            ops = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "max": np.maximum, "min": np.minimum,
+                   "mean": np.add}
+            out = args[0]
+            for other in args[1:]:
+                out = ops[layer.op](out, other)
+            out = out / len(args) if layer.op == "mean" else out
+        else:
+            h0 = None
+            if isinstance(layer, GRU):
+                d, hidden = layer.num_directions, layer.hidden_size
+                if len(args) == 2:              # h0 (B, D·H) → (D, B, H)
+                    h0 = args[1].reshape(batch, d, hidden).transpose(1, 0, 2)
+                elif given[len(states)] is not None:
+                    h0 = np.asarray(given[len(states)], np.float64).reshape(d, batch, hidden)
+            x = args[0]
+            # the lengths given hold for every sequence; without them each runs whole
+            has_time = x.ndim == 3 or isinstance(layer, Embedding)
+            seq_lengths = (np.full(batch, x.shape[1]) if lengths is None else lengths) if has_time else np.ones(batch, int)
+            out, h, _ = apply_layer(layer, x, seq_lengths, h0)
+            if h is not None:
+                states.append(h)
+                if len(node.outputs) == 2:
+                    env[node.outputs[1]] = np.concatenate(list(h), axis=-1)
+        env[node.outputs[0]] = out
+    outputs = []
+    for output in graph.outputs:
+        value = env[output.name]
+        if output.directions is not None:
+            value = value.reshape(batch, output.directions, -1).transpose(1, 0, 2)
+            value = value[:, 0] if single else value
+        elif single:
+            value = value[0]
+        outputs.append(value.astype(np.float32))
+    result = outputs[0] if len(outputs) == 1 else tuple(outputs)
+    if not return_state:
+        return result
+    return result, [h.astype(np.float32)[:, 0] if single else h.astype(np.float32) for h in states]
+
+
+def apply_layer(layer, x: np.ndarray, lengths: np.ndarray, h0=None):
+    """One layer on float64 ``x`` ((B, T, F) or (B, F)) with the sequences' ``lengths``: the output
+    (zero past each sequence's end), a GRU's final state (D, B, H) or None, and the lengths (all
+    equal to the new step count when a layer changes the number of frames)."""
+    batch = x.shape[0]
+    h = None
+    if isinstance(layer, GRU):
+        if h0 is None:
+            h0 = np.zeros((layer.num_directions, batch, layer.hidden_size))
+        y, h = gru(layer, x, h0, lengths)
+        x = y if layer.return_sequences else np.concatenate(list(h), axis=-1)
+    elif isinstance(layer, Dense):
+        x = apply_activation(layer.activation, x @ np.asarray(layer.W, np.float64).T + layer.b)
+    elif isinstance(layer, Activation):
+        x = apply_activation(layer.function, x)
+    elif isinstance(layer, Scale):
+        x = x * layer.a + layer.c
+    elif isinstance(layer, Reverse):
+        x = reverse_time(x, lengths)
+    elif isinstance(layer, Merge):
+        first, second = np.split(x, 2, axis=-1)
+        x = {"sum": first + second, "ave": (first + second) / 2, "mul": first * second}[layer.mode]
+    elif isinstance(layer, LastStep):
+        x = x[np.arange(batch), lengths - 1]
+    elif isinstance(layer, Embedding):
+        x = embed(layer, x)
+    elif isinstance(layer, LayerNorm):
+        x = layer_norm(layer, x)
+    elif isinstance(layer, UnitNorm):
+        x = unit_norm(layer, x)
+    elif isinstance(layer, GlobalPool):
+        x = global_pool(layer, x, lengths)
+    elif isinstance(layer, Flatten):
+        x = x.reshape(batch, -1)
+    elif isinstance(layer, TIME_LAYERS):
+        x = time_layer(layer, x)
+        if x.shape[1] != lengths.max():      # only whole sequences (no lengths) change their frame count
+            lengths = np.full(batch, x.shape[1])
+    else:
+        raise AssertionError(f"unhandled layer {layer!r}")
+    if x.ndim == 3:
+        # outputs past a sequence's end are zero, whatever the layer computes there
+        mask = np.arange(x.shape[1])[None, :] < lengths[:, None]
+        x = np.where(mask[..., None], x, 0.0)
+    return x, h, lengths
 
 
 # ---- layers over time (issue 12) ----

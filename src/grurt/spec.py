@@ -375,44 +375,9 @@ class ModelSpec:
         features, has_time = self.input_size, True
         for index, layer in enumerate(layers):
             where = f"layer {index} ({type(layer).__name__})"
-            if not isinstance(layer, LAYER_TYPES):
-                raise UnsupportedModelError(f"{where}: not a grurt layer: {layer!r}")
             if isinstance(layer, Embedding) and index:
                 raise ModelFormatError(f"{where}: an Embedding must be the model's first layer")
-            if isinstance(layer, SEQUENCE_ONLY) and not has_time:
-                raise ModelFormatError(
-                    f"{where}: needs a sequence, but an earlier layer already removed the time axis")
-            if isinstance(layer, (GRU, Dense)):
-                expected = layer.input_size
-            elif isinstance(layer, Scale):
-                expected = layer.size
-            elif isinstance(layer, LayerNorm):
-                expected = layer.size
-            elif isinstance(layer, Merge) and features % 2:
-                raise ModelFormatError(f"{where}: needs an even number of features, receives {features}")
-            elif isinstance(layer, TIME_LAYERS):
-                expected = _check_time_layer(where, layer, features, has_time, self.mask_value)
-            else:
-                expected = features
-            if expected != features:
-                raise ModelFormatError(
-                    f"{where}: expects {expected} input features but receives {features}")
-            if isinstance(layer, GRU):
-                features, has_time = layer.output_size, layer.return_sequences
-            elif isinstance(layer, Dense):
-                features = layer.output_size
-            elif isinstance(layer, LastStep):
-                has_time = False
-            elif isinstance(layer, Merge):
-                features //= 2
-            elif isinstance(layer, Embedding):
-                features = layer.output_size
-            elif isinstance(layer, GlobalPool):
-                has_time = False
-            elif isinstance(layer, Flatten):
-                features, has_time = features * layer.steps, False
-            elif isinstance(layer, Conv1D):
-                features = layer.out_channels
+            features, has_time = layer_output(where, layer, features, has_time, self.mask_value)
         object.__setattr__(self, "output_size", features)
         object.__setattr__(self, "returns_sequence", has_time)
 
@@ -445,10 +410,14 @@ class ModelSpec:
 
     @property
     def parameter_count(self) -> int:
-        arrays = {GRU: ("W", "R", "B"), Dense: ("W", "b"), Scale: ("a", "c"),
-                  Embedding: ("table",), LayerNorm: ("gamma", "beta"), Conv1D: ("W", "b")}
-        return sum(getattr(layer, name).size for layer in self.layers
-                   for name in arrays.get(type(layer), ()))
+        return parameter_count(self.layers)
+
+
+def parameter_count(layers) -> int:
+    """The number of weights the layers hold."""
+    arrays = {GRU: ("W", "R", "B"), Dense: ("W", "b"), Scale: ("a", "c"),
+              Embedding: ("table",), LayerNorm: ("gamma", "beta"), Conv1D: ("W", "b")}
+    return sum(getattr(layer, name).size for layer in layers for name in arrays.get(type(layer), ()))
 
 
 # ---- layers over time: convolution, pooling, zero padding (issue 12) ----
@@ -462,6 +431,44 @@ def _check_time_layer(where, layer, features, has_time, mask_value) -> int:
         raise UnsupportedModelError(f"{where}: a model with a mask_value (padding steps or a padding id) cannot hold "
                                     "convolution, pooling or padding layers")
     return layer.in_channels if isinstance(layer, Conv1D) else features
+
+
+def layer_output(where: str, layer, features: Optional[int], has_time: bool, mask_value=None):
+    """The (features, has_time) a layer yields for an input of ``features`` per step (None: token
+    ids), with or without a time axis; ModelFormatError, naming ``where``, when it cannot take it."""
+    if not isinstance(layer, LAYER_TYPES):
+        raise UnsupportedModelError(f"{where}: not a grurt layer: {layer!r}")
+    if isinstance(layer, Embedding) != (features is None):
+        raise ModelFormatError(f"{where}: " + ("an Embedding takes token ids" if isinstance(layer, Embedding)
+                                               else "token ids go only into an Embedding"))
+    if isinstance(layer, SEQUENCE_ONLY) and not has_time:
+        raise ModelFormatError(f"{where}: needs a sequence, but an earlier layer already removed the time axis")
+    if isinstance(layer, (GRU, Dense)):
+        expected = layer.input_size
+    elif isinstance(layer, (Scale, LayerNorm)):
+        expected = layer.size
+    elif isinstance(layer, Merge) and features % 2:
+        raise ModelFormatError(f"{where}: needs an even number of features, receives {features}")
+    elif isinstance(layer, TIME_LAYERS):
+        expected = _check_time_layer(where, layer, features, has_time, mask_value)
+    else:
+        expected = features
+    if expected != features:
+        raise ModelFormatError(f"{where}: expects {expected} input features but receives {features}")
+    if isinstance(layer, GRU):
+        return layer.output_size, layer.return_sequences
+    if isinstance(layer, (Dense, Embedding)):
+        return layer.output_size, has_time
+    if isinstance(layer, (LastStep, GlobalPool)):
+        return features, False
+    if isinstance(layer, Merge):
+        return features // 2, has_time
+    if isinstance(layer, Flatten):
+        return features * layer.steps, False
+    if isinstance(layer, Conv1D):
+        return layer.out_channels, has_time
+    return features, has_time
+
 
 
 def output_steps(spec: ModelSpec, steps: int) -> int:

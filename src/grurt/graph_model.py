@@ -1,0 +1,437 @@
+"""Running a graph: its chains (segments) as Models of their own, joined by whole-array numpy
+operations (merges, concatenation, slices), each tensor dropped after its last use.
+
+A graph that is one path never comes here: :class:`grurt.Model` runs it as a chain.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import InputError
+from .graph import Concat, Graph, Segment, Slice, segments
+
+_FLOAT32 = np.dtype(np.float32)
+_REDUCE = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "max": np.maximum, "min": np.minimum,
+           "mean": np.add}
+
+
+def combine(layer, arrays, where: str):
+    """A Combine, Concat or Slice node on float32 arrays (the same batch; the time axes checked here)."""
+    if isinstance(layer, Slice):
+        return np.ascontiguousarray(arrays[0][..., layer.begin:layer.end])
+    if arrays[0].ndim == 3 and len({a.shape[1] for a in arrays}) != 1:
+        raise InputError(f"node {where}: its sequences have different numbers of steps "
+                         f"({', '.join(str(a.shape[1]) for a in arrays)})")
+    if isinstance(layer, Concat):
+        return np.concatenate(arrays, axis=-1)
+    result = _REDUCE[layer.op](arrays[0], arrays[1])
+    for a in arrays[2:]:
+        _REDUCE[layer.op](result, a, out=result)
+    if layer.op == "mean":
+        result /= np.float32(len(arrays))
+    return result
+
+
+def _array(value, what: str) -> np.ndarray:
+    if type(value) is not np.ndarray:
+        if not hasattr(value, "__array__") and not isinstance(value, (list, tuple, int, float, np.number)):
+            raise InputError(f"{what} must be an array, got {type(value).__name__}")
+        try:
+            value = np.asarray(value)
+        except (ValueError, TypeError) as exc:
+            raise InputError(f"{what} must be a rectangular array of numbers ({exc})") from None
+    return value
+
+
+class GraphRunner:
+    """The plan of a graph: its steps, a Model per segment, the last use of each tensor."""
+
+    def __init__(self, graph: Graph, weights: str, stored: dict):
+        from .model import Model
+
+        self.graph = graph
+        self.steps = segments(graph)
+        index_of = {id(node): i for i, node in enumerate(graph.nodes)}
+        gru_index = {id(node): i for i, node in enumerate(graph.gru_nodes)}
+        self.models, self.gru_positions = {}, {}
+        for step in self.steps:
+            if isinstance(step, Segment):
+                # the stored reduced-precision arrays are keyed by node; a segment's Model by its layer
+                sub_stored = {(k, name): parts for k, node in enumerate(step.nodes)
+                              for (i, name), parts in stored.items() if i == index_of[id(node)]}
+                self.models[id(step)] = Model(step.spec(graph), weights, sub_stored)
+                self.gru_positions[id(step)] = [gru_index[id(node)] for node in step.grus]
+        last_use = {}
+        for position, step in enumerate(self.steps):
+            for name in self._reads(step):
+                last_use[name] = position
+        keep = set(graph.output_names)
+        self.release = [[name for name, at in last_use.items() if at == position and name not in keep]
+                        for position in range(len(self.steps))]
+        #: the GRU nodes whose h0 is a tensor of the graph
+        self.state_fed = {self.gru_positions[id(step)][i] for step in self.steps if isinstance(step, Segment)
+                          for i in step.states_in}
+        self.inputs = {i.name: i for i in graph.inputs}
+
+    @staticmethod
+    def _reads(step):
+        if isinstance(step, Segment):
+            return [step.source] + list(step.states_in.values())
+        return list(step.inputs)
+
+    # ---- inputs ----
+
+    def named_inputs(self, values) -> dict:
+        """{input name: value} from one array (a model of one input), a list/tuple in input order, or
+        a dict by name; InputError naming what is missing, extra or unknown."""
+        names = self.graph.input_names
+        if isinstance(values, dict):
+            unknown = [k for k in values if k not in self.inputs]
+            if unknown:
+                raise InputError(f"unknown input {unknown[0]!r}: this model's inputs are {list(names)}")
+            missing = [n for n in names if n not in values]
+            if missing:
+                raise InputError(f"input {missing[0]!r} is missing: this model's inputs are {list(names)}")
+            return dict(values)
+        if len(names) == 1:
+            return {names[0]: values}
+        if not isinstance(values, (list, tuple)):
+            raise InputError(f"this model takes {len(names)} inputs {list(names)}: pass a list in that order "
+                             f"or a dict by name, got {type(values).__name__}")
+        if len(values) != len(names):
+            raise InputError(f"this model takes {len(names)} inputs {list(names)}, got {len(values)}")
+        return dict(zip(names, values))
+
+    def checked_inputs(self, values):
+        """{name: batched float32 (or integer ids) array}, single (no batch axis given), batch."""
+        env, single, batch = {}, None, None
+        for name, value in self.named_inputs(values).items():
+            a, is_single = self.check_input(name, value)
+            if single is None:
+                single, batch = is_single, a.shape[0]
+            elif is_single != single:
+                raise InputError(f"input '{name}': give every input with a batch axis or none without one")
+            elif a.shape[0] != batch:
+                raise InputError(f"input '{name}' has a batch of {a.shape[0]}, another input {batch}")
+            env[name] = a
+        return env, single, batch
+
+    def check_input(self, name: str, value, block: bool = True):
+        """One input as the graph holds it (batch first; a state as (B, D·H); float32 or integer ids),
+        and whether it came without a batch axis. ``block`` False: a sequence input as one frame."""
+        spec = self.inputs[name]
+        what = f"input '{name}'"
+        a = _array(value, what)
+        if spec.kind == "ids":
+            if a.dtype.kind not in "iu":
+                raise InputError(f"{what} takes integer token ids, got dtype {a.dtype}")
+        elif a.dtype.kind not in "fiub":
+            raise InputError(f"{what} must be real numbers, got dtype {a.dtype}")
+        base = {"sequence": 2, "vector": 1, "state": 2, "ids": 1}[spec.kind]    # dimensions without a batch axis
+        if not block and spec.kind in ("sequence", "ids"):
+            base -= 1                                                            # one frame: no time axis
+        if a.ndim not in (base, base + 1):
+            raise InputError(f"{what} must be {self._shape_text(spec, block)}, got shape {a.shape}")
+        single = a.ndim == base
+        if spec.kind == "state":
+            d, h = spec.directions, spec.size // spec.directions
+            if a.shape[0] != d or a.shape[-1] != h:
+                raise InputError(f"{what} must be {self._shape_text(spec, block)}, got shape {a.shape}")
+            a = a[:, None] if single else a
+            a = a.transpose(1, 0, 2).reshape(a.shape[1], d * h)
+        else:
+            a = a[None] if single else a
+            if spec.kind != "ids" and a.shape[-1] != spec.size:
+                raise InputError(f"{what} has {a.shape[-1]} features, the model expects {spec.size} "
+                                 f"({self._shape_text(spec, block)})")
+        if 0 in a.shape:
+            raise InputError(f"{what} is empty (shape {a.shape})")
+        return (a if spec.kind == "ids" else np.ascontiguousarray(a, dtype=_FLOAT32)), single
+
+    @staticmethod
+    def _shape_text(spec, block: bool = True) -> str:
+        if spec.kind == "state":
+            d, h = spec.directions, spec.size // spec.directions
+            return f"({d}, B, {h}) or ({d}, {h})"
+        if spec.kind == "vector" or (spec.kind == "sequence" and not block):
+            return f"(B, {spec.size}) or ({spec.size},)"
+        return {"sequence": f"(B, T, {spec.size}) or (T, {spec.size})",
+                "ids": "(B, T) or (T,) token ids" if block else "(B,) token ids or one id"}[spec.kind]
+
+    def initial_states(self, initial_state, batch: int, single: bool):
+        """One (D, B, H) state or None per GRU node, from the user's list (None entries allowed)."""
+        grus = self.graph.gru_nodes
+        if initial_state is None:
+            return [None] * len(grus)
+        if not isinstance(initial_state, (list, tuple)) or len(initial_state) != len(grus):
+            raise InputError(f"initial_state must be a list of {len(grus)} arrays (or None), one per GRU node")
+        states = []
+        for index, (value, node) in enumerate(zip(initial_state, grus)):
+            if value is None:
+                states.append(None)
+                continue
+            if index in self.state_fed:
+                raise InputError(f"initial_state[{index}]: GRU node {node.describe()} takes its state from "
+                                 f"tensor '{node.inputs[1]}'; give None there")
+            d, h = node.layer.num_directions, node.layer.hidden_size
+            expected = (d, h) if single else (d, batch, h)
+            value = _array(value, f"initial_state[{index}]")
+            if value.dtype.kind not in "fiub" or value.shape != expected:
+                raise InputError(f"initial_state[{index}] must be a real array of shape {expected}, "
+                                 f"got {value.dtype} {value.shape}")
+            states.append(np.array(value, dtype=np.float32).reshape(d, batch, h))
+        return states
+
+    # ---- a call ----
+
+    def run(self, values, initial_state, return_state, lengths, threads):
+        env, single, batch = self.checked_inputs(values)
+        user_states = self.initial_states(initial_state, batch, single)
+        final_states = [None] * len(user_states)
+        for position, step in enumerate(self.steps):
+            if isinstance(step, Segment):
+                self._run_segment(step, env, user_states, final_states, return_state, lengths, threads)
+            else:
+                env[step.outputs[0]] = combine(step.layer, [env[name] for name in step.inputs], step.describe())
+            for name in self.release[position]:
+                del env[name]
+        outputs = []
+        for output in self.graph.outputs:
+            value = env[output.name]
+            if output.directions is not None:
+                d = output.directions
+                value = value.reshape(batch, d, -1).transpose(1, 0, 2).copy()
+                value = value[:, 0] if single else value
+            elif single:
+                value = value[0]
+            outputs.append(value)
+        result = outputs[0] if len(outputs) == 1 else tuple(outputs)
+        if not return_state:
+            return result
+        return result, [s[:, 0] if single else s for s in final_states]
+
+    def _run_segment(self, step: Segment, env, user_states, final_states, return_state, lengths, threads):
+        model = self.models[id(step)]
+        positions = self.gru_positions[id(step)]
+        x = env[step.source]
+        batch = x.shape[0]
+        if step.vector:
+            x = x[:, None, :]
+        states_in, states_out = step.states_in, step.states_out
+        wants_states = return_state or bool(states_out)
+        states = None
+        if wants_states or states_in or any(user_states[p] is not None for p in positions):
+            states = []
+            for i, p in enumerate(positions):
+                layer = step.grus[i].layer
+                d, h = layer.num_directions, layer.hidden_size
+                if i in states_in:
+                    states.append(env[states_in[i]].reshape(batch, d, h).transpose(1, 0, 2))
+                elif user_states[p] is not None:
+                    states.append(user_states[p])
+                else:
+                    states.append(np.zeros((d, batch, h), _FLOAT32))
+        result = model.run(x, initial_state=states, return_state=wants_states,
+                           lengths=None if step.vector else lengths, threads=threads)
+        if wants_states:
+            result, finals = result
+            for i, (p, state) in enumerate(zip(positions, finals)):
+                final_states[p] = state
+                if i in states_out:
+                    env[states_out[i]] = np.ascontiguousarray(state.transpose(1, 0, 2).reshape(batch, -1))
+        env[step.output] = result[:, 0] if step.vector else result
+
+
+class GraphStream:
+    """A graph fed one frame (or a block of frames) at a time; see :meth:`grurt.Model.stream`.
+
+    Tensors that depend on a sequence input are computed frame by frame, by a
+    :class:`~grurt.model.Stream` per chain; those that depend only on the static inputs
+    (vectors and states, given per stream) are computed once, when the stream starts or is reset.
+    """
+
+    def __init__(self, model, batch: int = 1, threads: int = 1, static=None):
+        runner = self.runner = model._graph
+        graph = runner.graph
+        self.model = model
+        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+            raise InputError(f"batch must be a positive integer, got {batch!r}")
+        self.batch, self.threads = batch, threads
+        self.frame_names = tuple(i.name for i in graph.inputs if i.kind in ("sequence", "ids"))
+        self.static_names = tuple(i.name for i in graph.inputs if i.kind not in ("sequence", "ids"))
+        if not self.frame_names:
+            raise InputError("this model has no sequence input: there is nothing to stream, use run()")
+        per_frame = set(self.frame_names)
+        self.streams = {}
+        for step in runner.steps:
+            if not any(name in per_frame for name in runner._reads(step)):
+                continue
+            if isinstance(step, Segment):
+                fed = [name for name in step.states_in.values() if name in per_frame]
+                if fed:
+                    raise InputError(f"a GRU takes its initial state from '{fed[0]}', which is computed from a "
+                                     "whole sequence: this model cannot stream, use run()")
+                try:
+                    self.streams[id(step)] = runner.models[id(step)].stream(batch, threads)
+                except InputError as exc:
+                    raise InputError(f"in the chain {' -> '.join(n.describe() for n in step.nodes)}: {exc}") from None
+                per_frame.update(step.states_out.values())
+                per_frame.add(step.output)
+            else:
+                per_frame.add(step.outputs[0])
+        self.per_frame = per_frame
+        self.static_env = {}
+        self.reset(static)
+
+    def reset(self, static=None):
+        """Zero every state, as at the start of a new stream; ``static`` (required the first time,
+        for a model with static inputs) gives new values of the static inputs."""
+        runner = self.runner
+        if static is not None or not self.static_env:
+            self.static_env = self._static(static)
+        for step in runner.steps:
+            if id(step) in self.streams:
+                stream = self.streams[id(step)]
+                stream.reset()
+                if step.states_in:
+                    states = []
+                    for i, node in enumerate(step.grus):
+                        d, h = node.layer.num_directions, node.layer.hidden_size
+                        given = self.static_env.get(step.states_in.get(i))
+                        states.append(np.zeros((d, self.batch, h), _FLOAT32) if given is None
+                                      else given.reshape(self.batch, d, h).transpose(1, 0, 2))
+                    stream.state = states
+
+    def _static(self, static) -> dict:
+        """The tensors computed from the static inputs alone, for this stream's batch."""
+        runner, names = self.runner, self.static_names
+        if not names:
+            if static is not None:
+                raise InputError("this model has no static inputs, got static=")
+            return {}
+        if static is None:
+            raise InputError(f"this model's static inputs {list(names)} must be given: "
+                             "model.stream(static={name: value})")
+        if isinstance(static, dict):
+            unknown = [k for k in static if k not in names]
+            missing = [n for n in names if n not in static]
+            if unknown or missing:
+                raise InputError(f"static must give exactly the inputs {list(names)}: "
+                                 + (f"unknown {unknown[0]!r}" if unknown else f"missing {missing[0]!r}"))
+        elif len(names) == 1 and not isinstance(static, (list, tuple)):
+            static = {names[0]: static}
+        elif not isinstance(static, (list, tuple)) or len(static) != len(names):
+            raise InputError(f"static must be a dict or a list of the inputs {list(names)}")
+        else:
+            static = dict(zip(names, static))
+        env = {}
+        for name, value in static.items():
+            a, _ = runner.check_input(name, value)
+            if a.shape[0] != self.batch:
+                raise InputError(f"input '{name}' has a batch of {a.shape[0]}, the stream {self.batch}")
+            env[name] = a
+        none = [None] * len(runner.graph.gru_nodes)
+        for step in runner.steps:
+            if id(step) in self.streams or any(name in self.per_frame for name in runner._reads(step)):
+                continue
+            if isinstance(step, Segment):
+                runner._run_segment(step, env, none, list(none), False, None, self.threads)
+            else:
+                env[step.outputs[0]] = combine(step.layer, [env[n] for n in step.inputs], step.describe())
+        return env
+
+    def _frames(self, frames, block: bool):
+        """{name: (batch, n, I) floats or (batch, n) ids} of the sequence inputs, n, and single."""
+        names = self.frame_names
+        if isinstance(frames, dict):
+            unknown = [k for k in frames if k not in names]
+            missing = [n for n in names if n not in frames]
+            if unknown or missing:
+                raise InputError(f"frames must give exactly the sequence inputs {list(names)}: "
+                                 + (f"unknown {unknown[0]!r}" if unknown else f"missing {missing[0]!r}"))
+        elif len(names) == 1:
+            frames = {names[0]: frames}
+        elif not isinstance(frames, (list, tuple)) or len(frames) != len(names):
+            raise InputError(f"this model streams {len(names)} sequence inputs {list(names)}: pass a list of "
+                             "their frames in that order, or a dict by name")
+        else:
+            frames = dict(zip(names, frames))
+        env, single, steps = {}, None, None
+        for name in names:
+            a, is_single = self.runner.check_input(name, frames[name], block)
+            if is_single and self.batch != 1:
+                raise InputError(f"input '{name}': this stream runs a batch of {self.batch}; give the batch axis")
+            if a.shape[0] != self.batch:
+                raise InputError(f"input '{name}' has a batch of {a.shape[0]}, the stream {self.batch}")
+            if not block:
+                a = a[:, None]
+            if single is None:
+                single, steps = is_single, a.shape[1]
+            elif is_single != single or a.shape[1] != steps:
+                raise InputError(f"input '{name}': every sequence input needs the same number of frames "
+                                 "and the same form (with or without the batch axis)")
+            env[name] = a
+        return env, steps, single
+
+    def step(self, frames):
+        """Advance by one frame of each sequence input: (I,) when batch is 1, or (batch, I) (an id, or
+        (batch,) ids). Returns each output at this frame (a tuple for several outputs)."""
+        return self._advance(frames, block=False)
+
+    def run(self, frames):
+        """Advance by a block of n frames of each sequence input: (n, I) when batch is 1, or
+        (batch, n, I). Returns each output at every frame, as ``step`` frame by frame would."""
+        return self._advance(frames, block=True)
+
+    def _advance(self, frames, block: bool):
+        env, steps, single = self._frames(frames, block)
+        runner = self.runner
+        env.update(self.static_env)
+        for step in runner.steps:
+            if isinstance(step, Segment):
+                stream = self.streams.get(id(step))
+                if stream is not None:
+                    out = stream.run(env[step.source])
+                    env[step.output] = out
+                    for name in step.states_out.values():     # a streamed GRU is forward: its h_n is its output
+                        env[name] = out
+            elif step.outputs[0] in self.per_frame:
+                arrays = [env[n] if n in self.per_frame else
+                          np.broadcast_to(env[n][:, None], (self.batch, steps, env[n].shape[-1]))
+                          for n in step.inputs]
+                env[step.outputs[0]] = combine(step.layer, arrays, step.describe())
+        outputs = []
+        for output in runner.graph.outputs:
+            value = env[output.name]
+            if output.name not in self.per_frame:
+                value = np.broadcast_to(value[:, None], (self.batch, steps, value.shape[-1])).copy()
+            if output.directions is not None:
+                d = output.directions
+                value = value.reshape(self.batch, steps, d, -1).transpose(2, 0, 1, 3)
+                value = value[:, :, 0] if not block else value
+                value = value[:, 0] if single else value
+            else:
+                value = value[:, 0] if not block else value
+                value = value[0] if single else value
+            outputs.append(np.ascontiguousarray(value))
+        return outputs[0] if len(outputs) == 1 else tuple(outputs)
+
+    @property
+    def state(self):
+        """Copies of the GRU states, (directions, batch, hidden) per GRU node in the graph's order."""
+        states = [None] * len(self.runner.graph.gru_nodes)
+        for step in self.runner.steps:
+            if id(step) in self.streams:
+                values = self.streams[id(step)].state
+                for i, position in enumerate(self.runner.gru_positions[id(step)]):
+                    states[position] = values[i]
+        return states
+
+    @state.setter
+    def state(self, values):
+        grus = self.runner.graph.gru_nodes
+        if not isinstance(values, (list, tuple)) or len(values) != len(grus):
+            raise InputError(f"state must be a list of {len(grus)} arrays, one per GRU node")
+        for step in self.runner.steps:
+            if id(step) in self.streams:
+                self.streams[id(step)].state = [values[p] for p in self.runner.gru_positions[id(step)]]
