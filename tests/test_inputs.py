@@ -63,9 +63,15 @@ def test_non_numeric_dtypes(model, value, dtype):
     refuses(rf"input must be real numbers, got dtype {dtype}", model, value)
 
 
-@pytest.mark.parametrize("value", [None, 3.0, "abc", {"x": 1}, object()])
+@pytest.mark.parametrize("value", [None, 3.0, "abc", object()])
 def test_not_an_array(model, value):
     refuses(r"input must be an array of numbers, got", model, value)
+
+
+def test_a_dict_names_the_input(model):
+    """A dict is inputs by name (issue 11): a chain's one input is 'input'."""
+    refuses(r"this model's one input is 'input', got \['x'\]", model, {"x": 1})
+    refuses(r"input must be an array of numbers, got dict", model, {"input": {"x": 1}})
 
 
 def test_ragged_nested_list(model):

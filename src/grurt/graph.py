@@ -207,7 +207,7 @@ class Graph:
         tensors = {i.name: Tensor(None if i.kind == "ids" else i.size, i.kind in ("sequence", "ids"))
                    for i in inputs}
         for node in ordered:
-            _check_node(node, tensors)
+            check_node(node, tensors)
         used = {name for node in ordered for name in node.inputs} | seen_outputs
         for i in inputs:
             if i.name not in used:
@@ -304,7 +304,7 @@ def _needed_in_order(nodes, producer, wanted):
     return ordered
 
 
-def _check_node(node: Node, tensors: Dict[str, Tensor]) -> None:
+def check_node(node: Node, tensors: Dict[str, Tensor]) -> None:
     """Adds the node's outputs to ``tensors``; ModelFormatError naming the node and the shapes."""
     layer, where = node.layer, f"node {node.describe()}"
     given = [tensors[name] for name in node.inputs]

@@ -50,7 +50,7 @@ class Model:
     ``weights`` ("float32", the default; "bf16"; "int8") is how the GRU input and recurrent
     weights are stored and multiplied (:mod:`grurt.precision`); ``spec`` holds their float32
     values (for a model read from a reduced-precision file, the values the file stores).
-    ``stored`` (internal: from a file) maps (layer index, "W" or "R") to the arrays the mode
+    ``stored`` (internal: from a file) maps (layer index, or node index of a graph, "W" or "R") to the arrays the mode
     stores, when they are known exactly; they are otherwise computed from ``spec``.
     """
 
@@ -61,26 +61,27 @@ class Model:
             graph, chain = None, spec
         else:
             raise TypeError(f"Model expects a grurt.graph.Graph or grurt.spec.ModelSpec, got {type(spec).__name__}")
+        self._source = spec                 # what the model was made of: a Graph, or a ModelSpec (for pickling)
         self.weights = precision.check_mode(weights)
-        if chain is None:                      # a graph: its chains run as Models of their own
-            from .graph_model import GraphRunner
-            self.spec = self.graph = graph
-            self._graph = GraphRunner(graph, self.weights, stored or {})
-            self._stored = dict(stored or {})     # by node index, for pickling
-            self._plain_runs = False
-            return
-        self.spec = spec = chain
-        self.graph = graph if graph is not None else Graph.from_chain(spec)
-        self._graph = None
-        self._stored = {}
+        layers = chain.layers if chain is not None else tuple(node.layer for node in graph.nodes)
+        self._stored = {}                   # (layer or node index, "W"/"R") -> the reduced-precision arrays
         if self.weights != "float32":
             stored = stored or {}
-            for index, layer in enumerate(spec.layers):
+            for index, layer in enumerate(layers):
                 if isinstance(layer, GRU):
                     for name in precision.REDUCED_ARRAYS:
                         parts = stored.get((index, name))
                         self._stored[index, name] = (tuple(parts) if parts is not None
                                                      else precision.stored(getattr(layer, name), self.weights))
+        if chain is None:                   # a graph: its chains run as Models of their own
+            from .graph_model import GraphRunner
+            self.spec = self.graph = graph
+            self._graph = GraphRunner(graph, self.weights, self._stored)
+            self._plain_runs = False
+            return
+        self.spec = spec = chain
+        self.graph = graph if graph is not None else Graph.from_chain(spec)
+        self._graph = None
         # a model that takes ids: the Embedding's lookup runs here (after the ids are checked), the
         # kernels run the rest on its float32 output
         self._table = spec.layers[0].table if spec.takes_ids else None
@@ -161,15 +162,15 @@ class Model:
 
     def __reduce__(self):
         if self.weights == "float32":
-            return (Model, (self.spec,))
-        return (Model, (self.spec, self.weights, self._stored))
+            return (Model, (self._source,))
+        return (Model, (self._source, self.weights, self._stored))
 
     def with_weights(self, weights: str) -> "Model":
         """This model with its GRU weights in another mode ("float32", "bf16" or "int8"), as a
         new Model. Reduced precision is rounded from this model's float32 values (``spec``)."""
         if precision.check_mode(weights) == self.weights:
             return self
-        return Model(self.spec, weights)
+        return Model(self._source, weights)
 
     def run(self, seq, initial_state=None, return_state=False, lengths=None, threads=1):
         """Run the model on ``seq``: (T, I) for one sequence or (B, T, I) for a batch.

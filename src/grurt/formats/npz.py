@@ -18,15 +18,20 @@ from ..limits import MAX_HEADER_BYTES, MAX_PARAMETERS, parse_json
 from ..spec import GRU, Activation, ActivationFunction, Dense, LastStep, Merge, ModelSpec, Reverse, Scale
 from ..spec import Embedding, Flatten, GlobalPool, LayerNorm, UnitNorm
 from ..spec import TIME_LAYERS, Conv1D, Pool1D, ZeroPad1D
+from ..graph import Combine, Concat, Graph, Input, Node, Output, Slice, Tensor, check_node
+
+_GRAPH_ONLY = ("Combine", "Concat", "Slice")
 
 FORMAT_NAME = "grurt"
 # 1.1: Embedding (input_size null), LayerNorm, UnitNorm, GlobalPool, Flatten; Conv1D, Pool1D, ZeroPad1D
 # 1.2: GRU "weights": "bf16" / "int8" (reduced-precision W and R, docs/format.md)
-FORMAT_VERSION = (1, 2)
+# 2.0: graphs: "inputs", "nodes" (a layer and the tensors it reads and writes), "outputs" (issue 11)
+FORMAT_VERSION = (2, 0)
 HEADER_KEY = "header"
 
 _ARRAYS = {GRU: ("W", "R", "B"), Dense: ("W", "b"), Scale: ("a", "c")}
 _HEADER_FIELDS = {"format", "format_version", "producer", "input_size", "layers", "mask_value", "metadata"}
+_GRAPH_HEADER_FIELDS = {"format", "format_version", "producer", "inputs", "nodes", "outputs", "metadata"}
 _LAYER_FIELDS = {
     "GRU": {"type", "hidden_size", "direction", "linear_before_reset", "gate_activation",
             "candidate_activation", "clip", "return_sequences", "weights"},
@@ -36,6 +41,10 @@ _LAYER_FIELDS = {
     "Reverse": {"type"},
     "LastStep": {"type"},
     "Merge": {"type", "mode"},
+    # format 2.0: the layers that read several tensors, or cut one (only in graphs)
+    "Combine": {"type", "op"},
+    "Concat": {"type"},
+    "Slice": {"type", "begin", "end"},
 }
 # format 1.1 (issue 12)
 _ARRAYS_1_1 = {Embedding: ("table",), LayerNorm: ("gamma", "beta")}
@@ -83,34 +92,53 @@ def _layer_to_json(layer) -> dict:
         return {"type": "GlobalPool", "mode": layer.mode}
     if isinstance(layer, Flatten):
         return {"type": "Flatten", "steps": layer.steps}
+    if isinstance(layer, Combine):
+        return {"type": "Combine", "op": layer.op}
+    if isinstance(layer, Slice):
+        return {"type": "Slice", "begin": layer.begin, "end": layer.end}
     return {"type": type(layer).__name__}
 
 
 def save(model, path, metadata: dict | None = None) -> None:
-    """Write a Model (or ModelSpec) to ``path`` in grurt's .npz format."""
+    """Write a Model (or ModelSpec, or Graph) to ``path`` in grurt's .npz format."""
     from .. import __version__
 
     spec = getattr(model, "spec", model)
-    if not isinstance(spec, ModelSpec):
-        raise TypeError(f"save expects a grurt Model or ModelSpec, got {type(model).__name__}")
-    # a model is written in the oldest version that holds it (1.0, 1.1 for the newer layers,
-    # 1.2 for reduced-precision weights), so that older grurt releases load it
+    if not isinstance(spec, (ModelSpec, Graph)):
+        raise TypeError(f"save expects a grurt Model, ModelSpec or Graph, got {type(model).__name__}")
+    graph = spec if isinstance(spec, Graph) else getattr(model, "graph", None)
     weights = getattr(model, "weights", "float32")
-    version = ((1, 2) if weights != "float32"
-               else (1, 1) if any(isinstance(layer, _TYPES_1_1) for layer in spec.layers) else (1, 0))
-    header = {"format": FORMAT_NAME, "format_version": "%d.%d" % version,
-              "producer": f"grurt {__version__}", "input_size": spec.input_size,
-              "layers": [_layer_to_json(layer) for layer in spec.layers]}
-    if spec.mask_value is not None:
-        header["mask_value"] = spec.mask_value
+    header = {"format": FORMAT_NAME, "producer": f"grurt {__version__}"}
+    if isinstance(spec, ModelSpec) and (graph is None or graph.input_names == ("input",)
+                                        and graph.output_names == ("output",)):
+        # a chain is written in the oldest version that holds it (1.0, 1.1 for the newer layers,
+        # 1.2 for reduced-precision weights), so that older grurt releases load it
+        version = ((1, 2) if weights != "float32"
+                   else (1, 1) if any(isinstance(layer, _TYPES_1_1) for layer in spec.layers) else (1, 0))
+        layers = spec.layers
+        header.update(input_size=spec.input_size, layers=[_layer_to_json(layer) for layer in layers])
+        entries = header["layers"]
+        if spec.mask_value is not None:
+            header["mask_value"] = spec.mask_value
+    else:                # a graph, or a chain with the names of its source: 2.0
+        version = (2, 0)
+        layers = [node.layer for node in graph.nodes]
+        header.update(
+            inputs=[{"name": i.name, "kind": i.kind, "size": i.size, "directions": i.directions}
+                    for i in graph.inputs],
+            nodes=[{"layer": _layer_to_json(node.layer), "inputs": list(node.inputs), "outputs": list(node.outputs)}
+                   for node in graph.nodes],
+            outputs=[{"name": o.name, "directions": o.directions} for o in graph.outputs])
+        entries = [entry["layer"] for entry in header["nodes"]]
+    header["format_version"] = "%d.%d" % version
     if metadata:
         header["metadata"] = {str(k): str(v) for k, v in metadata.items()}
-    arrays = {HEADER_KEY: np.array(json.dumps(header))}
-    for index, layer in enumerate(spec.layers):
+    arrays = {}
+    for index, layer in enumerate(layers):
         for name in _ARRAYS.get(type(layer), ()):
             arrays[f"{index}.{name}"] = getattr(layer, name)
         if isinstance(layer, GRU) and weights != "float32":
-            header["layers"][index]["weights"] = weights
+            entries[index]["weights"] = weights
             for name in precision.REDUCED_ARRAYS:
                 parts = model._stored[index, name]
                 arrays[f"{index}.{name}"] = parts[0]
@@ -169,7 +197,7 @@ def _read_header(archive: zipfile.ZipFile) -> dict:
         raise UnsupportedModelError(
             f"this file is grurt format {version}, written by a newer grurt ({header.get('producer', '?')}); "
             f"this grurt reads format {FORMAT_VERSION[0]}.x: upgrade grurt to load it")
-    unknown = set(header) - _HEADER_FIELDS
+    unknown = set(header) - (_GRAPH_HEADER_FIELDS if major == 2 else _HEADER_FIELDS)
     _expect(not unknown, f"header: unknown fields {sorted(unknown)}")
     return header
 
@@ -279,6 +307,13 @@ def _layer_from_json(archive, entry, index, features, budget, stored):
         return Scale(a=array("a", (features,)), c=array("c", (features,)))
     if kind == "Merge":
         return Merge(entry.get("mode"))
+    if kind == "Combine":
+        return Combine(entry.get("op"))
+    if kind == "Concat":
+        return Concat()
+    if kind == "Slice":
+        return Slice(entry.get("begin"), entry.get("end"))
+    _expect(features is not None or kind == "Embedding", f"{where}: token ids go only into an Embedding")
     if kind in _LAYERS_1_1:
         return _LAYERS_1_1[kind](entry, array, features, budget, where)
     if kind in _TIME_LAYER_FIELDS:
@@ -324,32 +359,87 @@ def load_npz(path):
     with _open_archive(path) as archive:
         try:
             header = _read_header(archive)
-            # input_size null: the model takes token ids (its first layer is an Embedding, format 1.1)
-            features = None if header.get("input_size", 0) is None else _int_field(header, "input_size", "header")
-            entries = header.get("layers")
-            _expect(isinstance(entries, list) and entries, "header: 'layers' must be a non-empty list")
-            _expect(features is not None or (isinstance(entries[0], dict) and entries[0].get("type") == "Embedding"),
-                    "header: input_size is null but the first layer is not an Embedding")
-            layers, budget, stored = [], [MAX_PARAMETERS], {}
-            for index, entry in enumerate(entries):
-                layers.append(_layer_from_json(archive, entry, index, features, budget, stored))
-                features = ModelSpec(header["input_size"], tuple(layers)).output_size
-            modes = {entry.get("weights", "float32") for entry, layer in zip(entries, layers) if isinstance(layer, GRU)}
+            budget, stored = [MAX_PARAMETERS], {}
+            if str(header["format_version"]).startswith("2."):
+                spec, layers = _graph_from_header(archive, header, budget, stored)
+            else:
+                spec, layers = _chain_from_header(archive, header, budget, stored)
+            modes = {layer_weights for layer_weights, layer in layers if isinstance(layer, GRU)}
             _expect(len(modes) <= 1, f"GRU layers with different weight modes ({', '.join(sorted(modes))}): "
                                      "grurt runs one mode per model")
             weights = modes.pop() if modes else "float32"
-            expected = {f"{i}.{name}.npy" for i, layer in enumerate(layers) for name in _ARRAYS.get(type(layer), ())}
+            expected = {f"{i}.{name}.npy" for i, (_, layer) in enumerate(layers)
+                        for name in _ARRAYS.get(type(layer), ())}
             expected |= {f"{i}.{name}_scale.npy" for i, name in stored if weights == "int8"}
             extra = set(archive.namelist()) - expected - {HEADER_KEY + ".npy"}
             _expect(not extra, f"unexpected arrays in the file: {sorted(name[:-4] for name in extra)}")
-            spec = ModelSpec(input_size=header["input_size"], layers=tuple(layers),
-                             mask_value=header.get("mask_value"))
+            if isinstance(spec, Graph):     # the stored arrays by the graph's node order (it may reorder)
+                position = {id(node.layer): i for i, node in enumerate(spec.nodes)}
+                stored = {(position[id(layers[i][1])], name): parts for (i, name), parts in stored.items()
+                          if id(layers[i][1]) in position}
         except GrurtError:
             raise
         except (zipfile.BadZipFile, OSError, EOFError, ValueError, KeyError, zlib.error, NotImplementedError) as exc:
             raise ModelFormatError(f"{path}: corrupt grurt model ({type(exc).__name__}: {exc})") from None
     return Model(spec, weights, stored)
 
+
+def _chain_from_header(archive, header, budget, stored):
+    """Format 1.x: the ModelSpec, and (weights mode, layer) per layer."""
+    # input_size null: the model takes token ids (its first layer is an Embedding, format 1.1)
+    features = None if header.get("input_size", 0) is None else _int_field(header, "input_size", "header")
+    entries = header.get("layers")
+    _expect(isinstance(entries, list) and entries, "header: 'layers' must be a non-empty list")
+    _expect(features is not None or (isinstance(entries[0], dict) and entries[0].get("type") == "Embedding"),
+            "header: input_size is null but the first layer is not an Embedding")
+    layers = []
+    for index, entry in enumerate(entries):
+        _expect(not isinstance(entry, dict) or entry.get("type") not in _GRAPH_ONLY,
+                f"layer {index} ({entry.get('type') if isinstance(entry, dict) else ''}) is only valid in a graph "
+                "(format 2.0)")
+        layers.append(_layer_from_json(archive, entry, index, features, budget, stored))
+        features = ModelSpec(header["input_size"], tuple(layers)).output_size
+    spec = ModelSpec(input_size=header["input_size"], layers=tuple(layers), mask_value=header.get("mask_value"))
+    return spec, [(entry.get("weights", "float32"), layer) for entry, layer in zip(entries, layers)]
+
+
+def _graph_from_header(archive, header, budget, stored):
+    """Format 2.0: the Graph, and (weights mode, layer) per node as the file lists them."""
+    def entries(key):
+        value = header.get(key)
+        _expect(isinstance(value, list) and value and all(isinstance(v, dict) for v in value),
+                f"header: '{key}' must be a non-empty list of objects")
+        return value
+
+    inputs = []
+    for index, entry in enumerate(entries("inputs")):
+        unknown = set(entry) - {"name", "kind", "size", "directions"}
+        _expect(not unknown, f"input {index}: unknown fields {sorted(unknown)}")
+        inputs.append(Input(entry.get("name"), entry.get("size"), entry.get("kind", "sequence"),
+                            entry.get("directions", 1)))
+    tensors = {i.name: Tensor(None if i.kind == "ids" else i.size, i.kind in ("sequence", "ids")) for i in inputs}
+    nodes, layers = [], []
+    for index, entry in enumerate(entries("nodes")):
+        where = f"node {index}"
+        unknown = set(entry) - {"layer", "inputs", "outputs"}
+        _expect(not unknown, f"{where}: unknown fields {sorted(unknown)}")
+        names = entry.get("inputs"), entry.get("outputs")
+        _expect(all(isinstance(n, list) and n and all(isinstance(v, str) for v in n) for n in names),
+                f"{where}: 'inputs' and 'outputs' must be non-empty lists of tensor names")
+        _expect(all(name in tensors for name in names[0]),
+                f"{where}: reads a tensor that no input or earlier node defines ({names[0]})")
+        layer = _layer_from_json(archive, entry.get("layer"), index, tensors[names[0][0]].features, budget, stored)
+        node = Node(layer, tuple(names[0]), tuple(names[1]))
+        _expect(not set(node.outputs) & set(tensors), f"{where}: defines tensor(s) already defined {node.outputs}")
+        check_node(node, tensors)
+        nodes.append(node)
+        layers.append((entry["layer"].get("weights", "float32"), layer))
+    outputs = []
+    for index, entry in enumerate(entries("outputs")):
+        unknown = set(entry) - {"name", "directions"}
+        _expect(not unknown, f"output {index}: unknown fields {sorted(unknown)}")
+        outputs.append(Output(entry.get("name"), entry.get("directions")))
+    return Graph(tuple(inputs), tuple(nodes), tuple(outputs)), layers
 
 
 # ---- format 1.1: layers over time (Conv1D, Pool1D, ZeroPad1D) ----
