@@ -53,6 +53,9 @@ def cmd_info(args) -> None:
             print(f"{key + ':':<11} {value}")
     else:
         print(f"format:     {os.path.splitext(args.model)[1].lstrip('.')} (converted at load)")
+    if model._graph is not None:
+        _print_graph(model)
+        return
     shape = "(batch, time, %d)" % spec.output_size if spec.returns_sequence else "(batch, %d)" % spec.output_size
     if spec.takes_ids:
         print(f"input:      (batch, time) integer token ids in [0, {spec.vocabulary})"
@@ -75,17 +78,68 @@ def cmd_info(args) -> None:
         print(f"  {index}: {layer.describe()}")
 
 
+def _print_graph(model) -> None:
+    """``grurt info`` of a graph: its inputs, its nodes in the order they run, its outputs."""
+    graph = model.graph
+    print(f"parameters: {graph.parameter_count}")
+    print(f"weights:    {model.weights}")
+    print("inputs:")
+    for i in graph.inputs:
+        print(f"  {i.describe()}")
+    print(f"nodes ({len(graph.nodes)}, in the order they run):")
+    for node in graph.nodes:
+        print(f"  {node.describe()}")
+    print("outputs:")
+    for o in graph.outputs:
+        shape = graph.tensors[o.name].describe()
+        if o.directions is not None:
+            shape = f"({o.directions}, B, {graph.tensors[o.name].features // o.directions}) state"
+        print(f"  {o.name}: {shape}")
+
+
+def _named_inputs(model, args):
+    """The run command's inputs: the positional file, or --input name=file.npy for each input."""
+    if args.input and args.inputs:
+        raise CommandError("give the input file or --input name=file.npy, not both")
+    if args.input:
+        return _load_array(args.input, "input")
+    if not args.inputs:
+        raise CommandError(f"no input: give an input file, or --input name=file.npy for each of "
+                           f"{', '.join(model.input_names)}")
+    named = {}
+    for item in args.inputs:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise CommandError(f"--input takes name=file.npy, got {item!r}")
+        named[name] = _load_array(path, f"input '{name}'")
+    return named
+
+
 def cmd_run(args) -> None:
     model = load(args.model)
-    seq = _load_array(args.input, "input")
     lengths = _load_array(args.lengths, "lengths") if args.lengths else None
-    out = model.run(seq, lengths=lengths)
-    if args.output:
+    out = model.run(_named_inputs(model, args), lengths=lengths)
+    outputs = dict(zip(model.output_names, out if isinstance(out, tuple) else (out,)))
+    if args.output and len(outputs) == 1:
         np.save(args.output, out)
         print(f"wrote {args.output}: {out.dtype} {out.shape}")
+    elif args.output:                      # several outputs: a folder with one file per output
+        os.makedirs(args.output, exist_ok=True)
+        for name, value in outputs.items():
+            path = os.path.join(args.output, f"{_file_name(name)}.npy")
+            np.save(path, value)
+            print(f"wrote {path}: {value.dtype} {value.shape}")
     else:
         with np.printoptions(precision=6, suppress=True, threshold=200):
-            print(out)
+            for name, value in outputs.items():
+                if len(outputs) > 1:
+                    print(f"{name}:")
+                print(value)
+
+
+def _file_name(name: str) -> str:
+    """An output name as a file name: characters other than letters, digits, '-', '_' and '.' become '_'."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name).lstrip(".") or "output"
 
 
 def _random_input(model, batch=4, steps=16, seed=0, source=None) -> np.ndarray:
@@ -98,11 +152,27 @@ def _random_input(model, batch=4, steps=16, seed=0, source=None) -> np.ndarray:
     elif suffix in (".keras", ".h5", ".hdf5"):
         fixed_steps = verify.keras_input_sizes(source)[1]
     rng = np.random.default_rng(seed)
+    if model._graph is not None:
+        return _random_graph_inputs(model.graph, batch, fixed_steps or steps, rng)
     # a Flatten fixes the frames it receives; convolutions or pooling before it change the count
     steps = fixed_steps or fixed_input_steps(model.spec) or max(steps, min_steps(model.spec))
     if model.spec.takes_ids:     # ids from 1: 0 may be the padding id
         return rng.integers(min(1, model.vocabulary - 1), model.vocabulary, (batch, steps))
     return rng.standard_normal((batch, steps, model.input_size)).astype(np.float32)
+
+
+def _random_graph_inputs(graph, batch, steps, rng) -> dict:
+    """Random inputs for each input of a graph, by name (ids from 1: 0 may be the padding id)."""
+    inputs = {}
+    for i in graph.inputs:
+        if i.kind == "ids":
+            vocabulary = min(node.layer.vocabulary for node in graph.nodes if i.name in node.inputs)
+            inputs[i.name] = rng.integers(min(1, vocabulary - 1), vocabulary, (batch, steps))
+        else:
+            shape = {"sequence": (batch, steps, i.size), "vector": (batch, i.size),
+                     "state": (i.directions, batch, (i.size or 1) // i.directions)}[i.kind]
+            inputs[i.name] = rng.standard_normal(shape).astype(np.float32)
+    return inputs
 
 
 def _framework_outputs(source: str, seq: np.ndarray):
@@ -139,7 +209,7 @@ def _max_errors(model, seq, expected: dict) -> dict:
 def cmd_convert(args) -> None:
     model = load(args.input, weights=args.weights)
     save(model, args.output, metadata={"converted_from": os.path.basename(args.input)})
-    print(f"wrote {args.output}: {len(model.spec.layers)} layers, {model.spec.parameter_count} parameters"
+    print(f"wrote {args.output}: {len(model.layers)} layers, {model.graph.parameter_count} parameters"
           + ("" if model.weights == "float32" else f", {model.weights} GRU weights"))
     if args.check:
         try:
@@ -199,7 +269,17 @@ class _Progress:
 
 def cmd_bench(args) -> None:
     model = load(args.model)
-    if args.stream:
+    if args.stream and model._graph is not None:
+        inputs = _random_input(model, args.batch, 1)
+        kinds = {i.name: i.kind for i in model.graph.inputs}
+        frames = {name: value[:, 0] for name, value in inputs.items() if kinds[name] in ("sequence", "ids")}
+        static = {name: value for name, value in inputs.items() if name not in frames} or None
+
+        def make_call():
+            stream = model.stream(batch=args.batch, static=static)
+            return lambda: stream.step(frames)
+        what = f"stream.step batch={args.batch}"
+    elif args.stream:
         frame = _random_input(model, args.batch, 1)[:, 0]
 
         def make_call():
@@ -256,10 +336,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model")
     p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("run", help="run a model on an input .npy file")
+    p = sub.add_parser("run", help="run a model on input .npy files")
     p.add_argument("model")
-    p.add_argument("input", help="(T, I) or (B, T, I) array in .npy format")
-    p.add_argument("-o", "--output", help="write the output to this .npy file instead of printing it")
+    p.add_argument("input", nargs="?", help="(T, I) or (B, T, I) array in .npy format (a model of one input)")
+    p.add_argument("--input", dest="inputs", action="append", metavar="NAME=FILE.npy",
+                   help="one named input of the model (repeat for each input)")
+    p.add_argument("-o", "--output", help="write the output to this .npy file instead of printing it; for a "
+                                          "model of several outputs, a folder that receives NAME.npy for each")
     p.add_argument("--lengths", help=".npy file with the valid length of each sequence, shape (B,)")
     p.set_defaults(func=cmd_run)
 
