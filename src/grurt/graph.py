@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Dict, Optional, Tuple
 
 from .errors import ModelFormatError, UnsupportedModelError
@@ -262,7 +263,8 @@ class Graph:
     def as_chain(self) -> Optional[ModelSpec]:
         """The ModelSpec of a graph that is one path (one sequence or ids input, through nodes of one
         input and one output each, to one plain output), else None."""
-        if len(self.inputs) != 1 or len(self.outputs) != 1 or self.outputs[0].directions is not None:
+        if (len(self.inputs) != 1 or len(self.outputs) != 1 or self.outputs[0].directions is not None
+                or not self.nodes):
             return None
         source = self.inputs[0]
         if source.kind not in ("sequence", "ids"):
@@ -357,19 +359,20 @@ class Segment:
     vector: bool
     nodes: list = field(default_factory=list)
 
-    @property
+    # read once the segment is complete (segments() does not)
+    @cached_property
     def output(self) -> str:
         return self.nodes[-1].outputs[0]
 
-    @property
+    @cached_property
     def grus(self) -> list:
         return [node for node in self.nodes if isinstance(node.layer, GRU)]
 
-    @property
+    @cached_property
     def states_in(self) -> Dict[int, str]:
         return {i: node.inputs[1] for i, node in enumerate(self.grus) if len(node.inputs) == 2}
 
-    @property
+    @cached_property
     def states_out(self) -> Dict[int, str]:
         return {i: node.outputs[1] for i, node in enumerate(self.grus) if len(node.outputs) == 2}
 

@@ -15,18 +15,21 @@ _REDUCE = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "max": np.maxi
            "mean": np.add}
 
 
-def combine(layer, arrays, where: str):
+def combine(node, arrays):
     """A Combine, Concat or Slice node on float32 arrays (the same batch; the time axes checked here)."""
-    if isinstance(layer, Slice):
+    layer = node.layer
+    if layer.__class__ is Slice:
         return np.ascontiguousarray(arrays[0][..., layer.begin:layer.end])
-    if arrays[0].ndim == 3 and len({a.shape[1] for a in arrays}) != 1:
-        raise InputError(f"node {where}: its sequences have different numbers of steps "
+    first = arrays[0]
+    if first.ndim == 3 and any(a.shape[1] != first.shape[1] for a in arrays):
+        raise InputError(f"node {node.describe()}: its sequences have different numbers of steps "
                          f"({', '.join(str(a.shape[1]) for a in arrays)})")
-    if isinstance(layer, Concat):
+    if layer.__class__ is Concat:
         return np.concatenate(arrays, axis=-1)
-    result = _REDUCE[layer.op](arrays[0], arrays[1])
+    reduce = _REDUCE[layer.op]
+    result = reduce(first, arrays[1])
     for a in arrays[2:]:
-        _REDUCE[layer.op](result, a, out=result)
+        reduce(result, a, out=result)
     if layer.op == "mean":
         result /= np.float32(len(arrays))
     return result
@@ -162,7 +165,7 @@ class GraphRunner:
         """One (D, B, H) state or None per GRU node, from the user's list (None entries allowed)."""
         grus = self.graph.gru_nodes
         if initial_state is None:
-            return [None] * len(grus)
+            return None
         if not isinstance(initial_state, (list, tuple)) or len(initial_state) != len(grus):
             raise InputError(f"initial_state must be a list of {len(grus)} arrays (or None), one per GRU node")
         states = []
@@ -187,12 +190,12 @@ class GraphRunner:
     def run(self, values, initial_state, return_state, lengths, threads):
         env, single, batch = self.checked_inputs(values)
         user_states = self.initial_states(initial_state, batch, single)
-        final_states = [None] * len(user_states)
+        final_states = [None] * len(self.graph.gru_nodes)
         for position, step in enumerate(self.steps):
-            if isinstance(step, Segment):
+            if step.__class__ is Segment:
                 self._run_segment(step, env, user_states, final_states, return_state, lengths, threads)
             else:
-                env[step.outputs[0]] = combine(step.layer, [env[name] for name in step.inputs], step.describe())
+                env[step.outputs[0]] = combine(step, [env[name] for name in step.inputs])
             for name in self.release[position]:
                 del env[name]
         outputs = []
@@ -212,13 +215,17 @@ class GraphRunner:
 
     def _run_segment(self, step: Segment, env, user_states, final_states, return_state, lengths, threads):
         model = self.models[id(step)]
-        positions = self.gru_positions[id(step)]
         x = env[step.source]
-        batch = x.shape[0]
         if step.vector:
             x = x[:, None, :]
         states_in, states_out = step.states_in, step.states_out
         wants_states = return_state or bool(states_out)
+        if not (wants_states or states_in or user_states):    # the common case: zero states, no state out
+            result = model.run(x, None, False, None if step.vector else lengths, threads)
+            env[step.output] = result[:, 0] if step.vector else result
+            return
+        positions = self.gru_positions[id(step)]
+        batch = x.shape[0]
         states = None
         if wants_states or states_in or any(user_states[p] is not None for p in positions):
             states = []
@@ -227,7 +234,7 @@ class GraphRunner:
                 d, h = layer.num_directions, layer.hidden_size
                 if i in states_in:
                     states.append(env[states_in[i]].reshape(batch, d, h).transpose(1, 0, 2))
-                elif user_states[p] is not None:
+                elif user_states and user_states[p] is not None:
                     states.append(user_states[p])
                 else:
                     states.append(np.zeros((d, batch, h), _FLOAT32))
@@ -330,14 +337,13 @@ class GraphStream:
             if a.shape[0] != self.batch:
                 raise InputError(f"input '{name}' has a batch of {a.shape[0]}, the stream {self.batch}")
             env[name] = a
-        none = [None] * len(runner.graph.gru_nodes)
         for step in runner.steps:
             if id(step) in self.streams or any(name in self.per_frame for name in runner._reads(step)):
                 continue
             if isinstance(step, Segment):
-                runner._run_segment(step, env, none, list(none), False, None, self.threads)
+                runner._run_segment(step, env, None, [None] * len(runner.graph.gru_nodes), False, None, self.threads)
             else:
-                env[step.outputs[0]] = combine(step.layer, [env[n] for n in step.inputs], step.describe())
+                env[step.outputs[0]] = combine(step, [env[n] for n in step.inputs])
         return env
 
     def _frames(self, frames, block: bool):
@@ -399,7 +405,7 @@ class GraphStream:
                 arrays = [env[n] if n in self.per_frame else
                           np.broadcast_to(env[n][:, None], (self.batch, steps, env[n].shape[-1]))
                           for n in step.inputs]
-                env[step.outputs[0]] = combine(step.layer, arrays, step.describe())
+                env[step.outputs[0]] = combine(step, arrays)
         outputs = []
         for output in runner.graph.outputs:
             value = env[output.name]
