@@ -276,3 +276,28 @@ def test_single_blas_thread():
     assert inside == [{1}]
     assert blas_threads() == before                                         # restored by the last one
 
+
+
+# ---- graphs (issue 11) ------------------------------------------------------------------------
+
+def test_a_graph_of_one_sequence_input_and_one_output(seq_model):
+    """A residual graph scores block by block as run() does on each block (bit for bit)."""
+    from grurt.graph import Combine, Graph, Input, Node
+    gru = seq_model.layers[0]
+    nodes = (Node(gru, "x", "a"),
+             Node(random_gru(np.random.default_rng(3), gru.output_size, gru.hidden_size, "bidirectional"), "a", "b"),
+             Node(Combine("add"), ("a", "b"), "y"))
+    model = grurt.Model(Graph((Input("x", I),), nodes, ("y",)))
+    x = batch(B=20, seed=9)
+    y = grurt.dask.predict(model, da.from_array(x, chunks=7))
+    assert_scores(y.compute(scheduler="sync"), model, x, (7, 7, 6))
+
+
+def test_a_graph_of_several_inputs_is_refused():
+    from grurt.graph import Concat, Graph, Input, Node
+    rng = np.random.default_rng(4)
+    nodes = (Node(random_gru(rng, I, 4, return_sequences=False), "x", "a"), Node(Concat(), ("a", "v"), "y"))
+    model = grurt.Model(Graph((Input("x", I), Input("v", 2, "vector")), nodes, ("y",)))
+    with pytest.raises(grurt.InputError, match=r"one sequence input and one output; this graph has inputs "
+                                               r"\['x', 'v'\] and outputs \['y'\]"):
+        grurt.dask.predict(model, batch(B=4))

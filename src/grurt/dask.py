@@ -80,6 +80,15 @@ def predict(model: Model, x, lengths=None, **run_options) -> da.Array:
     """
     if not isinstance(model, Model):
         raise TypeError(f"predict expects a grurt.Model, got {type(model).__name__}")
+    if model._graph is not None:
+        graph = model.graph
+        if (len(graph.inputs) != 1 or graph.inputs[0].kind != "sequence" or len(graph.outputs) != 1
+                or graph.outputs[0].directions is not None):
+            raise InputError(f"grurt.dask.predict scores models of one sequence input and one output; this "
+                             f"graph has inputs {list(graph.input_names)} and outputs {list(graph.output_names)}")
+        returns_sequence = graph.tensors[graph.outputs[0].name].has_time
+    else:
+        returns_sequence = model.spec.returns_sequence
     options = _run_options(run_options)
     x = _input(model, x)
     batch, steps, _ = x.shape
@@ -87,7 +96,7 @@ def predict(model: Model, x, lengths=None, **run_options) -> da.Array:
 
     model_key = dask.delayed(model, name="grurt-model-" + tokenize(model), pure=True, traverse=False)
     F = model.output_size
-    out_ind = "btf" if model.spec.returns_sequence else "bf"
+    out_ind = "btf" if returns_sequence else "bf"
     args = [model_key, None, x, "bti"]
     if lengths is not None:
         args += [lengths, "b"]
