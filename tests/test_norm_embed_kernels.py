@@ -2,7 +2,7 @@
 GRUCell-style models (issue 12); token-id input checks; streaming. Tolerance: ATOL (1e-5)."""
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import grurt
@@ -40,6 +40,12 @@ def test_norm_and_pool_layers_match_reference(seed, batch, steps, features, hidd
     x = rng.normal(size=(batch, steps, features)).astype(np.float32)
     lengths = rng.integers(1, steps + 1, batch) if padded else None
     states = random_states(rng, model.spec, batch) if initial else None
+    # A LayerNorm scales the float32 rounding of its input by about 1/σ: keep to data whose valid
+    # steps vary (σ² ≥ 1e-3 at both LayerNorms), as a framework's own float32 result would differ too
+    gru_out = reference.run(ModelSpec(features, tuple(layers[:2])), x, None if states is None else states[:1],
+                            lengths=lengths)
+    valid = np.arange(steps)[None, :] < (np.full(batch, steps) if lengths is None else lengths)[:, None]
+    assume(min(x.var(axis=-1)[valid].min(), gru_out.var(axis=-1)[valid].min()) >= 1e-3)
     assert_matches_reference(model, x, initial_state=states, lengths=lengths)
 
 
