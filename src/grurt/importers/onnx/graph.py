@@ -307,6 +307,7 @@ class _Interpreter:
 
     def _rows(self, where, ids):
         """(tensor, its row for each line of ``ids`` along the last axis, its features along that axis)."""
+        ids = self._unflipped(where, ids)
         tensor, positions = self._find(where, ids)
         if ids.ndim == 0:
             raise UnsupportedModelError(f"{where}: expects features on the last axis, got a scalar")
@@ -316,6 +317,30 @@ class _Interpreter:
                 and np.unique(features[0]).size == features.shape[1] and np.unique(rows[:, 0]).size == rows.shape[0]):
             raise UnsupportedModelError(f"{where}: its last axis does not hold the features of one time step")
         return tensor, rows[:, 0], features[0]
+
+    def _unflipped(self, where, ids):
+        """``ids`` whose lines join sequences read in time order with others read reversed (a torch.flip of one
+        branch): the reversed ones read through a ``Reverse`` of them, in time order."""
+        if ids.ndim < 2:
+            return ids
+        tensors, which = self._owners(where, ids)
+        if len(tensors) < 2 or not all(self._time_known(t) for t in tensors) \
+                or len({t.ids.shape[:2] for t in tensors}) != 1:
+            return ids
+        positions = self._positions_in(ids, tensors, which)
+        steps = tensors[0].ids.shape[1]
+        time = (positions // np.array([t.features for t in tensors])[which] % steps).reshape(-1, ids.shape[-1])
+        which = which.reshape(-1, ids.shape[-1])
+        first = time[:, :1]
+        flat = ids.reshape(-1, ids.shape[-1]).copy()
+        for k, tensor in enumerate(tensors):
+            mask = which == k
+            line_first = np.broadcast_to(first, time.shape)[mask]
+            if np.array_equal(time[mask], line_first) or not np.array_equal(time[mask], steps - 1 - line_first):
+                continue
+            b, t, f = np.unravel_index(tensor.inverse[flat[mask] - tensor.start], tensor.ids.shape)
+            flat[mask] = self._reverse(tensor).ids[b, steps - 1 - t, f]
+        return flat.reshape(ids.shape)
 
     def _aligned(self, where, value):
         """(tensor, row of each line): a canonical tensor whose features are exactly ``value``'s last axis,
@@ -436,8 +461,14 @@ class _Interpreter:
         if any(v.integer for v in values):
             raise UnsupportedModelError(f"{where}: combines integer tensors")
         aligned = [self._aligned(where, v) for v in values]
-        tensors = [t for t, _ in aligned]
         first, rows = aligned[0]
+        for k, (tensor, r) in enumerate(aligned):      # a branch read reversed in time (torch.flip)
+            if self._time_known(tensor) and tensor.ids.shape[:2] == first.ids.shape[:2] and not np.array_equal(r, rows):
+                batch, steps = tensor.ids.shape[:2]
+                flipped = (r // steps) * steps + steps - 1 - r % steps
+                if np.array_equal(flipped, rows):
+                    aligned[k] = self._reverse(tensor), rows
+        tensors = [t for t, _ in aligned]
         if any(t.has_time != first.has_time or t.ids.shape[:-1] != first.ids.shape[:-1]
                or not np.array_equal(r, rows) for t, r in aligned):
             raise UnsupportedModelError(f"{where}: combines tensors {', '.join(t.describe() for t in tensors)} "
