@@ -53,7 +53,9 @@ def build(it) -> _Import:
     gru_states = {node.outputs[1] for node in it.grus}
     outputs = []                 # (graph output name, tensor name, directions or None)
     for info in it.model.graph.output:
-        value, where = it.values[info.name], f"graph output '{info.name}'"
+        value, where = it.values.get(info.name), f"graph output '{info.name}'"
+        if value is None:
+            raise ModelFormatError(f"{where} is not a graph input, an initializer or the output of a node")
         if not isinstance(value, _Sym):
             raise UnsupportedModelError(f"{where} is a constant")
         state = _state_output(it, where, value, gru_states)
