@@ -15,15 +15,17 @@ import numpy as np
 from .errors import InputError, UnsupportedModelError
 from .importers.keras import _major, read_keras
 from .importers.onnx import _import, _interpret
-from .importers.onnx.graph import _lookup
 
 
 def onnx_input_sizes(path):
     """(batch, steps) the ONNX file's sequence input fixes: an int where its shape is fixed, else None."""
     source, probe = _import(path)
-    dims = {name: dims for name, _, dims in source.inputs}[probe.sequence_input]
+    data = [i.name for i in probe.graph.inputs if i.kind in ("sequence", "ids")]
+    if not data:
+        return None, None
+    dims = {name: dims for name, _, dims in source.inputs}[data[0]]
     sizes = [d if isinstance(d, int) else None for d in dims[:2]]
-    return tuple(sizes) if probe.batch_first else (sizes[1], sizes[0])
+    return (sizes[1], sizes[0]) if data[0] in probe.time_major else tuple(sizes)
 
 
 def keras_input_sizes(path):
@@ -36,48 +38,52 @@ def keras_input_sizes(path):
 
 
 def onnx_outputs(path, seq, initial_state=None, return_state=False, lengths=None):
-    """Run the ONNX file with onnxruntime on batch-first ``seq`` and shape the result as grurt does.
+    """Run the ONNX file with onnxruntime on batch-first inputs and shape the result as grurt does.
 
-    Takes the arguments of :meth:`grurt.Model.run`. States that are not graph outputs are None.
+    Takes the arguments of :meth:`grurt.Model.run` (``seq`` one input, a list in input order or a
+    dict by name). ``initial_state`` is for the GRUs of a chain whose states are graph inputs.
+    States that are not graph outputs are None.
     """
     try:
         import onnxruntime
     except ImportError:
         raise ImportError("running ONNX files needs onnxruntime: pip install onnxruntime") from None
     source, probe = _import(path)
-    if probe.spec.takes_ids:         # an integer input of token ids (B, T) or (T,)
-        x = np.asarray(seq)
-        single = x.ndim == 1
-        if single:
-            x = x[None]
-        if x.ndim != 2 or x.dtype.kind not in "iu":
-            raise InputError(f"input must be integer token ids (B, T) or (T,), got {x.dtype} {np.shape(seq)}")
-    else:
-        x = np.asarray(seq, np.float32)
-        single = x.ndim == 2
-        if single:
-            x = x[None]
-        if x.ndim != 3 or x.shape[2] != probe.spec.input_size:
-            raise InputError(f"input must be (B, T, {probe.spec.input_size}) or (T, {probe.spec.input_size}), "
-                             f"got shape {np.shape(seq)}")
-    batch, steps = x.shape[:2]
+    inputs = {i.name: i for i in probe.graph.inputs}
+    arrays, single = _onnx_inputs(probe.graph, seq)
+    batch = next(iter(arrays.values())).shape[0]
     dims = {name: dims for name, _, dims in source.inputs}
     fixed = {}
-    for dim, size in zip(dims[probe.sequence_input], (batch, steps) if probe.batch_first else (steps, batch)):
-        if isinstance(dim, int) and dim != size:
-            raise InputError(f"the ONNX graph's input '{probe.sequence_input}' has fixed shape "
-                             f"{dims[probe.sequence_input]}; it cannot run a batch of {batch} × {steps} steps")
-        fixed[dim] = size
-    run = _interpret(source, fixed)      # the exact element mapping at this size
+    for name, a in arrays.items():
+        kind = inputs[name].kind
+        if kind in ("sequence", "ids"):
+            given = (a.shape[1], batch) if name in probe.time_major else (batch, a.shape[1])
+        elif kind == "state":
+            given = (a.shape[1],) if probe.state_batch_axis[name] == 0 else (a.shape[0], a.shape[1])
+        else:
+            given = (batch,)
+        for dim, size in zip(dims[name], given):
+            if isinstance(dim, int) and dim != size:
+                raise InputError(f"the ONNX graph's input '{name}' has fixed shape {dims[name]}; it cannot run "
+                                 f"an input of shape {a.shape}")
+            fixed[dim] = size
+    run = _interpret(source, fixed)      # the exact element mapping at these sizes
     feeds = {name: np.zeros(run.inputs[name].shape, dtype) for name, dtype, _ in source.inputs}
-    sequence = x if run.batch_first else x.swapaxes(0, 1)
-    feeds[run.sequence_input] = np.ascontiguousarray(sequence, feeds[run.sequence_input].dtype)
+    for name, a in arrays.items():
+        if name in run.time_major:
+            a = a.swapaxes(0, 1)
+        elif inputs[name].kind == "state" and run.state_batch_axis[name] == 0:
+            a = a.transpose(1, 0, 2)
+        feeds[name] = np.ascontiguousarray(a, feeds[name].dtype)
     for k, state in enumerate(initial_state or ()):
+        if state is None:
+            continue
         if k in run.state_inputs:
             name, ids = run.state_inputs[k]
             feeds[name].reshape(-1)[ids.ravel() - run.inputs[name].min()] = np.asarray(state, np.float32).ravel()
         elif np.any(np.asarray(state) != 0):
             raise InputError(f"the ONNX graph takes no initial state for GRU layer {k}")
+    steps = next((a.shape[1] for n, a in arrays.items() if inputs[n].kind in ("sequence", "ids")), None)
     if run.lengths_input:
         feeds[run.lengths_input][:] = steps if lengths is None else np.asarray(lengths).reshape(batch)
     elif lengths is not None and np.any(np.asarray(lengths) != steps):
@@ -87,23 +93,58 @@ def onnx_outputs(path, seq, initial_state=None, return_state=False, lengths=None
         results = dict(zip(run.outputs, session.run(list(run.outputs), feeds)))
     except Exception as exc:
         raise UnsupportedModelError(f"onnxruntime cannot run {path}: {exc}") from None
-    canonicals = [run.tip] + run.states
-    arrays = [np.zeros(c.size, np.float32) for c in canonicals]
+    canonicals = list(run.returned.values()) + run.states
+    arrays_out = [np.zeros(c.size, np.float32) for c in canonicals]
     filled = [np.zeros(c.size, bool) for c in canonicals]
     for name, ids in run.outputs.items():      # scatter each output element to where grurt puts it
         values = results[name].ravel()
-        for array, seen, canonical in zip(arrays, filled, canonicals):
-            positions = _lookup(ids.ravel(), canonical)
+        for array, seen, canonical in zip(arrays_out, filled, canonicals):
+            positions = _lookup(ids.ravel(), canonical.ravel())
             array[positions[positions >= 0]] = values[positions >= 0]
             seen[positions[positions >= 0]] = True
-    spec = probe.spec
-    # (B, T', F): T' is T changed by any convolution, pooling or padding; or (B, F)
-    out = arrays[0].reshape(run.tip.shape if spec.returns_sequence else (batch, spec.output_size))
-    states = [a.reshape(c.shape) if seen.all() else None for a, seen, c in zip(arrays[1:], filled[1:], run.states)]
+    shaped = [a.reshape(c.shape) if seen.all() else None for a, seen, c in zip(arrays_out, filled, canonicals)]
+    outs, states = shaped[:len(run.returned)], shaped[len(run.returned):]
     if single:
-        out = out[0]
+        outs = [o[:, 0] if output.directions else o[0] for o, output in zip(outs, run.graph.outputs)]
         states = [s[:, 0] if s is not None else None for s in states]
+    out = outs[0] if len(outs) == 1 else tuple(outs)
     return (out, states) if return_state else out
+
+
+def _onnx_inputs(graph, seq):
+    """{input name: batched array} from what :meth:`grurt.Model.run` takes, and whether the batch axis was
+    left out."""
+    names = graph.input_names
+    if isinstance(seq, dict):
+        if set(seq) != set(names):
+            raise InputError(f"the inputs are {list(names)}, got {sorted(seq)}")
+        values = dict(seq)
+    elif len(names) == 1:
+        values = {names[0]: seq}
+    elif isinstance(seq, (list, tuple)) and len(seq) == len(names):
+        values = dict(zip(names, seq))
+    else:
+        raise InputError(f"this model takes {len(names)} inputs {list(names)}: a list in that order or a dict")
+    arrays, single = {}, None
+    for spec in graph.inputs:
+        a = np.asarray(values[spec.name])
+        base = {"sequence": 2, "vector": 1, "state": 2, "ids": 1}[spec.kind]
+        if spec.kind == "ids" and a.dtype.kind not in "iu":
+            raise InputError(f"input '{spec.name}' must be integer token ids, got {a.dtype}")
+        if a.ndim not in (base, base + 1) or (spec.kind not in ("ids", "state") and a.shape[-1] != spec.size):
+            raise InputError(f"input '{spec.name}' has shape {a.shape}, which does not fit {spec.describe()}")
+        single = a.ndim == base
+        a = (a[:, None] if spec.kind == "state" else a[None]) if single else a
+        arrays[spec.name] = a if spec.kind == "ids" else a.astype(np.float32)
+    return arrays, single
+
+
+def _lookup(ids, canonical):
+    """Position of each id in ``canonical`` (1-D); -1 where it is not there."""
+    order = np.argsort(canonical)
+    found = np.searchsorted(canonical[order], ids)
+    found[found >= canonical.size] = 0
+    return np.where(canonical[order][found] == ids, order[found], -1)
 
 
 def keras_outputs(path, seq):

@@ -52,6 +52,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import UnsupportedModelError
+from ..graph import Graph
 from ..model import Model
 from ..spec import GRU, Activation, Conv1D, Dense, LastStep, ModelSpec, Pool1D, Scale, ZeroPad1D, activation
 from ..spec import Embedding, LayerNorm
@@ -134,17 +135,34 @@ def _torch_layer(module, index, has_time: bool) -> list:
         return _TORCH_TIME_MODULES[kind](module, f"module {index} ({kind})")
     raise UnsupportedModelError(
         f"module {index} ({kind}): unsupported torch module; grurt converts GRU, GRUCell, Linear, Embedding, "
-        f"LayerNorm, {', '.join(_TORCH_ACTIVATIONS)}, Dropout, Flatten, {', '.join(_TORCH_TIME_MODULES)}")
+        f"LayerNorm, {', '.join(_TORCH_ACTIVATIONS)}, Dropout, Flatten, {', '.join(_TORCH_TIME_MODULES)}; a module "
+        "with its own forward converts with an example: grurt.from_torch(module, example_input)")
 
 
-def from_torch(module, last_step: bool = False, input_scaler=None, output_scaler=None,
+def from_torch(module, example_input=None, *, last_step: bool = False, input_scaler=None, output_scaler=None,
                weights: str = "float32") -> Model:
-    """Convert ``torch.nn.GRU``/``Linear``/activations, alone, in ``nn.Sequential`` or a list, to a Model.
+    """Convert a PyTorch module to a Model.
 
-    The model takes batch-first input (B, T, I) whatever ``batch_first`` says. A GRU passes
-    its output sequence on (``output`` of ``nn.GRU``); ``last_step=True`` keeps only the
-    last time step after the last GRU, as ``output[:, -1]`` does. ``input_scaler`` and
-    ``output_scaler`` fold fitted scikit-learn scalers in, as in :func:`from_keras`.
+    **Without** ``example_input``: ``torch.nn.GRU``/``Linear``/activations and the other modules
+    below, alone, in ``nn.Sequential`` or a list, are read directly from their weights. The model
+    takes batch-first input (B, T, I) whatever ``batch_first`` says. A GRU passes its output
+    sequence on (``output`` of ``nn.GRU``); ``last_step=True`` keeps only the last time step
+    after the last GRU, as ``output[:, -1]`` does.
+
+    **With** ``example_input`` (a tensor or array, or a tuple of them for a ``forward`` of several
+    arguments): any module whose ``forward`` uses operations grurt supports — residual ``o + h``,
+    ``torch.cat``, ``torch.flip``, gating products, several inputs and outputs, ``forward(x, h0)``
+    returning ``(y, h_n)``. The module is traced by ``torch.onnx.export`` (TorchScript exporter,
+    opset 17) into the ONNX importer (docs/onnx.md), with batch and time dynamic. The inputs
+    take the names of ``forward``'s parameters; the outputs are named ``output`` (a tensor) or
+    ``output_0``, ``output_1``, ... (a tuple). Sequences are batch first, (B, T, I), in grurt
+    whatever the module takes; ``last_step`` does not apply (the forward says what it returns).
+    A module that is one path keeps its states as ``run(initial_state=..., return_state=True)``
+    (an ``h0`` argument then is ``initial_state``, as for ONNX files); a graph takes and gives
+    them as named inputs and outputs, (L·D, B, H) as in torch.
+
+    ``input_scaler`` and ``output_scaler`` fold fitted scikit-learn scalers in, as in
+    :func:`from_keras` (a model that is one chain only).
 
     A ``GRUCell`` is a GRU layer of one direction that returns its final state:
     ``model.run(x[:, None], initial_state=[h[None]])`` is ``cell(x, h)``, and a stream steps it.
@@ -158,7 +176,21 @@ def from_torch(module, last_step: bool = False, input_scaler=None, output_scaler
 
     ``weights`` ("float32", "bf16", "int8"): how the GRU weights are stored, see :mod:`grurt.precision`.
     """
-    return Model(spec_from_torch(module, last_step, input_scaler, output_scaler), weights)
+    if example_input is None:
+        return Model(spec_from_torch(module, last_step, input_scaler, output_scaler), weights)
+    if last_step:
+        raise UnsupportedModelError("last_step applies to modules converted without example_input; with one, "
+                                    "the module's forward says which steps it returns")
+    from .torch_export import graph_from_torch
+
+    result = graph_from_torch(module, example_input)
+    if input_scaler is not None or output_scaler is not None:
+        if not result.chain:
+            raise UnsupportedModelError("input_scaler/output_scaler fold into a model that is one chain of layers; "
+                                        "this module is a graph")
+        spec = with_scalers(result.spec, input_scaler, output_scaler)
+        return Model(Graph.from_chain(spec, result.graph.input_names[0], result.graph.output_names[0]), weights)
+    return Model(result.graph, weights)
 
 
 def spec_from_torch(module, last_step: bool = False, input_scaler=None, output_scaler=None) -> ModelSpec:
@@ -185,7 +217,8 @@ def spec_from_torch(module, last_step: bool = False, input_scaler=None, output_s
         if last_step and index == last_gru:
             layers.append(LastStep())
     if last_gru is None and first_cell is None:
-        raise UnsupportedModelError("the torch model contains no nn.GRU or nn.GRUCell")
+        raise UnsupportedModelError("the torch model contains no nn.GRU or nn.GRUCell (a module with its own "
+                                    "forward converts with an example: grurt.from_torch(module, example_input))")
     spec = ModelSpec(input_size=_first_input(layers), layers=tuple(layers))
     return with_scalers(spec, input_scaler, output_scaler)
 

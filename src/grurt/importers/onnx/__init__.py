@@ -39,7 +39,7 @@ from ...errors import GrurtError, InputError, ModelFormatError, UnsupportedModel
 from ...model import Model
 from ...spec import LastStep
 from .conv import _ConvOps, _TooShort
-from .graph import _Mismatch
+from .graph import _Layout, _Mismatch
 from .gru import _GRUOp
 from .norm import _NormOps
 from .ops import _Ops
@@ -64,6 +64,7 @@ def _interpret(source, fixed=None, probe=0):
     for _, _, dims in source.inputs:
         params += [d for d in dims if isinstance(d, str) and d not in params]
     links = {}
+    time_major = frozenset()
     longer = 0      # added to the probe sizes while a convolution or pool finds too few frames
     while True:
         sizes = {}
@@ -72,7 +73,11 @@ def _interpret(source, fixed=None, probe=0):
         for param, target in links.items():
             sizes[param] = sizes[target] if isinstance(target, str) else target
         try:
-            return _Importer(source, sizes).run()
+            return _Importer(source, sizes, time_major).run()
+        except _Layout as layout:
+            if layout.inputs & time_major:
+                raise UnsupportedModelError(str(layout)) from None
+            time_major |= layout.inputs
         except _TooShort as short:
             if longer >= 1024 or not params:
                 raise ModelFormatError(f"{short} (the graph's input is too short for it)") from None
@@ -112,19 +117,21 @@ def _warn(model, result):
             "torch.nn.GRU needs linear_before_reset=1: torch.onnx.export(dynamo=True) with onnxscript older than "
             "0.7.1 drops it, and the file (in onnxruntime too) computes a different GRU than the torch model. "
             "Re-export with pip install 'onnxscript>=0.7.1', or use grurt.from_torch on the module.", stacklevel=3)
-    if result.lengths_input and any(isinstance(layer, LastStep) for layer in result.spec.layers):
+    if result.lengths_input and any(isinstance(node.layer, LastStep) for node in result.graph.nodes):
         warnings.warn("the graph takes sequence_lens and selects the last time step: grurt's last step is each "
                       "sequence's last valid step, where the ONNX graph reads step T-1 (padding) of shorter "
                       "sequences", stacklevel=3)
 
 
 def load_onnx(path):
-    """Read an ONNX file holding a GRU network into a :class:`grurt.Model`. See docs/onnx.md.
+    """Read an ONNX file holding GRU networks into a :class:`grurt.Model`. See docs/onnx.md.
 
-    The model takes batch-first input (B, T, I) whatever the graph's layout; a state graph
-    input maps to ``run(initial_state=...)``, state graph outputs to ``return_state=True``
-    and a ``sequence_lens`` input to ``run(lengths=...)``.
+    The model's inputs and outputs have the graph's names; sequences are batch first (B, T, I)
+    whatever the graph's layout. A model that is one path (a chain) maps a state graph input
+    to ``run(initial_state=...)`` and state graph outputs to ``return_state=True``; in a graph
+    (branches, merges, several inputs or outputs) they are named inputs and outputs, states
+    (directions, B, H). A ``sequence_lens`` input maps to ``run(lengths=...)``.
     """
     source, result = _import(path)
     _warn(source.model, result)
-    return Model(result.spec)
+    return Model(result.graph)

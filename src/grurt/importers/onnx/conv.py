@@ -50,40 +50,30 @@ class _ConvOps(_Interpreter):
     # -- where the sequence is --
 
     def _sequence_view(self, where, X, time_axis, channel_axis):
-        """The permutation p with X.ids.transpose(p) = the tip (B, T, C), X having time and
+        """(tensor, p): the sequence X reads whole, with X.ids.transpose(p) its (B, T, C) ids; X has time and
         channels on the given axes and the batch on the third."""
         if not isinstance(X, _Sym) or X.ids.ndim != 3:
             raise UnsupportedModelError(f"{where}: expects a 3-D sequence (batch, channels, time) computed from "
                                         "the model's input")
         perm = (3 - time_axis - channel_axis, time_axis, channel_axis)
         canon = X.ids.transpose(perm)
-        if self.tip is None:
-            self._start(where, canon)
-        if self.batch_first is None:     # the first layer over time tells which input axis is time
-            if np.array_equal(canon, self.tip):
-                self.batch_first = True
-            elif canon.shape == self.tip.transpose(1, 0, 2).shape and np.array_equal(canon,
-                                                                                     self.tip.transpose(1, 0, 2)):
-                self.batch_first = False
-                self.tip = self.tip.transpose(1, 0, 2)
-            else:
-                raise UnsupportedModelError(f"{where}: its input is not the graph's input sequence as (batch, time, "
-                                            "channels) or (time, batch, channels) transposed")
-        if not self.has_time:
+        tensor, rows, features = self._rows(where, canon)
+        if not tensor.has_time:
             raise UnsupportedModelError(f"{where}: its input has no time axis (an earlier layer removed it)")
-        if canon.shape != self.tip.shape or not np.array_equal(canon, self.tip):
+        batch, steps = canon.shape[:2]
+        reversed_ = self._time_order(where, tensor, rows.reshape(batch, steps).T.ravel(), steps, batch, "its input")
+        if reversed_ or canon.shape != tensor.ids.shape or not np.array_equal(features, np.arange(tensor.features)):
             raise UnsupportedModelError(f"{where}: its input is not the previous layer's whole sequence with "
                                         f"channels on axis {channel_axis} and time on axis {time_axis}")
-        return perm
+        return tensor, perm
 
-    def _push_time(self, where, layer, features):
-        """Append a layer over time; the tip becomes fresh ids (B, T_out, features)."""
-        batch, steps = self.tip.shape[:2]
+    def _push_time(self, where, layer, tensor, features):
+        """A layer over time; its output tensor (B, T_out, features)."""
+        batch, steps = tensor.ids.shape[:2]
         out = layer.output_steps(steps)
         if out < 1:
             raise _TooShort(f"{where}: the input's {steps} frames are fewer than the window of {layer.span} frames")
-        self.layers.append(layer)
-        self.tip = self._new_ids((batch, out, features))
+        return self._add(layer, [tensor], (batch, out, features), True)
 
     @staticmethod
     def _one(where, attrs, name, default):
@@ -123,13 +113,13 @@ class _ConvOps(_Interpreter):
             raise ModelFormatError(f"{where}: kernel_shape [{k}] does not match W of shape {W.shape}")
         stride, dilation = self._one(where, attrs, "strides", 1), self._one(where, attrs, "dilations", 1)
         bias = np.zeros(W.shape[0]) if B is None else np.asarray(self._const(where, B, "B"), np.float64)
-        perm = self._sequence_view(where, X, 2, 1)
+        tensor, perm = self._sequence_view(where, X, 2, 1)
         layer = Conv1D(W=W, b=bias, stride=stride, dilation=dilation, groups=attrs.get("group", 1),
                        padding=self._padding(where, attrs, (k - 1) * dilation + 1, stride))
-        if layer.in_channels != self.tip.shape[-1]:
-            raise ModelFormatError(f"{where}: W takes {layer.in_channels} input channels, X has {self.tip.shape[-1]}")
-        self._push_time(where, layer, layer.out_channels)
-        return [_Sym(self.tip.transpose(np.argsort(perm)))]
+        if layer.in_channels != tensor.features:
+            raise ModelFormatError(f"{where}: W takes {layer.in_channels} input channels, X has {tensor.features}")
+        out = self._push_time(where, layer, tensor, layer.out_channels)
+        return [_Sym(out.ids.transpose(np.argsort(perm)))]
 
     def _pool(self, where, inputs, attrs, n_out, mode):
         if n_out > 1:
@@ -142,11 +132,11 @@ class _ConvOps(_Interpreter):
             raise ModelFormatError(f"{where}: kernel_shape is required")
         size = self._one(where, attrs, "kernel_shape", None)
         stride = self._one(where, attrs, "strides", 1)
-        perm = self._sequence_view(where, inputs[0], 2, 1)
+        tensor, perm = self._sequence_view(where, inputs[0], 2, 1)
         layer = Pool1D(mode, size, stride, self._padding(where, attrs, size, stride),
                        count_include_pad=bool(attrs.get("count_include_pad", 0)))
-        self._push_time(where, layer, self.tip.shape[-1])
-        return [_Sym(self.tip.transpose(np.argsort(perm)))]
+        out = self._push_time(where, layer, tensor, tensor.features)
+        return [_Sym(out.ids.transpose(np.argsort(perm)))]
 
     def _op_MaxPool(self, where, inputs, attrs, n_out):
         return self._pool(where, inputs, attrs, n_out, "max")
@@ -205,6 +195,6 @@ class _ConvOps(_Interpreter):
         left, right = pads[time_axis], pads[rank + time_axis]
         if left < 0 or right < 0:
             raise UnsupportedModelError(f"{where}: negative pads={pads} (cropping) are not supported")
-        perm = self._sequence_view(where, X, time_axis, 3 - time_axis)
-        self._push_time(where, ZeroPad1D(left, right), self.tip.shape[-1])
-        return [_Sym(self.tip.transpose(np.argsort(perm)))]
+        tensor, perm = self._sequence_view(where, X, time_axis, 3 - time_axis)
+        out = self._push_time(where, ZeroPad1D(left, right), tensor, tensor.features)
+        return [_Sym(out.ids.transpose(np.argsort(perm)))]

@@ -3,24 +3,30 @@
 Exporters wrap a GRU in Transpose/Squeeze/Reshape/Slice/Gather/Concat chains, build the
 zero state from ``Shape`` arithmetic and split states out of one input. Rather than match
 patterns, the importer *interprets* the graph once for a small probe size of the dynamic
-dimensions. Every tensor is either
+dimensions. Every ONNX value is either
 
 * a numpy constant (initializers, shape arithmetic: folded as the graph runs), or
-* a :class:`_Sym`: an integer array of **element ids** with the tensor's shape. Each id
-  names one element of a canonical grurt tensor: the sequence input (B, T, I), a layer's
-  output (B, T, F) or (B, F), a GRU's final state (D, B, H) or a state/lengths graph input.
+* a :class:`_Sym`: an integer array of **element ids** with the value's shape. Each id names
+  one element of a canonical grurt tensor (:class:`_Tensor`): a graph input, or a node's
+  output, held in grurt's layout (B, T, F) or (B, F) under a name of the graph being built.
 
 Data-movement ops run on the id arrays with numpy itself, so any combination of them is
-understood. Ops that compute (GRU, Gemm, MatMul, activations, per-feature Mul/Add) check
-that their input is the current end of the layer chain (the *tip*), read the arrangement
-of its rows and features from the ids and append a canonical layer. Feature permutations
-and selections fold into the weights. Anything else raises an error that names it.
+understood. Ops that compute (GRU, Gemm, MatMul, activations, merges, ...) find which canonical
+tensors their operands' ids belong to (:meth:`_Interpreter._find`), read the arrangement of
+rows and features from the ids and add a node to the graph: feature permutations and
+selections fold into weights, or become ``Slice``/``Concat`` nodes where tensors meet; reading
+only the last time step adds ``LastStep``, a time flip ``Reverse``. Anything else raises an
+error that names the node.
 
-Dynamic graphs are interpreted at two different probe sizes and must give the same model:
-a graph whose meaning depends on the size (a hard-coded time index, say) is refused.
+A sequence input's time axis is known once a layer over time (GRU, Conv, pool) reads it; until
+then it is taken as batch first. A layer that finds it time-major raises :class:`_Layout` and the
+driver interprets again with that input transposed. Dynamic graphs are interpreted at two
+probe sizes and must give the same model: a graph whose meaning depends on the size (a
+hard-coded time index, say) is refused.
 
-This module holds the interpreter's core: the id arrays, the dispatch of nodes to handlers
-(:mod:`.ops`, :mod:`.gru`), and the canonical layer chain the handlers append to.
+This module holds the core: ids, canonical tensors, the nodes, and the dispatch of ONNX nodes
+to handlers (:mod:`.ops`, :mod:`.gru`, :mod:`.norm`, :mod:`.conv`); :mod:`.build` turns the
+result into a :class:`grurt.graph.Graph`.
 """
 from __future__ import annotations
 
@@ -30,8 +36,9 @@ import math
 import numpy as np
 
 from ...errors import GrurtError, ModelFormatError, UnsupportedModelError
+from ...graph import Concat, Slice
 from ...limits import MAX_IDS, MAX_PARAMETERS
-from ...spec import GRU, Dense, LastStep, ModelSpec, Reverse, Scale, append_folded
+from ...spec import Dense, LastStep, Reverse, Scale
 from .proto import _DEFAULT_DOMAINS, _attributes, _live_nodes
 
 _LOOP_HINT = {"Loop": " (tf2onnx writes Keras GRUs other than sigmoid/reset_after=True as a Loop)",
@@ -39,7 +46,7 @@ _LOOP_HINT = {"Loop": " (tf2onnx writes Keras GRUs other than sigmoid/reset_afte
 
 
 class _Sym:
-    """A tensor computed from the model's inputs: the ids of its elements, in its shape."""
+    """A value computed from the model's inputs: the ids of its elements, in its shape."""
 
     __slots__ = ("ids", "integer")
 
@@ -60,40 +67,51 @@ class _Mismatch(Exception):
         self.expected, self.got = expected, got
 
 
-def _lookup(ids, canonical):
-    """Flat position of each id within the array ``canonical``; -1 where it is not there."""
-    lo = canonical.min()
-    inverse = np.full(canonical.max() - lo + 2, -1, np.int64)   # the last slot answers "absent"
-    inverse[canonical.ravel() - lo] = np.arange(canonical.size)
-    relative = ids - lo
-    relative[(relative < 0) | (relative >= inverse.size - 1)] = inverse.size - 1
-    return inverse[relative]
+class _Layout(Exception):
+    """Sequence inputs found time-major (T, B, ...): the driver interprets again with them transposed."""
+
+    def __init__(self, inputs, message):
+        super().__init__(message)
+        self.inputs = frozenset(inputs)
 
 
-def _positions(ids, canonical):
-    """Flat positions of ``ids`` within ``canonical``, or None if any is not in it."""
-    if ids.size == 0:
-        return None
-    positions = _lookup(ids, canonical)
-    return None if (positions < 0).any() else positions
+@dataclasses.dataclass(eq=False)
+class _Tensor:
+    """A canonical tensor: ``ids`` in grurt's layout, (B, T, F) or (B, F) ((B, T) for token ids).
+    ``origins``: the sequence inputs whose (B, T) grid it shares while their time axis is unconfirmed."""
+
+    name: str
+    ids: np.ndarray
+    has_time: bool
+    origins: frozenset
+    inverse: np.ndarray = dataclasses.field(repr=False)    # position in ids.ravel() of id start + k
+
+    @property
+    def start(self):
+        return int(self.ids.min())
+
+    @property
+    def features(self):
+        return self.ids.shape[-1]
+
+    def describe(self):
+        return f"'{self.name}' ({', '.join(('B', 'T', str(self.features)) if self.has_time else ('B', str(self.features)))})"
 
 
-@dataclasses.dataclass
-class _Import:
-    spec: ModelSpec
-    sequence_input: str
-    batch_first: bool
-    state_inputs: dict        # GRU layer index -> (input name, ids of its state (D, B, H) in that input)
-    lengths_input: object     # name of the sequence_lens graph input, or None
-    tip: np.ndarray           # ids of the model output, grurt layout
-    states: list              # ids of each GRU layer's final state (D, B, H)
-    inputs: dict              # graph input name -> ids
-    outputs: dict             # graph output name -> ids
-    lbr0_nodes: list          # names of GRU nodes with linear_before_reset=0
+@dataclasses.dataclass(eq=False)
+class _Node:
+    layer: object
+    inputs: list
+    outputs: list
 
-    def signature(self):
-        return ([layer.describe() for layer in self.spec.layers], self.spec.input_size, self.sequence_input,
-                self.batch_first, sorted((k, v[0]) for k, v in self.state_inputs.items()), self.lengths_input)
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class _RawInput:
+    """A graph input not yet read: its ids in the graph's shape and whether it holds integers."""
+
+    name: str
+    ids: np.ndarray
+    integer: bool
 
 
 class _Interpreter:
@@ -105,22 +123,30 @@ class _Interpreter:
 
     ATTRIBUTES = {}
 
-    def __init__(self, source, sizes):
+    def __init__(self, source, sizes, time_major=frozenset()):
         self.model, self.folder, self.opset = source.model, source.folder, source.opset
+        self.time_major = frozenset(time_major)   # sequence inputs known to be (T, B, ...)
         self.next_id = 0
+        self.starts, self.owners = [], []         # id ranges: first id, owner (_Tensor or _RawInput)
         self.values = dict(source.constants)
-        self.inputs = {}          # name -> (ids block, integer?)
-        self.layers = []
-        self.tip = None           # ids of the chain's current end: (B, T, F) or (B, F)
-        self.has_time = True
-        self.batch_first = None   # known once the first GRU reads the sequence
-        self.sequence_input = None
-        self.states, self.state_inputs, self.lengths, self.lbr0_nodes = [], {}, [], []
+        self.raw = {}                             # graph input name -> _RawInput
+        self.claimed = {}                         # graph input name -> (kind, _Tensor or None, directions)
+        self.nodes, self.cache = [], {}
+        self.names = set()
+        self.confirmed = set()                    # sequence inputs whose time axis a layer over time read
+        self.state_batch_axis = {}                # state input -> axis of its batch in the graph's shape
+        self.grus, self.lengths, self.lbr0_nodes = [], [], []
+        self.hint = "t"
         for name, dtype, dims in source.inputs:
             shape = tuple(d if isinstance(d, int) else sizes[d] for d in dims)
             ids = self._new_ids(shape, f"graph input '{name}'")
-            self.inputs[name] = (ids, dtype.kind != "f")
-            self.values[name] = _Sym(ids, dtype.kind != "f")
+            raw = _RawInput(name, ids, dtype.kind != "f")
+            self._register(ids, raw)
+            self.raw[name] = raw
+            self.names.add(name)
+            self.values[name] = _Sym(ids, raw.integer)
+
+    # -- ids and tensors --
 
     def _new_ids(self, shape, what="a tensor"):
         count = math.prod(shape)
@@ -130,6 +156,207 @@ class _Interpreter:
         ids = np.arange(self.next_id, self.next_id + count, dtype=np.int64).reshape(shape)
         self.next_id += count
         return ids
+
+    def _register(self, ids, owner):
+        if ids.size:
+            self.starts.append(int(ids.min()))
+            self.owners.append(owner)
+
+    def _name(self, suffix=""):
+        base = self.hint + suffix
+        name, k = base, 1
+        while name in self.names:
+            k += 1
+            name = f"{base}:{k}"
+        self.names.add(name)
+        return name
+
+    def _tensor(self, ids, has_time, origins=frozenset(), name=None, owner_of=None):
+        """A canonical tensor over ``ids`` (fresh ones, or a graph input's claimed as they are)."""
+        flat = ids.ravel()
+        inverse = np.empty(flat.size, np.int64)
+        inverse[flat - flat.min()] = np.arange(flat.size)
+        tensor = _Tensor(name or self._name(), ids, has_time, frozenset(origins), inverse)
+        if owner_of is None:
+            self._register(ids, tensor)
+        else:
+            self.owners[owner_of] = tensor
+        return tensor
+
+    def _add(self, layer, inputs, shape, has_time, origins=frozenset(), suffix=""):
+        """Append a node of ``layer`` over the tensors ``inputs``; returns its fresh output tensor."""
+        out = self._tensor(self._new_ids(shape), has_time, origins, self._name(suffix))
+        self.nodes.append(_Node(layer, [t.name for t in inputs], [out.name]))
+        return out
+
+    def _layer(self, layer, tensor, features=None):
+        """A layer that keeps the (B, T) grid of ``tensor``, giving ``features`` (default: the same)."""
+        shape = tensor.ids.shape[:-1] + (features or tensor.features,)
+        return self._add(layer, [tensor], shape, tensor.has_time, tensor.origins)
+
+    def _time_known(self, tensor):
+        return tensor.has_time and not (tensor.origins - self.confirmed)
+
+    def _owner_indices(self, ids):
+        return np.searchsorted(np.asarray(self.starts), ids, side="right") - 1
+
+    # -- finding what a value reads --
+
+    def _claim(self, where, raw, kind="data"):
+        """A graph input read for the first time becomes a canonical tensor: a sequence (B, T, F), a
+        vector (B, F), token ids (B, T) (``kind`` "ids") or a state (``kind`` "state", see .gru)."""
+        index = self.owners.index(raw)
+        ids = raw.ids
+        if kind == "ids":
+            if ids.ndim != 2:
+                raise UnsupportedModelError(f"{where}: graph input '{raw.name}' has shape {ids.shape}; grurt "
+                                            "reads token ids (batch, time) or (time, batch)")
+            time_major = raw.name in self.time_major
+            tensor = self._tensor(ids.T if time_major else ids, True, {raw.name}, raw.name, index)
+            self.claimed[raw.name] = ("ids", tensor, 1)
+            return tensor
+        if raw.integer:
+            raise UnsupportedModelError(f"{where}: reads the integer graph input '{raw.name}' as data; grurt "
+                                        "reads integer inputs as token ids (Gather from a table) or sequence_lens")
+        if ids.ndim == 3:
+            time_major = raw.name in self.time_major
+            tensor = self._tensor(ids.transpose(1, 0, 2) if time_major else ids, True, {raw.name}, raw.name, index)
+            self.claimed[raw.name] = ("sequence", tensor, 1)
+        elif ids.ndim == 2:
+            tensor = self._tensor(ids, False, (), raw.name, index)
+            self.claimed[raw.name] = ("vector", tensor, 1)
+        else:
+            raise UnsupportedModelError(f"{where}: graph input '{raw.name}' has shape {ids.shape}; grurt reads "
+                                        "sequences (batch, time, features) or (time, batch, features), vectors "
+                                        "(batch, features) and states (directions, batch, hidden)")
+        return tensor
+
+    def _owners(self, where, ids):
+        """The canonical tensors holding ``ids`` (claiming graph inputs read for the first time), in the
+        order they first appear, and the index of each element's tensor among them."""
+        indices = self._owner_indices(ids.ravel())
+        unique, first, which = np.unique(indices, return_index=True, return_inverse=True)
+        order = np.argsort(first)
+        rank = np.empty_like(order)
+        rank[order] = np.arange(order.size)
+        tensors = []
+        for i in unique[order]:
+            owner = self.owners[i]
+            tensors.append(self._claim(where, owner) if isinstance(owner, _RawInput) else owner)
+        return tensors, rank[which]
+
+    def _positions_in(self, ids, tensors, which):
+        """Flat positions of ``ids`` in the tensors (each element in tensor ``which``)."""
+        flat = ids.ravel()
+        positions = np.empty(flat.size, np.int64)
+        for k, tensor in enumerate(tensors):
+            mask = which == k
+            positions[mask] = tensor.inverse[flat[mask] - tensor.start]
+        return positions
+
+    def _find(self, where, ids):
+        """(tensor, flat positions shaped as ``ids``): the one canonical tensor holding ``ids``. Ids from
+        several tensors side by side make a ``Concat``; reading only the last step a ``LastStep``."""
+        if ids.size == 0:
+            raise UnsupportedModelError(f"{where}: reads an empty tensor")
+        tensors, which = self._owners(where, ids)
+        positions = self._positions_in(ids, tensors, which)
+        if len(tensors) > 1:
+            tensor = self._concat(where, tensors)
+            offsets = np.cumsum([0] + [t.features for t in tensors])
+            sizes = np.array([t.features for t in tensors])
+            rows, features = np.divmod(positions, sizes[which])
+            positions = rows * tensor.features + offsets[which] + features
+        else:
+            tensor = tensors[0]
+        positions = positions.reshape(ids.shape)
+        if tensor.ids.ndim == 2 and tensor.has_time:   # token ids: read only by an embedding
+            raise UnsupportedModelError(f"{where}: reads the token ids of graph input '{tensor.name}' as data; "
+                                        "grurt reads token ids only by a Gather from a table (an embedding)")
+        features = tensor.features
+        rows = np.unique(positions // features)
+        if rows.size == tensor.ids.size // features:
+            return tensor, positions
+        # only the time axis may be partly read, once known, and then only its last step
+        if self._time_known(tensor):
+            batch, steps = tensor.ids.shape[:2]
+            if np.array_equal(rows, np.arange(batch) * steps + steps - 1):
+                last = self._cached(("last", tensor.name), lambda: self._add(
+                    LastStep(), [tensor], (batch, features), False, suffix=":last"))
+                b, f = np.divmod(positions, steps * features)
+                return last, b * features + f % features
+        raise UnsupportedModelError(f"{where}: reads part of the batch or of the time steps; grurt "
+                                    "supports the whole sequence or its last step")
+
+    def _cached(self, key, make):
+        if key not in self.cache:
+            self.cache[key] = make()
+        return self.cache[key]
+
+    def _concat(self, where, tensors):
+        """The tensors side by side on the feature axis, as a Concat node."""
+        grids = {(t.ids.shape[:-1], t.has_time) for t in tensors}
+        if len(grids) != 1 or any(t.ids.ndim == 2 and t.has_time for t in tensors):
+            raise UnsupportedModelError(f"{where}: joins tensors {', '.join(t.describe() for t in tensors)} "
+                                        "other than side by side on the feature axis")
+        first = tensors[0]
+        features = sum(t.features for t in tensors)
+        origins = frozenset().union(*(t.origins for t in tensors))
+        return self._cached(("concat",) + tuple(t.name for t in tensors), lambda: self._add(
+            Concat(), tensors, first.ids.shape[:-1] + (features,), first.has_time, origins, ":concat"))
+
+    def _rows(self, where, ids):
+        """(tensor, its row for each line of ``ids`` along the last axis, its features along that axis)."""
+        ids = self._unflipped(where, ids)
+        tensor, positions = self._find(where, ids)
+        if ids.ndim == 0:
+            raise UnsupportedModelError(f"{where}: expects features on the last axis, got a scalar")
+        lines = positions.reshape(-1, ids.shape[-1])
+        rows, features = np.divmod(lines, tensor.features)
+        if not ((rows == rows[:, :1]).all() and (features == features[:1]).all()
+                and np.unique(features[0]).size == features.shape[1] and np.unique(rows[:, 0]).size == rows.shape[0]):
+            raise UnsupportedModelError(f"{where}: its last axis does not hold the features of one time step")
+        return tensor, rows[:, 0], features[0]
+
+    def _unflipped(self, where, ids):
+        """``ids`` whose lines join sequences read in time order with others read reversed (a torch.flip of one
+        branch): the reversed ones read through a ``Reverse`` of them, in time order."""
+        if ids.ndim < 2:
+            return ids
+        tensors, which = self._owners(where, ids)
+        if len(tensors) < 2 or not all(self._time_known(t) for t in tensors) \
+                or len({t.ids.shape[:2] for t in tensors}) != 1:
+            return ids
+        positions = self._positions_in(ids, tensors, which)
+        steps = tensors[0].ids.shape[1]
+        time = (positions // np.array([t.features for t in tensors])[which] % steps).reshape(-1, ids.shape[-1])
+        which = which.reshape(-1, ids.shape[-1])
+        first = time[:, :1]
+        flat = ids.reshape(-1, ids.shape[-1]).copy()
+        for k, tensor in enumerate(tensors):
+            mask = which == k
+            line_first = np.broadcast_to(first, time.shape)[mask]
+            if np.array_equal(time[mask], line_first) or not np.array_equal(time[mask], steps - 1 - line_first):
+                continue
+            b, t, f = np.unravel_index(tensor.inverse[flat[mask] - tensor.start], tensor.ids.shape)
+            flat[mask] = self._reverse(tensor).ids[b, steps - 1 - t, f]
+        return flat.reshape(ids.shape)
+
+    def _aligned(self, where, value):
+        """(tensor, row of each line): a canonical tensor whose features are exactly ``value``'s last axis,
+        in its order: the tensor read, a ``Slice`` of it, or a selection ``Dense``."""
+        tensor, rows, features = self._rows(where, value.ids)
+        if np.array_equal(features, np.arange(tensor.features)):
+            return tensor, rows
+        begin, end = int(features[0]), int(features[0]) + features.size
+        if np.array_equal(features, np.arange(begin, end)):
+            part = self._cached(("slice", tensor.name, begin, end), lambda: self._add(
+                Slice(begin, end), [tensor], tensor.ids.shape[:-1] + (end - begin,), tensor.has_time,
+                tensor.origins, ":slice"))
+            return part, rows
+        select = np.zeros((features.size, tensor.features))
+        select[np.arange(features.size), features] = 1.0
+        return self._layer(Dense(W=select, b=np.zeros(features.size)), tensor, features.size), rows
 
     # -- driving --
 
@@ -150,9 +377,10 @@ class _Interpreter:
                                            "or the output of an earlier node")
                 inputs.append(self.values[name] if name else None)
             attrs = _attributes(node, self.ATTRIBUTES[node.op_type], self.folder, where)
+            self.hint = next((name for name in node.output if name), node.name or node.op_type)
             try:
                 outputs = handler(where, inputs, attrs, len(node.output))
-            except _Mismatch:
+            except (_Mismatch, _Layout):
                 raise
             except GrurtError as exc:     # errors from the spec's checks do not know the node
                 if where in str(exc):
@@ -165,192 +393,89 @@ class _Interpreter:
                     if isinstance(value, np.ndarray) and value.size > MAX_PARAMETERS:
                         raise ModelFormatError(f"{where}: result of {value.size} elements is too large")
                     self.values[name] = value
-        return self._finish()
+        from .build import build
+        return build(self)
 
     def _handler(self, op_type):
         """The method that interprets nodes of ``op_type``, or None."""
         return getattr(self, "_op_" + op_type, None)
 
-    def _finish(self):
-        if not self.states:
-            raise UnsupportedModelError("the graph contains no GRU node that reaches an output")
-        outputs = {}
-        for info in self.model.graph.output:
-            value = self.values[info.name]
-            if not isinstance(value, _Sym):
-                raise UnsupportedModelError(f"graph output '{info.name}' is a constant")
-            outputs[info.name] = value.ids
-        inside = {name: _positions(ids, self.tip) is not None for name, ids in outputs.items()}
-        if not any(inside.values()) and self._open_gru():
-            # no output reads the last GRU's sequence: the model's output is its final state
-            if any(_positions(ids, self.states[-1]) is not None for ids in outputs.values()):
-                self._close_gru()
-                inside = {name: _positions(ids, self.tip) is not None for name, ids in outputs.items()}
-        main = [name for name, flag in inside.items() if flag]
-        if len(main) > 1:
-            raise UnsupportedModelError(f"graph outputs {main} all carry the model's output; grurt returns "
-                                        "one output (and the GRU states)")
-        if main:
-            outputs[main[0]] = self._output(main[0], outputs[main[0]])
-        covered = np.zeros(self.tip.size, bool)
-        for name, ids in outputs.items():
-            in_tip = _lookup(ids.ravel(), self.tip)
-            known = (in_tip >= 0) | np.any([_lookup(ids.ravel(), s) >= 0 for s in self.states], axis=0)
-            if not known.all():
-                raise UnsupportedModelError(
-                    f"graph output '{name}' is neither the model's output nor GRU states (an intermediate "
-                    "result, or a branch of the graph grurt cannot run)")
-            covered[in_tip[in_tip >= 0]] = True
-        if not covered.all():
-            raise UnsupportedModelError("the model's output is not among the graph outputs")
-        if self.lengths and (len(self.lengths) != len(self.states) or len(set(self.lengths)) != 1):
-            raise UnsupportedModelError("sequence_lens must be one graph input given to every GRU node; "
-                                        "grurt applies one lengths array to all layers")
-        ids_block, takes_ids = self.inputs[self.sequence_input]     # an integer input is token ids (Embedding)
-        layers = []
-        append_folded(layers, self.layers)    # BatchNormalization into a Conv, Relu into a Conv, Pad into a Conv
-        spec = ModelSpec(input_size=None if takes_ids else ids_block.shape[-1], layers=tuple(layers))
-        return _Import(spec, self.sequence_input, self.batch_first, self.state_inputs,
-                       self.lengths[0] if self.lengths else None, self.tip, self.states,
-                       {name: ids for name, (ids, _) in self.inputs.items()}, outputs, self.lbr0_nodes)
-
-    def _output(self, name, ids):
-        """The model's output: drop unread steps and features, so that it is exactly the graph output."""
-        where = f"graph output '{name}'"
-        positions = self._locate(where, ids)
-        features = self.tip.shape[-1]
-        lines = positions.reshape(-1, ids.shape[-1]) if ids.ndim else positions.reshape(1, 1)
-        rows, line_features = np.divmod(lines, features)
-        if (rows == rows[:, :1]).all() and (line_features == line_features[:1]).all():
-            # the last axis holds the features: keep those it shows, in its order, with a selection matrix
-            if not np.array_equal(line_features[0], np.arange(features)):
-                ids = self._dense(where, _Sym(ids), np.eye(ids.shape[-1]), 0.0).ids
-                positions = _positions(ids, self.tip)
-        elif np.unique(line_features).size != features:   # features spread over axes, e.g. Y (T, D, B, H)
-            raise UnsupportedModelError(f"{where}: holds some of the features, not on its last axis")
-        if np.unique(positions).size != positions.size or positions.size != self.tip.size:
-            raise UnsupportedModelError(f"{where}: repeats elements of the model's output")
-        return ids
-
-    # -- the layer chain --
-
-    def _open_gru(self):
-        return bool(self.layers) and isinstance(self.layers[-1], GRU) and self.layers[-1].return_sequences
-
-    def _close_gru(self):
-        """The last GRU's sequence is unused and its final state read on: return_sequences=False."""
-        self.layers[-1] = dataclasses.replace(self.layers[-1], return_sequences=False)
-        state = self.states[-1]
-        self.tip = state.transpose(1, 0, 2).reshape(state.shape[1], -1)
-        self.has_time = False
-
-    def _start(self, where, ids):
-        for name, (block, integer) in self.inputs.items():
-            if not integer and block.size and block.min() <= ids.min() and ids.max() <= block.max():
-                if block.ndim != 3:
-                    raise UnsupportedModelError(f"{where}: graph input '{name}' has shape {block.shape}; grurt "
-                                                "reads sequences (batch, time, features) or (time, batch, features)")
-                self.sequence_input, self.tip = name, block
-                return
-        raise UnsupportedModelError(f"{where}: its input does not come from a graph input")
-
-    def _locate(self, where, ids):
-        """Positions of ``ids`` in the tip; inserts LastStep when only the last step is read."""
-        if self.tip is None:
-            self._start(where, ids)
-        positions = _positions(ids, self.tip)
-        if positions is None and self._open_gru() and _positions(ids, self.states[-1]) is not None:
-            self._close_gru()
-            positions = _positions(ids, self.tip)
-        if positions is None:
-            raise UnsupportedModelError(
-                f"{where}: reads something other than the result of the previous layer; grurt runs a chain of "
-                "layers (no branches, residual connections, or mixing with other inputs)")
-        features = self.tip.shape[-1]
-        rows = np.unique(positions // features)
-        if rows.size == self.tip.size // features:
-            return positions
-        # only the time axis may be partly read, once known, and then only its last step
-        if self.batch_first is not None and self.has_time:
-            batch, steps = self.tip.shape[:2]
-            if np.array_equal(rows, np.arange(batch) * steps + steps - 1):
-                self._push(LastStep())
-                return _positions(ids, self.tip)
-        raise UnsupportedModelError(f"{where}: reads part of the batch or of the time steps; grurt "
-                                    "supports the whole sequence or its last step")
-
-    def _rows(self, where, ids):
-        """(tip row of each line of ``ids`` along its last axis, the tip features along that axis)."""
-        positions = self._locate(where, ids)
-        if ids.ndim == 0:
-            raise UnsupportedModelError(f"{where}: expects features on the last axis, got a scalar")
-        lines = positions.reshape(-1, ids.shape[-1])
-        rows, features = np.divmod(lines, self.tip.shape[-1])
-        if not ((rows == rows[:, :1]).all() and (features == features[:1]).all()
-                and np.unique(features[0]).size == features.shape[1] and np.unique(rows[:, 0]).size == rows.shape[0]):
-            raise UnsupportedModelError(f"{where}: its last axis does not hold the features of one time step")
-        return rows[:, 0], features[0]
-
-    def _push(self, layer, features=None):
-        """Append ``layer``; the tip becomes fresh ids for its output."""
-        self.layers.append(layer)
-        if isinstance(layer, LastStep):
-            self.tip, self.has_time = self.tip[:, -1], False
-        elif isinstance(layer, Reverse):
-            self.tip = self.tip[:, ::-1]
-        else:
-            self.tip = self._new_ids(self.tip.shape[:-1] + (features or self.tip.shape[-1],))
+    # -- layers for the handlers --
 
     def _dense(self, where, value, W, b):
         """A Dense layer over the last axis of ``value``: y = value·Wᵀ + b with W (out, in)."""
         if W.ndim != 2 or W.shape[1] != value.shape[-1]:
             raise ModelFormatError(f"{where}: weight of shape {W.shape} does not fit input of shape {value.shape}")
-        rows, features = self._rows(where, value.ids)
-        full = np.zeros((W.shape[0], self.tip.shape[-1]), np.float64)
+        tensor, rows, features = self._rows(where, value.ids)
+        full = np.zeros((W.shape[0], tensor.features), np.float64)
         full[:, features] = W
-        self._push(Dense(W=full, b=np.broadcast_to(b, (W.shape[0],))), W.shape[0])
-        lines = self.tip.reshape(-1, W.shape[0])[rows]
+        out = self._layer(Dense(W=full, b=np.broadcast_to(b, (W.shape[0],))), tensor, W.shape[0])
+        lines = out.ids.reshape(-1, W.shape[0])[rows]
         return _Sym(lines.reshape(value.shape[:-1] + (W.shape[0],)))
 
     def _elementwise(self, where, value, *steps):
         """Elementwise layers, or (a, c) for the same x·a + c on every feature."""
-        positions = self._locate(where, value.ids)
+        tensor, positions = self._find(where, value.ids)
         for step in steps:
             if isinstance(step, tuple):
-                self._affine(*(np.full(self.tip.shape[-1], k) for k in step))
+                tensor = self._affine(tensor, *(np.full(tensor.features, k) for k in step))
             else:
-                self._push(step)
-        return _Sym(self.tip.reshape(-1)[positions])
+                tensor = self._layer(step, tensor)
+        return _Sym(tensor.ids.reshape(-1)[positions])
 
-    def _affine(self, a, c):
-        """y = x·a + c per feature, folded into a preceding linear Dense or Scale when there is one."""
+    def _affine(self, tensor, a, c):
+        """y = x·a + c per feature (folded into the layer before it when the graph is built)."""
         a, c = np.asarray(a, np.float64), np.asarray(c, np.float64)
         if (a == 1).all() and (c == 0).all():
-            return
-        last = self.layers[-1] if self.layers else None
-        if isinstance(last, Dense) and last.activation.kind == "linear":
-            self.layers[-1] = Dense(W=last.W * a[:, None], b=last.b * a + c)
-        elif isinstance(last, Scale):
-            self.layers[-1] = Scale(a=last.a * a, c=last.c * a + c)
-        else:
-            self.layers.append(Scale(a=a, c=c))
-        self.tip = self._new_ids(self.tip.shape)
+            return tensor
+        return self._layer(Scale(a=a, c=c), tensor)
 
     def _scale_op(self, where, value, a, c):
         """Elementwise x·a + c with constants broadcast over ``value``: must be per-feature."""
         ids = value.ids
         if np.broadcast_shapes(ids.shape, np.shape(a), np.shape(c)) != ids.shape:
             raise UnsupportedModelError(f"{where}: the constant broadcasts the model's data to a larger shape")
-        positions = self._locate(where, ids).ravel()
-        features = positions % self.tip.shape[-1]
-        a_full, c_full = np.ones(self.tip.shape[-1]), np.zeros(self.tip.shape[-1])
+        tensor, positions = self._find(where, ids)
+        positions = positions.ravel()
+        features = positions % tensor.features
+        a_full, c_full = np.ones(tensor.features), np.zeros(tensor.features)
         a_elem = np.broadcast_to(np.asarray(a, np.float64), ids.shape).ravel()
         c_elem = np.broadcast_to(np.asarray(c, np.float64), ids.shape).ravel()
         a_full[features], c_full[features] = a_elem, c_elem
         if not (np.array_equal(a_full[features], a_elem) and np.array_equal(c_full[features], c_elem)):
             raise UnsupportedModelError(f"{where}: the constant varies over time or batch, not only per feature")
-        self._affine(a_full, c_full)
-        return _Sym(self.tip.reshape(-1)[positions].reshape(ids.shape))
+        out = self._affine(tensor, a_full, c_full)
+        return _Sym(out.ids.reshape(-1)[positions].reshape(ids.shape))
+
+    def _merge(self, where, layer, values):
+        """A Combine or Concat-like node over model values of one shape, elementwise."""
+        shapes = [tuple(v.shape) for v in values]
+        if len(set(shapes)) != 1:
+            try:
+                np.broadcast_shapes(*shapes)
+            except ValueError:
+                raise ModelFormatError(f"{where}: combines tensors of incompatible shapes "
+                                       f"{', '.join(map(str, shapes))}") from None
+            raise UnsupportedModelError(f"{where}: combines tensors of shapes {', '.join(map(str, shapes))}; "
+                                        "grurt combines tensors of one shape (no broadcasting)")
+        if any(v.integer for v in values):
+            raise UnsupportedModelError(f"{where}: combines integer tensors")
+        aligned = [self._aligned(where, v) for v in values]
+        first, rows = aligned[0]
+        for k, (tensor, r) in enumerate(aligned):      # a branch read reversed in time (torch.flip)
+            if self._time_known(tensor) and tensor.ids.shape[:2] == first.ids.shape[:2] and not np.array_equal(r, rows):
+                batch, steps = tensor.ids.shape[:2]
+                flipped = (r // steps) * steps + steps - 1 - r % steps
+                if np.array_equal(flipped, rows):
+                    aligned[k] = self._reverse(tensor), rows
+        tensors = [t for t, _ in aligned]
+        if any(t.has_time != first.has_time or t.ids.shape[:-1] != first.ids.shape[:-1]
+               or not np.array_equal(r, rows) for t, r in aligned):
+            raise UnsupportedModelError(f"{where}: combines tensors {', '.join(t.describe() for t in tensors)} "
+                                        "whose batch and time steps do not correspond")
+        origins = frozenset().union(*(t.origins for t in tensors))
+        out = self._add(layer, tensors, first.ids.shape, first.has_time, origins)
+        return _Sym(out.ids.reshape(-1, first.features)[rows].reshape(shapes[0]))
 
     # -- helpers for handlers --
 
@@ -378,3 +503,25 @@ class _Interpreter:
         if isinstance(value, _Sym):
             return _Sym(fn(value.ids), value.integer)
         return fn(np.asarray(value))
+
+    def _reverse(self, tensor):
+        return self._cached(("reverse", tensor.name), lambda: self._add(
+            Reverse(), [tensor], tensor.ids.shape, True, tensor.origins, ":reversed"))
+
+    def _time_order(self, where, tensor, rows, steps, batch, what):
+        """Whether ``rows`` (steps·batch rows of ``tensor``, time major) read its sequence reversed in time;
+        _Layout when the grid of an input not yet confirmed is (T, B); else an error naming ``what``."""
+        grid = tensor.ids.shape[:2]
+        a0, a1 = np.divmod(rows.reshape(steps, batch), grid[1])
+        time, batch_index = np.indices((steps, batch))
+
+        def order(axis):     # 1 in time order, -1 reversed, 0 neither
+            return 1 if np.array_equal(axis, time) else -1 if np.array_equal(axis, steps - 1 - time) else 0
+
+        if grid == (batch, steps) and np.array_equal(a0, batch_index) and order(a1):
+            self.confirmed |= tensor.origins
+            return order(a1) < 0
+        if grid == (steps, batch) and np.array_equal(a1, batch_index) and order(a0) \
+                and tensor.origins - self.confirmed:
+            raise _Layout(tensor.origins - self.confirmed, f"{where}: {what} is time-major")
+        raise UnsupportedModelError(f"{where}: {what} is not the previous layer's sequence in time order")

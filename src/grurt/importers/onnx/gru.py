@@ -24,8 +24,8 @@ from __future__ import annotations
 import numpy as np
 
 from ...errors import ModelFormatError, UnsupportedModelError
-from ...spec import ACTIVATION_DEFAULTS, GRU, Reverse, activation
-from .graph import _Interpreter, _Mismatch, _positions, _Sym
+from ...spec import ACTIVATION_DEFAULTS, GRU, activation
+from .graph import _Interpreter, _Mismatch, _Node, _RawInput, _Sym
 
 # ONNX RNN activation names (case-insensitive) -> grurt kinds
 _RNN_ACTIVATIONS = {
@@ -63,81 +63,89 @@ class _GRUOp(_Interpreter):
         layout, lbr = attrs.get("layout", 0), bool(attrs.get("linear_before_reset", 0))
         f, g = _gru_activations(where, attrs, D)
         if not isinstance(X, _Sym) or X.ids.ndim != 3:
-            raise UnsupportedModelError(f"{where}: X must be the model's 3-D input sequence")
+            raise UnsupportedModelError(f"{where}: X must be a 3-D sequence computed from the model's inputs")
         x = X.ids if layout == 0 else X.ids.transpose(1, 0, 2)      # (T, B, I)
-        rows, features = self._sequence_rows(where, x)
+        tensor, rows, features = self._sequence_rows(where, x)
         if W.shape[-1] != features.size:
             raise ModelFormatError(f"{where}: X has {features.size} features, W expects {W.shape[-1]}")
-        batch, steps = self.tip.shape[:2]
-        self._gru_state(where, initial_h, layout, (D, batch, H))
+        batch, steps = tensor.ids.shape[:2]
+        h0 = self._gru_state(where, initial_h, layout, (D, batch, H))
         self._gru_lengths(where, lengths, batch, steps)
-        W_full = np.zeros((D, 3 * H, self.tip.shape[-1]))
+        W_full = np.zeros((D, 3 * H, tensor.features))
         W_full[:, :, features] = W
-        self._push(GRU(W=W_full, R=R, B=B, direction=direction, linear_before_reset=lbr,
-                       gate_activation=f, candidate_activation=g, clip=attrs.get("clip")), D * H)
+        layer = GRU(W=W_full, R=R, B=B, direction=direction, linear_before_reset=lbr,
+                    gate_activation=f, candidate_activation=g, clip=attrs.get("clip"))
+        y = self._tensor(self._new_ids((batch, steps, D * H)), True, name=self._name())
+        state = self._tensor(self._new_ids((batch, D * H)), False, name=self._name(":h"))
+        self.nodes.append(_Node(layer, [tensor.name] + ([h0.name] if h0 is not None else []), [y.name, state.name]))
+        self.grus.append(self.nodes[-1])
         if not lbr:
             self.lbr0_nodes.append(where)
-        state = self._new_ids((D, batch, H))
-        self.states.append(state)
-        y = self.tip.reshape(batch, steps, D, H)
+        Y = y.ids.reshape(batch, steps, D, H)
+        Y_h = state.ids.reshape(batch, D, H)
         if layout == 0:
-            return [_Sym(y.transpose(1, 2, 0, 3)), _Sym(state)]        # Y (T, D, B, H), Y_h (D, B, H)
-        return [_Sym(y), _Sym(state.transpose(1, 0, 2))]                # Y (B, T, D, H), Y_h (B, D, H)
+            return [_Sym(Y.transpose(1, 2, 0, 3)), _Sym(Y_h.transpose(1, 0, 2))]   # Y (T, D, B, H), Y_h (D, B, H)
+        return [_Sym(Y), _Sym(Y_h)]                                               # Y (B, T, D, H), Y_h (B, D, H)
 
     def _sequence_rows(self, where, x):
-        """Check that x (T, B, I) is the tip's sequence in time order (adding Reverse if it is reversed)."""
-        rows, features = self._rows(where, x)
-        steps, batch = x.shape[:2]
-        if self.batch_first is None:    # the first GRU tells which input axis is time
-            a0, a1 = np.divmod(rows.reshape(steps, batch), self.tip.shape[1])
-            t, b = np.indices((steps, batch))
-
-            def is_time(axis):   # in time order or reversed
-                return np.array_equal(axis, t) or np.array_equal(axis, steps - 1 - t)
-
-            if self.tip.shape[:2] == (batch, steps) and np.array_equal(a0, b) and is_time(a1):
-                self.batch_first = True
-            elif self.tip.shape[:2] == (steps, batch) and np.array_equal(a1, b) and is_time(a0):
-                self.batch_first = False
-                self.tip = self.tip.transpose(1, 0, 2)
-                rows, features = self._rows(where, x)
-            else:
-                raise UnsupportedModelError(f"{where}: X is not the input sequence in time order")
-        if not self.has_time:
+        """(tensor, rows, features) of x (T, B, I): a sequence read in time order (a ``Reverse`` of it
+        when x reads it reversed)."""
+        tensor, rows, features = self._rows(where, x)
+        if not tensor.has_time:
             raise UnsupportedModelError(f"{where}: X has no time axis (an earlier layer removed it)")
-        if self.tip.shape[:2] != (batch, steps):
-            raise UnsupportedModelError(f"{where}: X is not the previous layer's sequence in time order")
-        b, t = np.divmod(rows.reshape(steps, batch), steps)
-        time, batch_index = np.indices((steps, batch))
-        if not np.array_equal(b, batch_index):
-            raise UnsupportedModelError(f"{where}: X mixes the batch and time axes")
-        if not np.array_equal(t, time):
-            if not np.array_equal(t, steps - 1 - time):
-                raise UnsupportedModelError(f"{where}: X is not the previous layer's sequence in time order")
-            self._push(Reverse())
-            rows, features = self._rows(where, x)
-        return rows, features
+        steps, batch = x.shape[:2]
+        if self._time_order(where, tensor, rows, steps, batch, "X"):
+            # x reads the sequence reversed in time: it reads the Reverse of it in time order
+            _, positions = self._find(where, x)
+            b, t, f = np.unravel_index(positions, tensor.ids.shape)
+            tensor, rows, features = self._rows(where, self._reverse(tensor).ids[b, tensor.ids.shape[1] - 1 - t, f])
+        return tensor, rows, features
 
     def _gru_state(self, where, initial_h, layout, shape):
+        """The tensor initial_h reads, as a (B, D·H) vector (directions side by side), or None for zeros."""
         if initial_h is None:
-            return
+            return None
         if not isinstance(initial_h, _Sym):
             if np.any(np.asarray(initial_h) != 0):
                 raise UnsupportedModelError(f"{where}: initial_h is a nonzero constant; grurt takes the initial "
                                             "state at run time (make it a graph input)")
-            return
+            return None
         ids = initial_h.ids if layout == 0 else initial_h.ids.transpose(1, 0, 2)
         if ids.shape != shape:
             if ids.ndim == 3 and (ids.shape[0], ids.shape[2]) == (shape[0], shape[2]):
                 raise _Mismatch(shape[1], ids.shape[1], f"{where}: initial_h has batch size {ids.shape[1]}, "
                                 f"X has {shape[1]}")
             raise ModelFormatError(f"{where}: initial_h has shape {ids.shape}, expected {shape}")
-        for name, (block, integer) in self.inputs.items():
-            if name != self.sequence_input and not integer and _positions(ids, block) is not None:
-                self.state_inputs[len(self.states)] = (name, ids)
-                return
-        raise UnsupportedModelError(f"{where}: initial_h must come from a graph input (or be zero); here it is "
-                                    "computed in the graph (e.g. another GRU's final state)")
+        self._claim_states(where, ids)
+        tensor, rows = self._aligned(where, _Sym(ids.transpose(1, 0, 2).reshape(shape[1], -1)))
+        if tensor.has_time or not np.array_equal(rows, np.arange(shape[1])):
+            raise UnsupportedModelError(f"{where}: initial_h is not a state (directions, batch, hidden) of each "
+                                        "sequence in the batch")
+        return tensor
+
+    def _claim_states(self, where, ids):
+        """Graph inputs read for the first time as initial_h (D, B, H) become state inputs: (N, B, H) (or
+        (B, N, H) with layout 1) → a vector (B, N·H), N states side by side."""
+        flat = ids.ravel()
+        owners = {self.owners[i] for i in np.unique(self._owner_indices(flat))}
+        batch_index = np.indices(ids.shape)[1].ravel()
+        for raw in owners:
+            if not isinstance(raw, _RawInput):
+                continue
+            if raw.integer or raw.ids.ndim != 3:
+                raise UnsupportedModelError(f"{where}: initial_h reads graph input '{raw.name}' of shape "
+                                            f"{raw.ids.shape}; a state input is (directions, batch, hidden)")
+            mask = (flat >= raw.ids.min()) & (flat <= raw.ids.max())
+            coords = np.unravel_index(flat[mask] - raw.ids.min(), raw.ids.shape)
+            axis = next((a for a in (1, 0) if np.array_equal(coords[a], batch_index[mask])), None)
+            if axis is None or raw.ids.shape[axis] != ids.shape[1]:
+                raise UnsupportedModelError(f"{where}: initial_h reads graph input '{raw.name}' of shape "
+                                            f"{raw.ids.shape} other than as states (directions, batch, hidden)")
+            block = raw.ids.transpose(1, 0, 2) if axis == 1 else raw.ids
+            index = self.owners.index(raw)
+            tensor = self._tensor(block.reshape(block.shape[0], -1), False, (), raw.name, index)
+            self.claimed[raw.name] = ("state", tensor, block.shape[1])
+            self.state_batch_axis[raw.name] = axis
 
     def _gru_lengths(self, where, lengths, batch, steps):
         if lengths is None:
@@ -147,14 +155,15 @@ class _GRUOp(_Interpreter):
                 raise UnsupportedModelError(f"{where}: sequence_lens is a constant other than the sequence length; "
                                             "pass lengths= to run() instead (make it a graph input)")
             return
-        for name, (block, integer) in self.inputs.items():
-            if integer and np.array_equal(lengths.ids, block):
-                if block.ndim != 1:
-                    raise ModelFormatError(f"{where}: sequence_lens must be 1-D, got shape {block.shape}")
-                if block.shape[0] != batch:
-                    raise _Mismatch(batch, block.shape[0],
-                                    f"{where}: sequence_lens has {block.shape[0]} entries, X has batch size {batch}")
+        for name, raw in self.raw.items():
+            if raw.integer and np.array_equal(lengths.ids, raw.ids):
+                if raw.ids.ndim != 1:
+                    raise ModelFormatError(f"{where}: sequence_lens must be 1-D, got shape {raw.ids.shape}")
+                if raw.ids.shape[0] != batch:
+                    raise _Mismatch(batch, raw.ids.shape[0],
+                                    f"{where}: sequence_lens has {raw.ids.shape[0]} entries, X has batch size {batch}")
                 self.lengths.append(name)
+                self.claimed[name] = ("lengths", None, 1)
                 return
         raise UnsupportedModelError(f"{where}: sequence_lens must be an integer graph input, used as it is")
 

@@ -35,7 +35,7 @@ import numpy as np
 
 from ...errors import ModelFormatError, UnsupportedModelError
 from ...spec import Embedding, Flatten, GlobalPool, LayerNorm, UnitNorm
-from .graph import _Interpreter, _positions, _Sym
+from .graph import _Interpreter, _RawInput, _Sym
 
 
 @dataclasses.dataclass
@@ -85,25 +85,33 @@ class _NormOps(_Interpreter):
         if attrs.get("axis", 0) != 0 or table.ndim != 2:
             raise UnsupportedModelError(f"{where}: gathers with indices from the model's inputs; grurt reads that "
                                         "as an embedding: rows (axis 0) of a 2-D table")
-        if self.tip is not None or self.layers:
-            raise UnsupportedModelError(f"{where}: an embedding lookup must be the model's first layer")
-        for name, (block, integer) in self.inputs.items():
-            positions = _positions(indices.ids, block) if integer else None
-            if positions is not None and np.unique(positions).size == block.size:
-                if block.ndim != 2:
-                    raise UnsupportedModelError(f"{where}: graph input '{name}' has shape {block.shape}; grurt "
-                                                "reads token ids (batch, time) or (time, batch)")
-                self.sequence_input = name
-                self.layers.append(Embedding(table))
-                self.tip = self._new_ids(block.shape + (table.shape[1],))   # (B, T, E) or (T, B, E)
-                rows = self.tip.reshape(-1, table.shape[1])[positions]
-                return [_Sym(rows.reshape(indices.shape + (table.shape[1],)))]
-        raise UnsupportedModelError(f"{where}: the ids must be an integer graph input (each id read once)")
+        tensors, _ = self._owners(where, indices.ids) if self._raw_ids(where, indices.ids) else (None, None)
+        if tensors is None:
+            raise UnsupportedModelError(f"{where}: the ids must be an integer graph input (each id read once)")
+        ids_input = tensors[0]
+        positions = ids_input.inverse[indices.ids - ids_input.start]
+        if np.unique(positions).size != ids_input.ids.size:
+            raise UnsupportedModelError(f"{where}: the ids must be an integer graph input (each id read once)")
+        out = self._add(Embedding(table), [ids_input], ids_input.ids.shape + (table.shape[1],), True,
+                        ids_input.origins)
+        rows = out.ids.reshape(-1, table.shape[1])[positions]
+        return [_Sym(rows.reshape(indices.shape + (table.shape[1],)))]
+
+    def _raw_ids(self, where, ids):
+        """Whether ``ids`` all come from one integer graph input (claiming it as token ids)."""
+        owners = {self.owners[i] for i in np.unique(self._owner_indices(ids.ravel()))}
+        if len(owners) != 1:
+            return False
+        owner, = owners
+        if isinstance(owner, _RawInput) and owner.integer:
+            self._claim(where, owner, "ids")
+            return True
+        return owner.name in self.claimed and self.claimed[owner.name][0] == "ids"
 
     # -- LayerNormalization, LpNormalization --
 
     def _feature_layer(self, where, value, axis, layer_of):
-        """Append ``layer_of(features)`` (the tip's feature index along ``value``'s last axis), a layer
+        """Append ``layer_of(features)`` (the tensor's feature index along ``value``'s last axis), a layer
         over all the features of each step; returns its output in ``value``'s arrangement."""
         if not isinstance(value, _Sym):
             raise UnsupportedModelError(f"{where}: normalises a constant")
@@ -111,12 +119,12 @@ class _NormOps(_Interpreter):
         if axis is None or axis % max(rank, 1) != rank - 1:
             raise UnsupportedModelError(f"{where}: normalises over axis {axis} of a rank-{rank} tensor; grurt "
                                         "normalises over the last axis (the features) only")
-        positions = self._locate(where, value.ids)
-        _, features = self._rows(where, value.ids)
-        if features.size != self.tip.shape[-1]:
+        tensor, positions = self._find(where, value.ids)
+        _, _, features = self._rows(where, value.ids)
+        if features.size != tensor.features:
             raise UnsupportedModelError(f"{where}: normalises over part of the features")
-        self._push(layer_of(features))
-        return _Sym(self.tip.reshape(-1)[positions].reshape(value.shape))
+        out = self._layer(layer_of(features), tensor)
+        return _Sym(out.ids.reshape(-1)[positions].reshape(value.shape))
 
     def _op_LayerNormalization(self, where, inputs, attrs, n_out):
         if n_out > 1:
@@ -215,13 +223,11 @@ class _NormOps(_Interpreter):
 
     def _all_features(self, where, value):
         """Whether ``value``'s last axis holds all the features of one step (a reduction there is per step)."""
-        if self.tip is None:
-            return False
         try:
-            _, features = self._rows(where, value.ids)
+            tensor, _, features = self._rows(where, value.ids)
         except UnsupportedModelError:
             return False
-        return features.size == self.tip.shape[-1]
+        return features.size == tensor.features
 
     def _op_Sub(self, where, inputs, attrs, n_out):
         x, y = inputs
@@ -270,9 +276,8 @@ class _NormOps(_Interpreter):
         x, y = inputs
         if isinstance(x, _Centered) and not x.squared and isinstance(y, _Stat) and y.kind == "var" and y.sqrt \
                 and np.array_equal(x.x.ids, y.x.ids):
-            size = self.tip.shape[-1]
-            return [self._feature_layer(where, x.x, -1, lambda features: LayerNorm(np.ones(size), np.zeros(size),
-                                                                                    y.epsilon))]
+            return [self._feature_layer(where, x.x, -1, lambda features: LayerNorm(
+                np.ones(features.size), np.zeros(features.size), y.epsilon))]
         if isinstance(x, _Sym) and isinstance(y, _Stat) and y.kind == "l2" and np.array_equal(x.ids, y.x.ids):
             return [self._feature_layer(where, x, -1, lambda features: UnitNorm(y.epsilon))]
         self._refuse_pending(where, inputs)
@@ -291,16 +296,6 @@ class _NormOps(_Interpreter):
                                         "ReduceMean, Sub, Pow 2, ReduceMean, Add ε, Sqrt, Div")
         return super()._move(value, fn)
 
-    def _affine(self, a, c):
-        """Per-feature x·a + c right after a LayerNorm folds into its γ and β."""
-        last = self.layers[-1] if self.layers else None
-        if isinstance(last, LayerNorm):
-            a, c = np.asarray(a, np.float64), np.asarray(c, np.float64)
-            self.layers[-1] = LayerNorm(last.gamma * a, last.beta * a + c, last.epsilon)
-            self.tip = self._new_ids(self.tip.shape)
-            return
-        super()._affine(a, c)
-
     # -- pooling over time --
 
     def _op_GlobalAveragePool(self, where, inputs, attrs, n_out):
@@ -310,29 +305,28 @@ class _NormOps(_Interpreter):
         return [self._pool_time(where, inputs[0], list(range(2, len(inputs[0].shape))), True, "max")]
 
     def _pool_time(self, where, value, axes, keepdims, mode):
-        """A reduction of the tip's sequence over exactly its time axis → ``GlobalPool``."""
+        """A reduction of a sequence over exactly its time axis → ``GlobalPool``."""
         if not isinstance(value, _Sym):
             raise UnsupportedModelError(f"{where}: pools a constant")
-        positions = self._locate(where, value.ids)
-        if not (self.has_time and self.batch_first is not None and axes):
+        tensor, positions = self._find(where, value.ids)
+        if not (self._time_known(tensor) and axes):
             raise UnsupportedModelError(f"{where}: reduces over axes {axes}; grurt reduces over the time axis of "
                                         "a GRU's output sequence or the features of a layer normalisation")
-        batch, steps, features = self.tip.shape
-        b, t, f = np.unravel_index(positions, self.tip.shape)
+        batch, steps, features = tensor.ids.shape
+        b, t, f = np.unravel_index(positions, tensor.ids.shape)
         kept = [i for i in range(len(value.shape)) if i not in axes]
         order = kept + list(axes)
         lines = [c.transpose(order).reshape(-1, int(np.prod([value.shape[i] for i in axes]))) for c in (b, t, f)]
         b, t, f = lines
-        if t.shape[1] != steps or not ((b == b[:, :1]).all() and (f == f[:, :1]).all() and (np.sort(t, axis=1) == np.arange(steps)).all()):
+        if t.shape[1] != steps or not ((b == b[:, :1]).all() and (f == f[:, :1]).all()
+                                       and (np.sort(t, axis=1) == np.arange(steps)).all()):
             raise UnsupportedModelError(f"{where}: reduces over axes {axes}, which are not exactly the time axis")
         pairs = b[:, 0] * features + f[:, 0]
         if np.unique(pairs).size != batch * features or pairs.size != batch * features:
             raise UnsupportedModelError(f"{where}: the axes kept are not the batch and the features")
-        self.layers.append(GlobalPool(mode))
-        self.has_time = False
-        self.tip = self._new_ids((batch, features))
+        out = self._add(GlobalPool(mode), [tensor], (batch, features), False)
         kept_shape = [value.shape[i] for i in kept]
-        ids = self.tip.reshape(-1)[pairs].reshape(kept_shape)
+        ids = out.ids.reshape(-1)[pairs].reshape(kept_shape)
         if keepdims:
             ids = ids.reshape([1 if i in axes else value.shape[i] for i in range(len(value.shape))])
         return _Sym(ids)
@@ -341,20 +335,21 @@ class _NormOps(_Interpreter):
 
     def _rows(self, where, ids):
         """As :meth:`_Interpreter._rows`, and a last axis holding all T·F values of each sequence (a
-        Flatten or Reshape of (B, T, F) to (B, T·F)) appends a ``Flatten``."""
+        Flatten or Reshape of (B, T, F) to (B, T·F)) adds a ``Flatten``."""
         try:
             return super()._rows(where, ids)
         except UnsupportedModelError:
-            if not (self.has_time and self.batch_first is not None and ids.ndim):
+            if not ids.ndim:
                 raise
-            batch, steps, features = self.tip.shape
-            positions = self._locate(where, ids)
+            tensor, positions = self._find(where, ids)
+            if not self._time_known(tensor):
+                raise
+            batch, steps, features = tensor.ids.shape
             lines = positions.reshape(-1, ids.shape[-1])
             sequence = lines // (steps * features)
             if not (ids.shape[-1] == steps * features and (sequence == sequence[:, :1]).all()
                     and np.unique(sequence[:, 0]).size == batch == lines.shape[0]):
                 raise
-            self.layers.append(Flatten(steps))
-            self.tip = self.tip.reshape(batch, steps * features)
-            self.has_time = False
-            return super()._rows(where, ids)
+            flat = self._cached(("flatten", tensor.name), lambda: self._add(
+                Flatten(steps), [tensor], (batch, steps * features), False, suffix=":flat"))
+            return super()._rows(where, flat.ids.reshape(-1)[positions])

@@ -2,7 +2,8 @@
 
 Data movement and shape arithmetic (Transpose, Reshape, Squeeze, Slice, Gather, Concat,
 Split, Shape, ...) run on constants and on id arrays alike. Arithmetic folds constants; with
-model data on one side and a constant on the other it becomes a per-feature ``Scale``.
+model data on one side and a constant on the other it becomes a per-feature ``Scale``; between
+model tensors of one shape (Add, Sub, Mul, Max, Min, Mean, Sum) a ``Combine`` node.
 Gemm and MatMul become ``Dense``; activation ops, Softmax and Clip become ``Activation``
 layers (Clip written with relu and hard_sigmoid).
 """
@@ -15,6 +16,7 @@ import numpy as np
 
 from ...errors import ModelFormatError, UnsupportedModelError
 from ...limits import MAX_PARAMETERS
+from ...graph import Combine
 from ...spec import Activation, activation
 from .graph import _Interpreter, _Sym
 
@@ -39,7 +41,8 @@ class _Ops(_Interpreter):
         "ConstantOfShape": {"value"}, "Shape": {"start", "end"}, "Size": set(), "Cast": {"to", "saturate"},
         "Transpose": {"perm"}, "Reshape": {"allowzero"}, "Flatten": {"axis"}, "Squeeze": {"axes"},
         "Unsqueeze": {"axes"}, "Gather": {"axis"}, "Slice": {"starts", "ends", "axes"}, "Concat": {"axis"},
-        "Split": {"axis", "split", "num_outputs"}, "Expand": set(),
+        "Split": {"axis", "split", "num_outputs"}, "Expand": set(), "Max": set(), "Min": set(), "Mean": set(),
+        "Sum": set(),
         **{op: set(attrs) for op, (_, attrs) in _ACTIVATION_OPS.items()},
     }
 
@@ -187,11 +190,39 @@ class _Ops(_Interpreter):
         """Constants fold; model data (op) constant becomes a per-feature Scale: x·a + c = right(k)/left(k)."""
         x, y = inputs
         if isinstance(x, _Sym) and isinstance(y, _Sym):
-            raise UnsupportedModelError(f"{where}: combines two model tensors (e.g. a residual connection)")
+            op = {np.add: "add", np.subtract: "sub", np.multiply: "mul"}.get(fn)
+            if op is None:
+                raise UnsupportedModelError(f"{where}: divides a model tensor by another")
+            return [self._merge(where, Combine(op), inputs)]
         if isinstance(x, _Sym) or (isinstance(y, _Sym) and left):
             data, k, make = (x, y, right) if isinstance(x, _Sym) else (y, x, left)
             return [self._scale_op(where, data, *make(np.asarray(k, np.float64)))]
         return self._fold(where, inputs, fn)
+
+    def _variadic(self, where, inputs, op, fold):
+        """Max, Min, Mean, Sum: of model tensors a ``Combine``, of constants folded."""
+        syms = [isinstance(v, _Sym) for v in inputs]
+        if all(syms) and len(inputs) > 1:
+            return [self._merge(where, Combine(op), inputs)]
+        if not any(syms):
+            return [functools.reduce(fold, (np.asarray(v) for v in inputs))
+                    / (len(inputs) if op == "mean" else 1)]
+        if len(inputs) == 1:
+            return [inputs[0]]
+        raise UnsupportedModelError(f"{where}: combines the model's data with constants; grurt combines model "
+                                    "tensors of one shape")
+
+    def _op_Max(self, where, inputs, attrs, n_out):
+        return self._variadic(where, inputs, "max", np.maximum)
+
+    def _op_Min(self, where, inputs, attrs, n_out):
+        return self._variadic(where, inputs, "min", np.minimum)
+
+    def _op_Mean(self, where, inputs, attrs, n_out):
+        return self._variadic(where, inputs, "mean", np.add)
+
+    def _op_Sum(self, where, inputs, attrs, n_out):
+        return self._variadic(where, inputs, "add", np.add)
 
     def _op_Neg(self, where, inputs, attrs, n_out):
         if isinstance(inputs[0], _Sym):
@@ -263,8 +294,8 @@ class _Ops(_Interpreter):
         reduced = [axis] if self.opset >= 13 else list(range(axis, rank))
         kept = [i for i in range(rank) if i not in reduced]
         ids = value.ids.transpose(kept + reduced)
-        _, features = self._rows(where, ids.reshape(ids.shape[:len(kept)] + (-1,)))
-        if features.size != self.tip.shape[-1]:
+        tensor, _, features = self._rows(where, ids.reshape(ids.shape[:len(kept)] + (-1,)))
+        if features.size != tensor.features:
             raise UnsupportedModelError(f"{where}: softmax over part of the features")
         return self._activation(where, inputs, "softmax")
 

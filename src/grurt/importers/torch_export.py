@@ -1,0 +1,116 @@
+"""Any ``torch.nn.Module`` with an example input → grurt, through the ONNX importer.
+
+``torch.onnx.export`` (the TorchScript exporter, ``dynamo=False``, opset 17) traces the module's
+``forward`` on the example into ONNX, which :mod:`grurt.importers.onnx` reads like any file: one
+graph importer for both. Names: the inputs take the names of ``forward``'s parameters (``input_0``,
+``input_1``, ... for ``*args``); the outputs are ``output`` for a tensor, ``output_0``,
+``output_1``, ... for a tuple or list of tensors.
+
+The module is exported twice: once at the example's sizes, which tells the importer's reading of
+each input (a sequence batch first or time first, a state (L·D, B, H), a vector, token ids), then
+with those batch and time axes dynamic, so that the importer checks at two probe sizes that the
+graph means one model whatever the sizes (a hard-coded time index is refused, as for any file).
+"""
+from __future__ import annotations
+
+import inspect
+import os
+import tempfile
+
+import numpy as np
+
+from ..errors import UnsupportedModelError
+
+OPSET = 17
+
+
+def graph_from_torch(module, example_input):
+    """The :class:`~grurt.importers.onnx.build._Import` of ``module`` traced on ``example_input``."""
+    import torch
+
+    from .onnx import _import
+
+    args = example_input if isinstance(example_input, tuple) else (example_input,)
+    args = tuple(_tensor(torch, a, i) for i, a in enumerate(args))
+    names = _input_names(module, len(args))
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            returned = module(*args)
+        output_names = _output_names(returned)
+        with tempfile.TemporaryDirectory(prefix="grurt-export-") as folder:
+            path = os.path.join(folder, "module.onnx")
+            _export(torch, module, args, path, names, output_names, None)
+            _, fixed = _import(path)          # static: interpreted at the example's sizes
+            _export(torch, module, args, path, names, output_names, _dynamic_axes(fixed, args, names))
+            _, result = _import(path)
+    finally:
+        module.train(was_training)
+    return result
+
+
+def _tensor(torch, value, index):
+    if isinstance(value, torch.Tensor):
+        tensor = value.detach()
+    else:
+        array = np.asarray(value)
+        if array.dtype.kind not in "fiu":
+            raise UnsupportedModelError(f"example_input[{index}]: expected a tensor or an array of numbers, "
+                                        f"got {type(value).__name__}")
+        tensor = torch.from_numpy(np.ascontiguousarray(array))
+    return tensor.float() if tensor.dtype.is_floating_point else tensor.long()
+
+
+def _input_names(module, count):
+    """The forward's parameter names for ``count`` positional arguments."""
+    parameters = list(inspect.signature(module.forward).parameters.values())
+    names = []
+    for index in range(count):
+        if index < len(parameters) and parameters[index].kind in (inspect.Parameter.POSITIONAL_ONLY,
+                                                                  inspect.Parameter.POSITIONAL_OR_KEYWORD):
+            names.append(parameters[index].name)
+        elif any(p.kind == inspect.Parameter.VAR_POSITIONAL for p in parameters):
+            names.append(f"input_{index}")
+        else:
+            raise UnsupportedModelError(f"example_input gives {count} arguments, {type(module).__name__}.forward "
+                                        f"takes {len(parameters)}")
+    return names
+
+
+def _output_names(returned):
+    import torch
+
+    if isinstance(returned, torch.Tensor):
+        return ["output"]
+    if isinstance(returned, (tuple, list)) and returned and all(isinstance(r, torch.Tensor) for r in returned):
+        return [f"output_{i}" for i in range(len(returned))]
+    raise UnsupportedModelError("forward must return a tensor or a tuple/list of tensors, got "
+                                f"{type(returned).__name__}")
+
+
+def _dynamic_axes(result, args, names):
+    """Batch and time axes of each input, as the importer read them at the example's sizes."""
+    kinds = {i.name: i.kind for i in result.graph.inputs}
+    axes = {}
+    for name, arg in zip(names, args):
+        kind = kinds.get(name)
+        if kind in ("sequence", "ids"):
+            batch, time = (1, 0) if name in result.time_major else (0, 1)
+            axes[name] = {batch: "batch", time: "time"}
+        elif kind == "state":
+            axes[name] = {result.state_batch_axis[name]: "batch"}
+        elif kind == "vector":
+            axes[name] = {0: "batch"}
+        elif result.lengths_input == name:
+            axes[name] = {0: "batch"}
+    return axes
+
+
+def _export(torch, module, args, path, names, output_names, dynamic_axes):
+    try:
+        torch.onnx.export(module, args, path, input_names=names, output_names=output_names,
+                          dynamic_axes=dynamic_axes, opset_version=OPSET, dynamo=False)
+    except Exception as exc:     # torch raises many kinds of errors on modules it cannot trace
+        raise UnsupportedModelError(f"torch.onnx.export cannot trace {type(module).__name__}: "
+                                    f"{type(exc).__name__}: {exc}") from None
