@@ -75,11 +75,10 @@ def _call(layer, call):
     return list(node.get("args", [])), dict(node.get("kwargs", {}))
 
 
-def _one_tensor(value, where, what):
-    refs = tensor_refs(value)
-    if len(refs) != 1 or not _is_tensor(value):
-        raise UnsupportedModelError(f"{where}: {what} must be one tensor of the model, got {value!r}")
-    return refs[0]
+def _one_tensor(value, what):
+    if not _is_tensor(value):
+        raise UnsupportedModelError(f"{what} must be one tensor of the model, got {value!r}")
+    return tensor_refs(value)[0]
 
 
 def _is_tensor(value) -> bool:
@@ -138,6 +137,13 @@ class _Builder:
     # ---- the graph ----
 
     def build(self) -> Graph:
+        for layer, call in self.calls:
+            node, kind = layer["inbound_nodes"][call], layer["class_name"]
+            if kind == "Masking" or (kind == "Embedding" and layer.get("config", {}).get("mask_zero")) or (
+                    isinstance(node, dict) and isinstance(node.get("kwargs"), dict)
+                    and tensor_refs(node["kwargs"].get("mask"))):
+                raise UnsupportedModelError(f"layer {_layer_name(layer)!r} ({kind}): masking is supported in models "
+                                            "that are a simple chain of layers only")
         self.final = self.output_names()
         self.used.update(self.final.values())
         inputs = [self.input(key, ref) for key, ref in self.inputs]
@@ -203,6 +209,10 @@ class _Builder:
     def translate(self, config, call):
         kind, name = config["class_name"], _layer_name(config)
         where = f"layer {name!r} ({kind})" if call == 0 else f"layer {name!r} ({kind}, call {call})"
+        if kind not in MERGE_LAYERS and kind not in _LAYERS and not str(config.get("module", "")).startswith(
+                "keras.src.ops"):
+            raise UnsupportedModelError(f"{where} is not supported; grurt converts InputLayer, "
+                                        f"{', '.join(MERGE_LAYERS)}, {', '.join(_LAYERS)}")
         try:
             args, kwargs = _call(config, call)
             for key in ("training", "mask"):
@@ -219,7 +229,7 @@ class _Builder:
                 if kwargs or len(args) != 1:
                     raise UnsupportedModelError(f"takes one tensor; called with {len(args)} arguments and "
                                                 f"{sorted(kwargs)}")
-                self.layer(config, call, _one_tensor(args[0], where, "its input"))
+                self.layer(config, call, _one_tensor(args[0], "its input"))
         except GrurtError as exc:
             raise type(exc)(f"{where}: {exc}") from None
         except (TypeError, ValueError, KeyError, AttributeError, IndexError) as exc:  # a hostile config
@@ -244,11 +254,6 @@ class _Builder:
     def layer(self, config, call, ref):
         kind = config["class_name"]
         source = self.tensors[ref]
-        if kind == "Masking" or (kind == "Embedding" and config.get("config", {}).get("mask_zero")):
-            raise UnsupportedModelError("masking is supported in models that are a simple chain of layers only")
-        if kind not in _LAYERS:
-            raise UnsupportedModelError(f"is not supported; grurt converts InputLayer, {', '.join(MERGE_LAYERS)}, "
-                                        f"{', '.join(_LAYERS)}")
         if (source.features is None) != (kind == "Embedding"):
             raise UnsupportedModelError(f"reads {source.describe()}; token ids go into an Embedding layer, "
                                         "which reads nothing else")
@@ -290,7 +295,7 @@ class _Builder:
         kind = config["class_name"]
         if kwargs or len(args) != 1 or not isinstance(args[0], (list, tuple)) or len(args[0]) < 2:
             raise UnsupportedModelError("takes one list of two or more tensors")
-        sources = [self.tensors[_one_tensor(item, "merge", "each merged value")] for item in args[0]]
+        sources = [self.tensors[_one_tensor(item, "each merged value")] for item in args[0]]
         op = MERGE_LAYERS[kind]
         shapes = ", ".join(t.describe() for t in sources)
         if any(t.features is None for t in sources):
@@ -319,7 +324,7 @@ class _Builder:
         if len(args) not in (1, 2) or (len(args) == 2 and "initial_state" in kwargs) or set(kwargs) - {"initial_state"}:
             raise UnsupportedModelError(f"takes a sequence and initial_state=; called with {len(args)} arguments "
                                         f"and {sorted(kwargs)}")
-        source = self.tensors[_one_tensor(args[0], "GRU", "its input")]
+        source = self.tensors[_one_tensor(args[0], "its input")]
         initial = args[1] if len(args) == 2 else kwargs.get("initial_state")
         layer_config = dict(config.get("config", {}))
         if kind == "GRU":
@@ -341,7 +346,7 @@ class _Builder:
         hidden = gru.hidden_size
         inputs = [source.name]
         if initial is not None:
-            states = [self.tensors[_one_tensor(item, "GRU", "initial_state")]
+            states = [self.tensors[_one_tensor(item, "initial_state")]
                       for item in (initial if isinstance(initial, (list, tuple)) else [initial])]
             if len(states) != directions or any(t.has_time or t.features != hidden for t in states):
                 raise UnsupportedModelError(f"initial_state must be {directions} vector(s) (B, {hidden}), got "
