@@ -84,11 +84,11 @@ def static_initial_state():
 
 
 def two_outputs():
-    """A class from the last step and a value per step."""
+    """A class from the last step and a value per step (an output that is a Dropout's: the same tensor)."""
     x = seq()
     y = layers.GRU(8, return_sequences=True, name="gru")(x)
     label = layers.Dense(3, activation="softmax", name="label")(layers.GRU(4, name="last")(y))
-    value = layers.TimeDistributed(layers.Dense(1), name="value")(y)
+    value = layers.Dropout(0.5, name="value")(layers.TimeDistributed(layers.Dense(1), name="per_step")(y))
     return keras.Model(x, [label, value])
 
 
