@@ -9,9 +9,9 @@ functions of :mod:`.layers`; merge layers become :class:`~grurt.graph.Combine` /
 
 Names: inputs take the names of the Keras ``Input`` layers (the keys, when the model was built
 with a dict of inputs); outputs the names of the layers that compute them, as Keras's
-``model.output_names`` (the keys of a dict of outputs). Outputs that share a layer name keep it
-for the layer's first call's first tensor; the others are ``layer:index`` (``gru:1``, a GRU's
-state) or ``layer:call:index`` for the later calls of a shared layer.
+``model.output_names`` (the keys of a dict of outputs). Of several outputs computed by one layer,
+the one first in (call, tensor index) order keeps the layer's name; the others are ``layer:index``
+(``gru:1``: a GRU's state) or ``layer:call:index`` (a later call of a shared layer).
 """
 from __future__ import annotations
 
