@@ -17,7 +17,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:Depreca
 
 import grurt  # noqa: E402
 from grurt.graph import Combine, Concat, Slice  # noqa: E402
-from grurt.spec import GRU, Dense  # noqa: E402
+from grurt.spec import Dense  # noqa: E402
 from tolerances import ATOL  # noqa: E402
 
 STEPS, FEATURES, BATCH = 12, 3, 4
