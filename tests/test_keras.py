@@ -213,13 +213,6 @@ def test_unsupported_layers_are_named(build, fragment):
     assert fragment in str(info.value)
 
 
-def test_branching_model_is_unsupported():
-    inputs = keras.Input((STEPS, FEATURES))
-    added = layers.Add()([layers.GRU(3)(inputs), layers.GRU(3)(inputs)])
-    with pytest.raises(grurt.UnsupportedModelError, match="simple chain"):
-        grurt.from_keras(keras.Model(inputs, added))
-
-
 @pytest.mark.parametrize("source", ["live", "keras", "h5"])
 def test_masking_of_trailing_padding(tmp_path, source):
     """Masking → each sequence's length: final states match model.predict on a padded batch;

@@ -9,7 +9,8 @@ the same triple:
 * each layer's weights keyed by layer name, in ``layer.get_weights()`` order;
 * the Keras version that saved it (``hard_sigmoid`` differs between Keras 2 and 3);
 
-and :func:`spec_from_keras` turns that into a :class:`~grurt.spec.ModelSpec`.
+and :func:`translate` turns that into a :class:`~grurt.spec.ModelSpec` (:func:`spec_from_keras`), or
+a :class:`~grurt.graph.Graph` for a functional model that is no simple chain (:func:`graph_from_keras`).
 
 =========================  ===============================  =========================  ===========================
                            Keras 3                          Keras 2 / tf.keras         grurt (:mod:`grurt.spec`)
@@ -72,7 +73,8 @@ Dropout, SpatialDropout1D, GaussianNoise, GaussianDropout and AlphaDropout do no
 inference.
 
 The package: :mod:`.files` reads ``.keras`` archives and HDF5 files (pyfive, size limits),
-:mod:`.layers` translates the config and weights into grurt layers.
+:mod:`.layers` translates the config and weights into grurt layers, :mod:`.graph` a functional
+model's structure into a graph of them.
 """
 from __future__ import annotations
 
@@ -82,10 +84,11 @@ import numpy as np
 
 from ...errors import GrurtError, ModelFormatError, UnsupportedModelError
 from ...model import Model
-from ...spec import ModelSpec
+from ...graph import Graph
 from ..scalers import with_scalers
 from .files import HDF5_SIGNATURE, read_keras  # noqa: F401
-from .layers import (_chain, _major, batchnorm_affine, keras_activation, keras_dense,  # noqa: F401
+from .graph import graph_from_keras
+from .layers import (_chain, _major, batchnorm_affine, is_graph, keras_activation, keras_dense,  # noqa: F401
                      keras_gru_direction, spec_from_keras)
 
 
@@ -93,16 +96,19 @@ from .layers import (_chain, _major, batchnorm_affine, keras_activation, keras_d
 def from_keras(model, input_scaler=None, output_scaler=None, weights: str = "float32") -> Model:
     """Convert a live Keras model (Keras 3 on any backend, or tf.keras 2) to a Model.
 
-    The model is a Sequential or functional chain of the layers listed in docs/keras.md.
+    The model is a Sequential or functional model of the layers listed in docs/keras.md; a
+    functional model that is no simple chain (several inputs or outputs, branches, merges, a GRU's
+    initial_state or returned state) becomes a graph whose inputs and outputs keep Keras's names.
     ``input_scaler``/``output_scaler``: fitted scikit-learn MinMaxScaler or StandardScaler,
-    folded in so that the Model takes raw input and returns outputs in real units.
+    folded in so that the Model takes raw input and returns outputs in real units (chains only).
     ``weights`` ("float32", "bf16", "int8"): how the GRU weights are stored, see :mod:`grurt.precision`.
     """
-    return Model(with_scalers(live_keras_spec(model), input_scaler, output_scaler), weights)
+    return Model(_scaled(live_keras_spec(model), input_scaler, output_scaler), weights)
 
 
-def live_keras_spec(model) -> ModelSpec:
-    """The :class:`~grurt.spec.ModelSpec` of a live Keras model (what :func:`from_keras` runs)."""
+def live_keras_spec(model):
+    """The :class:`~grurt.spec.ModelSpec` (a chain) or :class:`~grurt.graph.Graph` of a live Keras
+    model (what :func:`from_keras` runs)."""
     if not hasattr(model, "layers") or not hasattr(model, "get_config"):
         raise UnsupportedModelError(f"expected a Keras Sequential or functional model, got {type(model).__name__}")
     try:
@@ -113,18 +119,35 @@ def live_keras_spec(model) -> ModelSpec:
     # the same (config, weights, version) triple the file readers produce
     weights = {layer.name: [np.asarray(w) for w in layer.get_weights()] for layer in model.layers}
     package = sys.modules.get(type(model).__module__.partition(".")[0])
-    return spec_from_keras({"class_name": type(model).__name__, "config": config}, weights,
-                           getattr(package, "__version__", "3"))
+    return translate({"class_name": type(model).__name__, "config": config}, weights,
+                     getattr(package, "__version__", "3"))
+
+
+def translate(model_config: dict, weights: dict, keras_version: str):
+    """A Keras model config and its weights → a ModelSpec when the model is a chain of layers, else a Graph."""
+    if is_graph(model_config):
+        return graph_from_keras(model_config, weights, keras_version)
+    return spec_from_keras(model_config, weights, keras_version)
+
+
+def _scaled(spec, input_scaler, output_scaler):
+    if isinstance(spec, Graph):
+        if input_scaler is not None or output_scaler is not None:
+            raise UnsupportedModelError(
+                f"input_scaler/output_scaler fold into models that are a chain of layers; this Keras model is a "
+                f"graph (inputs {list(spec.input_names)}, outputs {list(spec.output_names)}): scale its inputs "
+                "and outputs outside grurt")
+        return spec
+    return with_scalers(spec, input_scaler, output_scaler)
 
 
 def load_keras(path, input_scaler=None, output_scaler=None):
     """Load a ``.keras`` or ``.h5`` Keras model file as a Model; scalers as in :func:`grurt.from_keras`."""
     config, weights, version = read_keras(path)
     try:
-        spec = spec_from_keras(config, weights, version)
+        spec = translate(config, weights, version)
     except GrurtError:
         raise
     except (TypeError, ValueError, KeyError, AttributeError, IndexError, RecursionError) as exc:  # a hostile config
         raise ModelFormatError(f"{path}: malformed model config ({type(exc).__name__}: {exc})") from None
-    return Model(with_scalers(spec, input_scaler, output_scaler))
-
+    return Model(_scaled(spec, input_scaler, output_scaler))

@@ -16,7 +16,7 @@ import numpy as np
 
 from ...errors import GrurtError, ModelFormatError, UnsupportedModelError
 from ...limits import MAX_ARRAYS, MAX_HDF5_BYTES, MAX_JSON_BYTES, MAX_PARAMETERS, parse_json
-from .layers import _chain, _layer_name
+from .layers import _layer_name, model_layers
 
 def read_keras(path):
     """Read a Keras file into (model config, weights by layer name, Keras version).
@@ -67,7 +67,7 @@ def _read_archive(path, pyfive):
             if "metadata.json" in names else {}
         if "model.weights.h5" not in names:
             raise ModelFormatError(f"{path}: the .keras archive has no model.weights.h5, so no weights")
-        layers, _ = _chain(config)
+        _, _, layers = model_layers(config)
         store = pyfive.File(io.BytesIO(_archive_member(archive, "model.weights.h5", MAX_HDF5_BYTES)))
         weights = {}
         for name, group in _archive_paths(layers):
@@ -87,9 +87,12 @@ def _archive_member(archive, name, limit) -> bytes:
 
 
 def _archive_paths(layers):
-    """Where Keras 3 stores each layer: ``layers/<snake_case(class)>[_k]``, counted in model order."""
+    """Where Keras 3 stores each layer: ``layers/<snake_case(class)>[_k]``, counted in model order
+    (``keras.ops`` operations of a functional model are no layers: they have no entry)."""
     used = {}
     for layer in layers:
+        if str(layer.get("module", "")).startswith("keras.src.ops"):
+            continue
         base = re.sub("([a-z])([A-Z])", r"\1_\2", re.sub("(.)([A-Z][a-z]+)", r"\1_\2", layer["class_name"])).lower()
         used[base] = used.get(base, -1) + 1
         yield _layer_name(layer), f"layers/{base}_{used[base]}" if used[base] else f"layers/{base}"

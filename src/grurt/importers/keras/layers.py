@@ -23,65 +23,97 @@ def _layer_name(layer) -> str:
     return (config.get("name") if isinstance(config, dict) else None) or layer.get("name")
 
 
-def _chain(model_config):
-    """The layers in call order, InputLayers left out, and the declared input shape (or None)."""
+def model_layers(model_config):
+    """(class name, config, every layer's config) of a Sequential or functional model config."""
     if not isinstance(model_config, dict) or "config" not in model_config:
         raise ModelFormatError("the model config has no 'config' entry")
     kind, config = model_config.get("class_name"), model_config["config"]
     if isinstance(config, list):  # Keras ≤ 2.2 Sequential
         config = {"layers": config}
     if not isinstance(config, dict) or not isinstance(config.get("layers"), list):
-        raise UnsupportedModelError(f"{kind} models are not supported: grurt reads Sequential and functional "
-                                    "models that are a simple chain of layers")
+        raise UnsupportedModelError(f"{kind} models are not supported: grurt reads Sequential and functional models")
     layers = config["layers"]
     if not all(isinstance(layer, dict) and isinstance(layer.get("class_name"), str)
                and isinstance(layer.get("config", {}), dict) and _layer_name(layer) for layer in layers):
         raise ModelFormatError(f"{kind}: every layer needs a class_name and a name")
+    return kind, config, layers
+
+
+def is_graph(model_config) -> bool:
+    """Whether the model is a functional model that is no simple chain (see :func:`_functional_chain`)."""
+    _, config, layers = model_layers(model_config)
+    return "input_layers" in config and _functional_chain(config, layers) is None
+
+
+def _chain(model_config):
+    """The layers in call order, InputLayers left out, and the declared input shape (or None)."""
+    kind, config, layers = model_layers(model_config)
     if "input_layers" not in config:
         inputs = [layer for layer in layers if layer["class_name"] == "InputLayer"]
         chain = [layer for layer in layers if layer["class_name"] != "InputLayer"]
         declared = inputs[0] if inputs else (chain[0] if chain else {})
         return chain, _batch_shape(declared) or _shape(config.get("build_input_shape"))
-    return _functional_chain(kind, config, layers)
+    chain = _functional_chain(config, layers)
+    if chain is None:
+        raise UnsupportedModelError(f"{kind} model is a graph (several inputs or outputs, branches, merges or "
+                                    "states passed between layers), not a simple chain of layers")
+    return chain[1:], _batch_shape(chain[0])
 
 
-def _functional_chain(kind, config, layers):
+def _functional_chain(config, layers):
+    """The functional model's layers from its input to its output, the InputLayer first, when the
+    model is a simple chain: one input, one output, every layer on the way called once on the
+    first output of the one before, no GRU returning its state. Else None."""
     by_name = {_layer_name(layer): layer for layer in layers}
-    inputs, outputs = _refs(config["input_layers"]), _refs(config.get("output_layers"))
-    if len(inputs) != 1 or len(outputs) != 1:
-        raise UnsupportedModelError(f"{kind} model with {len(inputs)} inputs and {len(outputs)} outputs; "
-                                    "grurt reads one input and one output")
-    chain, name = [], outputs[0]
-    while name != inputs[0]:
+    inputs, outputs = tensor_refs(config["input_layers"]), tensor_refs(config.get("output_layers"))
+    if len(inputs) != 1 or len(outputs) != 1 or outputs[0][1:] != (0, 0):
+        return None
+    chain, name = [], outputs[0][0]
+    while name != inputs[0][0]:
         if name not in by_name or len(chain) > len(layers):
-            raise ModelFormatError(f"{kind}: layer {name!r} is missing or the layers form a cycle")
+            raise ModelFormatError(f"functional model: layer {name!r} is missing or the layers form a cycle")
         layer = by_name[name]
         nodes = layer.get("inbound_nodes") or []
-        sources = _refs(nodes[0]) if len(nodes) == 1 else []
-        if len(sources) != 1:
-            raise UnsupportedModelError(
-                f"layer {name!r} ({layer['class_name']}) is called {len(nodes)} times or has several inputs; "
-                "grurt reads models that are a simple chain of layers")
+        sources = tensor_refs(nodes[0]) if len(nodes) == 1 else []
+        if len(sources) != 1 or sources[0][1:] != (0, 0) or _returns_state(layer):
+            return None
         chain.append(layer)
-        name = sources[0]
+        name = sources[0][0]
+    chain.append(by_name[name])
     chain.reverse()
-    return chain, _batch_shape(by_name[inputs[0]])
+    return chain
 
 
-def _refs(value):
-    """Layer names of the tensors referenced in an inbound node or an input/output list.
+def _returns_state(layer) -> bool:
+    config = layer.get("config", {})
+    inner = config.get("layer")     # Bidirectional
+    return bool(config.get("return_state") or isinstance(inner, dict) and isinstance(inner.get("config"), dict)
+                and inner["config"].get("return_state"))
 
-    Keras 3 writes ``{"config": {"keras_history": [name, node, index]}}``,
-    Keras 2 ``[name, node, index(, kwargs)]``, nested in lists.
+
+def tensor_refs(value):
+    """The tensors referenced in an inbound node or an input/output list, as (layer name, node
+    index, tensor index). Keras 3 writes ``{"config": {"keras_history": [name, node, index]}}``,
+    Keras 2 ``[name, node, index(, kwargs)]``, nested in lists (tuples in live configs) and dicts.
     """
     if isinstance(value, dict):
-        history = value.get("config", {}).get("keras_history") if isinstance(value.get("config"), dict) else None
-        return [history[0]] if history else [n for v in value.values() for n in _refs(v)]
-    if isinstance(value, (list, tuple)):  # tuples in live configs
+        config = value.get("config")
+        history = config.get("keras_history") if isinstance(config, dict) else None
+        if history is not None:
+            return [_history(history)]
+        return [ref for v in value.values() for ref in tensor_refs(v)]
+    if isinstance(value, (list, tuple)):
         if value and isinstance(value[0], str):
-            return [value[0]] + _refs(value[3:])
-        return [n for v in value for n in _refs(v)]
+            return [_history(value[:3])] + tensor_refs(value[3:])
+        return [ref for v in value for ref in tensor_refs(v)]
     return []
+
+
+def _history(value):
+    if (not isinstance(value, (list, tuple)) or len(value) != 3 or not isinstance(value[0], str)
+            or not all(type(i) is int and i >= 0 for i in value[1:])):
+        raise ModelFormatError(f"a tensor reference must be [layer name, node index, tensor index], got {value!r}")
+    return tuple(value)
 
 
 def _batch_shape(layer):
