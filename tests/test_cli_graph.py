@@ -62,3 +62,27 @@ def test_bench_runs_and_streams_a_graph(saved, extra):
     result = grurt_cmd("bench", folder / "graph.npz", "--calls", "20", *extra)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("stream.step batch=1" if extra else "run batch=1 steps=100")
+
+
+def test_verify_and_convert_check_a_keras_graph_against_keras(tmp_path):
+    """Two inputs (a sequence, a static vector into the GRU's initial state), two outputs: each
+    output is compared with Keras's predict by name, within the default tolerance 1e-4."""
+    import os
+    os.environ.setdefault("KERAS_BACKEND", "torch")
+    keras = pytest.importorskip("keras")
+    seq, static = keras.Input((None, 3), name="seq"), keras.Input((2,), name="static")
+    y, h = keras.layers.GRU(4, return_sequences=True, return_state=True, name="gru")(
+        seq, initial_state=keras.layers.Dense(4, name="h0")(static))
+    per_step = keras.layers.Dense(1, name="per_step")(y)
+    label = keras.layers.Dense(2, activation="softmax", name="label")(h)
+    keras.Model([seq, static], [label, per_step]).save(tmp_path / "g.keras")
+    result = grurt_cmd("verify", tmp_path / "g.keras", "--against", tmp_path / "g.keras")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["label", "per_step"]
+    for line in lines:
+        assert float(line.split("error vs keras: ")[1]) <= 1e-5
+    result = grurt_cmd("convert", tmp_path / "g.keras", tmp_path / "g.npz", "--check")
+    assert result.returncode == 0, result.stderr
+    assert "check: max abs difference vs keras:" in result.stdout
+    assert float(result.stdout.split("vs keras: ")[1]) <= 1e-5

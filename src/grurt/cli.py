@@ -175,7 +175,13 @@ def _random_graph_inputs(graph, batch, steps, rng) -> dict:
     return inputs
 
 
-def _framework_outputs(source: str, seq: np.ndarray):
+def _named(model, output) -> dict:
+    """A run's output(s) by name: "output" for a model of one output, else the model's output names."""
+    outputs = output if isinstance(output, tuple) else (output,)
+    return dict(zip(model.output_names if len(outputs) > 1 else ("output",), outputs))
+
+
+def _framework_outputs(source: str, seq, model):
     """(oracle name, {output name: array}) for ``seq`` computed by the framework of the source file.
 
     An ONNX graph that returns GRU states also yields them, as "state[k]"."""
@@ -184,9 +190,9 @@ def _framework_outputs(source: str, seq: np.ndarray):
         if suffix == ".onnx":
             output, states = verify.onnx_outputs(source, seq, return_state=True)
             named = {f"state[{k}]": state for k, state in enumerate(states) if state is not None}
-            return "onnxruntime", {"output": output, **named}
+            return "onnxruntime", {**_named(model, output), **named}
         if suffix in (".keras", ".h5", ".hdf5"):
-            return "keras", {"output": verify.keras_outputs(source, seq)}
+            return "keras", _named(model, verify.keras_outputs(source, seq))
         if suffix in (".pt", ".pth"):
             return "torch", {"output": verify.torchscript_outputs(source, seq)}
     except ImportError as exc:
@@ -197,7 +203,7 @@ def _framework_outputs(source: str, seq: np.ndarray):
 def _max_errors(model, seq, expected: dict) -> dict:
     """Max abs difference between grurt and ``expected`` for each named output."""
     output, states = model.run(seq, return_state=True)
-    got = {"output": output, **{f"state[{k}]": state for k, state in enumerate(states)}}
+    got = {**_named(model, output), **{f"state[{k}]": state for k, state in enumerate(states)}}
     errors = {}
     for name, want in expected.items():
         if got[name].shape != np.shape(want):
@@ -214,10 +220,10 @@ def cmd_convert(args) -> None:
     if args.check:
         try:
             seq = _random_input(model, source=args.input)
-            oracle, expected = _framework_outputs(args.input, seq)
+            oracle, expected = _framework_outputs(args.input, seq, model)
         except (CommandError, GrurtError) as exc:   # no framework, or it cannot run this file
             from .reference import run as reference_run
-            oracle, expected = f"grurt.reference ({exc})", {"output": reference_run(model, seq)}
+            oracle, expected = f"grurt.reference ({exc})", _named(model, reference_run(model, seq))
         errors = _max_errors(load(args.output), seq, expected)
         print(f"check: max abs difference vs {oracle}: {max(errors.values()):.3g}")
 
@@ -231,13 +237,13 @@ def _relative(error: float, expected) -> float:
 def cmd_verify(args) -> None:
     model = load(args.model, weights=args.weights)
     seq = _random_input(model, batch=args.batch, steps=args.steps, source=args.against)
-    oracle, expected = _framework_outputs(args.against, seq)
+    oracle, expected = _framework_outputs(args.against, seq, model)
     errors = _max_errors(model, seq, expected)
     if model.weights != "float32":
         # the reduced-precision model against the float32 model it was made from
         float32_model = load(args.model, weights="float32")
         output, states = float32_model.run(seq, return_state=True)
-        baseline = {"output": output, **{f"state[{k}]": state for k, state in enumerate(states)}}
+        baseline = {**_named(model, output), **{f"state[{k}]": state for k, state in enumerate(states)}}
         for name, error in _max_errors(model, seq, {n: baseline[n] for n in expected}).items():
             print(f"{name}: {model.weights} vs float32 grurt: max abs error {error:.3g}, "
                   f"max relative error {_relative(error, baseline[name]):.3g}")

@@ -29,10 +29,16 @@ def onnx_input_sizes(path):
 
 
 def keras_input_sizes(path):
-    """(batch, steps) the Keras file's declared input shape fixes: an int where it does, else None."""
+    """(batch, steps) the Keras file's declared input shape fixes: an int where it does, else None.
+    For a graph, those of its first sequence input."""
     from .importers.keras import _chain
+    from .importers.keras.layers import _batch_shape, model_layers
     config, _, _ = read_keras(path)
-    _, batch_shape = _chain(config)
+    try:
+        _, batch_shape = _chain(config)
+    except UnsupportedModelError:      # a graph
+        declared = [_batch_shape(layer) for layer in model_layers(config)[2] if layer["class_name"] == "InputLayer"]
+        batch_shape = next((shape for shape in declared if shape and len(shape) == 3), None)
     sizes = list(batch_shape or ())[:2] + [None, None]
     return tuple(size if isinstance(size, int) and not isinstance(size, bool) else None for size in sizes[:2])
 
@@ -170,6 +176,10 @@ def keras_outputs(path, seq):
                           f"{keras.__version__} computes differently (x/6 + 0.5, not 0.2·x + 0.5): "
                           "checking it needs tf_keras")
     model = keras.models.load_model(path, compile=False)
+    if isinstance(seq, dict):      # a graph's batched inputs by name; several outputs as a tuple
+        out = model.predict({name: np.asarray(value) for name, value in seq.items()}, verbose=0)
+        return tuple(np.asarray(o, np.float32) for o in out) if isinstance(out, (list, tuple)) \
+            else np.asarray(out, np.float32)
     x = np.asarray(seq, np.float32)
     out = np.asarray(model.predict(x[None] if x.ndim == 2 else x, verbose=0), np.float32)
     return out[0] if x.ndim == 2 else out
