@@ -189,6 +189,8 @@ class GraphRunner:
 
     def run(self, values, initial_state, return_state, lengths, threads):
         env, single, batch = self.checked_inputs(values)
+        if single and lengths is not None and np.ndim(lengths) == 0:
+            lengths = [lengths]           # one sequence's length, as its segments take it (batch of one)
         user_states = self.initial_states(initial_state, batch, single)
         final_states = [None] * len(self.graph.gru_nodes)
         for position, step in enumerate(self.steps):
