@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 import grurt
 from grurt import reference
-from grurt.errors import InputError, ModelFormatError
+from grurt.errors import InputError, ModelFormatError, UnsupportedModelError
 from grurt.graph import Combine, Concat, Graph, Input, Node, Output, Slice
 from grurt.spec import GRU, Activation, Dense, Embedding, LastStep, ModelSpec, activation
 
@@ -478,3 +478,154 @@ def test_bf16_weights_on_a_graph(name):
     assert max(errors) <= BF16_BUDGET, errors
     # the bf16 weights are really used (the float32 model is within ATOL, the bf16 one further away)
     assert max(max_abs_diff(a, b) for a, b in zip(exact, got)) > ATOL
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad graphs: ModelFormatError naming the node (or input, output) and the shapes
+# ---------------------------------------------------------------------------------------------
+
+def _bad_graphs(rng):
+    d34 = dense(rng, 3, 4)
+    gru4 = random_gru(rng, 3, 4)
+    return {
+        "combine of incompatible shapes": (
+            lambda: Graph((Input("x", 3),), (Node(d34, "x", "a"), Node(Combine("add"), ("a", "x"), "y")), ("y",)),
+            "node y = Combine(add)(a, x): tensors of incompatible shapes: 'a' (B, T, 4), 'x' (B, T, 3)"),
+        "concat of a sequence and a vector": (
+            lambda: Graph((Input("x", 3),), (Node(LastStep(), "x", "v"), Node(Concat(), ("x", "v"), "y")), ("y",)),
+            "node y = Concat()(x, v): tensors of incompatible shapes: 'x' (B, T, 3), 'v' (B, 3)"),
+        "sub of three": (
+            lambda: Graph((Input("x", 3),), (Node(Combine("sub"), ("x", "x", "x"), "y"),), ("y",)),
+            "node y = Combine(sub)(x, x, x): takes two tensors, got 3"),
+        "slice past the end": (
+            lambda: Graph((Input("x", 3),), (Node(Slice(1, 5), "x", "y"),), ("y",)),
+            "node y = Slice(1:5)(x): takes one tensor of at least 5 features, got 'x' (B, T, 3)"),
+        "an unused input": (
+            lambda: Graph((Input("x", 3), Input("s", 2, "vector")), (Node(d34, "x", "a"),), ("a",)),
+            "graph: input 's' is not used by any output"),
+        "an input read only by a node no output needs": (
+            lambda: Graph((Input("x", 3), Input("s", 3, "vector")), (Node(d34, "x", "a"), Node(d34, "s", "b")),
+                          ("a",)),
+            "graph: input 's' is not used by any output"),
+        "an output no node computes": (
+            lambda: Graph((Input("x", 3),), (Node(d34, "x", "a"),), ("a", "z")),
+            "graph: output 'z' is not computed by any node nor an input"),
+        "a node reading an unknown tensor": (
+            lambda: Graph((Input("x", 3),), (Node(Combine("add"), ("x", "q"), "y"),), ("y",)),
+            "node y = Combine(add)(x, q): input 'q' is not an input of the graph nor computed by any node"),
+        "a cycle": (
+            lambda: Graph((Input("x", 4),), (Node(Combine("add"), ("x", "b"), "a"), Node(dense(rng, 4, 4), "a", "b")),
+                          ("b",)),
+            "graph: nodes form a cycle: a = Combine(add)(x, b); b = Dense(4 -> 4, linear)(a)"),
+        "a duplicate tensor name": (
+            lambda: Graph((Input("x", 3),), (Node(d34, "x", "a"), Node(LastStep(), "x", "a")), ("a",)),
+            "node a = LastStep()(x): tensor 'a' is already defined"),
+        "a node giving an input's name": (
+            lambda: Graph((Input("x", 3),), (Node(Activation(activation("tanh")), "x", "x"),), ("x",)),
+            "node x = Activation(tanh)(x): tensor 'x' is already defined"),
+        "a duplicate input name": (
+            lambda: Graph((Input("x", 3), Input("x", 2, "vector")), (Node(d34, "x", "y"),), ("y",)),
+            "graph: input name 'x' is used twice"),
+        "a GRU h0 of the wrong size": (
+            lambda: Graph((Input("x", 3), Input("s", 3, "vector")), (Node(gru4, ("x", "s"), "y"),), ("y",)),
+            f"node y = {gru4.describe()}(x, s): h0 must be (B, 4) (the directions' states side by side), "
+            "got 'x' (B, T, 3), 's' (B, 3)"),
+        "a GRU h0 that is a sequence": (
+            lambda: Graph((Input("x", 3), Input("s", 4)), (Node(gru4, ("x", "s"), "y"),), ("y",)),
+            "h0 must be (B, 4) (the directions' states side by side), got 'x' (B, T, 3), 's' (B, T, 4)"),
+        "ids into a Dense": (
+            lambda: Graph((Input("i", None, "ids"),), (Node(d34, "i", "y"),), ("y",)),
+            "node y = Dense(3 -> 4, linear)(i): token ids go only into an Embedding"),
+        "ids into a Concat": (
+            lambda: Graph((Input("i", None, "ids"), Input("x", 3)), (Node(Concat(), ("i", "x"), "y"),), ("y",)),
+            "node y = Concat()(i, x): token ids go only into an Embedding ('i' (B, T) ids, 'x' (B, T, 3))"),
+        "a sequence output as a state": (
+            lambda: Graph((Input("x", 3),), (Node(d34, "x", "y"),), (Output("y", 2),)),
+            "graph: output 'y' (B, T, 4) cannot be given as a state of 2 directions"),
+    }
+
+
+@pytest.mark.parametrize("case", sorted(_bad_graphs(np.random.default_rng(0))))
+def test_bad_graph(case):
+    build, message = _bad_graphs(np.random.default_rng(0))[case]
+    with pytest.raises(ModelFormatError, match=re.escape(message)):
+        build()
+
+
+def test_a_node_holding_no_layer():
+    with pytest.raises(UnsupportedModelError, match=re.escape("node y (from x): not a grurt layer: 'relu'")):
+        Graph((Input("x", 3),), (Node("relu", "x", "y"),), ("y",))
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad calls: InputError naming the input (or the node)
+# ---------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def merging_model():
+    """x (B, T, 3) -> GRU -> a; y (B, T, 2) -> Dense -> b; c = a + b; out = Concat(LastStep(c), s)."""
+    rng = np.random.default_rng(16)
+    return grurt.Model(Graph(
+        (Input("x", 3), Input("y", 2), Input("s", 4, "vector")),
+        (Node(random_gru(rng, 3, 4), "x", "a"), Node(dense(rng, 2, 4), "y", "b"), Node(Combine("add"), ("a", "b"), "c"),
+         Node(LastStep(), "c", "last"), Node(Concat(), ("last", "s"), "out")),
+        ("out",)))
+
+
+def _good(batch=2, steps=5):
+    rng = np.random.default_rng(17)
+    return {"x": rng.normal(size=(batch, steps, 3)).astype(np.float32),
+            "y": rng.normal(size=(batch, steps, 2)).astype(np.float32),
+            "s": rng.normal(size=(batch, 4)).astype(np.float32)}
+
+
+def _with(**changes):
+    values = _good()
+    values.update(changes)
+    return values
+
+
+BAD_CALLS = {
+    "missing": (lambda: {"x": _good()["x"], "s": _good()["s"]}, "input 'y' is missing: this model's inputs are"),
+    "unknown": (lambda: _with(w=np.zeros(3)), "unknown input 'w': this model's inputs are ['x', 'y', 's']"),
+    "too few list items": (lambda: [_good()["x"], _good()["y"]], "this model takes 3 inputs ['x', 'y', 's'], got 2"),
+    "too many list items": (lambda: list(_good().values()) + [np.zeros(4)], "this model takes 3 inputs"),
+    "one array for three inputs": (lambda: _good()["x"], "pass a list in that order or a dict by name, got ndarray"),
+    "features": (lambda: _with(x=np.zeros((2, 5, 4), np.float32)), "input 'x' has 4 features, the model expects 3"),
+    "rank": (lambda: _with(y=np.zeros(2, np.float32)), "input 'y' must be (B, T, 2) or (T, 2), got shape (2,)"),
+    "vector given as a sequence": (lambda: _with(s=np.zeros((2, 5, 4), np.float32)),
+                                   "input 's' must be (B, 4) or (4,), got shape (2, 5, 4)"),
+    "complex": (lambda: _with(x=_good()["x"].astype(np.complex64)),
+                "input 'x' must be real numbers, got dtype complex64"),
+    "strings": (lambda: _with(s=np.array([["a"] * 4] * 2)), "input 's' must be real numbers, got dtype <U1"),
+    "not an array": (lambda: _with(y="frames"), "input 'y' must be an array, got str"),
+    "ragged": (lambda: _with(s=[[1.0, 2.0], [3.0]]), "input 's' must be a rectangular array of numbers"),
+    "empty": (lambda: _with(x=np.zeros((2, 0, 3), np.float32)), "input 'x' is empty"),
+    "batch mismatch": (lambda: _with(s=np.zeros((3, 4), np.float32)), "input 's' has a batch of 3, another input 2"),
+    "batched and unbatched": (lambda: _with(y=_good()["y"][0]),
+                              "input 'y': give every input with a batch axis or none without one"),
+    "sequences of different lengths merged": (
+        lambda: _with(y=_good(steps=4)["y"]),
+        "node c = Combine(add)(a, b): its sequences have different numbers of steps (5, 4)"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CALLS))
+def test_bad_call(merging_model, case):
+    values, message = BAD_CALLS[case]
+    with pytest.raises(InputError, match=re.escape(message)):
+        merging_model.run(values())
+
+
+def test_bad_state_input_and_threads():
+    rng = np.random.default_rng(18)
+    model = grurt.Model(two_output_graph(rng))
+    x = rng.normal(size=(2, 4, 3)).astype(np.float32)
+    with pytest.raises(InputError, match=re.escape("input 'h' must be (1, B, 5) or (1, 5), got shape (2, 5)")):
+        model.run([x, np.zeros((2, 5), np.float32)])
+    with pytest.raises(InputError, match=re.escape("input 'h' must be (1, B, 5) or (1, 5), got shape (1, 2, 4)")):
+        model.run([x, np.zeros((1, 2, 4), np.float32)])
+    with pytest.raises(InputError, match="threads must be an integer"):
+        model.run([x, np.zeros((1, 2, 5), np.float32)], threads=0)
+    # the good call, for contrast
+    assert model.run([x, np.zeros((1, 2, 5), np.float32)])[0].shape == (2, 4)
