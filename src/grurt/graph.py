@@ -19,7 +19,7 @@ from functools import cached_property
 from typing import Dict, Optional, Tuple
 
 from .errors import ModelFormatError, UnsupportedModelError
-from .spec import GRU, ModelSpec, layer_output, parameter_count
+from .spec import GRU, LAYER_TYPES, ModelSpec, layer_output, parameter_count
 
 INPUT_KINDS = ("sequence", "vector", "ids", "state")
 COMBINE_OPS = ("add", "sub", "mul", "max", "min", "mean")
@@ -147,6 +147,9 @@ class Node:
             if isinstance(names, str):
                 names = (names,)
             object.__setattr__(self, attr, tuple(_name(type(self.layer).__name__, n) for n in names))
+        if not isinstance(self.layer, LAYER_TYPES + GRAPH_LAYERS):
+            raise UnsupportedModelError(f"node {', '.join(self.outputs)} (from {', '.join(self.inputs)}): "
+                                        f"not a grurt layer: {self.layer!r}")
 
     def describe(self) -> str:
         return f"{', '.join(self.outputs)} = {self.layer.describe()}({', '.join(self.inputs)})"
