@@ -20,6 +20,10 @@ TorchScript exporter, dynamic batch/time axes) and run by every contender:
     onnxruntime (default threads)
     torch eager (1 thread)         torch.set_num_threads(1), autograd off (W3: nn.GRUCell)
 
+W8 (a residual graph: the module's own forward, ``GRU2(a) + a``) is exported like W1-W6; grurt
+runs it as a graph (its chains as Models, the add between them in numpy); the issue's target
+is a ratio >= 1.3 against onnxruntime on 1 thread.
+
 W6s (a CRNN's streaming step) is exported as a step graph: the last 5 frames (B, 5, 40) and
 the GRU state in, the head's output and the new state out; onnxruntime, OpenVINO and torch
 keep those frames (shifted in place) and the state between calls, grurt's stream keeps the

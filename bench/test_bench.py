@@ -1,4 +1,4 @@
-"""pytest-benchmark cases for grurt: workloads W1-W5 and the Python overhead of ``run()``.
+"""pytest-benchmark cases for grurt: workloads W1-W8 (W8: a residual graph) and the Python overhead of ``run()``.
 
 For regression tracking (results land in .benchmarks/, which git ignores):
 
@@ -36,7 +36,7 @@ except ImportError:
     pass
 
 TOLERANCE = 1e-4
-RUN_WORKLOADS = ["W1", "W2", "W4", "W5", "W6", "overhead"]
+RUN_WORKLOADS = ["W1", "W2", "W4", "W5", "W6", "W8", "overhead"]
 
 
 def assert_matches_torch(w, out):

@@ -1,7 +1,8 @@
 """The benchmark workloads, built once and shared by ``test_bench.py`` and ``compare.py``.
 
 Each workload is a batch-first PyTorch module with random weights (fixed seed), the same
-network as a grurt Model (``grurt.from_torch``) and a float32 input:
+network as a grurt Model (``grurt.from_torch``; W8, a graph, from the module's weights in
+``residual_model``) and a float32 input:
 
     W1  forecaster        GRU(50) -> Dense(1) on the last step        (1, 100, 1)
     W2  keyword spotting  2 x GRU(128) -> Dense(12) on the last step  (1, 100, 40)
@@ -15,6 +16,8 @@ network as a grurt Model (``grurt.from_torch``) and a float32 input:
     W7  serving           GRU(256), 64 of 1,024 open sessions stepped  frames (64, 64)
                           together (``StreamPool.step``)
     overhead              GRU with H = I = T = B = 1: the Python cost of ``run()``
+    W8  residual graph    Dense(40 -> 128) -> GRU(128) -> a; GRU(128)(a) + a
+                          -> Dense(12) on the last step               (1, 100, 40)
 
 ``torch_module(x)`` gives the reference output that every runtime must match. W3 is a
 streaming workload: ``x`` is one frame (B, I) and ``check_frames`` (B, K, I) is a short
@@ -35,7 +38,8 @@ from torch import nn
 import grurt
 
 SEED = 20240601
-NAMES = ("W1", "W2", "W3", "W4", "W5", "W6", "W6s", "W7", "overhead")
+# each workload's seed is SEED + its index here: new workloads go at the end
+NAMES = ("W1", "W2", "W3", "W4", "W5", "W6", "W6s", "W7", "overhead", "W8")
 
 
 class LastStepHead(nn.Module):
@@ -97,6 +101,34 @@ class CRNNStep(nn.Module):
         h = torch.relu(self.bn(self.conv(frames.transpose(1, 2)))).transpose(1, 2)      # (B, 1, 64)
         y, h_n = self.gru(h, h0)
         return self.head(y[:, -1]), h_n
+
+
+class Residual(nn.Module):
+    """W8: ``a = GRU1(Linear(x))``, ``y = GRU2(a) + a``, a Linear head on the last step."""
+
+    def __init__(self, dense: nn.Linear, gru1: nn.GRU, gru2: nn.GRU, head: nn.Linear):
+        super().__init__()
+        self.dense, self.gru1, self.gru2, self.head = dense, gru1, gru2, head
+
+    def forward(self, x):
+        a, _ = self.gru1(self.dense(x))
+        y = self.gru2(a)[0] + a
+        return self.head(y[:, -1])
+
+
+def residual_model(module: Residual) -> grurt.Model:
+    """W8 in grurt: a graph built from the module's weights with the ``grurt.layers`` builders."""
+    from grurt.graph import Combine, Graph, Input, Node
+    from grurt.layers import GRU, Dense, LastStep
+
+    def gru(m):
+        return GRU.from_torch(m.weight_ih_l0, m.weight_hh_l0, m.bias_ih_l0, m.bias_hh_l0)
+
+    nodes = (Node(Dense.from_torch(module.dense.weight, module.dense.bias), "x", "d"),
+             Node(gru(module.gru1), "d", "a"), Node(gru(module.gru2), "a", "g"),
+             Node(Combine("add"), ("g", "a"), "y"), Node(LastStep(), "y", "last"),
+             Node(Dense.from_torch(module.head.weight, module.head.bias), "last", "out"))
+    return grurt.Model(Graph((Input("x", module.dense.in_features),), nodes, ("out",)))
 
 
 @dataclass
@@ -183,6 +215,11 @@ def get(name: str) -> Workload:
         return Workload("W7", "serving", Sequence(gru), grurt.from_torch([gru]),
                         np.ascontiguousarray(frames[:, 0]), stream=True,
                         check_frames=np.ascontiguousarray(frames[:, 1:]), pool=(1024, ids))
+    if name == "W8":
+        torch.manual_seed(seed)
+        dense, head = nn.Linear(40, 128), nn.Linear(128, 12)
+        module = Residual(dense, _gru(seed + 1, 128, 128), _gru(seed + 2, 128, 128), head).eval()
+        return Workload("W8", "residual graph", module, residual_model(module), _input(seed, (1, 100, 40)))
     if name == "overhead":
         gru = _gru(seed, 1, 1)
         return Workload("overhead", "(H=I=T=B=1)", Sequence(gru), grurt.from_torch([gru]),
