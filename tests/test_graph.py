@@ -61,13 +61,15 @@ def assert_close(got, want, what=""):
 
 class _Builder:
     """Grows a graph node by node, from tensors that exist, with shapes that fit. The structure is
-    drawn from ``rng`` (uniform choices); hypothesis draws the seed and the counts."""
+    drawn from ``rng`` (uniform choices); hypothesis draws the seed and the counts. ``streamable``:
+    forward GRUs only, whose h0 (if any) comes from the static inputs alone."""
 
-    def __init__(self, rng):
-        self.rng = rng
+    def __init__(self, rng, streamable: bool = False):
+        self.rng, self.streamable = rng, streamable
         self.inputs, self.nodes = [], []
         self.tensors = {}                    # name -> (features, has_time), in creation order
         self.consumed = set()
+        self.static = set()                  # tensors computed from the vector and state inputs alone
 
     def choice(self, values):
         return values[self.rng.integers(len(values))]
@@ -89,16 +91,21 @@ class _Builder:
         size = directions * self.size(1, 4)
         self.inputs.append(Input(name, size, kind, directions))
         self.tensors[name] = (size, kind == "sequence")
+        if kind != "sequence":
+            self.static.add(name)
 
     def node(self, layer, inputs, shapes):
         outputs = tuple(self.tensor(*shape) for shape in shapes)
         self.nodes.append(Node(layer, tuple(inputs), outputs))
         self.consumed.update(inputs)
+        if all(name in self.static for name in inputs):
+            self.static.update(outputs)
         return outputs
 
-    def pick(self, accept=lambda features, has_time: True):
-        """A tensor ``accept`` takes, most often one nothing reads yet (an input before all), or None."""
-        names = [n for n, shape in self.tensors.items() if accept(*shape)]
+    def pick(self, accept=lambda features, has_time: True, among=None):
+        """A tensor ``accept`` takes (of ``among``, if given), most often one nothing reads yet (an
+        input before all), or None."""
+        names = [n for n, shape in self.tensors.items() if accept(*shape) and (among is None or n in among)]
         if not names:
             return None
         fresh = [n for n in names if n not in self.consumed]
@@ -117,9 +124,10 @@ class _Builder:
         x = self.pick(lambda f, t: t)
         if x is None:
             return
-        direction = self.choice(DIRECTIONS)
+        direction = "forward" if self.streamable else self.choice(DIRECTIONS)
         d = 2 if direction == "bidirectional" else 1
-        h0 = self.pick(lambda f, t: not t and f % d == 0 and f // d <= 6) if self.coin() else None
+        h0 = self.pick(lambda f, t: not t and f % d == 0 and f // d <= 6,
+                       self.static if self.streamable else None) if self.coin() else None
         hidden = self.tensors[h0][0] // d if h0 else self.size(1, 5)
         return_sequences = self.coin()
         layer = random_gru(self.rng, self.tensors[x][0], hidden, direction, linear_before_reset=self.coin(),
@@ -200,9 +208,9 @@ class _Builder:
 
 
 @st.composite
-def random_graphs(draw):
+def random_graphs(draw, streamable: bool = False):
     seed = draw(st.integers(0, 2**32 - 1))
-    b = _Builder(np.random.default_rng(seed))
+    b = _Builder(np.random.default_rng(seed), streamable)
     b.add_input("sequence")
     for _ in range(draw(st.integers(0, 2))):
         b.add_input(b.choice(("sequence", "vector", "state")))
@@ -271,6 +279,9 @@ def test_random_graphs_match_reference(graph_and_seed, batch, steps, single, for
     other = positional if form == "dict" else dict(zip(graph.input_names, values))
     again = model.run(other, return_state=return_state, **kwargs)
     for a, b in zip(as_tuple(again[0] if return_state else again), as_tuple(got)):
+        assert np.array_equal(a, b)
+    # threads give the numbers of one thread, bit for bit
+    for a, b in zip(as_tuple(model.run(inputs, threads=2, **kwargs)), as_tuple(got)):
         assert np.array_equal(a, b)
     if single:   # a single sequence gives bit for bit what a batch of one gives
         batched = [v[:, None] if s.kind == "state" else v[None] for v, s in zip(values, graph.inputs)]

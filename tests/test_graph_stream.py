@@ -13,6 +13,8 @@ import re
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import grurt
 from grurt.errors import InputError
@@ -21,7 +23,7 @@ from grurt.graph_model import GraphStream
 from grurt.spec import LastStep, activation
 
 from gru_testing import max_abs_diff, random_gru
-from test_graph import dense
+from test_graph import as_tuple, dense, random_graphs, random_inputs
 
 STEP_TOL = 1e-6
 
@@ -214,3 +216,34 @@ def test_graphs_that_cannot_stream():
         grurt.Model(residual_graph(rng)).stream_pool(4)
     with pytest.raises(InputError, match="batch must be a positive integer"):
         grurt.Model(residual_graph(rng)).stream(batch=0)
+
+
+@settings(derandomize=True, deadline=None, database=None, print_blob=True, max_examples=40,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(graph_and_seed=random_graphs(streamable=True), batch=st.integers(1, 2), steps=st.integers(1, 5))
+def test_random_streamable_graphs(graph_and_seed, batch, steps):
+    """Random graphs of forward GRUs (h0 only from static inputs): frame t of a stream gives what a
+    run over frames 0..t gives at its last frame (a vector output: the run's vector)."""
+    graph, seed = graph_and_seed
+    rng = np.random.default_rng(seed + 2)
+    model = grurt.Model(graph)
+    values = dict(zip(graph.input_names, random_inputs(rng, graph, batch, steps, single=False)))
+    frames = {i.name: values[i.name] for i in graph.inputs if i.kind == "sequence"}
+    static = {i.name: values[i.name] for i in graph.inputs if i.kind != "sequence"} or None
+    stream = model.stream(batch=batch, static=static)
+    # one sequence input: its frames themselves (a one-path graph streams as a chain, whose Stream
+    # takes arrays only); several: a dict by name
+    (only,) = frames.values() if len(frames) == 1 else (None,)
+    block = as_tuple(stream.run(frames if only is None else only))
+    stream.reset()
+    each = as_tuple(stepped(model, stream, lambda t: {n: v[:, t] for n, v in frames.items()} if only is None
+                            else only[:, t], steps))
+    assert all(np.array_equal(a, b) for a, b in zip(block, each))
+    for t in range(steps):
+        prefix = {n: v[:, :t + 1] if n in frames else v for n, v in values.items()}
+        for got, want, output in zip(each, as_tuple(model.run(prefix)), graph.outputs):
+            if output.directions is not None:
+                got, want = got[:, :, t], want
+            else:
+                got, want = got[:, t], want[:, -1] if graph.tensors[output.name].has_time else want
+            assert max_abs_diff(got, want) <= STEP_TOL, (t, output)
