@@ -10,7 +10,6 @@ tests/test_lowp.py (5e-3).
 """
 from __future__ import annotations
 
-import dataclasses
 import pickle
 import re
 
@@ -23,7 +22,7 @@ import grurt
 from grurt import reference
 from grurt.errors import InputError, ModelFormatError, UnsupportedModelError
 from grurt.graph import Combine, Concat, Graph, Input, Node, Output, Slice
-from grurt.spec import GRU, Activation, Dense, Embedding, LastStep, ModelSpec, activation
+from grurt.spec import Activation, Dense, Embedding, LastStep, ModelSpec, activation
 
 from gru_testing import DIRECTIONS, MAX_REFERENCE_MAGNITUDE, max_abs_diff, random_gru
 from tolerances import ATOL
@@ -285,7 +284,8 @@ def test_random_graphs_match_reference(graph_and_seed, batch, steps, single, for
         assert np.array_equal(a, b)
     if single:   # a single sequence gives bit for bit what a batch of one gives
         batched = [v[:, None] if s.kind == "state" else v[None] for v, s in zip(values, graph.inputs)]
-        of_one = model.run(batched[0] if len(batched) == 1 else batched, initial_state=None if h0 is None else [None if s is None else s[:, None] for s in h0],
+        h0_of_one = None if h0 is None else [None if s is None else s[:, None] for s in h0]
+        of_one = model.run(batched[0] if len(batched) == 1 else batched, initial_state=h0_of_one,
                            lengths=None if lengths is None else [lengths])
         for a, b, output in zip(as_tuple(of_one), as_tuple(got), graph.outputs):
             assert np.array_equal(a[0] if output.directions is None else a[:, 0], b)
@@ -550,6 +550,12 @@ def _bad_graphs(rng):
         "ids into a Concat": (
             lambda: Graph((Input("i", None, "ids"), Input("x", 3)), (Node(Concat(), ("i", "x"), "y"),), ("y",)),
             "node y = Concat()(i, x): token ids go only into an Embedding ('i' (B, T) ids, 'x' (B, T, 3))"),
+        "an output that is token ids": (
+            lambda: Graph((Input("i", None, "ids"),), (), ("i",)),
+            "graph: output 'i' is token ids, which only an Embedding reads"),
+        "an output listed twice": (
+            lambda: Graph((Input("x", 3),), (Node(d34, "x", "y"),), ("y", Output("y"))),
+            "graph: output 'y' is listed twice"),
         "a sequence output as a state": (
             lambda: Graph((Input("x", 3),), (Node(d34, "x", "y"),), (Output("y", 2),)),
             "graph: output 'y' (B, T, 4) cannot be given as a state of 2 directions"),

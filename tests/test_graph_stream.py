@@ -20,7 +20,7 @@ import grurt
 from grurt.errors import InputError
 from grurt.graph import Combine, Concat, Graph, Input, Node, Output, Slice
 from grurt.graph_model import GraphStream
-from grurt.spec import LastStep, activation
+from grurt.spec import LastStep
 
 from gru_testing import max_abs_diff, random_gru
 from test_graph import as_tuple, dense, random_graphs, random_inputs
