@@ -384,7 +384,8 @@ def test_initial_state_per_gru_node():
     """initial_state and return_state follow graph.gru_nodes; a GRU fed h0 by a tensor takes None."""
     rng = np.random.default_rng(10)
     graph = Graph((Input("x", 3), Input("s", 4, "vector")),
-                  (Node(random_gru(rng, 3, 4), ("x", "s"), "a"), Node(random_gru(rng, 4, 2, "bidirectional"), "a", "b")),
+                  (Node(random_gru(rng, 3, 4), ("x", "s"), "a"),
+                   Node(random_gru(rng, 4, 2, "bidirectional"), "a", "b")),
                   ("b",))
     model = grurt.Model(graph)
     x, s = _inputs(rng, graph, 2, 5)
