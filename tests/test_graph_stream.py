@@ -231,13 +231,9 @@ def test_random_streamable_graphs(graph_and_seed, batch, steps):
     frames = {i.name: values[i.name] for i in graph.inputs if i.kind == "sequence"}
     static = {i.name: values[i.name] for i in graph.inputs if i.kind != "sequence"} or None
     stream = model.stream(batch=batch, static=static)
-    # one sequence input: its frames themselves (a one-path graph streams as a chain, whose Stream
-    # takes arrays only); several: a dict by name
-    (only,) = frames.values() if len(frames) == 1 else (None,)
-    block = as_tuple(stream.run(frames if only is None else only))
+    block = as_tuple(stream.run(frames))          # frames by name, also when the graph is one path (a chain)
     stream.reset()
-    each = as_tuple(stepped(model, stream, lambda t: {n: v[:, t] for n, v in frames.items()} if only is None
-                            else only[:, t], steps))
+    each = as_tuple(stepped(model, stream, lambda t: {n: v[:, t] for n, v in frames.items()}, steps))
     assert all(np.array_equal(a, b) for a, b in zip(block, each))
     for t in range(steps):
         prefix = {n: v[:, :t + 1] if n in frames else v for n, v in values.items()}

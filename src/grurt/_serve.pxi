@@ -300,6 +300,8 @@ cdef class Stream:
         return 0
 
     def _step_checked(self, frame, out):
+        if type(frame) is dict:                 # {input name: frame}, as a graph's stream takes it
+            frame = self.model._graph_input(frame)
         if self.model._table is not None:       # token ids: their embedding rows are the frame
             frame = self.model._token_frames(frame)
         frame = _real_array(frame, "frame")
@@ -354,6 +356,8 @@ cdef class Stream:
         return self._run_checked(frames, out)
 
     def _run_checked(self, frames, out):
+        if type(frames) is dict:
+            frames = self.model._graph_input(frames)
         if self.model._table is not None:
             frames = self.model._token_frames(frames)
         frames = _real_array(frames, "frames")
