@@ -647,3 +647,19 @@ def test_bad_state_input_and_threads():
         model.run([x, np.zeros((1, 2, 5), np.float32)], threads=0)
     # the good call, for contrast
     assert model.run([x, np.zeros((1, 2, 5), np.float32)])[0].shape == (2, 4)
+
+
+def test_lengths_are_checked_against_every_sequence_input():
+    """Two sequence inputs of 5 and 3 steps, never merged: lengths of 4 fit the first, not the second."""
+    rng = np.random.default_rng(11)
+    nodes = (Node(random_gru(rng, 2, 3, return_sequences=False), "long", "a"),
+             Node(random_gru(rng, 2, 3, return_sequences=False), "short", "b"),
+             Node(Concat(), ("a", "b"), "y"))
+    model = grurt.Model(Graph((Input("long", 2), Input("short", 2)), nodes, ("y",)))
+    x = [rng.normal(size=(2, 5, 2)), rng.normal(size=(2, 3, 2))]
+    with pytest.raises(InputError, match=r"lengths must be between 1 and 3, the steps of input 'short', got 2\.\.4"):
+        model.run(x, lengths=[4, 2])
+    with pytest.raises(InputError, match=r"lengths must be integers of shape \(2,\), got float64 \(2,\)"):
+        model.run(x, lengths=[3.0, 2.0])
+    np.testing.assert_allclose(model.run(x, lengths=[3, 2]), reference.run(model.graph, x, lengths=[3, 2]),
+                               rtol=0, atol=ATOL)

@@ -161,6 +161,20 @@ class GraphRunner:
         return {"sequence": f"(B, T, {spec.size}) or (T, {spec.size})",
                 "ids": "(B, T) or (T,) token ids" if block else "(B,) token ids or one id"}[spec.kind]
 
+    def checked_lengths(self, lengths, env, batch: int, single: bool) -> np.ndarray:
+        """``lengths`` (B,) as int32, checked against every sequence input's steps (each sequence of the
+        graph has its input's lengths)."""
+        values = _array(lengths, "lengths")
+        if single and values.ndim == 0:
+            values = values.reshape(1)     # one sequence's length, as its segments take it (batch of one)
+        if values.shape != (batch,) or values.dtype.kind not in "iu":
+            raise InputError(f"lengths must be integers of shape ({batch},), got {values.dtype} {values.shape}")
+        for name, spec in self.inputs.items():
+            if spec.kind in ("sequence", "ids") and not 1 <= values.min() <= values.max() <= env[name].shape[1]:
+                raise InputError(f"lengths must be between 1 and {env[name].shape[1]}, the steps of input "
+                                 f"'{name}', got {values.min()}..{values.max()}")
+        return np.ascontiguousarray(values, dtype=np.int32)
+
     def initial_states(self, initial_state, batch: int, single: bool):
         """One (D, B, H) state or None per GRU node, from the user's list (None entries allowed)."""
         grus = self.graph.gru_nodes
@@ -189,8 +203,8 @@ class GraphRunner:
 
     def run(self, values, initial_state, return_state, lengths, threads):
         env, single, batch = self.checked_inputs(values)
-        if single and lengths is not None and np.ndim(lengths) == 0:
-            lengths = [lengths]           # one sequence's length, as its segments take it (batch of one)
+        if lengths is not None:
+            lengths = self.checked_lengths(lengths, env, batch, single)
         user_states = self.initial_states(initial_state, batch, single)
         final_states = [None] * len(self.graph.gru_nodes)
         for position, step in enumerate(self.steps):
