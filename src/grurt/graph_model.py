@@ -35,6 +35,28 @@ def combine(node, arrays):
     return result
 
 
+def by_name(values, names, what: str = "input") -> dict:
+    """{name: value} from a dict by name, a list or tuple in ``names`` order, or, for one name, the
+    value itself (a nested list is then that value's data); InputError naming what is missing,
+    unknown or miscounted."""
+    if isinstance(values, dict):
+        unknown = [k for k in values if k not in names]
+        if unknown:
+            raise InputError(f"unknown {what} {unknown[0]!r}: this model's {what}s are {list(names)}")
+        missing = [n for n in names if n not in values]
+        if missing:
+            raise InputError(f"{what} {missing[0]!r} is missing: this model's {what}s are {list(names)}")
+        return dict(values)
+    if len(names) == 1:
+        return {names[0]: values}
+    if not isinstance(values, (list, tuple)):
+        raise InputError(f"this model takes {len(names)} {what}s {list(names)}: pass a list in that order "
+                         f"or a dict by name, got {type(values).__name__}")
+    if len(values) != len(names):
+        raise InputError(f"this model takes {len(names)} {what}s {list(names)}, got {len(values)}")
+    return dict(zip(names, values))
+
+
 def _array(value, what: str) -> np.ndarray:
     if type(value) is not np.ndarray:
         if not hasattr(value, "__array__") and not isinstance(value, (list, tuple, int, float, np.number)):
@@ -84,31 +106,10 @@ class GraphRunner:
 
     # ---- inputs ----
 
-    def named_inputs(self, values) -> dict:
-        """{input name: value} from one array (a model of one input), a list/tuple in input order, or
-        a dict by name; InputError naming what is missing, extra or unknown."""
-        names = self.graph.input_names
-        if isinstance(values, dict):
-            unknown = [k for k in values if k not in self.inputs]
-            if unknown:
-                raise InputError(f"unknown input {unknown[0]!r}: this model's inputs are {list(names)}")
-            missing = [n for n in names if n not in values]
-            if missing:
-                raise InputError(f"input {missing[0]!r} is missing: this model's inputs are {list(names)}")
-            return dict(values)
-        if len(names) == 1:
-            return {names[0]: values}
-        if not isinstance(values, (list, tuple)):
-            raise InputError(f"this model takes {len(names)} inputs {list(names)}: pass a list in that order "
-                             f"or a dict by name, got {type(values).__name__}")
-        if len(values) != len(names):
-            raise InputError(f"this model takes {len(names)} inputs {list(names)}, got {len(values)}")
-        return dict(zip(names, values))
-
     def checked_inputs(self, values):
         """{name: batched float32 (or integer ids) array}, single (no batch axis given), batch."""
         env, single, batch = {}, None, None
-        for name, value in self.named_inputs(values).items():
+        for name, value in by_name(values, self.graph.input_names).items():
             a, is_single = self.check_input(name, value)
             if single is None:
                 single, batch = is_single, a.shape[0]
@@ -335,18 +336,7 @@ class GraphStream:
         if static is None:
             raise InputError(f"this model's static inputs {list(names)} must be given: "
                              "model.stream(static={name: value})")
-        if isinstance(static, dict):
-            unknown = [k for k in static if k not in names]
-            missing = [n for n in names if n not in static]
-            if unknown or missing:
-                raise InputError(f"static must give exactly the inputs {list(names)}: "
-                                 + (f"unknown {unknown[0]!r}" if unknown else f"missing {missing[0]!r}"))
-        elif len(names) == 1 and not isinstance(static, (list, tuple)):
-            static = {names[0]: static}
-        elif not isinstance(static, (list, tuple)) or len(static) != len(names):
-            raise InputError(f"static must be a dict or a list of the inputs {list(names)}")
-        else:
-            static = dict(zip(names, static))
+        static = by_name(static, names, "static input")
         env = {}
         for name, value in static.items():
             a, _ = runner.check_input(name, value)
@@ -365,19 +355,7 @@ class GraphStream:
     def _frames(self, frames, block: bool):
         """{name: (batch, n, I) floats or (batch, n) ids} of the sequence inputs, n, and single."""
         names = self.frame_names
-        if isinstance(frames, dict):
-            unknown = [k for k in frames if k not in names]
-            missing = [n for n in names if n not in frames]
-            if unknown or missing:
-                raise InputError(f"frames must give exactly the sequence inputs {list(names)}: "
-                                 + (f"unknown {unknown[0]!r}" if unknown else f"missing {missing[0]!r}"))
-        elif len(names) == 1:
-            frames = {names[0]: frames}
-        elif not isinstance(frames, (list, tuple)) or len(frames) != len(names):
-            raise InputError(f"this model streams {len(names)} sequence inputs {list(names)}: pass a list of "
-                             "their frames in that order, or a dict by name")
-        else:
-            frames = dict(zip(names, frames))
+        frames = by_name(frames, names, "sequence input")
         env, single, steps = {}, None, None
         for name in names:
             a, is_single = self.runner.check_input(name, frames[name], block)
