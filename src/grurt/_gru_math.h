@@ -460,66 +460,69 @@ GRURT_HOT static void grurt_gemm_panels(int rows, int n_in, int n_panels, const 
 }
 
 #else
-/* NEON: ROWS rows × NP panels of y = init + x·Aᵀ in 8·ROWS·NP accumulators of 4 floats (up to
- * 24 of the 32 vector registers). x is loaded four k at a time and each x[k] used by lane
- * (vfmaq_laneq_f32: no broadcast), the n_in % 4 k left over one at a time; backward starts
- * from the top block and ends with the k left over at the bottom. So k runs in the order of
- * GRURT_K, and every output is the chain of FMAs of the portable kernels (which GCC contracts
- * on aarch64): results equal theirs whatever the tile, hence whatever the batch. */
-GRURT_INLINE void grurt_neon_tile(const int ROWS, const int NP, int n_in, const float *restrict x, int ldx,
-                                  const float *restrict packed, const float *restrict init, float *restrict y,
+/* NEON: ROWS rows × one panel of y = init + x·Aᵀ in 8·ROWS accumulators of 4 floats (24 of
+ * the 32 vector registers for 3 rows). x is loaded four k at a time and each x[k] used by lane
+ * (vfmaq_laneq_f32: no broadcast), the n_in % 4 k left over one at a time; backward reverses
+ * each block of x and walks the weights' rows down, and ends with the k left over at the
+ * bottom. So k runs in the order of GRURT_K, and every output is the chain of FMAs of the
+ * portable kernels (which GCC contracts on aarch64): results equal theirs whatever the tile,
+ * hence whatever the batch. */
+GRURT_INLINE void grurt_neon_tile(const int ROWS, int n_in, const float *restrict x, int ldx,
+                                  const float *restrict panel, const float *restrict init, float *restrict y,
                                   int ldy, int backward) {
-    const size_t panel = (size_t)n_in * GRURT_PANEL;
     float32x4_t acc[24], xv[3];
 #pragma GCC unroll 3
     for (int r = 0; r < ROWS; ++r)
 #pragma GCC unroll 8
-        for (int i = 0; i < 8 * NP; ++i) acc[8 * NP * r + i] = init ? vld1q_f32(init + 4 * i) : vdupq_n_f32(0.0f);
-    /* += x[k] (lane LANE of xv) times row k of every panel */
-#define GRURT_NEON_K(k, LANE)                                                                        \
-    _Pragma("GCC unroll 3") for (int p = 0; p < NP; ++p) {                                           \
-        const float *wk = packed + p * panel + (size_t)(k) * GRURT_PANEL;                            \
-        _Pragma("GCC unroll 8") for (int i = 0; i < 8; ++i) {                                        \
-            float32x4_t w = vld1q_f32(wk + 4 * i);                                                   \
+        for (int i = 0; i < 8; ++i) acc[8 * r + i] = init ? vld1q_f32(init + 4 * i) : vdupq_n_f32(0.0f);
+    /* += x[k] (lane LANE of xv) times the panel's row k at w. One row loads four vectors per
+     * instruction (ld1); with three rows the four registers that holds make GCC 12 spill
+     * accumulators, so there the weight vectors come one at a time. */
+#define GRURT_NEON_K(w, LANE)                                                                        \
+    _Pragma("GCC unroll 2") for (int h = 0; h < 2; ++h) {                                            \
+        float32x4x4_t w4;                                                                            \
+        if (ROWS == 1) w4 = vld1q_f32_x4((w) + 16 * h);                                              \
+        _Pragma("GCC unroll 4") for (int i = 0; i < 4; ++i) {                                        \
+            float32x4_t wi = ROWS == 1 ? w4.val[i] : vld1q_f32((w) + 16 * h + 4 * i);                \
             _Pragma("GCC unroll 3") for (int r = 0; r < ROWS; ++r)                                   \
-                acc[8 * NP * r + 8 * p + i] = vfmaq_laneq_f32(acc[8 * NP * r + 8 * p + i], w, xv[r], LANE); \
+                acc[8 * r + 4 * h + i] = vfmaq_laneq_f32(acc[8 * r + 4 * h + i], wi, xv[r], LANE);   \
         }                                                                                            \
     }
-    int blocks = n_in / 4, left = n_in % 4;
-    for (int b = 0; b < blocks; ++b) {
-        int k = backward ? n_in - 4 * (b + 1) : 4 * b;
+    const int blocks = n_in / 4, left = n_in % 4;
+    /* per block of four k: lane j of xv and the row at wk + j·row are the j-th k summed;
+     * pointers move from block to block */
+    const float *xk = x + (backward ? n_in - 4 : 0);
+    const float *wk = panel + (size_t)(backward ? n_in - 1 : 0) * GRURT_PANEL;
+    const long step = backward ? -4 : 4, row = backward ? -GRURT_PANEL : GRURT_PANEL;
+    for (int b = 0; b < blocks; ++b, xk += step, wk += step * GRURT_PANEL) {
 #pragma GCC unroll 3
-        for (int r = 0; r < ROWS; ++r) xv[r] = vld1q_f32(x + (size_t)r * ldx + k);
-        if (backward) {
-            GRURT_NEON_K(k + 3, 3) GRURT_NEON_K(k + 2, 2) GRURT_NEON_K(k + 1, 1) GRURT_NEON_K(k, 0)
-        } else {
-            GRURT_NEON_K(k, 0) GRURT_NEON_K(k + 1, 1) GRURT_NEON_K(k + 2, 2) GRURT_NEON_K(k + 3, 3)
+        for (int r = 0; r < ROWS; ++r) {
+            float32x4_t v = vld1q_f32(xk + (size_t)r * ldx);
+            xv[r] = backward ? vextq_f32(vrev64q_f32(v), vrev64q_f32(v), 2) : v;
         }
+        GRURT_NEON_K(wk, 0) GRURT_NEON_K(wk + row, 1) GRURT_NEON_K(wk + 2 * row, 2) GRURT_NEON_K(wk + 3 * row, 3)
     }
     for (int i = 0; i < left; ++i) {
         int k = backward ? left - 1 - i : 4 * blocks + i;
 #pragma GCC unroll 3
         for (int r = 0; r < ROWS; ++r) xv[r] = vld1q_dup_f32(x + (size_t)r * ldx + k);
-        GRURT_NEON_K(k, 0)
+        GRURT_NEON_K(panel + (size_t)k * GRURT_PANEL, 0)
     }
 #undef GRURT_NEON_K
 #pragma GCC unroll 3
     for (int r = 0; r < ROWS; ++r)
 #pragma GCC unroll 8
-        for (int i = 0; i < 8 * NP; ++i) vst1q_f32(y + (size_t)r * ldy + 4 * i, acc[8 * NP * r + i]);
+        for (int i = 0; i < 8; ++i) vst1q_f32(y + (size_t)r * ldy + 4 * i, acc[8 * r + i]);
 }
 
-/* One row: two panels per pass (16 accumulators), backward last pass first, as the portable one. */
+/* One row: a panel at a time (8 accumulators), backward last panel first. (Two panels at a
+ * time, 16 accumulators, made GCC 12 spill some: more instructions per FMA, not fewer.) */
 static void grurt_gemv_panels(int n_in, int n_panels, const float *restrict x, const float *restrict packed,
                               const float *restrict init, float *restrict y, int backward) {
-    int passes = (n_panels + 1) / 2;
-    for (int i = 0; i < passes; ++i) {
-        int p = 2 * (backward ? passes - 1 - i : i);
-        const float *pk = packed + (size_t)p * n_in * GRURT_PANEL, *in = init ? init + (size_t)p * GRURT_PANEL : NULL;
-        if (p + 1 < n_panels)
-            grurt_neon_tile(1, 2, n_in, x, 0, pk, in, y + (size_t)p * GRURT_PANEL, 0, backward);
-        else
-            grurt_neon_tile(1, 1, n_in, x, 0, pk, in, y + (size_t)p * GRURT_PANEL, 0, backward);
+    for (int i = 0; i < n_panels; ++i) {
+        int p = backward ? n_panels - 1 - i : i;
+        grurt_neon_tile(1, n_in, x, 0, packed + (size_t)p * n_in * GRURT_PANEL,
+                        init ? init + (size_t)p * GRURT_PANEL : NULL, y + (size_t)p * GRURT_PANEL, 0, backward);
     }
 }
 
@@ -531,7 +534,7 @@ static void grurt_gemm_panels(int rows, int n_in, int n_panels, const float *res
     int r = 0;
     for (; r + 2 < rows; r += 3)
         for (int p = 0; p < n_panels; ++p)
-            grurt_neon_tile(3, 1, n_in, x + (size_t)r * ldx, ldx, packed + (size_t)p * n_in * GRURT_PANEL,
+            grurt_neon_tile(3, n_in, x + (size_t)r * ldx, ldx, packed + (size_t)p * n_in * GRURT_PANEL,
                             init ? init + (size_t)p * GRURT_PANEL : NULL, y + (size_t)r * ldy + (size_t)p * GRURT_PANEL,
                             ldy, backward);
     for (; r < rows; ++r)
