@@ -435,15 +435,18 @@ GRURT_INLINE GRURT_BF16_TARGET void grurt_bf16_dot_tile(int ROWS, int NP, int n_
     for (int r = 0; r < ROWS; ++r)
 #pragma GCC unroll 16
         for (int j = 0; j < 8 * NP; ++j) acc[8 * NP * r + j] = init ? vld1q_f32(init + 4 * j) : vdupq_n_f32(0.0f);
-    for (int i = 0; i < n_groups; ++i) {
-        int q = GRURT_G(i, n_groups);
+    /* group q's pair of x (one 32-bit lane) and 64 weights, by pointers moved group to group */
+    const long step = backward ? -1 : 1;
+    const uint32_t *xg = (const uint32_t *)xb + (backward ? n_groups - 1 : 0);
+    const uint16_t *wg = panels + (size_t)(backward ? n_groups - 1 : 0) * 64;
+    for (int i = 0; i < n_groups; ++i, xg += step, wg += step * 64) {
         bfloat16x8_t xv[GRURT_ARM_DOT_ROWS];
 #pragma GCC unroll 3
         for (int r = 0; r < ROWS; ++r)
-            xv[r] = vreinterpretq_bf16_u32(vld1q_dup_u32((const uint32_t *)((const char *)xb + r * row_bytes) + q));
+            xv[r] = vreinterpretq_bf16_u32(vld1q_dup_u32((const uint32_t *)((const char *)xg + r * row_bytes)));
 #pragma GCC unroll 16
         for (int j = 0; j < 8 * NP; ++j) {
-            bfloat16x8_t w = vreinterpretq_bf16_u16(vld1q_u16(panels + (j / 8) * panel + (size_t)q * 64 + (j % 8) * 8));
+            bfloat16x8_t w = vreinterpretq_bf16_u16(vld1q_u16(wg + (j / 8) * panel + (j % 8) * 8));
 #pragma GCC unroll 3
             for (int r = 0; r < ROWS; ++r) acc[8 * NP * r + j] = vbfdotq_f32(acc[8 * NP * r + j], w, xv[r]);
         }
@@ -523,15 +526,18 @@ GRURT_INLINE GRURT_SDOT_TARGET void grurt_i8_dot_tile(int ROWS, int NP, int n_gr
     int32x4_t acc[24];
 #pragma GCC unroll 24
     for (int j = 0; j < 8 * ROWS * NP; ++j) acc[j] = vdupq_n_s32(0);
-    for (int i = 0; i < n_groups; ++i) {
-        int q = GRURT_G(i, n_groups);
+    /* group q's 4 bytes of x and 128 weights, by pointers moved group to group */
+    const long step = backward ? -1 : 1;
+    const int32_t *xg = (const int32_t *)xq + (backward ? n_groups - 1 : 0);
+    const int8_t *wg = panels + (size_t)(backward ? n_groups - 1 : 0) * 128;
+    for (int i = 0; i < n_groups; ++i, xg += step, wg += step * 128) {
         int8x16_t xv[GRURT_ARM_DOT_ROWS];
 #pragma GCC unroll 3
         for (int r = 0; r < ROWS; ++r)
-            xv[r] = vreinterpretq_s8_s32(vld1q_dup_s32((const int32_t *)(xq + r * row_bytes) + q));
+            xv[r] = vreinterpretq_s8_s32(vld1q_dup_s32((const int32_t *)((const char *)xg + r * row_bytes)));
 #pragma GCC unroll 16
         for (int j = 0; j < 8 * NP; ++j) {
-            int8x16_t w = vld1q_s8(panels + (j / 8) * panel + (size_t)q * 128 + (j % 8) * 16);
+            int8x16_t w = vld1q_s8(wg + (j / 8) * panel + (j % 8) * 16);
 #pragma GCC unroll 3
             for (int r = 0; r < ROWS; ++r) acc[8 * NP * r + j] = vdotq_s32(acc[8 * NP * r + j], w, xv[r]);
         }
