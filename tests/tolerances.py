@@ -8,3 +8,8 @@ streaming a block vs frame by frame) are asserted with ``np.array_equal``, not a
 
 #: float32 kernels vs an oracle: about 100 float32 ulps of an O(1) value (the design's budget).
 ATOL = 1e-5
+
+#: reduced-precision weights (bf16, int8): max abs error of a model's output against PyTorch
+#: float32, or against the reference of the rounded weights on a dot path (which rounds x too);
+#: README, Accuracy. (tests/test_lowp.py states the same numbers as its BUDGETS.)
+LOWP_BUDGETS = {"bf16": 5e-3, "int8": 2e-2}

@@ -8,6 +8,8 @@
  * products only for AVX-512 (8-row tiles, one pass for H <= 64), chosen at run time by
  * grurt_x86_level(); so a wheel built here runs on any x86-64 CPU. Building with
  * -DGRURT_NO_AVX512 leaves the AVX-512 code out (CI runs the tests on that build too).
+ * On aarch64 the gate pass and the products exist in NEON intrinsics (NEON is part of the
+ * base ISA: no run-time check); -DGRURT_NO_NEON builds the portable C there instead.
  *
  * Accuracy of the fast functions against float64, measured over 1e7 points in [-20, 20]
  * (tests/test_activations.py re-checks the bounds):
@@ -34,6 +36,10 @@
 #endif
 #else
 #define GRURT_HOT
+#endif
+#if defined(__aarch64__) && !defined(GRURT_NO_NEON)
+#define GRURT_NEON 1
+#include <arm_neon.h>
 #endif
 /* Helpers are forced inline so that each clone of a hot function gets its own copy,
  * compiled for the same instruction set (same FMA contraction, same vector width). */
@@ -185,6 +191,7 @@ GRURT_HOT static void grurt_activate(const grurt_act *act, float *y, int n) {
  * for H rounded up to a block, and xp and hr are readable that far past each gate's H values
  * (the extra lanes compute unused numbers). */
 #define GRURT_UNIT_BLOCK 16
+#ifndef GRURT_NEON     /* (aarch64: grurt_gates_lbr1_neon, below) */
 GRURT_HOT static void grurt_gates_lbr1_vectorized(int H, const float *restrict xp, const float *restrict hr,
                                                   float *restrict h) {
     int units = (H + GRURT_UNIT_BLOCK - 1) & -GRURT_UNIT_BLOCK;
@@ -195,6 +202,7 @@ GRURT_HOT static void grurt_gates_lbr1_vectorized(int H, const float *restrict x
         h[j] = n + z * (h[j] - n);
     }
 }
+#endif
 
 #ifdef GRURT_X86_DISPATCH
 #include <immintrin.h>
@@ -265,7 +273,36 @@ __attribute__((target("arch=x86-64-v4"))) static void grurt_gates_lbr1_avx512(
 }
 #endif
 
+#ifdef GRURT_NEON
+/* NEON: 4-unit blocks, with the padding of grurt_gates_lbr1_vectorized. The same operations in
+ * the same order as grurt_tanh and grurt_sigmoid, the a·b + c as FMAs: GCC contracts the C ones
+ * on aarch64 (FMA is in the base ISA, -ffp-contract=fast), so the results equal the portable
+ * pass's. vminq/vmaxq return NaN when either operand is NaN: NaN propagates as in the C. */
+#define GRURT_NEON_MADD(a, b, c) vfmaq_f32(c, a, b)
+GRURT_INLINE float32x4_t grurt_tanh4(float32x4_t x) {
+    float32x4_t x2 = vminq_f32(vmulq_f32(x, x), vdupq_n_f32(GRURT_TANH_MAX_X2)), p, q;
+    GRURT_TANH_PQ(GRURT_NEON_MADD, vdupq_n_f32, x2, p, q)
+    float32x4_t t = vdivq_f32(vmulq_f32(x, p), q);
+    return vmaxq_f32(vdupq_n_f32(-1.0f), vminq_f32(vdupq_n_f32(1.0f), t));
+}
+
+static void grurt_gates_lbr1_neon(int H, const float *restrict xp, const float *restrict hr, float *restrict h) {
+    const float32x4_t half = vdupq_n_f32(0.5f);
+    for (int j = 0; j < H; j += 4) {
+        float32x4_t z = vfmaq_f32(half, half, grurt_tanh4(vmulq_f32(half, vaddq_f32(vld1q_f32(xp + j),
+                                                                                      vld1q_f32(hr + j)))));
+        float32x4_t r = vfmaq_f32(half, half, grurt_tanh4(vmulq_f32(half, vaddq_f32(vld1q_f32(xp + H + j),
+                                                                                      vld1q_f32(hr + H + j)))));
+        float32x4_t n = grurt_tanh4(vfmaq_f32(vld1q_f32(xp + 2 * H + j), r, vld1q_f32(hr + 2 * H + j)));
+        vst1q_f32(h + j, vfmaq_f32(n, z, vsubq_f32(vld1q_f32(h + j), n)));
+    }
+}
+#endif
+
 static void grurt_gates_lbr1_fast(int H, const float *restrict xp, const float *restrict hr, float *restrict h) {
+#ifdef GRURT_NEON
+    grurt_gates_lbr1_neon(H, xp, hr, h);
+#else
 #ifdef GRURT_X86_AVX512
     if (grurt_x86_level() >= 4) {
         grurt_gates_lbr1_avx512(H, xp, hr, h);
@@ -279,6 +316,7 @@ static void grurt_gates_lbr1_fast(int H, const float *restrict xp, const float *
     }
 #endif
     grurt_gates_lbr1_vectorized(H, xp, hr, h);
+#endif
 }
 
 /* Any activations and clip, linear_before_reset = 1. */
@@ -344,6 +382,7 @@ typedef float grurt_v8 __attribute__((vector_size(32), aligned(4)));
  * sequence's result does not depend on the batch it runs in. */
 #define GRURT_K(i) (backward ? n_in - 1 - (i) : (i))
 
+#ifndef GRURT_NEON     /* (aarch64: the NEON kernels of the same names, below) */
 /* One row: two panels per pass, so eight independent accumulators keep both FMA pipes busy;
  * backward also runs the passes last panel first. */
 GRURT_INLINE void grurt_gemv_pass(int n_in, int two, const float *restrict x, const float *restrict packed,
@@ -419,6 +458,89 @@ GRURT_HOT static void grurt_gemm_panels(int rows, int n_in, int n_panels, const 
     for (; r < rows; ++r)
         grurt_gemv_panels(n_in, n_panels, x + (size_t)r * ldx, packed, init, y + (size_t)r * ldy, backward);
 }
+
+#else
+/* NEON: ROWS rows × one panel of y = init + x·Aᵀ in 8·ROWS accumulators of 4 floats (24 of
+ * the 32 vector registers for 3 rows). x is loaded four k at a time and each x[k] used by lane
+ * (vfmaq_laneq_f32: no broadcast), the n_in % 4 k left over one at a time; backward reverses
+ * each block of x and walks the weights' rows down, and ends with the k left over at the
+ * bottom. So k runs in the order of GRURT_K, and every output is the chain of FMAs of the
+ * portable kernels (which GCC contracts on aarch64): results equal theirs whatever the tile,
+ * hence whatever the batch. */
+GRURT_INLINE void grurt_neon_tile(const int ROWS, int n_in, const float *restrict x, int ldx,
+                                  const float *restrict panel, const float *restrict init, float *restrict y,
+                                  int ldy, int backward) {
+    float32x4_t acc[24], xv[3];
+#pragma GCC unroll 3
+    for (int r = 0; r < ROWS; ++r)
+#pragma GCC unroll 8
+        for (int i = 0; i < 8; ++i) acc[8 * r + i] = init ? vld1q_f32(init + 4 * i) : vdupq_n_f32(0.0f);
+    /* += x[k] (lane LANE of xv) times the panel's row k at w. One row loads four vectors per
+     * instruction (ld1); with three rows the four registers that holds make GCC 12 spill
+     * accumulators, so there the weight vectors come one at a time. */
+#define GRURT_NEON_K(w, LANE)                                                                        \
+    _Pragma("GCC unroll 2") for (int h = 0; h < 2; ++h) {                                            \
+        float32x4x4_t w4;                                                                            \
+        if (ROWS == 1) w4 = vld1q_f32_x4((w) + 16 * h);                                              \
+        _Pragma("GCC unroll 4") for (int i = 0; i < 4; ++i) {                                        \
+            float32x4_t wi = ROWS == 1 ? w4.val[i] : vld1q_f32((w) + 16 * h + 4 * i);                \
+            _Pragma("GCC unroll 3") for (int r = 0; r < ROWS; ++r)                                   \
+                acc[8 * r + 4 * h + i] = vfmaq_laneq_f32(acc[8 * r + 4 * h + i], wi, xv[r], LANE);   \
+        }                                                                                            \
+    }
+    const int blocks = n_in / 4, left = n_in % 4;
+    /* per block of four k: lane j of xv and the row at wk + j·row are the j-th k summed;
+     * pointers move from block to block */
+    const float *xk = x + (backward ? n_in - 4 : 0);
+    const float *wk = panel + (size_t)(backward ? n_in - 1 : 0) * GRURT_PANEL;
+    const long step = backward ? -4 : 4, row = backward ? -GRURT_PANEL : GRURT_PANEL;
+    for (int b = 0; b < blocks; ++b, xk += step, wk += step * GRURT_PANEL) {
+#pragma GCC unroll 3
+        for (int r = 0; r < ROWS; ++r) {
+            float32x4_t v = vld1q_f32(xk + (size_t)r * ldx);
+            xv[r] = backward ? vextq_f32(vrev64q_f32(v), vrev64q_f32(v), 2) : v;
+        }
+        GRURT_NEON_K(wk, 0) GRURT_NEON_K(wk + row, 1) GRURT_NEON_K(wk + 2 * row, 2) GRURT_NEON_K(wk + 3 * row, 3)
+    }
+    for (int i = 0; i < left; ++i) {
+        int k = backward ? left - 1 - i : 4 * blocks + i;
+#pragma GCC unroll 3
+        for (int r = 0; r < ROWS; ++r) xv[r] = vld1q_dup_f32(x + (size_t)r * ldx + k);
+        GRURT_NEON_K(panel + (size_t)k * GRURT_PANEL, 0)
+    }
+#undef GRURT_NEON_K
+#pragma GCC unroll 3
+    for (int r = 0; r < ROWS; ++r)
+#pragma GCC unroll 8
+        for (int i = 0; i < 8; ++i) vst1q_f32(y + (size_t)r * ldy + 4 * i, acc[8 * r + i]);
+}
+
+/* One row: a panel at a time (8 accumulators), backward last panel first. (Two panels at a
+ * time, 16 accumulators, made GCC 12 spill some: more instructions per FMA, not fewer.) */
+static void grurt_gemv_panels(int n_in, int n_panels, const float *restrict x, const float *restrict packed,
+                              const float *restrict init, float *restrict y, int backward) {
+    for (int i = 0; i < n_panels; ++i) {
+        int p = backward ? n_panels - 1 - i : i;
+        grurt_neon_tile(1, n_in, x, 0, packed + (size_t)p * n_in * GRURT_PANEL,
+                        init ? init + (size_t)p * GRURT_PANEL : NULL, y + (size_t)p * GRURT_PANEL, 0, backward);
+    }
+}
+
+/* Several rows: tiles of 3 rows × 1 panel (24 accumulators), each weight vector used three
+ * times; leftover rows through the one-row kernel. */
+static void grurt_gemm_panels(int rows, int n_in, int n_panels, const float *restrict x, int ldx,
+                              const float *restrict packed, const float *restrict init, float *restrict y,
+                              int ldy, int backward) {
+    int r = 0;
+    for (; r + 2 < rows; r += 3)
+        for (int p = 0; p < n_panels; ++p)
+            grurt_neon_tile(3, n_in, x + (size_t)r * ldx, ldx, packed + (size_t)p * n_in * GRURT_PANEL,
+                            init ? init + (size_t)p * GRURT_PANEL : NULL, y + (size_t)r * ldy + (size_t)p * GRURT_PANEL,
+                            ldy, backward);
+    for (; r < rows; ++r)
+        grurt_gemv_panels(n_in, n_panels, x + (size_t)r * ldx, packed, init, y + (size_t)r * ldy, backward);
+}
+#endif
 
 /* Batches: AVX-512 tiles of 8 rows × 1 panel (two 16-float vectors per row, sixteen
  * accumulators, each weight vector used eight times) where the CPU has it, the tiles above

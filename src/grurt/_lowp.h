@@ -18,11 +18,12 @@
  * Two ways to compute, measured in bench/lowp_bench.c:
  *   widening (portable C, auto-vectorized; every CPU): each weight becomes float32 and meets
  *     the float32 x in an FMA, x·A summed in float32 like the float32 kernels;
- *   dot (x86-64 with AVX512_BF16 / AVX512-VNNI, chosen at run time): each row of x is
- *     rounded to bf16 (bf16 mode), or quantized to int8 with one scale per row (int8 mode:
- *     xq = round(x · 127 / max|x|), stored as xq + 128 in unsigned bytes), then vdpbf16ps or
- *     vpdpbusd multiply G pairs per lane per instruction. The int8 sums are exact in int32:
- *     y = init + scale · (max|x| / 127) · (Σ (xq+128)·q − 128 Σ q).
+ *   dot (x86-64 with AVX512_BF16 / AVX512-VNNI, aarch64 with BF16 / DotProd, chosen at run
+ *     time): each row of x is rounded to bf16 (bf16 mode), or quantized to int8 with one scale
+ *     per row (int8 mode: xq = round(x · 127 / max|x|), stored as xq + 128 in unsigned bytes
+ *     for vpdpbusd, as signed bytes for SDOT), then vdpbf16ps / BFDOT or vpdpbusd / SDOT
+ *     multiply G pairs per lane per instruction. The int8 sums are exact in int32:
+ *     y = init + scale · (max|x| / 127) · (Σ (xq+128)·q − 128 Σ q) on x86, Σ xq·q on aarch64.
  * Either way every row of X goes through the same arithmetic whatever the batch, so a
  * sequence's result does not depend on the batch it runs in; the two ways differ from each
  * other by the rounding of x (dot only). ``backward`` reverses the order of the groups as in
@@ -370,11 +371,229 @@ GRURT_VNNI_TARGET static void grurt_gemm_i8_dot(int rows, int n_in, int n_panels
 }
 #endif
 
+/* ---- dot instructions, aarch64 with BFDOT / SDOT ------------------------------------- */
+/* FEAT_BF16 (BFDOT, BFCVTN) and FEAT_DotProd (SDOT) are optional from Armv8.2-A on: only the
+ * functions below are compiled for them (target attributes; GCC's arm_neon.h declares the
+ * intrinsics for armv8.2-a+bf16 / +dotprod), picked at run time from the kernel's hwcaps
+ * (getauxval, Linux), so the rest of the build runs on any ARMv8.0 CPU. Same layout and the
+ * same arithmetic as the x86 dot path: bf16 x rounded to nearest even, BFDOT summing each
+ * lane's pair into the float32 accumulators; int8 x quantized exactly as for vpdpbusd but
+ * kept signed (SDOT multiplies s8 by s8, so no +128 offset and no column sums to subtract):
+ * the int32 sums are the same numbers, and y = init + (scale·sx)·sum the same FMA. */
+#if defined(GRURT_NEON) && defined(__linux__) && defined(__GNUC__) && !defined(__clang__)
+#define GRURT_ARM_DOT 1
+#include <sys/auxv.h>
+#ifndef AT_HWCAP2
+#define AT_HWCAP2 26
+#endif
+#ifndef HWCAP_ASIMDDP
+#define HWCAP_ASIMDDP (1UL << 20)
+#endif
+#ifndef HWCAP2_BF16
+#define HWCAP2_BF16 (1UL << 14)
+#endif
+#define GRURT_BF16_TARGET __attribute__((target("arch=armv8.2-a+bf16")))
+#define GRURT_SDOT_TARGET __attribute__((target("arch=armv8.2-a+dotprod")))
+/* 24 accumulators of the 32 vector registers: tiles of 3 rows × 1 panel, or one row × 2 panels */
+#define GRURT_ARM_DOT_ROWS 3
+#define GRURT_ARM_DOT_PANELS 2
+
+static int grurt_has_bf16(void) {
+    static int has = -1;
+    if (has < 0) has = (getauxval(AT_HWCAP2) & HWCAP2_BF16) != 0;
+    return has;
+}
+static int grurt_has_sdot(void) {
+    static int has = -1;
+    if (has < 0) has = (getauxval(AT_HWCAP) & HWCAP_ASIMDDP) != 0;
+    return has;
+}
+
+/* rows of x → bf16 pairs, zero-padded to whole groups (BFCVTN: round to nearest even) */
+GRURT_BF16_TARGET static void grurt_rows_to_bf16(int rows, int n_in, const float *x, int ldx, uint16_t *out,
+                                                 size_t row_bytes) {
+    for (int r = 0; r < rows; ++r) {
+        const float *xr = x + (size_t)r * ldx;
+        uint16_t *o = (uint16_t *)((char *)out + r * row_bytes);
+        int k = 0;
+        for (; k + 4 <= n_in; k += 4) vst1_bf16((bfloat16_t *)(o + k), vcvt_bf16_f32(vld1q_f32(xr + k)));
+        for (; k < n_in; ++k) {
+            bfloat16_t b = vcvth_bf16_f32(xr[k]);
+            memcpy(o + k, &b, sizeof b);
+        }
+        if (n_in & 1) o[n_in] = 0;
+    }
+}
+
+/* ROWS rows × NP panels: 8·ROWS·NP accumulators; x's pair of group q in every 32-bit lane */
+GRURT_INLINE GRURT_BF16_TARGET void grurt_bf16_dot_tile(int ROWS, int NP, int n_groups, const uint16_t *xb,
+                                                        size_t row_bytes, const uint16_t *restrict panels,
+                                                        size_t panel, const float *restrict init,
+                                                        float *restrict y, int ldy, int backward) {
+    float32x4_t acc[24];
+#pragma GCC unroll 3
+    for (int r = 0; r < ROWS; ++r)
+#pragma GCC unroll 16
+        for (int j = 0; j < 8 * NP; ++j) acc[8 * NP * r + j] = init ? vld1q_f32(init + 4 * j) : vdupq_n_f32(0.0f);
+    /* group q's pair of x (one 32-bit lane) and 64 weights, by pointers moved group to group */
+    const long step = backward ? -1 : 1;
+    const uint32_t *xg = (const uint32_t *)xb + (backward ? n_groups - 1 : 0);
+    const uint16_t *wg = panels + (size_t)(backward ? n_groups - 1 : 0) * 64;
+    for (int i = 0; i < n_groups; ++i, xg += step, wg += step * 64) {
+        bfloat16x8_t xv[GRURT_ARM_DOT_ROWS];
+#pragma GCC unroll 3
+        for (int r = 0; r < ROWS; ++r)
+            xv[r] = vreinterpretq_bf16_u32(vld1q_dup_u32((const uint32_t *)((const char *)xg + r * row_bytes)));
+#pragma GCC unroll 16
+        for (int j = 0; j < 8 * NP; ++j) {
+            bfloat16x8_t w = vreinterpretq_bf16_u16(vld1q_u16(wg + (j / 8) * panel + (j % 8) * 8));
+#pragma GCC unroll 3
+            for (int r = 0; r < ROWS; ++r) acc[8 * NP * r + j] = vbfdotq_f32(acc[8 * NP * r + j], w, xv[r]);
+        }
+    }
+#pragma GCC unroll 3
+    for (int r = 0; r < ROWS; ++r)
+#pragma GCC unroll 16
+        for (int j = 0; j < 8 * NP; ++j) vst1q_f32(y + (size_t)r * ldy + 4 * j, acc[8 * NP * r + j]);
+}
+
+GRURT_BF16_TARGET static void grurt_gemm_bf16_dot(int rows, int n_in, int n_panels, const float *restrict x,
+                                                  int ldx, const uint16_t *restrict packed,
+                                                  const float *restrict init, float *restrict y, int ldy,
+                                                  int backward, void *work) {
+    int n_groups = (n_in + 1) / 2;
+    size_t panel = (size_t)n_groups * 64, row_bytes = GRURT_LOWP_ROW_BYTES(n_in);
+    uint16_t *xb = (uint16_t *)work;
+#define GRURT_BF16_ARGS(P) packed + (P) * panel, panel, init ? init + (P) * GRURT_PANEL : NULL
+    for (int r0 = 0; r0 < rows; r0 += GRURT_LOWP_TILE) {
+        int tile = rows - r0 < GRURT_LOWP_TILE ? rows - r0 : GRURT_LOWP_TILE;
+        grurt_rows_to_bf16(tile, n_in, x + (size_t)r0 * ldx, ldx, xb, row_bytes);
+        float *yt = y + (size_t)r0 * ldy;
+        int r = 0;
+        for (; r + GRURT_ARM_DOT_ROWS <= tile; r += GRURT_ARM_DOT_ROWS)
+            for (int p = 0; p < n_panels; ++p)
+                grurt_bf16_dot_tile(GRURT_ARM_DOT_ROWS, 1, n_groups, (const uint16_t *)((char *)xb + r * row_bytes),
+                                    row_bytes, GRURT_BF16_ARGS(p), yt + (size_t)r * ldy + p * GRURT_PANEL, ldy,
+                                    backward);
+        for (; r < tile; ++r) {
+            const uint16_t *xr = (const uint16_t *)((char *)xb + r * row_bytes);
+            /* one row: two panels per pass; backward, last pass first */
+            int p, passes = n_panels / GRURT_ARM_DOT_PANELS;
+            for (int i = 0; i < passes; ++i) {
+                p = GRURT_ARM_DOT_PANELS * (backward ? passes - 1 - i : i);
+                grurt_bf16_dot_tile(1, GRURT_ARM_DOT_PANELS, n_groups, xr, row_bytes, GRURT_BF16_ARGS(p),
+                                    yt + (size_t)r * ldy + p * GRURT_PANEL, ldy, backward);
+            }
+            for (p = GRURT_ARM_DOT_PANELS * passes; p < n_panels; ++p)
+                grurt_bf16_dot_tile(1, 1, n_groups, xr, row_bytes, GRURT_BF16_ARGS(p),
+                                    yt + (size_t)r * ldy + p * GRURT_PANEL, ldy, backward);
+        }
+    }
+#undef GRURT_BF16_ARGS
+}
+
+/* rows of x → signed bytes xq = round(x · 127 / max|x|) (FCVTNS: to nearest even, as
+ * vcvtps2dq), zero-padded to whole groups, one scale max|x| / 127 per row after the bytes */
+GRURT_SDOT_TARGET static void grurt_rows_to_s8(int rows, int n_in, const float *x, int ldx, int8_t *out,
+                                               size_t row_bytes) {
+    int padded = (n_in + 3) / 4 * 4;
+    for (int r = 0; r < rows; ++r) {
+        const float *xr = x + (size_t)r * ldx;
+        int8_t *o = out + r * row_bytes;
+        float32x4_t m = vdupq_n_f32(0.0f);
+        int k = 0;
+        for (; k + 4 <= n_in; k += 4) m = vmaxq_f32(m, vabsq_f32(vld1q_f32(xr + k)));
+        float maxabs = vmaxvq_f32(m);
+        for (; k < n_in; ++k) maxabs = fabsf(xr[k]) > maxabs ? fabsf(xr[k]) : maxabs;
+        float inv = maxabs > 0.0f ? 127.0f / maxabs : 0.0f;
+        float32x4_t vinv = vdupq_n_f32(inv);
+        for (k = 0; k + 4 <= n_in; k += 4) {
+            int16x4_t h = vmovn_s32(vcvtnq_s32_f32(vmulq_f32(vld1q_f32(xr + k), vinv)));
+            int8x8_t b = vmovn_s16(vcombine_s16(h, h));
+            vst1_lane_s32((int32_t *)(o + k), vreinterpret_s32_s8(b), 0);
+        }
+        for (; k < n_in; ++k) o[k] = (int8_t)vgetq_lane_s32(vcvtnq_s32_f32(vdupq_n_f32(xr[k] * inv)), 0);
+        for (k = n_in; k < padded; ++k) o[k] = 0;
+        float s = maxabs / 127.0f;
+        memcpy(o + padded, &s, sizeof s);
+    }
+}
+
+GRURT_INLINE GRURT_SDOT_TARGET void grurt_i8_dot_tile(int ROWS, int NP, int n_groups, const int8_t *xq,
+                                                      size_t row_bytes, const int8_t *restrict panels, size_t panel,
+                                                      const float *restrict scale, const float *restrict init,
+                                                      float *restrict y, int ldy, int backward) {
+    int32x4_t acc[24];
+#pragma GCC unroll 24
+    for (int j = 0; j < 8 * ROWS * NP; ++j) acc[j] = vdupq_n_s32(0);
+    /* group q's 4 bytes of x and 128 weights, by pointers moved group to group */
+    const long step = backward ? -1 : 1;
+    const int32_t *xg = (const int32_t *)xq + (backward ? n_groups - 1 : 0);
+    const int8_t *wg = panels + (size_t)(backward ? n_groups - 1 : 0) * 128;
+    for (int i = 0; i < n_groups; ++i, xg += step, wg += step * 128) {
+        int8x16_t xv[GRURT_ARM_DOT_ROWS];
+#pragma GCC unroll 3
+        for (int r = 0; r < ROWS; ++r)
+            xv[r] = vreinterpretq_s8_s32(vld1q_dup_s32((const int32_t *)((const char *)xg + r * row_bytes)));
+#pragma GCC unroll 16
+        for (int j = 0; j < 8 * NP; ++j) {
+            int8x16_t w = vld1q_s8(wg + (j / 8) * panel + (j % 8) * 16);
+#pragma GCC unroll 3
+            for (int r = 0; r < ROWS; ++r) acc[8 * NP * r + j] = vdotq_s32(acc[8 * NP * r + j], w, xv[r]);
+        }
+    }
+#pragma GCC unroll 3
+    for (int r = 0; r < ROWS; ++r) {
+        float sx;
+        memcpy(&sx, xq + r * row_bytes + 4 * n_groups, sizeof sx);
+#pragma GCC unroll 16
+        for (int j = 0; j < 8 * NP; ++j) {
+            float32x4_t s = vmulq_f32(vld1q_f32(scale + 4 * j), vdupq_n_f32(sx));
+            float32x4_t b = init ? vld1q_f32(init + 4 * j) : vdupq_n_f32(0.0f);
+            vst1q_f32(y + (size_t)r * ldy + 4 * j, vfmaq_f32(b, s, vcvtq_f32_s32(acc[8 * NP * r + j])));
+        }
+    }
+}
+
+GRURT_SDOT_TARGET static void grurt_gemm_i8_dot(int rows, int n_in, int n_panels, const float *restrict x, int ldx,
+                                                const int8_t *restrict packed, const float *restrict scale,
+                                                const float *restrict init, float *restrict y, int ldy, int backward,
+                                                void *work) {
+    int n_groups = (n_in + 3) / 4;
+    size_t panel = (size_t)n_groups * 128, row_bytes = GRURT_LOWP_ROW_BYTES(n_in);
+    int8_t *xq = (int8_t *)work;
+#define GRURT_I8_ARGS(P) packed + (P) * panel, panel, scale + (P) * GRURT_PANEL, init ? init + (P) * GRURT_PANEL : NULL
+    for (int r0 = 0; r0 < rows; r0 += GRURT_LOWP_TILE) {
+        int tile = rows - r0 < GRURT_LOWP_TILE ? rows - r0 : GRURT_LOWP_TILE;
+        grurt_rows_to_s8(tile, n_in, x + (size_t)r0 * ldx, ldx, xq, row_bytes);
+        float *yt = y + (size_t)r0 * ldy;
+        int r = 0;
+        for (; r + GRURT_ARM_DOT_ROWS <= tile; r += GRURT_ARM_DOT_ROWS)
+            for (int p = 0; p < n_panels; ++p)
+                grurt_i8_dot_tile(GRURT_ARM_DOT_ROWS, 1, n_groups, xq + r * row_bytes, row_bytes, GRURT_I8_ARGS(p),
+                                  yt + (size_t)r * ldy + p * GRURT_PANEL, ldy, backward);
+        for (; r < tile; ++r) {
+            const int8_t *xr = xq + r * row_bytes;
+            int p, passes = n_panels / GRURT_ARM_DOT_PANELS;
+            for (int i = 0; i < passes; ++i) {
+                p = GRURT_ARM_DOT_PANELS * (backward ? passes - 1 - i : i);
+                grurt_i8_dot_tile(1, GRURT_ARM_DOT_PANELS, n_groups, xr, row_bytes, GRURT_I8_ARGS(p),
+                                  yt + (size_t)r * ldy + p * GRURT_PANEL, ldy, backward);
+            }
+            for (p = GRURT_ARM_DOT_PANELS * passes; p < n_panels; ++p)
+                grurt_i8_dot_tile(1, 1, n_groups, xr, row_bytes, GRURT_I8_ARGS(p),
+                                  yt + (size_t)r * ldy + p * GRURT_PANEL, ldy, backward);
+        }
+    }
+#undef GRURT_I8_ARGS
+}
+#endif
+
 /* ---- dispatch ------------------------------------------------------------------------ */
 
 /* 1 when grurt_gemm_bf16 rounds x to bf16 (the dot path) on this CPU, 0 when it widens */
 static int grurt_bf16_uses_dot(void) {
-#ifdef GRURT_X86_AVX512
+#if defined(GRURT_X86_AVX512) || defined(GRURT_ARM_DOT)
     return !grurt_lowp_force_widening && grurt_has_bf16();
 #else
     return 0;
@@ -384,6 +603,8 @@ static int grurt_bf16_uses_dot(void) {
 static int grurt_i8_uses_dot(void) {
 #ifdef GRURT_X86_AVX512
     return !grurt_lowp_force_widening && grurt_has_vnni();
+#elif defined(GRURT_ARM_DOT)
+    return !grurt_lowp_force_widening && grurt_has_sdot();
 #else
     return 0;
 #endif
@@ -392,7 +613,7 @@ static int grurt_i8_uses_dot(void) {
 static void grurt_gemm_bf16(int rows, int n_in, int n_panels, const float *restrict x, int ldx,
                             const uint16_t *restrict packed, const float *restrict init, float *restrict y,
                             int ldy, int backward, void *work) {
-#ifdef GRURT_X86_AVX512
+#if defined(GRURT_X86_AVX512) || defined(GRURT_ARM_DOT)
     if (grurt_bf16_uses_dot()) {
         grurt_gemm_bf16_dot(rows, n_in, n_panels, x, ldx, packed, init, y, ldy, backward, work);
         return;
@@ -408,6 +629,11 @@ static void grurt_gemm_i8(int rows, int n_in, int n_panels, const float *restric
 #ifdef GRURT_X86_AVX512
     if (grurt_i8_uses_dot()) {
         grurt_gemm_i8_dot(rows, n_in, n_panels, x, ldx, packed, scale, colsum, init, y, ldy, backward, work);
+        return;
+    }
+#elif defined(GRURT_ARM_DOT)
+    if (grurt_i8_uses_dot()) {
+        grurt_gemm_i8_dot(rows, n_in, n_panels, x, ldx, packed, scale, init, y, ldy, backward, work);
         return;
     }
 #endif
