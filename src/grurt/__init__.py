@@ -1,7 +1,7 @@
 """grurt: a small, fast CPU inference runtime for GRU networks.
 
     import grurt
-    model = grurt.load("model.npz")      # or .onnx, .keras, .h5
+    model = grurt.load("model.npz")      # or .onnx, .keras, .h5; or grurt.from_torch(module, example_input)
     y = model.run(seq)                   # seq: (T, features) or (batch, T, features)
 """
 __version__ = "0.1.0"
@@ -13,7 +13,8 @@ from .importers.keras import from_keras
 from .importers.state_dict import from_state_dict
 from .importers.torch import from_torch
 from .model import Model
+from .graph import Graph
 from .spec import ModelSpec
 
-__all__ = ["load", "save", "from_torch", "from_keras", "from_state_dict", "layers", "Model", "ModelSpec", "GrurtError", "InputError",
+__all__ = ["load", "save", "from_torch", "from_keras", "from_state_dict", "layers", "Model", "Graph", "ModelSpec", "GrurtError", "InputError",
            "ModelFormatError", "UnsupportedModelError", "reference", "__version__"]
