@@ -337,3 +337,10 @@ def test_single_sequence_forms_agree(model, x):
         for seq in (np.ascontiguousarray(x[0]), x[0].astype(np.float64), x[0].tolist()):
             got = m.run(seq)
             assert got.shape == want.shape and np.array_equal(got, want)
+
+
+def test_a_list_of_inputs_for_a_chain_says_it_has_one(model):
+    """A chain (one input) called as a graph of two: the message names its input and initial_state=."""
+    x, h0 = np.zeros((6, I), np.float32), np.zeros((2, 5), np.float32)
+    refuses(r"this model has one input, 'input', got a list of 2 arrays of different shapes "
+            r"\(GRU states go in initial_state=\)", model, [x, h0])

@@ -314,6 +314,10 @@ class Model:
         if type(seq) is not np.ndarray:
             if not hasattr(seq, "__array__") and not isinstance(seq, (list, tuple)):
                 raise InputError(f"input must be an array of numbers, got {type(seq).__name__}")
+            if (isinstance(seq, (list, tuple)) and len(seq) > 1 and all(type(v) is np.ndarray for v in seq)
+                    and len({v.shape for v in seq}) > 1):     # a list of inputs, as a graph takes them
+                raise InputError(f"this model has one input, {self.input_names[0]!r}, got a list of {len(seq)} "
+                                 "arrays of different shapes (GRU states go in initial_state=)")
             seq = _as_array(seq, "input")
         if seq.dtype.kind not in "fiub":
             raise InputError(f"input must be real numbers, got dtype {seq.dtype}")
