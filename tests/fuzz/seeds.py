@@ -47,7 +47,15 @@ def _grurt_npz(directory, rng):
                          LastStep(), Dense(rng.normal(size=(2, 3)), np.zeros(2)), Activation(activation("tanh"))))
     path = directory / "grurt.npz"
     grurt.save(spec, path, metadata={"seed": "fuzz"})
-    return [path]
+    # a graph (format 2.0): a static input into a GRU's h0, a residual add, a concat, a state output
+    from grurt.graph import Combine, Concat, Graph, Input, Node, Output
+    nodes = (Node(Dense(rng.normal(size=(4, 2)), np.zeros(4)), "v", "h0"),
+             Node(gru(3, 4, linear_before_reset=True), ("x", "h0"), ("a", "a_n")),
+             Node(gru(4, 4), "a", "b"), Node(Combine("add"), ("a", "b"), "sum"),
+             Node(LastStep(), "sum", "last"), Node(Concat(), ("last", "a_n"), "y"))
+    graph_path = directory / "graph.npz"
+    grurt.save(Graph((Input("x", 3), Input("v", 2, "vector")), nodes, ("y", Output("a_n", 1))), graph_path)
+    return [path, graph_path]
 
 
 def _onnx(directory, rng):
