@@ -304,6 +304,11 @@ class GraphStream:
             else:
                 per_frame.add(step.outputs[0])
         self.per_frame = per_frame
+        #: what one advance runs, in order: (its Stream, segment) or (None, merge node)
+        self.frame_steps = [(self.streams[id(step)], step) if isinstance(step, Segment) else (None, step)
+                            for step in runner.steps
+                            if id(step) in self.streams or (not isinstance(step, Segment)
+                                                            and step.outputs[0] in per_frame)]
         self.static_env = {}
         self.reset(static)
 
@@ -355,6 +360,14 @@ class GraphStream:
     def _frames(self, frames, block: bool):
         """{name: (batch, n, I) floats or (batch, n) ids} of the sequence inputs, n, and single."""
         names = self.frame_names
+        if type(frames) is np.ndarray and len(names) == 1 and frames.dtype == _FLOAT32 and frames.flags.c_contiguous:
+            spec = self.runner.inputs[names[0]]   # the common call: one float32 frame or block, the right shape
+            shape = frames.shape
+            if spec.kind == "sequence" and shape[-1] == spec.size and 0 not in shape:
+                if len(shape) == 1 + block and self.batch == 1:
+                    return {names[0]: frames.reshape(1, -1, spec.size)}, (shape[0] if block else 1), True
+                if len(shape) == 2 + block and shape[0] == self.batch:
+                    return {names[0]: frames.reshape(self.batch, -1, spec.size)}, (shape[1] if block else 1), False
         frames = by_name(frames, names, "sequence input")
         env, single, steps = {}, None, None
         for name in names:
@@ -387,15 +400,13 @@ class GraphStream:
         env, steps, single = self._frames(frames, block)
         runner = self.runner
         env.update(self.static_env)
-        for step in runner.steps:
-            if isinstance(step, Segment):
-                stream = self.streams.get(id(step))
-                if stream is not None:
-                    out = stream.run(env[step.source])
-                    env[step.output] = out
-                    for name in step.states_out.values():     # a streamed GRU is forward: its h_n is its output
-                        env[name] = out
-            elif step.outputs[0] in self.per_frame:
+        for stream, step in self.frame_steps:
+            if stream is not None:
+                out = stream.run(env[step.source])
+                env[step.output] = out
+                for name in step.states_out.values():     # a streamed GRU is forward: its h_n is its output
+                    env[name] = out
+            else:
                 arrays = [env[n] if n in self.per_frame else
                           np.broadcast_to(env[n][:, None], (self.batch, steps, env[n].shape[-1]))
                           for n in step.inputs]
