@@ -17,7 +17,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:Depreca
 
 import grurt  # noqa: E402
 from grurt.graph import Combine, Concat, Slice  # noqa: E402
-from grurt.spec import Dense  # noqa: E402
+from grurt.spec import Activation, Dense  # noqa: E402
 from tolerances import ATOL  # noqa: E402
 
 STEPS, FEATURES, BATCH = 12, 3, 4
@@ -112,9 +112,45 @@ def shared_and_ids():
     return keras.Model([ids, static], layers.Maximum(name="out")([y, shared(e)]))
 
 
+# the same merges written as keras.ops operations on tensors
+
+def ops_residual():
+    """y = gru(d) + d, as an operator."""
+    x = seq()
+    d = layers.Dense(8, name="proj")(x)
+    s = layers.GRU(8, return_sequences=True, name="gru")(d) + d
+    return keras.Model(x, layers.Dense(1, name="out")(layers.GRU(5, name="gru2")(s)))
+
+
+def ops_gating():
+    """A GRU's outputs times keras.ops.sigmoid of a Dense of the input."""
+    x = seq()
+    g = layers.GRU(6, return_sequences=True, name="gru")(x)
+    gated = g * keras.ops.sigmoid(layers.Dense(6, name="gate_dense")(x))
+    return keras.Model(x, layers.Dense(2, name="out")(gated))
+
+
+def ops_concatenate():
+    """Two GRU branches and the input joined by keras.ops.concatenate."""
+    x = seq()
+    a = layers.GRU(6, return_sequences=True, name="fwd")(x)
+    b = layers.GRU(4, return_sequences=True, go_backwards=True, name="bwd")(x)
+    return keras.Model(x, layers.Dense(2, name="out")(keras.ops.concatenate([a, b, x], axis=-1)))
+
+
+def ops_maximum():
+    """keras.ops.maximum, minimum, subtract and x - y over GRU outputs (vectors too)."""
+    x = seq()
+    a = layers.GRU(5, return_sequences=True, name="a")(x)
+    b = layers.GRU(5, return_sequences=True, reset_after=False, name="b")(x)
+    y = keras.ops.subtract(keras.ops.maximum(a, b), keras.ops.minimum(a, b)) - a
+    last = layers.GRU(4, name="last")(y)
+    return keras.Model(x, layers.Dense(3, name="out")(keras.ops.maximum(last, layers.GRU(4, name="other")(x))))
+
+
 MODELS = {f.__name__: f for f in (branches_concat, residual_add, gating_multiply, elementwise_merges,
                                   two_sequences, static_initial_state, two_outputs, returned_state,
-                                  shared_and_ids)}
+                                  shared_and_ids, ops_residual, ops_gating, ops_concatenate, ops_maximum)}
 
 
 def randomize(model, rng):
@@ -225,6 +261,13 @@ def test_graph_translation(built):
     assert layer_types("shared_and_ids").count(Dense) == 3            # three calls of one Dense
     assert grurt.from_keras(built("shared_and_ids")[0]).graph.inputs[0].kind == "ids"
     assert grurt.from_keras(built("static_initial_state")[0]).graph.inputs[1].kind == "vector"
+    # keras.ops operations: the merge layers' nodes; keras.ops.sigmoid an Activation
+    graph = grurt.from_keras(built("ops_maximum")[0]).graph
+    assert [node.layer.op for node in graph.nodes if isinstance(node.layer, Combine)] == ["max", "min", "sub", "sub",
+                                                                                          "max"]
+    assert layer_types("ops_concatenate").count(Concat) == 1 and Combine in layer_types("ops_residual")
+    assert [node.layer.function.kind for node in grurt.from_keras(built("ops_gating")[0]).graph.nodes
+            if isinstance(node.layer, Activation)] == ["sigmoid"]
 
 
 def test_state_in_and_out_of_run(built):
@@ -299,12 +342,26 @@ def test_merge_of_incompatible_shapes_names_layer_and_shapes(build, shapes):
         grurt.from_keras(model)
 
 
-def test_keras_ops_are_named():
-    x = seq()
+@pytest.mark.parametrize("build, message", [
+    (lambda y, v: y * 0.5,
+     r"layer 'multiply[_0-9]*' \(Multiply\): keras.ops operation Multiply of 'gru' \(B, T, 4\), 0.5 is not "
+     r"supported; grurt converts x \+ y"),
+    (lambda y, v: keras.ops.add(y, 1.0),
+     r"layer 'add[_0-9]*' \(Add\): keras.ops operation Add of 'gru' \(B, T, 4\), 1.0 "),
+    (lambda y, v: keras.ops.concatenate([y, keras.ops.tanh(y)]),
+     r"layer 'tanh[_0-9]*' \(Tanh\): keras.ops operation Tanh of 'gru' \(B, T, 4\) is not supported"),
+    # Keras broadcasts a vector over the time steps
+    (lambda y, v: y + layers.Dense(4, name="d")(v),
+     r"layer 'add[_0-9]*' \(Add\): merges tensors of incompatible shapes: 'gru' \(B, T, 4\), 'd' \(B, 4\)"),
+])
+def test_keras_ops_with_constants_or_broadcasting_are_named(tmp_path, build, message):
+    x, v = seq(), keras.Input((3,), name="v")
     y = layers.GRU(4, return_sequences=True, name="gru")(x)
-    model = keras.Model(x, layers.GRU(2)(y + y))
-    with pytest.raises(grurt.UnsupportedModelError, match=r"\(Add\): is a keras.ops operation"):
+    model = keras.Model([x, v], layers.GRU(2)(build(y, v)))
+    with pytest.raises(grurt.UnsupportedModelError, match=message):
         grurt.from_keras(model)
+    with pytest.raises(grurt.UnsupportedModelError, match=message):
+        converted(model, "keras", tmp_path)
 
 
 def test_masking_scalers_and_repeated_outputs_are_refused():

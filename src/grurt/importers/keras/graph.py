@@ -3,8 +3,9 @@
 The structure is read from the model config alone (each layer's ``inbound_nodes``), so a live
 model, a ``.keras`` archive and an ``.h5`` file go through the same code. Each call of a layer
 (a layer called twice gives two nodes with the same weights) is translated by the per-layer
-functions of :mod:`.layers`; merge layers become :class:`~grurt.graph.Combine` /
-:class:`~grurt.graph.Concat` nodes, a GRU's ``initial_state`` its h0 input and, with
+functions of :mod:`.layers`; merge layers, and the keras.ops operations that do the same
+(``x + y``, ``keras.ops.concatenate``), become :class:`~grurt.graph.Combine` / :class:`~grurt.graph.Concat`
+nodes, ``keras.ops.sigmoid`` an Activation node, a GRU's ``initial_state`` its h0 input and, with
 ``return_state=True``, its final state a second output.
 
 Names: inputs take the names of the Keras ``Input`` layers (the keys, when the model was built
@@ -21,8 +22,8 @@ from typing import Optional
 from ...errors import GrurtError, ModelFormatError, UnsupportedModelError
 from ...graph import Combine, Concat, Graph, Input, Node, Output, Slice
 from ...spec import GRU, Activation, ModelSpec, activation, fold_layer, layer_output, output_steps
-from .layers import (_FOLDING, _LAYERS, _TIME_KINDS, _Layer, _batch_shape, _bidirectional, _gru, _layer_name,
-                     _major, model_layers, tensor_refs)
+from .layers import (_FOLDING, _LAYERS, _TIME_KINDS, OPS, _Layer, _batch_shape, _bidirectional, _gru, _layer_name,
+                     _major, is_op, model_layers, tensor_refs)
 
 #: Keras merge layers (keras.layers) → the graph layer; Concatenate joins on the feature axis.
 MERGE_LAYERS = {"Add": "add", "Subtract": "sub", "Multiply": "mul", "Average": "mean", "Maximum": "max",
@@ -209,8 +210,7 @@ class _Builder:
     def translate(self, config, call):
         kind, name = config["class_name"], _layer_name(config)
         where = f"layer {name!r} ({kind})" if call == 0 else f"layer {name!r} ({kind}, call {call})"
-        if kind not in MERGE_LAYERS and kind not in _LAYERS and not str(config.get("module", "")).startswith(
-                "keras.src.ops"):
+        if kind not in MERGE_LAYERS and kind not in _LAYERS and not is_op(config):
             raise UnsupportedModelError(f"{where} is not supported; grurt converts InputLayer, "
                                         f"{', '.join(MERGE_LAYERS)}, {', '.join(_LAYERS)}")
         try:
@@ -218,10 +218,9 @@ class _Builder:
             for key in ("training", "mask"):
                 if kwargs.pop(key, None) not in (None, False):
                     raise UnsupportedModelError(f"is called with {key}={kwargs.get(key)!r}")
-            if str(config.get("module", "")).startswith("keras.src.ops"):
-                raise UnsupportedModelError(f"is a keras.ops operation (an operator on tensors, such as x + y), not "
-                                            f"a layer; grurt reads layers: use keras.layers ({', '.join(MERGE_LAYERS)})")
-            if kind in MERGE_LAYERS:
+            if is_op(config):
+                self.op(config, call, args, kwargs)
+            elif kind in MERGE_LAYERS:
                 self.merge(config, call, args, kwargs)
             elif kind in ("GRU", "Bidirectional"):
                 self.gru(config, call, args, kwargs)
@@ -316,6 +315,26 @@ class _Builder:
         steps = next((t.steps for t in sources if isinstance(t.steps, int)), None)
         features = sum(t.features for t in sources) if op == "concat" else sources[0].features
         self.tensors[call_ref] = _Tensor(name, features, sources[0].has_time, steps)
+
+    def op(self, config, call, args, kwargs):
+        """A keras.ops operation: x + y, x - y, x * y, keras.ops.maximum / minimum of two tensors and
+        keras.ops.concatenate as the merge layers; keras.ops.sigmoid as an Activation layer."""
+        kind = config["class_name"]
+        values = args[0] if kind == "Concatenate" and len(args) == 1 and isinstance(args[0], (list, tuple)) else args
+        if kind not in OPS or kwargs or not all(_is_tensor(v) for v in values) \
+                or len(values) != {"Sigmoid": 1, "Concatenate": len(values)}.get(kind, 2):
+            operands = ", ".join(self.tensors[tensor_refs(v)[0]].describe() if _is_tensor(v) else repr(v)
+                                 for v in values)
+            raise UnsupportedModelError(
+                f"keras.ops operation {kind} of {operands}{f' with {sorted(kwargs)}' if kwargs else ''} is not "
+                "supported; grurt converts x + y, x - y, x * y, keras.ops add, subtract, multiply, maximum and "
+                "minimum of two tensors of one shape, keras.ops.concatenate on the feature axis and "
+                "keras.ops.sigmoid (no constants, no broadcasting)")
+        if kind == "Sigmoid":
+            self.layer({"class_name": "Activation", "config": {"name": _layer_name(config), "activation": "sigmoid"}},
+                       call, tensor_refs(values[0])[0])
+        else:
+            self.merge(config, call, [values], {})
 
     def gru(self, config, call, args, kwargs):
         """A GRU or Bidirectional(GRU) call: h0 from ``initial_state`` (a tensor or a list: one per

@@ -75,13 +75,26 @@ def _functional_chain(config, layers):
         layer = by_name[name]
         nodes = layer.get("inbound_nodes") or []
         sources = tensor_refs(nodes[0]) if len(nodes) == 1 else []
-        if len(sources) != 1 or sources[0][1:] != (0, 0) or _returns_state(layer):
+        if len(sources) != 1 or sources[0][1:] != (0, 0) or _returns_state(layer) or is_op(layer):
             return None
         chain.append(layer)
         name = sources[0][0]
     chain.append(by_name[name])
     chain.reverse()
     return chain
+
+
+#: The keras.ops operations grurt converts (x + y, keras.ops.maximum(x, y), keras.ops.sigmoid(x), ...).
+OPS = ("Add", "Subtract", "Multiply", "Maximum", "Minimum", "Concatenate", "Sigmoid")
+
+
+def is_op(layer) -> bool:
+    """Whether the layer is a keras.ops operation (an operator on tensors, such as x + y): its module
+    says so; an .h5 config keeps no module, and an operation's config, unlike a layer's, has no
+    'trainable'."""
+    module = str(layer.get("module") or "")
+    return module.startswith("keras.src.ops") or (not module and layer["class_name"] in OPS
+                                                   and "trainable" not in layer.get("config", {}))
 
 
 def _returns_state(layer) -> bool:
