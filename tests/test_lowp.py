@@ -1,6 +1,6 @@
 """Reduced-precision GRU weights (bf16, int8): budgets against PyTorch on the benchmark
-workloads' shapes, the portable widening path against the numpy reference of the rounded
-weights, exactness where it is claimed (float32 default, batches, streams, threads, files)."""
+workloads' shapes, exactness where it is claimed (float32 default, batches, streams, threads,
+files). The kernels against the numpy reference of the rounded weights: tests/test_lowp_kernels.py."""
 from __future__ import annotations
 
 import dataclasses
@@ -19,19 +19,9 @@ from grurt.errors import InputError, ModelFormatError, UnsupportedModelError
 from grurt.formats import read_header
 from grurt.precision import dequantize_int8, from_bf16, quantize_int8, reduced_spec, to_bf16
 
-from tolerances import ATOL
+from tolerances import ATOL, LOWP_BUDGETS
 
-#: max abs error against PyTorch float32 (README, Accuracy)
-BUDGETS = {"bf16": 5e-3, "int8": 2e-2}
 MODES = ("bf16", "int8")
-
-
-@pytest.fixture(params=["best", "widening"])
-def path(request):
-    """Run a test on the fastest path this CPU has, then on the portable widening one."""
-    _kernels.force_widening(request.param == "widening")
-    yield request.param
-    _kernels.force_widening(False)
 
 
 def _gru(seed, input_size, hidden, **kwargs):
@@ -75,7 +65,7 @@ def test_budget_against_pytorch(name):
     for mode in MODES:
         reduced = model.with_weights(mode)
         error = np.abs(reduced.run(x) - expected).max()
-        assert error <= BUDGETS[mode], (mode, error)
+        assert error <= LOWP_BUDGETS[mode], (mode, error)
         assert model.run(x) is not None and np.array_equal(model.run(x), grurt.Model(model.spec).run(x))
     if name == "W3":   # streaming: stepping frame by frame gives the sequence's outputs (up to the
         # order of the sums: a sequence alternates it from step to step, see GRURT_K)
@@ -85,31 +75,8 @@ def test_budget_against_pytorch(name):
             assert np.abs(stepped - model.with_weights(mode).run(x[0])).max() <= ATOL
 
 
-@pytest.mark.parametrize("lbr", [True, False])
-@pytest.mark.parametrize("direction", ["forward", "bidirectional"])
 @pytest.mark.parametrize("mode", MODES)
-def test_kernels_against_reference_of_rounded_weights(lbr, direction, mode, path):
-    """Widening multiplies exactly the stored weights: it matches the float64 reference of the
-    rounded model to float32 accuracy. The dot path rounds x too: within the budget of it."""
-    from gru_testing import random_gru
-
-    rng = np.random.default_rng(11)
-    layers = (random_gru(rng, 13, 37, direction=direction, linear_before_reset=lbr),
-              random_gru(rng, 37 * (2 if direction == "bidirectional" else 1), 70, linear_before_reset=lbr))
-    spec = grurt.ModelSpec(13, layers)
-    model = grurt.Model(spec, mode)
-    x = rng.standard_normal((5, 23, 13)).astype(np.float32)
-    lengths = np.array([23, 1, 17, 23, 9])
-    got = model.run(x, lengths=lengths)
-    want = reference.run(reduced_spec(spec, mode), x, lengths=lengths)
-    limit = ATOL if path == "widening" or _kernels.lowp_paths()[mode] == "widening" else BUDGETS[mode]
-    assert np.abs(got - want).max() <= limit
-    # every sequence gets the same numbers alone as in the batch
-    assert np.array_equal(model.run(x[2:3, :17]), got[2:3, :17])
-
-
-@pytest.mark.parametrize("mode", MODES)
-def test_units_split_over_threads_is_exact(mode, path):
+def test_units_split_over_threads_is_exact(mode, lowp_path):
     gru = _gru(5, 48, 1024)
     model = grurt.from_torch([gru], weights=mode)
     x = _input(5, (1, 6, 48))

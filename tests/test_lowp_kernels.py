@@ -18,14 +18,6 @@ from tolerances import ATOL, LOWP_BUDGETS
 MODES = ("bf16", "int8")
 
 
-@pytest.fixture(params=["best", "widening"])
-def path(request):
-    """Run a test on the fastest path this CPU has, then on the portable widening one."""
-    _kernels.force_widening(request.param == "widening")
-    yield request.param
-    _kernels.force_widening(False)
-
-
 def _limit(mode, path):
     """Widening multiplies exactly the stored weights: float32 accuracy against the reference of
     the rounded model. The dot path rounds x too: within the budget."""
@@ -45,13 +37,13 @@ def _model(mode, lbr, direction="forward"):
 @pytest.mark.parametrize("lbr", [True, False])
 @pytest.mark.parametrize("direction", ["forward", "bidirectional"])
 @pytest.mark.parametrize("mode", MODES)
-def test_against_reference_of_rounded_weights(lbr, direction, mode, path):
+def test_against_reference_of_rounded_weights(lbr, direction, mode, lowp_path):
     spec, model = _model(mode, lbr, direction)
     x = np.random.default_rng(22).standard_normal((7, 19, 13)).astype(np.float32)
     lengths = np.array([19, 1, 12, 19, 5, 19, 8])
     got = model.run(x, lengths=lengths)
     want = reference.run(reduced_spec(spec, mode), x, lengths=lengths)
-    assert np.abs(got - want).max() <= _limit(mode, path)
+    assert np.abs(got - want).max() <= _limit(mode, lowp_path)
     # 7 rows go through tiles of several rows and the one-row kernel: a sequence alone gets the
     # numbers it gets in the batch, and so does a batch split over threads
     for b in (0, 4, 6):
@@ -60,7 +52,7 @@ def test_against_reference_of_rounded_weights(lbr, direction, mode, path):
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_stream_of_a_batch_equals_streams_alone(mode, path):
+def test_stream_of_a_batch_equals_streams_alone(mode, lowp_path):
     spec, model = _model(mode, True)
     frames = np.random.default_rng(23).standard_normal((4, 12, 13)).astype(np.float32)
     stream = model.stream(batch=4)
@@ -70,4 +62,4 @@ def test_stream_of_a_batch_equals_streams_alone(mode, path):
         assert np.array_equal(np.stack([alone.step(f) for f in frames[b]]), together[b])
     # a run sums R's products in the other order every second step (GRURT_K): not bit for bit
     assert np.abs(together - model.run(frames)).max() <= ATOL
-    assert np.abs(together - reference.run(reduced_spec(spec, mode), frames)).max() <= _limit(mode, path)
+    assert np.abs(together - reference.run(reduced_spec(spec, mode), frames)).max() <= _limit(mode, lowp_path)
