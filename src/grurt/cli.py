@@ -170,7 +170,7 @@ def _random_graph_inputs(graph, batch, steps, rng) -> dict:
             inputs[i.name] = rng.integers(min(1, vocabulary - 1), vocabulary, (batch, steps))
         else:
             shape = {"sequence": (batch, steps, i.size), "vector": (batch, i.size),
-                     "state": (i.directions, batch, (i.size or 1) // i.directions)}[i.kind]
+                     "state": (i.directions, batch, i.size // i.directions)}[i.kind]
             inputs[i.name] = rng.standard_normal(shape).astype(np.float32)
     return inputs
 
