@@ -1,0 +1,2 @@
+"""Ops of the elementwise family (see :mod:`grurt.ops`)."""
+from __future__ import annotations
