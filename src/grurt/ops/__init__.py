@@ -179,5 +179,57 @@ def _short(value) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
+# ---- helpers every family uses ----
+
+#: The dtypes tensors have while a plan runs: float tensors are float32 (float16/float64 in a
+#: file compute in float32), integer tensors int64, booleans bool.
+FLOAT, INT, BOOL = np.dtype(np.float32), np.dtype(np.int64), np.dtype(np.bool_)
+
+
+def canonical_dtype(dtype) -> np.dtype:
+    """float32, int64 or bool for any real, integer or boolean numpy dtype."""
+    dtype = np.dtype(dtype)
+    if dtype.kind == "f":
+        return FLOAT
+    if dtype.kind in "iu":
+        return INT
+    if dtype.kind == "b":
+        return BOOL
+    raise UnsupportedModelError(f"tensors of dtype {dtype} are not supported")
+
+
+def broadcast_shapes(where: str, *shapes) -> Tuple[int, ...]:
+    """The numpy/ONNX multidirectional broadcast of ``shapes``; ModelFormatError naming the
+    node and the shapes when they do not broadcast."""
+    rank = max(len(s) for s in shapes)
+    result = []
+    for axis in range(rank):
+        dims = {s[axis - rank + len(s)] for s in shapes if axis - rank + len(s) >= 0} - {1}
+        if len(dims) > 1:
+            raise ModelFormatError(f"{where}: shapes {', '.join(str(tuple(s)) for s in shapes)} do not broadcast")
+        result.append(dims.pop() if dims else 1)
+    return tuple(result)
+
+
+def normalize_axis(where: str, axis: int, rank: int) -> int:
+    """``axis`` in [-rank, rank) as a non-negative axis; ModelFormatError naming the node otherwise."""
+    if not -rank <= axis < rank:
+        raise ModelFormatError(f"{where}: axis {axis} is out of range for a tensor of rank {rank}")
+    return axis % rank
+
+
+def const_ints(where: str, value: Optional[Value], what: str) -> Optional[Tuple[int, ...]]:
+    """The integers of a constant input (None for an omitted one); UnsupportedModelError when the
+    input is computed from the model's data (its value would decide a shape)."""
+    if value is None:
+        return None
+    if value.const is None:
+        raise UnsupportedModelError(f"{where}: {what} is computed from the model's inputs; grurt needs it "
+                                    "constant when the plan is made (it decides a shape)")
+    if value.const.dtype.kind not in "iu":
+        raise ModelFormatError(f"{where}: {what} must be integers, got {value.const.dtype}")
+    return tuple(int(v) for v in value.const.ravel())
+
+
 # the families register their ops on import (they import Op and register from here)
 from . import conv, elementwise, linear, recurrent, reduce, shape  # noqa: E402,F401
