@@ -35,6 +35,8 @@ from __future__ import annotations
 
 import warnings
 
+import numpy as np
+
 from ...errors import GrurtError, InputError, ModelFormatError, UnsupportedModelError
 from ...model import Model
 from ...spec import LastStep
@@ -95,6 +97,10 @@ def _interpret(source, fixed=None, probe=0):
 
 def _import(path):
     source = _open(path)
+    return source, _interpret_dynamic(source)
+
+
+def _interpret_dynamic(source):
     result = _interpret(source)
     if source.dynamic:
         try:
@@ -104,7 +110,7 @@ def _import(path):
         if other.signature() != result.signature():
             raise UnsupportedModelError("the graph means a different model for different input sizes "
                                         "(e.g. a hard-coded time index or batch size)")
-    return source, result
+    return result
 
 
 def _warn(model, result):
@@ -135,3 +141,31 @@ def load_onnx(path):
     source, result = _import(path)
     _warn(source.model, result)
     return Model(result.graph)
+
+
+def session_model(path_or_bytes):
+    """(model, fused, source) for :class:`grurt.InferenceSession`: the fused Model when its inputs and
+    outputs are exactly the file's (names, order, layouts), else the file's ops as a general graph."""
+    source = _open(path_or_bytes)
+    try:
+        result = _interpret_dynamic(source)
+    except UnsupportedModelError:
+        result = None
+    if result is not None and _same_io(source, result):
+        _warn(source.model, result)
+        return Model(result.graph), True, source
+    from .general import tensor_model_from_source
+    return tensor_model_from_source(source), False, source
+
+
+def _same_io(source, result) -> bool:
+    """Whether the fused model takes and gives the file's tensors as the file lays them out: no state
+    moved to initial_state=, no time-major input, no lengths input, states (D, B, H), and every output
+    the same elements in the same places (the interpreter's element ids say so)."""
+    graph = result.graph
+    file_inputs = tuple(name for name, _, _ in source.inputs)
+    file_outputs = tuple(info.name for info in source.model.graph.output)
+    return (not result.state_inputs and not result.time_major and result.lengths_input is None
+            and all(axis == 1 for axis in result.state_batch_axis.values())
+            and graph.input_names == file_inputs and graph.output_names == file_outputs
+            and all(np.array_equal(result.outputs[name], result.returned[name]) for name in file_outputs))
