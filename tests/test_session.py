@@ -176,3 +176,47 @@ def test_unknown_dims_and_types_are_shown_as_onnxruntime_shows_them(tmp_path):
     session = grurt.InferenceSession(model.SerializeToString())
     assert (session.get_inputs()[0].shape, session.get_inputs()[0].type) == (["batch", None, 3], "tensor(float)")
     assert session.get_outputs()[0].type == "tensor(float)"
+
+
+class BidirectionalStack(torch.nn.Module):    # h0 (4, B, H): rows layer0 fwd, layer0 bwd, layer1 fwd, layer1 bwd
+    def __init__(self):
+        super().__init__()
+        self.gru = torch.nn.GRU(3, 5, num_layers=2, bidirectional=True, batch_first=True)
+
+    def forward(self, x, h0):
+        return self.gru(x, h0)
+
+
+@pytest.mark.parametrize("name", ["stateful_time_major", "bidirectional_stack"])
+def test_load_takes_the_files_states_by_name(corpus, tmp_path, name):
+    """grurt's own API (batch-first sequences) takes a one-path file's state inputs by the file's names
+    and returns every output of the file; onnxruntime on the file is the oracle, and the chain's
+    initial_state= / return_state=True give the same bits."""
+    if name == "bidirectional_stack":
+        path = torch_file(tmp_path, name, BidirectionalStack(), (torch.randn(2, 7, 3), torch.randn(4, 2, 5)),
+                          ["x", "h0"], ["y", "h_n"], {"x": {0: "batch", 1: "time"}, "h0": {1: "batch"}})
+        x = RNG.standard_normal((3, 6, 3)).astype(np.float32)
+        h0 = RNG.standard_normal((4, 3, 5)).astype(np.float32)
+        expected = ort_session(path).run(None, {"x": x, "h0": h0})
+        x_batch_first = x
+    else:
+        path = corpus[name][0]
+        x = RNG.standard_normal((6, 3, 3)).astype(np.float32)              # (T, B, I) in the file
+        h0 = RNG.standard_normal((2, 3, 8)).astype(np.float32)
+        y, h_n = ort_session(path).run(None, {"x": x, "h0": h0})
+        expected = [y.transpose(1, 0, 2), h_n]                              # grurt's API is batch first
+        x_batch_first = np.ascontiguousarray(x.transpose(1, 0, 2))
+    model = grurt.load(path)
+    assert model.input_names == ("x",)            # run(x) keeps grurt's chain API
+    y, h_n = model.run({"x": x_batch_first, "h0": h0})
+    np.testing.assert_allclose(y, expected[0], rtol=0, atol=ATOL)
+    np.testing.assert_allclose(h_n, expected[1], rtol=0, atol=ATOL)
+    listed = model.run([x_batch_first, h0])
+    assert all(np.array_equal(a, b) for a, b in zip(listed, (y, h_n)))
+    layers = len(model.spec.gru_layers)
+    directions = model.spec.gru_layers[0].num_directions
+    out, states = model.run(x_batch_first, initial_state=[h0[k * directions:(k + 1) * directions]
+                                                           for k in range(layers)], return_state=True)
+    assert np.array_equal(out, y) and np.array_equal(np.concatenate(states), h_n)
+    with pytest.raises(InputError, match="input 'h0' must be a state"):
+        model.run({"x": x_batch_first, "h0": h0[:1]})
