@@ -265,3 +265,37 @@ def time_layer(layer, x: np.ndarray) -> np.ndarray:
     if isinstance(layer, Pool1D):
         return pool1d(layer, x)
     return np.pad(x, ((0, 0), (layer.left, layer.right), (0, 0)))
+
+
+# ---- general tensor graphs (grurt.tensor_graph) ----
+
+def run_tensor_graph(graph, inputs):
+    """Run a :class:`~grurt.tensor_graph.TensorGraph` node by node through the float64 reference
+    of each op (:data:`grurt.reference_ops.REFERENCE`): no folding, no plan, no kernels.
+
+    ``inputs``: one array (a graph of one input), a list in input order or a dict by name.
+    Returns float64 arrays for float tensors (int64, bool for the others): one, or a tuple in
+    output order."""
+    from .graph_model import by_name
+    from .reference_ops import REFERENCE
+
+    given = by_name(inputs, graph.input_names)
+    env = {}
+    for declared in graph.inputs:
+        value = np.asarray(given[declared.name])
+        env[declared.name] = value.astype({"float32": np.float64, "int64": np.int64, "bool": np.bool_}[declared.dtype])
+    for name, array in graph.constants.items():
+        env[name] = _float64(array)
+    for node in graph.nodes:
+        args = [env[name] if name else None for name in node.inputs]
+        attrs = {k: _float64(v) if isinstance(v, np.ndarray) else v for k, v in node.attrs.items()}
+        results = REFERENCE[node.op](attrs, args)
+        for name, value in zip(node.outputs, results):
+            if name:
+                env[name] = _float64(np.asarray(value))
+    outputs = tuple(env[name] for name in graph.outputs)
+    return outputs[0] if len(outputs) == 1 else outputs
+
+
+def _float64(array: np.ndarray) -> np.ndarray:
+    return array.astype(np.float64) if array.dtype.kind == "f" else array

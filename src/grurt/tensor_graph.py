@@ -176,15 +176,17 @@ class TensorGraph:
                     producer[name] = index
         for name in outputs:
             if name not in defined:
-                raise ModelFormatError(f"graph: output '{_short(name)}' is not an input, a constant or a node's output")
+                raise ModelFormatError(f"graph: output '{str(name)[:200]}' is not an input, a constant or a node's "
+                                       "output")
         if len(set(outputs)) != len(outputs):
             raise ModelFormatError(f"graph: output '{next(o for o in outputs if outputs.count(o) > 1)}' is listed twice")
-        # the nodes some output needs, in the given order
-        needed, live = set(outputs), set()
-        for index in range(len(nodes) - 1, -1, -1):
-            if any(name in needed for name in nodes[index].outputs if name):
+        # the nodes some output needs
+        needed, live = list(outputs), set()
+        while needed:
+            index = producer.get(needed.pop())
+            if index is not None and index not in live:
                 live.add(index)
-                needed.update(name for name in nodes[index].inputs if name)
+                needed.extend(name for name in nodes[index].inputs if name)
         for index in sorted(live):
             for name in nodes[index].inputs:
                 if name and name not in defined:
@@ -269,8 +271,9 @@ def _checked(node: TensorNode) -> TensorNode:
     tensor attributes in canonical dtypes) and numbers of inputs and outputs."""
     where = node.where
     op = lookup(node.op, where)
+    # None stands for an attribute not given (a checked node holds it so when the default is None)
     attrs = {name: canonical_array(value, f"{where}: attribute {name}") if isinstance(value, np.ndarray) else value
-             for name, value in node.attrs.items()}
+             for name, value in node.attrs.items() if value is not None}
     attrs = check_attributes(op, attrs, where)
     inputs, outputs = _trimmed(node.inputs), _trimmed(node.outputs)
     for what, names, (fewest, most) in (("inputs", inputs, op.inputs), ("outputs", outputs, op.outputs)):

@@ -27,6 +27,8 @@ import numpy as np
 
 from .._fields import ACTIVATION_DEFAULTS, activation
 from ..errors import InputError, ModelFormatError, UnsupportedModelError
+from ..model import Model
+from ..spec import GRU
 from . import FLOAT, INT, Attr, Op, register
 
 #: ONNX RNN activation names (case-insensitive) -> grurt activation kinds.
@@ -102,9 +104,6 @@ def _gru_infer(attrs, values):
 
 def _gru_prepare(attrs, values):
     """A grurt Model of the node's one GRU layer, its weights the node's constants."""
-    from ..model import Model
-    from ..spec import GRU
-
     D, H, _, _, _ = _gru_shapes(attrs, values)
     W, R, B = (v.const if v is not None else None for v in (list(values) + [None] * 4)[1:4])
     f, g = gru_activations("GRU", attrs, D)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..ops.recurrent import gru_activations
 from ..spec import GRU, ActivationFunction
 
 
@@ -93,8 +94,6 @@ def gru(layer: GRU, x: np.ndarray, h0: np.ndarray, lengths: np.ndarray):
 def onnx_gru(attrs, inputs):
     """The ONNX GRU operator: X (T, B, I) (layout 1: (B, T, I)), W, R, B, sequence_lens, initial_h
     → Y (T, D, B, H) and Y_h (D, B, H) (layout 1: (B, T, D, H) and (B, D, H))."""
-    from ..ops.recurrent import gru_activations
-
     X, W, R, B, lengths, initial_h = (list(inputs) + [None] * 6)[:6]
     D = 2 if attrs["direction"] == "bidirectional" else 1
     H = R.shape[-1]
