@@ -18,8 +18,8 @@ input / output      ONNX layout 0 (layout 1)                    :meth:`grurt.Mod
 
 ``activations`` name f and g per direction (default Sigmoid, Tanh); ``activation_alpha``
 (``activation_beta``) is consumed in order by the functions that take an alpha (a beta), as
-onnxruntime reads it; both directions must use the same pair. ``clip`` clamps the inputs of f
-and g to [−clip, clip].
+onnxruntime reads it. Directions with different pairs run as two one-direction layers.
+``clip`` clamps the inputs of f and g to [−clip, clip].
 """
 from __future__ import annotations
 
@@ -40,9 +40,10 @@ RNN_ACTIVATIONS = {
 DIRECTIONS = {"forward": 1, "reverse": 1, "bidirectional": 2}
 
 
-def gru_activations(where, attrs, directions):
-    """(f, g) from activations/activation_alpha/activation_beta, read the way onnxruntime does:
-    the alpha (beta) list is consumed in order by the functions that take an alpha (beta)."""
+def direction_activations(where, attrs, directions):
+    """[(f, g)] per direction from activations/activation_alpha/activation_beta, read the way
+    onnxruntime does: the alpha (beta) list is consumed in order by the functions that take an
+    alpha (beta)."""
     names = list(attrs.get("activations") or ["Sigmoid", "Tanh"] * directions)
     if len(names) != 2 * directions:
         raise ModelFormatError(f"{where}: activations={names} must name {2 * directions} functions "
@@ -60,13 +61,22 @@ def gru_activations(where, attrs, directions):
     if alphas or betas:
         raise ModelFormatError(f"{where}: activation_alpha/activation_beta hold more values than the activations "
                                f"{names} take")
-    if functions[2:] and functions[2:] != functions[:2]:
-        described = [fn.describe() for fn in functions]
+    return [tuple(functions[2 * d:2 * d + 2]) for d in range(directions)]
+
+
+def gru_activations(where, attrs, directions):
+    """(f, g) of a GRU layer, whose directions share them (:func:`direction_activations`)."""
+    pairs = direction_activations(where, attrs, directions)
+    if len(set(pairs)) > 1:
+        described = [fn.describe() for pair in pairs for fn in pair]
         raise UnsupportedModelError(f"{where}: the two directions use different activations {described}; grurt "
                                     "uses the same f and g for both")
-    return functions[0], functions[1]
+    return pairs[0]
 
 
+def _activations_check(names):
+    unknown = [n for n in names if n.lower() not in RNN_ACTIVATIONS]
+    return f"activation {unknown[0]!r} is not supported" if unknown else None
 def _positive(value):
     return None if value is None or value >= 1 else f"must be a positive integer, got {value}"
 
@@ -103,25 +113,38 @@ def _gru_infer(attrs, values):
 
 
 def _gru_prepare(attrs, values):
-    """A grurt Model of the node's one GRU layer, its weights the node's constants."""
+    """A grurt Model of the node's GRU layer, its weights the node's constants; one Model per
+    direction when the two directions use different activations."""
     D, H, _, _, _ = _gru_shapes(attrs, values)
     W, R, B = (v.const if v is not None else None for v in (list(values) + [None] * 4)[1:4])
-    f, g = gru_activations("GRU", attrs, D)
-    layer = GRU(W, R, np.zeros((D, 6 * H), np.float32) if B is None else B, direction=attrs["direction"],
-                linear_before_reset=bool(attrs["linear_before_reset"]), gate_activation=f,
-                candidate_activation=g, clip=attrs["clip"])
-    return Model.chain([layer]), attrs["layout"]
+    B = np.zeros((D, 6 * H), np.float32) if B is None else B
+    pairs = direction_activations("GRU", attrs, D)
+    lbr, clip = bool(attrs["linear_before_reset"]), attrs["clip"]
+    if len(set(pairs)) == 1:
+        layers = [GRU(W, R, B, direction=attrs["direction"], linear_before_reset=lbr, gate_activation=pairs[0][0],
+                      candidate_activation=pairs[0][1], clip=clip)]
+    else:
+        layers = [GRU(W[d:d + 1], R[d:d + 1], B[d:d + 1], direction=("forward", "reverse")[d], linear_before_reset=lbr,
+                      gate_activation=f, candidate_activation=g, clip=clip) for d, (f, g) in enumerate(pairs)]
+    return [Model.chain([layer]) for layer in layers], attrs["layout"]
 
 
 def _gru_run(ctx, inputs):
-    model, layout = ctx
+    models, layout = ctx
     X, _, _, _, lengths, initial_h = (list(inputs) + [None] * 6)[:6]
     x = X.transpose(1, 0, 2) if layout == 0 else X                          # (B, T, I)
-    h0 = None if initial_h is None else [initial_h if layout == 0 else initial_h.transpose(1, 0, 2)]
-    y, (h,) = model.run(x, initial_state=h0, return_state=True, lengths=lengths)
+    h0 = None if initial_h is None else initial_h if layout == 0 else initial_h.transpose(1, 0, 2)   # (D, B, H)
+    ys, hs, first = [], [], 0
+    for model in models:
+        directions = model.spec.layers[0].num_directions
+        y, (h,) = model.run(x, initial_state=None if h0 is None else [h0[first:first + directions]],
+                            return_state=True, lengths=lengths)
+        ys.append(y)
+        hs.append(h)
+        first += directions
+    y, h = (ys[0], hs[0]) if len(models) == 1 else (np.concatenate(ys, -1), np.concatenate(hs, 0))
     batch, steps, _ = y.shape
-    D = h.shape[0]
-    y = y.reshape(batch, steps, D, -1)                                     # (B, T, D, H)
+    y = y.reshape(batch, steps, first, -1)                                 # (B, T, D, H)
     if layout == 0:
         return [np.ascontiguousarray(y.transpose(1, 2, 0, 3)), h]          # (T, D, B, H), (D, B, H)
     return [y, np.ascontiguousarray(h.transpose(1, 0, 2))]                 # (B, T, D, H), (B, D, H)
@@ -132,8 +155,7 @@ register(Op(
     attributes={
         "activation_alpha": Attr("floats", ()),
         "activation_beta": Attr("floats", ()),
-        "activations": Attr("strings", (), lambda v: next(
-            (f"activation {n!r} is not supported" for n in v if n.lower() not in RNN_ACTIVATIONS), None)),
+        "activations": Attr("strings", (), _activations_check),
         "clip": Attr("float", None, lambda v: None if v > 0 else f"must be positive, got {v}"),
         "direction": Attr("string", "forward", lambda v: None if v in DIRECTIONS else
                           f"must be one of {', '.join(DIRECTIONS)}, got {v!r}"),

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..ops.recurrent import gru_activations
+from ..ops.recurrent import direction_activations
 from ..spec import GRU, ActivationFunction
 
 
@@ -93,23 +93,28 @@ def gru(layer: GRU, x: np.ndarray, h0: np.ndarray, lengths: np.ndarray):
 
 def onnx_gru(attrs, inputs):
     """The ONNX GRU operator: X (T, B, I) (layout 1: (B, T, I)), W, R, B, sequence_lens, initial_h
-    → Y (T, D, B, H) and Y_h (D, B, H) (layout 1: (B, T, D, H) and (B, D, H))."""
+    → Y (T, D, B, H) and Y_h (D, B, H) (layout 1: (B, T, D, H) and (B, D, H)), direction by direction."""
     X, W, R, B, lengths, initial_h = (list(inputs) + [None] * 6)[:6]
     D = 2 if attrs["direction"] == "bidirectional" else 1
     H = R.shape[-1]
     x = X.transpose(1, 0, 2) if attrs["layout"] == 0 else X              # (B, T, I)
     batch, steps, _ = x.shape
-    f, g = gru_activations("GRU", attrs, D)
-    layer = GRU(W, R, np.zeros((D, 6 * H)) if B is None else B, direction=attrs["direction"],
-                linear_before_reset=bool(attrs["linear_before_reset"]), gate_activation=f, candidate_activation=g,
-                clip=attrs["clip"])
+    B = np.zeros((D, 6 * H)) if B is None else B
     if initial_h is None:
         h0 = np.zeros((D, batch, H))
     else:
         h0 = initial_h if attrs["layout"] == 0 else initial_h.transpose(1, 0, 2)
     lengths = np.full(batch, steps) if lengths is None else np.asarray(lengths)
-    y, h = gru(layer, x, np.asarray(h0, np.float64), lengths)                # (B, T, D·H), (D, B, H)
-    y = y.reshape(batch, steps, D, H)
+    ys, hs = [], []
+    for d, (f, g) in enumerate(direction_activations("GRU", attrs, D)):
+        reverse = attrs["direction"] == "reverse" or d == 1
+        layer = GRU(W[d:d + 1], R[d:d + 1], B[d:d + 1], direction="reverse" if reverse else "forward",
+                    linear_before_reset=bool(attrs["linear_before_reset"]), gate_activation=f, candidate_activation=g,
+                    clip=attrs["clip"])
+        y, h = gru(layer, x, np.asarray(h0[d:d + 1], np.float64), lengths)    # (B, T, H), (1, B, H)
+        ys.append(y)
+        hs.append(h)
+    y, h = np.stack(ys, axis=2), np.concatenate(hs)                          # (B, T, D, H), (D, B, H)
     if attrs["layout"] == 0:
         return [y.transpose(1, 2, 0, 3), h]
     return [y, h.transpose(1, 0, 2)]

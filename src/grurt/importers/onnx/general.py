@@ -32,6 +32,7 @@ import numpy as np
 from ...errors import ModelFormatError, UnsupportedModelError
 from ...ops import lookup
 from ...tensor_graph import TensorGraph, TensorInput, TensorNode, canonical_array
+from .graph import _LOOP_HINT
 from .proto import _DEFAULT_DOMAINS, _attributes, _live_nodes
 
 #: Softmax-like ops whose meaning changed at opset 13 (from "flatten from axis" to "along axis").
@@ -60,7 +61,10 @@ def tensor_graph_from_source(source) -> TensorGraph:
         if node.op_type == "Constant":
             constants[node.output[0]] = _constant(node, source.folder, where)
             continue
-        op = lookup(node.op_type, where)
+        try:
+            op = lookup(node.op_type, where)
+        except UnsupportedModelError as exc:
+            raise UnsupportedModelError(f"{exc}{_LOOP_HINT.get(node.op_type, '')}") from None
         moved = _AS_INPUT.get(node.op_type)
         allowed = set(op.attributes) | ({moved[0]} if moved else set())
         attrs = _attributes(node, allowed, source.folder, where)
