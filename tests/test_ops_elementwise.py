@@ -29,8 +29,10 @@ PROFILE = settings(derandomize=True, deadline=None, database=None, print_blob=Tr
 FEW = settings(PROFILE, max_examples=10)
 
 
-def check(op, attrs, inputs, *, opset=OPSET, const=(), n_outputs=1, rtol=0.0, ort=True):
-    """grurt vs its reference vs onnxruntime; grurt's outputs are arrays and its inputs untouched."""
+def check(op, attrs, inputs, *, opset=OPSET, const=None, n_outputs=1, rtol=0.0, ort=True):
+    """grurt vs its reference vs onnxruntime; grurt's outputs are arrays and its inputs untouched.
+    ``const``: the inputs that are constants (initializers), default the op's const_inputs."""
+    const = REGISTRY[op].const_inputs if const is None else const
     before = [None if a is None else np.array(a, copy=True) for a in inputs]
     ours = run_op(op, attrs, inputs, const=const)
     for a, b in zip(inputs, before):
