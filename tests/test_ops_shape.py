@@ -45,7 +45,7 @@ def agree(op, attrs, inputs, const=None, opset=17, n_outputs=1, ort_attrs=None, 
     for a, r, o in zip(ours, ref, ort):
         assert np.array_equal(a, r.astype(a.dtype)), (op, attrs, a, r)
         assert np.array_equal(a, o), (op, attrs, a, o)
-        assert a.flags.c_contiguous
+        assert isinstance(a, np.ndarray) and a.flags.c_contiguous
     return ours
 
 
@@ -148,6 +148,7 @@ def test_concat_of_shapes_folds_on_int64():
     dims = run_op("Shape", {}, [x])[0]
     batch = run_op("Gather", {"axis": 0}, [dims, ints(0)], const=(0, 1))[0]
     last = run_op("Gather", {"axis": 0}, [dims, np.array(2)], const=(0, 1))[0]
+    assert isinstance(last, np.ndarray) and last.shape == ()
     last = run_op("Unsqueeze", {}, [last, ints(0)])[0]
     target = run_op("Concat", {"axis": 0}, [batch, ints(-1), last])[0]
     assert target.dtype == np.int64 and np.array_equal(target, ints(2, -1, 4))
@@ -257,6 +258,8 @@ def test_gather_elements_nd_scatter_nd():
     agree("GatherND", {}, [x, ints(1, -1, 0).reshape(1, 3)], const=())
     agree("GatherND", {}, [x, np.array([[[0, 1]], [[2, -4]]])], const=(1,))
     agree("GatherND", {}, [x, np.array([[2], [0], [1]])], const=())
+    agree("GatherND", {}, [x, np.array([2, 0, 1])], const=())        # one element, a scalar
+    agree("Transpose", {}, [np.float32(3)])
     with pytest.raises(InputError, match="index 4"):
         run_op("GatherND", {}, [x, np.array([[0, 4]])], const=())
     with pytest.raises(UnsupportedModelError, match="batch_dims"):

@@ -49,6 +49,12 @@ def checked_shape(op: str, shape: Sequence[int], what: str = "output") -> Tuple[
     return shape
 
 
+def contiguous(x) -> np.ndarray:
+    """``x`` as a C-contiguous array, copied only when it is not one (a 0-d result stays 0-d, a
+    numpy scalar becomes a 0-d array)."""
+    return np.asarray(x, order="C")
+
+
 def optional(items: Sequence, index: int):
     """Input ``index`` of a node, None when omitted (absent at the end, or None)."""
     return items[index] if index < len(items) else None
@@ -136,7 +142,7 @@ def _transpose_infer(attrs, values):
 
 
 register(Op("Transpose", {"perm": Attr("ints", None)}, _transpose_infer,
-            lambda perm, inputs: [np.ascontiguousarray(inputs[0].transpose(perm))],
+            lambda perm, inputs: [contiguous(inputs[0].transpose(perm))],
             lambda attrs, values: _perm(attrs, len(values[0].shape)), time=None))
 
 
@@ -289,7 +295,7 @@ def _split_prepare(attrs, values):
 
 register(Op("Split", {"axis": Attr("int", 0), "num_outputs": Attr("int", None), "split": Attr("ints", None)},
             _split_infer,
-            lambda ctx, inputs: [np.ascontiguousarray(p) for p in np.split(inputs[0], ctx[1], axis=ctx[0])],
+            lambda ctx, inputs: [contiguous(p) for p in np.split(inputs[0], ctx[1], axis=ctx[0])],
             _split_prepare, time=None, inputs=(1, 2), outputs=(1, VARIADIC), const_inputs=(1,)))
 
 
@@ -334,7 +340,7 @@ def _slices(attrs, values):
 
 register(Op("Slice", {"starts": Attr("ints", None), "ends": Attr("ints", None), "axes": Attr("ints", None)},
             lambda attrs, values: [(_slices(attrs, values)[1], canonical_dtype(values[0].dtype))],
-            lambda slices, inputs: [np.ascontiguousarray(inputs[0][slices])],
+            lambda slices, inputs: [contiguous(inputs[0][slices])],
             lambda attrs, values: _slices(attrs, values)[0],
             time=None, inputs=(1, 5), const_inputs=(1, 2, 3, 4)))
 
@@ -364,7 +370,7 @@ def _gather_prepare(attrs, values):
 def _gather_run(ctx, inputs):
     axis, dim, const = ctx
     indices = const if const is not None else checked_indices("Gather", inputs[1], dim)
-    return [np.take(inputs[0], indices, axis=axis)]
+    return [contiguous(np.take(inputs[0], indices, axis=axis))]
 
 
 register(Op("Gather", {"axis": Attr("int", 0)}, _gather_infer, _gather_run, _gather_prepare,
@@ -429,7 +435,7 @@ def _gather_nd_infer(attrs, values):
 
 
 register(Op("GatherND", {"batch_dims": Attr("int", 0)}, _gather_nd_infer,
-            lambda ctx, inputs: [np.ascontiguousarray(inputs[0][_nd_index("GatherND", ctx, inputs[1])])],
+            lambda ctx, inputs: [contiguous(inputs[0][_nd_index("GatherND", ctx, inputs[1])])],
             lambda attrs, values: _nd_check("GatherND", attrs, values[0], values[1])[:2],
             time=None, inputs=(2, 2)))
 
