@@ -57,7 +57,6 @@ def tensor_graph_from_source(source) -> TensorGraph:
         if node.domain not in _DEFAULT_DOMAINS:
             raise UnsupportedModelError(f"{where}: operators of domain '{node.domain}' are not supported "
                                         "(grurt reads the default ONNX domain)")
-        _refuse_subgraphs(node, where)
         if node.op_type == "Constant":
             constants[node.output[0]] = _constant(node, source.folder, where)
             continue
@@ -65,6 +64,7 @@ def tensor_graph_from_source(source) -> TensorGraph:
             op = lookup(node.op_type, where)
         except UnsupportedModelError as exc:
             raise UnsupportedModelError(f"{exc}{_LOOP_HINT.get(node.op_type, '')}") from None
+        _refuse_subgraphs(node, where)
         moved = _AS_INPUT.get(node.op_type)
         allowed = set(op.attributes) | ({moved[0]} if moved else set())
         attrs = _attributes(node, allowed, source.folder, where)
