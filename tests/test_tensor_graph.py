@@ -318,3 +318,81 @@ def test_threads_share_one_model():
         t.join()
     for got, expected in zip(results, serial):
         assert all(np.array_equal(a, b) for a, b in zip(got, expected))
+
+
+# ---- format 3.0 ----
+
+def test_npz_round_trip_bit_for_bit(tmp_path):
+    model = TensorModel(gru_graph())
+    path = tmp_path / "m.npz"
+    grurt.save(model, path, metadata={"by": "test"})
+    header = grurt.formats.read_header(path)
+    assert header["format_version"] == "3.0" and header["metadata"] == {"by": "test"}
+    again = grurt.load(path)
+    assert type(again) is TensorModel and again.input_names == model.input_names
+    assert [n.attrs for n in again.graph.nodes][4]["value"].dtype == np.float32      # a tensor attribute
+    for name, value in model.graph.constants.items():
+        assert np.array_equal(again.graph.constants[name], value) and again.graph.constants[name].dtype == value.dtype
+    x = _f32(2, 5, 4, scale=1.0)
+    for a, b in zip(model.run(x), again.run(x)):
+        assert np.array_equal(a, b)
+
+
+def _hostile(tmp_path, edit, arrays=None):
+    """A 3.0 file of gru_graph() with its header changed by ``edit`` (and arrays replaced or added)."""
+    import json
+    import zipfile
+
+    path = tmp_path / "good.npz"
+    grurt.save(TensorModel(gru_graph()), path)
+    with zipfile.ZipFile(path) as archive:
+        members = {name[:-4]: np.load(archive.open(name), allow_pickle=False) for name in archive.namelist()}
+    header = json.loads(str(members.pop("header")))
+    edit(header)
+    members.update(arrays or {})
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, header=np.array(json.dumps(header)), **members)
+    return bad
+
+
+def _constant_entry(header, name):
+    return header["constants"][name]
+
+
+@pytest.mark.parametrize("edit, arrays, error, words", [
+    (lambda h: _constant_entry(h, "W").update(shape=[2**20, 2**20]), None, ModelFormatError,
+     ["constant 'W'", "more than 268435456 parameters"]),
+    (lambda h: _constant_entry(h, "W").update(dtype="float64"), None, ModelFormatError,
+     ["constant 'W'", "dtype must be one of"]),
+    (lambda h: _constant_entry(h, "W").update(shape=[2, 18, 5]), None, ModelFormatError,
+     ["constant 'W'", "has shape (2, 18, 4), expected (2, 18, 5)"]),
+    (lambda h: _constant_entry(h, "W").update(array="constant.99"), None, ModelFormatError,
+     ["constant 'W'", "array 'constant.99' is missing"]),
+    (lambda h: _constant_entry(h, "R").update(array=_constant_entry(h, "W")["array"]), None, ModelFormatError,
+     ["constant 'R'", "must name an array of the file once"]),
+    (lambda h: h["nodes"][6].update(op="Frobnicate"), None, UnsupportedModelError,
+     ["node 'y' (Frobnicate): operator Frobnicate is not supported"]),
+    (lambda h: h["nodes"][6]["attrs"].update(layout=[[1]]), None, ModelFormatError,
+     ["node 6: attribute layout"]),
+    (lambda h: h["nodes"][6]["attrs"].update(hidden_size=-3), None, ModelFormatError,
+     ["node 'y' (GRU)", "hidden_size"]),
+    (lambda h: h["nodes"][1].update(inputs=["shape", "nowhere"]), None, ModelFormatError,
+     ["node 'batch' (Gather): input 'nowhere' is not defined"]),
+    (lambda h: h.update(extra=1), None, ModelFormatError, ["unknown fields ['extra']"]),
+    (lambda h: None, {"constant.77": np.zeros(3, np.float32)}, ModelFormatError, ["unexpected arrays"]),
+])
+def test_hostile_headers_are_refused(tmp_path, edit, arrays, error, words):
+    with pytest.raises(error) as raised:
+        grurt.load(_hostile(tmp_path, edit, arrays))
+    for word in words:
+        assert word in str(raised.value), (word, str(raised.value))
+
+
+def test_a_2x_reader_refuses_3_0(tmp_path, monkeypatch):
+    import grurt.formats.npz as npz
+
+    path = tmp_path / "m.npz"
+    grurt.save(TensorModel(gru_graph()), path)
+    monkeypatch.setattr(npz, "FORMAT_VERSION", (2, 0))
+    with pytest.raises(UnsupportedModelError, match=r"grurt format 3.0, written by a newer grurt .* reads format 2.x"):
+        grurt.load(path)

@@ -26,7 +26,8 @@ FORMAT_NAME = "grurt"
 # 1.1: Embedding (input_size null), LayerNorm, UnitNorm, GlobalPool, Flatten; Conv1D, Pool1D, ZeroPad1D
 # 1.2: GRU "weights": "bf16" / "int8" (reduced-precision W and R, docs/format.md)
 # 2.0: graphs: "inputs", "nodes" (a layer and the tensors it reads and writes), "outputs" (issue 11)
-FORMAT_VERSION = (2, 0)
+# 3.0: general tensor graphs: nodes of ONNX ops over named N-D tensors, "constants" (issue 20)
+FORMAT_VERSION = (3, 0)
 HEADER_KEY = "header"
 
 _ARRAYS = {GRU: ("W", "R", "B"), Dense: ("W", "b"), Scale: ("a", "c")}
@@ -100,9 +101,14 @@ def _layer_to_json(layer) -> dict:
 
 
 def save(model, path, metadata: dict | None = None) -> None:
-    """Write a Model (or ModelSpec, or Graph) to ``path`` in grurt's .npz format."""
+    """Write a Model (or ModelSpec, or Graph; or a TensorModel or TensorGraph) to ``path`` in grurt's
+    .npz format."""
     from .. import __version__
+    from ..tensor_graph import TensorGraph
 
+    graph = getattr(model, "graph", model)
+    if isinstance(graph, TensorGraph):
+        return _save_tensor_graph(graph, path, metadata)
     spec = getattr(model, "spec", model)
     if not isinstance(spec, (ModelSpec, Graph)):
         raise TypeError(f"save expects a grurt Model, ModelSpec or Graph, got {type(model).__name__}")
@@ -197,7 +203,7 @@ def _read_header(archive: zipfile.ZipFile) -> dict:
         raise UnsupportedModelError(
             f"this file is grurt format {version}, written by a newer grurt ({header.get('producer', '?')}); "
             f"this grurt reads format {FORMAT_VERSION[0]}.x: upgrade grurt to load it")
-    unknown = set(header) - (_GRAPH_HEADER_FIELDS if major == 2 else _HEADER_FIELDS)
+    unknown = set(header) - {2: _GRAPH_HEADER_FIELDS, 3: _TENSOR_HEADER_FIELDS}.get(major, _HEADER_FIELDS)
     _expect(not unknown, f"header: unknown fields {sorted(unknown)}")
     return header
 
@@ -353,12 +359,15 @@ def _check_budget(count, budget, where):
 
 
 def load_npz(path):
-    """Read a grurt .npz file into a :class:`grurt.Model`."""
+    """Read a grurt .npz file into a :class:`grurt.Model` (format 3.0: a :class:`grurt.TensorModel`)."""
     from ..model import Model
 
     with _open_archive(path) as archive:
         try:
             header = _read_header(archive)
+            if str(header["format_version"]).startswith("3."):
+                from ..tensor_model import TensorModel
+                return TensorModel(_tensor_graph_from_header(archive, header))
             budget, stored = [MAX_PARAMETERS], {}
             if str(header["format_version"]).startswith("2."):
                 spec, layers = _graph_from_header(archive, header, budget, stored)
@@ -500,3 +509,108 @@ def _time_layer_from_json(entry, kind, where, features, budget, array):
         return Pool1D(entry.get("mode"), entry.get("size"), entry.get("stride", 1), _padding_from_json(entry, where),
                       entry.get("count_include_pad", False))
     return ZeroPad1D(_count_field(entry, "left", where, 0), _count_field(entry, "right", where, 0))
+
+
+# ---- format 3.0: general tensor graphs (grurt.tensor_graph) ----
+
+_TENSOR_HEADER_FIELDS = {"format", "format_version", "producer", "inputs", "nodes", "outputs", "constants", "metadata"}
+_TENSOR_DTYPES = ("float32", "int64", "bool")
+
+
+def _save_tensor_graph(graph, path, metadata=None) -> None:
+    """Format 3.0: the graph's inputs, nodes (op, name, inputs, outputs, checked attributes) and
+    outputs in the header; each constant and tensor attribute an array of the archive, named in the
+    header with its dtype and shape."""
+    from .. import __version__
+
+    arrays = {}
+
+    def array(prefix, value):
+        key = f"{prefix}.{len(arrays)}"
+        arrays[key] = value
+        return {"array": key, "dtype": str(value.dtype), "shape": list(value.shape)}
+
+    constants = {name: array("constant", value) for name, value in graph.constants.items()}
+    nodes = []
+    for node in graph.nodes:
+        attrs = {name: {"tensor": array("attribute", value)} if isinstance(value, np.ndarray)
+                 else list(value) if isinstance(value, tuple) else value
+                 for name, value in node.attrs.items() if value is not None}
+        nodes.append({"op": node.op, "name": node.name, "inputs": list(node.inputs), "outputs": list(node.outputs),
+                      "attrs": attrs})
+    header = {"format": FORMAT_NAME, "format_version": "3.0", "producer": f"grurt {__version__}",
+              "inputs": [{"name": i.name, "dtype": i.dtype, "dims": list(i.dims)} for i in graph.inputs],
+              "nodes": nodes, "outputs": list(graph.outputs), "constants": constants}
+    if metadata:
+        header["metadata"] = {str(k): str(v) for k, v in metadata.items()}
+    arrays[HEADER_KEY] = np.array(json.dumps(header))
+    with open(path, "wb") as handle:
+        np.savez(handle, **arrays)
+
+
+def _tensor_graph_from_header(archive, header):
+    """Format 3.0: the TensorGraph, every array's dtype and shape checked against the header and the
+    parameter budget before it is read, then validated as any TensorGraph (ops and attributes
+    against the registry)."""
+    from ..tensor_graph import MAX_RANK, TensorGraph, TensorInput, TensorNode
+
+    budget, read = [MAX_PARAMETERS], set()
+
+    def listed(value, what):
+        _expect(isinstance(value, list), f"header: '{what}' must be a list")
+        return value
+
+    def fields(entry, allowed, where):
+        _expect(isinstance(entry, dict), f"{where} must be an object")
+        unknown = set(entry) - allowed
+        _expect(not unknown, f"{where}: unknown fields {sorted(unknown)}")
+        return entry
+
+    def stored_array(entry, where):
+        fields(entry, {"array", "dtype", "shape"}, where)
+        key, dtype, shape = entry.get("array"), entry.get("dtype"), entry.get("shape")
+        _expect(isinstance(key, str) and key.startswith(("constant.", "attribute.")) and key not in read,
+                f"{where}: 'array' must name an array of the file once, got {key!r}")
+        _expect(dtype in _TENSOR_DTYPES, f"{where}: dtype must be one of {_TENSOR_DTYPES}, got {dtype!r}")
+        _expect(isinstance(shape, list) and len(shape) <= MAX_RANK
+                and all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= MAX_PARAMETERS for d in shape),
+                f"{where}: shape must be a list of at most {MAX_RANK} sizes, got {shape!r}")
+        count = 1
+        for d in shape:
+            count *= d
+        _check_budget(count, budget, where)
+        read.add(key)
+        # (reshaped: np.ascontiguousarray in _read_array makes a 0-d array 1-d)
+        return _read_array(archive, key, tuple(shape), where, dtype).reshape(shape)
+
+    def attribute(value, where):
+        if isinstance(value, dict):
+            return stored_array(fields(value, {"tensor"}, where).get("tensor"), where)
+        _expect(isinstance(value, (int, float, str)) and not isinstance(value, bool)
+                or isinstance(value, list) and all(isinstance(v, (int, float, str)) and not isinstance(v, bool)
+                                                   for v in value),
+                f"{where}: an attribute is a number, a string, a list of them or {{'tensor': ...}}")
+        return value
+
+    inputs = []
+    for index, entry in enumerate(listed(header.get("inputs"), "inputs")):
+        fields(entry, {"name", "dtype", "dims"}, f"input {index}")
+        inputs.append(TensorInput(entry.get("name"), entry.get("dtype"), entry.get("dims")))
+    constants = {}
+    declared = header.get("constants", {})
+    _expect(isinstance(declared, dict), "header: 'constants' must be an object")
+    for name, entry in declared.items():
+        constants[name] = stored_array(entry, f"constant '{name[:200]}'")
+    nodes = []
+    for index, entry in enumerate(listed(header.get("nodes"), "nodes")):
+        where = f"node {index}"
+        fields(entry, {"op", "name", "inputs", "outputs", "attrs"}, where)
+        attrs = entry.get("attrs", {})
+        _expect(isinstance(attrs, dict), f"{where}: 'attrs' must be an object")
+        attrs = {key: attribute(value, f"{where}: attribute {key[:100]}") for key, value in attrs.items()}
+        nodes.append(TensorNode(entry.get("op"), entry.get("inputs"), entry.get("outputs"), attrs,
+                                entry.get("name", "")))
+    graph = TensorGraph(inputs, nodes, listed(header.get("outputs"), "outputs"), constants)
+    extra = set(archive.namelist()) - {key + ".npy" for key in read} - {HEADER_KEY + ".npy"}
+    _expect(not extra, f"unexpected arrays in the file: {sorted(name[:-4] for name in extra)[:10]}")
+    return graph
