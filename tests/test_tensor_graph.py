@@ -170,7 +170,9 @@ def test_shape_arithmetic_folds():
     ops = [step[5].op for step in plan.steps]
     # Shape/Gather/Unsqueeze/Concat/ConstantOfShape/Transpose ran once, when the plan was made
     assert ops == ["GRU", "Reshape", "MatMul", "Softmax", "Mul", "ReduceSum", "MatMul", "Add", "Softmax"]
-    assert plan.constant_bytes > 0
+    # the shape (3 int64), batch, [batch], h0's shape (3 int64), the zero states (2, 2, 6) float32 twice
+    assert plan.constant_bytes == 24 + 8 + 8 + 24 + 2 * (2 * 2 * 6 * 4)
+    assert plan.describe().startswith("9 steps")
 
 
 def test_constant_weight_transpose_folds():

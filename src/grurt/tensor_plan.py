@@ -20,7 +20,7 @@ Running a plan is the loop over its steps: no shape logic, no checks, no lookups
 from __future__ import annotations
 
 import math
-from typing import List, Optional, Tuple
+from typing import List, Tuple
 
 import numpy as np
 
@@ -68,10 +68,7 @@ class Plan:
                 for slot in frees:
                     slots[slot] = None
         except GrurtError as exc:      # a value-dependent check of an op (an index out of range, ...)
-            where = self.steps[index][5].where
-            if str(exc).startswith(where):
-                raise
-            raise type(exc)(f"{where}: {exc}") from None
+            raise _where_error(exc, self.steps[index][5].where) from None
         results = []
         for slot in self.outputs:
             value = slots[slot]
@@ -79,6 +76,7 @@ class Plan:
         return results
 
     def describe(self) -> str:
+        """The steps left after folding, node by node."""
         lines = [f"{len(self.steps)} steps, peak {self.peak_bytes} bytes of tensors, "
                  f"{self.constant_bytes} bytes of constants"]
         lines += [f"  {node.name or '-'}: {node.describe()}" for *_, node in self.steps]
@@ -98,10 +96,10 @@ def _frozen(array: np.ndarray) -> np.ndarray:
     return view
 
 
-def make_plan(graph: TensorGraph, sig, memory_limit: Optional[int] = None) -> Plan:
+def make_plan(graph: TensorGraph, sig) -> Plan:
     """The plan of ``graph`` for inputs of signature ``sig`` ((shape, dtype) per input, checked
     against the declared inputs by the caller)."""
-    limit = _model.MEMORY_LIMIT_BYTES if memory_limit is None else memory_limit
+    limit = _model.MEMORY_LIMIT_BYTES
     values = {}                     # tensor name -> Value
     slot_of = {}                    # tensor name -> slot, for the tensors computed when the plan runs
     slots: list = [None]
@@ -130,8 +128,8 @@ def make_plan(graph: TensorGraph, sig, memory_limit: Optional[int] = None) -> Pl
         for position in op.const_inputs:
             if position < len(args) and args[position] is not None and args[position].const is None:
                 raise UnsupportedModelError(f"{where}: input {position} ('{node.inputs[position]}') is computed from "
-                                            "the model's inputs; grurt needs it constant when the plan is made "
-                                            "(it decides a shape)")
+                                            f"the model's inputs; grurt needs this input of {op.name} constant when "
+                                            "the plan is made")
         try:
             inferred = op.infer(node.attrs, args)
         except GrurtError as exc:
