@@ -184,6 +184,12 @@ def parse_einsum(equation: str, shapes: Sequence[Sequence[int]]):
     return operands, output, sizes
 
 
+def _permutation(labels, order):
+    """The transpose taking ``labels`` to ``order``; None when it is the identity."""
+    perm = [labels.index(label) for label in order]
+    return None if perm == list(range(len(perm))) else perm
+
+
 class EinsumPlan:
     """An Einsum made of numpy calls decided once: per operand, the broadcast dims dropped and a
     diagonal / sum over labels no one else needs (a one-operand ``np.einsum``); then, pair by
@@ -216,7 +222,8 @@ class EinsumPlan:
             if len(operands) == 1:
                 needed = output
             equation = None if needed == labels else f"{sub(labels)}->{sub(needed)}"
-            self.unary.append((squeeze, equation))
+            if squeeze is not None or equation is not None:
+                self.unary.append((i, squeeze, equation))
             current.append(needed)
         self.pairs = []
         while len(current) > 1:
@@ -228,13 +235,12 @@ class EinsumPlan:
             contracted = [label for label in la if label in lb and label not in keep]
             left, right = [label for label in la if label not in lb], [label for label in lb if label not in la]
             n = [math.prod(sizes[label] for label in group) for group in (batch, left, contracted, right)]
-            self.pairs.append((i, j, [la.index(label) for label in batch + left + contracted], (n[0], n[1], n[2]),
-                               [lb.index(label) for label in batch + contracted + right], (n[0], n[2], n[3]),
+            self.pairs.append((i, j, _permutation(la, batch + left + contracted), (n[0], n[1], n[2]),
+                               _permutation(lb, batch + contracted + right), (n[0], n[2], n[3]),
                                tuple(sizes[label] for label in batch + left + right)))
-            current = [c for k, c in enumerate(current) if k not in (i, j)] + [batch + left + right]
-        self.final = [current[0].index(label) for label in output]
-        if self.final == list(range(len(output))):
-            self.final = None
+            del current[j], current[i]   # i < j
+            current.append(batch + left + right)
+        self.final = _permutation(current[0], output)
 
     @staticmethod
     def _cost(current, ij, output, sizes):
@@ -242,15 +248,15 @@ class EinsumPlan:
         return math.prod(sizes[label] for label in set(current[ij[0]]) | set(current[ij[1]]) if label in others)
 
     def __call__(self, operands):
-        current = []
-        for x, (squeeze, equation) in zip(operands, self.unary):
-            if squeeze is not None:
-                x = x.reshape(squeeze)
-            current.append(np.einsum(equation, x) if equation is not None else x)
+        current = list(operands)
+        for i, squeeze, equation in self.unary:
+            x = current[i] if squeeze is None else current[i].reshape(squeeze)
+            current[i] = x if equation is None else np.einsum(equation, x)
         for i, j, perm_a, shape_a, perm_b, shape_b, shape in self.pairs:
-            a = current[i].transpose(perm_a).reshape(shape_a)
-            b = current[j].transpose(perm_b).reshape(shape_b)
-            current = [c for k, c in enumerate(current) if k not in (i, j)] + [np.matmul(a, b).reshape(shape)]
+            b, a = current.pop(j), current.pop(i)   # i < j
+            a = (a if perm_a is None else a.transpose(perm_a)).reshape(shape_a)
+            b = (b if perm_b is None else b.transpose(perm_b)).reshape(shape_b)
+            current.append(np.matmul(a, b).reshape(shape))
         y = current[0] if self.final is None else current[0].transpose(self.final)
         return contiguous(y)
 
