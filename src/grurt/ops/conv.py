@@ -47,8 +47,9 @@ _WINDOW = {"auto_pad": Attr("string", "NOTSET", lambda v: None if v in AUTO_PADS
 
 
 def _spatial(op: str, x: Value) -> Tuple[int, ...]:
-    if canonical_dtype(x.dtype) != FLOAT:
-        raise ModelFormatError(f"{op}: X must be a float tensor, got {x.dtype}")
+    if canonical_dtype(x.dtype) != FLOAT:   # ONNX's Conv and pools are float-only but for int8 MaxPool
+        error = UnsupportedModelError if op == "MaxPool" else ModelFormatError
+        raise error(f"{op}: X must be a float tensor, got {x.dtype}")
     if not 3 <= len(x.shape) <= 5:
         raise UnsupportedModelError(f"{op}: X {x.shape} must be (N, C, spatial...) with 1 to 3 spatial axes")
     return tuple(x.shape[2:])

@@ -74,8 +74,9 @@ def conv_transpose(attrs, inputs):
         for tap in itertools.product(*(range(k) for k in kernel)):
             at = tuple(p * s + t * d for p, s, t, d in zip(pos, strides, tap, dilations))
             for g in range(groups):
-                y[(slice(None), slice(g * mg, (g + 1) * mg)) + at] += \
-                    x[(slice(None), slice(g * cg, (g + 1) * cg)) + pos] @ w[(slice(g * cg, (g + 1) * cg), slice(None)) + tap]
+                inputs_g = x[(slice(None), slice(g * cg, (g + 1) * cg)) + pos]          # (N, C/g)
+                weights_g = w[(slice(g * cg, (g + 1) * cg), slice(None)) + tap]        # (C/g, M/g)
+                y[(slice(None), slice(g * mg, (g + 1) * mg)) + at] += inputs_g @ weights_g
     explicit = _ints(attrs, "pads", 2 * n, 0)
     begins, outs = [], []
     for i in range(n):
