@@ -54,7 +54,7 @@ class Model:
     stores, when they are known exactly; they are otherwise computed from ``spec``.
     """
 
-    def __init__(self, spec, weights: str = "float32", stored=None):
+    def __init__(self, spec, weights: str = "float32", stored=None, file_states=None):
         if isinstance(spec, Graph):
             graph, chain = spec, spec.as_chain()
         elif isinstance(spec, ModelSpec):
@@ -62,6 +62,8 @@ class Model:
         else:
             raise TypeError(f"Model expects a grurt.graph.Graph or grurt.spec.ModelSpec, got {type(spec).__name__}")
         self._source = spec                 # what the model was made of: a Graph, or a ModelSpec (for pickling)
+        # a one-path ONNX file's state inputs and outputs by the file's names (importers.onnx.FileStates)
+        self._file_states = file_states
         self.weights = precision.check_mode(weights)
         layers = chain.layers if chain is not None else tuple(node.layer for node in graph.nodes)
         self._stored = {}                   # (layer or node index, "W"/"R") -> the reduced-precision arrays
@@ -161,16 +163,16 @@ class Model:
         return f"<grurt.Model input_size={self.input_size}{mode}: {layers}>"
 
     def __reduce__(self):
-        if self.weights == "float32":
+        if self.weights == "float32" and self._file_states is None:
             return (Model, (self._source,))
-        return (Model, (self._source, self.weights, self._stored))
+        return (Model, (self._source, self.weights, self._stored, self._file_states))
 
     def with_weights(self, weights: str) -> "Model":
         """This model with its GRU weights in another mode ("float32", "bf16" or "int8"), as a
         new Model. Reduced precision is rounded from this model's float32 values (``spec``)."""
         if precision.check_mode(weights) == self.weights:
             return self
-        return Model(self._source, weights)
+        return Model(self._source, weights, file_states=self._file_states)
 
     def run(self, seq, initial_state=None, return_state=False, lengths=None, threads=1):
         """Run the model on ``seq``: (T, I) for one sequence or (B, T, I) for a batch.
@@ -197,6 +199,11 @@ class Model:
             out = self._plan.run_plain(seq, MEMORY_LIMIT_BYTES, threads)
             if out is not None:
                 return out
+        if self._file_states is not None and initial_state is None and not return_state and (
+                (type(seq) is dict and set(seq) != set(self.input_names))
+                or (type(seq) in (list, tuple) and len(seq) == len(self._file_states.inputs) > 1
+                    and all(type(v) is np.ndarray for v in seq))):
+            return self._file_states.run(self, seq, lengths, threads)
         if self._graph is not None or type(seq) is dict:
             if type(threads) is not int or not 1 <= threads <= _kernels.MAX_THREADS:
                 raise InputError(f"threads must be an integer from 1 to {_kernels.MAX_THREADS}, got {threads!r}")
