@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from grurt.errors import ModelFormatError, UnsupportedModelError
-from grurt.ops import REGISTRY, Value, check_attributes
+from grurt.ops import REGISTRY, Value, check_attributes, time_rule
 from grurt.ops import conv as conv_ops
 
 from op_testing import ort_op, reference_op, run_op
@@ -210,11 +210,20 @@ def test_pool_refusals():
     assert "Resize" not in REGISTRY
 
 
+def test_every_op_has_a_reference_and_a_time_rule():
+    from grurt.reference_ops import conv as references
+    names = [name for name, op in REGISTRY.items() if op.run.__module__ == "grurt.ops.conv"
+             or getattr(op.prepare, "__module__", None) == "grurt.ops.conv"]
+    assert sorted(names) == sorted(references.REFERENCE)
+    for name in names:
+        assert REGISTRY[name].time is not None or REGISTRY[name].time_of is not None, name
+
+
 def test_time_rules():
     def rule(op, attrs, x, w=None, time_axis=2):
         attrs = check_attributes(REGISTRY[op], attrs, op)
         values = [Value(x, np.dtype(np.float32))] + ([Value(w, np.dtype(np.float32))] if w else [])
-        return conv_ops.time_rule(op, attrs, values, time_axis), \
+        return time_rule(REGISTRY[op], attrs, values, time_axis), \
             conv_ops.history(op, attrs, values, time_axis) if time_axis >= 2 and not op.startswith("Global") else None
 
     x = (1, 64, 20, 32)

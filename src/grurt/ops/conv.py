@@ -29,6 +29,11 @@ from .shape import checked_shape, optional
 AUTO_PADS = ("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID")
 
 
+def _timed(name):
+    """``Op.time_of`` of op ``name``: :func:`_time` (defined with the ops, below)."""
+    return lambda attrs, values, time_axis: _time(name, attrs, values, time_axis)
+
+
 def _positive(v):
     return None if all(i >= 1 for i in v) else "must be positive"
 
@@ -197,7 +202,7 @@ class _ConvPlan:
 
 register(Op("Conv", dict(_WINDOW, group=Attr("int", 1, lambda v: None if v >= 1 else "must be positive")),
             lambda attrs, values: [(_conv_check(attrs, values)[0], FLOAT)],
-            lambda plan, inputs: plan(inputs), _ConvPlan, time=None, inputs=(2, 3)))
+            lambda plan, inputs: plan(inputs), _ConvPlan, time=None, time_of=_timed("Conv"), inputs=(2, 3)))
 
 
 # ---- ConvTranspose ----
@@ -294,7 +299,8 @@ register(Op("ConvTranspose", dict(_WINDOW, group=Attr("int", 1, lambda v: None i
                                   output_padding=Attr("ints", None, _not_negative),
                                   output_shape=Attr("ints", None, _positive)),
             lambda attrs, values: [(_conv_transpose_check(attrs, values)[0], FLOAT)],
-            lambda plan, inputs: plan(inputs), _ConvTransposePlan, time=None, inputs=(2, 3)))
+            lambda plan, inputs: plan(inputs), _ConvTransposePlan, time=None, time_of=_timed("ConvTranspose"),
+            inputs=(2, 3)))
 
 
 # ---- MaxPool, AveragePool, LpPool ----
@@ -366,7 +372,8 @@ def _pool_op(name, extra):
     attributes = dict(_WINDOW, ceil_mode=Attr("int", 0, _flag), **extra)
     attributes["kernel_shape"] = Attr("ints", None, _positive)
     register(Op(name, attributes, lambda attrs, values: [(_pool_check(name, attrs, values)[0], FLOAT)],
-                lambda plan, inputs: plan(inputs), lambda attrs, values: _PoolPlan(name, attrs, values), time=None))
+                lambda plan, inputs: plan(inputs), lambda attrs, values: _PoolPlan(name, attrs, values),
+                time=None, time_of=_timed(name)))
 
 
 _pool_op("MaxPool", {"storage_order": Attr("int", 0, _flag)})
@@ -391,7 +398,7 @@ def _global_run(reduce):
 
 for _name, _reduce in (("GlobalAveragePool", np.mean), ("GlobalMaxPool", np.max)):
     register(Op(_name, {}, _global_infer(_name), _global_run(_reduce),
-                lambda attrs, values: tuple(range(2, len(values[0].shape))), time=None))
+                lambda attrs, values: tuple(range(2, len(values[0].shape))), time=None, time_of=_timed(_name)))
 
 
 # ---- time ----
@@ -411,7 +418,7 @@ def _time_window(op_name, attrs, values, time_axis):
     return attrs["kernel_shape"][i], strides[i], dilations[i], axes[i][0], axes[i][1]
 
 
-def time_rule(op_name: str, attrs: dict, values: Sequence[Optional[Value]], time_axis: int) -> str:
+def _time(op_name: str, attrs: dict, values: Sequence[Optional[Value]], time_axis: int) -> str:
     """How a conv-family op acts along the time axis ``time_axis`` of X (N, C, spatial...):
     ``"step"`` for the batch axis, and for a spatial axis the op's window does not cross (kernel 1,
     stride 1, no padding); ``"causal"`` for a spatial axis padded only before by (k - 1) · dilation

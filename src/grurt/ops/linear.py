@@ -27,6 +27,11 @@ def _numeric_dtype(op: str, values: Sequence[Value]) -> np.dtype:
     return dtypes.pop()
 
 
+def _timed(name):
+    """``Op.time_of`` of op ``name``: :func:`_time` (defined with the ops, below)."""
+    return lambda attrs, values, time_axis: _time(name, attrs, values, time_axis)
+
+
 # ---- MatMul: numpy's matmul (1-D operands, broadcast batch dims) ----
 
 def _matmul_shape(a, b):
@@ -53,7 +58,8 @@ def _matmul_run(b, inputs):
     return [np.asarray(np.matmul(inputs[0], inputs[1] if b is None else b))]   # 1-D @ 1-D: a numpy scalar
 
 
-register(Op("MatMul", {}, _matmul_infer, _matmul_run, _matmul_prepare, time=None, inputs=(2, 2)))
+register(Op("MatMul", {}, _matmul_infer, _matmul_run, _matmul_prepare, time=None, time_of=_timed("MatMul"),
+            inputs=(2, 2)))
 
 
 # ---- Gemm: Y = alpha * A' B' + beta * C ----
@@ -108,7 +114,7 @@ def _gemm_run(ctx, inputs):
 register(Op("Gemm", {"alpha": Attr("float", 1.0), "beta": Attr("float", 1.0),
                      "transA": Attr("int", 0, lambda v: None if v in (0, 1) else "must be 0 or 1"),
                      "transB": Attr("int", 0, lambda v: None if v in (0, 1) else "must be 0 or 1")},
-            _gemm_infer, _gemm_run, _gemm_prepare, time=None, inputs=(2, 3)))
+            _gemm_infer, _gemm_run, _gemm_prepare, time=None, time_of=_timed("Gemm"), inputs=(2, 3)))
 
 
 # ---- Einsum ----
@@ -277,12 +283,12 @@ def _einsum_infer(attrs, values):
 register(Op("Einsum", {"equation": Attr("string")}, _einsum_infer,
             lambda plan, inputs: [plan(inputs)],
             lambda attrs, values: EinsumPlan(*_einsum_parse(attrs, values)),
-            time=None, inputs=(1, VARIADIC)))
+            time=None, time_of=_timed("Einsum"), inputs=(1, VARIADIC)))
 
 
 # ---- time ----
 
-def time_rule(op_name: str, attrs: dict, values: Sequence[Optional[Value]], time_axis: int) -> str:
+def _time(op_name: str, attrs: dict, values: Sequence[Optional[Value]], time_axis: int) -> str:
     """How a linear op acts along the time axis ``time_axis`` of its input 0, the other inputs
     being constant along time (weights): ``"step"`` when the time axis is a row or batch axis the
     output keeps at the same place, ``"sequence"`` when it is contracted (or moves). A node whose
