@@ -133,6 +133,21 @@ def test_conv_transpose(x, w, attrs, bias):
     agree("ConvTranspose", attrs, inputs, const=())
 
 
+def test_hostile_attributes_bounded_before_allocation():
+    """Pads, strides and kernels from attributes that would make run allocate absurd buffers
+    (a padded input, im2col's columns, the full transposed product) though the output is small."""
+    x, w = _data((1, 2, 5)), _data((2, 2, 1))
+    huge = 1 << 40
+    with pytest.raises(ModelFormatError, match="Conv: the padded input .*MAX_PARAMETERS"):
+        run_op("Conv", {"pads": [huge, 0], "strides": [huge]}, [x, w], const=(1,))
+    with pytest.raises(ModelFormatError, match="ConvTranspose: the full product .*MAX_PARAMETERS"):
+        run_op("ConvTranspose", {"strides": [huge], "pads": [4 * huge - 1, 0]}, [x, w], const=(1,))   # 2 outputs
+    with pytest.raises(ModelFormatError, match="MaxPool: the padded input .*MAX_PARAMETERS"):
+        run_op("MaxPool", {"kernel_shape": [huge], "pads": [huge - 1, huge - 1], "strides": [huge]}, [x])
+    with pytest.raises(ModelFormatError, match="Conv: the im2col columns .*MAX_PARAMETERS"):
+        run_op("Conv", {}, [np.zeros((1, 1, 1 << 20), np.float32), _data((1, 1, 512))], const=(1,))  # 512 x 2^20
+
+
 def test_conv_transpose_refusals():
     x, w = _data((1, 2, 5)), _data((2, 2, 3))
     with pytest.raises(ModelFormatError, match="output size 13 on axis 0 exceeds the 11"):

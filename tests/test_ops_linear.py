@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from grurt.errors import ModelFormatError
-from grurt.ops import REGISTRY, Value, check_attributes, time_rule
+from grurt.ops import REGISTRY, Value, check_attributes, linear, time_rule
 
 from op_testing import ort_op, reference_op, run_op
 from tolerances import ATOL
@@ -181,6 +181,14 @@ def test_einsum_drawn(case):
 def test_einsum_refusals(equation, shapes, message):
     with pytest.raises(ModelFormatError, match=f"Einsum: equation '{equation}'.*" + message.replace("(", r"\(")):
         run_op("Einsum", {"equation": equation}, [_data(s) for s in shapes])
+
+
+def test_einsum_intermediate_bounded(monkeypatch):
+    """An intermediate product is bounded as a tensor is (here with the bound lowered to 100:
+    any pair of 'ab,bc,ca' gives 11 x 11 = 121 elements before the third operand sums them)."""
+    monkeypatch.setattr(linear, "MAX_PARAMETERS", 100)
+    with pytest.raises(ModelFormatError, match="an intermediate product of 121 elements"):
+        run_op("Einsum", {"equation": "ab,bc,ca->"}, [_data((11, 11)), _data((11, 11)), _data((11, 11))])
 
 
 def test_every_op_has_a_reference_and_a_time_rule():

@@ -23,6 +23,7 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 
 from ..errors import ModelFormatError, UnsupportedModelError
+from ..limits import MAX_PARAMETERS
 from . import FLOAT, Attr, Op, Value, canonical_dtype, register
 from .shape import checked_shape, optional
 
@@ -142,6 +143,20 @@ def _bias_of(values, shape_bias):
     return None if b is None else FROM_INPUT if b.const is None else shape_bias(b.const)
 
 
+def _workspace(op: str, what: str, shape) -> None:
+    """A buffer ``run`` allocates besides its output (the padded input, im2col's columns, the
+    full transposed product) is bounded as an output is: attributes (pads, strides) decide it."""
+    size = math.prod(shape)
+    if size > MAX_PARAMETERS:
+        raise ModelFormatError(f"{op}: {what} {tuple(shape)} would have {size} elements, more than "
+                               f"grurt.limits.MAX_PARAMETERS = {MAX_PARAMETERS}")
+
+
+def _padded_shape(x_shape, axes):
+    """The input padded by each axis's (before, after, ...) pads."""
+    return tuple(x_shape[:2]) + tuple(d + a[0] + a[1] for d, a in zip(x_shape[2:], axes))
+
+
 # ---- Conv ----
 
 def _conv_check(attrs, values):
@@ -161,6 +176,8 @@ def _conv_check(attrs, values):
         raise ModelFormatError(f"Conv: B {b.shape} for {m} output channels")
     axes, strides, dilations = geometry("Conv", attrs, spatial, kernel)
     out = checked_shape("Conv", (x.shape[0], m) + tuple(o for _, _, o in axes))
+    _workspace("Conv", "the padded input", _padded_shape(x.shape, axes))
+    _workspace("Conv", "the im2col columns", (x.shape[0], x.shape[1] * math.prod(kernel), math.prod(out[2:])))
     return out, axes, strides, dilations
 
 
@@ -252,6 +269,8 @@ def _conv_transpose_check(attrs, values):
                                    f"of {full}")
         axes.append((before, out, full - e))
     shape = checked_shape("ConvTranspose", (x.shape[0], m) + tuple(o for _, o, _ in axes))
+    _workspace("ConvTranspose", "the taps' products", (x.shape[0], m * math.prod(kernel), math.prod(spatial)))
+    _workspace("ConvTranspose", "the full product", (x.shape[0], m) + tuple(max(full, b + o) for b, o, full in axes))
     return shape, axes, strides, dilations
 
 
@@ -318,7 +337,11 @@ def _pool_check(op, attrs, values):
     for i, (k, (before, after, _)) in enumerate(zip(kernel, axes)):
         if max(before, after) >= k:
             raise ModelFormatError(f"{op}: pads ({before}, {after}) on axis {i} must be smaller than the kernel {k}")
-    return checked_shape(op, values[0].shape[:2] + tuple(o for _, _, o in axes)), axes, strides, dilations
+    out = checked_shape(op, values[0].shape[:2] + tuple(o for _, _, o in axes))
+    overhang = [(0, max(0, (o - 1) * s + (k - 1) * d + 1 - n - b - a))
+                for (b, a, o), s, d, k, n in zip(axes, strides, dilations, kernel, spatial)]
+    _workspace(op, "the padded input", _padded_shape(_padded_shape(values[0].shape, axes), overhang))
+    return out, axes, strides, dilations
 
 
 class _PoolPlan:

@@ -14,6 +14,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ..errors import ModelFormatError, UnsupportedModelError
+from ..limits import MAX_PARAMETERS
 from . import BOOL, Attr, Op, Value, broadcast_shapes, canonical_dtype, register
 from .shape import VARIADIC, checked_shape, contiguous, optional
 
@@ -241,6 +242,9 @@ class EinsumPlan:
             contracted = [label for label in la if label in lb and label not in keep]
             left, right = [label for label in la if label not in lb], [label for label in lb if label not in la]
             n = [math.prod(sizes[label] for label in group) for group in (batch, left, contracted, right)]
+            if n[0] * n[1] * n[3] > MAX_PARAMETERS:
+                raise ModelFormatError(f"Einsum: an intermediate product of {n[0] * n[1] * n[3]} elements, more than "
+                                       f"grurt.limits.MAX_PARAMETERS = {MAX_PARAMETERS}")
             self.pairs.append((i, j, _permutation(la, batch + left + contracted), (n[0], n[1], n[2]),
                                _permutation(lb, batch + contracted + right), (n[0], n[2], n[3]),
                                tuple(sizes[label] for label in batch + left + right)))
@@ -277,6 +281,7 @@ def _einsum_parse(attrs, values):
 
 def _einsum_infer(attrs, values):
     operands, output, sizes, shapes = _einsum_parse(attrs, values)
+    EinsumPlan(operands, output, sizes, shapes)   # its intermediate products are bounded
     return [(checked_shape("Einsum", [sizes[label] for label in output]), _numeric_dtype("Einsum", values))]
 
 
