@@ -13,8 +13,7 @@ from hypothesis import strategies as st
 from onnx import numpy_helper
 
 from grurt.errors import InputError, ModelFormatError, UnsupportedModelError
-from grurt.ops import REGISTRY, Value, check_attributes
-from grurt.ops import shape as shape_ops
+from grurt.ops import REGISTRY, Value, check_attributes, time_rule
 
 from op_testing import ort_op, reference_op, run_op
 from tolerances import ATOL
@@ -365,13 +364,22 @@ def test_depth_to_space_and_back(mode):
         run_op("DepthToSpace", {"blocksize": 3}, [x])
 
 
+def test_every_op_has_a_reference_and_a_time_rule():
+    from grurt.reference_ops import shape as references
+    names = [name for name, op in REGISTRY.items() if op.run.__module__ == "grurt.ops.shape"
+             or getattr(op.prepare, "__module__", None) == "grurt.ops.shape"]
+    assert sorted(names) == sorted(references.REFERENCE)
+    for name in names:
+        assert REGISTRY[name].time is not None or REGISTRY[name].time_of is not None, name
+
+
 def test_time_rules():
     def rule(op, attrs, shapes, time_axis, consts=()):
         values = [Value(s, np.dtype(np.float32)) for s in shapes]
         for i, c in consts:
             values[i] = Value(c.shape, c.dtype, c)
         attrs = check_attributes(REGISTRY[op], attrs, op)
-        return shape_ops.time_rule(op, attrs, values, time_axis)
+        return time_rule(REGISTRY[op], attrs, values, time_axis)
 
     assert rule("Transpose", {"perm": [0, 2, 1]}, [(1, 5, 3)], 0) == "step"
     assert rule("Transpose", {"perm": [0, 2, 1]}, [(1, 5, 3)], 1) == "sequence"
