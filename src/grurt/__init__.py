@@ -13,6 +13,7 @@ from .importers.keras import from_keras
 from .importers.state_dict import from_state_dict
 from .importers.torch import from_torch
 from .model import Model
+from .tensor_model import TensorModel
 from .session import InferenceSession
 from .graph import Graph
 from .spec import ModelSpec

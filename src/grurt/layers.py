@@ -112,7 +112,7 @@ class GRU:
         (D, 6H) (zeros when absent), gates z, r, h; ``activations`` as in ONNX (``["Sigmoid", "Tanh"]``
         per direction). 2-D ``W``/``R`` and 1-D ``B`` are taken as one direction.
         """
-        from .importers.onnx.gru import _gru_activations
+        from .ops.recurrent import gru_activations
         W, R = _array(W, "W"), _array(R, "R")
         W, R = (W[None] if W.ndim == 2 else W), (R[None] if R.ndim == 2 else R)
         if W.ndim != 3 or R.ndim != 3:
@@ -124,7 +124,7 @@ class GRU:
             raise ModelFormatError(f"linear_before_reset must be 0 or 1, got {linear_before_reset!r}")
         attrs = {key: value for key, value in (("activations", activations), ("activation_alpha", activation_alpha),
                                                ("activation_beta", activation_beta)) if value is not None}
-        f, g = _gru_activations("GRU.from_onnx", attrs, directions)
+        f, g = gru_activations("GRU.from_onnx", attrs, directions)
         return spec.GRU(W, R, B, direction=direction, linear_before_reset=bool(linear_before_reset),
                         gate_activation=f, candidate_activation=g, clip=clip, return_sequences=return_sequences)
 

@@ -7,93 +7,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from .spec import GRU, Activation, ActivationFunction, Dense, LastStep, Merge, ModelSpec, Reverse, Scale
+from .spec import GRU, Activation, Dense, LastStep, Merge, ModelSpec, Reverse, Scale
 from .spec import Embedding, Flatten, GlobalPool, LayerNorm, UnitNorm
 from .errors import InputError
 from .spec import TIME_LAYERS, Conv1D, Pool1D, ZeroPad1D, frame_rate_layers, output_steps
 from .graph import Combine, Concat, Graph, Slice
-
-
-def apply_activation(fn: ActivationFunction, x: np.ndarray) -> np.ndarray:
-    """Apply ``fn`` to a float64 array (softmax over the last axis)."""
-    a, b = fn.alpha, fn.beta
-    with np.errstate(over="ignore", invalid="ignore"):
-        if fn.kind == "sigmoid":
-            return 0.5 * (np.tanh(0.5 * x) + 1.0)
-        if fn.kind == "tanh":
-            return np.tanh(x)
-        if fn.kind == "relu":
-            return np.maximum(x, 0.0)
-        if fn.kind == "softsign":
-            return x / (1.0 + np.abs(x))
-        if fn.kind == "softplus":
-            return np.logaddexp(0.0, x)
-        if fn.kind == "hard_sigmoid":
-            return np.clip(a * x + b, 0.0, 1.0)
-        if fn.kind == "leaky_relu":
-            return np.where(x >= 0, x, a * x)
-        if fn.kind == "elu":
-            return np.where(x >= 0, x, a * np.expm1(np.minimum(x, 0.0)))
-        if fn.kind == "affine":
-            return a * x + b
-        if fn.kind == "scaled_tanh":
-            return a * np.tanh(b * x)
-        if fn.kind == "thresholded_relu":
-            return np.where(x > a, x, 0.0)
-        if fn.kind == "linear":
-            return x
-        if fn.kind == "softmax":
-            shifted = np.exp(x - x.max(axis=-1, keepdims=True))
-            return shifted / shifted.sum(axis=-1, keepdims=True)
-    raise AssertionError(f"unhandled activation {fn.kind}")
-
-
-def gru_direction(layer: GRU, d: int, x: np.ndarray, h: np.ndarray, reverse: bool, lengths: np.ndarray):
-    """One direction of a GRU over x (B, T, I) from state h (B, H).
-
-    Returns the outputs (B, T, H), zero past each sequence's length, and the final state.
-    """
-    H = layer.hidden_size
-    W, R, Bias = (np.asarray(a, np.float64) for a in (layer.W[d], layer.R[d], layer.B[d]))
-    Wz, Wr, Wh = W[:H], W[H:2 * H], W[2 * H:]
-    Rz, Rr, Rh = R[:H], R[H:2 * H], R[2 * H:]
-    Wbz, Wbr, Wbh, Rbz, Rbr, Rbh = Bias.reshape(6, H)
-    f, g = layer.gate_activation, layer.candidate_activation
-    clip = layer.clip
-
-    def clipped(v):
-        return v if clip is None else np.clip(v, -clip, clip)
-
-    batch, steps, _ = x.shape
-    y = np.zeros((batch, steps, H))
-    h = h.copy()
-    for b in range(batch):
-        n_steps = int(lengths[b])
-        order = range(n_steps - 1, -1, -1) if reverse else range(n_steps)
-        hb = h[b]
-        for t in order:
-            xt = x[b, t]
-            z = apply_activation(f, clipped(xt @ Wz.T + hb @ Rz.T + Wbz + Rbz))
-            r = apply_activation(f, clipped(xt @ Wr.T + hb @ Rr.T + Wbr + Rbr))
-            if layer.linear_before_reset:
-                n = apply_activation(g, clipped(xt @ Wh.T + r * (hb @ Rh.T + Rbh) + Wbh))
-            else:
-                n = apply_activation(g, clipped(xt @ Wh.T + (r * hb) @ Rh.T + Rbh + Wbh))
-            hb = (1.0 - z) * n + z * hb
-            y[b, t] = hb
-        h[b] = hb
-    return y, h
-
-
-def gru(layer: GRU, x: np.ndarray, h0: np.ndarray, lengths: np.ndarray):
-    """A whole GRU layer: x (B, T, I), h0 (D, B, H) -> (B, T, D*H) outputs, (D, B, H) final state."""
-    reverse_flags = {"forward": [False], "reverse": [True], "bidirectional": [False, True]}[layer.direction]
-    outputs, states = [], []
-    for d, reverse in enumerate(reverse_flags):
-        y, h = gru_direction(layer, d, x, h0[d], reverse, lengths)
-        outputs.append(y)
-        states.append(h)
-    return np.concatenate(outputs, axis=-1), np.stack(states)
+# the GRU maths and the activations live with the GRU op's reference (the reference of every op is below this module)
+from .reference_ops.recurrent import apply_activation, gru, gru_direction  # noqa: F401 (public: grurt.reference.gru)
 
 
 def reverse_time(x: np.ndarray, lengths: np.ndarray) -> np.ndarray:
@@ -345,3 +265,37 @@ def time_layer(layer, x: np.ndarray) -> np.ndarray:
     if isinstance(layer, Pool1D):
         return pool1d(layer, x)
     return np.pad(x, ((0, 0), (layer.left, layer.right), (0, 0)))
+
+
+# ---- general tensor graphs (grurt.tensor_graph) ----
+
+def run_tensor_graph(graph, inputs):
+    """Run a :class:`~grurt.tensor_graph.TensorGraph` node by node through the float64 reference
+    of each op (:data:`grurt.reference_ops.REFERENCE`): no folding, no plan, no kernels.
+
+    ``inputs``: one array (a graph of one input), a list in input order or a dict by name.
+    Returns float64 arrays for float tensors (int64, bool for the others): one, or a tuple in
+    output order."""
+    from .graph_model import by_name
+    from .reference_ops import REFERENCE
+
+    given = by_name(inputs, graph.input_names)
+    env = {}
+    for declared in graph.inputs:
+        value = np.asarray(given[declared.name])
+        env[declared.name] = value.astype({"float32": np.float64, "int64": np.int64, "bool": np.bool_}[declared.dtype])
+    for name, array in graph.constants.items():
+        env[name] = _float64(array)
+    for node in graph.nodes:
+        args = [env[name] if name else None for name in node.inputs]
+        attrs = {k: _float64(v) if isinstance(v, np.ndarray) else v for k, v in node.attrs.items()}
+        results = REFERENCE[node.op](attrs, args)
+        for name, value in zip(node.outputs, results):
+            if name:
+                env[name] = _float64(np.asarray(value))
+    outputs = tuple(env[name] for name in graph.outputs)
+    return outputs[0] if len(outputs) == 1 else outputs
+
+
+def _float64(array: np.ndarray) -> np.ndarray:
+    return array.astype(np.float64) if array.dtype.kind == "f" else array

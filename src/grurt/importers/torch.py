@@ -54,6 +54,8 @@ import numpy as np
 from ..errors import UnsupportedModelError
 from ..graph import Graph
 from ..model import Model
+from ..tensor_graph import TensorGraph
+from ..tensor_model import TensorModel
 from ..spec import GRU, Activation, Conv1D, Dense, LastStep, ModelSpec, Pool1D, Scale, ZeroPad1D, activation
 from ..spec import Embedding, LayerNorm
 from ..spec import append_folded
@@ -160,6 +162,9 @@ def from_torch(module, example_input=None, *, last_step: bool = False, input_sca
     A module that is one path keeps its states as ``run(initial_state=..., return_state=True)``
     (an ``h0`` argument then is ``initial_state``, as for ONNX files); a graph takes and gives
     them as named inputs and outputs, (L·D, B, H) as in torch.
+    A module beyond those layers (attention, broadcasting, reductions, 2-D convolutions, einsum,
+    ...) becomes a :class:`grurt.tensor_model.TensorModel` of its ONNX ops, inputs and outputs as
+    the module takes and returns them (docs/onnx.md, "Graphs beyond the fused layers").
 
     ``input_scaler`` and ``output_scaler`` fold fitted scikit-learn scalers in, as in
     :func:`from_keras` (a model that is one chain only).
@@ -184,6 +189,11 @@ def from_torch(module, example_input=None, *, last_step: bool = False, input_sca
     from .torch_export import graph_from_torch
 
     result = graph_from_torch(module, example_input)
+    if isinstance(result, TensorGraph):
+        if input_scaler is not None or output_scaler is not None:
+            raise UnsupportedModelError("input_scaler/output_scaler fold into a model that is one chain of layers; "
+                                        "this module runs as a general graph")
+        return TensorModel(result).with_weights(weights)
     if input_scaler is not None or output_scaler is not None:
         if not result.chain:
             raise UnsupportedModelError("input_scaler/output_scaler fold into a model that is one chain of layers; "

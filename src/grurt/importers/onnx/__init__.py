@@ -138,8 +138,17 @@ def load_onnx(path):
     to ``run(initial_state=...)`` and state graph outputs to ``return_state=True``; in a graph
     (branches, merges, several inputs or outputs) they are named inputs and outputs, states
     (directions, B, H). A ``sequence_lens`` input maps to ``run(lengths=...)``.
+
+    A file that uses ops beyond the fused layers (docs/onnx.md, "Graphs beyond the fused
+    layers") loads as a :class:`grurt.tensor_model.TensorModel` of the file's own ops, inputs
+    and outputs as the file lays them out.
     """
-    source, result = _import(path)
+    source = _open(path)
+    try:
+        result = _interpret_dynamic(source)
+    except UnsupportedModelError:          # beyond the fused layers: the file's ops as a general graph
+        from .general import tensor_model_from_source
+        return tensor_model_from_source(source)
     _warn(source.model, result)
     return Model(result.graph, file_states=_file_states(source, result))
 
