@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from grurt.errors import ModelFormatError
+from grurt.errors import ModelFormatError, UnsupportedModelError
 from grurt.ops import REGISTRY, Value, check_attributes, linear, time_rule
 
 from op_testing import ort_op, reference_op, run_op
@@ -91,6 +91,8 @@ def test_gemm_refusals():
         run_op("Gemm", {}, [_data((3, 4)), _data((4, 5)), _data((3, 2))])
     with pytest.raises(ModelFormatError, match="matrices"):
         run_op("Gemm", {}, [_data((2, 3, 4)), _data((4, 5))])
+    with pytest.raises(UnsupportedModelError, match="float"):
+        run_op("Gemm", {}, [_data((2, 3), dtype=np.int64), _data((3, 2), dtype=np.int64)])
 
 
 EINSUMS = [

@@ -25,7 +25,7 @@ import numpy as np
 from ..errors import ModelFormatError, UnsupportedModelError
 from ..limits import MAX_PARAMETERS
 from . import FLOAT, Attr, Op, Value, canonical_dtype, register
-from .shape import checked_shape, optional
+from .shape import FROM_INPUT, checked_shape, optional
 
 AUTO_PADS = ("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID")
 
@@ -131,10 +131,6 @@ def window_view(padded_shape, channel_shape, kernel, dilations, out, strides):
     strides = step[:1] + channel + tuple(s * d for s, d in zip(step[2:], dilations)) \
         + tuple(s * t for s, t in zip(step[2:], strides))
     return shape, strides
-
-
-#: A bias that is one of the model's inputs: shaped at each run.
-FROM_INPUT = "from input"
 
 
 def _bias_of(values, shape_bias):
@@ -393,7 +389,6 @@ class _PoolPlan:
 
 def _pool_op(name, extra):
     attributes = dict(_WINDOW, ceil_mode=Attr("int", 0, _flag), **extra)
-    attributes["kernel_shape"] = Attr("ints", None, _positive)
     register(Op(name, attributes, lambda attrs, values: [(_pool_check(name, attrs, values)[0], FLOAT)],
                 lambda plan, inputs: plan(inputs), lambda attrs, values: _PoolPlan(name, attrs, values),
                 time=None, time_of=_timed(name)))
@@ -449,8 +444,10 @@ def _time(op_name: str, attrs: dict, values: Sequence[Optional[Value]], time_axi
     (the channel axis, ConvTranspose over time, a global pool over time, strides, padding after)."""
     if time_axis == 0:
         return "step"
-    if time_axis == 1 or op_name.startswith("Global"):
-        return "step" if time_axis == 1 and op_name.startswith("Global") else "sequence"
+    if op_name.startswith("Global"):
+        return "step" if time_axis == 1 else "sequence"
+    if time_axis == 1:
+        return "sequence"
     k, s, d, before, after = _time_window(op_name, attrs, values, time_axis)
     if s != 1 or after:
         return "sequence"

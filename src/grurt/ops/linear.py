@@ -15,8 +15,8 @@ import numpy as np
 
 from ..errors import ModelFormatError, UnsupportedModelError
 from ..limits import MAX_PARAMETERS
-from . import BOOL, Attr, Op, Value, broadcast_shapes, canonical_dtype, register
-from .shape import VARIADIC, checked_shape, contiguous, optional
+from . import BOOL, FLOAT, Attr, Op, Value, broadcast_shapes, canonical_dtype, register
+from .shape import FROM_INPUT, VARIADIC, checked_shape, contiguous, optional
 
 
 def _numeric_dtype(op: str, values: Sequence[Value]) -> np.dtype:
@@ -80,19 +80,21 @@ def _gemm_shape(attrs, values):
 
 
 def _gemm_infer(attrs, values):
-    present = [v for v in values if v is not None]
-    return [(checked_shape("Gemm", _gemm_shape(attrs, values)), _numeric_dtype("Gemm", present))]
+    dtype = _numeric_dtype("Gemm", [v for v in values if v is not None])
+    if dtype != FLOAT:
+        raise UnsupportedModelError(f"Gemm: grurt runs it on float tensors, got {dtype}")
+    return [(checked_shape("Gemm", _gemm_shape(attrs, values)), dtype)]
 
 
 def _gemm_prepare(attrs, values):
     """B transposed to (K, N) and scaled by alpha, C scaled by beta, when they are constants."""
-    dtype = _gemm_infer(attrs, values)[0][1]
     alpha, beta = attrs["alpha"], attrs["beta"]
     b, c = values[1].const, optional(values, 2)
     if b is not None:
         b = b.T if attrs["transB"] else b
-        b = np.ascontiguousarray(b * alpha if alpha != 1.0 else b, dtype=dtype)
-    c = None if c is None else False if c.const is None else (c.const * beta if beta != 1.0 else c.const).astype(dtype)
+        b = np.ascontiguousarray(b * alpha if alpha != 1.0 else b, dtype=np.float32)
+    if c is not None:
+        c = FROM_INPUT if c.const is None else (c.const * beta if beta != 1.0 else c.const).astype(np.float32)
     return attrs["transA"], attrs["transB"], alpha, beta, b, c
 
 
@@ -104,9 +106,9 @@ def _gemm_run(ctx, inputs):
     else:
         y = a @ (inputs[1].T if trans_b else inputs[1])
         if alpha != 1.0:
-            y *= alpha
-    if c is False:   # C from the model's inputs
-        y += inputs[2] * beta if beta != 1.0 else inputs[2]
+            y *= np.float32(alpha)
+    if c is FROM_INPUT:
+        y += inputs[2] * np.float32(beta) if beta != 1.0 else inputs[2]
     elif c is not None:
         y += c
     return [y]

@@ -49,6 +49,11 @@ def checked_shape(op: str, shape: Sequence[int], what: str = "output") -> Tuple[
     return shape
 
 
+#: In a prepared context, in place of a packed constant: the input comes from the model's data
+#: and is shaped at each run (a Conv's bias, a Gemm's C).
+FROM_INPUT = "from input"
+
+
 def contiguous(x) -> np.ndarray:
     """``x`` as a C-contiguous array, copied only when it is not one (a 0-d result stays 0-d, a
     numpy scalar becomes a 0-d array)."""
