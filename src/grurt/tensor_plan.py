@@ -34,6 +34,10 @@ SHAPE_OPS = ("Shape", "Size")
 _DTYPES = (FLOAT, INT, BOOL)
 
 
+#: What numpy raises on values a shape rule cannot foresee (a maximum over an empty axis, ...).
+_NUMPY_ERRORS = (ValueError, IndexError, TypeError, ArithmeticError, MemoryError)
+
+
 def signature(arrays) -> Tuple:
     """The key of a plan: (shape, dtype) of each input array."""
     return tuple((a.shape, a.dtype) for a in arrays)
@@ -72,6 +76,9 @@ class Plan:
             if str(exc).startswith(where):
                 raise
             raise type(exc)(f"{where}: {exc}") from None
+        except _NUMPY_ERRORS as exc:    # numpy refusing values no shape rule foresaw: named, never escaping
+            raise InputError(f"{self.steps[index][5].where}: cannot compute it on these inputs "
+                             f"({type(exc).__name__}: {exc})") from None
         results = []
         for slot in self.outputs:
             value = slots[slot]
@@ -163,6 +170,9 @@ def make_plan(graph: TensorGraph, sig, memory_limit: Optional[int] = None) -> Pl
                 results = op.run(ctx, arrays)
             except GrurtError as exc:
                 raise _where_error(exc, where) from None
+            except _NUMPY_ERRORS as exc:
+                raise ModelFormatError(f"{where}: cannot compute it from the model's constants "
+                                       f"({type(exc).__name__}: {exc})") from None
             for k, value in outputs.items():
                 result = results[k]
                 if result.shape != value.shape or result.dtype != value.dtype:

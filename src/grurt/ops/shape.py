@@ -32,16 +32,14 @@ VARIADIC = 1 << 16
 
 
 def checked_shape(op: str, shape: Sequence[int], what: str = "output") -> Tuple[int, ...]:
-    """``shape`` as a tuple of Python ints, every dim positive and the element count within
-    :data:`grurt.limits.MAX_PARAMETERS`: a 0 is an UnsupportedModelError (grurt has no empty
-    tensors), a negative dim or too many elements a ModelFormatError, each naming the op."""
+    """``shape`` as a tuple of Python ints, no dim negative and the element count within
+    :data:`grurt.limits.MAX_PARAMETERS`: a ModelFormatError naming the op otherwise. A 0 dim is
+    allowed: shape arithmetic makes empty tensors (``x.shape[:0]``, an empty Concat part)."""
     shape = tuple(int(d) for d in shape)
     if len(shape) > MAX_RANK:
         raise UnsupportedModelError(f"{op}: the {what} would have {len(shape)} axes, more than grurt's {MAX_RANK}")
     if any(d < 0 for d in shape):
         raise ModelFormatError(f"{op}: the {what} shape {shape} has a negative dim")
-    if 0 in shape:
-        raise UnsupportedModelError(f"{op}: the {what} shape {shape} has a 0 dim (grurt does not run empty tensors)")
     size = math.prod(shape)
     if size > MAX_PARAMETERS:
         raise ModelFormatError(f"{op}: the {what} shape {shape} has {size} elements, more than "
