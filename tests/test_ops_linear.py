@@ -10,9 +10,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from grurt.errors import ModelFormatError
-from grurt.ops import REGISTRY, Value, check_attributes
-from grurt.ops import linear
+from grurt.errors import ModelFormatError, UnsupportedModelError
+from grurt.ops import REGISTRY, Value, check_attributes, linear, time_rule
 
 from op_testing import ort_op, reference_op, run_op
 from tolerances import ATOL
@@ -92,6 +91,8 @@ def test_gemm_refusals():
         run_op("Gemm", {}, [_data((3, 4)), _data((4, 5)), _data((3, 2))])
     with pytest.raises(ModelFormatError, match="matrices"):
         run_op("Gemm", {}, [_data((2, 3, 4)), _data((4, 5))])
+    with pytest.raises(UnsupportedModelError, match="float"):
+        run_op("Gemm", {}, [_data((2, 3), dtype=np.int64), _data((3, 2), dtype=np.int64)])
 
 
 EINSUMS = [
@@ -184,10 +185,27 @@ def test_einsum_refusals(equation, shapes, message):
         run_op("Einsum", {"equation": equation}, [_data(s) for s in shapes])
 
 
+def test_einsum_intermediate_bounded(monkeypatch):
+    """An intermediate product is bounded as a tensor is (here with the bound lowered to 100:
+    any pair of 'ab,bc,ca' gives 11 x 11 = 121 elements before the third operand sums them)."""
+    monkeypatch.setattr(linear, "MAX_PARAMETERS", 100)
+    with pytest.raises(ModelFormatError, match="an intermediate product of 121 elements"):
+        run_op("Einsum", {"equation": "ab,bc,ca->"}, [_data((11, 11)), _data((11, 11)), _data((11, 11))])
+
+
+def test_every_op_has_a_reference_and_a_time_rule():
+    from grurt.reference_ops import linear as references
+    names = [name for name, op in REGISTRY.items() if op.run.__module__ == "grurt.ops.linear"
+             or getattr(op.prepare, "__module__", None) == "grurt.ops.linear"]
+    assert sorted(names) == sorted(references.REFERENCE)
+    for name in names:
+        assert REGISTRY[name].time is not None or REGISTRY[name].time_of is not None, name
+
+
 def test_time_rules():
     def rule(op, attrs, shapes, time_axis):
         attrs = check_attributes(REGISTRY[op], attrs, op)
-        return linear.time_rule(op, attrs, [Value(s, np.dtype(np.float32)) for s in shapes], time_axis)
+        return time_rule(REGISTRY[op], attrs, [Value(s, np.dtype(np.float32)) for s in shapes], time_axis)
 
     assert rule("MatMul", {}, [(1, 7, 4), (4, 5)], 1) == "step"
     assert rule("MatMul", {}, [(1, 7, 4), (4,)], 1) == "step"

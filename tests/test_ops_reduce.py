@@ -275,7 +275,8 @@ def test_refusals_name_the_problem():
         run_op("ArgMax", {"axis": 1}, [np.ones((2, 0), np.float32)])
     with pytest.raises(ModelFormatError, match="Softmax: axis 3 is out of range"):
         run_op("Softmax", {"axis": 3}, [x])
-    with pytest.raises(ModelFormatError, match=r"LayerNormalization: Scale of shape \(3,\) does not broadcast to \(4,\)"):
+    with pytest.raises(ModelFormatError,
+                       match=r"LayerNormalization: Scale of shape \(3,\) does not broadcast to \(4,\)"):
         run_op("LayerNormalization", {}, [x, np.ones(3, np.float32)])
     with pytest.raises(ModelFormatError, match="attribute epsilon of LayerNormalization: must be >= 0"):
         run_op("LayerNormalization", {"epsilon": -1.0}, [x, np.ones(4, np.float32)])

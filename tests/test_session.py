@@ -93,9 +93,22 @@ def test_the_corpus_has_both_paths(corpus):
     assert not grurt.InferenceSession(corpus["stateful_time_major"][0])._fused
 
 
+@pytest.mark.parametrize("name,node,inputs,outputs", CASES, ids=[case[0] for case in CASES])
+def test_session_runs_the_conformance_cases(corpus, name, node, inputs, outputs):
+    """The ONNX backend's own expected outputs are the oracle (onnxruntime refuses layout=1)."""
+    session = grurt.InferenceSession(corpus[name][0])
+    present = [n for n in node.input if n]
+    feed = {arg.name: dict(zip(present, inputs))[arg.name] for arg in session.get_inputs()}
+    got = session.run(None, feed)
+    assert [arg.name for arg in session.get_outputs()] == [n for n in node.output if n]
+    for a, b in zip(got, outputs):
+        assert a.shape == b.shape
+        np.testing.assert_allclose(a, b, rtol=0, atol=ATOL)
+
+
 @pytest.mark.parametrize("name", ["gru_forward_lbr0", "gru_reverse_lbr1", "gru_bidirectional_lbr0",
                                   "gru_bidirectional_lbr1", "forecaster", "stateful_time_major"]
-                         + [case[0] for case in CASES])
+                         + [case[0] for case in CASES if case[0] != "test_gru_batchwise"])
 def test_session_matches_onnxruntime(corpus, name):
     path, sizes = corpus[name]
     ours, theirs = grurt.InferenceSession(path), ort_session(path)

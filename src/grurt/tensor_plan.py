@@ -34,6 +34,10 @@ SHAPE_OPS = ("Shape", "Size")
 _DTYPES = (FLOAT, INT, BOOL)
 
 
+#: What numpy raises on values a shape rule cannot foresee (a maximum over an empty axis, ...).
+_NUMPY_ERRORS = (ValueError, IndexError, TypeError, ArithmeticError, MemoryError)
+
+
 def signature(arrays) -> Tuple:
     """The key of a plan: (shape, dtype) of each input array."""
     return tuple((a.shape, a.dtype) for a in arrays)
@@ -69,6 +73,9 @@ class Plan:
                     slots[slot] = None
         except GrurtError as exc:      # a value-dependent check of an op (an index out of range, ...)
             raise _where_error(exc, self.steps[index][5].where) from None
+        except _NUMPY_ERRORS as exc:    # numpy refusing values no shape rule foresaw: named, never escaping
+            raise InputError(f"{self.steps[index][5].where}: cannot compute it on these inputs "
+                             f"({type(exc).__name__}: {exc})") from None
         results = []
         for slot in self.outputs:
             value = slots[slot]
@@ -161,6 +168,9 @@ def make_plan(graph: TensorGraph, sig) -> Plan:
                 results = op.run(ctx, arrays)
             except GrurtError as exc:
                 raise _where_error(exc, where) from None
+            except _NUMPY_ERRORS as exc:
+                raise ModelFormatError(f"{where}: cannot compute it from the model's constants "
+                                       f"({type(exc).__name__}: {exc})") from None
             for k, value in outputs.items():
                 result = results[k]
                 if result.shape != value.shape or result.dtype != value.dtype:

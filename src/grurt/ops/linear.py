@@ -14,8 +14,9 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ..errors import ModelFormatError, UnsupportedModelError
-from . import BOOL, Attr, Op, Value, broadcast_shapes, canonical_dtype, register
-from .shape import VARIADIC, checked_shape, contiguous, optional
+from ..limits import MAX_PARAMETERS
+from . import BOOL, FLOAT, Attr, Op, Value, broadcast_shapes, canonical_dtype, register
+from .shape import FROM_INPUT, VARIADIC, checked_shape, contiguous, optional
 
 
 def _numeric_dtype(op: str, values: Sequence[Value]) -> np.dtype:
@@ -25,6 +26,11 @@ def _numeric_dtype(op: str, values: Sequence[Value]) -> np.dtype:
         raise ModelFormatError(f"{op}: inputs of dtypes {', '.join(str(v.dtype) for v in values)} "
                                "(needs numbers of one dtype)")
     return dtypes.pop()
+
+
+def _timed(name):
+    """``Op.time_of`` of op ``name``: :func:`_time` (defined with the ops, below)."""
+    return lambda attrs, values, time_axis: _time(name, attrs, values, time_axis)
 
 
 # ---- MatMul: numpy's matmul (1-D operands, broadcast batch dims) ----
@@ -53,7 +59,8 @@ def _matmul_run(b, inputs):
     return [np.asarray(np.matmul(inputs[0], inputs[1] if b is None else b))]   # 1-D @ 1-D: a numpy scalar
 
 
-register(Op("MatMul", {}, _matmul_infer, _matmul_run, _matmul_prepare, time=None, inputs=(2, 2)))
+register(Op("MatMul", {}, _matmul_infer, _matmul_run, _matmul_prepare, time=None, time_of=_timed("MatMul"),
+            inputs=(2, 2)))
 
 
 # ---- Gemm: Y = alpha * A' B' + beta * C ----
@@ -73,19 +80,21 @@ def _gemm_shape(attrs, values):
 
 
 def _gemm_infer(attrs, values):
-    present = [v for v in values if v is not None]
-    return [(checked_shape("Gemm", _gemm_shape(attrs, values)), _numeric_dtype("Gemm", present))]
+    dtype = _numeric_dtype("Gemm", [v for v in values if v is not None])
+    if dtype != FLOAT:
+        raise UnsupportedModelError(f"Gemm: grurt runs it on float tensors, got {dtype}")
+    return [(checked_shape("Gemm", _gemm_shape(attrs, values)), dtype)]
 
 
 def _gemm_prepare(attrs, values):
     """B transposed to (K, N) and scaled by alpha, C scaled by beta, when they are constants."""
-    dtype = _gemm_infer(attrs, values)[0][1]
     alpha, beta = attrs["alpha"], attrs["beta"]
     b, c = values[1].const, optional(values, 2)
     if b is not None:
         b = b.T if attrs["transB"] else b
-        b = np.ascontiguousarray(b * alpha if alpha != 1.0 else b, dtype=dtype)
-    c = None if c is None else False if c.const is None else (c.const * beta if beta != 1.0 else c.const).astype(dtype)
+        b = np.ascontiguousarray(b * alpha if alpha != 1.0 else b, dtype=np.float32)
+    if c is not None:
+        c = FROM_INPUT if c.const is None else (c.const * beta if beta != 1.0 else c.const).astype(np.float32)
     return attrs["transA"], attrs["transB"], alpha, beta, b, c
 
 
@@ -97,9 +106,9 @@ def _gemm_run(ctx, inputs):
     else:
         y = a @ (inputs[1].T if trans_b else inputs[1])
         if alpha != 1.0:
-            y *= alpha
-    if c is False:   # C from the model's inputs
-        y += inputs[2] * beta if beta != 1.0 else inputs[2]
+            y *= np.float32(alpha)
+    if c is FROM_INPUT:
+        y += inputs[2] * np.float32(beta) if beta != 1.0 else inputs[2]
     elif c is not None:
         y += c
     return [y]
@@ -108,7 +117,7 @@ def _gemm_run(ctx, inputs):
 register(Op("Gemm", {"alpha": Attr("float", 1.0), "beta": Attr("float", 1.0),
                      "transA": Attr("int", 0, lambda v: None if v in (0, 1) else "must be 0 or 1"),
                      "transB": Attr("int", 0, lambda v: None if v in (0, 1) else "must be 0 or 1")},
-            _gemm_infer, _gemm_run, _gemm_prepare, time=None, inputs=(2, 3)))
+            _gemm_infer, _gemm_run, _gemm_prepare, time=None, time_of=_timed("Gemm"), inputs=(2, 3)))
 
 
 # ---- Einsum ----
@@ -184,6 +193,12 @@ def parse_einsum(equation: str, shapes: Sequence[Sequence[int]]):
     return operands, output, sizes
 
 
+def _permutation(labels, order):
+    """The transpose taking ``labels`` to ``order``; None when it is the identity."""
+    perm = [labels.index(label) for label in order]
+    return None if perm == list(range(len(perm))) else perm
+
+
 class EinsumPlan:
     """An Einsum made of numpy calls decided once: per operand, the broadcast dims dropped and a
     diagonal / sum over labels no one else needs (a one-operand ``np.einsum``); then, pair by
@@ -216,7 +231,8 @@ class EinsumPlan:
             if len(operands) == 1:
                 needed = output
             equation = None if needed == labels else f"{sub(labels)}->{sub(needed)}"
-            self.unary.append((squeeze, equation))
+            if squeeze is not None or equation is not None:
+                self.unary.append((i, squeeze, equation))
             current.append(needed)
         self.pairs = []
         while len(current) > 1:
@@ -228,13 +244,15 @@ class EinsumPlan:
             contracted = [label for label in la if label in lb and label not in keep]
             left, right = [label for label in la if label not in lb], [label for label in lb if label not in la]
             n = [math.prod(sizes[label] for label in group) for group in (batch, left, contracted, right)]
-            self.pairs.append((i, j, [la.index(label) for label in batch + left + contracted], (n[0], n[1], n[2]),
-                               [lb.index(label) for label in batch + contracted + right], (n[0], n[2], n[3]),
+            if n[0] * n[1] * n[3] > MAX_PARAMETERS:
+                raise ModelFormatError(f"Einsum: an intermediate product of {n[0] * n[1] * n[3]} elements, more than "
+                                       f"grurt.limits.MAX_PARAMETERS = {MAX_PARAMETERS}")
+            self.pairs.append((i, j, _permutation(la, batch + left + contracted), (n[0], n[1], n[2]),
+                               _permutation(lb, batch + contracted + right), (n[0], n[2], n[3]),
                                tuple(sizes[label] for label in batch + left + right)))
-            current = [c for k, c in enumerate(current) if k not in (i, j)] + [batch + left + right]
-        self.final = [current[0].index(label) for label in output]
-        if self.final == list(range(len(output))):
-            self.final = None
+            del current[j], current[i]   # i < j
+            current.append(batch + left + right)
+        self.final = _permutation(current[0], output)
 
     @staticmethod
     def _cost(current, ij, output, sizes):
@@ -242,15 +260,15 @@ class EinsumPlan:
         return math.prod(sizes[label] for label in set(current[ij[0]]) | set(current[ij[1]]) if label in others)
 
     def __call__(self, operands):
-        current = []
-        for x, (squeeze, equation) in zip(operands, self.unary):
-            if squeeze is not None:
-                x = x.reshape(squeeze)
-            current.append(np.einsum(equation, x) if equation is not None else x)
+        current = list(operands)
+        for i, squeeze, equation in self.unary:
+            x = current[i] if squeeze is None else current[i].reshape(squeeze)
+            current[i] = x if equation is None else np.einsum(equation, x)
         for i, j, perm_a, shape_a, perm_b, shape_b, shape in self.pairs:
-            a = current[i].transpose(perm_a).reshape(shape_a)
-            b = current[j].transpose(perm_b).reshape(shape_b)
-            current = [c for k, c in enumerate(current) if k not in (i, j)] + [np.matmul(a, b).reshape(shape)]
+            b, a = current.pop(j), current.pop(i)   # i < j
+            a = (a if perm_a is None else a.transpose(perm_a)).reshape(shape_a)
+            b = (b if perm_b is None else b.transpose(perm_b)).reshape(shape_b)
+            current.append(np.matmul(a, b).reshape(shape))
         y = current[0] if self.final is None else current[0].transpose(self.final)
         return contiguous(y)
 
@@ -265,18 +283,19 @@ def _einsum_parse(attrs, values):
 
 def _einsum_infer(attrs, values):
     operands, output, sizes, shapes = _einsum_parse(attrs, values)
+    EinsumPlan(operands, output, sizes, shapes)   # its intermediate products are bounded
     return [(checked_shape("Einsum", [sizes[label] for label in output]), _numeric_dtype("Einsum", values))]
 
 
 register(Op("Einsum", {"equation": Attr("string")}, _einsum_infer,
             lambda plan, inputs: [plan(inputs)],
             lambda attrs, values: EinsumPlan(*_einsum_parse(attrs, values)),
-            time=None, inputs=(1, VARIADIC)))
+            time=None, time_of=_timed("Einsum"), inputs=(1, VARIADIC)))
 
 
 # ---- time ----
 
-def time_rule(op_name: str, attrs: dict, values: Sequence[Optional[Value]], time_axis: int) -> str:
+def _time(op_name: str, attrs: dict, values: Sequence[Optional[Value]], time_axis: int) -> str:
     """How a linear op acts along the time axis ``time_axis`` of its input 0, the other inputs
     being constant along time (weights): ``"step"`` when the time axis is a row or batch axis the
     output keeps at the same place, ``"sequence"`` when it is contracted (or moves). A node whose

@@ -18,13 +18,9 @@ import numpy as np
 
 from ..errors import ModelFormatError, UnsupportedModelError
 from . import BOOL, FLOAT, INT, Attr, Op, const_ints, normalize_axis, register
-from .elementwise import ANY, NUMERIC, as_array, common_dtype, trunc_divide, unidirectional
+from .elementwise import ANY, NUMERIC, as_array, common_dtype, flag, trunc_divide, unidirectional
 
 _FLOATS = (FLOAT,)
-
-
-def _flag(value):
-    return None if value in (0, 1) else f"must be 0 or 1, got {value}"
 
 
 def _epsilon(value):
@@ -39,7 +35,7 @@ def _axis_time(rank, axes, time_axis) -> str:
     return "sequence" if time_axis % rank in axes else "step"
 
 
-def _sliced(rank, axis, part):
+def _sliced(axis, part):
     """An index taking ``part`` (a slice) along ``axis`` and everything along the other axes."""
     return (slice(None),) * axis + (part,)
 
@@ -132,7 +128,8 @@ def _l2(x, axes, keepdims, count):
 def _log_sum_exp(x, axes, keepdims, count):
     peak = np.maximum.reduce(x, axis=axes, keepdims=True, initial=-np.inf)
     np.copyto(peak, np.float32(0), where=~np.isfinite(peak))  # all -inf (or an inf): shift by nothing
-    total = as_array(np.add.reduce(np.exp(x - peak), axis=axes, keepdims=keepdims))
+    shifted = np.subtract(x, peak)
+    total = as_array(np.add.reduce(np.exp(shifted, out=shifted), axis=axes, keepdims=keepdims))
     np.log(total, out=total)
     total += peak if keepdims else peak.reshape(total.shape)
     return total
@@ -145,8 +142,8 @@ def _reduce_run(kernel, ctx, xs):
     return [as_array(kernel(xs[0], axes, keepdims, count))]
 
 
-_REDUCE_ATTRIBUTES = {"axes": Attr("ints", None), "keepdims": Attr("int", 1, _flag),
-                      "noop_with_empty_axes": Attr("int", 0, _flag)}
+_REDUCE_ATTRIBUTES = {"axes": Attr("ints", None), "keepdims": Attr("int", 1, flag),
+                      "noop_with_empty_axes": Attr("int", 0, flag)}
 
 for _name, _kernel, _allowed in (("ReduceSum", _sum, NUMERIC), ("ReduceMean", _mean, NUMERIC),
                                  ("ReduceMax", _max, ANY), ("ReduceMin", _min, ANY), ("ReduceProd", _prod, NUMERIC),
@@ -184,8 +181,8 @@ def _arg_run(fn, ctx, xs):
 
 
 for _name, _fn in (("ArgMax", np.argmax), ("ArgMin", np.argmin)):
-    register(Op(_name, {"axis": Attr("int", 0), "keepdims": Attr("int", 1, _flag),
-                        "select_last_index": Attr("int", 0, _flag)},
+    register(Op(_name, {"axis": Attr("int", 0), "keepdims": Attr("int", 1, flag),
+                        "select_last_index": Attr("int", 0, flag)},
                 partial(_arg_infer, _name), partial(_arg_run, _fn),
                 prepare=lambda attrs, values: (normalize_axis("", attrs["axis"], len(values[0].shape)),
                                                bool(attrs["keepdims"]), bool(attrs["select_last_index"])),
@@ -211,13 +208,12 @@ def _topk_infer(attrs, values):
 
 
 def _topk_prepare(attrs, values):
-    rank = len(values[0].shape)
-    axis = normalize_axis("TopK", attrs["axis"], rank)
+    axis = normalize_axis("TopK", attrs["axis"], len(values[0].shape))
     k, size = _topk_k(values, axis), values[0].shape[axis]
     if attrs["largest"]:  # the last k of an ascending order, read backwards
         stop = size - 1 - k
-        return axis, bool(attrs["largest"]), size, _sliced(rank, axis, slice(size - 1, stop if stop >= 0 else None, -1))
-    return axis, bool(attrs["largest"]), size, _sliced(rank, axis, slice(0, k))
+        return axis, True, size, _sliced(axis, slice(size - 1, stop if stop >= 0 else None, -1))
+    return axis, False, size, _sliced(axis, slice(0, k))
 
 
 def _topk(ctx, xs):
@@ -233,7 +229,7 @@ def _topk(ctx, xs):
     return [np.take_along_axis(x, index, axis), index]
 
 
-register(Op("TopK", {"axis": Attr("int", -1), "largest": Attr("int", 1, _flag), "sorted": Attr("int", 1, _flag)},
+register(Op("TopK", {"axis": Attr("int", -1), "largest": Attr("int", 1, flag), "sorted": Attr("int", 1, flag)},
             _topk_infer, _topk, prepare=_topk_prepare, time=None, time_of=_one_axis_time,
             inputs=(2, 2), outputs=(2, 2), const_inputs=(1,)))
 
@@ -252,10 +248,9 @@ def _cumsum_infer(attrs, values):
 
 
 def _cumsum_prepare(attrs, values):
-    rank = len(values[0].shape)
     axis = _cumsum_axis(values)
     parts = (slice(0, 1), slice(1, None), slice(0, max(values[0].shape[axis] - 1, 0)))
-    return (axis, bool(attrs["exclusive"]), bool(attrs["reverse"])) + tuple(_sliced(rank, axis, p) for p in parts)
+    return (axis, bool(attrs["exclusive"]), bool(attrs["reverse"])) + tuple(_sliced(axis, p) for p in parts)
 
 
 def _cumsum(ctx, xs):
@@ -277,7 +272,7 @@ def _cumsum_time(attrs, values, time_axis):
     return "sequence" if attrs["reverse"] else "causal"
 
 
-register(Op("CumSum", {"exclusive": Attr("int", 0, _flag), "reverse": Attr("int", 0, _flag)},
+register(Op("CumSum", {"exclusive": Attr("int", 0, flag), "reverse": Attr("int", 0, flag)},
             _cumsum_infer, _cumsum, prepare=_cumsum_prepare, time=None, time_of=_cumsum_time,
             inputs=(2, 2), const_inputs=(1,)))
 
@@ -392,10 +387,11 @@ def _channels(name, values, min_rank, params=None) -> int:
     if len(shape) < min_rank:
         raise ModelFormatError(f"{name} needs an input of rank >= {min_rank} (N, C, ...), got shape {tuple(shape)}")
     channels = shape[1]
+    allowed = params or [(channels,)]
     for value in values[1:]:
-        if tuple(value.shape) not in (params or [(channels,)]):
+        if tuple(value.shape) not in allowed:
             raise ModelFormatError(f"{name}: a parameter of shape {tuple(value.shape)} for an input of shape "
-                                   f"{tuple(shape)} (one value per channel: ({channels},))")
+                                   f"{tuple(shape)} (expected {' or '.join(str(a) for a in allowed)})")
     return channels
 
 
@@ -435,7 +431,7 @@ def _batch_norm(ctx, xs):
 
 
 register(Op("BatchNormalization", {"epsilon": Attr("float", 1e-5, _epsilon), "momentum": Attr("float", 0.9),
-                                   "training_mode": Attr("int", 0, _flag)},
+                                   "training_mode": Attr("int", 0, flag)},
             _batch_norm_infer, _batch_norm, prepare=_batch_norm_prepare, inputs=(5, 5)))
 
 
@@ -464,7 +460,8 @@ def _instance_norm_infer(attrs, values):
     return [(values[0].shape, FLOAT)]
 
 
-register(Op("InstanceNormalization", {"epsilon": Attr("float", 1e-5, _epsilon)}, _instance_norm_infer, _instance_norm, prepare=_instance_norm_prepare, time=None, time_of=_spatial_time, inputs=(3, 3)))
+register(Op("InstanceNormalization", {"epsilon": Attr("float", 1e-5, _epsilon)}, _instance_norm_infer, _instance_norm,
+            prepare=_instance_norm_prepare, time=None, time_of=_spatial_time, inputs=(3, 3)))
 
 
 def _group_norm_infer(attrs, values):
@@ -503,7 +500,11 @@ def _group_norm(ctx, xs):
     return [y]
 
 
-register(Op("GroupNormalization", {"num_groups": Attr("int", check=lambda v: None if v > 0 else f"must be > 0, got {v}"),
+def _positive(value):
+    return None if value > 0 else f"must be > 0, got {value}"
+
+
+register(Op("GroupNormalization", {"num_groups": Attr("int", check=_positive),
                                    "epsilon": Attr("float", 1e-5, _epsilon), "stash_type": Attr("int", 1, _float_type)},
             _group_norm_infer, _group_norm, prepare=_group_norm_prepare, time=None,
             time_of=lambda attrs, values, time_axis: "sequence" if time_axis % len(values[0].shape) else "step",

@@ -10,7 +10,7 @@ input's data: ``run(ctx, [None])`` gives their value.
 their (contiguous) input.
 
 How an op acts along a time axis depends on the axes it touches: their ``Op.time`` is None
-and :func:`time_rule` says.
+and ``Op.time_of`` (:func:`_time`) says.
 """
 from __future__ import annotations
 
@@ -32,21 +32,24 @@ VARIADIC = 1 << 16
 
 
 def checked_shape(op: str, shape: Sequence[int], what: str = "output") -> Tuple[int, ...]:
-    """``shape`` as a tuple of Python ints, every dim positive and the element count within
-    :data:`grurt.limits.MAX_PARAMETERS`: a 0 is an UnsupportedModelError (grurt has no empty
-    tensors), a negative dim or too many elements a ModelFormatError, each naming the op."""
+    """``shape`` as a tuple of Python ints, no dim negative and the element count within
+    :data:`grurt.limits.MAX_PARAMETERS`: a ModelFormatError naming the op otherwise. A 0 dim is
+    allowed: shape arithmetic makes empty tensors (``x.shape[:0]``, an empty Concat part)."""
     shape = tuple(int(d) for d in shape)
     if len(shape) > MAX_RANK:
         raise UnsupportedModelError(f"{op}: the {what} would have {len(shape)} axes, more than grurt's {MAX_RANK}")
     if any(d < 0 for d in shape):
         raise ModelFormatError(f"{op}: the {what} shape {shape} has a negative dim")
-    if 0 in shape:
-        raise UnsupportedModelError(f"{op}: the {what} shape {shape} has a 0 dim (grurt does not run empty tensors)")
     size = math.prod(shape)
     if size > MAX_PARAMETERS:
         raise ModelFormatError(f"{op}: the {what} shape {shape} has {size} elements, more than "
                                f"grurt.limits.MAX_PARAMETERS = {MAX_PARAMETERS}")
     return shape
+
+
+#: In a prepared context, in place of a packed constant: the input comes from the model's data
+#: and is shaped at each run (a Conv's bias, a Gemm's C).
+FROM_INPUT = "from input"
 
 
 def contiguous(x) -> np.ndarray:
@@ -99,6 +102,11 @@ def _int_indices(op: str, value: Value) -> None:
         raise ModelFormatError(f"{op}: indices must be integers, got {value.dtype}")
 
 
+def _timed(name):
+    """``Op.time_of`` of op ``name``: :func:`_time` (defined with the ops, below)."""
+    return lambda attrs, values, time_axis: _time(name, attrs, values, time_axis)
+
+
 # ---- Shape, Size ----
 
 def _shape_range(attrs, rank):
@@ -143,7 +151,7 @@ def _transpose_infer(attrs, values):
 
 register(Op("Transpose", {"perm": Attr("ints", None)}, _transpose_infer,
             lambda perm, inputs: [contiguous(inputs[0].transpose(perm))],
-            lambda attrs, values: _perm(attrs, len(values[0].shape)), time=None))
+            lambda attrs, values: _perm(attrs, len(values[0].shape)), time=None, time_of=_timed("Transpose")))
 
 
 # ---- Reshape, Flatten, Squeeze, Unsqueeze: the same data under another shape ----
@@ -220,7 +228,7 @@ def _view_op(name, attributes, shape_rule, inputs=(1, 1), const_inputs=()):
     register(Op(name, attributes,
                 lambda attrs, values: [(shape_rule(attrs, values), canonical_dtype(values[0].dtype))],
                 lambda shape, inputs: [inputs[0].reshape(shape)],
-                shape_rule, time=None, inputs=inputs, const_inputs=const_inputs))
+                shape_rule, time=None, time_of=_timed(name), inputs=inputs, const_inputs=const_inputs))
 
 
 _view_op("Reshape", {"allowzero": Attr("int", 0, lambda v: None if v in (0, 1) else "must be 0 or 1")},
@@ -253,7 +261,7 @@ def _concat_infer(attrs, values):
 register(Op("Concat", {"axis": Attr("int")}, _concat_infer,
             lambda axis, inputs: [np.concatenate(inputs, axis=axis)],
             lambda attrs, values: normalize_axis("Concat", attrs["axis"], len(values[0].shape)),
-            time=None, inputs=(1, VARIADIC)))
+            time=None, time_of=_timed("Concat"), inputs=(1, VARIADIC)))
 
 
 def _split_sizes(attrs, values):
@@ -296,7 +304,8 @@ def _split_prepare(attrs, values):
 register(Op("Split", {"axis": Attr("int", 0), "num_outputs": Attr("int", None), "split": Attr("ints", None)},
             _split_infer,
             lambda ctx, inputs: [contiguous(p) for p in np.split(inputs[0], ctx[1], axis=ctx[0])],
-            _split_prepare, time=None, inputs=(1, 2), outputs=(1, VARIADIC), const_inputs=(1,)))
+            _split_prepare, time=None, time_of=_timed("Split"), inputs=(1, 2), outputs=(1, VARIADIC),
+            const_inputs=(1,)))
 
 
 # ---- Slice ----
@@ -342,7 +351,7 @@ register(Op("Slice", {"starts": Attr("ints", None), "ends": Attr("ints", None), 
             lambda attrs, values: [(_slices(attrs, values)[1], canonical_dtype(values[0].dtype))],
             lambda slices, inputs: [contiguous(inputs[0][slices])],
             lambda attrs, values: _slices(attrs, values)[0],
-            time=None, inputs=(1, 5), const_inputs=(1, 2, 3, 4)))
+            time=None, time_of=_timed("Slice"), inputs=(1, 5), const_inputs=(1, 2, 3, 4)))
 
 
 # ---- Gather, GatherElements, GatherND, ScatterND ----
@@ -374,7 +383,7 @@ def _gather_run(ctx, inputs):
 
 
 register(Op("Gather", {"axis": Attr("int", 0)}, _gather_infer, _gather_run, _gather_prepare,
-            time=None, inputs=(2, 2)))
+            time=None, time_of=_timed("Gather"), inputs=(2, 2)))
 
 
 def _gather_elements_check(attrs, values):
@@ -404,7 +413,7 @@ def _gather_elements_infer(attrs, values):
 
 
 register(Op("GatherElements", {"axis": Attr("int", 0)}, _gather_elements_infer, _gather_elements_run,
-            _gather_elements_check, time=None, inputs=(2, 2)))
+            _gather_elements_check, time=None, time_of=_timed("GatherElements"), inputs=(2, 2)))
 
 
 def _nd_check(op, attrs, data, indices):
@@ -437,7 +446,7 @@ def _gather_nd_infer(attrs, values):
 register(Op("GatherND", {"batch_dims": Attr("int", 0)}, _gather_nd_infer,
             lambda ctx, inputs: [contiguous(inputs[0][_nd_index("GatherND", ctx, inputs[1])])],
             lambda attrs, values: _nd_check("GatherND", attrs, values[0], values[1])[:2],
-            time=None, inputs=(2, 2)))
+            time=None, time_of=_timed("GatherND"), inputs=(2, 2)))
 
 
 def _scatter_nd_infer(attrs, values):
@@ -459,7 +468,7 @@ def _scatter_nd_run(ctx, inputs):
 
 register(Op("ScatterND", {"reduction": Attr("string", "none")}, _scatter_nd_infer, _scatter_nd_run,
             lambda attrs, values: _nd_check("ScatterND", attrs, values[0], values[1])[:2],
-            time=None, inputs=(3, 3)))
+            time=None, time_of=_timed("ScatterND"), inputs=(3, 3)))
 
 
 # ---- Tile, Expand ----
@@ -477,7 +486,7 @@ def _tile_shape(attrs, values):
 register(Op("Tile", {}, lambda attrs, values: [(_tile_shape(attrs, values), canonical_dtype(values[0].dtype))],
             lambda reps, inputs: [np.tile(inputs[0], reps)],
             lambda attrs, values: const_ints("Tile", values[1], "repeats"),
-            time=None, inputs=(2, 2), const_inputs=(1,)))
+            time=None, time_of=_timed("Tile"), inputs=(2, 2), const_inputs=(1,)))
 
 
 def _expand_shape(attrs, values):
@@ -490,7 +499,7 @@ def _expand_shape(attrs, values):
 
 register(Op("Expand", {}, lambda attrs, values: [(_expand_shape(attrs, values), canonical_dtype(values[0].dtype))],
             lambda shape, inputs: [np.broadcast_to(inputs[0], shape).copy()], _expand_shape,
-            time=None, inputs=(2, 2), const_inputs=(1,)))
+            time=None, time_of=_timed("Expand"), inputs=(2, 2), const_inputs=(1,)))
 
 
 # ---- Pad ----
@@ -558,7 +567,7 @@ def _pad_run(ctx, inputs):
 register(Op("Pad", {"mode": Attr("string", "constant",
                                   lambda v: None if v in PAD_MODES else f"must be one of {PAD_MODES}"),
                     "pads": Attr("ints", None), "value": Attr("float", 0.0)},
-            _pad_infer, _pad_run, _pad_prepare, time=None, inputs=(1, 4), const_inputs=(1, 3)))
+            _pad_infer, _pad_run, _pad_prepare, time=None, time_of=_timed("Pad"), inputs=(1, 4), const_inputs=(1, 3)))
 
 
 # ---- ConstantOfShape, Range ----
@@ -644,8 +653,8 @@ def _block_op(name, attributes):
     register(Op(name, attributes,
                 lambda attrs, values: [(checked_shape(name, _blocks(name, attrs, values)[2]),
                                         canonical_dtype(values[0].dtype))],
-                lambda ctx, inputs: [inputs[0].reshape(ctx[0]).transpose(ctx[1]).reshape(ctx[2])],
-                lambda attrs, values: _blocks(name, attrs, values), time=None))
+                lambda ctx, inputs: [contiguous(inputs[0].reshape(ctx[0]).transpose(ctx[1]).reshape(ctx[2]))],
+                lambda attrs, values: _blocks(name, attrs, values), time=None, time_of=_timed(name)))
 
 
 _BLOCKSIZE = Attr("int", check=lambda v: None if v >= 1 else "must be positive")
@@ -663,14 +672,12 @@ def keeps_time(in_shape, out_shape, time_axis) -> bool:
             and math.prod(in_shape[:time_axis]) == math.prod(out_shape[:time_axis]))
 
 
-def time_rule(op_name: str, attrs: dict, values: Sequence[Optional[Value]], time_axis: int) -> str:
+def _time(op_name: str, attrs: dict, values: Sequence[Optional[Value]], time_axis: int) -> str:
     """How a shape op acts along the time axis ``time_axis`` of its input 0: ``"step"`` when
     each time step maps onto one output step at the same axis, ``"causal"`` for a Pad that adds
     constant or edge frames only before the first step, else ``"sequence"`` (the op moves, merges,
     reorders, slices, tiles or concatenates along time)."""
     in_shape = values[0].shape
-    if op_name in ("Shape", "Size", "ConstantOfShape", "Range"):
-        return "step"  # no time axis in the output: a shape computed when the plan is made
     op = REGISTRY[op_name]
     if op_name == "Transpose":
         return "step" if _perm(attrs, len(in_shape))[time_axis] == time_axis else "sequence"

@@ -220,7 +220,8 @@ REFERENCE = {
     "PRelu": _prelu,
     "Elu": lambda attrs, x: [_elu(x[0], attrs["alpha"])],
     "Selu": lambda attrs, x: [attrs["gamma"] * _elu(x[0], attrs["alpha"])],
-    "Celu": lambda attrs, x: [np.maximum(0, x[0]) + np.minimum(0, attrs["alpha"] * (np.exp(x[0] / attrs["alpha"]) - 1))],
+    "Celu": lambda attrs, x: [np.maximum(0, x[0])
+                              + np.minimum(0, attrs["alpha"] * (np.exp(x[0] / attrs["alpha"]) - 1))],
     "Gelu": _gelu,
     "Erf": _unary(_erf),
     "Sigmoid": _unary(lambda v: 1 / (1 + np.exp(-v))),
