@@ -111,9 +111,7 @@ class GroupedLinear(nn.Module):
         self.weight = nn.Parameter(torch.randn(groups, inputs // groups, outputs // groups) / math.sqrt(inputs))
 
     def forward(self, x):                                       # (B, T, inputs)
-        # DeepFilterNet writes x.unflatten(-1, (groups, -1)): exported, it slices an empty range of
-        # the shape vector, which grurt's Slice refuses for now (reported); this reshape is the same
-        x = x.reshape(x.shape[0], x.shape[1], self.groups, -1)
+        x = x.unflatten(-1, (self.groups, -1))                  # exported: an empty slice of the shape
         return torch.einsum("btgi,gio->btgo", x, self.weight).flatten(2)
 
 
