@@ -13,12 +13,12 @@ graph means one model whatever the sizes (a hard-coded time index is refused, as
 
 A module the fused layers do not cover (attention, broadcasting, reductions, 2-D convolutions, ...)
 is read as a general graph (:mod:`grurt.importers.onnx.general`), its free axes found on the graph
-(:func:`export_general`). Axes of size 1 in the example stay fixed (the exporter specializes on
-them): give an example with a batch of 2 or more.
+(:func:`export_general`).
 """
 from __future__ import annotations
 
 import inspect
+import itertools
 import os
 import tempfile
 
@@ -119,21 +119,30 @@ def _dynamic_axes(result, args, names):
 def export_general(torch, module, args, path, names, output_names):
     """Export ``module`` to ``path`` for the general graph, its free axes dynamic, and return the graph.
 
-    Which axes are free (batch, time, frames, ...) is found on the graph itself: exported with every
-    axis dynamic but those of size 1 (the exporter specializes on them), an axis is free when the
-    graph can be planned with another size of it (a size a weight fixes cannot); axes that can only
-    change together (a batch shared by a sequence and a state) become one dim parameter. The
-    module is then exported again with just those axes dynamic, so that the file declares its real
-    sizes (and a wrong feature size is refused by name when the model is called).
+    Which axes are free (batch, time, frames, ...) is found on the graph itself. It is exported
+    with every axis dynamic (if the exporter then writes control flow, an ``If`` for a squeeze of
+    an axis of size 1, with the axes of size 1 fixed); an axis is free when the graph can be
+    planned at another size of it (a size a weight fixes cannot), and axes that can only change
+    together (a batch shared by a sequence and a state) share one dim parameter. The module is
+    then exported again with just those axes dynamic, so that the file declares its real sizes
+    (and a wrong feature size is refused by name when the model is called).
     """
     from .onnx.general import tensor_graph_from_source
     from .onnx.proto import _open
 
-    every = {name: {axis: f"{name}_{axis}" for axis, size in enumerate(arg.shape) if size != 1}
-             for name, arg in zip(names, args)}
-    _export(torch, module, args, path, names, output_names, every)
-    free = _free_axes(tensor_graph_from_source(_open(path)), [tuple(arg.shape) for arg in args],
-                      [np.dtype(np.float32 if arg.dtype.is_floating_point else np.int64) for arg in args])
+    shapes = [tuple(arg.shape) for arg in args]
+    for fixed in (0, 1):            # the sizes that stay as in the example: none, then those of 1
+        every = {name: {axis: f"{name}_{axis}" for axis, size in enumerate(shape) if size != fixed}
+                 for name, shape in zip(names, shapes)}
+        _export(torch, module, args, path, names, output_names, every)
+        try:
+            graph = tensor_graph_from_source(_open(path))
+            break
+        except UnsupportedModelError:
+            if fixed:
+                raise
+    free = _free_axes(graph, shapes, [np.dtype(np.float32 if arg.dtype.is_floating_point else np.int64) for arg in args],
+                      [(i, axis) for i, name in enumerate(names) for axis in every[name]])
     axes = {name: {} for name in names}
     for (index, axis), (first, first_axis) in free.items():
         axes[names[index]][axis] = f"{names[first]}_{first_axis}"
@@ -141,10 +150,10 @@ def export_general(torch, module, args, path, names, output_names):
     return tensor_graph_from_source(_open(path))
 
 
-def _free_axes(graph, shapes, dtypes):
-    """{(input index, axis): its dim parameter} of the axes the graph can be planned at other sizes
-    of: alone (a parameter of its own, named by its axis), or together with the axes of the same
-    size in the example (the group's first axis names the parameter)."""
+def _free_axes(graph, shapes, dtypes, axes):
+    """{(input index, axis): (input index, axis) naming its dim parameter} of the ``axes`` the graph
+    can be planned at other sizes of: alone, or together with axes of the same size in the example
+    (the largest such set that plans; the first of them names it)."""
     from ..errors import GrurtError
     from ..tensor_plan import make_plan
 
@@ -159,18 +168,20 @@ def _free_axes(graph, shapes, dtypes):
                 pass
         return False
 
-    axes = [(i, a) for i, shape in enumerate(shapes) for a, size in enumerate(shape) if size > 1]
     free = {axis: axis for axis in axes if plans({axis})}
     by_size = {}
     for i, a in axes:
         if (i, a) not in free:
             by_size.setdefault(shapes[i][a], []).append((i, a))
     for group in by_size.values():
-        # the whole group, else the group without one of its axes (a feature size equal to the batch's)
-        for linked in [group] + ([[x for x in group if x != left] for left in group] if len(group) > 2 else []):
-            if len(linked) > 1 and plans(set(linked)):
-                free.update((axis, linked[0]) for axis in linked)
+        while len(group) > 1:
+            # the largest set of these axes that plans (all subsets of a small group, else the whole group)
+            sizes = range(len(group), 1, -1) if len(group) <= 8 else (len(group),)
+            linked = next((s for k in sizes for s in itertools.combinations(group, k) if plans(set(s))), None)
+            if linked is None:
                 break
+            free.update((axis, linked[0]) for axis in linked)
+            group = [axis for axis in group if axis not in linked]
     return free
 
 
