@@ -102,7 +102,8 @@ def _x():
     ([node("LeakyRelu", ["x"], ["y"], "r", alpha="big")], ["y"], {}, ModelFormatError,
      ["node 'r' (LeakyRelu)", "attribute alpha of LeakyRelu must be a finite float"]),
     ([node("Add", ["x"], ["y"], "s")], ["y"], {}, ModelFormatError, ["node 's' (Add)", "Add takes 2 inputs, got 1"]),
-    ([node("Add", ["", "x"], ["y"], "s")], ["y"], {}, ModelFormatError, ["node 's' (Add)", "input 0 of Add is required"]),
+    ([node("Add", ["", "x"], ["y"], "s")], ["y"], {}, ModelFormatError,
+     ["node 's' (Add)", "input 0 of Add is required"]),
     ([node("Relu", ["x"], ["y", "z"], "r")], ["y"], {}, ModelFormatError, ["node 'r' (Relu)", "1 outputs, got 2"]),
     ([node("Add", ["x", "s"], ["y"], "a")], ["y"], {"s": np.array(["a"])}, ModelFormatError,
      ["constant 's'", "dtype <U1"]),
@@ -192,7 +193,8 @@ def test_sizes_refused_before_allocation(monkeypatch):
         TensorModel(tile).run(_f32(2, 3))
     assert "node 'big' (Tile)" in str(raised.value)
     monkeypatch.setattr(grurt.model, "MEMORY_LIMIT_BYTES", 10_000)
-    tile = TensorGraph(_x(), [node("Tile", ["x", "reps"], ["y"], "big")], ["y"], {"reps": np.array([100, 100], np.int64)})
+    tile = TensorGraph(_x(), [node("Tile", ["x", "reps"], ["y"], "big")], ["y"],
+                       {"reps": np.array([100, 100], np.int64)})
     with pytest.raises(InputError) as raised:
         TensorModel(tile).run(_f32(2, 3))
     message = str(raised.value)

@@ -179,7 +179,8 @@ class TensorGraph:
                 raise ModelFormatError(f"graph: output '{str(name)[:200]}' is not an input, a constant or a node's "
                                        "output")
         if len(set(outputs)) != len(outputs):
-            raise ModelFormatError(f"graph: output '{next(o for o in outputs if outputs.count(o) > 1)}' is listed twice")
+            twice = next(o for o in outputs if outputs.count(o) > 1)
+            raise ModelFormatError(f"graph: output '{twice}' is listed twice")
         # the nodes some output needs
         needed, live = list(outputs), set()
         while needed:

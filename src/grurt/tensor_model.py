@@ -119,7 +119,7 @@ class TensorModel:
             where = f"input '{declared.name}'"
             value = given[declared.name]
             if type(value) is not np.ndarray:
-                if not hasattr(value, "__array__") and not isinstance(value, (list, tuple, int, float, bool, np.generic)):
+                if not hasattr(value, "__array__") and not isinstance(value, (list, tuple, int, float, np.generic)):
                     raise InputError(f"{where} must be an array, got {type(value).__name__}")
                 try:
                     value = np.asarray(value)

@@ -19,7 +19,6 @@ Running a plan is the loop over its steps: no shape logic, no checks, no lookups
 """
 from __future__ import annotations
 
-import math
 from typing import List, Tuple
 
 import numpy as np

@@ -141,8 +141,8 @@ def export_general(torch, module, args, path, names, output_names):
         except UnsupportedModelError:
             if fixed:
                 raise
-    free = _free_axes(graph, shapes, [np.dtype(np.float32 if arg.dtype.is_floating_point else np.int64) for arg in args],
-                      [(i, axis) for i, name in enumerate(names) for axis in every[name]])
+    dtypes = [np.dtype(np.float32 if arg.dtype.is_floating_point else np.int64) for arg in args]
+    free = _free_axes(graph, shapes, dtypes, [(i, axis) for i, name in enumerate(names) for axis in every[name]])
     axes = {name: {} for name in names}
     for (index, axis), (first, first_axis) in free.items():
         axes[names[index]][axis] = f"{names[first]}_{first_axis}"
