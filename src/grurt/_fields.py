@@ -4,13 +4,14 @@ Imported by :mod:`grurt.spec` (which re-exports the public names) and :mod:`grur
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
 import numpy as np
 
+from . import limits
 from .errors import ModelFormatError, UnsupportedModelError
+from .limits import MAX_ACTIVATION_PARAMETER, bounded_float, bounded_int, shown
 
 
 # name -> default (alpha, beta); None means the parameter is not used by that function.
@@ -52,10 +53,8 @@ class ActivationFunction:
                     raise ModelFormatError(f"activation {self.kind!r} takes no {name} (got {value!r})")
                 continue
             value = default if value is None else value
-            if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.floating, np.integer)):
-                raise ModelFormatError(f"activation {self.kind!r}: {name} must be a number, got {value!r}")
-            if not math.isfinite(float(value)):
-                raise ModelFormatError(f"activation {self.kind!r}: {name} must be finite, got {value!r}")
+            value = bounded_float(f"activation {self.kind!r}", name, value, -MAX_ACTIVATION_PARAMETER,
+                                  MAX_ACTIVATION_PARAMETER, "MAX_ACTIVATION_PARAMETER")
             object.__setattr__(self, name, float(np.float32(value)))
 
     def describe(self) -> str:
@@ -89,9 +88,12 @@ def _weights(owner: str, name: str, value, shape: Tuple[int, ...]) -> np.ndarray
     return array
 
 
-def _positive_int(owner: str, name: str, value) -> int:
+def _positive_int(owner: str, name: str, value, limit_name: str = "") -> int:
+    """``value`` as an int >= 1, and at most the limit ``limit_name`` of grurt.limits when given."""
+    if limit_name:
+        return bounded_int(owner, name, value, 1, getattr(limits, limit_name), limit_name)
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ModelFormatError(f"{owner}: {name} must be a positive integer, got {value!r}")
+        raise ModelFormatError(f"{owner}: {name} must be a positive integer, got {shown(value)}")
     return int(value)
 
 

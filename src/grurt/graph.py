@@ -295,18 +295,29 @@ def _needed_in_order(nodes, producer, wanted):
                     raise ModelFormatError(f"node {node.describe()}: input '{name}' is not an input of the "
                                            "graph nor computed by any node")
                 stack.append(name)
-    ready = {name for name, node in producer.items() if node is None}
+    # in rounds, each taking every node whose inputs are ready, in the given order (by level, then
+    # position): Kahn's algorithm, linear in the graph's size
     pending = [node for node in nodes if id(node) in needed]
-    ordered = []
-    while pending:
-        runnable = [node for node in pending if all(name in ready for name in node.inputs)]
-        if not runnable:
-            raise ModelFormatError("graph: nodes form a cycle: " + "; ".join(n.describe() for n in pending[:4]))
-        for node in runnable:
-            ready.update(node.outputs)
-            ordered.append(node)
-        pending = [node for node in pending if node not in runnable]
-    return ordered
+    position = {id(node): k for k, node in enumerate(pending)}
+    readers, missing, level = {}, {}, {}
+    for node in pending:
+        sources = {id(producer[name]) for name in node.inputs if producer[name] is not None}
+        missing[id(node)] = len(sources)
+        for source in sources:
+            readers.setdefault(source, []).append(node)
+    ready = [node for node in pending if not missing[id(node)]]
+    for node in ready:
+        level[id(node)] = 0
+    for node in ready:                  # grows while it is walked
+        for reader in readers.get(id(node), ()):
+            level[id(reader)] = max(level.get(id(reader), 0), level[id(node)] + 1)
+            missing[id(reader)] -= 1
+            if not missing[id(reader)]:
+                ready.append(reader)
+    if len(ready) < len(pending):
+        cycle = [node for node in pending if missing[id(node)]]
+        raise ModelFormatError("graph: nodes form a cycle: " + "; ".join(n.describe() for n in cycle[:4]))
+    return sorted(ready, key=lambda node: (level[id(node)], position[id(node)]))
 
 
 def check_node(node: Node, tensors: Dict[str, Tensor]) -> None:

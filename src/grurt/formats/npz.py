@@ -262,7 +262,17 @@ def _read_array(archive: zipfile.ZipFile, key: str, shape: tuple, where: str, dt
 
 def _layer_from_json(archive, entry, index, features, budget, stored):
     """The layer of header entry ``entry``; a reduced-precision GRU's stored arrays go into
-    ``stored`` as (index, name) -> parts (see grurt.precision.stored)."""
+    ``stored`` as (index, name) -> parts (see grurt.precision.stored). A layer's own checks
+    (every number within grurt.limits) name the layer's index."""
+    try:
+        return _layer_fields(archive, entry, index, features, budget, stored)
+    except GrurtError as exc:
+        if str(exc).startswith(f"layer {index}"):
+            raise
+        raise type(exc)(f"layer {index}: {exc}") from None
+
+
+def _layer_fields(archive, entry, index, features, budget, stored):
     where = f"layer {index}"
     _expect(isinstance(entry, dict), f"{where}: expected an object, got {entry!r}")
     kind = entry.get("type")
