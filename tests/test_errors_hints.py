@@ -61,6 +61,16 @@ def test_state_dict_of_a_pickled_module_is_a_clean_message(tmp_path, net):
     assert message.endswith("read those")                          # not cut mid-word
 
 
+def test_state_dict_of_another_pickled_object_suggests_no_unpickling(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("unpickled!",))
+    torch.save({"gru.weight_ih_l0": Evil()}, tmp_path / "evil.pt")
+    with pytest.raises(grurt.ModelFormatError) as info:
+        grurt.from_state_dict(tmp_path / "evil.pt")
+    assert "holds a pickled print," in str(info.value) and "weights_only=False" not in str(info.value)
+
+
 def test_state_dict_of_a_torchscript_file_names_its_state_dict(tmp_path, net):
     path = tmp_path / "scripted.pt"
     torch.jit.script(net).save(str(path))
