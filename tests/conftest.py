@@ -19,6 +19,7 @@ SLOW_CASES = {
     "tests/test_threads.py::test_units_split_is_bit_exact": ("*-1056",),          # H = 128 and 256 stay
     "tests/test_kernels.py::test_units_split_over_threads": ("1056-*", "1024-forward-True", "1024-reverse-False"),
     "tests/test_kernels.py::test_batch_sizes_across_panel_edges": ("128-*", "129-*"),   # 1 to 65 stay
+    "tests/test_kernels.py::test_directions_and_batch_split_over_threads": ("forward-1024-*",),
     # the dynamo exporter (seconds per export); the legacy exports stay, and test_static_dynamo_export
     "tests/test_torch_graph.py::test_onnx_exports_match_onnxruntime": ("*-dynamo",),
     "tests/test_norm_embed.py::test_torch_onnx_exports": ("*-dynamo",),

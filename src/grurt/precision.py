@@ -10,7 +10,7 @@ A model's weight mode is ``"float32"`` (the default, exact), ``"bf16"`` or ``"in
 
 Biases, states, gates and activations stay float32, and so do the other layers' weights.
 How the products use them (and what that adds to the error) is in ``_lowp.h``; the error of
-each mode on the benchmark workloads is measured in the README ("Accuracy").
+each mode on the benchmark workloads is measured in docs/performance-and-threads.md.
 """
 from __future__ import annotations
 
