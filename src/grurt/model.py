@@ -190,7 +190,7 @@ class Model:
         GRU layer ((directions, H) for a single sequence). ``initial_state`` takes the same
         form. ``lengths`` (B,) gives each sequence's valid length for padded batches.
         ``threads`` > 1 lets each GRU layer run on up to that many threads of grurt's worker
-        pool, when that is measured to be faster (see the README); results are bit for bit
+        pool, when that is measured to be faster (docs/performance-and-threads.md); results are bit for bit
         those of one thread.
         """
         try:

@@ -117,10 +117,20 @@ def live_keras_spec(model):
         raise UnsupportedModelError(f"{type(model).__name__} has no config (a subclassed model?); "
                                     "grurt reads Sequential and functional models") from None
     # the same (config, weights, version) triple the file readers produce
-    weights = {layer.name: [np.asarray(w) for w in layer.get_weights()] for layer in model.layers}
+    weights = {layer.name: _layer_weights(layer) for layer in model.layers}
     package = sys.modules.get(type(model).__module__.partition(".")[0])
     return translate({"class_name": type(model).__name__, "config": config}, weights,
                      getattr(package, "__version__", "3"))
+
+
+def _layer_weights(layer) -> list:
+    """``layer.get_weights()``, read without ``np.array(tensor)`` on Keras's torch backend: torch's
+    ``Tensor.__array__`` takes no ``copy`` keyword, for which NumPy 2 warns once per variable."""
+    values = []
+    for variable in layer.weights:
+        tensor = getattr(variable, "value", None)      # Keras 3: the backend's tensor
+        values.append(tensor.detach().cpu().numpy() if hasattr(tensor, "detach") else np.asarray(variable.numpy()))
+    return values
 
 
 def translate(model_config: dict, weights: dict, keras_version: str):
