@@ -202,7 +202,7 @@ def test_framework_outputs(zoo, ext):
     (lambda: seq_model(layers.Dense(3), layers.Masking(), layers.GRU(3)), "Masking only as the first layer"),
     (lambda: seq_model(layers.LSTM(3)), "'lstm' (LSTM) is not supported"),
     (lambda: seq_model(layers.GRU(3, return_state=True)), "return_state=True"),
-    (lambda: seq_model(layers.GRU(3, activation="selu")), "unsupported Keras activation 'selu'"),
+    (lambda: seq_model(layers.GRU(3, activation="celu")), "unsupported Keras activation 'celu'"),
     (lambda: seq_model(layers.Dense(3)), "no GRU layer"),
     (lambda: seq_model(layers.Masking(), layers.GRU(3, return_sequences=True), layers.Flatten()),
      "flattening a masked sequence"),

@@ -18,6 +18,9 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Dict, Optional, Tuple
 
+import numpy as np
+
+from ._fields import _weights
 from .errors import ModelFormatError, UnsupportedModelError
 from .spec import GRU, LAYER_TYPES, ModelSpec, layer_output, parameter_count
 
@@ -80,8 +83,38 @@ class Slice:
         return f"Slice({self.begin}:{self.end})"
 
 
-#: Layers a graph node may hold beyond the chain layers: they read several tensors, or cut one.
-GRAPH_LAYERS = (Combine, Concat, Slice)
+@dataclass(frozen=True, eq=False)
+class PReLU:
+    """``x`` where ``x >= 0``, else ``alpha·x`` (Keras's ``PReLU``): ``alpha`` is (F,), one slope per
+    feature, or (T, F), one per step and feature (on sequences of exactly T steps)."""
+
+    alpha: np.ndarray
+
+    def __post_init__(self):
+        alpha = np.asarray(self.alpha)
+        if alpha.ndim not in (1, 2) or 0 in alpha.shape:
+            raise ModelFormatError(f"PReLU: alpha must be a non-empty (features,) or (steps, features) array, "
+                                   f"got shape {alpha.shape}")
+        object.__setattr__(self, "alpha", _weights("PReLU", "alpha", alpha, alpha.shape))
+
+    @property
+    def features(self) -> int:
+        return self.alpha.shape[-1]
+
+    @property
+    def steps(self) -> Optional[int]:
+        """The number of steps of a per-step alpha, else None."""
+        return self.alpha.shape[0] if self.alpha.ndim == 2 else None
+
+    def describe(self) -> str:
+        return f"PReLU({self.features}" + (f", {self.steps} steps)" if self.steps else ")")
+
+
+#: Layers a graph node may hold beyond the chain layers: they read several tensors, cut one, or
+#: run as a numpy step between the chains.
+GRAPH_LAYERS = (Combine, Concat, Slice, PReLU)
+#: The graph layers that read one tensor.
+ONE_INPUT_LAYERS = (Slice, PReLU)
 
 
 # ---- the graph ----
@@ -244,7 +277,8 @@ class Graph:
 
     @property
     def parameter_count(self) -> int:
-        return parameter_count(node.layer for node in self.nodes)
+        return (parameter_count(node.layer for node in self.nodes)
+                + sum(node.layer.alpha.size for node in self.nodes if isinstance(node.layer, PReLU)))
 
     def describe(self) -> str:
         lines = ["inputs: " + "; ".join(i.describe() for i in self.inputs)]
@@ -257,11 +291,7 @@ class Graph:
     @classmethod
     def from_chain(cls, spec: ModelSpec, input_name: str = "input", output_name: str = "output") -> "Graph":
         """The one-path graph of a chain (its mask_value aside: a chain with one runs as a chain)."""
-        kind = "ids" if spec.takes_ids else "sequence"
-        names = [input_name] + [f"{index}:{type(layer).__name__}" for index, layer in enumerate(spec.layers)]
-        names[-1] = output_name
-        nodes = [Node(layer, (names[i],), (names[i + 1],)) for i, layer in enumerate(spec.layers)]
-        return cls((Input(input_name, spec.input_size, kind),), tuple(nodes), (Output(output_name),))
+        return path_graph(spec.input_size, spec.layers, input_name, output_name)
 
     def as_chain(self) -> Optional[ModelSpec]:
         """The ModelSpec of a graph that is one path (one sequence or ids input, through nodes of one
@@ -319,10 +349,12 @@ def check_node(node: Node, tensors: Dict[str, Tensor]) -> None:
             raise ModelFormatError(f"{where}: gives one tensor, not {len(node.outputs)}")
         if any(t.features is None for t in given):
             raise ModelFormatError(f"{where}: token ids go only into an Embedding ({shapes})")
-        if isinstance(layer, Slice):
-            if len(given) != 1 or layer.end > given[0].features:
-                raise ModelFormatError(f"{where}: takes one tensor of at least {layer.end} features, got {shapes}")
-            tensors[node.outputs[0]] = Tensor(layer.end - layer.begin, given[0].has_time)
+        if isinstance(layer, ONE_INPUT_LAYERS):
+            if len(given) != 1 or (isinstance(layer, Slice) and layer.end > given[0].features):
+                raise ModelFormatError(f"{where}: takes one tensor"
+                                       + (f" of at least {layer.end} features" if isinstance(layer, Slice) else "")
+                                       + f", got {shapes}")
+            tensors[node.outputs[0]] = one_input_output(where, layer, given[0])
             return
         if len(given) < 2 or (isinstance(layer, Combine) and layer.op == "sub" and len(given) != 2):
             raise ModelFormatError(f"{where}: takes {'two' if getattr(layer, 'op', '') == 'sub' else 'two or more'} "
@@ -346,6 +378,39 @@ def check_node(node: Node, tensors: Dict[str, Tensor]) -> None:
                                    f"got {shapes}")
         if len(node.outputs) == 2:
             tensors[node.outputs[1]] = state
+
+
+def one_input_output(where: str, layer, given: Tensor) -> Tensor:
+    """The tensor a graph layer of ONE_INPUT_LAYERS gives for ``given``; ModelFormatError naming ``where``."""
+    if isinstance(layer, Slice):
+        if layer.end > given.features:
+            raise ModelFormatError(f"{where}: takes a tensor of at least {layer.end} features, got {given.describe()}")
+        return Tensor(layer.end - layer.begin, given.has_time)
+    # PReLU
+    if given.features != layer.features or (layer.steps is not None and not given.has_time):
+        raise ModelFormatError(f"{where}: alpha {layer.alpha.shape} does not fit {given.describe()}")
+    return given
+
+
+def node_output(where: str, layer, features: Optional[int], has_time: bool):
+    """(features, has_time) after a chain layer or a one-input graph layer (importers building a path)."""
+    if isinstance(layer, ONE_INPUT_LAYERS):
+        if features is None:
+            raise ModelFormatError(f"{where}: token ids go only into an Embedding")
+        out = one_input_output(where, layer, Tensor(features, has_time))
+        return out.features, out.has_time
+    return layer_output(where, layer, features, has_time)
+
+
+def path_graph(input_size: Optional[int], layers, input_name: str = "input", output_name: str = "output") -> Graph:
+    """The one-path graph of ``layers`` (chain layers and one-input graph layers) applied in order;
+    an Embedding first makes its input token ids."""
+    layers = tuple(layers)
+    names = [input_name] + [f"{index}:{type(layer).__name__}" for index, layer in enumerate(layers)]
+    names[-1] = output_name
+    nodes = [Node(layer, (names[i],), (names[i + 1],)) for i, layer in enumerate(layers)]
+    kind = "ids" if input_size is None else "sequence"
+    return Graph((Input(input_name, input_size, kind),), tuple(nodes), (Output(output_name),))
 
 
 # ---- planning: chains of layers joined by the nodes that combine tensors ----

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import InputError
-from .graph import Concat, Graph, Segment, Slice, segments
+from .graph import Concat, Graph, PReLU, Segment, Slice, segments
 
 _FLOAT32 = np.dtype(np.float32)
 _REDUCE = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "max": np.maximum, "min": np.minimum,
@@ -16,10 +16,17 @@ _REDUCE = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "max": np.maxi
 
 
 def combine(node, arrays):
-    """A Combine, Concat or Slice node on float32 arrays (the same batch; the time axes checked here)."""
+    """A node of a graph layer (grurt.graph.GRAPH_LAYERS) on float32 arrays (the same batch; the time axes
+    checked here)."""
     layer = node.layer
     if layer.__class__ is Slice:
         return np.ascontiguousarray(arrays[0][..., layer.begin:layer.end])
+    if layer.__class__ is PReLU:
+        x = arrays[0]
+        if layer.steps is not None and x.shape[1] != layer.steps:
+            raise InputError(f"node {node.describe()}: its alpha holds {layer.steps} steps, the sequence has "
+                             f"{x.shape[1]}: this model runs on sequences of exactly {layer.steps} steps")
+        return np.where(x >= 0, x, x * layer.alpha)
     first = arrays[0]
     if first.ndim == 3 and any(a.shape[1] != first.shape[1] for a in arrays):
         raise InputError(f"node {node.describe()}: its sequences have different numbers of steps "
@@ -302,6 +309,9 @@ class GraphStream:
                 per_frame.update(step.states_out.values())
                 per_frame.add(step.output)
             else:
+                if isinstance(step.layer, PReLU) and step.layer.steps is not None:
+                    raise InputError(f"node {step.describe()} has an alpha per step of a {step.layer.steps}-step "
+                                     "sequence: this model cannot stream, use run()")
                 per_frame.add(step.outputs[0])
         self.per_frame = per_frame
         #: what one advance runs, in order: (its Stream, segment) or (None, merge node)

@@ -6,12 +6,13 @@ Written for clarity, independently of the kernels, and used as the oracle in the
 from __future__ import annotations
 
 import numpy as np
+from scipy import special
 
 from .spec import GRU, Activation, ActivationFunction, Dense, LastStep, Merge, ModelSpec, Reverse, Scale
 from .spec import Embedding, Flatten, GlobalPool, LayerNorm, UnitNorm
 from .errors import InputError
 from .spec import TIME_LAYERS, Conv1D, Pool1D, ZeroPad1D, frame_rate_layers, output_steps
-from .graph import Combine, Concat, Graph, Slice
+from .graph import Combine, Concat, Graph, PReLU, Slice
 
 
 def apply_activation(fn: ActivationFunction, x: np.ndarray) -> np.ndarray:
@@ -42,6 +43,18 @@ def apply_activation(fn: ActivationFunction, x: np.ndarray) -> np.ndarray:
             return np.where(x > a, x, 0.0)
         if fn.kind == "linear":
             return x
+        if fn.kind == "gelu":
+            return 0.5 * x * special.erfc(-x / np.sqrt(2.0))
+        if fn.kind == "silu":
+            return x * (0.5 * (np.tanh(0.5 * x) + 1.0))
+        if fn.kind == "mish":
+            return x * np.tanh(np.logaddexp(0.0, x))
+        if fn.kind == "selu":
+            return b * np.where(x > 0, x, a * np.expm1(np.minimum(x, 0.0)))
+        if fn.kind == "hard_silu":
+            return x * np.clip(x + 3.0, 0.0, 6.0) / 6.0
+        if fn.kind == "clip":
+            return np.clip(x, a, b)
         if fn.kind == "softmax":
             shifted = np.exp(x - x.max(axis=-1, keepdims=True))
             return shifted / shifted.sum(axis=-1, keepdims=True)
@@ -213,6 +226,8 @@ def run_graph(graph: Graph, inputs, initial_state=None, return_state=False, leng
         layer, args = node.layer, [env[name] for name in node.inputs]
         if isinstance(layer, Slice):
             out = args[0][..., layer.begin:layer.end]
+        elif isinstance(layer, PReLU):
+            out = np.where(args[0] >= 0, args[0], args[0] * np.asarray(layer.alpha, np.float64))
         elif isinstance(layer, Concat):
             out = np.concatenate(args, axis=-1)
         elif isinstance(layer, Combine):

@@ -21,9 +21,10 @@ from typing import Optional
 
 from ...errors import GrurtError, ModelFormatError, UnsupportedModelError
 from ...graph import Combine, Concat, Graph, Input, Node, Output, Slice
-from ...spec import GRU, Activation, ModelSpec, activation, fold_layer, layer_output, output_steps
-from .layers import (_FOLDING, _LAYERS, _TIME_KINDS, OPS, _Layer, _batch_shape, _bidirectional, _gru, _layer_name,
-                     _major, is_op, model_layers, tensor_refs)
+from ...graph import node_output
+from ...spec import GRU, Activation, activation, fold_layer, layer_output
+from .layers import (_FOLDING, _LAYERS, OPS, _Layer, _batch_shape, _bidirectional, _gru, _layer_name, _major,
+                     frames_after, is_op, model_layers, tensor_refs)
 
 #: Keras merge layers (keras.layers) → the graph layer; Concatenate joins on the feature axis.
 MERGE_LAYERS = {"Add": "add", "Subtract": "sub", "Multiply": "mul", "Average": "mean", "Maximum": "max",
@@ -256,14 +257,12 @@ class _Builder:
         if (source.features is None) != (kind == "Embedding"):
             raise UnsupportedModelError(f"reads {source.describe()}; token ids go into an Embedding layer, "
                                         "which reads nothing else")
-        produced = _LAYERS[kind](self._layer(config, source))
+        translating = self._layer(config, source)
+        produced = _LAYERS[kind](translating)
         features, has_time, steps = source.features, source.has_time, source.steps
         for layer in produced:
-            features, has_time = layer_output(f"layer {_layer_name(config)!r}", layer, features, has_time)
-        if kind in _TIME_KINDS and isinstance(steps, int):
-            steps = output_steps(ModelSpec(source.features, tuple(produced)), steps)
-        elif not has_time:
-            steps = None
+            features, has_time = node_output(f"layer {_layer_name(config)!r}", layer, features, has_time)
+            steps = frames_after(translating, layer, steps, source.steps) if has_time else None
         call_ref = (_layer_name(config), call, 0)
         if not produced:                    # Dropout and friends: the same tensor
             self.tensors[call_ref] = source if call_ref not in self.final else self.alias(source, call_ref)

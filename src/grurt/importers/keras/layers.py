@@ -10,7 +10,8 @@ import numpy as np
 from ...errors import GrurtError, InputError, ModelFormatError, UnsupportedModelError
 from ...spec import GRU, MERGE_MODES, Activation, ActivationFunction, Dense, Merge, ModelSpec, Reverse, Scale, activation
 from ...spec import Embedding, Flatten, GlobalPool, LayerNorm, UnitNorm
-from ...spec import Conv1D, Pool1D, ZeroPad1D, append_folded, output_steps
+from ...spec import TIME_LAYERS, Conv1D, Pool1D, ZeroPad1D, append_folded
+from ...graph import GRAPH_LAYERS, PReLU, node_output, path_graph
 
 #: Layers that do nothing at inference.
 _NO_OPS = ("Dropout", "SpatialDropout1D", "GaussianNoise", "GaussianDropout", "AlphaDropout")
@@ -163,9 +164,13 @@ def keras_dense(kernel, bias=None):
     return W, np.zeros(W.shape[0], np.float32) if bias is None else np.asarray(bias)
 
 
-# Keras activation names grurt computes, with their Keras arguments where grurt's default differs
-_KERAS_ACTIVATIONS = {"linear": (), "sigmoid": (), "tanh": (), "relu": (), "softsign": (), "softplus": (),
-                      "softmax": (), "elu": (), "leaky_relu": (0.2,)}
+# Keras activation names grurt computes → the grurt activation and its arguments (where grurt's
+# default differs; gelu is the exact form, the default of Keras 2 and 3 for the name "gelu")
+_KERAS_ACTIVATIONS = {"linear": ("linear",), "sigmoid": ("sigmoid",), "tanh": ("tanh",), "relu": ("relu",),
+                      "softsign": ("softsign",), "softplus": ("softplus",), "softmax": ("softmax",),
+                      "elu": ("elu",), "leaky_relu": ("leaky_relu", 0.2), "gelu": ("gelu",), "silu": ("silu",),
+                      "swish": ("silu",), "mish": ("mish",), "selu": ("selu",), "hard_silu": ("hard_silu",),
+                      "hard_swish": ("hard_silu",), "relu6": ("clip", 0.0, 6.0), "hard_tanh": ("clip", -1.0, 1.0)}
 
 
 def keras_activation(name, keras_major: int) -> ActivationFunction:
@@ -176,7 +181,7 @@ def keras_activation(name, keras_major: int) -> ActivationFunction:
     if name is None:
         return activation("linear")
     if isinstance(name, str) and name in _KERAS_ACTIVATIONS:
-        return activation(name, *_KERAS_ACTIVATIONS[name])
+        return activation(*_KERAS_ACTIVATIONS[name])
     raise UnsupportedModelError(f"unsupported Keras activation {name!r}; grurt computes "
                                 f"{', '.join(_KERAS_ACTIVATIONS)} and hard_sigmoid")
 
@@ -308,6 +313,75 @@ def _activation(layer: _Layer):
     return [Activation(layer.activation("activation"))]
 
 
+# ---- activation layers (issue 21) ----
+
+def _number(layer: _Layer, key, default, least=None):
+    value = layer.config.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value) \
+            or (least is not None and value < least):
+        raise ModelFormatError(f"{key} must be a finite number" + (f" >= {least}" if least is not None else "")
+                               + f", got {value!r}")
+    return float(value)
+
+
+def _relu(layer: _Layer):
+    """Keras ReLU(max_value, negative_slope, threshold): x > θ ? min(x, max_value) : slope·(x − θ)."""
+    slope, threshold = _number(layer, "negative_slope", 0.0, 0.0), _number(layer, "threshold", 0.0, 0.0)
+    maximum = layer.config.get("max_value")
+    if maximum is not None:
+        maximum = _number(layer, "max_value", None, 0.0)
+    if (slope != 0.0) + (threshold != 0.0) + (maximum is not None) > 1:
+        raise UnsupportedModelError(f"max_value={maximum!r}, negative_slope={slope!r}, threshold={threshold!r}: "
+                                    "grurt computes a ReLU with one of them at most")
+    if slope:
+        return [Activation(activation("leaky_relu", slope))]
+    if threshold:
+        return [Activation(activation("thresholded_relu", threshold))]
+    if maximum is not None:
+        return [Activation(activation("clip", 0.0, maximum))]
+    return [Activation(activation("relu"))]
+
+
+def _leaky_relu(layer: _Layer):
+    # Keras 3 calls the slope negative_slope, Keras 2 alpha; the layer's default is 0.3 in both
+    key = "negative_slope" if "negative_slope" in layer.config else "alpha"
+    return [Activation(activation("leaky_relu", _number(layer, key, 0.3)))]
+
+
+def _elu(layer: _Layer):
+    return [Activation(activation("elu", _number(layer, "alpha", 1.0)))]
+
+
+def _thresholded_relu(layer: _Layer):        # Keras 2: x > theta ? x : 0
+    return [Activation(activation("thresholded_relu", _number(layer, "theta", 1.0)))]
+
+
+def _softmax(layer: _Layer):
+    layer.last_axis(layer.config.get("axis", -1))
+    if layer.masked:
+        # Keras passes the (batch, time) mask to the softmax over features: an error or a broadcast
+        raise UnsupportedModelError("a Softmax layer after Masking / mask_zero is not supported (Keras applies "
+                                    "the (batch, time) mask along the feature axis); use Activation('softmax')")
+    return [Activation(activation("softmax"))]
+
+
+def _prelu(layer: _Layer):
+    """alpha has the shape of one input sample, 1 on the shared axes: (T, F), (1, F), (T, 1) or
+    (1, 1) for sequences, (F,) or (1,) for vectors."""
+    layer.expect_weights(1)
+    alpha = np.asarray(layer.weights[0])
+    sample = (layer.steps if isinstance(layer.steps, int) else None, layer.features) if layer.has_time \
+        else (layer.features,)
+    if alpha.ndim != len(sample) or any(a != 1 and a != s for a, s in zip(alpha.shape, sample)):
+        raise ModelFormatError(f"alpha has shape {alpha.shape}; an input sample is {sample} "
+                               "(a shared axis is 1)")
+    if alpha.size == 1:
+        return [Activation(activation("leaky_relu", float(alpha.reshape(-1)[0])))]
+    if not layer.has_time or alpha.shape[0] == 1:
+        return [PReLU(alpha.reshape(-1))]               # (F,) or (1, F): one per feature
+    return [PReLU(np.broadcast_to(alpha, sample))]      # one per step: a fixed number of steps
+
+
 def _batch_normalization(layer: _Layer):
     config = layer.config
     layer.last_axis(config.get("axis", -1))
@@ -347,7 +421,8 @@ def _flatten(layer: _Layer):
 
 
 _LAYERS = {"GRU": _gru, "Bidirectional": _bidirectional, "Dense": _dense, "TimeDistributed": _time_distributed,
-           "Activation": _activation, "BatchNormalization": _batch_normalization,
+           "Activation": _activation, "ReLU": _relu, "LeakyReLU": _leaky_relu, "ELU": _elu, "Softmax": _softmax,
+           "PReLU": _prelu, "ThresholdedReLU": _thresholded_relu, "BatchNormalization": _batch_normalization,
            "Normalization": _normalization, "Rescaling": _rescaling, "Flatten": _flatten,
            **{kind: lambda layer: [] for kind in _NO_OPS}}
 
@@ -468,18 +543,25 @@ def spec_from_keras(model_config: dict, weights: dict, keras_version: str) -> Mo
                 append_folded(layers, produced)     # BatchNormalization into Conv1D/Dense, ...
             else:
                 layers.extend(produced)
-            so_far = ModelSpec(input_size, tuple(layers))
-            features, has_time = so_far.output_size, so_far.returns_sequence
-            if layer.kind in _TIME_KINDS and isinstance(input_steps, int) and input_steps >= 1:
-                # convolutions, pooling and padding change the frame count a later Flatten sees
-                try:
-                    steps = output_steps(so_far, input_steps)
-                except InputError as exc:
-                    raise UnsupportedModelError(f"{layer.where()}: the model's input of {input_steps} steps "
-                                                f"is too short ({exc})") from None
+            for canonical in produced:
+                features, has_time = node_output(layer.where(), canonical, features, has_time)
+                steps = frames_after(layer, canonical, steps, input_steps) if has_time else None
     if not any(isinstance(layer, GRU) for layer in layers):
         raise UnsupportedModelError("the Keras model contains no GRU layer")
+    if any(isinstance(layer, GRAPH_LAYERS) for layer in layers):
+        return path_graph(input_size, layers)     # a layer that runs between chains (PReLU): a one-path graph
     return ModelSpec(input_size, tuple(layers), mask_value=mask_value)
+
+
+def frames_after(layer: _Layer, canonical, steps, input_steps):
+    """The fixed number of frames after ``canonical`` (convolutions, pooling and padding change the
+    count a later Flatten sees), or None when the input shape does not fix it."""
+    if isinstance(canonical, TIME_LAYERS) and isinstance(steps, int):
+        steps = canonical.output_steps(steps)
+        if steps < 1:
+            raise UnsupportedModelError(f"{layer.where()}: the model's input of {input_steps} steps is too short "
+                                        f"for its window of {canonical.span} frames")
+    return steps
 
 
 def _major(version) -> int:
@@ -575,5 +657,3 @@ _LAYERS.update({"Conv1D": _conv1d, "MaxPooling1D": _pooling1d, "AveragePooling1D
 #: Layers appended with spec.append_folded: BatchNormalization into the Conv1D or Dense before it,
 #: an Activation into a Conv1D, ZeroPadding1D into the Conv1D after it.
 _FOLDING = ("BatchNormalization", "Activation", "Conv1D")
-#: Layers that change the number of frames (a Flatten after them reads the new count).
-_TIME_KINDS = ("Conv1D", "MaxPooling1D", "AveragePooling1D", "MaxPool1D", "AvgPool1D", "ZeroPadding1D")
