@@ -12,7 +12,7 @@ from .spec import GRU, Activation, ActivationFunction, Dense, LastStep, Merge, M
 from .spec import Embedding, Flatten, GlobalPool, LayerNorm, UnitNorm
 from .errors import InputError
 from .spec import TIME_LAYERS, Conv1D, Pool1D, ZeroPad1D, frame_rate_layers, output_steps
-from .graph import Combine, Concat, Graph, PReLU, Slice
+from .graph import Combine, Concat, Graph, Masking, PReLU, Slice, path_graph
 
 
 def apply_activation(fn: ActivationFunction, x: np.ndarray) -> np.ndarray:
@@ -61,10 +61,13 @@ def apply_activation(fn: ActivationFunction, x: np.ndarray) -> np.ndarray:
     raise AssertionError(f"unhandled activation {fn.kind}")
 
 
-def gru_direction(layer: GRU, d: int, x: np.ndarray, h: np.ndarray, reverse: bool, lengths: np.ndarray):
+def gru_direction(layer: GRU, d: int, x: np.ndarray, h: np.ndarray, reverse: bool, lengths: np.ndarray,
+                  mask=None, zeros_at_masked: bool = False):
     """One direction of a GRU over x (B, T, I) from state h (B, H).
 
-    Returns the outputs (B, T, H), zero past each sequence's length, and the final state.
+    Returns the outputs (B, T, H), zero past each sequence's length, and the final state. With
+    ``mask`` (B, T), the masked steps leave the state as it is and give zeros (``zeros_at_masked``)
+    or the previous output in reading order (zeros before the first valid step).
     """
     H = layer.hidden_size
     W, R, Bias = (np.asarray(a, np.float64) for a in (layer.W[d], layer.R[d], layer.B[d]))
@@ -77,6 +80,15 @@ def gru_direction(layer: GRU, d: int, x: np.ndarray, h: np.ndarray, reverse: boo
     def clipped(v):
         return v if clip is None else np.clip(v, -clip, clip)
 
+    def cell(xt, hb):
+        z = apply_activation(f, clipped(xt @ Wz.T + hb @ Rz.T + Wbz + Rbz))
+        r = apply_activation(f, clipped(xt @ Wr.T + hb @ Rr.T + Wbr + Rbr))
+        if layer.linear_before_reset:
+            n = apply_activation(g, clipped(xt @ Wh.T + r * (hb @ Rh.T + Rbh) + Wbh))
+        else:
+            n = apply_activation(g, clipped(xt @ Wh.T + (r * hb) @ Rh.T + Rbh + Wbh))
+        return (1.0 - z) * n + z * hb
+
     batch, steps, _ = x.shape
     y = np.zeros((batch, steps, H))
     h = h.copy()
@@ -84,16 +96,13 @@ def gru_direction(layer: GRU, d: int, x: np.ndarray, h: np.ndarray, reverse: boo
         n_steps = int(lengths[b])
         order = range(n_steps - 1, -1, -1) if reverse else range(n_steps)
         hb = h[b]
+        previous = np.zeros(H)                  # the output a masked step repeats
         for t in order:
-            xt = x[b, t]
-            z = apply_activation(f, clipped(xt @ Wz.T + hb @ Rz.T + Wbz + Rbz))
-            r = apply_activation(f, clipped(xt @ Wr.T + hb @ Rr.T + Wbr + Rbr))
-            if layer.linear_before_reset:
-                n = apply_activation(g, clipped(xt @ Wh.T + r * (hb @ Rh.T + Rbh) + Wbh))
-            else:
-                n = apply_activation(g, clipped(xt @ Wh.T + (r * hb) @ Rh.T + Rbh + Wbh))
-            hb = (1.0 - z) * n + z * hb
-            y[b, t] = hb
+            if mask is None or mask[b, t]:
+                hb = previous = cell(x[b, t], hb)
+                y[b, t] = hb
+            elif not zeros_at_masked:
+                y[b, t] = previous
         h[b] = hb
     return y, h
 
@@ -105,6 +114,19 @@ def gru(layer: GRU, x: np.ndarray, h0: np.ndarray, lengths: np.ndarray):
     for d, reverse in enumerate(reverse_flags):
         y, h = gru_direction(layer, d, x, h0[d], reverse, lengths)
         outputs.append(y)
+        states.append(h)
+    return np.concatenate(outputs, axis=-1), np.stack(states)
+
+
+def masked_gru(layer: GRU, x: np.ndarray, h0: np.ndarray, mask: np.ndarray):
+    """A GRU node reading a mask (grurt.graph.Masking's rule): its output and (D, B, H) final state.
+    Without return_sequences the output is each direction's output at the last step it reads."""
+    reverse_flags = {"forward": [False], "reverse": [True], "bidirectional": [False, True]}[layer.direction]
+    zeros = layer.direction == "bidirectional" and layer.return_sequences
+    outputs, states = [], []
+    for d, reverse in enumerate(reverse_flags):
+        y, h = gru_direction(layer, d, x, h0[d], reverse, np.full(x.shape[0], x.shape[1]), mask, zeros)
+        outputs.append(y if layer.return_sequences else y[:, 0 if reverse else -1])
         states.append(h)
     return np.concatenate(outputs, axis=-1), np.stack(states)
 
@@ -156,26 +178,24 @@ def run(model, seq, initial_state=None, return_state=False, lengths=None):
     spec: ModelSpec = getattr(model, "spec", model)
     if isinstance(spec, Graph):
         return run_graph(spec, seq, initial_state, return_state, lengths)
+    if spec.mask_value is not None and lengths is None:      # a Masking first, its mask as the graph reads it
+        return run_graph(path_graph(spec.input_size, spec.layers, mask_value=spec.mask_value), seq, initial_state,
+                         return_state)
     if spec.takes_ids:
         ids = np.asarray(seq)
         single = ids.ndim == 1
         ids = ids[None] if single else ids
         x = embed(spec.layers[0], ids)
-        padding = ids == spec.mask_value if spec.mask_value is not None else None
     else:
         x = np.asarray(seq, dtype=np.float64)
         single = x.ndim == 2
         if single:
             x = x[None]
-        padding = (x == spec.mask_value).all(axis=2) if spec.mask_value is not None else None
     batch, steps, _ = x.shape
     flattened = output_steps(spec, steps)   # InputError when a window finds no frames, as Model.run
     if spec.fixed_steps is not None and flattened != spec.fixed_steps:
         raise ValueError(f"the model runs on sequences of exactly {spec.fixed_steps} steps at its Flatten, "
                          f"got {flattened} (from {steps} input frames)")
-    if lengths is None and padding is not None:
-        lengths = np.array([1 + max([t for t in range(steps) if not padding[b, t]], default=0)
-                            for b in range(batch)])
     if lengths is not None and frame_rate_layers(spec):
         index, layer = frame_rate_layers(spec)[0]
         raise InputError(f"lengths cannot be used with layer {index} ({layer.describe()}), "
@@ -218,13 +238,39 @@ def run_graph(graph: Graph, inputs, initial_state=None, return_state=False, leng
         else:
             env[spec.name] = value.astype(np.float64)[None] if single else value.astype(np.float64)
     batch = env[graph.input_names[0]].shape[0]
+    if lengths is not None and any(isinstance(node.layer, Masking) for node in graph.nodes):
+        raise InputError("a graph with a Masking node takes no lengths")
     lengths = None if lengths is None else np.asarray(lengths).reshape(batch)
     grus = graph.gru_nodes
     given = list(initial_state) if initial_state is not None else [None] * len(grus)
     states = []
     for node in graph.nodes:
         layer, args = node.layer, [env[name] for name in node.inputs]
-        if isinstance(layer, Slice):
+        masked = args[-1].dtype == bool and len(args) > 1        # a mask as the last input
+        if isinstance(layer, Masking):
+            x = args[0]
+            if x.dtype.kind in "iu":
+                env[node.outputs[1]] = x != layer.value
+                out = x
+            else:
+                env[node.outputs[1]] = (x != layer.value).any(axis=-1)
+                out = np.where(env[node.outputs[1]][..., None], x, 0.0)
+        elif masked and isinstance(layer, GlobalPool):
+            with np.errstate(invalid="ignore", divide="ignore"):
+                out = np.where(args[1][..., None], args[0], 0.0).sum(axis=1) / args[1].sum(axis=1)[:, None]
+        elif masked:                                            # a GRU
+            d, hidden = layer.num_directions, layer.hidden_size
+            if len(args) == 3:
+                h0 = args[1].reshape(batch, d, hidden).transpose(1, 0, 2)
+            elif given[len(states)] is not None:
+                h0 = np.asarray(given[len(states)], np.float64).reshape(d, batch, hidden)
+            else:
+                h0 = np.zeros((d, batch, hidden))
+            out, h = masked_gru(layer, args[0], h0, args[-1])
+            states.append(h)
+            if len(node.outputs) == 2:
+                env[node.outputs[1]] = np.concatenate(list(h), axis=-1)
+        elif isinstance(layer, Slice):
             out = args[0][..., layer.begin:layer.end]
         elif isinstance(layer, PReLU):
             out = np.where(args[0] >= 0, args[0], args[0] * np.asarray(layer.alpha, np.float64))

@@ -18,15 +18,16 @@ from ..limits import MAX_HEADER_BYTES, MAX_PARAMETERS, parse_json
 from ..spec import GRU, Activation, ActivationFunction, Dense, LastStep, Merge, ModelSpec, Reverse, Scale
 from ..spec import Embedding, Flatten, GlobalPool, LayerNorm, UnitNorm
 from ..spec import TIME_LAYERS, Conv1D, Pool1D, ZeroPad1D
-from ..graph import Combine, Concat, Graph, Input, Node, Output, PReLU, Slice, Tensor, check_node
+from ..graph import Combine, Concat, Graph, Input, Masking, Node, Output, PReLU, Slice, Tensor, check_node
 
-_GRAPH_ONLY = ("Combine", "Concat", "Slice", "PReLU")
+_GRAPH_ONLY = ("Combine", "Concat", "Slice", "PReLU", "Masking")
 
 FORMAT_NAME = "grurt"
 # 1.1: Embedding (input_size null), LayerNorm, UnitNorm, GlobalPool, Flatten; Conv1D, Pool1D, ZeroPad1D
 # 1.2: GRU "weights": "bf16" / "int8" (reduced-precision W and R, docs/format.md)
 # 2.0: graphs: "inputs", "nodes" (a layer and the tensors it reads and writes), "outputs" (issue 11)
-# 1.3 / 2.1: activations gelu, silu, mish, selu, hard_silu, clip; 2.1: the graph layer PReLU (issue 21)
+# 1.3 / 2.1: activations gelu, silu, mish, selu, hard_silu, clip; 2.1: the graph layers PReLU and Masking,
+#            masks read by GRU and GlobalPool nodes (issue 21)
 FORMAT_VERSION = (2, 1)
 HEADER_KEY = "header"
 
@@ -47,6 +48,7 @@ _LAYER_FIELDS = {
     "Concat": {"type"},
     "Slice": {"type", "begin", "end"},
     "PReLU": {"type", "steps"},         # format 2.1
+    "Masking": {"type", "value"},       # format 2.1
 }
 # format 1.1 (issue 12)
 _ARRAYS_1_1 = {Embedding: ("table",), LayerNorm: ("gamma", "beta")}
@@ -103,6 +105,8 @@ def _layer_to_json(layer) -> dict:
         return {"type": "Slice", "begin": layer.begin, "end": layer.end}
     if isinstance(layer, PReLU):
         return {"type": "PReLU", "steps": layer.steps}
+    if isinstance(layer, Masking):
+        return {"type": "Masking", "value": layer.value}
     return {"type": type(layer).__name__}
 
 
@@ -113,7 +117,7 @@ def _activations(layer):
 
 def _newer(layer) -> bool:
     """Whether the layer needs format 1.3 / 2.1."""
-    return isinstance(layer, PReLU) or any(fn.kind in _ACTIVATIONS_1_3 for fn in _activations(layer))
+    return isinstance(layer, (PReLU, Masking)) or any(fn.kind in _ACTIVATIONS_1_3 for fn in _activations(layer))
 
 
 def save(model, path, metadata: dict | None = None) -> None:
@@ -330,6 +334,8 @@ def _layer_from_json(archive, entry, index, features, budget, stored):
         return Concat()
     if kind == "Slice":
         return Slice(entry.get("begin"), entry.get("end"))
+    if kind == "Masking":
+        return Masking(entry.get("value"))
     if kind == "PReLU":
         _expect(features is not None, f"{where}: token ids go only into an Embedding")
         steps = entry.get("steps")

@@ -16,15 +16,16 @@ the one first in (call, tensor index) order keeps the layer's name; the others a
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Optional
 
 from ...errors import GrurtError, ModelFormatError, UnsupportedModelError
 from ...graph import Combine, Concat, Graph, Input, Node, Output, Slice
-from ...graph import node_output
-from ...spec import GRU, Activation, activation, fold_layer, layer_output
+from ...graph import Masking, mask_survives, node_output
+from ...spec import GRU, Activation, GlobalPool, activation, fold_layer, layer_output
 from .layers import (_FOLDING, _LAYERS, OPS, _Layer, _batch_shape, _bidirectional, _gru, _layer_name, _major,
-                     frames_after, is_op, model_layers, tensor_refs)
+                     frames_after, is_op, mask_refs, model_layers, tensor_refs, translate_layer, value_refs)
 
 #: Keras merge layers (keras.layers) → the graph layer; Concatenate joins on the feature axis.
 MERGE_LAYERS = {"Add": "add", "Subtract": "sub", "Multiply": "mul", "Average": "mean", "Maximum": "max",
@@ -39,6 +40,7 @@ class _Tensor:
     features: Optional[int]       # None: token ids
     has_time: bool
     steps: object = None          # fixed number of frames, when the input shape gives one
+    mask: Optional[str] = None    # the grurt mask tensor of its steps (Keras's mask), if any
 
     def describe(self) -> str:
         if self.features is None:
@@ -98,12 +100,14 @@ class _Builder:
         self.tensors, self.nodes, self.producer, self.used = {}, [], {}, set()
         self.inputs = _named_refs(config.get("input_layers"), "input_layers")
         self.outputs = _named_refs(config.get("output_layers"), "output_layers")
-        self.calls = [(layer, call) for layer in layers if layer["class_name"] != "InputLayer"
-                      for call in range(len(layer.get("inbound_nodes") or ()))]
+        calls = [(layer, call) for layer in layers if layer["class_name"] != "InputLayer"
+                 for call in range(len(layer.get("inbound_nodes") or ()))]
+        mask_ops = _mask_operations(calls, {ref for _, ref in self.outputs})
+        self.calls = [(layer, call) for layer, call in calls if _layer_name(layer) not in mask_ops]
         # how often each Keras tensor is read: a layer folds into the one before only when it is the sole reader
         self.reads = {}
         for layer, call in self.calls:
-            for ref in tensor_refs(layer["inbound_nodes"][call]):
+            for ref in value_refs(layer["inbound_nodes"][call]):
                 self.reads[ref] = self.reads.get(ref, 0) + 1
         for _, ref in self.outputs:
             self.reads[ref] = self.reads.get(ref, 0) + 2
@@ -139,23 +143,16 @@ class _Builder:
     # ---- the graph ----
 
     def build(self) -> Graph:
-        for layer, call in self.calls:
-            node, kind = layer["inbound_nodes"][call], layer["class_name"]
-            if kind == "Masking" or (kind == "Embedding" and layer.get("config", {}).get("mask_zero")) or (
-                    isinstance(node, dict) and isinstance(node.get("kwargs"), dict)
-                    and tensor_refs(node["kwargs"].get("mask"))):
-                raise UnsupportedModelError(f"layer {_layer_name(layer)!r} ({kind}): masking is supported in models "
-                                            "that are a simple chain of layers only")
         self.final = self.output_names()
         self.used.update(self.final.values())
         inputs = [self.input(key, ref) for key, ref in self.inputs]
         pending = list(self.calls)
         while pending:
             ready = [(layer, call) for layer, call in pending
-                     if all(ref in self.tensors for ref in tensor_refs(layer["inbound_nodes"][call]))]
+                     if all(ref in self.tensors for ref in value_refs(layer["inbound_nodes"][call]))]
             if not ready:
                 layer, call = pending[0]
-                missing = [ref for ref in tensor_refs(layer["inbound_nodes"][call]) if ref not in self.tensors]
+                missing = [ref for ref in value_refs(layer["inbound_nodes"][call]) if ref not in self.tensors]
                 raise ModelFormatError(f"layer {_layer_name(layer)!r} reads tensor {list(missing[0])}, which no layer "
                                        "of the model computes (or the layers form a cycle)")
             for layer, call in ready:
@@ -216,9 +213,13 @@ class _Builder:
                                         f"{', '.join(MERGE_LAYERS)}, {', '.join(_LAYERS)}")
         try:
             args, kwargs = _call(config, call)
-            for key in ("training", "mask"):
-                if kwargs.pop(key, None) not in (None, False):
-                    raise UnsupportedModelError(f"is called with {key}={kwargs.get(key)!r}")
+            if kwargs.pop("training", None) not in (None, False):
+                raise UnsupportedModelError("is called with training=True")
+            # the mask Keras 3 recorded: grurt derives it (mask_survives), unless it was made by hand
+            if mask_refs({"kwargs": {"mask": kwargs.pop("mask", None)}}) and not any(
+                    self.tensors[ref].mask for ref in value_refs({"args": args})[:1]):
+                raise UnsupportedModelError("is called with a mask= made by hand; grurt derives masks from "
+                                            "Masking and Embedding(mask_zero=True) layers")
             if is_op(config):
                 self.op(config, call, args, kwargs)
             elif kind in MERGE_LAYERS:
@@ -235,10 +236,11 @@ class _Builder:
         except (TypeError, ValueError, KeyError, AttributeError, IndexError) as exc:  # a hostile config
             raise ModelFormatError(f"{where}: malformed config or weights ({exc!r})") from None
 
-    def _layer(self, config, source: _Tensor, layer_config=None) -> _Layer:
+    def _layer(self, config, source: _Tensor, layer_config=None, masked=None) -> _Layer:
         return _Layer(config["class_name"], _layer_name(config), layer_config or config.get("config", {}),
                       self.weights.get(_layer_name(config), []), self.keras_major, source.features, source.has_time,
-                      steps=source.steps, keras_version=self.keras_version)
+                      steps=source.steps, keras_version=self.keras_version,
+                      masked=source.mask is not None if masked is None else masked)
 
     def chain(self, produced, inputs, call_ref, state=None) -> str:
         """Nodes for ``produced`` (canonical layers in order), the first reading ``inputs`` and giving
@@ -258,14 +260,29 @@ class _Builder:
             raise UnsupportedModelError(f"reads {source.describe()}; token ids go into an Embedding layer, "
                                         "which reads nothing else")
         translating = self._layer(config, source)
-        produced = _LAYERS[kind](translating)
-        features, has_time, steps = source.features, source.has_time, source.steps
+        produced = translate_layer(translating)
+        call_ref = (_layer_name(config), call, 0)
+        if produced and isinstance(produced[0], Masking):     # Masking, Embedding(mask_zero): (y, mask)
+            y, mask = (self.name_for(call_ref) if len(produced) == 1 else self.fresh(f"{_label(*call_ref)}/0"),
+                       self.fresh(f"{_label(*call_ref)}/mask"))
+            self.add(produced[0], [source.name], [y, mask])
+            source = _Tensor(y, source.features, source.has_time, source.steps, mask)
+            produced = produced[1:]
+            if not produced:
+                self.tensors[call_ref] = source
+                return
+        features, has_time, steps, mask = source.features, source.has_time, source.steps, source.mask
         for layer in produced:
             features, has_time = node_output(f"layer {_layer_name(config)!r}", layer, features, has_time)
             steps = frames_after(translating, layer, steps, source.steps) if has_time else None
-        call_ref = (_layer_name(config), call, 0)
+            mask = mask if mask_survives(layer, mask is not None) else None
         if not produced:                    # Dropout and friends: the same tensor
             self.tensors[call_ref] = source if call_ref not in self.final else self.alias(source, call_ref)
+            return
+        if isinstance(produced[0], GlobalPool) and produced[0].mode == "average" and source.mask is not None:
+            name = self.name_for(call_ref)      # the mean of the valid steps
+            self.add(produced[0], [source.name, source.mask], [name])
+            self.tensors[call_ref] = _Tensor(name, features, False)
             return
         previous = self.producer.get(source.name)
         if kind in _FOLDING and previous is not None and self.reads.get(ref) == 1 \
@@ -277,17 +294,18 @@ class _Builder:
                     name = self.name_for(call_ref)
                     self.nodes[previous] = Node(merged, node.inputs, (name,))
                     self.producer[name] = previous
-                    self.tensors[call_ref] = _Tensor(name, features, has_time, steps)
+                    self.tensors[call_ref] = _Tensor(name, features, has_time, steps, mask)
                     return
                 self.nodes[previous] = Node(merged, node.inputs, node.outputs)
                 produced = produced[1:]
-        self.tensors[call_ref] = _Tensor(self.chain(produced, [source.name], call_ref), features, has_time, steps)
+        self.tensors[call_ref] = _Tensor(self.chain(produced, [source.name], call_ref), features, has_time, steps,
+                                         mask)
 
     def alias(self, source: _Tensor, ref):
         """A model output that is a no-op layer's: the tensor under the output's name (a linear Activation)."""
         name = self.final[ref]
         self.add(Activation(activation("linear")), [source.name], [name])
-        return _Tensor(name, source.features, source.has_time, source.steps)
+        return _Tensor(name, source.features, source.has_time, source.steps, source.mask)
 
     def merge(self, config, call, args, kwargs):
         kind = config["class_name"]
@@ -313,7 +331,20 @@ class _Builder:
         self.add(layer, [t.name for t in sources], [name])
         steps = next((t.steps for t in sources if isinstance(t.steps, int)), None)
         features = sum(t.features for t in sources) if op == "concat" else sources[0].features
-        self.tensors[call_ref] = _Tensor(name, features, sources[0].has_time, steps)
+        self.tensors[call_ref] = _Tensor(name, features, sources[0].has_time, steps,
+                                         None if is_op(config) else self.merged_mask(sources))
+
+    def merged_mask(self, sources):
+        """The mask of a merge layer's output: Keras 3 ORs its inputs' masks, or drops it when one has
+        none; Keras 2 ANDs the masks there are. Where both agree (one mask shared by all, or none): it."""
+        masks = {t.mask for t in sources}
+        if len(masks) == 1:
+            return masks.pop()
+        if self.keras_major >= 3 and None in masks:
+            return None
+        raise UnsupportedModelError("merges sequences masked differently (" + ", ".join(
+            f"'{t.name}' " + (f"masked by '{t.mask}'" if t.mask else "unmasked") for t in sources)
+            + "); grurt merges sequences that share one mask, or (Keras 3) with an unmasked one")
 
     def op(self, config, call, args, kwargs):
         """A keras.ops operation: x + y, x - y, x * y, keras.ops.maximum / minimum of two tensors and
@@ -332,6 +363,8 @@ class _Builder:
         if kind == "Sigmoid":
             self.layer({"class_name": "Activation", "config": {"name": _layer_name(config), "activation": "sigmoid"}},
                        call, tensor_refs(values[0])[0])
+            call_ref = (_layer_name(config), call, 0)        # an operation drops the mask
+            self.tensors[call_ref] = dataclasses.replace(self.tensors[call_ref], mask=None)
         else:
             self.merge(config, call, [values], {})
 
@@ -363,6 +396,13 @@ class _Builder:
         gru = produced[0]
         hidden = gru.hidden_size
         inputs = [source.name]
+        # Keras 3 hands the input's mask to a GRU called on the sequence alone, not with initial_state
+        reads_mask = source.mask is not None and initial is None
+        if source.mask is not None and initial is not None and self.keras_major < 3:
+            raise UnsupportedModelError("a masked sequence with initial_state is not supported in Keras 2 models")
+        if reads_mask and kind == "GRU" and layer_config.get("zero_output_for_mask"):
+            raise UnsupportedModelError("zero_output_for_mask=True on a masked sequence is not supported (grurt "
+                                        "repeats the previous output at masked steps, as Keras's default)")
         if initial is not None:
             states = [self.tensors[_one_tensor(item, "initial_state")]
                       for item in (initial if isinstance(initial, (list, tuple)) else [initial])]
@@ -377,6 +417,8 @@ class _Builder:
                 inputs.append(joined)
         # the final state: the GRU node's second output (Keras's output 1), or for a Bidirectional its two
         # directions (outputs 1 and 2) cut from it
+        if reads_mask:
+            inputs.append(source.mask)
         state_ref = (name, call, 1)
         state = None if not returns_state else self.name_for(state_ref) if directions == 1 \
             else self.fresh(f"{_label(name, call, 0)}/state")
@@ -384,8 +426,9 @@ class _Builder:
         features, has_time = source.features, source.has_time
         for layer in produced:
             features, has_time = layer_output(f"layer {name!r}", layer, features, has_time)
+        # the output keeps the input's mask when it is a sequence (even when the GRU did not read it)
         self.tensors[call_ref] = _Tensor(self.chain(produced, inputs, call_ref, state), features, has_time,
-                                         source.steps if has_time else None)
+                                         source.steps if has_time else None, source.mask if has_time else None)
         if not returns_state:
             return
         if directions == 1:
@@ -396,6 +439,20 @@ class _Builder:
             target = self.name_for(ref)
             self.add(Slice(direction * hidden, (direction + 1) * hidden), [state], [target])
             self.tensors[ref] = _Tensor(target, hidden, False)
+
+
+def _mask_operations(calls, outputs) -> set:
+    """The keras.ops operations of a Keras 3 config that only compute masks (Masking and mask_zero
+    record them: not_equal, any, ...): those whose every output is read only as a ``mask=`` argument
+    or by another such operation. grurt derives the masks itself."""
+    ops = {_layer_name(layer) for layer, _ in calls if is_op(layer)}
+    while True:
+        value_readers = {ref[0] for layer, call in calls if _layer_name(layer) not in ops
+                         for ref in value_refs(layer["inbound_nodes"][call])}
+        kept = {name for name in ops if name not in value_readers and not any(ref[0] == name for ref in outputs)}
+        if kept == ops:
+            return ops
+        ops = kept
 
 
 def graph_from_keras(model_config: dict, weights: dict, keras_version: str) -> Graph:

@@ -11,7 +11,7 @@ from ...errors import GrurtError, InputError, ModelFormatError, UnsupportedModel
 from ...spec import GRU, MERGE_MODES, Activation, ActivationFunction, Dense, Merge, ModelSpec, Reverse, Scale, activation
 from ...spec import Embedding, Flatten, GlobalPool, LayerNorm, UnitNorm
 from ...spec import TIME_LAYERS, Conv1D, Pool1D, ZeroPad1D, append_folded
-from ...graph import GRAPH_LAYERS, PReLU, node_output, path_graph
+from ...graph import GRAPH_LAYERS, Masking, PReLU, mask_survives, node_output, path_graph
 
 #: Layers that do nothing at inference.
 _NO_OPS = ("Dropout", "SpatialDropout1D", "GaussianNoise", "GaussianDropout", "AlphaDropout")
@@ -75,8 +75,10 @@ def _functional_chain(config, layers):
             raise ModelFormatError(f"functional model: layer {name!r} is missing or the layers form a cycle")
         layer = by_name[name]
         nodes = layer.get("inbound_nodes") or []
-        sources = tensor_refs(nodes[0]) if len(nodes) == 1 else []
-        if len(sources) != 1 or sources[0][1:] != (0, 0) or _returns_state(layer) or is_op(layer):
+        sources = value_refs(nodes[0]) if len(nodes) == 1 else []
+        masks = mask_refs(nodes[0]) if len(nodes) == 1 else []
+        if len(sources) != 1 or sources[0][1:] != (0, 0) or _returns_state(layer) or is_op(layer) \
+                or not all(is_op(by_name.get(ref[0], {})) for ref in masks):     # a mask made by hand
             return None
         chain.append(layer)
         name = sources[0][0]
@@ -94,7 +96,7 @@ def is_op(layer) -> bool:
     says so; an .h5 config keeps no module, and an operation's config, unlike a layer's, has no
     'trainable'."""
     module = str(layer.get("module") or "")
-    return module.startswith("keras.src.ops") or (not module and layer["class_name"] in OPS
+    return module.startswith("keras.src.ops") or (not module and layer.get("class_name") not in (None, "InputLayer")
                                                    and "trainable" not in layer.get("config", {}))
 
 
@@ -103,6 +105,20 @@ def _returns_state(layer) -> bool:
     inner = config.get("layer")     # Bidirectional
     return bool(config.get("return_state") or isinstance(inner, dict) and isinstance(inner.get("config"), dict)
                 and inner["config"].get("return_state"))
+
+
+def value_refs(node):
+    """The tensors an inbound node reads as values: all but a Keras 3 ``mask=`` argument (Keras 3
+    records the mask a layer receives; grurt derives masks by Keras's rule)."""
+    if isinstance(node, dict) and isinstance(node.get("kwargs"), dict) and "mask" in node["kwargs"]:
+        node = {**node, "kwargs": {k: v for k, v in node["kwargs"].items() if k != "mask"}}
+    return tensor_refs(node)
+
+
+def mask_refs(node):
+    """The tensors of a Keras 3 inbound node's ``mask=`` argument."""
+    return tensor_refs(node["kwargs"].get("mask")) if isinstance(node, dict) and isinstance(
+        node.get("kwargs"), dict) else []
 
 
 def tensor_refs(value):
@@ -210,7 +226,7 @@ class _Layer:
     has_time: bool
     steps: object = None          # the input's fixed number of time steps, if the input shape gives one
     keras_version: str = "3"
-    masked: bool = False          # a Masking layer or mask_zero Embedding precedes this layer
+    masked: bool = False          # the input's steps are masked (Masking, mask_zero; Keras's rule, mask_survives)
 
     def where(self) -> str:
         return f"layer {self.name!r} ({self.kind})"
@@ -434,7 +450,11 @@ def _embedding(layer: _Layer):
     table = layer.weights[0]
     dims = (layer.config.get("input_dim"), layer.config.get("output_dim"))
     layer.expect_shape("embeddings", table, dims)
-    return [Embedding(table)]          # mask_zero: spec_from_keras sets mask_value = 0
+    return ([Masking(0)] if layer.config.get("mask_zero") else []) + [Embedding(table)]   # id 0 masks the step
+
+
+def _masking(layer: _Layer):
+    return [Masking(_number(layer, "mask_value", 0.0))]
 
 
 def _layer_normalization(layer: _Layer):
@@ -474,9 +494,6 @@ def _global_pooling(mode):
 
 
 def _flatten_sequence(layer: _Layer):
-    if layer.masked:
-        raise UnsupportedModelError("flattening a masked sequence is not supported (Keras flattens the masked "
-                                    "steps' repeated outputs, grurt's padding is zero)")
     if not isinstance(layer.steps, int) or isinstance(layer.steps, bool) or layer.steps < 1:
         raise UnsupportedModelError("flattening a sequence needs a fixed number of time steps in the model's "
                                     f"input shape (got {layer.steps!r})")
@@ -492,7 +509,7 @@ def _version(version):
         raise ModelFormatError(f"unreadable Keras version {version!r}") from None
 
 
-_LAYERS.update({"Embedding": _embedding, "LayerNormalization": _layer_normalization,
+_LAYERS.update({"Embedding": _embedding, "Masking": _masking, "LayerNormalization": _layer_normalization,
                 "UnitNormalization": _unit_normalization,
                 "GlobalAveragePooling1D": _global_pooling("average"), "GlobalMaxPooling1D": _global_pooling("max")})
 
@@ -511,33 +528,18 @@ def spec_from_keras(model_config: dict, weights: dict, keras_version: str) -> Mo
     elif features is None:
         raise ModelFormatError("cannot tell the number of input features: the model has no weights")
     input_steps = steps = batch_shape[1] if batch_shape else None
-    input_size, has_time, layers, mask_value = features, True, [], None
+    input_size, has_time, layers, masked = features, True, [], False
     for config in chain:
         layer = _Layer(config["class_name"], _layer_name(config), config.get("config", {}),
                        weights.get(_layer_name(config), []), keras_major, features, has_time,
-                       steps=steps, keras_version=str(keras_version), masked=mask_value is not None)
-        if layer.kind == "GlobalMaxPooling1D" and layer.masked and any(g.direction != "forward"
-                                                                      for g in layers if isinstance(g, GRU)):
-            # Keras zeroes masked outputs of reverse/bidirectional GRUs and max-pools them with the rest
-            raise UnsupportedModelError(f"{layer.where()}: max-pooling a masked sequence after a reverse or "
-                                        "bidirectional GRU is not supported")
-        if layer.kind == "Embedding" and layer.config.get("mask_zero") and not layers:
-            mask_value = 0      # id 0 is padding: trailing zeros give each sequence's length
-        if layer.kind == "Masking":
-            # trailing padding becomes each sequence's length (Model.run derives `lengths`)
-            if layers:
-                raise UnsupportedModelError(f"{layer.where()}: grurt supports Masking only as the first layer")
-            mask_value = layer.config.get("mask_value", 0.0)
-            continue
+                       steps=steps, keras_version=str(keras_version), masked=masked)
         if layer.kind not in _LAYERS:
             raise UnsupportedModelError(f"{layer.where()} is not supported; grurt converts InputLayer, "
-                                        f"Masking, {', '.join(_LAYERS)}")
-        try:
-            produced = _LAYERS[layer.kind](layer)
-        except GrurtError as exc:
-            raise type(exc)(f"{layer.where()}: {exc}") from None
-        except (TypeError, ValueError, KeyError, AttributeError, IndexError) as exc:  # a hostile config
-            raise ModelFormatError(f"{layer.where()}: malformed config or weights ({exc!r})") from None
+                                        f"{', '.join(_LAYERS)}")
+        if not masked and any(mask_refs(node) for node in config.get("inbound_nodes") or ()):
+            raise UnsupportedModelError(f"{layer.where()}: is called with a mask= made by hand; grurt derives "
+                                        "masks from Masking and Embedding(mask_zero=True) layers")
+        produced = translate_layer(layer)
         if produced:
             if layer.kind in _FOLDING:
                 append_folded(layers, produced)     # BatchNormalization into Conv1D/Dense, ...
@@ -546,11 +548,31 @@ def spec_from_keras(model_config: dict, weights: dict, keras_version: str) -> Mo
             for canonical in produced:
                 features, has_time = node_output(layer.where(), canonical, features, has_time)
                 steps = frames_after(layer, canonical, steps, input_steps) if has_time else None
+                masked = mask_survives(canonical, masked)
     if not any(isinstance(layer, GRU) for layer in layers):
         raise UnsupportedModelError("the Keras model contains no GRU layer")
-    if any(isinstance(layer, GRAPH_LAYERS) for layer in layers):
-        return path_graph(input_size, layers)     # a layer that runs between chains (PReLU): a one-path graph
-    return ModelSpec(input_size, tuple(layers), mask_value=mask_value)
+    chain_layers = layers[1:] if layers and isinstance(layers[0], Masking) else layers
+    if any(isinstance(layer, GRAPH_LAYERS) for layer in chain_layers) or (
+            chain_layers is not layers and any(isinstance(layer, TIME_LAYERS) for layer in layers)):
+        # a layer run between chains (PReLU, a Masking after the first layer), or a mask that a
+        # convolution drops: a one-path graph
+        return path_graph(input_size, layers)
+    return ModelSpec(input_size, tuple(chain_layers), mask_value=layers[0].value if chain_layers is not layers
+                     else None)
+
+
+def translate_layer(layer: _Layer):
+    """The canonical layers of one Keras layer; errors name it."""
+    if layer.kind == "GRU" and layer.masked and layer.config.get("zero_output_for_mask"):
+        raise UnsupportedModelError(f"{layer.where()}: zero_output_for_mask=True on a masked sequence is not "
+                                    "supported (grurt repeats the previous output at masked steps, as Keras's "
+                                    "default)")
+    try:
+        return _LAYERS[layer.kind](layer)
+    except GrurtError as exc:
+        raise type(exc)(f"{layer.where()}: {exc}") from None
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError) as exc:  # a hostile config
+        raise ModelFormatError(f"{layer.where()}: malformed config or weights ({exc!r})") from None
 
 
 def frames_after(layer: _Layer, canonical, steps, input_steps):
