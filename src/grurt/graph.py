@@ -138,11 +138,69 @@ class Masking:
         return f"Masking({self.value:g})"
 
 
+#: The most steps a Repeat or Unflatten node makes (a model file's counts are bounded here).
+MAX_STEPS = 1 << 24
+
+
+def _steps(owner: str, value) -> int:
+    _count(owner, "steps", value, 1)
+    if value > MAX_STEPS:
+        raise ModelFormatError(f"{owner}: steps {value} is more than grurt makes ({MAX_STEPS}, grurt.graph.MAX_STEPS)")
+    return value
+
+
+@dataclass(frozen=True, eq=False)
+class Repeat:
+    """A vector repeated over ``steps`` steps, (B, F) → (B, steps, F) (Keras's ``RepeatVector``)."""
+
+    steps: int
+
+    def __post_init__(self):
+        _steps("Repeat", self.steps)
+
+    def describe(self) -> str:
+        return f"Repeat({self.steps})"
+
+
+@dataclass(frozen=True, eq=False)
+class Unflatten:
+    """A vector cut into ``steps`` steps, (B, steps·F) → (B, steps, F), step-major (Keras's ``Reshape``
+    of a flat vector to (T, F); the inverse of Flatten)."""
+
+    steps: int
+
+    def __post_init__(self):
+        _steps("Unflatten", self.steps)
+
+    def describe(self) -> str:
+        return f"Unflatten({self.steps})"
+
+
+@dataclass(frozen=True, eq=False)
+class Crop:
+    """``left`` steps cut from the start of each sequence and ``right`` from its end, (B, T, F) →
+    (B, T − left − right, F) (Keras's ``Cropping1D``)."""
+
+    left: int
+    right: int
+
+    def __post_init__(self):
+        _count("Crop", "left", self.left, 0)
+        _count("Crop", "right", self.right, 0)
+        if self.left > MAX_STEPS or self.right > MAX_STEPS:
+            raise ModelFormatError(f"Crop: left {self.left}, right {self.right}: more than {MAX_STEPS} steps")
+
+    def describe(self) -> str:
+        return f"Crop({self.left}, {self.right})"
+
+
 #: Layers a graph node may hold beyond the chain layers: they read several tensors, cut one, or
 #: run as a numpy step between the chains.
-GRAPH_LAYERS = (Combine, Concat, Slice, PReLU, Masking)
+GRAPH_LAYERS = (Combine, Concat, Slice, PReLU, Masking, Repeat, Unflatten, Crop)
 #: The graph layers that read one tensor and give one.
-ONE_INPUT_LAYERS = (Slice, PReLU)
+ONE_INPUT_LAYERS = (Slice, PReLU, Repeat, Unflatten, Crop)
+#: Graph layers that make a sequence whose steps are not their input's: no lengths, no streaming.
+NEW_STEPS_LAYERS = (Repeat, Unflatten, Crop)
 #: Layers that compute each step from that step alone (a mask goes through them).
 STEPWISE_LAYERS = (Dense, Activation, Scale, LayerNorm, UnitNorm, Merge, Reverse, Embedding, PReLU, Slice)
 
@@ -453,6 +511,19 @@ def one_input_output(where: str, layer, given: Tensor) -> Tensor:
         if layer.end > given.features:
             raise ModelFormatError(f"{where}: takes a tensor of at least {layer.end} features, got {given.describe()}")
         return Tensor(layer.end - layer.begin, given.has_time)
+    if isinstance(layer, Repeat):
+        if given.has_time:
+            raise ModelFormatError(f"{where}: repeats a vector (B, F), got {given.describe()}")
+        return Tensor(given.features, True)
+    if isinstance(layer, Unflatten):
+        if given.has_time or given.features % layer.steps:
+            raise ModelFormatError(f"{where}: cuts a vector of a multiple of {layer.steps} features into "
+                                   f"{layer.steps} steps, got {given.describe()}")
+        return Tensor(given.features // layer.steps, True)
+    if isinstance(layer, Crop):
+        if not given.has_time:
+            raise ModelFormatError(f"{where}: crops a sequence, got {given.describe()}")
+        return given
     # PReLU
     if given.features != layer.features or (layer.steps is not None and not given.has_time):
         raise ModelFormatError(f"{where}: alpha {layer.alpha.shape} does not fit {given.describe()}")

@@ -10,7 +10,8 @@ import dataclasses
 import numpy as np
 
 from .errors import InputError
-from .graph import Concat, Graph, Masking, PReLU, Segment, Slice, segments, takes_mask
+from .graph import (NEW_STEPS_LAYERS, Concat, Crop, Graph, Masking, PReLU, Repeat, Segment, Slice, Unflatten, segments,
+                    takes_mask)
 from .spec import GRU, GlobalPool, ModelSpec
 
 _FLOAT32 = np.dtype(np.float32)
@@ -30,6 +31,23 @@ def combine(node, arrays):
             raise InputError(f"node {node.describe()}: its alpha holds {layer.steps} steps, the sequence has "
                              f"{x.shape[1]}: this model runs on sequences of exactly {layer.steps} steps")
         return np.where(x >= 0, x, x * layer.alpha)
+    if layer.__class__ is Repeat:
+        from .model import MEMORY_LIMIT_BYTES
+        batch, features = arrays[0].shape
+        if 4 * batch * layer.steps * features > MEMORY_LIMIT_BYTES:        # Python ints: no overflow
+            raise InputError(f"node {node.describe()}: {batch} × {layer.steps} steps × {features} features would "
+                             f"need more than the limit of {MEMORY_LIMIT_BYTES / 2**30:.1f} GiB "
+                             "(grurt.model.MEMORY_LIMIT_BYTES)")
+        return np.repeat(arrays[0][:, None, :], layer.steps, axis=1)
+    if layer.__class__ is Unflatten:
+        x = arrays[0]
+        return x.reshape(x.shape[0], layer.steps, x.shape[1] // layer.steps)
+    if layer.__class__ is Crop:
+        x = arrays[0]
+        if x.shape[1] <= layer.left + layer.right:
+            raise InputError(f"node {node.describe()}: crops {layer.left + layer.right} steps of a sequence of "
+                             f"{x.shape[1]}: at least {layer.left + layer.right + 1} needed")
+        return np.ascontiguousarray(x[:, layer.left:x.shape[1] - layer.right])
     first = arrays[0]
     if first.ndim == 3 and any(a.shape[1] != first.shape[1] for a in arrays):
         raise InputError(f"node {node.describe()}: its sequences have different numbers of steps "
@@ -165,6 +183,7 @@ class GraphRunner:
         self.state_fed |= {gru_index[id(node)] for node in graph.gru_nodes if len(node.inputs) == 3}
         self.inputs = {i.name: i for i in graph.inputs}
         self.masking = [node for node in graph.nodes if isinstance(node.layer, Masking)]
+        self.new_steps = [node for node in graph.nodes if isinstance(node.layer, NEW_STEPS_LAYERS)]
 
     @staticmethod
     def _reads(step):
@@ -276,6 +295,9 @@ class GraphRunner:
             if self.masking:
                 raise InputError(f"node {self.masking[0].describe()} derives the valid steps from the input: "
                                  "this model takes no lengths")
+            if self.new_steps:
+                raise InputError(f"node {self.new_steps[0].describe()} makes a sequence of other steps than its "
+                                 "input's: this model takes no lengths")
             lengths = self.checked_lengths(lengths, env, batch, single)
         user_states = self.initial_states(initial_state, batch, single)
         final_states = [None] * len(self.graph.gru_nodes)
@@ -412,6 +434,10 @@ class GraphStream:
                 except InputError as exc:
                     raise InputError(f"node {step.describe()}: {exc}") from None
             per_frame.update(step.outputs)
+        for step in runner.steps:
+            if not isinstance(step, Segment) and isinstance(step.layer, NEW_STEPS_LAYERS):
+                raise InputError(f"node {step.describe()} makes a sequence of other steps than the input's: this "
+                                 "model cannot stream, use run()")
         self.per_frame = per_frame
         #: what one advance runs, in order: (its Stream, segment or masked GRU node) or (None, graph layer node)
         self.frame_steps = [(self.streams.get(id(step)), step) for step in runner.steps

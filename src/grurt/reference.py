@@ -12,7 +12,7 @@ from .spec import GRU, Activation, ActivationFunction, Dense, LastStep, Merge, M
 from .spec import Embedding, Flatten, GlobalPool, LayerNorm, UnitNorm
 from .errors import InputError
 from .spec import TIME_LAYERS, Conv1D, Pool1D, ZeroPad1D, frame_rate_layers, output_steps
-from .graph import Combine, Concat, Graph, Masking, PReLU, Slice, path_graph
+from .graph import Combine, Concat, Crop, Graph, Masking, PReLU, Repeat, Slice, Unflatten, path_graph
 
 
 def apply_activation(fn: ActivationFunction, x: np.ndarray) -> np.ndarray:
@@ -274,6 +274,12 @@ def run_graph(graph: Graph, inputs, initial_state=None, return_state=False, leng
             out = args[0][..., layer.begin:layer.end]
         elif isinstance(layer, PReLU):
             out = np.where(args[0] >= 0, args[0], args[0] * np.asarray(layer.alpha, np.float64))
+        elif isinstance(layer, Repeat):
+            out = np.stack([args[0]] * layer.steps, axis=1)
+        elif isinstance(layer, Unflatten):
+            out = args[0].reshape(batch, layer.steps, -1)
+        elif isinstance(layer, Crop):
+            out = args[0][:, layer.left:args[0].shape[1] - layer.right]
         elif isinstance(layer, Concat):
             out = np.concatenate(args, axis=-1)
         elif isinstance(layer, Combine):

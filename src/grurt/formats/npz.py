@@ -18,16 +18,17 @@ from ..limits import MAX_HEADER_BYTES, MAX_PARAMETERS, parse_json
 from ..spec import GRU, Activation, ActivationFunction, Dense, LastStep, Merge, ModelSpec, Reverse, Scale
 from ..spec import Embedding, Flatten, GlobalPool, LayerNorm, UnitNorm
 from ..spec import TIME_LAYERS, Conv1D, Pool1D, ZeroPad1D
-from ..graph import Combine, Concat, Graph, Input, Masking, Node, Output, PReLU, Slice, Tensor, check_node
+from ..graph import (Combine, Concat, Crop, Graph, Input, Masking, Node, Output, PReLU, Repeat, Slice, Tensor, Unflatten,
+                     check_node)
 
-_GRAPH_ONLY = ("Combine", "Concat", "Slice", "PReLU", "Masking")
+_GRAPH_ONLY = ("Combine", "Concat", "Slice", "PReLU", "Masking", "Repeat", "Unflatten", "Crop")
 
 FORMAT_NAME = "grurt"
 # 1.1: Embedding (input_size null), LayerNorm, UnitNorm, GlobalPool, Flatten; Conv1D, Pool1D, ZeroPad1D
 # 1.2: GRU "weights": "bf16" / "int8" (reduced-precision W and R, docs/format.md)
 # 2.0: graphs: "inputs", "nodes" (a layer and the tensors it reads and writes), "outputs" (issue 11)
-# 1.3 / 2.1: activations gelu, silu, mish, selu, hard_silu, clip; 2.1: the graph layers PReLU and Masking,
-#            masks read by GRU and GlobalPool nodes (issue 21)
+# 1.3 / 2.1: activations gelu, silu, mish, selu, hard_silu, clip; 2.1: the graph layers PReLU, Masking,
+#            Repeat, Unflatten and Crop, masks read by GRU and GlobalPool nodes (issue 21)
 FORMAT_VERSION = (2, 1)
 HEADER_KEY = "header"
 
@@ -49,6 +50,9 @@ _LAYER_FIELDS = {
     "Slice": {"type", "begin", "end"},
     "PReLU": {"type", "steps"},         # format 2.1
     "Masking": {"type", "value"},       # format 2.1
+    "Repeat": {"type", "steps"},        # format 2.1
+    "Unflatten": {"type", "steps"},     # format 2.1
+    "Crop": {"type", "left", "right"},  # format 2.1
 }
 # format 1.1 (issue 12)
 _ARRAYS_1_1 = {Embedding: ("table",), LayerNorm: ("gamma", "beta")}
@@ -107,6 +111,10 @@ def _layer_to_json(layer) -> dict:
         return {"type": "PReLU", "steps": layer.steps}
     if isinstance(layer, Masking):
         return {"type": "Masking", "value": layer.value}
+    if isinstance(layer, (Repeat, Unflatten)):
+        return {"type": type(layer).__name__, "steps": layer.steps}
+    if isinstance(layer, Crop):
+        return {"type": "Crop", "left": layer.left, "right": layer.right}
     return {"type": type(layer).__name__}
 
 
@@ -117,7 +125,7 @@ def _activations(layer):
 
 def _newer(layer) -> bool:
     """Whether the layer needs format 1.3 / 2.1."""
-    return isinstance(layer, (PReLU, Masking)) or any(fn.kind in _ACTIVATIONS_1_3 for fn in _activations(layer))
+    return isinstance(layer, (PReLU, Masking, Repeat, Unflatten, Crop)) or any(fn.kind in _ACTIVATIONS_1_3 for fn in _activations(layer))
 
 
 def save(model, path, metadata: dict | None = None) -> None:
@@ -336,6 +344,10 @@ def _layer_from_json(archive, entry, index, features, budget, stored):
         return Slice(entry.get("begin"), entry.get("end"))
     if kind == "Masking":
         return Masking(entry.get("value"))
+    if kind in ("Repeat", "Unflatten"):
+        return (Repeat if kind == "Repeat" else Unflatten)(entry.get("steps"))
+    if kind == "Crop":
+        return Crop(entry.get("left"), entry.get("right"))
     if kind == "PReLU":
         _expect(features is not None, f"{where}: token ids go only into an Embedding")
         steps = entry.get("steps")

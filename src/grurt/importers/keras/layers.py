@@ -3,6 +3,7 @@ table is in :mod:`grurt.importers.keras`).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -11,7 +12,7 @@ from ...errors import GrurtError, InputError, ModelFormatError, UnsupportedModel
 from ...spec import GRU, MERGE_MODES, Activation, ActivationFunction, Dense, Merge, ModelSpec, Reverse, Scale, activation
 from ...spec import Embedding, Flatten, GlobalPool, LayerNorm, UnitNorm
 from ...spec import TIME_LAYERS, Conv1D, Pool1D, ZeroPad1D, append_folded
-from ...graph import GRAPH_LAYERS, Masking, PReLU, mask_survives, node_output, path_graph
+from ...graph import GRAPH_LAYERS, Crop, Masking, PReLU, Repeat, Unflatten, mask_survives, node_output, path_graph
 
 #: Layers that do nothing at inference.
 _NO_OPS = ("Dropout", "SpatialDropout1D", "GaussianNoise", "GaussianDropout", "AlphaDropout")
@@ -578,6 +579,13 @@ def translate_layer(layer: _Layer):
 def frames_after(layer: _Layer, canonical, steps, input_steps):
     """The fixed number of frames after ``canonical`` (convolutions, pooling and padding change the
     count a later Flatten sees), or None when the input shape does not fix it."""
+    if isinstance(canonical, (Repeat, Unflatten)):
+        return canonical.steps
+    if isinstance(canonical, Crop) and isinstance(steps, int):
+        steps -= canonical.left + canonical.right
+        if steps < 1:
+            raise UnsupportedModelError(f"{layer.where()}: crops {canonical.left + canonical.right} steps of the "
+                                        f"{steps + canonical.left + canonical.right} steps it reads")
     if isinstance(canonical, TIME_LAYERS) and isinstance(steps, int):
         steps = canonical.output_steps(steps)
         if steps < 1:
@@ -672,6 +680,56 @@ def _zero_padding1d(layer: _Layer):
     padding = layer.config.get("padding", 1)
     left, right = (padding, padding) if isinstance(padding, int) else padding
     return [ZeroPad1D(left, right)]
+
+
+# ---- RepeatVector, Reshape, Cropping1D (issue 21) ----
+
+def _positive(value, what):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ModelFormatError(f"{what} must be a positive integer, got {value!r}")
+    return value
+
+
+def _repeat_vector(layer: _Layer):
+    if layer.has_time:
+        raise UnsupportedModelError("repeats a vector; its input is a sequence")
+    return [Repeat(_positive(layer.config.get("n"), "n"))]
+
+
+def _reshape(layer: _Layer):
+    """A vector (N,) to (T, F) (an Unflatten), a sequence of fixed T steps (T, F) to (T·F,) (a
+    Flatten), or to the shape it has (nothing)."""
+    target = layer.config.get("target_shape")
+    if not isinstance(target, (list, tuple)) or not 1 <= len(target) <= 2 or list(target).count(-1) > 1 \
+            or not all(d == -1 or (type(d) is int and d >= 1) for d in target):
+        raise ModelFormatError(f"target_shape must be one or two positive sizes (one may be -1), got {target!r}")
+    if layer.has_time and len(target) == 2 and target[1] == layer.features and target[0] in (-1, layer.steps):
+        return []                                           # (T, F) → (T, F)
+    steps = layer.steps if layer.has_time else 1
+    if not isinstance(steps, int):
+        raise UnsupportedModelError(f"reshapes (T, {layer.features}) to {tuple(target)}: grurt needs the steps "
+                                    "fixed by the model's input shape")
+    size, known = steps * layer.features, math.prod(d for d in target if d != -1)
+    if (size % known if -1 in target else size != known):
+        raise ModelFormatError(f"target_shape {tuple(target)} does not hold the {size} values of its input")
+    shape = tuple(size // known if d == -1 else d for d in target)
+    if len(shape) == 1:
+        return [Flatten(steps)] if layer.has_time else []
+    if not layer.has_time:
+        return [Unflatten(shape[0])]
+    raise UnsupportedModelError(f"reshapes ({steps}, {layer.features}) to {shape}; grurt reshapes a vector to "
+                                "(steps, features) and a sequence of fixed steps to a vector")
+
+
+def _cropping1d(layer: _Layer):
+    if not layer.has_time:
+        raise UnsupportedModelError("needs a sequence, but an earlier layer already removed the time axis")
+    cropping = layer.config.get("cropping", (1, 1))
+    left, right = (cropping, cropping) if isinstance(cropping, int) else cropping
+    return [Crop(left, right)]
+
+
+_LAYERS.update({"RepeatVector": _repeat_vector, "Reshape": _reshape, "Cropping1D": _cropping1d})
 
 
 _LAYERS.update({"Conv1D": _conv1d, "MaxPooling1D": _pooling1d, "AveragePooling1D": _pooling1d,
