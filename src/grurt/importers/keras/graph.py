@@ -69,14 +69,41 @@ def _named_refs(value, what):
 
 
 def _call(layer, call):
-    """The positional arguments and keyword arguments of a Keras 3 inbound node (lists and
-    tuples alike: a live model's config has tuples)."""
+    """The positional arguments and keyword arguments of an inbound node, as Keras 3 writes them
+    (lists and tuples alike: a live model's config has tuples). A Keras 2 node is a list of
+    ``[layer, node, tensor, kwargs]``: one entry is the one argument, several a list of tensors
+    (a merge layer's inputs; an RNN's sequence then its initial states), with the kwargs of the
+    last entry."""
     node = layer["inbound_nodes"][call]
+    if isinstance(node, (list, tuple)):
+        if not node or not all(isinstance(entry, (list, tuple)) and len(entry) in (3, 4) for entry in node):
+            raise ModelFormatError(f"a Keras 2 inbound node must list [layer, node, tensor, kwargs] entries, "
+                                   f"got {node!r}")
+        tensors = [_tensor(entry[:3]) for entry in node]
+        kwargs = node[-1][3] if len(node[-1]) == 4 else {}
+        if not isinstance(kwargs, dict):
+            raise ModelFormatError(f"a Keras 2 inbound node's kwargs must be a dict, got {kwargs!r}")
+        return [tensors[0] if len(tensors) == 1 else tensors], {key: _legacy_value(value)
+                                                                for key, value in kwargs.items()}
     if not isinstance(node, dict) or not isinstance(node.get("args", []), (list, tuple)) \
             or not isinstance(node.get("kwargs", {}), dict):
-        raise UnsupportedModelError("grurt reads graphs from Keras 3 configs (inbound nodes {args, kwargs}); "
-                                    "a Keras 2 functional model must be a simple chain")
+        raise ModelFormatError(f"an inbound node must be {{args, kwargs}} (Keras 3) or a list (Keras 2), got "
+                               f"{node!r}")
     return list(node.get("args", [])), dict(node.get("kwargs", {}))
+
+
+def _tensor(history) -> dict:
+    """A Keras 3 tensor reference for a Keras 2 ``[layer, node, tensor]``."""
+    return {"class_name": "__keras_tensor__", "config": {"keras_history": list(tensor_refs([history])[0])}}
+
+
+def _legacy_value(value):
+    """A Keras 2 call kwarg: its ``[layer, node, tensor]`` references as Keras 3 tensors."""
+    if isinstance(value, (list, tuple)) and len(value) == 3 and isinstance(value[0], str):
+        return _tensor(value)
+    if isinstance(value, (list, tuple)):
+        return [_legacy_value(item) for item in value]
+    return value
 
 
 def _one_tensor(value, what):
@@ -102,6 +129,11 @@ class _Builder:
         self.outputs = _named_refs(config.get("output_layers"), "output_layers")
         calls = [(layer, call) for layer in layers if layer["class_name"] != "InputLayer"
                  for call in range(len(layer.get("inbound_nodes") or ()))]
+        for layer, call in calls:        # every tensor reference well formed, before anything reads them
+            try:
+                tensor_refs(layer["inbound_nodes"][call])
+            except ModelFormatError as exc:
+                raise ModelFormatError(f"layer {_layer_name(layer)!r} ({layer['class_name']}): {exc}") from None
         mask_ops = _mask_operations(calls, {ref for _, ref in self.outputs})
         self.calls = [(layer, call) for layer, call in calls if _layer_name(layer) not in mask_ops]
         # how often each Keras tensor is read: a layer folds into the one before only when it is the sole reader
@@ -372,6 +404,8 @@ class _Builder:
         """A GRU or Bidirectional(GRU) call: h0 from ``initial_state`` (a tensor or a list: one per
         direction), and with ``return_state`` the final state(s) as outputs 1 (and 2)."""
         kind, name = config["class_name"], _layer_name(config)
+        if len(args) == 1 and isinstance(args[0], list) and len(args[0]) > 1:    # Keras 2: [x, initial states]
+            args = [args[0][0], args[0][1:]]
         if len(args) not in (1, 2) or (len(args) == 2 and "initial_state" in kwargs) or set(kwargs) - {"initial_state"}:
             raise UnsupportedModelError(f"takes a sequence and initial_state=; called with {len(args)} arguments "
                                         f"and {sorted(kwargs)}")
