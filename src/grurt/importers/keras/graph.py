@@ -25,7 +25,8 @@ from ...graph import Combine, Concat, Graph, Input, Node, Output, Slice
 from ...graph import Masking, mask_survives, node_output
 from ...spec import GRU, Activation, GlobalPool, activation, fold_layer, layer_output
 from .layers import (_FOLDING, _LAYERS, OPS, _Layer, _batch_shape, _bidirectional, _gru, _layer_name, _major,
-                     frames_after, is_op, mask_refs, model_layers, tensor_refs, translate_layer, value_refs)
+                     check_custom_layers, custom_mapping, frames_after, is_op, mask_refs, model_layers, refuse_layer,
+                     tensor_refs, translate_layer, value_refs)
 
 #: Keras merge layers (keras.layers) → the graph layer; Concatenate joins on the feature axis.
 MERGE_LAYERS = {"Add": "add", "Subtract": "sub", "Multiply": "mul", "Average": "mean", "Maximum": "max",
@@ -117,7 +118,8 @@ def _is_tensor(value) -> bool:
 
 
 class _Builder:
-    def __init__(self, model_config, weights, keras_version):
+    def __init__(self, model_config, weights, keras_version, custom_layers=None):
+        self.custom_layers = check_custom_layers(custom_layers)
         self.kind, config, layers = model_layers(model_config)
         self.weights, self.keras_version, self.keras_major = weights, str(keras_version), _major(keras_version)
         self.by_name = {}
@@ -240,9 +242,9 @@ class _Builder:
     def translate(self, config, call):
         kind, name = config["class_name"], _layer_name(config)
         where = f"layer {name!r} ({kind})" if call == 0 else f"layer {name!r} ({kind}, call {call})"
-        if kind not in MERGE_LAYERS and kind not in _LAYERS and not is_op(config):
-            raise UnsupportedModelError(f"{where} is not supported; grurt converts InputLayer, "
-                                        f"{', '.join(MERGE_LAYERS)}, {', '.join(_LAYERS)}")
+        custom = custom_mapping(config, self.custom_layers) if kind != "Lambda" else None
+        if kind not in MERGE_LAYERS and kind not in _LAYERS and not is_op(config) and custom is None:
+            refuse_layer(where, config, f"InputLayer, {', '.join(MERGE_LAYERS)}, {', '.join(_LAYERS)}")
         try:
             args, kwargs = _call(config, call)
             if kwargs.pop("training", None) not in (None, False):
@@ -252,27 +254,27 @@ class _Builder:
                     self.tensors[ref].mask for ref in value_refs({"args": args})[:1]):
                 raise UnsupportedModelError("is called with a mask= made by hand; grurt derives masks from "
                                             "Masking and Embedding(mask_zero=True) layers")
-            if is_op(config):
+            if is_op(config) and custom is None:
                 self.op(config, call, args, kwargs)
-            elif kind in MERGE_LAYERS:
+            elif kind in MERGE_LAYERS and custom is None:
                 self.merge(config, call, args, kwargs)
-            elif kind in ("GRU", "Bidirectional"):
+            elif kind in ("GRU", "Bidirectional") and custom is None:
                 self.gru(config, call, args, kwargs)
             else:
                 if kwargs or len(args) != 1:
                     raise UnsupportedModelError(f"takes one tensor; called with {len(args)} arguments and "
                                                 f"{sorted(kwargs)}")
-                self.layer(config, call, _one_tensor(args[0], "its input"))
+                self.layer(config, call, _one_tensor(args[0], "its input"), custom)
         except GrurtError as exc:
             raise type(exc)(f"{where}: {exc}") from None
         except (TypeError, ValueError, KeyError, AttributeError, IndexError) as exc:  # a hostile config
             raise ModelFormatError(f"{where}: malformed config or weights ({exc!r})") from None
 
-    def _layer(self, config, source: _Tensor, layer_config=None, masked=None) -> _Layer:
+    def _layer(self, config, source: _Tensor, layer_config=None, custom=None) -> _Layer:
         return _Layer(config["class_name"], _layer_name(config), layer_config or config.get("config", {}),
                       self.weights.get(_layer_name(config), []), self.keras_major, source.features, source.has_time,
-                      steps=source.steps, keras_version=self.keras_version,
-                      masked=source.mask is not None if masked is None else masked)
+                      steps=source.steps, keras_version=self.keras_version, masked=source.mask is not None,
+                      custom=custom)
 
     def chain(self, produced, inputs, call_ref, state=None) -> str:
         """Nodes for ``produced`` (canonical layers in order), the first reading ``inputs`` and giving
@@ -285,13 +287,13 @@ class _Builder:
             inputs = [out]
         return out
 
-    def layer(self, config, call, ref):
+    def layer(self, config, call, ref, custom=None):
         kind = config["class_name"]
         source = self.tensors[ref]
-        if (source.features is None) != (kind == "Embedding"):
+        if (source.features is None) != (kind == "Embedding") and custom is None:
             raise UnsupportedModelError(f"reads {source.describe()}; token ids go into an Embedding layer, "
                                         "which reads nothing else")
-        translating = self._layer(config, source)
+        translating = self._layer(config, source, custom=custom)
         produced = translate_layer(translating)
         call_ref = (_layer_name(config), call, 0)
         if produced and isinstance(produced[0], Masking):     # Masking, Embedding(mask_zero): (y, mask)
@@ -489,6 +491,6 @@ def _mask_operations(calls, outputs) -> set:
         ops = kept
 
 
-def graph_from_keras(model_config: dict, weights: dict, keras_version: str) -> Graph:
+def graph_from_keras(model_config: dict, weights: dict, keras_version: str, custom_layers=None) -> Graph:
     """Translate a functional Keras model config and its weights (by layer name) into a Graph."""
-    return _Builder(model_config, weights, keras_version).build()
+    return _Builder(model_config, weights, keras_version, custom_layers).build()

@@ -9,10 +9,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from ...errors import GrurtError, InputError, ModelFormatError, UnsupportedModelError
-from ...spec import GRU, MERGE_MODES, Activation, ActivationFunction, Dense, Merge, ModelSpec, Reverse, Scale, activation
+from ...spec import (GRU, LAYER_TYPES, MERGE_MODES, Activation, ActivationFunction, Dense, Merge, ModelSpec, Reverse,
+                    Scale, activation)
 from ...spec import Embedding, Flatten, GlobalPool, LayerNorm, UnitNorm
 from ...spec import TIME_LAYERS, Conv1D, Pool1D, ZeroPad1D, append_folded
-from ...graph import GRAPH_LAYERS, Crop, Masking, PReLU, Repeat, Unflatten, mask_survives, node_output, path_graph
+from ...graph import (GRAPH_LAYERS, ONE_INPUT_LAYERS, Crop, Masking, PReLU, Repeat, Unflatten, mask_survives,
+                      node_output, path_graph)
 
 #: Layers that do nothing at inference.
 _NO_OPS = ("Dropout", "SpatialDropout1D", "GaussianNoise", "GaussianDropout", "AlphaDropout")
@@ -228,6 +230,7 @@ class _Layer:
     steps: object = None          # the input's fixed number of time steps, if the input shape gives one
     keras_version: str = "3"
     masked: bool = False          # the input's steps are masked (Masking, mask_zero; Keras's rule, mask_survives)
+    custom: object = None         # what custom_layers maps this layer's class to
 
     def where(self) -> str:
         return f"layer {self.name!r} ({self.kind})"
@@ -515,8 +518,10 @@ _LAYERS.update({"Embedding": _embedding, "Masking": _masking, "LayerNormalizatio
                 "GlobalAveragePooling1D": _global_pooling("average"), "GlobalMaxPooling1D": _global_pooling("max")})
 
 
-def spec_from_keras(model_config: dict, weights: dict, keras_version: str) -> ModelSpec:
-    """Translate a Keras model config and its weights (by layer name) into a ModelSpec."""
+def spec_from_keras(model_config: dict, weights: dict, keras_version: str, custom_layers=None) -> ModelSpec:
+    """Translate a Keras model config and its weights (by layer name) into a ModelSpec (a one-path Graph
+    when a layer runs between chains)."""
+    custom_layers = check_custom_layers(custom_layers)
     keras_major = _major(keras_version)
     chain, batch_shape = _chain(model_config)
     takes_ids = bool(chain) and chain[0].get("class_name") == "Embedding"
@@ -533,10 +538,10 @@ def spec_from_keras(model_config: dict, weights: dict, keras_version: str) -> Mo
     for config in chain:
         layer = _Layer(config["class_name"], _layer_name(config), config.get("config", {}),
                        weights.get(_layer_name(config), []), keras_major, features, has_time,
-                       steps=steps, keras_version=str(keras_version), masked=masked)
-        if layer.kind not in _LAYERS:
-            raise UnsupportedModelError(f"{layer.where()} is not supported; grurt converts InputLayer, "
-                                        f"{', '.join(_LAYERS)}")
+                       steps=steps, keras_version=str(keras_version), masked=masked,
+                       custom=custom_mapping(config, custom_layers) if config["class_name"] != "Lambda" else None)
+        if layer.kind not in _LAYERS and layer.custom is None:
+            refuse_layer(layer.where(), config, f"InputLayer, {', '.join(_LAYERS)}")
         if not masked and any(mask_refs(node) for node in config.get("inbound_nodes") or ()):
             raise UnsupportedModelError(f"{layer.where()}: is called with a mask= made by hand; grurt derives "
                                         "masks from Masking and Embedding(mask_zero=True) layers")
@@ -562,8 +567,67 @@ def spec_from_keras(model_config: dict, weights: dict, keras_version: str) -> Mo
                      else None)
 
 
+# ---- layers of the user's own classes (issue 21) ----
+
+def check_custom_layers(custom_layers) -> dict:
+    """``custom_layers`` as given to from_keras / load: {class name: callable or list of grurt layers}."""
+    if custom_layers is None:
+        return {}
+    if not isinstance(custom_layers, dict) or not all(
+            isinstance(key, str) and (callable(value) or isinstance(value, (list, tuple)))
+            for key, value in custom_layers.items()):
+        raise TypeError("custom_layers must be a dict mapping a Keras layer class name to a function "
+                        "(config, weights) -> [grurt layers], or to a list of grurt layers ([] for the identity)")
+    return custom_layers
+
+
+def custom_mapping(config, custom_layers):
+    """What ``custom_layers`` maps a layer config's class to (by class_name, or Keras 3's registered
+    name such as ``"Custom>SqueezeLayer"``), or None."""
+    for key in (config.get("class_name"), config.get("registered_name")):
+        if isinstance(key, str) and key in custom_layers:
+            return custom_layers[key]
+    return None
+
+
+def refuse_layer(where, config, converts):
+    """UnsupportedModelError for a layer grurt does not convert, showing custom_layers for a class of
+    the user's own (a config without a keras module)."""
+    kind = config.get("class_name")
+    if kind == "Lambda":
+        raise UnsupportedModelError(
+            f"{where}: a Lambda layer holds Python code (a marshalled function) that grurt does not run; "
+            "rewrite it with layers grurt converts, or as a layer class of your own mapped with custom_layers=")
+    hint = "" if str(config.get("module") or "").startswith("keras") else (
+        f"; if {kind} is a layer class of your own, say what it computes: grurt.load(path, custom_layers="
+        f"{{{kind!r}: lambda config, weights: [grurt layers]}}) or grurt.from_keras(model, custom_layers=...)")
+    raise UnsupportedModelError(f"{where} is not supported{hint}; grurt converts {converts}")
+
+
+def _custom(layer: _Layer):
+    mapping = layer.custom
+    try:
+        produced = mapping(dict(layer.config), [np.asarray(w) for w in layer.weights]) if callable(mapping) \
+            else mapping
+    except GrurtError:
+        raise
+    except Exception as exc:    # noqa: BLE001 - the user's function: its error, named
+        raise UnsupportedModelError(f"custom_layers[{layer.kind!r}] raised {type(exc).__name__}: {exc}") from exc
+    allowed = LAYER_TYPES + ONE_INPUT_LAYERS + (Masking,)
+    if not isinstance(produced, (list, tuple)) or not all(isinstance(item, allowed) for item in produced):
+        raise UnsupportedModelError(f"custom_layers[{layer.kind!r}] must give a list of grurt layers (grurt.spec, "
+                                    f"grurt.layers, grurt.graph's PReLU, Repeat, Unflatten, Crop, Masking), got "
+                                    f"{produced!r}")
+    return list(produced)
+
+
 def translate_layer(layer: _Layer):
     """The canonical layers of one Keras layer; errors name it."""
+    if layer.custom is not None:
+        try:
+            return _custom(layer)
+        except GrurtError as exc:
+            raise type(exc)(f"{layer.where()}: {exc}") from exc.__cause__
     if layer.kind == "GRU" and layer.masked and layer.config.get("zero_output_for_mask"):
         raise UnsupportedModelError(f"{layer.where()}: zero_output_for_mask=True on a masked sequence is not "
                                     "supported (grurt repeats the previous output at masked steps, as Keras's "
