@@ -4,13 +4,14 @@ Imported by :mod:`grurt.spec` (which re-exports the public names) and :mod:`grur
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
 import numpy as np
 
+from . import limits
 from .errors import ModelFormatError, UnsupportedModelError
+from .limits import MAX_ACTIVATION_PARAMETER, bounded_float, bounded_int, shown
 
 
 # name -> default (alpha, beta); None means the parameter is not used by that function.
@@ -28,6 +29,12 @@ ACTIVATION_DEFAULTS = {
     "thresholded_relu": (1.0, None),   # x if x > alpha else 0
     "linear": (None, None),            # identity (Dense and Activation layers only)
     "softmax": (None, None),           # over the feature axis (Dense and Activation layers only)
+    "gelu": (None, None),              # x·Φ(x) = x/2·(1 + erf(x/√2)) (exact, not the tanh approximation)
+    "silu": (None, None),              # x·sigmoid(x) (swish)
+    "mish": (None, None),              # x·tanh(softplus(x))
+    "selu": (1.6732632423543772, 1.0507009873554805),   # beta·(x if x > 0 else alpha·(exp(x) - 1))
+    "hard_silu": (None, None),         # x·min(max(x + 3, 0), 6)/6 (hard swish)
+    "clip": (0.0, 6.0),                # min(max(x, alpha), beta): relu6, hard_tanh (-1, 1), ReLU(max_value)
 }
 #: Functions that are not elementwise or are meaningless as GRU gate/candidate activations.
 LAYER_ONLY_ACTIVATIONS = ("linear", "softmax")
@@ -52,11 +59,12 @@ class ActivationFunction:
                     raise ModelFormatError(f"activation {self.kind!r} takes no {name} (got {value!r})")
                 continue
             value = default if value is None else value
-            if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.floating, np.integer)):
-                raise ModelFormatError(f"activation {self.kind!r}: {name} must be a number, got {value!r}")
-            if not math.isfinite(float(value)):
-                raise ModelFormatError(f"activation {self.kind!r}: {name} must be finite, got {value!r}")
+            value = bounded_float(f"activation {self.kind!r}", name, value, -MAX_ACTIVATION_PARAMETER,
+                                  MAX_ACTIVATION_PARAMETER, "MAX_ACTIVATION_PARAMETER")
             object.__setattr__(self, name, float(np.float32(value)))
+        if self.kind == "clip" and not self.alpha <= self.beta:
+            raise ModelFormatError(f"activation 'clip': alpha (the lower bound, {self.alpha:g}) must not exceed "
+                                   f"beta (the upper bound, {self.beta:g})")
 
     def describe(self) -> str:
         params = [f"{n}={v:g}" for n, v in (("alpha", self.alpha), ("beta", self.beta)) if v is not None]
@@ -89,9 +97,12 @@ def _weights(owner: str, name: str, value, shape: Tuple[int, ...]) -> np.ndarray
     return array
 
 
-def _positive_int(owner: str, name: str, value) -> int:
+def _positive_int(owner: str, name: str, value, limit_name: str = "") -> int:
+    """``value`` as an int >= 1, and at most the limit ``limit_name`` of grurt.limits when given."""
+    if limit_name:
+        return bounded_int(owner, name, value, 1, getattr(limits, limit_name), limit_name)
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ModelFormatError(f"{owner}: {name} must be a positive integer, got {value!r}")
+        raise ModelFormatError(f"{owner}: {name} must be a positive integer, got {shown(value)}")
     return int(value)
 
 

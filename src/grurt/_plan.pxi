@@ -68,6 +68,16 @@ cdef inline size_t aligned(size_t floats) noexcept nogil:
     return (floats + ALIGN_FLOATS - 1) // ALIGN_FLOATS * ALIGN_FLOATS
 
 
+def out_of_memory(size_t nbytes, what):
+    """The InputError for a failed allocation of ``nbytes`` bytes for ``what``: the call passed the
+    size checks (grurt.model.MEMORY_LIMIT_BYTES), but the memory is not there."""
+    from .errors import InputError
+    from . import model
+    return InputError(f"could not allocate {nbytes / 2**20:.1f} MiB for {what} (the machine or the process's "
+                      f"limit has less free memory; grurt.model.MEMORY_LIMIT_BYTES is "
+                      f"{model.MEMORY_LIMIT_BYTES / 2**30:.1f} GiB)")
+
+
 cdef inline int n_panels(int n_out):
     return (n_out + GRURT_PANEL - 1) // GRURT_PANEL
 
@@ -121,9 +131,12 @@ cdef class Plan:
     cdef readonly int state_width    # sum of D*H over GRU layers: the states of one sequence
     cdef readonly int input_size, output_size
     cdef readonly bint returns_sequence
-    # the size limits of a call (check_size): rows = batch × steps within 32-bit BLAS
-    # indexing, and the bytes a call allocates per row and per sequence
+    # the size limits of a call (check_size): rows = batch × (steps + extra_frames) within
+    # 32-bit BLAS indexing, and the bytes a call allocates per row and per sequence
     cdef readonly size_t max_rows, bytes_per_row, bytes_per_sequence
+    # frames a buffer may hold beyond a call's input steps (layers over time: their padding and
+    # a Conv1D's window), so that every frame count of a call is at most steps + extra_frames
+    cdef readonly size_t extra_frames
     cdef readonly bint time_layers   # Conv1D, Pool1D or ZeroPad1D: frame counts change from layer to layer
     cdef readonly int n_convs
 
@@ -208,10 +221,24 @@ cdef class Plan:
         self.input_size, self.output_size = spec.input_size, spec.output_size
         self.returns_sequence = spec.returns_sequence
         self.max_rows = (2**31 - 1) // max(self.max_features, 1)
-        # input copy, workspace and output per row; workspace per sequence (states, step scratch)
-        self.bytes_per_row = 4 * (spec.input_size + self.workspace_floats(1, 1) - self.workspace_floats(1, 0)
-                                  + spec.output_size)
-        self.bytes_per_sequence = 4 * self.workspace_floats(1, 0)
+        if not self.time_layers:
+            # input copy, workspace and output per row; workspace per sequence (states, step scratch)
+            self.bytes_per_row = 4 * (spec.input_size + self.workspace_floats(1, 1) - self.workspace_floats(1, 0)
+                                      + spec.output_size)
+            self.bytes_per_sequence = 4 * self.workspace_floats(1, 0)
+            return
+        # frame counts vary from layer to layer but never exceed the input's plus the padding the
+        # layers add (spec.added_frames, bounded by grurt.limits.MAX_PADDING_FRAMES) and one
+        # window (a Conv1D's scratch for a streaming step): bounds computed here with Python ints,
+        # so that check_size bounds every size _sizes computes in C ints, before any of them
+        from .spec import added_frames
+        convs = [i for i in range(self.n_layers) if self.layers[i].kind == CONV_LAYER]
+        self.extra_frames = added_frames(spec.layers) + max([self.layers[i].span for i in convs], default=0)
+        # per row: input copy, two buffers of the widest layer, a Conv1D's padded input and product rows, output
+        conv_row = max([self.layers[i].conv.C + 2 * self.layers[i].conv.ldy for i in convs], default=0)
+        self.bytes_per_row = 4 * (spec.input_size + 2 * self.max_features + conv_row + spec.output_size)
+        # per sequence: states, step scratch, alignment of each buffer
+        self.bytes_per_sequence = 4 * (2 * self.max_step_scratch + self.state_width + 8 * ALIGN_FLOATS + 64)
 
     cdef float* _keep(self, array) except NULL:
         kept = aligned_empty(np.size(array))
@@ -432,11 +459,12 @@ cdef class Plan:
                 + <size_t>batch * self.state_width)
 
     cdef size_t _bytes_needed(self, size_t batch, size_t steps) noexcept nogil:
-        return batch * steps * self.bytes_per_row + batch * self.bytes_per_sequence
+        return batch * (steps + self.extra_frames) * self.bytes_per_row + batch * self.bytes_per_sequence
 
     cdef int _check_size(self, size_t batch, size_t steps, size_t memory_limit) noexcept nogil:
-        # batch and steps each within max_rows first, so that their product cannot overflow
-        if batch > self.max_rows or steps > self.max_rows or batch * steps > self.max_rows:
+        # batch and steps each within max_rows first (extra_frames < 2**31), so that no product overflows
+        if (batch > self.max_rows or steps > self.max_rows
+                or batch * (steps + self.extra_frames) > self.max_rows):
             return TOO_MANY_ROWS
         if self._bytes_needed(batch, steps) > memory_limit:
             return TOO_MUCH_MEMORY
@@ -526,7 +554,7 @@ cdef class Plan:
         with nogil:
             raw = <float*>malloc(work_floats * sizeof(float))
         if raw == NULL:
-            raise MemoryError("grurt: could not allocate the workspace for this input")
+            raise out_of_memory(work_floats * sizeof(float), f"the workspace of a call on {B} sequences of {T} steps")
         try:
             return self._execute(B, T, x, states, lengths, out, raw + (-(<size_t>raw) // 4) % ALIGN_FLOATS, threads)
         finally:

@@ -98,7 +98,7 @@ cdef float* aligned_malloc(size_t floats, void** raw) except NULL:
     """``floats`` floats on a cache line boundary; ``raw`` receives the pointer to free."""
     raw[0] = malloc((floats + ALIGN_FLOATS) * sizeof(float))
     if raw[0] == NULL:
-        raise MemoryError("grurt: could not allocate a stream workspace")
+        raise out_of_memory((floats + ALIGN_FLOATS) * sizeof(float), "a stream's workspace")
     return <float*>raw[0] + (-(<size_t>raw[0]) // 4) % ALIGN_FLOATS
 
 
@@ -141,11 +141,13 @@ cdef class Stream:
         self.block_raw = NULL
 
     def __init__(self, model, batch=1, threads=1):
-        self.batch = _positive_int(batch, "batch")
+        batch = _positive_int(batch, "batch")
         if type(threads) is not int or not 1 <= threads <= MAX_THREADS:
             raise InputError(f"threads must be an integer from 1 to {MAX_THREADS}, got {threads!r}")
         self.threads = threads
         model._check_streamable()
+        model._check_stream(batch)          # the sizes below, before anything is allocated
+        self.batch = batch
         self.model = model
         self.plan = model._plan
         self.input_size, self.output_size = self.plan.input_size, self.plan.output_size

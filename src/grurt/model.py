@@ -9,6 +9,7 @@ from . import _kernels
 from . import precision
 from .errors import InputError, ModelFormatError, UnsupportedModelError
 from .graph import Graph
+from .limits import MAX_TENSOR_ELEMENTS
 from .spec import (GRU, TIME_LAYERS, WHOLE_SEQUENCE, Activation, Dense, Embedding, Flatten, GlobalPool, LastStep,
                    LayerNorm, Merge, ModelSpec, Reverse, Scale, UnitNorm, activation, conv_history_shapes,
                    frame_rate_layers, output_steps)
@@ -102,6 +103,9 @@ class Model:
         # no lengths to derive from the input, no ids, any number of steps: the C fast path
         self._plain_runs = spec.mask_value is None and not spec.takes_ids and spec.fixed_steps is None
         self._frame_rate_layers = frame_rate_layers(spec)
+        if spec.mask_value is not None:
+            self._trailing_fill = self._fill_rule()
+            self._masked = None            # the graph runner for other masks, made at its first use
 
     @classmethod
     def chain(cls, layers, input_size=None, mask_value=None) -> "Model":
@@ -189,64 +193,82 @@ class Model:
         GRU layer ((directions, H) for a single sequence). ``initial_state`` takes the same
         form. ``lengths`` (B,) gives each sequence's valid length for padded batches.
         ``threads`` > 1 lets each GRU layer run on up to that many threads of grurt's worker
-        pool, when that is measured to be faster (see the README); results are bit for bit
+        pool, when that is measured to be faster (docs/performance-and-threads.md); results are bit for bit
         those of one thread.
         """
-        # the common call (a float32 sequence or batch, zero states, one thread) is checked in C; anything
-        # else, including what that check turns down, goes through the full checks below
-        if (initial_state is None and not return_state and lengths is None and type(threads) is int
-                and 1 <= threads <= _kernels.MAX_THREADS and self._plain_runs):
-            out = self._plan.run_plain(seq, MEMORY_LIMIT_BYTES, threads)
-            if out is not None:
+        try:
+            # the common call (a float32 sequence or batch, zero states, one thread) is checked in C; anything
+            # else, including what that check turns down, goes through the full checks below
+            if (initial_state is None and not return_state and lengths is None and type(threads) is int
+                    and 1 <= threads <= _kernels.MAX_THREADS and self._plain_runs):
+                out = self._plan.run_plain(seq, MEMORY_LIMIT_BYTES, threads)
+                if out is not None:
+                    return out
+            if self._file_states is not None and initial_state is None and not return_state and (
+                    (type(seq) is dict and set(seq) != set(self.input_names))
+                    or (type(seq) in (list, tuple) and len(seq) == len(self._file_states.inputs) > 1
+                        and all(type(v) is np.ndarray for v in seq))):
+                return self._file_states.run(self, seq, lengths, threads)
+            if self._graph is not None or type(seq) is dict:
+                _check_threads(threads)
+                if self._graph is not None:
+                    return self._graph.run(seq, initial_state, return_state, lengths, threads)
+                seq = self._graph_input(seq)
+            fill = None
+            if self._table is not None:
+                ids, single = self._ids(seq)
+                if lengths is None and self.spec.mask_value is not None:
+                    lengths = self._lengths_from_mask(ids != self.spec.mask_value)
+                    if lengths is None:
+                        return self._run_masked(seq, initial_state, return_state, threads)
+                    fill = self._trailing_fill
+                x = np.take(self._table, ids, axis=0)          # (B, T, E) float32: the ids are checked
+            else:
+                x, single = self._input(seq)                   # checks the size before converting
+                if lengths is None and self.spec.mask_value is not None:
+                    lengths = self._lengths_from_mask((x != np.float32(self.spec.mask_value)).any(axis=2))
+                    if lengths is None:
+                        return self._run_masked(seq, initial_state, return_state, threads)
+                    fill = self._trailing_fill
+            batch, steps = x.shape[0], x.shape[1]
+            # frames out of the time layers (InputError naming the layer when the input is too short)
+            out_steps = output_steps(self.spec, steps) if self._time_layers else steps
+            if self._fixed_steps is not None and out_steps != self._fixed_steps:
+                if self._time_layers:
+                    raise InputError(f"this model flattens exactly {self._fixed_steps} frames, but {steps} input "
+                                     f"frames give {out_steps} after its convolution, pooling and padding layers")
+                raise InputError(f"this model runs only on sequences of {self._fixed_steps} steps (it flattens "
+                                 f"them), got {steps}")
+            if initial_state is None and not return_state:
+                states = None                                   # zero states kept in the workspace
+            else:
+                states = self._initial_states(initial_state, batch, single)
+            if lengths is not None and self._frame_rate_layers:
+                index, layer = self._frame_rate_layers[0]
+                raise InputError(f"lengths cannot be used with layer {index} ({layer.describe()}), which changes "
+                                 "the number of frames or looks ahead: run sequences of different lengths one at a "
+                                 "time")
+            length_array = None if lengths is None else self._lengths(lengths, batch, steps, single)
+            out = np.empty((batch, out_steps, self._output_size) if self._returns_sequence
+                           else (batch, self._output_size), _FLOAT32)
+            _check_threads(threads)
+            self._plan.run(x, states, length_array, out, threads)
+            if fill is not None and self._returns_sequence:      # the masked steps: what Keras gives there
+                padding = np.arange(out.shape[1]) >= length_array[:, None]
+                if isinstance(fill, str):                             # "repeat": the last valid step's output
+                    out[padding] = np.repeat(out[np.arange(batch), length_array - 1], out.shape[1] - length_array,
+                                             axis=0)
+                else:
+                    out[padding] = fill
+            if single:
+                out = out[0]
+            if not return_state:
                 return out
-        if self._file_states is not None and initial_state is None and not return_state and (
-                (type(seq) is dict and set(seq) != set(self.input_names))
-                or (type(seq) in (list, tuple) and len(seq) == len(self._file_states.inputs) > 1
-                    and all(type(v) is np.ndarray for v in seq))):
-            return self._file_states.run(self, seq, lengths, threads)
-        if self._graph is not None or type(seq) is dict:
-            if type(threads) is not int or not 1 <= threads <= _kernels.MAX_THREADS:
-                raise InputError(f"threads must be an integer from 1 to {_kernels.MAX_THREADS}, got {threads!r}")
-            if self._graph is not None:
-                return self._graph.run(seq, initial_state, return_state, lengths, threads)
-            seq = self._graph_input(seq)
-        if self._table is not None:
-            ids, single = self._ids(seq)
-            if lengths is None and self.spec.mask_value is not None:
-                lengths = self._lengths_from_mask(ids == self.spec.mask_value)
-            x = np.take(self._table, ids, axis=0)          # (B, T, E) float32: the ids are checked
-        else:
-            x, single = self._input(seq)                   # checks the size before converting
-            if lengths is None and self.spec.mask_value is not None:
-                lengths = self._lengths_from_mask((x == self.spec.mask_value).all(axis=2))
-        batch, steps = x.shape[0], x.shape[1]
-        # frames out of the time layers (InputError naming the layer when the input is too short)
-        out_steps = output_steps(self.spec, steps) if self._time_layers else steps
-        if self._fixed_steps is not None and out_steps != self._fixed_steps:
-            if self._time_layers:
-                raise InputError(f"this model flattens exactly {self._fixed_steps} frames, but {steps} input frames "
-                                 f"give {out_steps} after its convolution, pooling and padding layers")
-            raise InputError(f"this model runs only on sequences of {self._fixed_steps} steps (it flattens them), "
-                             f"got {steps}")
-        if initial_state is None and not return_state:
-            states = None                                   # zero states kept in the workspace
-        else:
-            states = self._initial_states(initial_state, batch, single)
-        if lengths is not None and self._frame_rate_layers:
-            index, layer = self._frame_rate_layers[0]
-            raise InputError(f"lengths cannot be used with layer {index} ({layer.describe()}), which changes the "
-                             "number of frames or looks ahead: run sequences of different lengths one at a time")
-        length_array = None if lengths is None else self._lengths(lengths, batch, steps, single)
-        out = np.empty((batch, out_steps, self._output_size) if self._returns_sequence
-                       else (batch, self._output_size), _FLOAT32)
-        if type(threads) is not int or not 1 <= threads <= _kernels.MAX_THREADS:
-            raise InputError(f"threads must be an integer from 1 to {_kernels.MAX_THREADS}, got {threads!r}")
-        self._plan.run(x, states, length_array, out, threads)
-        if single:
-            out = out[0]
-        if not return_state:
-            return out
-        return out, [s[:, 0] if single else s for s in states]
+            return out, [s[:, 0] if single else s for s in states]
+        except MemoryError as exc:     # numpy's, past the size checks: the memory is not there
+            raise InputError(f"could not allocate the memory of this call ({exc}); the size checks allow up to "
+                             f"{MEMORY_LIMIT_BYTES / 2**30:.1f} GiB (grurt.model.MEMORY_LIMIT_BYTES), but the machine "
+                             "or the process's limit has less free memory") from None
 
     __call__ = run
 
@@ -260,8 +282,7 @@ class Model:
         as a dict by name (or a list, or the one value), with the stream's batch axis."""
         if self._graph is not None:
             from .graph_model import GraphStream
-            if type(threads) is not int or not 1 <= threads <= _kernels.MAX_THREADS:
-                raise InputError(f"threads must be an integer from 1 to {_kernels.MAX_THREADS}, got {threads!r}")
+            _check_threads(threads)
             return GraphStream(self, batch, threads, static)
         if static is not None:
             raise InputError("this model has no static inputs, got static=")
@@ -346,12 +367,28 @@ class Model:
         """The limits of Plan.check_size (the same check as the C fast path's), explained."""
         failure = self._plan.check_size(batch, steps, MEMORY_LIMIT_BYTES)
         if failure == _kernels.TOO_MANY_ROWS:
-            raise InputError(f"input of {batch} sequences × {steps} steps is too large for 32-bit BLAS indexing")
+            extra = self._plan.extra_frames
+            padding = f" (and the {extra} frames its layers may add to each)" if extra else ""
+            raise InputError(f"input of {batch} sequences × {steps} steps{padding} is too large for 32-bit BLAS "
+                             f"indexing: at most {MAX_TENSOR_ELEMENTS} elements per tensor "
+                             "(grurt.limits.MAX_TENSOR_ELEMENTS)")
         if failure == _kernels.TOO_MUCH_MEMORY:
             needed = self._plan.bytes_needed(batch, steps)
             raise InputError(
                 f"input of {batch} sequences × {steps} steps would need {needed / 2**30:.1f} GiB, "
                 f"more than the limit of {MEMORY_LIMIT_BYTES / 2**30:.1f} GiB (grurt.model.MEMORY_LIMIT_BYTES)")
+
+    def _check_stream(self, batch: int):
+        """InputError unless a Stream of ``batch`` sequences fits the limits: one step's workspace
+        (Plan.check_size) and the Conv1D histories, counted before the Stream allocates them."""
+        if self._plan.check_size(batch, 1, MEMORY_LIMIT_BYTES) == _kernels.FITS:
+            histories = sum(b * (span + 1) * c for b, span, c in conv_history_shapes(self.spec, batch))
+            needed = self._plan.bytes_needed(batch, 1) + 4 * histories
+            if needed <= MEMORY_LIMIT_BYTES:
+                return
+        raise InputError(f"a stream of {batch} sequences is too large: it would need more than "
+                         f"{MEMORY_LIMIT_BYTES / 2**30:.1f} GiB (grurt.model.MEMORY_LIMIT_BYTES) or more than "
+                         f"{MAX_TENSOR_ELEMENTS} elements per tensor (grurt.limits.MAX_TENSOR_ELEMENTS)")
 
     def _initial_states(self, initial_state, batch: int, single: bool, name: str = "initial_state"):
         """Fresh C-contiguous float32 (D, B, H) states: zeros for None, else checked copies."""
@@ -390,20 +427,57 @@ class Model:
             raise InputError(f"token id {bad} is outside the vocabulary [0, {self.spec.vocabulary})")
         return np.ascontiguousarray(seq).reshape(batch, steps), single
 
-    def _lengths_from_mask(self, padding):
-        """Each sequence's length from its trailing padding steps (``padding`` (B, T): the step equals
-        mask_value in every feature, or is the padding id)."""
-        real = ~padding                                                # (B, T)
-        lengths = padding.shape[1] - np.argmax(real[:, ::-1], axis=1)
-        empty = ~real.any(axis=1)
-        if empty.any():
-            raise InputError(f"sequence {int(np.argmax(empty))} is entirely masked (every step equals "
-                             f"mask_value={self.spec.mask_value:g})")
-        holes = real.sum(axis=1) != lengths
-        if holes.any():
-            raise InputError(f"sequence {int(np.argmax(holes))} has masked steps before its last real step; "
-                             "grurt supports masking of trailing padding only")
+    def _lengths_from_mask(self, real):
+        """Each sequence's length when its masked steps are trailing padding and running with these
+        lengths gives what the mask gives (``self._trailing_fill``), else None. ``real`` (B, T): the
+        step has a feature other than mask_value, or is an id other than the padding id."""
+        if self._trailing_fill is False:
+            return None
+        lengths = real.shape[1] - np.argmax(real[:, ::-1], axis=1)
+        if not real[:, 0].all() or (real.sum(axis=1) != lengths).any():    # an empty sequence, or a hole
+            return None
         return lengths
+
+    def _run_masked(self, seq, initial_state, return_state, threads):
+        """A run whose mask is not trailing padding only: the model as a graph whose GRUs read the mask."""
+        if self._masked is None:
+            from .graph import path_graph
+            from .graph_model import GraphRunner
+            graph = path_graph(self.spec.input_size, self.spec.layers, mask_value=self.spec.mask_value)
+            # the Masking node comes first: layer k is node k + 1
+            self._masked = GraphRunner(graph, self.weights, {(i + 1, name): parts
+                                                             for (i, name), parts in self._stored.items()})
+        if type(threads) is not int or not 1 <= threads <= _kernels.MAX_THREADS:
+            raise InputError(f"threads must be an integer from 1 to {_kernels.MAX_THREADS}, got {threads!r}")
+        return self._masked.run(seq, initial_state, return_state, None, threads)
+
+    def _fill_rule(self):
+        """How a run with lengths from trailing padding completes the masked steps of its output as
+        the model's mask rule gives them (grurt.graph.Masking): None (the output has no masked steps),
+        "repeat" (each repeats the sequence's last valid output), a constant (F,) vector, or False when
+        running with lengths cannot give the rule's values (the mask then runs as a graph)."""
+        last_gru = None
+        for index, layer in enumerate(self.spec.layers):
+            if isinstance(layer, (Reverse, Flatten)):      # Keras reverses and flattens the masked steps too
+                return False
+            if isinstance(layer, (LastStep, GlobalPool)):
+                # the mean of the valid steps; a maximum or a last step is the rule's when the masked
+                # steps repeat the valid ones
+                if layer.__class__ is GlobalPool and layer.mode == "average":
+                    return None
+                return None if last_gru is not None and last_gru.direction == "forward" else False
+            if isinstance(layer, GRU):
+                if not layer.return_sequences:
+                    return None
+                last_gru, after = layer, index + 1
+        if last_gru is None:
+            return False
+        if last_gru.direction == "forward":
+            return "repeat"
+        # zeros at the masked steps (a reverse GRU reads them first), then the layers after the GRU
+        zeros = np.zeros((1, 1, last_gru.output_size), _FLOAT32)
+        rest = self.spec.layers[after:]
+        return Model(ModelSpec(last_gru.output_size, rest)).run(zeros)[0, 0] if rest else zeros[0, 0]
 
     @staticmethod
     def _lengths(lengths, batch: int, steps: int, single: bool):
@@ -416,6 +490,11 @@ class Model:
             raise InputError(f"lengths must be between 1 and {steps} (the number of steps), "
                              f"got {values.min()}..{values.max()}")
         return np.ascontiguousarray(values, dtype=np.int32)
+
+
+def _check_threads(threads) -> None:
+    if type(threads) is not int or not 1 <= threads <= _kernels.MAX_THREADS:
+        raise InputError(f"threads must be an integer from 1 to {_kernels.MAX_THREADS}, got {threads!r}")
 
 
 def _kernel_spec(spec: ModelSpec) -> ModelSpec:

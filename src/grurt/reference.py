@@ -11,9 +11,22 @@ from .spec import GRU, Activation, Dense, LastStep, Merge, ModelSpec, Reverse, S
 from .spec import Embedding, Flatten, GlobalPool, LayerNorm, UnitNorm
 from .errors import InputError
 from .spec import TIME_LAYERS, Conv1D, Pool1D, ZeroPad1D, frame_rate_layers, output_steps
-from .graph import Combine, Concat, Graph, Slice
+from .graph import Combine, Concat, Crop, Graph, Masking, PReLU, Repeat, Slice, Unflatten, path_graph
 # the GRU maths and the activations live with the GRU op's reference (the reference of every op is below this module)
 from .reference_ops.recurrent import apply_activation, gru, gru_direction  # noqa: F401 (public: grurt.reference.gru)
+
+
+def masked_gru(layer: GRU, x: np.ndarray, h0: np.ndarray, mask: np.ndarray):
+    """A GRU node reading a mask (grurt.graph.Masking's rule): its output and (D, B, H) final state.
+    Without return_sequences the output is each direction's output at the last step it reads."""
+    reverse_flags = {"forward": [False], "reverse": [True], "bidirectional": [False, True]}[layer.direction]
+    zeros = layer.direction == "bidirectional" and layer.return_sequences
+    outputs, states = [], []
+    for d, reverse in enumerate(reverse_flags):
+        y, h = gru_direction(layer, d, x, h0[d], reverse, np.full(x.shape[0], x.shape[1]), mask, zeros)
+        outputs.append(y if layer.return_sequences else y[:, 0 if reverse else -1])
+        states.append(h)
+    return np.concatenate(outputs, axis=-1), np.stack(states)
 
 
 def reverse_time(x: np.ndarray, lengths: np.ndarray) -> np.ndarray:
@@ -63,26 +76,24 @@ def run(model, seq, initial_state=None, return_state=False, lengths=None):
     spec: ModelSpec = getattr(model, "spec", model)
     if isinstance(spec, Graph):
         return run_graph(spec, seq, initial_state, return_state, lengths)
+    if spec.mask_value is not None and lengths is None:      # a Masking first, its mask as the graph reads it
+        return run_graph(path_graph(spec.input_size, spec.layers, mask_value=spec.mask_value), seq, initial_state,
+                         return_state)
     if spec.takes_ids:
         ids = np.asarray(seq)
         single = ids.ndim == 1
         ids = ids[None] if single else ids
         x = embed(spec.layers[0], ids)
-        padding = ids == spec.mask_value if spec.mask_value is not None else None
     else:
         x = np.asarray(seq, dtype=np.float64)
         single = x.ndim == 2
         if single:
             x = x[None]
-        padding = (x == spec.mask_value).all(axis=2) if spec.mask_value is not None else None
     batch, steps, _ = x.shape
     flattened = output_steps(spec, steps)   # InputError when a window finds no frames, as Model.run
     if spec.fixed_steps is not None and flattened != spec.fixed_steps:
         raise ValueError(f"the model runs on sequences of exactly {spec.fixed_steps} steps at its Flatten, "
                          f"got {flattened} (from {steps} input frames)")
-    if lengths is None and padding is not None:
-        lengths = np.array([1 + max([t for t in range(steps) if not padding[b, t]], default=0)
-                            for b in range(batch)])
     if lengths is not None and frame_rate_layers(spec):
         index, layer = frame_rate_layers(spec)[0]
         raise InputError(f"lengths cannot be used with layer {index} ({layer.describe()}), "
@@ -125,14 +136,48 @@ def run_graph(graph: Graph, inputs, initial_state=None, return_state=False, leng
         else:
             env[spec.name] = value.astype(np.float64)[None] if single else value.astype(np.float64)
     batch = env[graph.input_names[0]].shape[0]
+    if lengths is not None and any(isinstance(node.layer, Masking) for node in graph.nodes):
+        raise InputError("a graph with a Masking node takes no lengths")
     lengths = None if lengths is None else np.asarray(lengths).reshape(batch)
     grus = graph.gru_nodes
     given = list(initial_state) if initial_state is not None else [None] * len(grus)
     states = []
     for node in graph.nodes:
         layer, args = node.layer, [env[name] for name in node.inputs]
-        if isinstance(layer, Slice):
+        masked = args[-1].dtype == bool and len(args) > 1        # a mask as the last input
+        if isinstance(layer, Masking):
+            x = args[0]
+            if x.dtype.kind in "iu":
+                env[node.outputs[1]] = x != layer.value
+                out = x
+            else:
+                env[node.outputs[1]] = (x != layer.value).any(axis=-1)
+                out = np.where(env[node.outputs[1]][..., None], x, 0.0)
+        elif masked and isinstance(layer, GlobalPool):
+            with np.errstate(invalid="ignore", divide="ignore"):
+                out = np.where(args[1][..., None], args[0], 0.0).sum(axis=1) / args[1].sum(axis=1)[:, None]
+        elif masked:                                            # a GRU
+            d, hidden = layer.num_directions, layer.hidden_size
+            if len(args) == 3:
+                h0 = args[1].reshape(batch, d, hidden).transpose(1, 0, 2)
+            elif given[len(states)] is not None:
+                h0 = np.asarray(given[len(states)], np.float64).reshape(d, batch, hidden)
+            else:
+                h0 = np.zeros((d, batch, hidden))
+            out, h = masked_gru(layer, args[0], h0, args[-1])
+            states.append(h)
+            if len(node.outputs) == 2:
+                env[node.outputs[1]] = np.concatenate(list(h), axis=-1)
+        elif isinstance(layer, Slice):
             out = args[0][..., layer.begin:layer.end]
+        elif isinstance(layer, PReLU):
+            out = np.where(args[0] >= 0, args[0], args[0] * np.asarray(layer.alpha, np.float64))
+        elif isinstance(layer, Repeat):
+            out = np.stack([args[0]] * layer.steps, axis=1)
+        elif isinstance(layer, Unflatten):
+            out = args[0].reshape(batch, layer.steps, -1)
+        elif isinstance(layer, Crop):
+            out = args[0][:, layer.left:args[0].shape[1] - layer.right]
         elif isinstance(layer, Concat):
             out = np.concatenate(args, axis=-1)
         elif isinstance(layer, Combine):

@@ -18,7 +18,6 @@ Activations are computed on (batch, time, features) tensors; a GRU with
 """
 from __future__ import annotations
 
-import math
 import dataclasses
 from dataclasses import dataclass, field
 from typing import Optional, Tuple, Union
@@ -28,6 +27,7 @@ import numpy as np
 from ._fields import (ACTIVATION_DEFAULTS, LAYER_ONLY_ACTIVATIONS, LINEAR, POOL_MODES, SIGMOID, TANH,  # noqa: F401
                       ActivationFunction, _positive_int, _weights, activation)
 from .errors import ModelFormatError, UnsupportedModelError
+from .limits import MAX_EPSILON, MAX_FEATURES, MAX_FLOAT32, MAX_PADDING_FRAMES, bounded_float, shown
 from .timelayers import SAME_PADDINGS, TIME_LAYERS, Conv1D, Pool1D, ZeroPad1D, same_pads  # noqa: F401
 
 DIRECTIONS = ("forward", "reverse", "bidirectional")
@@ -85,9 +85,10 @@ class GRU:
             if isinstance(self.clip, (bool, np.bool_, str, bytes)) or np.ndim(self.clip) != 0 \
                     or np.asarray(self.clip).dtype.kind not in "fiu":
                 raise ModelFormatError(f"GRU: clip must be a positive finite number, got {self.clip!r}")
-            clip = float(self.clip)
-            if not clip > 0 or not math.isfinite(clip):
-                raise ModelFormatError(f"GRU: clip must be a positive finite number, got {self.clip!r}")
+            clip = np.asarray(self.clip)[()]
+            if not 0 < clip <= MAX_FLOAT32:
+                raise ModelFormatError(f"GRU: clip must be a positive finite number, at most {MAX_FLOAT32:g} "
+                                       f"(grurt.limits.MAX_FLOAT32), got {shown(self.clip)}")
             set_(self, "clip", float(np.float32(clip)))
 
     @property
@@ -218,10 +219,7 @@ class LastStep:
 # ---- embeddings, normalisation over features, pooling over time, flattening (issue 12) ----
 
 def _epsilon(owner: str, value) -> float:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)) \
-            or not math.isfinite(float(value)) or value < 0:
-        raise ModelFormatError(f"{owner}: epsilon must be a finite number >= 0, got {value!r}")
-    return float(np.float32(value))
+    return float(np.float32(bounded_float(owner, "epsilon", value, 0, MAX_EPSILON, "MAX_EPSILON")))
 
 
 @dataclass(frozen=True, eq=False)
@@ -319,7 +317,7 @@ class Flatten:
     steps: int
 
     def __post_init__(self):
-        object.__setattr__(self, "steps", _positive_int("Flatten", "steps", self.steps))
+        object.__setattr__(self, "steps", _positive_int("Flatten", "steps", self.steps, "MAX_FLATTEN_STEPS"))
 
     def describe(self) -> str:
         return f"Flatten({self.steps} steps)"
@@ -361,10 +359,8 @@ class ModelSpec:
         if not takes_ids:
             object.__setattr__(self, "input_size", _positive_int("model", "input_size", self.input_size))
         if self.mask_value is not None:
-            if isinstance(self.mask_value, (bool, np.bool_)) or not isinstance(
-                    self.mask_value, (int, float, np.integer, np.floating)) or not math.isfinite(self.mask_value):
-                raise ModelFormatError(f"model: mask_value must be a finite number, got {self.mask_value!r}")
-            object.__setattr__(self, "mask_value", float(np.float32(self.mask_value)))
+            mask_value = bounded_float("model", "mask_value", self.mask_value, -MAX_FLOAT32, MAX_FLOAT32, "MAX_FLOAT32")
+            object.__setattr__(self, "mask_value", float(np.float32(mask_value)))
             if takes_ids:
                 if self.mask_value != int(self.mask_value):
                     raise ModelFormatError(f"model: mask_value of a model that takes ids must be an integer id, "
@@ -378,6 +374,10 @@ class ModelSpec:
             if isinstance(layer, Embedding) and index:
                 raise ModelFormatError(f"{where}: an Embedding must be the model's first layer")
             features, has_time = layer_output(where, layer, features, has_time, self.mask_value)
+        added = added_frames(layers)
+        if added > MAX_PADDING_FRAMES:
+            raise ModelFormatError(f"model: its layers add up to {added} zero frames to a sequence, more than "
+                                   f"{MAX_PADDING_FRAMES} (grurt.limits.MAX_PADDING_FRAMES)")
         object.__setattr__(self, "output_size", features)
         object.__setattr__(self, "returns_sequence", has_time)
 
@@ -464,6 +464,9 @@ def layer_output(where: str, layer, features: Optional[int], has_time: bool, mas
     if isinstance(layer, Merge):
         return features // 2, has_time
     if isinstance(layer, Flatten):
+        if features * layer.steps > MAX_FEATURES:
+            raise ModelFormatError(f"{where}: flattens {layer.steps} steps of {features} features, more than "
+                                   f"{MAX_FEATURES} features (grurt.limits.MAX_FEATURES)")
         return features * layer.steps, False
     if isinstance(layer, Conv1D):
         return layer.out_channels, has_time
@@ -521,6 +524,15 @@ def min_steps(spec: ModelSpec) -> int:
             else:
                 needed = max(1, layer.span + layer.stride * (needed - 1) - sum(layer.padding))
     return needed
+
+
+def added_frames(layers) -> int:
+    """The most zero frames ``layers`` add to a sequence: every ZeroPad1D, Conv1D and Pool1D
+    padding, a SAME padding counted as its window − 1. No layer's frame count exceeds the input's
+    plus this."""
+    return sum(layer.left + layer.right if isinstance(layer, ZeroPad1D)
+               else layer.span - 1 if isinstance(layer.padding, str) else sum(layer.padding)
+               for layer in layers if isinstance(layer, TIME_LAYERS))
 
 
 def frame_rate_layers(spec: ModelSpec):

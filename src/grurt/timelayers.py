@@ -17,6 +17,7 @@ import numpy as np
 
 from ._fields import LINEAR, POOL_MODES, ActivationFunction, _positive_int, _weights
 from .errors import ModelFormatError, UnsupportedModelError
+from .limits import MAX_PADDING_FRAMES, MAX_WINDOW_FRAMES, bounded_int
 
 #: The padding rules that depend on the input length (stride > 1); with stride 1 they are
 #: turned into explicit frame counts when the layer is built.
@@ -24,10 +25,8 @@ SAME_PADDINGS = ("same_upper", "same_lower")
 
 
 
-def _non_negative_int(owner: str, name: str, value) -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 0:
-        raise ModelFormatError(f"{owner}: {name} must be a non-negative integer, got {value!r}")
-    return int(value)
+def _padding_frames(owner: str, name: str, value) -> int:
+    return bounded_int(owner, name, value, 0, MAX_PADDING_FRAMES, "MAX_PADDING_FRAMES")
 
 
 def _padding(owner: str, padding, stride: int, span: int):
@@ -42,7 +41,7 @@ def _padding(owner: str, padding, stride: int, span: int):
         return padding
     if not isinstance(padding, (tuple, list)) or len(padding) != 2:
         raise ModelFormatError(f"{owner}: padding must be (left, right) frame counts, got {padding!r}")
-    return tuple(_non_negative_int(owner, "padding", p) for p in padding)
+    return tuple(_padding_frames(owner, "padding", p) for p in padding)
 
 
 def same_pads(steps: int, stride: int, span: int, lower: bool = False) -> Tuple[int, int]:
@@ -102,11 +101,14 @@ class Conv1D(_TimeLayer):
         if W.ndim != 3 or 0 in W.shape:
             raise ModelFormatError(f"Conv1D: W must be a non-empty 3-D (out, in/groups, k) array, got shape {W.shape}")
         set_ = object.__setattr__
-        for name in ("stride", "dilation", "groups"):
-            set_(self, name, _positive_int("Conv1D", name, getattr(self, name)))
+        for name, limit in (("stride", "MAX_STRIDE"), ("dilation", "MAX_DILATION"), ("groups", "")):
+            set_(self, name, _positive_int("Conv1D", name, getattr(self, name), limit))
         if W.shape[0] % self.groups:
             raise ModelFormatError(f"Conv1D: {W.shape[0]} output channels do not split into {self.groups} groups")
         set_(self, "W", _weights("Conv1D", "W", W, W.shape))
+        if self.span > MAX_WINDOW_FRAMES:
+            raise ModelFormatError(f"Conv1D: its window of (kernel_size - 1)·dilation + 1 = {self.span} frames is "
+                                   f"longer than {MAX_WINDOW_FRAMES} (grurt.limits.MAX_WINDOW_FRAMES)")
         set_(self, "b", _weights("Conv1D", "b", self.b, (W.shape[0],)))
         set_(self, "padding", _padding("Conv1D", self.padding, self.stride, self.span))
         if not isinstance(self.activation, ActivationFunction):
@@ -161,8 +163,8 @@ class Pool1D(_TimeLayer):
         if self.mode not in POOL_MODES:
             raise UnsupportedModelError(f"Pool1D: mode {self.mode!r} is not one of {POOL_MODES}")
         set_ = object.__setattr__
-        for name in ("size", "stride"):
-            set_(self, name, _positive_int("Pool1D", name, getattr(self, name)))
+        for name, limit in (("size", "MAX_WINDOW_FRAMES"), ("stride", "MAX_STRIDE")):
+            set_(self, name, _positive_int("Pool1D", name, getattr(self, name), limit))
         set_(self, "padding", _padding("Pool1D", self.padding, self.stride, self.size))
         if not isinstance(self.padding, str) and max(self.padding) >= self.size:
             raise ModelFormatError(f"Pool1D: padding {self.padding} must be smaller than the window ({self.size}) "
@@ -190,8 +192,8 @@ class ZeroPad1D:
     right: int = 0
 
     def __post_init__(self):
-        object.__setattr__(self, "left", _non_negative_int("ZeroPad1D", "left", self.left))
-        object.__setattr__(self, "right", _non_negative_int("ZeroPad1D", "right", self.right))
+        object.__setattr__(self, "left", _padding_frames("ZeroPad1D", "left", self.left))
+        object.__setattr__(self, "right", _padding_frames("ZeroPad1D", "right", self.right))
 
     def output_steps(self, steps: int) -> int:
         return steps + self.left + self.right

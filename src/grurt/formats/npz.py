@@ -18,14 +18,17 @@ from ..limits import MAX_HEADER_BYTES, MAX_PARAMETERS, parse_json
 from ..spec import GRU, Activation, ActivationFunction, Dense, LastStep, Merge, ModelSpec, Reverse, Scale
 from ..spec import Embedding, Flatten, GlobalPool, LayerNorm, UnitNorm
 from ..spec import TIME_LAYERS, Conv1D, Pool1D, ZeroPad1D
-from ..graph import Combine, Concat, Graph, Input, Node, Output, Slice, Tensor, check_node
+from ..graph import (Combine, Concat, Crop, Graph, Input, Masking, Node, Output, PReLU, Repeat, Slice, Tensor, Unflatten,
+                     check_node)
 
-_GRAPH_ONLY = ("Combine", "Concat", "Slice")
+_GRAPH_ONLY = ("Combine", "Concat", "Slice", "PReLU", "Masking", "Repeat", "Unflatten", "Crop")
 
 FORMAT_NAME = "grurt"
 # 1.1: Embedding (input_size null), LayerNorm, UnitNorm, GlobalPool, Flatten; Conv1D, Pool1D, ZeroPad1D
 # 1.2: GRU "weights": "bf16" / "int8" (reduced-precision W and R, docs/format.md)
 # 2.0: graphs: "inputs", "nodes" (a layer and the tensors it reads and writes), "outputs" (issue 11)
+# 1.3 / 2.1: activations gelu, silu, mish, selu, hard_silu, clip; 2.1: the graph layers PReLU, Masking,
+#            Repeat, Unflatten and Crop, masks read by GRU and GlobalPool nodes (issue 21)
 # 3.0: general tensor graphs: nodes of ONNX ops over named N-D tensors, "constants" (issue 20)
 FORMAT_VERSION = (3, 0)
 HEADER_KEY = "header"
@@ -46,12 +49,20 @@ _LAYER_FIELDS = {
     "Combine": {"type", "op"},
     "Concat": {"type"},
     "Slice": {"type", "begin", "end"},
+    "PReLU": {"type", "steps"},         # format 2.1
+    "Masking": {"type", "value"},       # format 2.1
+    "Repeat": {"type", "steps"},        # format 2.1
+    "Unflatten": {"type", "steps"},     # format 2.1
+    "Crop": {"type", "left", "right"},  # format 2.1
 }
 # format 1.1 (issue 12)
 _ARRAYS_1_1 = {Embedding: ("table",), LayerNorm: ("gamma", "beta")}
 #: the layers a 1.0 reader does not know: a file holding one is written as 1.1, any other as 1.0
 _TYPES_1_1 = (Embedding, LayerNorm, UnitNorm, GlobalPool, Flatten) + TIME_LAYERS
 _ARRAYS.update(_ARRAYS_1_1)
+_ARRAYS[PReLU] = ("alpha",)
+#: activation kinds a 1.2 (2.0) reader does not know: a file using one is written as 1.3 (2.1)
+_ACTIVATIONS_1_3 = ("gelu", "silu", "mish", "selu", "hard_silu", "clip")
 _LAYER_FIELDS.update({
     "Embedding": {"type", "vocabulary", "features"},
     "LayerNorm": {"type", "epsilon"},
@@ -97,7 +108,25 @@ def _layer_to_json(layer) -> dict:
         return {"type": "Combine", "op": layer.op}
     if isinstance(layer, Slice):
         return {"type": "Slice", "begin": layer.begin, "end": layer.end}
+    if isinstance(layer, PReLU):
+        return {"type": "PReLU", "steps": layer.steps}
+    if isinstance(layer, Masking):
+        return {"type": "Masking", "value": layer.value}
+    if isinstance(layer, (Repeat, Unflatten)):
+        return {"type": type(layer).__name__, "steps": layer.steps}
+    if isinstance(layer, Crop):
+        return {"type": "Crop", "left": layer.left, "right": layer.right}
     return {"type": type(layer).__name__}
+
+
+def _activations(layer):
+    return [getattr(layer, name) for name in ("activation", "function", "gate_activation", "candidate_activation")
+            if isinstance(getattr(layer, name, None), ActivationFunction)]
+
+
+def _newer(layer) -> bool:
+    """Whether the layer needs format 1.3 / 2.1."""
+    return isinstance(layer, (PReLU, Masking, Repeat, Unflatten, Crop)) or any(fn.kind in _ACTIVATIONS_1_3 for fn in _activations(layer))
 
 
 def save(model, path, metadata: dict | None = None) -> None:
@@ -119,16 +148,16 @@ def save(model, path, metadata: dict | None = None) -> None:
                                         and graph.output_names == ("output",)):
         # a chain is written in the oldest version that holds it (1.0, 1.1 for the newer layers,
         # 1.2 for reduced-precision weights), so that older grurt releases load it
-        version = ((1, 2) if weights != "float32"
+        version = ((1, 3) if any(_newer(layer) for layer in spec.layers) else (1, 2) if weights != "float32"
                    else (1, 1) if any(isinstance(layer, _TYPES_1_1) for layer in spec.layers) else (1, 0))
         layers = spec.layers
         header.update(input_size=spec.input_size, layers=[_layer_to_json(layer) for layer in layers])
         entries = header["layers"]
         if spec.mask_value is not None:
             header["mask_value"] = spec.mask_value
-    else:                # a graph, or a chain with the names of its source: 2.0
-        version = (2, 0)
+    else:                # a graph, or a chain with the names of its source: 2.0 (2.1 with the newer layers)
         layers = [node.layer for node in graph.nodes]
+        version = (2, 1) if any(_newer(layer) for layer in layers) else (2, 0)
         header.update(
             inputs=[{"name": i.name, "kind": i.kind, "size": i.size, "directions": i.directions}
                     for i in graph.inputs],
@@ -262,7 +291,17 @@ def _read_array(archive: zipfile.ZipFile, key: str, shape: tuple, where: str, dt
 
 def _layer_from_json(archive, entry, index, features, budget, stored):
     """The layer of header entry ``entry``; a reduced-precision GRU's stored arrays go into
-    ``stored`` as (index, name) -> parts (see grurt.precision.stored)."""
+    ``stored`` as (index, name) -> parts (see grurt.precision.stored). A layer's own checks
+    (every number within grurt.limits) name the layer's index."""
+    try:
+        return _layer_fields(archive, entry, index, features, budget, stored)
+    except GrurtError as exc:
+        if str(exc).startswith(f"layer {index}"):
+            raise
+        raise type(exc)(f"layer {index}: {exc}") from None
+
+
+def _layer_fields(archive, entry, index, features, budget, stored):
     where = f"layer {index}"
     _expect(isinstance(entry, dict), f"{where}: expected an object, got {entry!r}")
     kind = entry.get("type")
@@ -319,6 +358,18 @@ def _layer_from_json(archive, entry, index, features, budget, stored):
         return Concat()
     if kind == "Slice":
         return Slice(entry.get("begin"), entry.get("end"))
+    if kind == "Masking":
+        return Masking(entry.get("value"))
+    if kind in ("Repeat", "Unflatten"):
+        return (Repeat if kind == "Repeat" else Unflatten)(entry.get("steps"))
+    if kind == "Crop":
+        return Crop(entry.get("left"), entry.get("right"))
+    if kind == "PReLU":
+        _expect(features is not None, f"{where}: token ids go only into an Embedding")
+        steps = entry.get("steps")
+        shape = (features,) if steps is None else (_int_field(entry, "steps", where), features)
+        _check_budget(shape[0] * shape[-1] if len(shape) == 2 else features, budget, where)
+        return PReLU(array("alpha", shape))
     _expect(features is not None or kind == "Embedding", f"{where}: token ids go only into an Embedding")
     if kind in _LAYERS_1_1:
         return _LAYERS_1_1[kind](entry, array, features, budget, where)

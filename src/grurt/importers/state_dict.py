@@ -48,7 +48,9 @@ from __future__ import annotations
 import io
 import math
 import os
+import pickle
 import re
+import warnings
 import zipfile
 import zlib
 from collections.abc import Mapping
@@ -56,7 +58,8 @@ from collections.abc import Mapping
 import numpy as np
 
 from ..errors import GrurtError, ModelFormatError, UnsupportedModelError
-from ..limits import MAX_ARRAYS, MAX_MEMBER_BYTES, MAX_PARAMETERS
+from ..limits import (MAX_ARRAYS, MAX_LAYER_INDEX, MAX_MEMBER_BYTES, MAX_PARAMETERS, MAX_PICKLE_BYTES,
+                      MAX_TORCH_BYTES, shown)
 from ..model import Model
 from ..spec import (GRU, Activation, ActivationFunction, Conv1D, Dense, Embedding, LastStep, LayerNorm, ModelSpec,
                     Scale, activation, append_folded)
@@ -348,10 +351,60 @@ def _read_torch(path) -> dict:
         raise ImportError(f"reading {os.path.basename(path)} needs torch (torch.load); without torch, save the "
                           "state dict as .npz or .safetensors: numpy.savez(path, **{k: v.numpy() for k, v in "
                           "state_dict.items()})") from None
-    value = torch.load(path, map_location="cpu", weights_only=True)     # never arbitrary unpickling
+    _check_torch_file(path)
+    try:
+        with warnings.catch_warnings():     # torch warns before refusing a TorchScript archive: refused below
+            warnings.filterwarnings("ignore", message=".*TorchScript archive")
+            value = torch.load(path, map_location="cpu", weights_only=True)     # never arbitrary unpickling
+    except pickle.UnpicklingError as exc:       # weights_only refused a Python object
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        what = found.group(1) if found else "Python object"
+        if not what.startswith("torch.nn."):
+            raise ModelFormatError(f"{path}: not a readable .pt state dict: it holds a pickled {what}, which only "
+                                   "arbitrary unpickling could read, and grurt never unpickles code") from None
+        raise ModelFormatError(
+            f"{path}: not a readable .pt state dict: it holds a pickled {what} (torch.save(model) saves the module, "
+            "not its state dict), and grurt never unpickles code. If you trust the file, load it and convert the "
+            "module: grurt.from_torch(torch.load(path, weights_only=False)); or save its weights once with "
+            "torch.save(model.state_dict(), path) and read those") from None
+    except RuntimeError as exc:
+        if "TorchScript" not in str(exc):
+            raise
+        raise ModelFormatError(f"{path}: not a readable .pt state dict: it is a TorchScript archive (torch.jit.save); "
+                               "read its weights with grurt.from_state_dict(torch.jit.load(path).state_dict(), ...)"
+                               ) from None
     if not isinstance(value, Mapping):
         raise ModelFormatError(f"{path} holds a {type(value).__name__}, not a state dict")
     return dict(value)
+
+
+_TORCH_STORAGE = re.compile(r"[^/]*/data/\d+")      # a tensor storage's member in a torch.save archive
+
+
+def _check_torch_file(path):
+    """torch.load reads each member of a .pt zip archive whole, at the size the archive's directory
+    declares (the pickle, every storage): those sizes are bounded here first. A legacy (non-zip)
+    file holds its storages inline: its own size bounds them."""
+    if not zipfile.is_zipfile(path):
+        if os.path.getsize(path) > MAX_TORCH_BYTES:
+            raise ModelFormatError(f"{path}: larger than {MAX_TORCH_BYTES >> 20} MiB (grurt.limits.MAX_TORCH_BYTES)")
+        return
+    with zipfile.ZipFile(path) as archive:
+        infos = archive.infolist()
+    if len(infos) > MAX_ARRAYS:
+        raise ModelFormatError(f"{path}: {len(infos)} archive members, more than {MAX_ARRAYS} "
+                               "(grurt.limits.MAX_ARRAYS)")
+    total = 0
+    for info in infos:
+        limit, name = ((MAX_TORCH_BYTES, "MAX_TORCH_BYTES") if _TORCH_STORAGE.fullmatch(info.filename)
+                       else (MAX_PICKLE_BYTES, "MAX_PICKLE_BYTES"))
+        if info.file_size > limit:
+            raise ModelFormatError(f"{path}: member {shown(info.filename)} declares {info.file_size} bytes, more "
+                                   f"than {limit >> 20} MiB (grurt.limits.{name})")
+        total += info.file_size
+    if total > MAX_TORCH_BYTES:
+        raise ModelFormatError(f"{path}: its members declare {total} bytes in all, more than "
+                               f"{MAX_TORCH_BYTES >> 20} MiB (grurt.limits.MAX_TORCH_BYTES)")
 
 
 # ---- modules: names → types → canonical layers ----
@@ -468,6 +521,12 @@ def _param(where, params, name, shape):
 def _gru_module(prefix, params) -> list:
     """nn.GRU: weight_ih_l{k}[_reverse], ... → one GRU layer per k."""
     where = f"module {_name(prefix)} (nn.GRU)"
+    for name in params:     # the layer index, bounded before anything counts up to it
+        k = _GRU_PARAM.fullmatch(name).group(2)
+        if len(k) > len(str(MAX_LAYER_INDEX)) or int(k) > MAX_LAYER_INDEX:
+            index = k if len(k) <= 20 else f"of {len(k)} digits"
+            raise ModelFormatError(f"{where}: parameter {shown(name)} has layer index {index}, more than "
+                                   f"{MAX_LAYER_INDEX} (grurt.limits.MAX_LAYER_INDEX)")
     found = {_GRU_PARAM.fullmatch(name).groups() for name in params}
     depth = 1 + max(int(k) for _, k, _ in found)
     directions = 2 if any(reverse for _, _, reverse in found) else 1

@@ -4,6 +4,7 @@ is the one :mod:`grurt.reference` runs canonical GRU layers with."""
 from __future__ import annotations
 
 import numpy as np
+from scipy import special
 
 from ..ops.recurrent import direction_activations
 from ..spec import GRU, ActivationFunction
@@ -37,16 +38,31 @@ def apply_activation(fn: ActivationFunction, x: np.ndarray) -> np.ndarray:
             return np.where(x > a, x, 0.0)
         if fn.kind == "linear":
             return x
+        if fn.kind == "gelu":
+            return 0.5 * x * special.erfc(-x / np.sqrt(2.0))
+        if fn.kind == "silu":
+            return x * (0.5 * (np.tanh(0.5 * x) + 1.0))
+        if fn.kind == "mish":
+            return x * np.tanh(np.logaddexp(0.0, x))
+        if fn.kind == "selu":
+            return b * np.where(x > 0, x, a * np.expm1(np.minimum(x, 0.0)))
+        if fn.kind == "hard_silu":
+            return x * np.clip(x + 3.0, 0.0, 6.0) / 6.0
+        if fn.kind == "clip":
+            return np.clip(x, a, b)
         if fn.kind == "softmax":
             shifted = np.exp(x - x.max(axis=-1, keepdims=True))
             return shifted / shifted.sum(axis=-1, keepdims=True)
     raise AssertionError(f"unhandled activation {fn.kind}")
 
 
-def gru_direction(layer: GRU, d: int, x: np.ndarray, h: np.ndarray, reverse: bool, lengths: np.ndarray):
+def gru_direction(layer: GRU, d: int, x: np.ndarray, h: np.ndarray, reverse: bool, lengths: np.ndarray,
+                  mask=None, zeros_at_masked: bool = False):
     """One direction of a GRU over x (B, T, I) from state h (B, H).
 
-    Returns the outputs (B, T, H), zero past each sequence's length, and the final state.
+    Returns the outputs (B, T, H), zero past each sequence's length, and the final state. With
+    ``mask`` (B, T), the masked steps leave the state as it is and give zeros (``zeros_at_masked``)
+    or the previous output in reading order (zeros before the first valid step).
     """
     H = layer.hidden_size
     W, R, Bias = (np.asarray(a, np.float64) for a in (layer.W[d], layer.R[d], layer.B[d]))
@@ -59,6 +75,15 @@ def gru_direction(layer: GRU, d: int, x: np.ndarray, h: np.ndarray, reverse: boo
     def clipped(v):
         return v if clip is None else np.clip(v, -clip, clip)
 
+    def cell(xt, hb):
+        z = apply_activation(f, clipped(xt @ Wz.T + hb @ Rz.T + Wbz + Rbz))
+        r = apply_activation(f, clipped(xt @ Wr.T + hb @ Rr.T + Wbr + Rbr))
+        if layer.linear_before_reset:
+            n = apply_activation(g, clipped(xt @ Wh.T + r * (hb @ Rh.T + Rbh) + Wbh))
+        else:
+            n = apply_activation(g, clipped(xt @ Wh.T + (r * hb) @ Rh.T + Rbh + Wbh))
+        return (1.0 - z) * n + z * hb
+
     batch, steps, _ = x.shape
     y = np.zeros((batch, steps, H))
     h = h.copy()
@@ -66,16 +91,13 @@ def gru_direction(layer: GRU, d: int, x: np.ndarray, h: np.ndarray, reverse: boo
         n_steps = int(lengths[b])
         order = range(n_steps - 1, -1, -1) if reverse else range(n_steps)
         hb = h[b]
+        previous = np.zeros(H)                  # the output a masked step repeats
         for t in order:
-            xt = x[b, t]
-            z = apply_activation(f, clipped(xt @ Wz.T + hb @ Rz.T + Wbz + Rbz))
-            r = apply_activation(f, clipped(xt @ Wr.T + hb @ Rr.T + Wbr + Rbr))
-            if layer.linear_before_reset:
-                n = apply_activation(g, clipped(xt @ Wh.T + r * (hb @ Rh.T + Rbh) + Wbh))
-            else:
-                n = apply_activation(g, clipped(xt @ Wh.T + (r * hb) @ Rh.T + Rbh + Wbh))
-            hb = (1.0 - z) * n + z * hb
-            y[b, t] = hb
+            if mask is None or mask[b, t]:
+                hb = previous = cell(x[b, t], hb)
+                y[b, t] = hb
+            elif not zeros_at_masked:
+                y[b, t] = previous
         h[b] = hb
     return y, h
 
@@ -89,6 +111,7 @@ def gru(layer: GRU, x: np.ndarray, h0: np.ndarray, lengths: np.ndarray):
         outputs.append(y)
         states.append(h)
     return np.concatenate(outputs, axis=-1), np.stack(states)
+
 
 
 def onnx_gru(attrs, inputs):

@@ -42,7 +42,7 @@ from ...errors import GrurtError, InputError, ModelFormatError, UnsupportedModel
 from ...model import Model
 from ...spec import LastStep
 from .conv import _ConvOps, _TooShort
-from .graph import _Layout, _Mismatch
+from .graph import _Layout, _Mismatch, _TooLarge
 from .gru import _GRUOp
 from .norm import _NormOps
 from .ops import _Ops
@@ -102,15 +102,20 @@ def _import(path):
 
 
 def _interpret_dynamic(source):
-    result = _interpret(source)
-    if source.dynamic:
-        try:
-            other = _interpret(source, probe=1)
-        except GrurtError as exc:
-            raise UnsupportedModelError(f"the graph works only for some input sizes: {exc}") from None
-        if other.signature() != result.signature():
-            raise UnsupportedModelError("the graph means a different model for different input sizes "
-                                        "(e.g. a hard-coded time index or batch size)")
+    try:
+        result = _interpret(source)
+        if source.dynamic:
+            try:
+                other = _interpret(source, probe=1)
+            except _TooLarge:
+                raise
+            except GrurtError as exc:
+                raise UnsupportedModelError(f"the graph works only for some input sizes: {exc}") from None
+            if other.signature() != result.signature():
+                raise UnsupportedModelError("the graph means a different model for different input sizes "
+                                            "(e.g. a hard-coded time index or batch size)")
+    except _TooLarge as exc:      # the file's budget is spent, whichever the probe (grurt.limits.MAX_IDS)
+        raise ModelFormatError(str(exc)) from None
     return result
 
 

@@ -181,6 +181,7 @@ class _ConvOps(_Interpreter):
         if not isinstance(X, _Sym):
             if mode != "constant":
                 raise UnsupportedModelError(f"{where}: mode={mode!r} on a constant")
+            self._check_constant(where, [max(d + a + b, 0) for d, a, b in zip(np.shape(X), pads[:rank], pads[rank:])])
             return [np.pad(np.asarray(X), list(zip(pads[:rank], pads[rank:])), constant_values=value)]
         padded = [axis for axis in range(rank) if pads[axis] or pads[rank + axis]]
         if not padded:

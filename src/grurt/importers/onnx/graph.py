@@ -41,6 +41,10 @@ from ...limits import MAX_IDS, MAX_PARAMETERS
 from ...spec import Dense, LastStep, Reverse, Scale
 from .proto import _DEFAULT_DOMAINS, _attributes, _live_nodes
 
+#: What interpreting one node costs, counted in element ids against the file's budget (MAX_IDS):
+#: about its time, so that the budget bounds the work of a graph of many small nodes too.
+NODE_IDS = 512
+
 _LOOP_HINT = {"Loop": " (tf2onnx writes Keras GRUs other than sigmoid/reset_after=True as a Loop)",
               "Scan": "", "If": ""}
 
@@ -57,6 +61,10 @@ class _Sym:
     @property
     def shape(self):
         return self.ids.shape
+
+
+class _TooLarge(ModelFormatError):
+    """The file's budget of element ids (grurt.limits.MAX_IDS) is spent: refused whatever the probe sizes."""
 
 
 class _Mismatch(Exception):
@@ -124,10 +132,13 @@ class _Interpreter:
     ATTRIBUTES = {}
 
     def __init__(self, source, sizes, time_major=frozenset()):
+        self.source = source
         self.model, self.folder, self.opset = source.model, source.folder, source.opset
+        self.folded = 0                           # elements of the constants folded so far (MAX_PARAMETERS)
         self.time_major = frozenset(time_major)   # sequence inputs known to be (T, B, ...)
         self.next_id = 0
-        self.starts, self.owners = [], []         # id ranges: first id, owner (_Tensor or _RawInput)
+        self.owners = []                          # id ranges: owner (_Tensor or _RawInput) and first id,
+        self.starts = np.zeros(16, np.int64)      # in starts[:len(owners)] (grown by doubling: no copy per op)
         self.values = dict(source.constants)
         self.raw = {}                             # graph input name -> _RawInput
         self.claimed = {}                         # graph input name -> (kind, _Tensor or None, directions)
@@ -150,16 +161,36 @@ class _Interpreter:
 
     def _new_ids(self, shape, what="a tensor"):
         count = math.prod(shape)
-        if self.next_id + count > MAX_IDS:
-            raise ModelFormatError(f"{what} of shape {tuple(shape)} is too large for grurt to analyse "
-                                   f"(limit {MAX_IDS} elements in all)")
+        self._charge(what, count, shape)
         ids = np.arange(self.next_id, self.next_id + count, dtype=np.int64).reshape(shape)
         self.next_id += count
         return ids
 
+    def _charge(self, what, count, shape=None):
+        """Take ``count`` element ids from the file's budget (grurt.limits.MAX_IDS), before they are allocated."""
+        self._room(what, count, shape)
+        self.source.ids_left -= count
+
+    def _room(self, what, count, shape=None):
+        """ModelFormatError unless ``count`` element ids fit what is left of the file's budget."""
+        if count > self.source.ids_left:
+            shape = f" of shape {tuple(shape)}" if shape is not None else ""
+            raise _TooLarge(f"{what}{shape} is too large for grurt to analyse: the graph's nodes and values would take "
+                            f"more than {MAX_IDS} element ids in all at the sizes it is interpreted with "
+                            "(grurt.limits.MAX_IDS); give its batch and time axes dynamic sizes (dim_param)")
+
+    def _check_constant(self, where, shape):
+        """ModelFormatError unless a constant of ``shape`` fits MAX_PARAMETERS: checked before it is computed."""
+        count = math.prod(shape)
+        if count > MAX_PARAMETERS:
+            raise ModelFormatError(f"{where}: its result of shape {tuple(shape)} is too large: {count} elements, "
+                                   f"more than {MAX_PARAMETERS} (grurt.limits.MAX_PARAMETERS)")
+
     def _register(self, ids, owner):
         if ids.size:
-            self.starts.append(int(ids.min()))
+            if len(self.owners) == self.starts.size:
+                self.starts = np.concatenate([self.starts, np.zeros_like(self.starts)])
+            self.starts[len(self.owners)] = ids.min()
             self.owners.append(owner)
 
     def _name(self, suffix=""):
@@ -198,7 +229,7 @@ class _Interpreter:
         return tensor.has_time and not (tensor.origins - self.confirmed)
 
     def _owner_indices(self, ids):
-        return np.searchsorted(np.asarray(self.starts), ids, side="right") - 1
+        return np.searchsorted(self.starts[:len(self.owners)], ids, side="right") - 1
 
     # -- finding what a value reads --
 
@@ -364,6 +395,7 @@ class _Interpreter:
         graph = self.model.graph
         for node in _live_nodes(graph):
             where = f"node '{node.name or node.output[0]}' ({node.op_type})"
+            self._charge(where, NODE_IDS)
             if node.domain not in _DEFAULT_DOMAINS:
                 raise UnsupportedModelError(f"{where}: operators of domain '{node.domain}' are not supported")
             handler = self._handler(node.op_type)
@@ -376,6 +408,8 @@ class _Interpreter:
                     raise ModelFormatError(f"{where}: input '{name}' is not an initializer, a graph input "
                                            "or the output of an earlier node")
                 inputs.append(self.values[name] if name else None)
+            if inputs and inputs[0] is None:      # every op's first input is required; later ones may be omitted
+                raise ModelFormatError(f"{where}: its first input has the empty name '' (omitted), but is required")
             attrs = _attributes(node, self.ATTRIBUTES[node.op_type], self.folder, where)
             self.hint = next((name for name in node.output if name), node.name or node.op_type)
             try:
@@ -390,8 +424,13 @@ class _Interpreter:
                 raise ModelFormatError(f"{where}: {exc}") from None
             for name, value in zip(node.output, outputs):
                 if name:
-                    if isinstance(value, np.ndarray) and value.size > MAX_PARAMETERS:
-                        raise ModelFormatError(f"{where}: result of {value.size} elements is too large")
+                    if isinstance(value, _Sym):         # ids held by the values: from the file's budget too
+                        self._charge(where, value.ids.size)
+                    else:                               # constants folded: MAX_PARAMETERS elements in all
+                        self.folded += np.size(value)
+                        if self.folded > MAX_PARAMETERS:
+                            raise ModelFormatError(f"{where}: the constants the graph computes hold more than "
+                                                   f"{MAX_PARAMETERS} elements in all (grurt.limits.MAX_PARAMETERS)")
                     self.values[name] = value
         from .build import build
         return build(self)

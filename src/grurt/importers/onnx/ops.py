@@ -51,6 +51,21 @@ class _Ops(_Interpreter):
             return functools.partial(self._op_activation, _ACTIVATION_OPS[op_type])
         return super()._handler(op_type)
 
+    @staticmethod
+    def _required(where, inputs, index, what):
+        """Input ``index``, which the op requires: an error naming it when it is omitted (absent or '')."""
+        if len(inputs) <= index or inputs[index] is None:
+            raise ModelFormatError(f"{where}: input {index} ({what}) is required, but is omitted")
+        return inputs[index]
+
+    def _result_size(self, where, value, count):
+        """The size of a data-movement result from ``value``, checked before it is built: model values
+        against the file's id budget, constants against MAX_PARAMETERS."""
+        if isinstance(value, _Sym):
+            self._room(where, count)
+        else:
+            self._check_constant(where, (count,))
+
     # -- operators: data movement and shape arithmetic (constants and ids alike) --
 
     def _op_Identity(self, where, inputs, attrs, n_out):
@@ -75,6 +90,8 @@ class _Ops(_Interpreter):
         if any(d < 0 for d in shape) or math.prod(shape) > MAX_PARAMETERS:
             raise ModelFormatError(f"{where}: shape {shape} is negative or too large")
         fill = attrs.get("value", np.zeros(1, np.float32))
+        if not isinstance(fill, np.ndarray) or fill.size != 1:
+            raise ModelFormatError(f"{where}: attribute value must be a one-element tensor, got {fill!r}")
         return [np.full(shape, fill.reshape(-1)[0], fill.dtype)]
 
     def _op_Shape(self, where, inputs, attrs, n_out):
@@ -101,7 +118,7 @@ class _Ops(_Interpreter):
         return [self._move(inputs[0], lambda a: np.transpose(a, perm))]
 
     def _op_Reshape(self, where, inputs, attrs, n_out):
-        target = self._ints(where, inputs[1], "shape")
+        target = self._ints(where, self._required(where, inputs, 1, "shape"), "shape")
         value = inputs[0]
         if not attrs.get("allowzero", 0):
             target = [value.shape[i] if d == 0 else d for i, d in enumerate(target)]
@@ -124,8 +141,10 @@ class _Ops(_Interpreter):
         return [self._move(inputs[0], lambda a: np.expand_dims(a, tuple(axes)))]
 
     def _op_Gather(self, where, inputs, attrs, n_out):
-        indices = self._const(where, inputs[1], "indices")
-        return [self._move(inputs[0], lambda a: np.take(a, np.asarray(indices, np.int64), axis=attrs.get("axis", 0)))]
+        indices = np.asarray(self._const(where, self._required(where, inputs, 1, "indices"), "indices"), np.int64)
+        shape, axis = inputs[0].shape, attrs.get("axis", 0)
+        self._result_size(where, inputs[0], math.prod(shape) // max(shape[axis], 1) * indices.size)
+        return [self._move(inputs[0], lambda a: np.take(a, indices, axis=axis))]
 
     def _op_Slice(self, where, inputs, attrs, n_out):
         if self.opset < 10:
@@ -144,9 +163,13 @@ class _Ops(_Interpreter):
         return [self._move(value, lambda a: a[tuple(index)])]
 
     def _op_Concat(self, where, inputs, attrs, n_out):
+        if "axis" not in attrs:
+            raise ModelFormatError(f"{where}: attribute axis is required")
         kinds = {isinstance(v, _Sym) for v in inputs}
         if kinds == {True, False}:
             raise UnsupportedModelError(f"{where}: joins the model's data with constants")
+        self._result_size(where, inputs[0], sum(math.prod(np.shape(v.ids if isinstance(v, _Sym) else v))
+                                                for v in inputs))
         if kinds == {True}:
             return [_Sym(np.concatenate([v.ids for v in inputs], axis=attrs["axis"]), inputs[0].integer)]
         return [np.concatenate([np.asarray(v) for v in inputs], axis=attrs["axis"])]
@@ -162,15 +185,23 @@ class _Ops(_Interpreter):
         return [self._move(value, lambda a, i=i: np.split(a, bounds, axis=axis)[i]) for i in range(len(sizes))]
 
     def _op_Expand(self, where, inputs, attrs, n_out):
-        shape = np.broadcast_shapes(inputs[0].shape, tuple(self._ints(where, inputs[1], "shape")))
-        if math.prod(shape) > MAX_PARAMETERS:
-            raise ModelFormatError(f"{where}: shape {shape} is too large")
+        target = self._ints(where, self._required(where, inputs, 1, "shape"), "shape")
+        shape = np.broadcast_shapes(np.shape(inputs[0]), tuple(target))
+        self._result_size(where, inputs[0], math.prod(shape))
         return [self._move(inputs[0], lambda a: np.broadcast_to(a, shape).copy())]
 
     # -- operators: arithmetic --
 
     def _fold(self, where, inputs, fn):
-        return [fn(*(np.asarray(self._const(where, v, "the operand")) for v in inputs))]
+        arrays = [np.asarray(self._const(where, v, "the operand")) for v in inputs]
+        shapes = [a.shape for a in arrays]
+        if fn is np.matmul:
+            if min(map(len, shapes)) >= 2:       # (..., n, k) @ (..., k, m): the broadcast batch, n and m
+                self._check_constant(where, np.broadcast_shapes(shapes[0][:-2], shapes[1][:-2])
+                                     + (shapes[0][-2], shapes[1][-1]))
+        else:                                    # elementwise: the broadcast shape
+            self._check_constant(where, np.broadcast_shapes(*shapes))
+        return [fn(*arrays)]
 
     def _op_Add(self, where, inputs, attrs, n_out):
         return self._arithmetic(where, inputs, np.add, lambda k: (1, k), lambda k: (1, k))
@@ -251,7 +282,10 @@ class _Ops(_Interpreter):
             B = B.T
         if not isinstance(A, _Sym):
             A = np.asarray(A)
-            product = alpha * ((A.T if attrs.get("transA", 0) else A) @ B)
+            A = A.T if attrs.get("transA", 0) else A
+            if A.ndim == 2 and B.ndim == 2:
+                self._check_constant(where, (A.shape[0], B.shape[1]))
+            product = alpha * (A @ B)
             return [product + beta * C if C is not None else product]
         if attrs.get("transA", 0):
             A = _Sym(A.ids.T)

@@ -13,7 +13,7 @@ import os
 import numpy as np
 
 from ...errors import ModelFormatError, UnsupportedModelError
-from ...limits import MAX_PARAMETERS
+from ...limits import MAX_ARRAYS, MAX_IDS, MAX_PARAMETERS
 
 #: Operator set versions of the default domain that grurt reads.
 _OPSETS = (7, 22)
@@ -161,12 +161,37 @@ def _graph_inputs(model):
     return inputs
 
 
+#: The type of each attribute the importer reads, by name, as the ONNX operator schemas give it
+#: (a name has one type in every op; "value" is a TENSOR but a FLOAT in Pad before opset 11). An
+#: attribute of another type is refused by name before any handler reads it.
+_ATTRIBUTE_TYPES = {
+    **dict.fromkeys(("allowzero", "axis", "ceil_mode", "count_include_pad", "end", "group", "hidden_size", "is_test",
+                     "keepdims", "layout", "linear_before_reset", "noop_with_empty_axes", "num_outputs", "p",
+                     "saturate", "seed", "spatial", "start", "stash_type", "storage_order", "to", "training_mode",
+                     "transA", "transB", "value_int"), ("INT",)),
+    **dict.fromkeys(("axes", "consumed_inputs", "dilations", "ends", "kernel_shape", "pads", "perm", "split",
+                     "starts", "strides", "value_ints"), ("INTS",)),
+    **dict.fromkeys(("alpha", "beta", "clip", "epsilon", "max", "min", "momentum", "ratio", "value_float"),
+                    ("FLOAT",)),
+    **dict.fromkeys(("activation_alpha", "activation_beta", "value_floats"), ("FLOATS",)),
+    **dict.fromkeys(("auto_pad", "direction", "mode"), ("STRING",)),
+    "activations": ("STRINGS",),
+    "value": ("TENSOR", "FLOAT"),
+}
+
+
 def _attributes(node, allowed, folder, where):
-    """The attributes of ``node`` by name; any not in ``allowed`` is refused by name and value."""
+    """The attributes of ``node`` by name; any not in ``allowed`` is refused by name and value, any
+    of another type than ONNX gives it (_ATTRIBUTE_TYPES) by name and type."""
     from onnx import AttributeProto, helper
 
     attrs = {}
     for attr in node.attribute:
+        kind = AttributeProto.AttributeType.Name(attr.type) if attr.type in AttributeProto.AttributeType.values() \
+            else str(attr.type)
+        if attr.name in allowed and kind not in _ATTRIBUTE_TYPES.get(attr.name, (kind,)):
+            raise ModelFormatError(f"{where}: attribute {attr.name} is a {kind}, ONNX makes it a "
+                                   f"{' or a '.join(_ATTRIBUTE_TYPES[attr.name])}")
         if attr.type == AttributeProto.TENSOR:
             value = _tensor_array(attr.t, folder, where)
         elif attr.type in (AttributeProto.GRAPH, AttributeProto.GRAPHS, AttributeProto.SPARSE_TENSOR):
@@ -202,6 +227,9 @@ class _Source:
     opset: int
     constants: dict     # initializer name -> array
     inputs: list        # (name, numpy dtype, dims) of each graph input
+    #: element ids the interpreter may still hand out or move, over every interpretation of this
+    #: file (grurt.limits.MAX_IDS): what bounds its time and memory
+    ids_left: int = MAX_IDS
 
     @property
     def dynamic(self):
@@ -211,6 +239,12 @@ class _Source:
 def _open(path):
     """The parsed file at ``path`` (or given as bytes: then without external data)."""
     model = _read_model(path)
+    graph = model.graph
+    for what, count in (("nodes", len(graph.node)), ("initializers", len(graph.initializer)),
+                        ("inputs", len(graph.input)), ("outputs", len(graph.output))):
+        if count > MAX_ARRAYS:
+            raise ModelFormatError(f"{path}: the graph has {count} {what}, more than {MAX_ARRAYS} "
+                                   "(grurt.limits.MAX_ARRAYS)")
     folder = None if isinstance(path, (bytes, bytearray, memoryview)) else os.path.dirname(os.path.abspath(path))
     if model.graph.sparse_initializer:
         raise UnsupportedModelError("sparse initializers are not supported")
