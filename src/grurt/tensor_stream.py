@@ -58,9 +58,9 @@ def _refuse(node, why: str):
 def default_time_axes(graph: TensorGraph) -> Dict[str, int]:
     """{input name: time axis} when ``time_axes=`` is not given: an input whose dims name one
     parameter like "time", "T", "seq", "frames", "steps", "length" has its time there; if no input
-    does, the one input of rank >= 3 whose axis 1 is a dim parameter has its time on axis 1.
-    Anything else (no candidate, several, two time-like dims) is an InputError asking for
-    ``time_axes=``."""
+    does, the one input that looks like a sequence — axis 1 a dim parameter, and rank >= 3 or
+    int64 ids of rank 2 — has its time on axis 1. Anything else (no candidate, several, two
+    time-like dims) is an InputError asking for ``time_axes=``."""
     named = {}
     for tensor in graph.inputs:
         axes = [a for a, d in enumerate(tensor.dims) if isinstance(d, str) and TIME_DIM.search(d)]
@@ -71,11 +71,12 @@ def default_time_axes(graph: TensorGraph) -> Dict[str, int]:
             named[tensor.name] = axes[0]
     if named:
         return named
-    candidates = [t.name for t in graph.inputs if len(t.dims) >= 3 and isinstance(t.dims[1], str)]
+    candidates = [t.name for t in graph.inputs if len(t.dims) >= 2 and isinstance(t.dims[1], str)
+                  and (len(t.dims) >= 3 or t.dtype == "int64")]
     if len(candidates) == 1:
         return {candidates[0]: 1}
     found = f"inputs {candidates} could each be" if candidates else "no input is"
-    raise InputError(f"which axes are time? {found} a sequence (batch, time, ...): say so with "
+    raise InputError(f"which axes are time? {found} a sequence (batch, time, ...): say which with "
                      "model.stream(time_axes={name: axis}); the inputs not listed are static")
 
 
