@@ -112,7 +112,7 @@ class TensorModel:
         return TensorStream(self, batch, time_axes, static)
 
     def stream_pool(self, *args, **kwargs):
-        raise UnsupportedModelError("general graphs do not stream yet: use run() on the whole sequence")
+        raise UnsupportedModelError("general graphs have no stream pool yet: use one model.stream() per session")
 
     def _result(self, outputs):
         return outputs[0] if len(outputs) == 1 else tuple(outputs)
