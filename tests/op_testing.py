@@ -66,7 +66,7 @@ def ort_op(op_type, attrs, inputs, n_outputs=1, opset=17, const=()):
     outs = [f"out{k}" for k in range(n_outputs)]
     node = helper.make_node(op_type, names, outs, **attrs)
     graph = helper.make_graph([node], "g", graph_inputs,
-                              [helper.make_tensor_value_info(o, onnx.TensorProto.UNDEFINED, None) for o in outs],
+                              [helper.make_empty_tensor_value_info(o) for o in outs],
                               initializer=initializers)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     model.ir_version = 8

@@ -170,6 +170,7 @@ def test_verify_fails_loudly_when_models_differ(onnx_file, tmp_path):
     assert "exceeds the tolerance" in result.stderr
 
 
+@pytest.mark.slow
 def test_convert_check_against_keras(tmp_path):
     pytest.importorskip("keras")
     script = (

@@ -49,6 +49,7 @@ class StridedCRNN(nn.Module):
         return self.fc(self.gru(h)[0])
 
 
+@pytest.mark.slow
 def test_embedding_gru_onnx_convert_check_and_verify(tmp_path):
     path = tmp_path / "ids.onnx"
     _export(IdsNet(), torch.randint(0, 20, (2, 7)), path, {0: "b", 1: "t"})
@@ -72,6 +73,7 @@ def test_strided_crnn_onnx_convert_check_and_verify(tmp_path):
     assert all(float(line.rsplit(": ", 1)[1]) <= 1e-5 for line in result.stdout.strip().splitlines())
 
 
+@pytest.mark.slow
 def test_keras_crnn_with_flatten_convert_check(tmp_path):
     pytest.importorskip("keras")
     script = (

@@ -64,6 +64,7 @@ def test_bench_runs_and_streams_a_graph(saved, extra):
     assert result.stdout.startswith("stream.step batch=1" if extra else "run batch=1 steps=100")
 
 
+@pytest.mark.slow
 def test_verify_and_convert_check_a_keras_graph_against_keras(tmp_path):
     """Two inputs (a sequence, a static vector into the GRU's initial state), two outputs: each
     output is compared with Keras's predict by name, within the default tolerance 1e-4."""

@@ -63,6 +63,7 @@ def seeds(tmp_path_factory):
     return write_seeds(tmp_path_factory.mktemp("fuzz-seeds"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loader", sorted(SUFFIXES))
 def test_short_fuzz_run(loader, seeds):
     if loader not in seeds:

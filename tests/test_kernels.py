@@ -64,6 +64,7 @@ def _lengths(rng, batch, steps):
        clip=st.one_of(st.none(), st.floats(0.25, 4.0)), with_state=st.booleans(),
        return_sequences=st.booleans(), with_lengths=st.booleans(), threads=st.sampled_from((1, 1, 2, 3, 4)),
        seed=st.integers(0, 2**32 - 1))
+@pytest.mark.slow
 def test_gru_layer_matches_reference(I, H, T, B, lbr, direction, f, g, clip, with_state, return_sequences,
                                      with_lengths, threads, seed):
     """threads > 1 splits directions and batch slices over threads (each slice has its own
@@ -179,6 +180,7 @@ def stacked_models(draw):
 @profile(max_examples=80)
 @given(model_and_seed=stacked_models(), T=st.integers(1, 60), B=st.integers(1, 8), with_state=st.booleans(),
        with_lengths=st.booleans(), threads=st.sampled_from((1, 2, 4)))
+@pytest.mark.slow
 def test_stacked_models_match_reference(model_and_seed, T, B, with_state, with_lengths, threads):
     spec, seed = model_and_seed
     rng = np.random.default_rng(seed + 1)

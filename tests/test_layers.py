@@ -44,8 +44,10 @@ def test_mask_value_derives_lengths():
     x[2, 1, 0] = 0.0               # one zero feature is not a masked step: the other is not zero
     assert np.array_equal(model.run(x), model.run(x, lengths=lengths))
     assert_matches_reference(model, x)
-    with pytest.raises(grurt.InputError, match="sequence 1 is entirely masked"):
-        model.run(np.concatenate([x[:1], np.zeros((1, 8, 2), np.float32)]))
+    # an entirely masked sequence keeps its zero state, as Keras (issue 21: any mask pattern runs)
+    empty = np.concatenate([x[:1], np.zeros((1, 8, 2), np.float32)])
+    assert not model.run(empty)[1].any()
+    assert_matches_reference(model, empty)
     with pytest.raises(grurt.ModelFormatError, match="mask_value must be a finite number"):
         ModelSpec(2, spec.layers, mask_value=float("nan"))
 

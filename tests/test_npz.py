@@ -323,8 +323,8 @@ def test_header_entry_is_a_pickle_not_npy(saved, tmp_path):
 
 
 def test_newer_major_version(saved, tmp_path):
-    path = mutated(saved, tmp_path, edit_header=_set(["format_version"], "3.0"))
-    with pytest.raises(grurt.UnsupportedModelError, match=r"format 3\.0.*newer grurt.*upgrade grurt"):
+    path = mutated(saved, tmp_path, edit_header=_set(["format_version"], "4.0"))
+    with pytest.raises(grurt.UnsupportedModelError, match=r"format 4\.0.*newer grurt.*upgrade grurt"):
         grurt.load(path)
     with pytest.raises(grurt.UnsupportedModelError, match="upgrade grurt"):
         read_header(path)

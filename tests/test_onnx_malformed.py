@@ -171,11 +171,16 @@ def test_external_data_truncated_or_inconsistent(tmp_path):
      r"node 'lstm' \(LSTM\): operator LSTM is not supported"),
     (helper.make_node("Loop", ["", ""], ["Y"], name="loop"), r"node 'loop' \(Loop\): operator Loop .*tf2onnx"),
     (helper.make_node("Gemm", ["X", "W"], ["Y"], name="gemm", foo=3), r"node 'gemm' \(Gemm\): attribute foo=3"),
-    (helper.make_node("Relu", ["X"], ["Y"], name="relu"), "contains no GRU node"),
 ])
 def test_unsupported_nodes(tmp_path, node, fragment):
     with pytest.raises(UnsupportedModelError, match=fragment):
         load_onnx(write(tmp_path / "m.onnx", model_proto([node])))
+
+
+def test_a_file_without_gru_is_a_general_graph(tmp_path):
+    model = load_onnx(write(tmp_path / "m.onnx", model_proto([helper.make_node("Relu", ["X"], ["Y"], name="relu")])))
+    x = np.random.default_rng(2).standard_normal((5, 2, I)).astype(np.float32)
+    np.testing.assert_array_equal(model.run(x), np.maximum(x, 0))
 
 
 def test_unsupported_opset(tmp_path):

@@ -151,6 +151,7 @@ def onnxruntime_size(path):
     return RUN_SIZE if not any(dims[:2]) else (RUN_SIZE[0], EXPORT_SIZE[1])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("exporter", EXPORTERS)
 @pytest.mark.parametrize("name", [n for n in ARCHITECTURES if n != "streaming"])
 def test_exported_model_matches_torch_and_onnxruntime(exported, name, exporter):
@@ -167,6 +168,7 @@ def test_exported_model_matches_torch_and_onnxruntime(exported, name, exporter):
                                rtol=0, atol=ATOL)
 
 
+@pytest.mark.slow
 def test_layers_read_from_the_exports(exported):
     for exporter in EXPORTERS:
         kinds = {name: [type(layer) for layer in load_onnx(exported[name, exporter][1]).layers]
@@ -181,6 +183,7 @@ def test_layers_read_from_the_exports(exported):
         assert all(layer.linear_before_reset for layer in bidirectional[:2])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("exporter", EXPORTERS)
 def test_streaming_export_maps_state_input_and_output(exported, exporter):
     module, path = exported["streaming", exporter]
@@ -200,6 +203,7 @@ def test_streaming_export_maps_state_input_and_output(exported, exporter):
     np.testing.assert_allclose(np.concatenate(states), np.concatenate(ort_states), rtol=0, atol=ATOL)
 
 
+@pytest.mark.slow
 def test_framework_outputs_is_onnxruntime_reshaped(exported):
     module, path = exported["no_bias", "legacy"]
     (x,) = example_inputs("no_bias", module, *RUN_SIZE, seed=3)
@@ -223,6 +227,7 @@ def test_static_dynamo_export(tmp_path):
         np.testing.assert_allclose(model.run(other.numpy()), module(other).numpy(), rtol=0, atol=ATOL)
 
 
+@pytest.mark.slow
 def test_dynamo_export_without_linear_before_reset_warns(exported, tmp_path):
     """onnxscript < 0.7.1 wrote the dynamo export's GRU without linear_before_reset=1."""
     module, path = exported["forecaster", "dynamo"]

@@ -278,6 +278,7 @@ _NAMES = [f"gru.{kind}_l{k}{suffix}" for kind in ("weight_ih", "weight_hh", "bia
      "bn.running_mean", "gru.weight_hr_l0", "x.y.weight_ih_l0"]
 
 
+@pytest.mark.slow
 def test_any_combination_of_names_and_shapes_loads_or_is_refused():
     """Hypothesis: state dicts made of known names with arbitrary shapes (0 to 7 per axis, 0-3 axes)
     give a Model or a GrurtError, never another exception."""

@@ -13,8 +13,10 @@ from .importers.keras import from_keras
 from .importers.state_dict import from_state_dict
 from .importers.torch import from_torch
 from .model import Model
+from .tensor_model import TensorModel
+from .session import InferenceSession
 from .graph import Graph
 from .spec import ModelSpec
 
-__all__ = ["load", "save", "from_torch", "from_keras", "from_state_dict", "layers", "Model", "Graph", "ModelSpec", "GrurtError", "InputError",
+__all__ = ["load", "save", "from_torch", "from_keras", "from_state_dict", "layers", "Model", "InferenceSession", "Graph", "ModelSpec", "GrurtError", "InputError",
            "ModelFormatError", "UnsupportedModelError", "reference", "__version__"]

@@ -29,6 +29,12 @@ ACTIVATION_DEFAULTS = {
     "thresholded_relu": (1.0, None),   # x if x > alpha else 0
     "linear": (None, None),            # identity (Dense and Activation layers only)
     "softmax": (None, None),           # over the feature axis (Dense and Activation layers only)
+    "gelu": (None, None),              # x·Φ(x) = x/2·(1 + erf(x/√2)) (exact, not the tanh approximation)
+    "silu": (None, None),              # x·sigmoid(x) (swish)
+    "mish": (None, None),              # x·tanh(softplus(x))
+    "selu": (1.6732632423543772, 1.0507009873554805),   # beta·(x if x > 0 else alpha·(exp(x) - 1))
+    "hard_silu": (None, None),         # x·min(max(x + 3, 0), 6)/6 (hard swish)
+    "clip": (0.0, 6.0),                # min(max(x, alpha), beta): relu6, hard_tanh (-1, 1), ReLU(max_value)
 }
 #: Functions that are not elementwise or are meaningless as GRU gate/candidate activations.
 LAYER_ONLY_ACTIVATIONS = ("linear", "softmax")
@@ -56,6 +62,9 @@ class ActivationFunction:
             value = bounded_float(f"activation {self.kind!r}", name, value, -MAX_ACTIVATION_PARAMETER,
                                   MAX_ACTIVATION_PARAMETER, "MAX_ACTIVATION_PARAMETER")
             object.__setattr__(self, name, float(np.float32(value)))
+        if self.kind == "clip" and not self.alpha <= self.beta:
+            raise ModelFormatError(f"activation 'clip': alpha (the lower bound, {self.alpha:g}) must not exceed "
+                                   f"beta (the upper bound, {self.beta:g})")
 
     def describe(self) -> str:
         params = [f"{n}={v:g}" for n, v in (("alpha", self.alpha), ("beta", self.beta)) if v is not None]

@@ -50,7 +50,8 @@
 enum {
     ACT_LINEAR = 0, ACT_SIGMOID, ACT_TANH, ACT_RELU, ACT_SOFTSIGN, ACT_SOFTPLUS,
     ACT_HARD_SIGMOID, ACT_LEAKY_RELU, ACT_ELU, ACT_AFFINE, ACT_SCALED_TANH,
-    ACT_THRESHOLDED_RELU, ACT_SOFTMAX
+    ACT_THRESHOLDED_RELU, ACT_SOFTMAX,
+    ACT_GELU, ACT_SILU, ACT_MISH, ACT_SELU, ACT_HARD_SILU, ACT_CLIP
 };
 
 typedef struct {
@@ -167,6 +168,33 @@ GRURT_HOT static void grurt_activate(const grurt_act *act, float *y, int n) {
     case ACT_AFFINE: for (i = 0; i < n; ++i) y[i] = a * y[i] + b; break;
     case ACT_SCALED_TANH: for (i = 0; i < n; ++i) y[i] = a * grurt_tanh(b * y[i]); break;
     case ACT_THRESHOLDED_RELU: for (i = 0; i < n; ++i) y[i] = y[i] > a ? y[i] : 0.0f; break;
+    /* Keras 3 / PyTorch activations: libm where accuracy needs it (Dense and Activation layers,
+     * not the fused gate pass); each within a few float32 ulps of its float64 formula */
+    case ACT_GELU:      /* x·Φ(x) = x/2·erfc(−x/√2): no cancellation for x < 0 */
+        for (i = 0; i < n; ++i) y[i] = 0.5f * y[i] * erfcf(-0.70710678118654752f * y[i]);
+        break;
+    case ACT_SILU:      /* x·sigmoid(x), the sigmoid as in ACT_SIGMOID */
+        for (i = 0; i < n; ++i) {
+            float e = grurt_exp(-fabsf(y[i]));
+            float s = 1.0f / (1.0f + e);
+            y[i] *= y[i] >= 0.0f ? s : e * s;
+        }
+        break;
+    case ACT_MISH:      /* x·tanh(softplus(x)) */
+        for (i = 0; i < n; ++i)
+            y[i] *= tanhf((y[i] > 0.0f ? y[i] : 0.0f) + log1pf(grurt_exp(-fabsf(y[i]))));
+        break;
+    case ACT_SELU:      /* β·(x > 0 ? x : α(eˣ − 1)) */
+        for (i = 0; i < n; ++i) y[i] = b * (y[i] > 0.0f ? y[i] : a * expm1f(y[i]));
+        break;
+    case ACT_HARD_SILU: /* x·relu6(x + 3)/6 */
+        for (i = 0; i < n; ++i) {
+            float v = y[i] + 3.0f;
+            v = v > 6.0f ? 6.0f : (v < 0.0f ? 0.0f : v);
+            y[i] = y[i] * v / 6.0f;
+        }
+        break;
+    case ACT_CLIP: for (i = 0; i < n; ++i) y[i] = y[i] < a ? a : (y[i] > b ? b : y[i]); break;
     case ACT_SOFTMAX: {
         float m = y[0], s = 0.0f;
         for (i = 1; i < n; ++i) m = y[i] > m ? y[i] : m;

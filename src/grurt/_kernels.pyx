@@ -42,7 +42,8 @@ cdef extern from "_gru_math.h" nogil:
     enum:
         ACT_LINEAR, ACT_SIGMOID, ACT_TANH, ACT_RELU, ACT_SOFTSIGN, ACT_SOFTPLUS,
         ACT_HARD_SIGMOID, ACT_LEAKY_RELU, ACT_ELU, ACT_AFFINE, ACT_SCALED_TANH,
-        ACT_THRESHOLDED_RELU, ACT_SOFTMAX
+        ACT_THRESHOLDED_RELU, ACT_SOFTMAX,
+        ACT_GELU, ACT_SILU, ACT_MISH, ACT_SELU, ACT_HARD_SILU, ACT_CLIP
     ctypedef struct grurt_act:
         int kind
         float alpha
@@ -130,6 +131,8 @@ ACTIVATION_CODES = {
     "softsign": ACT_SOFTSIGN, "softplus": ACT_SOFTPLUS, "hard_sigmoid": ACT_HARD_SIGMOID,
     "leaky_relu": ACT_LEAKY_RELU, "elu": ACT_ELU, "affine": ACT_AFFINE, "scaled_tanh": ACT_SCALED_TANH,
     "thresholded_relu": ACT_THRESHOLDED_RELU, "softmax": ACT_SOFTMAX,
+    "gelu": ACT_GELU, "silu": ACT_SILU, "mish": ACT_MISH, "selu": ACT_SELU, "hard_silu": ACT_HARD_SILU,
+    "clip": ACT_CLIP,
 }
 cdef enum MergeMode:
     MERGE_SUM, MERGE_AVE, MERGE_MUL

@@ -15,10 +15,13 @@ import numpy as np
 from . import __version__, verify
 from .errors import GrurtError
 from .formats import load, read_header, save
-from .precision import WEIGHT_MODES
+from .precision import ERROR_BUDGETS, WEIGHT_MODES
 from .spec import fixed_input_steps, min_steps
 
 EXAMPLES = os.path.join(os.path.dirname(__file__), "examples")
+#: ``grurt verify``'s tolerance for a float32 model (random inputs of O(1), 16 steps); a reduced-precision
+#: model gets its mode's budget, precision.ERROR_BUDGETS
+FLOAT32_TOLERANCE = 1e-4
 
 
 class CommandError(Exception):
@@ -250,9 +253,14 @@ def cmd_verify(args) -> None:
     for name, error in errors.items():
         print(f"{name}: max abs error vs {oracle}: {error:.3g}"
               + (f", max relative error {_relative(error, expected[name]):.3g}" if model.weights != "float32" else ""))
+    tolerance = args.tolerance
+    if tolerance is None:
+        tolerance = ERROR_BUDGETS.get(model.weights, FLOAT32_TOLERANCE)
     worst = max(errors.values())
-    if not worst <= args.tolerance:
-        raise CommandError(f"error {worst:.3g} exceeds the tolerance {args.tolerance:g}")
+    if not worst <= tolerance:
+        chosen = "" if args.tolerance is not None else (
+            f" (the default for {model.weights} weights; --tolerance sets another)")
+        raise CommandError(f"error {worst:.3g} exceeds the tolerance {tolerance:g}{chosen}")
 
 
 class _Progress:
@@ -346,39 +354,49 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model")
     p.add_argument("input", nargs="?", help="(T, I) or (B, T, I) array in .npy format (a model of one input)")
     p.add_argument("--input", dest="inputs", action="append", metavar="NAME=FILE.npy",
-                   help="one named input of the model (repeat for each input)")
-    p.add_argument("-o", "--output", help="write the output to this .npy file instead of printing it; for a "
-                                          "model of several outputs, a folder that receives NAME.npy for each")
-    p.add_argument("--lengths", help=".npy file with the valid length of each sequence, shape (B,)")
+                   help="one named input of the model (repeat for each input; default: the one positional "
+                        "input file)")
+    p.add_argument("-o", "--output", help="write the output to this .npy file; for a model of several outputs, "
+                                          "a folder that receives NAME.npy for each (default: print it)")
+    p.add_argument("--lengths", help=".npy file with the valid length of each sequence, shape (B,) "
+                                     "(default: every sequence runs its full length)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("convert", help="convert .onnx/.keras/.h5 to grurt's .npz")
     p.add_argument("input")
-    p.add_argument("output")
-    p.add_argument("--check", action="store_true", help="compare the converted model with the source")
+    p.add_argument("output", help="the grurt model file to write (.npz)")
+    p.add_argument("--check", action="store_true", help="compare the converted model with the source on a random "
+                                                          "batch of 4 x 16 steps (default: no check)")
     p.add_argument("--weights", choices=WEIGHT_MODES, default=None,
                    help="store the GRU weights in this precision (default: as the input has them)")
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("bench", help="measure latency and throughput")
     p.add_argument("model")
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--steps", type=int, default=100)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--calls", type=int, default=2000, help="total number of calls (default 2000)")
-    p.add_argument("--stream", action="store_true", help="time one stream.step instead of run")
+    p.add_argument("--batch", type=int, default=1, help="sequences per call (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=100, help="time steps per sequence (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=1, help="threads calling the model at once, each with its own "
+                                                          "input (default: %(default)s)")
+    p.add_argument("--calls", type=int, default=2000, help="total number of calls (default: %(default)s)")
+    p.add_argument("--stream", action="store_true", help="time one stream.step instead of run (default: run)")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("verify", help="compare grurt with the source framework on random inputs")
     p.add_argument("model")
-    p.add_argument("--against", required=True, help=".onnx, .keras, .h5 or TorchScript .pt file")
-    p.add_argument("--batch", type=int, default=4, help="batch size (an ONNX file's fixed batch size wins)")
-    p.add_argument("--steps", type=int, default=16, help="time steps (an ONNX file's fixed length wins)")
-    p.add_argument("--tolerance", type=float, default=1e-4,
-                   help="largest max abs error vs the source accepted (exit 1 above it)")
+    p.add_argument("--against", required=True, help="the source model: an .onnx, .keras, .h5 or TorchScript .pt "
+                                                    "file (required, no default)")
+    p.add_argument("--batch", type=int, default=4, help="batch size (default: %(default)s; an ONNX file's fixed "
+                                                        "batch size wins)")
+    p.add_argument("--steps", type=int, default=16, help="time steps (default: %(default)s; an ONNX or Keras "
+                                                        "file's fixed length wins)")
+    p.add_argument("--tolerance", type=float, default=None,
+                   help="largest max abs error vs the source accepted, exit 1 above it (default: "
+                        f"{FLOAT32_TOLERANCE:g} for float32 weights, "
+                        + ", ".join(f"{budget:g} for {mode}" for mode, budget in ERROR_BUDGETS.items())
+                        + ": each mode's error budget)")
     p.add_argument("--weights", choices=WEIGHT_MODES, default=None,
                    help="run the model with its GRU weights in this precision, and also report the "
-                        "error against its float32 self")
+                        "error against its float32 self (default: as the model file has them)")
     p.set_defaults(func=cmd_verify)
     return parser
 

@@ -18,8 +18,12 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Dict, Optional, Tuple
 
+import numpy as np
+
+from ._fields import _weights
 from .errors import ModelFormatError, UnsupportedModelError
-from .spec import GRU, LAYER_TYPES, ModelSpec, layer_output, parameter_count
+from .spec import (GRU, LAYER_TYPES, Activation, Dense, Embedding, GlobalPool, LayerNorm, Merge, ModelSpec, Reverse,
+                   Scale, UnitNorm, layer_output, parameter_count)
 
 INPUT_KINDS = ("sequence", "vector", "ids", "state")
 COMBINE_OPS = ("add", "sub", "mul", "max", "min", "mean")
@@ -80,8 +84,125 @@ class Slice:
         return f"Slice({self.begin}:{self.end})"
 
 
-#: Layers a graph node may hold beyond the chain layers: they read several tensors, or cut one.
-GRAPH_LAYERS = (Combine, Concat, Slice)
+@dataclass(frozen=True, eq=False)
+class PReLU:
+    """``x`` where ``x >= 0``, else ``alpha·x`` (Keras's ``PReLU``): ``alpha`` is (F,), one slope per
+    feature, or (T, F), one per step and feature (on sequences of exactly T steps)."""
+
+    alpha: np.ndarray
+
+    def __post_init__(self):
+        alpha = np.asarray(self.alpha)
+        if alpha.ndim not in (1, 2) or 0 in alpha.shape:
+            raise ModelFormatError(f"PReLU: alpha must be a non-empty (features,) or (steps, features) array, "
+                                   f"got shape {alpha.shape}")
+        object.__setattr__(self, "alpha", _weights("PReLU", "alpha", alpha, alpha.shape))
+
+    @property
+    def features(self) -> int:
+        return self.alpha.shape[-1]
+
+    @property
+    def steps(self) -> Optional[int]:
+        """The number of steps of a per-step alpha, else None."""
+        return self.alpha.shape[0] if self.alpha.ndim == 2 else None
+
+    def describe(self) -> str:
+        return f"PReLU({self.features}" + (f", {self.steps} steps)" if self.steps else ")")
+
+
+@dataclass(frozen=True, eq=False)
+class Masking:
+    """Keras's ``Masking``: ``x → (y, mask)``, ``mask`` (B, T) true at the valid steps, those with a
+    feature other than ``value`` (for token ids: an id other than ``value``), ``y`` the input with
+    the masked steps zeroed (token ids: unchanged).
+
+    A mask goes into the GRU and GlobalPool nodes that read it as their last input: a GRU skips
+    the masked steps (its state carried through) and gives there, as Keras, zeros when it is a
+    bidirectional GRU returning its sequence, else its previous output in the order it reads the
+    steps (zeros before its first valid step); its output without ``return_sequences`` is its
+    output at the last step it reads. An average GlobalPool averages the valid steps (0/0: NaN
+    for a sequence without any).
+    """
+
+    value: float
+
+    def __post_init__(self):
+        value = self.value
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)) \
+                or not np.isfinite(value):
+            raise ModelFormatError(f"Masking: value must be a finite number, got {value!r}")
+        object.__setattr__(self, "value", float(np.float32(value)))
+
+    def describe(self) -> str:
+        return f"Masking({self.value:g})"
+
+
+#: The most steps a Repeat or Unflatten node makes (a model file's counts are bounded here).
+MAX_STEPS = 1 << 24
+
+
+def _steps(owner: str, value) -> int:
+    _count(owner, "steps", value, 1)
+    if value > MAX_STEPS:
+        raise ModelFormatError(f"{owner}: steps {value} is more than grurt makes ({MAX_STEPS}, grurt.graph.MAX_STEPS)")
+    return value
+
+
+@dataclass(frozen=True, eq=False)
+class Repeat:
+    """A vector repeated over ``steps`` steps, (B, F) → (B, steps, F) (Keras's ``RepeatVector``)."""
+
+    steps: int
+
+    def __post_init__(self):
+        _steps("Repeat", self.steps)
+
+    def describe(self) -> str:
+        return f"Repeat({self.steps})"
+
+
+@dataclass(frozen=True, eq=False)
+class Unflatten:
+    """A vector cut into ``steps`` steps, (B, steps·F) → (B, steps, F), step-major (Keras's ``Reshape``
+    of a flat vector to (T, F); the inverse of Flatten)."""
+
+    steps: int
+
+    def __post_init__(self):
+        _steps("Unflatten", self.steps)
+
+    def describe(self) -> str:
+        return f"Unflatten({self.steps})"
+
+
+@dataclass(frozen=True, eq=False)
+class Crop:
+    """``left`` steps cut from the start of each sequence and ``right`` from its end, (B, T, F) →
+    (B, T − left − right, F) (Keras's ``Cropping1D``)."""
+
+    left: int
+    right: int
+
+    def __post_init__(self):
+        _count("Crop", "left", self.left, 0)
+        _count("Crop", "right", self.right, 0)
+        if self.left > MAX_STEPS or self.right > MAX_STEPS:
+            raise ModelFormatError(f"Crop: left {self.left}, right {self.right}: more than {MAX_STEPS} steps")
+
+    def describe(self) -> str:
+        return f"Crop({self.left}, {self.right})"
+
+
+#: Layers a graph node may hold beyond the chain layers: they read several tensors, cut one, or
+#: run as a numpy step between the chains.
+GRAPH_LAYERS = (Combine, Concat, Slice, PReLU, Masking, Repeat, Unflatten, Crop)
+#: The graph layers that read one tensor and give one.
+ONE_INPUT_LAYERS = (Slice, PReLU, Repeat, Unflatten, Crop)
+#: Graph layers that make a sequence whose steps are not their input's: no lengths, no streaming.
+NEW_STEPS_LAYERS = (Repeat, Unflatten, Crop)
+#: Layers that compute each step from that step alone (a mask goes through them).
+STEPWISE_LAYERS = (Dense, Activation, Scale, LayerNorm, UnitNorm, Merge, Reverse, Embedding, PReLU, Slice)
 
 
 # ---- the graph ----
@@ -157,12 +278,16 @@ class Node:
 
 @dataclass(frozen=True)
 class Tensor:
-    """What validation knows of a tensor: features (None: token ids) and whether it has a time axis."""
+    """What validation knows of a tensor: features (None: token ids) and whether it has a time axis;
+    ``mask``: a (B, T) mask of the valid steps (features None)."""
 
     features: Optional[int]
     has_time: bool
+    mask: bool = False
 
     def describe(self) -> str:
+        if self.mask:
+            return "(B, T) mask"
         if self.features is None:
             return "(B, T) ids"
         return f"(B, T, {self.features})" if self.has_time else f"(B, {self.features})"
@@ -218,6 +343,8 @@ class Graph:
                 raise ModelFormatError(f"graph: input '{i.name}' is not used by any output")
         for o in outputs:
             t = tensors[o.name]
+            if t.mask:
+                raise ModelFormatError(f"graph: output '{o.name}' is a mask, which only GRU and GlobalPool nodes read")
             if t.features is None:
                 raise ModelFormatError(f"graph: output '{o.name}' is token ids, which only an Embedding reads")
             if o.directions is not None and (t.has_time or t.features is None or t.features % o.directions):
@@ -244,7 +371,8 @@ class Graph:
 
     @property
     def parameter_count(self) -> int:
-        return parameter_count(node.layer for node in self.nodes)
+        return (parameter_count(node.layer for node in self.nodes)
+                + sum(node.layer.alpha.size for node in self.nodes if isinstance(node.layer, PReLU)))
 
     def describe(self) -> str:
         lines = ["inputs: " + "; ".join(i.describe() for i in self.inputs)]
@@ -257,11 +385,7 @@ class Graph:
     @classmethod
     def from_chain(cls, spec: ModelSpec, input_name: str = "input", output_name: str = "output") -> "Graph":
         """The one-path graph of a chain (its mask_value aside: a chain with one runs as a chain)."""
-        kind = "ids" if spec.takes_ids else "sequence"
-        names = [input_name] + [f"{index}:{type(layer).__name__}" for index, layer in enumerate(spec.layers)]
-        names[-1] = output_name
-        nodes = [Node(layer, (names[i],), (names[i + 1],)) for i, layer in enumerate(spec.layers)]
-        return cls((Input(input_name, spec.input_size, kind),), tuple(nodes), (Output(output_name),))
+        return path_graph(spec.input_size, spec.layers, input_name, output_name)
 
     def as_chain(self) -> Optional[ModelSpec]:
         """The ModelSpec of a graph that is one path (one sequence or ids input, through nodes of one
@@ -325,15 +449,31 @@ def check_node(node: Node, tensors: Dict[str, Tensor]) -> None:
     layer, where = node.layer, f"node {node.describe()}"
     given = [tensors[name] for name in node.inputs]
     shapes = ", ".join(f"'{n}' {t.describe()}" for n, t in zip(node.inputs, given))
+    if given[-1].mask:
+        if not takes_mask(node, tensors) or not given[0].has_time:
+            raise ModelFormatError(f"{where}: a mask goes only into a GRU or an average GlobalPool reading a "
+                                   f"sequence, as its last input ({shapes})")
+        given = given[:-1]
+    if any(t.mask for t in given):
+        raise ModelFormatError(f"{where}: a mask goes only into a GRU or an average GlobalPool, as its last input "
+                               f"({shapes})")
+    if isinstance(layer, Masking):
+        if len(given) != 1 or len(node.outputs) != 2 or not given[0].has_time:
+            raise ModelFormatError(f"{where}: takes a sequence or token ids and gives (y, mask), got {shapes}")
+        tensors[node.outputs[0]] = given[0]
+        tensors[node.outputs[1]] = Tensor(None, True, mask=True)
+        return
     if isinstance(layer, GRAPH_LAYERS):
         if len(node.outputs) != 1:
             raise ModelFormatError(f"{where}: gives one tensor, not {len(node.outputs)}")
         if any(t.features is None for t in given):
             raise ModelFormatError(f"{where}: token ids go only into an Embedding ({shapes})")
-        if isinstance(layer, Slice):
-            if len(given) != 1 or layer.end > given[0].features:
-                raise ModelFormatError(f"{where}: takes one tensor of at least {layer.end} features, got {shapes}")
-            tensors[node.outputs[0]] = Tensor(layer.end - layer.begin, given[0].has_time)
+        if isinstance(layer, ONE_INPUT_LAYERS):
+            if len(given) != 1 or (isinstance(layer, Slice) and layer.end > given[0].features):
+                raise ModelFormatError(f"{where}: takes one tensor"
+                                       + (f" of at least {layer.end} features" if isinstance(layer, Slice) else "")
+                                       + f", got {shapes}")
+            tensors[node.outputs[0]] = one_input_output(where, layer, given[0])
             return
         if len(given) < 2 or (isinstance(layer, Combine) and layer.op == "sub" and len(given) != 2):
             raise ModelFormatError(f"{where}: takes {'two' if getattr(layer, 'op', '') == 'sub' else 'two or more'} "
@@ -357,6 +497,86 @@ def check_node(node: Node, tensors: Dict[str, Tensor]) -> None:
                                    f"got {shapes}")
         if len(node.outputs) == 2:
             tensors[node.outputs[1]] = state
+
+
+def takes_mask(node: Node, tensors: Dict[str, Tensor]) -> bool:
+    """Whether the node's last input is a mask: a GRU reading (x, [h0,] mask), an average GlobalPool (x, mask)."""
+    return (len(node.inputs) >= 2 and tensors[node.inputs[-1]].mask
+            and (isinstance(node.layer, GRU) or isinstance(node.layer, GlobalPool) and node.layer.mode == "average"))
+
+
+def mask_survives(layer, masked: bool) -> bool:
+    """Whether the steps of a layer's output are masked, as its input's are (``masked``): Keras's
+    rule. Layers that work step by step keep the mask (Reverse too: Keras keeps it in input time
+    order), and a GRU returning its sequence; the rest drop it (a Masking makes a new one)."""
+    if isinstance(layer, Masking):
+        return True
+    if isinstance(layer, GRU):
+        return masked and layer.return_sequences
+    return masked and isinstance(layer, STEPWISE_LAYERS)
+
+
+def one_input_output(where: str, layer, given: Tensor) -> Tensor:
+    """The tensor a graph layer of ONE_INPUT_LAYERS gives for ``given``; ModelFormatError naming ``where``."""
+    if isinstance(layer, Slice):
+        if layer.end > given.features:
+            raise ModelFormatError(f"{where}: takes a tensor of at least {layer.end} features, got {given.describe()}")
+        return Tensor(layer.end - layer.begin, given.has_time)
+    if isinstance(layer, Repeat):
+        if given.has_time:
+            raise ModelFormatError(f"{where}: repeats a vector (B, F), got {given.describe()}")
+        return Tensor(given.features, True)
+    if isinstance(layer, Unflatten):
+        if given.has_time or given.features % layer.steps:
+            raise ModelFormatError(f"{where}: cuts a vector of a multiple of {layer.steps} features into "
+                                   f"{layer.steps} steps, got {given.describe()}")
+        return Tensor(given.features // layer.steps, True)
+    if isinstance(layer, Crop):
+        if not given.has_time:
+            raise ModelFormatError(f"{where}: crops a sequence, got {given.describe()}")
+        return given
+    # PReLU
+    if given.features != layer.features or (layer.steps is not None and not given.has_time):
+        raise ModelFormatError(f"{where}: alpha {layer.alpha.shape} does not fit {given.describe()}")
+    return given
+
+
+def node_output(where: str, layer, features: Optional[int], has_time: bool):
+    """(features, has_time) after a chain layer or a one-input graph layer (importers building a path)."""
+    if isinstance(layer, Masking):
+        if not has_time:
+            raise ModelFormatError(f"{where}: a Masking needs a sequence")
+        return features, has_time
+    if isinstance(layer, ONE_INPUT_LAYERS):
+        if features is None:
+            raise ModelFormatError(f"{where}: token ids go only into an Embedding")
+        out = one_input_output(where, layer, Tensor(features, has_time))
+        return out.features, out.has_time
+    return layer_output(where, layer, features, has_time)
+
+
+def path_graph(input_size: Optional[int], layers, input_name: str = "input", output_name: str = "output",
+               mask_value=None) -> Graph:
+    """The one-path graph of ``layers`` (chain layers and one-input graph layers) applied in order;
+    an Embedding first makes its input token ids. ``mask_value`` (a ModelSpec's) puts a Masking
+    first. The mask of each Masking goes into the GRUs and average GlobalPools after it, as far as
+    :func:`mask_survives` carries it."""
+    layers = ((Masking(mask_value),) if mask_value is not None else ()) + tuple(layers)
+    names = [input_name] + [f"{index}:{type(layer).__name__}" for index, layer in enumerate(layers)]
+    names[-1] = output_name
+    nodes, mask = [], None
+    for i, layer in enumerate(layers):
+        if isinstance(layer, Masking):
+            mask = f"{names[i + 1]}/mask"
+            nodes.append(Node(layer, (names[i],), (names[i + 1], mask)))
+            continue
+        reads_mask = mask is not None and (isinstance(layer, GRU) or isinstance(layer, GlobalPool)
+                                           and layer.mode == "average")
+        nodes.append(Node(layer, (names[i],) + ((mask,) if reads_mask else ()), (names[i + 1],)))
+        if not mask_survives(layer, mask is not None):
+            mask = None
+    kind = "ids" if input_size is None else "sequence"
+    return Graph((Input(input_name, input_size, kind),), tuple(nodes), (Output(output_name),))
 
 
 # ---- planning: chains of layers joined by the nodes that combine tensors ----
@@ -396,7 +616,7 @@ class Segment:
 
 def segments(graph: Graph) -> list:
     """The graph as steps to run in order: each a :class:`Segment`, or a node of
-    :data:`GRAPH_LAYERS` (run on whole arrays). A segment runs where its last node stands in the
+    :data:`GRAPH_LAYERS` or reading a mask (run on whole arrays). A segment runs where its last node stands in the
     graph's order, when every h0 it takes is ready; one ends at each GRU that gives its h_n."""
     uses: Dict[str, int] = {}
     for node in graph.nodes:
@@ -405,7 +625,7 @@ def segments(graph: Graph) -> list:
     outputs = set(graph.output_names)
     steps, extendable = [], {}
     for node in graph.nodes:
-        if isinstance(node.layer, GRAPH_LAYERS):
+        if isinstance(node.layer, GRAPH_LAYERS) or takes_mask(node, graph.tensors):
             steps.append(node)
             continue
         source = node.inputs[0]

@@ -5,10 +5,14 @@ A graph that is one path never comes here: :class:`grurt.Model` runs it as a cha
 """
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from .errors import InputError
-from .graph import Concat, Graph, Segment, Slice, segments
+from .graph import (NEW_STEPS_LAYERS, Concat, Crop, Graph, Masking, PReLU, Repeat, Segment, Slice, Unflatten, segments,
+                    takes_mask)
+from .spec import GRU, GlobalPool, ModelSpec
 
 _FLOAT32 = np.dtype(np.float32)
 _REDUCE = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "max": np.maximum, "min": np.minimum,
@@ -16,10 +20,34 @@ _REDUCE = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "max": np.maxi
 
 
 def combine(node, arrays):
-    """A Combine, Concat or Slice node on float32 arrays (the same batch; the time axes checked here)."""
+    """A node of a graph layer (grurt.graph.GRAPH_LAYERS) on float32 arrays (the same batch; the time axes
+    checked here)."""
     layer = node.layer
     if layer.__class__ is Slice:
         return np.ascontiguousarray(arrays[0][..., layer.begin:layer.end])
+    if layer.__class__ is PReLU:
+        x = arrays[0]
+        if layer.steps is not None and x.shape[1] != layer.steps:
+            raise InputError(f"node {node.describe()}: its alpha holds {layer.steps} steps, the sequence has "
+                             f"{x.shape[1]}: this model runs on sequences of exactly {layer.steps} steps")
+        return np.where(x >= 0, x, x * layer.alpha)
+    if layer.__class__ is Repeat:
+        from .model import MEMORY_LIMIT_BYTES
+        batch, features = arrays[0].shape
+        if 4 * batch * layer.steps * features > MEMORY_LIMIT_BYTES:        # Python ints: no overflow
+            raise InputError(f"node {node.describe()}: {batch} × {layer.steps} steps × {features} features would "
+                             f"need more than the limit of {MEMORY_LIMIT_BYTES / 2**30:.1f} GiB "
+                             "(grurt.model.MEMORY_LIMIT_BYTES)")
+        return np.repeat(arrays[0][:, None, :], layer.steps, axis=1)
+    if layer.__class__ is Unflatten:
+        x = arrays[0]
+        return x.reshape(x.shape[0], layer.steps, x.shape[1] // layer.steps)
+    if layer.__class__ is Crop:
+        x = arrays[0]
+        if x.shape[1] <= layer.left + layer.right:
+            raise InputError(f"node {node.describe()}: crops {layer.left + layer.right} steps of a sequence of "
+                             f"{x.shape[1]}: at least {layer.left + layer.right + 1} needed")
+        return np.ascontiguousarray(x[:, layer.left:x.shape[1] - layer.right])
     first = arrays[0]
     if first.ndim == 3 and any(a.shape[1] != first.shape[1] for a in arrays):
         raise InputError(f"node {node.describe()}: its sequences have different numbers of steps "
@@ -33,6 +61,57 @@ def combine(node, arrays):
     if layer.op == "mean":
         result /= np.float32(len(arrays))
     return result
+
+
+def masking(layer: Masking, x: np.ndarray):
+    """A Masking node: (x with its masked steps zeroed (token ids: unchanged), the (B, T) mask)."""
+    if x.dtype.kind in "iu":
+        return x, x != layer.value
+    mask = (x != np.float32(layer.value)).any(axis=-1)
+    return np.where(mask[..., None], x, np.float32(0)), mask
+
+
+def masked_average(x: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The mean of each sequence's valid steps, (B, T, F) → (B, F), as Keras: NaN (0/0) without any."""
+    total = np.where(mask[..., None], x, np.float32(0)).sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return total / mask.sum(axis=1, dtype=np.float32)[:, None]
+
+
+def masked_gru(model, layer: GRU, x: np.ndarray, mask: np.ndarray, h0: np.ndarray, threads: int):
+    """A GRU node reading a mask (the rule in :class:`grurt.graph.Masking`): its output and final
+    state (D, B, H). ``model`` runs the layer returning its sequence: each sequence's valid steps
+    are gathered to the front, run with their count as length (the state carried over the masked
+    steps), and the outputs put back at their steps, each masked step taking the output the rule
+    gives from the valid steps around it."""
+    batch, steps = mask.shape
+    if x.shape[1] != steps:
+        raise InputError(f"a GRU's sequence has {x.shape[1]} steps, its mask {steps}")
+    counts = mask.sum(axis=1)
+    if not (mask == (np.arange(steps) < counts[:, None])).all():     # not trailing padding only: gather
+        x = np.take_along_axis(x, np.argsort(~mask, axis=1, kind="stable")[:, :, None], axis=1)
+    y, (h,) = model.run(x, initial_state=[h0], return_state=True, lengths=np.maximum(counts, 1), threads=threads)
+    empty = counts == 0
+    if empty.any():                                      # nothing valid: the state stays h0
+        h[:, empty] = h0[:, empty]
+    seen = np.cumsum(mask, axis=1)                       # valid steps up to and including each step
+    hidden = layer.hidden_size
+    zeros_there = layer.direction == "bidirectional" and layer.return_sequences
+    parts = []
+    for d, backwards in enumerate({"forward": (False,), "reverse": (True,),
+                                   "bidirectional": (False, True)}[layer.direction]):
+        if zeros_there:
+            index, keep = seen - 1, mask
+        elif not backwards:                              # the last valid step at or before each step
+            index, keep = seen - 1, seen > 0
+        else:                                            # the first valid step at or after it
+            index = seen - mask
+            keep = index < counts[:, None]
+        out = np.take_along_axis(y[..., d * hidden:(d + 1) * hidden], np.clip(index, 0, steps - 1)[:, :, None],
+                                 axis=1)
+        out[~keep] = 0
+        parts.append(out if layer.return_sequences else out[:, 0 if backwards else -1])
+    return (parts[0] if len(parts) == 1 else np.concatenate(parts, axis=-1)), h
 
 
 def by_name(values, names, what: str = "input") -> dict:
@@ -80,12 +159,17 @@ class GraphRunner:
         gru_index = {id(node): i for i, node in enumerate(graph.gru_nodes)}
         self.models, self.gru_positions = {}, {}
         for step in self.steps:
+            # the stored reduced-precision arrays are keyed by node; a segment's Model by its layer
+            nodes = step.nodes if isinstance(step, Segment) else [step]
+            sub_stored = {(k, name): parts for k, node in enumerate(nodes)
+                          for (i, name), parts in stored.items() if i == index_of[id(node)]}
             if isinstance(step, Segment):
-                # the stored reduced-precision arrays are keyed by node; a segment's Model by its layer
-                sub_stored = {(k, name): parts for k, node in enumerate(step.nodes)
-                              for (i, name), parts in stored.items() if i == index_of[id(node)]}
                 self.models[id(step)] = Model(step.spec(graph), weights, sub_stored)
                 self.gru_positions[id(step)] = [gru_index[id(node)] for node in step.grus]
+            elif isinstance(step.layer, GRU):      # a GRU reading a mask: run returning its sequence
+                layer = dataclasses.replace(step.layer, return_sequences=True)
+                self.models[id(step)] = Model(ModelSpec(layer.input_size, (layer,)), weights, sub_stored)
+                self.gru_positions[id(step)] = [gru_index[id(step)]]
         last_use = {}
         for position, step in enumerate(self.steps):
             for name in self._reads(step):
@@ -96,7 +180,10 @@ class GraphRunner:
         #: the GRU nodes whose h0 is a tensor of the graph
         self.state_fed = {self.gru_positions[id(step)][i] for step in self.steps if isinstance(step, Segment)
                           for i in step.states_in}
+        self.state_fed |= {gru_index[id(node)] for node in graph.gru_nodes if len(node.inputs) == 3}
         self.inputs = {i.name: i for i in graph.inputs}
+        self.masking = [node for node in graph.nodes if isinstance(node.layer, Masking)]
+        self.new_steps = [node for node in graph.nodes if isinstance(node.layer, NEW_STEPS_LAYERS)]
 
     @staticmethod
     def _reads(step):
@@ -205,6 +292,12 @@ class GraphRunner:
     def run(self, values, initial_state, return_state, lengths, threads):
         env, single, batch = self.checked_inputs(values)
         if lengths is not None:
+            if self.masking:
+                raise InputError(f"node {self.masking[0].describe()} derives the valid steps from the input: "
+                                 "this model takes no lengths")
+            if self.new_steps:
+                raise InputError(f"node {self.new_steps[0].describe()} makes a sequence of other steps than its "
+                                 "input's: this model takes no lengths")
             lengths = self.checked_lengths(lengths, env, batch, single)
         user_states = self.initial_states(initial_state, batch, single)
         final_states = [None] * len(self.graph.gru_nodes)
@@ -212,7 +305,7 @@ class GraphRunner:
             if step.__class__ is Segment:
                 self._run_segment(step, env, user_states, final_states, return_state, lengths, threads)
             else:
-                env[step.outputs[0]] = combine(step, [env[name] for name in step.inputs])
+                self._run_node(step, env, user_states, final_states, threads)
             for name in self.release[position]:
                 del env[name]
         outputs = []
@@ -229,6 +322,30 @@ class GraphRunner:
         if not return_state:
             return result
         return result, [s[:, 0] if single else s for s in final_states]
+
+    def _run_node(self, node, env, user_states, final_states, threads):
+        """A node run on whole arrays: a graph layer, or a GRU or GlobalPool reading a mask."""
+        layer, arrays = node.layer, [env[name] for name in node.inputs]
+        if layer.__class__ is Masking:
+            env[node.outputs[0]], env[node.outputs[1]] = masking(layer, arrays[0])
+        elif isinstance(layer, GlobalPool):
+            env[node.outputs[0]] = masked_average(arrays[0], arrays[1])
+        elif isinstance(layer, GRU):
+            (position,) = self.gru_positions[id(node)]
+            d, hidden, batch = layer.num_directions, layer.hidden_size, arrays[0].shape[0]
+            if len(arrays) == 3:
+                h0 = arrays[1].reshape(batch, d, hidden).transpose(1, 0, 2)
+            elif user_states and user_states[position] is not None:
+                h0 = user_states[position]
+            else:
+                h0 = np.zeros((d, batch, hidden), _FLOAT32)
+            out, h = masked_gru(self.models[id(node)], layer, arrays[0], arrays[-1], h0, threads)
+            final_states[position] = h
+            env[node.outputs[0]] = out
+            if len(node.outputs) == 2:
+                env[node.outputs[1]] = np.ascontiguousarray(h.transpose(1, 0, 2).reshape(batch, -1))
+        else:
+            env[node.outputs[0]] = combine(node, arrays)
 
     def _run_segment(self, step: Segment, env, user_states, final_states, return_state, lengths, threads):
         model = self.models[id(step)]
@@ -301,12 +418,29 @@ class GraphStream:
                     raise InputError(f"in the chain {' -> '.join(n.describe() for n in step.nodes)}: {exc}") from None
                 per_frame.update(step.states_out.values())
                 per_frame.add(step.output)
-            else:
-                per_frame.add(step.outputs[0])
+                continue
+            if isinstance(step.layer, PReLU) and step.layer.steps is not None:
+                raise InputError(f"node {step.describe()} has an alpha per step of a {step.layer.steps}-step "
+                                 "sequence: this model cannot stream, use run()")
+            if isinstance(step.layer, GlobalPool):
+                raise InputError(f"node {step.describe()} needs the whole sequence: this model cannot stream, "
+                                 "use run()")
+            if isinstance(step.layer, GRU):     # a stream reads every frame as valid: its mask is not read
+                if len(step.inputs) == 3:
+                    raise InputError(f"node {step.describe()} takes its initial state from a tensor and reads a "
+                                     "mask: this model cannot stream, use run()")
+                try:
+                    self.streams[id(step)] = runner.models[id(step)].stream(batch, threads)
+                except InputError as exc:
+                    raise InputError(f"node {step.describe()}: {exc}") from None
+            per_frame.update(step.outputs)
+        for step in runner.steps:
+            if not isinstance(step, Segment) and isinstance(step.layer, NEW_STEPS_LAYERS):
+                raise InputError(f"node {step.describe()} makes a sequence of other steps than the input's: this "
+                                 "model cannot stream, use run()")
         self.per_frame = per_frame
-        #: what one advance runs, in order: (its Stream, segment) or (None, merge node)
-        self.frame_steps = [(self.streams[id(step)], step) if isinstance(step, Segment) else (None, step)
-                            for step in runner.steps
+        #: what one advance runs, in order: (its Stream, segment or masked GRU node) or (None, graph layer node)
+        self.frame_steps = [(self.streams.get(id(step)), step) for step in runner.steps
                             if id(step) in self.streams or (not isinstance(step, Segment)
                                                             and step.outputs[0] in per_frame)]
         self.static_env = {}
@@ -322,7 +456,7 @@ class GraphStream:
             if id(step) in self.streams:
                 stream = self.streams[id(step)]
                 stream.reset()
-                if step.states_in:
+                if isinstance(step, Segment) and step.states_in:
                     states = []
                     for i, node in enumerate(step.grus):
                         d, h = node.layer.num_directions, node.layer.hidden_size
@@ -354,7 +488,7 @@ class GraphStream:
             if isinstance(step, Segment):
                 runner._run_segment(step, env, None, [None] * len(runner.graph.gru_nodes), False, None, self.threads)
             else:
-                env[step.outputs[0]] = combine(step, [env[n] for n in step.inputs])
+                runner._run_node(step, env, None, None, self.threads)
         return env
 
     def _frames(self, frames, block: bool):
@@ -401,11 +535,17 @@ class GraphStream:
         runner = self.runner
         env.update(self.static_env)
         for stream, step in self.frame_steps:
-            if stream is not None:
+            if stream is not None and step.__class__ is not Segment:       # a GRU node reading a mask
+                out = stream.run(env[step.inputs[0]])
+                for name in step.outputs:                 # a streamed GRU is forward: its h_n is its output
+                    env[name] = out
+            elif stream is not None:
                 out = stream.run(env[step.source])
                 env[step.output] = out
                 for name in step.states_out.values():     # a streamed GRU is forward: its h_n is its output
                     env[name] = out
+            elif step.layer.__class__ is Masking:
+                env[step.outputs[0]], env[step.outputs[1]] = masking(step.layer, env[step.inputs[0]])
             else:
                 arrays = [env[n] if n in self.per_frame else
                           np.broadcast_to(env[n][:, None], (self.batch, steps, env[n].shape[-1]))

@@ -55,7 +55,7 @@ class Model:
     stores, when they are known exactly; they are otherwise computed from ``spec``.
     """
 
-    def __init__(self, spec, weights: str = "float32", stored=None):
+    def __init__(self, spec, weights: str = "float32", stored=None, file_states=None):
         if isinstance(spec, Graph):
             graph, chain = spec, spec.as_chain()
         elif isinstance(spec, ModelSpec):
@@ -63,6 +63,8 @@ class Model:
         else:
             raise TypeError(f"Model expects a grurt.graph.Graph or grurt.spec.ModelSpec, got {type(spec).__name__}")
         self._source = spec                 # what the model was made of: a Graph, or a ModelSpec (for pickling)
+        # a one-path ONNX file's state inputs and outputs by the file's names (importers.onnx.FileStates)
+        self._file_states = file_states
         self.weights = precision.check_mode(weights)
         layers = chain.layers if chain is not None else tuple(node.layer for node in graph.nodes)
         self._stored = {}                   # (layer or node index, "W"/"R") -> the reduced-precision arrays
@@ -101,6 +103,9 @@ class Model:
         # no lengths to derive from the input, no ids, any number of steps: the C fast path
         self._plain_runs = spec.mask_value is None and not spec.takes_ids and spec.fixed_steps is None
         self._frame_rate_layers = frame_rate_layers(spec)
+        if spec.mask_value is not None:
+            self._trailing_fill = self._fill_rule()
+            self._masked = None            # the graph runner for other masks, made at its first use
 
     @classmethod
     def chain(cls, layers, input_size=None, mask_value=None) -> "Model":
@@ -162,16 +167,16 @@ class Model:
         return f"<grurt.Model input_size={self.input_size}{mode}: {layers}>"
 
     def __reduce__(self):
-        if self.weights == "float32":
+        if self.weights == "float32" and self._file_states is None:
             return (Model, (self._source,))
-        return (Model, (self._source, self.weights, self._stored))
+        return (Model, (self._source, self.weights, self._stored, self._file_states))
 
     def with_weights(self, weights: str) -> "Model":
         """This model with its GRU weights in another mode ("float32", "bf16" or "int8"), as a
         new Model. Reduced precision is rounded from this model's float32 values (``spec``)."""
         if precision.check_mode(weights) == self.weights:
             return self
-        return Model(self._source, weights)
+        return Model(self._source, weights, file_states=self._file_states)
 
     def run(self, seq, initial_state=None, return_state=False, lengths=None, threads=1):
         """Run the model on ``seq``: (T, I) for one sequence or (B, T, I) for a batch.
@@ -188,7 +193,7 @@ class Model:
         GRU layer ((directions, H) for a single sequence). ``initial_state`` takes the same
         form. ``lengths`` (B,) gives each sequence's valid length for padded batches.
         ``threads`` > 1 lets each GRU layer run on up to that many threads of grurt's worker
-        pool, when that is measured to be faster (see the README); results are bit for bit
+        pool, when that is measured to be faster (docs/performance-and-threads.md); results are bit for bit
         those of one thread.
         """
         try:
@@ -199,20 +204,32 @@ class Model:
                 out = self._plan.run_plain(seq, MEMORY_LIMIT_BYTES, threads)
                 if out is not None:
                     return out
+            if self._file_states is not None and initial_state is None and not return_state and (
+                    (type(seq) is dict and set(seq) != set(self.input_names))
+                    or (type(seq) in (list, tuple) and len(seq) == len(self._file_states.inputs) > 1
+                        and all(type(v) is np.ndarray for v in seq))):
+                return self._file_states.run(self, seq, lengths, threads)
             if self._graph is not None or type(seq) is dict:
                 _check_threads(threads)
                 if self._graph is not None:
                     return self._graph.run(seq, initial_state, return_state, lengths, threads)
                 seq = self._graph_input(seq)
+            fill = None
             if self._table is not None:
                 ids, single = self._ids(seq)
                 if lengths is None and self.spec.mask_value is not None:
-                    lengths = self._lengths_from_mask(ids == self.spec.mask_value)
+                    lengths = self._lengths_from_mask(ids != self.spec.mask_value)
+                    if lengths is None:
+                        return self._run_masked(seq, initial_state, return_state, threads)
+                    fill = self._trailing_fill
                 x = np.take(self._table, ids, axis=0)          # (B, T, E) float32: the ids are checked
             else:
                 x, single = self._input(seq)                   # checks the size before converting
                 if lengths is None and self.spec.mask_value is not None:
-                    lengths = self._lengths_from_mask((x == self.spec.mask_value).all(axis=2))
+                    lengths = self._lengths_from_mask((x != np.float32(self.spec.mask_value)).any(axis=2))
+                    if lengths is None:
+                        return self._run_masked(seq, initial_state, return_state, threads)
+                    fill = self._trailing_fill
             batch, steps = x.shape[0], x.shape[1]
             # frames out of the time layers (InputError naming the layer when the input is too short)
             out_steps = output_steps(self.spec, steps) if self._time_layers else steps
@@ -236,6 +253,13 @@ class Model:
                            else (batch, self._output_size), _FLOAT32)
             _check_threads(threads)
             self._plan.run(x, states, length_array, out, threads)
+            if fill is not None and self._returns_sequence:      # the masked steps: what Keras gives there
+                padding = np.arange(out.shape[1]) >= length_array[:, None]
+                if isinstance(fill, str):                             # "repeat": the last valid step's output
+                    out[padding] = np.repeat(out[np.arange(batch), length_array - 1], out.shape[1] - length_array,
+                                             axis=0)
+                else:
+                    out[padding] = fill
             if single:
                 out = out[0]
             if not return_state:
@@ -403,20 +427,57 @@ class Model:
             raise InputError(f"token id {bad} is outside the vocabulary [0, {self.spec.vocabulary})")
         return np.ascontiguousarray(seq).reshape(batch, steps), single
 
-    def _lengths_from_mask(self, padding):
-        """Each sequence's length from its trailing padding steps (``padding`` (B, T): the step equals
-        mask_value in every feature, or is the padding id)."""
-        real = ~padding                                                # (B, T)
-        lengths = padding.shape[1] - np.argmax(real[:, ::-1], axis=1)
-        empty = ~real.any(axis=1)
-        if empty.any():
-            raise InputError(f"sequence {int(np.argmax(empty))} is entirely masked (every step equals "
-                             f"mask_value={self.spec.mask_value:g})")
-        holes = real.sum(axis=1) != lengths
-        if holes.any():
-            raise InputError(f"sequence {int(np.argmax(holes))} has masked steps before its last real step; "
-                             "grurt supports masking of trailing padding only")
+    def _lengths_from_mask(self, real):
+        """Each sequence's length when its masked steps are trailing padding and running with these
+        lengths gives what the mask gives (``self._trailing_fill``), else None. ``real`` (B, T): the
+        step has a feature other than mask_value, or is an id other than the padding id."""
+        if self._trailing_fill is False:
+            return None
+        lengths = real.shape[1] - np.argmax(real[:, ::-1], axis=1)
+        if not real[:, 0].all() or (real.sum(axis=1) != lengths).any():    # an empty sequence, or a hole
+            return None
         return lengths
+
+    def _run_masked(self, seq, initial_state, return_state, threads):
+        """A run whose mask is not trailing padding only: the model as a graph whose GRUs read the mask."""
+        if self._masked is None:
+            from .graph import path_graph
+            from .graph_model import GraphRunner
+            graph = path_graph(self.spec.input_size, self.spec.layers, mask_value=self.spec.mask_value)
+            # the Masking node comes first: layer k is node k + 1
+            self._masked = GraphRunner(graph, self.weights, {(i + 1, name): parts
+                                                             for (i, name), parts in self._stored.items()})
+        if type(threads) is not int or not 1 <= threads <= _kernels.MAX_THREADS:
+            raise InputError(f"threads must be an integer from 1 to {_kernels.MAX_THREADS}, got {threads!r}")
+        return self._masked.run(seq, initial_state, return_state, None, threads)
+
+    def _fill_rule(self):
+        """How a run with lengths from trailing padding completes the masked steps of its output as
+        the model's mask rule gives them (grurt.graph.Masking): None (the output has no masked steps),
+        "repeat" (each repeats the sequence's last valid output), a constant (F,) vector, or False when
+        running with lengths cannot give the rule's values (the mask then runs as a graph)."""
+        last_gru = None
+        for index, layer in enumerate(self.spec.layers):
+            if isinstance(layer, (Reverse, Flatten)):      # Keras reverses and flattens the masked steps too
+                return False
+            if isinstance(layer, (LastStep, GlobalPool)):
+                # the mean of the valid steps; a maximum or a last step is the rule's when the masked
+                # steps repeat the valid ones
+                if layer.__class__ is GlobalPool and layer.mode == "average":
+                    return None
+                return None if last_gru is not None and last_gru.direction == "forward" else False
+            if isinstance(layer, GRU):
+                if not layer.return_sequences:
+                    return None
+                last_gru, after = layer, index + 1
+        if last_gru is None:
+            return False
+        if last_gru.direction == "forward":
+            return "repeat"
+        # zeros at the masked steps (a reverse GRU reads them first), then the layers after the GRU
+        zeros = np.zeros((1, 1, last_gru.output_size), _FLOAT32)
+        rest = self.spec.layers[after:]
+        return Model(ModelSpec(last_gru.output_size, rest)).run(zeros)[0, 0] if rest else zeros[0, 0]
 
     @staticmethod
     def _lengths(lengths, batch: int, steps: int, single: bool):

@@ -7,91 +7,24 @@ from __future__ import annotations
 
 import numpy as np
 
-from .spec import GRU, Activation, ActivationFunction, Dense, LastStep, Merge, ModelSpec, Reverse, Scale
+from .spec import GRU, Activation, Dense, LastStep, Merge, ModelSpec, Reverse, Scale
 from .spec import Embedding, Flatten, GlobalPool, LayerNorm, UnitNorm
 from .errors import InputError
 from .spec import TIME_LAYERS, Conv1D, Pool1D, ZeroPad1D, frame_rate_layers, output_steps
-from .graph import Combine, Concat, Graph, Slice
+from .graph import Combine, Concat, Crop, Graph, Masking, PReLU, Repeat, Slice, Unflatten, path_graph
+# the GRU maths and the activations live with the GRU op's reference (the reference of every op is below this module)
+from .reference_ops.recurrent import apply_activation, gru, gru_direction  # noqa: F401 (public: grurt.reference.gru)
 
 
-def apply_activation(fn: ActivationFunction, x: np.ndarray) -> np.ndarray:
-    """Apply ``fn`` to a float64 array (softmax over the last axis)."""
-    a, b = fn.alpha, fn.beta
-    with np.errstate(over="ignore", invalid="ignore"):
-        if fn.kind == "sigmoid":
-            return 0.5 * (np.tanh(0.5 * x) + 1.0)
-        if fn.kind == "tanh":
-            return np.tanh(x)
-        if fn.kind == "relu":
-            return np.maximum(x, 0.0)
-        if fn.kind == "softsign":
-            return x / (1.0 + np.abs(x))
-        if fn.kind == "softplus":
-            return np.logaddexp(0.0, x)
-        if fn.kind == "hard_sigmoid":
-            return np.clip(a * x + b, 0.0, 1.0)
-        if fn.kind == "leaky_relu":
-            return np.where(x >= 0, x, a * x)
-        if fn.kind == "elu":
-            return np.where(x >= 0, x, a * np.expm1(np.minimum(x, 0.0)))
-        if fn.kind == "affine":
-            return a * x + b
-        if fn.kind == "scaled_tanh":
-            return a * np.tanh(b * x)
-        if fn.kind == "thresholded_relu":
-            return np.where(x > a, x, 0.0)
-        if fn.kind == "linear":
-            return x
-        if fn.kind == "softmax":
-            shifted = np.exp(x - x.max(axis=-1, keepdims=True))
-            return shifted / shifted.sum(axis=-1, keepdims=True)
-    raise AssertionError(f"unhandled activation {fn.kind}")
-
-
-def gru_direction(layer: GRU, d: int, x: np.ndarray, h: np.ndarray, reverse: bool, lengths: np.ndarray):
-    """One direction of a GRU over x (B, T, I) from state h (B, H).
-
-    Returns the outputs (B, T, H), zero past each sequence's length, and the final state.
-    """
-    H = layer.hidden_size
-    W, R, Bias = (np.asarray(a, np.float64) for a in (layer.W[d], layer.R[d], layer.B[d]))
-    Wz, Wr, Wh = W[:H], W[H:2 * H], W[2 * H:]
-    Rz, Rr, Rh = R[:H], R[H:2 * H], R[2 * H:]
-    Wbz, Wbr, Wbh, Rbz, Rbr, Rbh = Bias.reshape(6, H)
-    f, g = layer.gate_activation, layer.candidate_activation
-    clip = layer.clip
-
-    def clipped(v):
-        return v if clip is None else np.clip(v, -clip, clip)
-
-    batch, steps, _ = x.shape
-    y = np.zeros((batch, steps, H))
-    h = h.copy()
-    for b in range(batch):
-        n_steps = int(lengths[b])
-        order = range(n_steps - 1, -1, -1) if reverse else range(n_steps)
-        hb = h[b]
-        for t in order:
-            xt = x[b, t]
-            z = apply_activation(f, clipped(xt @ Wz.T + hb @ Rz.T + Wbz + Rbz))
-            r = apply_activation(f, clipped(xt @ Wr.T + hb @ Rr.T + Wbr + Rbr))
-            if layer.linear_before_reset:
-                n = apply_activation(g, clipped(xt @ Wh.T + r * (hb @ Rh.T + Rbh) + Wbh))
-            else:
-                n = apply_activation(g, clipped(xt @ Wh.T + (r * hb) @ Rh.T + Rbh + Wbh))
-            hb = (1.0 - z) * n + z * hb
-            y[b, t] = hb
-        h[b] = hb
-    return y, h
-
-
-def gru(layer: GRU, x: np.ndarray, h0: np.ndarray, lengths: np.ndarray):
-    """A whole GRU layer: x (B, T, I), h0 (D, B, H) -> (B, T, D*H) outputs, (D, B, H) final state."""
+def masked_gru(layer: GRU, x: np.ndarray, h0: np.ndarray, mask: np.ndarray):
+    """A GRU node reading a mask (grurt.graph.Masking's rule): its output and (D, B, H) final state.
+    Without return_sequences the output is each direction's output at the last step it reads."""
     reverse_flags = {"forward": [False], "reverse": [True], "bidirectional": [False, True]}[layer.direction]
+    zeros = layer.direction == "bidirectional" and layer.return_sequences
     outputs, states = [], []
     for d, reverse in enumerate(reverse_flags):
-        y, h = gru_direction(layer, d, x, h0[d], reverse, lengths)
-        outputs.append(y)
+        y, h = gru_direction(layer, d, x, h0[d], reverse, np.full(x.shape[0], x.shape[1]), mask, zeros)
+        outputs.append(y if layer.return_sequences else y[:, 0 if reverse else -1])
         states.append(h)
     return np.concatenate(outputs, axis=-1), np.stack(states)
 
@@ -143,26 +76,24 @@ def run(model, seq, initial_state=None, return_state=False, lengths=None):
     spec: ModelSpec = getattr(model, "spec", model)
     if isinstance(spec, Graph):
         return run_graph(spec, seq, initial_state, return_state, lengths)
+    if spec.mask_value is not None and lengths is None:      # a Masking first, its mask as the graph reads it
+        return run_graph(path_graph(spec.input_size, spec.layers, mask_value=spec.mask_value), seq, initial_state,
+                         return_state)
     if spec.takes_ids:
         ids = np.asarray(seq)
         single = ids.ndim == 1
         ids = ids[None] if single else ids
         x = embed(spec.layers[0], ids)
-        padding = ids == spec.mask_value if spec.mask_value is not None else None
     else:
         x = np.asarray(seq, dtype=np.float64)
         single = x.ndim == 2
         if single:
             x = x[None]
-        padding = (x == spec.mask_value).all(axis=2) if spec.mask_value is not None else None
     batch, steps, _ = x.shape
     flattened = output_steps(spec, steps)   # InputError when a window finds no frames, as Model.run
     if spec.fixed_steps is not None and flattened != spec.fixed_steps:
         raise ValueError(f"the model runs on sequences of exactly {spec.fixed_steps} steps at its Flatten, "
                          f"got {flattened} (from {steps} input frames)")
-    if lengths is None and padding is not None:
-        lengths = np.array([1 + max([t for t in range(steps) if not padding[b, t]], default=0)
-                            for b in range(batch)])
     if lengths is not None and frame_rate_layers(spec):
         index, layer = frame_rate_layers(spec)[0]
         raise InputError(f"lengths cannot be used with layer {index} ({layer.describe()}), "
@@ -205,14 +136,48 @@ def run_graph(graph: Graph, inputs, initial_state=None, return_state=False, leng
         else:
             env[spec.name] = value.astype(np.float64)[None] if single else value.astype(np.float64)
     batch = env[graph.input_names[0]].shape[0]
+    if lengths is not None and any(isinstance(node.layer, Masking) for node in graph.nodes):
+        raise InputError("a graph with a Masking node takes no lengths")
     lengths = None if lengths is None else np.asarray(lengths).reshape(batch)
     grus = graph.gru_nodes
     given = list(initial_state) if initial_state is not None else [None] * len(grus)
     states = []
     for node in graph.nodes:
         layer, args = node.layer, [env[name] for name in node.inputs]
-        if isinstance(layer, Slice):
+        masked = args[-1].dtype == bool and len(args) > 1        # a mask as the last input
+        if isinstance(layer, Masking):
+            x = args[0]
+            if x.dtype.kind in "iu":
+                env[node.outputs[1]] = x != layer.value
+                out = x
+            else:
+                env[node.outputs[1]] = (x != layer.value).any(axis=-1)
+                out = np.where(env[node.outputs[1]][..., None], x, 0.0)
+        elif masked and isinstance(layer, GlobalPool):
+            with np.errstate(invalid="ignore", divide="ignore"):
+                out = np.where(args[1][..., None], args[0], 0.0).sum(axis=1) / args[1].sum(axis=1)[:, None]
+        elif masked:                                            # a GRU
+            d, hidden = layer.num_directions, layer.hidden_size
+            if len(args) == 3:
+                h0 = args[1].reshape(batch, d, hidden).transpose(1, 0, 2)
+            elif given[len(states)] is not None:
+                h0 = np.asarray(given[len(states)], np.float64).reshape(d, batch, hidden)
+            else:
+                h0 = np.zeros((d, batch, hidden))
+            out, h = masked_gru(layer, args[0], h0, args[-1])
+            states.append(h)
+            if len(node.outputs) == 2:
+                env[node.outputs[1]] = np.concatenate(list(h), axis=-1)
+        elif isinstance(layer, Slice):
             out = args[0][..., layer.begin:layer.end]
+        elif isinstance(layer, PReLU):
+            out = np.where(args[0] >= 0, args[0], args[0] * np.asarray(layer.alpha, np.float64))
+        elif isinstance(layer, Repeat):
+            out = np.stack([args[0]] * layer.steps, axis=1)
+        elif isinstance(layer, Unflatten):
+            out = args[0].reshape(batch, layer.steps, -1)
+        elif isinstance(layer, Crop):
+            out = args[0][:, layer.left:args[0].shape[1] - layer.right]
         elif isinstance(layer, Concat):
             out = np.concatenate(args, axis=-1)
         elif isinstance(layer, Combine):
@@ -345,3 +310,37 @@ def time_layer(layer, x: np.ndarray) -> np.ndarray:
     if isinstance(layer, Pool1D):
         return pool1d(layer, x)
     return np.pad(x, ((0, 0), (layer.left, layer.right), (0, 0)))
+
+
+# ---- general tensor graphs (grurt.tensor_graph) ----
+
+def run_tensor_graph(graph, inputs):
+    """Run a :class:`~grurt.tensor_graph.TensorGraph` node by node through the float64 reference
+    of each op (:data:`grurt.reference_ops.REFERENCE`): no folding, no plan, no kernels.
+
+    ``inputs``: one array (a graph of one input), a list in input order or a dict by name.
+    Returns float64 arrays for float tensors (int64, bool for the others): one, or a tuple in
+    output order."""
+    from .graph_model import by_name
+    from .reference_ops import REFERENCE
+
+    given = by_name(inputs, graph.input_names)
+    env = {}
+    for declared in graph.inputs:
+        value = np.asarray(given[declared.name])
+        env[declared.name] = value.astype({"float32": np.float64, "int64": np.int64, "bool": np.bool_}[declared.dtype])
+    for name, array in graph.constants.items():
+        env[name] = _float64(array)
+    for node in graph.nodes:
+        args = [env[name] if name else None for name in node.inputs]
+        attrs = {k: _float64(v) if isinstance(v, np.ndarray) else v for k, v in node.attrs.items()}
+        results = REFERENCE[node.op](attrs, args)
+        for name, value in zip(node.outputs, results):
+            if name:
+                env[name] = _float64(np.asarray(value))
+    outputs = tuple(env[name] for name in graph.outputs)
+    return outputs[0] if len(outputs) == 1 else outputs
+
+
+def _float64(array: np.ndarray) -> np.ndarray:
+    return array.astype(np.float64) if array.dtype.kind == "f" else array

@@ -186,10 +186,18 @@ def keras_outputs(path, seq):
 
 
 def torchscript_outputs(path, seq) -> np.ndarray:
-    """A TorchScript module's output on ``seq`` (its first output when it returns several)."""
+    """A TorchScript module's output on ``seq`` (its first output when it returns several); any other .pt
+    file is an UnsupportedModelError saying what to verify against."""
     import torch
 
-    module = torch.jit.load(path, map_location="cpu")   # TorchScript: no arbitrary unpickling
+    try:
+        module = torch.jit.load(path, map_location="cpu")   # TorchScript: no arbitrary unpickling
+    except (RuntimeError, ValueError):
+        raise UnsupportedModelError(
+            f"{path} is not a TorchScript file (torch.jit.load cannot read it): verify runs the source model, and "
+            "a state dict (or a pickled module) holds weights without the forward pass. Export the module to "
+            "ONNX, torch.onnx.export(module, example_input, 'model.onnx', dynamo=False), or save it as "
+            "TorchScript, torch.jit.script(module).save('model.pt'), and verify against that") from None
     with torch.no_grad():
         out = module(torch.from_numpy(seq))
     if isinstance(out, (tuple, list)):

@@ -18,15 +18,19 @@ from ..limits import MAX_HEADER_BYTES, MAX_PARAMETERS, parse_json
 from ..spec import GRU, Activation, ActivationFunction, Dense, LastStep, Merge, ModelSpec, Reverse, Scale
 from ..spec import Embedding, Flatten, GlobalPool, LayerNorm, UnitNorm
 from ..spec import TIME_LAYERS, Conv1D, Pool1D, ZeroPad1D
-from ..graph import Combine, Concat, Graph, Input, Node, Output, Slice, Tensor, check_node
+from ..graph import (Combine, Concat, Crop, Graph, Input, Masking, Node, Output, PReLU, Repeat, Slice, Tensor, Unflatten,
+                     check_node)
 
-_GRAPH_ONLY = ("Combine", "Concat", "Slice")
+_GRAPH_ONLY = ("Combine", "Concat", "Slice", "PReLU", "Masking", "Repeat", "Unflatten", "Crop")
 
 FORMAT_NAME = "grurt"
 # 1.1: Embedding (input_size null), LayerNorm, UnitNorm, GlobalPool, Flatten; Conv1D, Pool1D, ZeroPad1D
 # 1.2: GRU "weights": "bf16" / "int8" (reduced-precision W and R, docs/format.md)
 # 2.0: graphs: "inputs", "nodes" (a layer and the tensors it reads and writes), "outputs" (issue 11)
-FORMAT_VERSION = (2, 0)
+# 1.3 / 2.1: activations gelu, silu, mish, selu, hard_silu, clip; 2.1: the graph layers PReLU, Masking,
+#            Repeat, Unflatten and Crop, masks read by GRU and GlobalPool nodes (issue 21)
+# 3.0: general tensor graphs: nodes of ONNX ops over named N-D tensors, "constants" (issue 20)
+FORMAT_VERSION = (3, 0)
 HEADER_KEY = "header"
 
 _ARRAYS = {GRU: ("W", "R", "B"), Dense: ("W", "b"), Scale: ("a", "c")}
@@ -45,12 +49,20 @@ _LAYER_FIELDS = {
     "Combine": {"type", "op"},
     "Concat": {"type"},
     "Slice": {"type", "begin", "end"},
+    "PReLU": {"type", "steps"},         # format 2.1
+    "Masking": {"type", "value"},       # format 2.1
+    "Repeat": {"type", "steps"},        # format 2.1
+    "Unflatten": {"type", "steps"},     # format 2.1
+    "Crop": {"type", "left", "right"},  # format 2.1
 }
 # format 1.1 (issue 12)
 _ARRAYS_1_1 = {Embedding: ("table",), LayerNorm: ("gamma", "beta")}
 #: the layers a 1.0 reader does not know: a file holding one is written as 1.1, any other as 1.0
 _TYPES_1_1 = (Embedding, LayerNorm, UnitNorm, GlobalPool, Flatten) + TIME_LAYERS
 _ARRAYS.update(_ARRAYS_1_1)
+_ARRAYS[PReLU] = ("alpha",)
+#: activation kinds a 1.2 (2.0) reader does not know: a file using one is written as 1.3 (2.1)
+_ACTIVATIONS_1_3 = ("gelu", "silu", "mish", "selu", "hard_silu", "clip")
 _LAYER_FIELDS.update({
     "Embedding": {"type", "vocabulary", "features"},
     "LayerNorm": {"type", "epsilon"},
@@ -96,13 +108,36 @@ def _layer_to_json(layer) -> dict:
         return {"type": "Combine", "op": layer.op}
     if isinstance(layer, Slice):
         return {"type": "Slice", "begin": layer.begin, "end": layer.end}
+    if isinstance(layer, PReLU):
+        return {"type": "PReLU", "steps": layer.steps}
+    if isinstance(layer, Masking):
+        return {"type": "Masking", "value": layer.value}
+    if isinstance(layer, (Repeat, Unflatten)):
+        return {"type": type(layer).__name__, "steps": layer.steps}
+    if isinstance(layer, Crop):
+        return {"type": "Crop", "left": layer.left, "right": layer.right}
     return {"type": type(layer).__name__}
 
 
-def save(model, path, metadata: dict | None = None) -> None:
-    """Write a Model (or ModelSpec, or Graph) to ``path`` in grurt's .npz format."""
-    from .. import __version__
+def _activations(layer):
+    return [getattr(layer, name) for name in ("activation", "function", "gate_activation", "candidate_activation")
+            if isinstance(getattr(layer, name, None), ActivationFunction)]
 
+
+def _newer(layer) -> bool:
+    """Whether the layer needs format 1.3 / 2.1."""
+    return isinstance(layer, (PReLU, Masking, Repeat, Unflatten, Crop)) or any(fn.kind in _ACTIVATIONS_1_3 for fn in _activations(layer))
+
+
+def save(model, path, metadata: dict | None = None) -> None:
+    """Write a Model (or ModelSpec, or Graph; or a TensorModel or TensorGraph) to ``path`` in grurt's
+    .npz format."""
+    from .. import __version__
+    from ..tensor_graph import TensorGraph
+
+    graph = getattr(model, "graph", model)
+    if isinstance(graph, TensorGraph):
+        return _save_tensor_graph(graph, path, metadata)
     spec = getattr(model, "spec", model)
     if not isinstance(spec, (ModelSpec, Graph)):
         raise TypeError(f"save expects a grurt Model, ModelSpec or Graph, got {type(model).__name__}")
@@ -113,16 +148,16 @@ def save(model, path, metadata: dict | None = None) -> None:
                                         and graph.output_names == ("output",)):
         # a chain is written in the oldest version that holds it (1.0, 1.1 for the newer layers,
         # 1.2 for reduced-precision weights), so that older grurt releases load it
-        version = ((1, 2) if weights != "float32"
+        version = ((1, 3) if any(_newer(layer) for layer in spec.layers) else (1, 2) if weights != "float32"
                    else (1, 1) if any(isinstance(layer, _TYPES_1_1) for layer in spec.layers) else (1, 0))
         layers = spec.layers
         header.update(input_size=spec.input_size, layers=[_layer_to_json(layer) for layer in layers])
         entries = header["layers"]
         if spec.mask_value is not None:
             header["mask_value"] = spec.mask_value
-    else:                # a graph, or a chain with the names of its source: 2.0
-        version = (2, 0)
+    else:                # a graph, or a chain with the names of its source: 2.0 (2.1 with the newer layers)
         layers = [node.layer for node in graph.nodes]
+        version = (2, 1) if any(_newer(layer) for layer in layers) else (2, 0)
         header.update(
             inputs=[{"name": i.name, "kind": i.kind, "size": i.size, "directions": i.directions}
                     for i in graph.inputs],
@@ -197,7 +232,7 @@ def _read_header(archive: zipfile.ZipFile) -> dict:
         raise UnsupportedModelError(
             f"this file is grurt format {version}, written by a newer grurt ({header.get('producer', '?')}); "
             f"this grurt reads format {FORMAT_VERSION[0]}.x: upgrade grurt to load it")
-    unknown = set(header) - (_GRAPH_HEADER_FIELDS if major == 2 else _HEADER_FIELDS)
+    unknown = set(header) - {2: _GRAPH_HEADER_FIELDS, 3: _TENSOR_HEADER_FIELDS}.get(major, _HEADER_FIELDS)
     _expect(not unknown, f"header: unknown fields {sorted(unknown)}")
     return header
 
@@ -323,6 +358,18 @@ def _layer_fields(archive, entry, index, features, budget, stored):
         return Concat()
     if kind == "Slice":
         return Slice(entry.get("begin"), entry.get("end"))
+    if kind == "Masking":
+        return Masking(entry.get("value"))
+    if kind in ("Repeat", "Unflatten"):
+        return (Repeat if kind == "Repeat" else Unflatten)(entry.get("steps"))
+    if kind == "Crop":
+        return Crop(entry.get("left"), entry.get("right"))
+    if kind == "PReLU":
+        _expect(features is not None, f"{where}: token ids go only into an Embedding")
+        steps = entry.get("steps")
+        shape = (features,) if steps is None else (_int_field(entry, "steps", where), features)
+        _check_budget(shape[0] * shape[-1] if len(shape) == 2 else features, budget, where)
+        return PReLU(array("alpha", shape))
     _expect(features is not None or kind == "Embedding", f"{where}: token ids go only into an Embedding")
     if kind in _LAYERS_1_1:
         return _LAYERS_1_1[kind](entry, array, features, budget, where)
@@ -363,12 +410,15 @@ def _check_budget(count, budget, where):
 
 
 def load_npz(path):
-    """Read a grurt .npz file into a :class:`grurt.Model`."""
+    """Read a grurt .npz file into a :class:`grurt.Model` (format 3.0: a :class:`grurt.TensorModel`)."""
     from ..model import Model
 
     with _open_archive(path) as archive:
         try:
             header = _read_header(archive)
+            if str(header["format_version"]).startswith("3."):
+                from ..tensor_model import TensorModel
+                return TensorModel(_tensor_graph_from_header(archive, header))
             budget, stored = [MAX_PARAMETERS], {}
             if str(header["format_version"]).startswith("2."):
                 spec, layers = _graph_from_header(archive, header, budget, stored)
@@ -510,3 +560,108 @@ def _time_layer_from_json(entry, kind, where, features, budget, array):
         return Pool1D(entry.get("mode"), entry.get("size"), entry.get("stride", 1), _padding_from_json(entry, where),
                       entry.get("count_include_pad", False))
     return ZeroPad1D(_count_field(entry, "left", where, 0), _count_field(entry, "right", where, 0))
+
+
+# ---- format 3.0: general tensor graphs (grurt.tensor_graph) ----
+
+_TENSOR_HEADER_FIELDS = {"format", "format_version", "producer", "inputs", "nodes", "outputs", "constants", "metadata"}
+_TENSOR_DTYPES = ("float32", "int64", "bool")
+
+
+def _save_tensor_graph(graph, path, metadata=None) -> None:
+    """Format 3.0: the graph's inputs, nodes (op, name, inputs, outputs, checked attributes) and
+    outputs in the header; each constant and tensor attribute an array of the archive, named in the
+    header with its dtype and shape."""
+    from .. import __version__
+
+    arrays = {}
+
+    def array(prefix, value):
+        key = f"{prefix}.{len(arrays)}"
+        arrays[key] = value
+        return {"array": key, "dtype": str(value.dtype), "shape": list(value.shape)}
+
+    constants = {name: array("constant", value) for name, value in graph.constants.items()}
+    nodes = []
+    for node in graph.nodes:
+        attrs = {name: {"tensor": array("attribute", value)} if isinstance(value, np.ndarray)
+                 else list(value) if isinstance(value, tuple) else value
+                 for name, value in node.attrs.items() if value is not None}
+        nodes.append({"op": node.op, "name": node.name, "inputs": list(node.inputs), "outputs": list(node.outputs),
+                      "attrs": attrs})
+    header = {"format": FORMAT_NAME, "format_version": "3.0", "producer": f"grurt {__version__}",
+              "inputs": [{"name": i.name, "dtype": i.dtype, "dims": list(i.dims)} for i in graph.inputs],
+              "nodes": nodes, "outputs": list(graph.outputs), "constants": constants}
+    if metadata:
+        header["metadata"] = {str(k): str(v) for k, v in metadata.items()}
+    arrays[HEADER_KEY] = np.array(json.dumps(header))
+    with open(path, "wb") as handle:
+        np.savez(handle, **arrays)
+
+
+def _tensor_graph_from_header(archive, header):
+    """Format 3.0: the TensorGraph, every array's dtype and shape checked against the header and the
+    parameter budget before it is read, then validated as any TensorGraph (ops and attributes
+    against the registry)."""
+    from ..tensor_graph import MAX_RANK, TensorGraph, TensorInput, TensorNode
+
+    budget, read = [MAX_PARAMETERS], set()
+
+    def listed(value, what):
+        _expect(isinstance(value, list), f"header: '{what}' must be a list")
+        return value
+
+    def fields(entry, allowed, where):
+        _expect(isinstance(entry, dict), f"{where} must be an object")
+        unknown = set(entry) - allowed
+        _expect(not unknown, f"{where}: unknown fields {sorted(unknown)}")
+        return entry
+
+    def stored_array(entry, where):
+        fields(entry, {"array", "dtype", "shape"}, where)
+        key, dtype, shape = entry.get("array"), entry.get("dtype"), entry.get("shape")
+        _expect(isinstance(key, str) and key.startswith(("constant.", "attribute.")) and key not in read,
+                f"{where}: 'array' must name an array of the file once, got {key!r}")
+        _expect(dtype in _TENSOR_DTYPES, f"{where}: dtype must be one of {_TENSOR_DTYPES}, got {dtype!r}")
+        _expect(isinstance(shape, list) and len(shape) <= MAX_RANK
+                and all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= MAX_PARAMETERS for d in shape),
+                f"{where}: shape must be a list of at most {MAX_RANK} sizes, got {shape!r}")
+        count = 1
+        for d in shape:
+            count *= d
+        _check_budget(count, budget, where)
+        read.add(key)
+        # (reshaped: np.ascontiguousarray in _read_array makes a 0-d array 1-d)
+        return _read_array(archive, key, tuple(shape), where, dtype).reshape(shape)
+
+    def attribute(value, where):
+        if isinstance(value, dict):
+            return stored_array(fields(value, {"tensor"}, where).get("tensor"), where)
+        _expect(isinstance(value, (int, float, str)) and not isinstance(value, bool)
+                or isinstance(value, list) and all(isinstance(v, (int, float, str)) and not isinstance(v, bool)
+                                                   for v in value),
+                f"{where}: an attribute is a number, a string, a list of them or {{'tensor': ...}}")
+        return value
+
+    inputs = []
+    for index, entry in enumerate(listed(header.get("inputs"), "inputs")):
+        fields(entry, {"name", "dtype", "dims"}, f"input {index}")
+        inputs.append(TensorInput(entry.get("name"), entry.get("dtype"), entry.get("dims")))
+    constants = {}
+    declared = header.get("constants", {})
+    _expect(isinstance(declared, dict), "header: 'constants' must be an object")
+    for name, entry in declared.items():
+        constants[name] = stored_array(entry, f"constant '{name[:200]}'")
+    nodes = []
+    for index, entry in enumerate(listed(header.get("nodes"), "nodes")):
+        where = f"node {index}"
+        fields(entry, {"op", "name", "inputs", "outputs", "attrs"}, where)
+        attrs = entry.get("attrs", {})
+        _expect(isinstance(attrs, dict), f"{where}: 'attrs' must be an object")
+        attrs = {key: attribute(value, f"{where}: attribute {key[:100]}") for key, value in attrs.items()}
+        nodes.append(TensorNode(entry.get("op"), entry.get("inputs"), entry.get("outputs"), attrs,
+                                entry.get("name", "")))
+    graph = TensorGraph(inputs, nodes, listed(header.get("outputs"), "outputs"), constants)
+    extra = set(archive.namelist()) - {key + ".npy" for key in read} - {HEADER_KEY + ".npy"}
+    _expect(not extra, f"unexpected arrays in the file: {sorted(name[:-4] for name in extra)[:10]}")
+    return graph

@@ -48,7 +48,9 @@ from __future__ import annotations
 import io
 import math
 import os
+import pickle
 import re
+import warnings
 import zipfile
 import zlib
 from collections.abc import Mapping
@@ -350,7 +352,27 @@ def _read_torch(path) -> dict:
                           "state dict as .npz or .safetensors: numpy.savez(path, **{k: v.numpy() for k, v in "
                           "state_dict.items()})") from None
     _check_torch_file(path)
-    value = torch.load(path, map_location="cpu", weights_only=True)     # never arbitrary unpickling
+    try:
+        with warnings.catch_warnings():     # torch warns before refusing a TorchScript archive: refused below
+            warnings.filterwarnings("ignore", message=".*TorchScript archive")
+            value = torch.load(path, map_location="cpu", weights_only=True)     # never arbitrary unpickling
+    except pickle.UnpicklingError as exc:       # weights_only refused a Python object
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        what = found.group(1) if found else "Python object"
+        if not what.startswith("torch.nn."):
+            raise ModelFormatError(f"{path}: not a readable .pt state dict: it holds a pickled {what}, which only "
+                                   "arbitrary unpickling could read, and grurt never unpickles code") from None
+        raise ModelFormatError(
+            f"{path}: not a readable .pt state dict: it holds a pickled {what} (torch.save(model) saves the module, "
+            "not its state dict), and grurt never unpickles code. If you trust the file, load it and convert the "
+            "module: grurt.from_torch(torch.load(path, weights_only=False)); or save its weights once with "
+            "torch.save(model.state_dict(), path) and read those") from None
+    except RuntimeError as exc:
+        if "TorchScript" not in str(exc):
+            raise
+        raise ModelFormatError(f"{path}: not a readable .pt state dict: it is a TorchScript archive (torch.jit.save); "
+                               "read its weights with grurt.from_state_dict(torch.jit.load(path).state_dict(), ...)"
+                               ) from None
     if not isinstance(value, Mapping):
         raise ModelFormatError(f"{path} holds a {type(value).__name__}, not a state dict")
     return dict(value)

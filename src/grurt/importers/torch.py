@@ -54,6 +54,8 @@ import numpy as np
 from ..errors import UnsupportedModelError
 from ..graph import Graph
 from ..model import Model
+from ..tensor_graph import TensorGraph
+from ..tensor_model import TensorModel
 from ..spec import GRU, Activation, Conv1D, Dense, LastStep, ModelSpec, Pool1D, Scale, ZeroPad1D, activation
 from ..spec import Embedding, LayerNorm
 from ..spec import append_folded
@@ -160,6 +162,9 @@ def from_torch(module, example_input=None, *, last_step: bool = False, input_sca
     A module that is one path keeps its states as ``run(initial_state=..., return_state=True)``
     (an ``h0`` argument then is ``initial_state``, as for ONNX files); a graph takes and gives
     them as named inputs and outputs, (L·D, B, H) as in torch.
+    A module beyond those layers (attention, broadcasting, reductions, 2-D convolutions, einsum,
+    ...) becomes a :class:`grurt.tensor_model.TensorModel` of its ONNX ops, inputs and outputs as
+    the module takes and returns them (docs/onnx.md, "Graphs beyond the fused layers").
 
     ``input_scaler`` and ``output_scaler`` fold fitted scikit-learn scalers in, as in
     :func:`from_keras` (a model that is one chain only).
@@ -176,6 +181,7 @@ def from_torch(module, example_input=None, *, last_step: bool = False, input_sca
 
     ``weights`` ("float32", "bf16", "int8"): how the GRU weights are stored, see :mod:`grurt.precision`.
     """
+    _check_modules(module)
     if example_input is None:
         return Model(spec_from_torch(module, last_step, input_scaler, output_scaler), weights)
     if last_step:
@@ -184,6 +190,11 @@ def from_torch(module, example_input=None, *, last_step: bool = False, input_sca
     from .torch_export import graph_from_torch
 
     result = graph_from_torch(module, example_input)
+    if isinstance(result, TensorGraph):
+        if input_scaler is not None or output_scaler is not None:
+            raise UnsupportedModelError("input_scaler/output_scaler fold into a model that is one chain of layers; "
+                                        "this module runs as a general graph")
+        return TensorModel(result).with_weights(weights)
     if input_scaler is not None or output_scaler is not None:
         if not result.chain:
             raise UnsupportedModelError("input_scaler/output_scaler fold into a model that is one chain of layers; "
@@ -191,6 +202,28 @@ def from_torch(module, example_input=None, *, last_step: bool = False, input_sca
         spec = with_scalers(result.spec, input_scaler, output_scaler)
         return Model(Graph.from_chain(spec, result.graph.input_names[0], result.graph.output_names[0]), weights)
     return Model(result.graph, weights)
+
+
+def _check_modules(module) -> None:
+    """Refuse, saying what to do instead, what from_torch cannot read: TorchScript modules (no Python
+    forward to trace, no module types to read) and recurrent layers other than the GRU."""
+    import torch
+
+    other_recurrent = (torch.nn.LSTM, torch.nn.LSTMCell, torch.nn.RNN, torch.nn.RNNCell)
+    for index, root in enumerate(module if isinstance(module, (list, tuple)) else [module]):
+        if isinstance(root, torch.jit.ScriptModule):
+            raise UnsupportedModelError(
+                "from_torch takes the torch.nn.Module itself, not a TorchScript module (torch.jit.load, "
+                "torch.jit.script): pass the original module (its class with load_state_dict), or its weights: "
+                "grurt.from_state_dict(script_module.state_dict(), ...), or export it to ONNX and load that: "
+                "torch.onnx.export(script_module, example_input, 'model.onnx', dynamo=False); "
+                "grurt.load('model.onnx')")
+        for name, child in (root.named_modules() if isinstance(root, torch.nn.Module) else ()):
+            if isinstance(child, other_recurrent):
+                kind = type(child).__name__
+                where = name or (f"module {index}" if isinstance(module, (list, tuple)) else "the module")
+                raise UnsupportedModelError(f"nn.{kind} is not supported: grurt runs GRUs (nn.GRU, nn.GRUCell); "
+                                            f"{where} is an nn.{kind}")
 
 
 def spec_from_torch(module, last_step: bool = False, input_scaler=None, output_scaler=None) -> ModelSpec:

@@ -10,10 +10,15 @@ The module is exported twice: once at the example's sizes, which tells the impor
 each input (a sequence batch first or time first, a state (L·D, B, H), a vector, token ids), then
 with those batch and time axes dynamic, so that the importer checks at two probe sizes that the
 graph means one model whatever the sizes (a hard-coded time index is refused, as for any file).
+
+A module the fused layers do not cover (attention, broadcasting, reductions, 2-D convolutions, ...)
+is read as a general graph (:mod:`grurt.importers.onnx.general`), its free axes found on the graph
+(:func:`export_general`).
 """
 from __future__ import annotations
 
 import inspect
+import itertools
 import os
 import tempfile
 
@@ -25,7 +30,8 @@ OPSET = 17
 
 
 def graph_from_torch(module, example_input):
-    """The :class:`~grurt.importers.onnx.build._Import` of ``module`` traced on ``example_input``."""
+    """The :class:`~grurt.importers.onnx.build._Import` of ``module`` traced on ``example_input`` or,
+    when the fused layers do not cover it, the :class:`~grurt.tensor_graph.TensorGraph` of its ops."""
     import torch
 
     from .onnx import _import
@@ -42,9 +48,12 @@ def graph_from_torch(module, example_input):
         with tempfile.TemporaryDirectory(prefix="grurt-export-") as folder:
             path = os.path.join(folder, "module.onnx")
             _export(torch, module, args, path, names, output_names, None)
-            _, fixed = _import(path)          # static: interpreted at the example's sizes
-            _export(torch, module, args, path, names, output_names, _dynamic_axes(fixed, args, names))
-            _, result = _import(path)
+            try:
+                _, fixed = _import(path)          # static: interpreted at the example's sizes
+                _export(torch, module, args, path, names, output_names, _dynamic_axes(fixed, args, names))
+                _, result = _import(path)
+            except UnsupportedModelError:         # beyond the fused layers: the general graph of the module's ops
+                result = export_general(torch, module, args, path, names, output_names)
     finally:
         module.train(was_training)
     return result
@@ -105,6 +114,75 @@ def _dynamic_axes(result, args, names):
         elif result.lengths_input == name:
             axes[name] = {0: "batch"}
     return axes
+
+
+def export_general(torch, module, args, path, names, output_names):
+    """Export ``module`` to ``path`` for the general graph, its free axes dynamic, and return the graph.
+
+    Which axes are free (batch, time, frames, ...) is found on the graph itself. It is exported
+    with every axis dynamic (if the exporter then writes control flow, an ``If`` for a squeeze of
+    an axis of size 1, with the axes of size 1 fixed); an axis is free when the graph can be
+    planned at another size of it (a size a weight fixes cannot), and axes that can only change
+    together (a batch shared by a sequence and a state) share one dim parameter. The module is
+    then exported again with just those axes dynamic, so that the file declares its real sizes
+    (and a wrong feature size is refused by name when the model is called).
+    """
+    from .onnx.general import tensor_graph_from_source
+    from .onnx.proto import _open
+
+    shapes = [tuple(arg.shape) for arg in args]
+    for fixed in (0, 1):            # the sizes that stay as in the example: none, then those of 1
+        every = {name: {axis: f"{name}_{axis}" for axis, size in enumerate(shape) if size != fixed}
+                 for name, shape in zip(names, shapes)}
+        _export(torch, module, args, path, names, output_names, every)
+        try:
+            graph = tensor_graph_from_source(_open(path))
+            break
+        except UnsupportedModelError:
+            if fixed:
+                raise
+    dtypes = [np.dtype(np.float32 if arg.dtype.is_floating_point else np.int64) for arg in args]
+    free = _free_axes(graph, shapes, dtypes, [(i, axis) for i, name in enumerate(names) for axis in every[name]])
+    axes = {name: {} for name in names}
+    for (index, axis), (first, first_axis) in free.items():
+        axes[names[index]][axis] = f"{names[first]}_{first_axis}"
+    _export(torch, module, args, path, names, output_names, axes)
+    return tensor_graph_from_source(_open(path))
+
+
+def _free_axes(graph, shapes, dtypes, axes):
+    """{(input index, axis): (input index, axis) naming its dim parameter} of the ``axes`` the graph
+    can be planned at other sizes of: alone, or together with axes of the same size in the example
+    (the largest such set that plans; the first of them names it)."""
+    from ..errors import GrurtError
+    from ..tensor_plan import make_plan
+
+    def plans(changed):
+        for grow in (lambda size: size + 1, lambda size: 2 * size):
+            signature = [(tuple(grow(size) if (i, a) in changed else size for a, size in enumerate(shape)), dtype)
+                         for i, (shape, dtype) in enumerate(zip(shapes, dtypes))]
+            try:
+                make_plan(graph, signature)
+                return True
+            except GrurtError:
+                pass
+        return False
+
+    free = {axis: axis for axis in axes if plans({axis})}
+    by_size = {}
+    for i, a in axes:
+        if (i, a) not in free:
+            by_size.setdefault(shapes[i][a], []).append((i, a))
+    for group in by_size.values():
+        while len(group) > 1:
+            # the largest set of these axes that plans (all subsets of a small group, else the whole group)
+            sizes = range(len(group), 1, -1) if len(group) <= 8 else (len(group),)
+            linked = next((s for k in sizes for s in itertools.combinations(group, k) if plans(set(s))), None)
+            if linked is None:
+                break
+            free.update((axis, linked[0]) for axis in linked)
+            group = [axis for axis in group if axis not in linked]
+    return free
 
 
 def _export(torch, module, args, path, names, output_names, dynamic_axes):

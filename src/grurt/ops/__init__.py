@@ -20,7 +20,8 @@ modules lower onto it). Each :class:`Op` states
   weights are packed here (a GRU builds its kernels' plan, a MatMul transposes its weight);
 * ``time``: how the op acts along a time axis: ``"step"`` (each step on its own),
   ``"causal"`` (a history of k steps) or ``"sequence"`` (mixes the whole sequence); None when
-  it depends on the axes (the planner asks :func:`time_rule`).
+  it depends on the axes: then ``time_of(attrs, values, time_axis)`` says, for a node whose
+  first input has its time axis at ``time_axis`` (the planner asks :func:`time_rule`).
 
 The float64 reference of each op lives in :mod:`grurt.reference_ops`, written independently
 of ``run``: it is the oracle of the tests.
@@ -83,6 +84,8 @@ class Op:
     outputs: Tuple[int, int] = (1, 1)
     #: inputs that must be constants at plan time (Reshape's shape, Pad's pads, ...)
     const_inputs: Tuple[int, ...] = ()
+    #: when ``time`` is None: ``time_of(attrs, values, time_axis)`` -> "step" | "causal" | "sequence"
+    time_of: Optional[Callable] = None
 
 
 REGISTRY: Dict[str, Op] = {}
@@ -114,6 +117,14 @@ def lookup(op_type: str, where: str) -> Op:
         raise UnsupportedModelError(f"{where}: operator {op_type} is not supported"
                                     + (f" ({reason})" if reason else ""))
     return op
+
+
+def time_rule(op: Op, attrs: dict, values, time_axis: Optional[int]) -> str:
+    """How a node of ``op`` acts along time when its first input's time axis is ``time_axis``
+    (None: the input has none, so the node acts step by step)."""
+    if time_axis is None:
+        return "step"
+    return op.time if op.time is not None else op.time_of(attrs, values, time_axis)
 
 
 def _kind_ok(kind: str, value) -> bool:

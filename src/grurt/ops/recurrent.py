@@ -1,2 +1,168 @@
-"""Ops of the recurrent family (see :mod:`grurt.ops`)."""
+"""Ops of the recurrent family (see :mod:`grurt.ops`): the ONNX ``GRU``, run on grurt's kernels.
+
+``prepare`` turns the node's constant weights and its attributes into one canonical
+:class:`grurt.spec.GRU` layer (the ONNX operator *is* grurt's canonical GRU: gate order z, r, h,
+``W`` (D, 3H, I), ``R`` (D, 3H, H), ``B`` (D, 6H) = [Wb, Rb]) and a :class:`grurt.Model` of it;
+``run`` moves the tensors between ONNX's layouts and the Model's (B, T, I) sequences:
+
+==================  ==========================================  =============================
+input / output      ONNX layout 0 (layout 1)                    :meth:`grurt.Model.run`
+==================  ==========================================  =============================
+``X``               (T, B, I) ((B, T, I))                       ``seq`` (B, T, I)
+``sequence_lens``   (B,) integers, each in 1..T                 ``lengths``
+``initial_h``       (D, B, H) ((B, D, H)); zeros when omitted   ``initial_state=[(D, B, H)]``
+``Y``               (T, D, B, H) ((B, T, D, H)), zero past      output (B, T, D·H)
+                    each sequence's length
+``Y_h``             (D, B, H) ((B, D, H))                       ``return_state``: (D, B, H)
+==================  ==========================================  =============================
+
+``activations`` name f and g per direction (default Sigmoid, Tanh); ``activation_alpha``
+(``activation_beta``) is consumed in order by the functions that take an alpha (a beta), as
+onnxruntime reads it. Directions with different pairs run as two one-direction layers.
+``clip`` clamps the inputs of f and g to [−clip, clip].
+"""
 from __future__ import annotations
+
+import numpy as np
+
+from .._fields import ACTIVATION_DEFAULTS, activation
+from ..errors import InputError, ModelFormatError, UnsupportedModelError
+from ..model import Model
+from ..spec import GRU
+from . import FLOAT, INT, Attr, Op, register
+
+#: ONNX RNN activation names (case-insensitive) -> grurt activation kinds.
+RNN_ACTIVATIONS = {
+    "sigmoid": "sigmoid", "tanh": "tanh", "relu": "relu", "affine": "affine", "leakyrelu": "leaky_relu",
+    "thresholdedrelu": "thresholded_relu", "scaledtanh": "scaled_tanh", "hardsigmoid": "hard_sigmoid",
+    "elu": "elu", "softsign": "softsign", "softplus": "softplus",
+}
+DIRECTIONS = {"forward": 1, "reverse": 1, "bidirectional": 2}
+
+
+def direction_activations(where, attrs, directions):
+    """[(f, g)] per direction from activations/activation_alpha/activation_beta, read the way
+    onnxruntime does: the alpha (beta) list is consumed in order by the functions that take an
+    alpha (beta)."""
+    names = list(attrs.get("activations") or ["Sigmoid", "Tanh"] * directions)
+    if len(names) != 2 * directions:
+        raise ModelFormatError(f"{where}: activations={names} must name {2 * directions} functions "
+                               "(f and g per direction)")
+    alphas, betas = list(attrs.get("activation_alpha") or []), list(attrs.get("activation_beta") or [])
+    functions = []
+    for name in names:
+        kind = RNN_ACTIVATIONS.get(name.lower())
+        if kind is None:
+            raise UnsupportedModelError(f"{where}: activation {name!r} is not supported")
+        takes_alpha, takes_beta = (default is not None for default in ACTIVATION_DEFAULTS[kind])
+        alpha = alphas.pop(0) if takes_alpha and alphas else None
+        beta = betas.pop(0) if takes_beta and betas else None
+        functions.append(activation(kind, alpha, beta))
+    if alphas or betas:
+        raise ModelFormatError(f"{where}: activation_alpha/activation_beta hold more values than the activations "
+                               f"{names} take")
+    return [tuple(functions[2 * d:2 * d + 2]) for d in range(directions)]
+
+
+def gru_activations(where, attrs, directions):
+    """(f, g) of a GRU layer, whose directions share them (:func:`direction_activations`)."""
+    pairs = direction_activations(where, attrs, directions)
+    if len(set(pairs)) > 1:
+        described = [fn.describe() for pair in pairs for fn in pair]
+        raise UnsupportedModelError(f"{where}: the two directions use different activations {described}; grurt "
+                                    "uses the same f and g for both")
+    return pairs[0]
+
+
+def _activations_check(names):
+    unknown = [n for n in names if n.lower() not in RNN_ACTIVATIONS]
+    return f"activation {unknown[0]!r} is not supported" if unknown else None
+def _positive(value):
+    return None if value is None or value >= 1 else f"must be a positive integer, got {value}"
+
+
+def _gru_shapes(attrs, values):
+    """(D, H, I, batch, steps) of a GRU node, every input's shape checked."""
+    X, W, R, B, lengths, initial_h = (list(values) + [None] * 6)[:6]
+    D = DIRECTIONS[attrs["direction"]]
+    layout = attrs["layout"]
+    if X.dtype != FLOAT or len(X.shape) != 3:
+        raise ModelFormatError(f"X must be a 3-D float tensor, got {X.dtype} {X.shape}")
+    steps, batch, features = X.shape if layout == 0 else (X.shape[1], X.shape[0], X.shape[2])
+    if len(R.shape) != 3:
+        raise ModelFormatError(f"R must be (directions, 3·hidden, hidden), got shape {R.shape}")
+    H = attrs["hidden_size"] or R.shape[2]
+    expected = {"W": (D, 3 * H, features), "R": (D, 3 * H, H), "B": (D, 6 * H),
+                "initial_h": (D, batch, H) if layout == 0 else (batch, D, H), "sequence_lens": (batch,)}
+    for name, value in (("W", W), ("R", R), ("B", B), ("sequence_lens", lengths), ("initial_h", initial_h)):
+        if value is not None and tuple(value.shape) != expected[name]:
+            raise ModelFormatError(f"{name} has shape {tuple(value.shape)}; with hidden_size={H}, direction="
+                                   f"{attrs['direction']}, layout={layout} and X {X.shape} it must be {expected[name]}")
+        if value is not None and value.dtype != (INT if name == "sequence_lens" else FLOAT):
+            raise ModelFormatError(f"{name} has dtype {value.dtype}")
+    if steps == 0 or batch == 0:
+        raise InputError(f"X of shape {X.shape} has no time steps or no sequences")
+    return D, H, features, batch, steps
+
+
+def _gru_infer(attrs, values):
+    D, H, _, batch, steps = _gru_shapes(attrs, values)
+    if attrs["layout"] == 0:
+        return [((steps, D, batch, H), FLOAT), ((D, batch, H), FLOAT)]
+    return [((batch, steps, D, H), FLOAT), ((batch, D, H), FLOAT)]
+
+
+def _gru_prepare(attrs, values):
+    """A grurt Model of the node's GRU layer, its weights the node's constants; one Model per
+    direction when the two directions use different activations."""
+    D, H, _, _, _ = _gru_shapes(attrs, values)
+    W, R, B = (v.const if v is not None else None for v in (list(values) + [None] * 4)[1:4])
+    B = np.zeros((D, 6 * H), np.float32) if B is None else B
+    pairs = direction_activations("GRU", attrs, D)
+    lbr, clip = bool(attrs["linear_before_reset"]), attrs["clip"]
+    if len(set(pairs)) == 1:
+        layers = [GRU(W, R, B, direction=attrs["direction"], linear_before_reset=lbr, gate_activation=pairs[0][0],
+                      candidate_activation=pairs[0][1], clip=clip)]
+    else:
+        layers = [GRU(W[d:d + 1], R[d:d + 1], B[d:d + 1], direction=("forward", "reverse")[d], linear_before_reset=lbr,
+                      gate_activation=f, candidate_activation=g, clip=clip) for d, (f, g) in enumerate(pairs)]
+    return [Model.chain([layer]) for layer in layers], attrs["layout"]
+
+
+def _gru_run(ctx, inputs):
+    models, layout = ctx
+    X, _, _, _, lengths, initial_h = (list(inputs) + [None] * 6)[:6]
+    x = X.transpose(1, 0, 2) if layout == 0 else X                          # (B, T, I)
+    h0 = None if initial_h is None else initial_h if layout == 0 else initial_h.transpose(1, 0, 2)   # (D, B, H)
+    ys, hs, first = [], [], 0
+    for model in models:
+        directions = model.spec.layers[0].num_directions
+        y, (h,) = model.run(x, initial_state=None if h0 is None else [h0[first:first + directions]],
+                            return_state=True, lengths=lengths)
+        ys.append(y)
+        hs.append(h)
+        first += directions
+    y, h = (ys[0], hs[0]) if len(models) == 1 else (np.concatenate(ys, -1), np.concatenate(hs, 0))
+    batch, steps, _ = y.shape
+    y = y.reshape(batch, steps, first, -1)                                 # (B, T, D, H)
+    if layout == 0:
+        return [np.ascontiguousarray(y.transpose(1, 2, 0, 3)), h]          # (T, D, B, H), (D, B, H)
+    return [y, np.ascontiguousarray(h.transpose(1, 0, 2))]                 # (B, T, D, H), (B, D, H)
+
+
+register(Op(
+    "GRU",
+    attributes={
+        "activation_alpha": Attr("floats", ()),
+        "activation_beta": Attr("floats", ()),
+        "activations": Attr("strings", (), _activations_check),
+        "clip": Attr("float", None, lambda v: None if v > 0 else f"must be positive, got {v}"),
+        "direction": Attr("string", "forward", lambda v: None if v in DIRECTIONS else
+                          f"must be one of {', '.join(DIRECTIONS)}, got {v!r}"),
+        "hidden_size": Attr("int", None, _positive),
+        "layout": Attr("int", 0, lambda v: None if v in (0, 1) else f"must be 0 or 1, got {v}"),
+        "linear_before_reset": Attr("int", 0, lambda v: None if v in (0, 1) else f"must be 0 or 1, got {v}"),
+    },
+    infer=_gru_infer, prepare=_gru_prepare, run=_gru_run,
+    time="sequence",      # a forward GRU steps with its state (streaming, later); a reverse one needs it all
+    inputs=(3, 6), outputs=(1, 2), const_inputs=(1, 2, 3)))

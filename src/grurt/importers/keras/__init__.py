@@ -88,12 +88,12 @@ from ...graph import Graph
 from ..scalers import with_scalers
 from .files import HDF5_SIGNATURE, read_keras  # noqa: F401
 from .graph import graph_from_keras
-from .layers import (_chain, _major, batchnorm_affine, is_graph, keras_activation, keras_dense,  # noqa: F401
-                     keras_gru_direction, spec_from_keras)
+from .layers import (_chain, _major, batchnorm_affine, check_custom_layers, is_graph, keras_activation,  # noqa: F401
+                     keras_dense, keras_gru_direction, spec_from_keras)
 
 
 
-def from_keras(model, input_scaler=None, output_scaler=None, weights: str = "float32") -> Model:
+def from_keras(model, input_scaler=None, output_scaler=None, weights: str = "float32", custom_layers=None) -> Model:
     """Convert a live Keras model (Keras 3 on any backend, or tf.keras 2) to a Model.
 
     The model is a Sequential or functional model of the layers listed in docs/keras.md; a
@@ -102,11 +102,15 @@ def from_keras(model, input_scaler=None, output_scaler=None, weights: str = "flo
     ``input_scaler``/``output_scaler``: fitted scikit-learn MinMaxScaler or StandardScaler,
     folded in so that the Model takes raw input and returns outputs in real units (chains only).
     ``weights`` ("float32", "bf16", "int8"): how the GRU weights are stored, see :mod:`grurt.precision`.
+    ``custom_layers``: {class name: what it computes} for layer classes of your own, each a
+    function ``(config, weights) -> [grurt layers]`` (the layer's config dict and its
+    ``get_weights()``; the grurt layers apply in order to the layer's one input) or that list
+    itself (``[]``: the identity). See docs/keras.md, "Layers of your own".
     """
-    return Model(_scaled(live_keras_spec(model), input_scaler, output_scaler), weights)
+    return Model(_scaled(live_keras_spec(model, custom_layers), input_scaler, output_scaler), weights)
 
 
-def live_keras_spec(model):
+def live_keras_spec(model, custom_layers=None):
     """The :class:`~grurt.spec.ModelSpec` (a chain) or :class:`~grurt.graph.Graph` of a live Keras
     model (what :func:`from_keras` runs)."""
     if not hasattr(model, "layers") or not hasattr(model, "get_config"):
@@ -117,17 +121,27 @@ def live_keras_spec(model):
         raise UnsupportedModelError(f"{type(model).__name__} has no config (a subclassed model?); "
                                     "grurt reads Sequential and functional models") from None
     # the same (config, weights, version) triple the file readers produce
-    weights = {layer.name: [np.asarray(w) for w in layer.get_weights()] for layer in model.layers}
+    weights = {layer.name: _layer_weights(layer) for layer in model.layers}
     package = sys.modules.get(type(model).__module__.partition(".")[0])
     return translate({"class_name": type(model).__name__, "config": config}, weights,
-                     getattr(package, "__version__", "3"))
+                     getattr(package, "__version__", "3"), custom_layers)
 
 
-def translate(model_config: dict, weights: dict, keras_version: str):
+def _layer_weights(layer) -> list:
+    """``layer.get_weights()``, read without ``np.array(tensor)`` on Keras's torch backend: torch's
+    ``Tensor.__array__`` takes no ``copy`` keyword, for which NumPy 2 warns once per variable."""
+    values = []
+    for variable in layer.weights:
+        tensor = getattr(variable, "value", None)      # Keras 3: the backend's tensor
+        values.append(tensor.detach().cpu().numpy() if hasattr(tensor, "detach") else np.asarray(variable.numpy()))
+    return values
+
+
+def translate(model_config: dict, weights: dict, keras_version: str, custom_layers=None):
     """A Keras model config and its weights → a ModelSpec when the model is a chain of layers, else a Graph."""
     if is_graph(model_config):
-        return graph_from_keras(model_config, weights, keras_version)
-    return spec_from_keras(model_config, weights, keras_version)
+        return graph_from_keras(model_config, weights, keras_version, custom_layers)
+    return spec_from_keras(model_config, weights, keras_version, custom_layers)
 
 
 def _scaled(spec, input_scaler, output_scaler):
@@ -141,11 +155,13 @@ def _scaled(spec, input_scaler, output_scaler):
     return with_scalers(spec, input_scaler, output_scaler)
 
 
-def load_keras(path, input_scaler=None, output_scaler=None):
-    """Load a ``.keras`` or ``.h5`` Keras model file as a Model; scalers as in :func:`grurt.from_keras`."""
+def load_keras(path, input_scaler=None, output_scaler=None, custom_layers=None):
+    """Load a ``.keras`` or ``.h5`` Keras model file as a Model; scalers and custom_layers as in
+    :func:`grurt.from_keras`."""
+    check_custom_layers(custom_layers)
     config, weights, version = read_keras(path)
     try:
-        spec = translate(config, weights, version)
+        spec = translate(config, weights, version, custom_layers)
     except GrurtError:
         raise
     except (TypeError, ValueError, KeyError, AttributeError, IndexError, RecursionError) as exc:  # a hostile config

@@ -16,14 +16,17 @@ the one first in (call, tensor index) order keeps the layer's name; the others a
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Optional
 
 from ...errors import GrurtError, ModelFormatError, UnsupportedModelError
 from ...graph import Combine, Concat, Graph, Input, Node, Output, Slice
-from ...spec import GRU, Activation, ModelSpec, activation, fold_layer, layer_output, output_steps
-from .layers import (_FOLDING, _LAYERS, _TIME_KINDS, OPS, _Layer, _batch_shape, _bidirectional, _gru, _layer_name,
-                     _major, is_op, model_layers, tensor_refs)
+from ...graph import Masking, mask_survives, node_output
+from ...spec import GRU, Activation, GlobalPool, activation, fold_layer, layer_output
+from .layers import (_FOLDING, _LAYERS, OPS, _Layer, _batch_shape, _bidirectional, _gru, _layer_name, _major,
+                     check_custom_layers, custom_mapping, frames_after, is_op, mask_refs, model_layers, refuse_layer,
+                     tensor_refs, translate_layer, value_refs)
 
 #: Keras merge layers (keras.layers) → the graph layer; Concatenate joins on the feature axis.
 MERGE_LAYERS = {"Add": "add", "Subtract": "sub", "Multiply": "mul", "Average": "mean", "Maximum": "max",
@@ -38,6 +41,7 @@ class _Tensor:
     features: Optional[int]       # None: token ids
     has_time: bool
     steps: object = None          # fixed number of frames, when the input shape gives one
+    mask: Optional[str] = None    # the grurt mask tensor of its steps (Keras's mask), if any
 
     def describe(self) -> str:
         if self.features is None:
@@ -66,14 +70,41 @@ def _named_refs(value, what):
 
 
 def _call(layer, call):
-    """The positional arguments and keyword arguments of a Keras 3 inbound node (lists and
-    tuples alike: a live model's config has tuples)."""
+    """The positional arguments and keyword arguments of an inbound node, as Keras 3 writes them
+    (lists and tuples alike: a live model's config has tuples). A Keras 2 node is a list of
+    ``[layer, node, tensor, kwargs]``: one entry is the one argument, several a list of tensors
+    (a merge layer's inputs; an RNN's sequence then its initial states), with the kwargs of the
+    last entry."""
     node = layer["inbound_nodes"][call]
+    if isinstance(node, (list, tuple)):
+        if not node or not all(isinstance(entry, (list, tuple)) and len(entry) in (3, 4) for entry in node):
+            raise ModelFormatError(f"a Keras 2 inbound node must list [layer, node, tensor, kwargs] entries, "
+                                   f"got {node!r}")
+        tensors = [_tensor(entry[:3]) for entry in node]
+        kwargs = node[-1][3] if len(node[-1]) == 4 else {}
+        if not isinstance(kwargs, dict):
+            raise ModelFormatError(f"a Keras 2 inbound node's kwargs must be a dict, got {kwargs!r}")
+        return [tensors[0] if len(tensors) == 1 else tensors], {key: _legacy_value(value)
+                                                                for key, value in kwargs.items()}
     if not isinstance(node, dict) or not isinstance(node.get("args", []), (list, tuple)) \
             or not isinstance(node.get("kwargs", {}), dict):
-        raise UnsupportedModelError("grurt reads graphs from Keras 3 configs (inbound nodes {args, kwargs}); "
-                                    "a Keras 2 functional model must be a simple chain")
+        raise ModelFormatError(f"an inbound node must be {{args, kwargs}} (Keras 3) or a list (Keras 2), got "
+                               f"{node!r}")
     return list(node.get("args", [])), dict(node.get("kwargs", {}))
+
+
+def _tensor(history) -> dict:
+    """A Keras 3 tensor reference for a Keras 2 ``[layer, node, tensor]``."""
+    return {"class_name": "__keras_tensor__", "config": {"keras_history": list(tensor_refs([history])[0])}}
+
+
+def _legacy_value(value):
+    """A Keras 2 call kwarg: its ``[layer, node, tensor]`` references as Keras 3 tensors."""
+    if isinstance(value, (list, tuple)) and len(value) == 3 and isinstance(value[0], str):
+        return _tensor(value)
+    if isinstance(value, (list, tuple)):
+        return [_legacy_value(item) for item in value]
+    return value
 
 
 def _one_tensor(value, what):
@@ -87,7 +118,8 @@ def _is_tensor(value) -> bool:
 
 
 class _Builder:
-    def __init__(self, model_config, weights, keras_version):
+    def __init__(self, model_config, weights, keras_version, custom_layers=None):
+        self.custom_layers = check_custom_layers(custom_layers)
         self.kind, config, layers = model_layers(model_config)
         self.weights, self.keras_version, self.keras_major = weights, str(keras_version), _major(keras_version)
         self.by_name = {}
@@ -97,12 +129,19 @@ class _Builder:
         self.tensors, self.nodes, self.producer, self.used = {}, [], {}, set()
         self.inputs = _named_refs(config.get("input_layers"), "input_layers")
         self.outputs = _named_refs(config.get("output_layers"), "output_layers")
-        self.calls = [(layer, call) for layer in layers if layer["class_name"] != "InputLayer"
-                      for call in range(len(layer.get("inbound_nodes") or ()))]
+        calls = [(layer, call) for layer in layers if layer["class_name"] != "InputLayer"
+                 for call in range(len(layer.get("inbound_nodes") or ()))]
+        for layer, call in calls:        # every tensor reference well formed, before anything reads them
+            try:
+                tensor_refs(layer["inbound_nodes"][call])
+            except ModelFormatError as exc:
+                raise ModelFormatError(f"layer {_layer_name(layer)!r} ({layer['class_name']}): {exc}") from None
+        mask_ops = _mask_operations(calls, {ref for _, ref in self.outputs})
+        self.calls = [(layer, call) for layer, call in calls if _layer_name(layer) not in mask_ops]
         # how often each Keras tensor is read: a layer folds into the one before only when it is the sole reader
         self.reads = {}
         for layer, call in self.calls:
-            for ref in tensor_refs(layer["inbound_nodes"][call]):
+            for ref in value_refs(layer["inbound_nodes"][call]):
                 self.reads[ref] = self.reads.get(ref, 0) + 1
         for _, ref in self.outputs:
             self.reads[ref] = self.reads.get(ref, 0) + 2
@@ -138,23 +177,16 @@ class _Builder:
     # ---- the graph ----
 
     def build(self) -> Graph:
-        for layer, call in self.calls:
-            node, kind = layer["inbound_nodes"][call], layer["class_name"]
-            if kind == "Masking" or (kind == "Embedding" and layer.get("config", {}).get("mask_zero")) or (
-                    isinstance(node, dict) and isinstance(node.get("kwargs"), dict)
-                    and tensor_refs(node["kwargs"].get("mask"))):
-                raise UnsupportedModelError(f"layer {_layer_name(layer)!r} ({kind}): masking is supported in models "
-                                            "that are a simple chain of layers only")
         self.final = self.output_names()
         self.used.update(self.final.values())
         inputs = [self.input(key, ref) for key, ref in self.inputs]
         pending = list(self.calls)
         while pending:
             ready = [(layer, call) for layer, call in pending
-                     if all(ref in self.tensors for ref in tensor_refs(layer["inbound_nodes"][call]))]
+                     if all(ref in self.tensors for ref in value_refs(layer["inbound_nodes"][call]))]
             if not ready:
                 layer, call = pending[0]
-                missing = [ref for ref in tensor_refs(layer["inbound_nodes"][call]) if ref not in self.tensors]
+                missing = [ref for ref in value_refs(layer["inbound_nodes"][call]) if ref not in self.tensors]
                 raise ModelFormatError(f"layer {_layer_name(layer)!r} reads tensor {list(missing[0])}, which no layer "
                                        "of the model computes (or the layers form a cycle)")
             for layer, call in ready:
@@ -210,34 +242,39 @@ class _Builder:
     def translate(self, config, call):
         kind, name = config["class_name"], _layer_name(config)
         where = f"layer {name!r} ({kind})" if call == 0 else f"layer {name!r} ({kind}, call {call})"
-        if kind not in MERGE_LAYERS and kind not in _LAYERS and not is_op(config):
-            raise UnsupportedModelError(f"{where} is not supported; grurt converts InputLayer, "
-                                        f"{', '.join(MERGE_LAYERS)}, {', '.join(_LAYERS)}")
+        custom = custom_mapping(config, self.custom_layers) if kind != "Lambda" else None
+        if kind not in MERGE_LAYERS and kind not in _LAYERS and not is_op(config) and custom is None:
+            refuse_layer(where, config, f"InputLayer, {', '.join(MERGE_LAYERS)}, {', '.join(_LAYERS)}")
         try:
             args, kwargs = _call(config, call)
-            for key in ("training", "mask"):
-                if kwargs.pop(key, None) not in (None, False):
-                    raise UnsupportedModelError(f"is called with {key}={kwargs.get(key)!r}")
-            if is_op(config):
+            if kwargs.pop("training", None) not in (None, False):
+                raise UnsupportedModelError("is called with training=True")
+            # the mask Keras 3 recorded: grurt derives it (mask_survives), unless it was made by hand
+            if mask_refs({"kwargs": {"mask": kwargs.pop("mask", None)}}) and not any(
+                    self.tensors[ref].mask for ref in value_refs({"args": args})[:1]):
+                raise UnsupportedModelError("is called with a mask= made by hand; grurt derives masks from "
+                                            "Masking and Embedding(mask_zero=True) layers")
+            if is_op(config) and custom is None:
                 self.op(config, call, args, kwargs)
-            elif kind in MERGE_LAYERS:
+            elif kind in MERGE_LAYERS and custom is None:
                 self.merge(config, call, args, kwargs)
-            elif kind in ("GRU", "Bidirectional"):
+            elif kind in ("GRU", "Bidirectional") and custom is None:
                 self.gru(config, call, args, kwargs)
             else:
                 if kwargs or len(args) != 1:
                     raise UnsupportedModelError(f"takes one tensor; called with {len(args)} arguments and "
                                                 f"{sorted(kwargs)}")
-                self.layer(config, call, _one_tensor(args[0], "its input"))
+                self.layer(config, call, _one_tensor(args[0], "its input"), custom)
         except GrurtError as exc:
             raise type(exc)(f"{where}: {exc}") from None
         except (TypeError, ValueError, KeyError, AttributeError, IndexError) as exc:  # a hostile config
             raise ModelFormatError(f"{where}: malformed config or weights ({exc!r})") from None
 
-    def _layer(self, config, source: _Tensor, layer_config=None) -> _Layer:
+    def _layer(self, config, source: _Tensor, layer_config=None, custom=None) -> _Layer:
         return _Layer(config["class_name"], _layer_name(config), layer_config or config.get("config", {}),
                       self.weights.get(_layer_name(config), []), self.keras_major, source.features, source.has_time,
-                      steps=source.steps, keras_version=self.keras_version)
+                      steps=source.steps, keras_version=self.keras_version, masked=source.mask is not None,
+                      custom=custom)
 
     def chain(self, produced, inputs, call_ref, state=None) -> str:
         """Nodes for ``produced`` (canonical layers in order), the first reading ``inputs`` and giving
@@ -250,23 +287,36 @@ class _Builder:
             inputs = [out]
         return out
 
-    def layer(self, config, call, ref):
+    def layer(self, config, call, ref, custom=None):
         kind = config["class_name"]
         source = self.tensors[ref]
-        if (source.features is None) != (kind == "Embedding"):
+        if (source.features is None) != (kind == "Embedding") and custom is None:
             raise UnsupportedModelError(f"reads {source.describe()}; token ids go into an Embedding layer, "
                                         "which reads nothing else")
-        produced = _LAYERS[kind](self._layer(config, source))
-        features, has_time, steps = source.features, source.has_time, source.steps
-        for layer in produced:
-            features, has_time = layer_output(f"layer {_layer_name(config)!r}", layer, features, has_time)
-        if kind in _TIME_KINDS and isinstance(steps, int):
-            steps = output_steps(ModelSpec(source.features, tuple(produced)), steps)
-        elif not has_time:
-            steps = None
+        translating = self._layer(config, source, custom=custom)
+        produced = translate_layer(translating)
         call_ref = (_layer_name(config), call, 0)
+        if produced and isinstance(produced[0], Masking):     # Masking, Embedding(mask_zero): (y, mask)
+            y, mask = (self.name_for(call_ref) if len(produced) == 1 else self.fresh(f"{_label(*call_ref)}/0"),
+                       self.fresh(f"{_label(*call_ref)}/mask"))
+            self.add(produced[0], [source.name], [y, mask])
+            source = _Tensor(y, source.features, source.has_time, source.steps, mask)
+            produced = produced[1:]
+            if not produced:
+                self.tensors[call_ref] = source
+                return
+        features, has_time, steps, mask = source.features, source.has_time, source.steps, source.mask
+        for layer in produced:
+            features, has_time = node_output(f"layer {_layer_name(config)!r}", layer, features, has_time)
+            steps = frames_after(translating, layer, steps, source.steps) if has_time else None
+            mask = mask if mask_survives(layer, mask is not None) else None
         if not produced:                    # Dropout and friends: the same tensor
             self.tensors[call_ref] = source if call_ref not in self.final else self.alias(source, call_ref)
+            return
+        if isinstance(produced[0], GlobalPool) and produced[0].mode == "average" and source.mask is not None:
+            name = self.name_for(call_ref)      # the mean of the valid steps
+            self.add(produced[0], [source.name, source.mask], [name])
+            self.tensors[call_ref] = _Tensor(name, features, False)
             return
         previous = self.producer.get(source.name)
         if kind in _FOLDING and previous is not None and self.reads.get(ref) == 1 \
@@ -278,17 +328,18 @@ class _Builder:
                     name = self.name_for(call_ref)
                     self.nodes[previous] = Node(merged, node.inputs, (name,))
                     self.producer[name] = previous
-                    self.tensors[call_ref] = _Tensor(name, features, has_time, steps)
+                    self.tensors[call_ref] = _Tensor(name, features, has_time, steps, mask)
                     return
                 self.nodes[previous] = Node(merged, node.inputs, node.outputs)
                 produced = produced[1:]
-        self.tensors[call_ref] = _Tensor(self.chain(produced, [source.name], call_ref), features, has_time, steps)
+        self.tensors[call_ref] = _Tensor(self.chain(produced, [source.name], call_ref), features, has_time, steps,
+                                         mask)
 
     def alias(self, source: _Tensor, ref):
         """A model output that is a no-op layer's: the tensor under the output's name (a linear Activation)."""
         name = self.final[ref]
         self.add(Activation(activation("linear")), [source.name], [name])
-        return _Tensor(name, source.features, source.has_time, source.steps)
+        return _Tensor(name, source.features, source.has_time, source.steps, source.mask)
 
     def merge(self, config, call, args, kwargs):
         kind = config["class_name"]
@@ -314,7 +365,20 @@ class _Builder:
         self.add(layer, [t.name for t in sources], [name])
         steps = next((t.steps for t in sources if isinstance(t.steps, int)), None)
         features = sum(t.features for t in sources) if op == "concat" else sources[0].features
-        self.tensors[call_ref] = _Tensor(name, features, sources[0].has_time, steps)
+        self.tensors[call_ref] = _Tensor(name, features, sources[0].has_time, steps,
+                                         None if is_op(config) else self.merged_mask(sources))
+
+    def merged_mask(self, sources):
+        """The mask of a merge layer's output: Keras 3 ORs its inputs' masks, or drops it when one has
+        none; Keras 2 ANDs the masks there are. Where both agree (one mask shared by all, or none): it."""
+        masks = {t.mask for t in sources}
+        if len(masks) == 1:
+            return masks.pop()
+        if self.keras_major >= 3 and None in masks:
+            return None
+        raise UnsupportedModelError("merges sequences masked differently (" + ", ".join(
+            f"'{t.name}' " + (f"masked by '{t.mask}'" if t.mask else "unmasked") for t in sources)
+            + "); grurt merges sequences that share one mask, or (Keras 3) with an unmasked one")
 
     def op(self, config, call, args, kwargs):
         """A keras.ops operation: x + y, x - y, x * y, keras.ops.maximum / minimum of two tensors and
@@ -333,6 +397,8 @@ class _Builder:
         if kind == "Sigmoid":
             self.layer({"class_name": "Activation", "config": {"name": _layer_name(config), "activation": "sigmoid"}},
                        call, tensor_refs(values[0])[0])
+            call_ref = (_layer_name(config), call, 0)        # an operation drops the mask
+            self.tensors[call_ref] = dataclasses.replace(self.tensors[call_ref], mask=None)
         else:
             self.merge(config, call, [values], {})
 
@@ -340,6 +406,8 @@ class _Builder:
         """A GRU or Bidirectional(GRU) call: h0 from ``initial_state`` (a tensor or a list: one per
         direction), and with ``return_state`` the final state(s) as outputs 1 (and 2)."""
         kind, name = config["class_name"], _layer_name(config)
+        if len(args) == 1 and isinstance(args[0], list) and len(args[0]) > 1:    # Keras 2: [x, initial states]
+            args = [args[0][0], args[0][1:]]
         if len(args) not in (1, 2) or (len(args) == 2 and "initial_state" in kwargs) or set(kwargs) - {"initial_state"}:
             raise UnsupportedModelError(f"takes a sequence and initial_state=; called with {len(args)} arguments "
                                         f"and {sorted(kwargs)}")
@@ -364,6 +432,13 @@ class _Builder:
         gru = produced[0]
         hidden = gru.hidden_size
         inputs = [source.name]
+        # Keras 3 hands the input's mask to a GRU called on the sequence alone, not with initial_state
+        reads_mask = source.mask is not None and initial is None
+        if source.mask is not None and initial is not None and self.keras_major < 3:
+            raise UnsupportedModelError("a masked sequence with initial_state is not supported in Keras 2 models")
+        if reads_mask and kind == "GRU" and layer_config.get("zero_output_for_mask"):
+            raise UnsupportedModelError("zero_output_for_mask=True on a masked sequence is not supported (grurt "
+                                        "repeats the previous output at masked steps, as Keras's default)")
         if initial is not None:
             states = [self.tensors[_one_tensor(item, "initial_state")]
                       for item in (initial if isinstance(initial, (list, tuple)) else [initial])]
@@ -378,6 +453,8 @@ class _Builder:
                 inputs.append(joined)
         # the final state: the GRU node's second output (Keras's output 1), or for a Bidirectional its two
         # directions (outputs 1 and 2) cut from it
+        if reads_mask:
+            inputs.append(source.mask)
         state_ref = (name, call, 1)
         state = None if not returns_state else self.name_for(state_ref) if directions == 1 \
             else self.fresh(f"{_label(name, call, 0)}/state")
@@ -385,8 +462,9 @@ class _Builder:
         features, has_time = source.features, source.has_time
         for layer in produced:
             features, has_time = layer_output(f"layer {name!r}", layer, features, has_time)
+        # the output keeps the input's mask when it is a sequence (even when the GRU did not read it)
         self.tensors[call_ref] = _Tensor(self.chain(produced, inputs, call_ref, state), features, has_time,
-                                         source.steps if has_time else None)
+                                         source.steps if has_time else None, source.mask if has_time else None)
         if not returns_state:
             return
         if directions == 1:
@@ -399,6 +477,20 @@ class _Builder:
             self.tensors[ref] = _Tensor(target, hidden, False)
 
 
-def graph_from_keras(model_config: dict, weights: dict, keras_version: str) -> Graph:
+def _mask_operations(calls, outputs) -> set:
+    """The keras.ops operations of a Keras 3 config that only compute masks (Masking and mask_zero
+    record them: not_equal, any, ...): those whose every output is read only as a ``mask=`` argument
+    or by another such operation. grurt derives the masks itself."""
+    ops = {_layer_name(layer) for layer, _ in calls if is_op(layer)}
+    while True:
+        value_readers = {ref[0] for layer, call in calls if _layer_name(layer) not in ops
+                         for ref in value_refs(layer["inbound_nodes"][call])}
+        kept = {name for name in ops if name not in value_readers and not any(ref[0] == name for ref in outputs)}
+        if kept == ops:
+            return ops
+        ops = kept
+
+
+def graph_from_keras(model_config: dict, weights: dict, keras_version: str, custom_layers=None) -> Graph:
     """Translate a functional Keras model config and its weights (by layer name) into a Graph."""
-    return _Builder(model_config, weights, keras_version).build()
+    return _Builder(model_config, weights, keras_version, custom_layers).build()

@@ -3,14 +3,18 @@ table is in :mod:`grurt.importers.keras`).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from ...errors import GrurtError, InputError, ModelFormatError, UnsupportedModelError
-from ...spec import GRU, MERGE_MODES, Activation, ActivationFunction, Dense, Merge, ModelSpec, Reverse, Scale, activation
+from ...spec import (GRU, LAYER_TYPES, MERGE_MODES, Activation, ActivationFunction, Dense, Merge, ModelSpec, Reverse,
+                    Scale, activation)
 from ...spec import Embedding, Flatten, GlobalPool, LayerNorm, UnitNorm
-from ...spec import Conv1D, Pool1D, ZeroPad1D, append_folded, output_steps
+from ...spec import TIME_LAYERS, Conv1D, Pool1D, ZeroPad1D, append_folded
+from ...graph import (GRAPH_LAYERS, ONE_INPUT_LAYERS, Crop, Masking, PReLU, Repeat, Unflatten, mask_survives,
+                      node_output, path_graph)
 
 #: Layers that do nothing at inference.
 _NO_OPS = ("Dropout", "SpatialDropout1D", "GaussianNoise", "GaussianDropout", "AlphaDropout")
@@ -74,8 +78,10 @@ def _functional_chain(config, layers):
             raise ModelFormatError(f"functional model: layer {name!r} is missing or the layers form a cycle")
         layer = by_name[name]
         nodes = layer.get("inbound_nodes") or []
-        sources = tensor_refs(nodes[0]) if len(nodes) == 1 else []
-        if len(sources) != 1 or sources[0][1:] != (0, 0) or _returns_state(layer) or is_op(layer):
+        sources = value_refs(nodes[0]) if len(nodes) == 1 else []
+        masks = mask_refs(nodes[0]) if len(nodes) == 1 else []
+        if len(sources) != 1 or sources[0][1:] != (0, 0) or _returns_state(layer) or is_op(layer) \
+                or not all(is_op(by_name.get(ref[0], {})) for ref in masks):     # a mask made by hand
             return None
         chain.append(layer)
         name = sources[0][0]
@@ -93,7 +99,7 @@ def is_op(layer) -> bool:
     says so; an .h5 config keeps no module, and an operation's config, unlike a layer's, has no
     'trainable'."""
     module = str(layer.get("module") or "")
-    return module.startswith("keras.src.ops") or (not module and layer["class_name"] in OPS
+    return module.startswith("keras.src.ops") or (not module and layer.get("class_name") not in (None, "InputLayer")
                                                    and "trainable" not in layer.get("config", {}))
 
 
@@ -102,6 +108,20 @@ def _returns_state(layer) -> bool:
     inner = config.get("layer")     # Bidirectional
     return bool(config.get("return_state") or isinstance(inner, dict) and isinstance(inner.get("config"), dict)
                 and inner["config"].get("return_state"))
+
+
+def value_refs(node):
+    """The tensors an inbound node reads as values: all but a Keras 3 ``mask=`` argument (Keras 3
+    records the mask a layer receives; grurt derives masks by Keras's rule)."""
+    if isinstance(node, dict) and isinstance(node.get("kwargs"), dict) and "mask" in node["kwargs"]:
+        node = {**node, "kwargs": {k: v for k, v in node["kwargs"].items() if k != "mask"}}
+    return tensor_refs(node)
+
+
+def mask_refs(node):
+    """The tensors of a Keras 3 inbound node's ``mask=`` argument."""
+    return tensor_refs(node["kwargs"].get("mask")) if isinstance(node, dict) and isinstance(
+        node.get("kwargs"), dict) else []
 
 
 def tensor_refs(value):
@@ -163,9 +183,13 @@ def keras_dense(kernel, bias=None):
     return W, np.zeros(W.shape[0], np.float32) if bias is None else np.asarray(bias)
 
 
-# Keras activation names grurt computes, with their Keras arguments where grurt's default differs
-_KERAS_ACTIVATIONS = {"linear": (), "sigmoid": (), "tanh": (), "relu": (), "softsign": (), "softplus": (),
-                      "softmax": (), "elu": (), "leaky_relu": (0.2,)}
+# Keras activation names grurt computes → the grurt activation and its arguments (where grurt's
+# default differs; gelu is the exact form, the default of Keras 2 and 3 for the name "gelu")
+_KERAS_ACTIVATIONS = {"linear": ("linear",), "sigmoid": ("sigmoid",), "tanh": ("tanh",), "relu": ("relu",),
+                      "softsign": ("softsign",), "softplus": ("softplus",), "softmax": ("softmax",),
+                      "elu": ("elu",), "leaky_relu": ("leaky_relu", 0.2), "gelu": ("gelu",), "silu": ("silu",),
+                      "swish": ("silu",), "mish": ("mish",), "selu": ("selu",), "hard_silu": ("hard_silu",),
+                      "hard_swish": ("hard_silu",), "relu6": ("clip", 0.0, 6.0), "hard_tanh": ("clip", -1.0, 1.0)}
 
 
 def keras_activation(name, keras_major: int) -> ActivationFunction:
@@ -176,7 +200,7 @@ def keras_activation(name, keras_major: int) -> ActivationFunction:
     if name is None:
         return activation("linear")
     if isinstance(name, str) and name in _KERAS_ACTIVATIONS:
-        return activation(name, *_KERAS_ACTIVATIONS[name])
+        return activation(*_KERAS_ACTIVATIONS[name])
     raise UnsupportedModelError(f"unsupported Keras activation {name!r}; grurt computes "
                                 f"{', '.join(_KERAS_ACTIVATIONS)} and hard_sigmoid")
 
@@ -205,7 +229,8 @@ class _Layer:
     has_time: bool
     steps: object = None          # the input's fixed number of time steps, if the input shape gives one
     keras_version: str = "3"
-    masked: bool = False          # a Masking layer or mask_zero Embedding precedes this layer
+    masked: bool = False          # the input's steps are masked (Masking, mask_zero; Keras's rule, mask_survives)
+    custom: object = None         # what custom_layers maps this layer's class to
 
     def where(self) -> str:
         return f"layer {self.name!r} ({self.kind})"
@@ -308,6 +333,75 @@ def _activation(layer: _Layer):
     return [Activation(layer.activation("activation"))]
 
 
+# ---- activation layers (issue 21) ----
+
+def _number(layer: _Layer, key, default, least=None):
+    value = layer.config.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value) \
+            or (least is not None and value < least):
+        raise ModelFormatError(f"{key} must be a finite number" + (f" >= {least}" if least is not None else "")
+                               + f", got {value!r}")
+    return float(value)
+
+
+def _relu(layer: _Layer):
+    """Keras ReLU(max_value, negative_slope, threshold): x > θ ? min(x, max_value) : slope·(x − θ)."""
+    slope, threshold = _number(layer, "negative_slope", 0.0, 0.0), _number(layer, "threshold", 0.0, 0.0)
+    maximum = layer.config.get("max_value")
+    if maximum is not None:
+        maximum = _number(layer, "max_value", None, 0.0)
+    if (slope != 0.0) + (threshold != 0.0) + (maximum is not None) > 1:
+        raise UnsupportedModelError(f"max_value={maximum!r}, negative_slope={slope!r}, threshold={threshold!r}: "
+                                    "grurt computes a ReLU with one of them at most")
+    if slope:
+        return [Activation(activation("leaky_relu", slope))]
+    if threshold:
+        return [Activation(activation("thresholded_relu", threshold))]
+    if maximum is not None:
+        return [Activation(activation("clip", 0.0, maximum))]
+    return [Activation(activation("relu"))]
+
+
+def _leaky_relu(layer: _Layer):
+    # Keras 3 calls the slope negative_slope, Keras 2 alpha; the layer's default is 0.3 in both
+    key = "negative_slope" if "negative_slope" in layer.config else "alpha"
+    return [Activation(activation("leaky_relu", _number(layer, key, 0.3)))]
+
+
+def _elu(layer: _Layer):
+    return [Activation(activation("elu", _number(layer, "alpha", 1.0)))]
+
+
+def _thresholded_relu(layer: _Layer):        # Keras 2: x > theta ? x : 0
+    return [Activation(activation("thresholded_relu", _number(layer, "theta", 1.0)))]
+
+
+def _softmax(layer: _Layer):
+    layer.last_axis(layer.config.get("axis", -1))
+    if layer.masked:
+        # Keras passes the (batch, time) mask to the softmax over features: an error or a broadcast
+        raise UnsupportedModelError("a Softmax layer after Masking / mask_zero is not supported (Keras applies "
+                                    "the (batch, time) mask along the feature axis); use Activation('softmax')")
+    return [Activation(activation("softmax"))]
+
+
+def _prelu(layer: _Layer):
+    """alpha has the shape of one input sample, 1 on the shared axes: (T, F), (1, F), (T, 1) or
+    (1, 1) for sequences, (F,) or (1,) for vectors."""
+    layer.expect_weights(1)
+    alpha = np.asarray(layer.weights[0])
+    sample = (layer.steps if isinstance(layer.steps, int) else None, layer.features) if layer.has_time \
+        else (layer.features,)
+    if alpha.ndim != len(sample) or any(a != 1 and a != s for a, s in zip(alpha.shape, sample)):
+        raise ModelFormatError(f"alpha has shape {alpha.shape}; an input sample is {sample} "
+                               "(a shared axis is 1)")
+    if alpha.size == 1:
+        return [Activation(activation("leaky_relu", float(alpha.reshape(-1)[0])))]
+    if not layer.has_time or alpha.shape[0] == 1:
+        return [PReLU(alpha.reshape(-1))]               # (F,) or (1, F): one per feature
+    return [PReLU(np.broadcast_to(alpha, sample))]      # one per step: a fixed number of steps
+
+
 def _batch_normalization(layer: _Layer):
     config = layer.config
     layer.last_axis(config.get("axis", -1))
@@ -347,7 +441,8 @@ def _flatten(layer: _Layer):
 
 
 _LAYERS = {"GRU": _gru, "Bidirectional": _bidirectional, "Dense": _dense, "TimeDistributed": _time_distributed,
-           "Activation": _activation, "BatchNormalization": _batch_normalization,
+           "Activation": _activation, "ReLU": _relu, "LeakyReLU": _leaky_relu, "ELU": _elu, "Softmax": _softmax,
+           "PReLU": _prelu, "ThresholdedReLU": _thresholded_relu, "BatchNormalization": _batch_normalization,
            "Normalization": _normalization, "Rescaling": _rescaling, "Flatten": _flatten,
            **{kind: lambda layer: [] for kind in _NO_OPS}}
 
@@ -359,7 +454,11 @@ def _embedding(layer: _Layer):
     table = layer.weights[0]
     dims = (layer.config.get("input_dim"), layer.config.get("output_dim"))
     layer.expect_shape("embeddings", table, dims)
-    return [Embedding(table)]          # mask_zero: spec_from_keras sets mask_value = 0
+    return ([Masking(0)] if layer.config.get("mask_zero") else []) + [Embedding(table)]   # id 0 masks the step
+
+
+def _masking(layer: _Layer):
+    return [Masking(_number(layer, "mask_value", 0.0))]
 
 
 def _layer_normalization(layer: _Layer):
@@ -399,9 +498,6 @@ def _global_pooling(mode):
 
 
 def _flatten_sequence(layer: _Layer):
-    if layer.masked:
-        raise UnsupportedModelError("flattening a masked sequence is not supported (Keras flattens the masked "
-                                    "steps' repeated outputs, grurt's padding is zero)")
     if not isinstance(layer.steps, int) or isinstance(layer.steps, bool) or layer.steps < 1:
         raise UnsupportedModelError("flattening a sequence needs a fixed number of time steps in the model's "
                                     f"input shape (got {layer.steps!r})")
@@ -417,13 +513,15 @@ def _version(version):
         raise ModelFormatError(f"unreadable Keras version {version!r}") from None
 
 
-_LAYERS.update({"Embedding": _embedding, "LayerNormalization": _layer_normalization,
+_LAYERS.update({"Embedding": _embedding, "Masking": _masking, "LayerNormalization": _layer_normalization,
                 "UnitNormalization": _unit_normalization,
                 "GlobalAveragePooling1D": _global_pooling("average"), "GlobalMaxPooling1D": _global_pooling("max")})
 
 
-def spec_from_keras(model_config: dict, weights: dict, keras_version: str) -> ModelSpec:
-    """Translate a Keras model config and its weights (by layer name) into a ModelSpec."""
+def spec_from_keras(model_config: dict, weights: dict, keras_version: str, custom_layers=None) -> ModelSpec:
+    """Translate a Keras model config and its weights (by layer name) into a ModelSpec (a one-path Graph
+    when a layer runs between chains)."""
+    custom_layers = check_custom_layers(custom_layers)
     keras_major = _major(keras_version)
     chain, batch_shape = _chain(model_config)
     takes_ids = bool(chain) and chain[0].get("class_name") == "Embedding"
@@ -436,50 +534,128 @@ def spec_from_keras(model_config: dict, weights: dict, keras_version: str) -> Mo
     elif features is None:
         raise ModelFormatError("cannot tell the number of input features: the model has no weights")
     input_steps = steps = batch_shape[1] if batch_shape else None
-    input_size, has_time, layers, mask_value = features, True, [], None
+    input_size, has_time, layers, masked = features, True, [], False
     for config in chain:
         layer = _Layer(config["class_name"], _layer_name(config), config.get("config", {}),
                        weights.get(_layer_name(config), []), keras_major, features, has_time,
-                       steps=steps, keras_version=str(keras_version), masked=mask_value is not None)
-        if layer.kind == "GlobalMaxPooling1D" and layer.masked and any(g.direction != "forward"
-                                                                      for g in layers if isinstance(g, GRU)):
-            # Keras zeroes masked outputs of reverse/bidirectional GRUs and max-pools them with the rest
-            raise UnsupportedModelError(f"{layer.where()}: max-pooling a masked sequence after a reverse or "
-                                        "bidirectional GRU is not supported")
-        if layer.kind == "Embedding" and layer.config.get("mask_zero") and not layers:
-            mask_value = 0      # id 0 is padding: trailing zeros give each sequence's length
-        if layer.kind == "Masking":
-            # trailing padding becomes each sequence's length (Model.run derives `lengths`)
-            if layers:
-                raise UnsupportedModelError(f"{layer.where()}: grurt supports Masking only as the first layer")
-            mask_value = layer.config.get("mask_value", 0.0)
-            continue
-        if layer.kind not in _LAYERS:
-            raise UnsupportedModelError(f"{layer.where()} is not supported; grurt converts InputLayer, "
-                                        f"Masking, {', '.join(_LAYERS)}")
-        try:
-            produced = _LAYERS[layer.kind](layer)
-        except GrurtError as exc:
-            raise type(exc)(f"{layer.where()}: {exc}") from None
-        except (TypeError, ValueError, KeyError, AttributeError, IndexError) as exc:  # a hostile config
-            raise ModelFormatError(f"{layer.where()}: malformed config or weights ({exc!r})") from None
+                       steps=steps, keras_version=str(keras_version), masked=masked,
+                       custom=custom_mapping(config, custom_layers) if config["class_name"] != "Lambda" else None)
+        if layer.kind not in _LAYERS and layer.custom is None:
+            refuse_layer(layer.where(), config, f"InputLayer, {', '.join(_LAYERS)}")
+        if not masked and any(mask_refs(node) for node in config.get("inbound_nodes") or ()):
+            raise UnsupportedModelError(f"{layer.where()}: is called with a mask= made by hand; grurt derives "
+                                        "masks from Masking and Embedding(mask_zero=True) layers")
+        produced = translate_layer(layer)
         if produced:
             if layer.kind in _FOLDING:
                 append_folded(layers, produced)     # BatchNormalization into Conv1D/Dense, ...
             else:
                 layers.extend(produced)
-            so_far = ModelSpec(input_size, tuple(layers))
-            features, has_time = so_far.output_size, so_far.returns_sequence
-            if layer.kind in _TIME_KINDS and isinstance(input_steps, int) and input_steps >= 1:
-                # convolutions, pooling and padding change the frame count a later Flatten sees
-                try:
-                    steps = output_steps(so_far, input_steps)
-                except InputError as exc:
-                    raise UnsupportedModelError(f"{layer.where()}: the model's input of {input_steps} steps "
-                                                f"is too short ({exc})") from None
+            for canonical in produced:
+                features, has_time = node_output(layer.where(), canonical, features, has_time)
+                steps = frames_after(layer, canonical, steps, input_steps) if has_time else None
+                masked = mask_survives(canonical, masked)
     if not any(isinstance(layer, GRU) for layer in layers):
         raise UnsupportedModelError("the Keras model contains no GRU layer")
-    return ModelSpec(input_size, tuple(layers), mask_value=mask_value)
+    chain_layers = layers[1:] if layers and isinstance(layers[0], Masking) else layers
+    if any(isinstance(layer, GRAPH_LAYERS) for layer in chain_layers) or (
+            chain_layers is not layers and any(isinstance(layer, TIME_LAYERS) for layer in layers)):
+        # a layer run between chains (PReLU, a Masking after the first layer), or a mask that a
+        # convolution drops: a one-path graph
+        return path_graph(input_size, layers)
+    return ModelSpec(input_size, tuple(chain_layers), mask_value=layers[0].value if chain_layers is not layers
+                     else None)
+
+
+# ---- layers of the user's own classes (issue 21) ----
+
+def check_custom_layers(custom_layers) -> dict:
+    """``custom_layers`` as given to from_keras / load: {class name: callable or list of grurt layers}."""
+    if custom_layers is None:
+        return {}
+    if not isinstance(custom_layers, dict) or not all(
+            isinstance(key, str) and (callable(value) or isinstance(value, (list, tuple)))
+            for key, value in custom_layers.items()):
+        raise TypeError("custom_layers must be a dict mapping a Keras layer class name to a function "
+                        "(config, weights) -> [grurt layers], or to a list of grurt layers ([] for the identity)")
+    return custom_layers
+
+
+def custom_mapping(config, custom_layers):
+    """What ``custom_layers`` maps a layer config's class to (by class_name, or Keras 3's registered
+    name such as ``"Custom>SqueezeLayer"``), or None."""
+    for key in (config.get("class_name"), config.get("registered_name")):
+        if isinstance(key, str) and key in custom_layers:
+            return custom_layers[key]
+    return None
+
+
+def refuse_layer(where, config, converts):
+    """UnsupportedModelError for a layer grurt does not convert, showing custom_layers for a class of
+    the user's own (a config without a keras module)."""
+    kind = config.get("class_name")
+    if kind == "Lambda":
+        raise UnsupportedModelError(
+            f"{where}: a Lambda layer holds Python code (a marshalled function) that grurt does not run; "
+            "rewrite it with layers grurt converts, or as a layer class of your own mapped with custom_layers=")
+    hint = "" if str(config.get("module") or "").startswith("keras") else (
+        f"; if {kind} is a layer class of your own, say what it computes: grurt.load(path, custom_layers="
+        f"{{{kind!r}: lambda config, weights: [grurt layers]}}) or grurt.from_keras(model, custom_layers=...)")
+    raise UnsupportedModelError(f"{where} is not supported{hint}; grurt converts {converts}")
+
+
+def _custom(layer: _Layer):
+    mapping = layer.custom
+    try:
+        produced = mapping(dict(layer.config), [np.asarray(w) for w in layer.weights]) if callable(mapping) \
+            else mapping
+    except GrurtError:
+        raise
+    except Exception as exc:    # noqa: BLE001 - the user's function: its error, named
+        raise UnsupportedModelError(f"custom_layers[{layer.kind!r}] raised {type(exc).__name__}: {exc}") from exc
+    allowed = LAYER_TYPES + ONE_INPUT_LAYERS + (Masking,)
+    if not isinstance(produced, (list, tuple)) or not all(isinstance(item, allowed) for item in produced):
+        raise UnsupportedModelError(f"custom_layers[{layer.kind!r}] must give a list of grurt layers (grurt.spec, "
+                                    f"grurt.layers, grurt.graph's PReLU, Repeat, Unflatten, Crop, Masking), got "
+                                    f"{produced!r}")
+    return list(produced)
+
+
+def translate_layer(layer: _Layer):
+    """The canonical layers of one Keras layer; errors name it."""
+    if layer.custom is not None:
+        try:
+            return _custom(layer)
+        except GrurtError as exc:
+            raise type(exc)(f"{layer.where()}: {exc}") from exc.__cause__
+    if layer.kind == "GRU" and layer.masked and layer.config.get("zero_output_for_mask"):
+        raise UnsupportedModelError(f"{layer.where()}: zero_output_for_mask=True on a masked sequence is not "
+                                    "supported (grurt repeats the previous output at masked steps, as Keras's "
+                                    "default)")
+    try:
+        return _LAYERS[layer.kind](layer)
+    except GrurtError as exc:
+        raise type(exc)(f"{layer.where()}: {exc}") from None
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError) as exc:  # a hostile config
+        raise ModelFormatError(f"{layer.where()}: malformed config or weights ({exc!r})") from None
+
+
+def frames_after(layer: _Layer, canonical, steps, input_steps):
+    """The fixed number of frames after ``canonical`` (convolutions, pooling and padding change the
+    count a later Flatten sees), or None when the input shape does not fix it."""
+    if isinstance(canonical, (Repeat, Unflatten)):
+        return canonical.steps
+    if isinstance(canonical, Crop) and isinstance(steps, int):
+        steps -= canonical.left + canonical.right
+        if steps < 1:
+            raise UnsupportedModelError(f"{layer.where()}: crops {canonical.left + canonical.right} steps of the "
+                                        f"{steps + canonical.left + canonical.right} steps it reads")
+    if isinstance(canonical, TIME_LAYERS) and isinstance(steps, int):
+        steps = canonical.output_steps(steps)
+        if steps < 1:
+            raise UnsupportedModelError(f"{layer.where()}: the model's input of {input_steps} steps is too short "
+                                        f"for its window of {canonical.span} frames")
+    return steps
 
 
 def _major(version) -> int:
@@ -570,10 +746,58 @@ def _zero_padding1d(layer: _Layer):
     return [ZeroPad1D(left, right)]
 
 
+# ---- RepeatVector, Reshape, Cropping1D (issue 21) ----
+
+def _positive(value, what):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ModelFormatError(f"{what} must be a positive integer, got {value!r}")
+    return value
+
+
+def _repeat_vector(layer: _Layer):
+    if layer.has_time:
+        raise UnsupportedModelError("repeats a vector; its input is a sequence")
+    return [Repeat(_positive(layer.config.get("n"), "n"))]
+
+
+def _reshape(layer: _Layer):
+    """A vector (N,) to (T, F) (an Unflatten), a sequence of fixed T steps (T, F) to (T·F,) (a
+    Flatten), or to the shape it has (nothing)."""
+    target = layer.config.get("target_shape")
+    if not isinstance(target, (list, tuple)) or not 1 <= len(target) <= 2 or list(target).count(-1) > 1 \
+            or not all(d == -1 or (type(d) is int and d >= 1) for d in target):
+        raise ModelFormatError(f"target_shape must be one or two positive sizes (one may be -1), got {target!r}")
+    if layer.has_time and len(target) == 2 and target[1] == layer.features and target[0] in (-1, layer.steps):
+        return []                                           # (T, F) → (T, F)
+    steps = layer.steps if layer.has_time else 1
+    if not isinstance(steps, int):
+        raise UnsupportedModelError(f"reshapes (T, {layer.features}) to {tuple(target)}: grurt needs the steps "
+                                    "fixed by the model's input shape")
+    size, known = steps * layer.features, math.prod(d for d in target if d != -1)
+    if (size % known if -1 in target else size != known):
+        raise ModelFormatError(f"target_shape {tuple(target)} does not hold the {size} values of its input")
+    shape = tuple(size // known if d == -1 else d for d in target)
+    if len(shape) == 1:
+        return [Flatten(steps)] if layer.has_time else []
+    if not layer.has_time:
+        return [Unflatten(shape[0])]
+    raise UnsupportedModelError(f"reshapes ({steps}, {layer.features}) to {shape}; grurt reshapes a vector to "
+                                "(steps, features) and a sequence of fixed steps to a vector")
+
+
+def _cropping1d(layer: _Layer):
+    if not layer.has_time:
+        raise UnsupportedModelError("needs a sequence, but an earlier layer already removed the time axis")
+    cropping = layer.config.get("cropping", (1, 1))
+    left, right = (cropping, cropping) if isinstance(cropping, int) else cropping
+    return [Crop(left, right)]
+
+
+_LAYERS.update({"RepeatVector": _repeat_vector, "Reshape": _reshape, "Cropping1D": _cropping1d})
+
+
 _LAYERS.update({"Conv1D": _conv1d, "MaxPooling1D": _pooling1d, "AveragePooling1D": _pooling1d,
                 "MaxPool1D": _pooling1d, "AvgPool1D": _pooling1d, "ZeroPadding1D": _zero_padding1d})
 #: Layers appended with spec.append_folded: BatchNormalization into the Conv1D or Dense before it,
 #: an Activation into a Conv1D, ZeroPadding1D into the Conv1D after it.
 _FOLDING = ("BatchNormalization", "Activation", "Conv1D")
-#: Layers that change the number of frames (a Flatten after them reads the new count).
-_TIME_KINDS = ("Conv1D", "MaxPooling1D", "AveragePooling1D", "MaxPool1D", "AvgPool1D", "ZeroPadding1D")

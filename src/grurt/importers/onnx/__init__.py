@@ -33,7 +33,10 @@ onnxscript older than 0.7.1), and a graph that reads step T−1 of sequences giv
 """
 from __future__ import annotations
 
+import dataclasses
 import warnings
+
+import numpy as np
 
 from ...errors import GrurtError, InputError, ModelFormatError, UnsupportedModelError
 from ...model import Model
@@ -95,6 +98,10 @@ def _interpret(source, fixed=None, probe=0):
 
 def _import(path):
     source = _open(path)
+    return source, _interpret_dynamic(source)
+
+
+def _interpret_dynamic(source):
     try:
         result = _interpret(source)
         if source.dynamic:
@@ -109,7 +116,7 @@ def _import(path):
                                             "(e.g. a hard-coded time index or batch size)")
     except _TooLarge as exc:      # the file's budget is spent, whichever the probe (grurt.limits.MAX_IDS)
         raise ModelFormatError(str(exc)) from None
-    return source, result
+    return result
 
 
 def _warn(model, result):
@@ -136,7 +143,130 @@ def load_onnx(path):
     to ``run(initial_state=...)`` and state graph outputs to ``return_state=True``; in a graph
     (branches, merges, several inputs or outputs) they are named inputs and outputs, states
     (directions, B, H). A ``sequence_lens`` input maps to ``run(lengths=...)``.
+
+    A file that uses ops beyond the fused layers (docs/onnx.md, "Graphs beyond the fused
+    layers") loads as a :class:`grurt.tensor_model.TensorModel` of the file's own ops, inputs
+    and outputs as the file lays them out.
     """
-    source, result = _import(path)
+    source = _open(path)
+    try:
+        result = _interpret_dynamic(source)
+    except UnsupportedModelError:          # beyond the fused layers: the file's ops as a general graph
+        from .general import tensor_model_from_source
+        return tensor_model_from_source(source)
     _warn(source.model, result)
-    return Model(result.graph)
+    return Model(result.graph, file_states=_file_states(source, result))
+
+
+def session_model(path_or_bytes):
+    """(model, fused, source) for :class:`grurt.InferenceSession`: the fused Model when its inputs and
+    outputs are exactly the file's (names, order, layouts), else the file's ops as a general graph."""
+    source = _open(path_or_bytes)
+    try:
+        result = _interpret_dynamic(source)
+    except UnsupportedModelError:
+        result = None
+    if result is not None and _same_io(source, result):
+        _warn(source.model, result)
+        return Model(result.graph), True, source
+    from .general import tensor_model_from_source
+    return tensor_model_from_source(source), False, source
+
+
+def _same_io(source, result) -> bool:
+    """Whether the fused model takes and gives the file's tensors as the file lays them out: no state
+    moved to initial_state=, no time-major input, no lengths input, states (D, B, H), and every output
+    the same elements in the same places (the interpreter's element ids say so)."""
+    graph = result.graph
+    file_inputs = tuple(name for name, _, _ in source.inputs)
+    file_outputs = tuple(info.name for info in source.model.graph.output)
+    return (not result.state_inputs and not result.time_major and result.lengths_input is None
+            and all(axis == 1 for axis in result.state_batch_axis.values())
+            and graph.input_names == file_inputs and graph.output_names == file_outputs
+            and all(np.array_equal(result.outputs[name], result.returned[name]) for name in file_outputs))
+
+
+@dataclasses.dataclass(frozen=True)
+class FileStates:
+    """How a one-path file's state inputs and outputs (torch's ``h0`` (L·D, B, H) in, ``h_n`` out) map
+    onto its chain's GRU states, so that ``Model.run`` takes them by the file's names too:
+    ``run({"x": x, "h0": h0})`` or ``run([x, h0])`` returns every output of the file, by its order.
+
+    ``inputs``: the file's inputs in order, each (name, None for the sequence, or the (GRU index,
+    direction) each row of the state gives). ``outputs``: likewise for the file's outputs. States
+    are (rows, B, H) as in the file (``batch_axis`` 0 files are not mapped)."""
+
+    inputs: tuple
+    outputs: tuple
+
+    def run(self, model, values, lengths, threads):
+        from ...graph_model import by_name
+
+        names = tuple(name for name, _ in self.inputs)
+        values = by_name(values, names)
+        initial = [None] * len(model.spec.gru_layers)
+        for name, rows in self.inputs:
+            if rows is None:
+                continue
+            state = np.asarray(values[name], np.float32)
+            if state.ndim != 3 or state.shape[0] != len(rows):
+                raise InputError(f"input '{name}' must be a state ({len(rows)}, B, H), got shape {state.shape}")
+            for row, (gru, direction) in enumerate(rows):
+                if initial[gru] is None:
+                    layer = model.spec.gru_layers[gru]
+                    initial[gru] = np.zeros((layer.num_directions,) + state.shape[1:], np.float32)
+                initial[gru][direction] = state[row]
+        sequence = next(name for name, rows in self.inputs if rows is None)
+        batch = np.shape(values[sequence])[0] if np.ndim(values[sequence]) == 3 else None
+        for gru, state in enumerate(initial):
+            if state is None:
+                layer = model.spec.gru_layers[gru]
+                initial[gru] = np.zeros((layer.num_directions, batch or 1, layer.hidden_size), np.float32)
+        out, states = model.run(values[sequence], initial_state=initial, return_state=True, lengths=lengths,
+                                threads=threads)
+        return tuple(out if rows is None else np.stack([states[gru][direction] for gru, direction in rows])
+                     for _, rows in self.outputs)
+
+
+def _file_states(source, result):
+    """The FileStates of a one-path file whose state inputs and outputs are rows of GRU states, else None."""
+    if not result.chain or result.lengths_input or not (result.state_inputs or len(source.model.graph.output) > 1):
+        return None
+    if any(axis != 1 for axis in result.state_batch_axis.values()):
+        return None
+    pairs = [(gru, direction) for gru, ids in enumerate(result.states) for direction in range(ids.shape[0])]
+
+    def rows(ids, candidates):
+        """For each row of the file's (N, B, H) ids, the (GRU, direction) whose state it is; None if any is not one."""
+        found = []
+        for row in ids:
+            match = [pair for pair, state in candidates if state.shape == row.shape and np.array_equal(state, row)]
+            if not match:
+                return None
+            found.append(match[0])
+        return tuple(found)
+
+    inputs = []
+    for name, _, _ in source.inputs:
+        givers = [(gru, ids) for gru, (input_name, ids) in result.state_inputs.items() if input_name == name]
+        if not givers:
+            inputs.append((name, None))
+            continue
+        mapped = rows(result.inputs[name], [((gru, d), ids[d]) for gru, ids in givers for d in range(ids.shape[0])])
+        if mapped is None:
+            return None
+        inputs.append((name, mapped))
+    outputs = []
+    (chain_output,) = result.returned
+    for info in source.model.graph.output:
+        if info.name == chain_output:
+            outputs.append((info.name, None))
+            continue
+        mapped = rows(result.outputs[info.name], [((gru, d), result.states[gru][d]) for gru, d in pairs]) \
+            if result.outputs[info.name].ndim == 3 else None
+        if mapped is None:
+            return None
+        outputs.append((info.name, mapped))
+    if sum(rows is None for _, rows in inputs) != 1:
+        return None
+    return FileStates(tuple(inputs), tuple(outputs))

@@ -24,16 +24,9 @@ from __future__ import annotations
 import numpy as np
 
 from ...errors import ModelFormatError, UnsupportedModelError
-from ...spec import ACTIVATION_DEFAULTS, GRU, activation
+from ...ops.recurrent import gru_activations
+from ...spec import GRU
 from .graph import _Interpreter, _Mismatch, _Node, _RawInput, _Sym
-
-# ONNX RNN activation names (case-insensitive) -> grurt kinds
-_RNN_ACTIVATIONS = {
-    "sigmoid": "sigmoid", "tanh": "tanh", "relu": "relu", "affine": "affine", "leakyrelu": "leaky_relu",
-    "thresholdedrelu": "thresholded_relu", "scaledtanh": "scaled_tanh", "hardsigmoid": "hard_sigmoid",
-    "elu": "elu", "softsign": "softsign", "softplus": "softplus",
-}
-
 
 class _GRUOp(_Interpreter):
     """The handler of the GRU operator."""
@@ -61,7 +54,7 @@ class _GRUOp(_Interpreter):
             if attrs.get(name, 0) not in (0, 1):
                 raise UnsupportedModelError(f"{where}: attribute {name}={attrs[name]} is not supported")
         layout, lbr = attrs.get("layout", 0), bool(attrs.get("linear_before_reset", 0))
-        f, g = _gru_activations(where, attrs, D)
+        f, g = gru_activations(where, attrs, D)
         if not isinstance(X, _Sym) or X.ids.ndim != 3:
             raise UnsupportedModelError(f"{where}: X must be a 3-D sequence computed from the model's inputs")
         x = X.ids if layout == 0 else X.ids.transpose(1, 0, 2)      # (T, B, I)
@@ -166,30 +159,3 @@ class _GRUOp(_Interpreter):
                 self.claimed[name] = ("lengths", None, 1)
                 return
         raise UnsupportedModelError(f"{where}: sequence_lens must be an integer graph input, used as it is")
-
-
-def _gru_activations(where, attrs, directions):
-    """(f, g) from activations/activation_alpha/activation_beta, read the way onnxruntime does:
-    the alpha (beta) list is consumed in order by the functions that take an alpha (beta)."""
-    names = list(attrs.get("activations", ["Sigmoid", "Tanh"] * directions))
-    if len(names) != 2 * directions:
-        raise ModelFormatError(f"{where}: activations={names} must name {2 * directions} functions "
-                               "(f and g per direction)")
-    alphas, betas = list(attrs.get("activation_alpha", [])), list(attrs.get("activation_beta", []))
-    functions = []
-    for name in names:
-        kind = _RNN_ACTIVATIONS.get(name.lower())
-        if kind is None:
-            raise UnsupportedModelError(f"{where}: activation {name!r} is not supported")
-        takes_alpha, takes_beta = (default is not None for default in ACTIVATION_DEFAULTS[kind])
-        alpha = alphas.pop(0) if takes_alpha and alphas else None
-        beta = betas.pop(0) if takes_beta and betas else None
-        functions.append(activation(kind, alpha, beta))
-    if alphas or betas:
-        raise ModelFormatError(f"{where}: activation_alpha/activation_beta hold more values than the activations "
-                               f"{names} take")
-    if functions[2:] and functions[2:] != functions[:2]:
-        described = [fn.describe() for fn in functions]
-        raise UnsupportedModelError(f"{where}: the two directions use different activations {described}; grurt "
-                                    "uses the same f and g for both")
-    return functions[0], functions[1]

@@ -29,9 +29,14 @@ def _onnx():
 
 
 def _read_model(path):
+    """The ModelProto of a file path or of a file's bytes."""
     onnx = _onnx()
     try:
-        model = onnx.load_model(os.fspath(path), load_external_data=False)
+        if isinstance(path, (bytes, bytearray, memoryview)):
+            model = onnx.load_model_from_string(bytes(path))
+            path = "the model bytes"
+        else:
+            model = onnx.load_model(os.fspath(path), load_external_data=False)
     except OSError:
         raise
     except Exception as exc:  # protobuf raises DecodeError, RuntimeError, ... on garbage
@@ -98,6 +103,9 @@ def _with_external_data(tensor, folder, nbytes, where):
         offset, length = int(info.get("offset", 0)), int(info.get("length", nbytes))
     except ValueError:
         raise ModelFormatError(f"{where}: tensor '{tensor.name}' has a malformed external data offset/length") from None
+    if folder is None:
+        raise ModelFormatError(f"{where}: tensor '{tensor.name}' keeps its data in an external file, which a model "
+                               "given as bytes cannot point to: load it from its path")
     root = os.path.realpath(folder)
     target = os.path.realpath(os.path.join(root, location))
     if not location or os.path.isabs(location) or os.path.commonpath([root, target]) != root:
@@ -229,6 +237,7 @@ class _Source:
 
 
 def _open(path):
+    """The parsed file at ``path`` (or given as bytes: then without external data)."""
     model = _read_model(path)
     graph = model.graph
     for what, count in (("nodes", len(graph.node)), ("initializers", len(graph.initializer)),
@@ -236,7 +245,7 @@ def _open(path):
         if count > MAX_ARRAYS:
             raise ModelFormatError(f"{path}: the graph has {count} {what}, more than {MAX_ARRAYS} "
                                    "(grurt.limits.MAX_ARRAYS)")
-    folder = os.path.dirname(os.path.abspath(path))
+    folder = None if isinstance(path, (bytes, bytearray, memoryview)) else os.path.dirname(os.path.abspath(path))
     if model.graph.sparse_initializer:
         raise UnsupportedModelError("sparse initializers are not supported")
     constants = {t.name: _tensor_array(t, folder, "initializer") for t in model.graph.initializer}

@@ -1,0 +1,155 @@
+"""``TensorModel``: a :class:`~grurt.tensor_graph.TensorGraph` ready to run, planned per input
+signature (:mod:`grurt.tensor_plan`), the plans kept in a bounded, thread-safe LRU cache."""
+from __future__ import annotations
+
+import collections
+import threading
+
+import numpy as np
+
+from . import model as _model
+from .errors import InputError, UnsupportedModelError
+from .graph_model import by_name
+from .ops import BOOL, FLOAT, INT
+from .tensor_graph import TensorGraph
+from .tensor_plan import make_plan, signature
+
+#: The dtype each declared input dtype computes in.
+_DTYPES = {"float32": FLOAT, "int64": INT, "bool": BOOL}
+#: What each declared input dtype accepts (numpy dtype kinds).
+_ACCEPTS = {"float32": "fiub", "int64": "iu", "bool": "b"}
+
+
+class TensorModel:
+    """A model that is a general tensor graph: ONNX ops (:mod:`grurt.ops`) over named N-D
+    tensors, its GRUs on grurt's kernels. Build one with :func:`grurt.load` (an ``.onnx`` file
+    that grurt's fused layers do not cover) or :func:`grurt.from_torch`.
+
+    ``run`` takes one array (a model of one input), a list in :attr:`input_names` order or a
+    dict by name, and returns one array or a tuple in :attr:`output_names` order. A model is
+    planned once per signature (the shapes and dtypes of the inputs): the ``cache_size``
+    plans used last are kept. A TensorModel is immutable and may be shared by threads.
+    """
+
+    weights = "float32"
+
+    def __init__(self, graph: TensorGraph, cache_size: int = 16):
+        if not isinstance(graph, TensorGraph):
+            raise TypeError(f"TensorModel expects a grurt.tensor_graph.TensorGraph, got {type(graph).__name__}")
+        if type(cache_size) is not int or cache_size < 1:
+            raise ValueError(f"cache_size must be a positive integer, got {cache_size!r}")
+        self.graph = graph
+        self._cache_size = cache_size
+        self._plans = collections.OrderedDict()     # signature -> Plan, the last used last
+        self._lock = threading.Lock()
+        self._hits = self._misses = 0
+
+    @property
+    def input_names(self):
+        return self.graph.input_names
+
+    @property
+    def output_names(self):
+        return self.graph.output_names
+
+    def __repr__(self) -> str:
+        return (f"<grurt.TensorModel inputs={list(self.input_names)} outputs={list(self.output_names)}: "
+                f"{len(self.graph.nodes)} nodes>")
+
+    def describe(self) -> str:
+        """The graph, node by node."""
+        return self.graph.describe()
+
+    def __reduce__(self):
+        return (TensorModel, (self.graph, self._cache_size))
+
+    def with_weights(self, weights: str) -> "TensorModel":
+        if weights != "float32":
+            raise UnsupportedModelError(f"weights={weights!r}: a general graph runs in float32 only for now")
+        return self
+
+    def run(self, inputs):
+        """The outputs for ``inputs`` (see the class's text): float tensors are float32, integer
+        ones int64. Inputs are checked against the declared dtypes and dims; an InputError
+        names the input."""
+        arrays = self._inputs(inputs)
+        return self._result(self.plan(arrays).run(arrays))
+
+    __call__ = run
+
+    def plan(self, arrays):
+        """The plan for checked input arrays (from the cache, or made now)."""
+        key = signature(arrays)
+        with self._lock:
+            plan = self._plans.get(key)
+            if plan is not None:
+                self._plans.move_to_end(key)
+                self._hits += 1
+                return plan
+            self._misses += 1
+        plan = make_plan(self.graph, key)               # outside the lock: other signatures keep running
+        with self._lock:
+            self._plans[key] = plan
+            self._plans.move_to_end(key)
+            while len(self._plans) > self._cache_size:
+                self._plans.popitem(last=False)
+        return plan
+
+    def cache_info(self):
+        """(hits, misses, plans kept, capacity) of the plan cache."""
+        with self._lock:
+            return collections.namedtuple("CacheInfo", "hits misses size capacity")(
+                self._hits, self._misses, len(self._plans), self._cache_size)
+
+    def stream(self, *args, **kwargs):
+        raise UnsupportedModelError("general graphs do not stream yet: use run() on the whole sequence")
+
+    def stream_pool(self, *args, **kwargs):
+        raise UnsupportedModelError("general graphs do not stream yet: use run() on the whole sequence")
+
+    def _result(self, outputs):
+        return outputs[0] if len(outputs) == 1 else tuple(outputs)
+
+    def _inputs(self, inputs):
+        """The inputs as read-only arrays of their computing dtype, in input order, their dims
+        checked against the declared ones (each dim parameter one size across inputs)."""
+        given = by_name(inputs, self.input_names)
+        arrays, sizes = [], {}
+        for declared in self.graph.inputs:
+            where = f"input '{declared.name}'"
+            value = given[declared.name]
+            if type(value) is not np.ndarray:
+                if not hasattr(value, "__array__") and not isinstance(value, (list, tuple, int, float, np.generic)):
+                    raise InputError(f"{where} must be an array, got {type(value).__name__}")
+                try:
+                    value = np.asarray(value)
+                except (ValueError, TypeError) as exc:
+                    raise InputError(f"{where} must be a rectangular array of numbers ({exc})") from None
+            if value.dtype.kind not in _ACCEPTS[declared.dtype]:
+                raise InputError(f"{where} takes {declared.dtype} values, got dtype {value.dtype}"
+                                 + (" (cast it if the values are whole numbers)"
+                                    if declared.dtype == "int64" and value.dtype.kind == "f" else ""))
+            dims = declared.dims
+            if value.ndim != len(dims) or any(isinstance(d, int) and d != n for d, n in zip(dims, value.shape)):
+                raise InputError(f"{where} must have shape ({', '.join(map(str, dims))}{',' if len(dims) == 1 else ''})"
+                                 f", got {value.shape}")
+            for axis, (dim, size) in enumerate(zip(dims, value.shape)):
+                if isinstance(dim, str):
+                    first = sizes.setdefault(dim, (size, declared.name, axis))
+                    if first[0] != size:
+                        raise InputError(f"{where} has size {size} on axis {axis} ('{dim}'), but input '{first[1]}' "
+                                         f"has size {first[0]} there: one size per dim parameter")
+            dtype = _DTYPES[declared.dtype]
+            if value.dtype != dtype or not value.flags.c_contiguous:
+                needed = value.size * dtype.itemsize
+                if needed > _model.MEMORY_LIMIT_BYTES:
+                    raise InputError(f"{where} of shape {value.shape} would need {needed} bytes as {dtype}, more than "
+                                     f"the limit of {_model.MEMORY_LIMIT_BYTES} (grurt.model.MEMORY_LIMIT_BYTES)")
+                if dtype is INT and value.dtype == np.uint64 and value.size and value.max() > np.iinfo(np.int64).max:
+                    raise InputError(f"{where} holds integers beyond the int64 range")
+                value = np.ascontiguousarray(value, dtype)
+            else:
+                value = value.view()
+            value.setflags(write=False)                 # no op writes into an input
+            arrays.append(value)
+        return arrays

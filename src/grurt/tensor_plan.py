@@ -1,0 +1,219 @@
+"""Plans of a :class:`~grurt.tensor_graph.TensorGraph`, one per input signature.
+
+A signature is the shape and dtype of each input. Planning walks the nodes in order with a
+:class:`~grurt.ops.Value` per tensor (concrete shape, dtype, the array when it is known):
+
+* each op's ``infer`` gives its outputs' shapes and dtypes; every size is counted with Python
+  ints and checked before anything is allocated: an output larger than
+  ``grurt.model.MEMORY_LIMIT_BYTES``, or the tensors alive at a node adding up to more, is an
+  :class:`~grurt.errors.InputError` naming the node, the bytes asked and the limit;
+* a node whose inputs are all known is **folded**: run once now, its outputs become constants
+  of the plan (Shape/Gather/Concat/Reshape arithmetic, the zero states an exporter builds from
+  the input's shape, transposes of constant weights). ``Shape`` and ``Size`` are known from
+  their input's shape alone and fold whatever computes it;
+* every other node becomes a step ``(op.run, ctx, input slots, output slots)`` with ``ctx``
+  from ``op.prepare`` (weights packed once per plan), and each tensor's slot is emptied after
+  its last use.
+
+Running a plan is the loop over its steps: no shape logic, no checks, no lookups.
+"""
+from __future__ import annotations
+
+from typing import List, Tuple
+
+import numpy as np
+
+from . import model as _model
+from .errors import GrurtError, InputError, ModelFormatError, UnsupportedModelError
+from .ops import BOOL, FLOAT, INT, REGISTRY, Value
+from .tensor_graph import TensorGraph
+
+#: Ops whose outputs depend on their inputs' shapes only: folded at plan time from the shapes.
+SHAPE_OPS = ("Shape", "Size")
+_DTYPES = (FLOAT, INT, BOOL)
+
+
+#: What numpy raises on values a shape rule cannot foresee (a maximum over an empty axis, ...).
+_NUMPY_ERRORS = (ValueError, IndexError, TypeError, ArithmeticError, MemoryError)
+
+
+def signature(arrays) -> Tuple:
+    """The key of a plan: (shape, dtype) of each input array."""
+    return tuple((a.shape, a.dtype) for a in arrays)
+
+
+class Plan:
+    """The steps of a graph for one input signature.
+
+    ``slots``: the initial value of each slot (slot 0 is always None, for omitted inputs; the
+    plan's constants are in theirs); ``steps``: ``(run, ctx, input slots, [(output index, slot)],
+    slots to empty after it, node)``; ``outputs``: the slot of each graph output.
+    """
+
+    __slots__ = ("slots", "input_slots", "steps", "outputs", "peak_bytes", "constant_bytes")
+
+    def __init__(self, slots, input_slots, steps, outputs, peak_bytes, constant_bytes):
+        self.slots, self.input_slots, self.steps, self.outputs = slots, input_slots, steps, outputs
+        self.peak_bytes, self.constant_bytes = peak_bytes, constant_bytes
+
+    def run(self, arrays) -> List[np.ndarray]:
+        """The graph's outputs for ``arrays`` (the checked inputs, in input order), each an array of
+        its own (never a view of an input or of a constant)."""
+        slots = list(self.slots)
+        for slot, array in zip(self.input_slots, arrays):
+            slots[slot] = array
+        index = 0
+        try:
+            for index, (run, ctx, ins, outs, frees, _) in enumerate(self.steps):
+                results = run(ctx, [slots[i] for i in ins])
+                for k, slot in outs:
+                    slots[slot] = results[k]
+                for slot in frees:
+                    slots[slot] = None
+        except GrurtError as exc:      # a value-dependent check of an op (an index out of range, ...)
+            raise _where_error(exc, self.steps[index][5].where) from None
+        except _NUMPY_ERRORS as exc:    # numpy refusing values no shape rule foresaw: named, never escaping
+            raise InputError(f"{self.steps[index][5].where}: cannot compute it on these inputs "
+                             f"({type(exc).__name__}: {exc})") from None
+        results = []
+        for slot in self.outputs:
+            value = slots[slot]
+            results.append(value.copy() if value.base is not None or not value.flags.writeable else value)
+        return results
+
+    def describe(self) -> str:
+        """The steps left after folding, node by node."""
+        lines = [f"{len(self.steps)} steps, peak {self.peak_bytes} bytes of tensors, "
+                 f"{self.constant_bytes} bytes of constants"]
+        lines += [f"  {node.name or '-'}: {node.describe()}" for *_, node in self.steps]
+        return "\n".join(lines)
+
+
+def _where_error(exc: GrurtError, where: str) -> GrurtError:
+    """``exc`` with the node named in front, unless the op named it already."""
+    if where in str(exc):
+        return exc
+    return type(exc)(f"{where}: {exc}")
+
+
+def _frozen(array: np.ndarray) -> np.ndarray:
+    view = array.view()
+    view.setflags(write=False)
+    return view
+
+
+def make_plan(graph: TensorGraph, sig) -> Plan:
+    """The plan of ``graph`` for inputs of signature ``sig`` ((shape, dtype) per input, checked
+    against the declared inputs by the caller)."""
+    limit = _model.MEMORY_LIMIT_BYTES
+    values = {}                     # tensor name -> Value
+    slot_of = {}                    # tensor name -> slot, for the tensors computed when the plan runs
+    slots: list = [None]
+    last_use = {}                   # tensor name -> index of the last node that reads it
+    for index, node in enumerate(graph.nodes):
+        for name in node.inputs:
+            if name:
+                last_use[name] = index
+    for name in graph.outputs:
+        last_use[name] = len(graph.nodes)
+    for tensor, (shape, dtype) in zip(graph.inputs, sig):
+        values[tensor.name] = Value(tuple(shape), np.dtype(dtype))
+        slot_of[tensor.name] = len(slots)
+        slots.append(None)
+    input_slots = tuple(slot_of[t.name] for t in graph.inputs)
+    for name, array in graph.constants.items():
+        values[name] = Value(array.shape, array.dtype, array)
+    live = sum(_bytes(values[t.name]) for t in graph.inputs)     # the run-time tensors alive
+    folded = 0                                                    # bytes of what folding computed
+    steps, peak = [], live
+    constant_slots = {}             # constant name -> its slot (holding it from the start)
+    for index, node in enumerate(graph.nodes):
+        where = node.where
+        op = REGISTRY[node.op]
+        args = [values[name] if name else None for name in node.inputs]
+        for position in op.const_inputs:
+            if position < len(args) and args[position] is not None and args[position].const is None:
+                raise UnsupportedModelError(f"{where}: input {position} ('{node.inputs[position]}') is computed from "
+                                            f"the model's inputs; grurt needs this input of {op.name} constant when "
+                                            "the plan is made")
+        try:
+            inferred = op.infer(node.attrs, args)
+        except GrurtError as exc:
+            raise _where_error(exc, where) from None
+        if len(inferred) < len(node.outputs):
+            raise ModelFormatError(f"{where}: {op.name} gives {len(inferred)} outputs, the node names "
+                                   f"{len(node.outputs)}")
+        outputs = {}                # output index -> Value (without its array), for the outputs the node names
+        for k, (name, (shape, dtype)) in enumerate(zip(node.outputs, inferred)):
+            value = Value(tuple(int(d) for d in shape), np.dtype(dtype))
+            if value.dtype not in _DTYPES or any(d < 0 for d in value.shape):
+                raise ModelFormatError(f"{where}: output '{name}' has shape {value.shape} and dtype {value.dtype}")
+            if name:
+                outputs[k] = value
+        asked = sum(_bytes(v) for v in outputs.values())
+        if live + folded + asked > limit:
+            raise InputError(f"{where}: its outputs ({', '.join(str(v.shape) for v in outputs.values())}) need "
+                             f"{_amount(asked)}; with the {_amount(live + folded)} of tensors alive at this node, more "
+                             f"than the limit of {_amount(limit)} (grurt.model.MEMORY_LIMIT_BYTES)")
+        try:
+            ctx = op.prepare(node.attrs, args) if op.prepare is not None else node.attrs
+        except GrurtError as exc:
+            raise _where_error(exc, where) from None
+        if op.name in SHAPE_OPS or all(a is None or a.const is not None for a in args):
+            # known now: run once (Shape and Size on a zero-stride stand-in of their input)
+            arrays = [None if a is None else a.const if a.const is not None
+                      else np.broadcast_to(np.zeros((), a.dtype), a.shape) for a in args]
+            try:
+                results = op.run(ctx, arrays)
+            except GrurtError as exc:
+                raise _where_error(exc, where) from None
+            except _NUMPY_ERRORS as exc:
+                raise ModelFormatError(f"{where}: cannot compute it from the model's constants "
+                                       f"({type(exc).__name__}: {exc})") from None
+            for k, value in outputs.items():
+                result = results[k]
+                if result.shape != value.shape or result.dtype != value.dtype:
+                    raise AssertionError(f"{where}: {op.name} computed {result.dtype} {result.shape} where its "
+                                         f"shape rule says {value.dtype} {value.shape}")
+                values[node.outputs[k]] = Value(value.shape, value.dtype, _frozen(result))
+                folded += _bytes(value)
+            continue
+        outs = []
+        for k, value in outputs.items():
+            name = node.outputs[k]
+            values[name] = value
+            slot_of[name] = len(slots)
+            outs.append((k, len(slots)))
+            slots.append(None)
+        live += asked
+        peak = max(peak, live + folded)
+        ins = tuple(_slot(name, values, slot_of, slots, constant_slots) for name in node.inputs)
+        # the run-time tensors read for the last time here, and the outputs nobody reads
+        done = [n for n in dict.fromkeys(node.inputs) if n in slot_of and last_use[n] == index]
+        done += [node.outputs[k] for k in outputs if node.outputs[k] not in last_use]
+        live -= sum(_bytes(values[n]) for n in done)
+        steps.append((op.run, ctx, ins, tuple(outs), tuple(slot_of[n] for n in done), node))
+    results = tuple(_slot(name, values, slot_of, slots, constant_slots) for name in graph.outputs)
+    return Plan(tuple(slots), input_slots, tuple(steps), results, peak, folded)
+
+
+def _bytes(value: Value) -> int:
+    return value.size * value.dtype.itemsize
+
+
+def _slot(name: str, values: dict, slot_of: dict, slots: list, constant_slots: dict) -> int:
+    """The slot of tensor ``name`` (0: an omitted input); a constant gets a slot holding it."""
+    if not name:
+        return 0
+    if name in slot_of:
+        return slot_of[name]
+    if name not in constant_slots:
+        constant_slots[name] = len(slots)
+        slots.append(values[name].const)
+    return constant_slots[name]
+
+
+def _amount(size: int) -> str:
+    if size >= 2**30:
+        return f"{size} bytes ({size / 2**30:.1f} GiB)"
+    return f"{size} bytes"
