@@ -381,7 +381,7 @@ class Model:
     def _check_stream(self, batch: int):
         """InputError unless a Stream of ``batch`` sequences fits the limits: one step's workspace
         (Plan.check_size) and the Conv1D histories, counted before the Stream allocates them."""
-        if self._plan.check_size(batch, 1, MEMORY_LIMIT_BYTES) == _kernels.FITS:
+        if batch <= self._plan.max_rows and self._plan.check_size(batch, 1, MEMORY_LIMIT_BYTES) == _kernels.FITS:
             histories = sum(b * (span + 1) * c for b, span, c in conv_history_shapes(self.spec, batch))
             needed = self._plan.bytes_needed(batch, 1) + 4 * histories
             if needed <= MEMORY_LIMIT_BYTES:

@@ -190,8 +190,8 @@ def _attributes(node, allowed, folder, where):
         kind = AttributeProto.AttributeType.Name(attr.type) if attr.type in AttributeProto.AttributeType.values() \
             else str(attr.type)
         if attr.name in allowed and kind not in _ATTRIBUTE_TYPES.get(attr.name, (kind,)):
-            raise ModelFormatError(f"{where}: attribute {attr.name} is a {kind}, ONNX makes it a "
-                                   f"{' or a '.join(_ATTRIBUTE_TYPES[attr.name])}")
+            raise ModelFormatError(f"{where}: attribute {attr.name} has type {kind}, where ONNX gives it type "
+                                   f"{' or '.join(_ATTRIBUTE_TYPES[attr.name])}")
         if attr.type == AttributeProto.TENSOR:
             value = _tensor_array(attr.t, folder, where)
         elif attr.type in (AttributeProto.GRAPH, AttributeProto.GRAPHS, AttributeProto.SPARSE_TENSOR):
