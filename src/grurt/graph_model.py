@@ -338,7 +338,7 @@ class GraphRunner:
             elif user_states and user_states[position] is not None:
                 h0 = user_states[position]
             else:
-                h0 = np.zeros((d, batch, hidden), _FLOAT32)
+                h0 = layer.default_state(batch)
             out, h = masked_gru(self.models[id(node)], layer, arrays[0], arrays[-1], h0, threads)
             final_states[position] = h
             env[node.outputs[0]] = out
@@ -371,7 +371,7 @@ class GraphRunner:
                 elif user_states and user_states[p] is not None:
                     states.append(user_states[p])
                 else:
-                    states.append(np.zeros((d, batch, h), _FLOAT32))
+                    states.append(layer.default_state(batch))
         result = model.run(x, initial_state=states, return_state=wants_states,
                            lengths=None if step.vector else lengths, threads=threads)
         if wants_states:
@@ -461,7 +461,7 @@ class GraphStream:
                     for i, node in enumerate(step.grus):
                         d, h = node.layer.num_directions, node.layer.hidden_size
                         given = self.static_env.get(step.states_in.get(i))
-                        states.append(np.zeros((d, self.batch, h), _FLOAT32) if given is None
+                        states.append(node.layer.default_state(self.batch) if given is None
                                       else given.reshape(self.batch, d, h).transpose(1, 0, 2))
                     stream.state = states
 

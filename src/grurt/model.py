@@ -101,7 +101,10 @@ class Model:
         self._output_size, self._returns_sequence = spec.output_size, spec.returns_sequence
         self._fixed_steps = spec.fixed_steps
         # no lengths to derive from the input, no ids, any number of steps: the C fast path
-        self._plain_runs = spec.mask_value is None and not spec.takes_ids and spec.fixed_steps is None
+        #: a GRU starts from a learned state: no zero states in the workspace
+        self._learned = any(g.initial_state is not None for g in spec.gru_layers)
+        self._plain_runs = (spec.mask_value is None and not spec.takes_ids and spec.fixed_steps is None
+                            and not self._learned)
         self._frame_rate_layers = frame_rate_layers(spec)
         if spec.mask_value is not None:
             self._trailing_fill = self._fill_rule()
@@ -239,7 +242,7 @@ class Model:
                                      f"frames give {out_steps} after its convolution, pooling and padding layers")
                 raise InputError(f"this model runs only on sequences of {self._fixed_steps} steps (it flattens "
                                  f"them), got {steps}")
-            if initial_state is None and not return_state:
+            if initial_state is None and not return_state and not self._learned:
                 states = None                                   # zero states kept in the workspace
             else:
                 states = self._initial_states(initial_state, batch, single)
@@ -286,7 +289,7 @@ class Model:
             return GraphStream(self, batch, threads, static)
         if static is not None:
             raise InputError("this model has no static inputs, got static=")
-        return Stream(self, batch, threads)
+        return (_LearnedStateStream if self._learned else Stream)(self, batch, threads)
 
     def stream_pool(self, capacity: int) -> "StreamPool":
         """A :class:`StreamPool`: the states of up to ``capacity`` sessions, stepped together
@@ -294,7 +297,7 @@ class Model:
         if self._graph is not None:
             raise InputError("stream_pool runs models that are one chain of layers; this model is a graph: "
                              "use stream(batch=...)")
-        return StreamPool(self, capacity)
+        return (_LearnedStatePool if self._learned else StreamPool)(self, capacity)
 
     def _graph_input(self, values: dict):
         """The one input of a chain, given as {name: value}."""
@@ -391,13 +394,18 @@ class Model:
                          f"{MAX_TENSOR_ELEMENTS} elements per tensor (grurt.limits.MAX_TENSOR_ELEMENTS)")
 
     def _initial_states(self, initial_state, batch: int, single: bool, name: str = "initial_state"):
-        """Fresh C-contiguous float32 (D, B, H) states: zeros for None, else checked copies."""
+        """Fresh C-contiguous float32 (D, B, H) states: for None (or a None entry), each GRU's default
+        (zeros, or its learned initial_state), else checked copies."""
+        grus = self.spec.gru_layers
         if initial_state is None:
-            return [np.zeros((d, batch, h), np.float32) for d, h in self._state_shapes]
+            return [gru.default_state(batch) for gru in grus]
         if not isinstance(initial_state, (list, tuple)) or len(initial_state) != len(self._state_shapes):
             raise InputError(f"{name} must be a list of {len(self._state_shapes)} arrays, one per GRU layer")
         states = []
         for index, (value, (d, h)) in enumerate(zip(initial_state, self._state_shapes)):
+            if value is None:
+                states.append(grus[index].default_state(batch))
+                continue
             expected = (d, h) if single else (d, batch, h)
             value = _as_array(value, f"{name}[{index}]")
             if value.dtype.kind not in "fiub" or value.shape != expected:
