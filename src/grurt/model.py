@@ -500,6 +500,34 @@ class Model:
         return np.ascontiguousarray(values, dtype=np.int32)
 
 
+class _LearnedStateStream(Stream):
+    """A Stream of a model whose GRUs start from learned states: it starts from them, and ``reset()``
+    returns to them."""
+
+    def __init__(self, model, batch=1, threads=1):
+        super().__init__(model, batch, threads)
+        self.state = None
+
+    def reset(self):
+        super().reset()
+        self.state = None
+
+
+class _LearnedStatePool(StreamPool):
+    """A StreamPool of a model whose GRUs start from learned states: each session opens (and resets)
+    with them."""
+
+    def open(self):
+        sid = super().open()
+        self.set_state(sid, None)
+        return sid
+
+    def reset(self, sid):
+        super().reset(sid)
+        self.set_state(sid, None)
+
+
+
 def _check_threads(threads) -> None:
     if type(threads) is not int or not 1 <= threads <= _kernels.MAX_THREADS:
         raise InputError(f"threads must be an integer from 1 to {_kernels.MAX_THREADS}, got {threads!r}")
