@@ -126,7 +126,8 @@ def test_run_time_state_replaces_the_learned_one(torch_case):
     assert np.array_equal(model.run(x, initial_state=[given]), plain.run(x, initial_state=[given]))
     zeros = [np.zeros((1, 4, 5), np.float32)]
     assert np.array_equal(model.run(x, initial_state=zeros), plain.run(x))
-    assert np.array_equal(model.run(x, initial_state=[None]), model.run(x))
+    learned = [model.layers[0].default_state(4)]
+    assert np.array_equal(model.run(x, initial_state=learned), model.run(x))
 
 
 def test_streams_start_from_the_learned_state(torch_case):

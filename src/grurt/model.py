@@ -394,18 +394,14 @@ class Model:
                          f"{MAX_TENSOR_ELEMENTS} elements per tensor (grurt.limits.MAX_TENSOR_ELEMENTS)")
 
     def _initial_states(self, initial_state, batch: int, single: bool, name: str = "initial_state"):
-        """Fresh C-contiguous float32 (D, B, H) states: for None (or a None entry), each GRU's default
-        (zeros, or its learned initial_state), else checked copies."""
-        grus = self.spec.gru_layers
+        """Fresh C-contiguous float32 (D, B, H) states: for None, each GRU's default (zeros, or its
+        learned initial_state), else checked copies."""
         if initial_state is None:
-            return [gru.default_state(batch) for gru in grus]
+            return [gru.default_state(batch) for gru in self.spec.gru_layers]
         if not isinstance(initial_state, (list, tuple)) or len(initial_state) != len(self._state_shapes):
             raise InputError(f"{name} must be a list of {len(self._state_shapes)} arrays, one per GRU layer")
         states = []
         for index, (value, (d, h)) in enumerate(zip(initial_state, self._state_shapes)):
-            if value is None:
-                states.append(grus[index].default_state(batch))
-                continue
             expected = (d, h) if single else (d, batch, h)
             value = _as_array(value, f"{name}[{index}]")
             if value.dtype.kind not in "fiub" or value.shape != expected:

@@ -32,9 +32,14 @@ candidate activation       ``activation``, default tanh     same                
 ``Bidirectional``          flips the backward output        same                       bidirectional GRU (concat)
                            back; ``merge_mode`` concat                                 + ``Merge``; None refused
                            (default), sum, ave, mul, None
-``Masking``                all-equal ``mask_value`` steps   same                       ``mask_value``: trailing
-                           are skipped, state carried                                  padding gives the lengths
-                                                                                       (first layer only)
+``Masking``                all-equal ``mask_value`` steps   same                       ``mask_value`` (first), a
+                           are skipped, state carried;                                 ``Masking`` node (else); GRU
+                           previous output repeated (a                                 and GlobalPool nodes read the
+                           Bidirectional returning                                     mask (grurt.graph.Masking)
+                           sequences: zeros)
+functional ``inbound_nodes`` ``{args, kwargs}``; masks       ``[[layer, node, tensor,   both; an RNN's node lists its
+                           recorded as ops                  kwargs], ...]``            sequence, then its states
+merge of masked inputs     OR; none if one has none         AND of those there are     a shared mask; else refused
 ``Dense``                  ``kernel`` (I, out), ``bias``    same                       ``W`` (out, I) transposed
 ``BatchNormalization``     epsilon 1e-3; [γ, β, mean, var]  same                       ``Scale``
                            (γ/β absent without
@@ -67,6 +72,14 @@ after Conv1D / Dense       activation
                            averages exclude the padding
 ``ZeroPadding1D``          ``padding`` int or (left, right) same                       ``ZeroPad1D`` (folded into
                                                                                        a Conv1D after it)
+``ReLU``, ``LeakyReLU``,   ``negative_slope``               ``alpha`` (LeakyReLU);     ``Activation``: relu, clip,
+``ELU``, ``Softmax``                                        ``ThresholdedReLU``        leaky_relu, thresholded_relu,
+                                                                                       elu, softmax
+``PReLU``                  alpha: one sample's shape, 1     same                       ``PReLU`` graph layer, or
+                           on ``shared_axes``                                          leaky_relu (one slope)
+``RepeatVector``,          (B, F) → (B, n, F); vector →     same                       graph layers ``Repeat``,
+``Reshape``,               (T, F); (B, T, F) cropped                                   ``Unflatten`` (or Flatten),
+``Cropping1D``                                                                         ``Crop``
 =========================  ===============================  =========================  ===========================
 
 Dropout, SpatialDropout1D, GaussianNoise, GaussianDropout and AlphaDropout do nothing at
