@@ -65,9 +65,8 @@ def attention_model():
 
 
 def permute_model():
-    """Permute (B, F, T) → (B, T, F) → GRU → Dense."""
-    x = keras.Input((4, STEPS), name="x")
-    return keras.Model(x, layers.Dense(2, name="out")(layers.GRU(5, name="gru")(layers.Permute((2, 1))(x))))
+    """A Sequential model: Permute (B, F, T) → (B, T, F) → GRU → Dense."""
+    return keras.Sequential([keras.Input((4, STEPS)), layers.Permute((2, 1)), layers.GRU(5), layers.Dense(2)])
 
 
 def time_distributed_model():
@@ -264,10 +263,12 @@ def test_lowered_model_matches_keras(zoo, name, source):
 
 @pytest.mark.parametrize("name", MODELS)
 def test_lowered_graph_matches_the_float64_reference(zoo, name):
+    """The lowered graph itself (whichever path from_keras takes): its float64 reference and its plan."""
     model, x, expected, files = zoo[name]
     graph = lower_keras(*read_keras(files["keras"]))
     reference = [np.asarray(y) for y in as_list(run_tensor_graph(graph, x if len(x) > 1 else x[0]))]
     assert_close(reference, expected, f"{name} (float64 reference)")
+    assert_close(grurt_outputs(grurt.TensorModel(graph), x), expected, f"{name} (lowered graph)")
 
 
 def test_names_follow_keras(zoo):
@@ -296,7 +297,7 @@ def test_conv_layers_share_their_transposes(zoo):
 def test_keras_2_inbound_nodes(zoo):
     """The same models with Keras 2's inbound nodes ([[layer, call, index, kwargs], ...]; MultiHeadAttention's
     value and a GRU's initial state as keyword tensors) lower to the same outputs."""
-    for name in ("mha", "recurrent"):
+    for name in ("mha", "recurrent", "permute"):
         model, x, expected, _ = zoo[name]
         config, weights, version = _live_triple(model)
         graph = lower_keras(keras2_config(config), weights, version)     # the nodes only: hard_sigmoid stays 3's
@@ -305,8 +306,14 @@ def test_keras_2_inbound_nodes(zoo):
 
 
 def keras2_config(model_config):
-    """A Keras 3 functional config rewritten with Keras 2's inbound nodes and input/output lists."""
+    """A Keras 3 functional config rewritten with Keras 2's inbound nodes and input/output lists; a
+    Sequential one with its input shape on the first layer (batch_input_shape), no InputLayer."""
     config = json.loads(json.dumps(model_config, default=list))
+    if config["class_name"] == "Sequential":
+        declared, *rest = config["config"]["layers"]
+        rest[0]["config"]["batch_input_shape"] = declared["config"]["batch_shape"]
+        config["config"]["layers"] = rest
+        return config
 
     def ref(tensor):
         return list(tensor["config"]["keras_history"])
