@@ -125,7 +125,7 @@ class _Graph:
 
     def const(self, value, base, dtype=np.float32) -> str:
         name = self.fresh(base)
-        self.constants[name] = np.ascontiguousarray(value, dtype)
+        self.constants[name] = np.array(value, dtype=dtype, order="C")
         return name
 
     def ints(self, values) -> str:
@@ -489,13 +489,19 @@ def _dense(c: _Call, args, kwargs):
     kernel = c.weight(0, "kernel", (x.shape[-1], units))
     if x.rank < 2:
         raise UnsupportedModelError(f"reads {x.describe()}; Dense reads (batch, ..., features)")
-    if use_bias and x.rank == 2:
-        y = c.op("Gemm", x.name, c.const(kernel, "kernel"), c.const(c.weight(1, "bias", (units,)), "bias"))
-    else:
-        y = c.op("MatMul", x.name, c.const(kernel, "kernel"))
-        if use_bias:
-            y = c.op("Add", y, c.const(c.weight(1, "bias", (units,)), "bias"))
+    y = _linear(c, x, kernel, c.weight(1, "bias", (units,)) if use_bias else None, (units,))
     return [_T(c.activation(y), (*x.shape[:-1], units))]
+
+
+def _linear(c: _Call, x: _T, kernel, bias, dims, bound=1) -> str:
+    """x (B, ..., F) times ``kernel`` (F, product of dims) plus ``bias``, shaped (B, ..., *dims), F the product
+    of x's last ``bound`` axes: one Gemm on the rows (B·..., F), which adds the bias in place."""
+    rows = x.name if x.rank == 2 else c.op("Reshape", x.name, c.ints([-1, kernel.shape[0]]))
+    inputs = [rows, c.const(kernel, "kernel")] + ([c.const(bias.reshape(-1), "bias")] if bias is not None else [])
+    y = c.op("Gemm", *inputs)
+    if x.rank == 2 and len(dims) == 1:
+        return y
+    return c.op("Reshape", y, c.op("Concat", c.op("Shape", x.name, end=x.rank - bound), c.ints(dims), axis=0))
 
 
 def _einsum_dense(c: _Call, args, kwargs):
@@ -511,11 +517,15 @@ def _einsum_dense(c: _Call, args, kwargs):
              equation=equation)
     if bias_axes is not None:
         y = c.op("Add", y, c.const(c.weight(1, "bias", (None,) * np.ndim(c.weights[1])), "bias"))
+    # the output's rank from the equation (an ellipsis stands for x's leading axes), its last sizes from
+    # output_shape (which leaves out the batch and the ellipsis)
+    inputs, out_spec = equation.replace(" ", "").split("->")
+    in_spec = inputs.split(",")[0]
+    rank = len(out_spec.replace("...", "")) + (x.rank - len(in_spec.replace("...", "")) if "..." in out_spec else 0)
     output_shape = c.option("output_shape")
-    dims = list(output_shape) if isinstance(output_shape, (list, tuple)) else [output_shape]
-    out_spec = equation.split("->")[1].strip()
-    shape = (x.shape[0], *[d if isinstance(d, int) else None for d in dims])
-    return [_T(c.activation(y), shape if len(shape) == len(out_spec) else (None,) * len(out_spec))]
+    dims = [d if isinstance(d, int) and not isinstance(d, bool) else None
+            for d in (output_shape if isinstance(output_shape, (list, tuple)) else [output_shape])][-rank:]
+    return [_T(c.activation(y), (None,) * (rank - len(dims)) + tuple(dims))]
 
 
 def _embedding(c: _Call, args, kwargs):
@@ -1157,31 +1167,32 @@ def _multi_head_attention(c: _Call, args, kwargs):
     # Keras multiplies the projected query by 1/√key_dim (in float32): folded into its kernel and bias
     scale = np.float32(1.0 / math.sqrt(float(key_dim)))
     q_kernel, q_bias = q_kernel * scale, None if q_bias is None else q_bias * scale
-    keep = [0] * (rank - 1)                       # Reshape's 0: the leading axes kept
 
     def project(x: _T, kernel, bias, label):
-        y = c.op("MatMul", x.name, c.const(kernel.reshape(kernel.shape[0], -1), f"{label}_kernel"))
-        if bias is not None:
-            y = c.op("Add", y, c.const(bias.reshape(-1), f"{label}_bias"))
-        return c.op("Reshape", y, c.ints(keep + list(kernel.shape[1:])))
+        return _linear(c, x, kernel.reshape(kernel.shape[0], -1), bias, kernel.shape[1:])
 
     q = project(query, q_kernel, q_bias, "query")
     k = project(key, k_kernel, k_bias, "key")
     v = project(value, v_kernel, v_bias, "value")
-    dot, combine, score_rank = _attention_equations(projected, axes)
-    scores = c.op("Einsum", k, q, equation=dot)
+    if axes == (1,) and rank == 3:
+        # Keras's equations for (B, T, N, K) tensors as two batched products over the heads (B, N, ...):
+        # faster than Einsum's plan of the same products
+        scores = c.op("MatMul", c.op("Transpose", q, perm=(0, 2, 1, 3)), c.op("Transpose", k, perm=(0, 2, 3, 1)))
+        score_rank = 4
+    else:
+        dot, combine, score_rank = _attention_equations(projected, axes)
+        scores = c.op("Einsum", k, q, equation=dot)
     if causal or window is not None:
         scores = c.op("Add", scores, _causal_bias(c, query.name, value.name, 1, causal, window))
     weights = _softmax(c, scores, tuple(range(score_rank - len(axes), score_rank)))
-    out = c.op("Einsum", weights, v, equation=combine)
+    if axes == (1,) and rank == 3:
+        out = c.op("Transpose", c.op("MatMul", weights, c.op("Transpose", v, perm=(0, 2, 1, 3))), perm=(0, 2, 1, 3))
+    else:
+        out = c.op("Einsum", weights, v, equation=combine)
     if gate is not None:
         out = c.op("Mul", out, c.op("Sigmoid", project(query, *gate, "gate")))
-    out = c.op("MatMul", c.op("Reshape", out, c.ints(keep + [heads * value_dim])),
-               c.const(o_kernel.reshape(heads * value_dim, -1), "output_kernel"))
-    if o_bias is not None:
-        out = c.op("Add", out, c.const(o_bias.reshape(-1), "output_bias"))
-    if len(output_shape) > 1:
-        out = c.op("Reshape", out, c.ints(keep + list(output_shape)))
+    out = _linear(c, _T(out, (*query.shape[:-1], heads, value_dim)), o_kernel.reshape(heads * value_dim, -1), o_bias,
+                  output_shape, bound=2)
     result = [_T(out, (*query.shape[:-1], *output_shape))]
     if return_scores:
         score_shape = (query.shape[0], heads, *(query.shape[a] for a in axes), *(key.shape[a] for a in axes))
@@ -1257,6 +1268,13 @@ _OP_REDUCE = {"Mean": "ReduceMean", "Sum": "ReduceSum", "Max": "ReduceMax", "Min
               "Amin": "ReduceMin"}
 KERAS_OPS = (*_OP_BINARY, *_OP_UNARY, *_OP_REDUCE, "Concatenate", "Squeeze", "ExpandDims", "Transpose", "Reshape",
              "Softmax")
+
+
+def _is_keras_op(layer) -> bool:
+    """Whether a functional model's node is a keras.ops operation: its module says so (.keras, live), or
+    (.h5 configs keep no module) its class is one and its config, unlike a layer's, has no 'trainable'."""
+    return is_op(layer) or (not layer.get("module") and layer["class_name"] in KERAS_OPS
+                            and "trainable" not in layer.get("config", {}))
 
 
 def _operand(c: _Call, value, like: Optional[_T]) -> _T:
@@ -1512,7 +1530,7 @@ def _weight_count(layer, major) -> int:
         return _weight_count(_layer_config(config.get("layer"), "layer"), major)
     if kind in MODELS:
         _, _, layers = model_layers(layer)
-        return sum(_weight_count(inner, major) for inner in layers if not is_op(inner))
+        return sum(_weight_count(inner, major) for inner in layers if not _is_keras_op(inner))
     if kind == "BatchNormalization":
         if major < 3:         # tf.keras lists a nested model's non-trainable weights after all trainable ones
             raise UnsupportedModelError("BatchNormalization inside a Keras 2 nested model is not supported "
@@ -1538,7 +1556,7 @@ def _split_weights(model_config, flat, major):
     _, _, layers = model_layers(model_config)
     weights, start = {}, 0
     for layer in layers:
-        if is_op(layer):
+        if _is_keras_op(layer):
             continue
         count = _weight_count(layer, major)
         weights[_layer_name(layer)] = list(flat[start:start + count])
@@ -1659,7 +1677,7 @@ def _lower_layer(graph, layer, weights, major, version, prefix, args, kwargs, ca
         if _refs(kwargs.pop("mask", None)):
             raise UnsupportedModelError("is called with a mask: masks run in grurt's fused layers only, which do "
                                         "not cover the rest of this model")
-        if is_op(layer):
+        if _is_keras_op(layer):
             return _keras_op(_Call(graph, kind, name, config, weights, major, version, base), args, kwargs)
         if kind in IDENTITY:
             return [_one(args, kwargs)]
