@@ -167,6 +167,43 @@ cdef inline void product(const GruTask* t, bint recurrent, int rows, int n_in, i
                     y + t.part_out[g], ldy, backward, t.work)
 
 
+cdef inline bint runs_small(const LayerPlan* p) noexcept nogil:
+    """Whether the layer runs on its small kernel (LayerPlan.small; use_small_kernels)."""
+    return p.small != NULL and small_kernels
+
+
+cdef void run_task(const GruTask* t) noexcept nogil:
+    """A whole-layer task, on the layer's small kernel where it has one, else by gru_loop."""
+    if runs_small(t.p):
+        gru_small_task(t)
+    else:
+        gru_loop(t)
+
+
+cdef void gru_small_task(const GruTask* t) noexcept nogil:
+    """A whole-layer task on the small kernel: each sequence's steps in one call, the state in
+    registers, no scratch; outputs past a sequence's length zeroed, as gru_begin does."""
+    cdef const LayerPlan* p = t.p
+    cdef int H = p.H, I = p.n_in, DH = p.D * H, T = t.T, b, L, first, ts
+    cdef bint reverse = p.reverse_only or t.d == 1
+    cdef grurt_small_gru g
+    g.W = p.W_panels + <size_t>t.d * p.W_panel_stride
+    g.R = p.R_panels + <size_t>t.d * p.panel_stride
+    g.bias = p.bias + <size_t>t.d * p.xp_stride
+    g.rinit = p.R_init + <size_t>t.d * p.panels_per_gate_set * GRURT_PANEL
+    g.n_in = I
+    cdef float* y = NULL
+    for b in range(t.B):
+        L = T if t.lengths == NULL else t.lengths[b]
+        first = L - 1 if reverse else 0
+        if t.y != NULL:
+            y = t.y + (<size_t>b * T + first) * DH + t.d * H
+            for ts in range(L, T):
+                memset(t.y + (<size_t>b * T + ts) * DH + t.d * H, 0, H * sizeof(float))
+        grurt_gru_small(p.small, &g, L, t.x + (<size_t>b * T + first) * I, -I if reverse else I,
+                        t.h + <size_t>b * H, y, -DH if reverse else DH)
+
+
 cdef void gru_loop(const GruTask* t) noexcept nogil:
     """The time loop of a task (see GruTask) over x (B, T, I): outputs into y (zero past each
     sequence's length; a reverse direction reads and writes each sequence back to front within

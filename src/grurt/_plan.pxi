@@ -28,7 +28,7 @@ cdef struct LayerPlan:
     int merge_mode           # Merge: a MergeMode
     float eps                # LayerNorm, UnitNorm: epsilon
     int pool_mode            # GlobalPool: GRURT_POOL_AVERAGE or GRURT_POOL_MAX
-    float* W                 # Scale: a; LayerNorm: γ
+    float* W                 # Scale: a; LayerNorm: γ; Dense of fewer than GRURT_DENSE_FEW outputs: W row-major
     float* bias              # GRU: per direction, folded biases of the projection (xp_stride); Dense: b padded
                              # to whole panels; Scale: c; LayerNorm: β
     # GRU
@@ -61,6 +61,9 @@ cdef struct LayerPlan:
     int32_t* W_colsum
     int32_t* R_colsum
     size_t lowp_work_floats  # scratch of the reduced-precision products, per task (0 for float32)
+    # GRU of H = 8, 16, 24, 32, fast gates, float32 panels: its kernel on this CPU (_gru_math.h,
+    # grurt_gru_small_kernel), which runs a whole sequence with the state in registers; else NULL
+    void* small
 
 
 cdef inline size_t aligned(size_t floats) noexcept nogil:
@@ -161,6 +164,8 @@ cdef class Plan:
                 p.kind = DENSE_LAYER
                 p.n_out = layer.output_size
                 p.W_panels = self._keep(pack_panels(np.asarray(layer.W, np.float32)))
+                if p.n_out < GRURT_DENSE_FEW:     # dense(): W row-major for grurt_dense_few
+                    p.W = self._keep(np.asarray(layer.W, np.float32))
                 p.bias = self._keep(pad_rows(np.asarray(layer.b, np.float32), n_panels(p.n_out) * GRURT_PANEL))
                 p.f = make_act(layer.activation)
             elif isinstance(layer, Activation):
@@ -274,6 +279,8 @@ cdef class Plan:
         p.lowp_work_floats = 0
         if mode != WEIGHTS_FLOAT32:
             self._plan_reduced(p, layer, mode, index, stored)
+        p.small = (grurt_gru_small_kernel(H) if p.fast_gates and p.W_mode == WEIGHTS_FLOAT32
+                   and p.R_mode == WEIGHTS_FLOAT32 else NULL)
         self.max_step_scratch = max(self.max_step_scratch, step_scratch_floats(p))
         self.state_width += D * H
 
