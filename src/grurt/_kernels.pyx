@@ -162,6 +162,16 @@ def lowp_paths():
 
 
 cdef bint small_kernels = True     # use_small_kernels
+cdef int slice_rows = 64           # Model.run: a larger batch runs in slices of at most this many sequences
+
+
+def set_slice_rows(int rows):
+    """Tests and measurements: the sequences per slice of a large batch (Plan.run, run_slices;
+    default 64); 0 runs any batch in one pass. Affects every model of the process; returns
+    the previous setting."""
+    global slice_rows
+    previous, slice_rows = slice_rows, max(rows, 0)
+    return previous
 
 
 def use_small_kernels(bint on):

@@ -170,7 +170,10 @@ cdef int run_gru(const LayerPlan* p, int B, int T, const float* x, float* y, flo
         used = run_units(p, B, T, x, seq_out, state, lengths, scratch, usable, streaming)
         if used == 0:           # no memory for the groups' reduced-precision scratch
             use_split, timed, split, used = False, False, ONE_THREAD, 1
-    if not (use_split and split == SPLIT_UNITS):
+    if not use_split and runs_small(p):         # one thread on the small kernel: no tasks
+        for d in range(p.D):
+            gru_small(p, d, B, T, x, state + <size_t>d * B * H, seq_out, lengths)
+    elif not (use_split and split == SPLIT_UNITS):
         # per direction, the batch in slices of at least 8 rows (an AVX-512 tile), up to four
         # tasks per thread, so that a thread that is slowed down holds back a small part
         chunks = 1
@@ -189,8 +192,9 @@ cdef int run_gru(const LayerPlan* p, int B, int T, const float* x, float* y, flo
                 job.n += 1
         if use_split:
             used = grurt_pool_run_wait(usable, tasks_job, &job, split_policy > 0)
-        else:
-            tasks_job(&job, 0)
+        else:           # one thread: the tasks in order, no atomic claims
+            for chunk in range(job.n):
+                run_task(&tasks[chunk])
     if timed:
         record_split(<ThreadChoice*>&p.choice, shape, use_split, grurt_ticks() - start)
     if not p.return_sequences and not streaming:
