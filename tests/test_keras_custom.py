@@ -60,8 +60,8 @@ CUSTOM = {"SqueezeLayer": [],
 
 
 def sequential():
-    return keras.Sequential([keras.Input((STEPS, FEATURES)), SqueezeLayer(), ChannelScale(), layers.GRU(4, return_sequences=True),
-                             Swish(), layers.Dense(2)])
+    return keras.Sequential([keras.Input((STEPS, FEATURES)), SqueezeLayer(), ChannelScale(),
+                             layers.GRU(4, return_sequences=True), Swish(), layers.Dense(2)])
 
 
 def functional():
