@@ -132,7 +132,8 @@ class Masking:
         if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)) \
                 or not np.isfinite(value):
             raise ModelFormatError(f"Masking: value must be a finite number, got {value!r}")
-        object.__setattr__(self, "value", float(np.float32(value)))
+        # float32, as the features it is compared with; an integer (a padding id) exactly
+        object.__setattr__(self, "value", float(value) if float(value).is_integer() else float(np.float32(value)))
 
     def describe(self) -> str:
         return f"Masking({self.value:g})"

@@ -61,7 +61,8 @@ def _grurt_npz(directory, rng):
     nodes = (Node(Masking(0.0), "x", ("m", "mask")), Node(PReLU(rng.normal(size=3)), "m", "p"),
              Node(gru(3, 4, initial_state=rng.normal(size=(1, 4))), ("p", "mask"), "g"),
              Node(Crop(1, 1), "g", "c"), Node(gru(4, 3, return_sequences=False), "c", "last"),
-             Node(Repeat(5), "last", "r"), Node(Dense(rng.normal(size=(2, 3)), np.zeros(2), activation("gelu")), "r", "y"))
+             Node(Repeat(5), "last", "r"),
+             Node(Dense(rng.normal(size=(2, 3)), np.zeros(2), activation("gelu")), "r", "y"))
     masked_path = directory / "masked.npz"
     grurt.save(Graph((Input("x", 3),), nodes, ("y",)), masked_path)
     return [path, graph_path, masked_path]

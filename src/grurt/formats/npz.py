@@ -18,8 +18,8 @@ from ..limits import MAX_HEADER_BYTES, MAX_PARAMETERS, parse_json
 from ..spec import GRU, Activation, ActivationFunction, Dense, LastStep, Merge, ModelSpec, Reverse, Scale
 from ..spec import Embedding, Flatten, GlobalPool, LayerNorm, UnitNorm
 from ..spec import TIME_LAYERS, Conv1D, Pool1D, ZeroPad1D
-from ..graph import (Combine, Concat, Crop, Graph, Input, Masking, Node, Output, PReLU, Repeat, Slice, Tensor, Unflatten,
-                     check_node)
+from ..graph import (Combine, Concat, Crop, Graph, Input, Masking, Node, Output, PReLU, Repeat, Slice, Tensor,
+                     Unflatten, check_node)
 
 _GRAPH_ONLY = ("Combine", "Concat", "Slice", "PReLU", "Masking", "Repeat", "Unflatten", "Crop")
 
@@ -129,7 +129,8 @@ def _activations(layer):
 def _newer(layer) -> bool:
     """Whether the layer needs format 1.3 / 2.1."""
     return (isinstance(layer, (PReLU, Masking, Repeat, Unflatten, Crop))
-            or isinstance(layer, GRU) and layer.initial_state is not None) or any(fn.kind in _ACTIVATIONS_1_3 for fn in _activations(layer))
+            or isinstance(layer, GRU) and layer.initial_state is not None
+            or any(fn.kind in _ACTIVATIONS_1_3 for fn in _activations(layer)))
 
 
 def save(model, path, metadata: dict | None = None) -> None:

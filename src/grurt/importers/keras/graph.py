@@ -26,9 +26,9 @@ from ...errors import GrurtError, ModelFormatError, UnsupportedModelError
 from ...graph import Combine, Concat, Graph, Input, Node, Output, Slice
 from ...graph import Masking, mask_survives, node_output
 from ...spec import GRU, Activation, GlobalPool, activation, fold_layer, layer_output
-from .layers import (_FOLDING, _LAYERS, OPS, LearnedState, _Layer, _batch_shape, _bidirectional, _gru, _layer_name, _major,
-                     check_custom_layers, custom_mapping, frames_after, is_op, mask_refs, model_layers, refuse_layer,
-                     tensor_refs, translate_layer, value_refs)
+from .layers import (_FOLDING, _LAYERS, OPS, LearnedState, _Layer, _batch_shape, _bidirectional, _gru, _layer_name,
+                     _major, check_custom_layers, custom_mapping, frames_after, is_op, mask_refs, model_layers,
+                     refuse_layer, tensor_refs, translate_layer, value_refs)
 
 #: Keras merge layers (keras.layers) → the graph layer; Concatenate joins on the feature axis.
 MERGE_LAYERS = {"Add": "add", "Subtract": "sub", "Multiply": "mul", "Average": "mean", "Maximum": "max",
