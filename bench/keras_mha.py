@@ -204,8 +204,8 @@ def main():
     print(f"grurt {grurt.__version__}, onnxruntime {__import__('onnxruntime').__version__}, torch {torch.__version__}; "
           f"{platform.processor() or platform.machine()} ({_cpu()}), {os.cpu_count()} cores; "
           f"{datetime.datetime.now().isoformat(timespec='minutes')}")
-    print(f"model: Input ({args.steps}, {FEATURES}) → Bidirectional(GRU({UNITS})) → MultiHeadAttention({HEADS} heads, "
-          f"key_dim {KEY_DIM}) → GlobalAveragePooling1D → Dense({CLASSES}); B = 1")
+    print(f"model: Input ({args.steps}, {FEATURES}) → Bidirectional(GRU({UNITS})) → MultiHeadAttention({HEADS} "
+          f"heads, key_dim {KEY_DIM}) → GlobalAveragePooling1D → Dense({CLASSES}); B = 1")
     print(f"grurt: {type(converted).__name__}, {len(converted.graph.nodes)} nodes; onnxruntime file ops: "
           f"{', '.join(ops)}")
     for what, error in checks.items():
