@@ -91,7 +91,7 @@ def torch_twin(model):
     return twin
 
 
-def onnx_session(twin, x, folder):
+def onnx_session(twin, x, folder, profile=False):
     import onnxruntime
 
     path = os.path.join(folder, "keras_mha.onnx")
@@ -101,6 +101,9 @@ def onnx_session(twin, x, folder):
                           dynamo=False, opset_version=17)
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = options.inter_op_num_threads = 1
+    if profile:
+        options.enable_profiling = True
+        options.profile_file_prefix = os.path.join(folder, "ort_profile")
     session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
     import onnx
     ops = sorted({node.op_type for node in onnx.load(path).graph.node})
@@ -117,6 +120,27 @@ def burst(fn):
         elapsed = time.perf_counter() - start
         if elapsed >= BURST_SECONDS:
             return elapsed / calls
+
+
+def ort_profile(twin, x, rounds):
+    """Median µs of each onnxruntime node (its own profiler; it adds a little per node)."""
+    import json
+
+    with tempfile.TemporaryDirectory() as folder:
+        session, _ = onnx_session(twin, x, folder, profile=True)
+        for _ in range(rounds):
+            session.run(None, {"features": x})
+        with open(session.end_profiling()) as handle:
+            events = json.load(handle)
+    times = {}
+    for event in events:
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            times.setdefault((event["args"]["op_name"], event["name"][:-len("_kernel_time")]), []).append(event["dur"])
+    print(f"\nonnxruntime's nodes (median µs over {rounds} runs, nodes above 2 µs):")
+    for (op, name), values in sorted(times.items(), key=lambda item: -np.median(item[1])):
+        if np.median(values) > 2:
+            print(f"  {np.median(values):8.1f}  {name}: {op}")
+    print(f"  {sum(np.median(v) for v in times.values()):8.1f}  sum of nodes")
 
 
 def profile(model, x, rounds):
@@ -180,8 +204,8 @@ def main():
     print(f"grurt {grurt.__version__}, onnxruntime {__import__('onnxruntime').__version__}, torch {torch.__version__}; "
           f"{platform.processor() or platform.machine()} ({_cpu()}), {os.cpu_count()} cores; "
           f"{datetime.datetime.now().isoformat(timespec='minutes')}")
-    print(f"model: Input ({args.steps}, {FEATURES}) → Bidirectional(GRU({UNITS})) → MultiHeadAttention({HEADS} heads, "
-          f"key_dim {KEY_DIM}) → GlobalAveragePooling1D → Dense({CLASSES}); B = 1")
+    print(f"model: Input ({args.steps}, {FEATURES}) → Bidirectional(GRU({UNITS})) → MultiHeadAttention({HEADS} "
+          f"heads, key_dim {KEY_DIM}) → GlobalAveragePooling1D → Dense({CLASSES}); B = 1")
     print(f"grurt: {type(converted).__name__}, {len(converted.graph.nodes)} nodes; onnxruntime file ops: "
           f"{', '.join(ops)}")
     for what, error in checks.items():
@@ -195,6 +219,7 @@ def main():
     print(f"(ratio: onnxruntime median / contender median; {args.rounds} interleaved rounds; target >= 1.5x)")
     if args.profile:
         profile(converted, x, 200)
+        ort_profile(twin, x, 200)
 
 
 def _cpu() -> str:

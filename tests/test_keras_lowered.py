@@ -205,10 +205,37 @@ def extras_model():
     return keras.Model(x, [attended, scores, first, dot, ops])
 
 
+def layers_3d_model():
+    """3-D convolution, pools, cropping and global pooling with keepdims."""
+    x = keras.Input((8, 7, 6, 3), name="x")
+    h = layers.MaxPooling3D((2, 1, 1), name="maxpool")(layers.Conv3D(2, 2, padding="same", name="conv")(x))
+    h = layers.Cropping3D(((1, 0), (0, 1), (1, 1)), name="crop")(layers.AveragePooling3D(2, padding="same",
+                                                                                         name="avgpool")(h))
+    return keras.Model(x, layers.GlobalMaxPooling3D(keepdims=True, name="gmax")(h))
+
+
+def more_model():
+    """Flatten channels_first, LayerNormalization and Softmax over two axes, default ReLU, strided 2-D
+    pooling, causal Attention, TimeDistributed(Conv1D), ZeroPadding2D, cross MultiHeadAttention with a
+    sliding window alone, unscaled AdditiveAttention, normalized Dot of sequences, keras.ops.sum keepdims."""
+    x = keras.Input((8, 4), name="x")
+    grid = layers.Reshape((8, 2, 2), name="grid")(x)
+    y = layers.GRU(3, return_sequences=True, name="gru")(x)
+    return keras.Model(x, [
+        layers.Flatten(data_format="channels_first", name="flat")(grid),
+        layers.LayerNormalization(axis=[-2, -1], name="ln")(grid), layers.Softmax(axis=[1, 2], name="sm")(grid),
+        layers.ReLU(name="relu")(layers.MaxPooling2D((2, 2), strides=(1, 2), name="pool")(grid)),
+        layers.Attention(name="luong")([y, y], use_causal_mask=True),
+        layers.TimeDistributed(layers.Conv1D(2, 2), name="td")(grid), layers.ZeroPadding2D(1, name="pad")(grid),
+        layers.MultiHeadAttention(2, 3, sliding_window=2, name="cross")(y, x),
+        layers.AdditiveAttention(use_scale=False, name="additive")([x, x]),
+        layers.Dot(axes=(1, 1), normalize=True, name="dot")([x, y]), keras.ops.sum(y, axis=1, keepdims=True)])
+
+
 MODELS = {"mha": mha_model, "attention": attention_model, "permute": permute_model,
           "time_distributed": time_distributed_model, "han": han_model, "conv2d": conv2d_model,
           "autoencoder": autoencoder_model, "recurrent": recurrent_model, "layers": layers_model,
-          "layers_2d": layers_2d_model, "extras": extras_model}
+          "layers_2d": layers_2d_model, "extras": extras_model, "layers_3d": layers_3d_model, "more": more_model}
 
 
 def inputs_for(model, rng):

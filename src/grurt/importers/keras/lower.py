@@ -218,7 +218,7 @@ class _Call:
         return out
 
 
-def _one(args, kwargs, what="its input"):
+def _one(args, kwargs):
     """The single tensor a layer is called on (Keras 2 nodes list it; Keras 3 passes it first)."""
     if kwargs or len(args) != 1 or not isinstance(args[0], _T):
         raise UnsupportedModelError(f"takes one tensor; called with {len(args)} argument(s) and {sorted(kwargs)}")
@@ -479,8 +479,8 @@ def _direction(c: _Call, y: str, index: int, axis: int) -> str:
 # ---- dense layers ----
 
 def _dense(c: _Call, args, kwargs):
-    """``Dense``: ``kernel`` (I, units), ``bias`` (units,) on the last axis of any rank: MatMul + Add
-    (Gemm on matrices), then the activation."""
+    """``Dense``: ``kernel`` (I, units), ``bias`` (units,) on the last axis of any rank (:func:`_linear`),
+    then the activation."""
     x = _one(args, kwargs)
     if c.option("lora_rank"):
         raise UnsupportedModelError("LoRA weights are not supported (merge them into the kernel first)")
@@ -1263,11 +1263,13 @@ _LOWERINGS = {
 _OP_BINARY = {"Add": "Add", "Subtract": "Sub", "Multiply": "Mul", "Divide": "Div", "TrueDivide": "Div",
               "Maximum": "Max", "Minimum": "Min", "Power": "Pow", "Matmul": "MatMul"}
 _OP_UNARY = {"Sigmoid": "Sigmoid", "Tanh": "Tanh", "Relu": "Relu", "Exp": "Exp", "Log": "Log", "Sqrt": "Sqrt",
-             "Abs": "Abs", "Negative": "Neg", "Absolute": "Abs", "Softplus": "Softplus", "Silu": None, "Square": None}
+             "Abs": "Abs", "Negative": "Neg", "Absolute": "Abs", "Softplus": "Softplus"}
+#: keras.ops functions of x and x again: x·x, x·sigmoid(x).
+_OP_SELF = {"Square": None, "Silu": "Sigmoid"}
 _OP_REDUCE = {"Mean": "ReduceMean", "Sum": "ReduceSum", "Max": "ReduceMax", "Min": "ReduceMin", "Amax": "ReduceMax",
               "Amin": "ReduceMin"}
-KERAS_OPS = (*_OP_BINARY, *_OP_UNARY, *_OP_REDUCE, "Concatenate", "Squeeze", "ExpandDims", "Transpose", "Reshape",
-             "Softmax")
+KERAS_OPS = (*_OP_BINARY, *_OP_UNARY, *_OP_SELF, *_OP_REDUCE, "Concatenate", "Squeeze", "ExpandDims", "Transpose",
+             "Reshape", "Softmax")
 
 
 def _is_keras_op(layer) -> bool:
@@ -1277,7 +1279,7 @@ def _is_keras_op(layer) -> bool:
                             and "trainable" not in layer.get("config", {}))
 
 
-def _operand(c: _Call, value, like: Optional[_T]) -> _T:
+def _operand(c: _Call, value) -> _T:
     """A tensor, or a Python number of a keras.ops call as a float32 constant."""
     if isinstance(value, _T):
         return value
@@ -1294,7 +1296,7 @@ def _keras_op(c: _Call, args, kwargs):
     if kind in _OP_BINARY:
         if len(args) != 2 or not any(isinstance(a, _T) for a in args):
             raise UnsupportedModelError("takes two operands, one of them a tensor")
-        x, y = (_operand(c, a, None) for a in args)
+        x, y = (_operand(c, a) for a in args)
         return [_T(c.op(_OP_BINARY[kind], x.name, y.name),
                    (*x.shape[:-1], y.shape[-1]) if kind == "Matmul" else _broadcast_shape([x, y]))]
     if kind == "Concatenate":
@@ -1304,12 +1306,10 @@ def _keras_op(c: _Call, args, kwargs):
         raise UnsupportedModelError("takes one tensor")
     x = args[0]
     if kind in _OP_UNARY:
-        op = _OP_UNARY[kind]
-        if kind == "Square":
-            return [_T(c.op("Mul", x.name, x.name), x.shape)]
-        if kind == "Silu":
-            return [_T(c.op("Mul", x.name, c.op("Sigmoid", x.name)), x.shape)]
-        return [_T(c.op(op, x.name), x.shape)]
+        return [_T(c.op(_OP_UNARY[kind], x.name), x.shape)]
+    if kind in _OP_SELF:
+        other = x.name if _OP_SELF[kind] is None else c.op(_OP_SELF[kind], x.name)
+        return [_T(c.op("Mul", x.name, other), x.shape)]
     axis = config.get("axis")
 
     def axes_of(value, rank):
@@ -1449,8 +1449,8 @@ def _label(layer: str, call: int, index: int) -> str:
 
 
 def _structure(model_config):
-    """(layers by name, calls [(layer, call index, args, kwargs)], inputs [(key, ref, layer)], outputs
-    [(key, ref)]) of a functional or Sequential model (a Sequential model is a chain of calls)."""
+    """(calls [(layer, call index, args, kwargs)], inputs [(key, ref, InputLayer)], outputs [(key, ref)]) of a
+    functional or Sequential model (a Sequential model is a chain of calls)."""
     kind, config, layers = model_layers(model_config)
     by_name = {}
     for layer in layers:
@@ -1466,24 +1466,24 @@ def _structure(model_config):
                 raise ModelFormatError(f"layer {_layer_name(layer)!r}: inbound_nodes must be a list")
             calls += [(layer, k, *_call_args(node)) for k, node in enumerate(nodes)]
         inputs = [(key, ref, by_name.get(ref[0])) for key, ref in _model_io(config, "input_layers")]
-        return by_name, calls, inputs, _model_io(config, "output_layers")
-    # Sequential: an InputLayer (Keras 3), or the first layer's batch_input_shape (Keras 2)
+        return calls, inputs, _model_io(config, "output_layers")
+    # Sequential: an InputLayer (Keras 3), or the first layer's batch_input_shape (Keras 2, whose input is
+    # then named '<first layer>_input')
     chain = [layer for layer in layers if layer["class_name"] != "InputLayer"]
-    declared = next((layer for layer in layers if layer["class_name"] == "InputLayer"), None)
-    if declared is None:
-        shape = config.get("build_input_shape") or (chain[0].get("config", {}).get("batch_input_shape")
-                                                    if chain else None)
-        declared = {"class_name": "InputLayer", "config": {"name": "input", "batch_shape": shape,
-                                                           "dtype": chain[0].get("config", {}).get("dtype")
-                                                           if chain else None}}
     if not chain:
         raise ModelFormatError(f"{kind} model has no layers")
+    declared = next((layer for layer in layers if layer["class_name"] == "InputLayer"), None)
+    if declared is None:
+        first = chain[0].get("config", {})
+        declared = {"class_name": "InputLayer", "config": {
+            "name": f"{_layer_name(chain[0])}_input", "dtype": first.get("dtype"),
+            "batch_shape": config.get("build_input_shape") or first.get("batch_input_shape")}}
     source = (_layer_name(declared), 0, 0)
     calls = []
     for layer in chain:
         calls.append((layer, 0, [_Ref(source)], {}))
         source = (_layer_name(layer), 0, 0)
-    return by_name, calls, [(None, (_layer_name(declared), 0, 0), declared)], [(None, source)]
+    return calls, [(None, (_layer_name(declared), 0, 0), declared)], [(None, source)]
 
 
 def _input_dtype(value) -> str:
@@ -1570,7 +1570,7 @@ def _lower_model(graph: _Graph, model_config, weights, major, version, prefix, i
     """Lower a model's calls into ``graph``. At the top (``inputs`` None): (TensorInputs, [(tensor,
     output name)]); a nested model (``inputs`` its input tensors, ``weights`` its flat list): its output
     tensors."""
-    by_name, calls, declared, outputs = _structure(model_config)
+    calls, declared, outputs = _structure(model_config)
     if inputs is not None:
         weights = _split_weights(model_config, weights, major)
         if len(inputs) != len(declared) or not all(isinstance(t, _T) for t in inputs):
@@ -1594,6 +1594,10 @@ def _lower_model(graph: _Graph, model_config, weights, major, version, prefix, i
         graph_inputs.append(tensor_input)
     for layer, call, args, kwargs in _ordered(calls, set(tensors)):
         name = _layer_name(layer)
+        missing = [ref for ref in _refs([args, kwargs]) if ref not in tensors]
+        if missing:
+            raise ModelFormatError(f"layer {name!r} reads tensor {list(missing[0])}, which layer {missing[0][0]!r} "
+                                   "does not give")
         results = _lower_layer(graph, layer, weights.get(name, []), major, version, prefix,
                                _resolve(args, tensors), _resolve(kwargs, tensors), call)
         for index, tensor in enumerate(results):
