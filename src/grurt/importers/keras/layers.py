@@ -787,9 +787,11 @@ def _reshape(layer: _Layer):
     """A vector (N,) to (T, F) (an Unflatten), a sequence of fixed T steps (T, F) to (T·F,) (a
     Flatten), or to the shape it has (nothing)."""
     target = layer.config.get("target_shape")
-    if not isinstance(target, (list, tuple)) or not 1 <= len(target) <= 2 or list(target).count(-1) > 1 \
+    if not isinstance(target, (list, tuple)) or not target or list(target).count(-1) > 1 \
             or not all(d == -1 or (type(d) is int and d >= 1) for d in target):
-        raise ModelFormatError(f"target_shape must be one or two positive sizes (one may be -1), got {target!r}")
+        raise ModelFormatError(f"target_shape must be positive sizes (one may be -1), got {target!r}")
+    if len(target) > 2:     # a rank the fused layers do not have: the lowered path reshapes it
+        raise UnsupportedModelError(f"reshapes to {tuple(target)}: grurt's fused layers hold (T, F) sequences")
     if layer.has_time and len(target) == 2 and target[1] == layer.features and target[0] in (-1, layer.steps):
         return []                                           # (T, F) → (T, F)
     steps = layer.steps if layer.has_time else 1
