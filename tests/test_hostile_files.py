@@ -141,6 +141,16 @@ def test_epsilon_outside_its_range_is_refused(tmp_path, value):
     assert "UnitNorm: epsilon must be a number from 0 to 1 (grurt.limits.MAX_EPSILON)" in message
 
 
+@pytest.mark.parametrize("value", [_HUGE, float("nan"), -1.0, 2.0], ids=_id)
+def test_a_batch_normalisation_epsilon_outside_its_range_is_refused(value):
+    """The fuzzer of meaning found a Keras BatchNormalization with epsilon 10**400 (OverflowError);
+    every importer's batch normalisation goes through batchnorm_affine."""
+    from grurt.importers.keras import batchnorm_affine
+    with pytest.raises(ModelFormatError, match=r"batch normalisation: epsilon must be a number from 0 to 1 "
+                                               r"\(grurt.limits.MAX_EPSILON\)"):
+        batchnorm_affine(np.zeros(2), np.ones(2), value)
+
+
 # ---- escapes: values past 32 bits for the planner ----
 
 _CONV = {"0.W": np.ones((1, 1, 2), np.float32), "0.b": np.zeros(1, np.float32)}
@@ -374,6 +384,30 @@ def test_npz_graph_of_thousands_of_nodes_loads_in_bounded_time(tmp_path):
     outcome = in_child(f"""
         model = grurt.load({str(path)!r})
         assert len(model.layers) == {n}
+    """)
+    assert outcome["error"] is None and outcome["seconds"] < HANG_SECONDS
+
+
+def test_npz_chain_of_thousands_of_layers_loads_in_bounded_time(tmp_path):
+    """Each layer was checked with the whole chain before it (quadratic: 20 s for this file, found
+    by the fuzzer of meaning)."""
+    layers = [{"type": "GRU", "hidden_size": 1}] + [{"type": "Activation", "function": "relu"}] * 5000
+    arrays = {"0.W": np.zeros((1, 3, 1), np.float32), "0.R": np.zeros((1, 3, 1), np.float32),
+              "0.B": np.zeros((1, 6), np.float32)}
+    path = chain_npz(tmp_path / "long.npz", layers, arrays=arrays)
+    outcome = in_child(f"assert len(grurt.load({path!r}).layers) == 5001")
+    assert outcome["error"] is None and outcome["seconds"] < HANG_SECONDS
+
+
+def test_state_dict_of_thousands_of_modules_loads_in_bounded_time(tmp_path):
+    """The same quadratic check, per module of a state dict (MAX_ARRAYS allows 50,000 of them)."""
+    arrays = {k: v for k, v in _state_dict("gru.bias_hh_l0").items()}
+    for k in range(3000):
+        arrays[f"m{k}.weight"] = np.eye(4, dtype=np.float32)
+    np.savez(tmp_path / "state.npz", **arrays)
+    outcome = in_child(f"""
+        model = grurt.from_state_dict({str(tmp_path / "state.npz")!r}, types={{f"m{{k}}": "Linear" for k in range(3000)}})
+        assert len(model.layers) == 3001
     """)
     assert outcome["error"] is None and outcome["seconds"] < HANG_SECONDS
 
