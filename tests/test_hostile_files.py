@@ -135,6 +135,26 @@ def test_a_number_no_float_holds_is_refused_naming_the_field(tmp_path, where, la
     assert f"{field} must be a number" in message, message
 
 
+@pytest.mark.parametrize("mask_value", [3.4e38, 10, -1, 2.5])
+def test_the_padding_id_of_a_model_that_takes_ids_is_in_its_vocabulary(tmp_path, mask_value):
+    """Found by the fuzzer of meaning: mask_value 3.4e38 on a model that takes ids became a
+    39-digit id, which run then handed to numpy (TypeError)."""
+    layers = [{"type": "Embedding", "vocabulary": 10, "features": 2}, {"type": "GRU", "hidden_size": 1}]
+    arrays = {"0.table": np.ones((10, 2), np.float32), "1.W": np.zeros((1, 3, 2), np.float32),
+              "1.R": np.zeros((1, 3, 1), np.float32), "1.B": np.zeros((1, 6), np.float32)}
+    message = refused(chain_npz(tmp_path / "m.npz", layers, input_size=None, arrays=arrays, mask_value=mask_value))
+    assert "mask_value of a model that takes ids must be an integer id from 0 to 9" in message
+    model = grurt.load(chain_npz(tmp_path / "ok.npz", layers, input_size=None, arrays=arrays, mask_value=0))
+    assert model.run(np.array([[3, 4, 0, 0]])).shape == (1, 4, 1)
+
+
+@pytest.mark.parametrize("value", [_HUGE, float("inf"), 3.5e38], ids=_id)
+def test_a_masking_value_no_float32_holds_is_refused(value):
+    from grurt.graph import Masking
+    with pytest.raises(ModelFormatError, match=r"Masking: value must be a number from .* \(grurt.limits.MAX_FLOAT32\)"):
+        Masking(value)
+
+
 @pytest.mark.parametrize("value", [2.0, 1e39, -1e-9])
 def test_epsilon_outside_its_range_is_refused(tmp_path, value):
     message = refused(chain_npz(tmp_path / "m.npz", [{"type": "UnitNorm", "epsilon": value}]))

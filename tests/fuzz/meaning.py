@@ -450,7 +450,10 @@ def mutate_onnx(data: bytes, rng: random.Random) -> bytes:
         elif choice < 0.72 and graph.initializer:            # an integer initializer (shapes, pads) at a boundary
             tensors = [t for t in graph.initializer if t.data_type in (onnx.TensorProto.INT64, onnx.TensorProto.INT32)]
             tensor = rng.choice(tensors or list(graph.initializer))
-            array = numpy_helper.to_array(tensor).copy()
+            try:
+                array = numpy_helper.to_array(tensor).copy()
+            except ValueError:                              # dims already made false by an earlier edit
+                continue
             if array.size and array.dtype.kind in "iu":
                 info = np.iinfo(array.dtype)
                 array.flat[rng.randrange(array.size)] = min(max(rng.choice(BOUNDARY_INTS), info.min), info.max)

@@ -47,7 +47,10 @@ def mutated(loader: str, seeds: list, seed: int, index: int, mode: str = "bytes"
     with open(source, "rb") as handle:
         data = handle.read()
     if mode == "meaning":
-        return mutate_meaning(loader, data, rng)
+        try:
+            return mutate_meaning(loader, data, rng)
+        except Exception:   # noqa: BLE001 - a mutator that cannot parse what it mutated: bytes instead
+            pass
     return mutate(data, rng, loader in ZIP_LOADERS)
 
 
