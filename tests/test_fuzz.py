@@ -1,11 +1,15 @@
-"""Hostile files: the fuzz regression corpus and a short fuzz run of every loader.
+"""Hostile files: the fuzz regression corpus and short fuzz runs of every loader.
 
 * tests/data/fuzz/<loader>/ holds files that once crashed, hung or escaped a loader with an
   exception other than GrurtError (found by ``python -m tests.fuzz``, most against the loaders
-  of grurt 0.1.0, which read HDF5 with libhdf5): each must now be refused with a GrurtError.
-* The short run loads a fixed number of seeded mutations of small valid files per loader, in a
-  worker subprocess, so that a crash fails the test instead of killing pytest. The long run is
-  ``python -m tests.fuzz --count 1000`` (README).
+  of grurt 0.1.0, which read HDF5 with libhdf5): each must now load (and run) or be refused with
+  a GrurtError.
+* The short runs load a fixed number of seeded mutations of small valid files per loader, in a
+  worker subprocess (memory capped, a timeout per file), so that a crash fails the test instead
+  of killing pytest, and run what loads: byte mutations (slow), and mutations of meaning (a
+  field at a boundary, an attribute of the wrong type, a false size: tests/fuzz/meaning.py), in
+  the default run for the loaders whose seeds need no Keras (about 20 s). The long run is
+  ``python -m tests.fuzz --count 3000`` (docs/hostile-files.md).
 """
 from __future__ import annotations
 
@@ -23,18 +27,16 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE / "fuzz"))
 
 from harness import run  # noqa: E402
-from seeds import SUFFIXES, write_seeds  # noqa: E402
+from seeds import KERAS_LOADERS, SUFFIXES, write_seeds  # noqa: E402
+from worker import exercise, load  # noqa: E402
 
 CORPUS = HERE / "data" / "fuzz"
-#: Mutated files per loader in the short run (about 10 ms each, plus ~2 s of worker start).
+#: Mutated files per loader in the short byte run (about 10 ms each, plus ~2 s of worker start).
 SHORT_RUN = 150
-_NEEDS = {"onnx": "onnx", "keras": "pyfive", "h5": "pyfive", "safetensors": "safetensors"}
-
-
-def _load(loader, path):
-    if loader in ("safetensors", "sdnpz"):
-        return grurt.from_state_dict(path)
-    return grurt.load(path)
+#: Mutations of meaning per loader in the short run of the default test suite (about 20 ms each).
+SHORT_MEANING = 30
+_NEEDS = {"onnx": "onnx", "keras": "pyfive", "h5": "pyfive", "safetensors": "safetensors", "pt": "torch"}
+_ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
 
 
 def _corpus():
@@ -52,10 +54,11 @@ def test_regression_file_loads_or_is_refused_with_a_grurt_error(loader, path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            model = _load(loader, path)
+            model = load(loader, path)
+            ran = exercise(model)
         except grurt.GrurtError:
             return
-    assert isinstance(model, grurt.Model)
+    assert isinstance(model, (grurt.Model, grurt.TensorModel)) and ran
 
 
 @pytest.fixture(scope="module")
@@ -63,13 +66,42 @@ def seeds(tmp_path_factory):
     return write_seeds(tmp_path_factory.mktemp("fuzz-seeds"))
 
 
+@pytest.fixture(scope="module")
+def light_seeds(tmp_path_factory):
+    """The seeds that need no Keras (writing those takes ~30 s)."""
+    return write_seeds(tmp_path_factory.mktemp("fuzz-light-seeds"), keras=False)
+
+
+def _check(summary, count):
+    print(summary.line())
+    assert summary.total == count
+    assert summary.counts["rejected"] >= count // 4                   # the mutations do reach the checks
+    assert not summary.failures, summary.failures
+
+
+@pytest.mark.parametrize("loader", sorted(set(SUFFIXES) - set(KERAS_LOADERS)))
+def test_short_meaning_fuzz_run(loader, light_seeds):
+    if loader not in light_seeds:
+        pytest.skip(f"no writer for {loader} seeds is installed")
+    _check(run(loader, light_seeds[loader], SHORT_MEANING, seed=0, batch=SHORT_MEANING, timeout=10.0,
+               env=_ENV, mode="meaning"), SHORT_MEANING)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("loader", KERAS_LOADERS)
+def test_short_meaning_fuzz_run_of_keras_files(loader, seeds):
+    if loader not in seeds:
+        pytest.skip(f"no writer for {loader} seeds is installed")
+    _check(run(loader, seeds[loader], 4 * SHORT_MEANING, seed=0, batch=4 * SHORT_MEANING, timeout=10.0,
+               env=_ENV, mode="meaning"), 4 * SHORT_MEANING)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("loader", sorted(SUFFIXES))
 def test_short_fuzz_run(loader, seeds):
     if loader not in seeds:
         pytest.skip(f"no writer for {loader} seeds is installed")
-    summary = run(loader, seeds[loader], SHORT_RUN, seed=0, batch=SHORT_RUN, timeout=10.0,
-                  env={**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)})
+    summary = run(loader, seeds[loader], SHORT_RUN, seed=0, batch=SHORT_RUN, timeout=10.0, env=_ENV)
     print(summary.line())
     assert summary.total == SHORT_RUN
     assert summary.counts["rejected"] > SHORT_RUN // 2            # the mutations do reach the checks

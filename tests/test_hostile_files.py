@@ -135,10 +135,40 @@ def test_a_number_no_float_holds_is_refused_naming_the_field(tmp_path, where, la
     assert f"{field} must be a number" in message, message
 
 
+@pytest.mark.parametrize("mask_value", [3.4e38, 10, -1, 2.5])
+def test_the_padding_id_of_a_model_that_takes_ids_is_in_its_vocabulary(tmp_path, mask_value):
+    """Found by the fuzzer of meaning: mask_value 3.4e38 on a model that takes ids became a
+    39-digit id, which run then handed to numpy (TypeError)."""
+    layers = [{"type": "Embedding", "vocabulary": 10, "features": 2}, {"type": "GRU", "hidden_size": 1}]
+    arrays = {"0.table": np.ones((10, 2), np.float32), "1.W": np.zeros((1, 3, 2), np.float32),
+              "1.R": np.zeros((1, 3, 1), np.float32), "1.B": np.zeros((1, 6), np.float32)}
+    message = refused(chain_npz(tmp_path / "m.npz", layers, input_size=None, arrays=arrays, mask_value=mask_value))
+    assert "mask_value of a model that takes ids must be an integer id from 0 to 9" in message
+    model = grurt.load(chain_npz(tmp_path / "ok.npz", layers, input_size=None, arrays=arrays, mask_value=0))
+    assert model.run(np.array([[3, 4, 0, 0]])).shape == (1, 4, 1)
+
+
+@pytest.mark.parametrize("value", [_HUGE, float("inf"), 3.5e38], ids=_id)
+def test_a_masking_value_no_float32_holds_is_refused(value):
+    from grurt.graph import Masking
+    with pytest.raises(ModelFormatError, match=r"Masking: value must be a number from .* \(grurt.limits.MAX_FLOAT32\)"):
+        Masking(value)
+
+
 @pytest.mark.parametrize("value", [2.0, 1e39, -1e-9])
 def test_epsilon_outside_its_range_is_refused(tmp_path, value):
     message = refused(chain_npz(tmp_path / "m.npz", [{"type": "UnitNorm", "epsilon": value}]))
     assert "UnitNorm: epsilon must be a number from 0 to 1 (grurt.limits.MAX_EPSILON)" in message
+
+
+@pytest.mark.parametrize("value", [_HUGE, float("nan"), -1.0, 2.0], ids=_id)
+def test_a_batch_normalisation_epsilon_outside_its_range_is_refused(value):
+    """The fuzzer of meaning found a Keras BatchNormalization with epsilon 10**400 (OverflowError);
+    every importer's batch normalisation goes through batchnorm_affine."""
+    from grurt.importers.keras import batchnorm_affine
+    with pytest.raises(ModelFormatError, match=r"batch normalisation: epsilon must be a number from 0 to 1 "
+                                               r"\(grurt.limits.MAX_EPSILON\)"):
+        batchnorm_affine(np.zeros(2), np.ones(2), value)
 
 
 # ---- escapes: values past 32 bits for the planner ----
@@ -374,6 +404,30 @@ def test_npz_graph_of_thousands_of_nodes_loads_in_bounded_time(tmp_path):
     outcome = in_child(f"""
         model = grurt.load({str(path)!r})
         assert len(model.layers) == {n}
+    """)
+    assert outcome["error"] is None and outcome["seconds"] < HANG_SECONDS
+
+
+def test_npz_chain_of_thousands_of_layers_loads_in_bounded_time(tmp_path):
+    """Each layer was checked with the whole chain before it (quadratic: 20 s for this file, found
+    by the fuzzer of meaning)."""
+    layers = [{"type": "GRU", "hidden_size": 1}] + [{"type": "Activation", "function": "relu"}] * 5000
+    arrays = {"0.W": np.zeros((1, 3, 1), np.float32), "0.R": np.zeros((1, 3, 1), np.float32),
+              "0.B": np.zeros((1, 6), np.float32)}
+    path = chain_npz(tmp_path / "long.npz", layers, arrays=arrays)
+    outcome = in_child(f"assert len(grurt.load({path!r}).layers) == 5001")
+    assert outcome["error"] is None and outcome["seconds"] < HANG_SECONDS
+
+
+def test_state_dict_of_thousands_of_modules_loads_in_bounded_time(tmp_path):
+    """The same quadratic check, per module of a state dict (MAX_ARRAYS allows 50,000 of them)."""
+    arrays = {k: v for k, v in _state_dict("gru.bias_hh_l0").items()}
+    for k in range(3000):
+        arrays[f"m{k}.weight"] = np.eye(4, dtype=np.float32)
+    np.savez(tmp_path / "state.npz", **arrays)
+    outcome = in_child(f"""
+        model = grurt.from_state_dict({str(tmp_path / "state.npz")!r}, types={{f"m{{k}}": "Linear" for k in range(3000)}})
+        assert len(model.layers) == 3001
     """)
     assert outcome["error"] is None and outcome["seconds"] < HANG_SECONDS
 

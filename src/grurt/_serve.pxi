@@ -538,7 +538,8 @@ cdef class StreamPool:
         self.free_ids = <int*>malloc(capacity * sizeof(int))
         self.seen = <unsigned long long*>calloc(capacity, sizeof(unsigned long long))
         if self.open_flags == NULL or self.free_ids == NULL or self.seen == NULL:
-            raise MemoryError()
+            raise out_of_memory(<size_t>capacity * (1 + sizeof(int) + sizeof(unsigned long long)),
+                                f"the session table of a pool of {capacity} sessions")
         for i in range(capacity):
             self.free_ids[i] = capacity - 1 - i
         self.n_free = capacity

@@ -22,6 +22,7 @@ import numpy as np
 
 from ._fields import _weights
 from .errors import ModelFormatError, UnsupportedModelError
+from .limits import MAX_FLOAT32, bounded_float
 from .spec import (GRU, LAYER_TYPES, Activation, Dense, Embedding, GlobalPool, LayerNorm, Merge, ModelSpec, Reverse,
                    Scale, UnitNorm, layer_output, parameter_count)
 
@@ -128,10 +129,7 @@ class Masking:
     value: float
 
     def __post_init__(self):
-        value = self.value
-        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)) \
-                or not np.isfinite(value):
-            raise ModelFormatError(f"Masking: value must be a finite number, got {value!r}")
+        value = bounded_float("Masking", "value", self.value, -MAX_FLOAT32, MAX_FLOAT32, "MAX_FLOAT32")
         # float32, as the features it is compared with; an integer (a padding id) exactly
         object.__setattr__(self, "value", float(value) if float(value).is_integer() else float(np.float32(value)))
 

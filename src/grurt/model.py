@@ -269,9 +269,7 @@ class Model:
                 return out
             return out, [s[:, 0] if single else s for s in states]
         except MemoryError as exc:     # numpy's, past the size checks: the memory is not there
-            raise InputError(f"could not allocate the memory of this call ({exc}); the size checks allow up to "
-                             f"{MEMORY_LIMIT_BYTES / 2**30:.1f} GiB (grurt.model.MEMORY_LIMIT_BYTES), but the machine "
-                             "or the process's limit has less free memory") from None
+            raise _out_of_memory("the memory of this call", exc) from None
 
     __call__ = run
 
@@ -286,10 +284,10 @@ class Model:
         if self._graph is not None:
             from .graph_model import GraphStream
             _check_threads(threads)
-            return GraphStream(self, batch, threads, static)
+            return _allocating(lambda: GraphStream(self, batch, threads, static), "a stream")
         if static is not None:
             raise InputError("this model has no static inputs, got static=")
-        return (_LearnedStateStream if self._learned else Stream)(self, batch, threads)
+        return _allocating(lambda: (_LearnedStateStream if self._learned else Stream)(self, batch, threads), "a stream")
 
     def stream_pool(self, capacity: int) -> "StreamPool":
         """A :class:`StreamPool`: the states of up to ``capacity`` sessions, stepped together
@@ -297,7 +295,7 @@ class Model:
         if self._graph is not None:
             raise InputError("stream_pool runs models that are one chain of layers; this model is a graph: "
                              "use stream(batch=...)")
-        return (_LearnedStatePool if self._learned else StreamPool)(self, capacity)
+        return _allocating(lambda: (_LearnedStatePool if self._learned else StreamPool)(self, capacity), "a stream pool")
 
     def _graph_input(self, values: dict):
         """The one input of a chain, given as {name: value}."""
@@ -522,6 +520,21 @@ class _LearnedStatePool(StreamPool):
         super().reset(sid)
         self.set_state(sid, None)
 
+
+def _out_of_memory(what: str, exc: MemoryError) -> InputError:
+    """numpy's MemoryError, past grurt's size checks (the memory is not there), as an InputError
+    naming the size asked (numpy's message) and the limit."""
+    return InputError(f"could not allocate {what} ({exc}); the size checks allow up to "
+                      f"{MEMORY_LIMIT_BYTES / 2**30:.1f} GiB (grurt.model.MEMORY_LIMIT_BYTES), but the machine or "
+                      "the process's limit has less free memory")
+
+
+def _allocating(make, what: str):
+    """``make()``, with a MemoryError as _out_of_memory's InputError."""
+    try:
+        return make()
+    except MemoryError as exc:
+        raise _out_of_memory(what, exc) from None
 
 
 def _check_threads(threads) -> None:

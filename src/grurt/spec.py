@@ -376,9 +376,9 @@ class ModelSpec:
             mask_value = bounded_float("model", "mask_value", self.mask_value, -MAX_FLOAT32, MAX_FLOAT32, "MAX_FLOAT32")
             object.__setattr__(self, "mask_value", float(np.float32(mask_value)))
             if takes_ids:
-                if self.mask_value != int(self.mask_value):
-                    raise ModelFormatError(f"model: mask_value of a model that takes ids must be an integer id, "
-                                           f"got {self.mask_value!r}")
+                if not (self.mask_value == int(self.mask_value) and 0 <= self.mask_value < layers[0].vocabulary):
+                    raise ModelFormatError(f"model: mask_value of a model that takes ids must be an integer id "
+                                           f"from 0 to {layers[0].vocabulary - 1}, got {self.mask_value!r}")
                 object.__setattr__(self, "mask_value", int(self.mask_value))
         if not layers:
             raise ModelFormatError("model has no layers")

@@ -1,8 +1,11 @@
 """Fuzz grurt's file loaders: ``python -m tests.fuzz --loader h5 --count 1000`` (from the repository root).
 
-Every mutated file must load or be refused with a GrurtError; files that make a loader raise
-anything else, hang or crash are saved under tests/data/fuzz/<loader>/ (--save-dir) so that
-tests/test_fuzz.py keeps them as regression files. Exit code 1 if any was found.
+Two kinds of mutation (``--mode``, both by default): ``bytes`` (bit flips, chunks, truncation:
+:mod:`mutate`) and ``meaning`` (a field at a boundary, an attribute of the wrong type, a false
+size: :mod:`meaning`). Every mutated file must load or be refused with a GrurtError, and what
+loads must run (and stream one frame) or be refused with a GrurtError; files that make grurt
+raise anything else, hang, crash or hog memory are saved under tests/data/fuzz/<loader>/
+(--save-dir) so that tests/test_fuzz.py keeps them as regression files. Exit code 1 if any was found.
 """
 from __future__ import annotations
 
@@ -23,7 +26,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.fuzz", description=__doc__.splitlines()[0])
     parser.add_argument("--loader", action="append", choices=sorted(SUFFIXES),
                         help="loader to fuzz (repeatable; default: all)")
-    parser.add_argument("--count", type=int, default=1000, help="mutated files per loader (default 1000)")
+    parser.add_argument("--count", type=int, default=1000, help="mutated files per loader and mode (default 1000)")
+    parser.add_argument("--mode", action="append", choices=("bytes", "meaning"),
+                        help="kind of mutation (repeatable; default: both)")
     parser.add_argument("--seed", type=int, default=0, help="run seed: the same seed mutates the same way")
     parser.add_argument("--batch", type=int, default=250, help="files per worker process")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds one file may take")
@@ -38,12 +43,13 @@ def main(argv=None) -> int:
                 print(f"{loader}: skipped (its writer is not installed)")
                 continue
             save_dir = os.path.join(args.save_dir, loader) if args.save_dir else None
-            summary = run(loader, seeds[loader], args.count, seed=args.seed, batch=args.batch,
-                          timeout=args.timeout, save_dir=save_dir)
-            print(summary.line(), flush=True)
-            for index, outcome, detail, saved in summary.failures:
-                print(f"  {outcome} #{index}: {detail}" + (f" -> {saved}" if saved else ""))
-            found += sum(summary.counts[k] for k in BAD)
+            for mode in args.mode or ("bytes", "meaning"):
+                summary = run(loader, seeds[loader], args.count, seed=args.seed, batch=args.batch,
+                              timeout=args.timeout, save_dir=save_dir, mode=mode)
+                print(summary.line(), flush=True)
+                for index, outcome, detail, saved in summary.failures:
+                    print(f"  {outcome} #{index}: {detail}" + (f" -> {saved}" if saved else ""))
+                found += sum(summary.counts[k] for k in BAD)
     return 1 if found else 0
 
 

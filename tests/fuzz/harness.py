@@ -1,10 +1,12 @@
 """Drives the fuzz workers: batches of mutated files per loader, each batch in a subprocess.
 
-Outcomes per file: ``loaded`` (the mutation left a valid model), ``rejected`` (a GrurtError:
-what every malformed file must give), ``escaped`` (any other exception), ``hang`` (longer than
-the per-file timeout) and ``crash`` (the worker process died, e.g. a segfault). The files that
-escaped, hung or crashed are written to ``save_dir`` (tests/data/fuzz/<loader>/ from the command line)
-so that they become regression files.
+Outcomes per file: ``loaded`` (the mutation left a valid model, which then ran or was refused
+at run with a GrurtError), ``rejected`` (a GrurtError: what every malformed file must give),
+``escaped`` (any other exception, at load or at run), ``hang`` (longer than the per-file
+timeout), ``crash`` (the worker process died, e.g. a segfault) and ``memory`` (the worker's peak
+memory grew by more than grurt's limits allow one file). The files that escaped, hung, crashed
+or hogged memory are written to ``save_dir`` (tests/data/fuzz/<loader>/ from the command line) so
+that they become regression files.
 """
 from __future__ import annotations
 
@@ -18,49 +20,54 @@ import time
 from dataclasses import dataclass, field
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-BAD = ("escaped", "hang", "crash")
+BAD = ("escaped", "hang", "crash", "memory")
 
 
 @dataclass
 class Summary:
     loader: str
+    mode: str = "bytes"
     counts: collections.Counter = field(default_factory=collections.Counter)
     failures: list = field(default_factory=list)        # (index, outcome, detail, saved path or None)
     seconds: float = 0.0
     slowest: float = 0.0
+    ran: int = 0             # loaded files whose run (and stream step) went through
 
     @property
     def total(self) -> int:
         return sum(self.counts.values())
 
     def line(self) -> str:
-        parts = ", ".join(f"{k} {self.counts[k]}" for k in ("loaded", "rejected", *BAD) if self.counts[k])
-        return (f"{self.loader}: {self.total} mutated files in {self.seconds:.1f} s ({parts}); "
+        parts = ", ".join(f"{k} {self.counts[k]}" + (f" (ran {self.ran})" if k == "loaded" else "")
+                          for k in ("loaded", "rejected", *BAD) if self.counts[k])
+        return (f"{self.loader} ({self.mode}): {self.total} mutated files in {self.seconds:.1f} s ({parts}); "
                 f"slowest file {self.slowest * 1e3:.0f} ms")
 
 
-def _save(loader, seeds, seed, index, outcome, save_dir):
+def _save(loader, seeds, seed, index, outcome, save_dir, mode="bytes"):
     if not save_dir:
         return None
     sys.path.insert(0, HERE)
     from seeds import SUFFIXES
     from worker import mutated
     os.makedirs(save_dir, exist_ok=True)
-    path = os.path.join(save_dir, f"{outcome}-{seed}-{index}{SUFFIXES[loader]}")
+    tag = "" if mode == "bytes" else f"{mode}-"
+    path = os.path.join(save_dir, f"{outcome}-{tag}{seed}-{index}{SUFFIXES[loader]}")
     with open(path, "wb") as handle:
-        handle.write(mutated(loader, seeds, seed, index))
+        handle.write(mutated(loader, seeds, seed, index, mode))
     return path
 
 
 def run(loader: str, seeds: list, count: int, seed: int = 0, batch: int = 250, timeout: float = 10.0,
-        save_dir=None, env=None, progress=None) -> Summary:
-    """Load ``count`` mutations of ``seeds`` with ``loader``, ``batch`` per worker process."""
-    summary = Summary(loader)
+        save_dir=None, env=None, progress=None, mode: str = "bytes") -> Summary:
+    """Load (and run) ``count`` mutations of ``seeds`` with ``loader``, ``batch`` per worker process;
+    ``mode`` "bytes" mutates bytes (:mod:`mutate`), "meaning" fields (:mod:`meaning`)."""
+    summary = Summary(loader, mode)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix=f"grurt-fuzz-{loader}-") as directory:
         index, end = 0, count
         while index < end:
-            job = {"loader": loader, "seeds": list(seeds), "seed": seed, "start": index,
+            job = {"loader": loader, "mode": mode, "seeds": list(seeds), "seed": seed, "start": index,
                    "count": min(batch, end - index), "directory": directory, "timeout": timeout}
             # a batch may take timeout per file at most, plus the imports
             limit = 60 + job["count"] * 0.5 + timeout
@@ -80,9 +87,10 @@ def run(loader: str, seeds: list, count: int, seed: int = 0, batch: int = 250, t
                     continue
                 in_flight, last = None, record["index"]
                 summary.counts[record["outcome"]] += 1
+                summary.ran += record["outcome"] == "loaded" and record["detail"].startswith("ran")
                 summary.slowest = max(summary.slowest, record["seconds"])
                 if record["outcome"] in BAD:
-                    saved = _save(loader, seeds, seed, record["index"], record["outcome"], save_dir)
+                    saved = _save(loader, seeds, seed, record["index"], record["outcome"], save_dir, mode)
                     summary.failures.append((record["index"], record["outcome"], record["detail"], saved))
             if in_flight is not None or returncode != 0:
                 if in_flight is None and last < index:     # died before the first file: a broken setup
@@ -92,7 +100,7 @@ def run(loader: str, seeds: list, count: int, seed: int = 0, batch: int = 250, t
                 detail = f"worker killed after {limit:.0f} s" if returncode is None else \
                     f"worker exited with {returncode}: {stderr.strip().splitlines()[-1:] }"
                 summary.counts[outcome] += 1
-                saved = _save(loader, seeds, seed, culprit, outcome, save_dir)
+                saved = _save(loader, seeds, seed, culprit, outcome, save_dir, mode)
                 summary.failures.append((culprit, outcome, detail, saved))
                 last = culprit
             index = last + 1

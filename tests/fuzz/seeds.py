@@ -14,9 +14,11 @@ import numpy as np
 
 #: loader name -> file suffix
 SUFFIXES = {"npz": ".npz", "onnx": ".onnx", "keras": ".keras", "h5": ".h5",
-            "safetensors": ".safetensors", "sdnpz": ".npz"}
+            "safetensors": ".safetensors", "sdnpz": ".npz", "pt": ".pt"}
 #: loaders whose files are zip archives
-ZIP_LOADERS = ("npz", "keras", "sdnpz")
+ZIP_LOADERS = ("npz", "keras", "sdnpz", "pt")
+#: loaders whose seeds Keras writes (in a subprocess: ~30 s)
+KERAS_LOADERS = ("h5", "keras")
 HERE = Path(__file__).resolve().parent
 KERAS2_FILE = HERE.parent / "data" / "keras2_gru_hard_sigmoid.h5"
 KERAS2_FUNCTIONAL = HERE.parent / "data" / "keras2_functional.h5"
@@ -65,7 +67,22 @@ def _grurt_npz(directory, rng):
              Node(Dense(rng.normal(size=(2, 3)), np.zeros(2), activation("gelu")), "r", "y"))
     masked_path = directory / "masked.npz"
     grurt.save(Graph((Input("x", 3),), nodes, ("y",)), masked_path)
-    return [path, graph_path, masked_path]
+    # layers over time and norms (format 1.1): every numeric field a chain header can hold
+    from grurt.spec import Conv1D, LayerNorm, Pool1D, UnitNorm, ZeroPad1D
+    conv = ModelSpec(3, (ZeroPad1D(1, 2), Conv1D(rng.normal(size=(4, 3, 3)), np.zeros(4), dilation=2,
+                                                 padding=(4, 0), activation=activation("leaky_relu", 0.1)),
+                         Pool1D("average", 2, 2, "same_upper"), LayerNorm(np.ones(4), np.zeros(4), 1e-3),
+                         gru(4, 3, clip=5.0), UnitNorm(1e-6), Dense(rng.normal(size=(2, 3)), np.zeros(2),
+                                                                     activation("hard_sigmoid", 0.3, 0.4))))
+    conv_path = directory / "conv.npz"
+    grurt.save(conv, conv_path)
+    # token ids with a padding id, and a Flatten of a fixed number of steps
+    from grurt.spec import Embedding, Flatten
+    ids = ModelSpec(None, (Embedding(rng.normal(size=(10, 3))), gru(3, 2), Flatten(4),
+                           Dense(rng.normal(size=(2, 8)), np.zeros(2), activation("softmax"))), mask_value=0)
+    ids_path = directory / "ids.npz"
+    grurt.save(ids, ids_path)
+    return [path, graph_path, masked_path, conv_path, ids_path]
 
 
 def _onnx(directory, rng):
@@ -88,7 +105,56 @@ def _onnx(directory, rng):
         path = directory / f"{direction}.onnx"
         save(helper.make_model(graph, opset_imports=[helper.make_operatorsetid("", 17)], ir_version=9), path)
         paths.append(path)
+    paths.append(_onnx_conv(directory, rng))
+    paths.append(_onnx_general(directory, rng))
     return paths
+
+
+def _onnx_general(directory, rng):
+    """Ops the fused importer does not read (Sin, Tile, ReduceSum): the general op graph loads it."""
+    from onnx import TensorProto, helper, numpy_helper, save
+    init = [numpy_helper.from_array((0.5 * rng.normal(size=s)).astype(np.float32), n)
+            for n, s in (("W", (1, 12, 3)), ("R", (1, 12, 4)))]
+    init += [numpy_helper.from_array(np.array([1, 2, 1], np.int64), "reps"),
+             numpy_helper.from_array(np.array([2], np.int64), "axes")]
+    nodes = [helper.make_node("Sin", ["X"], ["S"]),
+             helper.make_node("GRU", ["S", "W", "R"], ["Y", "Y_h"], hidden_size=4, layout=1),
+             helper.make_node("Tile", ["Y_h", "reps"], ["T"]),
+             helper.make_node("ReduceSum", ["T", "axes"], ["out"], keepdims=1)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", "T", 3])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)], init)
+    path = directory / "general.onnx"
+    save(helper.make_model(graph, opset_imports=[helper.make_operatorsetid("", 17)], ir_version=9), path)
+    return path
+
+
+def _onnx_conv(directory, rng):
+    """(N, T, 3) → Pad → Conv → Relu → MaxPool → GRU whose initial state is built from Shape
+    arithmetic (Shape, Gather, Unsqueeze, Concat, ConstantOfShape): the ops that read sizes."""
+    from onnx import TensorProto, helper, numpy_helper, save
+    arrays = {"pads": np.array([0, 0, 2, 0, 0, 0], np.int64), "Wc": 0.5 * rng.normal(size=(4, 3, 3)),
+              "Bc": np.zeros(4), "W": 0.5 * rng.normal(size=(1, 12, 4)), "R": 0.5 * rng.normal(size=(1, 12, 4)),
+              "B": np.zeros((1, 24)), "zero": np.array([0], np.int64), "one": np.array([1], np.int64),
+              "four": np.array([4], np.int64), "axes": np.array([0], np.int64)}
+    init = [numpy_helper.from_array(a if a.dtype == np.int64 else a.astype(np.float32), n) for n, a in arrays.items()]
+    nodes = [helper.make_node("Transpose", ["X"], ["Xt"], perm=[0, 2, 1]),
+             helper.make_node("Pad", ["Xt", "pads"], ["Xp"], mode="constant"),
+             helper.make_node("Conv", ["Xp", "Wc", "Bc"], ["C"], kernel_shape=[3], strides=[1], dilations=[1]),
+             helper.make_node("Relu", ["C"], ["Cr"]),
+             helper.make_node("MaxPool", ["Cr"], ["P"], kernel_shape=[2], strides=[1], pads=[1, 0]),
+             helper.make_node("Transpose", ["P"], ["Pt"], perm=[0, 2, 1]),
+             helper.make_node("Shape", ["X"], ["shape"], start=0, end=1),
+             helper.make_node("Concat", ["one", "shape", "four"], ["h_shape"], axis=0),
+             helper.make_node("ConstantOfShape", ["h_shape"], ["h0"],
+                              value=numpy_helper.from_array(np.zeros(1, np.float32))),
+             helper.make_node("GRU", ["Pt", "W", "R", "B", "", "h0"], ["Y", "Y_h"], hidden_size=4, layout=1,
+                              linear_before_reset=1),
+             helper.make_node("Squeeze", ["Y_h", "one"], ["out"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", "T", 3])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)], init)
+    path = directory / "conv.onnx"
+    save(helper.make_model(graph, opset_imports=[helper.make_operatorsetid("", 17)], ir_version=9), path)
+    return path
 
 
 _KERAS_SCRIPT = r"""
@@ -113,20 +179,26 @@ grid = layers.Reshape((2, 3))(layers.Dense(6)(code))
 m = keras.Model(x, [decoded, layers.GlobalAveragePooling1D()(layers.GRU(2, return_sequences=True)(grid))])
 m.save(os.path.join(out, "functional.keras"))
 m.save(os.path.join(out, "functional.h5"))
+c = keras.Sequential([keras.Input((None, 3)), layers.ZeroPadding1D((1, 2)),
+                      layers.Conv1D(4, 3, padding="causal", dilation_rate=2, activation="relu"),
+                      layers.MaxPooling1D(2, padding="same"), layers.LayerNormalization(epsilon=1e-4),
+                      layers.BatchNormalization(), layers.GRU(5, return_sequences=True), layers.Dense(2)])
+c.save(os.path.join(out, "conv.keras"))
+c.save(os.path.join(out, "conv.h5"))
 """
 
 
 def _keras(directory):
     """Keras files written by Keras itself, in a subprocess (Keras picks its backend once per process)."""
-    if not os.path.isfile(directory / "functional.keras"):
+    if not os.path.isfile(directory / "functional.keras") or not os.path.isfile(directory / "conv.keras"):
         env = {**os.environ, "KERAS_BACKEND": "torch"}
         subprocess.run([sys.executable, "-c", _KERAS_SCRIPT, str(directory)], check=True, env=env,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300)
-    return ([directory / "model.keras", directory / "functional.keras"],
-            [directory / "model.h5", directory / "functional.h5", KERAS2_FILE, KERAS2_FUNCTIONAL])
+    return ([directory / "model.keras", directory / "functional.keras", directory / "conv.keras"],
+            [directory / "model.h5", directory / "functional.h5", directory / "conv.h5", KERAS2_FILE, KERAS2_FUNCTIONAL])
 
 
-def write_seeds(directory) -> dict:
+def write_seeds(directory, keras: bool = True) -> dict:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(20261127)
@@ -142,11 +214,20 @@ def write_seeds(directory) -> dict:
         pass
     try:
         seeds["onnx"] = _onnx(directory, rng)
+        import grurt                        # format 3.0: the op graph of an ONNX file, saved
+        seeds["npz"].append(directory / "tensor.npz")
+        grurt.save(grurt.load(directory / "general.onnx"), seeds["npz"][-1])
+    except ImportError:
+        pass
+    try:
+        import torch
+        seeds["pt"] = [directory / "state_dict.pt"]
+        torch.save({k: torch.from_numpy(v) for k, v in state.items()}, seeds["pt"][0])
     except ImportError:
         pass
     try:
         import importlib.util
-        if importlib.util.find_spec("keras") and importlib.util.find_spec("h5py"):
+        if keras and importlib.util.find_spec("keras") and importlib.util.find_spec("h5py"):
             seeds["keras"], seeds["h5"] = _keras(directory)
     except (subprocess.SubprocessError, OSError):
         pass

@@ -17,7 +17,7 @@ from ..errors import GrurtError, ModelFormatError, UnsupportedModelError
 from ..limits import MAX_HEADER_BYTES, MAX_PARAMETERS, parse_json
 from ..spec import GRU, Activation, ActivationFunction, Dense, LastStep, Merge, ModelSpec, Reverse, Scale
 from ..spec import Embedding, Flatten, GlobalPool, LayerNorm, UnitNorm
-from ..spec import TIME_LAYERS, Conv1D, Pool1D, ZeroPad1D
+from ..spec import TIME_LAYERS, Conv1D, Pool1D, ZeroPad1D, layer_output
 from ..graph import (Combine, Concat, Crop, Graph, Input, Masking, Node, Output, PReLU, Repeat, Slice, Tensor,
                      Unflatten, check_node)
 
@@ -465,13 +465,15 @@ def _chain_from_header(archive, header, budget, stored):
     _expect(isinstance(entries, list) and entries, "header: 'layers' must be a non-empty list")
     _expect(features is not None or (isinstance(entries[0], dict) and entries[0].get("type") == "Embedding"),
             "header: input_size is null but the first layer is not an Embedding")
-    layers = []
+    layers, has_time = [], True
     for index, entry in enumerate(entries):
         _expect(not isinstance(entry, dict) or entry.get("type") not in _GRAPH_ONLY,
                 f"layer {index} ({entry.get('type') if isinstance(entry, dict) else ''}) is only valid in a graph "
                 "(format 2.0)")
         layers.append(_layer_from_json(archive, entry, index, features, budget, stored))
-        features = ModelSpec(header["input_size"], tuple(layers)).output_size
+        # what ModelSpec checks, layer by layer (a ModelSpec per layer was quadratic in the layers)
+        features, has_time = layer_output(f"layer {index} ({type(layers[-1]).__name__})", layers[-1], features,
+                                          has_time)
     spec = ModelSpec(input_size=header["input_size"], layers=tuple(layers), mask_value=header.get("mask_value"))
     return spec, [(entry.get("weights", "float32"), layer) for entry, layer in zip(entries, layers)]
 

@@ -62,7 +62,7 @@ from ..limits import (MAX_ARRAYS, MAX_LAYER_INDEX, MAX_MEMBER_BYTES, MAX_PARAMET
                       MAX_TORCH_BYTES, shown)
 from ..model import Model
 from ..spec import (GRU, Activation, ActivationFunction, Conv1D, Dense, Embedding, LastStep, LayerNorm, ModelSpec,
-                    Scale, activation, append_folded)
+                    Scale, activation, append_folded, layer_output)
 from .scalers import with_scalers
 from .torch import torch_gru_direction
 
@@ -147,12 +147,18 @@ def from_state_dict(source, last_step: bool = False, activations=None, modules=N
             module_layers = [Dense(module_layers[0].W, module_layers[0].b, function)]
             function = None
         # a BatchNorm1d folds into the Conv1d or Linear right before it, an activation into a Conv1d
+        # (neither changes that layer's output size: only the layers appended are walked, linear time)
+        first_new = len(layers)
         append_folded(layers, module_layers)
         if last_step and index == last_gru:
             layers.append(LastStep())
         if function is not None:
             append_folded(layers, [Activation(function)])
-        features = ModelSpec(_takes(layers[0]), tuple(layers)).output_size
+        if not first_new:
+            features, has_time = _takes(layers[0]), True
+        for k in range(first_new, len(layers)):
+            features, has_time = layer_output(f"layer {k} ({type(layers[k]).__name__})", layers[k], features,
+                                              has_time)
     spec = ModelSpec(_takes(layers[0]), tuple(layers))
     return Model(with_scalers(spec, input_scaler, output_scaler), weights)
 

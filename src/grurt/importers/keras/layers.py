@@ -8,7 +8,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ...errors import GrurtError, ModelFormatError, UnsupportedModelError
+from ...errors import GrurtError, InputError, ModelFormatError, UnsupportedModelError
+from ...limits import MAX_EPSILON, bounded_float
 from ...spec import (GRU, LAYER_TYPES, MERGE_MODES, Activation, ActivationFunction, Dense, Merge, ModelSpec, Reverse,
                     Scale, activation)
 from ...spec import Embedding, Flatten, GlobalPool, LayerNorm, UnitNorm
@@ -206,7 +207,9 @@ def keras_activation(name, keras_major: int) -> ActivationFunction:
 
 
 def batchnorm_affine(mean, variance, epsilon, gamma=None, beta=None):
-    """Inference-time batch normalisation ``(x − mean)/√(var + ε)·γ + β`` as ``x·a + c``."""
+    """Inference-time batch normalisation ``(x − mean)/√(var + ε)·γ + β`` as ``x·a + c``; ε within
+    [0, grurt.limits.MAX_EPSILON] (a ModelFormatError naming it, else)."""
+    epsilon = bounded_float("batch normalisation", "epsilon", epsilon, 0, MAX_EPSILON, "MAX_EPSILON")
     a = 1.0 / np.sqrt(np.asarray(variance, np.float64) + epsilon)
     if gamma is not None:
         a = a * gamma
