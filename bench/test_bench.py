@@ -125,3 +125,30 @@ def test_pool_step(benchmark, how):
     _check_stepper(w, make(w))
     out = benchmark(make(w), w.x)
     assert out.shape == (64, w.model.output_size) and np.isfinite(out).all()
+
+
+@pytest.mark.parametrize("H", [8, 16, 32])
+def test_small_stream_block(benchmark, H):
+    """GRU(H) -> Dense(1), I = 1, ``stream.run`` on blocks of 256 frames (bench/streaming.py's table)."""
+    import torch
+    torch.manual_seed(1000 + H)
+    gru, head = torch.nn.GRU(1, H, batch_first=True), torch.nn.Linear(H, 1)
+    model = grurt.from_torch([gru, head])
+    frames = np.random.default_rng(H).standard_normal((256, 1), dtype=np.float32)
+    with torch.no_grad():
+        expected = head(gru(torch.from_numpy(frames)[None])[0])[0].numpy()
+    np.testing.assert_allclose(model.stream().run(frames), expected, rtol=0, atol=TOLERANCE)
+    benchmark.group = f"small stream GRU({H}), blocks of 256"
+    stream, out = model.stream(), np.empty((256, 1), np.float32)
+    benchmark(stream.run, frames, out=out)
+
+
+@pytest.mark.parametrize("name, batch", [("W1", 10_000), ("W2", 2_000)])
+def test_run_large_batch(benchmark, name, batch):
+    """W1 and W2 shapes on a large batch (run in slices of 64 sequences): per-sequence cost
+    should stay within 10% of B = 64 (bench/batch_scaling.py)."""
+    w = workloads.get(name)
+    x = np.ascontiguousarray(np.repeat(w.x, batch, axis=0))
+    benchmark.group = f"{w} B={batch}"
+    out = benchmark(w.model.run, x)
+    np.testing.assert_allclose(out, np.repeat(workloads.reference(w), batch, axis=0), rtol=0, atol=TOLERANCE)

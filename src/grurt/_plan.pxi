@@ -517,7 +517,9 @@ cdef class Plan:
         Returns the number of threads that ran the GRU layer with the most weights (the first
         of equals; 1 without GRU layers): less than asked when the layer has fewer tasks, the
         machine fewer CPUs, other calls hold the workers, the split was measured not to pay,
-        or the caller finished the work before a worker woke up.
+        or the caller finished the work before a worker woke up. A batch of more than
+        slice_rows (64) sequences runs in slices, each through every layer (run_slices): then
+        the number of threads that took slices.
         """
         return self._run(x.shape[0], x.shape[1], x, states, lengths, out, threads)
 
