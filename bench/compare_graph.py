@@ -98,7 +98,7 @@ def check(w, call) -> str:
         pairs = [(call(w.example[0]), wg.torch_outputs(w, w.example))]
     else:
         reference = wg.stepper(lambda arrays: wg.torch_outputs(w, arrays))
-        pairs = [(call(*hop), reference(*hop)) for hop in wg.hops(w, CHECK_HOPS)]
+        pairs = [(call(*hop), reference(*hop)) for hop in wg.hops(w.frames, CHECK_HOPS)]
     error = max(float(np.max(np.abs(np.asarray(g, np.float64) - e))) for got, expected in pairs
                 for g, e in zip(got, expected))
     return f"ok ({error:.0e})" if error <= TOLERANCE else f"WRONG (max abs err {error:.1e})"
@@ -118,7 +118,7 @@ def bench(w, directory, quick):
     if w.name == "W9":
         x = w.example[0]
     else:
-        hop = wg.hops(w, 1, seed=11)[0]
+        hop = wg.hops(w.frames, 1, seed=11)[0]
         for row in rows:                            # interleaved() calls call(x): one argument
             if row.call is not None:
                 row.call = (lambda step: lambda features: step(*features))(row.call)

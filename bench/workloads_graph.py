@@ -285,11 +285,10 @@ def torch_outputs(w: GraphWorkload, inputs) -> List[np.ndarray]:
     return [t.numpy() for t in (out if isinstance(out, tuple) else (out,))]
 
 
-def hops(w: GraphWorkload, count: int, seed: int = 7) -> List[Tuple[np.ndarray, np.ndarray]]:
-    """``count`` hops of W10 features (each of w.frames frames), for checking a carried stream."""
-    erb, spec = w10_features(seed, count * w.frames)
-    return [(erb[:, :, k * w.frames:(k + 1) * w.frames], spec[:, :, k * w.frames:(k + 1) * w.frames])
-            for k in range(count)]
+def hops(frames: int, count: int, seed: int = 7) -> List[Tuple[np.ndarray, np.ndarray]]:
+    """``count`` hops of W10 features of ``frames`` frames each, for checking a carried stream."""
+    erb, spec = w10_features(seed, count * frames)
+    return [(erb[:, :, k * frames:(k + 1) * frames], spec[:, :, k * frames:(k + 1) * frames]) for k in range(count)]
 
 
 def stepper(run):
