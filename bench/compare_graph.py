@@ -21,7 +21,7 @@ onnxruntime-1-thread median / contender median (> 1: faster than onnxruntime); t
 are the same from the calling thread's CPU time (``time.thread_time``), which a loaded machine
 does not inflate when it preempts a call. A W10 call is
 one hop (the features of S frames and the six states in, ten outputs out, the states fed back).
-``--profile`` adds, per workload, grurt's time per op type (each plan step timed alone), the
+``--profile`` adds, per workload, grurt's CPU time per op type (each plan step timed alone), the
 cost of a plan-cache miss, and of a general op above the numpy call it makes.
 """
 import os
@@ -187,16 +187,17 @@ def table(results) -> str:
 # ---- profile ----
 
 def _median_us(fn, repeat):
+    """Median CPU time of ``fn()`` (the calling thread's: a preempted call is not inflated)."""
     times = []
     for _ in range(repeat):
-        start = time.perf_counter()
+        start = time.thread_time()
         fn()
-        times.append(time.perf_counter() - start)
+        times.append(time.thread_time() - start)
     return float(np.median(times)) * 1e6
 
 
 def profile(w, repeat=200) -> str:
-    """grurt's time per op type (each step timed alone, medians summed), the whole run's median,
+    """grurt's CPU time per op type (each step timed alone, medians summed), the whole run's median,
     and the cost of a plan-cache miss."""
     model = w.model
     inputs = dict(zip(model.input_names, w.example))
@@ -209,9 +210,9 @@ def profile(w, repeat=200) -> str:
             slots[slot] = array
         for k, (run, ctx, ins, outs, frees, _) in enumerate(plan.steps):
             args = [slots[i] for i in ins]
-            start = time.perf_counter()
+            start = time.thread_time()
             results = run(ctx, args)
-            per_step[k].append(time.perf_counter() - start)
+            per_step[k].append(time.thread_time() - start)
             for j, slot in outs:
                 slots[slot] = results[j]
     by_op = collections.Counter()
@@ -223,8 +224,8 @@ def profile(w, repeat=200) -> str:
     total = _median_us(lambda: model.run(inputs), repeat)
     miss = _median_us(lambda: grurt.tensor_plan.make_plan(model.graph, grurt.tensor_plan.signature(arrays)),
                       max(5, repeat // 20))
-    lines = [f"{w.name}: run median {total:.0f} µs; {len(plan.steps)} steps; plan-cache miss (make_plan) "
-             f"{miss:.0f} µs", "", "| op | steps | µs (sum of step medians) |", "|---|---:|---:|"]
+    lines = [f"{w.name}: run median {total:.0f} µs CPU; {len(plan.steps)} steps; plan-cache miss (make_plan) "
+             f"{miss:.0f} µs", "", "| op | steps | CPU µs (sum of step medians) |", "|---|---:|---:|"]
     lines += [f"| {op} | {count[op]} | {us:.1f} |" for op, us in by_op.most_common()]
     lines.append(f"| (dispatch, input checks, cache lookup) | | {total - sum(by_op.values()):.1f} |")
     return "\n".join(lines)
