@@ -33,7 +33,7 @@ from __future__ import annotations
 import functools
 import warnings
 from dataclasses import dataclass
-from typing import Dict, List, Tuple
+from typing import List, Tuple
 
 import numpy as np
 import torch
@@ -302,7 +302,3 @@ def stepper(run):
         states = list(outputs[4:])
         return outputs
     return step
-
-
-def input_dict(arrays) -> Dict[str, np.ndarray]:
-    return dict(zip(INPUT_NAMES, arrays))

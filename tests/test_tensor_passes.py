@@ -31,7 +31,8 @@ def run_and_describe(graph, inputs):
 
 
 def assert_close(got, expected):
-    for g, e in zip(got if isinstance(got, tuple) else (got,), expected if isinstance(expected, tuple) else (expected,)):
+    as_tuple = (lambda v: v if isinstance(v, tuple) else (v,))
+    for g, e in zip(as_tuple(got), as_tuple(expected)):
         assert g.shape == e.shape
         assert np.max(np.abs(g - e)) <= ATOL
 

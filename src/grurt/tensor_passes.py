@@ -53,8 +53,7 @@ def _weighted_sums(steps: List[tuple], known) -> List[tuple]:
         if steps[m][5].op != "Mul" or readers.get(product) != [index] or product not in frees:   # read here only
             continue
         x, w = steps[m][2]
-        order = _weighted_sum_order(known[x].shape, known[w].shape, known[product].shape, known[outs[0][1]].shape,
-                                    ins, known, node)
+        order = _weighted_sum_order(known[x].shape, known[w].shape, known[outs[0][1]].shape, ins, known, node)
         if order is None:
             continue
         if order == "wx":
@@ -70,15 +69,13 @@ def _weighted_sums(steps: List[tuple], known) -> List[tuple]:
     return [step for index, step in enumerate(steps) if index not in dropped]
 
 
-def _weighted_sum_order(x, w, product, out, ins, known, node):
+def _weighted_sum_order(x, w, out, ins, known, node):
     """'xw' or 'wx' when the sum is over axis 1 of (N, T, C) * (N, T, 1) (in that order or the other),
-    else None."""
-    if len(product) != 3 or not all(known[s].dtype == FLOAT for s in ins[:1]):
+    float, else None."""
+    product = known[ins[0]]
+    if len(product.shape) != 3 or product.dtype != FLOAT or _axes(node, ins, known) != (1,):
         return None
-    axes = _axes(node, ins, known)
-    if axes != (1,) or known[ins[0]].dtype != FLOAT:
-        return None
-    n, t, c = product
+    n, t, c = product = product.shape
     if out not in ((n, c), (n, 1, c)):
         return None
     if tuple(x) == product and tuple(w) == (n, t, 1):
