@@ -105,3 +105,29 @@ def test_inputs_constants_and_shared_arrays_are_never_written():
     assert_close(got, run_tensor_graph(graph, x))
     again, _ = run_and_describe(graph, x)         # a second call on the same plan: nothing left over
     assert all(np.array_equal(a, b) for a, b in zip(got, again))
+
+
+@pytest.mark.parametrize("groups, cin, frames", [(4, 4, 1), (2, 2, 20), (1, 3, 2)])
+def test_separable_conv_is_one_conv(groups, cin, frames):
+    """Conv (groups, (1, 3), frequency stride 2, bias) -> Conv 1x1 (bias) as one Conv of the combined
+    weights, where that costs little more (DeepFilterNet's separable convs at a few frames)."""
+    mid, m = 8, 6
+    x = _f32(1, cin, frames, 16)
+    graph = TensorGraph([TensorInput("x", "float32", x.shape)],
+                        [node("Conv", ["x", "D", "bd"], ["c"], group=groups, pads=[0, 1, 0, 1], strides=[1, 2]),
+                         node("Conv", ["c", "P", "bp"], ["y"])],
+                        ["y"], {"D": _f32(mid, cin // groups, 1, 3), "bd": _f32(mid), "P": _f32(m, mid, 1, 1),
+                                "bp": _f32(m)})
+    got, described = run_and_describe(graph, x)
+    assert described.startswith("1 steps")
+    assert_close(got, run_tensor_graph(graph, x))
+
+
+def test_separable_conv_left_alone_when_its_output_is_read_elsewhere():
+    x = _f32(1, 4, 2, 16)
+    graph = TensorGraph([TensorInput("x", "float32", x.shape)],
+                        [node("Conv", ["x", "D"], ["c"], group=4, pads=[0, 1, 0, 1]), node("Conv", ["c", "P"], ["y"])],
+                        ["y", "c"], {"D": _f32(4, 1, 1, 3), "P": _f32(6, 4, 1, 1)})
+    got, described = run_and_describe(graph, x)
+    assert described.startswith("2 steps")
+    assert_close(got, run_tensor_graph(graph, x))
