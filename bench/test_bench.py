@@ -152,3 +152,28 @@ def test_run_large_batch(benchmark, name, batch):
     benchmark.group = f"{w} B={batch}"
     out = benchmark(w.model.run, x)
     np.testing.assert_allclose(out, np.repeat(workloads.reference(w), batch, axis=0), rtol=0, atol=TOLERANCE)
+
+
+# ---- general graphs (workloads_graph.py): W9, W10 (S = 1), W10s20 ----
+
+import workloads_graph  # noqa: E402
+
+GRAPH_TOLERANCE = 1e-5
+
+
+@pytest.mark.parametrize("name", workloads_graph.NAMES)
+def test_run_graph(benchmark, name):
+    """W9 on its input; W10/W10s20 one hop with the states carried, checked against PyTorch over 4 hops first."""
+    w = workloads_graph.get(name)
+    benchmark.group = str(w)
+    names = list(w.model.input_names)
+    if name == "W9":
+        out = benchmark(w.model.run, w.example[0])
+        np.testing.assert_allclose(out, workloads_graph.torch_outputs(w, w.example)[0], rtol=0, atol=GRAPH_TOLERANCE)
+        return
+    step = workloads_graph.stepper(lambda arrays: list(w.model.run(dict(zip(names, arrays)))))
+    reference = workloads_graph.stepper(lambda arrays: workloads_graph.torch_outputs(w, arrays))
+    for hop in workloads_graph.hops(w.frames, 4):
+        for got, expected in zip(step(*hop), reference(*hop)):
+            np.testing.assert_allclose(got, expected, rtol=0, atol=GRAPH_TOLERANCE)
+    benchmark(step, *workloads_graph.hops(w.frames, 1, seed=11)[0])
