@@ -177,3 +177,22 @@ def test_run_graph(benchmark, name):
         for got, expected in zip(step(*hop), reference(*hop)):
             np.testing.assert_allclose(got, expected, rtol=0, atol=GRAPH_TOLERANCE)
     benchmark(step, *workloads_graph.hops(w.frames, 1, seed=11)[0])
+
+
+# ---- grurt.InferenceSession: onnxruntime's calling convention over W1 (issue 22: <= 1 us above Model.run) ----
+
+@pytest.mark.parametrize("entry", ["session.run", "model.run"])
+def test_session_overhead_w1(benchmark, tmp_path, entry):
+    import torch
+
+    w = workloads.get("W1")
+    path = str(tmp_path / "w1.onnx")
+    torch.onnx.export(w.torch_module, (torch.from_numpy(w.x),), path, input_names=["x"], output_names=["y"],
+                      dynamic_axes={"x": {0: "batch", 1: "time"}}, dynamo=False)
+    session = grurt.InferenceSession(path)
+    assert session.model is not None and session._fused        # W1's file runs on the fused Model
+    benchmark.group = "W1: InferenceSession.run vs Model.run"
+    feed = {"x": w.x}
+    call = (lambda: session.run(None, feed)[0]) if entry == "session.run" else (lambda: session.model.run(w.x))
+    out = benchmark(call)
+    np.testing.assert_allclose(out, workloads.reference(w), rtol=0, atol=TOLERANCE)
