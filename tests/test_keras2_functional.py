@@ -52,8 +52,8 @@ def twin():
                    name="gru")(seq, initial_state=h0)
     b = layers.Bidirectional(layers.GRU(3, return_sequences=True), name="bi")(g)
     c = layers.Concatenate(name="cat")([b, g])
-    model = keras.Model([seq, static], [layers.Dense(2, name="frame")(c),
-                                        layers.Dense(1, activation="sigmoid", name="score")(layers.GRU(3, name="last")(c))])
+    score = layers.Dense(1, activation="sigmoid", name="score")(layers.GRU(3, name="last")(c))
+    model = keras.Model([seq, static], [layers.Dense(2, name="frame")(c), score])
     weights = file_weights()
     for layer in model.layers:
         if weights.get(layer.name):

@@ -401,7 +401,8 @@ def _assert_threads(model, x, h0, lengths, threads, expected_threads, against_re
 
 
 @pytest.mark.parametrize("H, direction, return_sequences", [
-    (1024, "forward", True), (1056, "reverse", True), (1024, "forward", False), (1024, "reverse", False)])
+    (1056, "reverse", True)] + [pytest.param(*case, marks=pytest.mark.slow) for case in [
+        (1024, "forward", True), (1024, "forward", False), (1024, "reverse", False)]])
 def test_units_split_over_threads(H, direction, return_sequences):
     """threads > batch and a large one-direction GRU (H >= 1024, whole panels of 32 units,
     sigmoid/tanh, linear_before_reset = 1): each step's units are split into groups that the

@@ -13,14 +13,17 @@ from tolerances import ATOL
 
 
 def test_every_canonical_layer_is_in_grurt_layers():
-    for kind in spec.LAYER_TYPES + TIME_LAYERS:
-        assert kind.__name__ in layers.__all__, kind.__name__
-        assert getattr(layers, kind.__name__) in (kind,) or callable(getattr(layers, kind.__name__))
-    # the builder classes build the canonical layers when called with canonical arrays
-    assert isinstance(Conv1D(np.ones((2, 3, 1)), np.zeros(2)), spec.Conv1D)
-    assert isinstance(Pool1D("max", 2, 2), spec.Pool1D)
-    assert isinstance(LayerNorm(np.ones(3), np.zeros(3)), spec.LayerNorm)
-    assert isinstance(UnitNorm(), spec.UnitNorm) and isinstance(Embedding(np.ones((4, 2))), spec.Embedding)
+    """Every canonical layer type can be built from grurt.layers alone, from canonical arrays."""
+    L = layers
+    built = [L.GRU(np.zeros((1, 3, 2)), np.zeros((1, 3, 1)), np.zeros((1, 6))), L.Dense(np.ones((2, 3)), np.zeros(2)),
+             L.Activation(L.activation("relu")), L.Scale(np.ones(2), np.zeros(2)), L.Reverse(), L.LastStep(),
+             L.Merge("sum"), L.Embedding(np.ones((4, 2))), L.LayerNorm(np.ones(3), np.zeros(3)), L.UnitNorm(),
+             L.GlobalPool("max"), L.Flatten(4), L.Conv1D(np.ones((2, 3, 1)), np.zeros(2)), L.Pool1D("max", 2, 2),
+             L.ZeroPad1D(1, 0)]
+    kinds = tuple(set(spec.LAYER_TYPES + TIME_LAYERS))
+    assert sorted(type(layer).__name__ for layer in built) == sorted(kind.__name__ for kind in kinds)
+    assert all(type(layer) in kinds for layer in built)
+    assert {kind.__name__ for kind in kinds} <= set(layers.__all__)
 
 
 def test_torch_layer_builders_match_torch():

@@ -152,3 +152,27 @@ def test_pytorch_gru_without_linear_before_reset_warns(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         load_onnx(save(tmp_path / "q.onnx", nodes, [tensor("x", ["t", "b", 3])], [typed("z")], {"W": W, "R": R}))
+
+
+def test_command_line(tmp_path, capsys):
+    """grurt info / convert --check / verify / run / bench on a file that is a general graph."""
+    from grurt.cli import main
+
+    W, R = rng.standard_normal((1, 12, 3)).astype(np.float32), rng.standard_normal((1, 12, 4)).astype(np.float32)
+    path = save(tmp_path / "g.onnx", [helper.make_node("GRU", ["x", "W", "R"], ["Y"], hidden_size=4),
+                                      helper.make_node("Erf", ["Y"], ["z"])],
+                [tensor("x", ["t", "b", 3])], [typed("z")], {"W": W, "R": R})
+    converted = str(tmp_path / "g.npz")
+    x = rng.standard_normal((5, 2, 3)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    assert main(["info", path]) == 0
+    assert "z = Erf(Y)" in capsys.readouterr().out
+    assert main(["convert", path, converted, "--check"]) == 0
+    out = capsys.readouterr().out
+    assert "general graph of 2 nodes" in out and float(out.split("onnxruntime: ")[1]) <= ATOL
+    assert main(["verify", converted, "--against", path]) == 0
+    assert float(capsys.readouterr().out.split("onnxruntime: ")[1]) <= ATOL
+    assert main(["run", converted, str(tmp_path / "x.npy"), "--output", str(tmp_path / "y.npy")]) == 0
+    assert np.max(np.abs(np.load(tmp_path / "y.npy") - ort_run(path, {"x": x})[0])) <= ATOL
+    assert main(["bench", converted, "--stream"]) == 1     # a time-major batch the stream cannot size: named
+    assert "input 'x'" in capsys.readouterr().err

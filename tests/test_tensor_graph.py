@@ -301,8 +301,8 @@ def test_describe_repr_stream():
     assert repr(model) == "<grurt.TensorModel inputs=['x'] outputs=['probs', 'h_n']: 15 nodes>"
     text = model.describe()
     assert "x: float32 (batch, time, 4)" in text and "y, h_n = GRU(x, W, R, B, _, h0;" in text
-    with pytest.raises(UnsupportedModelError, match="general graphs do not stream yet"):
-        model.stream()
+    with pytest.raises(UnsupportedModelError, match="general graphs have no stream pool yet"):
+        model.stream_pool()
 
 
 def test_threads_share_one_model():

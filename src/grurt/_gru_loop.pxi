@@ -167,6 +167,44 @@ cdef inline void product(const GruTask* t, bint recurrent, int rows, int n_in, i
                     y + t.part_out[g], ldy, backward, t.work)
 
 
+cdef inline bint runs_small(const LayerPlan* p) noexcept nogil:
+    """Whether the layer runs on its small kernel (LayerPlan.small; use_small_kernels)."""
+    return p.small != NULL and small_kernels
+
+
+cdef void run_task(const GruTask* t) noexcept nogil:
+    """A whole-layer task, on the layer's small kernel where it has one, else by gru_loop."""
+    if runs_small(t.p):
+        gru_small(t.p, t.d, t.B, t.T, t.x, t.h, t.y, t.lengths)
+    else:
+        gru_loop(t)
+
+
+cdef void gru_small(const LayerPlan* p, int d, int B, int T, const float* x, float* h, float* y,
+                    const int* lengths) noexcept nogil:
+    """Direction d of a layer on its small kernel (LayerPlan.small) for B sequences x (B, T, I):
+    each sequence's steps in one call, the state h (B, H) in registers, no scratch; outputs to
+    y (B, T, D*H) columns d*H.. unless NULL, zero past a sequence's length (as gru_begin)."""
+    cdef int H = p.H, I = p.n_in, DH = p.D * H, b, L, first, ts
+    cdef bint reverse = p.reverse_only or d == 1
+    cdef grurt_small_gru g
+    g.W = p.W_panels + <size_t>d * p.W_panel_stride
+    g.R = p.R_panels + <size_t>d * p.panel_stride
+    g.bias = p.bias + <size_t>d * p.xp_stride
+    g.rinit = p.R_init + <size_t>d * p.panels_per_gate_set * GRURT_PANEL
+    g.n_in = I
+    cdef float* yb = NULL
+    for b in range(B):
+        L = T if lengths == NULL else lengths[b]
+        first = L - 1 if reverse else 0
+        if y != NULL:
+            yb = y + (<size_t>b * T + first) * DH + d * H
+            for ts in range(L, T):
+                memset(y + (<size_t>b * T + ts) * DH + d * H, 0, H * sizeof(float))
+        grurt_gru_small(p.small, &g, L, x + (<size_t>b * T + first) * I, -I if reverse else I, h + <size_t>b * H,
+                        yb, -DH if reverse else DH)
+
+
 cdef void gru_loop(const GruTask* t) noexcept nogil:
     """The time loop of a task (see GruTask) over x (B, T, I): outputs into y (zero past each
     sequence's length; a reverse direction reads and writes each sequence back to front within

@@ -674,4 +674,214 @@ static void grurt_gemm(int rows, int n_in, int n_panels, const float *restrict x
     grurt_gemm_panels(rows, n_in, n_panels, x, ldx, packed, init, y, ldy, backward);
 }
 
+
+/* ---- small GRU layers: a sequence's steps with the state in registers --------------------
+ * For H = 8, 16, 24, 32 (sigmoid/tanh, no clip, linear_before_reset = 1, float32 panels) a step
+ * is a short chain of latency: the product h·Rᵀ, the reset gate, the candidate, the new state,
+ * each waiting for the one before. The general loop stretches it with calls, buffers and
+ * reloads of the state. Here one function per H, compiled for AVX2 and for AVX-512 (32
+ * registers, vrangeps clamps, 16-lane vectors for H = 32), runs all the steps of one sequence
+ * with the state in registers. Per step, for each gate's sums a (z, r: x_t·Wᵀ + biases, the
+ * projection, which does not wait for the state, then + h·Rᵀ), c = x_t·W_hᵀ + biases and
+ * d = h·R_hᵀ + Rb_h (the recurrent sums over k in interleaved partial sums, see
+ * GRURT_DEFINE_GRU_SMALL):
+ *
+ *   s   = sigmoid(a) − 1/2                  (tanh(a/2)/2 as one rational function of a)
+ *   n   = tanh(c + d/2 + s_r·d)            (= tanh(c + r·d): d/2 is added off the chain)
+ *   h'  = (1/2 − s_z)·n + (1/2 + s_z)·h    (= n + z·(h − n): one FMA once n is known)
+ *
+ * with GRURT_TANH_PQ's rational function evaluated for latency (GRURT_DEFINE_RATIONAL). Every
+ * step of every sequence runs the same operations, so a block gives the bits of single steps,
+ * a session in a pool those of its own stream, and a sequence those it has alone; results are
+ * within the float64 reference's tolerance (tests/test_speed_paths.py) but not the bits of the
+ * general loop. x86-64 builds with dispatch only (grurt_gru_small_kernel); elsewhere the
+ * general loop runs these layers. */
+typedef struct {
+    const float *W;      /* packed Wᵀ of one direction, n_in rows per panel */
+    const float *R;      /* packed Rᵀ, H rows per panel */
+    const float *bias;   /* the projection's folded biases [z r h] */
+    const float *rinit;  /* [0 0 Rb_h] */
+    int n_in;
+} grurt_small_gru;
+
+#define GRURT_SMALL_MAX_H 32
+
+#ifdef GRURT_X86_DISPATCH
+/* NAME(x) = x·p(x²)/q(x²) with GRURT_TANH_PQ's coefficients, x first clamped at ±X_MAX, p's
+ * coefficient of y^i scaled by SP^i and q's by SQ·SP^i: with SP = SQ = 1, X_MAX = 9, tanh(x);
+ * with SP = 1/4, SQ = 4, X_MAX = 18, tanh(x/2)/2 = sigmoid(x) − 1/2 (y = x²/4; powers of two:
+ * exact). The order is for latency: p by Estrin's scheme, 1/q computed while p is, x·p
+ * multiplied by it (one rounding more than a division, 4 cycles sooner). Absolute error
+ * against float64 over 1e7 points in [-20, 20]: 3.0e-7 (tanh), 1.6e-7 (sigmoid), with AVX2
+ * and AVX-512 alike. The result is not clamped: rounding may take it an ulp past ±1 (±1/2),
+ * which the callers clamp where it matters (GRURT_SMALL_CLAMP: min and max, NaN stays NaN;
+ * vrangeps would be one instruction but turns NaN into the bound). */
+#define GRURT_SMALL_CLAMP(PS, v, c) PS(max)(PS(set1)(-(c)), PS(min)(PS(set1)(c), v))
+#define GRURT_DEFINE_RATIONAL(NAME, ARCH, V, PS, SP, SQ, X_MAX)                                        \
+__attribute__((target(ARCH))) GRURT_INLINE V NAME(V x) {                                              \
+    const float s1 = SP, s2 = s1 * s1, s3 = s2 * s1, s4 = s2 * s2, s5 = s4 * s1, s6 = s3 * s3;        \
+    x = GRURT_SMALL_CLAMP(PS, x, X_MAX);                                                              \
+    V y = PS(mul)(x, x), y2 = PS(mul)(y, y), y4 = PS(mul)(y2, y2);                                    \
+    V a0 = PS(fmadd)(PS(set1)(6.37261928875436e-04f * s1), y, PS(set1)(4.89352455891786e-03f));      \
+    V a1 = PS(fmadd)(PS(set1)(5.12229709037114e-08f * s3), y, PS(set1)(1.48572235717979e-05f * s2)); \
+    V a2 = PS(fmadd)(PS(set1)(2.00018790482477e-13f * s5), y, PS(set1)(-8.60467152213735e-11f * s4)); \
+    V p = PS(fmadd)(PS(fmadd)(PS(set1)(-2.76076847742355e-16f * s6), y2, a2), y4, PS(fmadd)(a1, y2, a0)); \
+    V q = PS(fmadd)(PS(fmadd)(PS(set1)((SQ) * 1.19825839466702e-06f * s3), y,                         \
+                              PS(set1)((SQ) * 1.18534705686654e-04f * s2)), y2,                       \
+                    PS(fmadd)(PS(set1)((SQ) * 2.26843463243900e-03f * s1), y, PS(set1)((SQ) * 4.89352518554385e-03f))); \
+    return PS(mul)(PS(mul)(x, p), PS(div)(PS(set1)(1.0f), q));                                        \
+}
+GRURT_DEFINE_RATIONAL(grurt_small_tanh8, "arch=x86-64-v3", __m256, GRURT_PS8, 1.0f, 1.0f, 9.0f)
+GRURT_DEFINE_RATIONAL(grurt_small_half_tanh8, "arch=x86-64-v3", __m256, GRURT_PS8, 0.25f, 4.0f, 18.0f)
+#ifdef GRURT_X86_AVX512
+GRURT_DEFINE_RATIONAL(grurt_small_tanh16, "arch=x86-64-v4", __m512, GRURT_PS16, 1.0f, 1.0f, 9.0f)
+GRURT_DEFINE_RATIONAL(grurt_small_half_tanh16, "arch=x86-64-v4", __m512, GRURT_PS16, 0.25f, 4.0f, 18.0f)
+#endif
+
+/* columns c .. c+L-1 of row k of packed panels of `rows` rows (c a multiple of L: within a panel) */
+#define GRURT_SMALL_AT(base, rows, c, k) \
+    ((base) + (size_t)((c) / GRURT_PANEL) * (rows) * GRURT_PANEL + (size_t)(k) * GRURT_PANEL + (c) % GRURT_PANEL)
+
+/* The kernel NAME for H units in vectors V of L lanes (PS: their intrinsics), TANH and
+ * HALF_TANH the rational functions above. The recurrent product's sums: r's
+ * decide when the step can go on (the candidate waits for r), so they run in GRURT_SMALL_SR
+ * interleaved partial sums (k mod 4); d's are needed a rational function later, in 2; z's at
+ * the end of the step, in one. Vectors of gate g hold units L·u .. L·u + L − 1, u < G. */
+#define GRURT_SMALL_SR 4
+#define GRURT_SMALL_SH 2
+#define GRURT_SMALL_SZ 2
+#define GRURT_DEFINE_GRU_SMALL(NAME, ARCH, V, PS, L, H, TANH, HALF_TANH)                               \
+__attribute__((target(ARCH))) static void NAME(const grurt_small_gru *g, int steps, const float *x, long x_step, \
+                                               float *h, float *y, long y_step) {                     \
+    enum { G = (H) / (L), SR = GRURT_SMALL_SR, SH = GRURT_SMALL_SH, SZ = GRURT_SMALL_SZ };            \
+    const int n_in = g->n_in;                                                                         \
+    float hs[H] __attribute__((aligned(64)));       /* the state, for broadcasts */                   \
+    V hv[G], az[SZ][G], ar[SR][G], ad[SH][G], c[G];                                                   \
+    const V half = PS(set1)(0.5f);                                                                    \
+    _Pragma("GCC unroll 4") for (int u = 0; u < G; ++u) {                                             \
+        hv[u] = PS(loadu)(h + (L) * u);                                                               \
+        PS(store)(hs + (L) * u, hv[u]);                                                               \
+    }                                                                                                 \
+    for (int s = 0; s < steps; ++s) {                                                                 \
+        const float *xt = x + (long)s * x_step;                                                       \
+        /* the projection: into the first partial sums of z and r, and c */                           \
+        _Pragma("GCC unroll 4") for (int u = 0; u < G; ++u) {                                         \
+            az[0][u] = PS(loadu)(g->bias + (L) * u);                                                  \
+            ar[0][u] = PS(loadu)(g->bias + (H) + (L) * u);                                            \
+            c[u] = PS(loadu)(g->bias + 2 * (H) + (L) * u);                                            \
+        }                                                                                             \
+        for (int k = 0; k < n_in; ++k) {                                                              \
+            V xk = PS(set1)(xt[k]);                                                                   \
+            _Pragma("GCC unroll 4") for (int u = 0; u < G; ++u) {                                     \
+                az[0][u] = PS(fmadd)(xk, PS(loadu)(GRURT_SMALL_AT(g->W, n_in, (L) * u, k)), az[0][u]); \
+                ar[0][u] = PS(fmadd)(xk, PS(loadu)(GRURT_SMALL_AT(g->W, n_in, (H) + (L) * u, k)), ar[0][u]); \
+                c[u] = PS(fmadd)(xk, PS(loadu)(GRURT_SMALL_AT(g->W, n_in, 2 * (H) + (L) * u, k)), c[u]); \
+            }                                                                                         \
+        }                                                                                             \
+        _Pragma("GCC unroll 4") for (int u = 0; u < G; ++u) {                                         \
+            ad[0][u] = PS(loadu)(g->rinit + 2 * (H) + (L) * u);                                       \
+            _Pragma("GCC unroll 4") for (int q = 1; q < SR; ++q) ar[q][u] = PS(setzero)();            \
+            _Pragma("GCC unroll 4") for (int q = 1; q < SH; ++q) ad[q][u] = PS(setzero)();            \
+            _Pragma("GCC unroll 4") for (int q = 1; q < SZ; ++q) az[q][u] = PS(setzero)();            \
+        }                                                                                             \
+        /* the recurrent product */                                                                   \
+        _Pragma("GCC unroll 32") for (int k = 0; k < (H); ++k) {                                      \
+            V hk = PS(set1)(hs[k]);                                                                   \
+            _Pragma("GCC unroll 4") for (int u = 0; u < G; ++u) {                                     \
+                ar[k % SR][u] = PS(fmadd)(hk, PS(loadu)(GRURT_SMALL_AT(g->R, H, (H) + (L) * u, k)), ar[k % SR][u]); \
+                ad[k % SH][u] = PS(fmadd)(hk, PS(loadu)(GRURT_SMALL_AT(g->R, H, 2 * (H) + (L) * u, k)), ad[k % SH][u]); \
+                az[k % SZ][u] = PS(fmadd)(hk, PS(loadu)(GRURT_SMALL_AT(g->R, H, (L) * u, k)), az[k % SZ][u]); \
+            }                                                                                         \
+        }                                                                                             \
+        /* the gates: s_z, s_r = sigmoid − 1/2; n = tanh(c + d/2 + s_r·d); h' = (1/2 − s_z)·n + (1/2 + s_z)·h */ \
+        _Pragma("GCC unroll 4") for (int u = 0; u < G; ++u) {                                         \
+            V r = PS(add)(PS(add)(ar[0][u], ar[1][u]), PS(add)(ar[2][u], ar[3][u]));                  \
+            V d = PS(add)(ad[0][u], ad[1][u]);                                                        \
+            V sz = GRURT_SMALL_CLAMP(PS, HALF_TANH(PS(add)(az[0][u], az[1][u])), 0.5f), sr = HALF_TANH(r);            \
+            V n = GRURT_SMALL_CLAMP(PS, TANH(PS(fmadd)(sr, d, PS(fmadd)(half, d, c[u]))), 1.0f);         \
+            hv[u] = PS(fmadd)(PS(sub)(half, sz), n, PS(mul)(PS(add)(half, sz), hv[u]));               \
+            PS(store)(hs + (L) * u, hv[u]);                                                           \
+            if (y) PS(storeu)(y + (long)s * y_step + (L) * u, hv[u]);                                 \
+        }                                                                                             \
+    }                                                                                                 \
+    _Pragma("GCC unroll 4") for (int u = 0; u < G; ++u) PS(storeu)(h + (L) * u, hv[u]);              \
+}
+GRURT_DEFINE_GRU_SMALL(grurt_gru_small_avx2_8, "arch=x86-64-v3", __m256, GRURT_PS8, 8, 8, grurt_small_tanh8,
+                       grurt_small_half_tanh8)
+GRURT_DEFINE_GRU_SMALL(grurt_gru_small_avx2_16, "arch=x86-64-v3", __m256, GRURT_PS8, 8, 16, grurt_small_tanh8,
+                       grurt_small_half_tanh8)
+GRURT_DEFINE_GRU_SMALL(grurt_gru_small_avx2_24, "arch=x86-64-v3", __m256, GRURT_PS8, 8, 24, grurt_small_tanh8,
+                       grurt_small_half_tanh8)
+GRURT_DEFINE_GRU_SMALL(grurt_gru_small_avx2_32, "arch=x86-64-v3", __m256, GRURT_PS8, 8, 32, grurt_small_tanh8,
+                       grurt_small_half_tanh8)
+#ifdef GRURT_X86_AVX512
+GRURT_DEFINE_GRU_SMALL(grurt_gru_small_avx512_8, "arch=x86-64-v4", __m256, GRURT_PS8, 8, 8, grurt_small_tanh8,
+                       grurt_small_half_tanh8)
+GRURT_DEFINE_GRU_SMALL(grurt_gru_small_avx512_16, "arch=x86-64-v4", __m256, GRURT_PS8, 8, 16, grurt_small_tanh8,
+                       grurt_small_half_tanh8)
+GRURT_DEFINE_GRU_SMALL(grurt_gru_small_avx512_24, "arch=x86-64-v4", __m256, GRURT_PS8, 8, 24, grurt_small_tanh8,
+                       grurt_small_half_tanh8)
+GRURT_DEFINE_GRU_SMALL(grurt_gru_small_avx512_32, "arch=x86-64-v4", __m512, GRURT_PS16, 16, 32, grurt_small_tanh16,
+                       grurt_small_half_tanh16)
+#endif
+typedef void (*grurt_small_fn)(const grurt_small_gru *, int, const float *, long, float *, float *, long);
+#endif
+
+/* The function for H on this CPU, or NULL (the general loop then runs the layer). */
+static void *grurt_gru_small_kernel(int H) {
+#ifdef GRURT_X86_DISPATCH
+    if (H % 8 || H < 8 || H > GRURT_SMALL_MAX_H)
+        return NULL;
+#ifdef GRURT_X86_AVX512
+    static const grurt_small_fn avx512[4] = {grurt_gru_small_avx512_8, grurt_gru_small_avx512_16,
+                                             grurt_gru_small_avx512_24, grurt_gru_small_avx512_32};
+    if (grurt_x86_level() >= 4)
+        return (void *)avx512[H / 8 - 1];
+#endif
+    static const grurt_small_fn avx2[4] = {grurt_gru_small_avx2_8, grurt_gru_small_avx2_16,
+                                           grurt_gru_small_avx2_24, grurt_gru_small_avx2_32};
+    if (grurt_x86_level() >= 3)
+        return (void *)avx2[H / 8 - 1];
+#else
+    (void)H;
+#endif
+    return NULL;
+}
+
+/* Run `steps` steps of one sequence with kernel `fn` (from grurt_gru_small_kernel): x at its
+ * first step's input, x_step floats between steps (negative: back to front); h (H) updated;
+ * each step's state to y (y_step apart) unless y is NULL. */
+static void grurt_gru_small(void *fn, const grurt_small_gru *g, int steps, const float *x, long x_step, float *h,
+                            float *y, long y_step) {
+#ifdef GRURT_X86_DISPATCH
+    ((grurt_small_fn)fn)(g, steps, x, x_step, h, y, y_step);
+#else
+    (void)fn; (void)g; (void)steps; (void)x; (void)x_step; (void)h; (void)y; (void)y_step;
+#endif
+}
+
+/* y = x·Wᵀ + b for a Dense layer of few outputs (n_out < GRURT_DENSE_FEW), W (n_out, n_in)
+ * row-major: per row and output, 8 lanes summing k = l, l + 8, ... (vectorized), the lanes
+ * added pairwise (l + 4, then + 2, then + 1), then the bias. The same operations for every
+ * row, whatever the number of rows; a panel kernel would compute a tile of GRURT_PANEL columns
+ * to use one or two. */
+#define GRURT_DENSE_FEW 4
+GRURT_HOT static void grurt_dense_few(size_t rows, int n_in, int n_out, const float *restrict x,
+                                      const float *restrict W, const float *restrict b, float *restrict y) {
+    const int whole = n_in / 8 * 8;
+    for (size_t r = 0; r < rows; ++r) {
+        const float *xr = x + r * n_in;
+        for (int o = 0; o < n_out; ++o) {
+            const float *w = W + (size_t)o * n_in;
+            float acc[8] = {0};
+            for (int k = 0; k < whole; k += 8)
+                for (int l = 0; l < 8; ++l) acc[l] += xr[k + l] * w[k + l];
+            for (int k = whole; k < n_in; ++k) acc[k - whole] += xr[k] * w[k];
+            for (int l = 0; l < 4; ++l) acc[l] += acc[l + 4];
+            for (int l = 0; l < 2; ++l) acc[l] += acc[l + 2];
+            y[r * n_out + o] = (acc[0] + acc[1]) + b[o];
+        }
+    }
+}
+
 #endif

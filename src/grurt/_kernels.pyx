@@ -60,6 +60,17 @@ cdef extern from "_gru_math.h" nogil:
                             const grurt_act* g, float clip)
     void grurt_gemm(int rows, int n_in, int n_panels, const float* x, int ldx, const float* packed,
                     const float* init, float* y, int ldy, int backward)
+    ctypedef struct grurt_small_gru:
+        const float* W
+        const float* R
+        const float* bias
+        const float* rinit
+        int n_in
+    void* grurt_gru_small_kernel(int H)
+    enum: GRURT_DENSE_FEW
+    void grurt_dense_few(size_t rows, int n_in, int n_out, const float* x, const float* W, const float* b, float* y)
+    void grurt_gru_small(void* fn, const grurt_small_gru* g, int steps, const float* x, long x_step, float* h,
+                         float* y, long y_step)
 
 cdef extern from "_lowp.h" nogil:
     size_t GRURT_LOWP_WORK_BYTES(int n_in)
@@ -151,6 +162,28 @@ def lowp_paths():
     """How this CPU runs the reduced-precision products: {"bf16": "dot" or "widening", "int8": ...}."""
     return {"bf16": "dot" if grurt_bf16_uses_dot() else "widening",
             "int8": "dot" if grurt_i8_uses_dot() else "widening"}
+
+
+cdef bint small_kernels = True     # use_small_kernels
+cdef int slice_rows = 64           # Model.run: a larger batch runs in slices of at most this many sequences
+
+
+def set_slice_rows(int rows):
+    """Tests and measurements: the sequences per slice of a large batch (Plan.run, run_slices;
+    default 64); 0 runs any batch in one pass. Affects every model of the process; returns
+    the previous setting."""
+    global slice_rows
+    previous, slice_rows = slice_rows, max(rows, 0)
+    return previous
+
+
+def use_small_kernels(bint on):
+    """Tests and measurements: run GRU layers of H = 8, 16, 24, 32 on their own kernels (on, the
+    default) or on the general loop (off). Affects every model of the process; returns the
+    previous setting."""
+    global small_kernels
+    previous, small_kernels = small_kernels, on
+    return previous
 
 
 def force_widening(bint on):

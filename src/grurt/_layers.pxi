@@ -126,7 +126,8 @@ cdef void dense(const LayerPlan* p, size_t rows, const float* x, float* y) noexc
     every row the same sequence of operations, whatever the number of rows (BLAS sgemm's
     results change with it), so that a sequence gives the same bits alone or in a batch and
     a frame the same bits stepped alone or in a block. Whole panels go straight into y; the
-    last partial panel goes through a tile of DENSE_TILE_ROWS rows and is copied out."""
+    last partial panel goes through a tile of DENSE_TILE_ROWS rows and is copied out. Fewer
+    than GRURT_DENSE_FEW outputs: a dot product per row and output (grurt_dense_few, W row-major)."""
     cdef int n_in = p.n_in, n_out = p.n_out, full = n_out // GRURT_PANEL, tail = n_out % GRURT_PANEL
     cdef size_t r, m
     cdef int i
@@ -134,7 +135,9 @@ cdef void dense(const LayerPlan* p, size_t rows, const float* x, float* y) noexc
     cdef const float* tail_panel = p.W_panels + <size_t>full * n_in * GRURT_PANEL
     if full > 0:
         grurt_gemm(<int>rows, n_in, full, x, n_in, p.W_panels, p.bias, y, n_out, 0)
-    if tail > 0:
+    if n_out < GRURT_DENSE_FEW:
+        grurt_dense_few(rows, n_in, n_out, x, p.W, p.bias, y)
+    elif tail > 0:
         r = 0
         while r < rows:
             m = min(<size_t>DENSE_TILE_ROWS, rows - r)

@@ -28,7 +28,7 @@ cdef struct LayerPlan:
     int merge_mode           # Merge: a MergeMode
     float eps                # LayerNorm, UnitNorm: epsilon
     int pool_mode            # GlobalPool: GRURT_POOL_AVERAGE or GRURT_POOL_MAX
-    float* W                 # Scale: a; LayerNorm: γ
+    float* W                 # Scale: a; LayerNorm: γ; Dense of fewer than GRURT_DENSE_FEW outputs: W row-major
     float* bias              # GRU: per direction, folded biases of the projection (xp_stride); Dense: b padded
                              # to whole panels; Scale: c; LayerNorm: β
     # GRU
@@ -61,6 +61,9 @@ cdef struct LayerPlan:
     int32_t* W_colsum
     int32_t* R_colsum
     size_t lowp_work_floats  # scratch of the reduced-precision products, per task (0 for float32)
+    # GRU of H = 8, 16, 24, 32, fast gates, float32 panels: its kernel on this CPU (_gru_math.h,
+    # grurt_gru_small_kernel), which runs a whole sequence with the state in registers; else NULL
+    void* small
 
 
 cdef inline size_t aligned(size_t floats) noexcept nogil:
@@ -174,6 +177,8 @@ cdef class Plan:
                 p.kind = DENSE_LAYER
                 p.n_out = layer.output_size
                 p.W_panels = self._keep(pack_panels(np.asarray(layer.W, np.float32)))
+                if p.n_out < GRURT_DENSE_FEW:     # dense(): W row-major for grurt_dense_few
+                    p.W = self._keep(np.asarray(layer.W, np.float32))
                 p.bias = self._keep(pad_rows(np.asarray(layer.b, np.float32), n_panels(p.n_out) * GRURT_PANEL))
                 p.f = make_act(layer.activation)
             elif isinstance(layer, Activation):
@@ -301,6 +306,8 @@ cdef class Plan:
         p.lowp_work_floats = 0
         if mode != WEIGHTS_FLOAT32:
             self._plan_reduced(p, layer, mode, index, stored)
+        p.small = (grurt_gru_small_kernel(H) if p.fast_gates and p.W_mode == WEIGHTS_FLOAT32
+                   and p.R_mode == WEIGHTS_FLOAT32 else NULL)
         self.max_step_scratch = max(self.max_step_scratch, step_scratch_floats(p))
         self.state_width += D * H
 
@@ -488,6 +495,10 @@ cdef class Plan:
                 result.append(([c.ratios[k] for k in range(min(c.n_ratios, CHOICE_SAMPLES))], bool(c.best)))
         return result
 
+    def small_kernels(self):
+        """Per GRU layer, whether it has a small kernel on this CPU (LayerPlan.small)."""
+        return [self.layers[i].small != NULL for i in range(self.n_layers) if self.layers[i].kind == GRU_LAYER]
+
     def bytes_needed(self, size_t batch, size_t steps):
         """The bytes a call allocates: its float32 input copy, workspace and output (for
         ``batch`` × ``steps`` within max_rows)."""
@@ -548,35 +559,37 @@ cdef class Plan:
 
     cdef int _run(self, int B, int T, cnp.ndarray x, list states, cnp.ndarray lengths, cnp.ndarray out,
                   int threads) except -1:
-        """_execute with a workspace allocated for the call."""
+        """Every layer on x into out, with a workspace allocated for the call; returns run's
+        thread count. A batch of more than slice_rows sequences runs in slices (run_slices)."""
+        cdef float* state_ptrs[MAX_GRU_LAYERS]
+        cdef int i, n_grus = 0
+        if states is not None:
+            for i in range(len(states)):
+                state_ptrs[i] = <float*>cnp.PyArray_DATA(states[i])
+        cdef const int* length_ptr = NULL if lengths is None else <int*>cnp.PyArray_DATA(lengths)
+        cdef const float* x_ptr = <float*>cnp.PyArray_DATA(x)
+        cdef float* out_ptr = <float*>cnp.PyArray_DATA(out)
+        cdef float** given = NULL if states is None else state_ptrs
+        cdef int used
+        if 0 < slice_rows < B:
+            used = run_slices(self, B, T, x_ptr, given, length_ptr, out_ptr, <size_t>cnp.PyArray_SIZE(out) // B,
+                              threads)
+            if used == 0:
+                raise out_of_memory(self.workspace_floats(slice_rows, T) * sizeof(float),
+                                    f"the workspace of a slice of {slice_rows} sequences of {T} steps")
+            return used
         cdef size_t work_floats = self.workspace_floats(B, T) + ALIGN_FLOATS
         cdef float* raw
+        cdef float* work
+        cdef float* own_states
+        cdef size_t ping, extra
         with nogil:
             raw = <float*>malloc(work_floats * sizeof(float))
         if raw == NULL:
             raise out_of_memory(work_floats * sizeof(float), f"the workspace of a call on {B} sequences of {T} steps")
-        try:
-            return self._execute(B, T, x, states, lengths, out, raw + (-(<size_t>raw) // 4) % ALIGN_FLOATS, threads)
-        finally:
-            free(raw)
-
-    cdef int _execute(self, int B, int T, cnp.ndarray x, list states, cnp.ndarray lengths, cnp.ndarray out,
-                      float* work, int threads, list histories=None) except -1:
-        """Every layer on x into out, with ``work`` as scratch; returns run's thread count.
-        With ``histories`` (a streaming step) each Conv1D reads and updates its history."""
-        cdef float* state_ptrs[MAX_GRU_LAYERS]
-        cdef float* history_ptrs[MAX_CONV_LAYERS]
-        cdef float** history_arg = NULL
-        cdef float* own_states
-        cdef size_t frames = <size_t>B * T * self.max_features, extra = 0
-        cdef int i, n_grus = 0
-        if self.time_layers:
-            self._sizes(B, T, &frames, &extra)
-        if histories:
-            for i in range(len(histories)):
-                history_ptrs[i] = <float*>cnp.PyArray_DATA(histories[i])
-            history_arg = history_ptrs
-        if states is None:
+        work = raw + (-(<size_t>raw) // 4) % ALIGN_FLOATS
+        self.layout(B, T, &ping, &extra)
+        if states is None:      # zero initial states, in the workspace's last B·state_width floats
             own_states = work + self.workspace_floats(B, T) - <size_t>B * self.state_width
             memset(own_states, 0, <size_t>B * self.state_width * sizeof(float))
             for i in range(self.n_layers):
@@ -584,18 +597,108 @@ cdef class Plan:
                     state_ptrs[n_grus] = own_states
                     own_states += <size_t>B * self.layers[i].D * self.layers[i].H
                     n_grus += 1
-        else:
-            for i in range(len(states)):
-                state_ptrs[i] = <float*>cnp.PyArray_DATA(states[i])
-        cdef const int* length_ptr = NULL if lengths is None else <int*>cnp.PyArray_DATA(lengths)
-        cdef const float* x_ptr = <float*>cnp.PyArray_DATA(x)
-        cdef float* out_ptr = <float*>cnp.PyArray_DATA(out)
-        cdef int threads_used
-        with nogil:
-            threads_used = run_layers(self.layers, self.n_layers, B, T, x_ptr, state_ptrs, length_ptr, out_ptr,
-                                      work, aligned(frames), aligned(extra), history_arg, threads, False)
-        return threads_used
+        try:
+            with nogil:
+                used = run_layers(self.layers, self.n_layers, B, T, x_ptr, state_ptrs, length_ptr, out_ptr,
+                                  work, ping, extra, NULL, threads, False)
+        finally:
+            free(raw)
+        return used
 
+
+# ---- large batches, in slices ----------------------------------------------------------------
+
+cdef struct SliceJob:
+    # a batch of B sequences (B > slice_rows) cut into n_slices slices of at most `rows`, each
+    # run through every layer before the next; slices are claimed one at a time (next)
+    const LayerPlan* layers
+    int n_layers, B, T, n_in, n_slices, rows, next
+    const float* x
+    float** states           # the caller's (D, B, H) state per GRU layer, or NULL: zero states
+    const int* lengths
+    float* out
+    size_t out_per_sequence
+    float* work              # per thread: `slot_floats` (workspace_floats(rows, T), then the slice's states)
+    size_t slot_floats, work_floats, ping, extra
+    int n_grus
+    int D[MAX_GRU_LAYERS]
+    int H[MAX_GRU_LAYERS]
+
+
+cdef void run_slice(SliceJob* job, int slot, int k) noexcept nogil:
+    """Slice k of the batch on the workspace of `slot`: its states gathered into (D, n, H)
+    arrays (zeros without states), every layer on one thread, the states scattered back."""
+    cdef int b0 = <int>(<long>job.B * k // job.n_slices), b1 = <int>(<long>job.B * (k + 1) // job.n_slices)
+    cdef int n = b1 - b0, g, d
+    cdef float* work = job.work + <size_t>slot * job.slot_floats
+    cdef float* ptrs[MAX_GRU_LAYERS]
+    cdef float* state = work + job.work_floats
+    cdef size_t size
+    for g in range(job.n_grus):
+        ptrs[g] = state
+        size = <size_t>n * job.H[g]
+        for d in range(job.D[g]):
+            if job.states == NULL:
+                memset(state + d * size, 0, size * sizeof(float))
+            else:
+                memcpy(state + d * size, job.states[g] + (<size_t>d * job.B + b0) * job.H[g], size * sizeof(float))
+        state += job.D[g] * size
+    run_layers(job.layers, job.n_layers, n, job.T, job.x + <size_t>b0 * job.T * job.n_in, ptrs,
+               NULL if job.lengths == NULL else job.lengths + b0, job.out + b0 * job.out_per_sequence,
+               work, job.ping, job.extra, NULL, 1, False)
+    if job.states != NULL:
+        for g in range(job.n_grus):
+            size = <size_t>n * job.H[g]
+            for d in range(job.D[g]):
+                memcpy(job.states[g] + (<size_t>d * job.B + b0) * job.H[g], ptrs[g] + d * size, size * sizeof(float))
+
+
+cdef void slices_job(void* arg, int slot) noexcept nogil:
+    cdef SliceJob* job = <SliceJob*>arg
+    cdef int k
+    while True:
+        k = grurt_claim(&job.next)
+        if k >= job.n_slices:
+            return
+        run_slice(job, slot, k)
+
+
+cdef int run_slices(Plan plan, int B, int T, const float* x, float** states, const int* lengths, float* out,
+                    size_t out_per_sequence, int threads) noexcept:
+    """A batch of B > slice_rows sequences in slices of at most slice_rows, each run through
+    every layer before the next: the workspace of a slice (its rows between layers, its input
+    projections) stays in cache whatever B is, and the memory a call takes does not grow with
+    it. Rows are independent (every kernel treats each row alike), so the results are bit for
+    bit those of one pass. With ``threads`` > 1 the threads of the worker pool claim slices,
+    each with a workspace of its own. Returns the threads that ran, 0 if out of memory."""
+    cdef SliceJob job
+    cdef int i, used = 1
+    job.layers, job.n_layers, job.B, job.T, job.n_in = plan.layers, plan.n_layers, B, T, plan.input_size
+    job.n_slices = (B + slice_rows - 1) // slice_rows
+    job.rows = (B + job.n_slices - 1) // job.n_slices
+    job.next = 0
+    job.x, job.states, job.lengths, job.out, job.out_per_sequence = x, states, lengths, out, out_per_sequence
+    job.n_grus = 0
+    for i in range(plan.n_layers):
+        if plan.layers[i].kind == GRU_LAYER:
+            job.D[job.n_grus], job.H[job.n_grus] = plan.layers[i].D, plan.layers[i].H
+            job.n_grus += 1
+    job.work_floats = aligned(plan.workspace_floats(job.rows, T))
+    job.slot_floats = aligned(job.work_floats + <size_t>job.rows * plan.state_width)
+    plan.layout(job.rows, T, &job.ping, &job.extra)
+    cdef int workers = 1 if threads <= 1 else min(min(threads, MAX_THREADS), min(job.n_slices, grurt_pool_cpus()))
+    cdef void* raw
+    with nogil:
+        raw = malloc((job.slot_floats * workers + ALIGN_FLOATS) * sizeof(float))
+        if raw != NULL:
+            job.work = <float*>raw + (-(<size_t>raw) // 4) % ALIGN_FLOATS
+            if workers > 1:
+                used = grurt_pool_run_wait(workers, slices_job, &job, split_policy > 0)
+            else:
+                for i in range(job.n_slices):
+                    run_slice(&job, 0, i)
+            free(raw)
+    return used if raw != NULL else 0
 
 
 cdef int layer_steps(const LayerPlan* p, int steps) noexcept nogil:

@@ -123,7 +123,7 @@ cdef void tasks_job(void* arg, int slot) noexcept nogil:
         i = grurt_claim(&job.next)
         if i >= job.n:
             return
-        gru_loop(&job.tasks[i])
+        run_task(&job.tasks[i])
 
 
 cdef enum Split:
@@ -170,7 +170,10 @@ cdef int run_gru(const LayerPlan* p, int B, int T, const float* x, float* y, flo
         used = run_units(p, B, T, x, seq_out, state, lengths, scratch, usable, streaming)
         if used == 0:           # no memory for the groups' reduced-precision scratch
             use_split, timed, split, used = False, False, ONE_THREAD, 1
-    if not (use_split and split == SPLIT_UNITS):
+    if not use_split and runs_small(p):         # one thread on the small kernel: no tasks
+        for d in range(p.D):
+            gru_small(p, d, B, T, x, state + <size_t>d * B * H, seq_out, lengths)
+    elif not (use_split and split == SPLIT_UNITS):
         # per direction, the batch in slices of at least 8 rows (an AVX-512 tile), up to four
         # tasks per thread, so that a thread that is slowed down holds back a small part
         chunks = 1
@@ -189,8 +192,9 @@ cdef int run_gru(const LayerPlan* p, int B, int T, const float* x, float* y, flo
                 job.n += 1
         if use_split:
             used = grurt_pool_run_wait(usable, tasks_job, &job, split_policy > 0)
-        else:
-            tasks_job(&job, 0)
+        else:           # one thread: the tasks in order, no atomic claims
+            for chunk in range(job.n):
+                run_task(&tasks[chunk])
     if timed:
         record_split(<ThreadChoice*>&p.choice, shape, use_split, grurt_ticks() - start)
     if not p.return_sequences and not streaming:
@@ -334,8 +338,9 @@ cdef bint pipelines(const LayerPlan* p, const LayerPlan* q, int B, int T, int th
                     bint streaming) noexcept nogil:
     """Whether GRU layers p then q may run as a pipeline: both one-direction forward layers,
     p handing q its sequence, fewer sequences than threads (else batch tasks split better),
-    and enough work; not in streaming calls."""
-    return (threads > 1 and not streaming and p.D == 1 and q.D == 1 and not p.reverse_only and not q.reverse_only
+    and enough work; not in streaming calls, nor with a layer on its small kernel (a pipeline
+    runs the general loop, whose bits differ)."""
+    return (threads > 1 and not streaming and not runs_small(p) and not runs_small(q) and p.D == 1 and q.D == 1 and not p.reverse_only and not q.reverse_only
             and p.return_sequences and B < min(threads, grurt_pool_cpus()) and T > CHUNK_STEPS
             and (split_policy > 0 or <long>T * B * (p.H * 3 * p.H + q.H * 3 * q.H) >= MIN_SPLIT_TASK_FMAS))
 

@@ -17,6 +17,7 @@ from .errors import GrurtError
 from .formats import load, read_header, save
 from .precision import ERROR_BUDGETS, WEIGHT_MODES
 from .spec import fixed_input_steps, min_steps
+from .tensor_model import TensorModel
 
 EXAMPLES = os.path.join(os.path.dirname(__file__), "examples")
 #: ``grurt verify``'s tolerance for a float32 model (random inputs of O(1), 16 steps); a reduced-precision
@@ -48,7 +49,6 @@ def cmd_demo(args) -> None:
 
 def cmd_info(args) -> None:
     model = load(args.model)
-    spec = model.spec
     if args.model.lower().endswith(".npz"):
         header = read_header(args.model)
         print(f"format:     grurt {header['format_version']} (written by {header.get('producer', '?')})")
@@ -56,6 +56,11 @@ def cmd_info(args) -> None:
             print(f"{key + ':':<11} {value}")
     else:
         print(f"format:     {os.path.splitext(args.model)[1].lstrip('.')} (converted at load)")
+    if isinstance(model, TensorModel):
+        print("a general tensor graph (docs/onnx.md, 'Graphs beyond the fused layers')")
+        print(model.describe())
+        return
+    spec = model.spec
     if model._graph is not None:
         _print_graph(model)
         return
@@ -121,7 +126,12 @@ def _named_inputs(model, args):
 def cmd_run(args) -> None:
     model = load(args.model)
     lengths = _load_array(args.lengths, "lengths") if args.lengths else None
-    out = model.run(_named_inputs(model, args), lengths=lengths)
+    if isinstance(model, TensorModel):
+        if lengths is not None:
+            raise CommandError("--lengths is for fused models; a general graph takes its sequence lengths as an input")
+        out = model.run(_named_inputs(model, args))
+    else:
+        out = model.run(_named_inputs(model, args), lengths=lengths)
     outputs = dict(zip(model.output_names, out if isinstance(out, tuple) else (out,)))
     if args.output and len(outputs) == 1:
         np.save(args.output, out)
@@ -147,6 +157,8 @@ def _file_name(name: str) -> str:
 
 def _random_input(model, batch=4, steps=16, seed=0, source=None) -> np.ndarray:
     """Random input for ``model``; an ONNX ``source`` whose input has fixed sizes gets those."""
+    if isinstance(model, TensorModel):          # its inputs as the file declares them
+        return _general_inputs(model, batch, steps, np.random.default_rng(seed))
     fixed_steps = None
     suffix = os.path.splitext(source)[1].lower() if source is not None else None
     if suffix == ".onnx":
@@ -178,6 +190,17 @@ def _random_graph_inputs(graph, batch, steps, rng) -> dict:
     return inputs
 
 
+def _general_inputs(model, batch, steps, rng) -> dict:
+    """Random inputs of a general graph by name, as it declares them: a dim parameter is ``batch``
+    on axis 0 and ``steps`` elsewhere; integer inputs are zeros (a valid index of any table)."""
+    inputs = {}
+    for i in model.graph.inputs:
+        shape = tuple(d if isinstance(d, int) else batch if axis == 0 else steps for axis, d in enumerate(i.dims))
+        inputs[i.name] = (rng.standard_normal(shape).astype(np.float32) if i.dtype == "float32"
+                          else np.zeros(shape, np.int64 if i.dtype == "int64" else bool))
+    return inputs
+
+
 def _named(model, output) -> dict:
     """A run's output(s) by name: "output" for a model of one output, else the model's output names."""
     outputs = output if isinstance(output, tuple) else (output,)
@@ -190,6 +213,13 @@ def _framework_outputs(source: str, seq, model):
     An ONNX graph that returns GRU states also yields them, as "state[k]"."""
     suffix = os.path.splitext(source)[1].lower()
     try:
+        if suffix == ".onnx" and isinstance(model, TensorModel):     # the file's own inputs and outputs
+            import onnxruntime
+
+            session = onnxruntime.InferenceSession(source, providers=["CPUExecutionProvider"])
+            feed = {arg.name: seq[arg.name].astype(np.int32) if "int32" in arg.type else seq[arg.name]
+                    for arg in session.get_inputs()}
+            return "onnxruntime", _named(model, tuple(session.run(None, feed)))
         if suffix == ".onnx":
             output, states = verify.onnx_outputs(source, seq, return_state=True)
             named = {f"state[{k}]": state for k, state in enumerate(states) if state is not None}
@@ -205,8 +235,11 @@ def _framework_outputs(source: str, seq, model):
 
 def _max_errors(model, seq, expected: dict) -> dict:
     """Max abs difference between grurt and ``expected`` for each named output."""
-    output, states = model.run(seq, return_state=True)
-    got = {**_named(model, output), **{f"state[{k}]": state for k, state in enumerate(states)}}
+    if isinstance(model, TensorModel):
+        got = _named(model, model.run(seq))
+    else:
+        output, states = model.run(seq, return_state=True)
+        got = {**_named(model, output), **{f"state[{k}]": state for k, state in enumerate(states)}}
     errors = {}
     for name, want in expected.items():
         if got[name].shape != np.shape(want):
@@ -218,15 +251,21 @@ def _max_errors(model, seq, expected: dict) -> dict:
 def cmd_convert(args) -> None:
     model = load(args.input, weights=args.weights)
     save(model, args.output, metadata={"converted_from": os.path.basename(args.input)})
-    print(f"wrote {args.output}: {len(model.layers)} layers, {model.graph.parameter_count} parameters"
-          + ("" if model.weights == "float32" else f", {model.weights} GRU weights"))
+    if isinstance(model, TensorModel):
+        print(f"wrote {args.output}: a general graph of {len(model.graph.nodes)} nodes, "
+              f"{sum(a.size for a in model.graph.constants.values())} constant values (format 3.0)")
+    else:
+        print(f"wrote {args.output}: {len(model.layers)} layers, {model.graph.parameter_count} parameters"
+              + ("" if model.weights == "float32" else f", {model.weights} GRU weights"))
     if args.check:
         try:
             seq = _random_input(model, source=args.input)
             oracle, expected = _framework_outputs(args.input, seq, model)
         except (CommandError, GrurtError) as exc:   # no framework, or it cannot run this file
-            from .reference import run as reference_run
-            oracle, expected = f"grurt.reference ({exc})", _named(model, reference_run(model, seq))
+            from .reference import run as reference_run, run_tensor_graph
+            reference = (run_tensor_graph(model.graph, seq) if isinstance(model, TensorModel)
+                         else reference_run(model, seq))
+            oracle, expected = f"grurt.reference ({exc})", _named(model, reference)
         errors = _max_errors(load(args.output), seq, expected)
         print(f"check: max abs difference vs {oracle}: {max(errors.values()):.3g}")
 
@@ -283,6 +322,8 @@ class _Progress:
 
 def cmd_bench(args) -> None:
     model = load(args.model)
+    if args.stream and isinstance(model, TensorModel):
+        model.stream()                      # UnsupportedModelError: general graphs do not stream yet
     if args.stream and model._graph is not None:
         inputs = _random_input(model, args.batch, 1)
         kinds = {i.name: i.kind for i in model.graph.inputs}

@@ -130,7 +130,8 @@ class Masking:
 
     def __post_init__(self):
         value = bounded_float("Masking", "value", self.value, -MAX_FLOAT32, MAX_FLOAT32, "MAX_FLOAT32")
-        object.__setattr__(self, "value", float(np.float32(value)))
+        # float32, as the features it is compared with; an integer (a padding id) exactly
+        object.__setattr__(self, "value", value if value.is_integer() else float(np.float32(value)))
 
     def describe(self) -> str:
         return f"Masking({self.value:g})"

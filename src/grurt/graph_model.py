@@ -10,8 +10,7 @@ import dataclasses
 import numpy as np
 
 from .errors import InputError
-from .graph import (NEW_STEPS_LAYERS, Concat, Crop, Graph, Masking, PReLU, Repeat, Segment, Slice, Unflatten, segments,
-                    takes_mask)
+from .graph import NEW_STEPS_LAYERS, Concat, Crop, Graph, Masking, PReLU, Repeat, Segment, Slice, Unflatten, segments
 from .spec import GRU, GlobalPool, ModelSpec
 
 _FLOAT32 = np.dtype(np.float32)
@@ -78,6 +77,13 @@ def masked_average(x: np.ndarray, mask: np.ndarray) -> np.ndarray:
         return total / mask.sum(axis=1, dtype=np.float32)[:, None]
 
 
+def _steps_at(a: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """``out[b, t] = a[b, index[b, t]]`` for a (B, T, F) and index (B, T): one gather of whole rows."""
+    batch, steps, features = a.shape
+    rows = (index + np.arange(batch)[:, None] * steps).ravel()
+    return np.take(a.reshape(batch * steps, features), rows, axis=0).reshape(batch, index.shape[1], features)
+
+
 def masked_gru(model, layer: GRU, x: np.ndarray, mask: np.ndarray, h0: np.ndarray, threads: int):
     """A GRU node reading a mask (the rule in :class:`grurt.graph.Masking`): its output and final
     state (D, B, H). ``model`` runs the layer returning its sequence: each sequence's valid steps
@@ -89,7 +95,7 @@ def masked_gru(model, layer: GRU, x: np.ndarray, mask: np.ndarray, h0: np.ndarra
         raise InputError(f"a GRU's sequence has {x.shape[1]} steps, its mask {steps}")
     counts = mask.sum(axis=1)
     if not (mask == (np.arange(steps) < counts[:, None])).all():     # not trailing padding only: gather
-        x = np.take_along_axis(x, np.argsort(~mask, axis=1, kind="stable")[:, :, None], axis=1)
+        x = _steps_at(x, np.argsort(~mask, axis=1, kind="stable"))
     y, (h,) = model.run(x, initial_state=[h0], return_state=True, lengths=np.maximum(counts, 1), threads=threads)
     empty = counts == 0
     if empty.any():                                      # nothing valid: the state stays h0
@@ -107,8 +113,8 @@ def masked_gru(model, layer: GRU, x: np.ndarray, mask: np.ndarray, h0: np.ndarra
         else:                                            # the first valid step at or after it
             index = seen - mask
             keep = index < counts[:, None]
-        out = np.take_along_axis(y[..., d * hidden:(d + 1) * hidden], np.clip(index, 0, steps - 1)[:, :, None],
-                                 axis=1)
+        direction = y if layer.num_directions == 1 else np.ascontiguousarray(y[..., d * hidden:(d + 1) * hidden])
+        out = _steps_at(direction, np.clip(index, 0, steps - 1))
         out[~keep] = 0
         parts.append(out if layer.return_sequences else out[:, 0 if backwards else -1])
     return (parts[0] if len(parts) == 1 else np.concatenate(parts, axis=-1)), h
@@ -338,7 +344,7 @@ class GraphRunner:
             elif user_states and user_states[position] is not None:
                 h0 = user_states[position]
             else:
-                h0 = np.zeros((d, batch, hidden), _FLOAT32)
+                h0 = layer.default_state(batch)
             out, h = masked_gru(self.models[id(node)], layer, arrays[0], arrays[-1], h0, threads)
             final_states[position] = h
             env[node.outputs[0]] = out
@@ -371,7 +377,7 @@ class GraphRunner:
                 elif user_states and user_states[p] is not None:
                     states.append(user_states[p])
                 else:
-                    states.append(np.zeros((d, batch, h), _FLOAT32))
+                    states.append(layer.default_state(batch))
         result = model.run(x, initial_state=states, return_state=wants_states,
                            lengths=None if step.vector else lengths, threads=threads)
         if wants_states:
@@ -461,7 +467,7 @@ class GraphStream:
                     for i, node in enumerate(step.grus):
                         d, h = node.layer.num_directions, node.layer.hidden_size
                         given = self.static_env.get(step.states_in.get(i))
-                        states.append(np.zeros((d, self.batch, h), _FLOAT32) if given is None
+                        states.append(node.layer.default_state(self.batch) if given is None
                                       else given.reshape(self.batch, d, h).transpose(1, 0, 2))
                     stream.state = states
 

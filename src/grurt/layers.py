@@ -27,9 +27,10 @@ import numpy as np
 from . import spec
 from .errors import GrurtError, ModelFormatError
 from .spec import Activation, Flatten, GlobalPool, LastStep, Merge, Reverse, Scale, ZeroPad1D, activation
+from .importers.keras.layers import LearnedState   # noqa: F401 (for custom_layers: a GRU's learned initial state)
 
 __all__ = ["GRU", "Dense", "Conv1D", "Pool1D", "LayerNorm", "UnitNorm", "BatchNorm", "Embedding", "Activation",
-           "Scale", "ZeroPad1D", "Flatten", "GlobalPool", "Reverse", "LastStep", "Merge", "activation"]
+           "Scale", "ZeroPad1D", "Flatten", "GlobalPool", "Reverse", "LastStep", "Merge", "activation", "LearnedState"]
 
 
 def _activation(value, default="linear", keras_major=None):
@@ -60,13 +61,15 @@ class GRU:
 
     @staticmethod
     def from_torch(weight_ih, weight_hh, bias_ih=None, bias_hh=None, reverse=None,
-                   return_sequences: bool = True) -> spec.GRU:
+                   return_sequences: bool = True, initial_state=None) -> spec.GRU:
         """One layer of ``nn.GRU`` (``weight_ih_l{k}`` (3H, I), ``weight_hh_l{k}`` (3H, H), the two
         (3H,) biases, gates r, z, n) or an ``nn.GRUCell``.
 
         ``reverse``: the ``_reverse`` parameters ``(weight_ih, weight_hh, bias_ih, bias_hh)`` of a
         bidirectional layer. The layer returns its output sequence (``return_sequences=False``:
-        its final state, like ``h_n[-1]``).
+        its final state, like ``h_n[-1]``). ``initial_state``: a learned h0 every sequence starts
+        from, one (H,) per direction ((D, H), or torch's (D, 1, H) layout; ``initial_state=`` at run
+        time replaces it).
         """
         from .importers.torch import torch_gru_direction
         parts = [(weight_ih, weight_hh, bias_ih, bias_hh)]
@@ -78,18 +81,20 @@ class GRU:
                       for p in parts]
         W, R, B = (_stack(arrays) for arrays in zip(*directions))
         return spec.GRU(W, R, B, direction="bidirectional" if reverse is not None else "forward",
-                        linear_before_reset=True, return_sequences=return_sequences)
+                        linear_before_reset=True, return_sequences=return_sequences,
+                        initial_state=_learned_state(initial_state, len(directions)))
 
     @staticmethod
     def from_keras(kernel, recurrent_kernel, bias=None, reset_after: bool = True, activation="tanh",
                    recurrent_activation="sigmoid", backward=None, return_sequences: bool = True,
-                   keras_version: int = 3) -> spec.GRU:
+                   keras_version: int = 3, initial_state=None) -> spec.GRU:
         """A Keras ``GRU`` layer from ``layer.get_weights()``: ``kernel`` (I, 3H), ``recurrent_kernel``
         (H, 3H), ``bias`` ((2, 3H) with ``reset_after``, else (3H,)), gates z, r, h.
 
         ``backward``: the backward layer's ``(kernel, recurrent_kernel, bias)`` of a ``Bidirectional``
         (merge_mode concat; add ``Merge(mode)`` after it for sum/ave/mul). Activations are Keras
         names; ``keras_version=2`` computes ``hard_sigmoid`` as Keras 2 did (0.2·x + 0.5).
+        ``initial_state``: a learned state each sequence starts from, (units,) per direction ((D, units)).
         """
         from .importers.keras import keras_gru_direction
         parts = [(kernel, recurrent_kernel, bias)] + ([tuple(backward) + (None,) * (3 - len(backward))]
@@ -109,7 +114,8 @@ class GRU:
                         linear_before_reset=bool(reset_after),
                         gate_activation=_activation(recurrent_activation, keras_major=keras_version),
                         candidate_activation=_activation(activation, keras_major=keras_version),
-                        return_sequences=return_sequences)
+                        return_sequences=return_sequences,
+                        initial_state=_learned_state(initial_state, len(directions)))
 
     @staticmethod
     def from_onnx(W, R, B=None, linear_before_reset: int = 0, direction: str = "forward", activations=None,
@@ -349,3 +355,14 @@ def _stack(arrays):
         return np.stack(arrays)
     except ValueError as exc:
         raise ModelFormatError(f"the two directions' weights differ in shape ({exc})") from None
+
+
+def _learned_state(value, directions: int):
+    """A builder's ``initial_state``: None, or any array of directions × H values as (directions, H)."""
+    if value is None:
+        return None
+    value = _array(value, "initial_state")
+    if value.ndim == 0 or value.size % directions or value.shape[0] not in (directions, value.size):
+        raise ModelFormatError(f"initial_state has shape {value.shape}; expected (H,) per direction: "
+                               f"({directions}, H) or ({directions}, 1, H)")
+    return value.reshape(directions, -1)

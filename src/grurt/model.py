@@ -101,7 +101,10 @@ class Model:
         self._output_size, self._returns_sequence = spec.output_size, spec.returns_sequence
         self._fixed_steps = spec.fixed_steps
         # no lengths to derive from the input, no ids, any number of steps: the C fast path
-        self._plain_runs = spec.mask_value is None and not spec.takes_ids and spec.fixed_steps is None
+        #: a GRU starts from a learned state: no zero states in the workspace
+        self._learned = any(g.initial_state is not None for g in spec.gru_layers)
+        self._plain_runs = (spec.mask_value is None and not spec.takes_ids and spec.fixed_steps is None
+                            and not self._learned)
         self._frame_rate_layers = frame_rate_layers(spec)
         if spec.mask_value is not None:
             self._trailing_fill = self._fill_rule()
@@ -239,7 +242,7 @@ class Model:
                                      f"frames give {out_steps} after its convolution, pooling and padding layers")
                 raise InputError(f"this model runs only on sequences of {self._fixed_steps} steps (it flattens "
                                  f"them), got {steps}")
-            if initial_state is None and not return_state:
+            if initial_state is None and not return_state and not self._learned:
                 states = None                                   # zero states kept in the workspace
             else:
                 states = self._initial_states(initial_state, batch, single)
@@ -284,7 +287,8 @@ class Model:
             return _allocating(lambda: GraphStream(self, batch, threads, static), "a stream")
         if static is not None:
             raise InputError("this model has no static inputs, got static=")
-        return _allocating(lambda: Stream(self, batch, threads), "a stream")
+        stream = _LearnedStateStream if self._learned else Stream
+        return _allocating(lambda: stream(self, batch, threads), "a stream")
 
     def stream_pool(self, capacity: int) -> "StreamPool":
         """A :class:`StreamPool`: the states of up to ``capacity`` sessions, stepped together
@@ -292,7 +296,8 @@ class Model:
         if self._graph is not None:
             raise InputError("stream_pool runs models that are one chain of layers; this model is a graph: "
                              "use stream(batch=...)")
-        return _allocating(lambda: StreamPool(self, capacity), "a stream pool")
+        return _allocating(lambda: (_LearnedStatePool if self._learned else StreamPool)(self, capacity),
+                           "a stream pool")
 
     def _graph_input(self, values: dict):
         """The one input of a chain, given as {name: value}."""
@@ -389,9 +394,10 @@ class Model:
                          f"{MAX_TENSOR_ELEMENTS} elements per tensor (grurt.limits.MAX_TENSOR_ELEMENTS)")
 
     def _initial_states(self, initial_state, batch: int, single: bool, name: str = "initial_state"):
-        """Fresh C-contiguous float32 (D, B, H) states: zeros for None, else checked copies."""
+        """Fresh C-contiguous float32 (D, B, H) states: for None, each GRU's default (zeros, or its
+        learned initial_state), else checked copies."""
         if initial_state is None:
-            return [np.zeros((d, batch, h), np.float32) for d, h in self._state_shapes]
+            return [gru.default_state(batch) for gru in self.spec.gru_layers]
         if not isinstance(initial_state, (list, tuple)) or len(initial_state) != len(self._state_shapes):
             raise InputError(f"{name} must be a list of {len(self._state_shapes)} arrays, one per GRU layer")
         states = []
@@ -504,6 +510,34 @@ def _allocating(make, what: str):
         return make()
     except MemoryError as exc:
         raise _out_of_memory(what, exc) from None
+
+
+class _LearnedStateStream(Stream):
+    """A Stream of a model whose GRUs start from learned states: it starts from them, and ``reset()``
+    returns to them."""
+
+    def __init__(self, model, batch=1, threads=1):
+        super().__init__(model, batch, threads)
+        self.state = None
+
+    def reset(self):
+        super().reset()
+        self.state = None
+
+
+class _LearnedStatePool(StreamPool):
+    """A StreamPool of a model whose GRUs start from learned states: each session opens (and resets)
+    with them."""
+
+    def open(self):
+        sid = super().open()
+        self.set_state(sid, None)
+        return sid
+
+    def reset(self, sid):
+        super().reset(sid)
+        self.set_state(sid, None)
+
 
 
 def _check_threads(threads) -> None:

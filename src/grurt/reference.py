@@ -29,6 +29,13 @@ def masked_gru(layer: GRU, x: np.ndarray, h0: np.ndarray, mask: np.ndarray):
     return np.concatenate(outputs, axis=-1), np.stack(states)
 
 
+def learned_state(layer: GRU, batch: int) -> np.ndarray:
+    """The (D, B, H) state a GRU starts from without one given: its initial_state for every sequence, or zeros."""
+    if layer.initial_state is None:
+        return np.zeros((layer.num_directions, batch, layer.hidden_size))
+    return np.stack([np.asarray(layer.initial_state, np.float64)] * batch, axis=1)
+
+
 def reverse_time(x: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """Reverse each sequence within its own length; padding stays where it is."""
     out = x.copy()
@@ -100,11 +107,10 @@ def run(model, seq, initial_state=None, return_state=False, lengths=None):
                          "which changes the number of frames or looks ahead")
     lengths = np.full(batch, steps) if lengths is None else np.asarray(lengths).reshape(batch)
     grus = spec.gru_layers
-    if initial_state is None:
-        initial_state = [np.zeros((g.num_directions, batch, g.hidden_size)) for g in grus]
-    else:
-        initial_state = [np.asarray(s, np.float64).reshape(g.num_directions, batch, g.hidden_size)
-                         for s, g in zip(initial_state, grus)]
+    initial_state = [None] * len(grus) if initial_state is None else initial_state
+    initial_state = [learned_state(g, batch) if s is None else
+                     np.asarray(s, np.float64).reshape(g.num_directions, batch, g.hidden_size)
+                     for s, g in zip(initial_state, grus)]
     states = []
     for layer in spec.layers[1:] if spec.takes_ids else spec.layers:      # the Embedding read the ids above
         h0 = initial_state[len(states)] if isinstance(layer, GRU) else None
@@ -163,7 +169,7 @@ def run_graph(graph: Graph, inputs, initial_state=None, return_state=False, leng
             elif given[len(states)] is not None:
                 h0 = np.asarray(given[len(states)], np.float64).reshape(d, batch, hidden)
             else:
-                h0 = np.zeros((d, batch, hidden))
+                h0 = learned_state(layer, batch)
             out, h = masked_gru(layer, args[0], h0, args[-1])
             states.append(h)
             if len(node.outputs) == 2:
@@ -228,7 +234,7 @@ def apply_layer(layer, x: np.ndarray, lengths: np.ndarray, h0=None):
     h = None
     if isinstance(layer, GRU):
         if h0 is None:
-            h0 = np.zeros((layer.num_directions, batch, layer.hidden_size))
+            h0 = learned_state(layer, batch)
         y, h = gru(layer, x, h0, lengths)
         x = y if layer.return_sequences else np.concatenate(list(h), axis=-1)
     elif isinstance(layer, Dense):

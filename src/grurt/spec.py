@@ -46,7 +46,9 @@ class GRU:
     """A GRU layer (the equations at the top of this module). Arrays have a leading direction axis D (1 or 2).
 
     ``W`` is (D, 3H, I), ``R`` is (D, 3H, H), ``B`` is (D, 6H); for a bidirectional
-    layer index 0 is the forward and index 1 the reverse direction.
+    layer index 0 is the forward and index 1 the reverse direction. ``initial_state`` (D, H),
+    when set, is a learned state each sequence starts from (the same for every sequence of a
+    batch) instead of zeros; a state given at run time replaces it.
     """
 
     W: np.ndarray
@@ -58,6 +60,7 @@ class GRU:
     candidate_activation: ActivationFunction = TANH
     clip: Optional[float] = None
     return_sequences: bool = True
+    initial_state: Optional[np.ndarray] = None
 
     def __post_init__(self):
         if self.direction not in DIRECTIONS:
@@ -90,6 +93,15 @@ class GRU:
                 raise ModelFormatError(f"GRU: clip must be a positive finite number, at most {MAX_FLOAT32:g} "
                                        f"(grurt.limits.MAX_FLOAT32), got {shown(self.clip)}")
             set_(self, "clip", float(np.float32(clip)))
+        if self.initial_state is not None:
+            set_(self, "initial_state", _weights("GRU", "initial_state", self.initial_state, (num_directions, hidden)))
+
+    def default_state(self, batch: int) -> np.ndarray:
+        """The state a sequence starts from without one given: (D, batch, H) float32, zeros or the
+        learned initial_state."""
+        if self.initial_state is None:
+            return np.zeros((self.num_directions, batch, self.hidden_size), np.float32)
+        return np.repeat(self.initial_state[:, None, :], batch, axis=1)
 
     @property
     def num_directions(self) -> int:
@@ -114,6 +126,8 @@ class GRU:
         if self.clip is not None:
             parts.append(f"clip={self.clip:g}")
         parts.append("sequence" if self.return_sequences else "last state")
+        if self.initial_state is not None:
+            parts.append("learned h0")
         return f"GRU({', '.join(parts)})"
 
 
@@ -415,9 +429,10 @@ class ModelSpec:
 
 def parameter_count(layers) -> int:
     """The number of weights the layers hold."""
-    arrays = {GRU: ("W", "R", "B"), Dense: ("W", "b"), Scale: ("a", "c"),
+    arrays = {GRU: ("W", "R", "B", "initial_state"), Dense: ("W", "b"), Scale: ("a", "c"),
               Embedding: ("table",), LayerNorm: ("gamma", "beta"), Conv1D: ("W", "b")}
-    return sum(getattr(layer, name).size for layer in layers for name in arrays.get(type(layer), ()))
+    return sum(getattr(layer, name).size for layer in layers for name in arrays.get(type(layer), ())
+               if getattr(layer, name) is not None)
 
 
 # ---- layers over time: convolution, pooling, zero padding (issue 12) ----

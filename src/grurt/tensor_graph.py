@@ -129,7 +129,7 @@ class TensorNode:
         return f"node '{self.name}' ({self.op})" if self.name else f"a node of op {self.op}"
 
     def describe(self) -> str:
-        attrs = ", ".join(f"{k}={_describe_attr(v)}" for k, v in self.attrs.items())
+        attrs = ", ".join(f"{k}={_describe_attr(v)}" for k, v in self.attrs.items() if v is not None)
         outputs = ", ".join(o or "_" for o in self.outputs)
         return f"{outputs} = {self.op}({', '.join(i or '_' for i in self.inputs)}{'; ' + attrs if attrs else ''})"
 

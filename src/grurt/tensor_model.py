@@ -13,6 +13,7 @@ from .graph_model import by_name
 from .ops import BOOL, FLOAT, INT
 from .tensor_graph import TensorGraph
 from .tensor_plan import make_plan, signature
+from .tensor_stream import TensorStream
 
 #: The dtype each declared input dtype computes in.
 _DTYPES = {"float32": FLOAT, "int64": INT, "bool": BOOL}
@@ -101,11 +102,17 @@ class TensorModel:
             return collections.namedtuple("CacheInfo", "hits misses size capacity")(
                 self._hits, self._misses, len(self._plans), self._cache_size)
 
-    def stream(self, *args, **kwargs):
-        raise UnsupportedModelError("general graphs do not stream yet: use run() on the whole sequence")
+    def stream(self, batch: int = 1, *, time_axes=None, static=None) -> TensorStream:
+        """A :class:`~grurt.tensor_stream.TensorStream` of this model: ``step`` one frame, ``run`` a
+        block, its states inside (docs/streaming-and-serving.md, "Streaming a general graph").
+        ``time_axes`` ({input name: axis}) says which axis of each input is time (the inputs not
+        listed are static, given once per stream in ``static``); by default, the dim named like
+        time, else axis 1 of the one input of rank >= 3. A node that mixes the frames raises
+        UnsupportedModelError naming it."""
+        return TensorStream(self, batch, time_axes, static)
 
     def stream_pool(self, *args, **kwargs):
-        raise UnsupportedModelError("general graphs do not stream yet: use run() on the whole sequence")
+        raise UnsupportedModelError("general graphs have no stream pool yet: use one model.stream() per session")
 
     def _result(self, outputs):
         return outputs[0] if len(outputs) == 1 else tuple(outputs)

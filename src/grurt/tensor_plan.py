@@ -102,9 +102,11 @@ def _frozen(array: np.ndarray) -> np.ndarray:
     return view
 
 
-def make_plan(graph: TensorGraph, sig) -> Plan:
+def make_plan(graph: TensorGraph, sig, record: dict = None) -> Plan:
     """The plan of ``graph`` for inputs of signature ``sig`` ((shape, dtype) per input, checked
-    against the declared inputs by the caller)."""
+    against the declared inputs by the caller). ``record``, when given, receives the
+    :class:`~grurt.ops.Value` of every tensor by name (:mod:`grurt.tensor_stream` reads the
+    shapes and folded constants)."""
     limit = _model.MEMORY_LIMIT_BYTES
     values = {}                     # tensor name -> Value
     slot_of = {}                    # tensor name -> slot, for the tensors computed when the plan runs
@@ -194,6 +196,8 @@ def make_plan(graph: TensorGraph, sig) -> Plan:
         live -= sum(_bytes(values[n]) for n in done)
         steps.append((op.run, ctx, ins, tuple(outs), tuple(slot_of[n] for n in done), node))
     results = tuple(_slot(name, values, slot_of, slots, constant_slots) for name in graph.outputs)
+    if record is not None:
+        record.update(values)
     return Plan(tuple(slots), input_slots, tuple(steps), results, peak, folded)
 
 

@@ -150,7 +150,8 @@ def functional_weights(rng):
         return (0.6 * rng.standard_normal(shape)).astype(np.float32)
 
     def cell(prefix, inputs, units, reset_after):
-        return [(f"{prefix}/kernel:0", draw(inputs, 3 * units)), (f"{prefix}/recurrent_kernel:0", draw(units, 3 * units)),
+        return [(f"{prefix}/kernel:0", draw(inputs, 3 * units)),
+                (f"{prefix}/recurrent_kernel:0", draw(units, 3 * units)),
                 (f"{prefix}/bias:0", draw(2, 3 * units) if reset_after else draw(3 * units))]
     return {    # every layer in model.layers order, the inputs and the Concatenate without weights
         "seq": [], "static": [],

@@ -21,6 +21,7 @@ ZIP_LOADERS = ("npz", "keras", "sdnpz", "pt")
 KERAS_LOADERS = ("h5", "keras")
 HERE = Path(__file__).resolve().parent
 KERAS2_FILE = HERE.parent / "data" / "keras2_gru_hard_sigmoid.h5"
+KERAS2_FUNCTIONAL = HERE.parent / "data" / "keras2_functional.h5"
 
 
 def _torch_like_state_dict(rng):
@@ -72,7 +73,16 @@ def _grurt_npz(directory, rng):
                            Dense(rng.normal(size=(2, 8)), np.zeros(2), activation("softmax"))), mask_value=0)
     ids_path = directory / "ids.npz"
     grurt.save(ids, ids_path)
-    return [path, graph_path, conv_path, ids_path]
+    # format 2.1: a mask read by a GRU, PReLU, a learned initial state, Repeat, Crop, a new activation
+    from grurt.graph import Crop, Masking, PReLU, Repeat
+    nodes = (Node(Masking(0.0), "x", ("m", "mask")), Node(PReLU(rng.normal(size=3)), "m", "p"),
+             Node(gru(3, 4, initial_state=rng.normal(size=(1, 4))), ("p", "mask"), "g"),
+             Node(Crop(1, 1), "g", "c"), Node(gru(4, 3, return_sequences=False), "c", "last"),
+             Node(Repeat(5), "last", "r"),
+             Node(Dense(rng.normal(size=(2, 3)), np.zeros(2), activation("gelu")), "r", "y"))
+    masked_path = directory / "masked.npz"
+    grurt.save(Graph((Input("x", 3),), nodes, ("y",)), masked_path)
+    return [path, graph_path, conv_path, ids_path, masked_path]
 
 
 def _onnx(directory, rng):
@@ -165,17 +175,28 @@ c = keras.Sequential([keras.Input((None, 3)), layers.ZeroPadding1D((1, 2)),
                       layers.BatchNormalization(), layers.GRU(5, return_sequences=True), layers.Dense(2)])
 c.save(os.path.join(out, "conv.keras"))
 c.save(os.path.join(out, "conv.h5"))
+# issue 21's layers: masks, activation layers, PReLU, RepeatVector, Reshape, Cropping1D, two outputs
+x = keras.Input((6, 3), name="x")
+h = layers.GRU(4, return_sequences=True)(layers.PReLU(shared_axes=[1])(layers.Masking()(x)))
+h = layers.Cropping1D((1, 1))(layers.LeakyReLU(0.1)(layers.ReLU(max_value=2.0)(h)))
+code = layers.GRU(3)(layers.Activation("gelu")(h))
+decoded = layers.GRU(2, return_sequences=True)(layers.RepeatVector(4)(code))
+grid = layers.Reshape((2, 3))(layers.Dense(6)(code))
+m = keras.Model(x, [decoded, layers.GlobalAveragePooling1D()(layers.GRU(2, return_sequences=True)(grid))])
+m.save(os.path.join(out, "functional.keras"))
+m.save(os.path.join(out, "functional.h5"))
 """
 
 
 def _keras(directory):
     """Keras files written by Keras itself, in a subprocess (Keras picks its backend once per process)."""
-    if not os.path.isfile(directory / "conv.keras"):
+    if not os.path.isfile(directory / "functional.keras"):
         env = {**os.environ, "KERAS_BACKEND": "torch"}
         subprocess.run([sys.executable, "-c", _KERAS_SCRIPT, str(directory)], check=True, env=env,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300)
-    return [directory / "model.keras", directory / "conv.keras"], [directory / "model.h5", directory / "conv.h5",
-                                                                    KERAS2_FILE]
+    return ([directory / "model.keras", directory / "conv.keras", directory / "functional.keras"],
+            [directory / "model.h5", directory / "conv.h5", directory / "functional.h5", KERAS2_FILE,
+             KERAS2_FUNCTIONAL])
 
 
 def write_seeds(directory, keras: bool = True) -> dict:

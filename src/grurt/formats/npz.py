@@ -18,8 +18,8 @@ from ..limits import MAX_HEADER_BYTES, MAX_PARAMETERS, parse_json
 from ..spec import GRU, Activation, ActivationFunction, Dense, LastStep, Merge, ModelSpec, Reverse, Scale
 from ..spec import Embedding, Flatten, GlobalPool, LayerNorm, UnitNorm
 from ..spec import TIME_LAYERS, Conv1D, Pool1D, ZeroPad1D, layer_output
-from ..graph import (Combine, Concat, Crop, Graph, Input, Masking, Node, Output, PReLU, Repeat, Slice, Tensor, Unflatten,
-                     check_node)
+from ..graph import (Combine, Concat, Crop, Graph, Input, Masking, Node, Output, PReLU, Repeat, Slice, Tensor,
+                     Unflatten, check_node)
 
 _GRAPH_ONLY = ("Combine", "Concat", "Slice", "PReLU", "Masking", "Repeat", "Unflatten", "Crop")
 
@@ -27,7 +27,8 @@ FORMAT_NAME = "grurt"
 # 1.1: Embedding (input_size null), LayerNorm, UnitNorm, GlobalPool, Flatten; Conv1D, Pool1D, ZeroPad1D
 # 1.2: GRU "weights": "bf16" / "int8" (reduced-precision W and R, docs/format.md)
 # 2.0: graphs: "inputs", "nodes" (a layer and the tensors it reads and writes), "outputs" (issue 11)
-# 1.3 / 2.1: activations gelu, silu, mish, selu, hard_silu, clip; 2.1: the graph layers PReLU, Masking,
+# 1.3 / 2.1: activations gelu, silu, mish, selu, hard_silu, clip; a GRU's learned "initial_state" (array
+#            "h0"); 2.1: the graph layers PReLU, Masking,
 #            Repeat, Unflatten and Crop, masks read by GRU and GlobalPool nodes (issue 21)
 # 3.0: general tensor graphs: nodes of ONNX ops over named N-D tensors, "constants" (issue 20)
 FORMAT_VERSION = (3, 0)
@@ -38,7 +39,7 @@ _HEADER_FIELDS = {"format", "format_version", "producer", "input_size", "layers"
 _GRAPH_HEADER_FIELDS = {"format", "format_version", "producer", "inputs", "nodes", "outputs", "metadata"}
 _LAYER_FIELDS = {
     "GRU": {"type", "hidden_size", "direction", "linear_before_reset", "gate_activation",
-            "candidate_activation", "clip", "return_sequences", "weights"},
+            "candidate_activation", "clip", "return_sequences", "weights", "initial_state"},
     "Dense": {"type", "units", "activation"},
     "Activation": {"type", "function"},
     "Scale": {"type"},
@@ -89,7 +90,8 @@ def _layer_to_json(layer) -> dict:
                 "linear_before_reset": layer.linear_before_reset,
                 "gate_activation": _activation_to_json(layer.gate_activation),
                 "candidate_activation": _activation_to_json(layer.candidate_activation),
-                "clip": layer.clip, "return_sequences": layer.return_sequences}
+                "clip": layer.clip, "return_sequences": layer.return_sequences,
+                **({"initial_state": True} if layer.initial_state is not None else {})}
     if isinstance(layer, Dense):
         return {"type": "Dense", "units": layer.output_size, "activation": _activation_to_json(layer.activation)}
     if isinstance(layer, Activation):
@@ -126,7 +128,9 @@ def _activations(layer):
 
 def _newer(layer) -> bool:
     """Whether the layer needs format 1.3 / 2.1."""
-    return isinstance(layer, (PReLU, Masking, Repeat, Unflatten, Crop)) or any(fn.kind in _ACTIVATIONS_1_3 for fn in _activations(layer))
+    return (isinstance(layer, (PReLU, Masking, Repeat, Unflatten, Crop))
+            or isinstance(layer, GRU) and layer.initial_state is not None
+            or any(fn.kind in _ACTIVATIONS_1_3 for fn in _activations(layer)))
 
 
 def save(model, path, metadata: dict | None = None) -> None:
@@ -172,6 +176,8 @@ def save(model, path, metadata: dict | None = None) -> None:
     for index, layer in enumerate(layers):
         for name in _ARRAYS.get(type(layer), ()):
             arrays[f"{index}.{name}"] = getattr(layer, name)
+        if isinstance(layer, GRU) and layer.initial_state is not None:
+            arrays[f"{index}.h0"] = layer.initial_state
         if isinstance(layer, GRU) and weights != "float32":
             entries[index]["weights"] = weights
             for name in precision.REDUCED_ARRAYS:
@@ -334,7 +340,12 @@ def _layer_fields(archive, entry, index, features, budget, stored):
                 parts = (array(name, shape, "int8"), array(name + "_scale", (D, 3 * H)))
             stored[index, name] = parts
             matrices[name] = precision.values(parts, weights)
+        learned = entry.get("initial_state", False)
+        _expect(learned in (True, False), f"{where}: 'initial_state' must be true or false, got {learned!r}")
+        if learned:
+            _check_budget(D * H, budget, where)
         return GRU(W=matrices["W"], R=matrices["R"], B=array("B", (D, 6 * H)),
+                   initial_state=array("h0", (D, H)) if learned else None,
                    direction=direction,
                    linear_before_reset=entry.get("linear_before_reset", False),
                    gate_activation=_activation_from_json(entry.get("gate_activation", "sigmoid"), where),
@@ -430,6 +441,8 @@ def load_npz(path):
             weights = modes.pop() if modes else "float32"
             expected = {f"{i}.{name}.npy" for i, (_, layer) in enumerate(layers)
                         for name in _ARRAYS.get(type(layer), ())}
+            expected |= {f"{i}.h0.npy" for i, (_, layer) in enumerate(layers)
+                         if isinstance(layer, GRU) and layer.initial_state is not None}
             expected |= {f"{i}.{name}_scale.npy" for i, name in stored if weights == "int8"}
             extra = set(archive.namelist()) - expected - {HEADER_KEY + ".npy"}
             _expect(not extra, f"unexpected arrays in the file: {sorted(name[:-4] for name in extra)}")

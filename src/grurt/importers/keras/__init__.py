@@ -32,9 +32,14 @@ candidate activation       ``activation``, default tanh     same                
 ``Bidirectional``          flips the backward output        same                       bidirectional GRU (concat)
                            back; ``merge_mode`` concat                                 + ``Merge``; None refused
                            (default), sum, ave, mul, None
-``Masking``                all-equal ``mask_value`` steps   same                       ``mask_value``: trailing
-                           are skipped, state carried                                  padding gives the lengths
-                                                                                       (first layer only)
+``Masking``                all-equal ``mask_value`` steps   same                       ``mask_value`` (first), a
+                           are skipped, state carried;                                 ``Masking`` node (else); GRU
+                           previous output repeated (a                                 and GlobalPool nodes read the
+                           Bidirectional returning                                     mask (grurt.graph.Masking)
+                           sequences: zeros)
+functional ``inbound_nodes`` ``{args, kwargs}``; masks       ``[[layer, node, tensor,   both; an RNN's node lists its
+                           recorded as ops                  kwargs], ...]``            sequence, then its states
+merge of masked inputs     OR; none if one has none         AND of those there are     a shared mask; else refused
 ``Dense``                  ``kernel`` (I, out), ``bias``    same                       ``W`` (out, I) transposed
 ``BatchNormalization``     epsilon 1e-3; [γ, β, mean, var]  same                       ``Scale``
                            (γ/β absent without
@@ -67,6 +72,14 @@ after Conv1D / Dense       activation
                            averages exclude the padding
 ``ZeroPadding1D``          ``padding`` int or (left, right) same                       ``ZeroPad1D`` (folded into
                                                                                        a Conv1D after it)
+``ReLU``, ``LeakyReLU``,   ``negative_slope``               ``alpha`` (LeakyReLU);     ``Activation``: relu, clip,
+``ELU``, ``Softmax``                                        ``ThresholdedReLU``        leaky_relu, thresholded_relu,
+                                                                                       elu, softmax
+``PReLU``                  alpha: one sample's shape, 1     same                       ``PReLU`` graph layer, or
+                           on ``shared_axes``                                          leaky_relu (one slope)
+``RepeatVector``,          (B, F) → (B, n, F); vector →     same                       graph layers ``Repeat``,
+``Reshape``,               (T, F); (B, T, F) cropped                                   ``Unflatten`` (or Flatten),
+``Cropping1D``                                                                         ``Crop``
 =========================  ===============================  =========================  ===========================
 
 Dropout, SpatialDropout1D, GaussianNoise, GaussianDropout and AlphaDropout do nothing at
@@ -93,12 +106,14 @@ from .layers import (_chain, _major, batchnorm_affine, check_custom_layers, is_g
 
 
 
-def from_keras(model, input_scaler=None, output_scaler=None, weights: str = "float32", custom_layers=None) -> Model:
+def from_keras(model, input_scaler=None, output_scaler=None, weights: str = "float32", custom_layers=None):
     """Convert a live Keras model (Keras 3 on any backend, or tf.keras 2) to a Model.
 
     The model is a Sequential or functional model of the layers listed in docs/keras.md; a
     functional model that is no simple chain (several inputs or outputs, branches, merges, a GRU's
     initial_state or returned state) becomes a graph whose inputs and outputs keep Keras's names.
+    A model beyond grurt's fused layers (attention, 2-D front-ends, TimeDistributed of anything, ...)
+    is lowered onto ONNX ops and becomes a :class:`~grurt.tensor_model.TensorModel` (:mod:`.lower`).
     ``input_scaler``/``output_scaler``: fitted scikit-learn MinMaxScaler or StandardScaler,
     folded in so that the Model takes raw input and returns outputs in real units (chains only).
     ``weights`` ("float32", "bf16", "int8"): how the GRU weights are stored, see :mod:`grurt.precision`.
@@ -107,12 +122,23 @@ def from_keras(model, input_scaler=None, output_scaler=None, weights: str = "flo
     ``get_weights()``; the grurt layers apply in order to the layer's one input) or that list
     itself (``[]``: the identity). See docs/keras.md, "Layers of your own".
     """
-    return Model(_scaled(live_keras_spec(model, custom_layers), input_scaler, output_scaler), weights)
+    config, arrays, version = _live_triple(model)
+    check_custom_layers(custom_layers)
+    try:
+        spec = translate(config, arrays, version, custom_layers)
+    except UnsupportedModelError as refused:
+        return _lowered(config, arrays, version, refused, input_scaler, output_scaler).with_weights(weights)
+    return Model(_scaled(spec, input_scaler, output_scaler), weights)
 
 
 def live_keras_spec(model, custom_layers=None):
     """The :class:`~grurt.spec.ModelSpec` (a chain) or :class:`~grurt.graph.Graph` of a live Keras
-    model (what :func:`from_keras` runs)."""
+    model (what :func:`from_keras` runs when grurt's fused layers cover it)."""
+    return translate(*_live_triple(model), custom_layers)
+
+
+def _live_triple(model):
+    """The (config, weights by layer name, Keras version) triple of a live model, as the files give it."""
     if not hasattr(model, "layers") or not hasattr(model, "get_config"):
         raise UnsupportedModelError(f"expected a Keras Sequential or functional model, got {type(model).__name__}")
     try:
@@ -123,8 +149,19 @@ def live_keras_spec(model, custom_layers=None):
     # the same (config, weights, version) triple the file readers produce
     weights = {layer.name: _layer_weights(layer) for layer in model.layers}
     package = sys.modules.get(type(model).__module__.partition(".")[0])
-    return translate({"class_name": type(model).__name__, "config": config}, weights,
-                     getattr(package, "__version__", "3"), custom_layers)
+    return {"class_name": type(model).__name__, "config": config}, weights, getattr(package, "__version__", "3")
+
+
+def _lowered(config, weights, version, refused, input_scaler=None, output_scaler=None):
+    """The model lowered onto ONNX ops (:mod:`.lower`) after the fused layers refused it (``refused``)."""
+    from .lower import tensor_model_from_keras
+
+    if input_scaler is not None or output_scaler is not None:
+        raise UnsupportedModelError(f"{refused} (input_scaler/output_scaler fold into grurt's fused layers only)")
+    try:
+        return tensor_model_from_keras(config, weights, version)
+    except UnsupportedModelError as exc:
+        raise UnsupportedModelError(f"{exc}; grurt's fused layers refused it too: {refused}") from None
 
 
 def _layer_weights(layer) -> list:
@@ -156,12 +193,15 @@ def _scaled(spec, input_scaler, output_scaler):
 
 
 def load_keras(path, input_scaler=None, output_scaler=None, custom_layers=None):
-    """Load a ``.keras`` or ``.h5`` Keras model file as a Model; scalers and custom_layers as in
-    :func:`grurt.from_keras`."""
+    """Load a ``.keras`` or ``.h5`` Keras model file as a Model (or, beyond the fused layers, a
+    TensorModel); scalers and custom_layers as in :func:`grurt.from_keras`."""
     check_custom_layers(custom_layers)
     config, weights, version = read_keras(path)
     try:
-        spec = translate(config, weights, version, custom_layers)
+        try:
+            spec = translate(config, weights, version, custom_layers)
+        except UnsupportedModelError as refused:
+            return _lowered(config, weights, version, refused, input_scaler, output_scaler)
     except GrurtError:
         raise
     except (TypeError, ValueError, KeyError, AttributeError, IndexError, RecursionError) as exc:  # a hostile config

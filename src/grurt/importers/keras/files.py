@@ -70,8 +70,9 @@ def _read_archive(path, pyfive):
         _, _, layers = model_layers(config)
         store = pyfive.File(io.BytesIO(_archive_member(archive, "model.weights.h5", MAX_HDF5_BYTES)))
         weights = {}
-        for name, group in _archive_paths(layers):
-            weights[name] = _archive_vars(store[group], f"{path}: {group}") if group in store else []
+        for layer, group in _archive_paths(layers):
+            weights[_layer_name(layer)] = _archive_vars(store[group], f"{path}: {group}", layer) \
+                if group in store else []
     return config, weights, _text(metadata.get("keras_version", "3"))
 
 
@@ -95,13 +96,20 @@ def _archive_paths(layers):
             continue
         base = re.sub("([a-z])([A-Z])", r"\1_\2", re.sub("(.)([A-Z][a-z]+)", r"\1_\2", layer["class_name"])).lower()
         used[base] = used.get(base, -1) + 1
-        yield _layer_name(layer), f"layers/{base}_{used[base]}" if used[base] else f"layers/{base}"
+        yield layer, f"layers/{base}_{used[base]}" if used[base] else f"layers/{base}"
 
 
-def _archive_vars(group, where, depth=0):
-    """A layer's variables in get_weights() order: its own, then its sublayers'."""
+#: Sublayers whose variables follow a layer's own, in get_weights() order: an RNN's cell, a wrapper's
+#: layer(s), MultiHeadAttention's projections (the gate's between the key's and the value's).
+_SUBLAYERS = ("forward_layer", "backward_layer", "cell", "layer", "query_dense", "key_dense", "_gate_dense",
+              "value_dense", "output_dense")
+
+
+def _archive_vars(group, where, layer=None, depth=0):
+    """A layer's variables in get_weights() order: its own, then its sublayers', then (a nested model)
+    its layers' in the model's order."""
     arrays = []
-    if depth > 4:
+    if depth > 8:
         raise ModelFormatError(f"{where}: sublayers nested too deep")
     if "vars" in group:
         variables = group["vars"]
@@ -111,9 +119,19 @@ def _archive_vars(group, where, depth=0):
             arrays = [_array(variables[str(i)], where) for i in range(len(variables))]
         except KeyError:
             raise ModelFormatError(f"{where}/vars: variables are not numbered 0..{len(variables) - 1}") from None
-    for child in ("forward_layer", "backward_layer", "cell", "layer"):  # Bidirectional, RNN, TimeDistributed
+    config = layer.get("config") if isinstance(layer, dict) else None
+    config = config if isinstance(config, dict) else {}
+    wrapped = {"layer": config.get("layer"), "forward_layer": config.get("layer"),
+               "backward_layer": config.get("backward_layer") or config.get("layer")}
+    for child in _SUBLAYERS:
         if child in group:
-            arrays += _archive_vars(group[child], f"{where}/{child}", depth + 1)
+            arrays += _archive_vars(group[child], f"{where}/{child}", wrapped.get(child), depth + 1)
+    if "layers" in group and isinstance(config.get("layers"), list):       # a model used as a layer
+        _, _, layers = model_layers(layer)
+        for inner, path in _archive_paths(layers):
+            path = path.partition("/")[2]
+            if path in group["layers"]:
+                arrays += _archive_vars(group["layers"][path], f"{where}/layers/{path}", inner, depth + 1)
     return arrays
 
 

@@ -20,13 +20,15 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Optional
 
+import numpy as np
+
 from ...errors import GrurtError, ModelFormatError, UnsupportedModelError
 from ...graph import Combine, Concat, Graph, Input, Node, Output, Slice
 from ...graph import Masking, mask_survives, node_output
 from ...spec import GRU, Activation, GlobalPool, activation, fold_layer, layer_output
-from .layers import (_FOLDING, _LAYERS, OPS, _Layer, _batch_shape, _bidirectional, _gru, _layer_name, _major,
-                     check_custom_layers, custom_mapping, frames_after, is_op, mask_refs, model_layers, refuse_layer,
-                     tensor_refs, translate_layer, value_refs)
+from .layers import (_FOLDING, _LAYERS, OPS, LearnedState, _Layer, _batch_shape, _bidirectional, _gru, _layer_name,
+                     _major, check_custom_layers, custom_mapping, frames_after, is_op, mask_refs, model_layers,
+                     refuse_layer, tensor_refs, translate_layer, value_refs)
 
 #: Keras merge layers (keras.layers) → the graph layer; Concatenate joins on the feature axis.
 MERGE_LAYERS = {"Add": "add", "Subtract": "sub", "Multiply": "mul", "Average": "mean", "Maximum": "max",
@@ -127,6 +129,7 @@ class _Builder:
             if self.by_name.setdefault(_layer_name(layer), layer) is not layer:
                 raise ModelFormatError(f"{self.kind}: two layers are named {_layer_name(layer)!r}")
         self.tensors, self.nodes, self.producer, self.used = {}, [], {}, set()
+        self.learned = {}            # tensor name -> a LearnedState's vector (a GRU's initial state)
         self.inputs = _named_refs(config.get("input_layers"), "input_layers")
         self.outputs = _named_refs(config.get("output_layers"), "output_layers")
         calls = [(layer, call) for layer in layers if layer["class_name"] != "InputLayer"
@@ -293,9 +296,14 @@ class _Builder:
         if (source.features is None) != (kind == "Embedding") and custom is None:
             raise UnsupportedModelError(f"reads {source.describe()}; token ids go into an Embedding layer, "
                                         "which reads nothing else")
+        self.refuse_learned(source)
         translating = self._layer(config, source, custom=custom)
         produced = translate_layer(translating)
         call_ref = (_layer_name(config), call, 0)
+        if produced and isinstance(produced[0], LearnedState):     # a GRU's learned initial state
+            self.learned[_label(*call_ref)] = produced[0].value
+            self.tensors[call_ref] = _Tensor(_label(*call_ref), produced[0].value.size, False)
+            return
         if produced and isinstance(produced[0], Masking):     # Masking, Embedding(mask_zero): (y, mask)
             y, mask = (self.name_for(call_ref) if len(produced) == 1 else self.fresh(f"{_label(*call_ref)}/0"),
                        self.fresh(f"{_label(*call_ref)}/mask"))
@@ -335,6 +343,12 @@ class _Builder:
         self.tensors[call_ref] = _Tensor(self.chain(produced, [source.name], call_ref), features, has_time, steps,
                                          mask)
 
+    def refuse_learned(self, *tensors):
+        for tensor in tensors:
+            if tensor.name in self.learned:
+                raise UnsupportedModelError(f"reads '{tensor.name}', a LearnedState, which goes only into a GRU's "
+                                            "initial_state")
+
     def alias(self, source: _Tensor, ref):
         """A model output that is a no-op layer's: the tensor under the output's name (a linear Activation)."""
         name = self.final[ref]
@@ -346,6 +360,7 @@ class _Builder:
         if kwargs or len(args) != 1 or not isinstance(args[0], (list, tuple)) or len(args[0]) < 2:
             raise UnsupportedModelError("takes one list of two or more tensors")
         sources = [self.tensors[_one_tensor(item, "each merged value")] for item in args[0]]
+        self.refuse_learned(*sources)
         op = MERGE_LAYERS[kind]
         shapes = ", ".join(t.describe() for t in sources)
         if any(t.features is None for t in sources):
@@ -412,6 +427,7 @@ class _Builder:
             raise UnsupportedModelError(f"takes a sequence and initial_state=; called with {len(args)} arguments "
                                         f"and {sorted(kwargs)}")
         source = self.tensors[_one_tensor(args[0], "its input")]
+        self.refuse_learned(source)
         initial = args[1] if len(args) == 2 else kwargs.get("initial_state")
         layer_config = dict(config.get("config", {}))
         if kind == "GRU":
@@ -445,6 +461,12 @@ class _Builder:
             if len(states) != directions or any(t.has_time or t.features != hidden for t in states):
                 raise UnsupportedModelError(f"initial_state must be {directions} vector(s) (B, {hidden}), got "
                                             + ", ".join(t.describe() for t in states))
+            learned = [t.name in self.learned for t in states]
+            if any(learned) and not all(learned):
+                raise UnsupportedModelError("initial_state mixes a LearnedState with a computed state")
+        if initial is not None and all(learned):                 # the GRU's own learned state
+            produced[0] = dataclasses.replace(gru, initial_state=np.stack([self.learned[t.name] for t in states]))
+        elif initial is not None:
             if directions == 1:
                 inputs.append(states[0].name)
             else:                        # Keras passes [forward, backward]; the canonical h0 is them side by side

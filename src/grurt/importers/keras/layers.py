@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ...errors import GrurtError, InputError, ModelFormatError, UnsupportedModelError
+from ...errors import GrurtError, ModelFormatError, UnsupportedModelError
 from ...limits import MAX_EPSILON, bounded_float
 from ...spec import (GRU, LAYER_TYPES, MERGE_MODES, Activation, ActivationFunction, Dense, Merge, ModelSpec, Reverse,
                     Scale, activation)
@@ -549,6 +549,8 @@ def spec_from_keras(model_config: dict, weights: dict, keras_version: str, custo
             raise UnsupportedModelError(f"{layer.where()}: is called with a mask= made by hand; grurt derives "
                                         "masks from Masking and Embedding(mask_zero=True) layers")
         produced = translate_layer(layer)
+        if any(isinstance(item, LearnedState) for item in produced):
+            raise UnsupportedModelError(f"{layer.where()}: a LearnedState goes only into a GRU's initial_state")
         if produced:
             if layer.kind in _FOLDING:
                 append_folded(layers, produced)     # BatchNormalization into Conv1D/Dense, ...
@@ -571,6 +573,25 @@ def spec_from_keras(model_config: dict, weights: dict, keras_version: str, custo
 
 
 # ---- layers of the user's own classes (issue 21) ----
+
+class LearnedState:
+    """What a Keras layer of your own computes when it gives a learned vector, the same for every
+    sequence of a batch (a weight tiled over the batch), for ``custom_layers`` (``grurt.layers.LearnedState``):
+    given to a GRU as its ``initial_state``, it becomes that GRU's learned initial state
+    (``grurt.spec.GRU.initial_state``). ``value``: the (H,) vector."""
+
+    def __init__(self, value):
+        try:
+            value = np.asarray(value.detach().cpu().numpy() if hasattr(value, "detach") else value, np.float64)
+        except (TypeError, ValueError) as exc:
+            raise ModelFormatError(f"LearnedState: value is not an array of numbers ({exc})") from None
+        if value.ndim != 1 or not value.size:
+            raise ModelFormatError(f"LearnedState: value must be a non-empty (H,) vector, got shape {value.shape}")
+        self.value = value
+
+    def __repr__(self) -> str:
+        return f"LearnedState({self.value.size})"
+
 
 def check_custom_layers(custom_layers) -> dict:
     """``custom_layers`` as given to from_keras / load: {class name: callable or list of grurt layers}."""
@@ -617,10 +638,12 @@ def _custom(layer: _Layer):
     except Exception as exc:    # noqa: BLE001 - the user's function: its error, named
         raise UnsupportedModelError(f"custom_layers[{layer.kind!r}] raised {type(exc).__name__}: {exc}") from exc
     allowed = LAYER_TYPES + ONE_INPUT_LAYERS + (Masking,)
+    if isinstance(produced, (list, tuple)) and len(produced) == 1 and isinstance(produced[0], LearnedState):
+        return list(produced)        # a GRU's learned initial state: the graph builder takes it
     if not isinstance(produced, (list, tuple)) or not all(isinstance(item, allowed) for item in produced):
         raise UnsupportedModelError(f"custom_layers[{layer.kind!r}] must give a list of grurt layers (grurt.spec, "
-                                    f"grurt.layers, grurt.graph's PReLU, Repeat, Unflatten, Crop, Masking), got "
-                                    f"{produced!r}")
+                                    f"grurt.layers, grurt.graph's PReLU, Repeat, Unflatten, Crop, Masking), or "
+                                    f"[grurt.layers.LearnedState(h0)], got {produced!r}")
     return list(produced)
 
 
@@ -767,9 +790,11 @@ def _reshape(layer: _Layer):
     """A vector (N,) to (T, F) (an Unflatten), a sequence of fixed T steps (T, F) to (T·F,) (a
     Flatten), or to the shape it has (nothing)."""
     target = layer.config.get("target_shape")
-    if not isinstance(target, (list, tuple)) or not 1 <= len(target) <= 2 or list(target).count(-1) > 1 \
+    if not isinstance(target, (list, tuple)) or not target or list(target).count(-1) > 1 \
             or not all(d == -1 or (type(d) is int and d >= 1) for d in target):
-        raise ModelFormatError(f"target_shape must be one or two positive sizes (one may be -1), got {target!r}")
+        raise ModelFormatError(f"target_shape must be positive sizes (one may be -1), got {target!r}")
+    if len(target) > 2:     # a rank the fused layers do not have: the lowered path reshapes it
+        raise UnsupportedModelError(f"reshapes to {tuple(target)}: grurt's fused layers hold (T, F) sequences")
     if layer.has_time and len(target) == 2 and target[1] == layer.features and target[0] in (-1, layer.steps):
         return []                                           # (T, F) → (T, F)
     steps = layer.steps if layer.has_time else 1

@@ -1,0 +1,638 @@
+"""Streaming a general tensor graph: :meth:`grurt.TensorModel.stream`.
+
+A stream is derived from the graph (tract's "pulse" idea, in its simplest form):
+
+1. **Time axes.** Each time input has one time axis (``time_axes=``, or the rule of
+   :func:`default_time_axes`); the other inputs are static, given once per stream. The graph is
+   planned at two probe lengths of time (:data:`PROBES`); a tensor's time axis is the axis whose
+   size differs between them, a folded constant that differs depends on the number of frames.
+   Every tensor is then *const* (folded, the same at both lengths), *sizes* (folded from the
+   number of frames: shape arithmetic), *static* (computed from the static inputs) or *dynamic*
+   (computed from the frames; with a time axis, or a summary such as a GRU's last state).
+2. **Legality, node by node**, with each op's time rule (:func:`grurt.ops.time_rule`) and the
+   moves grurt follows (Transpose, Reshape, Flatten, Squeeze, Unsqueeze carry the time axis
+   where it goes; MatMul and Einsum keep it as a free index). A node that mixes the frames
+   raises UnsupportedModelError naming it and why.
+3. **Rewrite.** The stream graph is the dynamic nodes (and the shape arithmetic they need), the
+   static tensors they read as inputs, and one state input and output per stateful node: a
+   forward GRU's h (``initial_h`` <- the state, ``Y_h`` -> the next); a causal Conv or pool
+   reads ``Concat(history, X)`` with its time padding removed; a causal Pad becomes
+   ``Concat(history, X)`` (its output carries the history frames in front, which the Conv
+   reading it consumes); CumSum adds its running sum. Histories are ``Slice`` s of the
+   concatenated input. The static part is a graph of its own, run once per ``reset``.
+
+The stream runs the stream graph as a :class:`~grurt.TensorModel` (planned once per block
+length and cached) on the frames, the static tensors and the states.
+"""
+from __future__ import annotations
+
+import re
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+
+from .errors import GrurtError, InputError, UnsupportedModelError
+from .graph_model import by_name
+from .ops import REGISTRY, time_rule
+from .ops.conv import _time_window
+from .ops.linear import parse_einsum
+from .ops.shape import _pads
+from .tensor_graph import TensorGraph, TensorInput, TensorNode
+from .tensor_plan import make_plan
+
+#: The two lengths of time the graph is planned at to find where time goes.
+PROBES = (4, 5)
+#: A dim parameter named so is a time axis (default rule of :func:`default_time_axes`).
+TIME_DIM = re.compile(r"^t$|time|seq|frame|step|length", re.IGNORECASE)
+#: Ops that carry the time axis to wherever their output puts it, element order kept.
+_VIEWS = ("Reshape", "Flatten", "Squeeze", "Unsqueeze")
+_CONV_FAMILY = ("Conv", "MaxPool", "AveragePool", "LpPool")
+_END = np.iinfo(np.int64).max
+_FLOAT = np.dtype(np.float32)
+
+
+def _refuse(node, why: str):
+    raise UnsupportedModelError(f"{node.where}: {why}; this model cannot stream (use run() on the whole sequence)")
+
+
+def default_time_axes(graph: TensorGraph) -> Dict[str, int]:
+    """{input name: time axis} when ``time_axes=`` is not given: an input whose dims name one
+    parameter like "time", "T", "seq", "frames", "steps", "length" has its time there; if no input
+    does, the one input that looks like a sequence — axis 1 a dim parameter, and rank >= 3 or
+    int64 ids of rank 2 — has its time on axis 1. Anything else (no candidate, several, two
+    time-like dims) is an InputError asking for ``time_axes=``."""
+    named = {}
+    for tensor in graph.inputs:
+        axes = [a for a, d in enumerate(tensor.dims) if isinstance(d, str) and TIME_DIM.search(d)]
+        if len(axes) > 1:
+            raise InputError(f"input '{tensor.name}' ({tensor.describe()}) has several time-like dims: say which is "
+                             "time with model.stream(time_axes={name: axis})")
+        if axes:
+            named[tensor.name] = axes[0]
+    if named:
+        return named
+    candidates = [t.name for t in graph.inputs if len(t.dims) >= 2 and isinstance(t.dims[1], str)
+                  and (len(t.dims) >= 3 or t.dtype == "int64")]
+    if len(candidates) == 1:
+        return {candidates[0]: 1}
+    found = f"inputs {candidates} could each be" if candidates else "no input is"
+    raise InputError(f"which axes are time? {found} a sequence (batch, time, ...): say which with "
+                     "model.stream(time_axes={name: axis}); the inputs not listed are static")
+
+
+def checked_time_axes(graph: TensorGraph, time_axes) -> Dict[str, int]:
+    """``time_axes`` ({name: axis or None}) checked against the inputs, axes made non-negative."""
+    if time_axes is None:
+        return default_time_axes(graph)
+    if not isinstance(time_axes, dict):
+        raise InputError(f"time_axes must be a dict {{input name: axis}}, got {type(time_axes).__name__}")
+    declared = {t.name: t for t in graph.inputs}
+    result = {}
+    for name, axis in time_axes.items():
+        if name not in declared:
+            raise InputError(f"time_axes names '{name}', which is not an input: the inputs are {list(declared)}")
+        if axis is None:
+            continue
+        rank = len(declared[name].dims)
+        if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)) or not -rank <= axis < rank:
+            raise InputError(f"time_axes['{name}'] = {axis!r} is not an axis of input {declared[name].describe()}")
+        result[name] = int(axis) % rank
+    if not result:
+        raise InputError("time_axes gives no input a time axis: there is nothing to stream, use run()")
+    return result
+
+
+class _Stateful:
+    """A node's state in the stream: its input and output names in the stream graph, and what it
+    holds at the start (``initial``: an array, or the name of a static tensor)."""
+
+    __slots__ = ("node", "kind", "name_in", "name_out", "initial", "shape", "dtype")
+
+    def __init__(self, node, kind, name_in, name_out, initial, shape, dtype):
+        self.node, self.kind, self.name_in, self.name_out = node, kind, name_in, name_out
+        self.initial, self.shape, self.dtype = initial, tuple(shape), np.dtype(dtype)
+
+    def describe(self) -> str:
+        return f"{self.kind} of {self.node.where}: {self.dtype} {self.shape}"
+
+
+class StreamGraph:
+    """What a stream runs, for one signature (frame shapes, static inputs' shapes): the stream
+    graph (time inputs, static tensors, states -> outputs, next states), the static graph (static
+    inputs -> the static tensors the stream reads), each output's time axis, the states."""
+
+    def __init__(self, graph: TensorGraph, axes: Dict[str, int], frame_sig: Dict[str, Tuple], static_sig):
+        self.graph = graph
+        probes = []
+        for length in PROBES:
+            sig, values = [], {}
+            for tensor in graph.inputs:
+                if tensor.name in axes:
+                    shape, dtype = frame_sig[tensor.name]
+                    shape = shape[:axes[tensor.name]] + (length,) + shape[axes[tensor.name]:]
+                else:
+                    shape, dtype = static_sig[tensor.name]
+                sig.append((shape, dtype))
+            try:
+                make_plan(graph, sig, values)
+            except GrurtError as exc:
+                raise UnsupportedModelError(f"this model does not plan for {length} frames, so it cannot stream: "
+                                            f"{exc}") from None
+            probes.append(values)
+        self.a, self.b = probes
+        self.axes = axes
+        self.time: Dict[str, Optional[int]] = {}      # tensor -> its time axis (dynamic tensors)
+        self.extra: Dict[str, int] = {}               # tensor -> history frames it carries in front
+        self.kind: Dict[str, str] = {}                # tensor -> const | sizes | static | dynamic
+        for tensor in graph.inputs:
+            self.kind[tensor.name] = "dynamic" if tensor.name in axes else "static"
+            self.time[tensor.name] = axes.get(tensor.name)
+            self.extra[tensor.name] = 0
+        for name in graph.constants:
+            self.kind[name] = "const"
+        self.nodes: List[TensorNode] = []            # the stream graph's nodes
+        self.static_nodes: List[TensorNode] = []
+        self.constants: Dict[str, np.ndarray] = {}
+        self.states: List[_Stateful] = []
+        for node in graph.nodes:
+            self._node(node)
+        for name in graph.outputs:
+            if self.kind[name] == "sizes":
+                raise UnsupportedModelError(f"output '{name}' is computed from the number of frames; this model "
+                                            "cannot stream (use run() on the whole sequence)")
+            if self.extra.get(name):
+                raise UnsupportedModelError(f"output '{name}' holds {self.extra[name]} padding frames before the "
+                                            "first one; this model cannot stream (use run() on the whole sequence)")
+        self._build()
+
+    # ---- classification and legality ----
+
+    def _axis(self, name) -> Optional[int]:
+        """The axis of ``name`` whose size differs between the probes (None: none)."""
+        a, b = self.a[name].shape, self.b[name].shape
+        if len(a) != len(b):
+            return -1
+        moved = [i for i, (x, y) in enumerate(zip(a, b)) if x != y]
+        return moved[0] if len(moved) == 1 else None if not moved else -1
+
+    def _node(self, node):
+        op = REGISTRY[node.op]
+        names = [n for n in node.inputs if n]
+        outputs = [n for n in node.outputs if n]
+        if all(self.a[n].const is not None for n in outputs):       # folded when the plan is made
+            for n in outputs:
+                a, b = self.a[n].const, self.b[n].const
+                self.kind[n] = "const" if a.shape == b.shape and np.array_equal(a, b) else "sizes"
+            if any(self.kind[n] == "sizes" for n in outputs):
+                self.nodes.append(node)       # folded again for each block length
+            return
+        for position, name in enumerate(node.inputs):
+            if name and self.kind[name] == "sizes" and position not in op.const_inputs:
+                _refuse(node, f"reads '{name}', computed from the number of frames, as data (a stream would "
+                              "restart it at each block)")
+        if not any(self.kind[n] == "dynamic" for n in names):
+            sizes = [n for n in names if self.kind[n] == "sizes"]
+            if sizes:
+                _refuse(node, f"computes a static tensor from '{sizes[0]}', computed from the number of frames")
+            for n in outputs:
+                self.kind[n] = "static"
+            self.static_nodes.append(node)
+            return
+        timed = {p: self.time[n] for p, n in enumerate(node.inputs) if n and self.kind[n] == "dynamic"
+                 and self.time[n] is not None}
+        summaries = [n for n in names if self.kind[n] == "dynamic" and self.time[n] is None]
+        if timed and summaries and node.op != "GRU":
+            _refuse(node, f"combines '{summaries[0]}' (a value after the last frame, such as a GRU's last state) "
+                          "with tensors over time")
+        extras = {self.extra[node.inputs[p]] for p in timed}
+        if len(extras) > 1:
+            _refuse(node, "combines tensors with different numbers of padding frames in front")
+        extra = extras.pop() if extras else 0
+        if node.op == "GRU":
+            self._gru(node, timed)
+            return
+        rewritten = self._check(node, op, timed, extra)
+        for n in outputs:
+            self.kind[n] = "dynamic"
+            axis = self._axis(n)
+            if axis == -1:
+                _refuse(node, f"gives '{n}' with time on more than one axis")
+            self.time[n] = axis
+            if axis is None and timed:
+                _refuse(node, f"mixes the frames along time into '{n}'")
+            self.extra.setdefault(n, extra if axis is not None else 0)
+        if rewritten is not None:
+            self.nodes.append(rewritten)
+
+    def _values(self, node):
+        return [self.a[n] if n else None for n in node.inputs]
+
+    def _check(self, node, op, timed, extra):
+        """The node as the stream graph runs it (rewritten for a causal op; None when its rewrite is
+        in the stream graph already), or a refusal."""
+        values = self._values(node)
+        if not timed:
+            return node
+        first = timed.get(0)
+        if node.op in _CONV_FAMILY or node.op == "Pad" or node.op == "CumSum":
+            if set(timed) != {0}:
+                _refuse(node, f"input '{node.inputs[min(p for p in timed if p)]}' carries time; {node.op} streams "
+                              "with time on its first input only")
+            return self._causal(node, op, values, first, extra)
+        if op.time == "step" or node.op == "Transpose":
+            return node
+        if node.op in _VIEWS:
+            if node.op == "Squeeze" and len(node.inputs) < 2 and node.attrs.get("axes") is None:
+                _refuse(node, "a Squeeze without axes of a tensor over time (at one frame it would drop the time "
+                              "axis): give it axes")
+            for values_ in (self.a, self.b):
+                x, y = values_[node.inputs[0]].shape, values_[node.outputs[0]].shape
+                out = self._axis(node.outputs[0])
+                if out is None or out < 0 or y[out] != x[first] or np.prod(x[:first]) != np.prod(y[:out]):
+                    _refuse(node, f"merges or splits the time axis (axis {first} of {x}) with other axes into {y}")
+            return node
+        if node.op == "MatMul":
+            ranks = [len(v.shape) for v in values]
+            contracted = (ranks[0] - 1, ranks[1] - 2 if ranks[1] >= 2 else 0)
+            if any(timed.get(p) == contracted[p] for p in (0, 1)):
+                _refuse(node, "contracts the time axis (a product over frames)")
+            if len(timed) == 2 and not all(timed[p] < ranks[p] - 2 for p in (0, 1)):
+                _refuse(node, "multiplies two tensors over time (attention over the frames)")
+            return node
+        if node.op == "Einsum":
+            operands, output, _ = parse_einsum(node.attrs["equation"], [v.shape for v in values])
+            labels = {operands[p][axis] for p, axis in timed.items()}
+            label = labels.pop()
+            if labels or label not in output or any(operands[p].count(label) > 1 for p in timed):
+                _refuse(node, f"sums or pairs frames over time (equation {node.attrs['equation']!r})")
+            return node
+        if node.op == "Gather" and first is None:
+            return node                      # time on the indices (token ids): a lookup per frame
+        if node.op == "Concat":
+            axis = node.attrs["axis"] % len(values[0].shape)
+            if len(timed) != len(values) or axis in timed.values():
+                _refuse(node, "concatenates along time, or a static tensor with tensors over time")
+            return node
+        if first is None or set(timed) != {0}:
+            _refuse(node, f"input '{node.inputs[min(timed)]}' carries time; {node.op} streams with time on its "
+                          "first input only")
+        rule = time_rule(op, node.attrs, values, first)
+        if rule != "step":
+            _refuse(node, f"mixes the frames along time (axis {first} of its input '{node.inputs[0]}' is time)")
+        return node
+
+    def _causal(self, node, op, values, axis, extra):
+        """Conv, pools, Pad, CumSum with time on X's axis ``axis``."""
+        x = node.inputs[0]
+        rule = time_rule(op, node.attrs, values, axis)
+        if rule == "step":
+            return node
+        if node.op in _CONV_FAMILY and axis >= 2:
+            k, s, d, before, after = _time_window(node.op, node.attrs, values, axis)
+            span = (k - 1) * d + 1
+            if s == 1 and not after and not before and extra >= span - 1:
+                self.extra[node.outputs[0]] = extra - (span - 1)     # reads the padding frames a Pad put in front
+                return node
+            if rule == "causal" and not extra:
+                if node.op == "AveragePool" and not node.attrs["count_include_pad"]:
+                    _refuse(node, "an average over padding frames it does not count (count_include_pad=0) "
+                                  "cannot take history frames in their place")
+                fill = -np.inf if node.op == "MaxPool" else 0
+                return self._history(node, axis, before, fill, self._unpadded(node, values, axis))
+            why = "reads frames after the current one (padding after time, a stride or a dilation along time)"
+            _refuse(node, why if node.op != "AveragePool" else why + ", or averages over them")
+        if node.op == "Pad" and rule == "causal" and not extra:
+            if node.attrs["mode"] != "constant":
+                _refuse(node, f"'{node.attrs['mode']}' padding of time repeats the first frame, which a stream "
+                              "has not seen when it starts (constant padding streams)")
+            fill = values[2].const if len(values) > 2 and values[2] is not None else np.zeros((), values[0].dtype)
+            if fill is None:
+                _refuse(node, "its padding value is computed from the model's inputs")
+            _, crop, widths = _pads(node.attrs, values)
+            if any(c != slice(0, n) for c, n in zip(crop, values[0].shape)):
+                _refuse(node, "it crops (negative pads) as it pads time")
+            begin = widths[axis][0]
+            widths = list(widths)
+            widths[axis] = (0, 0)
+            rest = None
+            if any(b or e for b, e in widths):
+                pads = np.array([b for b, _ in widths] + [e for _, e in widths], np.int64)
+                rest = TensorNode("Pad", (f"{x}@frames", self._constant(pads)) + tuple(node.inputs[2:3]),
+                                  node.outputs, {"mode": "constant"}, node.name)
+            self.extra[node.outputs[0]] = begin
+            return self._history(node, axis, begin, fill.reshape(()), rest)
+        if node.op == "CumSum" and rule == "causal" and not extra:
+            return self._cumsum(node, axis)
+        _refuse(node, f"mixes the frames along time (axis {axis} of its input '{x}' is time)")
+
+    def _unpadded(self, node, values, axis):
+        """The conv-family node with no padding before time (its history takes that place)."""
+        spatial = len(values[0].shape) - 2
+        pads = []
+        for i in range(spatial):
+            _, _, _, before, after = _time_window(node.op, node.attrs, values, i + 2)
+            pads.append((0 if i + 2 == axis else before, after))
+        attrs = dict(node.attrs, auto_pad="NOTSET", pads=tuple(b for b, _ in pads) + tuple(a for _, a in pads))
+        inputs = (f"{node.inputs[0]}@frames",) + tuple(node.inputs[1:])
+        return TensorNode(node.op, inputs, node.outputs, attrs, node.name)
+
+    def _history(self, node, axis, frames, fill, rewritten):
+        """State: the last ``frames`` frames of X along ``axis``, ``fill`` at the start; the node reads
+        Concat(history, X) (``x@frames``) through ``rewritten`` (None: the Concat is its output)."""
+        x = node.inputs[0]
+        value = self.a[x]
+        shape = value.shape[:axis] + (frames,) + value.shape[axis + 1:]
+        state = self._state(node, "history", np.full(shape, fill, value.dtype), shape, value.dtype)
+        joined = f"{x}@frames" if rewritten is not None else node.outputs[0]
+        self.nodes.append(TensorNode("Concat", (state.name_in, x), (joined,), {"axis": axis}, f"{node.name}@history"))
+        self._slice(joined, state.name_out, -frames, axis, node)
+        return rewritten
+
+    def _cumsum(self, node, axis):
+        x, out = node.inputs[0], node.outputs[0]
+        value = self.a[x]
+        shape = value.shape[:axis] + (1,) + value.shape[axis + 1:]
+        state = self._state(node, "running sum", np.zeros(shape, value.dtype), shape, value.dtype)
+        partial = f"{out}@partial"
+        self.nodes.append(TensorNode("CumSum", (x, node.inputs[1]), (partial,), node.attrs, node.name))
+        self.nodes.append(TensorNode("Add", (partial, state.name_in), (out,), {}, f"{node.name}@carry"))
+        if not node.attrs["exclusive"]:
+            self._slice(out, state.name_out, -1, axis, node)
+        else:
+            self._slice(out, f"{out}@last", -1, axis, node)
+            self._slice(x, f"{x}@last", -1, axis, node)
+            self.nodes.append(TensorNode("Add", (f"{out}@last", f"{x}@last"), (state.name_out,), {},
+                                         f"{node.name}@next"))
+        return None
+
+    def _gru(self, node, timed):
+        attrs = node.attrs
+        X, _, _, _, lengths, initial = (list(node.inputs) + [""] * 6)[:6]
+        layout = attrs["layout"]
+        if attrs["direction"] != "forward":
+            _refuse(node, f"a {attrs['direction']} GRU reads the sequence from its end")
+        if set(timed) != {0} or timed[0] != (0 if layout == 0 else 1):
+            _refuse(node, "its time steps are not the frames (the time axis reaches X elsewhere, or another "
+                          "input carries time)")
+        if self.extra[X]:
+            _refuse(node, "it would read padding frames in front of the first one")
+        if lengths:
+            _refuse(node, "sequence_lens ends each sequence at its own step; a stream runs every frame")
+        shape = REGISTRY["GRU"].infer(attrs, self._values(node))[1][0]
+        start = np.zeros(shape, _FLOAT)
+        if initial:
+            kind = self.kind[initial]
+            if kind == "dynamic":
+                _refuse(node, f"its initial state '{initial}' is computed from the frames")
+            start = self.a[initial].const if kind == "const" else initial
+        state = self._state(node, "GRU state", start, shape, _FLOAT)
+        y_h = node.outputs[1] if len(node.outputs) > 1 and node.outputs[1] else state.name_out
+        state.name_out = y_h
+        inputs = (list(node.inputs) + [""] * 6)[:5] + [state.name_in]
+        self.nodes.append(TensorNode("GRU", tuple(inputs), (node.outputs[0], y_h), attrs, node.name))
+        y = node.outputs[0]
+        for n, axis in ((y, 0 if layout == 0 else 1), (y_h, None)):
+            if n:
+                self.kind[n], self.time[n], self.extra[n] = "dynamic", axis, 0
+
+    def _state(self, node, kind, initial, shape, dtype) -> _Stateful:
+        index = len(self.states)
+        state = _Stateful(node, kind, f"@state{index}", f"@state{index}@next", initial, shape, dtype)
+        self.states.append(state)
+        return state
+
+    def _constant(self, array) -> str:
+        name = f"@const{len(self.constants)}"
+        self.constants[name] = array
+        return name
+
+    def _slice(self, source, target, start, axis, node):
+        ints = [self._constant(np.array([v], np.int64)) for v in (start, _END, axis)]
+        self.nodes.append(TensorNode("Slice", (source, *ints), (target,), {}, f"{node.name}@keep"))
+
+    # ---- the two graphs ----
+
+    def _build(self):
+        graph = self.graph
+        nodes = self.nodes
+        produced = {o for n in nodes for o in n.outputs if o}
+        produced |= set(self.axes) | {s.name_in for s in self.states} | set(self.constants)
+        static_reads, constants = [], dict(self.constants)
+        for name in list(dict.fromkeys(i for n in nodes for i in n.inputs if i)) + list(graph.outputs):
+            if name in produced:
+                continue
+            if self.kind[name] in ("const",):
+                constants[name] = self.a[name].const
+            elif self.kind[name] == "static" and name not in static_reads:
+                static_reads.append(name)
+        for state in self.states:
+            if isinstance(state.initial, str) and state.initial not in static_reads:
+                static_reads.append(state.initial)
+        inputs = []
+        for tensor in graph.inputs:
+            if tensor.name in self.axes:
+                dims = list(self.a[tensor.name].shape)
+                dims[self.axes[tensor.name]] = "frames"
+                inputs.append(TensorInput(tensor.name, tensor.dtype, tuple(dims)))
+        for name in static_reads:
+            inputs.append(TensorInput(name, _dtype_name(self.a[name].dtype), self.a[name].shape))
+        for state in self.states:
+            inputs.append(TensorInput(state.name_in, _dtype_name(state.dtype), state.shape))
+        self.outputs = list(graph.outputs)
+        outputs = list(dict.fromkeys(self.outputs + [s.name_out for s in self.states]))
+        self.state_outputs = [outputs.index(s.name_out) for s in self.states]
+        self.output_positions = [outputs.index(n) for n in self.outputs]
+        self.stream_graph = TensorGraph(tuple(inputs), tuple(nodes), tuple(outputs), constants)
+        self.static_reads = static_reads
+        self.output_axes = [self.time.get(n) if self.kind[n] == "dynamic" else None for n in self.outputs]
+        self.static_graph = None
+        static_inputs = [t for t in graph.inputs if t.name not in self.axes]
+        if static_inputs:
+            needed = set()
+            for node in self.static_nodes:
+                needed.update(i for i in node.inputs if i and self.kind[i] == "const")
+            self.static_graph = TensorGraph(
+                tuple(static_inputs), tuple(self.static_nodes), tuple(static_reads) or (static_inputs[0].name,),
+                {name: self.a[name].const for name in needed})
+
+
+def _dtype_name(dtype) -> str:
+    return {"f": "float32", "i": "int64", "b": "bool"}[np.dtype(dtype).kind]
+
+
+class TensorStream:
+    """A general graph fed one frame (or a block of frames) at a time: see
+    :meth:`grurt.TensorModel.stream` and docs/streaming-and-serving.md, "Streaming a general graph".
+    """
+
+    def __init__(self, model, batch: int = 1, time_axes=None, static=None):
+        if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
+            raise InputError(f"batch must be a positive integer, got {batch!r}")
+        self.model, self.batch = model, int(batch)
+        graph = model.graph
+        self.time_axes = checked_time_axes(graph, time_axes)
+        self.frame_names = tuple(t.name for t in graph.inputs if t.name in self.time_axes)
+        self.static_names = tuple(t.name for t in graph.inputs if t.name not in self.time_axes)
+        self._compiled = {}            # static signature -> (StreamGraph, its TensorModel, static TensorModel)
+        self._static_arrays = None
+        self.reset(static)
+
+    # ---- static inputs, states ----
+
+    def _frame_sig(self, static_arrays):
+        """(shape without time, dtype) of each time input: fixed dims as declared, a dim parameter
+        from a static input that names it, else the batch on axis 0."""
+        sizes = {}
+        for tensor, array in zip((t for t in self.model.graph.inputs if t.name in self.static_names), static_arrays):
+            for dim, size in zip(tensor.dims, array.shape):
+                if isinstance(dim, str):
+                    sizes[dim] = size
+        result = {}
+        for tensor in self.model.graph.inputs:
+            axis = self.time_axes.get(tensor.name)
+            if axis is None:
+                continue
+            shape = []
+            for i, dim in enumerate(tensor.dims):
+                if i == axis:
+                    continue
+                if isinstance(dim, int):
+                    shape.append(dim)
+                elif dim in sizes:
+                    shape.append(sizes[dim])
+                elif i == 0:
+                    shape.append(self.batch)
+                else:
+                    raise InputError(f"input '{tensor.name}' ({tensor.describe()}): the size of '{dim}' on axis {i} "
+                                     "is not known (it is no static input's, and not the batch on axis 0)")
+            dtype = {"float32": np.float32, "int64": np.int64, "bool": np.bool_}[tensor.dtype]
+            result[tensor.name] = (tuple(shape), np.dtype(dtype))
+        return result
+
+    def reset(self, static=None):
+        """Start a new stream: every state back to its start; ``static`` (required the first time
+        for a model with static inputs) gives new values of the static inputs, and the tensors
+        computed from them alone are computed again, once."""
+        if static is not None or self._static_arrays is None:
+            self._set_static(static)
+        self._states = [self._initial(s) for s in self.compiled.states]
+
+    def _set_static(self, static):
+        names = self.static_names
+        if not names:
+            if static is not None:
+                raise InputError("this stream has no static inputs, got static=")
+            arrays = []
+        else:
+            if static is None:
+                raise InputError(f"this stream's static inputs {list(names)} must be given: "
+                                 "model.stream(static={name: value})")
+            given = by_name(static, names, "static input")
+            checker = self._checker()
+            arrays = checker._inputs(given)
+        sig = tuple((a.shape, a.dtype) for a in arrays)
+        compiled = self._compiled.get(sig)
+        if compiled is None:
+            frame_sig = self._frame_sig(arrays)
+            compiled = StreamGraph(self.model.graph, self.time_axes, frame_sig,
+                                   {n: (a.shape, a.dtype) for n, a in zip(names, arrays)})
+            runner = type(self.model)(compiled.stream_graph)
+            static_model = type(self.model)(compiled.static_graph) if compiled.static_graph is not None else None
+            compiled = self._compiled[sig] = (compiled, runner, static_model, frame_sig)
+        self.compiled, self._runner, static_model, self._frame_shapes = compiled
+        values = {}
+        if static_model is not None:
+            results = static_model.run(dict(zip(names, arrays)))
+            results = results if isinstance(results, tuple) else (results,)
+            values = dict(zip(static_model.output_names, results))
+        self._static_values = values
+        self._static_arrays = [values[n] for n in self.compiled.static_reads]
+
+    def _checker(self):
+        """A TensorModel of the static inputs alone, to check them as run() does."""
+        graph = self.model.graph
+        inputs = tuple(t for t in graph.inputs if t.name in self.static_names)
+        if not hasattr(self, "_static_checker"):
+            self._static_checker = type(self.model)(TensorGraph(inputs, (), (inputs[0].name,), {}))
+        return self._static_checker
+
+    def _initial(self, state):
+        if isinstance(state.initial, str):
+            return np.array(self._static_values[state.initial], state.dtype)
+        return np.array(np.broadcast_to(state.initial, state.shape), state.dtype)
+
+    @property
+    def state_names(self) -> List[str]:
+        """What each entry of :attr:`state` holds (the stateful nodes in the graph's order)."""
+        return [s.describe() for s in self.compiled.states]
+
+    @property
+    def state(self) -> List[np.ndarray]:
+        """The states, one array per stateful node in the graph's order (:attr:`state_names`): a
+        GRU's h as its ``initial_h`` is laid out, a causal Conv's, pool's or Pad's last input frames
+        (time axis of its length), a CumSum's running sum (time axis of length 1). Copies."""
+        return [s.copy() for s in self._states]
+
+    @state.setter
+    def state(self, states):
+        expected = self.compiled.states
+        if not isinstance(states, (list, tuple)) or len(states) != len(expected):
+            raise InputError(f"state must be a list of {len(expected)} arrays ({'; '.join(self.state_names)})")
+        arrays = []
+        for i, (value, spec) in enumerate(zip(states, expected)):
+            array = np.asarray(value)
+            if array.shape != spec.shape or array.dtype.kind != spec.dtype.kind:
+                raise InputError(f"state[{i}] ({spec.describe()}) got {array.dtype} {array.shape}")
+            arrays.append(np.array(array, spec.dtype))
+        self._states = arrays
+
+    # ---- frames ----
+
+    def step(self, frames):
+        """Advance by one frame of each time input (its time axis removed): one array, a list in
+        :attr:`frame_names` order or a dict by name. Returns each output at this frame (an output
+        without a time axis: its value after this frame); a tuple for several outputs."""
+        return self._advance(frames, block=False)
+
+    def run(self, block):
+        """Advance by n frames of each time input (time axis of length n, the same n for all).
+        Returns each output over these frames, as stepping them one by one would."""
+        return self._advance(block, block=True)
+
+    def _advance(self, frames, block):
+        given = by_name(frames, self.frame_names, "time input")
+        feed = {}
+        n = None
+        for name in self.frame_names:
+            value = given[name]
+            array = value if type(value) is np.ndarray else np.asarray(value)
+            axis = self.time_axes[name]
+            shape = self._frame_shapes[name][0]
+            if not block:
+                if array.shape != shape:
+                    raise InputError(f"time input '{name}': a frame has shape {shape}, got {array.shape}")
+                array = np.expand_dims(array, axis)
+            else:
+                if array.ndim != len(shape) + 1 or array.shape[:axis] + array.shape[axis + 1:] != shape:
+                    raise InputError(f"time input '{name}': a block has shape {shape[:axis] + ('n',) + shape[axis:]},"
+                                     f" got {array.shape}")
+                if n is None:
+                    n = array.shape[axis]
+                elif array.shape[axis] != n:
+                    raise InputError(f"time input '{name}' has {array.shape[axis]} frames, another {n}: give every "
+                                     "time input the same number of frames")
+            feed[name] = array
+        if block and n == 0:
+            raise InputError("a block needs at least one frame")
+        compiled = self.compiled
+        arrays = list(feed.values()) + self._static_arrays + self._states
+        results = self._runner.run(arrays)
+        results = results if isinstance(results, tuple) else (results,)
+        self._states = [results[i] for i in compiled.state_outputs]
+        outputs = []
+        for position, axis in zip(compiled.output_positions, compiled.output_axes):
+            value = results[position]
+            if axis is not None and not block:
+                value = value.reshape(value.shape[:axis] + value.shape[axis + 1:])
+            outputs.append(value)
+        return outputs[0] if len(outputs) == 1 else tuple(outputs)
