@@ -31,6 +31,7 @@ class Summary:
     failures: list = field(default_factory=list)        # (index, outcome, detail, saved path or None)
     seconds: float = 0.0
     slowest: float = 0.0
+    slowest_index: int = -1
     ran: int = 0             # loaded files whose run (and stream step) went through
 
     @property
@@ -41,7 +42,7 @@ class Summary:
         parts = ", ".join(f"{k} {self.counts[k]}" + (f" (ran {self.ran})" if k == "loaded" else "")
                           for k in ("loaded", "rejected", *BAD) if self.counts[k])
         return (f"{self.loader} ({self.mode}): {self.total} mutated files in {self.seconds:.1f} s ({parts}); "
-                f"slowest file {self.slowest * 1e3:.0f} ms")
+                f"slowest file {self.slowest * 1e3:.0f} ms (#{self.slowest_index})")
 
 
 def _save(loader, seeds, seed, index, outcome, save_dir, mode="bytes"):
@@ -88,7 +89,8 @@ def run(loader: str, seeds: list, count: int, seed: int = 0, batch: int = 250, t
                 in_flight, last = None, record["index"]
                 summary.counts[record["outcome"]] += 1
                 summary.ran += record["outcome"] == "loaded" and record["detail"].startswith("ran")
-                summary.slowest = max(summary.slowest, record["seconds"])
+                if record["seconds"] > summary.slowest:
+                    summary.slowest, summary.slowest_index = record["seconds"], record["index"]
                 if record["outcome"] in BAD:
                     saved = _save(loader, seeds, seed, record["index"], record["outcome"], save_dir, mode)
                     summary.failures.append((record["index"], record["outcome"], record["detail"], saved))
