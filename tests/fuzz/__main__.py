@@ -18,6 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from harness import BAD, run  # noqa: E402
 from seeds import SUFFIXES, write_seeds  # noqa: E402
+from worker import sweep_cases  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -27,8 +28,9 @@ def main(argv=None) -> int:
     parser.add_argument("--loader", action="append", choices=sorted(SUFFIXES),
                         help="loader to fuzz (repeatable; default: all)")
     parser.add_argument("--count", type=int, default=1000, help="mutated files per loader and mode (default 1000)")
-    parser.add_argument("--mode", action="append", choices=("bytes", "meaning"),
-                        help="kind of mutation (repeatable; default: both)")
+    parser.add_argument("--mode", action="append", choices=("bytes", "meaning", "sweep"),
+                        help="kind of mutation (repeatable; default: bytes and meaning); sweep: every numeric "
+                             "field of every seed set to every boundary value, in order (--count 0: all of them)")
     parser.add_argument("--seed", type=int, default=0, help="run seed: the same seed mutates the same way")
     parser.add_argument("--batch", type=int, default=250, help="files per worker process")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds one file may take")
@@ -44,7 +46,12 @@ def main(argv=None) -> int:
                 continue
             save_dir = os.path.join(args.save_dir, loader) if args.save_dir else None
             for mode in args.mode or ("bytes", "meaning"):
-                summary = run(loader, seeds[loader], args.count, seed=args.seed, batch=args.batch,
+                count = args.count or (sum(n for _, n in sweep_cases(loader, seeds[loader])) if mode == "sweep"
+                                       else 1000)
+                if not count:
+                    print(f"{loader}: no sweep (its files hold no JSON or ONNX attributes)")
+                    continue
+                summary = run(loader, seeds[loader], count, seed=args.seed, batch=args.batch,
                               timeout=args.timeout, save_dir=save_dir, mode=mode)
                 print(summary.line(), flush=True)
                 for index, outcome, detail, saved in summary.failures:

@@ -131,14 +131,16 @@ def rezip(members, compress=None) -> bytes:
     return out.getvalue()
 
 
-def declare_size(data: bytes, member: str, size: int, field: str = "file_size") -> bytes:
-    """``data`` with the declared (uncompressed, or compressed) size of ``member`` set to ``size``
-    (mod 2**32) in its local header and the central directory: a false size."""
-    offset = {"file_size": 22, "compress_size": 18}[field]
+def patch_member(data: bytes, member: str, field: str, value: int) -> bytes:
+    """``data`` with a field of ``member`` (its declared uncompressed or compressed size, or its
+    compression method) set to ``value`` in its local header and in the central directory: a
+    false size, or a method the bytes were not written with."""
+    local, fmt = {"file_size": (22, "<I"), "compress_size": (18, "<I"), "method": (8, "<H")}[field]
+    value %= 2 ** (8 * struct.calcsize(fmt))
     with zipfile.ZipFile(io.BytesIO(data)) as archive:
         info = archive.getinfo(member)
     buf = bytearray(data)
-    struct.pack_into("<I", buf, info.header_offset + offset, size % 2**32)
+    struct.pack_into(fmt, buf, info.header_offset + local, value)
     end = buf.rfind(b"PK\x05\x06")
     if end < 0:
         return bytes(buf)
@@ -146,7 +148,7 @@ def declare_size(data: bytes, member: str, size: int, field: str = "file_size") 
     while buf[central:central + 4] == b"PK\x01\x02":
         name_len, extra_len, comment_len = struct.unpack_from("<HHH", buf, central + 28)
         if bytes(buf[central + 46:central + 46 + name_len]) == member.encode():
-            struct.pack_into("<I", buf, central + offset + 2, size % 2**32)
+            struct.pack_into(fmt, buf, central + local + 2, value)       # the same fields, 2 bytes later
         central += 46 + name_len + extra_len + comment_len
     return bytes(buf)
 
@@ -159,11 +161,9 @@ def mutate_zip(data: bytes, rng: random.Random) -> bytes:
     if choice < 0.45:
         size = rng.choice((0, 1, len(content) - 1, len(content) + 1, 2 * len(content), 2**31 - 1, 2**31,
                            2**32 - 1, 2**32 - 2))
-        return declare_size(data, info.filename, size, rng.choice(("file_size", "file_size", "compress_size")))
+        return patch_member(data, info.filename, rng.choice(("file_size", "file_size", "compress_size")), size)
     if choice < 0.65:                       # another compression method (8: deflate over stored bytes, ...)
-        out = bytearray(data)
-        struct.pack_into("<H", out, info.header_offset + 8, rng.choice((8, 9, 12, 14, 99)))
-        return bytes(out)
+        return patch_member(data, info.filename, "method", rng.choice((0, 8, 9, 12, 14, 99)))
     # the member deflated, with zeros appended: a small file that inflates to 1 MiB, past the 64 MiB
     # limits (the pickle of a .pt), or past the 1088 MiB ones (HDF5 members, storages)
     tail = rng.choice((1, 1, 80, 1200))
@@ -482,6 +482,96 @@ def mutate_onnx(data: bytes, rng: random.Random) -> bytes:
         else:                                                # the opset
             model.opset_import[0].version = rng.choice((1, 6, 7, 10, 11, 13, 18, 22, 23, 10**6))
     return model.SerializeToString()
+
+
+# ---- the sweep: every numeric field of a file × every boundary value, in order ----
+
+SWEEP_VALUES = BOUNDARY_INTS + BOUNDARY_FLOATS + WRONG_TYPES
+
+
+def _numeric_places(value):
+    return [(c, k) for c, k in _locations(value) if isinstance(c[k], (int, float)) and not isinstance(c[k], bool)]
+
+
+def _sweep_json(text: str, k: int):
+    """(text with numeric field k // len(SWEEP_VALUES) set to value k % len(SWEEP_VALUES), cases)."""
+    value = json.loads(text)
+    places = _numeric_places(value)
+    cases = len(places) * len(SWEEP_VALUES)
+    if k < cases:
+        container, key = places[k // len(SWEEP_VALUES)]
+        container[key] = SWEEP_VALUES[k % len(SWEEP_VALUES)]
+    return json.dumps(value), cases
+
+
+def _sweep_member(data: bytes, member: str, k: int, decode, encode):
+    members = _members(data)
+    index = next(i for i, (info, _) in enumerate(members) if info.filename == member)
+    text, cases = _sweep_json(decode(members[index][1]), k)
+    members[index] = (members[index][0], encode(text))
+    return rezip(members), cases
+
+
+def _sweep_onnx(data: bytes, k: int):
+    """Every int and float of every node attribute and integer initializer × every boundary number."""
+    import onnx
+    from onnx import numpy_helper
+    model = onnx.load_model_from_string(data)
+    places = []
+    for node in model.graph.node:
+        for attr in node.attribute:
+            if attr.type in (onnx.AttributeProto.INT, onnx.AttributeProto.FLOAT):
+                places.append((attr, None))
+            elif attr.type in (onnx.AttributeProto.INTS, onnx.AttributeProto.FLOATS):
+                places += [(attr, i) for i in range(len(attr.ints) or len(attr.floats))]
+    for tensor in model.graph.initializer:
+        if tensor.data_type == onnx.TensorProto.INT64:
+            places += [(tensor, i) for i in range(numpy_helper.to_array(tensor).size)]
+    numbers = BOUNDARY_INTS + BOUNDARY_FLOATS
+    cases = len(places) * len(numbers)
+    if k < cases:
+        target, i = places[k // len(numbers)]
+        number = numbers[k % len(numbers)]
+        if isinstance(target, onnx.TensorProto):
+            array = numpy_helper.to_array(target).copy()
+            array.flat[i] = _int64(int(number)) if math.isfinite(number) else 0
+            target.CopyFrom(numpy_helper.from_array(array, target.name))
+        elif target.type in (onnx.AttributeProto.INT, onnx.AttributeProto.INTS):
+            value = _int64(int(number)) if math.isfinite(number) else -1
+            if i is None:
+                target.i = value
+            else:
+                target.ints[i] = value
+        elif i is None:
+            target.f = number
+        else:
+            target.floats[i] = number
+    return model.SerializeToString(), cases
+
+
+def sweep(loader: str, data: bytes, k: int):
+    """(case k of the sweep of a seed file, the number of cases): every numeric field of its JSON
+    (grurt header, Keras config, model_config, safetensors header) or of its ONNX attributes and
+    integer initializers, set to every boundary value in turn. None for formats without one."""
+    if loader == "npz":
+        return _sweep_member(data, "header.npy", k, lambda b: str(np.load(io.BytesIO(b), allow_pickle=False)),
+                             lambda text: _npy(np.array(text)))
+    if loader == "keras":
+        return _sweep_member(data, "config.json", k, bytes.decode, str.encode)
+    if loader == "onnx":
+        return _sweep_onnx(data, k)
+    if loader == "safetensors":
+        length = struct.unpack_from("<Q", data)[0]
+        text, cases = _sweep_json(data[8:8 + length].decode(), k)
+        return struct.pack("<Q", len(text.encode())) + text.encode() + data[8 + length:], cases
+    if loader == "h5":
+        import h5py
+        buffer = io.BytesIO(data)
+        with h5py.File(buffer, "r+") as store:
+            text, cases = _sweep_json(_text(store.attrs["model_config"]), k)
+            store.attrs["model_config"] = text
+        return buffer.getvalue(), cases
+    return None
 
 
 MUTATORS = {"npz": mutate_grurt_npz, "onnx": mutate_onnx, "keras": mutate_keras, "h5": mutate_h5,

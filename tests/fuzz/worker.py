@@ -21,7 +21,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from meaning import mutate_meaning  # noqa: E402
+from meaning import mutate_meaning, sweep  # noqa: E402
 from mutate import mutate  # noqa: E402
 from seeds import SUFFIXES, ZIP_LOADERS  # noqa: E402
 
@@ -39,9 +39,34 @@ class Hang(BaseException):
     """Raised by the alarm: one file took longer than the per-file timeout."""
 
 
+def sweep_cases(loader: str, seeds: list) -> list:
+    """(seed file, number of cases) of the sweep of each seed (meaning.sweep), in order; [] for a
+    loader without one."""
+    cases = []
+    for source in sorted(seeds):
+        with open(source, "rb") as handle:
+            result = sweep(loader, handle.read(), 2**62)
+        if result is None:
+            return []
+        cases.append((source, result[1]))
+    return cases
+
+
 def mutated(loader: str, seeds: list, seed: int, index: int, mode: str = "bytes") -> bytes:
     """Mutation ``index`` of run ``seed``: the same bytes on every machine (byte mutations, or
-    mutations of meaning, :mod:`meaning`)."""
+    mutations of meaning, :mod:`meaning`; ``sweep``: case ``index`` of every numeric field of every
+    seed set to every boundary value, in order, round and round; a mutation of meaning for loaders
+    without a sweep)."""
+    if mode == "sweep":
+        cases = sweep_cases(loader, seeds)
+        if cases:
+            index %= sum(n for _, n in cases)
+            for source, n in cases:
+                if index < n:
+                    with open(source, "rb") as handle:
+                        return sweep(loader, handle.read(), index)[0]
+                index -= n
+        mode = "meaning"
     rng = random.Random(f"{loader}:{seed}:{index}" if mode == "bytes" else f"{loader}:{mode}:{seed}:{index}")
     source = sorted(seeds)[rng.randrange(len(seeds))]
     with open(source, "rb") as handle:

@@ -320,6 +320,8 @@ def _layer_fields(archive, entry, index, features, budget, stored):
     def array(name, shape, dtype_name="float32"):
         return _read_array(archive, f"{index}.{name}", shape, where, dtype_name)
 
+    _expect(features is not None or kind not in ("GRU", "Dense", "Scale"),
+            f"{where}: reads a tensor without features (token ids or a mask)")
     if kind == "GRU":
         H = _int_field(entry, "hidden_size", where)
         direction = entry.get("direction", "forward")
