@@ -534,19 +534,24 @@ def _sweep_onnx(data: bytes, k: int):
         number = numbers[k % len(numbers)]
         if isinstance(target, onnx.TensorProto):
             array = numpy_helper.to_array(target).copy()
-            array.flat[i] = _int64(int(number)) if math.isfinite(number) else 0
+            array.flat[i] = _int64(int(number)) if _finite(number) else 0
             target.CopyFrom(numpy_helper.from_array(array, target.name))
         elif target.type in (onnx.AttributeProto.INT, onnx.AttributeProto.INTS):
-            value = _int64(int(number)) if math.isfinite(number) else -1
+            value = _int64(int(number)) if _finite(number) else -1
             if i is None:
                 target.i = value
             else:
                 target.ints[i] = value
         elif i is None:
-            target.f = number
+            target.f = float(number) if _finite(number) or isinstance(number, float) else math.inf
         else:
-            target.floats[i] = number
+            target.floats[i] = float(number) if _finite(number) or isinstance(number, float) else math.inf
     return model.SerializeToString(), cases
+
+
+def _finite(number) -> bool:
+    """Whether ``number`` is a finite float or an int a float holds (10**400 is not)."""
+    return abs(number) < 1e308 if isinstance(number, int) else math.isfinite(number)
 
 
 def sweep(loader: str, data: bytes, k: int):
