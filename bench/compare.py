@@ -15,7 +15,8 @@ TorchScript exporter, dynamic batch/time axes) and run by every contender:
                                    Model.run has a ``threads`` option: each layer runs on grurt's
                                    worker pool when that measures faster, on one thread otherwise
     grurt bf16 / grurt int8        with ``--weights``: the same model with reduced-precision GRU
-                                   weights (``Model.with_weights``), checked with the mode's budget
+                                   weights (``Model.with_weights``), checked with the mode's budget;
+                                   W7 always has grurt int8 (the pool on int8 weights)
     onnxruntime (1 thread)         intra_op_num_threads = inter_op_num_threads = 1: the baseline
     onnxruntime (default threads)
     torch eager (1 thread)         torch.set_num_threads(1), autograd off (W3: nn.GRUCell)
@@ -127,7 +128,7 @@ def grurt_factory(w, threads=None, variant=None, weights=None):
     if variant == "streams":
         return lambda: workloads.streams_stepper(w)
     if w.pool is not None:
-        return lambda: workloads.pool_stepper(w)
+        return lambda: workloads.pool_stepper(w, model())
     if w.stream:
         return lambda: workloads.stream_stepper(model(), batch=w.x.shape[0], threads=threads or 1)
     if threads:
@@ -349,7 +350,8 @@ def bench_workload(w, directory: str, quick: bool, weights=()) -> Tuple[List[Row
         contenders.append((f"grurt ({len(w.pool[1])} x Stream.step)", grurt_factory(w, variant="streams")))
     if w.name in ("W1", "W2", "W3", "W4", "W5") and grurt_has_threads():
         contenders.append(("grurt (2 threads)", grurt_factory(w, threads=2)))
-    for mode in weights if w.pool is None else ():
+    # W7: the pool with int8 weights always, beside float32 (the serving section's two figures)
+    for mode in weights if w.pool is None else sorted(set(weights) | {"int8"}):
         contenders.append((f"grurt {mode}", grurt_factory(w, weights=mode) if grurt_runs else None))
     contenders += [(BASELINE, ort_factory(w, path, 1)),
                    ("onnxruntime (default threads)", ort_factory(w, path, None)),

@@ -12,8 +12,11 @@ frames, one every ``--hop-ms`` (the connections' phases spread over the hop), an
 each reply's arrival. Per frame: latency = reply received − frame sent. A frame without a
 reply ``--grace`` seconds after the last one was sent is lost; a reply whose number is below
 one already received is reordered. Printed: p50 / p99 / p99.9 latency, lost and reordered
-frames, how late the client sent (if the client itself cannot keep the rate, the row says
-so), and per mode the highest N whose p99 is under the hop with no frame lost.
+frames, how late the client sent (p99 of the delay behind its schedule: when the client
+itself cannot keep the rate, this grows), the server's CPU time per answered frame (the cost
+of a frame in that server, which the machine's other load changes less), and per mode
+the highest N whose p99 is under the hop with no frame lost. Each (mode, N) gets a fresh
+server.
 
 Bounded: at most 1,024 streams, at most 60 s per run, localhost only; the server process is
 ended when the run ends (or fails). Client and server share this machine's cores.
@@ -51,7 +54,8 @@ def make_models(directory, seed=23):
     B = (rng.uniform(-1, 1, (1, 6 * H)) / np.sqrt(H)).astype(np.float32)
     Wd = (rng.uniform(-1, 1, (I, H)) / np.sqrt(H)).astype(np.float32)
     bd = (rng.uniform(-1, 1, I) / np.sqrt(H)).astype(np.float32)
-    model = grurt.Model(ModelSpec(I, (GRU(W=W, R=R, B=B, linear_before_reset=True), Dense(Wd, bd, activation("sigmoid")))))
+    gru = GRU(W=W, R=R, B=B, linear_before_reset=True)           # PyTorch's GRU
+    model = grurt.Model(ModelSpec(I, (gru, Dense(Wd, bd, activation("sigmoid")))))
     npz = os.path.join(directory, "denoiser.npz")
     grurt.save(model, npz)
     nodes = [helper.make_node("Transpose", ["x"], ["x_tbi"], perm=[1, 0, 2]),
@@ -94,6 +98,15 @@ class Server:
                 raise RuntimeError(f"the server did not start: {line}{self.process.stderr.read()}")
             self._uri = line.split()[2]
         return self._uri
+
+    def cpu_seconds(self):
+        """CPU time the server has used so far (user + system; None where /proc is missing)."""
+        try:
+            with open(f"/proc/{self.process.pid}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, ValueError, IndexError):
+            return None
 
     def close(self):
         if self.process.poll() is None:
@@ -204,22 +217,33 @@ def main(argv=None):
     print(f"- model GRU({INPUT} -> {HIDDEN}) -> Dense({INPUT}) -> sigmoid; {frames_per_stream} frames per stream, "
           f"one per {args.hop_ms:g} ms\n")
     print("| mode | streams | frames | p50 ms | p99 ms | p99.9 ms | lost | reordered | client late p99 ms | "
-          "p99 < hop, 0 lost |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+          "server CPU µs per frame | p99 < hop, 0 lost |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     best = {}
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory(prefix="grurt-serve-") as directory:
         _, npz, onnx = make_models(directory)
         for mode in modes:
-            with Server(mode, npz, onnx) as server:
-                for n in counts:
-                    frames = rng.standard_normal((n, frames_per_stream, INPUT), dtype=np.float32)
-                    s = summarize(asyncio.run(run_streams(server.uri, n, frames, hop, args.grace)), hop)
-                    if s["keeps_up"]:
-                        best[mode] = max(best.get(mode, 0), n)
-                    print(f"| {mode} | {n:,} | {s['frames']:,} | {s['p50']:.2f} | {s['p99']:.2f} | {s['p99.9']:.2f} | "
-                          f"{s['lost']:,} | {s['reordered']} | {s['late_p99']:.2f} | "
-                          f"{'yes' if s['keeps_up'] else 'no'} |", flush=True)
+            for n in counts:
+                frames = rng.standard_normal((n, frames_per_stream, INPUT), dtype=np.float32)
+                with Server(mode, npz, onnx) as server:     # a fresh server: no backlog from the last run
+                    uri = server.uri
+                    cpu = server.cpu_seconds()
+                    try:
+                        result = asyncio.run(run_streams(uri, n, frames, hop, args.grace))
+                    except (OSError, asyncio.TimeoutError) as error:
+                        print(f"| {mode} | {n:,} | could not open the {n:,} connections ({error}) |", flush=True)
+                        continue
+                    used = server.cpu_seconds()
+                s = summarize(result, hop)
+                answered = s["frames"] - s["lost"]
+                per_frame = ("—" if cpu is None or used is None or not answered
+                             else f"{(used - cpu) / answered * 1e6:.0f}")
+                if s["keeps_up"]:
+                    best[mode] = max(best.get(mode, 0), n)
+                print(f"| {mode} | {n:,} | {s['frames']:,} | {s['p50']:.2f} | {s['p99']:.2f} | {s['p99.9']:.2f} | "
+                      f"{s['lost']:,} | {s['reordered']} | {s['late_p99']:.2f} | {per_frame} | "
+                      f"{'yes' if s['keeps_up'] else 'no'} |", flush=True)
     print("\nhighest N with p99 under the hop and no frame lost: "
           + ", ".join(f"{mode} {best.get(mode, 0):,}" for mode in modes))
     print(f"(end: load average {' '.join(f'{v:.2f}' for v in os.getloadavg())})")

@@ -9,12 +9,16 @@ For each (I, H), one model (random PyTorch weights, ``grurt.from_torch([gru, lin
     Stream.step        one ``stream.step(frame, out=buf)`` call per frame, from a Python loop
                        over the 256 frames (rows of one array, prepared beforehand)
     stream.run         ``stream.run(block, out=buf)`` on blocks of 256 frames
-    kernel             (H = 8 only) the same step called 2,000 times from a C loop, no Python:
-                       the kernel's own time; Stream.step minus this is the call overhead
+    general loop       (H = 8, 16, 24, 32) stream.run with the small kernels off
+                       (``_kernels.use_small_kernels(False)``): what they gain, interleaved
+    kernel             (H <= 32) one step called 2,000 times from a C loop, no Python: the
+                       kernel's own time; Stream.step minus this is the call overhead
 
-RTNeural's numbers are fixed anchors measured on this machine (C++, ``ModelT<GRULayerT,
-DenseT>``, best of its Eigen and xsimd backends, -O3 -march=native, one frame per call).
-Contenders are timed interleaved (rounds of shuffled turns); medians are reported.
+RTNeural's numbers are fixed anchors (C++, ``ModelT<GRULayerT<1, H>, DenseT<H, 1>>``, Eigen
+backend, -O3 -march=native, one ``forward`` call per frame, the minimum over 2,000 blocks of
+256 frames), measured on the machine and day given in RTNEURAL_MACHINE; pass ``--rtneural
+8=83,16=87`` to use figures measured in the same hour. Contenders are timed interleaved
+(rounds of shuffled turns); medians are reported.
 """
 import os
 
@@ -28,10 +32,11 @@ import numpy as np
 import torch
 
 import grurt
+from grurt import _kernels
 
-SIZES = [(1, 8), (1, 16), (1, 32), (1, 64), (16, 64), (64, 64), (64, 128), (64, 256)]
-RTNEURAL_NS = {(1, 8): 59, (1, 16): 55, (1, 32): 167, (1, 64): 560, (16, 64): 703, (64, 64): 1064,
-               (64, 128): 2951, (64, 256): 10364}
+SIZES = [(1, 8), (1, 16), (1, 24), (1, 32), (1, 64), (16, 64), (64, 64), (64, 128), (64, 256)]
+RTNEURAL_MACHINE = "Intel Xeon (Sapphire Rapids class, 2 vCPUs), 2026-12-06, Eigen 3.4.0, GCC 12"
+RTNEURAL_NS = {(1, 8): 83, (1, 16): 87, (1, 24): 123, (1, 32): 144}
 FRAMES = 256
 
 
@@ -57,9 +62,18 @@ def contenders(model, frames):
         run_stream.run(frames, out=block_out)
 
     calls = {"Stream.step": stepping, "stream.run": blocks}
-    kernel = getattr(step_stream, "_kernel_ns", None)
-    if kernel is not None and model.spec.gru_layers[0].hidden_size == 8:
-        calls["kernel"] = lambda: kernel(rows[0], 2_000)
+    H = model.spec.gru_layers[0].hidden_size
+    if H <= 32:
+        general_stream = model.stream()
+
+        def general():
+            previous = _kernels.use_small_kernels(False)
+            try:
+                general_stream.run(frames, out=block_out)
+            finally:
+                _kernels.use_small_kernels(previous)
+        calls["general loop"] = general
+        calls["kernel"] = lambda: step_stream._kernel_ns(rows[0], 2_000)
     return calls
 
 
@@ -88,13 +102,19 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--sizes", default=",".join(f"{i}x{h}" for i, h in SIZES))
+    parser.add_argument("--rtneural", default="", help="H=ns,... measured now (I = 1), replacing the anchors")
     args = parser.parse_args(argv)
     sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
+    anchors = dict(RTNEURAL_NS)
+    for item in filter(None, args.rtneural.split(",")):
+        h, ns = item.split("=")
+        anchors[(1, int(h))] = float(ns)
     torch.set_num_threads(1)
     random.seed(0)
-    print("| I | H | Stream.step ns/frame | stream.run ns/frame (blocks of 256) | RTNeural ns/frame "
-          "| RTNeural / stream.run | kernel ns (H=8) |")
-    print("|---:|---:|---:|---:|---:|---:|---:|")
+    print(f"RTNeural anchors: {'measured now' if args.rtneural else RTNEURAL_MACHINE}\n")
+    print("| I | H | Stream.step ns/frame | stream.run ns/frame (blocks of 256) | general loop ns/frame "
+          "| RTNeural ns/frame | RTNeural / stream.run | kernel ns (one step) |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     for I, H in sizes:
         model = build(I, H)
         frames = np.random.default_rng(H).standard_normal((FRAMES, I), dtype=np.float32)
@@ -102,11 +122,12 @@ def main(argv=None):
         a = np.stack([s for s in [model.stream()] for s in [s.step(f).copy() for f in frames]])
         assert np.array_equal(a, model.stream().run(frames)), (I, H)
         med = measure(contenders(model, frames), 1.0 if args.quick else 4.0)
-        anchor = RTNEURAL_NS.get((I, H))
+        anchor = anchors.get((I, H))
         ratio = f"{anchor / med['stream.run']:.2f}" if anchor else "—"
-        kernel = f"{med['kernel']:.0f}" if "kernel" in med else ""
-        print(f"| {I} | {H} | {med['Stream.step']:,.0f} | {med['stream.run']:,.0f} | "
-              f"{anchor if anchor else '—':,} | {ratio} | {kernel} |", flush=True)
+        general = f"{med['general loop']:,.0f}" if "general loop" in med else "—"
+        kernel = f"{med['kernel']:.0f}" if "kernel" in med else "—"
+        print(f"| {I} | {H} | {med['Stream.step']:,.0f} | {med['stream.run']:,.0f} | {general} | "
+              f"{f'{anchor:,.0f}' if anchor else '—'} | {ratio} | {kernel} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -125,3 +125,74 @@ def test_pool_step(benchmark, how):
     _check_stepper(w, make(w))
     out = benchmark(make(w), w.x)
     assert out.shape == (64, w.model.output_size) and np.isfinite(out).all()
+
+
+@pytest.mark.parametrize("H", [8, 16, 32])
+def test_small_stream_block(benchmark, H):
+    """GRU(H) -> Dense(1), I = 1, ``stream.run`` on blocks of 256 frames (bench/streaming.py's table)."""
+    import torch
+    torch.manual_seed(1000 + H)
+    gru, head = torch.nn.GRU(1, H, batch_first=True), torch.nn.Linear(H, 1)
+    model = grurt.from_torch([gru, head])
+    frames = np.random.default_rng(H).standard_normal((256, 1), dtype=np.float32)
+    with torch.no_grad():
+        expected = head(gru(torch.from_numpy(frames)[None])[0])[0].numpy()
+    np.testing.assert_allclose(model.stream().run(frames), expected, rtol=0, atol=TOLERANCE)
+    benchmark.group = f"small stream GRU({H}), blocks of 256"
+    stream, out = model.stream(), np.empty((256, 1), np.float32)
+    benchmark(stream.run, frames, out=out)
+
+
+@pytest.mark.parametrize("name, batch", [("W1", 10_000), ("W2", 2_000)])
+def test_run_large_batch(benchmark, name, batch):
+    """W1 and W2 shapes on a large batch (run in slices of 64 sequences): per-sequence cost
+    should stay within 10% of B = 64 (bench/batch_scaling.py)."""
+    w = workloads.get(name)
+    x = np.ascontiguousarray(np.repeat(w.x, batch, axis=0))
+    benchmark.group = f"{w} B={batch}"
+    out = benchmark(w.model.run, x)
+    np.testing.assert_allclose(out, np.repeat(workloads.reference(w), batch, axis=0), rtol=0, atol=TOLERANCE)
+
+
+# ---- general graphs (workloads_graph.py): W9, W10 (S = 1), W10s20 ----
+
+import workloads_graph  # noqa: E402
+
+GRAPH_TOLERANCE = 1e-5
+
+
+@pytest.mark.parametrize("name", workloads_graph.NAMES)
+def test_run_graph(benchmark, name):
+    """W9 on its input; W10/W10s20 one hop with the states carried, checked against PyTorch over 4 hops first."""
+    w = workloads_graph.get(name)
+    benchmark.group = str(w)
+    names = list(w.model.input_names)
+    if name == "W9":
+        out = benchmark(w.model.run, w.example[0])
+        np.testing.assert_allclose(out, workloads_graph.torch_outputs(w, w.example)[0], rtol=0, atol=GRAPH_TOLERANCE)
+        return
+    step = workloads_graph.stepper(lambda arrays: list(w.model.run(dict(zip(names, arrays)))))
+    reference = workloads_graph.stepper(lambda arrays: workloads_graph.torch_outputs(w, arrays))
+    for hop in workloads_graph.hops(w.frames, 4):
+        for got, expected in zip(step(*hop), reference(*hop)):
+            np.testing.assert_allclose(got, expected, rtol=0, atol=GRAPH_TOLERANCE)
+    benchmark(step, *workloads_graph.hops(w.frames, 1, seed=11)[0])
+
+
+# ---- grurt.InferenceSession: onnxruntime's calling convention over W1 (issue 22: <= 1 us above Model.run) ----
+
+@pytest.mark.parametrize("entry", ["session.run", "model.run"])
+def test_session_overhead_w1(benchmark, tmp_path, entry):
+    import torch
+
+    w = workloads.get("W1")
+    path = str(tmp_path / "w1.onnx")
+    torch.onnx.export(w.torch_module, (torch.from_numpy(w.x),), path, input_names=["x"], output_names=["y"],
+                      dynamic_axes={"x": {0: "batch", 1: "time"}}, dynamo=False)
+    session = grurt.InferenceSession(path)
+    assert session.model is not None and session._fused        # W1's file runs on the fused Model
+    benchmark.group = "W1: InferenceSession.run vs Model.run"
+    feed = {"x": w.x}
+    call = (lambda: session.run(None, feed)[0]) if entry == "session.run" else (lambda: session.model.run(w.x))
+    out = benchmark(call)
+    np.testing.assert_allclose(out, workloads.reference(w), rtol=0, atol=TOLERANCE)

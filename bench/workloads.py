@@ -254,10 +254,11 @@ def has_pool(model: grurt.Model) -> bool:
     return callable(getattr(model, "stream_pool", None))
 
 
-def pool_stepper(w: Workload):
-    """W7 in grurt: a pool of ``capacity`` open sessions, ``step(frames)`` steps ``session_ids``."""
+def pool_stepper(w: Workload, model: Optional[grurt.Model] = None):
+    """W7 in grurt: a pool of ``capacity`` open sessions of ``model`` (default: the workload's),
+    ``step(frames)`` steps ``session_ids``."""
     capacity, ids = w.pool
-    pool = w.model.stream_pool(capacity)
+    pool = (model or w.model).stream_pool(capacity)
     for _ in range(capacity):
         pool.open()
     buf = np.empty((len(ids), w.model.output_size), np.float32)

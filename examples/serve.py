@@ -15,9 +15,11 @@ Modes:
 
     pool    (the default) every connection is a session of one ``StreamPool``. A batching
             loop steps, at each tick, every session that has a frame waiting (its oldest
-            frame) as one batch, in a worker thread while the event loop keeps receiving (the
-            step releases the GIL); the next tick starts as soon as the step is done, with
-            whatever frames arrived meanwhile. Replies go out in order by a single sender.
+            frame) as one batch; between ticks the connections receive and a single sender
+            sends the replies, in order. The next tick takes whatever frames arrived
+            meanwhile: the busier the server, the larger (and cheaper per frame) its batches.
+            (A worker thread for the step made each tick wait for a thread switch, which on
+            a loaded machine took milliseconds.)
     stream  one ``Stream`` per connection, one ``step`` call per frame as it arrives.
     onnx    onnxruntime (1 thread) on the model's one-step graph (inputs x (batch, 1, I) and
             h0 (1, batch, H); outputs y and h_n), the state kept per connection, one call per
@@ -29,7 +31,6 @@ latency of every frame; docs/performance.md has the results.
 import argparse
 import asyncio
 import collections
-import concurrent.futures
 import sys
 
 import numpy as np
@@ -40,7 +41,9 @@ HEADER = 4      # bytes of the frame number
 
 
 class PoolServer:
-    """Every connection a session of one StreamPool, stepped together at each tick."""
+    """Every connection a session of one StreamPool, stepped together at each tick. Everything
+    runs in the event loop's thread (the pool takes one caller at a time): a tick steps in C,
+    then yields so that the connections receive and the replies go out before the next one."""
 
     def __init__(self, model, capacity):
         self.pool = model.stream_pool(capacity)
@@ -48,20 +51,17 @@ class PoolServer:
         self.pending = {}                       # session id -> deque of (connection, number, frame)
         self.ready = collections.deque()        # sessions with a frame waiting, each once, oldest first
         self.wake = asyncio.Event()
-        self.pool_lock = asyncio.Lock()         # the pool takes one caller at a time: open/close between steps
         self.replies = asyncio.Queue()          # (connection, number) list and outputs of each step, in order
         self.ids = np.empty(capacity, np.int64)
         self.frames = np.empty((capacity, model.input_size), np.float32)
         self.out = np.empty((capacity, model.output_size), np.float32)
-        self.stepper = concurrent.futures.ThreadPoolExecutor(1)
 
     async def handle(self, connection):
-        async with self.pool_lock:
-            if len(self.pool) == self.capacity:
-                await connection.close(1013, f"all {self.capacity} sessions are in use")
-                return
-            sid = self.pool.open()
-            self.pending[sid] = collections.deque()
+        if len(self.pool) == self.capacity:
+            await connection.close(1013, f"all {self.capacity} sessions are in use")
+            return
+        sid = self.pool.open()
+        self.pending[sid] = collections.deque()
         try:
             async for message in connection:
                 frame = parse_frame(message, self.input_size)
@@ -74,31 +74,28 @@ class PoolServer:
                     self.ready.append(sid)
                     self.wake.set()
         finally:
-            async with self.pool_lock:
-                if self.pending.pop(sid):
-                    self.ready.remove(sid)
-                self.pool.close(sid)
+            if self.pending.pop(sid):
+                self.ready.remove(sid)
+            self.pool.close(sid)
 
     async def batch_loop(self):
-        loop = asyncio.get_running_loop()
         while True:
             await self.wake.wait()
             self.wake.clear()
-            async with self.pool_lock:
-                n = len(self.ready)
-                if n == 0:
-                    continue
-                senders = []
-                for k in range(n):
-                    sid = self.ready.popleft()
-                    queue = self.pending[sid]
-                    connection, number, frame = queue.popleft()
-                    self.ids[k], self.frames[k] = sid, frame
-                    senders.append((connection, number))
-                    if queue:                   # its next frame goes in the next tick
-                        self.ready.append(sid)
-                await loop.run_in_executor(self.stepper, self.pool.step, self.ids[:n], self.frames[:n], self.out[:n])
-            self.replies.put_nowait((senders, self.out[:n].copy()))
+            n = len(self.ready)
+            senders = []
+            for k in range(n):
+                sid = self.ready.popleft()
+                queue = self.pending[sid]
+                connection, number, frame = queue.popleft()
+                self.ids[k], self.frames[k] = sid, frame
+                senders.append((connection, number))
+                if queue:                       # its next frame goes in the next tick
+                    self.ready.append(sid)
+            if n:
+                self.pool.step(self.ids[:n], self.frames[:n], self.out[:n])
+                self.replies.put_nowait((senders, self.out[:n].copy()))
+            await asyncio.sleep(0)              # receive and reply before the next tick
             if self.ready:
                 self.wake.set()
 

@@ -525,6 +525,7 @@ def _torch_archive(tmp_path, inflate=None):
     return path
 
 
+@pytest.mark.slow    # ~10 s: a member inflating to the limit; the declared-size checks stay in the default run
 def test_a_pt_archive_member_inflating_past_the_limit_is_refused_before_torch_reads_it(tmp_path):
     """A 1 MiB file whose 'byteorder' member inflates to 1 GiB: torch.load read it whole, peaking at
     3.3 GB in 12 s. Now refused from the archive's directory, in bounded time and memory."""

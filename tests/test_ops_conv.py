@@ -90,6 +90,18 @@ def test_conv_drawn(data):
                           _data((mg * group,), 3)], const=(1, 2))
 
 
+@pytest.mark.parametrize("bias", [False, True])
+def test_conv_kernel_along_the_first_axis_by_slabs(bias):
+    """A (4, 1) kernel over (1, 32, 12, 64) with time padding and dilation: im2col's columns would hold
+    73,728 elements, so the Conv runs one product per tap on views of the padded input (conv.SLABS_FROM)."""
+    attrs = {"dilations": [2, 1], "pads": [3, 0, 1, 0]}
+    x, w = _data((1, 32, 12, 64), 1), _data((8, 32, 4, 1), 2)
+    ctx = REGISTRY["Conv"].prepare(check_attributes(REGISTRY["Conv"], attrs, "Conv"),
+                                   [Value(x.shape, x.dtype), Value(w.shape, w.dtype, w)])
+    assert ctx.slabs is not None
+    agree("Conv", attrs, [x, w] + ([_data((8,), 3)] if bias else []), const=(1, 2))
+
+
 def test_conv_refusals():
     x, w = _data((1, 4, 8)), _data((6, 2, 3))
     with pytest.raises(ModelFormatError, match="X needs 6 channels"):

@@ -49,6 +49,28 @@ def torch_file(folder, name, module, args, names, outputs, axes):
     return path
 
 
+def tf2onnx_style(path):
+    """What tf2onnx writes for a Keras GRU(reset_after=True) → Dense: (B, T, I) transposed to time-major,
+    a GRU node with linear_before_reset=1, its Y squeezed on the direction axis and transposed back."""
+    from onnx import numpy_helper
+    rng = np.random.default_rng(3)
+    weights = {"W": 0.5 * rng.standard_normal((1, 15, 4)), "R": 0.5 * rng.standard_normal((1, 15, 5)),
+               "B": 0.5 * rng.standard_normal((1, 30)), "axes": np.array([1]), "kernel": rng.standard_normal((5, 2)),
+               "bias": rng.standard_normal(2)}
+    nodes = [helper.make_node("Transpose", ["x"], ["xt"], perm=[1, 0, 2]),
+             helper.make_node("GRU", ["xt", "W", "R", "B"], ["Y"], hidden_size=5, linear_before_reset=1),
+             helper.make_node("Squeeze", ["Y", "axes"], ["Ys"]),
+             helper.make_node("Transpose", ["Ys"], ["y"], perm=[1, 0, 2]),
+             helper.make_node("MatMul", ["y", "kernel"], ["d"]), helper.make_node("Add", ["d", "bias"], ["out"])]
+    graph = helper.make_graph(nodes, "tf2onnx", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                                  ["batch", "time", 4])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["batch", "time", 2])],
+                              [numpy_helper.from_array(np.asarray(v, np.float32 if v.dtype.kind == "f" else np.int64), k)
+                               for k, v in weights.items()])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), str(path))
+    return str(path)
+
+
 def feed_for(session, sizes):
     """Random inputs for the session's declared inputs, symbolic dims taken from ``sizes``."""
     feed = {}
@@ -77,6 +99,15 @@ def corpus(tmp_path_factory):
         torch_file(folder, "stateful", StatefulTimeMajor(), (torch.randn(7, 2, 3), torch.randn(2, 2, 8)),
                    ["x", "h0"], ["y", "h_n"], {"x": {0: "time", 1: "batch"}, "h0": {1: "batch"}}),
         {"batch": 3, "time": 6})
+    files["tf2onnx_style"] = (tf2onnx_style(folder / "tf2onnx.onnx"), {"batch": 3, "time": 7})
+    dynamo = str(folder / "forecaster_dynamo.onnx")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.manual_seed(0)
+        torch.onnx.export(Forecaster().eval(), (torch.randn(2, 7, 1),), dynamo, input_names=["x"], dynamo=True,
+                          dynamic_shapes={"x": {0: torch.export.Dim("batch"), 1: torch.export.Dim("time")}},
+                          verbose=False)
+    files["forecaster_dynamo"] = (dynamo, {"batch": 3, "time": 9})
     for name, node, inputs, outputs in CASES:
         case_folder = folder / name
         case_folder.mkdir()
@@ -107,7 +138,8 @@ def test_session_runs_the_conformance_cases(corpus, name, node, inputs, outputs)
 
 
 @pytest.mark.parametrize("name", ["gru_forward_lbr0", "gru_reverse_lbr1", "gru_bidirectional_lbr0",
-                                  "gru_bidirectional_lbr1", "forecaster", "stateful_time_major"]
+                                  "gru_bidirectional_lbr1", "forecaster", "stateful_time_major", "tf2onnx_style",
+                                  "forecaster_dynamo"]
                          + [case[0] for case in CASES if case[0] != "test_gru_batchwise"])
 def test_session_matches_onnxruntime(corpus, name):
     path, sizes = corpus[name]

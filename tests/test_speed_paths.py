@@ -41,7 +41,7 @@ def small_model(seed, I, H, direction="forward", head=1, **kwargs):
 def test_small_layers_have_their_kernel():
     """Every small size gets a kernel on an x86-64 CPU with AVX2 (this machine), nothing else does."""
     model, _ = small_model(0, 3, 8)
-    has = model._plan.small_kernels()
+    has = model._plan.small_kernels()[0]
     for H in (8, 16, 24, 32, 40, 12, 64):
         m, _ = small_model(H, 3, H)
         assert m._plan.small_kernels() == [has and H in SMALL]
@@ -134,8 +134,8 @@ def test_bf16_small_gru_runs_its_kernel():
     low = model.with_weights("bf16")
     assert low._plan.small_kernels() == model._plan.small_kernels()
     x = rng.normal(size=(2, 50, 3)).astype(np.float32)
-    stream = low.stream(batch=2)
-    assert np.array_equal(stream.run(x), low.run(x))       # no alternation for small kernels
+    if low._plan.small_kernels() == [True]:     # model.run sums in the stream's order there
+        assert np.array_equal(low.stream(batch=2).run(x), low.run(x))
     assert np.max(np.abs(low.run(x) - model.run(x))) <= 5e-3
 
 

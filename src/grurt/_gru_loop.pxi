@@ -12,7 +12,9 @@
 #
 # gru_loop runs a task's whole loop. Its parts, for the threaded ways that interleave tasks:
 # gru_begin, then per chunk of CHUNK_STEPS steps gru_project and gru_step for each step, then
-# gru_end.
+# gru_end. A layer with a small kernel (H = 8, 16, 24, 32: LayerPlan.small) runs its whole-layer
+# tasks on it instead, a sequence at a time (gru_small; run_task chooses), and never as a unit
+# range or in a pipeline: its bits are not gru_loop's.
 #
 # Per step s (gate order z, r, h; see the equations in spec.py):
 #

@@ -728,7 +728,8 @@ __attribute__((target(ARCH))) GRURT_INLINE V NAME(V x) {                        
     V p = PS(fmadd)(PS(fmadd)(PS(set1)(-2.76076847742355e-16f * s6), y2, a2), y4, PS(fmadd)(a1, y2, a0)); \
     V q = PS(fmadd)(PS(fmadd)(PS(set1)((SQ) * 1.19825839466702e-06f * s3), y,                         \
                               PS(set1)((SQ) * 1.18534705686654e-04f * s2)), y2,                       \
-                    PS(fmadd)(PS(set1)((SQ) * 2.26843463243900e-03f * s1), y, PS(set1)((SQ) * 4.89352518554385e-03f))); \
+                    PS(fmadd)(PS(set1)((SQ) * 2.26843463243900e-03f * s1), y,                         \
+                              PS(set1)((SQ) * 4.89352518554385e-03f)));                               \
     return PS(mul)(PS(mul)(x, p), PS(div)(PS(set1)(1.0f), q));                                        \
 }
 GRURT_DEFINE_RATIONAL(grurt_small_tanh8, "arch=x86-64-v3", __m256, GRURT_PS8, 1.0f, 1.0f, 9.0f)
@@ -789,11 +790,12 @@ __attribute__((target(ARCH))) static void NAME(const grurt_small_gru *g, int ste
             V hk = PS(set1)(hs[k]);                                                                   \
             _Pragma("GCC unroll 4") for (int u = 0; u < G; ++u) {                                     \
                 ar[k % SR][u] = PS(fmadd)(hk, PS(loadu)(GRURT_SMALL_AT(g->R, H, (H) + (L) * u, k)), ar[k % SR][u]); \
-                ad[k % SH][u] = PS(fmadd)(hk, PS(loadu)(GRURT_SMALL_AT(g->R, H, 2 * (H) + (L) * u, k)), ad[k % SH][u]); \
+                ad[k % SH][u] = PS(fmadd)(hk, PS(loadu)(GRURT_SMALL_AT(g->R, H, 2 * (H) + (L) * u, k)),     \
+                                          ad[k % SH][u]);                                             \
                 az[k % SZ][u] = PS(fmadd)(hk, PS(loadu)(GRURT_SMALL_AT(g->R, H, (L) * u, k)), az[k % SZ][u]); \
             }                                                                                         \
         }                                                                                             \
-        /* the gates: s_z, s_r = sigmoid − 1/2; n = tanh(c + d/2 + s_r·d); h' = (1/2 − s_z)·n + (1/2 + s_z)·h */ \
+        /* the gates: s = sigmoid − 1/2; n = tanh(c + d/2 + s_r·d); h' = (1/2 − s_z)·n + (1/2 + s_z)·h */ \
         _Pragma("GCC unroll 4") for (int u = 0; u < G; ++u) {                                         \
             V r = PS(add)(PS(add)(ar[0][u], ar[1][u]), PS(add)(ar[2][u], ar[3][u]));                  \
             V d = PS(add)(ad[0][u], ad[1][u]);                                                        \

@@ -14,7 +14,8 @@ common calls in C the same way, and anything else in their checked paths.
 
 One module, split by job into files that Cython includes here:
 
-    _plan.pxi      Plan: packing, folded biases, workspace sizes, size limits, the calls
+    _plan.pxi      Plan: packing, folded biases, workspace sizes, size limits, the calls (a large
+                   batch in slices of 64 sequences, run_slices)
     _gru_loop.pxi  the GRU time loop (one, for a whole layer or for a range of its units)
     _threads.pxi   GRU layers spread over the worker pool (directions, batch slices, units,
                    or two stacked layers pipelined), and the measured choice to do so

@@ -340,7 +340,8 @@ cdef bint pipelines(const LayerPlan* p, const LayerPlan* q, int B, int T, int th
     p handing q its sequence, fewer sequences than threads (else batch tasks split better),
     and enough work; not in streaming calls, nor with a layer on its small kernel (a pipeline
     runs the general loop, whose bits differ)."""
-    return (threads > 1 and not streaming and not runs_small(p) and not runs_small(q) and p.D == 1 and q.D == 1 and not p.reverse_only and not q.reverse_only
+    return (threads > 1 and not streaming and not runs_small(p) and not runs_small(q)
+            and p.D == 1 and q.D == 1 and not p.reverse_only and not q.reverse_only
             and p.return_sequences and B < min(threads, grurt_pool_cpus()) and T > CHUNK_STEPS
             and (split_policy > 0 or <long>T * B * (p.H * 3 * p.H + q.H * 3 * q.H) >= MIN_SPLIT_TASK_FMAS))
 

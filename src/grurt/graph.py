@@ -131,7 +131,7 @@ class Masking:
     def __post_init__(self):
         value = bounded_float("Masking", "value", self.value, -MAX_FLOAT32, MAX_FLOAT32, "MAX_FLOAT32")
         # float32, as the features it is compared with; an integer (a padding id) exactly
-        object.__setattr__(self, "value", value if value.is_integer() else float(np.float32(value)))
+        object.__setattr__(self, "value", float(value) if float(value).is_integer() else float(np.float32(value)))
 
     def describe(self) -> str:
         return f"Masking({self.value:g})"

@@ -287,8 +287,7 @@ class Model:
             return _allocating(lambda: GraphStream(self, batch, threads, static), "a stream")
         if static is not None:
             raise InputError("this model has no static inputs, got static=")
-        stream = _LearnedStateStream if self._learned else Stream
-        return _allocating(lambda: stream(self, batch, threads), "a stream")
+        return _allocating(lambda: (_LearnedStateStream if self._learned else Stream)(self, batch, threads), "a stream")
 
     def stream_pool(self, capacity: int) -> "StreamPool":
         """A :class:`StreamPool`: the states of up to ``capacity`` sessions, stepped together
@@ -296,8 +295,7 @@ class Model:
         if self._graph is not None:
             raise InputError("stream_pool runs models that are one chain of layers; this model is a graph: "
                              "use stream(batch=...)")
-        return _allocating(lambda: (_LearnedStatePool if self._learned else StreamPool)(self, capacity),
-                           "a stream pool")
+        return _allocating(lambda: (_LearnedStatePool if self._learned else StreamPool)(self, capacity), "a stream pool")
 
     def _graph_input(self, values: dict):
         """The one input of a chain, given as {name: value}."""
@@ -496,22 +494,6 @@ class Model:
         return np.ascontiguousarray(values, dtype=np.int32)
 
 
-def _out_of_memory(what: str, exc: MemoryError) -> InputError:
-    """numpy's MemoryError, past grurt's size checks (the memory is not there), as an InputError
-    naming the size asked (numpy's message) and the limit."""
-    return InputError(f"could not allocate {what} ({exc}); the size checks allow up to "
-                      f"{MEMORY_LIMIT_BYTES / 2**30:.1f} GiB (grurt.model.MEMORY_LIMIT_BYTES), but the machine or "
-                      "the process's limit has less free memory")
-
-
-def _allocating(make, what: str):
-    """``make()``, with a MemoryError as _out_of_memory's InputError."""
-    try:
-        return make()
-    except MemoryError as exc:
-        raise _out_of_memory(what, exc) from None
-
-
 class _LearnedStateStream(Stream):
     """A Stream of a model whose GRUs start from learned states: it starts from them, and ``reset()``
     returns to them."""
@@ -538,6 +520,21 @@ class _LearnedStatePool(StreamPool):
         super().reset(sid)
         self.set_state(sid, None)
 
+
+def _out_of_memory(what: str, exc: MemoryError) -> InputError:
+    """numpy's MemoryError, past grurt's size checks (the memory is not there), as an InputError
+    naming the size asked (numpy's message) and the limit."""
+    return InputError(f"could not allocate {what} ({exc}); the size checks allow up to "
+                      f"{MEMORY_LIMIT_BYTES / 2**30:.1f} GiB (grurt.model.MEMORY_LIMIT_BYTES), but the machine or "
+                      "the process's limit has less free memory")
+
+
+def _allocating(make, what: str):
+    """``make()``, with a MemoryError as _out_of_memory's InputError."""
+    try:
+        return make()
+    except MemoryError as exc:
+        raise _out_of_memory(what, exc) from None
 
 
 def _check_threads(threads) -> None:

@@ -13,7 +13,9 @@ A signature is the shape and dtype of each input. Planning walks the nodes in or
   their input's shape alone and fold whatever computes it;
 * every other node becomes a step ``(op.run, ctx, input slots, output slots)`` with ``ctx``
   from ``op.prepare`` (weights packed once per plan), and each tensor's slot is emptied after
-  its last use.
+  its last use;
+* the steps are then rewritten where the shapes allow (:mod:`grurt.tensor_passes`: a weighted
+  sum as one matrix product, elementwise ops in place).
 
 Running a plan is the loop over its steps: no shape logic, no checks, no lookups.
 """
@@ -27,6 +29,7 @@ from . import model as _model
 from .errors import GrurtError, InputError, ModelFormatError, UnsupportedModelError
 from .ops import BOOL, FLOAT, INT, REGISTRY, Value
 from .tensor_graph import TensorGraph
+from .tensor_passes import optimize
 
 #: Ops whose outputs depend on their inputs' shapes only: folded at plan time from the shapes.
 SHAPE_OPS = ("Shape", "Size")
@@ -50,11 +53,14 @@ class Plan:
     slots to empty after it, node)``; ``outputs``: the slot of each graph output.
     """
 
-    __slots__ = ("slots", "input_slots", "steps", "outputs", "peak_bytes", "constant_bytes")
+    __slots__ = ("slots", "input_slots", "steps", "outputs", "peak_bytes", "constant_bytes", "_program")
 
     def __init__(self, slots, input_slots, steps, outputs, peak_bytes, constant_bytes):
         self.slots, self.input_slots, self.steps, self.outputs = slots, input_slots, steps, outputs
         self.peak_bytes, self.constant_bytes = peak_bytes, constant_bytes
+        # what run loops over: a step of one output (most) stores it without a loop
+        self._program = tuple((run, ctx, ins, outs[0][1] if len(outs) == 1 and outs[0][0] == 0 else outs, frees, node)
+                              for run, ctx, ins, outs, frees, node in steps)
 
     def run(self, arrays) -> List[np.ndarray]:
         """The graph's outputs for ``arrays`` (the checked inputs, in input order), each an array of
@@ -62,18 +68,21 @@ class Plan:
         slots = list(self.slots)
         for slot, array in zip(self.input_slots, arrays):
             slots[slot] = array
-        index = 0
+        node = None
         try:
-            for index, (run, ctx, ins, outs, frees, _) in enumerate(self.steps):
+            for run, ctx, ins, out, frees, node in self._program:
                 results = run(ctx, [slots[i] for i in ins])
-                for k, slot in outs:
-                    slots[slot] = results[k]
+                if type(out) is int:
+                    slots[out] = results[0]
+                else:
+                    for k, slot in out:
+                        slots[slot] = results[k]
                 for slot in frees:
                     slots[slot] = None
         except GrurtError as exc:      # a value-dependent check of an op (an index out of range, ...)
-            raise _where_error(exc, self.steps[index][5].where) from None
+            raise _where_error(exc, node.where) from None
         except _NUMPY_ERRORS as exc:    # numpy refusing values no shape rule foresaw: named, never escaping
-            raise InputError(f"{self.steps[index][5].where}: cannot compute it on these inputs "
+            raise InputError(f"{node.where}: cannot compute it on these inputs "
                              f"({type(exc).__name__}: {exc})") from None
         results = []
         for slot in self.outputs:
@@ -198,7 +207,8 @@ def make_plan(graph: TensorGraph, sig, record: dict = None) -> Plan:
     results = tuple(_slot(name, values, slot_of, slots, constant_slots) for name in graph.outputs)
     if record is not None:
         record.update(values)
-    return Plan(tuple(slots), input_slots, tuple(steps), results, peak, folded)
+    known = {slot: values[name] for names in (slot_of, constant_slots) for name, slot in names.items()}
+    return Plan(tuple(slots), input_slots, optimize(steps, known), results, peak, folded)
 
 
 def _bytes(value: Value) -> int:

@@ -58,6 +58,15 @@ def _grurt_npz(directory, rng):
              Node(LastStep(), "sum", "last"), Node(Concat(), ("last", "a_n"), "y"))
     graph_path = directory / "graph.npz"
     grurt.save(Graph((Input("x", 3), Input("v", 2, "vector")), nodes, ("y", Output("a_n", 1))), graph_path)
+    # format 2.1: a mask read by a GRU, PReLU, a learned initial state, Repeat, Crop, a new activation
+    from grurt.graph import Crop, Masking, PReLU, Repeat
+    nodes = (Node(Masking(0.0), "x", ("m", "mask")), Node(PReLU(rng.normal(size=3)), "m", "p"),
+             Node(gru(3, 4, initial_state=rng.normal(size=(1, 4))), ("p", "mask"), "g"),
+             Node(Crop(1, 1), "g", "c"), Node(gru(4, 3, return_sequences=False), "c", "last"),
+             Node(Repeat(5), "last", "r"),
+             Node(Dense(rng.normal(size=(2, 3)), np.zeros(2), activation("gelu")), "r", "y"))
+    masked_path = directory / "masked.npz"
+    grurt.save(Graph((Input("x", 3),), nodes, ("y",)), masked_path)
     # layers over time and norms (format 1.1): every numeric field a chain header can hold
     from grurt.spec import Conv1D, LayerNorm, Pool1D, UnitNorm, ZeroPad1D
     conv = ModelSpec(3, (ZeroPad1D(1, 2), Conv1D(rng.normal(size=(4, 3, 3)), np.zeros(4), dilation=2,
@@ -73,16 +82,7 @@ def _grurt_npz(directory, rng):
                            Dense(rng.normal(size=(2, 8)), np.zeros(2), activation("softmax"))), mask_value=0)
     ids_path = directory / "ids.npz"
     grurt.save(ids, ids_path)
-    # format 2.1: a mask read by a GRU, PReLU, a learned initial state, Repeat, Crop, a new activation
-    from grurt.graph import Crop, Masking, PReLU, Repeat
-    nodes = (Node(Masking(0.0), "x", ("m", "mask")), Node(PReLU(rng.normal(size=3)), "m", "p"),
-             Node(gru(3, 4, initial_state=rng.normal(size=(1, 4))), ("p", "mask"), "g"),
-             Node(Crop(1, 1), "g", "c"), Node(gru(4, 3, return_sequences=False), "c", "last"),
-             Node(Repeat(5), "last", "r"),
-             Node(Dense(rng.normal(size=(2, 3)), np.zeros(2), activation("gelu")), "r", "y"))
-    masked_path = directory / "masked.npz"
-    grurt.save(Graph((Input("x", 3),), nodes, ("y",)), masked_path)
-    return [path, graph_path, conv_path, ids_path, masked_path]
+    return [path, graph_path, masked_path, conv_path, ids_path]
 
 
 def _onnx(directory, rng):
@@ -169,12 +169,6 @@ m = keras.Sequential([keras.Input((None, 3)), layers.Bidirectional(layers.GRU(4,
                       layers.Dense(2, activation="tanh")])
 m.save(os.path.join(out, "model.keras"))
 m.save(os.path.join(out, "model.h5"))
-c = keras.Sequential([keras.Input((None, 3)), layers.ZeroPadding1D((1, 2)),
-                      layers.Conv1D(4, 3, padding="causal", dilation_rate=2, activation="relu"),
-                      layers.MaxPooling1D(2, padding="same"), layers.LayerNormalization(epsilon=1e-4),
-                      layers.BatchNormalization(), layers.GRU(5, return_sequences=True), layers.Dense(2)])
-c.save(os.path.join(out, "conv.keras"))
-c.save(os.path.join(out, "conv.h5"))
 # issue 21's layers: masks, activation layers, PReLU, RepeatVector, Reshape, Cropping1D, two outputs
 x = keras.Input((6, 3), name="x")
 h = layers.GRU(4, return_sequences=True)(layers.PReLU(shared_axes=[1])(layers.Masking()(x)))
@@ -185,18 +179,23 @@ grid = layers.Reshape((2, 3))(layers.Dense(6)(code))
 m = keras.Model(x, [decoded, layers.GlobalAveragePooling1D()(layers.GRU(2, return_sequences=True)(grid))])
 m.save(os.path.join(out, "functional.keras"))
 m.save(os.path.join(out, "functional.h5"))
+c = keras.Sequential([keras.Input((None, 3)), layers.ZeroPadding1D((1, 2)),
+                      layers.Conv1D(4, 3, padding="causal", dilation_rate=2, activation="relu"),
+                      layers.MaxPooling1D(2, padding="same"), layers.LayerNormalization(epsilon=1e-4),
+                      layers.BatchNormalization(), layers.GRU(5, return_sequences=True), layers.Dense(2)])
+c.save(os.path.join(out, "conv.keras"))
+c.save(os.path.join(out, "conv.h5"))
 """
 
 
 def _keras(directory):
     """Keras files written by Keras itself, in a subprocess (Keras picks its backend once per process)."""
-    if not os.path.isfile(directory / "functional.keras"):
+    if not os.path.isfile(directory / "functional.keras") or not os.path.isfile(directory / "conv.keras"):
         env = {**os.environ, "KERAS_BACKEND": "torch"}
         subprocess.run([sys.executable, "-c", _KERAS_SCRIPT, str(directory)], check=True, env=env,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300)
-    return ([directory / "model.keras", directory / "conv.keras", directory / "functional.keras"],
-            [directory / "model.h5", directory / "conv.h5", directory / "functional.h5", KERAS2_FILE,
-             KERAS2_FUNCTIONAL])
+    return ([directory / "model.keras", directory / "functional.keras", directory / "conv.keras"],
+            [directory / "model.h5", directory / "functional.h5", directory / "conv.h5", KERAS2_FILE, KERAS2_FUNCTIONAL])
 
 
 def write_seeds(directory, keras: bool = True) -> dict:

@@ -3,7 +3,9 @@
 ``prepare`` turns the node's constant weights and its attributes into one canonical
 :class:`grurt.spec.GRU` layer (the ONNX operator *is* grurt's canonical GRU: gate order z, r, h,
 ``W`` (D, 3H, I), ``R`` (D, 3H, H), ``B`` (D, 6H) = [Wb, Rb]) and a :class:`grurt.Model` of it;
-``run`` moves the tensors between ONNX's layouts and the Model's (B, T, I) sequences:
+``run`` moves the tensors between ONNX's layouts and the Model's (B, T, I) sequences (a layer
+of one Model without ``sequence_lens``, the common case, calls the Model's kernels directly: the
+plan fixes the shapes, so ``Model.run``'s checks are made once, in ``prepare``):
 
 ==================  ==========================================  =============================
 input / output      ONNX layout 0 (layout 1)                    :meth:`grurt.Model.run`
@@ -126,10 +128,55 @@ def _gru_prepare(attrs, values):
     else:
         layers = [GRU(W[d:d + 1], R[d:d + 1], B[d:d + 1], direction=("forward", "reverse")[d], linear_before_reset=lbr,
                       gate_activation=f, candidate_activation=g, clip=clip) for d, (f, g) in enumerate(pairs)]
-    return [Model.chain([layer]) for layer in layers], attrs["layout"]
+    models = [Model.chain([layer]) for layer in layers]
+    if len(models) == 1:
+        # the plan fixes the shapes: the size limits are checked once here, and run calls the kernels directly
+        _, _, _, batch, steps = _gru_shapes(attrs, values)
+        models[0]._check_size(batch, steps)
+        if len(values) < 5 or values[4] is None:
+            return _Direct(models[0], attrs["layout"], D, batch, steps, H)
+    return models, attrs["layout"]
+
+
+class _Direct:
+    """One Model and the shapes of a plan: ``run`` hands (B, T, I) and (D, B, H) arrays to its kernels'
+    plan as ``grurt.Model.run`` would after its checks (done once, when the plan is made)."""
+
+    __slots__ = ("kernels", "layout", "state", "out")
+
+    def __init__(self, model, layout, directions, batch, steps, hidden):
+        self.kernels, self.layout = model._plan, layout
+        self.state = (directions, batch, hidden)
+        self.out = (batch, steps, directions * hidden)
+
+
+def _gru_direct(ctx, X, initial_h):
+    x = np.ascontiguousarray(X.transpose(1, 0, 2) if ctx.layout == 0 else X)                  # (B, T, I)
+    if initial_h is None:
+        h = np.zeros(ctx.state, np.float32)
+    else:       # a copy: the kernels write the final state into it
+        h = np.array(initial_h if ctx.layout == 0 else initial_h.transpose(1, 0, 2), np.float32, order="C")
+    y = np.empty(ctx.out, np.float32)
+    ctx.kernels.run(x, [h], None, y, 1)
+    return y, h
 
 
 def _gru_run(ctx, inputs):
+    if type(ctx) is _Direct:
+        y, h = _gru_direct(ctx, inputs[0], inputs[5] if len(inputs) > 5 else None)
+        layout, first = ctx.layout, ctx.state[0]
+    else:
+        y, h, first = _gru_models(ctx, inputs)
+        layout = ctx[1]
+    batch, steps, _ = y.shape
+    y = y.reshape(batch, steps, first, -1)                                 # (B, T, D, H)
+    if layout == 0:
+        return [np.ascontiguousarray(y.transpose(1, 2, 0, 3)), h]          # (T, D, B, H), (D, B, H)
+    return [y, np.ascontiguousarray(h.transpose(1, 0, 2))]                 # (B, T, D, H), (B, D, H)
+
+
+def _gru_models(ctx, inputs):
+    """(Y (B, T, D·H), Y_h (D, B, H), D) through ``grurt.Model.run`` of each Model of ``ctx``."""
     models, layout = ctx
     X, _, _, _, lengths, initial_h = (list(inputs) + [None] * 6)[:6]
     x = X.transpose(1, 0, 2) if layout == 0 else X                          # (B, T, I)
@@ -143,11 +190,7 @@ def _gru_run(ctx, inputs):
         hs.append(h)
         first += directions
     y, h = (ys[0], hs[0]) if len(models) == 1 else (np.concatenate(ys, -1), np.concatenate(hs, 0))
-    batch, steps, _ = y.shape
-    y = y.reshape(batch, steps, first, -1)                                 # (B, T, D, H)
-    if layout == 0:
-        return [np.ascontiguousarray(y.transpose(1, 2, 0, 3)), h]          # (T, D, B, H), (D, B, H)
-    return [y, np.ascontiguousarray(h.transpose(1, 0, 2))]                 # (B, T, D, H), (B, D, H)
+    return y, h, first
 
 
 register(Op(
