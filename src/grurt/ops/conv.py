@@ -27,7 +27,7 @@ import numpy as np
 
 from ..errors import ModelFormatError, UnsupportedModelError
 from ..limits import MAX_PARAMETERS
-from . import FLOAT, Attr, Op, Value, canonical_dtype, register
+from .registry import FLOAT, Attr, Op, Value, canonical_dtype, register
 from .shape import FROM_INPUT, checked_shape, optional
 
 AUTO_PADS = ("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID")

@@ -20,7 +20,7 @@ import numpy as np
 from scipy import special
 
 from ..errors import InputError, ModelFormatError, UnsupportedModelError
-from . import BOOL, FLOAT, INT, Attr, Op, broadcast_shapes, canonical_dtype, register
+from .registry import BOOL, FLOAT, INT, Attr, Op, broadcast_shapes, canonical_dtype, register
 
 NUMERIC = (FLOAT, INT)
 ANY = (FLOAT, INT, BOOL)

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import ModelFormatError, UnsupportedModelError
 from ..limits import MAX_PARAMETERS
-from . import BOOL, FLOAT, Attr, Op, Value, broadcast_shapes, canonical_dtype, register
+from .registry import BOOL, FLOAT, Attr, Op, Value, broadcast_shapes, canonical_dtype, register
 from .shape import FROM_INPUT, VARIADIC, checked_shape, contiguous, optional
 
 

@@ -31,7 +31,7 @@ from .._fields import ACTIVATION_DEFAULTS, activation
 from ..errors import InputError, ModelFormatError, UnsupportedModelError
 from ..model import Model
 from ..spec import GRU
-from . import FLOAT, INT, Attr, Op, register
+from .registry import FLOAT, INT, Attr, Op, register
 
 #: ONNX RNN activation names (case-insensitive) -> grurt activation kinds.
 RNN_ACTIVATIONS = {

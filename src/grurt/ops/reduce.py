@@ -17,7 +17,7 @@ from functools import partial
 import numpy as np
 
 from ..errors import ModelFormatError, UnsupportedModelError
-from . import BOOL, FLOAT, INT, Attr, Op, const_ints, normalize_axis, register
+from .registry import BOOL, FLOAT, INT, Attr, Op, const_ints, normalize_axis, register
 from .elementwise import ANY, NUMERIC, as_array, common_dtype, flag, trunc_divide, unidirectional
 
 _FLOATS = (FLOAT,)

@@ -21,7 +21,7 @@ import numpy as np
 
 from ..errors import InputError, ModelFormatError, UnsupportedModelError
 from ..limits import MAX_PARAMETERS
-from . import BOOL, FLOAT, INT, REGISTRY, Attr, Op, Value, broadcast_shapes, canonical_dtype, const_ints, \
+from .registry import BOOL, FLOAT, INT, REGISTRY, Attr, Op, Value, broadcast_shapes, canonical_dtype, const_ints, \
     normalize_axis, register
 
 #: The most axes a tensor may have (numpy's own bound is 64).
