@@ -21,6 +21,7 @@ from grurt.graph import Graph, Input, Node, Output, PReLU  # noqa: E402
 from grurt.importers.keras import translate  # noqa: E402
 from grurt.spec import GRU, Activation, ModelSpec, activation  # noqa: E402
 from tolerances import ATOL  # noqa: E402
+from keras_testing import as_tuple, saved_files  # noqa: E402
 
 STEPS, FEATURES = 9, 3
 STEP_TOL = 1e-6         # a stream vs a whole-sequence run, as in tests/test_graph_stream.py
@@ -90,15 +91,9 @@ def zoo(tmp_path_factory):
         model = build()
         randomize(model, rng)
         x = (1.5 * rng.standard_normal((4, STEPS, FEATURES))).astype(np.float32)
-        files = {ext: str(folder / f"{name}.{ext}") for ext in ("keras", "h5")}
-        for path in files.values():
-            model.save(path)
+        files = saved_files(model, folder, name)
         out[name] = model, x, model.predict(x, verbose=0), files
     return out
-
-
-def as_tuple(value):
-    return tuple(value) if isinstance(value, (list, tuple)) else (value,)
 
 
 @pytest.mark.parametrize("source", ["live", "keras", "h5"])

@@ -17,6 +17,7 @@ import grurt  # noqa: E402
 from grurt import reference  # noqa: E402
 from grurt.spec import Activation, Scale, activation  # noqa: E402
 from tolerances import ATOL  # noqa: E402
+from keras_testing import as_tuple, saved_files  # noqa: E402
 
 STEPS, FEATURES = 6, 3
 
@@ -80,15 +81,9 @@ def zoo(tmp_path_factory):
         model = build()
         model.set_weights([(0.6 * rng.standard_normal(w.shape)).astype(w.dtype) for w in model.get_weights()])
         x = rng.standard_normal((3, STEPS, FEATURES)).astype(np.float32)
-        files = {ext: str(folder / f"{name}.{ext}") for ext in ("keras", "h5")}
-        for path in files.values():
-            model.save(path)
+        files = saved_files(model, folder, name)
         out[name] = model, x, model.predict(x, verbose=0), files
     return out
-
-
-def as_tuple(value):
-    return tuple(value) if isinstance(value, (list, tuple)) else (value,)
 
 
 @pytest.mark.parametrize("source", ["live", "keras", "h5"])

@@ -22,6 +22,7 @@ from grurt import reference  # noqa: E402
 from grurt.layers import GRU, Dense, LearnedState  # noqa: E402
 from grurt.spec import ModelSpec  # noqa: E402
 from tolerances import ATOL  # noqa: E402
+from keras_testing import saved_files  # noqa: E402
 
 STEPS, FEATURES = 7, 3
 STEP_TOL = 1e-6         # a stream vs a whole-sequence run, as in tests/test_graph_stream.py
@@ -65,9 +66,7 @@ def keras_case(tmp_path_factory):
     x = rng.standard_normal((3, STEPS, FEATURES)).astype(np.float32)
     x[0, :2] = 0.0
     folder = tmp_path_factory.mktemp("keras_initial_state")
-    files = {ext: str(folder / f"m.{ext}") for ext in ("keras", "h5")}
-    for path in files.values():
-        model.save(path)
+    files = saved_files(model, folder, "m")
     return model, x, model.predict(x, verbose=0), files
 
 

@@ -22,6 +22,7 @@ import grurt  # noqa: E402
 from grurt import reference  # noqa: E402
 from grurt.graph import Graph  # noqa: E402
 from tolerances import ATOL  # noqa: E402
+from keras_testing import as_tuple, saved_files  # noqa: E402
 
 STEPS, FEATURES, BATCH, VOCABULARY = 8, 3, 5, 12
 STEP_TOL = 1e-6         # a stream vs a whole-sequence run, as in tests/test_graph_stream.py
@@ -110,15 +111,9 @@ def zoo(tmp_path_factory):
     for name, build in MODELS.items():
         model = build()
         randomize(model, rng)
-        files = {ext: str(folder / f"{name}.{ext}") for ext in ("keras", "h5")}
-        for path in files.values():
-            model.save(path)
+        files = saved_files(model, folder, name)
         out[name] = model, grurt.from_keras(model), files
     return out
-
-
-def as_tuple(value):
-    return tuple(value) if isinstance(value, (list, tuple)) else (value,)
 
 
 def assert_keras(converted, model, x):

@@ -20,6 +20,7 @@ from grurt.graph import MAX_STEPS, Crop, Graph, Input, Node, Repeat, Unflatten  
 from grurt.importers.keras import translate  # noqa: E402
 from grurt.spec import Flatten  # noqa: E402
 from tolerances import ATOL  # noqa: E402
+from keras_testing import as_tuple, saved_files  # noqa: E402
 
 STEPS, FEATURES = 7, 3
 
@@ -64,15 +65,9 @@ def zoo(tmp_path_factory):
         model.set_weights([(0.6 * rng.standard_normal(w.shape)).astype(w.dtype) for w in model.get_weights()])
         x = rng.standard_normal((4, STEPS, FEATURES)).astype(np.float32)
         x[1, :2] = 0.0                      # masked steps, for the model with a Masking
-        files = {ext: str(folder / f"{name}.{ext}") for ext in ("keras", "h5")}
-        for path in files.values():
-            model.save(path)
+        files = saved_files(model, folder, name)
         out[name] = model, x, model.predict(x, verbose=0), files
     return out
-
-
-def as_tuple(value):
-    return tuple(value) if isinstance(value, (list, tuple)) else (value,)
 
 
 @pytest.mark.parametrize("source", ["live", "keras", "h5"])
