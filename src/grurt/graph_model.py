@@ -142,7 +142,9 @@ def by_name(values, names, what: str = "input") -> dict:
     return dict(zip(names, values))
 
 
-def _array(value, what: str) -> np.ndarray:
+def input_array(value, what: str) -> np.ndarray:
+    """``value`` as a numpy array (a list, a number, anything with ``__array__``); InputError naming
+    ``what`` otherwise."""
     if type(value) is not np.ndarray:
         if not hasattr(value, "__array__") and not isinstance(value, (list, tuple, int, float, np.number)):
             raise InputError(f"{what} must be an array, got {type(value).__name__}")
@@ -218,7 +220,7 @@ class GraphRunner:
         and whether it came without a batch axis. ``block`` False: a sequence input as one frame."""
         spec = self.inputs[name]
         what = f"input '{name}'"
-        a = _array(value, what)
+        a = input_array(value, what)
         if spec.kind == "ids":
             if a.dtype.kind not in "iu":
                 raise InputError(f"{what} takes integer token ids, got dtype {a.dtype}")
@@ -258,7 +260,7 @@ class GraphRunner:
     def checked_lengths(self, lengths, env, batch: int, single: bool) -> np.ndarray:
         """``lengths`` (B,) as int32, checked against every sequence input's steps (each sequence of the
         graph has its input's lengths)."""
-        values = _array(lengths, "lengths")
+        values = input_array(lengths, "lengths")
         if single and values.ndim == 0:
             values = values.reshape(1)     # one sequence's length, as its segments take it (batch of one)
         if values.shape != (batch,) or values.dtype.kind not in "iu":
@@ -286,7 +288,7 @@ class GraphRunner:
                                  f"tensor '{node.inputs[1]}'; give None there")
             d, h = node.layer.num_directions, node.layer.hidden_size
             expected = (d, h) if single else (d, batch, h)
-            value = _array(value, f"initial_state[{index}]")
+            value = input_array(value, f"initial_state[{index}]")
             if value.dtype.kind not in "fiub" or value.shape != expected:
                 raise InputError(f"initial_state[{index}] must be a real array of shape {expected}, "
                                  f"got {value.dtype} {value.shape}")

@@ -9,7 +9,7 @@ import numpy as np
 
 from . import model as _model
 from .errors import InputError, UnsupportedModelError
-from .graph_model import by_name
+from .graph_model import by_name, input_array
 from .ops import BOOL, FLOAT, INT
 from .tensor_graph import TensorGraph
 from .tensor_plan import make_plan, signature
@@ -124,14 +124,7 @@ class TensorModel:
         arrays, sizes = [], {}
         for declared in self.graph.inputs:
             where = f"input '{declared.name}'"
-            value = given[declared.name]
-            if type(value) is not np.ndarray:
-                if not hasattr(value, "__array__") and not isinstance(value, (list, tuple, int, float, np.generic)):
-                    raise InputError(f"{where} must be an array, got {type(value).__name__}")
-                try:
-                    value = np.asarray(value)
-                except (ValueError, TypeError) as exc:
-                    raise InputError(f"{where} must be a rectangular array of numbers ({exc})") from None
+            value = input_array(given[declared.name], where)
             if value.dtype.kind not in _ACCEPTS[declared.dtype]:
                 raise InputError(f"{where} takes {declared.dtype} values, got dtype {value.dtype}"
                                  + (" (cast it if the values are whole numbers)"
