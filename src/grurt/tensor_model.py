@@ -13,6 +13,7 @@ from .graph_model import by_name, input_array
 from .ops import BOOL, FLOAT, INT
 from .tensor_graph import TensorGraph
 from .tensor_plan import make_plan, signature
+from .tensor_pool import TensorStreamPool
 from .tensor_stream import TensorStream
 
 #: The dtype each declared input dtype computes in.
@@ -111,8 +112,10 @@ class TensorModel:
         UnsupportedModelError naming it."""
         return TensorStream(self, batch, time_axes, static)
 
-    def stream_pool(self, *args, **kwargs):
-        raise UnsupportedModelError("general graphs have no stream pool yet: use one model.stream() per session")
+    def stream_pool(self, capacity: int, *, time_axes=None) -> TensorStreamPool:
+        """A :class:`~grurt.tensor_pool.TensorStreamPool`: the states of up to ``capacity`` streaming
+        sessions, any subset of them stepped together as one batch (``time_axes`` as in :meth:`stream`)."""
+        return TensorStreamPool(self, capacity, time_axes)
 
     def _result(self, outputs):
         return outputs[0] if len(outputs) == 1 else tuple(outputs)
