@@ -6,8 +6,8 @@ on inputs of other sizes than the export's example, with
   every input axis but those of size 1 dynamic), loaded with ``grurt.load``;
 * grurt's float64 reference (``grurt.reference.run_tensor_graph``) on that file's graph.
 
-All to ATOL (tests/tolerances.py); integer outputs (argmax) exactly. Two models are also exported
-with ``torch.onnx.export(..., dynamo=True)`` and loaded with ``grurt.load``.
+All to ATOL (tests/tolerances.py); integer outputs (argmax) exactly. Every model is also exported
+with ``torch.onnx.export(..., dynamo=True)`` and loaded with ``grurt.load`` (vs PyTorch and onnxruntime).
 """
 import math
 import os
@@ -100,6 +100,44 @@ class DecoderStep(nn.Module):
     def forward(self, tok, h):
         h = self.cell(self.embed(tok), h)
         return self.out(h).argmax(-1), h
+
+
+class BahdanauStep(nn.Module):
+    """One step of an additive-attention (Bahdanau) decoder: a token id per sequence (B,), the
+    hidden state (B, H) and the encoder outputs (B, S, E) in; logits, the next id and state out."""
+
+    def __init__(self, vocabulary=13, embedding=6, hidden=8, encoded=10, attention=7):
+        super().__init__()
+        self.embed = nn.Embedding(vocabulary, embedding)
+        self.keys = nn.Linear(encoded, attention, bias=False)
+        self.query = nn.Linear(hidden, attention)
+        self.energy = nn.Linear(attention, 1, bias=False)
+        self.cell = nn.GRUCell(embedding + encoded, hidden)
+        self.out = nn.Linear(hidden + encoded, vocabulary)
+
+    def forward(self, tok, h, enc):
+        energy = self.energy(torch.tanh(self.keys(enc) + self.query(h)[:, None]))   # (B, S, 1)
+        weights = torch.softmax(energy, dim=1)
+        context = (weights * enc).sum(1)                                             # (B, E)
+        h = self.cell(torch.cat([self.embed(tok), context], -1), h)
+        logits = self.out(torch.cat([h, context], -1))
+        return logits, logits.argmax(-1), h
+
+
+class SiluMishHead(nn.Module):
+    """SiLU and Mish on attention-pooled GRU outputs (on a chain of layers they are fused activations)."""
+
+    def __init__(self, features=5, hidden=9):
+        super().__init__()
+        self.gru = nn.GRU(features, hidden, batch_first=True)
+        self.score = nn.Linear(hidden, 1)
+        self.hidden = nn.Linear(hidden, 10)
+        self.out = nn.Linear(10, 4)
+
+    def forward(self, x):
+        y, _ = self.gru(x)
+        pooled = (y * torch.softmax(self.score(y), dim=1)).sum(1)
+        return self.out(F.mish(F.silu(self.hidden(pooled))))
 
 
 class GroupedLinear(nn.Module):
@@ -250,6 +288,20 @@ def test_gru_cell_decoder_step(tmp_path):
     check("decoder_step", DecoderStep(), inputs(3), [inputs(5), inputs(2)], tmp_path)
 
 
+def test_bahdanau_decoder_step(tmp_path):
+    rng = np.random.default_rng(10)
+
+    def inputs(batch, steps):
+        return (rng.integers(0, 13, batch).astype(np.int64), _randn(rng, batch, 8), _randn(rng, batch, steps, 10))
+
+    check("bahdanau_step", BahdanauStep(), inputs(2, 5), [inputs(4, 9), inputs(1, 3)], tmp_path)
+
+
+def test_silu_mish_head(tmp_path):
+    rng = np.random.default_rng(11)
+    check("silu_mish", SiluMishHead(), (_randn(rng, 2, 6, 5),), [(_randn(rng, 3, 4, 5),)], tmp_path)
+
+
 def test_grouped_linear_einsum(tmp_path):
     """A batch of 1 in the example: the exporter bakes the zero state of this GRU (no h0) at the
     example's batch size, which then broadcasts to any batch only from 1 (its own warning says so)."""
@@ -291,6 +343,14 @@ def _dynamo_file(module, example, path):
 @pytest.mark.parametrize("name, make, example", [
     ("attention", AttentionPooling, lambda rng: (_randn(rng, 2, 7, 6),)),
     ("deepfilter", DeepFilterEncoder, lambda rng: (_randn(rng, 2, 1, 6, 8), _randn(rng, 1, 2, 16))),
+    ("autoencoder", Autoencoder, lambda rng: (_randn(rng, 2, 6, 5),)),
+    ("gelu_prelu", GeluPreluHead, lambda rng: (_randn(rng, 2, 5, 4),)),
+    ("silu_mish", SiluMishHead, lambda rng: (_randn(rng, 2, 6, 5),)),
+    ("bmm", BmmAttention, lambda rng: (_randn(rng, 2, 6, 5),)),
+    ("decoder_step", DecoderStep, lambda rng: (rng.integers(0, 11, 3).astype(np.int64), _randn(rng, 3, 9))),
+    ("bahdanau_step", BahdanauStep, lambda rng: (rng.integers(0, 13, 2).astype(np.int64), _randn(rng, 2, 8),
+                                                 _randn(rng, 2, 5, 10))),
+    ("grouped", GroupedAroundGRU, lambda rng: (_randn(rng, 1, 5, 8),)),
 ])
 def test_dynamo_export(name, make, example, tmp_path):
     rng = np.random.default_rng(8)
