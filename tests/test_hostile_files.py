@@ -366,7 +366,7 @@ def test_onnx_fixed_sizes_beyond_the_interpreter_budget_are_refused_in_bounded_t
     nodes = [helper.make_node("GRU", ["X", "W", "R"], ["Y", "Y_h"], hidden_size=4, layout=1)]
     path = _onnx(tmp_path / "big.onnx", nodes, x_shape=(3, 2**20, 3))
     outcome = in_child(f"grurt.load({path!r})")
-    assert outcome["error"] == "ModelFormatError"
+    assert outcome["error"] == "ModelFormatError", outcome
     assert "too large for grurt to analyse" in outcome["message"] and "MAX_IDS" in outcome["message"]
     assert outcome["seconds"] < HANG_SECONDS
 
