@@ -185,17 +185,27 @@ c = keras.Sequential([keras.Input((None, 3)), layers.ZeroPadding1D((1, 2)),
                       layers.BatchNormalization(), layers.GRU(5, return_sequences=True), layers.Dense(2)])
 c.save(os.path.join(out, "conv.keras"))
 c.save(os.path.join(out, "conv.h5"))
+# the lowered path (a TensorModel): a Conv2D front-end, attention layers, TimeDistributed, Permute
+s = keras.Input((6, 4, 2), name="spec")
+h = layers.Reshape((6, 12))(layers.Conv2D(3, (3, 2), padding="same", activation="relu")(s))
+h = layers.Bidirectional(layers.GRU(4, return_sequences=True))(h)
+a = layers.Attention()([h, layers.MultiHeadAttention(2, 3)(h, h)])
+a = layers.Permute((2, 1))(layers.TimeDistributed(layers.Dense(5))(a))
+m = keras.Model(s, layers.Dense(2)(layers.GlobalAveragePooling1D()(a)))
+m.save(os.path.join(out, "lowered.keras"))
+m.save(os.path.join(out, "lowered.h5"))
 """
 
 
 def _keras(directory):
     """Keras files written by Keras itself, in a subprocess (Keras picks its backend once per process)."""
-    if not os.path.isfile(directory / "functional.keras") or not os.path.isfile(directory / "conv.keras"):
+    if not all(os.path.isfile(directory / f"{name}.keras") for name in ("functional", "conv", "lowered")):
         env = {**os.environ, "KERAS_BACKEND": "torch"}
         subprocess.run([sys.executable, "-c", _KERAS_SCRIPT, str(directory)], check=True, env=env,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300)
-    return ([directory / "model.keras", directory / "functional.keras", directory / "conv.keras"],
-            [directory / "model.h5", directory / "functional.h5", directory / "conv.h5", KERAS2_FILE, KERAS2_FUNCTIONAL])
+    names = ("model", "functional", "conv", "lowered")
+    return ([directory / f"{name}.keras" for name in names],
+            [directory / f"{name}.h5" for name in names] + [KERAS2_FILE, KERAS2_FUNCTIONAL])
 
 
 def write_seeds(directory, keras: bool = True) -> dict:
