@@ -41,6 +41,7 @@ import numpy as np
 from ...errors import GrurtError, InputError, ModelFormatError, UnsupportedModelError
 from ...model import Model
 from ...spec import LastStep
+from .build import build
 from .conv import _ConvOps, _TooShort
 from .graph import _Layout, _Mismatch, _TooLarge
 from .gru import _GRUOp
@@ -76,7 +77,7 @@ def _interpret(source, fixed=None, probe=0):
         for param, target in links.items():
             sizes[param] = sizes[target] if isinstance(target, str) else target
         try:
-            return _Importer(source, sizes, time_major).run()
+            return build(_Importer(source, sizes, time_major).run())
         except _Layout as layout:
             if layout.inputs & time_major:
                 raise UnsupportedModelError(str(layout)) from None
