@@ -162,6 +162,26 @@ def test_the_exported_file_matches_onnxruntime(converted, tmp_path):
         np.testing.assert_allclose(out, _torch(module, x)[0], rtol=0, atol=ATOL)
 
 
+def test_an_inference_session_runs_the_fused_model(tmp_path):
+    """grurt.InferenceSession on an export whose one output is the sequence: fused, as onnxruntime."""
+
+    class OneOutput(LearnedH0):
+        def forward(self, x):
+            return super().forward(x)[0]
+
+    torch.manual_seed(6)
+    module = OneOutput(True, "repeat").eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (torch.from_numpy(_data(0, 2)),), tmp_path / "y.onnx", input_names=["x"],
+                          output_names=["y"], dynamic_axes={"x": {0: "b", 1: "t"}}, opset_version=17, dynamo=False)
+    session = grurt.InferenceSession(str(tmp_path / "y.onnx"))
+    assert session._fused
+    x = _data(1, 3)
+    (expected,) = ort.InferenceSession(str(tmp_path / "y.onnx"), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    np.testing.assert_allclose(session.run(None, {"x": x})[0], expected, rtol=0, atol=ATOL)
+
+
 class Feeding(torch.nn.Module):
     """A GRU with a learned h0 feeding a second GRU whose h0 is an input: forward(x, h) → (y, h_n)."""
 
