@@ -23,7 +23,7 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 import grurt  # noqa: E402
 from grurt import reference  # noqa: E402
 from grurt.errors import ModelFormatError  # noqa: E402
-from grurt.layers import GRU  # noqa: E402
+from grurt.layers import GRU, Dense  # noqa: E402
 from grurt.tensor_model import TensorModel  # noqa: E402
 from tolerances import ATOL  # noqa: E402
 
@@ -246,7 +246,6 @@ def test_builder_matches_torch_bidirectional_two_layers():
         reverse = [getattr(gru, f"{name}_l{k}_reverse") for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
         return GRU.from_torch(*weights, reverse=reverse, initial_state=h0[2 * k:2 * k + 2])
 
-    from grurt.layers import Dense
     model = grurt.Model.chain([layer(0), layer(1), Dense.from_torch(module.fc.weight, module.fc.bias)])
     x = _data(8, 3)
     expected, h_n = _torch(module, x)
