@@ -335,6 +335,13 @@ def test_a_constant_initial_h_of_another_shape_is_refused(tmp_path, shape):
         grurt.load(path)
 
 
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_a_constant_initial_h_that_is_not_finite_is_refused(tmp_path, value):
+    path = _gru_file(tmp_path / "g.onnx", np.full((1, 3, HIDDEN), value), 3)
+    with pytest.raises(ModelFormatError, match=r"GRU\).*initial_h contains NaN or infinity"):
+        grurt.load(path)
+
+
 @pytest.mark.parametrize("repeats, message", [([1, 2**40, 1], "too large"),
                                               ([1, -1, 1], r"repeats \[1, -1, 1\] must be 3 non-negative integers"),
                                               ([1, 3], r"repeats \[1, 3\] must be 3 non-negative")])

@@ -123,6 +123,8 @@ class _GRUOp(_Interpreter):
         of batch 1, which grurt broadcasts over the batch (a file valid at batch 1 only means that there)."""
         if not np.any(value != 0):
             return None
+        if not np.isfinite(value).all():
+            raise ModelFormatError(f"{where}: initial_h contains NaN or infinity")
         directions, batch, hidden = shape
         given = value.shape
         if value.ndim == 3 and layout == 1:
