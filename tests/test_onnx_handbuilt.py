@@ -467,7 +467,7 @@ def simple_gru(extra_nodes, extra_weights, x_shape=("T", "N", FEATURES)):
     ("unknown_op", UnsupportedModelError, r"node 'det' \(Det\): operator Det is not supported"),
     ("custom_domain", UnsupportedModelError, r"node 'mine' \(Foo\): operators of domain 'com.example'"),
     ("first_step", None, "general"),
-    ("nonzero_h0", None, "general"),
+    ("h0_per_sequence", None, "general"),     # one for all: a learned state (tests/test_torch_learned_state.py)
     ("varying_scale", None, "general"),
 ])
 def test_unsupported_graphs_are_refused(tmp_path, case, error, message):
@@ -479,10 +479,10 @@ def test_unsupported_graphs_are_refused(tmp_path, case, error, message):
         "custom_domain": ([helper.make_node("Foo", ["Y"], ["out"], name="mine", domain="com.example")], "out", {}),
         "first_step": ([helper.make_node("Gather", ["Y", "zero"], ["out"], axis=0)], "out", {"zero": np.array(0)}),
         "intermediate_output": ([helper.make_node("Relu", ["Y"], ["out"])], "out", {}),
-        "nonzero_h0": ([helper.make_node("Squeeze", ["Y", "one"], ["y"]),
+        "h0_per_sequence": ([helper.make_node("Squeeze", ["Y", "one"], ["y"]),
                         helper.make_node("GRU", ["y", "W2", "R2", "B2", "", "h0"], ["out"], hidden_size=HIDDEN,
                                          name="gru2")], "out",
-                       {"one": one, "h0": np.ones((1, BATCH, HIDDEN), np.float32),
+                       {"one": one, "h0": np.arange(BATCH * HIDDEN, dtype=np.float32).reshape(1, BATCH, HIDDEN) / 9,
                         **{k + "2": v for k, v in second_gru.items()}}),
         "state_from_gru": ([helper.make_node("Squeeze", ["Y", "one"], ["y"]),
                             helper.make_node("GRU", ["y", "W2", "R2", "B2", "", "Y_h"], ["out"], hidden_size=HIDDEN,

@@ -4,9 +4,8 @@
     model = grurt.load("model.npz")      # or .onnx, .keras, .h5; or grurt.from_torch(module, example_input)
     y = model.run(seq)                   # seq: (T, features) or (batch, T, features)
 """
-__version__ = "0.1.0"
-
 from . import layers, reference
+from ._version import __version__
 from .errors import GrurtError, InputError, ModelFormatError, UnsupportedModelError
 from .formats import load, save
 from .importers.keras import from_keras

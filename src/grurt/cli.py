@@ -12,7 +12,8 @@ import time
 
 import numpy as np
 
-from . import __version__, verify
+from . import verify
+from ._version import __version__
 from .errors import GrurtError
 from .formats import load, read_header, save
 from .precision import ERROR_BUDGETS, WEIGHT_MODES

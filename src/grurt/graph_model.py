@@ -1,7 +1,9 @@
 """Running a graph: its chains (segments) as Models of their own, joined by whole-array numpy
 operations (merges, concatenation, slices), each tensor dropped after its last use.
 
-A graph that is one path never comes here: :class:`grurt.Model` runs it as a chain.
+A graph that is one path never comes here: :class:`grurt.Model` runs it as a chain. This module sits
+below :mod:`grurt.model`: the Model class that runs each chain and the memory limit come from it, given
+to :class:`GraphRunner`.
 """
 from __future__ import annotations
 
@@ -18,9 +20,9 @@ _REDUCE = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "max": np.maxi
            "mean": np.add}
 
 
-def combine(node, arrays):
+def combine(node, arrays, memory_limit: int):
     """A node of a graph layer (grurt.graph.GRAPH_LAYERS) on float32 arrays (the same batch; the time axes
-    checked here)."""
+    checked here); ``memory_limit``: grurt.model.MEMORY_LIMIT_BYTES, which a Repeat's output must fit."""
     layer = node.layer
     if layer.__class__ is Slice:
         return np.ascontiguousarray(arrays[0][..., layer.begin:layer.end])
@@ -31,11 +33,10 @@ def combine(node, arrays):
                              f"{x.shape[1]}: this model runs on sequences of exactly {layer.steps} steps")
         return np.where(x >= 0, x, x * layer.alpha)
     if layer.__class__ is Repeat:
-        from .model import MEMORY_LIMIT_BYTES
         batch, features = arrays[0].shape
-        if 4 * batch * layer.steps * features > MEMORY_LIMIT_BYTES:        # Python ints: no overflow
+        if 4 * batch * layer.steps * features > memory_limit:        # Python ints: no overflow
             raise InputError(f"node {node.describe()}: {batch} × {layer.steps} steps × {features} features would "
-                             f"need more than the limit of {MEMORY_LIMIT_BYTES / 2**30:.1f} GiB "
+                             f"need more than the limit of {memory_limit / 2**30:.1f} GiB "
                              "(grurt.model.MEMORY_LIMIT_BYTES)")
         return np.repeat(arrays[0][:, None, :], layer.steps, axis=1)
     if layer.__class__ is Unflatten:
@@ -156,12 +157,15 @@ def input_array(value, what: str) -> np.ndarray:
 
 
 class GraphRunner:
-    """The plan of a graph: its steps, a Model per segment, the last use of each tensor."""
+    """The plan of a graph: its steps, a Model per segment, the last use of each tensor.
 
-    def __init__(self, graph: Graph, weights: str, stored: dict):
-        from .model import Model
+    ``chain_model`` is the class that runs a chain (:class:`grurt.model.Model`, called as
+    ``chain_model(spec, weights, stored)``) and ``memory_limit()`` gives grurt.model.MEMORY_LIMIT_BYTES
+    at the time of a call: both from the module above this one."""
 
+    def __init__(self, graph: Graph, weights: str, stored: dict, chain_model, memory_limit):
         self.graph = graph
+        self.memory_limit = memory_limit
         self.steps = segments(graph)
         index_of = {id(node): i for i, node in enumerate(graph.nodes)}
         gru_index = {id(node): i for i, node in enumerate(graph.gru_nodes)}
@@ -172,11 +176,11 @@ class GraphRunner:
             sub_stored = {(k, name): parts for k, node in enumerate(nodes)
                           for (i, name), parts in stored.items() if i == index_of[id(node)]}
             if isinstance(step, Segment):
-                self.models[id(step)] = Model(step.spec(graph), weights, sub_stored)
+                self.models[id(step)] = chain_model(step.spec(graph), weights, sub_stored)
                 self.gru_positions[id(step)] = [gru_index[id(node)] for node in step.grus]
             elif isinstance(step.layer, GRU):      # a GRU reading a mask: run returning its sequence
                 layer = dataclasses.replace(step.layer, return_sequences=True)
-                self.models[id(step)] = Model(ModelSpec(layer.input_size, (layer,)), weights, sub_stored)
+                self.models[id(step)] = chain_model(ModelSpec(layer.input_size, (layer,)), weights, sub_stored)
                 self.gru_positions[id(step)] = [gru_index[id(step)]]
         last_use = {}
         for position, step in enumerate(self.steps):
@@ -353,7 +357,7 @@ class GraphRunner:
             if len(node.outputs) == 2:
                 env[node.outputs[1]] = np.ascontiguousarray(h.transpose(1, 0, 2).reshape(batch, -1))
         else:
-            env[node.outputs[0]] = combine(node, arrays)
+            env[node.outputs[0]] = combine(node, arrays, self.memory_limit())
 
     def _run_segment(self, step: Segment, env, user_states, final_states, return_state, lengths, threads):
         model = self.models[id(step)]
@@ -558,7 +562,7 @@ class GraphStream:
                 arrays = [env[n] if n in self.per_frame else
                           np.broadcast_to(env[n][:, None], (self.batch, steps, env[n].shape[-1]))
                           for n in step.inputs]
-                env[step.outputs[0]] = combine(step, arrays)
+                env[step.outputs[0]] = combine(step, arrays, runner.memory_limit())
         outputs = []
         for output in runner.graph.outputs:
             value = env[output.name]

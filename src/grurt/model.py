@@ -8,7 +8,8 @@ import numpy as np
 from . import _kernels
 from . import precision
 from .errors import InputError, ModelFormatError, UnsupportedModelError
-from .graph import Graph
+from .graph import Graph, path_graph
+from .graph_model import GraphRunner, GraphStream
 from .limits import MAX_TENSOR_ELEMENTS
 from .spec import (GRU, TIME_LAYERS, WHOLE_SEQUENCE, Activation, Dense, Embedding, Flatten, GlobalPool, LastStep,
                    LayerNorm, Merge, ModelSpec, Reverse, Scale, UnitNorm, activation, conv_history_shapes,
@@ -32,6 +33,11 @@ def _physical_memory() -> int:
 #: A call that would need more bytes than this (input copy, workspace, output) is refused
 #: before anything is allocated. Defaults to the machine's physical memory.
 MEMORY_LIMIT_BYTES = _physical_memory()
+
+
+def _memory_limit() -> int:
+    """MEMORY_LIMIT_BYTES as it is at the time of a call (for grurt.graph_model, below this module)."""
+    return MEMORY_LIMIT_BYTES
 
 
 def _as_array(value, what: str) -> np.ndarray:
@@ -77,9 +83,8 @@ class Model:
                         self._stored[index, name] = (tuple(parts) if parts is not None
                                                      else precision.stored(getattr(layer, name), self.weights))
         if chain is None:                   # a graph: its chains run as Models of their own
-            from .graph_model import GraphRunner
             self.spec = self.graph = graph
-            self._graph = GraphRunner(graph, self.weights, self._stored)
+            self._graph = GraphRunner(graph, self.weights, self._stored, Model, _memory_limit)
             self._plain_runs = False
             return
         self.spec = spec = chain
@@ -282,7 +287,6 @@ class Model:
         several), and ``static`` gives the static inputs (vectors and states) once per stream,
         as a dict by name (or a list, or the one value), with the stream's batch axis."""
         if self._graph is not None:
-            from .graph_model import GraphStream
             _check_threads(threads)
             return _allocating(lambda: GraphStream(self, batch, threads, static), "a stream")
         if static is not None:
@@ -443,12 +447,11 @@ class Model:
     def _run_masked(self, seq, initial_state, return_state, threads):
         """A run whose mask is not trailing padding only: the model as a graph whose GRUs read the mask."""
         if self._masked is None:
-            from .graph import path_graph
-            from .graph_model import GraphRunner
             graph = path_graph(self.spec.input_size, self.spec.layers, mask_value=self.spec.mask_value)
             # the Masking node comes first: layer k is node k + 1
             self._masked = GraphRunner(graph, self.weights, {(i + 1, name): parts
-                                                             for (i, name), parts in self._stored.items()})
+                                                             for (i, name), parts in self._stored.items()},
+                                       Model, _memory_limit)
         if type(threads) is not int or not 1 <= threads <= _kernels.MAX_THREADS:
             raise InputError(f"threads must be an integer from 1 to {_kernels.MAX_THREADS}, got {threads!r}")
         return self._masked.run(seq, initial_state, return_state, None, threads)

@@ -13,6 +13,7 @@ import zlib
 import numpy as np
 
 from .. import precision
+from .._version import __version__
 from ..errors import GrurtError, ModelFormatError, UnsupportedModelError
 from ..limits import MAX_HEADER_BYTES, MAX_PARAMETERS, parse_json
 from ..spec import GRU, Activation, ActivationFunction, Dense, LastStep, Merge, ModelSpec, Reverse, Scale
@@ -136,7 +137,6 @@ def _newer(layer) -> bool:
 def save(model, path, metadata: dict | None = None) -> None:
     """Write a Model (or ModelSpec, or Graph; or a TensorModel or TensorGraph) to ``path`` in grurt's
     .npz format."""
-    from .. import __version__
     from ..tensor_graph import TensorGraph
 
     graph = getattr(model, "graph", model)
@@ -589,7 +589,6 @@ def _save_tensor_graph(graph, path, metadata=None) -> None:
     """Format 3.0: the graph's inputs, nodes (op, name, inputs, outputs, checked attributes) and
     outputs in the header; each constant and tensor attribute an array of the archive, named in the
     header with its dtype and shape."""
-    from .. import __version__
 
     arrays = {}
 

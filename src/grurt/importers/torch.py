@@ -161,7 +161,9 @@ def from_torch(module, example_input=None, *, last_step: bool = False, input_sca
     whatever the module takes; ``last_step`` does not apply (the forward says what it returns).
     A module that is one path keeps its states as ``run(initial_state=..., return_state=True)``
     (an ``h0`` argument then is ``initial_state``, as for ONNX files); a graph takes and gives
-    them as named inputs and outputs, (L·D, B, H) as in torch.
+    them as named inputs and outputs, (L·D, B, H) as in torch. A learned h0, an ``nn.Parameter``
+    (L·D, 1, H) expanded or repeated over the batch, becomes each GRU layer's ``initial_state``
+    (docs/torch.md, "A learned initial state").
     A module beyond those layers (attention, broadcasting, reductions, 2-D convolutions, einsum,
     ...) becomes a :class:`grurt.tensor_model.TensorModel` of its ONNX ops, inputs and outputs as
     the module takes and returns them (docs/onnx.md, "Graphs beyond the fused layers").

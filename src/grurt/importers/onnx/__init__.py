@@ -41,6 +41,7 @@ import numpy as np
 from ...errors import GrurtError, InputError, ModelFormatError, UnsupportedModelError
 from ...model import Model
 from ...spec import LastStep
+from .build import build
 from .conv import _ConvOps, _TooShort
 from .graph import _Layout, _Mismatch, _TooLarge
 from .gru import _GRUOp
@@ -76,7 +77,7 @@ def _interpret(source, fixed=None, probe=0):
         for param, target in links.items():
             sizes[param] = sizes[target] if isinstance(target, str) else target
         try:
-            return _Importer(source, sizes, time_major).run()
+            return build(_Importer(source, sizes, time_major).run())
         except _Layout as layout:
             if layout.inputs & time_major:
                 raise UnsupportedModelError(str(layout)) from None
@@ -212,16 +213,14 @@ class FileStates:
             if state.ndim != 3 or state.shape[0] != len(rows):
                 raise InputError(f"input '{name}' must be a state ({len(rows)}, B, H), got shape {state.shape}")
             for row, (gru, direction) in enumerate(rows):
-                if initial[gru] is None:
-                    layer = model.spec.gru_layers[gru]
-                    initial[gru] = np.zeros((layer.num_directions,) + state.shape[1:], np.float32)
+                if initial[gru] is None:       # the directions not given start as the GRU does: zeros or learned
+                    initial[gru] = model.spec.gru_layers[gru].default_state(state.shape[1])
                 initial[gru][direction] = state[row]
         sequence = next(name for name, rows in self.inputs if rows is None)
         batch = np.shape(values[sequence])[0] if np.ndim(values[sequence]) == 3 else None
         for gru, state in enumerate(initial):
             if state is None:
-                layer = model.spec.gru_layers[gru]
-                initial[gru] = np.zeros((layer.num_directions, batch or 1, layer.hidden_size), np.float32)
+                initial[gru] = model.spec.gru_layers[gru].default_state(batch or 1)
         out, states = model.run(values[sequence], initial_state=initial, return_state=True, lengths=lengths,
                                 threads=threads)
         return tuple(out if rows is None else np.stack([states[gru][direction] for gru, direction in rows])

@@ -45,8 +45,10 @@ class _Import:
         return self.graph.as_chain() if self.chain else None
 
     def signature(self):
+        learned = tuple(None if node.layer.initial_state is None else node.layer.initial_state.tobytes()
+                        for node in self.graph.gru_nodes)     # a learned h0 folded from the batch size must not vary
         return (self.graph.describe(), self.chain, sorted(self.time_major), self.lengths_input,
-                sorted(self.state_batch_axis.items()))
+                sorted(self.state_batch_axis.items()), learned)
 
 
 def build(it) -> _Import:

@@ -25,8 +25,8 @@ probe sizes and must give the same model: a graph whose meaning depends on the s
 hard-coded time index, say) is refused.
 
 This module holds the core: ids, canonical tensors, the nodes, and the dispatch of ONNX nodes
-to handlers (:mod:`.ops`, :mod:`.gru`, :mod:`.norm`, :mod:`.conv`); :mod:`.build` turns the
-result into a :class:`grurt.graph.Graph`.
+to handlers (:mod:`.ops`, :mod:`.gru`, :mod:`.norm`, :mod:`.conv`); :mod:`.build`, above it, turns
+the result into a :class:`grurt.graph.Graph`.
 """
 from __future__ import annotations
 
@@ -392,6 +392,7 @@ class _Interpreter:
     # -- driving --
 
     def run(self):
+        """Interpret every live node; returns the interpreter, which :func:`.build.build` reads."""
         graph = self.model.graph
         for node in _live_nodes(graph):
             where = f"node '{node.name or node.output[0]}' ({node.op_type})"
@@ -432,8 +433,7 @@ class _Interpreter:
                             raise ModelFormatError(f"{where}: the constants the graph computes hold more than "
                                                    f"{MAX_PARAMETERS} elements in all (grurt.limits.MAX_PARAMETERS)")
                     self.values[name] = value
-        from .build import build
-        return build(self)
+        return self
 
     def _handler(self, op_type):
         """The method that interprets nodes of ``op_type``, or None."""

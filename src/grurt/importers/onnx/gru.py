@@ -12,6 +12,8 @@ input / attribute   ONNX                                                   grurt
 ``Y``, ``Y_h``      layout 0: (T, D, B, H), (D, B, H); layout 1:           the layer's output and its final
                     (B, T, D, H), (B, D, H)                                state (D, B, H)
 ``initial_h``       (D, B, H), layout 1: (B, D, H); a graph input or zero  ``run(initial_state=...)``
+                    a constant, the same for every sequence (of batch 1,   the GRU's learned
+                    or X's batch: a learned h0 expanded or tiled)          ``initial_state`` (D, H)
 ``sequence_lens``   one integer graph input given to every GRU             ``run(lengths=...)``
 ``activations``     f, g per direction, default Sigmoid, Tanh; the alpha   ``gate_activation``,
                     (beta) list is consumed in order by the functions      ``candidate_activation``: the
@@ -62,12 +64,12 @@ class _GRUOp(_Interpreter):
         if W.shape[-1] != features.size:
             raise ModelFormatError(f"{where}: X has {features.size} features, W expects {W.shape[-1]}")
         batch, steps = tensor.ids.shape[:2]
-        h0 = self._gru_state(where, initial_h, layout, (D, batch, H))
+        h0, learned = self._gru_state(where, initial_h, layout, (D, batch, H))
         self._gru_lengths(where, lengths, batch, steps)
         W_full = np.zeros((D, 3 * H, tensor.features))
         W_full[:, :, features] = W
         layer = GRU(W=W_full, R=R, B=B, direction=direction, linear_before_reset=lbr,
-                    gate_activation=f, candidate_activation=g, clip=attrs.get("clip"))
+                    gate_activation=f, candidate_activation=g, clip=attrs.get("clip"), initial_state=learned)
         y = self._tensor(self._new_ids((batch, steps, D * H)), True, name=self._name())
         state = self._tensor(self._new_ids((batch, D * H)), False, name=self._name(":h"))
         self.nodes.append(_Node(layer, [tensor.name] + ([h0.name] if h0 is not None else []), [y.name, state.name]))
@@ -95,14 +97,12 @@ class _GRUOp(_Interpreter):
         return tensor, rows, features
 
     def _gru_state(self, where, initial_h, layout, shape):
-        """The tensor initial_h reads, as a (B, D·H) vector (directions side by side), or None for zeros."""
+        """(the tensor initial_h reads, as a (B, D·H) vector (directions side by side), or None; the learned
+        (D, H) state a constant initial_h gives every sequence, or None): both None for zeros."""
         if initial_h is None:
-            return None
+            return None, None
         if not isinstance(initial_h, _Sym):
-            if np.any(np.asarray(initial_h) != 0):
-                raise UnsupportedModelError(f"{where}: initial_h is a nonzero constant; grurt takes the initial "
-                                            "state at run time (make it a graph input)")
-            return None
+            return None, self._learned_state(where, np.asarray(initial_h), layout, shape)
         ids = initial_h.ids if layout == 0 else initial_h.ids.transpose(1, 0, 2)
         if ids.shape != shape:
             if ids.ndim == 3 and (ids.shape[0], ids.shape[2]) == (shape[0], shape[2]):
@@ -114,7 +114,31 @@ class _GRUOp(_Interpreter):
         if tensor.has_time or not np.array_equal(rows, np.arange(shape[1])):
             raise UnsupportedModelError(f"{where}: initial_h is not a state (directions, batch, hidden) of each "
                                         "sequence in the batch")
-        return tensor
+        return tensor, None
+
+    @staticmethod
+    def _learned_state(where, value, layout, shape):
+        """A constant initial_h → None when it is zero, else the (D, H) state every sequence starts from: a
+        learned h0 expanded or tiled over X's batch (the interpreter folds the batch from X's shape), or one
+        of batch 1, which grurt broadcasts over the batch (a file valid at batch 1 only means that there)."""
+        if not np.any(value != 0):
+            return None
+        if not np.isfinite(value).all():
+            raise ModelFormatError(f"{where}: initial_h contains NaN or infinity")
+        directions, batch, hidden = shape
+        given = value.shape
+        if value.ndim == 3 and layout == 1:
+            value = value.transpose(1, 0, 2)
+        if value.ndim != 3 or (value.shape[0], value.shape[2]) != (directions, hidden) \
+                or value.shape[1] not in (1, batch):
+            sizes = (directions, f"{batch} or 1", hidden) if layout == 0 else (f"{batch} or 1", directions, hidden)
+            raise ModelFormatError(f"{where}: initial_h is a constant of shape {given}, expected "
+                                   f"({', '.join(map(str, sizes))})")
+        if not (value == value[:, :1]).all():
+            raise UnsupportedModelError(f"{where}: initial_h is a constant that differs between the sequences of "
+                                        "the batch; grurt starts every sequence from the same learned state (make a "
+                                        "state of each sequence a graph input: run(initial_state=...))")
+        return value[:, 0]
 
     def _claim_states(self, where, ids):
         """Graph inputs read for the first time as initial_h (D, B, H) become state inputs: (N, B, H) (or

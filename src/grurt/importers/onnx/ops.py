@@ -1,7 +1,7 @@
 """The ONNX operators grurt understands, other than GRU (:mod:`.gru`).
 
 Data movement and shape arithmetic (Transpose, Reshape, Squeeze, Slice, Gather, Concat,
-Split, Shape, ...) run on constants and on id arrays alike. Arithmetic folds constants; with
+Split, Shape, Expand, Tile, ...) run on constants and on id arrays alike. Arithmetic folds constants; with
 model data on one side and a constant on the other it becomes a per-feature ``Scale``; between
 model tensors of one shape (Add, Sub, Mul, Max, Min, Mean, Sum) a ``Combine`` node.
 Gemm and MatMul become ``Dense``; activation ops, Softmax and Clip become ``Activation``
@@ -41,8 +41,8 @@ class _Ops(_Interpreter):
         "ConstantOfShape": {"value"}, "Shape": {"start", "end"}, "Size": set(), "Cast": {"to", "saturate"},
         "Transpose": {"perm"}, "Reshape": {"allowzero"}, "Flatten": {"axis"}, "Squeeze": {"axes"},
         "Unsqueeze": {"axes"}, "Gather": {"axis"}, "Slice": {"starts", "ends", "axes"}, "Concat": {"axis"},
-        "Split": {"axis", "split", "num_outputs"}, "Expand": set(), "Max": set(), "Min": set(), "Mean": set(),
-        "Sum": set(),
+        "Split": {"axis", "split", "num_outputs"}, "Expand": set(), "Tile": set(), "Max": set(), "Min": set(),
+        "Mean": set(), "Sum": set(),
         **{op: set(attrs) for op, (_, attrs) in _ACTIVATION_OPS.items()},
     }
 
@@ -189,6 +189,15 @@ class _Ops(_Interpreter):
         shape = np.broadcast_shapes(np.shape(inputs[0]), tuple(target))
         self._result_size(where, inputs[0], math.prod(shape))
         return [self._move(inputs[0], lambda a: np.broadcast_to(a, shape).copy())]
+
+    def _op_Tile(self, where, inputs, attrs, n_out):
+        repeats = self._ints(where, self._required(where, inputs, 1, "repeats"), "repeats")
+        shape = np.shape(inputs[0])
+        if len(repeats) != len(shape) or min(repeats, default=0) < 0:
+            raise ModelFormatError(f"{where}: repeats {repeats} must be {len(shape)} non-negative integers, one per "
+                                   f"axis of the input of shape {shape}")
+        self._result_size(where, inputs[0], math.prod(n * k for n, k in zip(shape, repeats)))
+        return [self._move(inputs[0], lambda a: np.tile(a, repeats))]
 
     # -- operators: arithmetic --
 
