@@ -37,7 +37,6 @@ import numpy as np
 from ...errors import GrurtError, ModelFormatError, UnsupportedModelError
 from ...limits import MAX_PARAMETERS
 from ...tensor_graph import TensorGraph, TensorInput, TensorNode
-from .graph import _mask_operations
 from .layers import _layer_name, _major, _version, batchnorm_affine, is_op, keras_gru_direction, model_layers
 
 #: Layer classes that are models: lowered as a subgraph of their own layers.
@@ -1013,7 +1012,7 @@ def _merge(op):
         (Average: the sum divided by the count)."""
         tensors = _merge_inputs(args, kwargs, high=2 if op == "Sub" else 64)
         mask = _merged_mask(c, tensors)
-        if op in ("Max", "Min") and mask and c.major >= 3:
+        if op in ("Max", "Min") and any(t.mask for t in tensors) and c.major >= 3:
             return [_T(_masked_extremum(c, op, tensors), _broadcast_shape(tensors), mask=mask)]
         y = tensors[0].name
         for t in tensors[1:]:
@@ -1329,21 +1328,26 @@ def _multi_head_attention(c: _Call, args, kwargs):
     else:
         dot, combine, score_rank = _attention_equations(projected, axes)
         scores = c.op("Einsum", k, q, equation=dot)
+    keep = None
     if _attention_masks(c, query, value, key):
         # Keras 3 ANDs the query's (B, T, 1), value's and key's (B, 1, S), causal and window masks, and
-        # replaces the hidden scores (−1e9 in its softmax, −0.7·3.4e38 in dot_product_attention: the
-        # same weights; a query seeing no key averages them all)
+        # replaces the hidden scores (−1e9 in its Softmax, −0.7·3.4e38 in dot_product_attention: the
+        # same weights; a query seeing no key averages all values)
         keep = c.op("Unsqueeze", query.mask, axes=(2,)) if query.mask else None
         keep = _masked_keys(c, keep, value.mask, key_mask)
         if causal or window is not None:
             keep = _both(c, keep, _causal_keep(c, query.name, value.name, 1, causal, window))
-        scores = c.op("Where", c.op("Unsqueeze", keep, axes=(1,)), scores,
-                      c.const(np.float32(LARGE_NEGATIVE), "masked"))
+        keep = c.op("Unsqueeze", keep, axes=(1,))
+        scores = c.op("Where", keep, scores, c.const(np.float32(LARGE_NEGATIVE), "masked"))
     elif causal or window is not None:
         keep = _causal_keep(c, query.name, value.name, 1, causal, window)
         scores = c.op("Add", scores, c.op("Where", keep, c.const(np.float32(0), "zero"),
                                           c.const(np.float32(LARGE_NEGATIVE), "masked")))
     weights = _softmax(c, scores, tuple(range(score_rank - len(axes), score_rank)))
+    if keep is not None and (return_scores or _float(c.option("dropout", 0.0) or 0.0, "dropout") > 0):
+        # Keras 3.15 takes its Softmax layer here (not dot_product_attention), which zeroes the hidden
+        # weights after the softmax: a query seeing no key gets weights 0
+        weights = c.op("Where", keep, weights, c.const(np.float32(0), "zero"))
     if axes == (1,) and rank == 3:
         out = c.op("Transpose", c.op("MatMul", weights, c.op("Transpose", v, perm=(0, 2, 1, 3))), perm=(0, 2, 1, 3))
     else:
@@ -1430,8 +1434,14 @@ _OP_UNARY = {"Sigmoid": "Sigmoid", "Tanh": "Tanh", "Relu": "Relu", "Exp": "Exp",
 _OP_SELF = {"Square": None, "Silu": "Sigmoid"}
 _OP_REDUCE = {"Mean": "ReduceMean", "Sum": "ReduceSum", "Max": "ReduceMax", "Min": "ReduceMin", "Amax": "ReduceMax",
               "Amin": "ReduceMin"}
-KERAS_OPS = (*_OP_BINARY, *_OP_UNARY, *_OP_SELF, *_OP_REDUCE, "Concatenate", "Squeeze", "ExpandDims", "Transpose",
-             "Reshape", "Softmax")
+#: keras.ops functions on masks (Keras 3 records them computing the masks layers receive).
+_OP_COMPARE = {"Equal": ("Equal", False), "NotEqual": ("Equal", True), "Greater": ("Greater", False),
+               "Less": ("Less", False), "GreaterEqual": ("GreaterOrEqual", False), "LessEqual": ("LessOrEqual", False)}
+_OP_LOGICAL = {"LogicalAnd": "And", "LogicalOr": "Or", "LogicalXor": "Xor"}
+_OP_BOOL_REDUCE = {"Any": "ReduceMax", "All": "ReduceMin"}
+KERAS_OPS = (*_OP_BINARY, *_OP_UNARY, *_OP_SELF, *_OP_REDUCE, *_OP_COMPARE, *_OP_LOGICAL, *_OP_BOOL_REDUCE,
+             "LogicalNot", "ConvertToTensor", "OnesLike", "ZerosLike", "Concatenate", "Squeeze", "ExpandDims",
+             "Transpose", "Reshape", "Softmax")
 
 
 def _is_keras_op(layer) -> bool:
@@ -1448,13 +1458,38 @@ def _operand(c: _Call, value) -> _T:
     return _T(c.const(np.float32(_float(value, "a constant operand")), "constant"), ())
 
 
+def _typed_operand(c: _Call, value, args) -> _T:
+    """An operand of a comparison: a tensor, or a Python number as a constant of the other operand's dtype
+    (Keras compares token ids with 0 as integers)."""
+    if isinstance(value, _T):
+        return value
+    other = next(a for a in args if isinstance(a, _T))
+    if other.dtype == "int64" and float(_float(value, "a constant operand")).is_integer():
+        return _T(c.const(np.int64(value), "constant", np.int64), (), "int64")
+    if other.dtype == "bool" and isinstance(value, bool):
+        return _T(c.const(np.bool_(value), "constant", np.bool_), (), "bool")
+    return _T(c.const(np.float32(_float(value, "a constant operand")), "constant"), ())
+
+
 def _keras_op(c: _Call, args, kwargs):
     """A keras.ops operation recorded in a functional model (``x + y``, ``keras.ops.squeeze(x, -1)``, ...):
     elementwise ops of tensors and numbers, reductions, reshapes and transposes with the arguments its
     config stores. Axes include the batch axis, as keras.ops counts them."""
     kind, config = c.kind, c.config
+    kwargs = {k: v for k, v in kwargs.items() if not (k == "dtype" and kind in ("OnesLike", "ZerosLike")
+                                                      and v in ("bool", None))}
     if kwargs:
         raise UnsupportedModelError(f"keyword arguments {sorted(kwargs)} are not supported")
+    if kind in _OP_COMPARE or kind in _OP_LOGICAL:
+        if len(args) != 2 or not any(isinstance(a, _T) for a in args):
+            raise UnsupportedModelError("takes two operands, one of them a tensor")
+        x, y = (_typed_operand(c, a, args) for a in args)
+        if kind in _OP_LOGICAL:
+            names = [t.name if t.dtype == "bool" else c.op("Cast", t.name, to=9) for t in (x, y)]   # 9: BOOL
+            return [_T(c.op(_OP_LOGICAL[kind], *names), _broadcast_shape([x, y]), "bool")]
+        op, negate = _OP_COMPARE[kind]
+        out = c.op(op, x.name, y.name)
+        return [_T(c.op("Not", out) if negate else out, _broadcast_shape([x, y]), "bool")]
     if kind in _OP_BINARY:
         if len(args) != 2 or not any(isinstance(a, _T) for a in args):
             raise UnsupportedModelError("takes two operands, one of them a tensor")
@@ -1467,6 +1502,13 @@ def _keras_op(c: _Call, args, kwargs):
     if len(args) != 1 or not isinstance(args[0], _T):
         raise UnsupportedModelError("takes one tensor")
     x = args[0]
+    if kind == "ConvertToTensor":
+        return [x]
+    if kind == "LogicalNot":
+        return [_T(c.op("Not", x.name if x.dtype == "bool" else c.op("Cast", x.name, to=9)), x.shape, "bool")]
+    if kind in ("OnesLike", "ZerosLike"):      # (a mask's) bools of x's shape
+        value = c.const(np.array(kind == "OnesLike"), "value", np.bool_)
+        return [_T(c.op("Expand", value, c.op("Shape", x.name)), x.shape, "bool")]
     if kind in _OP_UNARY:
         return [_T(c.op(_OP_UNARY[kind], x.name), x.shape)]
     if kind in _OP_SELF:
@@ -1478,11 +1520,14 @@ def _keras_op(c: _Call, args, kwargs):
         values = value if isinstance(value, (list, tuple)) else [value]
         return tuple(sorted({_axis(a, rank, "axis", batch=True) for a in values}))
 
-    if kind in _OP_REDUCE:
+    if kind in _OP_REDUCE or kind in _OP_BOOL_REDUCE:
         keep = bool(config.get("keepdims", False))
         axes = axes_of(axis, x.rank) if axis is not None else tuple(range(x.rank))
         shape = tuple(1 if a in axes else d for a, d in enumerate(x.shape)) if keep else \
             tuple(d for a, d in enumerate(x.shape) if a not in axes)
+        if kind in _OP_BOOL_REDUCE:
+            source = x.name if x.dtype == "bool" else c.op("Cast", x.name, to=9)     # 9: BOOL
+            return [_T(c.op(_OP_BOOL_REDUCE[kind], source, axes=axes, keepdims=int(keep)), shape, "bool")]
         return [_T(c.op(_OP_REDUCE[kind], x.name, axes=axes, keepdims=int(keep)), shape)]
     if kind == "Squeeze":
         axes = axes_of(axis, x.rank) if axis is not None else tuple(a for a, d in enumerate(x.shape) if d == 1)
@@ -1733,7 +1778,6 @@ def _lower_model(graph: _Graph, model_config, weights, major, version, prefix, i
     output name)]); a nested model (``inputs`` its input tensors, ``weights`` its flat list): its output
     tensors."""
     calls, declared, outputs = _structure(model_config)
-    calls = _without_mask_operations(calls, outputs)
     if inputs is not None:
         weights = _split_weights(model_config, weights, major)
         if len(inputs) != len(declared) or not all(isinstance(t, _T) for t in inputs):
@@ -1755,16 +1799,20 @@ def _lower_model(graph: _Graph, model_config, weights, major, version, prefix, i
         graph.taken.add(name)
         tensor_input, tensors[ref] = _input(layer, name)
         graph_inputs.append(tensor_input)
+    removed = _RemovedMasks()
     for layer, call, args, kwargs in _ordered(calls, set(tensors)):
         name = _layer_name(layer)
         missing = [ref for ref in _refs([args, kwargs]) if ref not in tensors]
         if missing:
             raise ModelFormatError(f"layer {name!r} reads tensor {list(missing[0])}, which layer {missing[0][0]!r} "
                                    "does not give")
-        results = _lower_layer(graph, layer, weights.get(name, []), major, version, prefix,
-                               _resolve(args, tensors), _resolve(kwargs, tensors), call)
+        args, kwargs = removed.read(name, call, _refs([args, kwargs]), _resolve(args, tensors), _resolve(kwargs, tensors))
+        results = _lower_layer(graph, layer, weights.get(name, []), major, version, prefix, args, kwargs, call)
+        if layer["class_name"] == "MultiHeadAttention":
+            removed.remove(name, call, _tensors([args, list(kwargs.values())]))
         for index, tensor in enumerate(results):
             tensors[(name, call, index)] = tensor
+            removed.labels.setdefault(tensor.name, _label(name, call, index))
     missing = [ref for _, ref in outputs if ref not in tensors]
     if missing:
         raise ModelFormatError(f"the model's output {list(missing[0])} is not computed by any layer")
@@ -1773,25 +1821,56 @@ def _lower_model(graph: _Graph, model_config, weights, major, version, prefix, i
     return graph_inputs, [(tensors[ref].name, final[ref]) for _, ref in outputs]
 
 
-#: A call's ``mask=`` argument that Keras 3 computed with operations grurt does not lower.
-_DERIVED = "derived"
+class _RemovedMasks:
+    """Keras 3's MultiHeadAttention removes the masks of its query, value and key tensors when it runs
+    (``set_keras_mask(x, None)``): the layers run after it read them unmasked. A layer that depends
+    on the attention's output runs after it; one that the attention depends on, before; for any other
+    reader of those tensors the order is Keras's execution order, which grurt does not reproduce: refused."""
 
+    def __init__(self):
+        self.ancestors = {}        # (layer, call) -> the calls it depends on
+        self.readers = {}          # tensor name -> [(layer, call)] that read it masked
+        self.by = {}               # tensor name -> the (layer, call) of the attention that removed its mask
+        self.labels = {}           # tensor name -> the Keras tensor it is, for messages
 
-def _without_mask_operations(calls, outputs):
-    """The calls without the keras.ops operations a Keras 3 config records to compute masks
-    (:func:`.graph._mask_operations`), each ``mask=`` argument they computed replaced by _DERIVED."""
-    if not any(is_op(layer) for layer, *_ in calls):
-        return calls
-    dropped = _mask_operations([(layer, call) for layer, call, _, _ in calls], {ref for _, ref in outputs})
-    kept = []
-    for layer, call, args, kwargs in calls:
-        if _layer_name(layer) in dropped:
-            continue
-        refs = _refs(kwargs.get("mask"))
-        if refs and all(ref[0] in dropped for ref in refs):
-            kwargs = {**kwargs, "mask": _DERIVED}
-        kept.append((layer, call, args, kwargs))
-    return kept
+    def read(self, name, call, refs, args, kwargs):
+        """The call's arguments, a tensor whose mask was removed by an attention it depends on unmasked (a
+        call given the mask Keras 3 recorded for it reads that one)."""
+        key = (name, call)
+        self.ancestors[key] = set().union(*({ref[:2]} | self.ancestors.get(ref[:2], set()) for ref in refs))
+        if kwargs.get("mask") is not None:
+            return args, kwargs
+
+        def visit(value):
+            if isinstance(value, _T) and value.mask:
+                attention = self.by.get(value.name)
+                if attention is None:
+                    self.readers.setdefault(value.name, []).append(key)
+                elif attention in self.ancestors[key]:
+                    return replace(value, mask=None)
+                else:
+                    self._refuse(key, value, attention)
+            if isinstance(value, list):
+                return [visit(v) for v in value]
+            if isinstance(value, dict):
+                return {k: visit(v) for k, v in value.items()}
+            return value
+        return visit(args), visit(kwargs)
+
+    def remove(self, name, call, tensors):
+        key = (name, call)
+        for tensor in tensors:
+            if tensor.mask:
+                for reader in self.readers.get(tensor.name, []):
+                    if reader != key and reader not in self.ancestors[key]:
+                        self._refuse(reader, tensor, key)
+                self.by[tensor.name] = key
+
+    def _refuse(self, reader, tensor, attention):
+        raise UnsupportedModelError(
+            f"layer {reader[0]!r} reads {self.labels.get(tensor.name, tensor.name)!r}, whose mask Keras 3's MultiHeadAttention {attention[0]!r} "
+            f"removes when it runs: whether {reader[0]!r} sees the mask depends on Keras's order of execution "
+            f"(it neither depends on {attention[0]!r} nor feeds it); grurt does not lower that ambiguity")
 
 
 def _output_names(outputs):
@@ -1862,11 +1941,9 @@ def _lower_layer(graph, layer, weights, major, version, prefix, args, kwargs, ca
         kwargs = dict(kwargs)
         if kwargs.pop("training", None):
             raise UnsupportedModelError("is called with training=True")
-        # Keras 3 records the mask a layer receives (computed by ops grurt does not lower): grurt derives it
         recorded = kwargs.pop("mask", None)
-        if recorded is not None and (recorded != _DERIVED or not any(t.mask for t in _tensors(args))):
-            raise UnsupportedModelError("is called with a mask= made by hand; grurt derives masks from Masking and "
-                                        "Embedding(mask_zero=True) layers")
+        if recorded is not None:          # Keras 3 records the mask a layer receives: it reads that one
+            args = _recorded_mask(graph, args, recorded, base)
         if _is_keras_op(layer):           # an operation drops masks
             return _keras_op(_Call(graph, kind, name, config, weights, major, version, base), _unmasked(args), kwargs)
         if kind in IDENTITY:
@@ -1903,6 +1980,22 @@ def _tensors(value):
     if isinstance(value, (list, tuple)):
         return [t for v in value for t in _tensors(v)]
     return []
+
+
+def _recorded_mask(graph, args, recorded, base):
+    """The call's arguments, its first tensor masked by ``recorded``: the ``mask=`` Keras 3 records in a
+    functional config (computed by keras.ops operations it records too, or given by hand), as bool."""
+    first = next(iter(_tensors(args)), None)
+    if not isinstance(recorded, _T) or first is None or recorded.rank != 2 or first.rank < 2:
+        raise UnsupportedModelError(f"is called with mask={_short(recorded)}; grurt reads one (batch, time) mask of "
+                                    "the sequence it is called on")
+    mask = recorded.name if recorded.dtype == "bool" else graph.add("Cast", [recorded.name], {"to": 9}, f"{base}/Cast")
+
+    def masked(value):
+        if value is first:
+            return replace(value, mask=mask)
+        return [masked(v) for v in value] if isinstance(value, list) else value
+    return masked(args)
 
 
 def _unmasked(value):
