@@ -535,13 +535,19 @@ def _dense(c: _Call, args, kwargs):
 
 def _linear(c: _Call, x: _T, kernel, bias, dims, bound=1) -> str:
     """x (B, ..., F) times ``kernel`` (F, product of dims) plus ``bias``, shaped (B, ..., *dims), F the product
-    of x's last ``bound`` axes: one Gemm on the rows (B·..., F), which adds the bias in place."""
-    rows = x.name if x.rank == 2 else c.op("Reshape", x.name, c.ints([-1, kernel.shape[0]]))
-    inputs = [rows, c.const(kernel, "kernel")] + ([c.const(bias.reshape(-1), "bias")] if bias is not None else [])
-    y = c.op("Gemm", *inputs)
-    if x.rank == 2 and len(dims) == 1:
-        return y
-    return c.op("Reshape", y, c.op("Concat", c.op("Shape", x.name, end=x.rank - bound), c.ints(dims), axis=0))
+    of x's last ``bound`` axes: a Gemm on (B, F) vectors (it adds the bias in place), a MatMul and an Add on
+    longer tensors, whose leading axes stay apart (a time axis among them streams)."""
+    if x.rank == 2:
+        inputs = [x.name, c.const(kernel, "kernel")] + ([c.const(bias.reshape(-1), "bias")] if bias is not None
+                                                         else [])
+        y = c.op("Gemm", *inputs)
+        return y if len(dims) == 1 else c.op("Reshape", y, c.ints([0, *dims]))
+    lead = x.rank - bound
+    rows = x.name if bound == 1 else c.op("Reshape", x.name, c.ints([0] * lead + [-1]))
+    y = c.op("MatMul", rows, c.const(kernel, "kernel"))
+    if bias is not None:
+        y = c.op("Add", y, c.const(bias.reshape(-1), "bias"))
+    return y if len(dims) == 1 else c.op("Reshape", y, c.ints([0] * lead + list(dims)))
 
 
 def _einsum_dense(c: _Call, args, kwargs):
@@ -1376,6 +1382,9 @@ def _time_distributed(c: _Call, args, kwargs):
     if x.mask and inner["class_name"] in READS_MASK:
         raise UnsupportedModelError(f"wraps {inner['class_name']}, which reads a mask, on a masked sequence: Keras "
                                     "hands it each step's (batch,) mask, which grurt does not lower")
+    if inner["class_name"] in _LAST_AXIS:        # the same on (B, T, ...) as step by step: no folding
+        outputs = _lower_layer(c.graph, inner, c.weights, c.major, c.version, f"{c.base}/", [replace(x, mask=None)], {})
+        return [replace(outputs[0], shape=(*x.shape[:2], *outputs[0].shape[2:]))]
     folded = c.op("Reshape", x.name, c.op("Concat", c.ints([-1]), c.op("Shape", x.name, start=2), axis=0))
     outputs = _lower_layer(c.graph, inner, c.weights, c.major, c.version, f"{c.base}/",
                            [_T(folded, (None, *x.shape[2:]))], {})
@@ -1385,6 +1394,11 @@ def _time_distributed(c: _Call, args, kwargs):
     lead = c.op("Shape", x.name, start=0, end=2)
     unfolded = c.op("Reshape", y.name, c.op("Concat", lead, c.op("Shape", y.name, start=1), axis=0))
     return [_T(unfolded, (*x.shape[:2], *y.shape[1:]))]
+
+
+#: Layers that compute along their input's last axis alone, whatever its rank (TimeDistributed of one is
+#: the layer itself).
+_LAST_AXIS = (*IDENTITY, "Dense", "Activation", "ReLU", "LeakyReLU", "ELU", "ThresholdedReLU")
 
 
 def _model_layer(c: _Call, args, kwargs):
