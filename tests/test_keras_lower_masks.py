@@ -158,9 +158,20 @@ def by_hand():
                                       layers.GRU(2, go_backwards=True, name="back")(x, mask=valid)])
 
 
+def nested():
+    """A nested model called on a masked sequence: its layers read the mask (Keras hands it to the model's
+    inputs), its output keeps it."""
+    inner_in = keras.Input((STEPS, 6), name="inner_in")
+    inner = keras.Model(inner_in, layers.GRU(3, return_sequences=True, name="g")(layers.Dense(6, name="d")(inner_in)),
+                        name="inner")
+    ids, e = embedded()
+    h = inner(e)
+    return keras.Model(ids, layers.GlobalAveragePooling1D(name="avg")(layers.Attention(name="att")([h, h])))
+
+
 MODELS = {"bigru_mha": bigru_mha, "bigru_attention": bigru_attention, "bigru_additive": bigru_additive,
           "sequences": sequences, "cross_attention": cross_attention, "merges": merges, "last_outputs": last_outputs,
-          "residual": residual, "by_hand": by_hand}
+          "residual": residual, "by_hand": by_hand, "nested": nested}
 
 
 def lowered(model):

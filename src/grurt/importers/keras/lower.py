@@ -1478,11 +1478,12 @@ def _typed_operand(c: _Call, value, args) -> _T:
     if isinstance(value, _T):
         return value
     other = next(a for a in args if isinstance(a, _T))
-    if other.dtype == "int64" and float(_float(value, "a constant operand")).is_integer():
-        return _T(c.const(np.int64(value), "constant", np.int64), (), "int64")
-    if other.dtype == "bool" and isinstance(value, bool):
+    if isinstance(value, bool):
         return _T(c.const(np.bool_(value), "constant", np.bool_), (), "bool")
-    return _T(c.const(np.float32(_float(value, "a constant operand")), "constant"), ())
+    number = _float(value, "a constant operand")
+    if other.dtype == "int64" and number.is_integer() and abs(number) < 2**63:
+        return _T(c.const(np.int64(number), "constant", np.int64), (), "int64")
+    return _T(c.const(np.float32(number), "constant"), ())
 
 
 def _keras_op(c: _Call, args, kwargs):
