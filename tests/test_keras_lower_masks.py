@@ -26,7 +26,7 @@ from grurt.importers.keras import _live_triple  # noqa: E402
 from grurt.importers.keras.lower import lower_keras  # noqa: E402
 from grurt.reference import run_tensor_graph  # noqa: E402
 from grurt.tensor_model import TensorModel  # noqa: E402
-from keras_testing import as_tuple  # noqa: E402
+from keras_testing import as_tuple, saved_files  # noqa: E402
 from test_keras_masking import BATCH, FEATURES, MASK_VALUES, PATTERN, STEPS, VOCABULARY  # noqa: E402
 from test_keras_masking import MODELS as FUSED_MODELS  # noqa: E402
 from test_keras_masking import inputs, masks, randomize  # noqa: E402
@@ -215,16 +215,14 @@ def assert_keras(converted, model, x, reference=True):
 
 @pytest.fixture(scope="module")
 def zoo(tmp_path_factory):
-    """name -> (Keras model, its lowered TensorModel, its .keras file)."""
+    """name -> (Keras model, its lowered TensorModel, {"keras": path, "h5": path})."""
     rng = np.random.default_rng(2121)
     folder = tmp_path_factory.mktemp("keras_lower_masks")
     out = {}
     for name, build in MODELS.items():
         model = build()
         randomize(model, rng)
-        path = str(folder / f"{name}.keras")
-        model.save(path)
-        out[name] = model, lowered(model), path
+        out[name] = model, lowered(model), saved_files(model, folder, name)
     return out
 
 
@@ -238,11 +236,11 @@ def test_drawn_masks_match_keras(zoo, name, valid, seed):
 
 @pytest.mark.parametrize("name", list(MODELS))
 def test_from_keras_and_files_match_keras(zoo, name):
-    """from_keras(model) and grurt.load(.keras) (both lowered: attention is beyond the fused layers) on the
-    pattern of every kind of row: leading, trailing, interior, none and all masked."""
-    model, _, path = zoo[name]
+    """from_keras(model) and grurt.load of its .keras and .h5 files (lowered: attention is beyond the fused
+    layers) on the pattern of every kind of row: leading, trailing, interior, none and all masked."""
+    model, _, files = zoo[name]
     x = model_inputs(model, PATTERN, np.random.default_rng(7))
-    for converted in (grurt.from_keras(model), grurt.load(path)):
+    for converted in (grurt.from_keras(model), grurt.load(files["keras"]), grurt.load(files["h5"])):
         assert isinstance(converted, TensorModel)
         assert_keras(converted, model, x)
 
