@@ -185,17 +185,27 @@ c = keras.Sequential([keras.Input((None, 3)), layers.ZeroPadding1D((1, 2)),
                       layers.BatchNormalization(), layers.GRU(5, return_sequences=True), layers.Dense(2)])
 c.save(os.path.join(out, "conv.keras"))
 c.save(os.path.join(out, "conv.h5"))
+# the lowered path with masks: mask_zero, a masked BiGRU, attention, a residual, pooling over the mask
+ids = keras.Input((7,), dtype="int32", name="ids")
+g = layers.Bidirectional(layers.GRU(3, return_sequences=True))(layers.Embedding(9, 4, mask_zero=True)(ids))
+a = layers.MultiHeadAttention(2, 2)(g, g, use_causal_mask=True)
+b = layers.AdditiveAttention()([layers.Dense(6)(g), layers.Masking(0.5)(layers.Dense(6)(g))])
+m = keras.Model(ids, layers.Dense(2)(layers.GlobalAveragePooling1D()(layers.Maximum()([layers.Add()([g, a]), b]))))
+m.save(os.path.join(out, "masked.keras"))
+m.save(os.path.join(out, "masked.h5"))
 """
 
 
 def _keras(directory):
     """Keras files written by Keras itself, in a subprocess (Keras picks its backend once per process)."""
-    if not os.path.isfile(directory / "functional.keras") or not os.path.isfile(directory / "conv.keras"):
+    if not all(os.path.isfile(directory / f"{name}.keras") for name in ("functional", "conv", "masked")):
         env = {**os.environ, "KERAS_BACKEND": "torch"}
         subprocess.run([sys.executable, "-c", _KERAS_SCRIPT, str(directory)], check=True, env=env,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300)
-    return ([directory / "model.keras", directory / "functional.keras", directory / "conv.keras"],
-            [directory / "model.h5", directory / "functional.h5", directory / "conv.h5", KERAS2_FILE, KERAS2_FUNCTIONAL])
+    return ([directory / "model.keras", directory / "functional.keras", directory / "conv.keras",
+             directory / "masked.keras"],
+            [directory / "model.h5", directory / "functional.h5", directory / "conv.h5", directory / "masked.h5",
+             KERAS2_FILE, KERAS2_FUNCTIONAL])
 
 
 def write_seeds(directory, keras: bool = True) -> dict:

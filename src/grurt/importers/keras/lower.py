@@ -17,13 +17,15 @@ Tensors keep Keras's layout: batch first, channels last. Ops that ONNX defines c
 (``Conv``, pools) sit between two ``Transpose`` nodes, and a layer reading the output of another
 such layer takes its channels-first tensor directly.
 
-Masks follow Keras's rule (docs/keras.md, "Masks"): ``Masking`` and ``Embedding(mask_zero=True)``
+Masks follow Keras 3 (docs/keras.md, "Masks on the lowered path"): ``Masking`` and ``Embedding(mask_zero=True)``
 make a (batch, time) bool tensor that travels with the sequence (:attr:`_T.mask`) through the
 layers that keep it (:data:`KEEPS_MASK`, GRUs returning sequences, attention's query, merges) and
 is read where Keras reads it: a GRU skips the masked steps (``grurt.MaskedGRU``), attention ignores
 masked values and zeroes (``Attention``) masked queries, ``GlobalAveragePooling1D`` averages the
 valid steps. Keras 3 records the ops computing a mask (``not_equal``, ``any``, ...) in functional
-configs: they are not lowered, the masks are derived by the rule instead.
+configs and hands a layer the mask so computed: those ops are lowered, and such a layer reads that
+mask; a MultiHeadAttention removes its inputs' masks for the layers Keras runs after it, in Keras's
+order (:func:`_keras_order`).
 """
 from __future__ import annotations
 
@@ -1814,20 +1816,20 @@ def _lower_model(graph: _Graph, model_config, weights, major, version, prefix, i
         graph.taken.add(name)
         tensor_input, tensors[ref] = _input(layer, name)
         graph_inputs.append(tensor_input)
+    _ordered(calls, set(tensors))          # every tensor read is computed, no cycle
     removed = _RemovedMasks()
-    for layer, call, args, kwargs in _ordered(calls, set(tensors)):
+    for layer, call, args, kwargs in _keras_order(calls, outputs):
         name = _layer_name(layer)
         missing = [ref for ref in _refs([args, kwargs]) if ref not in tensors]
         if missing:
             raise ModelFormatError(f"layer {name!r} reads tensor {list(missing[0])}, which layer {missing[0][0]!r} "
                                    "does not give")
-        args, kwargs = removed.read(name, call, _refs([args, kwargs]), _resolve(args, tensors), _resolve(kwargs, tensors))
+        args, kwargs = removed.read(_resolve(args, tensors), _resolve(kwargs, tensors))
         results = _lower_layer(graph, layer, weights.get(name, []), major, version, prefix, args, kwargs, call)
         if layer["class_name"] == "MultiHeadAttention":
-            removed.remove(name, call, _tensors([args, list(kwargs.values())]))
+            removed.remove(_tensors([args, list(kwargs.values())]))
         for index, tensor in enumerate(results):
             tensors[(name, call, index)] = tensor
-            removed.labels.setdefault(tensor.name, _label(name, call, index))
     missing = [ref for _, ref in outputs if ref not in tensors]
     if missing:
         raise ModelFormatError(f"the model's output {list(missing[0])} is not computed by any layer")
@@ -1838,33 +1840,19 @@ def _lower_model(graph: _Graph, model_config, weights, major, version, prefix, i
 
 class _RemovedMasks:
     """Keras 3's MultiHeadAttention removes the masks of its query, value and key tensors when it runs
-    (``set_keras_mask(x, None)``): the layers run after it read them unmasked. A layer that depends
-    on the attention's output runs after it; one that the attention depends on, before; for any other
-    reader of those tensors the order is Keras's execution order, which grurt does not reproduce: refused."""
+    (``set_keras_mask(x, None)``): the calls Keras runs after it (:func:`_keras_order`) read them
+    unmasked, unless Keras hands the call the mask it recorded for it."""
 
     def __init__(self):
-        self.ancestors = {}        # (layer, call) -> the calls it depends on
-        self.readers = {}          # tensor name -> [(layer, call)] that read it masked
-        self.by = {}               # tensor name -> the (layer, call) of the attention that removed its mask
-        self.labels = {}           # tensor name -> the Keras tensor it is, for messages
+        self.removed = set()       # names of the tensors whose mask an attention removed
 
-    def read(self, name, call, refs, args, kwargs):
-        """The call's arguments, a tensor whose mask was removed by an attention it depends on unmasked (a
-        call given the mask Keras 3 recorded for it reads that one)."""
-        key = (name, call)
-        self.ancestors[key] = set().union(*({ref[:2]} | self.ancestors.get(ref[:2], set()) for ref in refs))
+    def read(self, args, kwargs):
         if kwargs.get("mask") is not None:
             return args, kwargs
 
         def visit(value):
-            if isinstance(value, _T) and value.mask:
-                attention = self.by.get(value.name)
-                if attention is None:
-                    self.readers.setdefault(value.name, []).append(key)
-                elif attention in self.ancestors[key]:
-                    return replace(value, mask=None)
-                else:
-                    self._refuse(key, value, attention)
+            if isinstance(value, _T) and value.mask and value.name in self.removed:
+                return replace(value, mask=None)
             if isinstance(value, list):
                 return [visit(v) for v in value]
             if isinstance(value, dict):
@@ -1872,20 +1860,44 @@ class _RemovedMasks:
             return value
         return visit(args), visit(kwargs)
 
-    def remove(self, name, call, tensors):
-        key = (name, call)
-        for tensor in tensors:
-            if tensor.mask:
-                for reader in self.readers.get(tensor.name, []):
-                    if reader != key and reader not in self.ancestors[key]:
-                        self._refuse(reader, tensor, key)
-                self.by[tensor.name] = key
+    def remove(self, tensors):
+        self.removed.update(t.name for t in tensors if t.mask)
 
-    def _refuse(self, reader, tensor, attention):
-        raise UnsupportedModelError(
-            f"layer {reader[0]!r} reads {self.labels.get(tensor.name, tensor.name)!r}, whose mask Keras 3's MultiHeadAttention {attention[0]!r} "
-            f"removes when it runs: whether {reader[0]!r} sees the mask depends on Keras's order of execution "
-            f"(it neither depends on {attention[0]!r} nor feeds it); grurt does not lower that ambiguity")
+
+def _keras_order(calls, outputs):
+    """The calls in the order Keras 3 runs a functional model (``keras.src.ops.function``: ``_build_map``'s
+    depth-first walk from the outputs, ``map_graph``'s depths, the deepest first, those of one depth in
+    the order the walk met them): the order decides what reads a mask a MultiHeadAttention removes."""
+    by_key = {(_layer_name(layer), call): (layer, call, args, kwargs) for layer, call, args, kwargs in calls}
+
+    def parents(key):
+        if key not in by_key:                           # an input
+            return []
+        _, _, args, kwargs = by_key[key]
+        return [ref[:2] for ref in _refs([args, [kwargs[k] for k in sorted(kwargs)]])]   # tree.flatten's order
+
+    walked, finished = [], set()
+    for _, ref in sorted(outputs, key=lambda item: item[0]) if all(k is not None for k, _ in outputs) else outputs:
+        stack = [(ref[:2], False)]
+        while stack:                                    # post-order, parents in their order
+            key, done = stack.pop()
+            if done:
+                if key not in finished:
+                    finished.add(key)
+                    walked.append(key)
+                continue
+            if key in finished:
+                continue
+            stack.append((key, True))
+            stack.extend((p, False) for p in reversed(parents(key)) if p not in finished)
+    depths, layer_depths = {}, {}
+    for key in reversed(walked):
+        depth = max(depths.setdefault(key, 0), layer_depths.get(key[0], 0))
+        depths[key] = layer_depths[key[0]] = depth
+        for parent in parents(key):
+            depths[parent] = max(depth + 1, depths.get(parent, 0))
+    ranked = sorted(((-d, i, key) for i, (key, d) in enumerate(depths.items())))
+    return [by_key[key] for _, _, key in ranked if key in by_key]
 
 
 def _output_names(outputs):
