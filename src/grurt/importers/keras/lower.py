@@ -107,10 +107,11 @@ def _ints(value, what, count, low=1, high=MAX_PARAMETERS) -> Tuple[int, ...]:
 
 
 def _float(value, what) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
-            or not math.isfinite(float(value)):
-        raise ModelFormatError(f"{what} must be a finite number, got {_short(value)}")
-    return float(value)
+    """A finite number of a config (an integer beyond float's range is not one)."""
+    if not isinstance(value, bool) and isinstance(value, (int, float, np.integer, np.floating)) \
+            and (not isinstance(value, (int, np.integer)) or abs(int(value)) < 2**1000) and math.isfinite(value):
+        return float(value)
+    raise ModelFormatError(f"{what} must be a finite number, got {_short(value)}")
 
 
 def _axis(value, rank, what, batch=False) -> int:
