@@ -27,7 +27,7 @@ from grurt.importers.keras.lower import lower_keras  # noqa: E402
 from grurt.reference import run_tensor_graph  # noqa: E402
 from grurt.tensor_model import TensorModel  # noqa: E402
 from keras_testing import as_tuple, saved_files  # noqa: E402
-from test_keras_masking import BATCH, FEATURES, MASK_VALUES, PATTERN, STEPS, VOCABULARY  # noqa: E402
+from test_keras_masking import BATCH, FEATURES, PATTERN, STEPS, VOCABULARY  # noqa: E402
 from test_keras_masking import MODELS as FUSED_MODELS  # noqa: E402
 from test_keras_masking import inputs, masks, randomize  # noqa: E402
 from tolerances import ATOL  # noqa: E402

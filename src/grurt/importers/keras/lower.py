@@ -1386,8 +1386,7 @@ def _time_distributed(c: _Call, args, kwargs):
         raise UnsupportedModelError(f"wraps {inner['class_name']}, which reads a mask, on a masked sequence: Keras "
                                     "hands it each step's (batch,) mask, which grurt does not lower")
     if inner["class_name"] in _LAST_AXIS:        # the same on (B, T, ...) as step by step: no folding
-        outputs = _lower_layer(c.graph, inner, c.weights, c.major, c.version, f"{c.base}/", [replace(x, mask=None)], {})
-        return [replace(outputs[0], shape=(*x.shape[:2], *outputs[0].shape[2:]))]
+        return _lower_layer(c.graph, inner, c.weights, c.major, c.version, f"{c.base}/", [replace(x, mask=None)], {})
     folded = c.op("Reshape", x.name, c.op("Concat", c.ints([-1]), c.op("Shape", x.name, start=2), axis=0))
     outputs = _lower_layer(c.graph, inner, c.weights, c.major, c.version, f"{c.base}/",
                            [_T(folded, (None, *x.shape[2:]))], {})
@@ -1415,7 +1414,8 @@ def _model_layer(c: _Call, args, kwargs):
 
 _LOWERINGS = {
     "GRU": _gru, "Bidirectional": _bidirectional, "Dense": _dense, "EinsumDense": _einsum_dense,
-    "Embedding": _embedding, "Masking": _masking, "Activation": _activation_layer, "ReLU": _relu_layer, "LeakyReLU": _leaky_relu_layer,
+    "Embedding": _embedding, "Masking": _masking, "Activation": _activation_layer, "ReLU": _relu_layer,
+    "LeakyReLU": _leaky_relu_layer,
     "PReLU": _prelu_layer, "ELU": _elu_layer, "ThresholdedReLU": _thresholded_relu_layer, "Softmax": _softmax_layer,
     "BatchNormalization": _batch_normalization, "LayerNormalization": _layer_normalization,
     "UnitNormalization": _unit_normalization, "Normalization": _normalization, "Rescaling": _rescaling,
