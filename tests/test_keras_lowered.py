@@ -442,8 +442,8 @@ def test_hostile_archive_is_a_model_format_error(zoo, tmp_path):
 @pytest.mark.parametrize("build, message", [
     (lambda x: layers.Lambda(lambda t: t * 2, name="code")(x), r"layer 'code' \(Lambda\): a Lambda layer holds "
                                                                r"Python code"),
-    (lambda x: layers.MultiHeadAttention(2, 3, name="mha")(layers.Masking(name="masked")(x), x),
-     r"layer 'masked' \(Masking\): masks run in grurt's fused layers only"),
+    (lambda x: layers.Softmax(name="sm")(layers.MultiHeadAttention(2, 3, name="mha")(layers.Masking()(x), x)),
+     r"layer 'sm' \(Softmax\): reads a masked sequence"),
     (lambda x: layers.LSTM(3, name="lstm")(x), r"layer 'lstm' \(LSTM\) is not supported"),
 ])
 def test_refusals_are_named(build, message):

@@ -242,15 +242,24 @@ def test_masked_graph_round_trips(zoo, tmp_path):
         converted.run(x, lengths=np.full(BATCH, STEPS))
 
 
-def test_refused_masks_are_named():
+def test_masks_beyond_the_fused_layers_are_lowered():
+    """What the fused layers refuse (sequences masked differently merged, a mask= given by hand) runs
+    lowered onto ops (tests/test_keras_lower_masks.py), as Keras computes it."""
     x = keras.Input((STEPS, FEATURES))
     masked, other = layers.Masking(name="m")(x), layers.Masking(-1.0, name="o")(x)
     merged = layers.Add(name="add")([layers.GRU(3, return_sequences=True)(masked),
                                      layers.GRU(3, return_sequences=True)(other)])
-    with pytest.raises(grurt.UnsupportedModelError, match="'add' .Add.: merges sequences masked differently"):
-        grurt.from_keras(keras.Model(x, merged))
     by_hand = layers.GRU(3, name="g")(x, mask=keras.ops.any(keras.ops.not_equal(x, 0.0), axis=-1))
-    with pytest.raises(grurt.UnsupportedModelError, match="'g' .GRU.: is called with a mask= made by hand"):
-        grurt.from_keras(keras.Model(x, by_hand))
+    rng = np.random.default_rng(12)
+    data = np.where(PATTERN[..., None], rng.standard_normal((BATCH, STEPS, FEATURES)), 0).astype(np.float32)
+    data[1, 2] = -1.0
+    for model in (keras.Model(x, layers.GRU(2)(merged)), keras.Model(x, by_hand)):
+        randomize(model, rng)
+        converted = grurt.from_keras(model)
+        assert isinstance(converted, grurt.TensorModel)
+        np.testing.assert_allclose(converted.run(data), model.predict(data, verbose=0), rtol=0, atol=ATOL)
+
+
+def test_refused_masks_are_named():
     with pytest.raises(grurt.UnsupportedModelError, match="Softmax layer after Masking"):
         grurt.from_keras(seq(layers.GRU(3, return_sequences=True), layers.Softmax(), value=0.0))

@@ -194,16 +194,24 @@ a = layers.Permute((2, 1))(layers.TimeDistributed(layers.Dense(5))(a))
 m = keras.Model(s, layers.Dense(2)(layers.GlobalAveragePooling1D()(a)))
 m.save(os.path.join(out, "lowered.keras"))
 m.save(os.path.join(out, "lowered.h5"))
+# the lowered path with masks: mask_zero, a masked BiGRU, attention, a residual, pooling over the mask
+ids = keras.Input((7,), dtype="int32", name="ids")
+g = layers.Bidirectional(layers.GRU(3, return_sequences=True))(layers.Embedding(9, 4, mask_zero=True)(ids))
+a = layers.MultiHeadAttention(2, 2)(g, g, use_causal_mask=True)
+b = layers.AdditiveAttention()([layers.Dense(6)(g), layers.Masking(0.5)(layers.Dense(6)(g))])
+m = keras.Model(ids, layers.Dense(2)(layers.GlobalAveragePooling1D()(layers.Maximum()([layers.Add()([g, a]), b]))))
+m.save(os.path.join(out, "masked.keras"))
+m.save(os.path.join(out, "masked.h5"))
 """
 
 
 def _keras(directory):
     """Keras files written by Keras itself, in a subprocess (Keras picks its backend once per process)."""
-    if not all(os.path.isfile(directory / f"{name}.keras") for name in ("functional", "conv", "lowered")):
+    if not all(os.path.isfile(directory / f"{name}.keras") for name in ("functional", "conv", "lowered", "masked")):
         env = {**os.environ, "KERAS_BACKEND": "torch"}
         subprocess.run([sys.executable, "-c", _KERAS_SCRIPT, str(directory)], check=True, env=env,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300)
-    names = ("model", "functional", "conv", "lowered")
+    names = ("model", "functional", "conv", "lowered", "masked")
     return ([directory / f"{name}.keras" for name in names],
             [directory / f"{name}.h5" for name in names] + [KERAS2_FILE, KERAS2_FUNCTIONAL])
 

@@ -3,8 +3,8 @@ returns the list of outputs. Plain numpy (loops where that is clearest), written
 the fast implementations in :mod:`grurt.ops`: the oracle of the tests and of
 :func:`grurt.reference.run_tensor_graph`. Attributes come checked, with defaults filled in
 (:func:`grurt.ops.check_attributes`); float tensors are float64, integers int64."""
-from . import conv, elementwise, linear, recurrent, reduce, shape
+from . import conv, elementwise, linear, masked, recurrent, reduce, shape
 
 REFERENCE = {}
-for _family in (conv, elementwise, linear, recurrent, reduce, shape):
+for _family in (conv, elementwise, linear, masked, recurrent, reduce, shape):
     REFERENCE.update(_family.REFERENCE)

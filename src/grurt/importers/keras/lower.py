@@ -15,14 +15,23 @@ is validated again by :class:`~grurt.tensor_graph.TensorGraph` and planned per i
 
 Tensors keep Keras's layout: batch first, channels last. Ops that ONNX defines channels first
 (``Conv``, pools) sit between two ``Transpose`` nodes, and a layer reading the output of another
-such layer takes its channels-first tensor directly. Masks are not lowered: a model with
-``Masking``, ``mask_zero`` or a mask passed to a layer is refused here (the fused layers run them).
+such layer takes its channels-first tensor directly.
+
+Masks follow Keras 3 (docs/keras.md, "Masks on the lowered path"): ``Masking`` and ``Embedding(mask_zero=True)``
+make a (batch, time) bool tensor that travels with the sequence (:attr:`_T.mask`) through the
+layers that keep it (:data:`KEEPS_MASK`, GRUs returning sequences, attention's query, merges) and
+is read where Keras reads it: a GRU skips the masked steps (``grurt.MaskedGRU``), attention ignores
+masked values and zeroes (``Attention``) masked queries, ``GlobalAveragePooling1D`` averages the
+valid steps. Keras 3 records the ops computing a mask (``not_equal``, ``any``, ...) in functional
+configs and hands a layer the mask so computed: those ops are lowered, and such a layer reads that
+mask; a MultiHeadAttention removes its inputs' masks for the layers Keras runs after it, in Keras's
+order (:func:`_keras_order`).
 """
 from __future__ import annotations
 
 import math
 import string
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional, Tuple
 
 import numpy as np
@@ -39,17 +48,27 @@ IDENTITY = ("Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D
             "GaussianDropout", "AlphaDropout", "ActivityRegularization", "Identity")
 #: Keras marks a masked score with this (``_large_negative_number`` for float32).
 LARGE_NEGATIVE = -1e9
+#: Layers whose output keeps the mask of their (first) input, as Keras's ``supports_masking`` layers
+#: with the default ``compute_mask`` (the others drop it, or compute it in their lowering).
+KEEPS_MASK = (*IDENTITY, "Activation", "ReLU", "LeakyReLU", "PReLU", "ELU", "ThresholdedReLU", "Dense",
+              "BatchNormalization", "LayerNormalization", "UnitNormalization", "Normalization", "Rescaling",
+              "TimeDistributed")
+#: Layers that read a mask in their call: TimeDistributed cannot hand them one per step.
+READS_MASK = ("GRU", "Bidirectional", "Attention", "AdditiveAttention", "MultiHeadAttention",
+              "GlobalAveragePooling1D", "GlobalAvgPool1D", "Softmax", *MODELS, "TimeDistributed")
 _INT64_MAX = 2**63 - 1
 
 
 @dataclass(frozen=True)
 class _T:
     """A Keras tensor in the graph being built: its name, Keras's static shape (batch first; None
-    for a size known only when the model runs) and dtype."""
+    for a size known only when the model runs), dtype and mask (the name of a (batch, time) bool
+    tensor, true at the valid steps, or None)."""
 
     name: str
     shape: Tuple[Optional[int], ...]
     dtype: str = "float32"
+    mask: Optional[str] = None
 
     @property
     def rank(self) -> int:
@@ -88,10 +107,11 @@ def _ints(value, what, count, low=1, high=MAX_PARAMETERS) -> Tuple[int, ...]:
 
 
 def _float(value, what) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
-            or not math.isfinite(float(value)):
-        raise ModelFormatError(f"{what} must be a finite number, got {_short(value)}")
-    return float(value)
+    """A finite number of a config (an integer beyond float's range is not one)."""
+    if not isinstance(value, bool) and isinstance(value, (int, float, np.integer, np.floating)) \
+            and (not isinstance(value, (int, np.integer)) or abs(int(value)) < 2**1000) and math.isfinite(value):
+        return float(value)
+    raise ModelFormatError(f"{what} must be a finite number, got {_short(value)}")
 
 
 def _axis(value, rank, what, batch=False) -> int:
@@ -364,8 +384,17 @@ def _rnn_call(args, kwargs, directions):
     return args[0], states
 
 
-def _gru_node(c: _Call, x: _T, parts, direction, states):
-    """One ONNX GRU node on (B, T, I) (``layout=1``): Y (B, T, D, H) and Y_h (B, D, H)."""
+def _gru_mask(c: _Call, x: _T, states):
+    """The mask a GRU call reads: its input's, unless it is called with initial states (Keras 3 hands a
+    mask only to a layer called on one tensor; Keras 2 is refused there)."""
+    if x.mask and states and c.major < 3:
+        raise UnsupportedModelError("a masked sequence with initial_state is not supported in Keras 2 models")
+    return None if states else x.mask
+
+
+def _gru_node(c: _Call, x: _T, parts, direction, states, mask=None, zeros=False):
+    """One ONNX GRU node on (B, T, I) (``layout=1``): Y (B, T, D, H) and Y_h (B, D, H). With a ``mask``,
+    a ``grurt.MaskedGRU`` node: the masked steps skipped, zeros there (``zeros``) or the previous output."""
     if x.rank != 3:
         raise UnsupportedModelError(f"reads {x.describe()}; a GRU reads (batch, time, features) sequences "
                                     "(TimeDistributed folds more axes into the batch)")
@@ -379,25 +408,33 @@ def _gru_node(c: _Call, x: _T, parts, direction, states):
         heads = [c.op("Unsqueeze", s.name, axes=(1,)) for s in states]
         h0 = heads[0] if len(heads) == 1 else c.op("Concat", *heads, axis=1)
     W, R, B = (c.const(np.stack([getattr(p, k) for p in parts]), k) for k in ("W", "R", "B"))
-    return c.op("GRU", x.name, W, R, B, "", h0, outputs=2, hidden_size=parts[0].units, layout=1, direction=direction,
-                linear_before_reset=int(lbr), activations=[fn[0] for fn in functions],
-                activation_alpha=[fn[1] for fn in functions if len(fn) > 1],
-                activation_beta=[fn[2] for fn in functions if len(fn) > 2])
+    attrs = dict(hidden_size=parts[0].units, direction=direction, linear_before_reset=int(lbr),
+                 activations=[fn[0] for fn in functions], activation_alpha=[fn[1] for fn in functions if len(fn) > 1],
+                 activation_beta=[fn[2] for fn in functions if len(fn) > 2])
+    if mask:
+        return c.op("grurt.MaskedGRU", x.name, W, R, B, mask, h0, outputs=2,
+                    masked_output="zeros" if zeros else "previous", **attrs)
+    return c.op("GRU", x.name, W, R, B, "", h0, outputs=2, layout=1, **attrs)
 
 
 def _reverse_time(c: _Call, x: str) -> str:
     return c.op("Slice", x, c.ints([-1]), c.ints([-_INT64_MAX - 1]), c.ints([1]), c.ints([-1]))
 
 
-def _gru_direction_outputs(c: _Call, x: _T, p: _GRUParts, y, y_h):
+def _gru_direction_outputs(c: _Call, x: _T, p: _GRUParts, y, y_h, last_from_y=False):
     """Keras's outputs of a one-direction GRU node: the sequence, in reversed time order for
-    ``go_backwards``, or the last output (the final state); and the final state."""
+    ``go_backwards`` (its mask the input's, in input order, as Keras keeps it), or the last output
+    (the final state; ``last_from_y``: Y at the last step read, zeroed there when masked); and the
+    final state."""
     batch, steps = x.shape[0], x.shape[1]
     state = _T(c.op("Squeeze", y_h, axes=(1,)), (batch, p.units))
     if not p.return_sequences:
+        if last_from_y:
+            last = c.op("Gather", c.op("Squeeze", y, axes=(2,)), c.scalar(0 if p.go_backwards else -1), axis=1)
+            return _T(last, (batch, p.units)), state
         return state, state
     out = c.op("Squeeze", y, axes=(2,))
-    return _T(_reverse_time(c, out) if p.go_backwards else out, (batch, steps, p.units)), state
+    return _T(_reverse_time(c, out) if p.go_backwards else out, (batch, steps, p.units), mask=x.mask), state
 
 
 def _gru(c: _Call, args, kwargs):
@@ -405,8 +442,10 @@ def _gru(c: _Call, args, kwargs):
     output, (final state with ``return_state``)]."""
     x, states = _rnn_call(args, kwargs, 1)
     p = _gru_parts(c, c.config, c.weights, x.shape[-1])
-    y, y_h = _gru_node(c, x, [p], "reverse" if p.go_backwards else "forward", states)
-    out, state = _gru_direction_outputs(c, x, p, y, y_h)
+    mask = _gru_mask(c, x, states)
+    zeros = bool(mask) and c.flag("zero_output_for_mask", False)
+    y, y_h = _gru_node(c, x, [p], "reverse" if p.go_backwards else "forward", states, mask, zeros)
+    out, state = _gru_direction_outputs(c, x, p, y, y_h, last_from_y=zeros)
     return [out, state] if p.return_state else [out]
 
 
@@ -441,8 +480,10 @@ def _bidirectional(c: _Call, args, kwargs):
     if (fwd.return_sequences, fwd.return_state) != (bwd.return_sequences, bwd.return_state):
         raise ModelFormatError("the forward and backward GRUs differ in return_sequences or return_state")
     batch, steps = x.shape[0], x.shape[1]
+    # Keras's Bidirectional sets zero_output_for_mask = return_sequences on both layers
+    mask, zeros = _gru_mask(c, x, states), fwd.return_sequences
     if not fwd.go_backwards and bwd.go_backwards and fwd.settings == bwd.settings and fwd.units == bwd.units:
-        y, y_h = _gru_node(c, x, [fwd, bwd], "bidirectional", states)
+        y, y_h = _gru_node(c, x, [fwd, bwd], "bidirectional", states, mask, zeros=True)
         h_f, h_b = (_T(_direction(c, y_h, d, 1), (batch, fwd.units)) for d in (0, 1))
         both, axis = (y, 2) if fwd.return_sequences else (y_h, 1)      # (B, T, 2, H) or (B, 2, H)
         shape = (batch, steps, fwd.units) if fwd.return_sequences else (batch, fwd.units)
@@ -455,9 +496,9 @@ def _bidirectional(c: _Call, args, kwargs):
             outputs = [_T(c.op(reduce, both, axes=(axis,), keepdims=0), shape)]
     else:
         y_f, h_f = _gru_direction_outputs(c, x, fwd, *_gru_node(c, x, [fwd], "reverse" if fwd.go_backwards else
-                                                                "forward", states[:1]))
+                                                                "forward", states[:1], mask, zeros))
         y_b, h_b = _gru_direction_outputs(c, x, bwd, *_gru_node(c, x, [bwd], "reverse" if bwd.go_backwards else
-                                                                "forward", states[1:]))
+                                                                "forward", states[1:], mask, zeros))
         if fwd.return_sequences:
             y_b = _T(_reverse_time(c, y_b.name), y_b.shape)
         if merge == "concat":
@@ -468,6 +509,8 @@ def _bidirectional(c: _Call, args, kwargs):
             outputs = [_T(c.op("Mul", c.op("Add", y_f.name, y_b.name), c.const(np.float32(0.5), "half")), y_f.shape)]
         else:
             outputs = [_T(c.op({"sum": "Add", "mul": "Mul"}[merge], y_f.name, y_b.name), y_f.shape)]
+    if fwd.return_sequences:           # the sequences keep the input's mask (read or not)
+        outputs = [replace(o, mask=x.mask) for o in outputs]
     return outputs + ([h_f, h_b] if fwd.return_state else [])
 
 
@@ -495,13 +538,19 @@ def _dense(c: _Call, args, kwargs):
 
 def _linear(c: _Call, x: _T, kernel, bias, dims, bound=1) -> str:
     """x (B, ..., F) times ``kernel`` (F, product of dims) plus ``bias``, shaped (B, ..., *dims), F the product
-    of x's last ``bound`` axes: one Gemm on the rows (B·..., F), which adds the bias in place."""
-    rows = x.name if x.rank == 2 else c.op("Reshape", x.name, c.ints([-1, kernel.shape[0]]))
-    inputs = [rows, c.const(kernel, "kernel")] + ([c.const(bias.reshape(-1), "bias")] if bias is not None else [])
-    y = c.op("Gemm", *inputs)
-    if x.rank == 2 and len(dims) == 1:
-        return y
-    return c.op("Reshape", y, c.op("Concat", c.op("Shape", x.name, end=x.rank - bound), c.ints(dims), axis=0))
+    of x's last ``bound`` axes: a Gemm on (B, F) vectors (it adds the bias in place), a MatMul and an Add on
+    longer tensors, whose leading axes stay apart (a time axis among them streams)."""
+    if x.rank == 2:
+        inputs = [x.name, c.const(kernel, "kernel")] + ([c.const(bias.reshape(-1), "bias")] if bias is not None
+                                                         else [])
+        y = c.op("Gemm", *inputs)
+        return y if len(dims) == 1 else c.op("Reshape", y, c.ints([0, *dims]))
+    lead = x.rank - bound
+    rows = x.name if bound == 1 else c.op("Reshape", x.name, c.ints([0] * lead + [-1]))
+    y = c.op("MatMul", rows, c.const(kernel, "kernel"))
+    if bias is not None:
+        y = c.op("Add", y, c.const(bias.reshape(-1), "bias"))
+    return y if len(dims) == 1 else c.op("Reshape", y, c.ints([0] * lead + list(dims)))
 
 
 def _einsum_dense(c: _Call, args, kwargs):
@@ -532,15 +581,32 @@ def _embedding(c: _Call, args, kwargs):
     """``Embedding``: ``embeddings`` (input_dim, output_dim) gathered by the ids (cast to integers, as
     Keras does with float ids); an id outside the table is an InputError when the model runs."""
     x = _one(args, kwargs)
-    if c.option("mask_zero"):
-        raise UnsupportedModelError("mask_zero=True: masks run in grurt's fused layers only")
     if c.option("lora_rank"):
         raise UnsupportedModelError("LoRA weights are not supported (merge them into the table first)")
     c.expect_weights(1)
     dims = (_int(c.option("input_dim"), "input_dim"), _int(c.option("output_dim"), "output_dim"))
     table = c.weight(0, "embeddings", dims)
     ids = x.name if x.dtype == "int64" else c.op("Cast", x.name, to=7)       # 7: INT64
-    return [_T(c.op("Gather", c.const(table, "embeddings"), ids, axis=0), (*x.shape, dims[1]))]
+    mask = None
+    if c.flag("mask_zero", False):            # Keras: not_equal(inputs, 0), on the ids as given
+        if x.rank != 2:
+            raise UnsupportedModelError(f"mask_zero=True on {x.describe()}: grurt masks (batch, time) token ids")
+        zero = c.const(np.array(0, np.int64 if x.dtype == "int64" else np.float32), "zero",
+                       np.int64 if x.dtype == "int64" else np.float32)
+        mask = c.op("Not", c.op("Equal", x.name, zero))
+    return [_T(c.op("Gather", c.const(table, "embeddings"), ids, axis=0), (*x.shape, dims[1]), mask=mask)]
+
+
+def _masking(c: _Call, args, kwargs):
+    """``Masking(mask_value)``: a step is valid when any of its features differs from mask_value
+    (Keras: any(not_equal(x, mask_value), axis=-1)); the masked steps' features become 0."""
+    x = _one(args, kwargs)
+    if x.rank != 3:
+        raise UnsupportedModelError(f"reads {x.describe()}; grurt masks (batch, time, features) sequences")
+    value = c.const(np.float32(_float(c.option("mask_value", 0.0), "mask_value")), "mask_value")
+    mask = c.op("ReduceMax", c.op("Not", c.op("Equal", x.name, value)), axes=(2,), keepdims=0)
+    y = c.op("Where", c.op("Unsqueeze", mask, axes=(2,)), x.name, c.const(np.float32(0), "zero"))
+    return [_T(y, x.shape, mask=mask)]
 
 
 # ---- activation layers ----
@@ -599,6 +665,10 @@ def _thresholded_relu_layer(c: _Call, args, kwargs):
 def _softmax_layer(c: _Call, args, kwargs):
     """``Softmax(axis)``: one axis or several (exp(x − max) / Σ over them)."""
     x = _one(args, kwargs)
+    if x.mask:
+        raise UnsupportedModelError("reads a masked sequence: Keras applies the (batch, time) mask along the "
+                                    "softmax's axis (an error, or a broadcast over the features); use "
+                                    "Activation('softmax')")
     axis = c.option("axis", -1)
     axes = tuple(sorted({_axis(a, x.rank, "axis") for a in (axis if isinstance(axis, (list, tuple)) else [axis])}))
     return [_T(_softmax(c, x.name, axes), x.shape)]
@@ -820,6 +890,13 @@ def _global_pool(op, rank):
         keep = c.flag("keepdims", False)
         shape = tuple(1 if a in axes else d for a, d in enumerate(x.shape)) if keep else \
             tuple(d for a, d in enumerate(x.shape) if a not in axes)
+        if x.mask and op == "ReduceMean" and rank == 1:
+            # Keras: sum(where(mask, x, 0)) / sum(mask) over the steps (0/0: NaN for a sequence without any)
+            valid = c.op("Unsqueeze", x.mask, axes=(2 if last else 1,))
+            total = c.op("ReduceSum", c.op("Where", valid, x.name, c.const(np.float32(0), "zero")), axes=axes,
+                         keepdims=int(keep))
+            count = c.op("ReduceSum", c.op("Cast", valid, to=1), axes=axes, keepdims=int(keep))   # 1: FLOAT
+            return [_T(c.op("Div", total, count), shape)]
         return [_T(c.op(op, x.name, axes=axes, keepdims=int(keep)), shape)]
     return lower
 
@@ -943,13 +1020,51 @@ def _merge(op):
         """``Add``/``Subtract``/``Multiply``/``Maximum``/``Minimum``/``Average``: left to right as Keras
         (Average: the sum divided by the count)."""
         tensors = _merge_inputs(args, kwargs, high=2 if op == "Sub" else 64)
+        mask = _merged_mask(c, tensors)
+        if op in ("Max", "Min") and any(t.mask for t in tensors) and c.major >= 3:
+            return [_T(_masked_extremum(c, op, tensors), _broadcast_shape(tensors), mask=mask)]
         y = tensors[0].name
         for t in tensors[1:]:
             y = c.op("Add" if op == "Mean" else op, y, t.name)
         if op == "Mean":
             y = c.op("Div", y, c.const(np.float32(len(tensors)), "count"))
-        return [_T(y, _broadcast_shape(tensors))]
+        return [_T(y, _broadcast_shape(tensors), mask=mask)]
     return lower
+
+
+def _merged_mask(c: _Call, tensors):
+    """The mask of a merge's output: Keras 3 ORs its inputs' masks, none when one has none; Keras 2 ANDs
+    those there are (grurt: when they are one shared mask)."""
+    masks = [t.mask for t in tensors]
+    present = list(dict.fromkeys(m for m in masks if m))
+    if not present:
+        return None
+    if c.major < 3:
+        if len(present) > 1:
+            raise UnsupportedModelError("merges sequences masked differently, in a Keras 2 model (tf.keras ANDs "
+                                        "their masks); grurt merges them when they share one mask")
+        return present[0]
+    if None in masks:
+        return None
+    mask = present[0]
+    for other in present[1:]:
+        mask = c.op("Or", mask, other)
+    return mask
+
+
+def _masked_extremum(c: _Call, op, tensors):
+    """Keras 3's ``Maximum``/``Minimum`` of masked inputs (``_apply_merge_op_and_or_mask``): left to right,
+    a masked step of either side takes the other side's value before the op."""
+    def steps(mask):
+        return c.op("Unsqueeze", mask, axes=(2,))
+    out, out_mask = tensors[0].name, tensors[0].mask
+    for t in tensors[1:]:
+        x = c.op("Where", steps(t.mask), t.name, out) if t.mask else t.name
+        if out_mask:
+            out = c.op("Where", steps(out_mask), out, x)
+        out_mask = c.op("Or", out_mask, t.mask) if t.mask and out_mask else None
+        out = c.op(op, out, x)
+    return out
 
 
 def _concatenate(c: _Call, args, kwargs):
@@ -963,7 +1078,11 @@ def _concatenate(c: _Call, args, kwargs):
     sizes = [t.shape[axis] for t in tensors]
     shape = list(tensors[0].shape)
     shape[axis] = None if None in sizes else sum(sizes)
-    return [_T(c.op("Concat", *(t.name for t in tensors), axis=axis), tuple(shape))]
+    mask = _merged_mask(c, tensors)      # along the features: Keras ORs the masks (an unmasked input: all true)
+    if mask and axis != rank - 1:
+        raise UnsupportedModelError(f"concatenates masked sequences along axis {axis}; grurt keeps masks when "
+                                    "concatenating along the features")
+    return [_T(c.op("Concat", *(t.name for t in tensors), axis=axis), tuple(shape), mask=mask)]
 
 
 def _dot(c: _Call, args, kwargs):
@@ -1011,11 +1130,10 @@ def _attention_inputs(c: _Call, args, kwargs):
     return query, value, key, causal, scores
 
 
-def _causal_bias(c: _Call, query: str, key: str, axis: int, causal=True, window=None) -> str:
-    """0 where query step i may see key step j (causal: j ≤ i; a sliding window: |i − j| < window), −1e9
-    elsewhere, (Tq, Tk), from the steps on ``axis`` of query and key: built from their shapes, so the plan
-    folds it once per input size. Keras adds −1e9 (float32's large negative number) to the masked
-    scores, which the softmax then gives weight 0."""
+def _causal_keep(c: _Call, query: str, key: str, axis: int, causal=True, window=None) -> str:
+    """True where query step i may see key step j (causal: j ≤ i; a sliding window: |i − j| < window),
+    (Tq, Tk), from the steps on ``axis`` of query and key: built from their shapes, so the plan folds it
+    once per input size."""
     def steps(tensor):
         size = c.op("Squeeze", c.op("Shape", tensor, start=axis, end=axis + 1), axes=(0,))
         return c.op("Range", c.scalar(0), size, c.scalar(1))
@@ -1024,7 +1142,33 @@ def _causal_bias(c: _Call, query: str, key: str, axis: int, causal=True, window=
     if window is not None:
         near = c.op("Less", c.op("Abs", c.op("Sub", rows, cols)), c.scalar(window))
         keep = near if keep is None else c.op("And", keep, near)
-    return c.op("Where", keep, c.const(np.float32(0), "zero"), c.const(np.float32(LARGE_NEGATIVE), "masked"))
+    return keep
+
+
+def _both(c: _Call, keep, more):
+    return more if keep is None else c.op("And", keep, more)
+
+
+def _masked_keys(c: _Call, keep, *masks):
+    """``keep`` and each (B, Tk) mask as (B, 1, Tk): the keys each query may see."""
+    for mask in masks:
+        if mask:
+            keep = _both(c, keep, c.op("Unsqueeze", mask, axes=(1,)))
+    return keep
+
+
+def _attention_masks(c: _Call, query: _T, *others: _T):
+    """Whether any of the tensors is masked; masks reach attention as Keras 3 hands them, on (batch,
+    steps, features) tensors."""
+    if not any(t.mask for t in (query, *others)):
+        return False
+    if c.major < 3:
+        raise UnsupportedModelError("masked inputs to attention in a Keras 2 model are not supported (tf.keras "
+                                    "subtracts 1e9 where Keras 3 replaces the scores); re-save it with Keras 3")
+    if query.rank != 3:
+        raise UnsupportedModelError(f"masked inputs of rank {query.rank}: grurt masks (batch, steps, features) "
+                                    "queries")
+    return True
 
 
 def _attention(c: _Call, args, kwargs):
@@ -1069,10 +1213,19 @@ def _additive_attention(c: _Call, args, kwargs):
 
 
 def _attend(c: _Call, query, value, key, scores, causal, return_scores):
-    if causal:
-        scores = c.op("Add", scores, _causal_bias(c, query.name, key.name, query.rank - 2))
+    """Keras's ``Attention._apply_scores``: scores − 1e9 where a key is hidden (by the causal mask or the
+    value's mask), the softmax, times value; masked queries' outputs zeroed, their mask the output's."""
+    masked = _attention_masks(c, query, value)
+    keep = _causal_keep(c, query.name, key.name, query.rank - 2) if causal else None
+    keep = _masked_keys(c, keep, value.mask if masked else None)
+    if keep is not None:
+        scores = c.op("Add", scores, c.op("Where", keep, c.const(np.float32(0), "zero"),
+                                          c.const(np.float32(LARGE_NEGATIVE), "masked")))
     weights = c.op("Softmax", scores, axis=-1)
-    out = _T(c.op("MatMul", weights, value.name), (*query.shape[:-1], value.shape[-1]))
+    out = c.op("MatMul", weights, value.name)
+    if query.mask:
+        out = c.op("Where", c.op("Unsqueeze", query.mask, axes=(2,)), out, c.const(np.float32(0), "zero"))
+    out = _T(out, (*query.shape[:-1], value.shape[-1]), mask=query.mask)
     return [out, _T(weights, (*query.shape[:-1], key.shape[-2]))] if return_scores else [out]
 
 
@@ -1111,12 +1264,14 @@ def _multi_head_attention(c: _Call, args, kwargs):
     key = args.pop(0) if args else kwargs.pop("key", None)
     for mask in ("query_mask", "value_mask", "key_mask", "attention_mask"):
         if kwargs.pop(mask, None) is not None:
-            raise UnsupportedModelError(f"{mask} is not supported beyond grurt's fused layers")
+            raise UnsupportedModelError(f"{mask}= given by hand is not supported: grurt derives masks from Masking "
+                                        "and Embedding(mask_zero=True) layers")
     causal = bool(kwargs.pop("use_causal_mask", False))
     return_scores = bool(kwargs.pop("return_attention_scores", False))
     _no_more(kwargs)
     if args:
         raise UnsupportedModelError(f"takes query, value (and key); called with {len(args)} more arguments")
+    key_mask = key.mask if isinstance(key, _T) else None      # Keras reads the key's mask when it is given
     key = value if key is None else key
     for what, t in (("query", query), ("value", value), ("key", key)):
         if not isinstance(t, _T):
@@ -1182,9 +1337,26 @@ def _multi_head_attention(c: _Call, args, kwargs):
     else:
         dot, combine, score_rank = _attention_equations(projected, axes)
         scores = c.op("Einsum", k, q, equation=dot)
-    if causal or window is not None:
-        scores = c.op("Add", scores, _causal_bias(c, query.name, value.name, 1, causal, window))
+    keep = None
+    if _attention_masks(c, query, value, key):
+        # Keras 3 ANDs the query's (B, T, 1), value's and key's (B, 1, S), causal and window masks, and
+        # replaces the hidden scores (−1e9 in its Softmax, −0.7·3.4e38 in dot_product_attention: the
+        # same weights; a query seeing no key averages all values)
+        keep = c.op("Unsqueeze", query.mask, axes=(2,)) if query.mask else None
+        keep = _masked_keys(c, keep, value.mask, key_mask)
+        if causal or window is not None:
+            keep = _both(c, keep, _causal_keep(c, query.name, value.name, 1, causal, window))
+        keep = c.op("Unsqueeze", keep, axes=(1,))
+        scores = c.op("Where", keep, scores, c.const(np.float32(LARGE_NEGATIVE), "masked"))
+    elif causal or window is not None:
+        keep = _causal_keep(c, query.name, value.name, 1, causal, window)
+        scores = c.op("Add", scores, c.op("Where", keep, c.const(np.float32(0), "zero"),
+                                          c.const(np.float32(LARGE_NEGATIVE), "masked")))
     weights = _softmax(c, scores, tuple(range(score_rank - len(axes), score_rank)))
+    if keep is not None and (return_scores or _float(c.option("dropout", 0.0) or 0.0, "dropout") > 0):
+        # Keras 3.15 takes its Softmax layer here (not dot_product_attention), which zeroes the hidden
+        # weights after the softmax: a query seeing no key gets weights 0
+        weights = c.op("Where", keep, weights, c.const(np.float32(0), "zero"))
     if axes == (1,) and rank == 3:
         out = c.op("Transpose", c.op("MatMul", weights, c.op("Transpose", v, perm=(0, 2, 1, 3))), perm=(0, 2, 1, 3))
     else:
@@ -1193,7 +1365,7 @@ def _multi_head_attention(c: _Call, args, kwargs):
         out = c.op("Mul", out, c.op("Sigmoid", project(query, *gate, "gate")))
     out = _linear(c, _T(out, (*query.shape[:-1], heads, value_dim)), o_kernel.reshape(heads * value_dim, -1), o_bias,
                   output_shape, bound=2)
-    result = [_T(out, (*query.shape[:-1], *output_shape))]
+    result = [_T(out, (*query.shape[:-1], *output_shape), mask=query.mask)]
     if return_scores:
         score_shape = (query.shape[0], heads, *(query.shape[a] for a in axes), *(key.shape[a] for a in axes))
         result.append(_T(weights, score_shape if len(axes) == 1 and rank == 3 else (None,) * score_rank))
@@ -1210,6 +1382,11 @@ def _time_distributed(c: _Call, args, kwargs):
     if x.rank < 3:
         raise UnsupportedModelError(f"reads {x.describe()}; TimeDistributed needs (batch, time, ...)")
     inner = _layer_config(c.option("layer"), "layer")
+    if x.mask and inner["class_name"] in READS_MASK:
+        raise UnsupportedModelError(f"wraps {inner['class_name']}, which reads a mask, on a masked sequence: Keras "
+                                    "hands it each step's (batch,) mask, which grurt does not lower")
+    if inner["class_name"] in _LAST_AXIS:        # the same on (B, T, ...) as step by step: no folding
+        return _lower_layer(c.graph, inner, c.weights, c.major, c.version, f"{c.base}/", [replace(x, mask=None)], {})
     folded = c.op("Reshape", x.name, c.op("Concat", c.ints([-1]), c.op("Shape", x.name, start=2), axis=0))
     outputs = _lower_layer(c.graph, inner, c.weights, c.major, c.version, f"{c.base}/",
                            [_T(folded, (None, *x.shape[2:]))], {})
@@ -1219,6 +1396,11 @@ def _time_distributed(c: _Call, args, kwargs):
     lead = c.op("Shape", x.name, start=0, end=2)
     unfolded = c.op("Reshape", y.name, c.op("Concat", lead, c.op("Shape", y.name, start=1), axis=0))
     return [_T(unfolded, (*x.shape[:2], *y.shape[1:]))]
+
+
+#: Layers that compute along their input's last axis alone, whatever its rank (TimeDistributed of one is
+#: the layer itself).
+_LAST_AXIS = (*IDENTITY, "Dense", "Activation", "ReLU", "LeakyReLU", "ELU", "ThresholdedReLU")
 
 
 def _model_layer(c: _Call, args, kwargs):
@@ -1232,7 +1414,8 @@ def _model_layer(c: _Call, args, kwargs):
 
 _LOWERINGS = {
     "GRU": _gru, "Bidirectional": _bidirectional, "Dense": _dense, "EinsumDense": _einsum_dense,
-    "Embedding": _embedding, "Activation": _activation_layer, "ReLU": _relu_layer, "LeakyReLU": _leaky_relu_layer,
+    "Embedding": _embedding, "Masking": _masking, "Activation": _activation_layer, "ReLU": _relu_layer,
+    "LeakyReLU": _leaky_relu_layer,
     "PReLU": _prelu_layer, "ELU": _elu_layer, "ThresholdedReLU": _thresholded_relu_layer, "Softmax": _softmax_layer,
     "BatchNormalization": _batch_normalization, "LayerNormalization": _layer_normalization,
     "UnitNormalization": _unit_normalization, "Normalization": _normalization, "Rescaling": _rescaling,
@@ -1268,8 +1451,14 @@ _OP_UNARY = {"Sigmoid": "Sigmoid", "Tanh": "Tanh", "Relu": "Relu", "Exp": "Exp",
 _OP_SELF = {"Square": None, "Silu": "Sigmoid"}
 _OP_REDUCE = {"Mean": "ReduceMean", "Sum": "ReduceSum", "Max": "ReduceMax", "Min": "ReduceMin", "Amax": "ReduceMax",
               "Amin": "ReduceMin"}
-KERAS_OPS = (*_OP_BINARY, *_OP_UNARY, *_OP_SELF, *_OP_REDUCE, "Concatenate", "Squeeze", "ExpandDims", "Transpose",
-             "Reshape", "Softmax")
+#: keras.ops functions on masks (Keras 3 records them computing the masks layers receive).
+_OP_COMPARE = {"Equal": ("Equal", False), "NotEqual": ("Equal", True), "Greater": ("Greater", False),
+               "Less": ("Less", False), "GreaterEqual": ("GreaterOrEqual", False), "LessEqual": ("LessOrEqual", False)}
+_OP_LOGICAL = {"LogicalAnd": "And", "LogicalOr": "Or", "LogicalXor": "Xor"}
+_OP_BOOL_REDUCE = {"Any": "ReduceMax", "All": "ReduceMin"}
+KERAS_OPS = (*_OP_BINARY, *_OP_UNARY, *_OP_SELF, *_OP_REDUCE, *_OP_COMPARE, *_OP_LOGICAL, *_OP_BOOL_REDUCE,
+             "LogicalNot", "ConvertToTensor", "OnesLike", "ZerosLike", "Concatenate", "Squeeze", "ExpandDims",
+             "Transpose", "Reshape", "Softmax")
 
 
 def _is_keras_op(layer) -> bool:
@@ -1286,13 +1475,39 @@ def _operand(c: _Call, value) -> _T:
     return _T(c.const(np.float32(_float(value, "a constant operand")), "constant"), ())
 
 
+def _typed_operand(c: _Call, value, args) -> _T:
+    """An operand of a comparison: a tensor, or a Python number as a constant of the other operand's dtype
+    (Keras compares token ids with 0 as integers)."""
+    if isinstance(value, _T):
+        return value
+    other = next(a for a in args if isinstance(a, _T))
+    if isinstance(value, bool):
+        return _T(c.const(np.bool_(value), "constant", np.bool_), (), "bool")
+    number = _float(value, "a constant operand")
+    if other.dtype == "int64" and number.is_integer() and abs(number) < 2**63:
+        return _T(c.const(np.int64(number), "constant", np.int64), (), "int64")
+    return _T(c.const(np.float32(number), "constant"), ())
+
+
 def _keras_op(c: _Call, args, kwargs):
     """A keras.ops operation recorded in a functional model (``x + y``, ``keras.ops.squeeze(x, -1)``, ...):
     elementwise ops of tensors and numbers, reductions, reshapes and transposes with the arguments its
     config stores. Axes include the batch axis, as keras.ops counts them."""
     kind, config = c.kind, c.config
+    kwargs = {k: v for k, v in kwargs.items() if not (k == "dtype" and kind in ("OnesLike", "ZerosLike")
+                                                      and v in ("bool", None))}
     if kwargs:
         raise UnsupportedModelError(f"keyword arguments {sorted(kwargs)} are not supported")
+    if kind in _OP_COMPARE or kind in _OP_LOGICAL:
+        if len(args) != 2 or not any(isinstance(a, _T) for a in args):
+            raise UnsupportedModelError("takes two operands, one of them a tensor")
+        x, y = (_typed_operand(c, a, args) for a in args)
+        if kind in _OP_LOGICAL:
+            names = [t.name if t.dtype == "bool" else c.op("Cast", t.name, to=9) for t in (x, y)]   # 9: BOOL
+            return [_T(c.op(_OP_LOGICAL[kind], *names), _broadcast_shape([x, y]), "bool")]
+        op, negate = _OP_COMPARE[kind]
+        out = c.op(op, x.name, y.name)
+        return [_T(c.op("Not", out) if negate else out, _broadcast_shape([x, y]), "bool")]
     if kind in _OP_BINARY:
         if len(args) != 2 or not any(isinstance(a, _T) for a in args):
             raise UnsupportedModelError("takes two operands, one of them a tensor")
@@ -1305,6 +1520,13 @@ def _keras_op(c: _Call, args, kwargs):
     if len(args) != 1 or not isinstance(args[0], _T):
         raise UnsupportedModelError("takes one tensor")
     x = args[0]
+    if kind == "ConvertToTensor":
+        return [x]
+    if kind == "LogicalNot":
+        return [_T(c.op("Not", x.name if x.dtype == "bool" else c.op("Cast", x.name, to=9)), x.shape, "bool")]
+    if kind in ("OnesLike", "ZerosLike"):      # (a mask's) bools of x's shape
+        value = c.const(np.array(kind == "OnesLike"), "value", np.bool_)
+        return [_T(c.op("Expand", value, c.op("Shape", x.name)), x.shape, "bool")]
     if kind in _OP_UNARY:
         return [_T(c.op(_OP_UNARY[kind], x.name), x.shape)]
     if kind in _OP_SELF:
@@ -1316,11 +1538,14 @@ def _keras_op(c: _Call, args, kwargs):
         values = value if isinstance(value, (list, tuple)) else [value]
         return tuple(sorted({_axis(a, rank, "axis", batch=True) for a in values}))
 
-    if kind in _OP_REDUCE:
+    if kind in _OP_REDUCE or kind in _OP_BOOL_REDUCE:
         keep = bool(config.get("keepdims", False))
         axes = axes_of(axis, x.rank) if axis is not None else tuple(range(x.rank))
         shape = tuple(1 if a in axes else d for a, d in enumerate(x.shape)) if keep else \
             tuple(d for a, d in enumerate(x.shape) if a not in axes)
+        if kind in _OP_BOOL_REDUCE:
+            source = x.name if x.dtype == "bool" else c.op("Cast", x.name, to=9)     # 9: BOOL
+            return [_T(c.op(_OP_BOOL_REDUCE[kind], source, axes=axes, keepdims=int(keep)), shape, "bool")]
         return [_T(c.op(_OP_REDUCE[kind], x.name, axes=axes, keepdims=int(keep)), shape)]
     if kind == "Squeeze":
         axes = axes_of(axis, x.rank) if axis is not None else tuple(a for a, d in enumerate(x.shape) if d == 1)
@@ -1592,14 +1817,18 @@ def _lower_model(graph: _Graph, model_config, weights, major, version, prefix, i
         graph.taken.add(name)
         tensor_input, tensors[ref] = _input(layer, name)
         graph_inputs.append(tensor_input)
-    for layer, call, args, kwargs in _ordered(calls, set(tensors)):
+    _ordered(calls, set(tensors))          # every tensor read is computed, no cycle
+    removed = _RemovedMasks()
+    for layer, call, args, kwargs in _keras_order(calls, outputs):
         name = _layer_name(layer)
         missing = [ref for ref in _refs([args, kwargs]) if ref not in tensors]
         if missing:
             raise ModelFormatError(f"layer {name!r} reads tensor {list(missing[0])}, which layer {missing[0][0]!r} "
                                    "does not give")
-        results = _lower_layer(graph, layer, weights.get(name, []), major, version, prefix,
-                               _resolve(args, tensors), _resolve(kwargs, tensors), call)
+        args, kwargs = removed.read(_resolve(args, tensors), _resolve(kwargs, tensors))
+        results = _lower_layer(graph, layer, weights.get(name, []), major, version, prefix, args, kwargs, call)
+        if layer["class_name"] == "MultiHeadAttention":
+            removed.remove(_tensors([args, list(kwargs.values())]))
         for index, tensor in enumerate(results):
             tensors[(name, call, index)] = tensor
     missing = [ref for _, ref in outputs if ref not in tensors]
@@ -1608,6 +1837,68 @@ def _lower_model(graph: _Graph, model_config, weights, major, version, prefix, i
     if inputs is not None:
         return [tensors[ref] for _, ref in outputs]
     return graph_inputs, [(tensors[ref].name, final[ref]) for _, ref in outputs]
+
+
+class _RemovedMasks:
+    """Keras 3's MultiHeadAttention removes the masks of its query, value and key tensors when it runs
+    (``set_keras_mask(x, None)``): the calls Keras runs after it (:func:`_keras_order`) read them
+    unmasked, unless Keras hands the call the mask it recorded for it."""
+
+    def __init__(self):
+        self.removed = set()       # names of the tensors whose mask an attention removed
+
+    def read(self, args, kwargs):
+        if kwargs.get("mask") is not None:
+            return args, kwargs
+
+        def visit(value):
+            if isinstance(value, _T) and value.mask and value.name in self.removed:
+                return replace(value, mask=None)
+            if isinstance(value, list):
+                return [visit(v) for v in value]
+            if isinstance(value, dict):
+                return {k: visit(v) for k, v in value.items()}
+            return value
+        return visit(args), visit(kwargs)
+
+    def remove(self, tensors):
+        self.removed.update(t.name for t in tensors if t.mask)
+
+
+def _keras_order(calls, outputs):
+    """The calls in the order Keras 3 runs a functional model (``keras.src.ops.function``: ``_build_map``'s
+    depth-first walk from the outputs, ``map_graph``'s depths, the deepest first, those of one depth in
+    the order the walk met them): the order decides what reads a mask a MultiHeadAttention removes."""
+    by_key = {(_layer_name(layer), call): (layer, call, args, kwargs) for layer, call, args, kwargs in calls}
+
+    def parents(key):
+        if key not in by_key:                           # an input
+            return []
+        _, _, args, kwargs = by_key[key]
+        return [ref[:2] for ref in _refs([args, [kwargs[k] for k in sorted(kwargs)]])]   # tree.flatten's order
+
+    walked, finished = [], set()
+    for _, ref in sorted(outputs, key=lambda item: item[0]) if all(k is not None for k, _ in outputs) else outputs:
+        stack = [(ref[:2], False)]
+        while stack:                                    # post-order, parents in their order
+            key, done = stack.pop()
+            if done:
+                if key not in finished:
+                    finished.add(key)
+                    walked.append(key)
+                continue
+            if key in finished:
+                continue
+            stack.append((key, True))
+            stack.extend((p, False) for p in reversed(parents(key)) if p not in finished)
+    depths, layer_depths = {}, {}
+    for key in reversed(walked):
+        depth = max(depths.setdefault(key, 0), layer_depths.get(key[0], 0))
+        depths[key] = layer_depths[key[0]] = depth
+        for parent in parents(key):
+            depths[parent] = max(depth + 1, depths.get(parent, 0))
+    ranked = sorted(((-d, i, key) for i, (key, d) in enumerate(depths.items())))
+    return [by_key[key] for _, _, key in ranked if key in by_key]
 
 
 def _output_names(outputs):
@@ -1678,16 +1969,13 @@ def _lower_layer(graph, layer, weights, major, version, prefix, args, kwargs, ca
         kwargs = dict(kwargs)
         if kwargs.pop("training", None):
             raise UnsupportedModelError("is called with training=True")
-        if _refs(kwargs.pop("mask", None)):
-            raise UnsupportedModelError("is called with a mask: masks run in grurt's fused layers only, which do "
-                                        "not cover the rest of this model")
-        if _is_keras_op(layer):
-            return _keras_op(_Call(graph, kind, name, config, weights, major, version, base), args, kwargs)
+        recorded = kwargs.pop("mask", None)
+        if recorded is not None:          # Keras 3 records the mask a layer receives: it reads that one
+            args = _recorded_mask(graph, args, recorded, base)
+        if _is_keras_op(layer):           # an operation drops masks
+            return _keras_op(_Call(graph, kind, name, config, weights, major, version, base), _unmasked(args), kwargs)
         if kind in IDENTITY:
             return [_one(args, kwargs)]
-        if kind in ("Masking",):
-            raise UnsupportedModelError("masks run in grurt's fused layers only, which do not cover the rest of "
-                                        "this model")
         if kind == "Lambda":
             raise UnsupportedModelError("a Lambda layer holds Python code (a marshalled function), which grurt does "
                                         "not run: replace it by Keras layers or keras.ops operations")
@@ -1702,16 +1990,53 @@ def _lower_layer(graph, layer, weights, major, version, prefix, args, kwargs, ca
             raise UnsupportedModelError("quantized layers are not supported")
         if kind != "Embedding":           # Keras layers compute in float32 (integer inputs are cast)
             args = _as_float(graph, args, base)
-        return lowering(_Call(graph, kind, name, config, weights, major, version, base), args, kwargs)
+        results = lowering(_Call(graph, kind, name, config, weights, major, version, base), args, kwargs)
+        first = next(iter(_tensors(args)), None)
+        if kind in KEEPS_MASK and first is not None and first.mask and results[0].mask is None:
+            results[0] = replace(results[0], mask=first.mask)
+        return results
     except GrurtError as exc:
         raise type(exc)(f"{where}: {exc}") from None
     except (TypeError, ValueError, KeyError, AttributeError, IndexError) as exc:  # a hostile config
         raise ModelFormatError(f"{where}: malformed config or weights ({type(exc).__name__}: {exc})") from None
 
 
+def _tensors(value):
+    """The tensors of a call's arguments, in order."""
+    if isinstance(value, _T):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return [t for v in value for t in _tensors(v)]
+    return []
+
+
+def _recorded_mask(graph, args, recorded, base):
+    """The call's arguments, its first tensor masked by ``recorded``: the ``mask=`` Keras 3 records in a
+    functional config (computed by keras.ops operations it records too, or given by hand), as bool."""
+    first = next(iter(_tensors(args)), None)
+    if not isinstance(recorded, _T) or first is None or recorded.rank != 2 or first.rank < 2:
+        raise UnsupportedModelError(f"is called with mask={_short(recorded)}; grurt reads one (batch, time) mask of "
+                                    "the sequence it is called on")
+    mask = recorded.name if recorded.dtype == "bool" else graph.add("Cast", [recorded.name], {"to": 9}, f"{base}/Cast")
+
+    def masked(value):
+        if value is first:
+            return replace(value, mask=mask)
+        return [masked(v) for v in value] if isinstance(value, list) else value
+    return masked(args)
+
+
+def _unmasked(value):
+    if isinstance(value, _T):
+        return replace(value, mask=None)
+    if isinstance(value, list):
+        return [_unmasked(v) for v in value]
+    return value
+
+
 def _as_float(graph, value, base):
     if isinstance(value, _T) and value.dtype != "float32":
-        return _T(graph.add("Cast", [value.name], {"to": 1}, f"{base}/Cast"), value.shape)   # 1: FLOAT
+        return replace(value, name=graph.add("Cast", [value.name], {"to": 1}, f"{base}/Cast"), dtype="float32")  # FLOAT
     if isinstance(value, list):
         return [_as_float(graph, v, base) for v in value]
     return value
