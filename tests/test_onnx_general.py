@@ -113,6 +113,10 @@ def test_refusals_name_the_node(tmp_path):
                 [tensor("x", [2])], [typed("y")])
     with pytest.raises(UnsupportedModelError, match=r"node 'mine' \(Relu\): operators of domain 'com.example'"):
         load_onnx(path)
+    path = save(tmp_path / "g.onnx", [helper.make_node("grurt.MaskedGRU", ["x"], ["y"], name="own")],
+                [tensor("x", [2])], [typed("y")])
+    with pytest.raises(UnsupportedModelError, match=r"node 'own' \(grurt.MaskedGRU\): .* not an ONNX operator"):
+        load_onnx(path)
     branch = helper.make_graph([helper.make_node("Identity", ["x"], ["z"])], "b", [], [typed("z")])
     path = save(tmp_path / "s.onnx", [helper.make_node("Relu", ["x"], ["y"], name="odd", body=branch)],
                 [tensor("x", [2])], [typed("y")])

@@ -60,6 +60,8 @@ def tensor_graph_from_source(source) -> TensorGraph:
         if node.op_type == "Constant":
             constants[node.output[0]] = _constant(node, source.folder, where)
             continue
+        if node.op_type.startswith("grurt."):      # grurt's own ops come from its importers, not from files
+            raise UnsupportedModelError(f"{where}: operator {node.op_type} is not an ONNX operator")
         try:
             op = lookup(node.op_type, where)
         except UnsupportedModelError as exc:
