@@ -57,7 +57,8 @@ input layout               (B, T, I)                        (B, T, I)           
 ``GlobalAveragePooling1D`` mean over the unmasked steps     same                       ``GlobalPool`` (average over
                                                                                        valid steps)
 ``GlobalMaxPooling1D``     max over all steps (no mask)     same                       ``GlobalPool`` (max over
-                                                                                       valid steps)
+                                                                                       all steps; within
+                                                                                       ``lengths=`` if given)
 ``Flatten`` of (B, T, F)   (B, T·F); T from the input       same                       ``Flatten(T)``: the model
                            shape                                                       runs only with that T
 ``Conv1D``                 (B, T, C); ``kernel`` (k,        same                       ``Conv1D`` W (out, in/g, k)
