@@ -8,7 +8,8 @@ import threading
 import numpy as np
 
 from . import model as _model
-from .errors import InputError, UnsupportedModelError
+from . import precision
+from .errors import InputError
 from .graph_model import by_name, input_array
 from .ops import BOOL, FLOAT, INT
 from .tensor_graph import TensorGraph
@@ -33,14 +34,14 @@ class TensorModel:
     plans used last are kept. A TensorModel is immutable and may be shared by threads.
     """
 
-    weights = "float32"
-
-    def __init__(self, graph: TensorGraph, cache_size: int = 16):
+    def __init__(self, graph: TensorGraph, cache_size: int = 16, weights: str = "float32"):
         if not isinstance(graph, TensorGraph):
             raise TypeError(f"TensorModel expects a grurt.tensor_graph.TensorGraph, got {type(graph).__name__}")
         if type(cache_size) is not int or cache_size < 1:
             raise ValueError(f"cache_size must be a positive integer, got {cache_size!r}")
         self.graph = graph
+        #: how the GRU weights are stored and multiplied: "float32", "bf16" or "int8" (grurt.precision)
+        self.weights = precision.check_mode(weights)
         self._cache_size = cache_size
         self._plans = collections.OrderedDict()     # signature -> Plan, the last used last
         self._lock = threading.Lock()
@@ -55,7 +56,8 @@ class TensorModel:
         return self.graph.output_names
 
     def __repr__(self) -> str:
-        return (f"<grurt.TensorModel inputs={list(self.input_names)} outputs={list(self.output_names)}: "
+        mode = "" if self.weights == "float32" else f" weights={self.weights}"
+        return (f"<grurt.TensorModel inputs={list(self.input_names)} outputs={list(self.output_names)}{mode}: "
                 f"{len(self.graph.nodes)} nodes>")
 
     def describe(self) -> str:
@@ -63,12 +65,14 @@ class TensorModel:
         return self.graph.describe()
 
     def __reduce__(self):
-        return (TensorModel, (self.graph, self._cache_size))
+        return (TensorModel, (self.graph, self._cache_size, self.weights))
 
     def with_weights(self, weights: str) -> "TensorModel":
-        if weights != "float32":
-            raise UnsupportedModelError(f"weights={weights!r}: a general graph runs in float32 only for now")
-        return self
+        """This model with its GRU weights stored and multiplied in another mode ("float32", "bf16"
+        or "int8"; docs/precision.md), as a new TensorModel; the other ops stay float32."""
+        if precision.check_mode(weights) == self.weights:
+            return self
+        return TensorModel(self.graph, self._cache_size, weights)
 
     def run(self, inputs):
         """The outputs for ``inputs`` (see the class's text): float tensors are float32, integer
@@ -89,7 +93,7 @@ class TensorModel:
                 self._hits += 1
                 return plan
             self._misses += 1
-        plan = make_plan(self.graph, key)               # outside the lock: other signatures keep running
+        plan = make_plan(self.graph, key, weights=self.weights)   # outside the lock: other signatures keep running
         with self._lock:
             self._plans[key] = plan
             self._plans.move_to_end(key)

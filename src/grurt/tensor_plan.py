@@ -111,11 +111,12 @@ def _frozen(array: np.ndarray) -> np.ndarray:
     return view
 
 
-def make_plan(graph: TensorGraph, sig, record: dict = None) -> Plan:
+def make_plan(graph: TensorGraph, sig, record: dict = None, weights: str = "float32") -> Plan:
     """The plan of ``graph`` for inputs of signature ``sig`` ((shape, dtype) per input, checked
     against the declared inputs by the caller). ``record``, when given, receives the
     :class:`~grurt.ops.Value` of every tensor by name (:mod:`grurt.tensor_stream` reads the
-    shapes and folded constants)."""
+    shapes and folded constants). ``weights``: the mode of the weights of ops that have a
+    reduced-precision form (the GRUs: ``Op.reduced``)."""
     limit = _model.MEMORY_LIMIT_BYTES
     values = {}                     # tensor name -> Value
     slot_of = {}                    # tensor name -> slot, for the tensors computed when the plan runs
@@ -168,6 +169,8 @@ def make_plan(graph: TensorGraph, sig, record: dict = None) -> Plan:
                              f"than the limit of {_amount(limit)} (grurt.model.MEMORY_LIMIT_BYTES)")
         try:
             ctx = op.prepare(node.attrs, args) if op.prepare is not None else node.attrs
+            if weights != "float32" and op.reduced is not None:
+                ctx = op.reduced(ctx, weights)
         except GrurtError as exc:
             raise _where_error(exc, where) from None
         if op.name in SHAPE_OPS or all(a is None or a.const is not None for a in args):

@@ -536,7 +536,7 @@ class TensorStream:
             frame_sig = self._frame_sig(arrays)
             compiled = StreamGraph(self.model.graph, self.time_axes, frame_sig,
                                    {n: (a.shape, a.dtype) for n, a in zip(names, arrays)})
-            runner = type(self.model)(compiled.stream_graph)
+            runner = type(self.model)(compiled.stream_graph, weights=self.model.weights)
             static_model = type(self.model)(compiled.static_graph) if compiled.static_graph is not None else None
             compiled = self._compiled[sig] = (compiled, runner, static_model, frame_sig)
         self.compiled, self._runner, static_model, self._frame_shapes = compiled

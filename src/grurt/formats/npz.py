@@ -141,7 +141,7 @@ def save(model, path, metadata: dict | None = None) -> None:
 
     graph = getattr(model, "graph", model)
     if isinstance(graph, TensorGraph):
-        return _save_tensor_graph(graph, path, metadata)
+        return _save_tensor_graph(graph, path, metadata, getattr(model, "weights", "float32"))
     spec = getattr(model, "spec", model)
     if not isinstance(spec, (ModelSpec, Graph)):
         raise TypeError(f"save expects a grurt Model, ModelSpec or Graph, got {type(model).__name__}")
@@ -431,7 +431,11 @@ def load_npz(path):
             header = _read_header(archive)
             if str(header["format_version"]).startswith("3."):
                 from ..tensor_model import TensorModel
-                return TensorModel(_tensor_graph_from_header(archive, header))
+                weights = header.get("weights", "float32")
+                if weights not in precision.WEIGHT_MODES:
+                    raise UnsupportedModelError(f"header: weights {weights!r} are not supported by this grurt "
+                                                f"(it knows {', '.join(precision.WEIGHT_MODES)})")
+                return TensorModel(_tensor_graph_from_header(archive, header), weights=weights)
             budget, stored = [MAX_PARAMETERS], {}
             if str(header["format_version"]).startswith("2."):
                 spec, layers = _graph_from_header(archive, header, budget, stored)
@@ -581,14 +585,16 @@ def _time_layer_from_json(entry, kind, where, features, budget, array):
 
 # ---- format 3.0: general tensor graphs (grurt.tensor_graph) ----
 
-_TENSOR_HEADER_FIELDS = {"format", "format_version", "producer", "inputs", "nodes", "outputs", "constants", "metadata"}
+_TENSOR_HEADER_FIELDS = {"format", "format_version", "producer", "inputs", "nodes", "outputs", "constants", "metadata",
+                         "weights"}
 _TENSOR_DTYPES = ("float32", "int64", "bool")
 
 
-def _save_tensor_graph(graph, path, metadata=None) -> None:
+def _save_tensor_graph(graph, path, metadata=None, weights="float32") -> None:
     """Format 3.0: the graph's inputs, nodes (op, name, inputs, outputs, checked attributes) and
     outputs in the header; each constant and tensor attribute an array of the archive, named in the
-    header with its dtype and shape."""
+    header with its dtype and shape. A model of reduced-precision GRU weights stores its float32
+    values and the mode ("weights"), from which loading rounds them again, to the same bits."""
 
     arrays = {}
 
@@ -608,6 +614,8 @@ def _save_tensor_graph(graph, path, metadata=None) -> None:
     header = {"format": FORMAT_NAME, "format_version": "3.0", "producer": f"grurt {__version__}",
               "inputs": [{"name": i.name, "dtype": i.dtype, "dims": list(i.dims)} for i in graph.inputs],
               "nodes": nodes, "outputs": list(graph.outputs), "constants": constants}
+    if weights != "float32":
+        header["weights"] = weights
     if metadata:
         header["metadata"] = {str(k): str(v) for k, v in metadata.items()}
     arrays[HEADER_KEY] = np.array(json.dumps(header))

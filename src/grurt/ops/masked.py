@@ -77,11 +77,16 @@ def _run(ctx, inputs):
     return [y.reshape(batch, steps, D, H), np.ascontiguousarray(h.transpose(1, 0, 2))]
 
 
+def _reduced(ctx, mode):
+    model, layer, zeros = ctx
+    return model.with_weights(mode), layer, zeros
+
+
 register(Op(
     "grurt.MaskedGRU",
     attributes={**{k: v for k, v in REGISTRY["GRU"].attributes.items() if k != "layout"},
                 "masked_output": Attr("string", "previous", lambda v: None if v in MASKED_OUTPUTS else
                                       f"must be one of {', '.join(MASKED_OUTPUTS)}, got {v!r}")},
-    infer=_infer, prepare=_prepare, run=_run,
+    infer=_infer, prepare=_prepare, run=_run, reduced=_reduced,
     time="sequence",      # the mask decides which steps it reads: it needs the whole sequence
     inputs=(5, 6), outputs=(1, 2), const_inputs=(1, 2, 3)))

@@ -142,12 +142,21 @@ class _Direct:
     """One Model and the shapes of a plan: ``run`` hands (B, T, I) and (D, B, H) arrays to its kernels'
     plan as ``grurt.Model.run`` would after its checks (done once, when the plan is made)."""
 
-    __slots__ = ("kernels", "layout", "state", "out")
+    __slots__ = ("model", "kernels", "layout", "state", "out")
 
     def __init__(self, model, layout, directions, batch, steps, hidden):
-        self.kernels, self.layout = model._plan, layout
+        self.model, self.kernels, self.layout = model, model._plan, layout
         self.state = (directions, batch, hidden)
         self.out = (batch, steps, directions * hidden)
+
+
+def _gru_reduced(ctx, mode):
+    """The prepared GRU with its weights stored and multiplied in ``mode`` (grurt.precision)."""
+    if type(ctx) is _Direct:
+        batch, steps, _ = ctx.out
+        return _Direct(ctx.model.with_weights(mode), ctx.layout, ctx.state[0], batch, steps, ctx.state[2])
+    models, layout = ctx
+    return [model.with_weights(mode) for model in models], layout
 
 
 def _gru_direct(ctx, X, initial_h):
@@ -206,6 +215,6 @@ register(Op(
         "layout": Attr("int", 0, lambda v: None if v in (0, 1) else f"must be 0 or 1, got {v}"),
         "linear_before_reset": Attr("int", 0, lambda v: None if v in (0, 1) else f"must be 0 or 1, got {v}"),
     },
-    infer=_gru_infer, prepare=_gru_prepare, run=_gru_run,
+    infer=_gru_infer, prepare=_gru_prepare, run=_gru_run, reduced=_gru_reduced,
     time="sequence",      # a forward GRU steps with its state (streaming, later); a reverse one needs it all
     inputs=(3, 6), outputs=(1, 2), const_inputs=(1, 2, 3)))

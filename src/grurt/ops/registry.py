@@ -86,6 +86,9 @@ class Op:
     const_inputs: Tuple[int, ...] = ()
     #: when ``time`` is None: ``time_of(attrs, values, time_axis)`` -> "step" | "causal" | "sequence"
     time_of: Optional[Callable] = None
+    #: an op whose weights may be stored in bf16 or int8 (grurt.precision): ``reduced(ctx, mode)`` -> the
+    #: prepared context with its weights in that mode (a TensorModel's ``weights``)
+    reduced: Optional[Callable] = None
 
 
 REGISTRY: Dict[str, Op] = {}
