@@ -29,7 +29,8 @@ from grurt.tensor_model import TensorModel  # noqa: E402
 from keras_testing import as_tuple, saved_files  # noqa: E402
 from test_keras_masking import BATCH, FEATURES, PATTERN, STEPS, VOCABULARY  # noqa: E402
 from test_keras_masking import MODELS as FUSED_MODELS  # noqa: E402
-from test_keras_masking import inputs, masks, randomize  # noqa: E402
+from mask_testing import masks  # noqa: E402
+from test_keras_masking import inputs, randomize  # noqa: E402
 from tolerances import ATOL  # noqa: E402
 
 
@@ -253,7 +254,7 @@ def zoo(tmp_path_factory):
 
 @pytest.mark.parametrize("name", list(MODELS))
 @settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(valid=masks(), seed=st.integers(0, 2**16))
+@given(valid=masks(BATCH, STEPS), seed=st.integers(0, 2**16))
 def test_drawn_masks_match_keras(zoo, name, valid, seed):
     model, converted, _ = zoo[name]
     assert_keras(converted, model, model_inputs(model, valid, np.random.default_rng(seed)), valid,
@@ -285,7 +286,7 @@ def test_masked_gru_nodes(zoo):
 
 @pytest.mark.parametrize("name", list(FUSED_MODELS))
 @settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(valid=masks(), seed=st.integers(0, 2**16))
+@given(valid=masks(BATCH, STEPS), seed=st.integers(0, 2**16))
 def test_fused_zoo_lowered_matches_keras(name, valid, seed, fused_zoo):
     """The fused path's mask zoo (Sequential and functional, Masking and mask_zero, GRUs in every
     direction, initial states, merges, pooling), lowered onto ops instead: the same values as Keras."""

@@ -21,6 +21,7 @@ pytestmark = [pytest.mark.filterwarnings("ignore:__array__ implementation:Deprec
 import grurt  # noqa: E402
 from grurt import reference  # noqa: E402
 from grurt.graph import Graph  # noqa: E402
+from mask_testing import masks  # noqa: E402
 from tolerances import ATOL  # noqa: E402
 from keras_testing import as_tuple, saved_files  # noqa: E402
 
@@ -131,33 +132,11 @@ PATTERN = np.array([[0, 0, 1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 0, 0, 0], [1, 1, 0
                     [1] * STEPS, [0] * STEPS], bool)
 
 
-@st.composite
-def masks(draw):
-    """(BATCH, STEPS) valid steps: rows masked at the start, at the end, in between, everywhere,
-    nowhere, or at random."""
-    rows = []
-    for _ in range(BATCH):
-        kind = draw(st.sampled_from(["leading", "trailing", "interior", "none", "all", "random"]))
-        cut = draw(st.integers(1, STEPS - 1))
-        row = np.ones(STEPS, bool)
-        if kind == "leading":
-            row[:cut] = False
-        elif kind == "trailing":
-            row[cut:] = False
-        elif kind == "interior":
-            row[cut:cut + draw(st.integers(1, STEPS - cut))] = False
-            row[0] = row[-1] = True
-        elif kind == "all":
-            row[:] = False
-        elif kind == "random":
-            row = np.array(draw(st.lists(st.booleans(), min_size=STEPS, max_size=STEPS)))
-        rows.append(row)
-    return np.stack(rows)
 
 
 @pytest.mark.parametrize("name", list(MODELS))
 @settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(valid=masks(), seed=st.integers(0, 2**16))
+@given(valid=masks(BATCH, STEPS), seed=st.integers(0, 2**16))
 def test_drawn_masks_match_keras(zoo, name, valid, seed):
     model, converted, _ = zoo[name]
     assert_keras(converted, model, inputs(name, model, valid, np.random.default_rng(seed)))

@@ -12,6 +12,7 @@ from grurt.errors import ModelFormatError, UnsupportedModelError
 from grurt.ops import REGISTRY
 from op_testing import reference_op, run_op
 from test_ops_recurrent import ort_gru
+from mask_testing import masks  # noqa: E402
 from tolerances import ATOL
 
 T, B, I, H = 7, 4, 3, 5
@@ -23,29 +24,10 @@ def weights(rng, D):
                                                                               (D, 6 * H))]
 
 
-@st.composite
-def masks(draw):
-    rows = []
-    for _ in range(B):
-        kind = draw(st.sampled_from(["leading", "trailing", "interior", "none", "all", "random"]))
-        cut = draw(st.integers(1, T - 1))
-        row = np.ones(T, bool)
-        if kind == "leading":
-            row[:cut] = False
-        elif kind == "trailing":
-            row[cut:] = False
-        elif kind == "interior":
-            row[cut:cut + draw(st.integers(1, T - cut))] = False
-        elif kind == "all":
-            row[:] = False
-        elif kind == "random":
-            row = np.array(draw(st.lists(st.booleans(), min_size=T, max_size=T)))
-        rows.append(row)
-    return np.stack(rows)
 
 
 @settings(max_examples=25, deadline=None)
-@given(mask=masks(), direction=st.sampled_from(list(DIRECTIONS)), zeros=st.booleans(), seeded=st.booleans(),
+@given(mask=masks(B, T), direction=st.sampled_from(list(DIRECTIONS)), zeros=st.booleans(), seeded=st.booleans(),
        lbr=st.integers(0, 1), seed=st.integers(0, 2**16))
 def test_matches_the_float64_reference(mask, direction, zeros, seeded, lbr, seed):
     rng = np.random.default_rng(seed)
