@@ -27,6 +27,7 @@ from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
+from . import _kernels
 from .ops import FLOAT, Value
 from .tensor_graph import TensorNode
 
@@ -42,6 +43,7 @@ def optimize(steps: Sequence[tuple], known: Dict[int, Value]) -> Tuple[tuple, ..
     """The steps rewritten (see the module's text); ``known``: the Value of each slot."""
     steps = _separable_convs(list(steps), known)
     steps = _weighted_sums(steps, known)
+    steps = _attentions(steps, known)
     return tuple(_in_place(steps, known))
 
 
@@ -182,6 +184,101 @@ def _axes(node, ins, known):
 def _weighted_sum(out_shape, inputs):
     x, w = inputs
     return [np.matmul(w.transpose(0, 2, 1), x).reshape(out_shape)]
+
+
+# ---- MatMul -> (scale) -> Softmax -> MatMul as one attention step ----
+
+def _attentions(steps: List[tuple], known) -> List[tuple]:
+    """``MatMul(softmax(scale · MatMul(a, b)), c)`` (the scale a Mul or Div by a scalar constant, or
+    none; the softmax over the last axis; the scores read there only) as one step of
+    ``_kernels.attention``: per matrix of the batch, BLAS scores into a scratch block, the softmax in
+    place, BLAS again. A Transpose read only by the chain feeds it as strides (its input taken
+    instead), and so does a Transpose that is the only reader of the result (written in its layout)."""
+    readers = _readers(steps)
+    producer = {slot: index for index, step in enumerate(steps) for _, slot in step[3]}
+    dropped = set()
+
+    def sole(slot, reader, op):
+        """The index of the step of ``op`` making ``slot`` when only ``reader`` reads it, there for the last time."""
+        index = producer.get(slot)
+        if index is None or index in dropped or readers.get(slot) != [reader] or slot not in steps[reader][4]:
+            return None
+        return index if steps[index][5].op == op and len(steps[index][3]) == 1 else None
+
+    for k, (_, _, ins, outs, _, node) in enumerate(steps):
+        if node.op != "MatMul" or len(outs) != 1 or k in dropped:
+            continue
+        j = sole(ins[0], k, "Softmax")
+        if j is None or steps[j][1] != len(known[ins[0]].shape) - 1:
+            continue
+        chain, scale, scores = [j], 1.0, steps[j][2][0]
+        for op in ("Mul", "Div"):
+            m = sole(scores, j, op)
+            scaled = None if m is None else _scalar(steps[m], known, op)
+            if scaled is not None:
+                chain.append(m)
+                scale, scores = scaled
+                break
+        i = sole(scores, chain[-1], "MatMul")
+        if i is None:
+            continue
+        chain.append(i)
+        operands = [(steps[i][2][0], steps[i][5].inputs[0], i), (steps[i][2][1], steps[i][5].inputs[1], i),
+                    (ins[1], node.inputs[1], k)]
+        result = outs[0][1]
+        shapes = [known[slot].shape for slot, _, _ in operands] + [known[result].shape]
+        if any(known[slot].dtype != FLOAT for slot, _, _ in operands) or len({len(s) for s in shapes}) != 1 \
+                or len(shapes[0]) < 2 or len({s[:-2] for s in shapes}) != 1 or 0 in sum(shapes, ()):
+            continue
+        slots, names, perms = [], [], []
+        for slot, name, reader in operands:
+            t = sole(slot, reader, "Transpose") if [s for s, _, _ in operands].count(slot) == 1 else None
+            if t is None:
+                slots.append(slot), names.append(name), perms.append(None)
+            else:
+                slots.append(steps[t][2][0]), names.append(steps[t][5].inputs[0]), perms.append(steps[t][1])
+                chain.append(t)
+        out_perm, out_shape, last = None, known[result].shape, k
+        after = readers.get(result)
+        if after and len(after) == 1 and steps[after[0]][5].op == "Transpose" and result in steps[after[0]][4]:
+            perm = steps[after[0]][1]
+            if perm[-1] == len(perm) - 1:
+                last = after[0]
+                out_perm, result = tuple(int(a) for a in np.argsort(perm)), steps[last][3][0][1]
+                out_shape = known[result].shape
+        chain += [k] + ([last] if last != k else [])
+        frees = {s for index in chain for s in steps[index][4]} - {s for index in chain for _, s in steps[index][3]}
+        frees |= {s for _, s in steps[last][3]} & {s for index in chain for s in steps[index][4]}
+        fused = TensorNode("MatMul+Softmax+MatMul", tuple(names), steps[last][5].outputs, {},
+                           "+".join(steps[index][5].name for index in sorted(set(chain))))
+        steps[k] = (_attention_run, (tuple(perms), out_shape, out_perm, scale), tuple(slots), ((0, result),),
+                    tuple(sorted(frees)), fused)
+        dropped.update(index for index in chain if index != k)
+    return [step for index, step in enumerate(steps) if index not in dropped]
+
+
+def _scalar(step, known, op):
+    """(factor, the scaled tensor's slot) of a Mul (Div) step of a float tensor by (over) a float
+    constant of one value, its output of the tensor's shape; else None."""
+    ins = step[2]
+    if len(ins) != 2:
+        return None
+    x, other = (ins[0], ins[1]) if op == "Div" or known[ins[0]].const is None else (ins[1], ins[0])
+    const = known[other].const
+    if const is None or const.size != 1 or const.dtype != FLOAT or known[x].const is not None \
+            or known[x].dtype != FLOAT or known[x].shape != known[step[3][0][1]].shape:
+        return None
+    value = float(const.reshape(()))
+    value = 1.0 / value if op == "Div" and value != 0 else value
+    return (value, x) if np.isfinite(value) and value != 0 else None
+
+
+def _attention_run(ctx, inputs):
+    perms, out_shape, out_perm, scale = ctx
+    a, b, c = (x if perm is None else x.transpose(perm) for x, perm in zip(inputs, perms))
+    y = np.empty(out_shape, np.float32)
+    _kernels.attention(a, b, c, y if out_perm is None else y.transpose(out_perm), scale)
+    return [y]
 
 
 # ---- elementwise ops in place ----
