@@ -59,18 +59,17 @@ def _attention_file(tmp_path, shape, scale="none", batch_k=None, scores_out=Fals
     return path
 
 
-def _run_all(path, feed, reference=True):
-    """grurt's outputs and its plan's description, after checking them against onnxruntime and (unless
-    ``reference`` is False) the float64 reference."""
+def _run_all(path, feed):
+    """grurt's outputs and its plan's description, after checking them against onnxruntime and the
+    float64 reference."""
     model = grurt.load(path)
     got = model.run(feed)
     got = got if isinstance(got, tuple) else (got,)
-    arrays = model._inputs(feed)
-    described = model.plan(arrays).describe()
+    plan = model.plan(model._inputs(feed))
+    check_slots(plan)
+    described = plan.describe()
     session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-    oracles = [session.run(None, feed)]
-    if reference:
-        oracles.append(run_tensor_graph(model.graph, [feed[n] for n in model.input_names]))
+    oracles = [session.run(None, feed), run_tensor_graph(model.graph, feed)]
     for oracle in oracles:
         oracle = oracle if isinstance(oracle, (list, tuple)) else [oracle]
         assert len(oracle) == len(got)
@@ -154,7 +153,7 @@ def test_torch_multihead_attention(tmp_path):
             want = module(torch.from_numpy(x)).numpy()
     finally:
         torch.backends.mha.set_fastpath_enabled(True)
-    (got,), described = _run_all(path, {"x": x}, reference=False)       # oracles: torch and onnxruntime
+    (got,), described = _run_all(path, {"x": x})
     assert FUSED in described and "Softmax(" not in described
     assert np.max(np.abs(got - want)) <= ATOL
 
@@ -175,6 +174,19 @@ def test_keras_multi_head_attention():
     x = rng.standard_normal((2, 12, 5)).astype(np.float32)
     converted = grurt.from_keras(model)
     got = converted.run(x)
-    described = converted.plan(converted._inputs(x)).describe()
-    assert FUSED in described and "Softmax(" not in described
+    plan = converted.plan(converted._inputs(x))
+    check_slots(plan)
+    described = plan.describe()
+    assert FUSED in described and "Gemm packed" in described and "= Gemm(" not in described and "Softmax(" not in described
     assert np.max(np.abs(got - model.predict(x, verbose=0))) <= ATOL
+
+
+def check_slots(plan):
+    """Every slot a step reads holds an array then: an input, a constant, or the output of an earlier
+    step not freed since (the rewrites move frees and drop steps)."""
+    live = {slot for slot, value in enumerate(plan.slots) if value is not None} | set(plan.input_slots) | {0}
+    for _, _, ins, outs, frees, node in plan.steps:
+        assert set(ins) <= live, (node.name, set(ins) - live)
+        live |= {slot for _, slot in outs}
+        live -= set(frees)
+    assert set(plan.outputs) <= live

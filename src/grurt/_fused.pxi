@@ -1,8 +1,11 @@
-# Included by _kernels.pyx: Softmax/LogSoftmax over the last axis (_softmax.h) and the fused
-# attention step softmax(scale · a @ b) @ c of grurt.tensor_passes, per matrix of the batch: BLAS
-# sgemm reads a, b and c where they are (any layout whose last two axes have a unit stride: the
-# transposes around an attention are strides here, not copies), the scores live in one scratch
-# block of M × N floats, and the result is written where y's strides say (a transpose after it too).
+# Included by _kernels.pyx: the C of grurt.tensor_plan's own steps (grurt.ops, grurt.tensor_passes):
+#
+#   softmax_rows  Softmax/LogSoftmax over the last axis (_softmax.h)
+#   attention     the fused step softmax(scale · a @ b) @ c: per matrix of the batch, BLAS sgemm reads
+#                 a, b and c where they are (any layout whose last two axes have a unit stride: the
+#                 transposes around an attention are strides here, not copies), the scores live in
+#                 one scratch block of M × N floats, the result goes where y's strides say
+#   Linear        x · W + c of constant weights on the panel kernels of grurt's Dense layers
 from scipy.linalg.cython_blas cimport sgemm as _sgemm
 from ._blas cimport blas_int
 
@@ -96,3 +99,41 @@ def attention(a, b, c, cnp.ndarray y, float scale):
             # y (M, P) = scores @ c: column-major yᵀ = cᵀ · scoresᵀ
             _sgemm(&trans[2], &plain, &p, &m, &n, &one, <float*>(data[2] + offset[2]), &ld[2], scores, &n,
                    &zero, <float*>(data[3] + offset[3]), &ld[3])
+
+
+cdef class Linear:
+    """``y = x · W + c`` for constant ``W`` (K, N) and ``c`` (N,), on the panel kernels of grurt's Dense
+    layers (``dense`` of _layers.pxi: W packed once, here; every row the same operations). For small
+    products of a plan (an attention's projections) it beats BLAS sgemm, which packs W on every call."""
+    cdef LayerPlan p
+    cdef list arrays            # owns the memory p points into
+    cdef readonly int n_in, n_out
+
+    def __cinit__(self, W, c):
+        W = np.asarray(W, np.float32)
+        self.n_in, self.n_out = W.shape
+        transposed = np.ascontiguousarray(W.T)                  # (N, K): a Dense layer's W
+        self.arrays = []
+        memset(&self.p, 0, sizeof(LayerPlan))
+        self.p.kind = DENSE_LAYER
+        self.p.f.kind = ACT_LINEAR
+        self.p.n_in, self.p.n_out = self.n_in, self.n_out
+        self.p.W_panels = self._keep(pack_panels(transposed))
+        if self.n_out < GRURT_DENSE_FEW:
+            self.p.W = self._keep(transposed)
+        self.p.bias = self._keep(pad_rows(np.asarray(c, np.float32).reshape(-1), n_panels(self.n_out) * GRURT_PANEL))
+
+    cdef float* _keep(self, array) except NULL:
+        kept = aligned_empty(np.size(array))
+        kept[...] = np.ravel(array)
+        self.arrays.append(kept)
+        return <float*>cnp.PyArray_DATA(kept)
+
+    def run(self, x):
+        """x (M, K) → a new (M, N) array."""
+        cdef cnp.ndarray a = x if x.flags.c_contiguous else np.ascontiguousarray(x)
+        cdef cnp.ndarray y = np.empty((a.shape[0], self.n_out), np.float32)
+        cdef size_t rows = a.shape[0]
+        with nogil:
+            dense(&self.p, rows, <const float*>cnp.PyArray_DATA(a), <float*>cnp.PyArray_DATA(y))
+        return y
