@@ -116,3 +116,23 @@ def test_gemms_of_one_input_are_one_product(tmp_path, readers):
     assert described.count("Gemm packed") == 1 and "= Gemm(" not in described
     assert described.count("= Reshape(x,") == 1                         # the three equal views are one
     assert all(array.flags.c_contiguous and array.base is None for array in got)
+
+
+@pytest.mark.parametrize("case", ["keras", "keepdims", "torch", "mean over features", "projection read twice"])
+def test_mean_of_a_projection_is_the_projection_of_the_mean(tmp_path, case):
+    """Gemm → Reshape (B, T, N) → ReduceMean over T (Keras: GlobalAveragePooling1D after the attention's
+    output projection) is the mean of the rows, then one Gemm per mean; PyTorch's (T, B, N) → Transpose
+    → mean too; a mean over the features, or a projection read elsewhere, left alone."""
+    b, t, k, n = 2, 9, 6, 5
+    inits = {"w": _f32(k, n), "c": _f32(n), "shape": np.array([t, b, n] if case == "torch" else [b, t, n], np.int64)}
+    nodes = [helper.make_node("Gemm", ["x", "w", "c"], ["y"]), helper.make_node("Reshape", ["y", "shape"], ["y3"])]
+    pooled = "y3"
+    if case == "torch":
+        nodes.append(helper.make_node("Transpose", ["y3"], ["yt"], perm=[1, 0, 2]))
+        pooled = "yt"
+    axis = 2 if case == "mean over features" else 1
+    nodes.append(helper.make_node("ReduceMean", [pooled], ["m"], axes=[axis], keepdims=int(case == "keepdims")))
+    outputs = ["m", "y"] if case == "projection read twice" else ["m"]
+    _, described = _check(tmp_path, nodes, inits, [("x", [b * t, k])], outputs, {"x": _f32(b * t, k)})
+    fused = case in ("keras", "keepdims", "torch")
+    assert ("ReduceMean+Gemm" in described) == fused and ("= ReduceMean(" in described) != fused

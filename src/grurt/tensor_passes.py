@@ -33,7 +33,8 @@ from .tensor_graph import TensorNode
 
 #: Ops whose outputs are arrays of their own (never an input, a constant or a view of one).
 FRESH = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm", "Add", "Sub", "Mul", "Div", "Relu", "Sigmoid",
-                   "Tanh", "Softmax", "Concat", "GRU", "Mul+ReduceSum", "MatMul+Softmax+MatMul", "Gemm packed"})
+                   "Tanh", "Softmax", "Concat", "GRU", "Mul+ReduceSum", "MatMul+Softmax+MatMul", "Gemm packed",
+                   "ReduceMean+Gemm"})
 #: Ops whose output may be a view of their first input (owned when that input is owned and dies there).
 #: Any other op's outputs may share memory with its inputs: those inputs are owned no more.
 VIEWS = frozenset({"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten"})
@@ -45,6 +46,7 @@ def optimize(steps: Sequence[tuple], known: Dict[int, Value]) -> Tuple[tuple, ..
     steps = _weighted_sums(steps, known)
     steps = _attentions(steps, known)
     steps = _packed_gemms(steps, known)
+    steps = _means_first(steps, known)
     return tuple(_in_place(steps, known))
 
 
@@ -391,6 +393,56 @@ def _refree(steps: List[tuple], slots) -> List[tuple]:
     return [(run, ctx, ins, outs, tuple(f for f in frees if f not in slots)
              + tuple(s for s in slots if last.get(s) == index), node)
             for index, (run, ctx, ins, outs, frees, node) in enumerate(steps)]
+
+
+# ---- the mean of a linear map as the linear map of the mean ----
+
+def _means_first(steps: List[tuple], known) -> List[tuple]:
+    """``ReduceMean`` over one axis of the rows of a packed Gemm's output (reshaped to (d0, d1, N),
+    then perhaps transposed, the features kept last) as the Gemm of the rows' mean: mean(x·W + c) =
+    mean(x)·W + c (GlobalAveragePooling after a projection: the product of one row per mean instead
+    of one per time step). The sums' order changes (float32 rounding only)."""
+    readers = _readers(steps)
+    producer = {slot: index for index, step in enumerate(steps) for _, slot in step[3]}
+    dropped = set()
+
+    def sole(slot, reader, op):
+        index = producer.get(slot)
+        if index is None or readers.get(slot) != [reader] or slot not in steps[reader][4] or index in dropped:
+            return None
+        return index if steps[index][5].op == op and len(steps[index][3]) == 1 else None
+
+    for index, (_, ctx, ins, outs, frees, node) in enumerate(steps):
+        if node.op != "ReduceMean" or len(outs) != 1 or known[outs[0][1]].dtype != FLOAT or len(ctx[0]) != 1:
+            continue
+        chain, slot, perm = [index], ins[0], (0, 1, 2)
+        t = sole(slot, index, "Transpose")
+        if t is not None:
+            chain.append(t)
+            slot, perm = steps[t][2][0], steps[t][1]
+        r = sole(slot, chain[-1], "Reshape")
+        g = None if r is None else sole(steps[r][2][0], r, "Gemm packed")
+        if g is None or len(steps[g][1][1]) != 1:
+            continue
+        shape, rows = known[slot].shape, known[steps[g][3][0][1]].shape
+        axis = perm[ctx[0][0]] if len(perm) == 3 else None
+        if len(shape) != 3 or perm[2] != 2 or shape[2] != rows[1] or axis not in (0, 1) or shape[0] * shape[1] != rows[0]:
+            continue
+        chain += [r, g]
+        x = steps[g][2][0]
+        frees = {s for i in chain for s in steps[i][4]} - {s for i in chain for _, s in steps[i][3]}
+        fused = TensorNode("ReduceMean+Gemm", steps[g][5].inputs, node.outputs, {},
+                           "+".join(steps[i][5].name for i in sorted(chain)))
+        steps[index] = (_mean_linear_run, (steps[g][1][0], shape[:2], axis, known[outs[0][1]].shape), (x,), outs,
+                        tuple(sorted(frees)), fused)
+        dropped.update(i for i in chain if i != index)
+    return [step for i, step in enumerate(steps) if i not in dropped]
+
+
+def _mean_linear_run(ctx, inputs):
+    linear, rows, axis, out_shape = ctx
+    x = inputs[0]
+    return [linear.run(x.reshape(rows + (x.shape[-1],)).mean(axis=axis, dtype=np.float32)).reshape(out_shape)]
 
 
 # ---- elementwise ops in place ----
