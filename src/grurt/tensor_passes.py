@@ -426,23 +426,27 @@ def _means_first(steps: List[tuple], known) -> List[tuple]:
             continue
         shape, rows = known[slot].shape, known[steps[g][3][0][1]].shape
         axis = perm[ctx[0][0]] if len(perm) == 3 else None
-        if len(shape) != 3 or perm[2] != 2 or shape[2] != rows[1] or axis not in (0, 1) or shape[0] * shape[1] != rows[0]:
+        if len(shape) != 3 or perm[2] != 2 or shape[2] != rows[1] or axis not in (0, 1) \
+                or shape[0] * shape[1] != rows[0]:
             continue
         chain += [r, g]
         x = steps[g][2][0]
         frees = {s for i in chain for s in steps[i][4]} - {s for i in chain for _, s in steps[i][3]}
         fused = TensorNode("ReduceMean+Gemm", steps[g][5].inputs, node.outputs, {},
                            "+".join(steps[i][5].name for i in sorted(chain)))
-        steps[index] = (_mean_linear_run, (steps[g][1][0], shape[:2], axis, known[outs[0][1]].shape), (x,), outs,
-                        tuple(sorted(frees)), fused)
+        weights = np.full(shape[axis], 1 / shape[axis], np.float32)
+        fused_ctx = (steps[g][1][0], shape[:2], axis, weights, known[outs[0][1]].shape)
+        steps[index] = (_mean_linear_run, fused_ctx, (x,), outs, tuple(sorted(frees)), fused)
         dropped.update(i for i in chain if i != index)
     return [step for i, step in enumerate(steps) if i not in dropped]
 
 
 def _mean_linear_run(ctx, inputs):
-    linear, rows, axis, out_shape = ctx
+    """The mean as a product by 1/count (BLAS gemv: a third of numpy's mean over a middle axis)."""
+    linear, (d0, d1), axis, weights, out_shape = ctx
     x = inputs[0]
-    return [linear.run(x.reshape(rows + (x.shape[-1],)).mean(axis=axis, dtype=np.float32)).reshape(out_shape)]
+    mean = weights @ x.reshape(d0, -1) if axis == 0 else np.matmul(weights, x.reshape(d0, d1, -1))
+    return [linear.run(mean.reshape(-1, x.shape[-1])).reshape(out_shape)]
 
 
 # ---- elementwise ops in place ----
