@@ -107,6 +107,50 @@ def test_attention_left_alone(tmp_path, case):
     assert FUSED not in described and "Softmax(" in described
 
 
+@pytest.mark.parametrize("case", ["heads", "heads, keepdims", "one head", "mean over heads", "output read twice"])
+def test_mean_of_attention_is_the_attention_of_the_mean(tmp_path, case):
+    """softmax(q·kᵀ)·v → its output projection → the mean over the queries (GlobalAveragePooling1D after
+    MultiHeadAttention, as Keras lowers it) is the mean of the softmax rows times v, then one row
+    through the projection; one head (B, T, D) too. Another mean, or the attention's output read
+    elsewhere, left alone."""
+    one_head = case == "one head"
+    b, t, h, d, n = 2, 7, (1 if one_head else 3), 4, 5
+    e = h * d
+    if one_head:
+        nodes = [helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 2, 1]),
+                 helper.make_node("MatMul", ["q", "kt"], ["s"]), helper.make_node("Softmax", ["s"], ["p"], axis=-1),
+                 helper.make_node("MatMul", ["p", "v"], ["o"])]
+    else:
+        nodes = [helper.make_node("Transpose", ["q"], ["qt"], perm=[0, 2, 1, 3]),
+                 helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 2, 3, 1]),
+                 helper.make_node("Transpose", ["v"], ["vt"], perm=[0, 2, 1, 3]),
+                 helper.make_node("MatMul", ["qt", "kt"], ["s"]), helper.make_node("Softmax", ["s"], ["p"], axis=-1),
+                 helper.make_node("MatMul", ["p", "vt"], ["ot"]),
+                 helper.make_node("Transpose", ["ot"], ["o"], perm=[0, 2, 1, 3])]
+    rng = np.random.default_rng(8)
+    inits = [numpy_helper.from_array(np.array([b * t, e], np.int64), "rows"),
+             numpy_helper.from_array(np.array([b, t, n], np.int64), "back"),
+             numpy_helper.from_array((0.5 * rng.standard_normal((e, n))).astype(np.float32), "w"),
+             numpy_helper.from_array((0.5 * rng.standard_normal(n)).astype(np.float32), "c")]
+    nodes += [helper.make_node("Reshape", ["o", "rows"], ["o2"]), helper.make_node("Gemm", ["o2", "w", "c"], ["y2"]),
+              helper.make_node("Reshape", ["y2", "back"], ["y3"]),
+              helper.make_node("ReduceMean", ["y3"], ["y"], axes=[2 if case == "mean over heads" else 1],
+                               keepdims=int(case == "heads, keepdims"))]
+    shape = [b, t, d] if one_head else [b, t, h, d]
+    outputs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, None)
+               for name in (["y", "o"] if case == "output read twice" else ["y"])]
+    model = helper.make_model(helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info(x, TensorProto.FLOAT, shape) for x in "qkv"], outputs, inits),
+        opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = str(tmp_path / "mean.onnx")
+    onnx.save(model, path)
+    rng = np.random.default_rng(9)
+    _, described = _run_all(path, {x: rng.standard_normal(shape).astype(np.float32) for x in "qkv"})
+    fused = case in ("heads", "heads, keepdims", "one head")
+    assert (f"{FUSED} mean" in described) == fused and ("ReduceMean(" in described or "ReduceMean+" in described) != fused
+
+
 def test_attention_reads_any_layout():
     """Operands BLAS cannot read as they are (a step of 2 along the last axis) are copied first; a
     broadcast-free batch of two dims; the result written through strides."""
@@ -177,8 +221,8 @@ def test_keras_multi_head_attention():
     plan = converted.plan(converted._inputs(x))
     check_slots(plan)
     described = plan.describe()
-    assert FUSED in described and "Softmax(" not in described
-    assert "Gemm packed" in described and "ReduceMean+Gemm" in described and "= Gemm(" not in described
+    assert f"{FUSED} mean" in described and "Softmax(" not in described and "= ReduceMean" not in described
+    assert "Gemm packed" in described and "= Gemm(" not in described
     assert np.max(np.abs(got - model.predict(x, verbose=0))) <= ATOL
 
 

@@ -6,7 +6,7 @@
 #                 transposes around an attention are strides here, not copies), the scores live in
 #                 one scratch block of M × N floats, the result goes where y's strides say
 #   Linear        x · W + c of constant weights on the panel kernels of grurt's Dense layers
-from scipy.linalg.cython_blas cimport sgemm as _sgemm
+from scipy.linalg.cython_blas cimport sgemm as _sgemm, sgemv as _sgemv
 from ._blas cimport blas_int
 
 cdef extern from "_softmax.h" nogil:
@@ -51,20 +51,29 @@ cdef bint _blas_ready(cnp.ndarray x):
     return _blas_layout(x.shape[nd - 2], x.shape[nd - 1], x.strides[nd - 2] // 4, x.strides[nd - 1] // 4, &trans, &ld)
 
 
-def attention(a, b, c, cnp.ndarray y, float scale):
+def attention(a, b, c, cnp.ndarray y, float scale, bint mean_rows=False):
     """``y[g] = softmax(scale · a[g] @ b[g]) @ c[g]`` for each index ``g`` of the batch dims: a (…, M, K),
     b (…, K, N), c (…, N, P), y (…, M, P), float32 arrays of one rank and one batch shape, no dim 0
     (trusted: the rewrite checks), any strides (an operand BLAS cannot read is copied first); y's
-    last axis of unit stride."""
+    last axis of unit stride. ``mean_rows``: y (…, 1, P) gets the mean of those M rows, as the mean
+    of the softmax's rows times c (two BLAS sgemv instead of the second product)."""
     cdef cnp.ndarray[float, ndim=2] scratch
+    cdef cnp.ndarray[float, ndim=1] ones, weights
     cdef cnp.ndarray operand
     cdef int q, k, nd = y.ndim
     ops = [x if _blas_ready(x) else np.ascontiguousarray(x) for x in (a, b, c)] + [y]
-    cdef Py_ssize_t M = y.shape[nd - 2], P = y.shape[nd - 1], K = a.shape[nd - 1], N = b.shape[nd - 1]
-    if y.strides[nd - 1] != 4 or (M > 1 and y.strides[nd - 2] < 4 * P) or y.strides[nd - 2] % 4:
-        raise ValueError(f"attention: y of strides {(<object>y).strides} is not a row-major matrix per batch index")
+    cdef Py_ssize_t M = a.shape[nd - 2], P = y.shape[nd - 1], K = a.shape[nd - 1], N = b.shape[nd - 1]
+    cdef Py_ssize_t rows_out = 1 if mean_rows else M
+    if y.shape[nd - 2] != rows_out or y.strides[nd - 1] != 4 or (rows_out > 1 and y.strides[nd - 2] < 4 * P) \
+            or y.strides[nd - 2] % 4:
+        raise ValueError(f"attention: y of shape {(<object>y).shape} and strides {(<object>y).strides} is not a "
+                         f"row-major matrix of {rows_out} rows per batch index")
     scratch = np.empty((M, N), np.float32)
+    ones = np.full(M, 1.0 / M, np.float32)
+    weights = np.empty(N, np.float32)
     cdef float* scores = &scratch[0, 0]
+    cdef float* column_means = &weights[0]
+    cdef float* by_rows = &ones[0]
     cdef char* data[4]
     cdef char trans[4]
     cdef blas_int ld[4]
@@ -80,7 +89,7 @@ def attention(a, b, c, cnp.ndarray y, float scale):
                      &trans[q], &ld[q])
     for k in range(nd - 2):
         batch *= dims[k]
-    cdef blas_int m = M, n = N, kk = K, p = P
+    cdef blas_int m = M, n = N, kk = K, p = P, unit = 1
     cdef float one = 1.0, zero = 0.0
     cdef char plain = b'N'
     with nogil:
@@ -96,9 +105,19 @@ def attention(a, b, c, cnp.ndarray y, float scale):
             _sgemm(&trans[1], &trans[0], &n, &m, &kk, &scale, <float*>(data[1] + offset[1]), &ld[1],
                    <float*>(data[0] + offset[0]), &ld[0], &zero, scores, &n)
             grurt_softmax_rows(scores, scores, M, N, 0)
-            # y (M, P) = scores @ c: column-major yᵀ = cᵀ · scoresᵀ
-            _sgemm(&trans[2], &plain, &p, &m, &n, &one, <float*>(data[2] + offset[2]), &ld[2], scores, &n,
-                   &zero, <float*>(data[3] + offset[3]), &ld[3])
+            if mean_rows:
+                # the rows' mean (N) = scoresᵀ · (1/M, …): column-major scoresᵀ as it is; then y (P) = cᵀ · it
+                _sgemv(&plain, &n, &m, &one, scores, &n, by_rows, &unit, &zero, column_means, &unit)
+                if trans[2] == b'N':        # cᵀ column-major (P, N)
+                    _sgemv(&plain, &p, &n, &one, <float*>(data[2] + offset[2]), &ld[2], column_means, &unit,
+                           &zero, <float*>(data[3] + offset[3]), &unit)
+                else:                       # c column-major (N, P)
+                    _sgemv(&trans[2], &n, &p, &one, <float*>(data[2] + offset[2]), &ld[2], column_means, &unit,
+                           &zero, <float*>(data[3] + offset[3]), &unit)
+            else:
+                # y (M, P) = scores @ c: column-major yᵀ = cᵀ · scoresᵀ
+                _sgemm(&trans[2], &plain, &p, &m, &n, &one, <float*>(data[2] + offset[2]), &ld[2], scores, &n,
+                       &zero, <float*>(data[3] + offset[3]), &ld[3])
 
 
 cdef class Linear:

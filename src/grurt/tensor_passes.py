@@ -34,7 +34,7 @@ from .tensor_graph import TensorNode
 #: Ops whose outputs are arrays of their own (never an input, a constant or a view of one).
 FRESH = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm", "Add", "Sub", "Mul", "Div", "Relu", "Sigmoid",
                    "Tanh", "Softmax", "Concat", "GRU", "Mul+ReduceSum", "MatMul+Softmax+MatMul", "Gemm packed",
-                   "ReduceMean+Gemm"})
+                   "ReduceMean+Gemm", "MatMul+Softmax+MatMul mean"})
 #: Ops whose output may be a view of their first input (owned when that input is owned and dies there).
 #: Any other op's outputs may share memory with its inputs: those inputs are owned no more.
 VIEWS = frozenset({"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten"})
@@ -47,6 +47,7 @@ def optimize(steps: Sequence[tuple], known: Dict[int, Value]) -> Tuple[tuple, ..
     steps = _attentions(steps, known)
     steps = _packed_gemms(steps, known)
     steps = _means_first(steps, known)
+    steps = _attention_means(steps, known)
     return tuple(_in_place(steps, known))
 
 
@@ -447,6 +448,58 @@ def _mean_linear_run(ctx, inputs):
     x = inputs[0]
     mean = weights @ x.reshape(d0, -1) if axis == 0 else np.matmul(weights, x.reshape(d0, d1, -1))
     return [linear.run(mean.reshape(-1, x.shape[-1])).reshape(out_shape)]
+
+
+def _attention_means(steps: List[tuple], known) -> List[tuple]:
+    """The mean over the queries of an attention's output (a ReduceMean+Gemm of it, through a Reshape
+    of its rows) as the attention of the softmax rows' mean: mean_t(P·V) = (mean_t P)·V, two gemv per
+    head instead of the second product (GlobalAveragePooling after MultiHeadAttention)."""
+    readers = _readers(steps)
+    producer = {slot: index for index, step in enumerate(steps) for _, slot in step[3]}
+    dropped = set()
+
+    def sole(slot, reader, op):
+        index = producer.get(slot)
+        if index is None or readers.get(slot) != [reader] or slot not in steps[reader][4] or index in dropped:
+            return None
+        return index if steps[index][5].op == op and len(steps[index][3]) == 1 else None
+
+    for index, (_, ctx, ins, outs, frees, node) in enumerate(steps):
+        if node.op != "ReduceMean+Gemm":
+            continue
+        linear, (d0, d1), axis, _, out_shape = ctx
+        r = sole(ins[0], index, "Reshape")
+        a = None if r is None else sole(steps[r][2][0], r, "MatMul+Softmax+MatMul")
+        if a is None:
+            continue
+        perms, shape, out_perm, scale = steps[a][1]
+        batch = shape[:1] + shape[2:-1] if out_perm else shape[:-2]       # the kernel's batch dims
+        queries = shape[1] if out_perm else shape[-2]
+        if axis != 1 or (d0, d1) != (shape[0], queries) or out_perm not in (None, (0, 2, 1, 3)) \
+                or (out_perm is None and len(shape) != 3):
+            continue
+        result = steps[a][3][0][1]
+        mean_shape = batch + shape[-1:]
+        steps[a] = (_attention_mean_run, (perms, mean_shape, scale), steps[a][2], steps[a][3],
+                    tuple(s for s in steps[a][4] if s != result), _renamed(steps[a][5], "MatMul+Softmax+MatMul mean"))
+        kept = tuple(s for s in frees + steps[r][4] if s not in (ins[0], steps[r][3][0][1])) + (result,)
+        steps[index] = (_mean_done_run, (linear, out_shape), (result,), outs, kept,
+                        TensorNode("Gemm packed", (steps[a][5].outputs[0],), node.outputs, {}, node.name))
+        dropped.add(r)
+    return [step for i, step in enumerate(steps) if i not in dropped]
+
+
+def _attention_mean_run(ctx, inputs):
+    perms, mean_shape, scale = ctx
+    a, b, c = (x if perm is None else x.transpose(perm) for x, perm in zip(inputs, perms))
+    y = np.empty(mean_shape, np.float32)
+    _kernels.attention(a, b, c, y[..., None, :], scale, True)
+    return [y]
+
+
+def _mean_done_run(ctx, inputs):
+    linear, out_shape = ctx
+    return [linear.run(inputs[0].reshape(out_shape[0], -1)).reshape(out_shape)]
 
 
 # ---- elementwise ops in place ----

@@ -205,10 +205,29 @@ def make_plan(graph: TensorGraph, sig, record: dict = None) -> Plan:
         live -= sum(_bytes(values[n]) for n in done)
         steps.append((op.run, ctx, ins, tuple(outs), tuple(slot_of[n] for n in done), node))
     results = tuple(_slot(name, values, slot_of, slots, constant_slots) for name in graph.outputs)
+    steps = _freed_after_last_step(steps, set(slot_of.values()) - set(results))
     if record is not None:
         record.update(values)
     known = {slot: values[name] for names in (slot_of, constant_slots) for name, slot in names.items()}
     return Plan(tuple(slots), input_slots, optimize(steps, known), results, peak, folded)
+
+
+def _freed_after_last_step(steps, freeable) -> list:
+    """``steps`` with each of the ``freeable`` slots emptied after the last step reading it (after the step
+    making it when none does). A tensor's last reader may be a folded node (a Shape of it): its slot
+    is emptied at the last step, not kept to the end of the run."""
+    last = {}
+    for index, (_, _, ins, outs, _, _) in enumerate(steps):
+        for _, slot in outs:
+            last.setdefault(slot, index)
+        for slot in ins:
+            last[slot] = index
+    frees = {}
+    for slot in freeable:
+        if slot in last:
+            frees.setdefault(last[slot], []).append(slot)
+    return [(run, ctx, ins, outs, tuple(sorted(frees.get(index, ()))), node)
+            for index, (run, ctx, ins, outs, _, node) in enumerate(steps)]
 
 
 def _bytes(value: Value) -> int:
