@@ -45,7 +45,7 @@ def _check(tmp_path, nodes, inits, inputs, outputs, feed):
         assert len(oracle) == len(got)
         for ours, want in zip(got, oracle):
             assert ours.shape == np.shape(want) and ours.dtype == np.float32
-            assert np.max(np.abs(ours - want)) <= ATOL
+            assert np.max(np.abs(ours - want), initial=0) <= ATOL
     return got, plan.describe()
 
 
@@ -136,3 +136,11 @@ def test_mean_of_a_projection_is_the_projection_of_the_mean(tmp_path, case):
     _, described = _check(tmp_path, nodes, inits, [("x", [b * t, k])], outputs, {"x": _f32(b * t, k)})
     fused = case in ("keras", "keepdims", "torch")
     assert ("ReduceMean+Gemm" in described) == fused and ("= ReduceMean(" in described) != fused
+
+
+def test_gemm_of_no_rows(tmp_path):
+    """A Gemm of 0 rows stays numpy's (an empty (0, N) output), the graph still right."""
+    node = helper.make_node("Gemm", ["x", "w", "c"], ["y"])
+    got, described = _check(tmp_path, [node], {"w": _f32(4, 3), "c": _f32(3)}, [("x", ["n", 4])], ["y"],
+                            {"x": np.zeros((0, 4), np.float32)})
+    assert got[0].shape == (0, 3) and "Gemm packed" not in described

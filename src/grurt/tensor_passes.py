@@ -336,7 +336,8 @@ def _gemm_weights(step, known):
     """(W (K, N), c (N,)) of a Gemm step computing A @ W + c, A not transposed, W and c constants
     (c a row, a scalar or none), float; else None."""
     trans_a, _, _, _, w, c = step[1]
-    if trans_a or w is None or w.dtype != FLOAT or 0 in w.shape or known[step[3][0][1]].dtype != FLOAT:
+    out = known[step[3][0][1]]
+    if trans_a or w is None or w.dtype != FLOAT or out.dtype != FLOAT or 0 in w.shape or 0 in out.shape:
         return None
     if c is None:
         return w, np.zeros(w.shape[1], np.float32)
