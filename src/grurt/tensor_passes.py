@@ -13,6 +13,14 @@ returns fewer or cheaper steps computing the same outputs:
   the last, ``x`` (N, T, C) and ``w`` (N, T, 1) (attention pooling: ``(out * weights).sum(1)``),
   is the batched matrix product (N, 1, T) @ (N, T, C): one call instead of two, without the
   (N, T, C) product in between. The sum's order changes (float32 rounding only: ~1e-7);
+* **attention as one step**: ``MatMul(softmax(s · MatMul(q, k)), v)`` (``s`` an optional Mul or Div
+  by a scalar constant, the softmax over the last axis) is one call of ``_kernels.attention``, the
+  transposes around it read as strides; followed by a mean over its queries, the second product
+  becomes the softmax rows' mean times v;
+* **Gemms of constant weights on packed panels**: the panel kernels of grurt's Dense layers
+  (``_kernels.Linear``) instead of BLAS sgemm, the Gemms of one input (an attention's Q, K, V) as
+  one product, and a ReduceMean over the rows of one as the Gemm of the mean. Sums change order
+  (float32 rounding only);
 * **elementwise ops in place**: Relu, Sigmoid, Tanh, and Add/Sub/Mul of same-shaped float
   tensors write their result into an input that dies at that step and that the plan owns: an
   array an op made (a Conv's, a MatMul's, ...), or a view of one made by Reshape, Transpose,

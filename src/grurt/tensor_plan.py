@@ -13,9 +13,10 @@ A signature is the shape and dtype of each input. Planning walks the nodes in or
   their input's shape alone and fold whatever computes it;
 * every other node becomes a step ``(op.run, ctx, input slots, output slots)`` with ``ctx``
   from ``op.prepare`` (weights packed once per plan), and each tensor's slot is emptied after
-  its last use;
+  the last step reading it;
 * the steps are then rewritten where the shapes allow (:mod:`grurt.tensor_passes`: a weighted
-  sum as one matrix product, elementwise ops in place).
+  sum as one matrix product, attention as one step, Gemms on packed weights, elementwise ops
+  in place).
 
 Running a plan is the loop over its steps: no shape logic, no checks, no lookups.
 """
