@@ -144,3 +144,23 @@ def test_gemm_of_no_rows(tmp_path):
     got, described = _check(tmp_path, [node], {"w": _f32(4, 3), "c": _f32(3)}, [("x", ["n", 4])], ["y"],
                             {"x": np.zeros((0, 4), np.float32)})
     assert got[0].shape == (0, 3) and "Gemm packed" not in described
+
+
+@pytest.mark.parametrize("case", ["3-D input", "2-D input", "with a Gemm of the same input", "batched weights",
+                                  "1-D input"])
+def test_matmul_of_constant_weights_is_packed(tmp_path, case):
+    """MatMul of A (…, K) by constant W (K, N), as PyTorch exports nn.Linear on 3-D inputs (MatMul then
+    Add): A's leading dims are the rows; with a Gemm of the same input, one product. Batched (3-D)
+    weights or a 1-D A stay numpy's."""
+    shape = {"3-D input": [2, 7, 6], "1-D input": [6]}.get(case, [7, 6])
+    w = _f32(3, 6, 4) if case == "batched weights" else _f32(6, 4)
+    inits = {"w": w, "b": _f32(4)}
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["xw"]), helper.make_node("Add", ["xw", "b"], ["y"])]
+    outputs = ["y"]
+    if case == "with a Gemm of the same input":
+        inits["w2"], inits["c2"] = _f32(6, 3), _f32(3)
+        nodes.append(helper.make_node("Gemm", ["x", "w2", "c2"], ["z"]))
+        outputs.append("z")
+    _, described = _check(tmp_path, nodes, inits, [("x", shape)], outputs, {"x": _f32(*shape)})
+    packed = case not in ("batched weights", "1-D input")
+    assert described.count("Gemm packed") == int(packed) and ("= MatMul(" in described) != packed

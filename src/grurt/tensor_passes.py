@@ -302,15 +302,17 @@ PACKED_MAX_WEIGHTS = 512 * 512
 
 
 def _packed_gemms(steps: List[tuple], known) -> List[tuple]:
-    """Each Gemm of constant B and a bias of one row (or none), A not transposed, as a step of
-    ``_kernels.Linear`` (weights packed once, here); the Gemms reading one input (through equal
+    """Each Gemm of constant B and a bias of one row (or none), A not transposed, and each MatMul of
+    constant 2-D B (A's leading dims as rows), as a step of ``_kernels.Linear`` (weights packed once,
+    here); the products reading one input (through equal
     views of it, see :func:`_same_views`) as one Linear of their weights side by side, at the first
     one's place, its outputs the column blocks of one product (views where only attention steps
     read them, copies elsewhere: other steps may expect C-contiguous arrays)."""
     steps = _same_views(steps)
     groups: Dict[int, List[int]] = {}
     for index, step in enumerate(steps):
-        if step[5].op == "Gemm" and step[0] is REGISTRY["Gemm"].run and _gemm_weights(step, known) is not None:
+        if step[5].op in ("Gemm", "MatMul") and step[0] is REGISTRY[step[5].op].run \
+                and _gemm_weights(step, known) is not None:
             groups.setdefault(step[2][0], []).append(index)
     readers = _readers(steps)
     freeable = {s for step in steps for s in step[4]}
@@ -326,7 +328,7 @@ def _packed_gemms(steps: List[tuple], known) -> List[tuple]:
         for k, (m, (w, _)) in enumerate(zip(members, weights)):
             slot = steps[m][3][0][1]
             view = len(members) > 1 and _strided_readers(slot, steps, readers)
-            blocks.append((start, start + w.shape[1], view))
+            blocks.append((start, start + w.shape[1], view, known[slot].shape))
             outs.append((k, slot))
             frees.update(steps[m][4])
             start += w.shape[1]
@@ -342,10 +344,18 @@ def _packed_gemms(steps: List[tuple], known) -> List[tuple]:
 
 def _gemm_weights(step, known):
     """(W (K, N), c (N,)) of a Gemm step computing A @ W + c, A not transposed, W and c constants
-    (c a row, a scalar or none), float; else None."""
-    trans_a, _, _, _, w, c = step[1]
+    (c a row, a scalar or none), or of a MatMul step of A (…, K) by a constant W (c zeros), float;
+    else None."""
     out = known[step[3][0][1]]
-    if trans_a or w is None or w.dtype != FLOAT or out.dtype != FLOAT or 0 in w.shape or 0 in out.shape:
+    if step[5].op == "MatMul":
+        w, c, a = step[1], None, known[step[2][0]]
+        if w is None or w.ndim != 2 or len(a.shape) < 2 or a.dtype != FLOAT:
+            return None
+    else:
+        trans_a, _, _, _, w, c = step[1]
+        if trans_a:
+            return None
+    if w is None or w.dtype != FLOAT or out.dtype != FLOAT or 0 in w.shape or 0 in out.shape:
         return None
     if c is None:
         return w, np.zeros(w.shape[1], np.float32)
@@ -368,10 +378,12 @@ def _strided_readers(slot, steps, readers) -> bool:
 
 def _linear_run(ctx, inputs):
     linear, blocks = ctx
-    y = linear.run(inputs[0])
+    x = inputs[0]
+    y = linear.run(x.reshape(-1, x.shape[-1]))
     if len(blocks) == 1:
-        return [y]
-    return [y[:, start:end] if view else np.ascontiguousarray(y[:, start:end]) for start, end, view in blocks]
+        return [y.reshape(blocks[0][3])]
+    return [(y[:, start:end] if view else np.ascontiguousarray(y[:, start:end])).reshape(shape)
+            for start, end, view, shape in blocks]
 
 
 def _same_views(steps: List[tuple]) -> List[tuple]:
@@ -432,9 +444,10 @@ def _means_first(steps: List[tuple], known) -> List[tuple]:
             slot, perm = steps[t][2][0], steps[t][1]
         r = sole(slot, chain[-1], "Reshape")
         g = None if r is None else sole(steps[r][2][0], r, "Gemm packed")
-        if g is None or len(steps[g][1][1]) != 1:
+        rows = None if g is None else known[steps[g][3][0][1]].shape
+        if g is None or len(steps[g][1][1]) != 1 or len(rows) != 2:
             continue
-        shape, rows = known[slot].shape, known[steps[g][3][0][1]].shape
+        shape = known[slot].shape
         axis = perm[ctx[0][0]] if len(perm) == 3 else None
         if len(shape) != 3 or perm[2] != 2 or shape[2] != rows[1] or axis not in (0, 1) \
                 or shape[0] * shape[1] != rows[0]:
