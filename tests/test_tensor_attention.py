@@ -114,7 +114,7 @@ def test_mean_of_attention_is_the_attention_of_the_mean(tmp_path, case):
     through the projection; one head (B, T, D) too. Another mean, or the attention's output read
     elsewhere, left alone."""
     one_head = case == "one head"
-    b, t, h, d, n = 2, 7, (1 if one_head else 3), 4, 5
+    b, t, h, d, n = 2, 7, (1 if one_head else 3), 4, 40
     e = h * d
     if one_head:
         nodes = [helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 2, 1]),
@@ -210,7 +210,7 @@ def test_keras_multi_head_attention():
     from keras import layers
 
     x_in = keras.Input((12, 5))
-    h = layers.Bidirectional(layers.GRU(8, return_sequences=True))(x_in)
+    h = layers.Bidirectional(layers.GRU(16, return_sequences=True))(x_in)
     a = layers.MultiHeadAttention(num_heads=4, key_dim=6)(h, h)
     model = keras.Model(x_in, layers.Dense(3)(layers.GlobalAveragePooling1D()(a)))
     rng = np.random.default_rng(0)
@@ -223,7 +223,7 @@ def test_keras_multi_head_attention():
     check_slots(plan)
     described = plan.describe()
     assert f"{FUSED} mean" in described and "Softmax(" not in described and "= ReduceMean" not in described
-    assert "Gemm packed" in described and "= Gemm(" not in described
+    assert "Gemm packed" in described      # the projections (the Dense of 3 outputs, 2 rows, stays BLAS's)
     assert np.max(np.abs(got - model.predict(x, verbose=0))) <= ATOL
 
 

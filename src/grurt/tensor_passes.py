@@ -299,6 +299,9 @@ def _attention_run(ctx, inputs):
 #: over BLAS sgemm on one thread while the packed weights stay in L2 (measured on a Xeon: 1.2x at
 #: 512 × 512, 2x at 128 × 384, 0.6x at 1024 × 1024).
 PACKED_MAX_WEIGHTS = 512 * 512
+#: ... and give at least this many outputs (a panel), or one row: fewer outputs of many rows run
+#: on BLAS (at 100 rows of 256, 1 to 16 outputs: sgemm 3-11 µs, the panels' tail path 11-14 µs).
+PACKED_MIN_OUTPUTS = 32
 
 
 def _packed_gemms(steps: List[tuple], known) -> List[tuple]:
@@ -321,7 +324,9 @@ def _packed_gemms(steps: List[tuple], known) -> List[tuple]:
         weights = [_gemm_weights(steps[m], known) for m in members]
         while len(members) > 1 and sum(w.size for w, _ in weights) > PACKED_MAX_WEIGHTS:
             members, weights = members[:-1], weights[:-1]
-        if sum(w.size for w, _ in weights) > PACKED_MAX_WEIGHTS:
+        rows = int(np.prod(known[x].shape[:-1]))
+        if sum(w.size for w, _ in weights) > PACKED_MAX_WEIGHTS \
+                or (sum(w.shape[1] for w, _ in weights) < PACKED_MIN_OUTPUTS and rows > 1):
             continue
         linear = _kernels.Linear(np.concatenate([w for w, _ in weights], 1), np.concatenate([c for _, c in weights]))
         blocks, outs, frees, start = [], [], set(), 0
