@@ -200,11 +200,11 @@ def make_plan(graph: TensorGraph, sig, record: dict = None) -> Plan:
         live += asked
         peak = max(peak, live + folded)
         ins = tuple(_slot(name, values, slot_of, slots, constant_slots) for name in node.inputs)
-        # the run-time tensors read for the last time here, and the outputs nobody reads
+        # the memory count: the run-time tensors read for the last time here, and the outputs nobody reads
         done = [n for n in dict.fromkeys(node.inputs) if n in slot_of and last_use[n] == index]
         done += [node.outputs[k] for k in outputs if node.outputs[k] not in last_use]
         live -= sum(_bytes(values[n]) for n in done)
-        steps.append((op.run, ctx, ins, tuple(outs), tuple(slot_of[n] for n in done), node))
+        steps.append((op.run, ctx, ins, tuple(outs), (), node))          # frees: _freed_after_last_step
     results = tuple(_slot(name, values, slot_of, slots, constant_slots) for name in graph.outputs)
     steps = _freed_after_last_step(steps, set(slot_of.values()) - set(results))
     if record is not None:
