@@ -206,17 +206,8 @@ def _attentions(steps: List[tuple], known) -> List[tuple]:
     ``_kernels.attention``: per matrix of the batch, BLAS scores into a scratch block, the softmax in
     place, BLAS again. A Transpose read only by the chain feeds it as strides (its input taken
     instead), and so does a Transpose that is the only reader of the result (written in its layout)."""
-    readers = _readers(steps)
-    producer = {slot: index for index, step in enumerate(steps) for _, slot in step[3]}
-    dropped = set()
-
-    def sole(slot, reader, op):
-        """The index of the step of ``op`` making ``slot`` when only ``reader`` reads it, there for the last time."""
-        index = producer.get(slot)
-        if index is None or index in dropped or readers.get(slot) != [reader] or slot not in steps[reader][4]:
-            return None
-        return index if steps[index][5].op == op and len(steps[index][3]) == 1 else None
-
+    readers, dropped = _readers(steps), set()
+    sole = _sole_producer(steps, readers, dropped)
     for k, (_, _, ins, outs, _, node) in enumerate(steps):
         if node.op != "MatMul" or len(outs) != 1 or k in dropped:
             continue
@@ -307,10 +298,10 @@ PACKED_MIN_OUTPUTS = 32
 def _packed_gemms(steps: List[tuple], known) -> List[tuple]:
     """Each Gemm of constant B and a bias of one row (or none), A not transposed, and each MatMul of
     constant 2-D B (A's leading dims as rows), as a step of ``_kernels.Linear`` (weights packed once,
-    here); the products reading one input (through equal
-    views of it, see :func:`_same_views`) as one Linear of their weights side by side, at the first
-    one's place, its outputs the column blocks of one product (views where only attention steps
-    read them, copies elsewhere: other steps may expect C-contiguous arrays)."""
+    here), where PACKED_MAX_WEIGHTS and PACKED_MIN_OUTPUTS say it pays; the products reading one input
+    (through equal views of it, see :func:`_same_views`) as one Linear of their weights side by side,
+    at the first one's place, its outputs the column blocks of one product (views where only attention
+    steps read them, copies elsewhere: other steps may expect C-contiguous arrays)."""
     steps = _same_views(steps)
     groups: Dict[int, List[int]] = {}
     for index, step in enumerate(steps):
@@ -429,16 +420,8 @@ def _means_first(steps: List[tuple], known) -> List[tuple]:
     then perhaps transposed, the features kept last) as the Gemm of the rows' mean: mean(x·W + c) =
     mean(x)·W + c (GlobalAveragePooling after a projection: the product of one row per mean instead
     of one per time step). The sums' order changes (float32 rounding only)."""
-    readers = _readers(steps)
-    producer = {slot: index for index, step in enumerate(steps) for _, slot in step[3]}
-    dropped = set()
-
-    def sole(slot, reader, op):
-        index = producer.get(slot)
-        if index is None or readers.get(slot) != [reader] or slot not in steps[reader][4] or index in dropped:
-            return None
-        return index if steps[index][5].op == op and len(steps[index][3]) == 1 else None
-
+    readers, dropped = _readers(steps), set()
+    sole = _sole_producer(steps, readers, dropped)
     for index, (_, ctx, ins, outs, frees, node) in enumerate(steps):
         if node.op != "ReduceMean" or len(outs) != 1 or known[outs[0][1]].dtype != FLOAT or len(ctx[0]) != 1:
             continue
@@ -481,16 +464,8 @@ def _attention_means(steps: List[tuple], known) -> List[tuple]:
     """The mean over the queries of an attention's output (a ReduceMean+Gemm of it, through a Reshape
     of its rows) as the attention of the softmax rows' mean: mean_t(P·V) = (mean_t P)·V, two gemv per
     head instead of the second product (GlobalAveragePooling after MultiHeadAttention)."""
-    readers = _readers(steps)
-    producer = {slot: index for index, step in enumerate(steps) for _, slot in step[3]}
-    dropped = set()
-
-    def sole(slot, reader, op):
-        index = producer.get(slot)
-        if index is None or readers.get(slot) != [reader] or slot not in steps[reader][4] or index in dropped:
-            return None
-        return index if steps[index][5].op == op and len(steps[index][3]) == 1 else None
-
+    readers, dropped = _readers(steps), set()
+    sole = _sole_producer(steps, readers, dropped)
     for index, (_, ctx, ins, outs, frees, node) in enumerate(steps):
         if node.op != "ReduceMean+Gemm":
             continue
@@ -509,7 +484,7 @@ def _attention_means(steps: List[tuple], known) -> List[tuple]:
         mean_shape = batch + shape[-1:]
         steps[a] = (_attention_mean_run, (perms, mean_shape, scale), steps[a][2], steps[a][3],
                     tuple(s for s in steps[a][4] if s != result), _renamed(steps[a][5], "MatMul+Softmax+MatMul mean"))
-        kept = tuple(s for s in frees + steps[r][4] if s not in (ins[0], steps[r][3][0][1])) + (result,)
+        kept = tuple(s for s in dict.fromkeys(frees + steps[r][4]) if s != ins[0])      # the result dies here now
         steps[index] = (_mean_done_run, (linear, out_shape), (result,), outs, kept,
                         TensorNode("Gemm packed", (steps[a][5].outputs[0],), node.outputs, {}, node.name))
         dropped.add(r)
@@ -581,6 +556,19 @@ def _in_place(steps: List[tuple], known) -> List[tuple]:
 
 def _renamed(node: TensorNode, op: str) -> TensorNode:
     return TensorNode(op, node.inputs, node.outputs, node.attrs, node.name)
+
+
+def _sole_producer(steps, readers, dropped):
+    """``sole(slot, reader, op)``: the index of the step of ``op`` (one output) making ``slot`` when only
+    step ``reader`` reads it and empties it there, neither dropped; else None."""
+    producer = {slot: index for index, step in enumerate(steps) for _, slot in step[3]}
+
+    def sole(slot, reader, op):
+        index = producer.get(slot)
+        if index is None or index in dropped or readers.get(slot) != [reader] or slot not in steps[reader][4]:
+            return None
+        return index if steps[index][5].op == op and len(steps[index][3]) == 1 else None
+    return sole
 
 
 def _readers(steps) -> Dict[int, List[int]]:
