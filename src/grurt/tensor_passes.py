@@ -13,6 +13,14 @@ returns fewer or cheaper steps computing the same outputs:
   the last, ``x`` (N, T, C) and ``w`` (N, T, 1) (attention pooling: ``(out * weights).sum(1)``),
   is the batched matrix product (N, 1, T) @ (N, T, C): one call instead of two, without the
   (N, T, C) product in between. The sum's order changes (float32 rounding only: ~1e-7);
+* **attention as one step**: ``MatMul(softmax(s · MatMul(q, k)), v)`` (``s`` an optional Mul or Div
+  by a scalar constant, the softmax over the last axis) is one call of ``_kernels.attention``, the
+  transposes around it read as strides; followed by a mean over its queries, the second product
+  becomes the softmax rows' mean times v;
+* **Gemms of constant weights on packed panels**: the panel kernels of grurt's Dense layers
+  (``_kernels.Linear``) instead of BLAS sgemm, the Gemms of one input (an attention's Q, K, V) as
+  one product, and a ReduceMean over the rows of one as the Gemm of the mean. Sums change order
+  (float32 rounding only);
 * **elementwise ops in place**: Relu, Sigmoid, Tanh, and Add/Sub/Mul of same-shaped float
   tensors write their result into an input that dies at that step and that the plan owns: an
   array an op made (a Conv's, a MatMul's, ...), or a view of one made by Reshape, Transpose,
@@ -27,12 +35,14 @@ from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
-from .ops import FLOAT, Value
+from . import _kernels
+from .ops import FLOAT, REGISTRY, Value
 from .tensor_graph import TensorNode
 
 #: Ops whose outputs are arrays of their own (never an input, a constant or a view of one).
 FRESH = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm", "Add", "Sub", "Mul", "Div", "Relu", "Sigmoid",
-                   "Tanh", "Softmax", "Concat", "GRU", "Mul+ReduceSum"})
+                   "Tanh", "Softmax", "Concat", "GRU", "Mul+ReduceSum", "MatMul+Softmax+MatMul", "Gemm packed",
+                   "ReduceMean+Gemm", "MatMul+Softmax+MatMul mean"})
 #: Ops whose output may be a view of their first input (owned when that input is owned and dies there).
 #: Any other op's outputs may share memory with its inputs: those inputs are owned no more.
 VIEWS = frozenset({"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten"})
@@ -42,6 +52,10 @@ def optimize(steps: Sequence[tuple], known: Dict[int, Value]) -> Tuple[tuple, ..
     """The steps rewritten (see the module's text); ``known``: the Value of each slot."""
     steps = _separable_convs(list(steps), known)
     steps = _weighted_sums(steps, known)
+    steps = _attentions(steps, known)
+    steps = _packed_gemms(steps, known)
+    steps = _means_first(steps, known)
+    steps = _attention_means(steps, known)
     return tuple(_in_place(steps, known))
 
 
@@ -184,6 +198,312 @@ def _weighted_sum(out_shape, inputs):
     return [np.matmul(w.transpose(0, 2, 1), x).reshape(out_shape)]
 
 
+# ---- MatMul -> (scale) -> Softmax -> MatMul as one attention step ----
+
+def _attentions(steps: List[tuple], known) -> List[tuple]:
+    """``MatMul(softmax(scale · MatMul(a, b)), c)`` (the scale a Mul or Div by a scalar constant, or
+    none; the softmax over the last axis; the scores read there only) as one step of
+    ``_kernels.attention``: per matrix of the batch, BLAS scores into a scratch block, the softmax in
+    place, BLAS again. A Transpose read only by the chain feeds it as strides (its input taken
+    instead), and so does a Transpose that is the only reader of the result (written in its layout)."""
+    readers, dropped = _readers(steps), set()
+    sole = _sole_producer(steps, readers, dropped)
+    for k, (_, _, ins, outs, _, node) in enumerate(steps):
+        if node.op != "MatMul" or len(outs) != 1 or k in dropped:
+            continue
+        j = sole(ins[0], k, "Softmax")
+        if j is None or steps[j][1] != len(known[ins[0]].shape) - 1:
+            continue
+        chain, scale, scores = [j], 1.0, steps[j][2][0]
+        for op in ("Mul", "Div"):
+            m = sole(scores, j, op)
+            scaled = None if m is None else _scalar(steps[m], known, op)
+            if scaled is not None:
+                chain.append(m)
+                scale, scores = scaled
+                break
+        i = sole(scores, chain[-1], "MatMul")
+        if i is None:
+            continue
+        chain.append(i)
+        operands = [(steps[i][2][0], steps[i][5].inputs[0], i), (steps[i][2][1], steps[i][5].inputs[1], i),
+                    (ins[1], node.inputs[1], k)]
+        result = outs[0][1]
+        shapes = [known[slot].shape for slot, _, _ in operands] + [known[result].shape]
+        if any(known[slot].dtype != FLOAT for slot, _, _ in operands) or len({len(s) for s in shapes}) != 1 \
+                or len(shapes[0]) < 2 or len({s[:-2] for s in shapes}) != 1 or 0 in sum(shapes, ()):
+            continue
+        slots, names, perms = [], [], []
+        for slot, name, reader in operands:
+            t = sole(slot, reader, "Transpose") if [s for s, _, _ in operands].count(slot) == 1 else None
+            if t is None:
+                slots.append(slot), names.append(name), perms.append(None)
+            else:
+                slots.append(steps[t][2][0]), names.append(steps[t][5].inputs[0]), perms.append(steps[t][1])
+                chain.append(t)
+        out_perm, out_shape, last = None, known[result].shape, k
+        after = readers.get(result)
+        if after and len(after) == 1 and steps[after[0]][5].op == "Transpose" and result in steps[after[0]][4]:
+            perm = steps[after[0]][1]
+            if perm[-1] == len(perm) - 1:
+                last = after[0]
+                out_perm, result = tuple(int(a) for a in np.argsort(perm)), steps[last][3][0][1]
+                out_shape = known[result].shape
+        chain += [k] + ([last] if last != k else [])
+        frees = {s for index in chain for s in steps[index][4]} - {s for index in chain for _, s in steps[index][3]}
+        frees |= {s for _, s in steps[last][3]} & {s for index in chain for s in steps[index][4]}
+        fused = TensorNode("MatMul+Softmax+MatMul", tuple(names), steps[last][5].outputs, {},
+                           "+".join(steps[index][5].name for index in sorted(set(chain))))
+        steps[k] = (_attention_run, (tuple(perms), out_shape, out_perm, scale), tuple(slots), ((0, result),),
+                    tuple(sorted(frees)), fused)
+        dropped.update(index for index in chain if index != k)
+    return [step for index, step in enumerate(steps) if index not in dropped]
+
+
+def _scalar(step, known, op):
+    """(factor, the scaled tensor's slot) of a Mul (Div) step of a float tensor by (over) a float
+    constant of one value, its output of the tensor's shape; else None."""
+    ins = step[2]
+    if len(ins) != 2:
+        return None
+    x, other = (ins[0], ins[1]) if op == "Div" or known[ins[0]].const is None else (ins[1], ins[0])
+    const = known[other].const
+    if const is None or const.size != 1 or const.dtype != FLOAT or known[x].const is not None \
+            or known[x].dtype != FLOAT or known[x].shape != known[step[3][0][1]].shape:
+        return None
+    value = float(const.reshape(()))
+    value = 1.0 / value if op == "Div" and value != 0 else value
+    return (value, x) if np.isfinite(value) and value != 0 else None
+
+
+def _attention_run(ctx, inputs):
+    perms, out_shape, out_perm, scale = ctx
+    a, b, c = (x if perm is None else x.transpose(perm) for x, perm in zip(inputs, perms))
+    y = np.empty(out_shape, np.float32)
+    _kernels.attention(a, b, c, y if out_perm is None else y.transpose(out_perm), scale)
+    return [y]
+
+
+# ---- Gemms of constant weights on the panel kernels, those of one input as one ----
+
+#: A Gemm's constant weights (K·N floats) up to this many run on grurt's panel kernels: they win
+#: over BLAS sgemm on one thread while the packed weights stay in L2 (measured on a Xeon: 1.2x at
+#: 512 × 512, 2x at 128 × 384, 0.6x at 1024 × 1024).
+PACKED_MAX_WEIGHTS = 512 * 512
+#: ... and give at least this many outputs (a panel), or one row: fewer outputs of many rows run
+#: on BLAS (at 100 rows of 256, 1 to 16 outputs: sgemm 3-11 µs, the panels' tail path 11-14 µs).
+PACKED_MIN_OUTPUTS = 32
+
+
+def _packed_gemms(steps: List[tuple], known) -> List[tuple]:
+    """Each Gemm of constant B and a bias of one row (or none), A not transposed, and each MatMul of
+    constant 2-D B (A's leading dims as rows), as a step of ``_kernels.Linear`` (weights packed once,
+    here), where PACKED_MAX_WEIGHTS and PACKED_MIN_OUTPUTS say it pays; the products reading one input
+    (through equal views of it, see :func:`_same_views`) as one Linear of their weights side by side,
+    at the first one's place, its outputs the column blocks of one product (views where only attention
+    steps read them, copies elsewhere: other steps may expect C-contiguous arrays)."""
+    steps = _same_views(steps)
+    groups: Dict[int, List[int]] = {}
+    for index, step in enumerate(steps):
+        if step[5].op in ("Gemm", "MatMul") and step[0] is REGISTRY[step[5].op].run \
+                and _gemm_weights(step, known) is not None:
+            groups.setdefault(step[2][0], []).append(index)
+    readers = _readers(steps)
+    freeable = {s for step in steps for s in step[4]}
+    dropped, moved = set(), set()
+    for x, members in groups.items():
+        weights = [_gemm_weights(steps[m], known) for m in members]
+        while len(members) > 1 and sum(w.size for w, _ in weights) > PACKED_MAX_WEIGHTS:
+            members, weights = members[:-1], weights[:-1]
+        rows = int(np.prod(known[x].shape[:-1]))
+        if sum(w.size for w, _ in weights) > PACKED_MAX_WEIGHTS \
+                or (sum(w.shape[1] for w, _ in weights) < PACKED_MIN_OUTPUTS and rows > 1):
+            continue
+        linear = _kernels.Linear(np.concatenate([w for w, _ in weights], 1), np.concatenate([c for _, c in weights]))
+        blocks, outs, frees, start = [], [], set(), 0
+        for k, (m, (w, _)) in enumerate(zip(members, weights)):
+            slot = steps[m][3][0][1]
+            view = len(members) > 1 and _strided_readers(slot, steps, readers)
+            blocks.append((start, start + w.shape[1], view, known[slot].shape))
+            outs.append((k, slot))
+            frees.update(steps[m][4])
+            start += w.shape[1]
+        node = TensorNode("Gemm packed", steps[members[0]][5].inputs[:1],
+                          tuple(name for m in members for name in steps[m][5].outputs), {},
+                          "+".join(steps[m][5].name for m in members))
+        steps[members[0]] = (_linear_run, (linear, tuple(blocks)), (x,), tuple(outs), tuple(frees - {x}), node)
+        dropped.update(members[1:])
+        if x in freeable:
+            moved.add(x)
+    return _refree([step for index, step in enumerate(steps) if index not in dropped], moved)
+
+
+def _gemm_weights(step, known):
+    """(W (K, N), c (N,)) of a Gemm step computing A @ W + c, A not transposed, W and c constants
+    (c a row, a scalar or none), or of a MatMul step of A (…, K) by a constant W (c zeros), float;
+    else None."""
+    out = known[step[3][0][1]]
+    if step[5].op == "MatMul":
+        w, c, a = step[1], None, known[step[2][0]]
+        if w is None or w.ndim != 2 or len(a.shape) < 2 or a.dtype != FLOAT:
+            return None
+    else:
+        trans_a, _, _, _, w, c = step[1]
+        if trans_a:
+            return None
+    if w is None or w.dtype != FLOAT or out.dtype != FLOAT or 0 in w.shape or 0 in out.shape:
+        return None
+    if c is None:
+        return w, np.zeros(w.shape[1], np.float32)
+    if not isinstance(c, np.ndarray) or c.size not in (1, w.shape[1]) or (c.ndim == 2 and c.shape[0] != 1):
+        return None
+    return w, np.broadcast_to(c.reshape(-1), (w.shape[1],)).astype(np.float32)
+
+
+def _strided_readers(slot, steps, readers) -> bool:
+    """Whether ``slot`` is read, and only by steps that take strided arrays: attention steps, or
+    Reshapes whose output only such steps read."""
+    for index in readers.get(slot, []):
+        _, _, ins, outs, _, node = steps[index]
+        if node.op == "Reshape" and ins[0] == slot and _strided_readers(outs[0][1], steps, readers):
+            continue
+        if node.op != "MatMul+Softmax+MatMul":
+            return False
+    return bool(readers.get(slot))
+
+
+def _linear_run(ctx, inputs):
+    linear, blocks = ctx
+    x = inputs[0]
+    y = linear.run(x.reshape(-1, x.shape[-1]))
+    if len(blocks) == 1:
+        return [y.reshape(blocks[0][3])]
+    return [(y[:, start:end] if view else np.ascontiguousarray(y[:, start:end])).reshape(shape)
+            for start, end, view, shape in blocks]
+
+
+def _same_views(steps: List[tuple]) -> List[tuple]:
+    """A view step (Reshape, Transpose, Squeeze, ...) equal to an earlier one (the same op, attributes
+    and input slots: the same array) dropped, its readers reading the earlier one's output."""
+    freeable = {s for step in steps for s in step[4]}
+    seen, renamed, result, moved = {}, {}, [], set()
+    for run, ctx, ins, outs, frees, node in steps:
+        ins = tuple(renamed.get(s, s) for s in ins)
+        if node.op in VIEWS and len(outs) == 1 and outs[0][1] in freeable:
+            key = (node.op, ins, repr(sorted(node.attrs.items())))
+            if key in seen:
+                renamed[outs[0][1]] = seen[key]
+                moved.update({seen[key], *ins} & freeable)
+                continue
+            seen[key] = outs[0][1]
+        result.append((run, ctx, ins, outs, tuple(dict.fromkeys(renamed.get(s, s) for s in frees)), node))
+    return _refree(result, moved) if renamed else list(steps)
+
+
+def _refree(steps: List[tuple], slots) -> List[tuple]:
+    """``steps`` with each of ``slots`` freed after its last reader (after its producer when nobody
+    reads it), wherever it was freed before."""
+    last = {}
+    for index, (_, _, ins, outs, _, _) in enumerate(steps):
+        for s in slots:
+            if s in ins or (s not in last and any(s == slot for _, slot in outs)):
+                last[s] = index
+    return [(run, ctx, ins, outs, tuple(f for f in frees if f not in slots)
+             + tuple(s for s in slots if last.get(s) == index), node)
+            for index, (run, ctx, ins, outs, frees, node) in enumerate(steps)]
+
+
+# ---- the mean of a linear map as the linear map of the mean ----
+
+def _means_first(steps: List[tuple], known) -> List[tuple]:
+    """``ReduceMean`` over one axis of the rows of a packed Gemm's output (reshaped to (d0, d1, N),
+    then perhaps transposed, the features kept last) as the Gemm of the rows' mean: mean(x·W + c) =
+    mean(x)·W + c (GlobalAveragePooling after a projection: the product of one row per mean instead
+    of one per time step). The sums' order changes (float32 rounding only)."""
+    readers, dropped = _readers(steps), set()
+    sole = _sole_producer(steps, readers, dropped)
+    for index, (_, ctx, ins, outs, frees, node) in enumerate(steps):
+        if node.op != "ReduceMean" or len(outs) != 1 or known[outs[0][1]].dtype != FLOAT or len(ctx[0]) != 1:
+            continue
+        chain, slot, perm = [index], ins[0], (0, 1, 2)
+        t = sole(slot, index, "Transpose")
+        if t is not None:
+            chain.append(t)
+            slot, perm = steps[t][2][0], steps[t][1]
+        r = sole(slot, chain[-1], "Reshape")
+        g = None if r is None else sole(steps[r][2][0], r, "Gemm packed")
+        rows = None if g is None else known[steps[g][3][0][1]].shape
+        if g is None or len(steps[g][1][1]) != 1 or len(rows) != 2:
+            continue
+        shape = known[slot].shape
+        axis = perm[ctx[0][0]] if len(perm) == 3 else None
+        if len(shape) != 3 or perm[2] != 2 or shape[2] != rows[1] or axis not in (0, 1) \
+                or shape[0] * shape[1] != rows[0]:
+            continue
+        chain += [r, g]
+        x = steps[g][2][0]
+        frees = {s for i in chain for s in steps[i][4]} - {s for i in chain for _, s in steps[i][3]}
+        fused = TensorNode("ReduceMean+Gemm", steps[g][5].inputs, node.outputs, {},
+                           "+".join(steps[i][5].name for i in sorted(chain)))
+        weights = np.full(shape[axis], 1 / shape[axis], np.float32)
+        fused_ctx = (steps[g][1][0], shape[:2], axis, weights, known[outs[0][1]].shape)
+        steps[index] = (_mean_linear_run, fused_ctx, (x,), outs, tuple(sorted(frees)), fused)
+        dropped.update(i for i in chain if i != index)
+    return [step for i, step in enumerate(steps) if i not in dropped]
+
+
+def _mean_linear_run(ctx, inputs):
+    """The mean as a product by 1/count (BLAS gemv: a third of numpy's mean over a middle axis)."""
+    linear, (d0, d1), axis, weights, out_shape = ctx
+    x = inputs[0]
+    mean = weights @ x.reshape(d0, -1) if axis == 0 else np.matmul(weights, x.reshape(d0, d1, -1))
+    return [linear.run(mean.reshape(-1, x.shape[-1])).reshape(out_shape)]
+
+
+def _attention_means(steps: List[tuple], known) -> List[tuple]:
+    """The mean over the queries of an attention's output (a ReduceMean+Gemm of it, through a Reshape
+    of its rows) as the attention of the softmax rows' mean: mean_t(P·V) = (mean_t P)·V, two gemv per
+    head instead of the second product (GlobalAveragePooling after MultiHeadAttention)."""
+    readers, dropped = _readers(steps), set()
+    sole = _sole_producer(steps, readers, dropped)
+    for index, (_, ctx, ins, outs, frees, node) in enumerate(steps):
+        if node.op != "ReduceMean+Gemm":
+            continue
+        linear, (d0, d1), axis, _, out_shape = ctx
+        r = sole(ins[0], index, "Reshape")
+        a = None if r is None else sole(steps[r][2][0], r, "MatMul+Softmax+MatMul")
+        if a is None:
+            continue
+        perms, shape, out_perm, scale = steps[a][1]
+        batch = shape[:1] + shape[2:-1] if out_perm else shape[:-2]       # the kernel's batch dims
+        queries = shape[1] if out_perm else shape[-2]
+        if axis != 1 or (d0, d1) != (shape[0], queries) or out_perm not in (None, (0, 2, 1, 3)) \
+                or (out_perm is None and len(shape) != 3):
+            continue
+        result = steps[a][3][0][1]
+        mean_shape = batch + shape[-1:]
+        steps[a] = (_attention_mean_run, (perms, mean_shape, scale), steps[a][2], steps[a][3],
+                    tuple(s for s in steps[a][4] if s != result), _renamed(steps[a][5], "MatMul+Softmax+MatMul mean"))
+        kept = tuple(s for s in dict.fromkeys(frees + steps[r][4]) if s != ins[0])      # the result dies here now
+        steps[index] = (_mean_done_run, (linear, out_shape), (result,), outs, kept,
+                        TensorNode("Gemm packed", (steps[a][5].outputs[0],), node.outputs, {}, node.name))
+        dropped.add(r)
+    return [step for i, step in enumerate(steps) if i not in dropped]
+
+
+def _attention_mean_run(ctx, inputs):
+    perms, mean_shape, scale = ctx
+    a, b, c = (x if perm is None else x.transpose(perm) for x, perm in zip(inputs, perms))
+    y = np.empty(mean_shape, np.float32)
+    _kernels.attention(a, b, c, y[..., None, :], scale, True)
+    return [y]
+
+
+def _mean_done_run(ctx, inputs):
+    linear, out_shape = ctx
+    return [linear.run(inputs[0].reshape(out_shape[0], -1)).reshape(out_shape)]
+
+
 # ---- elementwise ops in place ----
 
 def _sigmoid_in_place(x):
@@ -236,6 +556,19 @@ def _in_place(steps: List[tuple], known) -> List[tuple]:
 
 def _renamed(node: TensorNode, op: str) -> TensorNode:
     return TensorNode(op, node.inputs, node.outputs, node.attrs, node.name)
+
+
+def _sole_producer(steps, readers, dropped):
+    """``sole(slot, reader, op)``: the index of the step of ``op`` (one output) making ``slot`` when only
+    step ``reader`` reads it and empties it there, neither dropped; else None."""
+    producer = {slot: index for index, step in enumerate(steps) for _, slot in step[3]}
+
+    def sole(slot, reader, op):
+        index = producer.get(slot)
+        if index is None or index in dropped or readers.get(slot) != [reader] or slot not in steps[reader][4]:
+            return None
+        return index if steps[index][5].op == op and len(steps[index][3]) == 1 else None
+    return sole
 
 
 def _readers(steps) -> Dict[int, List[int]]:

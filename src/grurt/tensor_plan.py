@@ -13,9 +13,10 @@ A signature is the shape and dtype of each input. Planning walks the nodes in or
   their input's shape alone and fold whatever computes it;
 * every other node becomes a step ``(op.run, ctx, input slots, output slots)`` with ``ctx``
   from ``op.prepare`` (weights packed once per plan), and each tensor's slot is emptied after
-  its last use;
+  the last step reading it;
 * the steps are then rewritten where the shapes allow (:mod:`grurt.tensor_passes`: a weighted
-  sum as one matrix product, elementwise ops in place).
+  sum as one matrix product, attention as one step, Gemms on packed weights, elementwise ops
+  in place).
 
 Running a plan is the loop over its steps: no shape logic, no checks, no lookups.
 """
@@ -202,16 +203,35 @@ def make_plan(graph: TensorGraph, sig, record: dict = None, weights: str = "floa
         live += asked
         peak = max(peak, live + folded)
         ins = tuple(_slot(name, values, slot_of, slots, constant_slots) for name in node.inputs)
-        # the run-time tensors read for the last time here, and the outputs nobody reads
+        # the memory count: the run-time tensors read for the last time here, and the outputs nobody reads
         done = [n for n in dict.fromkeys(node.inputs) if n in slot_of and last_use[n] == index]
         done += [node.outputs[k] for k in outputs if node.outputs[k] not in last_use]
         live -= sum(_bytes(values[n]) for n in done)
-        steps.append((op.run, ctx, ins, tuple(outs), tuple(slot_of[n] for n in done), node))
+        steps.append((op.run, ctx, ins, tuple(outs), (), node))          # frees: _freed_after_last_step
     results = tuple(_slot(name, values, slot_of, slots, constant_slots) for name in graph.outputs)
+    steps = _freed_after_last_step(steps, set(slot_of.values()) - set(results))
     if record is not None:
         record.update(values)
     known = {slot: values[name] for names in (slot_of, constant_slots) for name, slot in names.items()}
     return Plan(tuple(slots), input_slots, optimize(steps, known), results, peak, folded)
+
+
+def _freed_after_last_step(steps, freeable) -> list:
+    """``steps`` with each of the ``freeable`` slots emptied after the last step reading it (after the step
+    making it when none does). A tensor's last reader may be a folded node (a Shape of it): its slot
+    is emptied at the last step, not kept to the end of the run."""
+    last = {}
+    for index, (_, _, ins, outs, _, _) in enumerate(steps):
+        for _, slot in outs:
+            last.setdefault(slot, index)
+        for slot in ins:
+            last[slot] = index
+    frees = {}
+    for slot in freeable:
+        if slot in last:
+            frees.setdefault(last[slot], []).append(slot)
+    return [(run, ctx, ins, outs, tuple(sorted(frees.get(index, ()))), node)
+            for index, (run, ctx, ins, outs, _, node) in enumerate(steps)]
 
 
 def _bytes(value: Value) -> int:

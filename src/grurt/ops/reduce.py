@@ -16,6 +16,7 @@ from functools import partial
 
 import numpy as np
 
+from .. import _kernels
 from ..errors import ModelFormatError, UnsupportedModelError
 from .registry import BOOL, FLOAT, INT, Attr, Op, const_ints, normalize_axis, register
 from .elementwise import ANY, NUMERIC, as_array, common_dtype, flag, trunc_divide, unidirectional
@@ -290,7 +291,20 @@ def _shifted(x, axis):
     return np.subtract(x, np.maximum.reduce(x, axis=axis, keepdims=True, initial=-np.inf), out=np.empty_like(x))
 
 
+def _last_axis_rows(axis, x, log_softmax):
+    """Softmax (LogSoftmax) over the last axis of a C-contiguous float32 ``x`` by the C kernel
+    (_softmax.h: within ~5e-7 relative of float64); None for any other axis or layout (numpy's)."""
+    if axis != x.ndim - 1 or x.dtype != FLOAT or not x.flags.c_contiguous:
+        return None
+    y = np.empty_like(x)
+    _kernels.softmax_rows(x, y, log_softmax)
+    return y
+
+
 def _softmax(axis, xs):
+    y = _last_axis_rows(axis, xs[0], False)
+    if y is not None:
+        return [y]
     y = _shifted(xs[0], axis)
     np.exp(y, out=y)
     y /= np.add.reduce(y, axis=axis, keepdims=True)
@@ -298,6 +312,9 @@ def _softmax(axis, xs):
 
 
 def _log_softmax(axis, xs):
+    y = _last_axis_rows(axis, xs[0], True)
+    if y is not None:
+        return [y]
     y = _shifted(xs[0], axis)
     total = np.add.reduce(np.exp(y), axis=axis, keepdims=True)
     y -= np.log(total, out=total)
