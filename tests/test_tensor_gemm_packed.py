@@ -168,3 +168,33 @@ def test_matmul_of_constant_weights_is_packed(tmp_path, case):
     _, described = _check(tmp_path, nodes, inits, [("x", shape)], outputs, {"x": _f32(*shape)})
     packed = case not in ("batched weights", "1-D input")
     assert described.count("Gemm packed") == int(packed) and ("= MatMul(" in described) != packed
+
+
+@pytest.mark.parametrize("bias_shape, merged", [((40,), True), ((1, 1, 40), True), ((1, 40), True),
+                                                ((7, 40), False), ((), False)])
+@pytest.mark.parametrize("bias_first", [False, True])
+def test_matmul_then_bias_row_is_one_linear_step(tmp_path, bias_shape, merged, bias_first):
+    """``Add(MatMul(x, W), c)`` (a Linear on a sequence, as PyTorch and Keras export it) is one product
+    with its bias when c is a row of the outputs (either operand of the Add); a c that varies along
+    another axis, or a scalar, leaves the pair as it is."""
+    w, c = _f32(24, 40), _f32(*bias_shape)
+    add = ["c", "p"] if bias_first else ["p", "c"]
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["p"]), helper.make_node("Add", add, ["y"])]
+    feed = {"x": _f32(2, 7, 24)}
+    _, described = _check(tmp_path, nodes, {"w": w, "c": c}, [("x", [2, 7, 24])], ["y"], feed)
+    assert described.startswith("1 steps" if merged else "2 steps")       # packed with its bias, or as it was
+
+
+def test_a_product_read_elsewhere_keeps_its_own_step(tmp_path):
+    w, c = _f32(24, 40), _f32(40)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["p"]), helper.make_node("Add", ["p", "c"], ["y"])]
+    _, described = _check(tmp_path, nodes, {"w": w, "c": c}, [("x", [2, 7, 24])], ["y", "p"], {"x": _f32(2, 7, 24)})
+    assert described.startswith("2 steps") and "Add" in described
+
+
+def test_a_narrow_linear_step_runs_on_blas_with_its_bias(tmp_path):
+    """5 outputs of 14 rows: not packed (too few outputs per row), one numpy product plus the bias row."""
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["p"]), helper.make_node("Add", ["p", "c"], ["y"])]
+    _, described = _check(tmp_path, nodes, {"w": _f32(24, 5), "c": _f32(5)}, [("x", [2, 7, 24])], ["y"],
+                          {"x": _f32(2, 7, 24)})
+    assert described.startswith("1 steps") and "= MatMul+Add(x)" in described

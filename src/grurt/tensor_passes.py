@@ -17,6 +17,8 @@ returns fewer or cheaper steps computing the same outputs:
   by a scalar constant, the softmax over the last axis) is one call of ``_kernels.attention``, the
   transposes around it read as strides; followed by a mean over its queries, the second product
   becomes the softmax rows' mean times v;
+* **a linear layer as one step**: ``Add(MatMul(x, W), c)``, W a constant matrix and c a constant
+  row (how PyTorch and Keras write a Linear/Dense on a sequence), is one product with its bias;
 * **Gemms of constant weights on packed panels**: the panel kernels of grurt's Dense layers
   (``_kernels.Linear``) instead of BLAS sgemm, the Gemms of one input (an attention's Q, K, V) as
   one product, and a ReduceMean over the rows of one as the Gemm of the mean. Sums change order
@@ -40,7 +42,7 @@ from .ops import FLOAT, REGISTRY, Value
 from .tensor_graph import TensorNode
 
 #: Ops whose outputs are arrays of their own (never an input, a constant or a view of one).
-FRESH = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm", "Add", "Sub", "Mul", "Div", "Relu", "Sigmoid",
+FRESH = frozenset({"Conv", "ConvTranspose", "MatMul", "MatMul+Add", "Gemm", "Add", "Sub", "Mul", "Div", "Relu", "Sigmoid",
                    "Tanh", "Softmax", "Concat", "GRU", "Mul+ReduceSum", "MatMul+Softmax+MatMul", "Gemm packed",
                    "ReduceMean+Gemm", "MatMul+Softmax+MatMul mean"})
 #: Ops whose output may be a view of their first input (owned when that input is owned and dies there).
@@ -52,6 +54,7 @@ def optimize(steps: Sequence[tuple], known: Dict[int, Value]) -> Tuple[tuple, ..
     """The steps rewritten (see the module's text); ``known``: the Value of each slot."""
     steps = _separable_convs(list(steps), known)
     steps = _weighted_sums(steps, known)
+    steps = _biased_matmuls(steps, known)
     steps = _attentions(steps, known)
     steps = _packed_gemms(steps, known)
     steps = _means_first(steps, known)
@@ -295,6 +298,49 @@ PACKED_MAX_WEIGHTS = 512 * 512
 PACKED_MIN_OUTPUTS = 32
 
 
+# ---- MatMul by constant weights, then Add of a constant row: one linear step ----
+
+def _biased_matmuls(steps: List[tuple], known) -> List[tuple]:
+    """``Add(MatMul(x, W), c)`` with W a constant (K, N) matrix and c a constant of N values along the
+    last axis (its other dims 1, no broadcasting of the product), the product read only by the Add,
+    as one step of ctx (W, c) (op "MatMul+Add"; :func:`_packed_gemms` packs it as a Gemm of a bias)."""
+    readers = _readers(steps)
+    sole = _sole_producer(steps, readers, set())
+    dropped, result = set(), list(steps)
+    for index, (run, _, ins, outs, frees, node) in enumerate(steps):
+        if node.op != "Add" or run is not REGISTRY["Add"].run or len(ins) != 2 or len(outs) != 1:
+            continue
+        for product, bias in ((ins[0], ins[1]), (ins[1], ins[0])):
+            m = sole(product, index, "MatMul")
+            c = known[bias].const
+            if m is None or steps[m][0] is not REGISTRY["MatMul"].run or c is None:
+                continue
+            w, x = steps[m][1], steps[m][2][0]
+            shape = known[product].shape
+            if (w is None or w.ndim != 2 or w.dtype != FLOAT or c.dtype != FLOAT or len(shape) < 2
+                    or known[outs[0][1]].shape != shape or c.ndim > len(shape) or c.shape[-1:] != (w.shape[1],)
+                    or c.size != w.shape[1] or known[x].dtype != FLOAT):
+                continue
+            merged = TensorNode("MatMul+Add", (steps[m][5].inputs[0],), node.outputs, {},
+                                f"{steps[m][5].name}+{node.name}")
+            result[index] = (_matmul_add_run, (w, np.ascontiguousarray(c.reshape(-1))), (x,), outs,
+                             tuple(dict.fromkeys(f for f in (*steps[m][4], *frees) if f not in (product, bias))),
+                             merged)
+            dropped.add(m)
+            break
+    if not dropped:
+        return list(steps)
+    kept = [step for index, step in enumerate(result) if index not in dropped]
+    return _refree(kept, {s for index in dropped for s in steps[index][4]})      # freed after the merged step's reads
+
+
+def _matmul_add_run(ctx, inputs):
+    w, c = ctx
+    y = np.matmul(inputs[0], w)
+    y += c
+    return [y]
+
+
 def _packed_gemms(steps: List[tuple], known) -> List[tuple]:
     """Each Gemm of constant B and a bias of one row (or none), A not transposed, and each MatMul of
     constant 2-D B (A's leading dims as rows), as a step of ``_kernels.Linear`` (weights packed once,
@@ -305,7 +351,7 @@ def _packed_gemms(steps: List[tuple], known) -> List[tuple]:
     steps = _same_views(steps)
     groups: Dict[int, List[int]] = {}
     for index, step in enumerate(steps):
-        if step[5].op in ("Gemm", "MatMul") and step[0] is REGISTRY[step[5].op].run \
+        if (step[5].op == "MatMul+Add" or step[5].op in ("Gemm", "MatMul") and step[0] is REGISTRY[step[5].op].run) \
                 and _gemm_weights(step, known) is not None:
             groups.setdefault(step[2][0], []).append(index)
     readers = _readers(steps)
@@ -343,8 +389,8 @@ def _gemm_weights(step, known):
     (c a row, a scalar or none), or of a MatMul step of A (…, K) by a constant W (c zeros), float;
     else None."""
     out = known[step[3][0][1]]
-    if step[5].op == "MatMul":
-        w, c, a = step[1], None, known[step[2][0]]
+    if step[5].op in ("MatMul", "MatMul+Add"):
+        (w, c), a = (step[1], None) if step[5].op == "MatMul" else step[1], known[step[2][0]]
         if w is None or w.ndim != 2 or len(a.shape) < 2 or a.dtype != FLOAT:
             return None
     else:
@@ -416,8 +462,9 @@ def _refree(steps: List[tuple], slots) -> List[tuple]:
 # ---- the mean of a linear map as the linear map of the mean ----
 
 def _means_first(steps: List[tuple], known) -> List[tuple]:
-    """``ReduceMean`` over one axis of the rows of a packed Gemm's output (reshaped to (d0, d1, N),
-    then perhaps transposed, the features kept last) as the Gemm of the rows' mean: mean(x·W + c) =
+    """``ReduceMean`` over one axis of the rows of a packed Gemm's output ((d0, d1, N) as a MatMul makes
+    it, or reshaped to it; then perhaps transposed, the features kept last) as the Gemm of the rows'
+    mean: mean(x·W + c) =
     mean(x)·W + c (GlobalAveragePooling after a projection: the product of one row per mean instead
     of one per time step). The sums' order changes (float32 rounding only)."""
     readers, dropped = _readers(steps), set()
@@ -431,16 +478,17 @@ def _means_first(steps: List[tuple], known) -> List[tuple]:
             chain.append(t)
             slot, perm = steps[t][2][0], steps[t][1]
         r = sole(slot, chain[-1], "Reshape")
-        g = None if r is None else sole(steps[r][2][0], r, "Gemm packed")
+        g = sole(slot, chain[-1], "Gemm packed") if r is None else sole(steps[r][2][0], r, "Gemm packed")
         rows = None if g is None else known[steps[g][3][0][1]].shape
-        if g is None or len(steps[g][1][1]) != 1 or len(rows) != 2:
+        if g is None or len(steps[g][1][1]) != 1 or len(rows) != (2 if r is not None else 3):
             continue
+        rows = (int(np.prod(rows[:-1])), rows[-1])
         shape = known[slot].shape
         axis = perm[ctx[0][0]] if len(perm) == 3 else None
         if len(shape) != 3 or perm[2] != 2 or shape[2] != rows[1] or axis not in (0, 1) \
                 or shape[0] * shape[1] != rows[0]:
             continue
-        chain += [r, g]
+        chain += [g] if r is None else [r, g]
         x = steps[g][2][0]
         frees = {s for i in chain for s in steps[i][4]} - {s for i in chain for _, s in steps[i][3]}
         fused = TensorNode("ReduceMean+Gemm", steps[g][5].inputs, node.outputs, {},
