@@ -67,9 +67,10 @@ def test_weighted_sum_left_alone(case):
 
 
 def test_elementwise_in_place_where_the_plan_owns_the_input():
-    """MatMul -> Add bias -> Relu -> Reshape -> Sigmoid -> Tanh: each after the first writes into the
-    array the MatMul made (through the Reshape's view), and gives the bits of the op on its own."""
-    x, weight, bias = _f32(4, 6), _f32(6, 10), _f32(10)
+    """MatMul -> Add (a bias per row and output: no linear step) -> Relu -> Reshape -> Sigmoid -> Tanh:
+    each after the first writes into the array the MatMul made (through the Reshape's view), and gives
+    the bits of the op on its own."""
+    x, weight, bias = _f32(4, 6), _f32(6, 10), _f32(4, 10)
     graph = TensorGraph([TensorInput("x", "float32", ("n", 6))],
                         [node("MatMul", ["x", "W"], ["m"]), node("Add", ["m", "b"], ["a"]),
                          node("Relu", ["a"], ["r"]), node("Reshape", ["r", "shape"], ["v"]),
