@@ -5,7 +5,6 @@ import subprocess
 import sys
 import warnings
 
-import numpy as np
 import pytest
 
 from test_cli import grurt_cmd

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:Depreca
 
 import grurt  # noqa: E402
 from grurt import reference  # noqa: E402
-from grurt.graph import Graph, Input, Node, Output, PReLU  # noqa: E402
+from grurt.graph import Graph, Input, Node, PReLU  # noqa: E402
 from grurt.importers.keras import translate  # noqa: E402
 from grurt.spec import GRU, Activation, ModelSpec, activation  # noqa: E402
 from tolerances import ATOL  # noqa: E402

@@ -27,7 +27,7 @@ import grurt
 from grurt import _kernels, reference
 from grurt.spec import Activation, Dense, LastStep, ModelSpec, Reverse, Scale, activation
 
-from gru_testing import (ATOL, CONTINUOUS_ACTIVATIONS, DIRECTIONS, GRU_ACTIVATIONS, assert_matches_reference,
+from gru_testing import (CONTINUOUS_ACTIVATIONS, DIRECTIONS, GRU_ACTIVATIONS, assert_matches_reference,
                          max_abs_diff, random_activation, random_gru, random_states, run_both)
 
 _BASE = settings(derandomize=True, deadline=None, database=None, print_blob=True,

@@ -3,17 +3,15 @@ workloads' shapes, exactness where it is claimed (float32 default, batches, stre
 files). The kernels against the numpy reference of the rounded weights: tests/test_lowp_kernels.py."""
 from __future__ import annotations
 
-import dataclasses
 import json
 import pickle
-import zipfile
 
 import numpy as np
 import pytest
 import torch
 
 import grurt
-from grurt import _kernels, reference
+from grurt import reference
 from grurt.cli import main as cli_main
 from grurt.errors import InputError, ModelFormatError, UnsupportedModelError
 from grurt.formats import read_header

@@ -10,7 +10,7 @@ import numpy as np
 from .spec import GRU, Activation, Dense, LastStep, Merge, ModelSpec, Reverse, Scale
 from .spec import Embedding, Flatten, GlobalPool, LayerNorm, UnitNorm
 from .errors import InputError
-from .spec import TIME_LAYERS, Conv1D, Pool1D, ZeroPad1D, frame_rate_layers, output_steps
+from .spec import TIME_LAYERS, Conv1D, Pool1D, frame_rate_layers, output_steps
 from .graph import Combine, Concat, Crop, Graph, Masking, PReLU, Repeat, Slice, Unflatten, path_graph
 # the GRU maths and the activations live with the GRU op's reference (the reference of every op is below this module)
 from .reference_ops.recurrent import apply_activation, gru, gru_direction  # noqa: F401 (public: grurt.reference.gru)

@@ -45,7 +45,6 @@ array is checked (numeric, finite, sizes within :mod:`grurt.limits`) before it r
 """
 from __future__ import annotations
 
-import io
 import math
 import os
 import pickle

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ...errors import GrurtError, InputError, ModelFormatError, UnsupportedModelError
+from ...errors import GrurtError, ModelFormatError, UnsupportedModelError
 from ...limits import MAX_EPSILON, bounded_float
 from ...spec import (GRU, LAYER_TYPES, MERGE_MODES, Activation, ActivationFunction, Dense, Merge, ModelSpec, Reverse,
                     Scale, activation)

@@ -33,7 +33,7 @@ import dataclasses
 
 import numpy as np
 
-from ...errors import ModelFormatError, UnsupportedModelError
+from ...errors import UnsupportedModelError
 from ...spec import Embedding, Flatten, GlobalPool, LayerNorm, UnitNorm
 from .graph import _Interpreter, _RawInput, _Sym
 
