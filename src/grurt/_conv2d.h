@@ -1,0 +1,323 @@
+/* ONNX Conv and ConvTranspose over (N, C, H, W) float32 tensors (a 1-D one is H = 1), for the
+ * general graph's ops (grurt.ops.conv). Included after _gru_math.h (activations, GRURT_HOT).
+ *
+ * Conv is, per group g and output row block, the product
+ *
+ *     y[g·Mg + m, p] = b[g·Mg + m] + Σ_k Wt[g][k][m] · B_k[p]        k = (c, i, j) < Cg·kh·kw
+ *
+ * where B_k[p] is the input seen by tap (i, j) of channel c at output position p. B's rows are
+ * never copied when they are rows of the (padded) input already: with a column stride of 1,
+ * B_k over the Wo outputs of output row r starts at xp[c, r·sh + i·dh, j·dw]; with a 1-wide
+ * window unpadded along W and one output row (or row stride 1) the whole output is one run,
+ * B_k = xp[c, i·dh] onward. Otherwise (column strides, rows narrower than a vector) B's rows
+ * are gathered for a block of output rows (im2col of that block). The product runs in tiles of
+ * 8 output channels × 32 positions (16 accumulators of 16 floats) that the compiler vectorizes;
+ * the positions left over (< 16) go through a zero-padded copy. A fused activation is applied
+ * to each finished block of output rows while it is in cache.
+ *
+ * ConvTranspose is the direct scatter: each input element times each tap, added at its place.
+ *
+ * Nothing is allocated here: the caller passes scratch of grurt_conv2d_scratch() bytes.
+ */
+#ifndef GRURT_CONV2D_H
+#define GRURT_CONV2D_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+typedef struct {
+    int C, H, W;            /* input channels, rows, columns */
+    int M, Ho, Wo;          /* output channels, rows, columns */
+    int groups, kh, kw, sh, sw, dh, dw;
+    int pt, pl, pb, pr;     /* zero padding: top, left, bottom, right */
+    const float *wt;        /* Conv: per group, W transposed (Cg·kh·kw, Mg); ConvTranspose: W as given */
+    const float *bias;      /* M floats, or NULL */
+    grurt_act act;
+} grurt_conv2d;
+
+typedef float grurt_c2v __attribute__((vector_size(64), aligned(4)));
+
+#define GRURT_C2_MB 8            /* output channels per tile */
+#define GRURT_C2_CHUNK 512       /* gathered positions per block, about */
+
+/* How a Conv reads its input: 0 rows of the padded input per output row, 1 one run of every
+ * position, 2 gathered blocks of output rows. */
+static inline int grurt_conv2d_mode(const grurt_conv2d *c) {
+    int Wp = c->W + c->pl + c->pr;
+    if (c->sw == 1 && c->Wo == Wp && (c->sh == 1 || c->Ho == 1)) return 1;
+    if (c->sw == 1 && c->Wo >= 16) return 0;
+    return 2;
+}
+
+static inline int grurt_conv2d_block_rows(const grurt_conv2d *c) {
+    int r = GRURT_C2_CHUNK / c->Wo;
+    return r < 1 ? 1 : r > c->Ho ? c->Ho : r;
+}
+
+static inline size_t grurt_c2_round(size_t n) { return (n + 15) & ~(size_t)15; }
+
+/* Floats between gathered rows of L positions: whole cache lines, never a multiple of 1 KB (rows
+ * a multiple of 4 KB apart compete for the same few lines of L1). */
+static inline size_t grurt_c2_cols_stride(size_t L) {
+    size_t ld = grurt_c2_round(L);
+    return ld % 256 ? ld : ld + 16;
+}
+
+/* Bytes of scratch one call needs (its parts 64-byte aligned when the scratch is). */
+static inline size_t grurt_conv2d_scratch(const grurt_conv2d *c) {
+    size_t K = (size_t)(c->C / c->groups) * c->kh * c->kw;
+    size_t padded = (c->pt || c->pl || c->pb || c->pr) ? (size_t)c->C * (c->H + c->pt + c->pb) * (c->W + c->pl + c->pr) : 0;
+    size_t cols = grurt_conv2d_mode(c) == 2 ? K * grurt_c2_cols_stride((size_t)grurt_conv2d_block_rows(c) * c->Wo) : 0;
+    size_t floats = grurt_c2_round(padded) + grurt_c2_round(cols) + K * 32 + GRURT_C2_MB * 32;
+    return floats * sizeof(float) + 2 * K * sizeof(float *) + 64;
+}
+
+/* One tile: y[i·ldy + q] = b[i] + Σ_k wt[k·ldw + i] · rows[k][p + q] for MB output channels i and
+ * 16·NV positions q. */
+GRURT_INLINE void grurt_c2_tile(const int MB, const int NV, int K, const float *const *rows, size_t p,
+                                const float *wt, int ldw, const float *bias, float *y, size_t ldy) {
+    grurt_c2v acc[GRURT_C2_MB][2];
+#pragma GCC unroll 8
+    for (int i = 0; i < MB; ++i)
+#pragma GCC unroll 2
+        for (int v = 0; v < NV; ++v) acc[i][v] = (grurt_c2v){0} + (bias ? bias[i] : 0.0f);
+    for (int k = 0; k < K; ++k) {
+        const float *r = rows[k] + p, *w = wt + (size_t)k * ldw;
+        grurt_c2v b0 = *(const grurt_c2v *)r, b1 = NV > 1 ? *(const grurt_c2v *)(r + 16) : b0;
+#pragma GCC unroll 8
+        for (int i = 0; i < MB; ++i) {
+            acc[i][0] += w[i] * b0;
+            if (NV > 1) acc[i][1] += w[i] * b1;
+        }
+    }
+#pragma GCC unroll 8
+    for (int i = 0; i < MB; ++i)
+#pragma GCC unroll 2
+        for (int v = 0; v < NV; ++v) *(grurt_c2v *)(y + (size_t)i * ldy + 16 * v) = acc[i][v];
+}
+
+/* The Mg output channels of one group over one run of L positions: rows[k] (K of them) are
+ * B's rows; y points at the run's first position of the group's first channel. Per block of 32
+ * positions B's rows are copied together (`pack`, K × 32 floats) when several tiles of channels
+ * read them: rows of a large plane lie a multiple of 4 KB apart, and L1 holds few such lines at
+ * once. The last L % 16 positions go through `pack` zero-padded and `out` (8 rows of 16). */
+GRURT_HOT static void grurt_c2_run(int K, const float *const *rows, size_t L, const float *wt, int Mg,
+                                   const float *bias, float *y, size_t ldy, int alias, float *pack,
+                                   const float **pack_rows, float *out) {
+    for (size_t p = 0; p < L; p += 32) {
+        size_t n = L - p < 32 ? L - p : 32;
+        int whole = n == 32 || n == 16, nv = n > 16 ? 2 : 1;
+        const float *const *b = rows;
+        size_t at = p;
+        if (!whole || (alias && Mg > GRURT_C2_MB)) {
+            for (int k = 0; k < K; ++k) {
+                float *t = pack + (size_t)k * 32;
+                memcpy(t, rows[k] + p, n * sizeof(float));
+                if (!whole) memset(t + n, 0, (32 - n) * sizeof(float));
+                pack_rows[k] = t;
+            }
+            b = pack_rows;
+            at = 0;
+        }
+        for (int m = 0; m < Mg;) {
+            int mb = Mg - m >= 8 ? 8 : Mg - m >= 4 ? 4 : Mg - m >= 2 ? 2 : 1;
+            const float *bm = bias ? bias + m : NULL;
+            float *ym = whole ? y + (size_t)m * ldy + p : out;
+            size_t ld = whole ? ldy : 32;
+            if (nv == 2) {
+                if (mb == 8) grurt_c2_tile(8, 2, K, b, at, wt + m, Mg, bm, ym, ld);
+                else if (mb == 4) grurt_c2_tile(4, 2, K, b, at, wt + m, Mg, bm, ym, ld);
+                else if (mb == 2) grurt_c2_tile(2, 2, K, b, at, wt + m, Mg, bm, ym, ld);
+                else grurt_c2_tile(1, 2, K, b, at, wt + m, Mg, bm, ym, ld);
+            } else {
+                if (mb == 8) grurt_c2_tile(8, 1, K, b, at, wt + m, Mg, bm, ym, ld);
+                else if (mb == 4) grurt_c2_tile(4, 1, K, b, at, wt + m, Mg, bm, ym, ld);
+                else if (mb == 2) grurt_c2_tile(2, 1, K, b, at, wt + m, Mg, bm, ym, ld);
+                else grurt_c2_tile(1, 1, K, b, at, wt + m, Mg, bm, ym, ld);
+            }
+            if (!whole)
+                for (int i = 0; i < mb; ++i) memcpy(y + (size_t)(m + i) * ldy + p, out + (size_t)i * 32, n * sizeof(float));
+            m += mb;
+        }
+    }
+}
+
+/* The output rows r0 .. r0 + R − 1 of every channel activated. */
+static void grurt_c2_activate(const grurt_conv2d *c, float *y, int r0, int R) {
+    if (c->act.kind == ACT_LINEAR) return;
+    size_t plane = (size_t)c->Ho * c->Wo;
+    for (int m = 0; m < c->M; ++m) grurt_activate(&c->act, y + m * plane + (size_t)r0 * c->Wo, R * c->Wo);
+}
+
+/* A Conv of one input and one output channel per group (depthwise) from the padded input xp of
+ * one image: per output row, 16 outputs at a time summed over the taps in a register (column
+ * stride 2 as the even lanes of two loads); the outputs whose reads would pass the row's end
+ * one at a time. */
+GRURT_HOT static void grurt_c2_depthwise(const grurt_conv2d *c, const float *xp, int Wp, float *y) {
+    /* the fields in locals: stores through y may alias *c for a compiler without strict aliasing */
+    const int kh = c->kh, kw = c->kw, K = kh * kw, Ho = c->Ho, Wo = c->Wo, sh = c->sh, sw = c->sw, dw = c->dw, M = c->M;
+    const size_t row = (size_t)c->dh * Wp;
+    const float *bias = c->bias, *wt = c->wt;
+    const size_t in_plane = (size_t)(c->H + c->pt + c->pb) * Wp, out_plane = (size_t)c->Ho * Wo;
+    /* vector blocks: q0 + 16 <= Wo and every read of the block inside the row */
+    int blocks = 0;
+    if (sw <= 2)
+        while ((blocks + 1) * 16 <= Wo && (blocks * 16 + 16) * sw + (kw - 1) * dw <= Wp) ++blocks;
+    for (int o = 0; o < M; ++o) {
+        const float *w = wt + (size_t)o * K, *plane = xp + o * in_plane;
+        float b = bias ? bias[o] : 0.0f;
+        for (int r = 0; r < Ho; ++r) {
+            float *yr = y + o * out_plane + (size_t)r * Wo;
+            const float *top = plane + (size_t)r * sh * Wp;
+            for (int q0 = 0; q0 < blocks * 16; q0 += 16) {
+                grurt_c2v acc = (grurt_c2v){0} + b;
+                for (int i = 0; i < kh; ++i)
+                    for (int j = 0; j < kw; ++j) {
+                        const float *at = top + i * row + j * dw + (size_t)q0 * sw;
+                        grurt_c2v v = *(const grurt_c2v *)at;
+                        if (sw == 2) {
+                            typedef int grurt_c2i __attribute__((vector_size(64)));
+                            v = __builtin_shuffle(v, *(const grurt_c2v *)(at + 16),
+                                                  (grurt_c2i){0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30});
+                        }
+                        acc += w[i * kw + j] * v;
+                    }
+                *(grurt_c2v *)(yr + q0) = acc;
+            }
+            for (int q = blocks * 16; q < Wo; ++q) {
+                float acc = b;
+                for (int i = 0; i < kh; ++i)
+                    for (int j = 0; j < kw; ++j)
+                        acc += w[i * kw + j] * top[i * row + j * dw + (size_t)q * sw];
+                yr[q] = acc;
+            }
+        }
+    }
+}
+
+/* Conv of N images x (N, C, H, W) into y (N, M, Ho, Wo). */
+static void grurt_conv2d_run(const grurt_conv2d *c, int N, const float *x, float *y, void *scratch) {
+    /* the fields in locals: stores through y may alias *c for a compiler without strict aliasing */
+    const int G = c->groups, Cg = c->C / G, Mg = c->M / G, kh = c->kh, kw = c->kw, Wo = c->Wo, Ho = c->Ho;
+    const int sh = c->sh, sw = c->sw, dh = c->dh, dw = c->dw, C = c->C, H = c->H, W = c->W;
+    const int pt = c->pt, pl = c->pl, pb = c->pb, pr = c->pr;
+    const float *wt = c->wt, *bias = c->bias;
+    const int Hp = c->H + pt + pb, Wp = c->W + pl + pr, K = Cg * kh * kw, mode = grurt_conv2d_mode(c);
+    const int padded = pt || pl || pb || pr;
+    const int alias = (Hp * Wp) % 1024 == 0;       /* B's rows a multiple of 4 KB apart */
+    const int R = grurt_conv2d_block_rows(c);
+    const size_t in_plane = (size_t)Hp * Wp, out_plane = (size_t)Ho * Wo;
+    float *xp = (float *)(((uintptr_t)scratch + 63) & ~(uintptr_t)63);
+    float *cols = xp + grurt_c2_round(padded ? (size_t)C * in_plane : 0);
+    float *pack = cols + grurt_c2_round(mode == 2 ? (size_t)K * grurt_c2_cols_stride((size_t)R * Wo) : 0);
+    float *out = pack + (size_t)K * 32;
+    const float **rows = (const float **)(out + GRURT_C2_MB * 32), **pack_rows = rows + K;
+    for (int n = 0; n < N; ++n) {
+        const float *xn = x + (size_t)n * C * H * c->W;
+        float *yn = y + (size_t)n * c->M * out_plane;
+        const float *src = xn;
+        if (padded) {
+            for (int ch = 0; ch < C; ++ch) {     /* the borders zeroed, the rows copied */
+                float *plane = xp + ch * in_plane;
+                memset(plane, 0, (size_t)pt * Wp * sizeof(float));
+                for (int r = 0; r < H; ++r) {
+                    float *row = plane + (size_t)(r + pt) * Wp;
+                    memset(row, 0, pl * sizeof(float));
+                    memcpy(row + pl, xn + ((size_t)ch * H + r) * W, W * sizeof(float));
+                    memset(row + pl + W, 0, pr * sizeof(float));
+                }
+                memset(plane + (size_t)(pt + H) * Wp, 0, (size_t)pb * Wp * sizeof(float));
+            }
+            src = xp;
+        }
+        if (Cg == 1 && Mg == 1) {
+            grurt_c2_depthwise(c, src, Wp, yn);
+            grurt_c2_activate(c, yn, 0, Ho);
+            continue;
+        }
+        if (mode == 1) {
+            for (int g = 0; g < G; ++g) {
+                int k = 0;
+                for (int ci = 0; ci < Cg; ++ci)
+                    for (int i = 0; i < kh; ++i)
+                        for (int j = 0; j < kw; ++j)
+                            rows[k++] = src + (size_t)(g * Cg + ci) * in_plane + (size_t)i * dh * Wp + j * dw;
+                grurt_c2_run(K, rows, out_plane, wt + (size_t)g * K * Mg, Mg, bias ? bias + g * Mg : NULL,
+                             yn + (size_t)g * Mg * out_plane, out_plane, alias, pack, pack_rows, out);
+            }
+            grurt_c2_activate(c, yn, 0, Ho);
+            continue;
+        }
+        for (int r0 = 0; r0 < Ho; r0 += (mode == 0 ? 1 : R)) {
+            int rn = mode == 0 ? 1 : (Ho - r0 < R ? Ho - r0 : R);
+            size_t L = (size_t)rn * Wo;
+            for (int g = 0; g < G; ++g) {
+                int k = 0;
+                for (int ci = 0; ci < Cg; ++ci)
+                    for (int i = 0; i < kh; ++i)
+                        for (int j = 0; j < kw; ++j, ++k) {
+                            const float *plane = src + (size_t)(g * Cg + ci) * in_plane + (size_t)i * dh * Wp + j * dw;
+                            if (mode == 0) {
+                                rows[k] = plane + (size_t)r0 * sh * Wp;
+                                continue;
+                            }
+                            float *col = cols + (size_t)k * grurt_c2_cols_stride(L);
+                            for (int r = 0; r < rn; ++r) {
+                                const float *line = plane + (size_t)(r0 + r) * sh * Wp;
+                                float *dst = col + (size_t)r * Wo;
+                                for (int q = 0; q < Wo; ++q) dst[q] = line[(size_t)q * sw];
+                            }
+                            rows[k] = col;
+                        }
+                grurt_c2_run(K, rows, L, wt + (size_t)g * K * Mg, Mg, bias ? bias + g * Mg : NULL,
+                             yn + (size_t)g * Mg * out_plane + (size_t)r0 * Wo, out_plane, mode == 2 ? 0 : alias, pack, pack_rows, out);
+            }
+            grurt_c2_activate(c, yn, r0, rn);
+        }
+    }
+}
+
+/* ConvTranspose of N images x (N, C, H, W) into y (N, M, Ho, Wo), W (C, Mg, kh, kw) as given:
+ * y[g·Mg + m, r·sh + i·dh − pt, q·sw + j·dw − pl] += x[g·Cg + c, r, q] · W[g·Cg + c, m, i, j],
+ * the positions outside [0, Ho) × [0, Wo) dropped (pads), then the bias and the activation. */
+GRURT_HOT static void grurt_conv_transpose2d_run(const grurt_conv2d *c, int N, const float *x, float *y) {
+    const int G = c->groups, Cg = c->C / G, Mg = c->M / G, kh = c->kh, kw = c->kw, Ho = c->Ho, Wo = c->Wo;
+    const size_t in_plane = (size_t)c->H * c->W, out_plane = (size_t)Ho * Wo;
+    for (int n = 0; n < N; ++n) {
+        const float *xn = x + (size_t)n * c->C * in_plane;
+        float *yn = y + (size_t)n * c->M * out_plane;
+        for (int o = 0; o < c->M; ++o) {
+            float b = c->bias ? c->bias[o] : 0.0f;
+            for (size_t p = 0; p < out_plane; ++p) yn[o * out_plane + p] = b;
+        }
+        for (int g = 0; g < G; ++g)
+            for (int ci = 0; ci < Cg; ++ci) {
+                const float *xc = xn + (size_t)(g * Cg + ci) * in_plane;
+                for (int m = 0; m < Mg; ++m) {
+                    float *yc = yn + (size_t)(g * Mg + m) * out_plane;
+                    const float *w = c->wt + ((size_t)(g * Cg + ci) * Mg + m) * kh * kw;
+                    for (int i = 0; i < kh; ++i)
+                        for (int r = 0; r < c->H; ++r) {
+                            int ro = r * c->sh + i * c->dh - c->pt;
+                            if (ro < 0 || ro >= Ho) continue;
+                            const float *xr = xc + (size_t)r * c->W;
+                            float *yr = yc + (size_t)ro * Wo;
+                            for (int j = 0; j < kw; ++j) {
+                                float wv = w[i * kw + j];
+                                int off = j * c->dw - c->pl;
+                                /* q with 0 <= q·sw + off < Wo */
+                                int lo = off >= 0 ? 0 : (-off + c->sw - 1) / c->sw;
+                                int hi = (Wo - off + c->sw - 1) / c->sw;
+                                if (hi > c->W) hi = c->W;
+                                for (int q = lo; q < hi; ++q) yr[q * c->sw + off] += wv * xr[q];
+                            }
+                        }
+                }
+            }
+        if (c->act.kind != ACT_LINEAR)
+            for (int o = 0; o < c->M; ++o) grurt_activate(&c->act, yn + o * out_plane, (int)out_plane);
+    }
+}
+
+#endif
