@@ -10,6 +10,8 @@ import numpy as np
 from . import model as _model
 from .errors import InputError, UnsupportedModelError
 from .graph_model import by_name, input_array
+from .model import _check_threads
+from .ops.recurrent import gru_threads
 from .ops import BOOL, FLOAT, INT
 from .tensor_graph import TensorGraph
 from .tensor_plan import make_plan, signature
@@ -69,12 +71,18 @@ class TensorModel:
             raise UnsupportedModelError(f"weights={weights!r}: a general graph runs in float32 only for now")
         return self
 
-    def run(self, inputs):
+    def run(self, inputs, threads: int = 1):
         """The outputs for ``inputs`` (see the class's text): float tensors are float32, integer
         ones int64. Inputs are checked against the declared dtypes and dims; an InputError
-        names the input."""
+        names the input. ``threads`` > 1 lets each GRU layer run on up to that many threads, as
+        :meth:`grurt.Model.run` does (when that is measured to pay; results are the same bits)."""
         arrays = self._inputs(inputs)
-        return self._result(self.plan(arrays).run(arrays))
+        if threads == 1 and type(threads) is int:
+            return self._result(self.plan(arrays).run(arrays))
+        _check_threads(threads)
+        plan = self.plan(arrays)
+        with gru_threads(threads):
+            return self._result(plan.run(arrays))
 
     __call__ = run
 
