@@ -57,10 +57,10 @@ static inline int grurt_conv2d_block_rows(const grurt_conv2d *c) {
 
 static inline size_t grurt_c2_round(size_t n) { return (n + 15) & ~(size_t)15; }
 
-/* Floats between gathered rows of L positions: whole cache lines, never a multiple of 1 KB (rows
- * a multiple of 4 KB apart compete for the same few lines of L1). */
+/* Floats between gathered rows of L positions: room for the tiles' reads of 32 (past L: read, never
+ * stored), never a multiple of 1 KB (rows a multiple of 4 KB apart compete for the same few lines of L1). */
 static inline size_t grurt_c2_cols_stride(size_t L) {
-    size_t ld = grurt_c2_round(L);
+    size_t ld = (L + 31) & ~(size_t)31;
     return ld % 256 ? ld : ld + 16;
 }
 
@@ -100,21 +100,25 @@ GRURT_INLINE void grurt_c2_tile(const int MB, const int NV, int K, const float *
 /* The Mg output channels of one group over one run of L positions: rows[k] (K of them) are
  * B's rows; y points at the run's first position of the group's first channel. Per block of 32
  * positions B's rows are copied together (`pack`, K × 32 floats) when several tiles of channels
- * read them: rows of a large plane lie a multiple of 4 KB apart, and L1 holds few such lines at
- * once. The last L % 16 positions go through `pack` zero-padded and `out` (8 rows of 16). */
+ * read them and the rows `alias` (lie a multiple of 4 KB apart: L1 holds few such lines at once),
+ * and for the last L % 32 positions unless the rows are `readable` that far (gathered rows are);
+ * the outputs of a last partial block go through `out` (8 rows of 32). Small copies are loops,
+ * not calls: a call per row of B costs more than the row's products at a frame of 8 positions. */
 GRURT_HOT static void grurt_c2_run(int K, const float *const *rows, size_t L, const float *wt, int Mg,
-                                   const float *bias, float *y, size_t ldy, int alias, float *pack,
+                                   const float *bias, float *y, size_t ldy, int alias, int readable, float *pack,
                                    const float **pack_rows, float *out) {
     for (size_t p = 0; p < L; p += 32) {
-        size_t n = L - p < 32 ? L - p : 32;
+        int n = L - p < 32 ? (int)(L - p) : 32;
         int whole = n == 32 || n == 16, nv = n > 16 ? 2 : 1;
         const float *const *b = rows;
         size_t at = p;
-        if (!whole || (alias && Mg > GRURT_C2_MB)) {
+        if ((!whole && !readable) || (alias && Mg > GRURT_C2_MB)) {
             for (int k = 0; k < K; ++k) {
                 float *t = pack + (size_t)k * 32;
-                memcpy(t, rows[k] + p, n * sizeof(float));
-                if (!whole) memset(t + n, 0, (32 - n) * sizeof(float));
+                const float *r = rows[k] + p;
+                int q = 0;
+                for (; q < n; ++q) t[q] = r[q];
+                for (; q < 16 * nv; ++q) t[q] = 0.0f;
                 pack_rows[k] = t;
             }
             b = pack_rows;
@@ -137,7 +141,11 @@ GRURT_HOT static void grurt_c2_run(int K, const float *const *rows, size_t L, co
                 else grurt_c2_tile(1, 1, K, b, at, wt + m, Mg, bm, ym, ld);
             }
             if (!whole)
-                for (int i = 0; i < mb; ++i) memcpy(y + (size_t)(m + i) * ldy + p, out + (size_t)i * 32, n * sizeof(float));
+                for (int i = 0; i < mb; ++i) {
+                    float *dst = y + (size_t)(m + i) * ldy + p;
+                    const float *src = out + (size_t)i * 32;
+                    for (int q = 0; q < n; ++q) dst[q] = src[q];
+                }
             m += mb;
         }
     }
@@ -221,11 +229,12 @@ static void grurt_conv2d_run(const grurt_conv2d *c, int N, const float *x, float
             for (int ch = 0; ch < C; ++ch) {     /* the borders zeroed, the rows copied */
                 float *plane = xp + ch * in_plane;
                 memset(plane, 0, (size_t)pt * Wp * sizeof(float));
-                for (int r = 0; r < H; ++r) {
+                for (int r = 0; r < H; ++r) {      /* loops, not calls: rows are short */
                     float *row = plane + (size_t)(r + pt) * Wp;
-                    memset(row, 0, pl * sizeof(float));
-                    memcpy(row + pl, xn + ((size_t)ch * H + r) * W, W * sizeof(float));
-                    memset(row + pl + W, 0, pr * sizeof(float));
+                    const float *in = xn + ((size_t)ch * H + r) * W;
+                    for (int q = 0; q < pl; ++q) row[q] = 0.0f;
+                    for (int q = 0; q < W; ++q) row[pl + q] = in[q];
+                    for (int q = pl + W; q < Wp; ++q) row[q] = 0.0f;
                 }
                 memset(plane + (size_t)(pt + H) * Wp, 0, (size_t)pb * Wp * sizeof(float));
             }
@@ -244,7 +253,7 @@ static void grurt_conv2d_run(const grurt_conv2d *c, int N, const float *x, float
                         for (int j = 0; j < kw; ++j)
                             rows[k++] = src + (size_t)(g * Cg + ci) * in_plane + (size_t)i * dh * Wp + j * dw;
                 grurt_c2_run(K, rows, out_plane, wt + (size_t)g * K * Mg, Mg, bias ? bias + g * Mg : NULL,
-                             yn + (size_t)g * Mg * out_plane, out_plane, alias, pack, pack_rows, out);
+                             yn + (size_t)g * Mg * out_plane, out_plane, alias, 0, pack, pack_rows, out);
             }
             grurt_c2_activate(c, yn, 0, Ho);
             continue;
@@ -268,10 +277,12 @@ static void grurt_conv2d_run(const grurt_conv2d *c, int N, const float *x, float
                                 float *dst = col + (size_t)r * Wo;
                                 for (int q = 0; q < Wo; ++q) dst[q] = line[(size_t)q * sw];
                             }
+                            for (size_t q = L; q < ((L + 31) & ~(size_t)31); ++q) col[q] = 0.0f;   /* read, not used */
                             rows[k] = col;
                         }
                 grurt_c2_run(K, rows, L, wt + (size_t)g * K * Mg, Mg, bias ? bias + g * Mg : NULL,
-                             yn + (size_t)g * Mg * out_plane + (size_t)r0 * Wo, out_plane, mode == 2 ? 0 : alias, pack, pack_rows, out);
+                             yn + (size_t)g * Mg * out_plane + (size_t)r0 * Wo, out_plane, mode == 2 ? 0 : alias,
+                             mode == 2, pack, pack_rows, out);
             }
             grurt_c2_activate(c, yn, r0, rn);
         }
