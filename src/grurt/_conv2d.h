@@ -50,6 +50,9 @@ static inline int grurt_conv2d_mode(const grurt_conv2d *c) {
     return 2;
 }
 
+/* One input and one output channel per group. */
+static inline int grurt_conv2d_depthwise(const grurt_conv2d *c) { return c->C == c->groups && c->M == c->groups; }
+
 static inline int grurt_conv2d_block_rows(const grurt_conv2d *c) {
     int r = GRURT_C2_CHUNK / c->Wo;
     return r < 1 ? 1 : r > c->Ho ? c->Ho : r;
@@ -68,7 +71,8 @@ static inline size_t grurt_c2_cols_stride(size_t L) {
 static inline size_t grurt_conv2d_scratch(const grurt_conv2d *c) {
     size_t K = (size_t)(c->C / c->groups) * c->kh * c->kw;
     size_t padded = (c->pt || c->pl || c->pb || c->pr) ? (size_t)c->C * (c->H + c->pt + c->pb) * (c->W + c->pl + c->pr) : 0;
-    size_t cols = grurt_conv2d_mode(c) == 2 ? K * grurt_c2_cols_stride((size_t)grurt_conv2d_block_rows(c) * c->Wo) : 0;
+    int gathers = grurt_conv2d_mode(c) == 2 || grurt_conv2d_depthwise(c);
+    size_t cols = gathers ? K * grurt_c2_cols_stride((size_t)grurt_conv2d_block_rows(c) * c->Wo) : 0;
     size_t floats = grurt_c2_round(padded) + grurt_c2_round(cols) + K * 32 + GRURT_C2_MB * 32;
     return floats * sizeof(float) + 2 * K * sizeof(float *) + 64;
 }
@@ -159,46 +163,53 @@ static void grurt_c2_activate(const grurt_conv2d *c, float *y, int r0, int R) {
 }
 
 /* A Conv of one input and one output channel per group (depthwise) from the padded input xp of
- * one image: per output row, 16 outputs at a time summed over the taps in a register (column
- * stride 2 as the even lanes of two loads); the outputs whose reads would pass the row's end
- * one at a time. */
-GRURT_HOT static void grurt_c2_depthwise(const grurt_conv2d *c, const float *xp, int Wp, float *y) {
+ * one image, per channel a block of R output rows at a time: its taps' inputs gathered in `cols`
+ * (K rows of L = R·Wo), then y = b + Σ_k w_k · cols_k over 32 positions at a time in registers
+ * (blocks independent of each other, whatever the width of a row). */
+GRURT_HOT static void grurt_c2_depthwise(const grurt_conv2d *c, const float *xp, int Wp, float *y, float *cols) {
     /* the fields in locals: stores through y may alias *c for a compiler without strict aliasing */
     const int kh = c->kh, kw = c->kw, K = kh * kw, Ho = c->Ho, Wo = c->Wo, sh = c->sh, sw = c->sw, dw = c->dw, M = c->M;
-    const size_t row = (size_t)c->dh * Wp;
+    const int R = grurt_conv2d_block_rows(c);
+    const size_t row = (size_t)c->dh * Wp, ld = grurt_c2_cols_stride((size_t)R * Wo);
     const float *bias = c->bias, *wt = c->wt;
-    const size_t in_plane = (size_t)(c->H + c->pt + c->pb) * Wp, out_plane = (size_t)c->Ho * Wo;
-    /* vector blocks: q0 + 16 <= Wo and every read of the block inside the row */
-    int blocks = 0;
-    if (sw <= 2)
-        while ((blocks + 1) * 16 <= Wo && (blocks * 16 + 16) * sw + (kw - 1) * dw <= Wp) ++blocks;
+    const size_t in_plane = (size_t)(c->H + c->pt + c->pb) * Wp, out_plane = (size_t)Ho * Wo;
     for (int o = 0; o < M; ++o) {
         const float *w = wt + (size_t)o * K, *plane = xp + o * in_plane;
-        float b = bias ? bias[o] : 0.0f;
-        for (int r = 0; r < Ho; ++r) {
-            float *yr = y + o * out_plane + (size_t)r * Wo;
-            const float *top = plane + (size_t)r * sh * Wp;
-            for (int q0 = 0; q0 < blocks * 16; q0 += 16) {
-                grurt_c2v acc = (grurt_c2v){0} + b;
-                for (int i = 0; i < kh; ++i)
-                    for (int j = 0; j < kw; ++j) {
-                        const float *at = top + i * row + j * dw + (size_t)q0 * sw;
-                        grurt_c2v v = *(const grurt_c2v *)at;
-                        if (sw == 2) {
-                            typedef int grurt_c2i __attribute__((vector_size(64)));
-                            v = __builtin_shuffle(v, *(const grurt_c2v *)(at + 16),
-                                                  (grurt_c2i){0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30});
-                        }
-                        acc += w[i * kw + j] * v;
+        const float b = bias ? bias[o] : 0.0f;
+        for (int r0 = 0; r0 < Ho; r0 += R) {
+            const int rn = Ho - r0 < R ? Ho - r0 : R;
+            const size_t L = (size_t)rn * Wo;
+            for (int i = 0; i < kh; ++i)
+                for (int j = 0; j < kw; ++j) {
+                    float *col = cols + (size_t)(i * kw + j) * ld;
+                    for (int r = 0; r < rn; ++r) {
+                        const float *line = plane + (size_t)(r0 + r) * sh * Wp + i * row + j * dw;
+                        float *dst = col + (size_t)r * Wo;
+                        if (sw == 1)
+                            for (int q = 0; q < Wo; ++q) dst[q] = line[q];
+                        else
+                            for (int q = 0; q < Wo; ++q) dst[q] = line[(size_t)q * sw];
                     }
-                *(grurt_c2v *)(yr + q0) = acc;
-            }
-            for (int q = blocks * 16; q < Wo; ++q) {
-                float acc = b;
-                for (int i = 0; i < kh; ++i)
-                    for (int j = 0; j < kw; ++j)
-                        acc += w[i * kw + j] * top[i * row + j * dw + (size_t)q * sw];
-                yr[q] = acc;
+                }
+            for (int k = 0; k < K; ++k)        /* read by the last block, not used */
+                for (size_t q = L; q < ((L + 31) & ~(size_t)31); ++q) cols[(size_t)k * ld + q] = 0.0f;
+            float *yb = y + o * out_plane + (size_t)r0 * Wo;
+            for (size_t p = 0; p < L; p += 32) {
+                grurt_c2v a0 = (grurt_c2v){0} + b, a1 = a0;
+                for (int k = 0; k < K; ++k) {
+                    const float *col = cols + (size_t)k * ld + p;
+                    a0 += w[k] * *(const grurt_c2v *)col;
+                    a1 += w[k] * *(const grurt_c2v *)(col + 16);
+                }
+                if (p + 32 <= L) {
+                    *(grurt_c2v *)(yb + p) = a0;
+                    *(grurt_c2v *)(yb + p + 16) = a1;
+                } else {
+                    float tmp[32];
+                    *(grurt_c2v *)tmp = a0;
+                    *(grurt_c2v *)(tmp + 16) = a1;
+                    for (size_t q = p; q < L; ++q) yb[q] = tmp[q - p];
+                }
             }
         }
     }
@@ -218,7 +229,7 @@ static void grurt_conv2d_run(const grurt_conv2d *c, int N, const float *x, float
     const size_t in_plane = (size_t)Hp * Wp, out_plane = (size_t)Ho * Wo;
     float *xp = (float *)(((uintptr_t)scratch + 63) & ~(uintptr_t)63);
     float *cols = xp + grurt_c2_round(padded ? (size_t)C * in_plane : 0);
-    float *pack = cols + grurt_c2_round(mode == 2 ? (size_t)K * grurt_c2_cols_stride((size_t)R * Wo) : 0);
+    float *pack = cols + grurt_c2_round(mode == 2 || grurt_conv2d_depthwise(c) ? (size_t)K * grurt_c2_cols_stride((size_t)R * Wo) : 0);
     float *out = pack + (size_t)K * 32;
     const float **rows = (const float **)(out + GRURT_C2_MB * 32), **pack_rows = rows + K;
     for (int n = 0; n < N; ++n) {
@@ -240,8 +251,8 @@ static void grurt_conv2d_run(const grurt_conv2d *c, int N, const float *x, float
             }
             src = xp;
         }
-        if (Cg == 1 && Mg == 1) {
-            grurt_c2_depthwise(c, src, Wp, yn);
+        if (grurt_conv2d_depthwise(c)) {
+            grurt_c2_depthwise(c, src, Wp, yn, cols);
             grurt_c2_activate(c, yn, 0, Ho);
             continue;
         }
