@@ -39,6 +39,7 @@ typedef struct {
 typedef float grurt_c2v __attribute__((vector_size(64), aligned(4)));
 
 #define GRURT_C2_MB 8            /* output channels per tile */
+#define GRURT_C2_MB_MAX 12       /* ... or up to this many, the last of a group (10 = one tile, not 8 + 2) */
 #define GRURT_C2_CHUNK 512       /* gathered positions per block, about */
 
 /* How a Conv reads its input: 0 rows of the padded input per output row, 1 one run of every
@@ -73,29 +74,59 @@ static inline size_t grurt_conv2d_scratch(const grurt_conv2d *c) {
     size_t padded = (c->pt || c->pl || c->pb || c->pr) ? (size_t)c->C * (c->H + c->pt + c->pb) * (c->W + c->pl + c->pr) : 0;
     int gathers = grurt_conv2d_mode(c) == 2 || grurt_conv2d_depthwise(c);
     size_t cols = gathers ? K * grurt_c2_cols_stride((size_t)grurt_conv2d_block_rows(c) * c->Wo) : 0;
-    size_t floats = grurt_c2_round(padded) + grurt_c2_round(cols) + K * 32 + GRURT_C2_MB * 32;
+    size_t floats = grurt_c2_round(padded) + grurt_c2_round(cols) + K * 32 + GRURT_C2_MB_MAX * 32;
     return floats * sizeof(float) + 2 * K * sizeof(float *) + 64;
+}
+
+/* dst[q] = line[q·sw] for q < n; strides 1 and 2 written out (vectorized, the second by shuffles). */
+GRURT_INLINE void grurt_c2_gather(float *restrict dst, const float *restrict line, int n, int sw) {
+    if (sw == 1)
+        for (int q = 0; q < n; ++q) dst[q] = line[q];
+    else if (sw == 2)
+        for (int q = 0; q < n; ++q) dst[q] = line[2 * q];
+    else
+        for (int q = 0; q < n; ++q) dst[q] = line[(size_t)q * sw];
 }
 
 /* One tile: y[i·ldy + q] = b[i] + Σ_k wt[k·ldw + i] · rows[k][p + q] for MB output channels i and
  * 16·NV positions q. */
 GRURT_INLINE void grurt_c2_tile(const int MB, const int NV, int K, const float *const *rows, size_t p,
                                 const float *wt, int ldw, const float *bias, float *y, size_t ldy) {
-    grurt_c2v acc[GRURT_C2_MB][2];
-#pragma GCC unroll 8
+    if (MB == 1) {      /* one channel: four partial sums over k, else one chain of K dependent FMAs */
+        grurt_c2v s[4][2] = {{{0}}};
+        int k = 0;
+        for (; k + 4 <= K; k += 4)
+#pragma GCC unroll 4
+            for (int u = 0; u < 4; ++u) {
+                const float *r = rows[k + u] + p, wk = wt[(size_t)(k + u) * ldw];
+                s[u][0] += wk * *(const grurt_c2v *)r;
+                if (NV > 1) s[u][1] += wk * *(const grurt_c2v *)(r + 16);
+            }
+        for (; k < K; ++k) {
+            const float *r = rows[k] + p, wk = wt[(size_t)k * ldw];
+            s[0][0] += wk * *(const grurt_c2v *)r;
+            if (NV > 1) s[0][1] += wk * *(const grurt_c2v *)(r + 16);
+        }
+#pragma GCC unroll 2
+        for (int v = 0; v < NV; ++v)
+            *(grurt_c2v *)(y + 16 * v) = (s[0][v] + s[1][v]) + (s[2][v] + s[3][v]) + (bias ? bias[0] : 0.0f);
+        return;
+    }
+    grurt_c2v acc[GRURT_C2_MB_MAX][2];
+#pragma GCC unroll 12
     for (int i = 0; i < MB; ++i)
 #pragma GCC unroll 2
         for (int v = 0; v < NV; ++v) acc[i][v] = (grurt_c2v){0} + (bias ? bias[i] : 0.0f);
     for (int k = 0; k < K; ++k) {
         const float *r = rows[k] + p, *w = wt + (size_t)k * ldw;
         grurt_c2v b0 = *(const grurt_c2v *)r, b1 = NV > 1 ? *(const grurt_c2v *)(r + 16) : b0;
-#pragma GCC unroll 8
+#pragma GCC unroll 12
         for (int i = 0; i < MB; ++i) {
             acc[i][0] += w[i] * b0;
             if (NV > 1) acc[i][1] += w[i] * b1;
         }
     }
-#pragma GCC unroll 8
+#pragma GCC unroll 12
     for (int i = 0; i < MB; ++i)
 #pragma GCC unroll 2
         for (int v = 0; v < NV; ++v) *(grurt_c2v *)(y + (size_t)i * ldy + 16 * v) = acc[i][v];
@@ -106,7 +137,7 @@ GRURT_INLINE void grurt_c2_tile(const int MB, const int NV, int K, const float *
  * positions B's rows are copied together (`pack`, K × 32 floats) when several tiles of channels
  * read them and the rows `alias` (lie a multiple of 4 KB apart: L1 holds few such lines at once),
  * and for the last L % 32 positions unless the rows are `readable` that far (gathered rows are);
- * the outputs of a last partial block go through `out` (8 rows of 32). Small copies are loops,
+ * the outputs of a last partial block go through `out` (GRURT_C2_MB_MAX rows of 32). Small copies are loops,
  * not calls: a call per row of B costs more than the row's products at a frame of 8 positions. */
 GRURT_HOT static void grurt_c2_run(int K, const float *const *rows, size_t L, const float *wt, int Mg,
                                    const float *bias, float *y, size_t ldy, int alias, int readable, float *pack,
@@ -129,21 +160,27 @@ GRURT_HOT static void grurt_c2_run(int K, const float *const *rows, size_t L, co
             at = 0;
         }
         for (int m = 0; m < Mg;) {
-            int mb = Mg - m >= 8 ? 8 : Mg - m >= 4 ? 4 : Mg - m >= 2 ? 2 : 1;
+            int left = Mg - m, mb = left > GRURT_C2_MB_MAX ? GRURT_C2_MB : left >= 8 ? left : left >= 4 ? 4 : left >= 2 ? 2 : 1;
             const float *bm = bias ? bias + m : NULL;
             float *ym = whole ? y + (size_t)m * ldy + p : out;
             size_t ld = whole ? ldy : 32;
-            if (nv == 2) {
-                if (mb == 8) grurt_c2_tile(8, 2, K, b, at, wt + m, Mg, bm, ym, ld);
-                else if (mb == 4) grurt_c2_tile(4, 2, K, b, at, wt + m, Mg, bm, ym, ld);
-                else if (mb == 2) grurt_c2_tile(2, 2, K, b, at, wt + m, Mg, bm, ym, ld);
-                else grurt_c2_tile(1, 2, K, b, at, wt + m, Mg, bm, ym, ld);
-            } else {
-                if (mb == 8) grurt_c2_tile(8, 1, K, b, at, wt + m, Mg, bm, ym, ld);
-                else if (mb == 4) grurt_c2_tile(4, 1, K, b, at, wt + m, Mg, bm, ym, ld);
-                else if (mb == 2) grurt_c2_tile(2, 1, K, b, at, wt + m, Mg, bm, ym, ld);
-                else grurt_c2_tile(1, 1, K, b, at, wt + m, Mg, bm, ym, ld);
+#define GRURT_C2_TILES(NV)                                                          \
+            switch (mb) {                                                           \
+            case 12: grurt_c2_tile(12, NV, K, b, at, wt + m, Mg, bm, ym, ld); break; \
+            case 11: grurt_c2_tile(11, NV, K, b, at, wt + m, Mg, bm, ym, ld); break; \
+            case 10: grurt_c2_tile(10, NV, K, b, at, wt + m, Mg, bm, ym, ld); break; \
+            case 9: grurt_c2_tile(9, NV, K, b, at, wt + m, Mg, bm, ym, ld); break;   \
+            case 8: grurt_c2_tile(8, NV, K, b, at, wt + m, Mg, bm, ym, ld); break;   \
+            case 4: grurt_c2_tile(4, NV, K, b, at, wt + m, Mg, bm, ym, ld); break;   \
+            case 2: grurt_c2_tile(2, NV, K, b, at, wt + m, Mg, bm, ym, ld); break;   \
+            default: grurt_c2_tile(1, NV, K, b, at, wt + m, Mg, bm, ym, ld);         \
             }
+            if (nv == 2) {
+                GRURT_C2_TILES(2)
+            } else {
+                GRURT_C2_TILES(1)
+            }
+#undef GRURT_C2_TILES
             if (!whole)
                 for (int i = 0; i < mb; ++i) {
                     float *dst = y + (size_t)(m + i) * ldy + p;
@@ -185,10 +222,7 @@ GRURT_HOT static void grurt_c2_depthwise(const grurt_conv2d *c, const float *xp,
                     for (int r = 0; r < rn; ++r) {
                         const float *line = plane + (size_t)(r0 + r) * sh * Wp + i * row + j * dw;
                         float *dst = col + (size_t)r * Wo;
-                        if (sw == 1)
-                            for (int q = 0; q < Wo; ++q) dst[q] = line[q];
-                        else
-                            for (int q = 0; q < Wo; ++q) dst[q] = line[(size_t)q * sw];
+                        grurt_c2_gather(dst, line, Wo, sw);
                     }
                 }
             for (int k = 0; k < K; ++k)        /* read by the last block, not used */
@@ -231,7 +265,7 @@ static void grurt_conv2d_run(const grurt_conv2d *c, int N, const float *x, float
     float *cols = xp + grurt_c2_round(padded ? (size_t)C * in_plane : 0);
     float *pack = cols + grurt_c2_round(mode == 2 || grurt_conv2d_depthwise(c) ? (size_t)K * grurt_c2_cols_stride((size_t)R * Wo) : 0);
     float *out = pack + (size_t)K * 32;
-    const float **rows = (const float **)(out + GRURT_C2_MB * 32), **pack_rows = rows + K;
+    const float **rows = (const float **)(out + GRURT_C2_MB_MAX * 32), **pack_rows = rows + K;
     for (int n = 0; n < N; ++n) {
         const float *xn = x + (size_t)n * C * H * c->W;
         float *yn = y + (size_t)n * c->M * out_plane;
@@ -286,7 +320,7 @@ static void grurt_conv2d_run(const grurt_conv2d *c, int N, const float *x, float
                             for (int r = 0; r < rn; ++r) {
                                 const float *line = plane + (size_t)(r0 + r) * sh * Wp;
                                 float *dst = col + (size_t)r * Wo;
-                                for (int q = 0; q < Wo; ++q) dst[q] = line[(size_t)q * sw];
+                                grurt_c2_gather(dst, line, Wo, sw);
                             }
                             for (size_t q = L; q < ((L + 31) & ~(size_t)31); ++q) col[q] = 0.0f;   /* read, not used */
                             rows[k] = col;

@@ -37,6 +37,9 @@ KERNEL_AXES = (1, 2)
 #: ... when each output sums at most this many products (or one input channel per group): the kernel keeps
 #: 32 positions of them in L1; beyond, BLAS's blocking wins (a 3x3 Conv of 256 channels over 32x32: 3x faster)
 KERNEL_MAX_TAPS = 512
+#: ... and at most this many multiply-adds in all (BLAS's blocking wins on large products: a 1x1 Conv of 256
+#: channels over 64x64, 2.7e8 of them, 1.6x faster)
+KERNEL_MAX_FMAS = 2**26
 #: A ConvTranspose of constant weights runs on the C kernel's direct scatter when C/groups · M/groups is at most
 #: this (depthwise: 1); beyond, one matmul of every tap and input channel wins
 TRANSPOSED_MAX_CHANNELS = 4
@@ -224,7 +227,8 @@ class _ConvPlan:
 
         self.native = None
         if (len(kernel) in KERNEL_AXES and values[1].const is not None and self.bias is not FROM_INPUT
-                and (values[1].shape[1] * math.prod(kernel) <= KERNEL_MAX_TAPS or values[1].shape[1] == 1)):
+                and (values[1].shape[1] * math.prod(kernel) <= KERNEL_MAX_TAPS or values[1].shape[1] == 1)
+                and math.prod(self.out) * values[1].shape[1] * math.prod(kernel) <= KERNEL_MAX_FMAS):
             # constant weights over 1 or 2 spatial axes: the C kernel (_conv2d.h), a 1-D conv as one row
             b = optional(values, 2)
             flat = len(kernel) == 1
