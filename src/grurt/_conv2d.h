@@ -68,13 +68,20 @@ static inline size_t grurt_c2_cols_stride(size_t L) {
     return ld % 256 ? ld : ld + 16;
 }
 
+/* Floats of `cols`: gathered rows (mode 2, depthwise of column stride 2 or more). */
+static inline size_t grurt_c2_cols_floats(const grurt_conv2d *c, size_t K) {
+    if (grurt_conv2d_depthwise(c) && c->sw == 1) return 0;
+    if (grurt_conv2d_mode(c) == 2 || grurt_conv2d_depthwise(c))
+        return K * grurt_c2_cols_stride((size_t)grurt_conv2d_block_rows(c) * c->Wo);
+    return 0;
+}
+
 /* Bytes of scratch one call needs (its parts 64-byte aligned when the scratch is). */
 static inline size_t grurt_conv2d_scratch(const grurt_conv2d *c) {
     size_t K = (size_t)(c->C / c->groups) * c->kh * c->kw;
     size_t padded = (c->pt || c->pl || c->pb || c->pr) ? (size_t)c->C * (c->H + c->pt + c->pb) * (c->W + c->pl + c->pr) : 0;
-    int gathers = grurt_conv2d_mode(c) == 2 || grurt_conv2d_depthwise(c);
-    size_t cols = gathers ? K * grurt_c2_cols_stride((size_t)grurt_conv2d_block_rows(c) * c->Wo) : 0;
-    size_t floats = grurt_c2_round(padded) + grurt_c2_round(cols) + K * 32 + GRURT_C2_MB_MAX * 32;
+    size_t cols = grurt_c2_cols_floats(c, K);
+    size_t floats = grurt_c2_round(padded ? padded + 16 : 0) + grurt_c2_round(cols) + K * 32 + GRURT_C2_MB_MAX * 32;
     return floats * sizeof(float) + 2 * K * sizeof(float *) + 64;
 }
 
@@ -199,11 +206,10 @@ static void grurt_c2_activate(const grurt_conv2d *c, float *y, int r0, int R) {
     for (int m = 0; m < c->M; ++m) grurt_activate(&c->act, y + m * plane + (size_t)r0 * c->Wo, R * c->Wo);
 }
 
-/* A Conv of one input and one output channel per group (depthwise) from the padded input xp of
- * one image, per channel a block of R output rows at a time: its taps' inputs gathered in `cols`
+/* A depthwise Conv of column stride 2 or more from the padded input xp of one image, per channel a block of R output rows at a time: its taps' inputs gathered in `cols`
  * (K rows of L = R·Wo), then y = b + Σ_k w_k · cols_k over 32 positions at a time in registers
  * (blocks independent of each other, whatever the width of a row). */
-GRURT_HOT static void grurt_c2_depthwise(const grurt_conv2d *c, const float *xp, int Wp, float *y, float *cols) {
+GRURT_HOT static void grurt_c2_depthwise_gathered(const grurt_conv2d *c, const float *xp, int Wp, float *y, float *cols) {
     /* the fields in locals: stores through y may alias *c for a compiler without strict aliasing */
     const int kh = c->kh, kw = c->kw, K = kh * kw, Ho = c->Ho, Wo = c->Wo, sh = c->sh, sw = c->sw, dw = c->dw, M = c->M;
     const int R = grurt_conv2d_block_rows(c);
@@ -249,6 +255,49 @@ GRURT_HOT static void grurt_c2_depthwise(const grurt_conv2d *c, const float *xp,
     }
 }
 
+/* A Conv of one input and one output channel per group (depthwise) of column stride 1 from the
+ * padded input xp of one image (rows of Wp floats): per output row, 16 outputs at a time summed
+ * over the taps in a register, each tap a load from a row of the input. `safe`: xp may be read up
+ * to 16 floats past its last row (scratch); else the last outputs of the last row one at a time.
+ * (Column stride 2 the same way, from planes of the even and odd columns or by shuffles, measured
+ * slower than gathering, grurt_c2_depthwise_gathered.) */
+GRURT_HOT static void grurt_c2_depthwise(const grurt_conv2d *c, const float *xp, int Wp, int safe, float *y,
+                                         const float **taps) {
+    /* the fields in locals: stores through y may alias *c for a compiler without strict aliasing */
+    const int kh = c->kh, kw = c->kw, K = kh * kw, Ho = c->Ho, Wo = c->Wo, sh = c->sh, dh = c->dh,
+              dw = c->dw, M = c->M, Hp = c->H + c->pt + c->pb;
+    const float *bias = c->bias, *wt = c->wt;
+    const size_t in_plane = (size_t)Hp * Wp, out_plane = (size_t)Ho * Wo;
+    const int tail = Wo & ~15;
+    for (int o = 0; o < M; ++o) {
+        const float *w = wt + (size_t)o * K, *plane = xp + o * in_plane;
+        const float b = bias ? bias[o] : 0.0f;
+        for (int r = 0; r < Ho; ++r) {
+            for (int i = 0; i < kh; ++i)
+                for (int j = 0; j < kw; ++j) taps[i * kw + j] = plane + (size_t)(r * sh + i * dh) * Wp + j * dw;
+            float *yr = y + o * out_plane + (size_t)r * Wo;
+            for (int q0 = 0; q0 < tail; q0 += 16) {
+                grurt_c2v acc = (grurt_c2v){0} + b;
+                for (int k = 0; k < K; ++k) acc += w[k] * *(const grurt_c2v *)(taps[k] + q0);
+                *(grurt_c2v *)(yr + q0) = acc;
+            }
+            if (tail == Wo) continue;
+            if (safe || r < Ho - 1 || o < M - 1) {     /* reads within xp or its slack */
+                grurt_c2v acc = (grurt_c2v){0} + b;
+                for (int k = 0; k < K; ++k) acc += w[k] * *(const grurt_c2v *)(taps[k] + tail);
+                float tmp[16];
+                *(grurt_c2v *)tmp = acc;
+                for (int q = tail; q < Wo; ++q) yr[q] = tmp[q - tail];
+            } else
+                for (int q = tail; q < Wo; ++q) {
+                    float acc = b;
+                    for (int k = 0; k < K; ++k) acc += w[k] * taps[k][q];
+                    yr[q] = acc;
+                }
+        }
+    }
+}
+
 /* Conv of N images x (N, C, H, W) into y (N, M, Ho, Wo). */
 static void grurt_conv2d_run(const grurt_conv2d *c, int N, const float *x, float *y, void *scratch) {
     /* the fields in locals: stores through y may alias *c for a compiler without strict aliasing */
@@ -262,8 +311,8 @@ static void grurt_conv2d_run(const grurt_conv2d *c, int N, const float *x, float
     const int R = grurt_conv2d_block_rows(c);
     const size_t in_plane = (size_t)Hp * Wp, out_plane = (size_t)Ho * Wo;
     float *xp = (float *)(((uintptr_t)scratch + 63) & ~(uintptr_t)63);
-    float *cols = xp + grurt_c2_round(padded ? (size_t)C * in_plane : 0);
-    float *pack = cols + grurt_c2_round(mode == 2 || grurt_conv2d_depthwise(c) ? (size_t)K * grurt_c2_cols_stride((size_t)R * Wo) : 0);
+    float *cols = xp + grurt_c2_round(padded ? (size_t)C * in_plane + 16 : 0);
+    float *pack = cols + grurt_c2_round(grurt_c2_cols_floats(c, K));
     float *out = pack + (size_t)K * 32;
     const float **rows = (const float **)(out + GRURT_C2_MB_MAX * 32), **pack_rows = rows + K;
     for (int n = 0; n < N; ++n) {
@@ -286,7 +335,10 @@ static void grurt_conv2d_run(const grurt_conv2d *c, int N, const float *x, float
             src = xp;
         }
         if (grurt_conv2d_depthwise(c)) {
-            grurt_c2_depthwise(c, src, Wp, yn, cols);
+            if (sw == 1)
+                grurt_c2_depthwise(c, src, Wp, padded, yn, rows);
+            else
+                grurt_c2_depthwise_gathered(c, src, Wp, yn, cols);
             grurt_c2_activate(c, yn, 0, Ho);
             continue;
         }
