@@ -54,6 +54,12 @@ static inline int grurt_conv2d_mode(const grurt_conv2d *c) {
 /* One input and one output channel per group. */
 static inline int grurt_conv2d_depthwise(const grurt_conv2d *c) { return c->C == c->groups && c->M == c->groups; }
 
+/* A depthwise Conv runs by rows of the input (grurt_c2_depthwise) when its rows give whole vectors of
+ * outputs; narrower rows (a cost per row, few outputs) are gathered in blocks of rows. */
+static inline int grurt_conv2d_depthwise_rows(const grurt_conv2d *c) {
+    return grurt_conv2d_depthwise(c) && c->sw <= 2 && c->Wo >= 16;
+}
+
 static inline int grurt_conv2d_block_rows(const grurt_conv2d *c) {
     int r = GRURT_C2_CHUNK / c->Wo;
     return r < 1 ? 1 : r > c->Ho ? c->Ho : r;
@@ -68,9 +74,9 @@ static inline size_t grurt_c2_cols_stride(size_t L) {
     return ld % 256 ? ld : ld + 16;
 }
 
-/* Floats of `cols`: gathered rows (mode 2, depthwise of column stride 2 or more). */
+/* Floats of `cols`: gathered rows (mode 2, depthwise not by rows). */
 static inline size_t grurt_c2_cols_floats(const grurt_conv2d *c, size_t K) {
-    if (grurt_conv2d_depthwise(c) && c->sw == 1) return 0;
+    if (grurt_conv2d_depthwise_rows(c)) return 0;
     if (grurt_conv2d_mode(c) == 2 || grurt_conv2d_depthwise(c))
         return K * grurt_c2_cols_stride((size_t)grurt_conv2d_block_rows(c) * c->Wo);
     return 0;
@@ -79,9 +85,10 @@ static inline size_t grurt_c2_cols_floats(const grurt_conv2d *c, size_t K) {
 /* Bytes of scratch one call needs (its parts 64-byte aligned when the scratch is). */
 static inline size_t grurt_conv2d_scratch(const grurt_conv2d *c) {
     size_t K = (size_t)(c->C / c->groups) * c->kh * c->kw;
-    size_t padded = (c->pt || c->pl || c->pb || c->pr) ? (size_t)c->C * (c->H + c->pt + c->pb) * (c->W + c->pl + c->pr) : 0;
+    size_t padded = (c->pt || c->pl || c->pb || c->pr) ? (size_t)(grurt_conv2d_depthwise_rows(c) ? 1 : c->C)
+                                                         * (c->H + c->pt + c->pb) * (c->W + c->pl + c->pr) : 0;
     size_t cols = grurt_c2_cols_floats(c, K);
-    size_t floats = grurt_c2_round(padded ? padded + 16 : 0) + grurt_c2_round(cols) + K * 32 + GRURT_C2_MB_MAX * 32;
+    size_t floats = grurt_c2_round(padded ? padded + 32 : 0) + grurt_c2_round(cols) + K * 32 + GRURT_C2_MB_MAX * 32;
     return floats * sizeof(float) + 2 * K * sizeof(float *) + 64;
 }
 
@@ -206,7 +213,7 @@ static void grurt_c2_activate(const grurt_conv2d *c, float *y, int r0, int R) {
     for (int m = 0; m < c->M; ++m) grurt_activate(&c->act, y + m * plane + (size_t)r0 * c->Wo, R * c->Wo);
 }
 
-/* A depthwise Conv of column stride 2 or more from the padded input xp of one image, per channel a block of R output rows at a time: its taps' inputs gathered in `cols`
+/* A depthwise Conv not run by rows (grurt_conv2d_depthwise_rows) from the padded input xp of one image, per channel a block of R output rows at a time: its taps' inputs gathered in `cols`
  * (K rows of L = R·Wo), then y = b + Σ_k w_k · cols_k over 32 positions at a time in registers
  * (blocks independent of each other, whatever the width of a row). */
 GRURT_HOT static void grurt_c2_depthwise_gathered(const grurt_conv2d *c, const float *xp, int Wp, float *y, float *cols) {
@@ -255,47 +262,93 @@ GRURT_HOT static void grurt_c2_depthwise_gathered(const grurt_conv2d *c, const f
     }
 }
 
-/* A Conv of one input and one output channel per group (depthwise) of column stride 1 from the
- * padded input xp of one image (rows of Wp floats): per output row, 16 outputs at a time summed
- * over the taps in a register, each tap a load from a row of the input. `safe`: xp may be read up
- * to 16 floats past its last row (scratch); else the last outputs of the last row one at a time.
- * (Column stride 2 the same way, from planes of the even and odd columns or by shuffles, measured
- * slower than gathering, grurt_c2_depthwise_gathered.) */
-GRURT_HOT static void grurt_c2_depthwise(const grurt_conv2d *c, const float *xp, int Wp, int safe, float *y,
-                                         const float **taps) {
+/* One channel x (H, W) padded into xp (H + pt + pb, W + pl + pr): the borders zeroed, the rows copied by
+ * loops (rows are short: a call each costs more). */
+GRURT_INLINE void grurt_c2_pad_plane(const float *x, int H, int W, int pt, int pl, int pb, int pr, float *xp) {
+    const int Wp = W + pl + pr;
+    memset(xp, 0, (size_t)pt * Wp * sizeof(float));
+    for (int r = 0; r < H; ++r) {
+        float *row = xp + (size_t)(r + pt) * Wp;
+        const float *in = x + (size_t)r * W;
+        for (int q = 0; q < pl; ++q) row[q] = 0.0f;
+        for (int q = 0; q < W; ++q) row[pl + q] = in[q];
+        for (int q = pl + W; q < Wp; ++q) row[q] = 0.0f;
+    }
+    memset(xp + (size_t)(pt + H) * Wp, 0, (size_t)pb * Wp * sizeof(float));
+}
+
+/* The 16 floats line[2q], q < 16: the even lanes of two loads. */
+typedef int grurt_c2i __attribute__((vector_size(64)));
+#define GRURT_C2_EVENS(line)                                                                    \
+    __builtin_shuffle(*(const grurt_c2v *)(line), *(const grurt_c2v *)((line) + 16),            \
+                      (grurt_c2i){0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30})
+
+/* A Conv of one input and one output channel per group (depthwise) of column stride SW = 1 or 2
+ * over one image x: per channel (padded into `buffer` when the Conv pads, a plane that stays in
+ * cache) and output row, 16 outputs at a time summed over the taps in a register, each tap one load
+ * (stride 2: the even lanes of two) from a row of the input. Reads past a row's end stay within the
+ * channel, or within the buffer's slack of 32 floats; without a buffer, the last outputs of the
+ * last row are computed one at a time. */
+GRURT_INLINE void grurt_c2_depthwise_rows(const int SW, const grurt_conv2d *c, const float *x, float *buffer,
+                                          float *y, const float **taps) {
     /* the fields in locals: stores through y may alias *c for a compiler without strict aliasing */
     const int kh = c->kh, kw = c->kw, K = kh * kw, Ho = c->Ho, Wo = c->Wo, sh = c->sh, dh = c->dh,
-              dw = c->dw, M = c->M, Hp = c->H + c->pt + c->pb;
+              dw = c->dw, M = c->M, H = c->H, W = c->W, pt = c->pt, pl = c->pl, Wp = W + pl + c->pr;
     const float *bias = c->bias, *wt = c->wt;
-    const size_t in_plane = (size_t)Hp * Wp, out_plane = (size_t)Ho * Wo;
-    const int tail = Wo & ~15;
+    const size_t out_plane = (size_t)Ho * Wo;
+    const int safe = buffer != NULL;
+    /* whole blocks of 16 outputs whose reads stay inside their row: q0 + 16 <= Wo and
+     * SW·q0 + 16·SW + (kw − 1)·dw <= Wp */
+    int inside = Wo / 16;
+    while (inside > 0 && SW * 16 * inside + (kw - 1) * dw > Wp) --inside;
+    inside *= 16;
     for (int o = 0; o < M; ++o) {
-        const float *w = wt + (size_t)o * K, *plane = xp + o * in_plane;
+        const float *w = wt + (size_t)o * K, *plane = x + (size_t)o * H * W;
         const float b = bias ? bias[o] : 0.0f;
+        if (buffer) {       /* the channel padded, in a buffer that stays in cache */
+            grurt_c2_pad_plane(plane, H, W, pt, pl, c->pb, c->pr, buffer);
+            plane = buffer;
+        }
         for (int r = 0; r < Ho; ++r) {
             for (int i = 0; i < kh; ++i)
                 for (int j = 0; j < kw; ++j) taps[i * kw + j] = plane + (size_t)(r * sh + i * dh) * Wp + j * dw;
             float *yr = y + o * out_plane + (size_t)r * Wo;
-            for (int q0 = 0; q0 < tail; q0 += 16) {
+            int q0 = 0;
+            for (; q0 < inside; q0 += 16) {
                 grurt_c2v acc = (grurt_c2v){0} + b;
-                for (int k = 0; k < K; ++k) acc += w[k] * *(const grurt_c2v *)(taps[k] + q0);
+                if (SW == 1)
+                    for (int k = 0; k < K; ++k) acc += w[k] * *(const grurt_c2v *)(taps[k] + q0);
+                else
+                    for (int k = 0; k < K; ++k) acc += w[k] * GRURT_C2_EVENS(taps[k] + 2 * q0);
                 *(grurt_c2v *)(yr + q0) = acc;
             }
-            if (tail == Wo) continue;
-            if (safe || r < Ho - 1 || o < M - 1) {     /* reads within xp or its slack */
-                grurt_c2v acc = (grurt_c2v){0} + b;
-                for (int k = 0; k < K; ++k) acc += w[k] * *(const grurt_c2v *)(taps[k] + tail);
-                float tmp[16];
-                *(grurt_c2v *)tmp = acc;
-                for (int q = tail; q < Wo; ++q) yr[q] = tmp[q - tail];
+            if (safe || r < Ho - 1 || o < M - 1) {     /* the rest reads within xp or its slack of 32 */
+                for (; q0 < Wo; q0 += 16) {
+                    grurt_c2v acc = (grurt_c2v){0} + b;
+                    if (SW == 1)
+                        for (int k = 0; k < K; ++k) acc += w[k] * *(const grurt_c2v *)(taps[k] + q0);
+                    else
+                        for (int k = 0; k < K; ++k) acc += w[k] * GRURT_C2_EVENS(taps[k] + 2 * q0);
+                    float tmp[16];
+                    *(grurt_c2v *)tmp = acc;
+                    for (int q = q0; q < Wo && q < q0 + 16; ++q) yr[q] = tmp[q - q0];
+                }
             } else
-                for (int q = tail; q < Wo; ++q) {
+                for (int q = q0; q < Wo; ++q) {
                     float acc = b;
-                    for (int k = 0; k < K; ++k) acc += w[k] * taps[k][q];
+                    for (int k = 0; k < K; ++k) acc += w[k] * taps[k][SW * q];
                     yr[q] = acc;
                 }
         }
     }
+}
+
+GRURT_HOT static void grurt_c2_depthwise(const grurt_conv2d *c, const float *x, float *buffer, float *y,
+                                         const float **taps) {
+    if (c->sw == 1)
+        grurt_c2_depthwise_rows(1, c, x, buffer, y, taps);
+    else
+        grurt_c2_depthwise_rows(2, c, x, buffer, y, taps);
 }
 
 /* Conv of N images x (N, C, H, W) into y (N, M, Ho, Wo). */
@@ -311,7 +364,7 @@ static void grurt_conv2d_run(const grurt_conv2d *c, int N, const float *x, float
     const int R = grurt_conv2d_block_rows(c);
     const size_t in_plane = (size_t)Hp * Wp, out_plane = (size_t)Ho * Wo;
     float *xp = (float *)(((uintptr_t)scratch + 63) & ~(uintptr_t)63);
-    float *cols = xp + grurt_c2_round(padded ? (size_t)C * in_plane + 16 : 0);
+    float *cols = xp + grurt_c2_round(padded ? (size_t)(grurt_conv2d_depthwise_rows(c) ? 1 : C) * in_plane + 32 : 0);
     float *pack = cols + grurt_c2_round(grurt_c2_cols_floats(c, K));
     float *out = pack + (size_t)K * 32;
     const float **rows = (const float **)(out + GRURT_C2_MB_MAX * 32), **pack_rows = rows + K;
@@ -319,26 +372,17 @@ static void grurt_conv2d_run(const grurt_conv2d *c, int N, const float *x, float
         const float *xn = x + (size_t)n * C * H * c->W;
         float *yn = y + (size_t)n * c->M * out_plane;
         const float *src = xn;
+        if (grurt_conv2d_depthwise_rows(c)) {
+            grurt_c2_depthwise(c, xn, padded ? xp : NULL, yn, rows);
+            grurt_c2_activate(c, yn, 0, Ho);
+            continue;
+        }
         if (padded) {
-            for (int ch = 0; ch < C; ++ch) {     /* the borders zeroed, the rows copied */
-                float *plane = xp + ch * in_plane;
-                memset(plane, 0, (size_t)pt * Wp * sizeof(float));
-                for (int r = 0; r < H; ++r) {      /* loops, not calls: rows are short */
-                    float *row = plane + (size_t)(r + pt) * Wp;
-                    const float *in = xn + ((size_t)ch * H + r) * W;
-                    for (int q = 0; q < pl; ++q) row[q] = 0.0f;
-                    for (int q = 0; q < W; ++q) row[pl + q] = in[q];
-                    for (int q = pl + W; q < Wp; ++q) row[q] = 0.0f;
-                }
-                memset(plane + (size_t)(pt + H) * Wp, 0, (size_t)pb * Wp * sizeof(float));
-            }
+            for (int ch = 0; ch < C; ++ch) grurt_c2_pad_plane(xn + (size_t)ch * H * W, H, W, pt, pl, pb, pr, xp + ch * in_plane);
             src = xp;
         }
         if (grurt_conv2d_depthwise(c)) {
-            if (sw == 1)
-                grurt_c2_depthwise(c, src, Wp, padded, yn, rows);
-            else
-                grurt_c2_depthwise_gathered(c, src, Wp, yn, cols);
+            grurt_c2_depthwise_gathered(c, src, Wp, yn, cols);
             grurt_c2_activate(c, yn, 0, Ho);
             continue;
         }
