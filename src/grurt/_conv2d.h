@@ -434,13 +434,16 @@ static void grurt_conv2d_run(const grurt_conv2d *c, int N, const float *x, float
  * y[g·Mg + m, r·sh + i·dh − pt, q·sw + j·dw − pl] += x[g·Cg + c, r, q] · W[g·Cg + c, m, i, j],
  * the positions outside [0, Ho) × [0, Wo) dropped (pads), then the bias and the activation. */
 GRURT_HOT static void grurt_conv_transpose2d_run(const grurt_conv2d *c, int N, const float *x, float *y) {
+    /* the fields in locals: stores through y may alias *c for a compiler without strict aliasing */
     const int G = c->groups, Cg = c->C / G, Mg = c->M / G, kh = c->kh, kw = c->kw, Ho = c->Ho, Wo = c->Wo;
-    const size_t in_plane = (size_t)c->H * c->W, out_plane = (size_t)Ho * Wo;
+    const int H = c->H, W = c->W, sh = c->sh, sw = c->sw, dh = c->dh, dw = c->dw, pt = c->pt, pl = c->pl, M = c->M;
+    const float *wt = c->wt, *bias = c->bias;
+    const size_t in_plane = (size_t)H * W, out_plane = (size_t)Ho * Wo;
     for (int n = 0; n < N; ++n) {
         const float *xn = x + (size_t)n * c->C * in_plane;
-        float *yn = y + (size_t)n * c->M * out_plane;
-        for (int o = 0; o < c->M; ++o) {
-            float b = c->bias ? c->bias[o] : 0.0f;
+        float *yn = y + (size_t)n * M * out_plane;
+        for (int o = 0; o < M; ++o) {
+            float b = bias ? bias[o] : 0.0f;
             for (size_t p = 0; p < out_plane; ++p) yn[o * out_plane + p] = b;
         }
         for (int g = 0; g < G; ++g)
@@ -448,27 +451,33 @@ GRURT_HOT static void grurt_conv_transpose2d_run(const grurt_conv2d *c, int N, c
                 const float *xc = xn + (size_t)(g * Cg + ci) * in_plane;
                 for (int m = 0; m < Mg; ++m) {
                     float *yc = yn + (size_t)(g * Mg + m) * out_plane;
-                    const float *w = c->wt + ((size_t)(g * Cg + ci) * Mg + m) * kh * kw;
+                    const float *w = wt + ((size_t)(g * Cg + ci) * Mg + m) * kh * kw;
                     for (int i = 0; i < kh; ++i)
-                        for (int r = 0; r < c->H; ++r) {
-                            int ro = r * c->sh + i * c->dh - c->pt;
+                        for (int r = 0; r < H; ++r) {
+                            int ro = r * sh + i * dh - pt;
                             if (ro < 0 || ro >= Ho) continue;
-                            const float *xr = xc + (size_t)r * c->W;
+                            const float *xr = xc + (size_t)r * W;
                             float *yr = yc + (size_t)ro * Wo;
                             for (int j = 0; j < kw; ++j) {
-                                float wv = w[i * kw + j];
-                                int off = j * c->dw - c->pl;
+                                const float wv = w[i * kw + j];
+                                const int off = j * dw - pl;
                                 /* q with 0 <= q·sw + off < Wo */
-                                int lo = off >= 0 ? 0 : (-off + c->sw - 1) / c->sw;
-                                int hi = (Wo - off + c->sw - 1) / c->sw;
-                                if (hi > c->W) hi = c->W;
-                                for (int q = lo; q < hi; ++q) yr[q * c->sw + off] += wv * xr[q];
+                                int lo = off >= 0 ? 0 : (-off + sw - 1) / sw;
+                                int hi = (Wo - off + sw - 1) / sw;
+                                if (hi > W) hi = W;
+                                float *yo = yr + off;      /* yo[q·sw], q in [lo, hi): inside the row */
+                                if (sw == 1)
+                                    for (int q = lo; q < hi; ++q) yo[q] += wv * xr[q];
+                                else if (sw == 2)
+                                    for (int q = lo; q < hi; ++q) yo[2 * q] += wv * xr[q];
+                                else
+                                    for (int q = lo; q < hi; ++q) yo[(size_t)q * sw] += wv * xr[q];
                             }
                         }
                 }
             }
         if (c->act.kind != ACT_LINEAR)
-            for (int o = 0; o < c->M; ++o) grurt_activate(&c->act, yn + o * out_plane, (int)out_plane);
+            for (int o = 0; o < M; ++o) grurt_activate(&c->act, yn + o * out_plane, (int)out_plane);
     }
 }
 
