@@ -167,3 +167,15 @@ def test_conv_transpose_drawn(data):
              "output_padding": extra}
     b = _data((mg * group,), 3) if data.draw(st.booleans(), "bias") else None
     _on_kernel("ConvTranspose", attrs, _data([1, cg * group] + spatial, 1), _data([cg * group, mg] + kernel, 2), b)
+
+
+@pytest.mark.parametrize("op, attrs, x", [
+    ("Conv", {"strides": [1 << 40]}, (1, 2, 5)), ("Conv", {"dilations": [1, 1 << 40]}, (1, 2, 3, 5)),
+    ("ConvTranspose", {"strides": [1 << 40, 1]}, (1, 2, 1, 3)), ("ConvTranspose", {"dilations": [1 << 31]}, (1, 2, 4)),
+])
+def test_strides_beyond_the_kernels_ints(op, attrs, x):
+    """A stride or dilation that never steps (one output, a one-tap kernel) may be any number: beyond a C int the
+    numpy path runs it, with the oracles' results."""
+    w = _data((2, 2) + (1,) * (len(x) - 2), 2)
+    assert _plan(op, attrs, _data(x, 1), w).native is None
+    agree(op, attrs, [_data(x, 1), w], const=(1,))

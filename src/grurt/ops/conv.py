@@ -154,6 +154,12 @@ def window_view(padded_shape, channel_shape, kernel, dilations, out, strides):
     return shape, strides
 
 
+def _c_ints(*groups) -> bool:
+    """Whether strides, dilations and pads fit the C kernel's ints (sizes do: MAX_PARAMETERS bounds them, but
+    a stride or dilation that never steps, over one position, is any number)."""
+    return all(0 <= v < 2**31 for group in groups for v in group)
+
+
 def _bias_of(values, shape_bias):
     """The bias input (2) shaped by ``shape_bias`` when constant, FROM_INPUT when not, None when omitted."""
     b = optional(values, 2)
@@ -227,6 +233,7 @@ class _ConvPlan:
 
         self.native = None
         if (len(kernel) in KERNEL_AXES and values[1].const is not None and self.bias is not FROM_INPUT
+                and _c_ints(strides, dilations, [a for b, a, _ in axes], [b for b, _, _ in axes])
                 and (values[1].shape[1] * math.prod(kernel) <= KERNEL_MAX_TAPS or values[1].shape[1] == 1)
                 and math.prod(self.out) * values[1].shape[1] * math.prod(kernel) <= KERNEL_MAX_FMAS):
             # constant weights over 1 or 2 spatial axes: the C kernel (_conv2d.h), a 1-D conv as one row
@@ -361,6 +368,7 @@ class _ConvTransposePlan:
         self.bias = _bias_of(values, self._bias)
         self.native = None
         if (len(self.kernel) in KERNEL_AXES and values[1].const is not None and self.bias is not FROM_INPUT
+                and _c_ints(self.strides, self.dilations, [b for b, _, _ in axes])
                 and x[1] // self.group * w[1] <= TRANSPOSED_MAX_CHANNELS):
             # few channels per group (depthwise): the direct scatter of the C kernel (_conv2d.h)
             b = optional(values, 2)
