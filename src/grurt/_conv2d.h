@@ -1,23 +1,29 @@
 /* ONNX Conv and ConvTranspose over (N, C, H, W) float32 tensors (a 1-D one is H = 1), for the
  * general graph's ops (grurt.ops.conv). Included after _gru_math.h (activations, GRURT_HOT).
  *
- * Conv is, per group g and output row block, the product
+ * Conv is, per group g and run of output positions, the product
  *
  *     y[g·Mg + m, p] = b[g·Mg + m] + Σ_k Wt[g][k][m] · B_k[p]        k = (c, i, j) < Cg·kh·kw
  *
  * where B_k[p] is the input seen by tap (i, j) of channel c at output position p. B's rows are
- * never copied when they are rows of the (padded) input already: with a column stride of 1,
- * B_k over the Wo outputs of output row r starts at xp[c, r·sh + i·dh, j·dw]; with a 1-wide
- * window unpadded along W and one output row (or row stride 1) the whole output is one run,
- * B_k = xp[c, i·dh] onward. Otherwise (column strides, rows narrower than a vector) B's rows
- * are gathered for a block of output rows (im2col of that block). The product runs in tiles of
- * 8 output channels × 32 positions (16 accumulators of 16 floats) that the compiler vectorizes;
- * the positions left over (< 16) go through a zero-padded copy. A fused activation is applied
- * to each finished block of output rows while it is in cache.
+ * not copied when they are rows of the (padded) input already: with a column stride of 1 and
+ * rows of at least 16 outputs, B_k over the Wo outputs of output row r starts at
+ * xp[c, r·sh + i·dh, j·dw] (mode 0); with a 1-wide window unpadded along W and one output row
+ * (or row stride 1) the whole output is one run, B_k = xp[c, i·dh] onward (mode 1). Otherwise
+ * (column strides, narrow rows) B's rows are gathered for a block of output rows (mode 2: im2col
+ * of that block). The product runs in register tiles of 8 (up to 12) output channels × 32
+ * positions that the compiler vectorizes (AVX-512: 16 accumulators of 16 floats), grurt_c2_run.
+ * A depthwise Conv (one input and one output channel per group) sums its few taps per 16 outputs
+ * in a register instead (grurt_c2_depthwise). A fused activation is applied to each finished
+ * block of output rows while it is in cache.
  *
- * ConvTranspose is the direct scatter: each input element times each tap, added at its place.
+ * ConvTranspose is the direct scatter: each input row times each tap, added at its place (for few
+ * channels per group; grurt.ops.conv runs the others as one matmul).
  *
  * Nothing is allocated here: the caller passes scratch of grurt_conv2d_scratch() bytes.
+ * Measured on W10's convolutions (docs/performance.md): 2-8x numpy's im2col + BLAS at 1 and 20
+ * frames; BLAS wins on large products, which grurt.ops.conv keeps on numpy (KERNEL_MAX_TAPS,
+ * KERNEL_MAX_FMAS).
  */
 #ifndef GRURT_CONV2D_H
 #define GRURT_CONV2D_H

@@ -2,7 +2,14 @@
 GlobalAveragePool, GlobalMaxPool over (N, C, spatial...) float32 tensors, 1 to 3 spatial axes
 (see :mod:`grurt.ops`).
 
-Conv is im2col: the padded input seen through a strided window view, copied once to
+A Conv or ConvTranspose of constant weights over 1 or 2 spatial axes runs on grurt's C kernel
+(``_conv2d.h``: register tiles over the input's rows in place or gathered, depthwise rows, the
+transposed scatter; on W10's convolutions 2-8x the numpy path below), with the activation that
+reads it fused when ``tensor_passes`` finds one (``ACTIVATIONS``); beyond ``KERNEL_MAX_TAPS``
+products per output or ``KERNEL_MAX_FMAS`` in all, BLAS's blocking wins and numpy runs it.
+
+Otherwise (3 spatial axes, weights computed at run time, large products) Conv is im2col: the
+padded input seen through a strided window view, copied once to
 (N, groups, C/groups · kernel, positions), and one batched ``np.matmul`` with the weights packed
 in ``prepare`` as (groups, M/groups, C/groups · kernel). Measured against a loop over kernel
 taps accumulating one matmul per tap, and (depthwise) a multiply-add per tap, on DeepFilterNet
