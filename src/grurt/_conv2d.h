@@ -180,7 +180,8 @@ GRURT_HOT static void grurt_c2_run(int K, const float *const *rows, size_t L, co
             at = 0;
         }
         for (int m = 0; m < Mg;) {
-            int left = Mg - m, mb = left > GRURT_C2_MB_MAX ? GRURT_C2_MB : left >= 8 ? left : left >= 4 ? 4 : left >= 2 ? 2 : 1;
+            int left = Mg - m;
+            int mb = left > GRURT_C2_MB_MAX ? GRURT_C2_MB : left >= 8 ? left : left >= 4 ? 4 : left >= 2 ? 2 : 1;
             const float *bm = bias ? bias + m : NULL;
             float *ym = whole ? y + (size_t)m * ldy + p : out;
             size_t ld = whole ? ldy : 32;
@@ -219,10 +220,12 @@ static void grurt_c2_activate(const grurt_conv2d *c, float *y, int r0, int R) {
     for (int m = 0; m < c->M; ++m) grurt_activate(&c->act, y + m * plane + (size_t)r0 * c->Wo, R * c->Wo);
 }
 
-/* A depthwise Conv not run by rows (grurt_conv2d_depthwise_rows) from the padded input xp of one image, per channel a block of R output rows at a time: its taps' inputs gathered in `cols`
+/* A depthwise Conv not run by rows (grurt_conv2d_depthwise_rows) from the padded input xp of one image,
+ * per channel a block of R output rows at a time: its taps' inputs gathered in `cols`
  * (K rows of L = R·Wo), then y = b + Σ_k w_k · cols_k over 32 positions at a time in registers
  * (blocks independent of each other, whatever the width of a row). */
-GRURT_HOT static void grurt_c2_depthwise_gathered(const grurt_conv2d *c, const float *xp, int Wp, float *y, float *cols) {
+GRURT_HOT static void grurt_c2_depthwise_gathered(const grurt_conv2d *c, const float *xp, int Wp, float *y,
+                                                  float *cols) {
     /* the fields in locals: stores through y may alias *c for a compiler without strict aliasing */
     const int kh = c->kh, kw = c->kw, K = kh * kw, Ho = c->Ho, Wo = c->Wo, sh = c->sh, sw = c->sw, dw = c->dw, M = c->M;
     const int R = grurt_conv2d_block_rows(c);
@@ -384,7 +387,8 @@ static void grurt_conv2d_run(const grurt_conv2d *c, int N, const float *x, float
             continue;
         }
         if (padded) {
-            for (int ch = 0; ch < C; ++ch) grurt_c2_pad_plane(xn + (size_t)ch * H * W, H, W, pt, pl, pb, pr, xp + ch * in_plane);
+            for (int ch = 0; ch < C; ++ch)
+                grurt_c2_pad_plane(xn + (size_t)ch * H * W, H, W, pt, pl, pb, pr, xp + ch * in_plane);
             src = xp;
         }
         if (grurt_conv2d_depthwise(c)) {

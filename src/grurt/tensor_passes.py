@@ -142,7 +142,8 @@ def _conv_activations(steps: List[tuple]) -> List[tuple]:
         if fused is None:
             continue
         steps[g] = (run, fused, conv_ins, outs, conv_frees + tuple(s for s in frees if s != mid),
-                    TensorNode(f"{conv.op}+{node.op}", conv.inputs, node.outputs, conv.attrs, f"{conv.name}+{node.name}"))
+                    TensorNode(f"{conv.op}+{node.op}", conv.inputs, node.outputs, conv.attrs,
+                               f"{conv.name}+{node.name}"))
         dropped.add(index)
     return [step for index, step in enumerate(steps) if index not in dropped]
 

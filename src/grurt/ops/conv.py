@@ -250,7 +250,8 @@ class _ConvPlan:
                                 values[1].const if not flat else values[1].const[:, :, None],
                                 None if b is None else b.const, self.group, ((1,) if flat else ()) + strides,
                                 ((1,) if flat else ()) + dilations,
-                                (0, axes[0][0], 0, axes[0][1]) if flat else (axes[0][0], axes[1][0], axes[0][1], axes[1][1]))
+                                (0, axes[0][0], 0, axes[0][1]) if flat
+                                else (axes[0][0], axes[1][0], axes[0][1], axes[1][1]))
             self.native = Conv2d(*self.native_args)
 
     def _pack(self, w):
