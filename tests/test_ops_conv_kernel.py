@@ -179,3 +179,25 @@ def test_strides_beyond_the_kernels_ints(op, attrs, x):
     w = _data((2, 2) + (1,) * (len(x) - 2), 2)
     assert _plan(op, attrs, _data(x, 1), w).native is None
     agree(op, attrs, [_data(x, 1), w], const=(1,))
+
+
+@pytest.mark.parametrize("x, w, attrs", [
+    ((2, 64, 20, 96), (10, 64, 5, 1), {}),                                         # one run: chunks of positions
+    ((1, 64, 20, 48), (64, 64, 1, 1), {}),
+    ((1, 2, 22, 96), (64, 2, 3, 3), {"pads": [0, 1, 0, 1]}),                       # rows in place: output rows
+    ((1, 64, 20, 32), (64, 64, 1, 3), {"pads": [0, 1, 0, 1], "strides": [1, 2]}),  # gathered blocks of rows
+    ((1, 64, 120, 96), (64, 1, 1, 3), {"group": 64, "pads": [0, 1, 0, 1], "strides": [1, 2]}),  # depthwise: channels
+    ((1, 64, 100, 96), (64, 1, 3, 3), {"group": 64}),                              # depthwise unpadded
+    ((1, 64, 200, 12), (64, 1, 1, 3), {"group": 64, "pads": [0, 1, 0, 1], "strides": [1, 3]}),  # gathered channels
+])
+@pytest.mark.parametrize("activation", [None, "Relu"])
+def test_threads_give_the_same_bits(x, w, attrs, activation):
+    """A Conv of at least 1M multiply-adds splits its items over the worker pool: the same bits on 1, 2 and 3
+    threads (each output computed by one thread, in one order), matching the reference."""
+    x, w, b = _data(x, 1), _data(w, 2), _data((w[0],), 3)
+    plan = _plan("Conv", attrs, x, w, b)
+    plan = plan.fused(activation) if activation else plan
+    one = plan.native(x, 1)
+    assert all(np.array_equal(one, plan.native(x, threads)) for threads in (2, 3, 2))
+    expected = reference_op("Conv", attrs, [x, w, b])[0]
+    close(one, np.maximum(expected, 0) if activation else expected)

@@ -20,7 +20,8 @@
  * ConvTranspose is the direct scatter: each input row times each tap, added at its place (for few
  * channels per group; grurt.ops.conv runs the others as one matmul).
  *
- * Nothing is allocated here: the caller passes scratch of grurt_conv2d_scratch() bytes.
+ * Nothing is allocated here: the caller passes scratch of grurt_conv2d_scratch() bytes. A call may
+ * run on several threads of the worker pool (_pool.h), each claiming items of an image's work.
  * Measured on W10's convolutions (docs/performance.md): 2-8x numpy's im2col + BLAS at 1 and 20
  * frames; BLAS wins on large products, which grurt.ops.conv keeps on numpy (KERNEL_MAX_TAPS,
  * KERNEL_MAX_FMAS).
@@ -31,6 +32,8 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
+
+#include "_pool.h"
 
 typedef struct {
     int C, H, W;            /* input channels, rows, columns */
@@ -88,15 +91,6 @@ static inline size_t grurt_c2_cols_floats(const grurt_conv2d *c, size_t K) {
     return 0;
 }
 
-/* Bytes of scratch one call needs (its parts 64-byte aligned when the scratch is). */
-static inline size_t grurt_conv2d_scratch(const grurt_conv2d *c) {
-    size_t K = (size_t)(c->C / c->groups) * c->kh * c->kw;
-    size_t padded = (c->pt || c->pl || c->pb || c->pr) ? (size_t)(grurt_conv2d_depthwise_rows(c) ? 1 : c->C)
-                                                         * (c->H + c->pt + c->pb) * (c->W + c->pl + c->pr) : 0;
-    size_t cols = grurt_c2_cols_floats(c, K);
-    size_t floats = grurt_c2_round(padded ? padded + 32 : 0) + grurt_c2_round(cols) + K * 32 + GRURT_C2_MB_MAX * 32;
-    return floats * sizeof(float) + 2 * K * sizeof(float *) + 64;
-}
 
 /* dst[q] = line[q·sw] for q < n; strides 1 and 2 written out (vectorized, the second by shuffles). */
 GRURT_INLINE void grurt_c2_gather(float *restrict dst, const float *restrict line, int n, int sw) {
@@ -225,14 +219,14 @@ static void grurt_c2_activate(const grurt_conv2d *c, float *y, int r0, int R) {
  * (K rows of L = R·Wo), then y = b + Σ_k w_k · cols_k over 32 positions at a time in registers
  * (blocks independent of each other, whatever the width of a row). */
 GRURT_HOT static void grurt_c2_depthwise_gathered(const grurt_conv2d *c, const float *xp, int Wp, float *y,
-                                                  float *cols) {
+                                                  float *cols, int o) {
     /* the fields in locals: stores through y may alias *c for a compiler without strict aliasing */
-    const int kh = c->kh, kw = c->kw, K = kh * kw, Ho = c->Ho, Wo = c->Wo, sh = c->sh, sw = c->sw, dw = c->dw, M = c->M;
+    const int kh = c->kh, kw = c->kw, K = kh * kw, Ho = c->Ho, Wo = c->Wo, sh = c->sh, sw = c->sw, dw = c->dw;
     const int R = grurt_conv2d_block_rows(c);
     const size_t row = (size_t)c->dh * Wp, ld = grurt_c2_cols_stride((size_t)R * Wo);
     const float *bias = c->bias, *wt = c->wt;
     const size_t in_plane = (size_t)(c->H + c->pt + c->pb) * Wp, out_plane = (size_t)Ho * Wo;
-    for (int o = 0; o < M; ++o) {
+    {
         const float *w = wt + (size_t)o * K, *plane = xp + o * in_plane;
         const float b = bias ? bias[o] : 0.0f;
         for (int r0 = 0; r0 < Ho; r0 += R) {
@@ -299,7 +293,7 @@ typedef int grurt_c2i __attribute__((vector_size(64)));
  * channel, or within the buffer's slack of 32 floats; without a buffer, the last outputs of the
  * last row are computed one at a time. */
 GRURT_INLINE void grurt_c2_depthwise_rows(const int SW, const grurt_conv2d *c, const float *x, float *buffer,
-                                          float *y, const float **taps) {
+                                          float *y, const float **taps, int o) {
     /* the fields in locals: stores through y may alias *c for a compiler without strict aliasing */
     const int kh = c->kh, kw = c->kw, K = kh * kw, Ho = c->Ho, Wo = c->Wo, sh = c->sh, dh = c->dh,
               dw = c->dw, M = c->M, H = c->H, W = c->W, pt = c->pt, pl = c->pl, Wp = W + pl + c->pr;
@@ -311,7 +305,7 @@ GRURT_INLINE void grurt_c2_depthwise_rows(const int SW, const grurt_conv2d *c, c
     int inside = Wo / 16;
     while (inside > 0 && SW * 16 * inside + (kw - 1) * dw > Wp) --inside;
     inside *= 16;
-    for (int o = 0; o < M; ++o) {
+    {
         const float *w = wt + (size_t)o * K, *plane = x + (size_t)o * H * W;
         const float b = bias ? bias[o] : 0.0f;
         if (buffer) {       /* the channel padded, in a buffer that stays in cache */
@@ -352,19 +346,62 @@ GRURT_INLINE void grurt_c2_depthwise_rows(const int SW, const grurt_conv2d *c, c
     }
 }
 
+/* Channel o of a depthwise Conv by rows. */
 GRURT_HOT static void grurt_c2_depthwise(const grurt_conv2d *c, const float *x, float *buffer, float *y,
-                                         const float **taps) {
+                                         const float **taps, int o) {
     if (c->sw == 1)
-        grurt_c2_depthwise_rows(1, c, x, buffer, y, taps);
+        grurt_c2_depthwise_rows(1, c, x, buffer, y, taps, o);
     else
-        grurt_c2_depthwise_rows(2, c, x, buffer, y, taps);
+        grurt_c2_depthwise_rows(2, c, x, buffer, y, taps, o);
 }
 
-/* Conv of N images x (N, C, H, W) into y (N, M, Ho, Wo). */
-static void grurt_conv2d_run(const grurt_conv2d *c, int N, const float *x, float *y, void *scratch) {
+/* A Conv's work on one image, split in items that threads claim (grurt_claim): blocks of output rows
+ * (modes 0 and 2: each with its gathers, its activation), chunks of positions of one group (mode 1),
+ * channels (depthwise). The padded image, when the Conv pads, is made before by the caller. */
+typedef struct {
+    const grurt_conv2d *c;
+    const float *src;        /* the image, padded when the Conv pads (a depthwise Conv by rows: as given) */
+    float *y;                /* the image's output */
+    char *parts;             /* per thread: `part` bytes of scratch, 64-byte aligned */
+    size_t part;
+    int items, next;         /* next: the next item to claim, atomic */
+} grurt_c2_job;
+
+#define GRURT_C2_CHUNK_POSITIONS 256     /* mode 1: positions per item */
+
+static inline int grurt_c2_items(const grurt_conv2d *c) {
+    int mode = grurt_conv2d_mode(c);
+    if (grurt_conv2d_depthwise(c)) return c->M;
+    if (mode == 1) return c->groups * (int)(((size_t)c->Ho * c->Wo + GRURT_C2_CHUNK_POSITIONS - 1) / GRURT_C2_CHUNK_POSITIONS);
+    if (mode == 0) return c->Ho;
+    int R = grurt_conv2d_block_rows(c);
+    return (c->Ho + R - 1) / R;
+}
+
+/* Bytes of one thread's scratch: the depthwise channel buffer, gathered columns, the packed block of B, the
+ * tail's outputs, B's row pointers (two sets). */
+static inline size_t grurt_c2_part_bytes(const grurt_conv2d *c) {
+    size_t K = (size_t)(c->C / c->groups) * c->kh * c->kw;
+    int padded = c->pt || c->pl || c->pb || c->pr;
+    size_t plane = grurt_conv2d_depthwise_rows(c) && padded
+                   ? grurt_c2_round((size_t)(c->H + c->pt + c->pb) * (c->W + c->pl + c->pr) + 32) : 0;
+    size_t floats = plane + grurt_c2_round(grurt_c2_cols_floats(c, K)) + K * 32 + GRURT_C2_MB_MAX * 32;
+    return (floats * sizeof(float) + 2 * K * sizeof(float *) + 63) & ~(size_t)63;
+}
+
+/* Bytes of scratch a call on up to `threads` threads needs: the padded image (all but depthwise Convs by
+ * rows, which pad a channel at a time) and a part per thread. */
+static inline size_t grurt_conv2d_scratch(const grurt_conv2d *c, int threads) {
+    int padded = c->pt || c->pl || c->pb || c->pr;
+    size_t image = padded && !grurt_conv2d_depthwise_rows(c)
+                   ? grurt_c2_round((size_t)c->C * (c->H + c->pt + c->pb) * (c->W + c->pl + c->pr) + 32) : 0;
+    return image * sizeof(float) + (size_t)threads * grurt_c2_part_bytes(c) + 64;
+}
+
+static void grurt_c2_item(const grurt_conv2d *c, const float *src, float *yn, int item, char *part) {
     /* the fields in locals: stores through y may alias *c for a compiler without strict aliasing */
     const int G = c->groups, Cg = c->C / G, Mg = c->M / G, kh = c->kh, kw = c->kw, Wo = c->Wo, Ho = c->Ho;
-    const int sh = c->sh, sw = c->sw, dh = c->dh, dw = c->dw, C = c->C, H = c->H, W = c->W;
+    const int sh = c->sh, sw = c->sw, dh = c->dh, dw = c->dw;
     const int pt = c->pt, pl = c->pl, pb = c->pb, pr = c->pr;
     const float *wt = c->wt, *bias = c->bias;
     const int Hp = c->H + pt + pb, Wp = c->W + pl + pr, K = Cg * kh * kw, mode = grurt_conv2d_mode(c);
@@ -372,71 +409,95 @@ static void grurt_conv2d_run(const grurt_conv2d *c, int N, const float *x, float
     const int alias = (Hp * Wp) % 1024 == 0;       /* B's rows a multiple of 4 KB apart */
     const int R = grurt_conv2d_block_rows(c);
     const size_t in_plane = (size_t)Hp * Wp, out_plane = (size_t)Ho * Wo;
-    float *xp = (float *)(((uintptr_t)scratch + 63) & ~(uintptr_t)63);
-    float *cols = xp + grurt_c2_round(padded ? (size_t)(grurt_conv2d_depthwise_rows(c) ? 1 : C) * in_plane + 32 : 0);
+    float *plane_buffer = (float *)part;
+    float *cols = plane_buffer + (grurt_conv2d_depthwise_rows(c) && padded ? grurt_c2_round(in_plane + 32) : 0);
     float *pack = cols + grurt_c2_round(grurt_c2_cols_floats(c, K));
     float *out = pack + (size_t)K * 32;
     const float **rows = (const float **)(out + GRURT_C2_MB_MAX * 32), **pack_rows = rows + K;
+    if (grurt_conv2d_depthwise_rows(c)) {
+        grurt_c2_depthwise(c, src, padded ? plane_buffer : NULL, yn, rows, item);
+        grurt_activate(&c->act, yn + item * out_plane, (int)out_plane);
+        return;
+    }
+    if (grurt_conv2d_depthwise(c)) {
+        grurt_c2_depthwise_gathered(c, src, Wp, yn, cols, item);
+        grurt_activate(&c->act, yn + item * out_plane, (int)out_plane);
+        return;
+    }
+    if (mode == 1) {     /* positions [p0, p0 + L) of group g; the caller activates the output */
+        int chunks = (int)((out_plane + GRURT_C2_CHUNK_POSITIONS - 1) / GRURT_C2_CHUNK_POSITIONS);
+        int g = item / chunks;
+        size_t p0 = (size_t)(item % chunks) * GRURT_C2_CHUNK_POSITIONS;
+        size_t L = out_plane - p0 < GRURT_C2_CHUNK_POSITIONS ? out_plane - p0 : GRURT_C2_CHUNK_POSITIONS;
+        int k = 0;
+        for (int ci = 0; ci < Cg; ++ci)
+            for (int i = 0; i < kh; ++i)
+                for (int j = 0; j < kw; ++j)
+                    rows[k++] = src + (size_t)(g * Cg + ci) * in_plane + (size_t)i * dh * Wp + j * dw + p0;
+        grurt_c2_run(K, rows, L, wt + (size_t)g * K * Mg, Mg, bias ? bias + g * Mg : NULL,
+                     yn + (size_t)g * Mg * out_plane + p0, out_plane, alias, 0, pack, pack_rows, out);
+        return;
+    }
+    int r0 = mode == 0 ? item : item * R, rn = mode == 0 ? 1 : (Ho - r0 < R ? Ho - r0 : R);
+    size_t L = (size_t)rn * Wo;
+    for (int g = 0; g < G; ++g) {
+        int k = 0;
+        for (int ci = 0; ci < Cg; ++ci)
+            for (int i = 0; i < kh; ++i)
+                for (int j = 0; j < kw; ++j, ++k) {
+                    const float *plane = src + (size_t)(g * Cg + ci) * in_plane + (size_t)i * dh * Wp + j * dw;
+                    if (mode == 0) {
+                        rows[k] = plane + (size_t)r0 * sh * Wp;
+                        continue;
+                    }
+                    float *col = cols + (size_t)k * grurt_c2_cols_stride(L);
+                    for (int r = 0; r < rn; ++r) grurt_c2_gather(col + (size_t)r * Wo, plane + (size_t)(r0 + r) * sh * Wp, Wo, sw);
+                    for (size_t q = L; q < ((L + 31) & ~(size_t)31); ++q) col[q] = 0.0f;   /* read, not used */
+                    rows[k] = col;
+                }
+        grurt_c2_run(K, rows, L, wt + (size_t)g * K * Mg, Mg, bias ? bias + g * Mg : NULL,
+                     yn + (size_t)g * Mg * out_plane + (size_t)r0 * Wo, out_plane, mode == 2 ? 0 : alias,
+                     mode == 2, pack, pack_rows, out);
+    }
+    grurt_c2_activate(c, yn, r0, rn);
+}
+
+static void grurt_c2_work(void *arg, int slot) {
+    grurt_c2_job *job = (grurt_c2_job *)arg;
+    char *part = job->parts + (size_t)slot * job->part;
+    for (int item = grurt_claim(&job->next); item < job->items; item = grurt_claim(&job->next))
+        grurt_c2_item(job->c, job->src, job->y, item, part);
+}
+
+/* Conv of N images x (N, C, H, W) into y (N, M, Ho, Wo) on up to `threads` threads of the worker pool
+ * (items claimed: a late or busy worker leaves its share to the others). `scratch` holds
+ * grurt_conv2d_scratch(c, threads) bytes. */
+static void grurt_conv2d_run(const grurt_conv2d *c, int N, const float *x, float *y, void *scratch, int threads) {
+    const int C = c->C, H = c->H, W = c->W, pt = c->pt, pl = c->pl, pb = c->pb, pr = c->pr;
+    const int padded = pt || pl || pb || pr, mode = grurt_conv2d_mode(c);
+    const size_t in_plane = (size_t)(H + pt + pb) * (W + pl + pr), out_plane = (size_t)c->Ho * c->Wo;
+    float *xp = (float *)(((uintptr_t)scratch + 63) & ~(uintptr_t)63);
+    const int whole_image = padded && !grurt_conv2d_depthwise_rows(c);
+    grurt_c2_job job;
+    job.c = c;
+    job.parts = (char *)(xp + (whole_image ? grurt_c2_round((size_t)C * in_plane + 32) : 0));
+    job.part = grurt_c2_part_bytes(c);
+    job.items = grurt_c2_items(c);
     for (int n = 0; n < N; ++n) {
-        const float *xn = x + (size_t)n * C * H * c->W;
-        float *yn = y + (size_t)n * c->M * out_plane;
-        const float *src = xn;
-        if (grurt_conv2d_depthwise_rows(c)) {
-            grurt_c2_depthwise(c, xn, padded ? xp : NULL, yn, rows);
-            grurt_c2_activate(c, yn, 0, Ho);
-            continue;
-        }
-        if (padded) {
+        const float *xn = x + (size_t)n * C * H * W;
+        job.src = xn;
+        job.y = y + (size_t)n * c->M * out_plane;
+        if (whole_image) {
             for (int ch = 0; ch < C; ++ch)
                 grurt_c2_pad_plane(xn + (size_t)ch * H * W, H, W, pt, pl, pb, pr, xp + ch * in_plane);
-            src = xp;
+            job.src = xp;
         }
-        if (grurt_conv2d_depthwise(c)) {
-            grurt_c2_depthwise_gathered(c, src, Wp, yn, cols);
-            grurt_c2_activate(c, yn, 0, Ho);
-            continue;
-        }
-        if (mode == 1) {
-            for (int g = 0; g < G; ++g) {
-                int k = 0;
-                for (int ci = 0; ci < Cg; ++ci)
-                    for (int i = 0; i < kh; ++i)
-                        for (int j = 0; j < kw; ++j)
-                            rows[k++] = src + (size_t)(g * Cg + ci) * in_plane + (size_t)i * dh * Wp + j * dw;
-                grurt_c2_run(K, rows, out_plane, wt + (size_t)g * K * Mg, Mg, bias ? bias + g * Mg : NULL,
-                             yn + (size_t)g * Mg * out_plane, out_plane, alias, 0, pack, pack_rows, out);
-            }
-            grurt_c2_activate(c, yn, 0, Ho);
-            continue;
-        }
-        for (int r0 = 0; r0 < Ho; r0 += (mode == 0 ? 1 : R)) {
-            int rn = mode == 0 ? 1 : (Ho - r0 < R ? Ho - r0 : R);
-            size_t L = (size_t)rn * Wo;
-            for (int g = 0; g < G; ++g) {
-                int k = 0;
-                for (int ci = 0; ci < Cg; ++ci)
-                    for (int i = 0; i < kh; ++i)
-                        for (int j = 0; j < kw; ++j, ++k) {
-                            const float *plane = src + (size_t)(g * Cg + ci) * in_plane + (size_t)i * dh * Wp + j * dw;
-                            if (mode == 0) {
-                                rows[k] = plane + (size_t)r0 * sh * Wp;
-                                continue;
-                            }
-                            float *col = cols + (size_t)k * grurt_c2_cols_stride(L);
-                            for (int r = 0; r < rn; ++r) {
-                                const float *line = plane + (size_t)(r0 + r) * sh * Wp;
-                                float *dst = col + (size_t)r * Wo;
-                                grurt_c2_gather(dst, line, Wo, sw);
-                            }
-                            for (size_t q = L; q < ((L + 31) & ~(size_t)31); ++q) col[q] = 0.0f;   /* read, not used */
-                            rows[k] = col;
-                        }
-                grurt_c2_run(K, rows, L, wt + (size_t)g * K * Mg, Mg, bias ? bias + g * Mg : NULL,
-                             yn + (size_t)g * Mg * out_plane + (size_t)r0 * Wo, out_plane, mode == 2 ? 0 : alias,
-                             mode == 2, pack, pack_rows, out);
-            }
-            grurt_c2_activate(c, yn, r0, rn);
-        }
+        job.next = 0;
+        if (threads > 1 && job.items > 1)
+            grurt_pool_run(threads < job.items ? threads : job.items, grurt_c2_work, &job);
+        else
+            grurt_c2_work(&job, 0);
+        if (mode == 1 && !grurt_conv2d_depthwise(c)) grurt_c2_activate(c, job.y, 0, c->Ho);
     }
 }
 

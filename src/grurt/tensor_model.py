@@ -11,7 +11,7 @@ from . import model as _model
 from .errors import InputError, UnsupportedModelError
 from .graph_model import by_name, input_array
 from .model import _check_threads
-from .ops.recurrent import gru_threads
+from .ops.recurrent import call_threads
 from .ops import BOOL, FLOAT, INT
 from .tensor_graph import TensorGraph
 from .tensor_plan import make_plan, signature
@@ -75,13 +75,14 @@ class TensorModel:
         """The outputs for ``inputs`` (see the class's text): float tensors are float32, integer
         ones int64. Inputs are checked against the declared dtypes and dims; an InputError
         names the input. ``threads`` > 1 lets each GRU layer run on up to that many threads, as
-        :meth:`grurt.Model.run` does (when that is measured to pay; results are the same bits)."""
+        :meth:`grurt.Model.run` does (when that is measured to pay), and each convolution of
+        enough work (about 1M multiply-adds); results are the same bits."""
         arrays = self._inputs(inputs)
         if threads == 1 and type(threads) is int:
             return self._result(self.plan(arrays).run(arrays))
         _check_threads(threads)
         plan = self.plan(arrays)
-        with gru_threads(threads):
+        with call_threads(threads):
             return self._result(plan.run(arrays))
 
     __call__ = run

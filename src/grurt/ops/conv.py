@@ -35,6 +35,7 @@ import numpy as np
 from .._kernels import ACTIVATION_CODES, Conv2d
 from ..errors import ModelFormatError, UnsupportedModelError
 from ..limits import MAX_PARAMETERS
+from .recurrent import CALL
 from .registry import FLOAT, Attr, Op, Value, canonical_dtype, register
 from .shape import FROM_INPUT, checked_shape, optional
 
@@ -283,7 +284,7 @@ class _ConvPlan:
     def __call__(self, inputs):
         x = inputs[0]
         if self.native is not None:
-            return [self.native(x)]
+            return [self.native(x, CALL.threads)]
         if self.slabs is not None:
             y = self._by_slabs(x)
         else:

@@ -46,23 +46,25 @@ DIRECTIONS = {"forward": 1, "reverse": 1, "bidirectional": 2}
 
 
 class _Call(threading.local):
-    """The calling thread's ``threads`` for the GRU layers of the graph it runs (TensorModel.run)."""
+    """The calling thread's ``threads`` for the ops of the graph it runs (TensorModel.run): GRU layers and
+    convolutions (grurt.ops.conv reads it too)."""
 
     threads = 1
 
 
-_CALL = _Call()
+CALL = _Call()
 
 
 @contextlib.contextmanager
-def gru_threads(threads: int):
-    """The GRU ops the calling thread runs inside run on up to ``threads`` threads (checked by the caller):
-    :meth:`grurt.Model.run`'s ``threads``, each layer split when that is measured to pay."""
-    previous, _CALL.threads = _CALL.threads, threads
+def call_threads(threads: int):
+    """The GRU and Conv ops the calling thread runs inside run on up to ``threads`` threads (checked by the
+    caller): :meth:`grurt.Model.run`'s ``threads``, each GRU layer split when that is measured to pay; a Conv
+    of enough work split over output rows or positions."""
+    previous, CALL.threads = CALL.threads, threads
     try:
         yield
     finally:
-        _CALL.threads = previous
+        CALL.threads = previous
 
 
 def direction_activations(where, attrs, directions):
@@ -180,7 +182,7 @@ def _gru_direct(ctx, X, initial_h):
     else:       # a copy: the kernels write the final state into it
         h = np.array(initial_h if ctx.layout == 0 else initial_h.transpose(1, 0, 2), np.float32, order="C")
     y = np.empty(ctx.out, np.float32)
-    ctx.kernels.run(x, [h], None, y, _CALL.threads)
+    ctx.kernels.run(x, [h], None, y, CALL.threads)
     return y, h
 
 
@@ -208,7 +210,7 @@ def _gru_models(ctx, inputs):
     for model in models:
         directions = model.spec.layers[0].num_directions
         y, (h,) = model.run(x, initial_state=None if h0 is None else [h0[first:first + directions]],
-                            return_state=True, lengths=lengths, threads=_CALL.threads)
+                            return_state=True, lengths=lengths, threads=CALL.threads)
         ys.append(y)
         hs.append(h)
         first += directions
