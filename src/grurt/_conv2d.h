@@ -372,7 +372,8 @@ typedef struct {
 static inline int grurt_c2_items(const grurt_conv2d *c) {
     int mode = grurt_conv2d_mode(c);
     if (grurt_conv2d_depthwise(c)) return c->M;
-    if (mode == 1) return c->groups * (int)(((size_t)c->Ho * c->Wo + GRURT_C2_CHUNK_POSITIONS - 1) / GRURT_C2_CHUNK_POSITIONS);
+    if (mode == 1)
+        return c->groups * (int)(((size_t)c->Ho * c->Wo + GRURT_C2_CHUNK_POSITIONS - 1) / GRURT_C2_CHUNK_POSITIONS);
     if (mode == 0) return c->Ho;
     int R = grurt_conv2d_block_rows(c);
     return (c->Ho + R - 1) / R;
@@ -451,7 +452,8 @@ static void grurt_c2_item(const grurt_conv2d *c, const float *src, float *yn, in
                         continue;
                     }
                     float *col = cols + (size_t)k * grurt_c2_cols_stride(L);
-                    for (int r = 0; r < rn; ++r) grurt_c2_gather(col + (size_t)r * Wo, plane + (size_t)(r0 + r) * sh * Wp, Wo, sw);
+                    for (int r = 0; r < rn; ++r)
+                        grurt_c2_gather(col + (size_t)r * Wo, plane + (size_t)(r0 + r) * sh * Wp, Wo, sw);
                     for (size_t q = L; q < ((L + 31) & ~(size_t)31); ++q) col[q] = 0.0f;   /* read, not used */
                     rows[k] = col;
                 }
