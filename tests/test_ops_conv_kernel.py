@@ -80,6 +80,8 @@ CONVS = [  # x, W, attributes: each way the kernel reads B's rows
     ((1, 64, 20, 96), (64, 1, 1, 3), {"group": 64, "pads": [0, 1, 0, 1], "strides": [1, 2]}),   # depthwise
     ((2, 6, 40), (4, 6, 3), {"pads": [2, 0], "dilations": [2]}),                   # 1-D
     ((1, 512, 1, 4), (4, 512, 1, 1), {}),                                          # 512 taps: the kernel's most
+    ((1, 16, 2, 5), (128, 16, 1, 1), {}),                        # under 16 positions: vectorized over channels
+    ((1, 8, 1, 7), (128, 4, 1, 3), {"group": 2, "pads": [0, 1, 0, 1]}),           # ... per group of 64
 ]
 
 

@@ -146,6 +146,53 @@ GRURT_INLINE void grurt_c2_tile(const int MB, const int NV, int K, const float *
         for (int v = 0; v < NV; ++v) *(grurt_c2v *)(y + (size_t)i * ldy + 16 * v) = acc[i][v];
 }
 
+/* Fewer than 16 positions (a frame of 8 frequencies): the product vectorized over the output
+ * channels instead, PB positions × 64 channels in 16 accumulators, each weight vector used PB times;
+ * each accumulator holds 16 channels of one position, stored down the output's rows. */
+GRURT_INLINE void grurt_c2_narrow_tile(const int PB, int K, const float *const *rows, size_t p, const float *wt,
+                                       int Mg, const float *bias, float *y, size_t ldy) {
+    grurt_c2v acc[4][4];
+#pragma GCC unroll 4
+    for (int v = 0; v < 4; ++v) {
+        grurt_c2v b = bias ? *(const grurt_c2v *)(bias + 16 * v) : (grurt_c2v){0};
+#pragma GCC unroll 4
+        for (int i = 0; i < PB; ++i) acc[i][v] = b;
+    }
+    for (int k = 0; k < K; ++k) {
+        const float *w = wt + (size_t)k * Mg;
+        grurt_c2v w0 = *(const grurt_c2v *)w, w1 = *(const grurt_c2v *)(w + 16);
+        grurt_c2v w2 = *(const grurt_c2v *)(w + 32), w3 = *(const grurt_c2v *)(w + 48);
+#pragma GCC unroll 4
+        for (int i = 0; i < PB; ++i) {
+            float x = rows[k][p + i];
+            acc[i][0] += x * w0; acc[i][1] += x * w1; acc[i][2] += x * w2; acc[i][3] += x * w3;
+        }
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < PB; ++i)
+#pragma GCC unroll 4
+        for (int v = 0; v < 4; ++v) {
+            float t[16];
+            *(grurt_c2v *)t = acc[i][v];
+            for (int j = 0; j < 16; ++j) y[(size_t)(16 * v + j) * ldy + p + i] = t[j];
+        }
+}
+
+/* grurt_c2_run for L < 16 positions and Mg a multiple of 64. */
+GRURT_HOT static void grurt_c2_run_narrow(int K, const float *const *rows, size_t L, const float *wt, int Mg,
+                                          const float *bias, float *y, size_t ldy) {
+    for (int m = 0; m < Mg; m += 64)
+        for (size_t p = 0; p < L; p += 4) {
+            const float *bm = bias ? bias + m : NULL;
+            switch (L - p < 4 ? L - p : 4) {
+            case 4: grurt_c2_narrow_tile(4, K, rows, p, wt + m, Mg, bm, y + (size_t)m * ldy, ldy); break;
+            case 3: grurt_c2_narrow_tile(3, K, rows, p, wt + m, Mg, bm, y + (size_t)m * ldy, ldy); break;
+            case 2: grurt_c2_narrow_tile(2, K, rows, p, wt + m, Mg, bm, y + (size_t)m * ldy, ldy); break;
+            default: grurt_c2_narrow_tile(1, K, rows, p, wt + m, Mg, bm, y + (size_t)m * ldy, ldy);
+            }
+        }
+}
+
 /* The Mg output channels of one group over one run of L positions: rows[k] (K of them) are
  * B's rows; y points at the run's first position of the group's first channel. Per block of 32
  * positions B's rows are copied together (`pack`, K × 32 floats) when several tiles of channels
@@ -156,6 +203,10 @@ GRURT_INLINE void grurt_c2_tile(const int MB, const int NV, int K, const float *
 GRURT_HOT static void grurt_c2_run(int K, const float *const *rows, size_t L, const float *wt, int Mg,
                                    const float *bias, float *y, size_t ldy, int alias, int readable, float *pack,
                                    const float **pack_rows, float *out) {
+    if (L < 16 && Mg % 64 == 0) {
+        grurt_c2_run_narrow(K, rows, L, wt, Mg, bias, y, ldy);
+        return;
+    }
     for (size_t p = 0; p < L; p += 32) {
         int n = L - p < 32 ? (int)(L - p) : 32;
         int whole = n == 32 || n == 16, nv = n > 16 ? 2 : 1;
