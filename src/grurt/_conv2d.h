@@ -12,7 +12,8 @@
  * (or row stride 1) the whole output is one run, B_k = xp[c, i·dh] onward (mode 1). Otherwise
  * (column strides, narrow rows) B's rows are gathered for a block of output rows (mode 2: im2col
  * of that block). The product runs in register tiles of 8 (up to 12) output channels × 32
- * positions that the compiler vectorizes (AVX-512: 16 accumulators of 16 floats), grurt_c2_run.
+ * positions that the compiler vectorizes (AVX-512: 16 accumulators of 16 floats), grurt_c2_run; runs
+ * of fewer than 16 positions in tiles over 64 output channels instead (grurt_c2_run_narrow).
  * A depthwise Conv (one input and one output channel per group) sums its few taps per 16 outputs
  * in a register instead (grurt_c2_depthwise). A fused activation is applied to each finished
  * block of output rows while it is in cache.
