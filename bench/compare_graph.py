@@ -11,7 +11,9 @@ from call to call by each contender.
     grurt                       the model of ``grurt.from_torch(module, example)``, ``run``
     grurt (load of the file)    ``grurt.load`` of the very file onnxruntime runs
     grurt (threads=2)           ``run(..., threads=2)``: each GRU layer on up to two threads
-                                when grurt measures that it pays (the same bits)
+                                when grurt measures that it pays, convolutions of 1M
+                                multiply-adds or more split (the same bits); its CPU columns
+                                count the calling thread only: compare its wall times
     onnxruntime (1 thread)      intra_op_num_threads = inter_op_num_threads = 1: the baseline;
                                 the legacy (TorchScript) export, opset 17, as from_torch makes
     torch eager (1 thread)      torch.set_num_threads(1), autograd off
