@@ -16,7 +16,7 @@ import grurt
 from grurt.ops import REGISTRY, Value, check_attributes
 from grurt.ops import conv as conv_ops
 
-from op_testing import ort_op, reference_op
+from op_testing import ort_op, reference_op, run_op
 from test_ops_conv import _data, agree, close
 
 _SETTINGS = settings(derandomize=True, deadline=None, database=None, max_examples=40,
@@ -203,3 +203,18 @@ def test_threads_give_the_same_bits(x, w, attrs, activation):
     assert all(np.array_equal(one, plan.native(x, threads)) for threads in (2, 3, 2))
     expected = reference_op("Conv", attrs, [x, w, b])[0]
     close(one, np.maximum(expected, 0) if activation else expected)
+
+
+@pytest.mark.parametrize("op, x, w", [
+    ("Conv", (0, 2, 3, 3), (4, 2, 1, 1)), ("Conv", (1, 2, 3, 3), (0, 2, 1, 1)), ("Conv", (1, 0, 3, 3), (4, 0, 3, 3)),
+    ("Conv", (1, 2, 5), (0, 2, 3)), ("ConvTranspose", (1, 0, 2, 3), (0, 1, 1, 3)),
+    ("ConvTranspose", (1, 2, 2, 3), (2, 0, 1, 3)), ("ConvTranspose", (0, 4, 2, 3), (4, 1, 1, 3)),
+])
+@pytest.mark.parametrize("const", [(1,), ()])
+def test_empty_tensors(op, x, w, const):
+    """No images, no output channels or no input channels: the reference's shape and values (zeros where
+    nothing is summed), never an error (the numpy path's packing used to reshape with -1)."""
+    x, w = _data(x, 1), _data(w, 2)
+    ours = run_op(op, {}, [x, w], const=const)[0]
+    expected = reference_op(op, {}, [x, w])[0]
+    assert ours.shape == expected.shape and np.array_equal(ours, expected.astype(np.float32))

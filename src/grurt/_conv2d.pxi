@@ -40,7 +40,7 @@ cdef class Conv2d:
             self._wt = np.ascontiguousarray(w)
         else:       # per group, W transposed: (Cg·kh·kw, Mg)
             m = w.shape[0]
-            self._wt = np.ascontiguousarray(w.reshape(groups, m // groups, -1).transpose(0, 2, 1))
+            self._wt = np.ascontiguousarray(w.reshape(groups, m // groups, w.shape[1] * kh * kw).transpose(0, 2, 1))
         self._bias = None if bias is None else np.ascontiguousarray(bias, dtype=np.float32).ravel()
         self.transposed = transposed
         self.N = x_shape[0]

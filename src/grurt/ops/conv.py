@@ -256,7 +256,9 @@ class _ConvPlan:
             self.native = Conv2d(*self.native_args)
 
     def _pack(self, w):
-        return np.ascontiguousarray(w, dtype=np.float32).reshape(self.group, w.shape[0] // self.group, -1)
+        # sizes spelled out, not -1: W may have no outputs
+        return np.ascontiguousarray(w, dtype=np.float32).reshape(self.group, w.shape[0] // self.group,
+                                                                 math.prod(w.shape[1:]))
 
     def _by_slabs(self, x):
         xp = self.padding(x)
@@ -269,7 +271,7 @@ class _ConvPlan:
         return y
 
     def _bias(self, b):
-        return np.asarray(b, dtype=np.float32).reshape(self.group, -1, 1)
+        return np.asarray(b, dtype=np.float32).reshape(self.group, b.shape[0] // self.group, 1)
 
     def fused(self, activation: str):
         """A plan of this Conv followed by ``activation`` (a name of ``ACTIVATIONS``) in one kernel call, or None
@@ -394,7 +396,7 @@ class _ConvTransposePlan:
     def _pack(self, w):
         g = self.group
         w = np.asarray(w, dtype=np.float32).reshape((g, w.shape[0] // g) + tuple(w.shape[1:]))
-        return np.ascontiguousarray(w.reshape(g, w.shape[1], -1).transpose(0, 2, 1))
+        return np.ascontiguousarray(w.reshape(g, w.shape[1], math.prod(w.shape[2:])).transpose(0, 2, 1))
 
     def _bias(self, b):
         return np.asarray(b, dtype=np.float32).reshape((-1,) + (1,) * len(self.kernel))
