@@ -10,6 +10,10 @@ from call to call by each contender.
 
     grurt                       the model of ``grurt.from_torch(module, example)``, ``run``
     grurt (load of the file)    ``grurt.load`` of the very file onnxruntime runs
+    grurt (threads=2)           ``run(..., threads=2)``: each GRU layer on up to two threads
+                                when grurt measures that it pays, convolutions of 1M
+                                multiply-adds or more split (the same bits); its CPU columns
+                                count the calling thread only: compare its wall times
     onnxruntime (1 thread)      intra_op_num_threads = inter_op_num_threads = 1: the baseline;
                                 the legacy (TorchScript) export, opset 17, as from_torch makes
     torch eager (1 thread)      torch.set_num_threads(1), autograd off
@@ -68,10 +72,10 @@ def contenders(w, path):
 
     names = list(wg.INPUT_NAMES) if w.name != "W9" else ["x"]
 
-    def grurt_call(model):
+    def grurt_call(model, threads=1):
         if w.name == "W9":
-            return lambda x: [model.run(x)]
-        return wg.stepper(lambda arrays: list(model.run(dict(zip(names, arrays)))))
+            return lambda x: [model.run(x, threads=threads)]
+        return wg.stepper(lambda arrays: list(model.run(dict(zip(names, arrays)), threads=threads)))
 
     def ort_call():
         options = ort.SessionOptions()
@@ -88,6 +92,7 @@ def contenders(w, path):
 
     return [("grurt", lambda: grurt_call(w.model)),
             ("grurt (load of the file)", lambda: grurt_call(grurt.load(path))),
+            ("grurt (threads=2)", lambda: grurt_call(w.model, 2)),
             (BASELINE, ort_call),
             ("torch eager (1 thread)", torch_call)]
 

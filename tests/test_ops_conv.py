@@ -67,9 +67,12 @@ CONVS = [  # x shape, W shape, attributes
 
 @pytest.mark.parametrize("x, w, attrs", CONVS)
 @pytest.mark.parametrize("bias", [False, True])
-def test_conv(x, w, attrs, bias):
+def test_conv(x, w, attrs, bias, monkeypatch):
     inputs = [_data(x, 1), _data(w, 2)] + ([_data((w[0],), 3)] if bias else [])
     agree("Conv", attrs, inputs, const=(1, 2))
+    monkeypatch.setattr(conv_ops, "KERNEL_AXES", ())      # the numpy path too
+    agree("Conv", attrs, inputs, const=(1, 2))
+    monkeypatch.undo()
     agree("Conv", dict(attrs, kernel_shape=list(w[2:])), inputs, const=())   # weights from the inputs
 
 
@@ -91,9 +94,11 @@ def test_conv_drawn(data):
 
 
 @pytest.mark.parametrize("bias", [False, True])
-def test_conv_kernel_along_the_first_axis_by_slabs(bias):
-    """A (4, 1) kernel over (1, 32, 12, 64) with time padding and dilation: im2col's columns would hold
-    73,728 elements, so the Conv runs one product per tap on views of the padded input (conv.SLABS_FROM)."""
+def test_conv_kernel_along_the_first_axis_by_slabs(bias, monkeypatch):
+    """A (4, 1) kernel over (1, 32, 12, 64) with time padding and dilation, off the C kernel (a 3-D Conv or one
+    of more than KERNEL_MAX_TAPS products is): im2col's columns would hold 73,728 elements, so the Conv runs one
+    product per tap on views of the padded input (conv.SLABS_FROM)."""
+    monkeypatch.setattr(conv_ops, "KERNEL_AXES", ())
     attrs = {"dilations": [2, 1], "pads": [3, 0, 1, 0]}
     x, w = _data((1, 32, 12, 64), 1), _data((8, 32, 4, 1), 2)
     ctx = REGISTRY["Conv"].prepare(check_attributes(REGISTRY["Conv"], attrs, "Conv"),
@@ -138,11 +143,13 @@ CONV_TRANSPOSES = [
 
 @pytest.mark.parametrize("x, w, attrs", CONV_TRANSPOSES)
 @pytest.mark.parametrize("bias", [False, True])
-def test_conv_transpose(x, w, attrs, bias):
+def test_conv_transpose(x, w, attrs, bias, monkeypatch):
     m = w[1] * attrs.get("group", 1)
     inputs = [_data(x, 1), _data(w, 2)] + ([_data((m,), 3)] if bias else [])
     agree("ConvTranspose", attrs, inputs, const=(1, 2))
     agree("ConvTranspose", attrs, inputs, const=())
+    monkeypatch.setattr(conv_ops, "KERNEL_AXES", ())      # the numpy path too
+    agree("ConvTranspose", attrs, inputs, const=(1, 2))
 
 
 def test_hostile_attributes_bounded_before_allocation():

@@ -70,3 +70,18 @@ def test_hops_equal_one_call_on_the_sequence(w10):
     for index, axis in enumerate((2, 1, 1, 1)):
         assert _max_error([np.concatenate([h[index] for h in hops], axis)], [whole[index]]) <= ATOL
     assert _max_error(hops[-1][4:], whole[4:]) <= ATOL        # the states after the last frame
+
+
+def test_threads_give_the_same_bits(w10):
+    """run(threads=2): each GRU layer on up to two threads when that pays, the same bits as one thread, hop after
+    hop; a bad ``threads`` is an InputError."""
+    _, model, _ = w10
+    names = list(wg.INPUT_NAMES)
+    one = wg.stepper(lambda arrays: list(model.run(dict(zip(names, arrays)))))
+    two = wg.stepper(lambda arrays: list(model.run(dict(zip(names, arrays)), threads=2)))
+    for erb, spec in wg.hops(1, HOPS):
+        assert all(np.array_equal(a, b) for a, b in zip(one(erb, spec), two(erb, spec)))
+    inputs = dict(zip(names, [erb, spec] + wg.w10_zero_states()))
+    for bad in (0, 65, 1.0, "2"):
+        with pytest.raises(grurt.errors.InputError, match="threads"):
+            model.run(inputs, threads=bad)

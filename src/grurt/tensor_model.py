@@ -11,6 +11,8 @@ from . import model as _model
 from . import precision
 from .errors import InputError
 from .graph_model import by_name, input_array
+from .model import _check_threads
+from .ops.recurrent import call_threads
 from .ops import BOOL, FLOAT, INT
 from .tensor_graph import TensorGraph
 from .tensor_plan import make_plan, signature
@@ -74,12 +76,19 @@ class TensorModel:
             return self
         return TensorModel(self.graph, self._cache_size, weights)
 
-    def run(self, inputs):
+    def run(self, inputs, threads: int = 1):
         """The outputs for ``inputs`` (see the class's text): float tensors are float32, integer
         ones int64. Inputs are checked against the declared dtypes and dims; an InputError
-        names the input."""
+        names the input. ``threads`` > 1 lets each GRU layer run on up to that many threads, as
+        :meth:`grurt.Model.run` does (when that is measured to pay), and each convolution of
+        enough work (about 1M multiply-adds); results are the same bits."""
         arrays = self._inputs(inputs)
-        return self._result(self.plan(arrays).run(arrays))
+        if threads == 1 and type(threads) is int:
+            return self._result(self.plan(arrays).run(arrays))
+        _check_threads(threads)
+        plan = self.plan(arrays)
+        with call_threads(threads):
+            return self._result(plan.run(arrays))
 
     __call__ = run
 

@@ -9,6 +9,9 @@ returns fewer or cheaper steps computing the same outputs:
   biases carried through) when that costs at most ``SEPARABLE_SLACK`` more multiply-adds than the
   pair (at one frame, one call instead of two; DeepFilterNet's first DF conv, 2 groups of 1 input
   channel, is cheaper combined at any length). The sums' order changes (float32 rounding only);
+* **a Conv and its activation as one step**: a Conv or ConvTranspose on the C kernel (``_conv2d.h``) whose
+  output only a Relu, Sigmoid or Tanh reads applies it itself (the same bits for Relu; the kernels' sigmoid and
+  tanh, within 3e-7 of the elementwise ops'). One step, and one pass over the output fewer;
 * **a weighted sum as one product**: ``ReduceSum(Mul(x, w), axis)`` over the one axis before
   the last, ``x`` (N, T, C) and ``w`` (N, T, 1) (attention pooling: ``(out * weights).sum(1)``),
   is the batched matrix product (N, 1, T) @ (N, T, C): one call instead of two, without the
@@ -39,12 +42,14 @@ import numpy as np
 
 from . import _kernels
 from .ops import FLOAT, REGISTRY, Value
+from .ops.conv import ACTIVATIONS
 from .tensor_graph import TensorNode
 
 #: Ops whose outputs are arrays of their own (never an input, a constant or a view of one).
 FRESH = frozenset({"Conv", "ConvTranspose", "MatMul", "MatMul+Add", "Gemm", "Add", "Sub", "Mul", "Div", "Relu", "Sigmoid",
                    "Tanh", "Softmax", "Concat", "GRU", "Mul+ReduceSum", "MatMul+Softmax+MatMul", "Gemm packed",
-                   "ReduceMean+Gemm", "MatMul+Softmax+MatMul mean"})
+                   "ReduceMean+Gemm", "MatMul+Softmax+MatMul mean"}
+                  | {f"{conv}+{act}" for conv in ("Conv", "ConvTranspose") for act in ACTIVATIONS})
 #: Ops whose output may be a view of their first input (owned when that input is owned and dies there).
 #: Any other op's outputs may share memory with its inputs: those inputs are owned no more.
 VIEWS = frozenset({"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten"})
@@ -53,6 +58,7 @@ VIEWS = frozenset({"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten"})
 def optimize(steps: Sequence[tuple], known: Dict[int, Value]) -> Tuple[tuple, ...]:
     """The steps rewritten (see the module's text); ``known``: the Value of each slot."""
     steps = _separable_convs(list(steps), known)
+    steps = _conv_activations(steps)
     steps = _weighted_sums(steps, known)
     steps = _biased_matmuls(steps, known)
     steps = _attentions(steps, known)
@@ -131,6 +137,32 @@ def _combined_conv(first, second, known):
     w, bias = w.astype(np.float32), bias.astype(np.float32)
     op = REGISTRY["Conv"]
     return op.prepare(dict(attrs1, group=1), [x, Value(w.shape, w.dtype, w), Value(bias.shape, bias.dtype, bias)])
+
+
+# ---- Conv -> Relu as one step ----
+
+def _conv_activations(steps: List[tuple]) -> List[tuple]:
+    """A Conv or ConvTranspose on the C kernel whose output only an activation of ``conv.ACTIVATIONS`` reads:
+    one step, the kernel applying the activation to each block of outputs while it is in cache."""
+    readers = _readers(steps)
+    producer = {slot: index for index, step in enumerate(steps) for _, slot in step[3]}
+    dropped = set()
+    for index, (_, _, ins, outs, frees, node) in enumerate(steps):
+        mid = ins[0] if ins else None
+        if node.op not in ACTIVATIONS or mid not in producer or readers.get(mid) != [index] or mid not in frees:
+            continue
+        g = producer[mid]
+        run, ctx, conv_ins, conv_outs, conv_frees, conv = steps[g]
+        if conv.op not in ("Conv", "ConvTranspose") or len(conv_outs) != 1 or g in dropped:
+            continue
+        fused = ctx.fused(node.op)
+        if fused is None:
+            continue
+        steps[g] = (run, fused, conv_ins, outs, conv_frees + tuple(s for s in frees if s != mid),
+                    TensorNode(f"{conv.op}+{node.op}", conv.inputs, node.outputs, conv.attrs,
+                               f"{conv.name}+{node.name}"))
+        dropped.add(index)
+    return [step for index, step in enumerate(steps) if index not in dropped]
 
 
 # ---- ReduceSum(Mul(x, w)) -> matmul ----

@@ -2,7 +2,14 @@
 GlobalAveragePool, GlobalMaxPool over (N, C, spatial...) float32 tensors, 1 to 3 spatial axes
 (see :mod:`grurt.ops`).
 
-Conv is im2col: the padded input seen through a strided window view, copied once to
+A Conv or ConvTranspose of constant weights over 1 or 2 spatial axes runs on grurt's C kernel
+(``_conv2d.h``: register tiles over the input's rows in place or gathered, depthwise rows, the
+transposed scatter; on W10's convolutions 2-8x the numpy path below), with the activation that
+reads it fused when ``tensor_passes`` finds one (``ACTIVATIONS``); beyond ``KERNEL_MAX_TAPS``
+products per output or ``KERNEL_MAX_FMAS`` in all, BLAS's blocking wins and numpy runs it.
+
+Otherwise (3 spatial axes, weights computed at run time, large products) Conv is im2col: the
+padded input seen through a strided window view, copied once to
 (N, groups, C/groups · kernel, positions), and one batched ``np.matmul`` with the weights packed
 in ``prepare`` as (groups, M/groups, C/groups · kernel). Measured against a loop over kernel
 taps accumulating one matmul per tap, and (depthwise) a multiply-add per tap, on DeepFilterNet
@@ -25,12 +32,28 @@ from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
+from .._kernels import ACTIVATION_CODES, Conv2d
 from ..errors import ModelFormatError, UnsupportedModelError
 from ..limits import MAX_PARAMETERS
+from .recurrent import CALL
 from .registry import FLOAT, Attr, Op, Value, canonical_dtype, register
 from .shape import FROM_INPUT, checked_shape, optional
 
 AUTO_PADS = ("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID")
+#: The spatial ranks a Conv of constant weights runs on the C kernel (_conv2d.h) for
+KERNEL_AXES = (1, 2)
+#: ... when each output sums at most this many products (or one input channel per group): the kernel keeps
+#: 32 positions of them in L1; beyond, BLAS's blocking wins (a 3x3 Conv of 256 channels over 32x32: 3x faster)
+KERNEL_MAX_TAPS = 512
+#: ... and at most this many multiply-adds in all (BLAS's blocking wins on large products: a 1x1 Conv of 256
+#: channels over 64x64, 2.7e8 of them, 1.6x faster)
+KERNEL_MAX_FMAS = 2**26
+#: A ConvTranspose of constant weights runs on the C kernel's direct scatter when C/groups · M/groups is at most
+#: this (depthwise: 1); beyond, one matmul of every tap and input channel wins
+TRANSPOSED_MAX_CHANNELS = 4
+#: The activation ops a Conv or ConvTranspose on the C kernel applies itself (tensor_passes fuses them): their
+#: names in grurt.spec's activations (the C of _gru_math.h: within 3e-7 of the elementwise ops)
+ACTIVATIONS = {"Relu": "relu", "Sigmoid": "sigmoid", "Tanh": "tanh"}
 #: im2col columns of at least this many elements make a Conv with a kernel along its first spatial axis
 #: only run one product per tap instead (below, im2col's one call is cheaper: 15 vs 26 us at 30K elements)
 SLABS_FROM = 2**16
@@ -139,6 +162,12 @@ def window_view(padded_shape, channel_shape, kernel, dilations, out, strides):
     return shape, strides
 
 
+def _c_ints(*groups) -> bool:
+    """Whether strides, dilations and pads fit the C kernel's ints (sizes do: MAX_PARAMETERS bounds them, but
+    a stride or dilation that never steps, over one position, is any number)."""
+    return all(0 <= v < 2**31 for group in groups for v in group)
+
+
 def _bias_of(values, shape_bias):
     """The bias input (2) shaped by ``shape_bias`` when constant, FROM_INPUT when not, None when omitted."""
     b = optional(values, 2)
@@ -210,8 +239,26 @@ class _ConvPlan:
                           for j in range(kernel[0])]
             self.slab_shape = (x[0], x[1], math.prod(self.out[2:]))
 
+        self.native = None
+        if (len(kernel) in KERNEL_AXES and values[1].const is not None and self.bias is not FROM_INPUT
+                and _c_ints(strides, dilations, [a for b, a, _ in axes], [b for b, _, _ in axes])
+                and (values[1].shape[1] * math.prod(kernel) <= KERNEL_MAX_TAPS or values[1].shape[1] == 1)
+                and math.prod(self.out) * values[1].shape[1] * math.prod(kernel) <= KERNEL_MAX_FMAS):
+            # constant weights over 1 or 2 spatial axes: the C kernel (_conv2d.h), a 1-D conv as one row
+            b = optional(values, 2)
+            flat = len(kernel) == 1
+            self.native_args = (False, x if not flat else x[:2] + (1,) + x[2:], self.out,
+                                values[1].const if not flat else values[1].const[:, :, None],
+                                None if b is None else b.const, self.group, ((1,) if flat else ()) + strides,
+                                ((1,) if flat else ()) + dilations,
+                                (0, axes[0][0], 0, axes[0][1]) if flat
+                                else (axes[0][0], axes[1][0], axes[0][1], axes[1][1]))
+            self.native = Conv2d(*self.native_args)
+
     def _pack(self, w):
-        return np.ascontiguousarray(w, dtype=np.float32).reshape(self.group, w.shape[0] // self.group, -1)
+        # sizes spelled out, not -1: W may have no outputs
+        return np.ascontiguousarray(w, dtype=np.float32).reshape(self.group, w.shape[0] // self.group,
+                                                                 math.prod(w.shape[1:]))
 
     def _by_slabs(self, x):
         xp = self.padding(x)
@@ -224,10 +271,22 @@ class _ConvPlan:
         return y
 
     def _bias(self, b):
-        return np.asarray(b, dtype=np.float32).reshape(self.group, -1, 1)
+        return np.asarray(b, dtype=np.float32).reshape(self.group, b.shape[0] // self.group, 1)
+
+    def fused(self, activation: str):
+        """A plan of this Conv followed by ``activation`` (a name of ``ACTIVATIONS``) in one kernel call, or None
+        when this Conv does not run on the kernel."""
+        if self.native is None:
+            return None
+        fused = object.__new__(type(self))
+        fused.__dict__.update(self.__dict__)
+        fused.native = Conv2d(*self.native_args, ACTIVATION_CODES[ACTIVATIONS[activation]])
+        return fused
 
     def __call__(self, inputs):
         x = inputs[0]
+        if self.native is not None:
+            return [self.native(x, CALL.threads)]
         if self.slabs is not None:
             y = self._by_slabs(x)
         else:
@@ -318,16 +377,33 @@ class _ConvTransposePlan:
                        for tap in itertools.product(*map(range, self.kernel))]
         self.weights = None if values[1].const is None else self._pack(values[1].const)
         self.bias = _bias_of(values, self._bias)
+        self.native = None
+        if (len(self.kernel) in KERNEL_AXES and values[1].const is not None and self.bias is not FROM_INPUT
+                and _c_ints(self.strides, self.dilations, [b for b, _, _ in axes])
+                and x[1] // self.group * w[1] <= TRANSPOSED_MAX_CHANNELS):
+            # few channels per group (depthwise): the direct scatter of the C kernel (_conv2d.h)
+            b = optional(values, 2)
+            flat = len(self.kernel) == 1
+            self.native_args = (True, x if not flat else x[:2] + (1,) + x[2:], self.out,
+                                values[1].const if not flat else values[1].const[:, :, None],
+                                None if b is None else b.const, self.group, ((1,) if flat else ()) + self.strides,
+                                ((1,) if flat else ()) + self.dilations,
+                                (0, axes[0][0], 0, 0) if flat else (axes[0][0], axes[1][0], 0, 0))
+            self.native = Conv2d(*self.native_args)
+
+    fused = _ConvPlan.fused
 
     def _pack(self, w):
         g = self.group
         w = np.asarray(w, dtype=np.float32).reshape((g, w.shape[0] // g) + tuple(w.shape[1:]))
-        return np.ascontiguousarray(w.reshape(g, w.shape[1], -1).transpose(0, 2, 1))
+        return np.ascontiguousarray(w.reshape(g, w.shape[1], math.prod(w.shape[2:])).transpose(0, 2, 1))
 
     def _bias(self, b):
         return np.asarray(b, dtype=np.float32).reshape((-1,) + (1,) * len(self.kernel))
 
     def __call__(self, inputs):
+        if self.native is not None:
+            return [self.native(inputs[0])]
         w = self.weights if self.weights is not None else self._pack(inputs[1])
         # one input channel per group (depthwise): each tap is a product, and a broadcast multiply gives the
         # bits of the matmul without its one call per group (4x faster on (1, 64, 20, 16))

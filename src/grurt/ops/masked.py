@@ -26,7 +26,7 @@ from ..errors import ModelFormatError, UnsupportedModelError
 from ..graph_model import masked_gru
 from ..model import Model
 from ..spec import GRU
-from .recurrent import _gru_shapes, direction_activations
+from .recurrent import CALL, _gru_shapes, direction_activations
 from .registry import BOOL, FLOAT, REGISTRY, Attr, Op, register
 
 MASKED_OUTPUTS = ("previous", "zeros")
@@ -71,7 +71,7 @@ def _run(ctx, inputs):
     D, H = layer.num_directions, layer.hidden_size
     h0 = np.zeros((D, batch, H), np.float32) if initial_h is None else \
         np.array(initial_h.transpose(1, 0, 2), np.float32, order="C")
-    y, h = masked_gru(model, layer, np.ascontiguousarray(X), mask, h0, 1)
+    y, h = masked_gru(model, layer, np.ascontiguousarray(X), mask, h0, CALL.threads)
     if zeros:
         y[~mask] = 0
     return [y.reshape(batch, steps, D, H), np.ascontiguousarray(h.transpose(1, 0, 2))]
