@@ -140,3 +140,26 @@ def test_bad_modes_are_refused_by_name(net, tmp_path):
             archive.writestr(name, data)
     with pytest.raises(UnsupportedModelError, match="header: weights 'fp8' are not supported"):
         grurt.load(tmp_path / "bad.npz")
+
+
+def test_a_static_part_keeps_the_mode():
+    """An encoder GRU over a static input (computed once per stream) runs in the model's mode too."""
+    torch.manual_seed(7)
+
+    class Decoder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.encoder, self.decoder = torch.nn.GRU(4, 8, batch_first=True), torch.nn.GRU(3, 8, batch_first=True)
+
+        def forward(self, x, enc):                  # x (B, T, 3) frames, enc (B, S, 4) static
+            keys, _ = self.encoder(enc)
+            y, _ = self.decoder(x)
+            return torch.softmax(y @ keys.transpose(1, 2), dim=-1) @ keys
+
+    rng = np.random.default_rng(8)
+    x, enc = (rng.standard_normal(s).astype(np.float32) for s in ((2, 6, 3), (2, 5, 4)))
+    model = grurt.from_torch(Decoder().eval(), (torch.from_numpy(x), torch.from_numpy(enc))).with_weights("int8")
+    whole = model.run([x, enc])
+    stream = model.stream(batch=2, time_axes={"x": 1}, static={"enc": enc})
+    stepped = np.stack([stream.step(x[:, t]) for t in range(x.shape[1])], 1)
+    assert np.abs(stepped - whole).max() <= ATOL

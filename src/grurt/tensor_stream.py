@@ -537,7 +537,8 @@ class TensorStream:
             compiled = StreamGraph(self.model.graph, self.time_axes, frame_sig,
                                    {n: (a.shape, a.dtype) for n, a in zip(names, arrays)})
             runner = type(self.model)(compiled.stream_graph, weights=self.model.weights)
-            static_model = type(self.model)(compiled.static_graph) if compiled.static_graph is not None else None
+            static_model = (type(self.model)(compiled.static_graph, weights=self.model.weights)
+                            if compiled.static_graph is not None else None)
             compiled = self._compiled[sig] = (compiled, runner, static_model, frame_sig)
         self.compiled, self._runner, static_model, self._frame_shapes = compiled
         values = {}
