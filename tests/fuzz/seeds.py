@@ -107,6 +107,7 @@ def _onnx(directory, rng):
         paths.append(path)
     paths.append(_onnx_conv(directory, rng))
     paths.append(_onnx_general(directory, rng))
+    paths.append(_onnx_conv2d_attention(directory, rng))
     return paths
 
 
@@ -125,6 +126,37 @@ def _onnx_general(directory, rng):
                               [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)], init)
     path = directory / "general.onnx"
     save(helper.make_model(graph, opset_imports=[helper.make_operatorsetid("", 17)], ir_version=9), path)
+    return path
+
+
+def _onnx_conv2d_attention(directory, rng):
+    """The general graph's C kernels: 2-D Conv (+Relu, grouped and strided +Sigmoid), a depthwise
+    ConvTranspose, MatMul + Add bias rows, attention (MatMul, scale, Softmax, MatMul), a mean."""
+    from onnx import TensorProto, helper, numpy_helper, save
+
+    def f32(*shape):
+        return (0.5 * rng.normal(size=shape)).astype(np.float32)
+    arrays = {"Wc1": f32(4, 1, 3, 3), "Bc1": f32(4), "Wc2": f32(4, 2, 1, 3), "Wt": f32(4, 1, 1, 2),
+              "shape": np.array([0, 0, 32], np.int64), "Wq": f32(32, 16), "bq": f32(16), "Wk": f32(32, 16),
+              "bk": f32(16), "scale": np.array(0.25, np.float32), "axes": np.array([1], np.int64)}
+    nodes = [helper.make_node("Conv", ["X", "Wc1", "Bc1"], ["c1"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("Conv", ["r1", "Wc2"], ["c2"], group=2, strides=[1, 2], pads=[0, 1, 0, 1]),
+             helper.make_node("Sigmoid", ["c2"], ["s2"]),
+             helper.make_node("ConvTranspose", ["s2", "Wt"], ["u"], group=4, strides=[1, 2]),
+             helper.make_node("Transpose", ["u"], ["ut"], perm=[0, 2, 1, 3]),
+             helper.make_node("Reshape", ["ut", "shape"], ["seq"]),
+             helper.make_node("MatMul", ["seq", "Wq"], ["qm"]), helper.make_node("Add", ["qm", "bq"], ["q"]),
+             helper.make_node("MatMul", ["seq", "Wk"], ["km"]), helper.make_node("Add", ["km", "bk"], ["k"]),
+             helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 2, 1]),
+             helper.make_node("MatMul", ["q", "kt"], ["scores"]), helper.make_node("Mul", ["scores", "scale"], ["z"]),
+             helper.make_node("Softmax", ["z"], ["p"], axis=-1), helper.make_node("MatMul", ["p", "q"], ["att"]),
+             helper.make_node("ReduceMean", ["att", "axes"], ["out"], keepdims=0)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", 1, "T", 8])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(a, n) for n, a in arrays.items()])
+    path = directory / "conv2d_attention.onnx"
+    save(helper.make_model(graph, opset_imports=[helper.make_operatorsetid("", 18)], ir_version=9), path)
     return path
 
 
