@@ -254,6 +254,7 @@ class Row:
     status: str = "ok"                    # ok / WRONG ... / n/a ... / ERROR ...
     call: Optional[Callable] = None
     times: List[float] = field(default_factory=list)   # seconds per call
+    cpu: List[float] = field(default_factory=list)     # the calling thread's CPU seconds per call
 
     @property
     def timed(self) -> bool:
@@ -300,7 +301,9 @@ def interleaved(rows: List[Row], x: np.ndarray, budget: float, min_rounds: int, 
     this, a 10 µs call measures 30 µs after a torch call). Each turn starts after a short
     pause: onnxruntime's spinning pool threads and OpenVINO's workers stay busy for a moment
     after a call returns, and on 2 loaded cores that slowed the next contender 2-3x (torch on
-    W2 after onnxruntime-default). Returns the number of rounds.
+    W2 after onnxruntime-default). Each call's CPU time is recorded too (``row.cpu``, the calling
+    thread's): on cores shared with other processes, a call preempted midway measures its wall time
+    inflated, its CPU time not. Returns the number of rounds.
     """
     live = [row for row in rows if row.call is not None]
     if not live:
@@ -332,9 +335,10 @@ def interleaved(rows: List[Row], x: np.ndarray, budget: float, min_rounds: int, 
                 if warm_up[id(row)]:
                     row.call(x)
                 for _ in range(burst[id(row)]):
-                    start = time.perf_counter()
+                    cpu, start = time.thread_time(), time.perf_counter()
                     row.call(x)
                     row.times.append(time.perf_counter() - start)
+                    row.cpu.append(time.thread_time() - cpu)
     finally:
         gc.enable()
     return rounds

@@ -38,8 +38,6 @@ os.environ["OPENBLAS_NUM_THREADS"] = "1"
 import argparse
 import collections
 import datetime
-import gc
-import random
 import sys
 import tempfile
 import time
@@ -50,7 +48,7 @@ import torch
 
 import grurt
 import workloads_graph as wg
-from compare import BASELINE, BURST_SECONDS, SETTLE_SECONDS, Row, fmt_us, load_average, machine, versions
+from compare import BASELINE, Row, fmt_us, interleaved, load_average, machine, versions
 
 TOLERANCE = 1e-5
 BF16_BUDGET = 5e-3             # tests/tolerances.py LOWP_BUDGETS["bf16"]
@@ -137,45 +135,6 @@ def bench(w, directory, quick):
     return rows, interleaved(rows, x, budget, min_rounds, max_rounds)
 
 
-def interleaved(rows, x, budget, min_rounds, max_rounds) -> int:
-    """compare.interleaved, also recording each call's CPU time (``row.cpu``, the calling thread's, which
-    holds every contender's work: onnxruntime and torch run on it with one thread): on cores shared with
-    other processes, a call preempted midway measures its wall time inflated, its CPU time not."""
-    live = [row for row in rows if row.call is not None]
-    if not live:
-        return 0
-    cost = {}
-    for row in live:
-        row.cpu = []
-        start = time.perf_counter()
-        row.call(x)
-        cost[id(row)] = time.perf_counter() - start
-    burst = {key: max(1, min(100, round(BURST_SECONDS / c))) for key, c in cost.items()}
-    round_cost = sum((burst[key] + 1) * c + SETTLE_SECONDS for key, c in cost.items())
-    rounds = int(min(max_rounds, max(min_rounds, budget / max(round_cost, 1e-9))))
-    deadline = time.perf_counter() + 1.5 * budget
-    order = list(live)
-    shuffle = random.Random(0).shuffle
-    gc.disable()
-    try:
-        for done in range(rounds):
-            if done >= min_rounds and time.perf_counter() > deadline:
-                rounds = done
-                break
-            shuffle(order)
-            for row in order:
-                time.sleep(SETTLE_SECONDS)
-                row.call(x)                         # warm-up: the previous contender evicted the caches
-                for _ in range(burst[id(row)]):
-                    cpu, start = time.thread_time(), time.perf_counter()
-                    row.call(x)
-                    row.times.append(time.perf_counter() - start)
-                    row.cpu.append(time.thread_time() - cpu)
-    finally:
-        gc.enable()
-    return rounds
-
-
 def table(results) -> str:
     lines = ["| workload | contender | median µs | p99 µs | ORT-1t / this | CPU µs (median) | ORT-1t / this, CPU | "
              "calls | check |", "|---|---|---:|---:|---:|---:|---:|---:|---|"]
@@ -215,16 +174,8 @@ def profile(w, repeat=200) -> str:
     plan = model.plan(arrays)
     per_step = [[] for _ in plan.steps]
     for _ in range(repeat):
-        slots = list(plan.slots)
-        for slot, array in zip(plan.input_slots, arrays):
-            slots[slot] = array
-        for k, (run, ctx, ins, outs, frees, _) in enumerate(plan.steps):
-            args = [slots[i] for i in ins]
-            start = time.thread_time()
-            results = run(ctx, args)
-            per_step[k].append(time.thread_time() - start)
-            for j, slot in outs:
-                slots[slot] = results[j]
+        for k, seconds in enumerate(step_times(plan, arrays, time.thread_time)):
+            per_step[k].append(seconds)
     by_op = collections.Counter()
     count = collections.Counter()
     for (*_, node), times in zip(plan.steps, per_step):
@@ -239,6 +190,23 @@ def profile(w, repeat=200) -> str:
     lines += [f"| {op} | {count[op]} | {us:.1f} |" for op, us in by_op.most_common()]
     lines.append(f"| (dispatch, input checks, cache lookup) | | {total - sum(by_op.values()):.1f} |")
     return "\n".join(lines)
+
+
+def step_times(plan, arrays, clock):
+    """One run of ``plan`` on the checked ``arrays`` as Plan.run makes it, each step timed alone by
+    ``clock``: the seconds of each step, in order."""
+    slots = list(plan.slots)
+    for slot, array in zip(plan.input_slots, arrays):
+        slots[slot] = array
+    seconds = []
+    for run, ctx, ins, outs, _, _ in plan.steps:
+        args = [slots[i] for i in ins]
+        start = clock()
+        results = run(ctx, args)
+        seconds.append(clock() - start)
+        for k, slot in outs:
+            slots[slot] = results[k]
+    return seconds
 
 
 def general_op_cost(repeat=2000) -> str:

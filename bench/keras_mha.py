@@ -30,6 +30,8 @@ import time
 import numpy as np
 import torch
 
+from compare_graph import step_times
+
 FEATURES, UNITS, HEADS, KEY_DIM, CLASSES = 40, 64, 4, 32, 10
 BURST_SECONDS = 0.02
 
@@ -154,16 +156,8 @@ def profile(model, x, rounds):
         start = time.perf_counter()
         model.run(x)
         whole.append(time.perf_counter() - start)
-        slots = list(plan.slots)
-        for slot, array in zip(plan.input_slots, arrays):
-            slots[slot] = array
-        for index, (run, ctx, ins, outs, frees, _) in enumerate(plan.steps):
-            inputs = [slots[i] for i in ins]
-            start = time.perf_counter()
-            results = run(ctx, inputs)
-            times[index].append(time.perf_counter() - start)
-            for k, slot in outs:
-                slots[slot] = results[k]
+        for index, seconds in enumerate(step_times(plan, arrays, time.perf_counter)):
+            times[index].append(seconds)
     print(f"\ngrurt's plan, {len(plan.steps)} steps (µs per step over {rounds} runs):")
     print(f"  {'min':>8} {'median':>8}")
     for index, (_, _, _, _, _, node) in enumerate(plan.steps):
