@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..ops.recurrent import direction_activations
-from ..spec import GRU
-from .recurrent import gru_direction
+from .recurrent import direction_layers, gru_direction
 
 
 def masked_gru(attrs, inputs):
@@ -19,11 +17,7 @@ def masked_gru(attrs, inputs):
     h0 = np.zeros((D, batch, H)) if initial_h is None else initial_h.transpose(1, 0, 2)
     zeros = attrs["masked_output"] == "zeros"
     ys, hs = [], []
-    for d, (f, g) in enumerate(direction_activations("MaskedGRU", attrs, D)):
-        reverse = attrs["direction"] == "reverse" or d == 1
-        layer = GRU(W[d:d + 1], R[d:d + 1], B[d:d + 1], direction="reverse" if reverse else "forward",
-                    linear_before_reset=bool(attrs["linear_before_reset"]), gate_activation=f, candidate_activation=g,
-                    clip=attrs["clip"])
+    for d, reverse, layer in direction_layers("MaskedGRU", attrs, W, R, B):
         y, h = gru_direction(layer, 0, X, np.asarray(h0[d], np.float64), reverse, np.full(batch, steps),
                              mask=np.asarray(mask, bool), zeros_at_masked=zeros)
         ys.append(y)

@@ -114,6 +114,16 @@ def gru(layer: GRU, x: np.ndarray, h0: np.ndarray, lengths: np.ndarray):
 
 
 
+def direction_layers(op: str, attrs, W, R, B):
+    """(d, reverse, one-direction GRU layer) for each direction of an ONNX-style GRU node of ``op``
+    (W (D, 3H, I), R (D, 3H, H), B (D, 6H)), its activations read as onnxruntime reads them."""
+    for d, (f, g) in enumerate(direction_activations(op, attrs, W.shape[0])):
+        reverse = attrs["direction"] == "reverse" or d == 1
+        yield d, reverse, GRU(W[d:d + 1], R[d:d + 1], B[d:d + 1], direction="reverse" if reverse else "forward",
+                              linear_before_reset=bool(attrs["linear_before_reset"]), gate_activation=f,
+                              candidate_activation=g, clip=attrs["clip"])
+
+
 def onnx_gru(attrs, inputs):
     """The ONNX GRU operator: X (T, B, I) (layout 1: (B, T, I)), W, R, B, sequence_lens, initial_h
     → Y (T, D, B, H) and Y_h (D, B, H) (layout 1: (B, T, D, H) and (B, D, H)), direction by direction."""
@@ -129,11 +139,7 @@ def onnx_gru(attrs, inputs):
         h0 = initial_h if attrs["layout"] == 0 else initial_h.transpose(1, 0, 2)
     lengths = np.full(batch, steps) if lengths is None else np.asarray(lengths)
     ys, hs = [], []
-    for d, (f, g) in enumerate(direction_activations("GRU", attrs, D)):
-        reverse = attrs["direction"] == "reverse" or d == 1
-        layer = GRU(W[d:d + 1], R[d:d + 1], B[d:d + 1], direction="reverse" if reverse else "forward",
-                    linear_before_reset=bool(attrs["linear_before_reset"]), gate_activation=f, candidate_activation=g,
-                    clip=attrs["clip"])
+    for d, _, layer in direction_layers("GRU", attrs, W, R, B):
         y, h = gru(layer, x, np.asarray(h0[d:d + 1], np.float64), lengths)    # (B, T, H), (1, B, H)
         ys.append(y)
         hs.append(h)
