@@ -146,8 +146,8 @@ class TensorStreamPool:
         closed = array[~self._open[array]]
         if closed.size:
             raise InputError(f"session {closed[0]} is not open")
-        if np.unique(array).size != array.size:
-            values, counts = np.unique(array, return_counts=True)
+        values, counts = np.unique(array, return_counts=True)
+        if values.size != array.size:
             raise InputError(f"session {values[counts > 1][0]} appears more than once in ids")
         return array
 
