@@ -38,7 +38,8 @@ import numpy as np
 
 from ...errors import GrurtError, ModelFormatError, UnsupportedModelError
 from ...limits import MAX_PARAMETERS
-from ...tensor_graph import TensorGraph, TensorInput, TensorNode
+from ...tensor_build import GraphBuilder, masked_mean, masking
+from ...tensor_graph import TensorGraph, TensorInput
 from .layers import _layer_name, _major, _version, batchnorm_affine, is_op, keras_gru_direction, model_layers
 
 #: Layer classes that are models: lowered as a subgraph of their own layers.
@@ -125,64 +126,10 @@ def _axis(value, rank, what, batch=False) -> int:
 
 # ---- the graph being built ----
 
-class _Graph:
-    """Nodes, constants and names of the graph being built, shared by a model and its sub-models."""
-
-    def __init__(self):
-        self.nodes = []                # [op, inputs, outputs, attrs, name]
-        self.constants = {}
-        self.taken = set()
-        self.int_constants = {}        # tuple of ints -> constant name (shared)
-        self.channels_first = {}       # channels-last tensor -> the same tensor channels first
-
-    def fresh(self, base: str) -> str:
-        name, k = base, 1
-        while name in self.taken:
-            k += 1
-            name = f"{base}~{k}"
-        self.taken.add(name)
-        return name
-
-    def const(self, value, base, dtype=np.float32) -> str:
-        name = self.fresh(base)
-        self.constants[name] = np.array(value, dtype=dtype, order="C")
-        return name
-
-    def ints(self, values) -> str:
-        key = tuple(int(v) for v in values)
-        if key not in self.int_constants:
-            self.int_constants[key] = self.const(np.array(key, np.int64), "ints", np.int64)
-        return self.int_constants[key]
-
-    def scalar(self, value: int) -> str:
-        key = ("scalar", int(value))
-        if key not in self.int_constants:
-            self.int_constants[key] = self.const(np.array(int(value), np.int64), "int", np.int64)
-        return self.int_constants[key]
-
-    def add(self, op, inputs, attrs, base, outputs=1, names=None):
-        names = list(names) if names else [self.fresh(f"{base}:{k}" if outputs > 1 else base)
-                                           for k in range(outputs)]
-        self.nodes.append([op, list(inputs), names, attrs, base])
-        return names[0] if outputs == 1 else names
-
-    def build(self, inputs, outputs) -> TensorGraph:
-        """The TensorGraph, each output's producing node writing it under the output's name."""
-        renames, produced = {}, {name for node in self.nodes for name in node[2]}
-        for tensor, name in outputs:
-            if tensor != name and tensor in produced and tensor not in renames:
-                renames[tensor] = name
-            elif tensor != name:          # an input or a tensor given twice: a copy under the output's name
-                self.add("Identity", [tensor], {}, name, names=[name])
-        nodes = [TensorNode(op, tuple(renames.get(i, i) for i in ins), tuple(renames.get(o, o) for o in outs), attrs,
-                            base) for op, ins, outs, attrs, base in self.nodes]
-        return TensorGraph(tuple(inputs), tuple(nodes), tuple(name for _, name in outputs), self.constants)
-
-
 class _Call:
     """One call of one Keras layer being lowered: what it is, its weights, and emitters of ops."""
 
-    def __init__(self, graph: _Graph, kind, name, config, weights, major, version, base):
+    def __init__(self, graph: GraphBuilder, kind, name, config, weights, major, version, base):
         self.graph, self.kind, self.name, self.config = graph, kind, name, config
         self.weights, self.major, self.version, self.base = weights, major, version, base
 
@@ -603,9 +550,7 @@ def _masking(c: _Call, args, kwargs):
     x = _one(args, kwargs)
     if x.rank != 3:
         raise UnsupportedModelError(f"reads {x.describe()}; grurt masks (batch, time, features) sequences")
-    value = c.const(np.float32(_float(c.option("mask_value", 0.0), "mask_value")), "mask_value")
-    mask = c.op("ReduceMax", c.op("Not", c.op("Equal", x.name, value)), axes=(2,), keepdims=0)
-    y = c.op("Where", c.op("Unsqueeze", mask, axes=(2,)), x.name, c.const(np.float32(0), "zero"))
+    y, mask = masking(c.graph, x.name, _float(c.option("mask_value", 0.0), "mask_value"), c.base)
     return [_T(y, x.shape, mask=mask)]
 
 
@@ -891,12 +836,7 @@ def _global_pool(op, rank):
         shape = tuple(1 if a in axes else d for a, d in enumerate(x.shape)) if keep else \
             tuple(d for a, d in enumerate(x.shape) if a not in axes)
         if x.mask and op == "ReduceMean" and rank == 1:
-            # Keras: sum(where(mask, x, 0)) / sum(mask) over the steps (0/0: NaN for a sequence without any)
-            valid = c.op("Unsqueeze", x.mask, axes=(2 if last else 1,))
-            total = c.op("ReduceSum", c.op("Where", valid, x.name, c.const(np.float32(0), "zero")), axes=axes,
-                         keepdims=int(keep))
-            count = c.op("ReduceSum", c.op("Cast", valid, to=1), axes=axes, keepdims=int(keep))   # 1: FLOAT
-            return [_T(c.op("Div", total, count), shape)]
+            return [_T(masked_mean(c.graph, x.name, x.mask, axes, keep, 2 if last else 1, c.base), shape)]
         return [_T(c.op(op, x.name, axes=axes, keepdims=int(keep)), shape)]
     return lower
 
@@ -1791,7 +1731,7 @@ def _split_weights(model_config, flat, major):
     return weights
 
 
-def _lower_model(graph: _Graph, model_config, weights, major, version, prefix, inputs=None):
+def _lower_model(graph: GraphBuilder, model_config, weights, major, version, prefix, inputs=None):
     """Lower a model's calls into ``graph``. At the top (``inputs`` None): (TensorInputs, [(tensor,
     output name)]); a nested model (``inputs`` its input tensors, ``weights`` its flat list): its output
     tensors."""
@@ -2045,7 +1985,7 @@ def _as_float(graph, value, base):
 def lower_keras(model_config: dict, weights: dict, keras_version: str) -> TensorGraph:
     """A Keras model config and its weights (by layer name) → a TensorGraph whose inputs and outputs keep
     Keras's names (inputs: the InputLayers' or the dict's keys; outputs: the layers computing them)."""
-    graph = _Graph()
+    graph = GraphBuilder()
     inputs, outputs = _lower_model(graph, model_config, weights, _major(keras_version), str(keras_version), "")
     return graph.build(inputs, outputs)
 
