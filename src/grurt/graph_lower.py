@@ -155,7 +155,7 @@ class _Lowering:
         outputs = [g.fresh(f"{step.output}/sequence") if step.vector else self._name(step.output)]
         outputs += [g.fresh(f"{node.outputs[0]}/final_state") if want else "" for node, want in zip(step.grus, wanted)]
         lengths = "" if step.vector or self.lengths is None else self.lengths
-        g.add("grurt.Chain", [x, lengths, *states], {"layers": spec.layers}, base, names=outputs)
+        g.add("grurt.Chain", [x, lengths, *states], {"layers": spec.layers, "input_size": spec.input_size}, base, names=outputs)
         if step.vector:
             y = outputs[0]
             if spec.returns_sequence:
