@@ -9,7 +9,7 @@ import dataclasses
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 import grurt
@@ -17,7 +17,7 @@ from grurt import reference
 from grurt.graph import (Combine, Concat, Crop, Graph, Input, Masking, Node, Output, PReLU, Repeat, Slice, Unflatten,
                          path_graph)
 from grurt.graph_lower import lower
-from grurt.spec import GlobalPool, LastStep, activation
+from grurt.spec import GRU, GlobalPool, LastStep, activation
 
 from gru_testing import random_gru
 from test_graph import _PROFILE, as_tuple, assert_close, dense, random_graphs, random_initial_state, random_inputs
@@ -238,3 +238,25 @@ def test_a_masked_gru_with_a_function_the_onnx_gru_lacks_is_refused_naming_the_n
     from grurt.errors import UnsupportedModelError
     with pytest.raises(UnsupportedModelError, match=r"node .*GRU.*reading a mask.* not gelu"):
         lower(graph)
+
+
+@_PROFILE
+@given(graph_and_seed=random_graphs(streamable=True), batch=st.integers(1, 3))
+def test_streams_of_random_graphs(graph_and_seed, batch):
+    """The lowered graph streamed (TensorStream: the Chain nodes' GRU states carried frame to frame) gives the
+    fused GraphStream's bits at every frame. Graphs whose chains all keep time: a grurt.Chain ending in a
+    LastStep or a GRU's last state does not stream yet (GraphStream streams it: each frame its own last step)."""
+    graph, seed = graph_and_seed
+    assume(not any(isinstance(node.layer, LastStep) or isinstance(node.layer, GRU) and not node.layer.return_sequences
+                   for node in graph.nodes))
+    rng = np.random.default_rng(seed + 2)
+    values = random_inputs(rng, graph, batch, 5, single=False)
+    static = {i.name: v for i, v in zip(graph.inputs, values) if i.kind != "sequence"}
+    frames = [(i.name, v) for i, v in zip(graph.inputs, values) if i.kind == "sequence"]
+    lowered = grurt.TensorModel(lower(graph).graph).stream(batch, static=static or None)
+    fused_stream = grurt.Model(graph).stream(batch, static=static or None)
+    for t in range(5):
+        got = as_tuple(lowered.step({name: v[:, t] for name, v in frames}))
+        want = as_tuple(fused_stream.step({name: v[:, t] for name, v in frames}))
+        for a, b in zip(got, want):
+            assert a.shape == b.shape and np.array_equal(a, b)

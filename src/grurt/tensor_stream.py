@@ -667,7 +667,8 @@ class TensorStream:
             raise InputError("a block needs at least one frame")
         compiled = self.compiled
         arrays = list(feed.values()) + self._static_arrays + self._states
-        results = self._runner.run(arrays)
+        # a list of one array would be read as that one input's data (by_name): the array itself then
+        results = self._runner.run(arrays if len(arrays) > 1 else arrays[0])
         results = results if isinstance(results, tuple) else (results,)
         self._states = [results[i] for i in compiled.state_outputs]
         outputs = []
