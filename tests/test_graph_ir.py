@@ -260,3 +260,22 @@ def test_streams_of_random_graphs(graph_and_seed, batch):
         want = as_tuple(fused_stream.step({name: v[:, t] for name, v in frames}))
         for a, b in zip(got, want):
             assert a.shape == b.shape and np.array_equal(a, b)
+
+
+def test_sequences_joined_have_one_number_of_steps():
+    """Inputs whose sequences a Combine or Concat joins share one time dim (no broadcasting of a 1-step
+    sequence, which the fused runner refuses); a PReLU with an alpha per step fixes that dim."""
+    rng = np.random.default_rng(12)
+    graph = Graph((Input("a", 3), Input("b", 3), Input("c", 2), Input("d", 3)),
+                  (Node(random_gru(rng, 3, 3), "a", "g"), Node(Combine("add"), ("g", "b"), "s"),
+                   Node(PReLU(np.full((4, 3), 0.5, np.float32)), "d", "p"), Node(Concat(), ("s", "p"), "y"),
+                   Node(random_gru(rng, 2, 2, return_sequences=False), "c", "z")), ("y", "z"))
+    lowered = grurt.TensorModel(lower(graph).graph)
+    assert [i.dims[1] for i in lowered.graph.inputs] == [4, 4, "steps of c", 4]
+    x = {name: rng.normal(size=(2, 4, 2 if name == "c" else 3)).astype(np.float32) for name in "abcd"}
+    check(graph, [x[name] for name in "abcd"])
+    x["c"] = x["c"][:, :2]
+    check(graph, [x[name] for name in "abcd"])          # c joins nothing: its own number of steps
+    x["b"] = x["b"][:, :1]
+    with pytest.raises(grurt.InputError, match=r"input 'b' must have shape \(batch, 4, 3\), got \(2, 1, 3\)"):
+        lowered.run(x)

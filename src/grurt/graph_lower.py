@@ -30,10 +30,10 @@ from typing import Dict, FrozenSet, Optional, Tuple
 import numpy as np
 
 from .errors import UnsupportedModelError
-from .graph import (Combine, Concat, Crop, Graph, Masking, PReLU, Repeat, Segment, Slice, Unflatten, segments,
-                    takes_mask)
+from .graph import (NEW_STEPS_LAYERS, Combine, Concat, Crop, Graph, Masking, PReLU, Repeat, Segment, Slice,
+                    Unflatten, segments, takes_mask)
 from .ops.recurrent import RNN_ACTIVATIONS
-from .spec import GRU, GlobalPool
+from .spec import GRU, GlobalPool, frame_rate_layers
 from .tensor_build import GraphBuilder, masked_mean, masking
 from .tensor_graph import TensorGraph, TensorInput
 
@@ -67,6 +67,44 @@ def lower(graph: Graph, lengths: bool = False, states: FrozenSet[int] = frozense
     return _Lowering(graph, lengths, frozenset(states), return_state).result
 
 
+def _time_dims(graph: Graph) -> Dict[str, object]:
+    """The time dim of each sequence and ids input: the sequences a Combine or Concat joins have one number
+    of steps (the fused runner's check, which broadcasting would not make), so their inputs share one dim
+    parameter; a PReLU with an alpha per step fixes it to its steps. Tensors whose steps are not an input's
+    (after a Repeat, an Unflatten, a Crop, a chain changing the frame rate) join no input's dim."""
+    parent, fixed, group = {}, {}, {}          # union-find over the inputs; a tensor -> its input (or None)
+
+    def root(name):
+        while parent[name] != name:
+            name = parent[name]
+        return name
+
+    for i in graph.inputs:
+        if i.kind in ("sequence", "ids"):
+            parent[i.name] = group[i.name] = i.name
+    for step in segments(graph):
+        if isinstance(step, Segment):
+            spec = step.spec(graph)
+            keeps = not step.vector and spec.returns_sequence and not frame_rate_layers(spec)
+            group[step.output] = group.get(step.source) if keeps else None
+            continue
+        layer, sources = step.layer, [group.get(name) for name in step.inputs]
+        if isinstance(layer, (Combine, Concat)):
+            joined = [root(s) for s in sources if s is not None]
+            for other in joined[1:]:
+                if other != joined[0]:
+                    parent[other] = joined[0]
+                    if other in fixed:
+                        fixed.setdefault(joined[0], fixed[other])
+        if isinstance(layer, PReLU) and layer.steps is not None and sources[0] is not None:
+            fixed.setdefault(root(sources[0]), layer.steps)
+        keeps = not isinstance(layer, NEW_STEPS_LAYERS) and not (
+            isinstance(layer, (GRU, GlobalPool)) and not getattr(layer, "return_sequences", False))
+        for k, name in enumerate(step.outputs):        # a Masking's y and mask; a GRU's y, not its h_n
+            group[name] = sources[0] if keeps and (k == 0 or isinstance(layer, Masking)) else None
+    return {name: fixed.get(root(name), f"steps of {root(name)}") for name in parent}
+
+
 class _Lowering:
     def __init__(self, graph: Graph, lengths: bool, states: FrozenSet[int], return_state: bool):
         self.graph = graph
@@ -74,6 +112,7 @@ class _Lowering:
         g = self.g
         gru_nodes = graph.gru_nodes
         self.position = {id(node): p for p, node in enumerate(gru_nodes)}
+        self.time_dims = _time_dims(graph)
         inputs = [self._input(i) for i in graph.inputs]
         self.lengths = g.fresh("lengths") if lengths else None
         if self.lengths:
@@ -113,7 +152,7 @@ class _Lowering:
             return TensorInput(i.name, "float32", (i.directions, _BATCH, i.size // i.directions))
         if i.kind == "vector":
             return TensorInput(i.name, "float32", (_BATCH, i.size))
-        time = f"steps of {i.name}"
+        time = self.time_dims[i.name]
         return TensorInput(i.name, "int64", (_BATCH, time)) if i.kind == "ids" else \
             TensorInput(i.name, "float32", (_BATCH, time, i.size))
 
