@@ -9,7 +9,7 @@ import numpy as np
 
 from .spec import GRU, Activation, Dense, LastStep, Merge, ModelSpec, Reverse, Scale
 from .spec import Embedding, Flatten, GlobalPool, LayerNorm, UnitNorm
-from .errors import InputError
+from .errors import InputError, UnsupportedModelError
 from .spec import TIME_LAYERS, Conv1D, Pool1D, frame_rate_layers, output_steps
 from .graph import Combine, Concat, Crop, Graph, Masking, PReLU, Repeat, Slice, Unflatten, path_graph
 # the GRU maths and the activations live with the GRU op's reference (the reference of every op is below this module)
@@ -320,6 +320,21 @@ def time_layer(layer, x: np.ndarray) -> np.ndarray:
 
 # ---- general tensor graphs (grurt.tensor_graph) ----
 
+def chain_node(attrs, inputs):
+    """The reference of a ``grurt.Chain`` node (grurt.ops.chain): :func:`run` of its layers. It lives here, not
+    in grurt.reference_ops (which this module's run_tensor_graph reads): that keeps the package free of cycles.
+    Histories (a chain continuing a stream) are the stream's business: the reference runs whole sequences."""
+    layers = attrs["layers"]
+    x, lengths = (list(inputs) + [None])[:2]
+    spec = ModelSpec(None if isinstance(layers[0], Embedding) else x.shape[2], layers, attrs["mask_value"])
+    grus = len(spec.gru_layers)
+    states = list(inputs[2:2 + grus]) + [None] * (grus - len(inputs[2:2 + grus]))
+    if any(v is not None for v in inputs[2 + grus:]):
+        raise UnsupportedModelError("the reference of grurt.Chain runs whole sequences: it takes no Conv1D histories")
+    y, h = run(spec, x, states, return_state=True, lengths=lengths)
+    return [y] + h
+
+
 def run_tensor_graph(graph, inputs):
     """Run a :class:`~grurt.tensor_graph.TensorGraph` node by node through the float64 reference
     of each op (:data:`grurt.reference_ops.REFERENCE`): no folding, no plan, no kernels.
@@ -340,7 +355,7 @@ def run_tensor_graph(graph, inputs):
     for node in graph.nodes:
         args = [env[name] if name else None for name in node.inputs]
         attrs = {k: _float64(v) if isinstance(v, np.ndarray) else v for k, v in node.attrs.items()}
-        results = REFERENCE[node.op](attrs, args)
+        results = (chain_node if node.op == "grurt.Chain" else REFERENCE[node.op])(attrs, args)
         for name, value in zip(node.outputs, results):
             if name:
                 env[name] = _float64(np.asarray(value))

@@ -12,7 +12,8 @@ and op type) or the tensor:
   :func:`grurt.ops.check_attributes` (the node keeps the checked ones, defaults filled in), and
   its numbers of inputs and outputs are within the op's ranges;
 * constants and tensor attributes are float32, int64 or bool, read-only, and hold at most
-  :data:`grurt.limits.MAX_PARAMETERS` elements in all;
+  :data:`grurt.limits.MAX_PARAMETERS` elements in all, with the weights of "layers" attributes
+  (a ``grurt.Chain``'s fused layers);
 * the nodes are kept in a topological order (ties in the given order), without the nodes no
   output needs; a cycle or an undefined tensor is an error naming the node that reads it.
 
@@ -31,6 +32,7 @@ import numpy as np
 from .errors import ModelFormatError, UnsupportedModelError
 from .limits import MAX_PARAMETERS
 from .ops import canonical_dtype, check_attributes, lookup
+from .spec import LAYER_TYPES, parameter_count
 
 #: The dtypes a graph input may declare.
 INPUT_DTYPES = ("float32", "int64", "bool")
@@ -137,7 +139,14 @@ class TensorNode:
 def _describe_attr(value) -> str:
     if isinstance(value, np.ndarray):
         return f"<{value.dtype} {value.shape}>"
+    if _is_layers(value):
+        return _short(f"[{', '.join(layer.describe() for layer in value)}]")
     return _short(value)
+
+
+def _is_layers(value) -> bool:
+    """A "layers" attribute (grurt.ops.ATTRIBUTE_KINDS): a tuple of grurt.spec layers."""
+    return isinstance(value, tuple) and bool(value) and isinstance(value[0], LAYER_TYPES)
 
 
 @dataclass(frozen=True, eq=False)
@@ -198,7 +207,8 @@ class TensorGraph:
         constants = {name: canonical_array(value, f"constant '{name}'")
                      for name, value in self.constants.items() if name in used}
         total = sum(a.size for a in constants.values()) + sum(
-            v.size for node in checked for v in node.attrs.values() if isinstance(v, np.ndarray))
+            v.size if isinstance(v, np.ndarray) else parameter_count(v)
+            for node in checked for v in node.attrs.values() if isinstance(v, np.ndarray) or _is_layers(v))
         if total > MAX_PARAMETERS:
             raise ModelFormatError(f"graph: its constants hold {total} elements, more than the {MAX_PARAMETERS} "
                                    "grurt accepts (grurt.limits.MAX_PARAMETERS)")
@@ -277,7 +287,8 @@ def _checked(node: TensorNode) -> TensorNode:
              for name, value in node.attrs.items() if value is not None}
     attrs = check_attributes(op, attrs, where)
     inputs, outputs = _trimmed(node.inputs), _trimmed(node.outputs)
-    for what, names, (fewest, most) in (("inputs", inputs, op.inputs), ("outputs", outputs, op.outputs)):
+    arity = op.arity(attrs) if op.arity is not None else (op.inputs, op.outputs)
+    for what, names, (fewest, most) in (("inputs", inputs, arity[0]), ("outputs", outputs, arity[1])):
         if not fewest <= len(names) <= most:
             span = str(fewest) if fewest == most else f"{fewest} to {most}"
             raise ModelFormatError(f"{where}: {op.name} takes {span} {what}, got {len(names)}")

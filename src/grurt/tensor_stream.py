@@ -34,6 +34,7 @@ import numpy as np
 from .errors import GrurtError, InputError, UnsupportedModelError
 from .graph_model import by_name
 from .ops import REGISTRY, time_rule
+from .ops.chain import chain_spec, stream_refusal
 from .ops.conv import _time_window
 from .ops.linear import parse_einsum
 from .ops.shape import _pads
@@ -201,7 +202,7 @@ class StreamGraph:
         timed = {p: self.time[n] for p, n in enumerate(node.inputs) if n and self.kind[n] == "dynamic"
                  and self.time[n] is not None}
         summaries = [n for n in names if self.kind[n] == "dynamic" and self.time[n] is None]
-        if timed and summaries and node.op != "GRU":
+        if timed and summaries and node.op not in ("GRU", "grurt.Chain"):
             _refuse(node, f"combines '{summaries[0]}' (a value after the last frame, such as a GRU's last state) "
                           "with tensors over time")
         extras = {self.extra[node.inputs[p]] for p in timed}
@@ -210,6 +211,9 @@ class StreamGraph:
         extra = extras.pop() if extras else 0
         if node.op == "GRU":
             self._gru(node, timed)
+            return
+        if node.op == "grurt.Chain":
+            self._chain(node, timed)
             return
         rewritten = self._check(node, op, timed, extra)
         for n in outputs:
@@ -394,6 +398,42 @@ class StreamGraph:
         for n, axis in ((y, 0 if layout == 0 else 1), (y_h, None)):
             if n:
                 self.kind[n], self.time[n], self.extra[n] = "dynamic", axis, 0
+
+    def _chain(self, node, timed):
+        """A grurt.Chain that streams (grurt.ops.chain.stream_refusal): each GRU state and Conv1D history a
+        state of the stream, in the node's order of inputs and outputs."""
+        spec = chain_spec(node.attrs)
+        why = stream_refusal(spec)
+        if why:
+            _refuse(node, why)
+        x = node.inputs[0]
+        if set(timed) != {0} or timed[0] != 1:
+            _refuse(node, "its time steps are not the frames (time must be axis 1 of x, and x alone carries it)")
+        if self.extra[x]:
+            _refuse(node, "it would read padding frames in front of the first one")
+        if len(node.inputs) > 1 and node.inputs[1]:
+            _refuse(node, "its lengths end each sequence at its own step; a stream runs every frame")
+        shapes = [shape for shape, _ in REGISTRY[node.op].infer(node.attrs, self._values(node))[1:]]
+        starts = [gru.default_state(shapes[0][1]) for gru in spec.gru_layers]
+        starts += [np.zeros(shape, _FLOAT) for shape in shapes[len(starts):]]
+        inputs, outputs = [x, ""], [node.outputs[0]]
+        for k, (shape, start) in enumerate(zip(shapes, starts)):
+            given = node.inputs[2 + k] if 2 + k < len(node.inputs) else ""
+            if given:
+                kind = self.kind[given]
+                if kind == "dynamic":
+                    _refuse(node, f"its initial state '{given}' is computed from the frames")
+                start = self.a[given].const if kind == "const" else given
+            state = self._state(node, "GRU state" if k < len(spec.gru_layers) else "Conv1D history", start, shape,
+                                _FLOAT)
+            named = node.outputs[1 + k] if 1 + k < len(node.outputs) else ""
+            state.name_out = named or state.name_out
+            inputs.append(state.name_in)
+            outputs.append(state.name_out)
+            self.kind[state.name_out], self.time[state.name_out], self.extra[state.name_out] = "dynamic", None, 0
+        self.nodes.append(TensorNode(node.op, tuple(inputs), tuple(outputs), node.attrs, node.name))
+        y = node.outputs[0]
+        self.kind[y], self.time[y], self.extra[y] = "dynamic", 1, 0
 
     def _state(self, node, kind, initial, shape, dtype) -> _Stateful:
         index = len(self.states)

@@ -82,7 +82,18 @@ def _grurt_npz(directory, rng):
                            Dense(rng.normal(size=(2, 8)), np.zeros(2), activation("softmax"))), mask_value=0)
     ids_path = directory / "ids.npz"
     grurt.save(ids, ids_path)
-    return [path, graph_path, masked_path, conv_path, ids_path]
+    # format 3.0: grurt.Chain nodes (a "layers" attribute) with a learned state, a causal Conv1D, ids
+    from grurt.tensor_graph import TensorGraph, TensorInput, TensorNode
+    chain = (Conv1D(rng.normal(size=(4, 3, 2)), np.zeros(4), padding=(1, 0)),
+             gru(4, 3, initial_state=rng.normal(size=(1, 3))), Dense(rng.normal(size=(2, 3)), np.zeros(2)))
+    tensor = TensorGraph((TensorInput("x", "float32", ("batch", "time", 3)),
+                          TensorInput("ids", "int64", ("batch", "time"))),
+                         (TensorNode("grurt.Chain", ("x",), ("y", "h"), {"layers": chain}, "chain"),
+                          TensorNode("grurt.Chain", ("ids",), ("z",), {"layers": ids.layers[:2]}, "ids")),
+                         ("y", "h", "z"))
+    chain_path = directory / "chain.npz"
+    grurt.save(tensor, chain_path)
+    return [path, graph_path, masked_path, conv_path, ids_path, chain_path]
 
 
 def _onnx(directory, rng):

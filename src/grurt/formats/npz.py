@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import zipfile
 import zlib
 
@@ -15,7 +16,7 @@ import numpy as np
 from .. import precision
 from .._version import __version__
 from ..errors import GrurtError, ModelFormatError, UnsupportedModelError
-from ..limits import MAX_HEADER_BYTES, MAX_PARAMETERS, parse_json
+from ..limits import MAX_HEADER_BYTES, MAX_LAYER_INDEX, MAX_PARAMETERS, parse_json
 from ..spec import GRU, Activation, ActivationFunction, Dense, LastStep, Merge, ModelSpec, Reverse, Scale
 from ..spec import Embedding, Flatten, GlobalPool, LayerNorm, UnitNorm
 from ..spec import TIME_LAYERS, Conv1D, Pool1D, ZeroPad1D, layer_output
@@ -174,10 +175,7 @@ def save(model, path, metadata: dict | None = None) -> None:
         header["metadata"] = {str(k): str(v) for k, v in metadata.items()}
     arrays = {}
     for index, layer in enumerate(layers):
-        for name in _ARRAYS.get(type(layer), ()):
-            arrays[f"{index}.{name}"] = getattr(layer, name)
-        if isinstance(layer, GRU) and layer.initial_state is not None:
-            arrays[f"{index}.h0"] = layer.initial_state
+        arrays.update((f"{index}.{name}", array) for name, array in _layer_arrays(layer).items())
         if isinstance(layer, GRU) and weights != "float32":
             entries[index]["weights"] = weights
             for name in precision.REDUCED_ARRAYS:
@@ -188,6 +186,14 @@ def save(model, path, metadata: dict | None = None) -> None:
     arrays[HEADER_KEY] = np.array(json.dumps(header))
     with open(path, "wb") as handle:
         np.savez(handle, **arrays)
+
+
+def _layer_arrays(layer) -> dict:
+    """The arrays a layer's entry stores, by name (a GRU's learned initial state as "h0")."""
+    arrays = {name: getattr(layer, name) for name in _ARRAYS.get(type(layer), ())}
+    if isinstance(layer, GRU) and layer.initial_state is not None:
+        arrays["h0"] = layer.initial_state
+    return arrays
 
 
 def _expect(condition, message):
@@ -295,19 +301,19 @@ def _read_array(archive: zipfile.ZipFile, key: str, shape: tuple, where: str, dt
         return array.astype(np.float32)
 
 
-def _layer_from_json(archive, entry, index, features, budget, stored):
+def _layer_from_json(archive, entry, index, features, budget, stored, prefix=""):
     """The layer of header entry ``entry``; a reduced-precision GRU's stored arrays go into
     ``stored`` as (index, name) -> parts (see grurt.precision.stored). A layer's own checks
-    (every number within grurt.limits) name the layer's index."""
+    (every number within grurt.limits) name the layer's index. Its arrays are ``{prefix}{index}.{name}``."""
     try:
-        return _layer_fields(archive, entry, index, features, budget, stored)
+        return _layer_fields(archive, entry, index, features, budget, stored, prefix)
     except GrurtError as exc:
         if str(exc).startswith(f"layer {index}"):
             raise
         raise type(exc)(f"layer {index}: {exc}") from None
 
 
-def _layer_fields(archive, entry, index, features, budget, stored):
+def _layer_fields(archive, entry, index, features, budget, stored, prefix=""):
     where = f"layer {index}"
     _expect(isinstance(entry, dict), f"{where}: expected an object, got {entry!r}")
     kind = entry.get("type")
@@ -318,7 +324,7 @@ def _layer_fields(archive, entry, index, features, budget, stored):
     _expect(not unknown, f"{where}: unknown fields {sorted(unknown)}")
 
     def array(name, shape, dtype_name="float32"):
-        return _read_array(archive, f"{index}.{name}", shape, where, dtype_name)
+        return _read_array(archive, f"{prefix}{index}.{name}", shape, where, dtype_name)
 
     _expect(features is not None or kind not in ("GRU", "Dense", "Scale"),
             f"{where}: reads a tensor without features (token ids or a mask)")
@@ -595,6 +601,8 @@ def _save_tensor_graph(graph, path, metadata=None, weights="float32") -> None:
     outputs in the header; each constant and tensor attribute an array of the archive, named in the
     header with its dtype and shape. A model of reduced-precision GRU weights stores its float32
     values and the mode ("weights"), from which loading rounds them again, to the same bits."""
+    from ..ops.chain import chain_spec
+    from ..tensor_graph import _is_layers
 
     arrays = {}
 
@@ -603,10 +611,20 @@ def _save_tensor_graph(graph, path, metadata=None, weights="float32") -> None:
         arrays[key] = value
         return {"array": key, "dtype": str(value.dtype), "shape": list(value.shape)}
 
+    def layers(value, node):
+        """A "layers" attribute: each layer's entry as format 1.x writes it, its arrays under one prefix, and the
+        features its first layer reads (the input size of its grurt.Chain)."""
+        prefix = f"attribute.{len(arrays)}"
+        for index, layer in enumerate(value):
+            arrays.update((f"{prefix}.{index}.{name}", a) for name, a in _layer_arrays(layer).items())
+        return {"layers": [_layer_to_json(layer) for layer in value], "arrays": prefix,
+                "input_size": chain_spec(node.attrs).input_size}
+
     constants = {name: array("constant", value) for name, value in graph.constants.items()}
     nodes = []
     for node in graph.nodes:
         attrs = {name: {"tensor": array("attribute", value)} if isinstance(value, np.ndarray)
+                 else layers(value, node) if _is_layers(value)
                  else list(value) if isinstance(value, tuple) else value
                  for name, value in node.attrs.items() if value is not None}
         nodes.append({"op": node.op, "name": node.name, "inputs": list(node.inputs), "outputs": list(node.outputs),
@@ -629,7 +647,7 @@ def _tensor_graph_from_header(archive, header):
     against the registry)."""
     from ..tensor_graph import MAX_RANK, TensorGraph, TensorInput, TensorNode
 
-    budget, read = [MAX_PARAMETERS], set()
+    budget, read, prefixes = [MAX_PARAMETERS], set(), set()
 
     def listed(value, what):
         _expect(isinstance(value, list), f"header: '{what}' must be a list")
@@ -658,7 +676,39 @@ def _tensor_graph_from_header(archive, header):
         # (reshaped: np.ascontiguousarray in _read_array makes a 0-d array 1-d)
         return _read_array(archive, key, tuple(shape), where, dtype).reshape(shape)
 
+    def layers(value, where):
+        """A "layers" attribute (see _save_tensor_graph), every number bounded as format 1.x reads it."""
+        fields(value, {"layers", "arrays", "input_size"}, where)
+        entries, prefix = value.get("layers"), value.get("arrays")
+        _expect(isinstance(entries, list) and 0 < len(entries) <= MAX_LAYER_INDEX + 1,
+                f"{where}: 'layers' must be a list of 1 to {MAX_LAYER_INDEX + 1} layers")
+        _expect(isinstance(prefix, str) and re.fullmatch(r"attribute\.[0-9]{1,9}", prefix) is not None
+                and prefix not in prefixes, f"{where}: 'arrays' must name a prefix 'attribute.<n>' of the file once, "
+                f"got {str(prefix)[:100]!r}")
+        prefixes.add(prefix)
+        features = None if value.get("input_size") is None else _int_field(value, "input_size", where)
+        result, has_time, stored = [], True, {}
+        try:
+            for index, entry in enumerate(entries):
+                _expect(not isinstance(entry, dict) or entry.get("type") not in _GRAPH_ONLY,
+                        f"layer {index} ({entry.get('type') if isinstance(entry, dict) else ''}) is only valid in "
+                        "a graph (format 2.x)")
+                _expect(index or features is not None or isinstance(entry, dict) and entry.get("type") == "Embedding",
+                        "input_size is null but the first layer is not an Embedding")
+                layer = _layer_from_json(archive, entry, index, features, budget, stored, prefix + ".")
+                features, has_time = layer_output(f"layer {index} ({type(layer).__name__})", layer, features,
+                                                  has_time)
+                read.update(f"{prefix}.{index}.{name}" for name in _layer_arrays(layer))
+                result.append(layer)
+        except GrurtError as exc:
+            raise type(exc)(f"{where}: {exc}") from None
+        _expect(not stored, f"{where}: a GRU of format 3.0 stores float32 weights (the header's 'weights' gives "
+                            "the mode they run in)")
+        return tuple(result)
+
     def attribute(value, where):
+        if isinstance(value, dict) and "layers" in value:
+            return layers(value, where)
         if isinstance(value, dict):
             return stored_array(fields(value, {"tensor"}, where).get("tensor"), where)
         _expect(isinstance(value, (int, float, str)) and not isinstance(value, bool)

@@ -8,4 +8,4 @@ from .registry import (  # noqa: F401 (the public surface of the registry)
     check_attributes, FLOAT, INT, BOOL, canonical_dtype, broadcast_shapes, normalize_axis, const_ints)
 
 # each family registers its ops on import (it imports Op and register from .registry)
-from . import conv, elementwise, linear, masked, recurrent, reduce, shape  # noqa: E402,F401
+from . import chain, conv, elementwise, linear, masked, recurrent, reduce, shape  # noqa: E402,F401

@@ -33,7 +33,7 @@ import numpy as np
 from .._fields import ACTIVATION_DEFAULTS, activation
 from ..errors import InputError, ModelFormatError, UnsupportedModelError
 from ..model import Model
-from ..spec import GRU
+from ..spec import GRU, output_steps
 from .registry import FLOAT, INT, Attr, Op, register
 
 #: ONNX RNN activation names (case-insensitive) -> grurt activation kinds.
@@ -159,48 +159,64 @@ def _gru_prepare(attrs, values):
         _, _, _, batch, steps = _gru_shapes(attrs, values)
         models[0]._check_size(batch, steps)
         if len(values) < 5 or values[4] is None:
-            return _Direct(models[0], attrs["layout"], D, batch, steps, H)
+            return Direct(models[0], batch, steps, attrs["layout"])
     return models, attrs["layout"]
 
 
-class _Direct:
-    """One Model and the shapes of a plan: ``run`` hands (B, T, I) and (D, B, H) arrays to its kernels'
-    plan as ``grurt.Model.run`` would after its checks (done once, when the plan is made)."""
+class Direct:
+    """A Model and the shapes of one plan: ``run`` hands (B, T, I) input and (D, B, H) states to the Model's
+    kernels as :meth:`grurt.Model.run` does after its checks, made once here, when the plan is made (the
+    shapes are fixed: the size limits are checked now). ``layout``: the ONNX GRU's (None for a grurt.Chain)."""
 
-    __slots__ = ("model", "kernels", "layout", "state", "out")
+    __slots__ = ("model", "kernels", "layout", "out", "rows")
 
-    def __init__(self, model, layout, directions, batch, steps, hidden):
+    def __init__(self, model, batch, steps, layout=None):
+        model._check_size(batch, steps)
+        spec = model.spec
         self.model, self.kernels, self.layout = model, model._plan, layout
-        self.state = (directions, batch, hidden)
-        self.out = (batch, steps, directions * hidden)
+        out_steps = output_steps(spec, steps)
+        self.out = (batch, out_steps, spec.output_size) if spec.returns_sequence else (batch, spec.output_size)
+        self.rows = batch * steps
+
+    def reduced(self, mode):
+        """This Direct with the Model's GRU weights in ``mode`` (grurt.precision)."""
+        direct = Direct.__new__(Direct)
+        direct.model = self.model.with_weights(mode)
+        direct.kernels, direct.layout, direct.out, direct.rows = direct.model._plan, self.layout, self.out, self.rows
+        return direct
+
+    def run(self, x, states):
+        """(output, final states) for ``x`` (B, T, I) float32 C-contiguous and ``states``, one (D, B, H) array per
+        GRU layer or None (its default: zeros or its learned initial_state); the states given are copied."""
+        batch = self.out[0]
+        h = [gru.default_state(batch) if s is None else np.array(s, np.float32, order="C")
+             for gru, s in zip(self.model.spec.gru_layers, states)]
+        y = np.empty(self.out, np.float32)
+        # one step of one sequence stays on the calling thread: its split (a worker woken for a few µs of work)
+        # measured 4% slower on W10 at one frame with the second core busy (833 -> 870 µs a hop), where 20 frames gain
+        self.kernels.run(x, h, None, y, CALL.threads if self.rows > 1 else 1)
+        return y, h
 
 
 def _gru_reduced(ctx, mode):
     """The prepared GRU with its weights stored and multiplied in ``mode`` (grurt.precision)."""
-    if type(ctx) is _Direct:
-        batch, steps, _ = ctx.out
-        return _Direct(ctx.model.with_weights(mode), ctx.layout, ctx.state[0], batch, steps, ctx.state[2])
+    if type(ctx) is Direct:
+        return ctx.reduced(mode)
     models, layout = ctx
     return [model.with_weights(mode) for model in models], layout
 
 
 def _gru_direct(ctx, X, initial_h):
     x = np.ascontiguousarray(X.transpose(1, 0, 2) if ctx.layout == 0 else X)                  # (B, T, I)
-    if initial_h is None:
-        h = np.zeros(ctx.state, np.float32)
-    else:       # a copy: the kernels write the final state into it
-        h = np.array(initial_h if ctx.layout == 0 else initial_h.transpose(1, 0, 2), np.float32, order="C")
-    y = np.empty(ctx.out, np.float32)
-    # one step of one sequence stays on the calling thread: its split (a worker woken for a few µs of work) measured
-    # 4% slower on W10 at one frame with the second core busy (833 -> 870 µs a hop), where 20 frames gain
-    ctx.kernels.run(x, [h], None, y, CALL.threads if ctx.out[0] * ctx.out[1] > 1 else 1)
+    h0 = None if initial_h is None else initial_h if ctx.layout == 0 else initial_h.transpose(1, 0, 2)  # (D, B, H)
+    y, (h,) = ctx.run(x, [h0])
     return y, h
 
 
 def _gru_run(ctx, inputs):
-    if type(ctx) is _Direct:
+    if type(ctx) is Direct:
         y, h = _gru_direct(ctx, inputs[0], inputs[5] if len(inputs) > 5 else None)
-        layout, first = ctx.layout, ctx.state[0]
+        layout, first = ctx.layout, h.shape[0]
     else:
         y, h, first = _gru_models(ctx, inputs)
         layout = ctx[1]

@@ -18,6 +18,11 @@ modules lower onto it). Each :class:`Op` states
 * ``prepare`` (optional): called once per plan with the attributes and the inputs' Values;
   what it returns is the ``ctx`` handed to ``run`` (default: the attributes). Constant
   weights are packed here (a GRU builds its kernels' plan, a MatMul transposes its weight);
+* ``check`` (optional): ``check(attrs)`` validates the attributes together, once they are each of
+  their kind (a ``grurt.Chain``'s layers make a ModelSpec with its ``input_size`` and ``mask_value``);
+  it raises a GrurtError, which the node's name is put in front of;
+* ``arity`` (optional): ``arity(attrs)`` -> ((fewest, most) inputs, (fewest, most) outputs) when they
+  depend on the attributes (a ``grurt.Chain`` takes and gives one state per GRU layer);
 * ``time``: how the op acts along a time axis: ``"step"`` (each step on its own),
   ``"causal"`` (a history of k steps) or ``"sequence"`` (mixes the whole sequence); None when
   it depends on the axes: then ``time_of(attrs, values, time_axis)`` says, for a node whose
@@ -34,12 +39,15 @@ from typing import Any, Callable, Dict, Optional, Tuple
 
 import numpy as np
 
-from ..errors import ModelFormatError, UnsupportedModelError
+from ..errors import GrurtError, ModelFormatError, UnsupportedModelError
+from ..limits import MAX_LAYER_INDEX
+from ..spec import LAYER_TYPES
 
 REQUIRED = object()
 
-#: The kinds an attribute may have, with the Python types a value of that kind may be.
-ATTRIBUTE_KINDS = ("int", "ints", "float", "floats", "string", "strings", "tensor")
+#: The kinds an attribute may have, with the Python types a value of that kind may be. "layers": a
+#: tuple of grurt's fused layers (:mod:`grurt.spec` instances, at most MAX_LAYER_INDEX + 1 of them).
+ATTRIBUTE_KINDS = ("int", "ints", "float", "floats", "string", "strings", "tensor", "layers")
 
 #: Any integer attribute is within this bound (ONNX writes INT64_MAX for "to the end").
 INT_BOUND = 2**63
@@ -89,6 +97,10 @@ class Op:
     #: an op whose weights may be stored in bf16 or int8 (grurt.precision): ``reduced(ctx, mode)`` -> the
     #: prepared context with its weights in that mode (a TensorModel's ``weights``)
     reduced: Optional[Callable] = None
+    #: ``check(attrs)``: the attributes checked together (raises a GrurtError); None: each on its own only
+    check: Optional[Callable] = None
+    #: ``arity(attrs)`` -> (inputs, outputs), each (fewest, most), when the attributes decide them
+    arity: Optional[Callable] = None
 
 
 REGISTRY: Dict[str, Op] = {}
@@ -149,6 +161,9 @@ def _kind_ok(kind: str, value) -> bool:
         return isinstance(value, (list, tuple)) and len(value) <= 4096 and all(item(v) for v in value)
     if kind == "tensor":
         return isinstance(value, np.ndarray)
+    if kind == "layers":
+        return (isinstance(value, (list, tuple)) and 0 < len(value) <= MAX_LAYER_INDEX + 1
+                and all(isinstance(v, LAYER_TYPES) for v in value))
     return False
 
 
@@ -169,8 +184,9 @@ def check_attributes(op: Op, attrs: dict, where: str) -> dict:
             continue
         value = attrs[name]
         if not _kind_ok(spec.kind, value):
-            raise ModelFormatError(f"{where}: attribute {name} of {op.name} must be a finite {spec.kind} "
-                                   f"within bounds, got {_short(value)}")
+            kind = (f"tuple of 1 to {MAX_LAYER_INDEX + 1} grurt.spec layers" if spec.kind == "layers"
+                    else f"finite {spec.kind} within bounds")
+            raise ModelFormatError(f"{where}: attribute {name} of {op.name} must be a {kind}, got {_short(value)}")
         if spec.kind == "int":
             value = int(value)
         elif spec.kind == "float":
@@ -179,12 +195,17 @@ def check_attributes(op: Op, attrs: dict, where: str) -> dict:
             value = tuple(int(v) for v in value)
         elif spec.kind == "floats":
             value = tuple(float(v) for v in value)
-        elif spec.kind == "strings":
+        elif spec.kind in ("strings", "layers"):
             value = tuple(value)
         problem = spec.check(value) if spec.check is not None else None
         if problem:
             raise ModelFormatError(f"{where}: attribute {name} of {op.name}: {problem}")
         checked[name] = value
+    if op.check is not None:
+        try:
+            op.check(checked)
+        except GrurtError as exc:
+            raise type(exc)(f"{where}: {exc}") from None
     return checked
 
 
