@@ -493,3 +493,9 @@ def test_parameter_budget_is_per_file(model, saved, monkeypatch):
         grurt.load(saved)
     monkeypatch.setattr(npz, "MAX_PARAMETERS", total)
     assert grurt.load(saved).spec.parameter_count == total
+
+
+def test_the_installed_package_has_the_version_files_name_as_their_producer():
+    """pyproject reads the version from grurt/_version.py: the one place it is written."""
+    from importlib.metadata import version
+    assert version("grurt") == grurt.__version__
