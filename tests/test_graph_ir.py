@@ -152,6 +152,10 @@ def test_masked_gru(direction, return_sequences, h0):
         want = fused(graph, values, initial_state=states, return_state=True)
     for a, b in zip(as_tuple(got[0]) + tuple(got[1]), as_tuple(want[0]) + tuple(want[1])):
         assert np.array_equal(a, b, equal_nan=True)
+    empty_y, empty_h, empty_mean = (a[3] for a in got[0])
+    h0_there = {"none": lambda: np.zeros(4 * d, np.float32), "tensor": lambda: values[-1][3],
+                "learned": lambda: gru.initial_state.ravel(), "given": lambda: states[0][:, 3].ravel()}[h0]()
+    assert not empty_y.any() and np.array_equal(empty_h, h0_there) and np.isnan(empty_mean).all()
 
 
 def test_masked_token_ids():
@@ -226,9 +230,11 @@ def test_bf16_weights():
 def test_a_masked_gru_with_other_activations():
     """The gate and candidate functions with their alpha and beta go into the MaskedGRU node's attributes."""
     rng = np.random.default_rng(10)
-    gru = random_gru(rng, 3, 2, gate=activation("hard_sigmoid", 0.25, 0.5), candidate=activation("scaled_tanh", 0.9, 1.1))
-    graph = path_graph(3, (gru,), mask_value=0.0)
-    check(graph, [_x(rng, 2, 3, 3)])
+    gru = random_gru(rng, 3, 2, gate=activation("hard_sigmoid", 0.25, 0.5),
+                     candidate=activation("scaled_tanh", 0.9, 1.1))
+    x = _x(rng, 2, 4, 3)
+    x[0, 1] = 0
+    check(path_graph(3, (gru,), mask_value=0.0), [x])
 
 
 def test_a_masked_gru_with_a_function_the_onnx_gru_lacks_is_refused_naming_the_node():

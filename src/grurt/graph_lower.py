@@ -106,6 +106,8 @@ def _time_dims(graph: Graph) -> Dict[str, object]:
 
 
 class _Lowering:
+    """One lowering: the builder, where each graph tensor is (``env``), and the variant's extras."""
+
     def __init__(self, graph: Graph, lengths: bool, states: FrozenSet[int], return_state: bool):
         self.graph = graph
         self.g = GraphBuilder(graph.tensors)
@@ -194,13 +196,10 @@ class _Lowering:
         outputs = [g.fresh(f"{step.output}/sequence") if step.vector else self._name(step.output)]
         outputs += [g.fresh(f"{node.outputs[0]}/final_state") if want else "" for node, want in zip(step.grus, wanted)]
         lengths = "" if step.vector or self.lengths is None else self.lengths
-        g.add("grurt.Chain", [x, lengths, *states], {"layers": spec.layers, "input_size": spec.input_size}, base, names=outputs)
-        if step.vector:
-            y = outputs[0]
-            if spec.returns_sequence:
-                g.add("Squeeze", [y], {"axes": (1,)}, f"{step.output}/Squeeze", names=[self._name(step.output)])
-            else:
-                self.env[step.output] = y
+        g.add("grurt.Chain", [x, lengths, *states], {"layers": spec.layers, "input_size": spec.input_size}, base,
+              names=outputs)
+        if step.vector:                                       # its layers all keep the one step
+            g.add("Squeeze", [outputs[0]], {"axes": (1,)}, f"{step.output}/Squeeze", names=[self._name(step.output)])
         for i, node in enumerate(step.grus):
             final = outputs[1 + i]
             if self.finals is not None:
