@@ -500,6 +500,109 @@ def _dtype_name(dtype) -> str:
     return {"f": "float32", "i": "int64", "b": "bool"}[np.dtype(dtype).kind]
 
 
+class Compiled:
+    """A stream of one batch and one static signature, ready to run: its :class:`StreamGraph`, the TensorModel
+    running the stream graph, the TensorModel of the static graph (None without static inputs), and each time
+    input's frame shape (without its time axis) and dtype."""
+
+    __slots__ = ("graph", "runner", "static_model", "frame_shapes")
+
+    def __init__(self, model, time_axes: Dict[str, int], batch: int, static_shapes: Dict[str, Tuple]):
+        self.frame_shapes = frame_signature(model.graph, time_axes, batch, static_shapes)
+        self.graph = StreamGraph(model.graph, time_axes, self.frame_shapes, static_shapes)
+        self.runner = type(model)(self.graph.stream_graph, weights=model.weights)
+        static = self.graph.static_graph
+        self.static_model = type(model)(static, weights=model.weights) if static is not None else None
+
+    def static_values(self, arrays) -> Dict[str, np.ndarray]:
+        """The static tensors the stream reads, by name, for checked static input ``arrays`` (in input order)."""
+        if self.static_model is None:
+            return {}
+        results = self.static_model.run(dict(zip(self.static_model.input_names, arrays)))
+        results = results if isinstance(results, tuple) else (results,)
+        return dict(zip(self.static_model.output_names, results))
+
+    def initial(self, index: int, static_values) -> np.ndarray:
+        """State ``index`` at its start (a constant, or a static tensor of ``static_values``)."""
+        state = self.graph.states[index]
+        if isinstance(state.initial, str):
+            return np.array(static_values[state.initial], state.dtype)
+        return np.array(np.broadcast_to(state.initial, state.shape), state.dtype)
+
+    def advance(self, time_axes, frames, static_arrays, states, block: bool):
+        """(outputs, next states) for ``frames`` (by_name's dict of the time inputs: one frame, or a block),
+        the static tensors the stream reads and the states; InputError naming a time input of a wrong shape."""
+        feed, n = [], None
+        for name, (shape, _) in self.frame_shapes.items():
+            value = frames[name]
+            array = value if type(value) is np.ndarray else np.asarray(value)
+            axis = time_axes[name]
+            if not block:
+                if array.shape != shape:
+                    raise InputError(f"time input '{name}': a frame has shape {shape}, got {array.shape}")
+                array = np.expand_dims(array, axis)
+            else:
+                if array.ndim != len(shape) + 1 or array.shape[:axis] + array.shape[axis + 1:] != shape:
+                    raise InputError(f"time input '{name}': a block has shape {shape[:axis] + ('n',) + shape[axis:]},"
+                                     f" got {array.shape}")
+                if n is None:
+                    n = array.shape[axis]
+                elif array.shape[axis] != n:
+                    raise InputError(f"time input '{name}' has {array.shape[axis]} frames, another {n}: give every "
+                                     "time input the same number of frames")
+            feed.append(array)
+        if block and n == 0:
+            raise InputError("a block needs at least one frame")
+        graph = self.graph
+        results = self.runner.run(feed + list(static_arrays) + list(states))
+        results = results if isinstance(results, tuple) else (results,)
+        outputs = []
+        for position, axis in zip(graph.output_positions, graph.output_axes):
+            value = results[position]
+            if axis is not None and not block:
+                value = value.reshape(value.shape[:axis] + value.shape[axis + 1:])
+            outputs.append(value)
+        return outputs, [results[i] for i in graph.state_outputs]
+
+
+def frame_signature(graph: TensorGraph, time_axes: Dict[str, int], batch: int, static_shapes) -> Dict[str, Tuple]:
+    """{time input: (frame shape without time, dtype)}: fixed dims as declared, a dim parameter from a static
+    input that names it (``static_shapes``: {name: (shape, dtype)}), else ``batch`` on axis 0."""
+    sizes = {}
+    for tensor in graph.inputs:
+        if tensor.name in static_shapes:
+            for dim, size in zip(tensor.dims, static_shapes[tensor.name][0]):
+                if isinstance(dim, str):
+                    sizes[dim] = size
+    result = {}
+    for tensor in graph.inputs:
+        axis = time_axes.get(tensor.name)
+        if axis is None:
+            continue
+        shape = []
+        for i, dim in enumerate(tensor.dims):
+            if i == axis:
+                continue
+            if isinstance(dim, int):
+                shape.append(dim)
+            elif dim in sizes:
+                shape.append(sizes[dim])
+            elif i == 0:
+                shape.append(batch)
+            else:
+                raise InputError(f"input '{tensor.name}' ({tensor.describe()}): the size of '{dim}' on axis {i} "
+                                 "is not known (it is no static input's, and not the batch on axis 0)")
+        dtype = {"float32": np.float32, "int64": np.int64, "bool": np.bool_}[tensor.dtype]
+        result[tensor.name] = (tuple(shape), np.dtype(dtype))
+    return result
+
+
+def static_checker(model, names):
+    """A TensorModel of the static inputs ``names`` alone, whose ``_inputs`` checks them as run() does."""
+    inputs = tuple(t for t in model.graph.inputs if t.name in names)
+    return type(model)(TensorGraph(inputs, (), (inputs[0].name,), {}))
+
+
 class TensorStream:
     """A general graph fed one frame (or a block of frames) at a time: see
     :meth:`grurt.TensorModel.stream` and docs/streaming-and-serving.md, "Streaming a general graph".
@@ -513,41 +616,11 @@ class TensorStream:
         self.time_axes = checked_time_axes(graph, time_axes)
         self.frame_names = tuple(t.name for t in graph.inputs if t.name in self.time_axes)
         self.static_names = tuple(t.name for t in graph.inputs if t.name not in self.time_axes)
-        self._compiled = {}            # static signature -> (StreamGraph, its TensorModel, static TensorModel)
+        self._compiled = {}            # static signature -> Compiled
         self._static_arrays = None
         self.reset(static)
 
     # ---- static inputs, states ----
-
-    def _frame_sig(self, static_arrays):
-        """(shape without time, dtype) of each time input: fixed dims as declared, a dim parameter
-        from a static input that names it, else the batch on axis 0."""
-        sizes = {}
-        for tensor, array in zip((t for t in self.model.graph.inputs if t.name in self.static_names), static_arrays):
-            for dim, size in zip(tensor.dims, array.shape):
-                if isinstance(dim, str):
-                    sizes[dim] = size
-        result = {}
-        for tensor in self.model.graph.inputs:
-            axis = self.time_axes.get(tensor.name)
-            if axis is None:
-                continue
-            shape = []
-            for i, dim in enumerate(tensor.dims):
-                if i == axis:
-                    continue
-                if isinstance(dim, int):
-                    shape.append(dim)
-                elif dim in sizes:
-                    shape.append(sizes[dim])
-                elif i == 0:
-                    shape.append(self.batch)
-                else:
-                    raise InputError(f"input '{tensor.name}' ({tensor.describe()}): the size of '{dim}' on axis {i} "
-                                     "is not known (it is no static input's, and not the batch on axis 0)")
-            dtype = {"float32": np.float32, "int64": np.int64, "bool": np.bool_}[tensor.dtype]
-            result[tensor.name] = (tuple(shape), np.dtype(dtype))
-        return result
 
     def reset(self, static=None):
         """Start a new stream: every state back to its start; ``static`` (required the first time
@@ -555,7 +628,7 @@ class TensorStream:
         computed from them alone are computed again, once."""
         if static is not None or self._static_arrays is None:
             self._set_static(static)
-        self._states = [self._initial(s) for s in self.compiled.states]
+        self._states = [self._stream.initial(i, self._static_values) for i in range(len(self.compiled.states))]
 
     def _set_static(self, static):
         names = self.static_names
@@ -567,40 +640,17 @@ class TensorStream:
             if static is None:
                 raise InputError(f"this stream's static inputs {list(names)} must be given: "
                                  "model.stream(static={name: value})")
-            given = by_name(static, names, "static input")
-            checker = self._checker()
-            arrays = checker._inputs(given)
+            if not hasattr(self, "_static_checker"):
+                self._static_checker = static_checker(self.model, names)
+            arrays = self._static_checker._inputs(by_name(static, names, "static input"))
         sig = tuple((a.shape, a.dtype) for a in arrays)
-        compiled = self._compiled.get(sig)
-        if compiled is None:
-            frame_sig = self._frame_sig(arrays)
-            compiled = StreamGraph(self.model.graph, self.time_axes, frame_sig,
-                                   {n: (a.shape, a.dtype) for n, a in zip(names, arrays)})
-            runner = type(self.model)(compiled.stream_graph, weights=self.model.weights)
-            static_model = (type(self.model)(compiled.static_graph, weights=self.model.weights)
-                            if compiled.static_graph is not None else None)
-            compiled = self._compiled[sig] = (compiled, runner, static_model, frame_sig)
-        self.compiled, self._runner, static_model, self._frame_shapes = compiled
-        values = {}
-        if static_model is not None:
-            results = static_model.run(dict(zip(names, arrays)))
-            results = results if isinstance(results, tuple) else (results,)
-            values = dict(zip(static_model.output_names, results))
-        self._static_values = values
-        self._static_arrays = [values[n] for n in self.compiled.static_reads]
-
-    def _checker(self):
-        """A TensorModel of the static inputs alone, to check them as run() does."""
-        graph = self.model.graph
-        inputs = tuple(t for t in graph.inputs if t.name in self.static_names)
-        if not hasattr(self, "_static_checker"):
-            self._static_checker = type(self.model)(TensorGraph(inputs, (), (inputs[0].name,), {}))
-        return self._static_checker
-
-    def _initial(self, state):
-        if isinstance(state.initial, str):
-            return np.array(self._static_values[state.initial], state.dtype)
-        return np.array(np.broadcast_to(state.initial, state.shape), state.dtype)
+        stream = self._compiled.get(sig)
+        if stream is None:
+            stream = self._compiled[sig] = Compiled(self.model, self.time_axes, self.batch,
+                                                    {n: (a.shape, a.dtype) for n, a in zip(names, arrays)})
+        self._stream, self.compiled, self._runner = stream, stream.graph, stream.runner
+        self._static_values = stream.static_values(arrays)
+        self._static_arrays = [self._static_values[n] for n in self.compiled.static_reads]
 
     @property
     def state_names(self) -> List[str]:
@@ -642,38 +692,5 @@ class TensorStream:
 
     def _advance(self, frames, block):
         given = by_name(frames, self.frame_names, "time input")
-        feed = {}
-        n = None
-        for name in self.frame_names:
-            value = given[name]
-            array = value if type(value) is np.ndarray else np.asarray(value)
-            axis = self.time_axes[name]
-            shape = self._frame_shapes[name][0]
-            if not block:
-                if array.shape != shape:
-                    raise InputError(f"time input '{name}': a frame has shape {shape}, got {array.shape}")
-                array = np.expand_dims(array, axis)
-            else:
-                if array.ndim != len(shape) + 1 or array.shape[:axis] + array.shape[axis + 1:] != shape:
-                    raise InputError(f"time input '{name}': a block has shape {shape[:axis] + ('n',) + shape[axis:]},"
-                                     f" got {array.shape}")
-                if n is None:
-                    n = array.shape[axis]
-                elif array.shape[axis] != n:
-                    raise InputError(f"time input '{name}' has {array.shape[axis]} frames, another {n}: give every "
-                                     "time input the same number of frames")
-            feed[name] = array
-        if block and n == 0:
-            raise InputError("a block needs at least one frame")
-        compiled = self.compiled
-        arrays = list(feed.values()) + self._static_arrays + self._states
-        results = self._runner.run(arrays)
-        results = results if isinstance(results, tuple) else (results,)
-        self._states = [results[i] for i in compiled.state_outputs]
-        outputs = []
-        for position, axis in zip(compiled.output_positions, compiled.output_axes):
-            value = results[position]
-            if axis is not None and not block:
-                value = value.reshape(value.shape[:axis] + value.shape[axis + 1:])
-            outputs.append(value)
+        outputs, self._states = self._stream.advance(self.time_axes, given, self._static_arrays, self._states, block)
         return outputs[0] if len(outputs) == 1 else tuple(outputs)
