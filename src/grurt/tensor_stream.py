@@ -52,8 +52,43 @@ _END = np.iinfo(np.int64).max
 _FLOAT = np.dtype(np.float32)
 
 
-def _refuse(node, why: str):
-    raise UnsupportedModelError(f"{node.where}: {why}; this model cannot stream (use run() on the whole sequence)")
+#: What to do, by default, with a model that cannot stream.
+RUN_WHOLE = "use run() on the whole sequence"
+#: What an op that mixes the frames along time reads from the whole sequence (the ops of the "sequence" time rule,
+#: or of a "sequence" time_of along time), for the refusal.
+_READS_ALL = {
+    **dict.fromkeys(("Softmax", "LogSoftmax", "Hardmax"), "normalizes over every frame, later ones included"),
+    **dict.fromkeys(("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
+                     "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare"), "reduces every frame into one value"),
+    **dict.fromkeys(("ArgMax", "ArgMin", "TopK"), "picks among every frame, later ones included"),
+    **dict.fromkeys(("LayerNormalization", "InstanceNormalization", "GroupNormalization", "LpNormalization",
+                     "MeanVarianceNormalization"), "normalizes with statistics of every frame, later ones included"),
+    "CumSum": "sums from the last frame back (reverse=1)",
+    **dict.fromkeys(("ConvTranspose", "Resize", "Upsample", "DepthToSpace", "SpaceToDepth"),
+                    "changes the number of frames (it makes or merges frames, reading ahead)"),
+}
+
+
+def _refuse(node, why: str, todo: str = RUN_WHOLE):
+    """UnsupportedModelError: ``node`` (named) cannot stream because ``why``; ``todo``: what the user can do."""
+    raise UnsupportedModelError(f"{node.where}: {why}; this model cannot stream: {todo}")
+
+
+def _mixes(node, axis: int, x: str):
+    """The refusal of a node that mixes the frames along time: what it reads from the whole sequence."""
+    what = _READS_ALL.get(node.op, "reads every frame of the sequence, later ones included")
+    _refuse(node, f"mixes the frames along time: {node.op} along time (axis {axis} of its input '{x}') {what}")
+
+
+#: A masked GRU's refusal: why (its mask picks the steps anywhere in the sequence) and what streams instead.
+MASKED_WHY = ("its mask (input '{mask}') picks the steps it reads anywhere in the sequence (padding before, inside "
+              "or after the real frames), and a stream cannot tell from a frame whether it counts")
+MASKED_TODO = ("use run() on whole padded sequences with their mask; to stream, step only each sequence's real frames "
+               "through the model converted without its mask (Keras: without the Masking layer, or with "
+               "Embedding(mask_zero=False)): with no padding frames every step counts, and the GRU streams as a "
+               "plain forward GRU")
+MASK_VALUE_TODO = ("use run() on whole padded sequences; to stream, step only each sequence's real frames through the "
+                   "chain without mask_value (with no padding frames every step counts)")
 
 
 def default_time_axes(graph: TensorGraph) -> Dict[str, int]:
@@ -160,10 +195,10 @@ class StreamGraph:
         for name in graph.outputs:
             if self.kind[name] == "sizes":
                 raise UnsupportedModelError(f"output '{name}' is computed from the number of frames; this model "
-                                            "cannot stream (use run() on the whole sequence)")
+                                            f"cannot stream: {RUN_WHOLE}")
             if self.extra.get(name):
                 raise UnsupportedModelError(f"output '{name}' holds {self.extra[name]} padding frames before the "
-                                            "first one; this model cannot stream (use run() on the whole sequence)")
+                                            f"first one; this model cannot stream: {RUN_WHOLE}")
         self._build()
 
     # ---- classification and legality ----
@@ -215,6 +250,10 @@ class StreamGraph:
         if node.op == "grurt.Chain":
             self._chain(node, timed)
             return
+        if node.op == "grurt.MaskedGRU":
+            if node.attrs["direction"] != "forward":
+                _refuse(node, f"a {node.attrs['direction']} GRU reads the sequence from its end")
+            _refuse(node, MASKED_WHY.format(mask=node.inputs[4]), MASKED_TODO)
         rewritten = self._check(node, op, timed, extra)
         for n in outputs:
             self.kind[n] = "dynamic"
@@ -223,7 +262,7 @@ class StreamGraph:
                 _refuse(node, f"gives '{n}' with time on more than one axis")
             self.time[n] = axis
             if axis is None and timed:
-                _refuse(node, f"mixes the frames along time into '{n}'")
+                _refuse(node, f"mixes the frames along time into '{n}' (a {node.op} over the time axis needs every frame)")
             self.extra.setdefault(n, extra if axis is not None else 0)
         if rewritten is not None:
             self.nodes.append(rewritten)
@@ -282,7 +321,7 @@ class StreamGraph:
                           "first input only")
         rule = time_rule(op, node.attrs, values, first)
         if rule != "step":
-            _refuse(node, f"mixes the frames along time (axis {first} of its input '{node.inputs[0]}' is time)")
+            _mixes(node, first, node.inputs[0])
         return node
 
     def _causal(self, node, op, values, axis, extra):
@@ -327,7 +366,10 @@ class StreamGraph:
             return self._history(node, axis, begin, fill.reshape(()), rest)
         if node.op == "CumSum" and rule == "causal" and not extra:
             return self._cumsum(node, axis)
-        _refuse(node, f"mixes the frames along time (axis {axis} of its input '{x}' is time)")
+        if extra:
+            _refuse(node, f"its input '{x}' carries padding frames in front, which a {node.op} along time would mix "
+                          "with the frames")
+        _mixes(node, axis, x)
 
     def _unpadded(self, node, values, axis):
         """The conv-family node with no padding before time (its history takes that place)."""
@@ -381,7 +423,9 @@ class StreamGraph:
         if self.extra[X]:
             _refuse(node, "it would read padding frames in front of the first one")
         if lengths:
-            _refuse(node, "sequence_lens ends each sequence at its own step; a stream runs every frame")
+            _refuse(node, f"sequence_lens ends each sequence at its own step (input '{lengths}'), and a stream runs "
+                          "every frame of every sequence", "use run() on the whole padded batch, or step each sequence's "
+                          "own frames through the model exported without sequence_lens")
         shape = REGISTRY["GRU"].infer(attrs, self._values(node))[1][0]
         start = np.zeros(shape, _FLOAT)
         if initial:
@@ -405,14 +449,16 @@ class StreamGraph:
         spec = chain_spec(node.attrs)
         why = stream_refusal(spec)
         if why:
-            _refuse(node, why)
+            _refuse(node, why, MASK_VALUE_TODO if spec.mask_value is not None else RUN_WHOLE)
         x = node.inputs[0]
         if set(timed) != {0} or timed[0] != 1:
             _refuse(node, "its time steps are not the frames (time must be axis 1 of x, and x alone carries it)")
         if self.extra[x]:
             _refuse(node, "it would read padding frames in front of the first one")
         if len(node.inputs) > 1 and node.inputs[1]:
-            _refuse(node, "its lengths end each sequence at its own step; a stream runs every frame")
+            _refuse(node, f"its lengths end each sequence at its own step (input '{node.inputs[1]}'), and a stream "
+                          "runs every frame of every sequence", "use run() on the whole padded batch, or step each "
+                          "sequence's own frames through the chain without lengths")
         shapes = [shape for shape, _ in REGISTRY[node.op].infer(node.attrs, self._values(node))[1:]]
         starts = [gru.default_state(shapes[0][1]) for gru in spec.gru_layers]
         starts += [np.zeros(shape, _FLOAT) for shape in shapes[len(starts):]]
