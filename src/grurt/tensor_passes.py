@@ -43,12 +43,14 @@ import numpy as np
 from . import _kernels
 from .ops import FLOAT, REGISTRY, Value
 from .ops.conv import ACTIVATIONS
+from .ops.linear import parse_einsum
 from .tensor_graph import TensorNode
 
 #: Ops whose outputs are arrays of their own (never an input, a constant or a view of one).
 FRESH = frozenset({"Conv", "ConvTranspose", "MatMul", "MatMul+Add", "Gemm", "Add", "Sub", "Mul", "Div", "Relu", "Sigmoid",
                    "Tanh", "Softmax", "Concat", "GRU", "Mul+ReduceSum", "MatMul+Softmax+MatMul", "Gemm packed",
-                   "ReduceMean+Gemm", "MatMul+Softmax+MatMul mean"}
+                   "ReduceMean+Gemm", "MatMul+Softmax+MatMul mean", "Einsum grouped"}
+                  | {f"Einsum grouped+{act}" for act in ACTIVATIONS}
                   | {f"{conv}+{act}" for conv in ("Conv", "ConvTranspose") for act in ACTIVATIONS})
 #: Ops whose output may be a view of their first input (owned when that input is owned and dies there).
 #: Any other op's outputs may share memory with its inputs: those inputs are owned no more.
@@ -59,6 +61,7 @@ def optimize(steps: Sequence[tuple], known: Dict[int, Value]) -> Tuple[tuple, ..
     """The steps rewritten (see the module's text); ``known``: the Value of each slot."""
     steps = _separable_convs(list(steps), known)
     steps = _conv_activations(steps)
+    steps = _grouped_linears(steps, known)
     steps = _weighted_sums(steps, known)
     steps = _biased_matmuls(steps, known)
     steps = _attentions(steps, known)
@@ -163,6 +166,87 @@ def _conv_activations(steps: List[tuple]) -> List[tuple]:
                                f"{conv.name}+{node.name}"))
         dropped.add(index)
     return [step for index, step in enumerate(steps) if index not in dropped]
+
+
+# ---- Einsum "...gi,gih->...gh" -> one grouped linear ----
+
+#: Ops whose output holds its input's elements in the same order (C order), a new shape only.
+REORDERLESS = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze"})
+
+
+def _grouped_linears(steps: List[tuple], known) -> List[tuple]:
+    """An Einsum of a constant (G, I, H) float32 weight whose equation is a grouped linear
+    (``...gi,gih->...gh``, any labels: x's last two axes (G, I) full, its leading axes kept in front of
+    the output's (G, H)) is one call of ``_kernels.GroupedLinear``; it reads the input of the
+    Reshapes (Flatten, Squeeze, Unsqueeze) in front of it and makes the output of those after it
+    directly, and applies a Relu, Sigmoid or Tanh reading it (when each is the sole reader of what it
+    reads, which dies there)."""
+    readers = _readers(steps)
+    producer = {slot: index for index, step in enumerate(steps) for _, slot in step[3]}
+    dropped = set()
+
+    def sole(slot, index):
+        """The step reading ``slot`` when only it reads it and empties it there, not dropped; else None."""
+        r = readers.get(slot)
+        if r is None or len(r) != 1 or r[0] in dropped or slot not in steps[r[0]][4]:
+            return None
+        return r[0] if r[0] > index else None
+
+    for index, (_, _, ins, outs, frees, node) in enumerate(steps):
+        if node.op != "Einsum" or len(ins) != 2 or len(outs) != 1 or index in dropped:
+            continue
+        rows = _grouped_rows(node, [known[s] for s in ins], known[outs[0][1]])
+        if rows is None:
+            continue
+        x, out = ins[0], outs[0][1]
+        frees = tuple(frees)
+        names, x_name, out_names = [node.name], node.inputs[0], node.outputs
+        while x in producer and producer[x] not in dropped and sole(x, producer[x]) == index:
+            p = producer[x]
+            if steps[p][5].op not in REORDERLESS or len(steps[p][3]) != 1:
+                break
+            frees = tuple(s for s in frees if s != x) + steps[p][4]
+            names.insert(0, steps[p][5].name)
+            x, x_name = steps[p][2][0], steps[p][5].inputs[0]
+            dropped.add(p)
+        act = None
+        while True:
+            q = sole(out, index)
+            if q is None or len(steps[q][3]) != 1 or not (steps[q][5].op in REORDERLESS or
+                                                          (steps[q][5].op in ACTIVATIONS and act is None)):
+                break
+            if steps[q][5].op in ACTIVATIONS:
+                act = steps[q][5].op
+            frees = tuple(s for s in frees if s != out) + tuple(s for s in steps[q][4] if s != out)
+            names.append(steps[q][5].name)
+            out, out_names = steps[q][3][0][1], steps[q][5].outputs
+            dropped.add(q)
+        weight = known[ins[1]].const
+        code = _kernels.ACTIVATION_CODES[ACTIVATIONS[act]] if act else _kernels.ACTIVATION_CODES["linear"]
+        kernel = _kernels.GroupedLinear(weight, rows, known[out].shape, code)
+        fused = TensorNode("Einsum grouped" + (f"+{act}" if act else ""), (x_name, node.inputs[1]), out_names,
+                           node.attrs, "+".join(n or "-" for n in names))
+        steps[index] = (_grouped_run, kernel, (x,), ((0, out),), frees, fused)
+    return [step for index, step in enumerate(steps) if index not in dropped]
+
+
+def _grouped_rows(node, values, out) -> int:
+    """The rows (product of the leading dims) of an Einsum that is a grouped linear of a constant
+    float32 weight (see _grouped_linears); None when it is not one."""
+    x, w = values
+    if w.const is None or w.dtype != FLOAT or x.dtype != FLOAT or len(w.shape) != 3 or len(x.shape) < 2 \
+            or len(out.shape) > _kernels.GROUPED_MAX_DIMS or x.size == 0 or w.size == 0:
+        return None
+    operands, output, _ = parse_einsum(node.attrs["equation"], [x.shape, w.shape])
+    (g, i, h), lead = operands[1], operands[0][:-2]
+    if len({g, i, h}) != 3 or operands[0][-2:] != [g, i] or output != lead + [g, h] \
+            or len(set(lead)) != len(lead) or {g, i, h} & set(lead) or tuple(x.shape[-2:]) != tuple(w.shape[:2]):
+        return None
+    return int(np.prod(x.shape[:-2], dtype=np.int64))
+
+
+def _grouped_run(kernel, inputs):
+    return [kernel(inputs[0])]
 
 
 # ---- ReduceSum(Mul(x, w)) -> matmul ----
