@@ -50,7 +50,7 @@ from .tensor_graph import TensorNode
 FRESH = frozenset({"Conv", "ConvTranspose", "MatMul", "MatMul+Add", "Gemm", "Add", "Sub", "Mul", "Div", "Relu", "Sigmoid",
                    "Tanh", "Softmax", "Concat", "GRU", "Mul+ReduceSum", "MatMul+Softmax+MatMul", "Gemm packed",
                    "ReduceMean+Gemm", "MatMul+Softmax+MatMul mean", "Einsum grouped"}
-                  | {f"Einsum grouped+{act}" for act in ACTIVATIONS}
+                  | {f"{op}+{act}" for op in ("Einsum grouped", "Gemm packed") for act in ACTIVATIONS}
                   | {f"{conv}+{act}" for conv in ("Conv", "ConvTranspose") for act in ACTIVATIONS})
 #: Ops whose output may be a view of their first input (owned when that input is owned and dies there).
 #: Any other op's outputs may share memory with its inputs: those inputs are owned no more.
@@ -68,6 +68,7 @@ def optimize(steps: Sequence[tuple], known: Dict[int, Value]) -> Tuple[tuple, ..
     steps = _packed_gemms(steps, known)
     steps = _means_first(steps, known)
     steps = _attention_means(steps, known)
+    steps = _linear_activations(steps)
     return tuple(_in_place(steps, known))
 
 
@@ -500,6 +501,32 @@ def _packed_gemms(steps: List[tuple], known) -> List[tuple]:
     return _refree([step for index, step in enumerate(steps) if index not in dropped], moved)
 
 
+def _linear_activations(steps: List[tuple]) -> List[tuple]:
+    """A Gemm packed of one product whose output only a Relu, Sigmoid or Tanh reads (and empties): one
+    step, the activation applied to each row as the panel kernels make it (a Dense layer's
+    activation: the same bits for Relu, the kernels' sigmoid and tanh within 3e-7 of numpy's)."""
+    readers = _readers(steps)
+    dropped = set()
+    for index, (run, ctx, ins, outs, frees, node) in enumerate(steps):
+        if node.op != "Gemm packed" or run is not _linear_run or len(outs) != 1:
+            continue
+        out = outs[0][1]
+        reader = readers.get(out, [None])
+        q = reader[0]
+        if len(reader) != 1 or q is None or steps[q][5].op not in ACTIVATIONS or out not in steps[q][4] \
+                or len(steps[q][3]) != 1:
+            continue
+        act = steps[q][5].op
+        (linear, blocks), (start, end, view, shape) = ctx, ctx[1][0]
+        fused = linear.activated(_kernels.ACTIVATION_CODES[ACTIVATIONS[act]])
+        steps[index] = (run, (fused, ((start, end, view, shape),)), ins, steps[q][3],
+                        frees + tuple(s for s in steps[q][4] if s != out),
+                        TensorNode(f"Gemm packed+{act}", node.inputs, steps[q][5].outputs, {},
+                                   f"{node.name}+{steps[q][5].name}"))
+        dropped.add(q)
+    return [step for index, step in enumerate(steps) if index not in dropped]
+
+
 def _gemm_weights(step, known):
     """(W (K, N), c (N,)) of a Gemm step computing A @ W + c, A not transposed, W and c constants
     (c a row, a scalar or none), or of a MatMul step of A (…, K) by a constant W (c zeros), float;
@@ -670,22 +697,27 @@ def _mean_done_run(ctx, inputs):
 
 # ---- elementwise ops in place ----
 
-def _sigmoid_in_place(x):
-    """ops.elementwise's Sigmoid, its calls writing into ``x``."""
-    np.negative(x, out=x)
-    np.minimum(x, np.float32(88), out=x)
-    np.exp(x, out=x)
-    x += np.float32(1)
-    return np.reciprocal(x, out=x)
-
-
-_UNARY = {"Relu": lambda x: np.maximum(x, np.float32(0), out=x), "Sigmoid": _sigmoid_in_place,
-          "Tanh": lambda x: np.tanh(x, out=x)}
+#: The unary ops run in place: by the kernels' activation (ops.elementwise's Sigmoid and Tanh are that
+#: too) on a contiguous array, numpy's calls on a strided one (for Relu, the same bits either way).
+_UNARY = {"Relu": lambda x: np.maximum(x, np.float32(0), out=x),
+          "Sigmoid": lambda x: _strided_activation(x, "sigmoid"), "Tanh": lambda x: _strided_activation(x, "tanh")}
 _BINARY = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply}
 
 
-def _unary_run(fn, inputs):
-    return [fn(inputs[0])]
+def _strided_activation(x, name):
+    y = np.ascontiguousarray(x)
+    _kernels.activate(y, _kernels.ACTIVATION_CODES[name])
+    x[...] = y
+    return x
+
+
+def _unary_run(ctx, inputs):
+    code, strided = ctx
+    x = inputs[0]
+    if x.flags.c_contiguous:
+        _kernels.activate(x, code)
+        return [x]
+    return [strided(x)]
 
 
 def _binary_run(ctx, inputs):
@@ -700,7 +732,7 @@ def _in_place(steps: List[tuple], known) -> List[tuple]:
         op = node.op
         dying = {s for s in frees if s in owned}
         if op in _UNARY and ins[0] in dying and known[ins[0]].dtype == FLOAT:
-            run, ctx = _unary_run, _UNARY[op]
+            run, ctx = _unary_run, (_kernels.ACTIVATION_CODES[ACTIVATIONS[op]], _UNARY[op])
             node = _renamed(node, f"{op} in place")
         elif op in _BINARY and len(ins) == 2 and ins[0] != ins[1]:
             out_value = known[outs[0][1]]
