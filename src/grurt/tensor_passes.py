@@ -11,7 +11,12 @@ returns fewer or cheaper steps computing the same outputs:
   channel, is cheaper combined at any length). The sums' order changes (float32 rounding only);
 * **a Conv and its activation as one step**: a Conv or ConvTranspose on the C kernel (``_conv2d.h``) whose
   output only a Relu, Sigmoid or Tanh reads applies it itself (the same bits for Relu; the kernels' sigmoid and
-  tanh, within 3e-7 of the elementwise ops'). One step, and one pass over the output fewer;
+  tanh, which the elementwise Sigmoid and Tanh compute too). One step, and one pass over the output fewer;
+* **a grouped linear as one step**: an Einsum ``...gi,gih->...gh`` of a constant (G, I, H) weight
+  (DeepFilterNet's GroupedLinearEinsum) is one call of ``_kernels.GroupedLinear`` (``_grouped.h``)
+  instead of numpy's transposes and batched matmul, reading the input of the Reshapes in front of
+  it, making the output of those after it, and applying the Relu, Sigmoid or Tanh that alone reads
+  it (W10: 4 steps of 6 numpy calls each → 1 C call). The sums' order changes (float32 rounding only);
 * **a weighted sum as one product**: ``ReduceSum(Mul(x, w), axis)`` over the one axis before
   the last, ``x`` (N, T, C) and ``w`` (N, T, 1) (attention pooling: ``(out * weights).sum(1)``),
   is the batched matrix product (N, 1, T) @ (N, T, C): one call instead of two, without the
@@ -24,13 +29,15 @@ returns fewer or cheaper steps computing the same outputs:
   row (how PyTorch and Keras write a Linear/Dense on a sequence), is one product with its bias;
 * **Gemms of constant weights on packed panels**: the panel kernels of grurt's Dense layers
   (``_kernels.Linear``) instead of BLAS sgemm, the Gemms of one input (an attention's Q, K, V) as
-  one product, and a ReduceMean over the rows of one as the Gemm of the mean. Sums change order
+  one product, and a ReduceMean over the rows of one as the Gemm of the mean, and a Relu, Sigmoid or
+  Tanh that alone reads a packed Gemm's output applied by the kernel to each row. Sums change order
   (float32 rounding only);
 * **elementwise ops in place**: Relu, Sigmoid, Tanh, and Add/Sub/Mul of same-shaped float
   tensors write their result into an input that dies at that step and that the plan owns: an
   array an op made (a Conv's, a MatMul's, ...), or a view of one made by Reshape, Transpose,
-  Squeeze, Unsqueeze or Flatten from an input that died there. No allocation, the same bits:
-  each in-place run makes the op's own calls with ``out=``.
+  Squeeze, Unsqueeze or Flatten from an input that died there. No allocation, the same bits as
+  the op on its own: Sigmoid and Tanh are the kernels' activation (one C call) on a contiguous
+  array, Relu too (numpy's maximum on a strided one), Add/Sub/Mul the op's numpy call with ``out=``.
 
 A rewritten step names what it does in its node (``describe`` shows it; errors name the nodes).
 """
