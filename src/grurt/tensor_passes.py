@@ -57,7 +57,8 @@ from .tensor_graph import TensorNode
 FRESH = frozenset({"Conv", "ConvTranspose", "MatMul", "MatMul+Add", "Gemm", "Add", "Sub", "Mul", "Div", "Relu", "Sigmoid",
                    "Tanh", "Softmax", "Concat", "GRU", "Mul+ReduceSum", "MatMul+Softmax+MatMul", "Gemm packed",
                    "ReduceMean+Gemm", "MatMul+Softmax+MatMul mean", "Einsum grouped"}
-                  | {f"{op}+{act}" for op in ("Einsum grouped", "Gemm packed") for act in ACTIVATIONS}
+                  | {f"{op}+{act}" for op in ("Einsum grouped", "Gemm packed")
+                     for act in ACTIVATIONS}
                   | {f"{conv}+{act}" for conv in ("Conv", "ConvTranspose") for act in ACTIVATIONS})
 #: Ops whose output may be a view of their first input (owned when that input is owned and dies there).
 #: Any other op's outputs may share memory with its inputs: those inputs are owned no more.
@@ -524,9 +525,9 @@ def _linear_activations(steps: List[tuple]) -> List[tuple]:
                 or len(steps[q][3]) != 1:
             continue
         act = steps[q][5].op
-        (linear, blocks), (start, end, view, shape) = ctx, ctx[1][0]
+        linear, blocks = ctx                        # one output: one block
         fused = linear.activated(_kernels.ACTIVATION_CODES[ACTIVATIONS[act]])
-        steps[index] = (run, (fused, ((start, end, view, shape),)), ins, steps[q][3],
+        steps[index] = (run, (fused, blocks), ins, steps[q][3],
                         frees + tuple(s for s in steps[q][4] if s != out),
                         TensorNode(f"Gemm packed+{act}", node.inputs, steps[q][5].outputs, {},
                                    f"{node.name}+{steps[q][5].name}"))
