@@ -5,6 +5,7 @@
 #                 a, b and c where they are (any layout whose last two axes have a unit stride: the
 #                 transposes around an attention are strides here, not copies), the scores live in
 #                 one scratch block of M × N floats, the result goes where y's strides say
+#   activate      an activation in place (the kernels' own, as a Dense layer or a Conv applies it)
 #   Linear        x · W + c of constant weights on the panel kernels of grurt's Dense layers
 from scipy.linalg.cython_blas cimport sgemm as _sgemm, sgemv as _sgemv
 from ._blas cimport blas_int
@@ -120,6 +121,19 @@ def attention(a, b, c, cnp.ndarray y, float scale, bint mean_rows=False):
                        &zero, <float*>(data[3] + offset[3]), &ld[3])
 
 
+def activate(cnp.ndarray x, int act):
+    """x = act(x) in place, ``act`` a code of ACTIVATION_CODES (not softmax); x C-contiguous float32
+    (checked by the caller)."""
+    cdef grurt_act f
+    cdef float* data = <float*>cnp.PyArray_DATA(x)
+    cdef size_t n = x.size, done = 0, chunk
+    f.kind, f.alpha, f.beta = act, 0.0, 0.0
+    while done < n:
+        chunk = min(n - done, <size_t>(1 << 30))
+        grurt_activate(&f, data + done, <int>chunk)
+        done += chunk
+
+
 cdef class Linear:
     """``y = x · W + c`` for constant ``W`` (K, N) and ``c`` (N,), on the panel kernels of grurt's Dense
     layers (``dense`` of _layers.pxi: W packed once, here; every row the same operations). For small
@@ -128,12 +142,14 @@ cdef class Linear:
     cdef list arrays            # owns the memory p points into
     cdef readonly int n_in, n_out
 
-    def __cinit__(self, W, c):
+    def __cinit__(self):
+        self.arrays = []
+        memset(&self.p, 0, sizeof(LayerPlan))
+
+    def __init__(self, W, c):
         W = np.asarray(W, np.float32)
         self.n_in, self.n_out = W.shape
         transposed = np.ascontiguousarray(W.T)                  # (N, K): a Dense layer's W
-        self.arrays = []
-        memset(&self.p, 0, sizeof(LayerPlan))
         self.p.kind = DENSE_LAYER
         self.p.f.kind = ACT_LINEAR
         self.p.n_in, self.p.n_out = self.n_in, self.n_out
@@ -141,6 +157,16 @@ cdef class Linear:
         if self.n_out < GRURT_DENSE_FEW:
             self.p.W = self._keep(transposed)
         self.p.bias = self._keep(pad_rows(np.asarray(c, np.float32).reshape(-1), n_panels(self.n_out) * GRURT_PANEL))
+
+    def activated(self, int act):
+        """This product followed by activation ``act`` (a code of ACTIVATION_CODES, not softmax), applied to
+        each row as it is made: a new Linear on the same packed weights."""
+        cdef Linear other = Linear.__new__(Linear)
+        other.p = self.p
+        other.p.f.kind = act
+        other.arrays = self.arrays
+        other.n_in, other.n_out = self.n_in, self.n_out
+        return other
 
     cdef float* _keep(self, array) except NULL:
         kept = aligned_empty(np.size(array))

@@ -22,12 +22,13 @@ One module, split by job into files that Cython includes here:
     _layers.pxi    running the layers in order, and the layers other than GRU
     _serve.pxi     Stream and StreamPool: states kept between calls, stepped in C
     _conv2d.pxi    Conv2d: the general graph's Conv and ConvTranspose (grurt.ops.conv)
+    _grouped.pxi   GroupedLinear: the general graph's grouped linears (Einsum "...gi,gih->...gh")
 
 The C they call: _gru_math.h (activations, gate pass, products), _lowp.h (products over bf16
 and int8 weights), _pool.h (the persistent worker pool and the atomic counters threads claim
 work from), _norm.h (layer and unit normalisation, global pooling, flattening) and _conv.h
 (convolution, pooling and zero padding over time, the causal streaming step), _conv2d.h (the general
-graph's 2-D convolutions).
+graph's 2-D convolutions), _grouped.h (its grouped linears).
 """
 from libc.stdlib cimport malloc, calloc, free
 from libc.string cimport memcpy, memset
@@ -228,3 +229,4 @@ include "_layers.pxi"
 include "_serve.pxi"
 include "_fused.pxi"
 include "_conv2d.pxi"
+include "_grouped.pxi"

@@ -11,7 +11,12 @@ returns fewer or cheaper steps computing the same outputs:
   channel, is cheaper combined at any length). The sums' order changes (float32 rounding only);
 * **a Conv and its activation as one step**: a Conv or ConvTranspose on the C kernel (``_conv2d.h``) whose
   output only a Relu, Sigmoid or Tanh reads applies it itself (the same bits for Relu; the kernels' sigmoid and
-  tanh, within 3e-7 of the elementwise ops'). One step, and one pass over the output fewer;
+  tanh, which the elementwise Sigmoid and Tanh compute too). One step, and one pass over the output fewer;
+* **a grouped linear as one step**: an Einsum ``...gi,gih->...gh`` of a constant (G, I, H) weight
+  (DeepFilterNet's GroupedLinearEinsum) is one call of ``_kernels.GroupedLinear`` (``_grouped.h``)
+  instead of numpy's transposes and batched matmul, reading the input of the Reshapes in front of
+  it, making the output of those after it, and applying the Relu, Sigmoid or Tanh that alone reads
+  it (W10: 4 steps of 6 numpy calls each → 1 C call). The sums' order changes (float32 rounding only);
 * **a weighted sum as one product**: ``ReduceSum(Mul(x, w), axis)`` over the one axis before
   the last, ``x`` (N, T, C) and ``w`` (N, T, 1) (attention pooling: ``(out * weights).sum(1)``),
   is the batched matrix product (N, 1, T) @ (N, T, C): one call instead of two, without the
@@ -24,13 +29,15 @@ returns fewer or cheaper steps computing the same outputs:
   row (how PyTorch and Keras write a Linear/Dense on a sequence), is one product with its bias;
 * **Gemms of constant weights on packed panels**: the panel kernels of grurt's Dense layers
   (``_kernels.Linear``) instead of BLAS sgemm, the Gemms of one input (an attention's Q, K, V) as
-  one product, and a ReduceMean over the rows of one as the Gemm of the mean. Sums change order
+  one product, and a ReduceMean over the rows of one as the Gemm of the mean, and a Relu, Sigmoid or
+  Tanh that alone reads a packed Gemm's output applied by the kernel to each row. Sums change order
   (float32 rounding only);
 * **elementwise ops in place**: Relu, Sigmoid, Tanh, and Add/Sub/Mul of same-shaped float
   tensors write their result into an input that dies at that step and that the plan owns: an
   array an op made (a Conv's, a MatMul's, ...), or a view of one made by Reshape, Transpose,
-  Squeeze, Unsqueeze or Flatten from an input that died there. No allocation, the same bits:
-  each in-place run makes the op's own calls with ``out=``.
+  Squeeze, Unsqueeze or Flatten from an input that died there. No allocation, the same bits as
+  the op on its own: Sigmoid and Tanh are the kernels' activation (one C call) on a contiguous
+  array, Relu too (numpy's maximum on a strided one), Add/Sub/Mul the op's numpy call with ``out=``.
 
 A rewritten step names what it does in its node (``describe`` shows it; errors name the nodes).
 """
@@ -43,12 +50,15 @@ import numpy as np
 from . import _kernels
 from .ops import FLOAT, REGISTRY, Value
 from .ops.conv import ACTIVATIONS
+from .ops.linear import parse_einsum
 from .tensor_graph import TensorNode
 
 #: Ops whose outputs are arrays of their own (never an input, a constant or a view of one).
 FRESH = frozenset({"Conv", "ConvTranspose", "MatMul", "MatMul+Add", "Gemm", "Add", "Sub", "Mul", "Div", "Relu", "Sigmoid",
                    "Tanh", "Softmax", "Concat", "GRU", "Mul+ReduceSum", "MatMul+Softmax+MatMul", "Gemm packed",
-                   "ReduceMean+Gemm", "MatMul+Softmax+MatMul mean"}
+                   "ReduceMean+Gemm", "MatMul+Softmax+MatMul mean", "Einsum grouped"}
+                  | {f"{op}+{act}" for op in ("Einsum grouped", "Gemm packed")
+                     for act in ACTIVATIONS}
                   | {f"{conv}+{act}" for conv in ("Conv", "ConvTranspose") for act in ACTIVATIONS})
 #: Ops whose output may be a view of their first input (owned when that input is owned and dies there).
 #: Any other op's outputs may share memory with its inputs: those inputs are owned no more.
@@ -59,12 +69,14 @@ def optimize(steps: Sequence[tuple], known: Dict[int, Value]) -> Tuple[tuple, ..
     """The steps rewritten (see the module's text); ``known``: the Value of each slot."""
     steps = _separable_convs(list(steps), known)
     steps = _conv_activations(steps)
+    steps = _grouped_linears(steps, known)
     steps = _weighted_sums(steps, known)
     steps = _biased_matmuls(steps, known)
     steps = _attentions(steps, known)
     steps = _packed_gemms(steps, known)
     steps = _means_first(steps, known)
     steps = _attention_means(steps, known)
+    steps = _linear_activations(steps)
     return tuple(_in_place(steps, known))
 
 
@@ -163,6 +175,87 @@ def _conv_activations(steps: List[tuple]) -> List[tuple]:
                                f"{conv.name}+{node.name}"))
         dropped.add(index)
     return [step for index, step in enumerate(steps) if index not in dropped]
+
+
+# ---- Einsum "...gi,gih->...gh" -> one grouped linear ----
+
+#: Ops whose output holds its input's elements in the same order (C order), a new shape only.
+REORDERLESS = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze"})
+
+
+def _grouped_linears(steps: List[tuple], known) -> List[tuple]:
+    """An Einsum of a constant (G, I, H) float32 weight whose equation is a grouped linear
+    (``...gi,gih->...gh``, any labels: x's last two axes (G, I) full, its leading axes kept in front of
+    the output's (G, H)) is one call of ``_kernels.GroupedLinear``; it reads the input of the
+    Reshapes (Flatten, Squeeze, Unsqueeze) in front of it and makes the output of those after it
+    directly, and applies a Relu, Sigmoid or Tanh reading it (when each is the sole reader of what it
+    reads, which dies there)."""
+    readers = _readers(steps)
+    producer = {slot: index for index, step in enumerate(steps) for _, slot in step[3]}
+    dropped = set()
+
+    def sole(slot, index):
+        """The step reading ``slot`` when only it reads it and empties it there, not dropped; else None."""
+        r = readers.get(slot)
+        if r is None or len(r) != 1 or r[0] in dropped or slot not in steps[r[0]][4]:
+            return None
+        return r[0] if r[0] > index else None
+
+    for index, (_, _, ins, outs, frees, node) in enumerate(steps):
+        if node.op != "Einsum" or len(ins) != 2 or len(outs) != 1 or index in dropped:
+            continue
+        rows = _grouped_rows(node, [known[s] for s in ins], known[outs[0][1]])
+        if rows is None:
+            continue
+        x, out = ins[0], outs[0][1]
+        frees = tuple(frees)
+        names, x_name, out_names = [node.name], node.inputs[0], node.outputs
+        while x in producer and producer[x] not in dropped and sole(x, producer[x]) == index:
+            p = producer[x]
+            if steps[p][5].op not in REORDERLESS or len(steps[p][3]) != 1:
+                break
+            frees = tuple(s for s in frees if s != x) + steps[p][4]
+            names.insert(0, steps[p][5].name)
+            x, x_name = steps[p][2][0], steps[p][5].inputs[0]
+            dropped.add(p)
+        act = None
+        while True:
+            q = sole(out, index)
+            if q is None or len(steps[q][3]) != 1 or not (steps[q][5].op in REORDERLESS or
+                                                          (steps[q][5].op in ACTIVATIONS and act is None)):
+                break
+            if steps[q][5].op in ACTIVATIONS:
+                act = steps[q][5].op
+            frees = tuple(s for s in frees if s != out) + tuple(s for s in steps[q][4] if s != out)
+            names.append(steps[q][5].name)
+            out, out_names = steps[q][3][0][1], steps[q][5].outputs
+            dropped.add(q)
+        weight = known[ins[1]].const
+        code = _kernels.ACTIVATION_CODES[ACTIVATIONS[act]] if act else _kernels.ACTIVATION_CODES["linear"]
+        kernel = _kernels.GroupedLinear(weight, rows, known[out].shape, code)
+        fused = TensorNode("Einsum grouped" + (f"+{act}" if act else ""), (x_name, node.inputs[1]), out_names,
+                           node.attrs, "+".join(n or "-" for n in names))
+        steps[index] = (_grouped_run, kernel, (x,), ((0, out),), frees, fused)
+    return [step for index, step in enumerate(steps) if index not in dropped]
+
+
+def _grouped_rows(node, values, out) -> int:
+    """The rows (product of the leading dims) of an Einsum that is a grouped linear of a constant
+    float32 weight (see _grouped_linears); None when it is not one."""
+    x, w = values
+    if w.const is None or w.dtype != FLOAT or x.dtype != FLOAT or len(w.shape) != 3 or len(x.shape) < 2 \
+            or len(out.shape) > _kernels.GROUPED_MAX_DIMS or x.size == 0 or w.size == 0:
+        return None
+    operands, output, _ = parse_einsum(node.attrs["equation"], [x.shape, w.shape])
+    (g, i, h), lead = operands[1], operands[0][:-2]
+    if len({g, i, h}) != 3 or operands[0][-2:] != [g, i] or output != lead + [g, h] \
+            or len(set(lead)) != len(lead) or {g, i, h} & set(lead) or tuple(x.shape[-2:]) != tuple(w.shape[:2]):
+        return None
+    return int(np.prod(x.shape[:-2], dtype=np.int64))
+
+
+def _grouped_run(kernel, inputs):
+    return [kernel(inputs[0])]
 
 
 # ---- ReduceSum(Mul(x, w)) -> matmul ----
@@ -416,6 +509,32 @@ def _packed_gemms(steps: List[tuple], known) -> List[tuple]:
     return _refree([step for index, step in enumerate(steps) if index not in dropped], moved)
 
 
+def _linear_activations(steps: List[tuple]) -> List[tuple]:
+    """A Gemm packed of one product whose output only a Relu, Sigmoid or Tanh reads (and empties): one
+    step, the activation applied to each row as the panel kernels make it (a Dense layer's
+    activation: the same bits for Relu, the kernels' sigmoid and tanh within 3e-7 of numpy's)."""
+    readers = _readers(steps)
+    dropped = set()
+    for index, (run, ctx, ins, outs, frees, node) in enumerate(steps):
+        if node.op != "Gemm packed" or run is not _linear_run or len(outs) != 1:
+            continue
+        out = outs[0][1]
+        reader = readers.get(out, [None])
+        q = reader[0]
+        if len(reader) != 1 or q is None or steps[q][5].op not in ACTIVATIONS or out not in steps[q][4] \
+                or len(steps[q][3]) != 1:
+            continue
+        act = steps[q][5].op
+        linear, blocks = ctx                        # one output: one block
+        fused = linear.activated(_kernels.ACTIVATION_CODES[ACTIVATIONS[act]])
+        steps[index] = (run, (fused, blocks), ins, steps[q][3],
+                        frees + tuple(s for s in steps[q][4] if s != out),
+                        TensorNode(f"Gemm packed+{act}", node.inputs, steps[q][5].outputs, {},
+                                   f"{node.name}+{steps[q][5].name}"))
+        dropped.add(q)
+    return [step for index, step in enumerate(steps) if index not in dropped]
+
+
 def _gemm_weights(step, known):
     """(W (K, N), c (N,)) of a Gemm step computing A @ W + c, A not transposed, W and c constants
     (c a row, a scalar or none), or of a MatMul step of A (…, K) by a constant W (c zeros), float;
@@ -586,22 +705,27 @@ def _mean_done_run(ctx, inputs):
 
 # ---- elementwise ops in place ----
 
-def _sigmoid_in_place(x):
-    """ops.elementwise's Sigmoid, its calls writing into ``x``."""
-    np.negative(x, out=x)
-    np.minimum(x, np.float32(88), out=x)
-    np.exp(x, out=x)
-    x += np.float32(1)
-    return np.reciprocal(x, out=x)
-
-
-_UNARY = {"Relu": lambda x: np.maximum(x, np.float32(0), out=x), "Sigmoid": _sigmoid_in_place,
-          "Tanh": lambda x: np.tanh(x, out=x)}
+#: The unary ops run in place: by the kernels' activation (ops.elementwise's Sigmoid and Tanh are that
+#: too) on a contiguous array, numpy's calls on a strided one (for Relu, the same bits either way).
+_UNARY = {"Relu": lambda x: np.maximum(x, np.float32(0), out=x),
+          "Sigmoid": lambda x: _strided_activation(x, "sigmoid"), "Tanh": lambda x: _strided_activation(x, "tanh")}
 _BINARY = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply}
 
 
-def _unary_run(fn, inputs):
-    return [fn(inputs[0])]
+def _strided_activation(x, name):
+    y = np.ascontiguousarray(x)
+    _kernels.activate(y, _kernels.ACTIVATION_CODES[name])
+    x[...] = y
+    return x
+
+
+def _unary_run(ctx, inputs):
+    code, strided = ctx
+    x = inputs[0]
+    if x.flags.c_contiguous:
+        _kernels.activate(x, code)
+        return [x]
+    return [strided(x)]
 
 
 def _binary_run(ctx, inputs):
@@ -616,7 +740,7 @@ def _in_place(steps: List[tuple], known) -> List[tuple]:
         op = node.op
         dying = {s for s in frees if s in owned}
         if op in _UNARY and ins[0] in dying and known[ins[0]].dtype == FLOAT:
-            run, ctx = _unary_run, _UNARY[op]
+            run, ctx = _unary_run, (_kernels.ACTIVATION_CODES[ACTIVATIONS[op]], _UNARY[op])
             node = _renamed(node, f"{op} in place")
         elif op in _BINARY and len(ins) == 2 and ins[0] != ins[1]:
             out_value = known[outs[0][1]]
