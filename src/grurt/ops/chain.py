@@ -23,7 +23,8 @@ A chain *streams* when its GRUs all run forward, its Conv1Ds are causal (stride 
 padding layers: it then acts causally, its states and histories carrying it from one block of frames
 to the next (:mod:`grurt.tensor_stream`); any other chain needs the whole sequence.
 
-``prepare`` makes the Model (its kernels' plan) once per plan. ``run`` calls the kernels directly
+``prepare`` takes the Model (its kernels' plan) shared by every plan of the same layers
+(:func:`grurt.ops.recurrent.shared_model`). ``run`` calls the kernels directly
 (:class:`grurt.ops.recurrent.Direct`) without ``lengths`` or a mask, the common case; with histories
 through a :class:`grurt._kernels.Stream` (the kernels' streaming path); otherwise through
 ``Model.run`` itself.
@@ -36,10 +37,10 @@ import numpy as np
 
 from .._kernels import Stream
 from ..errors import InputError, ModelFormatError, UnsupportedModelError
-from ..model import KERNEL_LAYERS, Model
+from ..model import KERNEL_LAYERS
 from ..spec import (GRU, WHOLE_SEQUENCE, Conv1D, Dense, Embedding, LastStep, LayerNorm, ModelSpec, Reverse, Scale,
                     frame_rate_layers, output_steps)
-from .recurrent import CALL, Direct
+from .recurrent import CALL, Direct, shared_model
 from .registry import FLOAT, INT, Attr, Op, register
 
 
@@ -156,7 +157,7 @@ class _Chain:
 
     def reduced(self, mode):
         chain = _Chain.__new__(_Chain)
-        chain.model = self.model.with_weights(mode)
+        chain.model = shared_model(self.model.spec, weights=mode)
         chain.way, chain.batch, chain.grus, chain.histories = self.way, self.batch, self.grus, self.histories
         chain.direct = self.direct.reduced(mode) if self.direct is not None else None
         chain.streams = threading.local()
@@ -170,7 +171,7 @@ def _prepare(attrs, values):
     lengths = len(values) > 1 and values[1] is not None
     histories = any(v is not None for v in values[2 + grus:])
     way = "stream" if histories else "model" if lengths or spec.mask_value is not None else "direct"
-    return _Chain(Model(spec), way, batch, steps)
+    return _Chain(shared_model(spec), way, batch, steps)
 
 
 def _frames(ctx, x):

@@ -24,9 +24,8 @@ import numpy as np
 
 from ..errors import ModelFormatError, UnsupportedModelError
 from ..graph_model import masked_gru
-from ..model import Model
-from ..spec import GRU
-from .recurrent import CALL, _gru_shapes, direction_activations
+from ..spec import GRU, ModelSpec
+from .recurrent import CALL, _gru_shapes, direction_activations, shared_model
 from .registry import BOOL, FLOAT, REGISTRY, Attr, Op, register
 
 MASKED_OUTPUTS = ("previous", "zeros")
@@ -60,7 +59,7 @@ def _prepare(attrs, values):
         raise UnsupportedModelError("the two directions of a MaskedGRU must use the same activations")
     layer = GRU(W, R, B, direction=attrs["direction"], linear_before_reset=bool(attrs["linear_before_reset"]),
                 gate_activation=pairs[0][0], candidate_activation=pairs[0][1], clip=attrs["clip"])
-    return Model.chain([layer]), layer, attrs["masked_output"] == "zeros"
+    return shared_model(ModelSpec(layer.input_size, (layer,))), layer, attrs["masked_output"] == "zeros"
 
 
 def _run(ctx, inputs):
@@ -79,7 +78,7 @@ def _run(ctx, inputs):
 
 def _reduced(ctx, mode):
     model, layer, zeros = ctx
-    return model.with_weights(mode), layer, zeros
+    return shared_model(model.spec, weights=mode), layer, zeros
 
 
 register(Op(

@@ -26,14 +26,16 @@ onnxruntime reads it. Directions with different pairs run as two one-direction l
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import threading
+import weakref
 
 import numpy as np
 
 from .._fields import ACTIVATION_DEFAULTS, activation
 from ..errors import InputError, ModelFormatError, UnsupportedModelError
 from ..model import Model
-from ..spec import GRU, output_steps
+from ..spec import GRU, ModelSpec, output_steps
 from .registry import FLOAT, INT, Attr, Op, register
 
 #: ONNX RNN activation names (case-insensitive) -> grurt activation kinds.
@@ -104,6 +106,100 @@ def gru_activations(where, attrs, directions):
 def _activations_check(names):
     unknown = [n for n in names if n.lower() not in RNN_ACTIVATIONS]
     return f"activation {unknown[0]!r} is not supported" if unknown else None
+class _SharedModels:
+    """The :class:`grurt.Model` s (their kernels' plans: packed weights) that plans run GRU and Chain nodes on,
+    shared by every plan of the same layers and weights mode: a plan for a new input signature (or of a stream
+    graph made from the same node) neither builds nor packs them again, and the plans hold one copy.
+
+    An entry holds its Model weakly, so it lives exactly as long as a plan (or anything else) holds the Model:
+    the memory is the plans', bounded by their caches. A hit compares what the Model is made of (every field,
+    the arrays with ``np.array_equal`` after the same-object check) with the Model's own spec, never an ``id``,
+    so no other graph's weights can be mistaken for these after a graph dies. Two threads planning the same
+    layers at once may both build; the first one stored is the one both keep."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._entries = {}          # fingerprint -> [weakref to a Model]
+
+    def get(self, parts, build, view=lambda model: model.spec) -> Model:
+        """The Model whose ``view`` equals ``parts`` (a spec, or what a spec is built from), else ``build()``."""
+        key = _fingerprint(parts)
+        with self._lock:
+            candidates = [ref() for ref in self._entries.get(key, ())]
+        found = next((m for m in candidates if m is not None and _same(view(m), parts)), None)
+        if found is not None:
+            return found
+        built = build()                         # outside the lock: other nodes keep planning
+        with self._lock:
+            refs = [ref for ref in self._entries.get(key, ()) if ref() is not None]
+            for model in (ref() for ref in refs):
+                if model is not None and _same(view(model), parts):
+                    return model
+            self._entries = {k: alive for k, alive in ((k, [r for r in v if r() is not None])
+                                                      for k, v in self._entries.items()) if alive}
+            self._entries[key] = refs + [weakref.ref(built)]
+        return built
+
+    def __len__(self) -> int:
+        """The Models alive in the cache."""
+        with self._lock:
+            return sum(ref() is not None for refs in self._entries.values() for ref in refs)
+
+
+SHARED = _SharedModels()
+
+
+def shared_model(spec: ModelSpec, weights: str = "float32") -> Model:
+    """The shared :class:`grurt.Model` of ``spec`` in ``weights`` mode (:class:`_SharedModels`)."""
+    return SHARED.get((weights, spec), lambda: Model(spec, weights), lambda model: (model.weights, model.spec))
+
+
+def _shared_gru(W, R, B, direction, lbr, f, g, clip) -> Model:
+    """The shared float32 Model of one GRU layer, found from the node's arrays before a layer is built (building
+    one checks and copies its weights)."""
+    clip = None if clip is None else float(np.float32(clip))
+    parts = (W, R, B, direction, lbr, f, g, clip)
+
+    def build():
+        layer = GRU(W, R, B, direction=direction, linear_before_reset=lbr, gate_activation=f, candidate_activation=g,
+                    clip=clip)
+        return Model(ModelSpec(layer.input_size, (layer,)))
+
+    def view(model):
+        (layer,) = model.spec.layers
+        return (layer.W, layer.R, layer.B, layer.direction, layer.linear_before_reset, layer.gate_activation,
+                layer.candidate_activation, layer.clip)
+    return SHARED.get(parts, build, view)
+
+
+def _fingerprint(value):
+    """A hashable summary of a spec (types, attributes, array shapes and a sample of their values): equal specs
+    have equal fingerprints; :func:`_same` decides."""
+    if isinstance(value, np.ndarray):
+        flat = value.reshape(-1)
+        return value.shape, value.dtype.str, flat[::max(1, flat.size // 16)].tobytes()
+    if dataclasses.is_dataclass(value):
+        return (type(value).__name__,) + tuple(_fingerprint(getattr(value, f.name)) for f in dataclasses.fields(value))
+    if isinstance(value, (tuple, list)):
+        return tuple(_fingerprint(v) for v in value)
+    return value if isinstance(value, (str, int, float, bool, type(None))) else repr(value)
+
+
+def _same(a, b) -> bool:
+    """Whether two specs (or fields of them) hold the same layers and values."""
+    if a is b:
+        return True
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, np.ndarray):
+        return a.shape == b.shape and a.dtype == b.dtype and bool(np.array_equal(a, b))
+    if dataclasses.is_dataclass(a):
+        return all(_same(getattr(a, f.name), getattr(b, f.name)) for f in dataclasses.fields(a))
+    if isinstance(a, (tuple, list)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return bool(a == b)
+
+
 def _positive(value):
     return None if value is None or value >= 1 else f"must be a positive integer, got {value}"
 
@@ -148,12 +244,10 @@ def _gru_prepare(attrs, values):
     pairs = direction_activations("GRU", attrs, D)
     lbr, clip = bool(attrs["linear_before_reset"]), attrs["clip"]
     if len(set(pairs)) == 1:
-        layers = [GRU(W, R, B, direction=attrs["direction"], linear_before_reset=lbr, gate_activation=pairs[0][0],
-                      candidate_activation=pairs[0][1], clip=clip)]
+        models = [_shared_gru(W, R, B, attrs["direction"], lbr, *pairs[0], clip)]
     else:
-        layers = [GRU(W[d:d + 1], R[d:d + 1], B[d:d + 1], direction=("forward", "reverse")[d], linear_before_reset=lbr,
-                      gate_activation=f, candidate_activation=g, clip=clip) for d, (f, g) in enumerate(pairs)]
-    models = [Model.chain([layer]) for layer in layers]
+        models = [_shared_gru(W[d:d + 1], R[d:d + 1], B[d:d + 1], ("forward", "reverse")[d], lbr, f, g, clip)
+                  for d, (f, g) in enumerate(pairs)]
     if len(models) == 1:
         # the plan fixes the shapes: the size limits are checked once here, and run calls the kernels directly
         _, _, _, batch, steps = _gru_shapes(attrs, values)
@@ -181,7 +275,7 @@ class Direct:
     def reduced(self, mode):
         """This Direct with the Model's GRU weights in ``mode`` (grurt.precision)."""
         direct = Direct.__new__(Direct)
-        direct.model = self.model.with_weights(mode)
+        direct.model = shared_model(self.model.spec, weights=mode)
         direct.kernels, direct.layout, direct.out, direct.rows = direct.model._plan, self.layout, self.out, self.rows
         return direct
 
@@ -203,7 +297,7 @@ def _gru_reduced(ctx, mode):
     if type(ctx) is Direct:
         return ctx.reduced(mode)
     models, layout = ctx
-    return [model.with_weights(mode) for model in models], layout
+    return [shared_model(model.spec, weights=mode) for model in models], layout
 
 
 def _gru_direct(ctx, X, initial_h):
