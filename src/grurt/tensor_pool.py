@@ -15,7 +15,7 @@ from typing import List
 
 import numpy as np
 
-from . import model as _model
+from ._kernels import _memory_limit
 from .errors import InputError, UnsupportedModelError
 from .graph_model import input_array
 from .tensor_stream import TensorStream, checked_time_axes
@@ -54,9 +54,9 @@ class TensorStreamPool:
                       for i, (s, t) in enumerate(zip(specs, two.compiled.states))]
         sizes = [np.dtype(s.dtype).itemsize * int(np.prod(s.shape, dtype=object)) for s in specs]
         needed = sum(sizes) * self.capacity
-        if needed > _model.MEMORY_LIMIT_BYTES:
+        if needed > _memory_limit():
             raise InputError(f"a pool of {self.capacity} sessions would need {needed} bytes of states, more than the "
-                             f"limit of {_model.MEMORY_LIMIT_BYTES} (grurt.model.MEMORY_LIMIT_BYTES)")
+                             f"limit of {_memory_limit()} (grurt.model.MEMORY_LIMIT_BYTES)")
         self._initial = one.state                       # each state at its start, batch 1
         self._store = [np.repeat(start, self.capacity, axis=axis) for start, axis in zip(self._initial, self._axes)]
         self._streams = collections.OrderedDict({1: one, 2: two})

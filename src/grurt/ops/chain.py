@@ -37,7 +37,7 @@ import numpy as np
 
 from .._kernels import Stream
 from ..errors import InputError, ModelFormatError, UnsupportedModelError
-from ..model import KERNEL_LAYERS
+from ..chain_runner import KERNEL_LAYERS
 from ..spec import (GRU, WHOLE_SEQUENCE, Conv1D, Dense, Embedding, LastStep, LayerNorm, ModelSpec, Reverse, Scale,
                     frame_rate_layers, output_steps)
 from .recurrent import CALL, Direct, shared_model

@@ -34,7 +34,7 @@ import numpy as np
 
 from .._fields import ACTIVATION_DEFAULTS, activation
 from ..errors import InputError, ModelFormatError, UnsupportedModelError
-from ..model import Model
+from ..chain_runner import ChainRunner
 from ..spec import GRU, ModelSpec, output_steps
 from .registry import FLOAT, INT, Attr, Op, register
 
@@ -121,7 +121,7 @@ class _SharedModels:
         self._lock = threading.Lock()
         self._entries = {}          # fingerprint -> [weakref to a Model]
 
-    def get(self, parts, build, view=lambda model: model.spec) -> Model:
+    def get(self, parts, build, view=lambda model: model.spec) -> ChainRunner:
         """The Model whose ``view`` equals ``parts`` (a spec, or what a spec is built from), else ``build()``."""
         key = _fingerprint(parts)
         with self._lock:
@@ -149,12 +149,12 @@ class _SharedModels:
 SHARED = _SharedModels()
 
 
-def shared_model(spec: ModelSpec, weights: str = "float32") -> Model:
+def shared_model(spec: ModelSpec, weights: str = "float32") -> ChainRunner:
     """The shared :class:`grurt.Model` of ``spec`` in ``weights`` mode (:class:`_SharedModels`)."""
-    return SHARED.get((weights, spec), lambda: Model(spec, weights), lambda model: (model.weights, model.spec))
+    return SHARED.get((weights, spec), lambda: ChainRunner(spec, weights), lambda model: (model.weights, model.spec))
 
 
-def _shared_gru(W, R, B, direction, lbr, f, g, clip) -> Model:
+def _shared_gru(W, R, B, direction, lbr, f, g, clip) -> ChainRunner:
     """The shared float32 Model of one GRU layer, found from the node's arrays before a layer is built (building
     one checks and copies its weights)."""
     clip = None if clip is None else float(np.float32(clip))
@@ -163,7 +163,7 @@ def _shared_gru(W, R, B, direction, lbr, f, g, clip) -> Model:
     def build():
         layer = GRU(W, R, B, direction=direction, linear_before_reset=lbr, gate_activation=f, candidate_activation=g,
                     clip=clip)
-        return Model(ModelSpec(layer.input_size, (layer,)))
+        return ChainRunner(ModelSpec(layer.input_size, (layer,)))
 
     def view(model):
         (layer,) = model.spec.layers
