@@ -10,9 +10,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from grurt.errors import InputError, UnsupportedModelError
+from grurt.errors import InputError
 
-from test_tensor_stream import conv_stack, decoder, max_diff  # noqa: F401 (fixtures)
+from test_tensor_stream import conv_stack, max_diff  # noqa: F401 (fixtures)
 from tolerances import ATOL
 
 torch = pytest.importorskip("torch")
@@ -95,12 +95,6 @@ def test_refusals_name_the_problem_and_change_nothing(conv_stack):
         model.stream_pool(0, time_axes={"x": 2})
     with pytest.raises(InputError, match="more than the limit"):
         model.stream_pool(10**12, time_axes={"x": 2})
-
-
-def test_a_model_with_static_inputs_is_refused_by_name(decoder):
-    _, model, _, _ = decoder
-    with pytest.raises(UnsupportedModelError, match=r"static inputs \['enc'\].*model.stream\(static=...\)"):
-        model.stream_pool(4, time_axes={"tokens": 1})
 
 
 def test_a_second_caller_is_refused_while_a_call_runs(conv_stack):

@@ -52,8 +52,43 @@ _END = np.iinfo(np.int64).max
 _FLOAT = np.dtype(np.float32)
 
 
-def _refuse(node, why: str):
-    raise UnsupportedModelError(f"{node.where}: {why}; this model cannot stream (use run() on the whole sequence)")
+#: What to do, by default, with a model that cannot stream.
+RUN_WHOLE = "use run() on the whole sequence"
+#: What an op that mixes the frames along time reads from the whole sequence (the ops of the "sequence" time rule,
+#: or of a "sequence" time_of along time), for the refusal.
+_READS_ALL = {
+    **dict.fromkeys(("Softmax", "LogSoftmax", "Hardmax"), "normalizes over every frame, later ones included"),
+    **dict.fromkeys(("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
+                     "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare"), "reduces every frame into one value"),
+    **dict.fromkeys(("ArgMax", "ArgMin", "TopK"), "picks among every frame, later ones included"),
+    **dict.fromkeys(("LayerNormalization", "InstanceNormalization", "GroupNormalization", "LpNormalization",
+                     "MeanVarianceNormalization"), "normalizes with statistics of every frame, later ones included"),
+    "CumSum": "sums from the last frame back (reverse=1)",
+    **dict.fromkeys(("ConvTranspose", "Resize", "Upsample", "DepthToSpace", "SpaceToDepth"),
+                    "changes the number of frames (it makes or merges frames, reading ahead)"),
+}
+
+
+def _refuse(node, why: str, todo: str = RUN_WHOLE):
+    """UnsupportedModelError: ``node`` (named) cannot stream because ``why``; ``todo``: what the user can do."""
+    raise UnsupportedModelError(f"{node.where}: {why}; this model cannot stream: {todo}")
+
+
+def _mixes(node, axis: int, x: str):
+    """The refusal of a node that mixes the frames along time: what it reads from the whole sequence."""
+    what = _READS_ALL.get(node.op, "reads every frame of the sequence, later ones included")
+    _refuse(node, f"mixes the frames along time: {node.op} along time (axis {axis} of its input '{x}') {what}")
+
+
+#: A masked GRU's refusal: why (its mask picks the steps anywhere in the sequence) and what streams instead.
+MASKED_WHY = ("its mask (input '{mask}') picks the steps it reads anywhere in the sequence (padding before, inside "
+              "or after the real frames), and a stream cannot tell from a frame whether it counts")
+MASKED_TODO = ("use run() on whole padded sequences with their mask; to stream, step only each sequence's real frames "
+               "through the model converted without its mask (Keras: without the Masking layer, or with "
+               "Embedding(mask_zero=False)): with no padding frames every step counts, and the GRU streams as a "
+               "plain forward GRU")
+MASK_VALUE_TODO = ("use run() on whole padded sequences; to stream, step only each sequence's real frames through the "
+                   "chain without mask_value (with no padding frames every step counts)")
 
 
 def default_time_axes(graph: TensorGraph) -> Dict[str, int]:
@@ -160,10 +195,10 @@ class StreamGraph:
         for name in graph.outputs:
             if self.kind[name] == "sizes":
                 raise UnsupportedModelError(f"output '{name}' is computed from the number of frames; this model "
-                                            "cannot stream (use run() on the whole sequence)")
+                                            f"cannot stream: {RUN_WHOLE}")
             if self.extra.get(name):
                 raise UnsupportedModelError(f"output '{name}' holds {self.extra[name]} padding frames before the "
-                                            "first one; this model cannot stream (use run() on the whole sequence)")
+                                            f"first one; this model cannot stream: {RUN_WHOLE}")
         self._build()
 
     # ---- classification and legality ----
@@ -215,6 +250,10 @@ class StreamGraph:
         if node.op == "grurt.Chain":
             self._chain(node, timed)
             return
+        if node.op == "grurt.MaskedGRU":
+            if node.attrs["direction"] != "forward":
+                _refuse(node, f"a {node.attrs['direction']} GRU reads the sequence from its end")
+            _refuse(node, MASKED_WHY.format(mask=node.inputs[4]), MASKED_TODO)
         rewritten = self._check(node, op, timed, extra)
         for n in outputs:
             self.kind[n] = "dynamic"
@@ -223,7 +262,7 @@ class StreamGraph:
                 _refuse(node, f"gives '{n}' with time on more than one axis")
             self.time[n] = axis
             if axis is None and timed:
-                _refuse(node, f"mixes the frames along time into '{n}'")
+                _refuse(node, f"mixes the frames along time into '{n}' (a {node.op} over the time axis needs every frame)")
             self.extra.setdefault(n, extra if axis is not None else 0)
         if rewritten is not None:
             self.nodes.append(rewritten)
@@ -282,7 +321,7 @@ class StreamGraph:
                           "first input only")
         rule = time_rule(op, node.attrs, values, first)
         if rule != "step":
-            _refuse(node, f"mixes the frames along time (axis {first} of its input '{node.inputs[0]}' is time)")
+            _mixes(node, first, node.inputs[0])
         return node
 
     def _causal(self, node, op, values, axis, extra):
@@ -327,7 +366,10 @@ class StreamGraph:
             return self._history(node, axis, begin, fill.reshape(()), rest)
         if node.op == "CumSum" and rule == "causal" and not extra:
             return self._cumsum(node, axis)
-        _refuse(node, f"mixes the frames along time (axis {axis} of its input '{x}' is time)")
+        if extra:
+            _refuse(node, f"its input '{x}' carries padding frames in front, which a {node.op} along time would mix "
+                          "with the frames")
+        _mixes(node, axis, x)
 
     def _unpadded(self, node, values, axis):
         """The conv-family node with no padding before time (its history takes that place)."""
@@ -381,7 +423,9 @@ class StreamGraph:
         if self.extra[X]:
             _refuse(node, "it would read padding frames in front of the first one")
         if lengths:
-            _refuse(node, "sequence_lens ends each sequence at its own step; a stream runs every frame")
+            _refuse(node, f"sequence_lens ends each sequence at its own step (input '{lengths}'), and a stream runs "
+                          "every frame of every sequence", "use run() on the whole padded batch, or step each sequence's "
+                          "own frames through the model exported without sequence_lens")
         shape = REGISTRY["GRU"].infer(attrs, self._values(node))[1][0]
         start = np.zeros(shape, _FLOAT)
         if initial:
@@ -405,14 +449,16 @@ class StreamGraph:
         spec = chain_spec(node.attrs)
         why = stream_refusal(spec)
         if why:
-            _refuse(node, why)
+            _refuse(node, why, MASK_VALUE_TODO if spec.mask_value is not None else RUN_WHOLE)
         x = node.inputs[0]
         if set(timed) != {0} or timed[0] != 1:
             _refuse(node, "its time steps are not the frames (time must be axis 1 of x, and x alone carries it)")
         if self.extra[x]:
             _refuse(node, "it would read padding frames in front of the first one")
         if len(node.inputs) > 1 and node.inputs[1]:
-            _refuse(node, "its lengths end each sequence at its own step; a stream runs every frame")
+            _refuse(node, f"its lengths end each sequence at its own step (input '{node.inputs[1]}'), and a stream "
+                          "runs every frame of every sequence", "use run() on the whole padded batch, or step each "
+                          "sequence's own frames through the chain without lengths")
         shapes = [shape for shape, _ in REGISTRY[node.op].infer(node.attrs, self._values(node))[1:]]
         starts = [gru.default_state(shapes[0][1]) for gru in spec.gru_layers]
         starts += [np.zeros(shape, _FLOAT) for shape in shapes[len(starts):]]
@@ -500,6 +546,143 @@ def _dtype_name(dtype) -> str:
     return {"f": "float32", "i": "int64", "b": "bool"}[np.dtype(dtype).kind]
 
 
+class Compiled:
+    """A stream of one batch and one static signature, ready to run: its :class:`StreamGraph`, the TensorModel
+    running the stream graph, the TensorModel of the static graph (None without static inputs), and each time
+    input's frame shape (without its time axis) and dtype."""
+
+    __slots__ = ("graph", "runner", "static_model", "frame_shapes", "step_plan")
+
+    def __init__(self, model, time_axes: Dict[str, int], batch: int, static_shapes: Dict[str, Tuple]):
+        self.frame_shapes = frame_signature(model.graph, time_axes, batch, static_shapes)
+        self.graph = StreamGraph(model.graph, time_axes, self.frame_shapes, static_shapes)
+        self.runner = type(model)(self.graph.stream_graph, weights=model.weights)
+        static = self.graph.static_graph
+        self.static_model = type(model)(static, weights=model.weights) if static is not None else None
+        #: the plan of one frame (its signature is fixed: the frames', the static tensors' and the states'), made
+        #: at the first step
+        self.step_plan = None
+
+    def static_values(self, arrays) -> Dict[str, np.ndarray]:
+        """The static tensors the stream reads, by name, for checked static input ``arrays`` (in input order)."""
+        if self.static_model is None:
+            return {}
+        results = self.static_model.run(dict(zip(self.static_model.input_names, arrays)))
+        results = results if isinstance(results, tuple) else (results,)
+        return dict(zip(self.static_model.output_names, results))
+
+    def initial(self, index: int, static_values) -> np.ndarray:
+        """State ``index`` at its start (a constant, or a static tensor of ``static_values``)."""
+        state = self.graph.states[index]
+        if isinstance(state.initial, str):
+            return np.array(static_values[state.initial], state.dtype)
+        return np.array(np.broadcast_to(state.initial, state.shape), state.dtype)
+
+    def advance(self, time_axes, frames, static_arrays, states, block: bool):
+        """(outputs, next states) for ``frames`` (by_name's dict of the time inputs: one frame, or a block),
+        the static tensors the stream reads and the states; InputError naming a time input of a wrong shape."""
+        if not block:
+            feed = self._step_frames(time_axes, frames)
+            if feed is not None:                    # the common step: the plan of one frame, called directly
+                plan = self.step_plan
+                if plan is None:
+                    plan = self.step_plan = self.runner.plan(feed + list(static_arrays) + list(states))
+                return self._results(plan.run(feed + [_frozen(a) for a in (*static_arrays, *states)]), block)
+        feed, n = [], None
+        for name, (shape, _) in self.frame_shapes.items():
+            value = frames[name]
+            array = value if type(value) is np.ndarray else np.asarray(value)
+            axis = time_axes[name]
+            if not block:
+                if array.shape != shape:
+                    raise InputError(f"time input '{name}': a frame has shape {shape}, got {array.shape}")
+                array = np.expand_dims(array, axis)
+            else:
+                if array.ndim != len(shape) + 1 or array.shape[:axis] + array.shape[axis + 1:] != shape:
+                    raise InputError(f"time input '{name}': a block has shape {shape[:axis] + ('n',) + shape[axis:]},"
+                                     f" got {array.shape}")
+                if n is None:
+                    n = array.shape[axis]
+                elif array.shape[axis] != n:
+                    raise InputError(f"time input '{name}' has {array.shape[axis]} frames, another {n}: give every "
+                                     "time input the same number of frames")
+            feed.append(array)
+        if block and n == 0:
+            raise InputError("a block needs at least one frame")
+        arrays = feed + list(static_arrays) + list(states)
+        # a list of one array would be read as that one input's data (by_name): the array itself then
+        results = self.runner.run(arrays if len(arrays) > 1 else arrays[0])
+        return self._results(results if isinstance(results, tuple) else (results,), block)
+
+    def _step_frames(self, time_axes, frames):
+        """The time inputs of one step as the plan takes them (C-contiguous, read-only, time axis of 1), when each
+        is an array of its frame's exact shape and dtype; else None (the checks and conversions of TensorModel.run)."""
+        feed = []
+        for name, (shape, dtype) in self.frame_shapes.items():
+            array = frames[name]
+            if type(array) is not np.ndarray or array.dtype != dtype or array.shape != shape:
+                return None
+            if not array.flags.c_contiguous:            # the ops read C-contiguous inputs
+                array = np.ascontiguousarray(array)
+            feed.append(_frozen(np.expand_dims(array, time_axes[name])))
+        return feed
+
+    def _results(self, results, block: bool):
+        graph = self.graph
+        outputs = []
+        for position, axis in zip(graph.output_positions, graph.output_axes):
+            value = results[position]
+            if axis is not None and not block:
+                value = value.reshape(value.shape[:axis] + value.shape[axis + 1:])
+            outputs.append(value)
+        return outputs, [results[i] for i in graph.state_outputs]
+
+
+def _frozen(array: np.ndarray) -> np.ndarray:
+    """A read-only view (no op writes into an input: TensorModel.run hands its inputs so)."""
+    view = array.view()
+    view.setflags(write=False)
+    return view
+
+
+def frame_signature(graph: TensorGraph, time_axes: Dict[str, int], batch: int, static_shapes) -> Dict[str, Tuple]:
+    """{time input: (frame shape without time, dtype)}: fixed dims as declared, a dim parameter from a static
+    input that names it (``static_shapes``: {name: (shape, dtype)}), else ``batch`` on axis 0."""
+    sizes = {}
+    for tensor in graph.inputs:
+        if tensor.name in static_shapes:
+            for dim, size in zip(tensor.dims, static_shapes[tensor.name][0]):
+                if isinstance(dim, str):
+                    sizes[dim] = size
+    result = {}
+    for tensor in graph.inputs:
+        axis = time_axes.get(tensor.name)
+        if axis is None:
+            continue
+        shape = []
+        for i, dim in enumerate(tensor.dims):
+            if i == axis:
+                continue
+            if isinstance(dim, int):
+                shape.append(dim)
+            elif dim in sizes:
+                shape.append(sizes[dim])
+            elif i == 0:
+                shape.append(batch)
+            else:
+                raise InputError(f"input '{tensor.name}' ({tensor.describe()}): the size of '{dim}' on axis {i} "
+                                 "is not known (it is no static input's, and not the batch on axis 0)")
+        dtype = {"float32": np.float32, "int64": np.int64, "bool": np.bool_}[tensor.dtype]
+        result[tensor.name] = (tuple(shape), np.dtype(dtype))
+    return result
+
+
+def static_checker(model, names):
+    """A TensorModel of the static inputs ``names`` alone, whose ``_inputs`` checks them as run() does."""
+    inputs = tuple(t for t in model.graph.inputs if t.name in names)
+    return type(model)(TensorGraph(inputs, (), (inputs[0].name,), {}))
+
+
 class TensorStream:
     """A general graph fed one frame (or a block of frames) at a time: see
     :meth:`grurt.TensorModel.stream` and docs/streaming-and-serving.md, "Streaming a general graph".
@@ -513,41 +696,11 @@ class TensorStream:
         self.time_axes = checked_time_axes(graph, time_axes)
         self.frame_names = tuple(t.name for t in graph.inputs if t.name in self.time_axes)
         self.static_names = tuple(t.name for t in graph.inputs if t.name not in self.time_axes)
-        self._compiled = {}            # static signature -> (StreamGraph, its TensorModel, static TensorModel)
+        self._compiled = {}            # static signature -> Compiled
         self._static_arrays = None
         self.reset(static)
 
     # ---- static inputs, states ----
-
-    def _frame_sig(self, static_arrays):
-        """(shape without time, dtype) of each time input: fixed dims as declared, a dim parameter
-        from a static input that names it, else the batch on axis 0."""
-        sizes = {}
-        for tensor, array in zip((t for t in self.model.graph.inputs if t.name in self.static_names), static_arrays):
-            for dim, size in zip(tensor.dims, array.shape):
-                if isinstance(dim, str):
-                    sizes[dim] = size
-        result = {}
-        for tensor in self.model.graph.inputs:
-            axis = self.time_axes.get(tensor.name)
-            if axis is None:
-                continue
-            shape = []
-            for i, dim in enumerate(tensor.dims):
-                if i == axis:
-                    continue
-                if isinstance(dim, int):
-                    shape.append(dim)
-                elif dim in sizes:
-                    shape.append(sizes[dim])
-                elif i == 0:
-                    shape.append(self.batch)
-                else:
-                    raise InputError(f"input '{tensor.name}' ({tensor.describe()}): the size of '{dim}' on axis {i} "
-                                     "is not known (it is no static input's, and not the batch on axis 0)")
-            dtype = {"float32": np.float32, "int64": np.int64, "bool": np.bool_}[tensor.dtype]
-            result[tensor.name] = (tuple(shape), np.dtype(dtype))
-        return result
 
     def reset(self, static=None):
         """Start a new stream: every state back to its start; ``static`` (required the first time
@@ -555,7 +708,7 @@ class TensorStream:
         computed from them alone are computed again, once."""
         if static is not None or self._static_arrays is None:
             self._set_static(static)
-        self._states = [self._initial(s) for s in self.compiled.states]
+        self._states = [self._stream.initial(i, self._static_values) for i in range(len(self.compiled.states))]
 
     def _set_static(self, static):
         names = self.static_names
@@ -567,40 +720,17 @@ class TensorStream:
             if static is None:
                 raise InputError(f"this stream's static inputs {list(names)} must be given: "
                                  "model.stream(static={name: value})")
-            given = by_name(static, names, "static input")
-            checker = self._checker()
-            arrays = checker._inputs(given)
+            if not hasattr(self, "_static_checker"):
+                self._static_checker = static_checker(self.model, names)
+            arrays = self._static_checker._inputs(by_name(static, names, "static input"))
         sig = tuple((a.shape, a.dtype) for a in arrays)
-        compiled = self._compiled.get(sig)
-        if compiled is None:
-            frame_sig = self._frame_sig(arrays)
-            compiled = StreamGraph(self.model.graph, self.time_axes, frame_sig,
-                                   {n: (a.shape, a.dtype) for n, a in zip(names, arrays)})
-            runner = type(self.model)(compiled.stream_graph, weights=self.model.weights)
-            static_model = (type(self.model)(compiled.static_graph, weights=self.model.weights)
-                            if compiled.static_graph is not None else None)
-            compiled = self._compiled[sig] = (compiled, runner, static_model, frame_sig)
-        self.compiled, self._runner, static_model, self._frame_shapes = compiled
-        values = {}
-        if static_model is not None:
-            results = static_model.run(dict(zip(names, arrays)))
-            results = results if isinstance(results, tuple) else (results,)
-            values = dict(zip(static_model.output_names, results))
-        self._static_values = values
-        self._static_arrays = [values[n] for n in self.compiled.static_reads]
-
-    def _checker(self):
-        """A TensorModel of the static inputs alone, to check them as run() does."""
-        graph = self.model.graph
-        inputs = tuple(t for t in graph.inputs if t.name in self.static_names)
-        if not hasattr(self, "_static_checker"):
-            self._static_checker = type(self.model)(TensorGraph(inputs, (), (inputs[0].name,), {}))
-        return self._static_checker
-
-    def _initial(self, state):
-        if isinstance(state.initial, str):
-            return np.array(self._static_values[state.initial], state.dtype)
-        return np.array(np.broadcast_to(state.initial, state.shape), state.dtype)
+        stream = self._compiled.get(sig)
+        if stream is None:
+            stream = self._compiled[sig] = Compiled(self.model, self.time_axes, self.batch,
+                                                    {n: (a.shape, a.dtype) for n, a in zip(names, arrays)})
+        self._stream, self.compiled, self._runner = stream, stream.graph, stream.runner
+        self._static_values = stream.static_values(arrays)
+        self._static_arrays = [self._static_values[n] for n in self.compiled.static_reads]
 
     @property
     def state_names(self) -> List[str]:
@@ -642,39 +772,5 @@ class TensorStream:
 
     def _advance(self, frames, block):
         given = by_name(frames, self.frame_names, "time input")
-        feed = {}
-        n = None
-        for name in self.frame_names:
-            value = given[name]
-            array = value if type(value) is np.ndarray else np.asarray(value)
-            axis = self.time_axes[name]
-            shape = self._frame_shapes[name][0]
-            if not block:
-                if array.shape != shape:
-                    raise InputError(f"time input '{name}': a frame has shape {shape}, got {array.shape}")
-                array = np.expand_dims(array, axis)
-            else:
-                if array.ndim != len(shape) + 1 or array.shape[:axis] + array.shape[axis + 1:] != shape:
-                    raise InputError(f"time input '{name}': a block has shape {shape[:axis] + ('n',) + shape[axis:]},"
-                                     f" got {array.shape}")
-                if n is None:
-                    n = array.shape[axis]
-                elif array.shape[axis] != n:
-                    raise InputError(f"time input '{name}' has {array.shape[axis]} frames, another {n}: give every "
-                                     "time input the same number of frames")
-            feed[name] = array
-        if block and n == 0:
-            raise InputError("a block needs at least one frame")
-        compiled = self.compiled
-        arrays = list(feed.values()) + self._static_arrays + self._states
-        # a list of one array would be read as that one input's data (by_name): the array itself then
-        results = self._runner.run(arrays if len(arrays) > 1 else arrays[0])
-        results = results if isinstance(results, tuple) else (results,)
-        self._states = [results[i] for i in compiled.state_outputs]
-        outputs = []
-        for position, axis in zip(compiled.output_positions, compiled.output_axes):
-            value = results[position]
-            if axis is not None and not block:
-                value = value.reshape(value.shape[:axis] + value.shape[axis + 1:])
-            outputs.append(value)
+        outputs, self._states = self._stream.advance(self.time_axes, given, self._static_arrays, self._states, block)
         return outputs[0] if len(outputs) == 1 else tuple(outputs)
