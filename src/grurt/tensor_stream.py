@@ -551,7 +551,7 @@ class Compiled:
     running the stream graph, the TensorModel of the static graph (None without static inputs), and each time
     input's frame shape (without its time axis) and dtype."""
 
-    __slots__ = ("graph", "runner", "static_model", "frame_shapes", "step_plan")
+    __slots__ = ("graph", "runner", "static_model", "frame_shapes", "step_shapes", "step_plan")
 
     def __init__(self, model, time_axes: Dict[str, int], batch: int, static_shapes: Dict[str, Tuple]):
         self.frame_shapes = frame_signature(model.graph, time_axes, batch, static_shapes)
@@ -562,6 +562,9 @@ class Compiled:
         #: the plan of one frame (its signature is fixed: the frames', the static tensors' and the states'), made
         #: at the first step
         self.step_plan = None
+        #: each time input's shape in one step: its frame's with a time axis of 1
+        self.step_shapes = [shape[:time_axes[name]] + (1,) + shape[time_axes[name]:]
+                            for name, (shape, _) in self.frame_shapes.items()]
 
     def static_values(self, arrays) -> Dict[str, np.ndarray]:
         """The static tensors the stream reads, by name, for checked static input ``arrays`` (in input order)."""
@@ -618,13 +621,15 @@ class Compiled:
         """The time inputs of one step as the plan takes them (C-contiguous, read-only, time axis of 1), when each
         is an array of its frame's exact shape and dtype; else None (the checks and conversions of TensorModel.run)."""
         feed = []
-        for name, (shape, dtype) in self.frame_shapes.items():
+        for (name, (shape, dtype)), step_shape in zip(self.frame_shapes.items(), self.step_shapes):
             array = frames[name]
             if type(array) is not np.ndarray or array.dtype != dtype or array.shape != shape:
                 return None
             if not array.flags.c_contiguous:            # the ops read C-contiguous inputs
                 array = np.ascontiguousarray(array)
-            feed.append(_frozen(np.expand_dims(array, time_axes[name])))
+            array = array.reshape(step_shape)           # a view with the time axis of 1
+            array.setflags(write=False)
+            feed.append(array)
         return feed
 
     def _results(self, results, block: bool):
@@ -771,6 +776,8 @@ class TensorStream:
         return self._advance(block, block=True)
 
     def _advance(self, frames, block):
-        given = by_name(frames, self.frame_names, "time input")
+        names = self.frame_names
+        given = {names[0]: frames} if type(frames) is np.ndarray and len(names) == 1 else \
+            by_name(frames, names, "time input")
         outputs, self._states = self._stream.advance(self.time_axes, given, self._static_arrays, self._states, block)
         return outputs[0] if len(outputs) == 1 else tuple(outputs)
