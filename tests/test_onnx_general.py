@@ -137,7 +137,7 @@ def test_fused_files_keep_their_model(tmp_path):
     W, R = rng.standard_normal((1, 12, 3)).astype(np.float32), rng.standard_normal((1, 12, 4)).astype(np.float32)
     gru = helper.make_node("GRU", ["x", "W", "R"], ["Y"], hidden_size=4)
     fused = save(tmp_path / "f.onnx", [gru], [tensor("x", ["t", "b", 3])], [typed("Y")], {"W": W, "R": R})
-    assert type(grurt.load(fused)) is grurt.Model
+    assert isinstance(grurt.load(fused), grurt.Model)
     general = save(tmp_path / "g.onnx", [gru, helper.make_node("Erf", ["Y"], ["z"])], [tensor("x", ["t", "b", 3])],
                    [typed("z")], {"W": W, "R": R})
     model = grurt.load(general)

@@ -19,6 +19,7 @@ import grurt
 from grurt import spec
 from grurt.ops import recurrent
 from grurt.tensor_graph import TensorGraph, TensorInput, TensorNode
+from grurt.chain_runner import ChainRunner
 from grurt.tensor_model import TensorModel
 
 from tolerances import ATOL
@@ -58,7 +59,7 @@ def _models(plan):
         model = getattr(ctx, "model", None)
         if isinstance(ctx, tuple) and isinstance(ctx[0], list):        # a GRU run through Model.run
             found += ctx[0]
-        elif isinstance(model, grurt.Model):
+        elif isinstance(model, ChainRunner):
             found.append(model)
     return found
 

@@ -79,7 +79,7 @@ def converted(request):
 
 def test_the_learned_h0_is_the_fused_models_initial_state(converted):
     module, model = converted
-    assert type(model) is grurt.Model and model.graph.as_chain() is not None
+    assert isinstance(model, grurt.Model) and model.graph.as_chain() is not None
     h0 = module.h0.detach().numpy()[:, 0]                      # (L·D, H): layer k, direction d at row k·D + d
     grus = model.spec.gru_layers
     directions = grus[0].num_directions
@@ -151,7 +151,7 @@ def test_the_exported_file_matches_onnxruntime(converted, tmp_path):
     module, _ = converted
     path = _export(module, tmp_path / "h0.onnx", 2)
     model = grurt.load(path)
-    assert type(model) is grurt.Model
+    assert isinstance(model, grurt.Model)
     session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     for batch in (1, 3):
         x = _data(10 + batch, batch, 9)
@@ -290,7 +290,7 @@ def test_a_batch_1_constant_initial_h_is_a_learned_state(tmp_path, direction, ba
     h0 = np.random.default_rng(1).standard_normal((directions, 1, HIDDEN)).astype(np.float32)
     path = _gru_file(tmp_path / "g.onnx", h0, batch, direction)
     model = grurt.load(path)
-    assert type(model) is grurt.Model
+    assert isinstance(model, grurt.Model)
     assert np.array_equal(model.spec.gru_layers[0].initial_state, h0[:, 0])
     session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     x = _data(2, 3)
@@ -307,7 +307,7 @@ def test_a_constant_initial_h_of_the_files_batch_with_layout_1(tmp_path):
     h0 = np.random.default_rng(3).standard_normal((1, 2, HIDDEN)).astype(np.float32)
     path = _gru_file(tmp_path / "g.onnx", np.repeat(h0, 3, axis=0), 3, "bidirectional", layout=1)
     model = grurt.load(path)
-    assert type(model) is grurt.Model and np.array_equal(model.spec.gru_layers[0].initial_state, h0[0])
+    assert isinstance(model, grurt.Model) and np.array_equal(model.spec.gru_layers[0].initial_state, h0[0])
     x = _data(4, 3)
     expected, expected_state = _onnx_states(*ReferenceEvaluator(path).run(None, {"X": x}), 1)
     out, (state,) = model.run(x, return_state=True)

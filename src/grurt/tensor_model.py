@@ -7,11 +7,11 @@ import threading
 
 import numpy as np
 
-from . import model as _model
 from . import precision
 from .errors import InputError
 from .graph_model import by_name, input_array
-from .model import _check_threads
+from ._kernels import _memory_limit
+from .chain_runner import check_threads
 from .ops.recurrent import call_threads
 from .ops import BOOL, FLOAT, INT
 from .tensor_graph import TensorGraph
@@ -85,7 +85,7 @@ class TensorModel:
         arrays = self._inputs(inputs)
         if threads == 1 and type(threads) is int:
             return self._result(self.plan(arrays).run(arrays))
-        _check_threads(threads)
+        check_threads(threads)
         plan = self.plan(arrays)
         with call_threads(threads):
             return self._result(plan.run(arrays))
@@ -158,9 +158,9 @@ class TensorModel:
             dtype = _DTYPES[declared.dtype]
             if value.dtype != dtype or not value.flags.c_contiguous:
                 needed = value.size * dtype.itemsize
-                if needed > _model.MEMORY_LIMIT_BYTES:
+                if needed > _memory_limit():
                     raise InputError(f"{where} of shape {value.shape} would need {needed} bytes as {dtype}, more than "
-                                     f"the limit of {_model.MEMORY_LIMIT_BYTES} (grurt.model.MEMORY_LIMIT_BYTES)")
+                                     f"the limit of {_memory_limit()} (grurt.model.MEMORY_LIMIT_BYTES)")
                 if dtype is INT and value.dtype == np.uint64 and value.size and value.max() > np.iinfo(np.int64).max:
                     raise InputError(f"{where} holds integers beyond the int64 range")
                 value = np.ascontiguousarray(value, dtype)

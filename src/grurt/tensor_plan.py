@@ -26,7 +26,7 @@ from typing import List, Tuple
 
 import numpy as np
 
-from . import model as _model
+from ._kernels import _memory_limit
 from .errors import GrurtError, InputError, ModelFormatError, UnsupportedModelError
 from .ops import BOOL, FLOAT, INT, REGISTRY, Value
 from .tensor_graph import TensorGraph
@@ -118,7 +118,7 @@ def make_plan(graph: TensorGraph, sig, record: dict = None, weights: str = "floa
     :class:`~grurt.ops.Value` of every tensor by name (:mod:`grurt.tensor_stream` reads the
     shapes and folded constants). ``weights``: the mode of the weights of ops that have a
     reduced-precision form (the GRUs: ``Op.reduced``)."""
-    limit = _model.MEMORY_LIMIT_BYTES
+    limit = _memory_limit()
     values = {}                     # tensor name -> Value
     slot_of = {}                    # tensor name -> slot, for the tensors computed when the plan runs
     slots: list = [None]

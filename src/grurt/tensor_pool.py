@@ -18,7 +18,7 @@ from typing import List
 
 import numpy as np
 
-from . import model as _model
+from ._kernels import _memory_limit
 from .errors import InputError, UnsupportedModelError
 from .graph_model import by_name, input_array
 from .tensor_stream import Compiled, checked_time_axes, static_checker
@@ -86,9 +86,9 @@ class _Group:
         grown = rows or max(4, 2 * self.rows)
         grown = min(grown, pool.capacity)
         needed = pool._stored_bytes() + (grown - self.rows) * self.row_bytes
-        if needed > _model.MEMORY_LIMIT_BYTES:
+        if needed > _memory_limit():
             raise InputError(f"this pool's states and static tensors would need {needed} bytes, more than the limit "
-                             f"of {_model.MEMORY_LIMIT_BYTES} (grurt.model.MEMORY_LIMIT_BYTES)")
+                             f"of {_memory_limit()} (grurt.model.MEMORY_LIMIT_BYTES)")
         examples = [np.zeros(s.shape, s.dtype) for s in self.one.graph.states] + \
             [np.zeros(self.one.graph.a[n].shape, self.one.graph.a[n].dtype) for n in self.reads]
         added = [np.repeat(e, grown - self.rows, axis=axis) for e, axis in zip(examples, self.axes)]
@@ -130,9 +130,9 @@ class TensorStreamPool:
         self._streams = collections.OrderedDict()     # (static signature, sessions) -> Compiled
         self._groups = {}                             # static signature -> _Group
         table = 17 * self.capacity                    # the session tables below: group, row, open flag
-        if table > _model.MEMORY_LIMIT_BYTES:
+        if table > _memory_limit():
             raise InputError(f"a pool of {self.capacity} sessions would need {table} bytes of session tables, more "
-                             f"than the limit of {_model.MEMORY_LIMIT_BYTES} (grurt.model.MEMORY_LIMIT_BYTES)")
+                             f"than the limit of {_memory_limit()} (grurt.model.MEMORY_LIMIT_BYTES)")
         self._checker = static_checker(model, self.static_names) if self.static_names else None
         if not self.static_names:                     # every session in one group, its rows made (and checked) now
             group = self._groups[()] = _Group(self, ())

@@ -551,7 +551,7 @@ class Compiled:
     running the stream graph, the TensorModel of the static graph (None without static inputs), and each time
     input's frame shape (without its time axis) and dtype."""
 
-    __slots__ = ("graph", "runner", "static_model", "frame_shapes")
+    __slots__ = ("graph", "runner", "static_model", "frame_shapes", "step_shapes", "step_plan")
 
     def __init__(self, model, time_axes: Dict[str, int], batch: int, static_shapes: Dict[str, Tuple]):
         self.frame_shapes = frame_signature(model.graph, time_axes, batch, static_shapes)
@@ -559,6 +559,12 @@ class Compiled:
         self.runner = type(model)(self.graph.stream_graph, weights=model.weights)
         static = self.graph.static_graph
         self.static_model = type(model)(static, weights=model.weights) if static is not None else None
+        #: the plan of one frame (its signature is fixed: the frames', the static tensors' and the states'), made
+        #: at the first step
+        self.step_plan = None
+        #: each time input's shape in one step: its frame's with a time axis of 1
+        self.step_shapes = [shape[:time_axes[name]] + (1,) + shape[time_axes[name]:]
+                            for name, (shape, _) in self.frame_shapes.items()]
 
     def static_values(self, arrays) -> Dict[str, np.ndarray]:
         """The static tensors the stream reads, by name, for checked static input ``arrays`` (in input order)."""
@@ -578,6 +584,13 @@ class Compiled:
     def advance(self, time_axes, frames, static_arrays, states, block: bool):
         """(outputs, next states) for ``frames`` (by_name's dict of the time inputs: one frame, or a block),
         the static tensors the stream reads and the states; InputError naming a time input of a wrong shape."""
+        if not block:
+            feed = self._step_frames(time_axes, frames)
+            if feed is not None:                    # the common step: the plan of one frame, called directly
+                plan = self.step_plan
+                if plan is None:
+                    plan = self.step_plan = self.runner.plan(feed + list(static_arrays) + list(states))
+                return self._results(plan.run(feed + [_frozen(a) for a in (*static_arrays, *states)]), block)
         feed, n = [], None
         for name, (shape, _) in self.frame_shapes.items():
             value = frames[name]
@@ -599,11 +612,28 @@ class Compiled:
             feed.append(array)
         if block and n == 0:
             raise InputError("a block needs at least one frame")
-        graph = self.graph
         arrays = feed + list(static_arrays) + list(states)
         # a list of one array would be read as that one input's data (by_name): the array itself then
         results = self.runner.run(arrays if len(arrays) > 1 else arrays[0])
-        results = results if isinstance(results, tuple) else (results,)
+        return self._results(results if isinstance(results, tuple) else (results,), block)
+
+    def _step_frames(self, time_axes, frames):
+        """The time inputs of one step as the plan takes them (C-contiguous, read-only, time axis of 1), when each
+        is an array of its frame's exact shape and dtype; else None (the checks and conversions of TensorModel.run)."""
+        feed = []
+        for (name, (shape, dtype)), step_shape in zip(self.frame_shapes.items(), self.step_shapes):
+            array = frames[name]
+            if type(array) is not np.ndarray or array.dtype != dtype or array.shape != shape:
+                return None
+            if not array.flags.c_contiguous:            # the ops read C-contiguous inputs
+                array = np.ascontiguousarray(array)
+            array = array.reshape(step_shape)           # a view with the time axis of 1
+            array.setflags(write=False)
+            feed.append(array)
+        return feed
+
+    def _results(self, results, block: bool):
+        graph = self.graph
         outputs = []
         for position, axis in zip(graph.output_positions, graph.output_axes):
             value = results[position]
@@ -611,6 +641,13 @@ class Compiled:
                 value = value.reshape(value.shape[:axis] + value.shape[axis + 1:])
             outputs.append(value)
         return outputs, [results[i] for i in graph.state_outputs]
+
+
+def _frozen(array: np.ndarray) -> np.ndarray:
+    """A read-only view (no op writes into an input: TensorModel.run hands its inputs so)."""
+    view = array.view()
+    view.setflags(write=False)
+    return view
 
 
 def frame_signature(graph: TensorGraph, time_axes: Dict[str, int], batch: int, static_shapes) -> Dict[str, Tuple]:
@@ -739,6 +776,8 @@ class TensorStream:
         return self._advance(block, block=True)
 
     def _advance(self, frames, block):
-        given = by_name(frames, self.frame_names, "time input")
+        names = self.frame_names
+        given = {names[0]: frames} if type(frames) is np.ndarray and len(names) == 1 else \
+            by_name(frames, names, "time input")
         outputs, self._states = self._stream.advance(self.time_axes, given, self._static_arrays, self._states, block)
         return outputs[0] if len(outputs) == 1 else tuple(outputs)

@@ -37,7 +37,7 @@ import numpy as np
 
 from .._kernels import Stream
 from ..errors import InputError, ModelFormatError, UnsupportedModelError
-from ..model import KERNEL_LAYERS
+from ..chain_runner import KERNEL_LAYERS
 from ..spec import (GRU, WHOLE_SEQUENCE, Conv1D, Dense, Embedding, LastStep, LayerNorm, ModelSpec, Reverse, Scale,
                     frame_rate_layers, output_steps)
 from .recurrent import CALL, Direct, shared_model
@@ -186,12 +186,16 @@ def _frames(ctx, x):
 
 
 def _run(ctx, inputs):
+    if ctx.way == "direct":          # the common call: x and the states (None for a state not given)
+        states = inputs[2:2 + ctx.grus]
+        if len(states) < ctx.grus:
+            states = [*states, *[None] * (ctx.grus - len(states))]
+        y, h = ctx.direct.run(inputs[0] if ctx.model._table is None else _frames(ctx, inputs[0]), states)
+        h.insert(0, y)
+        return h
     inputs = list(inputs) + [None] * (2 + ctx.grus + ctx.histories - len(inputs))
     x, lengths = inputs[0], inputs[1]
     states, histories = inputs[2:2 + ctx.grus], inputs[2 + ctx.grus:]
-    if ctx.way == "direct":
-        y, h = ctx.direct.run(_frames(ctx, x), states)
-        return [y] + h
     if ctx.way == "model":
         initial = None
         if any(s is not None for s in states):

@@ -34,7 +34,7 @@ import numpy as np
 
 from .._fields import ACTIVATION_DEFAULTS, activation
 from ..errors import InputError, ModelFormatError, UnsupportedModelError
-from ..model import Model
+from ..chain_runner import ChainRunner
 from ..spec import GRU, ModelSpec, output_steps
 from .registry import FLOAT, INT, Attr, Op, register
 
@@ -121,7 +121,7 @@ class _SharedModels:
         self._lock = threading.Lock()
         self._entries = {}          # fingerprint -> [weakref to a Model]
 
-    def get(self, parts, build, view=lambda model: model.spec) -> Model:
+    def get(self, parts, build, view=lambda model: model.spec) -> ChainRunner:
         """The Model whose ``view`` equals ``parts`` (a spec, or what a spec is built from), else ``build()``."""
         key = _fingerprint(parts)
         with self._lock:
@@ -149,12 +149,12 @@ class _SharedModels:
 SHARED = _SharedModels()
 
 
-def shared_model(spec: ModelSpec, weights: str = "float32") -> Model:
+def shared_model(spec: ModelSpec, weights: str = "float32") -> ChainRunner:
     """The shared :class:`grurt.Model` of ``spec`` in ``weights`` mode (:class:`_SharedModels`)."""
-    return SHARED.get((weights, spec), lambda: Model(spec, weights), lambda model: (model.weights, model.spec))
+    return SHARED.get((weights, spec), lambda: ChainRunner(spec, weights), lambda model: (model.weights, model.spec))
 
 
-def _shared_gru(W, R, B, direction, lbr, f, g, clip) -> Model:
+def _shared_gru(W, R, B, direction, lbr, f, g, clip) -> ChainRunner:
     """The shared float32 Model of one GRU layer, found from the node's arrays before a layer is built (building
     one checks and copies its weights)."""
     clip = None if clip is None else float(np.float32(clip))
@@ -163,7 +163,7 @@ def _shared_gru(W, R, B, direction, lbr, f, g, clip) -> Model:
     def build():
         layer = GRU(W, R, B, direction=direction, linear_before_reset=lbr, gate_activation=f, candidate_activation=g,
                     clip=clip)
-        return Model(ModelSpec(layer.input_size, (layer,)))
+        return ChainRunner(ModelSpec(layer.input_size, (layer,)))
 
     def view(model):
         (layer,) = model.spec.layers
@@ -262,7 +262,7 @@ class Direct:
     kernels as :meth:`grurt.Model.run` does after its checks, made once here, when the plan is made (the
     shapes are fixed: the size limits are checked now). ``layout``: the ONNX GRU's (None for a grurt.Chain)."""
 
-    __slots__ = ("model", "kernels", "layout", "out", "rows")
+    __slots__ = ("model", "kernels", "layout", "out", "rows", "starts")
 
     def __init__(self, model, batch, steps, layout=None):
         model._check_size(batch, steps)
@@ -271,20 +271,23 @@ class Direct:
         out_steps = output_steps(spec, steps)
         self.out = (batch, out_steps, spec.output_size) if spec.returns_sequence else (batch, spec.output_size)
         self.rows = batch * steps
+        #: each GRU's state when none is given: the shape of its zeros, or its learned initial_state (D, B, H)
+        self.starts = [(gru.num_directions, batch, gru.hidden_size) if gru.initial_state is None
+                       else gru.default_state(batch) for gru in spec.gru_layers]
 
     def reduced(self, mode):
         """This Direct with the Model's GRU weights in ``mode`` (grurt.precision)."""
         direct = Direct.__new__(Direct)
         direct.model = shared_model(self.model.spec, weights=mode)
         direct.kernels, direct.layout, direct.out, direct.rows = direct.model._plan, self.layout, self.out, self.rows
+        direct.starts = self.starts
         return direct
 
     def run(self, x, states):
         """(output, final states) for ``x`` (B, T, I) float32 C-contiguous and ``states``, one (D, B, H) array per
         GRU layer or None (its default: zeros or its learned initial_state); the states given are copied."""
-        batch = self.out[0]
-        h = [gru.default_state(batch) if s is None else np.array(s, np.float32, order="C")
-             for gru, s in zip(self.model.spec.gru_layers, states)]
+        h = [(np.zeros(start, np.float32) if type(start) is tuple else start.copy()) if s is None
+             else np.array(s, np.float32, order="C") for start, s in zip(self.starts, states)]
         y = np.empty(self.out, np.float32)
         # one step of one sequence stays on the calling thread: its split (a worker woken for a few µs of work)
         # measured 4% slower on W10 at one frame with the second core busy (833 -> 870 µs a hop), where 20 frames gain
