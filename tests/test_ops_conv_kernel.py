@@ -1,6 +1,6 @@
 """Conv and ConvTranspose on the C kernel (src/grurt/_conv2d.h, grurt.ops.conv: constant weights over 1 or 2
 spatial axes) against grurt's float64 reference and onnxruntime, on drawn shapes, groups, strides, dilations and
-pads, each way the kernel reads its input (rows in place, one run, gathered blocks, depthwise rows, packed
+pads, each way the kernel reads its input (rows in place, one run, gathered blocks, the depthwise flat planes, packed
 blocks of aliasing planes, the tails of fewer than 16 positions), with the activations tensor_passes fuses.
 
 Tolerance: as tests/test_ops_conv.py, ATOL times the largest magnitude of the oracle's output (at least 1);
@@ -56,14 +56,17 @@ def test_conv_drawn(data):
 @given(st.data())
 @_SETTINGS
 def test_depthwise_drawn(data):
-    """One input channel per group: the depthwise rows (one output per group) or the tiles (several)."""
+    """One input channel per group: the depthwise kernel (one output per group: the flat padded plane, narrow
+    rows, column strides 1, 2 and 3, pads and dilations on both axes, batch 2) or the tiles (several)."""
     channels, mg = data.draw(st.integers(1, 20), "channels"), data.draw(st.sampled_from([1, 1, 2, 3]), "M/group")
     kernel = [data.draw(st.integers(1, 3)), data.draw(st.integers(1, 5))]
     strides = [data.draw(st.integers(1, 2)), data.draw(st.integers(1, 3))]
-    dilations = [1, data.draw(st.integers(1, 2))]
-    pads = [0, data.draw(st.integers(0, 2)), 0, data.draw(st.integers(0, 2))]
-    width = data.draw(st.integers(max(1, (kernel[1] - 1) * dilations[1] + 1 - pads[1] - pads[3]), 70), "W")
-    x = _data((1, channels, kernel[0] + data.draw(st.integers(0, 3)), width), 1)
+    dilations = [data.draw(st.integers(1, 2)), data.draw(st.integers(1, 2))]
+    pads = [data.draw(st.integers(0, 2)) for _ in range(4)]
+    spans = [(k - 1) * d + 1 for k, d in zip(kernel, dilations)]
+    height = data.draw(st.integers(max(1, spans[0] - pads[0] - pads[2]), spans[0] + 3), "H")
+    width = data.draw(st.integers(max(1, spans[1] - pads[1] - pads[3]), 70), "W")
+    x = _data((data.draw(st.integers(1, 2), "N"), channels, height, width), 1)
     attrs = {"group": channels, "strides": strides, "dilations": dilations, "pads": pads}
     _on_kernel("Conv", attrs, x, _data((channels * mg, 1) + tuple(kernel), 2), _data((channels * mg,), 3))
 
@@ -78,6 +81,8 @@ CONVS = [  # x, W, attributes: each way the kernel reads B's rows
     ((1, 64, 20, 32), (64, 64, 1, 3), {"pads": [0, 1, 0, 1], "strides": [1, 2]}),  # gathered blocks, stride 2
     ((1, 3, 7, 700), (5, 3, 2, 3), {"pads": [1, 2, 0, 1], "strides": [2, 3]}),     # several gathered blocks
     ((1, 64, 20, 96), (64, 1, 1, 3), {"group": 64, "pads": [0, 1, 0, 1], "strides": [1, 2]}),   # depthwise
+    ((1, 64, 20, 8), (64, 1, 1, 3), {"group": 64, "pads": [0, 1, 0, 1]}),                       # ... rows of 8
+    ((2, 64, 20, 16), (64, 1, 1, 3), {"group": 64, "pads": [0, 1, 0, 1], "strides": [1, 2]}),   # ... of 8, stride 2
     ((2, 6, 40), (4, 6, 3), {"pads": [2, 0], "dilations": [2]}),                   # 1-D
     ((1, 512, 1, 4), (4, 512, 1, 1), {}),                                          # 512 taps: the kernel's most
     ((1, 16, 2, 5), (128, 16, 1, 1), {}),                        # under 16 positions: vectorized over channels

@@ -14,8 +14,9 @@
  * of that block). The product runs in register tiles of 8 (up to 12) output channels × 32
  * positions that the compiler vectorizes (AVX-512: 16 accumulators of 16 floats), grurt_c2_run; runs
  * of fewer than 16 positions in tiles over 64 output channels instead (grurt_c2_run_narrow).
- * A depthwise Conv (one input and one output channel per group) sums its few taps per 16 outputs
- * in a register instead (grurt_c2_depthwise). A fused activation is applied to each finished
+ * A depthwise Conv (one input and one output channel per group) pads a channel at a time and sums
+ * its few taps per 16 positions of the flat padded plane in a register instead, whatever the width of
+ * its rows (grurt_c2_depthwise). A fused activation is applied to each finished
  * block of output rows while it is in cache.
  *
  * ConvTranspose is the direct scatter: each input row times each tap, added at its place (for few
@@ -64,10 +65,25 @@ static inline int grurt_conv2d_mode(const grurt_conv2d *c) {
 /* One input and one output channel per group. */
 static inline int grurt_conv2d_depthwise(const grurt_conv2d *c) { return c->C == c->groups && c->M == c->groups; }
 
-/* A depthwise Conv runs by rows of the input (grurt_c2_depthwise) when its rows give whole vectors of
- * outputs; narrower rows (a cost per row, few outputs) are gathered in blocks of rows. */
-static inline int grurt_conv2d_depthwise_rows(const grurt_conv2d *c) {
-    return grurt_conv2d_depthwise(c) && c->sw <= 2 && c->Wo >= 16;
+/* A depthwise Conv's channel plane, padded, has rows of Wb floats: Wp rounded up to a multiple of sw, so
+ * that output row r starts at position t = r·sh·Wb/sw of the flat output z[t] = b + Σ_k w_k · xp[t·sw + off_k]. */
+static inline int grurt_c2_dw_wb(const grurt_conv2d *c) {
+    int Wp = c->W + c->pl + c->pr;
+    return (Wp + c->sw - 1) / c->sw * c->sw;
+}
+
+/* Positions of z computed (whole vectors of 16: every output of the plane, and the pad columns between). */
+static inline size_t grurt_c2_dw_positions(const grurt_conv2d *c) {
+    size_t T = (size_t)(c->Ho - 1) * c->sh * (grurt_c2_dw_wb(c) / c->sw) + c->Wo;
+    return (T + 15) & ~(size_t)15;
+}
+
+/* Floats of the padded plane: the plane, and the slack the last vectors read past it (zeroed). */
+static inline size_t grurt_c2_dw_plane_floats(const grurt_conv2d *c) {
+    size_t plane = (size_t)(c->H + c->pt + c->pb) * grurt_c2_dw_wb(c);
+    size_t reach = (grurt_c2_dw_positions(c) + 16) * c->sw + (size_t)(c->kh - 1) * c->dh * grurt_c2_dw_wb(c)
+                   + (size_t)(c->kw - 1) * c->dw;
+    return reach > plane ? reach : plane;
 }
 
 static inline int grurt_conv2d_block_rows(const grurt_conv2d *c) {
@@ -86,8 +102,8 @@ static inline size_t grurt_c2_cols_stride(size_t L) {
 
 /* Floats of `cols`: gathered rows (mode 2, depthwise not by rows). */
 static inline size_t grurt_c2_cols_floats(const grurt_conv2d *c, size_t K) {
-    if (grurt_conv2d_depthwise_rows(c)) return 0;
-    if (grurt_conv2d_mode(c) == 2 || grurt_conv2d_depthwise(c))
+    if (grurt_conv2d_depthwise(c)) return 0;
+    if (grurt_conv2d_mode(c) == 2)
         return K * grurt_c2_cols_stride((size_t)grurt_conv2d_block_rows(c) * c->Wo);
     return 0;
 }
@@ -266,57 +282,6 @@ static void grurt_c2_activate(const grurt_conv2d *c, float *y, int r0, int R) {
     for (int m = 0; m < c->M; ++m) grurt_activate(&c->act, y + m * plane + (size_t)r0 * c->Wo, R * c->Wo);
 }
 
-/* A depthwise Conv not run by rows (grurt_conv2d_depthwise_rows) from the padded input xp of one image,
- * per channel a block of R output rows at a time: its taps' inputs gathered in `cols`
- * (K rows of L = R·Wo), then y = b + Σ_k w_k · cols_k over 32 positions at a time in registers
- * (blocks independent of each other, whatever the width of a row). */
-GRURT_HOT static void grurt_c2_depthwise_gathered(const grurt_conv2d *c, const float *xp, int Wp, float *y,
-                                                  float *cols, int o) {
-    /* the fields in locals: stores through y may alias *c for a compiler without strict aliasing */
-    const int kh = c->kh, kw = c->kw, K = kh * kw, Ho = c->Ho, Wo = c->Wo, sh = c->sh, sw = c->sw, dw = c->dw;
-    const int R = grurt_conv2d_block_rows(c);
-    const size_t row = (size_t)c->dh * Wp, ld = grurt_c2_cols_stride((size_t)R * Wo);
-    const float *bias = c->bias, *wt = c->wt;
-    const size_t in_plane = (size_t)(c->H + c->pt + c->pb) * Wp, out_plane = (size_t)Ho * Wo;
-    {
-        const float *w = wt + (size_t)o * K, *plane = xp + o * in_plane;
-        const float b = bias ? bias[o] : 0.0f;
-        for (int r0 = 0; r0 < Ho; r0 += R) {
-            const int rn = Ho - r0 < R ? Ho - r0 : R;
-            const size_t L = (size_t)rn * Wo;
-            for (int i = 0; i < kh; ++i)
-                for (int j = 0; j < kw; ++j) {
-                    float *col = cols + (size_t)(i * kw + j) * ld;
-                    for (int r = 0; r < rn; ++r) {
-                        const float *line = plane + (size_t)(r0 + r) * sh * Wp + i * row + j * dw;
-                        float *dst = col + (size_t)r * Wo;
-                        grurt_c2_gather(dst, line, Wo, sw);
-                    }
-                }
-            for (int k = 0; k < K; ++k)        /* read by the last block, not used */
-                for (size_t q = L; q < ((L + 31) & ~(size_t)31); ++q) cols[(size_t)k * ld + q] = 0.0f;
-            float *yb = y + o * out_plane + (size_t)r0 * Wo;
-            for (size_t p = 0; p < L; p += 32) {
-                grurt_c2v a0 = (grurt_c2v){0} + b, a1 = a0;
-                for (int k = 0; k < K; ++k) {
-                    const float *col = cols + (size_t)k * ld + p;
-                    a0 += w[k] * *(const grurt_c2v *)col;
-                    a1 += w[k] * *(const grurt_c2v *)(col + 16);
-                }
-                if (p + 32 <= L) {
-                    *(grurt_c2v *)(yb + p) = a0;
-                    *(grurt_c2v *)(yb + p + 16) = a1;
-                } else {
-                    float tmp[32];
-                    *(grurt_c2v *)tmp = a0;
-                    *(grurt_c2v *)(tmp + 16) = a1;
-                    for (size_t q = p; q < L; ++q) yb[q] = tmp[q - p];
-                }
-            }
-        }
-    }
-}
-
 /* One channel x (H, W) padded into xp (H + pt + pb, W + pl + pr): the borders zeroed, the rows copied by
  * loops (rows are short: a call each costs more). */
 GRURT_INLINE void grurt_c2_pad_plane(const float *x, int H, int W, int pt, int pl, int pb, int pr, float *xp) {
@@ -338,73 +303,64 @@ typedef int grurt_c2i __attribute__((vector_size(64)));
     __builtin_shuffle(*(const grurt_c2v *)(line), *(const grurt_c2v *)((line) + 16),            \
                       (grurt_c2i){0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30})
 
-/* A Conv of one input and one output channel per group (depthwise) of column stride SW = 1 or 2
- * over one image x: per channel (padded into `buffer` when the Conv pads, a plane that stays in
- * cache) and output row, 16 outputs at a time summed over the taps in a register, each tap one load
- * (stride 2: the even lanes of two) from a row of the input. Reads past a row's end stay within the
- * channel, or within the buffer's slack of 32 floats; without a buffer, the last outputs of the
- * last row are computed one at a time. */
-GRURT_INLINE void grurt_c2_depthwise_rows(const int SW, const grurt_conv2d *c, const float *x, float *buffer,
-                                          float *y, const float **taps, int o) {
-    /* the fields in locals: stores through y may alias *c for a compiler without strict aliasing */
-    const int kh = c->kh, kw = c->kw, K = kh * kw, Ho = c->Ho, Wo = c->Wo, sh = c->sh, dh = c->dh,
-              dw = c->dw, M = c->M, H = c->H, W = c->W, pt = c->pt, pl = c->pl, Wp = W + pl + c->pr;
-    const float *bias = c->bias, *wt = c->wt;
-    const size_t out_plane = (size_t)Ho * Wo;
-    const int safe = buffer != NULL;
-    /* whole blocks of 16 outputs whose reads stay inside their row: q0 + 16 <= Wo and
-     * SW·q0 + 16·SW + (kw − 1)·dw <= Wp */
-    int inside = Wo / 16;
-    while (inside > 0 && SW * 16 * inside + (kw - 1) * dw > Wp) --inside;
-    inside *= 16;
-    {
-        const float *w = wt + (size_t)o * K, *plane = x + (size_t)o * H * W;
-        const float b = bias ? bias[o] : 0.0f;
-        if (buffer) {       /* the channel padded, in a buffer that stays in cache */
-            grurt_c2_pad_plane(plane, H, W, pt, pl, c->pb, c->pr, buffer);
-            plane = buffer;
+typedef float grurt_c2h __attribute__((vector_size(32), aligned(4)));
+
+/* dst[q] = src[q] for q < n by vectors (the last one overlapping): rows are short, and a loop the
+ * compiler turns into a call of memmove (the empty asm hides the loop's pattern) costs more than the copy. */
+GRURT_INLINE void grurt_c2_copy(float *restrict dst, const float *restrict src, int n) {
+    if (n >= 16) {
+        for (int q = 0; q + 16 <= n; q += 16) {
+            __asm__("" : "+r"(q));
+            *(grurt_c2v *)(dst + q) = *(const grurt_c2v *)(src + q);
         }
-        for (int r = 0; r < Ho; ++r) {
-            for (int i = 0; i < kh; ++i)
-                for (int j = 0; j < kw; ++j) taps[i * kw + j] = plane + (size_t)(r * sh + i * dh) * Wp + j * dw;
-            float *yr = y + o * out_plane + (size_t)r * Wo;
-            int q0 = 0;
-            for (; q0 < inside; q0 += 16) {
-                grurt_c2v acc = (grurt_c2v){0} + b;
-                if (SW == 1)
-                    for (int k = 0; k < K; ++k) acc += w[k] * *(const grurt_c2v *)(taps[k] + q0);
-                else
-                    for (int k = 0; k < K; ++k) acc += w[k] * GRURT_C2_EVENS(taps[k] + 2 * q0);
-                *(grurt_c2v *)(yr + q0) = acc;
-            }
-            if (safe || r < Ho - 1 || o < M - 1) {     /* the rest reads within xp or its slack of 32 */
-                for (; q0 < Wo; q0 += 16) {
-                    grurt_c2v acc = (grurt_c2v){0} + b;
-                    if (SW == 1)
-                        for (int k = 0; k < K; ++k) acc += w[k] * *(const grurt_c2v *)(taps[k] + q0);
-                    else
-                        for (int k = 0; k < K; ++k) acc += w[k] * GRURT_C2_EVENS(taps[k] + 2 * q0);
-                    float tmp[16];
-                    *(grurt_c2v *)tmp = acc;
-                    for (int q = q0; q < Wo && q < q0 + 16; ++q) yr[q] = tmp[q - q0];
-                }
-            } else
-                for (int q = q0; q < Wo; ++q) {
-                    float acc = b;
-                    for (int k = 0; k < K; ++k) acc += w[k] * taps[k][SW * q];
-                    yr[q] = acc;
-                }
-        }
-    }
+        *(grurt_c2v *)(dst + n - 16) = *(const grurt_c2v *)(src + n - 16);
+    } else if (n >= 8) {
+        *(grurt_c2h *)dst = *(const grurt_c2h *)src;
+        *(grurt_c2h *)(dst + n - 8) = *(const grurt_c2h *)(src + n - 8);
+    } else
+        for (int q = 0; q < n; ++q) dst[q] = src[q];
 }
 
-/* Channel o of a depthwise Conv by rows. */
-GRURT_HOT static void grurt_c2_depthwise(const grurt_conv2d *c, const float *x, float *buffer, float *y,
-                                         const float **taps, int o) {
-    if (c->sw == 1)
-        grurt_c2_depthwise_rows(1, c, x, buffer, y, taps, o);
+/* Channel o of a Conv of one input and one output channel per group (depthwise) over one image x: the
+ * channel copied into `xp` (rows of Wb floats, grurt_c2_dw_wb; a plane that stays in cache, its borders
+ * zeroed by the caller once for every channel), then the
+ * flat output z[t] = b + Σ_k w_k · xp[t·sw + off_k] 16 positions at a time in a register, the taps in
+ * order (column stride 1: one load a tap, 2: the even lanes of two), over every position of the plane
+ * whatever the width of its rows (narrow rows cost no gathers, a few pad columns are computed and
+ * dropped), then output row r copied from z[r·sh·Wb/sw ...]. */
+GRURT_HOT static void grurt_c2_depthwise(const grurt_conv2d *c, const float *x, float *xp, float *z,
+                                         const float **taps, float *y, int o) {
+    /* the fields in locals: stores through y may alias *c for a compiler without strict aliasing */
+    const int kh = c->kh, kw = c->kw, K = kh * kw, Ho = c->Ho, Wo = c->Wo, sh = c->sh, sw = c->sw, dh = c->dh,
+              dw = c->dw, H = c->H, W = c->W, pt = c->pt, pl = c->pl, Wb = grurt_c2_dw_wb(c);
+    const size_t T = grurt_c2_dw_positions(c);
+    const size_t per_row = (size_t)sh * (Wb / sw);
+    const float *w = c->wt + (size_t)o * K, *in = x + (size_t)o * H * W;
+    const float b = c->bias ? c->bias[o] : 0.0f;
+    for (int r = 0; r < H; ++r) grurt_c2_copy(xp + (size_t)(r + pt) * Wb + pl, in + (size_t)r * W, W);
+    for (int i = 0; i < kh; ++i)
+        for (int j = 0; j < kw; ++j) taps[i * kw + j] = xp + (size_t)i * dh * Wb + (size_t)j * dw;
+    if (sw == 1)
+        for (size_t t = 0; t < T; t += 16) {
+            grurt_c2v acc = (grurt_c2v){0} + b;
+            for (int k = 0; k < K; ++k) acc += w[k] * *(const grurt_c2v *)(taps[k] + t);
+            *(grurt_c2v *)(z + t) = acc;
+        }
+    else if (sw == 2)
+        for (size_t t = 0; t < T; t += 16) {
+            grurt_c2v acc = (grurt_c2v){0} + b;
+            for (int k = 0; k < K; ++k) acc += w[k] * GRURT_C2_EVENS(taps[k] + 2 * t);
+            *(grurt_c2v *)(z + t) = acc;
+        }
     else
-        grurt_c2_depthwise_rows(2, c, x, buffer, y, taps, o);
+        for (size_t t = 0; t < T; ++t) {
+            float acc = b;
+            for (int k = 0; k < K; ++k) acc += w[k] * taps[k][t * sw];
+            z[t] = acc;
+        }
+    float *yo = y + (size_t)o * Ho * Wo;
+    for (int r = 0; r < Ho; ++r) grurt_c2_copy(yo + (size_t)r * Wo, z + (size_t)r * per_row, Wo);
+    grurt_activate(&c->act, yo, Ho * Wo);
 }
 
 /* A Conv's work on one image, split in items that threads claim (grurt_claim): blocks of output rows
@@ -412,7 +368,7 @@ GRURT_HOT static void grurt_c2_depthwise(const grurt_conv2d *c, const float *x, 
  * channels (depthwise). The padded image, when the Conv pads, is made before by the caller. */
 typedef struct {
     const grurt_conv2d *c;
-    const float *src;        /* the image, padded when the Conv pads (a depthwise Conv by rows: as given) */
+    const float *src;        /* the image, padded when the Conv pads (a depthwise Conv: as given) */
     float *y;                /* the image's output */
     char *parts;             /* per thread: `part` bytes of scratch, 64-byte aligned */
     size_t part;
@@ -431,22 +387,21 @@ static inline int grurt_c2_items(const grurt_conv2d *c) {
     return (c->Ho + R - 1) / R;
 }
 
-/* Bytes of one thread's scratch: the depthwise channel buffer, gathered columns, the packed block of B, the
- * tail's outputs, B's row pointers (two sets). */
+/* Bytes of one thread's scratch: gathered columns, the packed block of B, the tail's outputs, B's row
+ * pointers (two sets); a depthwise Conv's: the padded channel, its flat output, the taps' pointers. */
 static inline size_t grurt_c2_part_bytes(const grurt_conv2d *c) {
     size_t K = (size_t)(c->C / c->groups) * c->kh * c->kw;
-    int padded = c->pt || c->pl || c->pb || c->pr;
-    size_t plane = grurt_conv2d_depthwise_rows(c) && padded
-                   ? grurt_c2_round((size_t)(c->H + c->pt + c->pb) * (c->W + c->pl + c->pr) + 32) : 0;
-    size_t floats = plane + grurt_c2_round(grurt_c2_cols_floats(c, K)) + K * 32 + GRURT_C2_MB_MAX * 32;
+    size_t floats = grurt_conv2d_depthwise(c)
+                    ? grurt_c2_round(grurt_c2_dw_plane_floats(c)) + grurt_c2_dw_positions(c)
+                    : grurt_c2_round(grurt_c2_cols_floats(c, K)) + K * 32 + GRURT_C2_MB_MAX * 32;
     return (floats * sizeof(float) + 2 * K * sizeof(float *) + 63) & ~(size_t)63;
 }
 
-/* Bytes of scratch a call on up to `threads` threads needs: the padded image (all but depthwise Convs by
- * rows, which pad a channel at a time) and a part per thread. */
+/* Bytes of scratch a call on up to `threads` threads needs: the padded image (but for depthwise Convs,
+ * which pad a channel at a time) and a part per thread. */
 static inline size_t grurt_conv2d_scratch(const grurt_conv2d *c, int threads) {
     int padded = c->pt || c->pl || c->pb || c->pr;
-    size_t image = padded && !grurt_conv2d_depthwise_rows(c)
+    size_t image = padded && !grurt_conv2d_depthwise(c)
                    ? grurt_c2_round((size_t)c->C * (c->H + c->pt + c->pb) * (c->W + c->pl + c->pr) + 32) : 0;
     return image * sizeof(float) + (size_t)threads * grurt_c2_part_bytes(c) + 64;
 }
@@ -458,25 +413,18 @@ static void grurt_c2_item(const grurt_conv2d *c, const float *src, float *yn, in
     const int pt = c->pt, pl = c->pl, pb = c->pb, pr = c->pr;
     const float *wt = c->wt, *bias = c->bias;
     const int Hp = c->H + pt + pb, Wp = c->W + pl + pr, K = Cg * kh * kw, mode = grurt_conv2d_mode(c);
-    const int padded = pt || pl || pb || pr;
     const int alias = (Hp * Wp) % 1024 == 0;       /* B's rows a multiple of 4 KB apart */
     const int R = grurt_conv2d_block_rows(c);
     const size_t in_plane = (size_t)Hp * Wp, out_plane = (size_t)Ho * Wo;
-    float *plane_buffer = (float *)part;
-    float *cols = plane_buffer + (grurt_conv2d_depthwise_rows(c) && padded ? grurt_c2_round(in_plane + 32) : 0);
+    if (grurt_conv2d_depthwise(c)) {
+        float *plane = (float *)part, *z = plane + grurt_c2_round(grurt_c2_dw_plane_floats(c));
+        grurt_c2_depthwise(c, src, plane, z, (const float **)(z + grurt_c2_dw_positions(c)), yn, item);
+        return;
+    }
+    float *cols = (float *)part;
     float *pack = cols + grurt_c2_round(grurt_c2_cols_floats(c, K));
     float *out = pack + (size_t)K * 32;
     const float **rows = (const float **)(out + GRURT_C2_MB_MAX * 32), **pack_rows = rows + K;
-    if (grurt_conv2d_depthwise_rows(c)) {
-        grurt_c2_depthwise(c, src, padded ? plane_buffer : NULL, yn, rows, item);
-        grurt_activate(&c->act, yn + item * out_plane, (int)out_plane);
-        return;
-    }
-    if (grurt_conv2d_depthwise(c)) {
-        grurt_c2_depthwise_gathered(c, src, Wp, yn, cols, item);
-        grurt_activate(&c->act, yn + item * out_plane, (int)out_plane);
-        return;
-    }
     if (mode == 1) {     /* positions [p0, p0 + L) of group g; the caller activates the output */
         int chunks = (int)((out_plane + GRURT_C2_CHUNK_POSITIONS - 1) / GRURT_C2_CHUNK_POSITIONS);
         int g = item / chunks;
@@ -531,7 +479,7 @@ static void grurt_conv2d_run(const grurt_conv2d *c, int N, const float *x, float
     const int padded = pt || pl || pb || pr, mode = grurt_conv2d_mode(c);
     const size_t in_plane = (size_t)(H + pt + pb) * (W + pl + pr), out_plane = (size_t)c->Ho * c->Wo;
     float *xp = (float *)(((uintptr_t)scratch + 63) & ~(uintptr_t)63);
-    const int whole_image = padded && !grurt_conv2d_depthwise_rows(c);
+    const int whole_image = padded && !grurt_conv2d_depthwise(c);
     grurt_c2_job job;
     job.c = c;
     job.parts = (char *)(xp + (whole_image ? grurt_c2_round((size_t)C * in_plane + 32) : 0));
@@ -546,6 +494,9 @@ static void grurt_conv2d_run(const grurt_conv2d *c, int N, const float *x, float
                 grurt_c2_pad_plane(xn + (size_t)ch * H * W, H, W, pt, pl, pb, pr, xp + ch * in_plane);
             job.src = xp;
         }
+        if (n == 0 && grurt_conv2d_depthwise(c))      /* the planes' borders: zero, the channels copied inside */
+            for (int t = 0; t < threads; ++t) memset(job.parts + (size_t)t * job.part, 0,
+                                                     grurt_c2_dw_plane_floats(c) * sizeof(float));
         job.next = 0;
         if (threads > 1 && job.items > 1)
             grurt_pool_run(threads < job.items ? threads : job.items, grurt_c2_work, &job);
