@@ -285,3 +285,35 @@ def test_sequences_joined_have_one_number_of_steps():
     x["b"] = x["b"][:, :1]
     with pytest.raises(grurt.InputError, match=r"input 'b' must have shape \(batch, 4, 3\), got \(2, 1, 3\)"):
         lowered.run(x)
+
+
+def test_a_stream_keeps_its_chains_states_in_place():
+    """A stream graph's Chain nodes keep their GRU states in their kernels' Stream between steps (nothing copied in
+    or out on the plain path): what the stream hands out stays as it was, a state set, a block run, a reset or a
+    state output read in between continues exactly as stepping frame by frame does (the fused GraphStream's bits)."""
+    rng = np.random.default_rng(7)
+    graph = Graph((Input("x", 6),), (Node(dense(rng, 6, 8), "x", "a"), Node(random_gru(rng, 8, 8), "a", "g"),
+                                     Node(Combine("add"), ("a", "g"), "r"), Node(dense(rng, 8, 3), "r", "y")), ("y",))
+    x = rng.standard_normal((2, 12, 6)).astype(np.float32)
+    want = grurt.Model(graph).run(x)
+    lowered = grurt.TensorModel(lower(graph, return_state=True).graph)
+    stream = lowered.stream(2)
+    got, states = [], []
+    for t in range(4):
+        y, h = stream.step(x[:, t])
+        got.append(y)
+        states.append(h)
+    saved, held = stream.state, states[-1].copy()
+    got.append(stream.run(x[:, 4:7])[0].transpose(1, 0, 2))    # a block between steps
+    for t in range(7, 9):
+        got.append(stream.step(x[:, t])[0][None])
+    assert np.array_equal(states[-1], held)             # a state output is the stream's to change: a copy
+    stream.state = saved                                # back to frame 4
+    again = [stream.step(x[:, t])[0] for t in range(4, 9)]
+    steps = np.concatenate([np.stack(got[:4], 1), *[g.transpose(1, 0, 2) for g in got[4:]]], 1)
+    assert np.array_equal(steps, np.stack([*got[:4], *again], 1))
+    fused = grurt.Model(graph).stream(2)
+    assert np.array_equal(np.stack([fused.step(x[:, t]) for t in range(9)], 1), steps)
+    assert np.abs(steps - want[:, :9]).max() < ATOL
+    stream.reset()
+    assert np.array_equal(stream.step(x[:, 0])[0], got[0])

@@ -27,7 +27,9 @@ to the next (:mod:`grurt.tensor_stream`); any other chain needs the whole sequen
 (:func:`grurt.ops.recurrent.shared_model`). ``run`` calls the kernels directly
 (:class:`grurt.ops.recurrent.Direct`) without ``lengths`` or a mask, the common case; with histories
 through a :class:`grurt._kernels.Stream` (the kernels' streaming path); otherwise through
-``Model.run`` itself.
+``Model.run`` itself. A node of a stream graph (attribute ``keep_state=1``, set by :mod:`grurt.tensor_stream`)
+keeps its kernels' Stream and its states in it between calls: a call given back the states it returned copies
+nothing in.
 """
 from __future__ import annotations
 
@@ -145,7 +147,7 @@ class _Chain:
     """A Chain node prepared for one plan: its Model, the way ``run`` goes ("direct", "stream" or "model")
     and, for the direct way, the kernels' call (Direct)."""
 
-    __slots__ = ("model", "way", "direct", "grus", "histories", "batch", "streams")
+    __slots__ = ("model", "way", "direct", "grus", "histories", "batch", "streams", "starts", "kept")
 
     def __init__(self, model, way, batch, steps):
         self.model, self.way, self.batch = model, way, batch
@@ -153,7 +155,9 @@ class _Chain:
         if way != "direct":
             model._check_size(batch, steps)
         self.grus, self.histories = _counts(model.spec)
-        self.streams = threading.local()        # "stream" way: each thread's kernels' Stream, by threads
+        self.streams = threading.local()        # "stream", "kept" ways: each thread's kernels' Stream, by threads
+        self.starts = None                      # "kept" way: each state's start (for a state input not given)
+        self.kept = {}                          # "kept" way: (Stream, its states read-only, writable) by threads
 
     def reduced(self, mode):
         chain = _Chain.__new__(_Chain)
@@ -161,6 +165,7 @@ class _Chain:
         chain.way, chain.batch, chain.grus, chain.histories = self.way, self.batch, self.grus, self.histories
         chain.direct = self.direct.reduced(mode) if self.direct is not None else None
         chain.streams = threading.local()
+        chain.starts, chain.kept = self.starts, {}
         return chain
 
 
@@ -170,8 +175,16 @@ def _prepare(attrs, values):
     grus = len(spec.gru_layers)
     lengths = len(values) > 1 and values[1] is not None
     histories = any(v is not None for v in values[2 + grus:])
-    way = "stream" if histories else "model" if lengths or spec.mask_value is not None else "direct"
-    return _Chain(shared_model(spec), way, batch, steps)
+    if attrs["keep_state"] and not lengths:
+        way = "kept"
+    else:
+        way = "stream" if histories else "model" if lengths or spec.mask_value is not None else "direct"
+    chain = _Chain(shared_model(spec), way, batch, steps)
+    if way == "kept":
+        chain.starts = [gru.default_state(batch) for gru in spec.gru_layers] + [
+            np.zeros((batch, layer.span - 1, layer.in_channels), np.float32)
+            for layer in spec.layers if isinstance(layer, Conv1D)][:chain.histories]
+    return chain
 
 
 def _frames(ctx, x):
@@ -186,6 +199,8 @@ def _frames(ctx, x):
 
 
 def _run(ctx, inputs):
+    if ctx.way == "kept":
+        return _run_kept(ctx, inputs)
     if ctx.way == "direct":          # the common call: x and the states (None for a state not given)
         states = inputs[2:2 + ctx.grus]
         if len(states) < ctx.grus:
@@ -213,6 +228,35 @@ def _run(ctx, inputs):
     return [y] + stream.state
 
 
+def _run_kept(ctx, inputs):
+    """A node of a stream graph: its states live in a kept kernels' Stream; a state input that is not the Stream's
+    own (what the last call returned) is copied in first. Returns the Stream's states themselves (read-only views the
+    next call writes into: a stream copies what it hands out). A stream graph's plan has one caller at a time (a
+    Stream refuses a second one)."""
+    kept = ctx.kept.get(CALL.threads) or _keep(ctx)
+    views = kept[1]
+    if views:
+        for view, into, given, start in zip(views, kept[2], inputs[2:], ctx.starts):
+            if given is not view:
+                into[...] = start if given is None else given
+    x = inputs[0] if ctx.model._table is None else _frames(ctx, inputs[0])
+    return [kept[0].run(x if x.flags.c_contiguous else np.ascontiguousarray(x)), *views]
+
+
+def _keep(ctx):
+    """(a new kernels' Stream, its states as read-only views, writable views) for the calling threads' setting."""
+    stream = Stream(ctx.model, ctx.batch, CALL.threads)
+    writable = stream.live_state
+    kept = ctx.kept[CALL.threads] = (stream, [_read_only(v) for v in writable], writable)
+    return kept
+
+
+def _read_only(array):
+    view = array.view()
+    view.setflags(write=False)
+    return view
+
+
 def _stream(ctx) -> Stream:
     """The calling thread's kernels' Stream of the chain's Model (a Stream takes one caller at a time)."""
     threads = CALL.threads
@@ -231,6 +275,8 @@ register(Op(
         "layers": Attr("layers"),
         "input_size": Attr("int", None, lambda v: None if 0 < v < 2**31 else f"must be a positive integer, got {v}"),
         "mask_value": Attr("float", None),
+        # 1: a node of a stream graph (grurt.tensor_stream), whose states stay in place between its calls
+        "keep_state": Attr("int", 0, lambda v: None if v in (0, 1) else f"must be 0 or 1, got {v}"),
     },
     infer=_infer, prepare=_prepare, run=_run, reduced=lambda ctx, mode: ctx.reduced(mode),
     check=_check, arity=_arity, time=None, time_of=_time_of,
