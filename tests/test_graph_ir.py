@@ -237,13 +237,18 @@ def test_a_masked_gru_with_other_activations():
     check(path_graph(3, (gru,), mask_value=0.0), [x])
 
 
-def test_a_masked_gru_with_a_function_the_onnx_gru_lacks_is_refused_naming_the_node():
-    """The fused runner computes a GELU gate; a MaskedGRU node names the ONNX GRU's functions only (left to do)."""
+@pytest.mark.parametrize("gate, candidate", [("sigmoid", "gelu"), ("silu", "mish"), ("hard_silu", "selu"),
+                                             ("sigmoid", "clip")])
+def test_a_masked_gru_with_a_function_the_onnx_gru_lacks(gate, candidate):
+    """A MaskedGRU node (grurt's own op) names grurt's activation kinds too: a GELU, SiLU, Mish, SELU, hard SiLU or
+    clip gate runs as the fused runner runs it, checked against both float64 references."""
     rng = np.random.default_rng(11)
-    graph = path_graph(3, (random_gru(rng, 3, 2, candidate=activation("gelu")),), mask_value=0.0)
-    from grurt.errors import UnsupportedModelError
-    with pytest.raises(UnsupportedModelError, match=r"node .*GRU.*reading a mask.* not gelu"):
-        lower(graph)
+    fn = activation(candidate, -0.8, 0.9) if candidate == "clip" else activation(candidate)
+    graph = path_graph(3, (random_gru(rng, 3, 2, gate=activation(gate), candidate=fn),), mask_value=0.0)
+    x = _x(rng, 2, 5, 3)
+    x[0, 1] = 0
+    x[1, 3:] = 0
+    check(graph, [x])
 
 
 @_PROFILE

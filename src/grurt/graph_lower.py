@@ -276,15 +276,9 @@ class _Lowering:
                        f"{base}/Expand")
         else:
             h0 = ""
-        functions = []
-        for fn in (layer.gate_activation, layer.candidate_activation):
-            if fn.kind not in _ONNX_ACTIVATIONS:
-                raise UnsupportedModelError(f"node {node.describe()}: a GRU reading a mask computes its gates with "
-                                            f"the ONNX GRU's activations, not {fn.describe()}")
-            functions.append(fn)
-        functions *= d
+        functions = [layer.gate_activation, layer.candidate_activation] * d
         attrs = dict(hidden_size=hidden, direction=layer.direction, linear_before_reset=int(layer.linear_before_reset),
-                     clip=layer.clip, activations=tuple(_ONNX_ACTIVATIONS[fn.kind] for fn in functions),
+                     clip=layer.clip, activations=tuple(_ONNX_ACTIVATIONS.get(fn.kind, fn.kind) for fn in functions),
                      activation_alpha=tuple(fn.alpha for fn in functions if fn.alpha is not None),
                      activation_beta=tuple(fn.beta for fn in functions if fn.beta is not None),
                      masked_output="zeros" if d == 2 else "previous")

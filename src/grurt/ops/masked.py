@@ -25,7 +25,7 @@ import numpy as np
 from ..errors import ModelFormatError, UnsupportedModelError
 from ..graph_model import masked_gru
 from ..spec import GRU, ModelSpec
-from .recurrent import CALL, _gru_shapes, direction_activations, shared_model
+from .recurrent import CALL, GRURT_ACTIVATIONS, _activations_check, _gru_shapes, direction_activations, shared_model
 from .registry import BOOL, FLOAT, REGISTRY, Attr, Op, register
 
 MASKED_OUTPUTS = ("previous", "zeros")
@@ -54,7 +54,7 @@ def _prepare(attrs, values):
     D, H, _, _ = _shapes(attrs, values)
     W, R, B = (v.const if v is not None else None for v in values[1:4])
     B = np.zeros((D, 6 * H), np.float32) if B is None else B
-    pairs = direction_activations("MaskedGRU", attrs, D)
+    pairs = direction_activations("MaskedGRU", attrs, D, GRURT_ACTIVATIONS)
     if len(set(pairs)) > 1:
         raise UnsupportedModelError("the two directions of a MaskedGRU must use the same activations")
     layer = GRU(W, R, B, direction=attrs["direction"], linear_before_reset=bool(attrs["linear_before_reset"]),
@@ -84,6 +84,8 @@ def _reduced(ctx, mode):
 register(Op(
     "grurt.MaskedGRU",
     attributes={**{k: v for k, v in REGISTRY["GRU"].attributes.items() if k != "layout"},
+                # f and g: an ONNX name, or any of grurt's activation kinds (gelu, silu, mish, ...)
+                "activations": Attr("strings", (), lambda names: _activations_check(names, GRURT_ACTIVATIONS)),
                 "masked_output": Attr("string", "previous", lambda v: None if v in MASKED_OUTPUTS else
                                       f"must be one of {', '.join(MASKED_OUTPUTS)}, got {v!r}")},
     infer=_infer, prepare=_prepare, run=_run, reduced=_reduced,
