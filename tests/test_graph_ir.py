@@ -255,11 +255,9 @@ def test_a_masked_gru_with_a_function_the_onnx_gru_lacks(gate, candidate):
 @given(graph_and_seed=random_graphs(streamable=True), batch=st.integers(1, 3))
 def test_streams_of_random_graphs(graph_and_seed, batch):
     """The lowered graph streamed (TensorStream: the Chain nodes' GRU states carried frame to frame) gives the
-    fused GraphStream's bits at every frame. Graphs whose chains all keep time: a grurt.Chain ending in a
-    LastStep or a GRU's last state does not stream yet (GraphStream streams it: each frame its own last step)."""
+    fused GraphStream's bits at every frame; a grurt.Chain ending in a LastStep or a GRU's last state too (each
+    frame its own last step)."""
     graph, seed = graph_and_seed
-    assume(not any(isinstance(node.layer, LastStep) or isinstance(node.layer, GRU) and not node.layer.return_sequences
-                   for node in graph.nodes))
     rng = np.random.default_rng(seed + 2)
     values = random_inputs(rng, graph, batch, 5, single=False)
     static = {i.name: v for i, v in zip(graph.inputs, values) if i.kind != "sequence"}
@@ -322,3 +320,22 @@ def test_a_stream_keeps_its_chains_states_in_place():
     assert np.abs(steps - want[:, :9]).max() < ATOL
     stream.reset()
     assert np.array_equal(stream.step(x[:, 0])[0], got[0])
+
+
+def test_a_chain_ending_in_its_last_step_streams_as_graph_stream_streams_it():
+    """A grurt.Chain ending in a GRU's last state, or in a LastStep, streams: each frame its own last step (the
+    fused GraphStream's bits), and a Chain on that value (a vector source) runs on it at each frame."""
+    rng = np.random.default_rng(12)
+    graph = Graph((Input("x", 4),), (
+        Node(random_gru(rng, 4, 5, return_sequences=False), "x", "h"), Node(dense(rng, 5, 3), "h", "a"),
+        Node(random_gru(rng, 4, 3), "x", "s"), Node(LastStep(), "s", "l"), Node(Combine("add"), ("a", "l"), "y"),
+        Node(random_gru(rng, 4, 2), "x", "z")), ("y", "z"))
+    x = rng.standard_normal((2, 6, 4)).astype(np.float32)
+    lowered = grurt.TensorModel(lower(graph).graph).stream(2)
+    fused_stream = grurt.Model(graph).stream(2)
+    for t in range(6):
+        got, want = lowered.step(x[:, t]), fused_stream.step(x[:, t])
+        for a, b in zip(got, want):
+            assert a.shape == b.shape and np.array_equal(a, b)
+    y, _ = grurt.Model(graph).run(x)
+    assert np.abs(got[0] - y).max() < ATOL     # after the last frame: the whole sequence's

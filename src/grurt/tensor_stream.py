@@ -247,7 +247,7 @@ class StreamGraph:
         if node.op == "GRU":
             self._gru(node, timed)
             return
-        if node.op == "grurt.Chain":
+        if node.op == "grurt.Chain" and timed:     # (a chain of a value after the last frame runs on it per frame)
             self._chain(node, timed)
             return
         if node.op == "grurt.MaskedGRU":
@@ -480,7 +480,7 @@ class StreamGraph:
         self.nodes.append(TensorNode(node.op, tuple(inputs), tuple(outputs), {**node.attrs, "keep_state": 1},
                                      node.name))
         y = node.outputs[0]
-        self.kind[y], self.time[y], self.extra[y] = "dynamic", 1, 0
+        self.kind[y], self.time[y], self.extra[y] = "dynamic", 1 if spec.returns_sequence else None, 0
 
     def _state(self, node, kind, initial, shape, dtype) -> _Stateful:
         index = len(self.states)

@@ -19,9 +19,10 @@ attribute           ``layers`` (required): the canonical layers, in order; ``inp
 ==================  ==============================================================================
 
 A chain *streams* when its GRUs all run forward, its Conv1Ds are causal (stride 1, padding
-((k-1)·dilation, 0)), it keeps time to its output and has no mask_value, Reverse, pooling or
-padding layers: it then acts causally, its states and histories carrying it from one block of frames
-to the next (:mod:`grurt.tensor_stream`); any other chain needs the whole sequence.
+((k-1)·dilation, 0)) and it has no mask_value, Reverse, pooling, Flatten or padding layers: it then acts
+causally, its states and histories carrying it from one block of frames to the next
+(:mod:`grurt.tensor_stream`); any other chain needs the whole sequence. A chain ending in a LastStep or a GRU's
+last state streams as a summary: its output after a block is what it gives for the frames so far.
 
 ``prepare`` takes the Model (its kernels' plan) shared by every plan of the same layers
 (:func:`grurt.ops.recurrent.shared_model`). ``run`` calls the kernels directly
@@ -40,7 +41,7 @@ import numpy as np
 from .._kernels import Stream
 from ..errors import InputError, ModelFormatError, UnsupportedModelError
 from ..chain_runner import KERNEL_LAYERS
-from ..spec import (GRU, WHOLE_SEQUENCE, Conv1D, Dense, Embedding, LastStep, LayerNorm, ModelSpec, Reverse, Scale,
+from ..spec import (GRU, WHOLE_SEQUENCE, Conv1D, Dense, Embedding, LayerNorm, ModelSpec, Reverse, Scale,
                     frame_rate_layers, output_steps)
 from .recurrent import CALL, Direct, shared_model
 from .registry import FLOAT, INT, Attr, Op, register
@@ -70,12 +71,10 @@ def stream_refusal(spec: ModelSpec):
     """Why a chain cannot run frame by frame (None: it can, with its GRU states and Conv1D histories)."""
     if spec.mask_value is not None:
         return "its mask_value makes each sequence's length depend on its last frames"
-    if not spec.returns_sequence:
-        return "its output has no time axis (a LastStep, a GRU's last state, a pooling or a Flatten)"
     for index, layer in enumerate(spec.layers):
         if isinstance(layer, GRU) and layer.direction != "forward":
             return f"layer {index} is a {layer.direction} GRU, which reads the sequence from its end"
-        if isinstance(layer, (Reverse, LastStep) + WHOLE_SEQUENCE):
+        if isinstance(layer, (Reverse,) + WHOLE_SEQUENCE):
             return f"layer {index} ({layer.describe()}) needs the whole sequence"
     for index, layer in frame_rate_layers(spec):
         return (f"layer {index} ({layer.describe()}) changes the number of frames or looks ahead (only a causal "
@@ -147,7 +146,7 @@ class _Chain:
     """A Chain node prepared for one plan: its Model, the way ``run`` goes ("direct", "stream" or "model")
     and, for the direct way, the kernels' call (Direct)."""
 
-    __slots__ = ("model", "way", "direct", "grus", "histories", "batch", "streams", "starts", "kept")
+    __slots__ = ("model", "way", "direct", "grus", "histories", "batch", "streams", "starts", "kept", "summary")
 
     def __init__(self, model, way, batch, steps):
         self.model, self.way, self.batch = model, way, batch
@@ -158,6 +157,7 @@ class _Chain:
         self.streams = threading.local()        # "stream", "kept" ways: each thread's kernels' Stream, by threads
         self.starts = None                      # "kept" way: each state's start (for a state input not given)
         self.kept = {}                          # "kept" way: (Stream, its states read-only, writable) by threads
+        self.summary = None if model.spec.returns_sequence else True    # output of the last frame, no time axis
 
     def reduced(self, mode):
         chain = _Chain.__new__(_Chain)
@@ -165,7 +165,7 @@ class _Chain:
         chain.way, chain.batch, chain.grus, chain.histories = self.way, self.batch, self.grus, self.histories
         chain.direct = self.direct.reduced(mode) if self.direct is not None else None
         chain.streams = threading.local()
-        chain.starts, chain.kept = self.starts, {}
+        chain.starts, chain.kept, chain.summary = self.starts, {}, self.summary
         return chain
 
 
@@ -225,7 +225,7 @@ def _run(ctx, inputs):
         for v, shape in zip(histories, [(ctx.batch, layer.span - 1, layer.in_channels)
                                         for layer in ctx.model.spec.layers if isinstance(layer, Conv1D)])]
     y = stream.run(np.ascontiguousarray(_frames(ctx, x), np.float32))
-    return [y] + stream.state
+    return [y if ctx.model.spec.returns_sequence else y[:, -1]] + stream.state
 
 
 def _run_kept(ctx, inputs):
@@ -240,7 +240,8 @@ def _run_kept(ctx, inputs):
             if given is not view:
                 into[...] = start if given is None else given
     x = inputs[0] if ctx.model._table is None else _frames(ctx, inputs[0])
-    return [kept[0].run(x if x.flags.c_contiguous else np.ascontiguousarray(x)), *views]
+    y = kept[0].run(x if x.flags.c_contiguous else np.ascontiguousarray(x))
+    return [y if ctx.summary is None else y[:, -1], *views]
 
 
 def _keep(ctx):
