@@ -339,3 +339,21 @@ def test_a_chain_ending_in_its_last_step_streams_as_graph_stream_streams_it():
             assert a.shape == b.shape and np.array_equal(a, b)
     y, _ = grurt.Model(graph).run(x)
     assert np.abs(got[0] - y).max() < ATOL     # after the last frame: the whole sequence's
+
+
+@pytest.mark.parametrize("return_sequences", [True, False])
+def test_a_masked_gru_streams_every_frame_valid(return_sequences):
+    """The stream variant of the lowering (``stream=True``) reads every frame as valid, as GraphStream streams a GRU
+    reading a mask: the GRU alone as a grurt.Chain (the same bits), its state output and final state too."""
+    rng = np.random.default_rng(13)
+    graph = Graph((Input("x", 3),), (
+        Node(Masking(0.0), "x", ("m", "mask")),
+        Node(random_gru(rng, 3, 4, return_sequences=return_sequences), ("m", "mask"), ("g", "h")),
+        Node(dense(rng, 4, 2), "g", "y"), Node(random_gru(rng, 3, 2), "x", "z")), ("y", "z", Output("h", 1)))
+    x = rng.standard_normal((2, 5, 3)).astype(np.float32)
+    x[0, 2] = 0
+    lowered = grurt.TensorModel(lower(graph, stream=True).graph).stream(2)
+    fused_stream = grurt.Model(graph).stream(2)
+    for t in range(5):
+        for a, b in zip(lowered.step(x[:, t]), fused_stream.step(x[:, t])):
+            assert a.shape == b.shape and np.array_equal(a, b)
