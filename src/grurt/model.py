@@ -16,7 +16,12 @@ from .chain_runner import ChainRunner, _allocating, check_threads, reduced_array
 from .chain_runner import Stream, StreamPool   # noqa: F401 (public: grurt.model.Stream, grurt.model.StreamPool)
 from .errors import InputError, ModelFormatError
 from .graph import Graph
-from .graph_model import GraphRunner, GraphStream
+from . import chain_runner
+from .graph_model import GraphInputs
+from .graph_stream import GraphStream
+from .graph_lower import lower
+from .ops.recurrent import call_threads
+from .tensor_model import TensorModel
 from .spec import Embedding, ModelSpec, Scale
 from ._kernels import _memory_limit
 
@@ -113,7 +118,21 @@ class GraphModel(Model):
         self.weights = precision.check_mode(weights)
         self._stored = reduced_arrays([node.layer for node in spec.nodes], self.weights, stored)
         self.spec = self.graph = spec
-        self._graph = GraphRunner(spec, self.weights, self._stored, ChainRunner, _memory_limit)
+        self._graph = GraphInputs(spec)
+        self._variants = {}        # (lengths, initial states given, return_state) -> (Lowered, TensorModel)
+        self._checked = set()      # (lowered graph, input signature) checked by TensorModel's input checks
+
+    def _stream_model(self):
+        """The TensorModel of the graph lowered for streaming (every frame valid), built once."""
+        return self._variant((False, frozenset(), False, True))[1]
+
+    def _variant(self, key):
+        """The lowered graph of one kind of call (graph_lower.lower's variant) and its TensorModel, built once."""
+        variant = self._variants.get(key)
+        if variant is None:
+            lowered = lower(self.graph, *key)
+            variant = self._variants[key] = (lowered, TensorModel(lowered.graph, weights=self.weights))
+        return variant
 
     @property
     def input_names(self):
@@ -163,12 +182,45 @@ class GraphModel(Model):
                     and all(type(v) is np.ndarray for v in seq))):
             return self._file_states.run(self, seq, lengths, threads)
         check_threads(threads)
-        return self._graph.run(seq, initial_state, return_state, lengths, threads)
+        checks = self._graph
+        env, single, batch = checks.checked_inputs(seq)
+        arrays = [env[name] for name in self.graph.input_names]
+        if lengths is not None:
+            arrays.append(checks.checked_lengths(lengths, env, batch, single))
+        states = checks.initial_states(initial_state, batch, single)
+        given = frozenset(p for p, s in enumerate(states) if s is not None) if states else frozenset()
+        arrays += [states[p] for p in sorted(given)]
+        key = (lengths is not None, given, bool(return_state), False)
+        lowered, tensor_model = self._variant(key)
+        for k, a in enumerate(arrays):
+            arrays[k] = a = a.view()
+            a.setflags(write=False)             # no op writes into an input
+        signature = (key, tuple((a.shape, a.dtype) for a in arrays))
+        if signature not in self._checked:      # a new signature: checked once as TensorModel.run checks it
+            checks.check_steps(env, batch)
+            tensor_model._inputs(arrays if len(arrays) > 1 else arrays[0])
+            if len(self._checked) < 256:
+                self._checked.add(signature)
+        plan = tensor_model.plan(arrays)
+        if threads == 1:
+            results = plan.run(arrays)
+        else:
+            with call_threads(threads):
+                results = plan.run(arrays)
+        n = len(self.graph.outputs)
+        outputs = results[:n]
+        if single:
+            outputs = [value[:, 0] if output.directions is not None else value[0]
+                       for value, output in zip(outputs, self.graph.outputs)]
+        result = outputs[0] if n == 1 else tuple(outputs)
+        if not return_state:
+            return result
+        return result, [s[:, 0] if single else s for s in results[n:]]
 
     __call__ = run
 
     def stream(self, batch: int = 1, threads: int = 1, static=None):
-        """A :class:`~grurt.graph_model.GraphStream`: ``step`` takes one frame of each sequence input (a list in
+        """A :class:`~grurt.graph_stream.GraphStream`: ``step`` takes one frame of each sequence input (a list in
         input order or a dict by name, when there are several), and ``static`` gives the static inputs (vectors
         and states) once per stream, as a dict by name (or a list, or the one value), with the stream's batch
         axis."""
@@ -179,3 +231,6 @@ class GraphModel(Model):
         """Refused: a pool steps models that are one chain of layers (a graph streams with :meth:`stream`)."""
         raise InputError("stream_pool runs models that are one chain of layers; this model is a graph: "
                          "use stream(batch=...)")
+
+
+chain_runner.GRAPH_MODEL = GraphModel     # a chain whose mask is not trailing padding only runs as a graph

@@ -1,5 +1,5 @@
 """float64 references of grurt's own ops (:mod:`grurt.ops.masked`): plain numpy, independent of
-the kernels and of :func:`grurt.graph_model.masked_gru`, step by step (:func:`.recurrent.gru_direction`)."""
+the kernels and of :func:`grurt.ops.masked.masked_gru`, step by step (:func:`.recurrent.gru_direction`)."""
 from __future__ import annotations
 
 import numpy as np
