@@ -9,7 +9,7 @@ import dataclasses
 
 import numpy as np
 import pytest
-from hypothesis import assume, given
+from hypothesis import given
 from hypothesis import strategies as st
 
 import grurt
@@ -17,7 +17,7 @@ from grurt import reference
 from grurt.graph import (Combine, Concat, Crop, Graph, Input, Masking, Node, Output, PReLU, Repeat, Slice, Unflatten,
                          path_graph)
 from grurt.graph_lower import lower
-from grurt.spec import GRU, GlobalPool, LastStep, activation
+from grurt.spec import GlobalPool, LastStep, activation
 
 from gru_testing import random_gru
 from test_graph import _PROFILE, as_tuple, assert_close, dense, random_graphs, random_initial_state, random_inputs

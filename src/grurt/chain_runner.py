@@ -12,10 +12,10 @@ import numpy as np
 
 from . import _kernels
 from . import precision
-from .errors import InputError, ModelFormatError, UnsupportedModelError
+from .errors import InputError, UnsupportedModelError
 from .graph import Graph, path_graph
 from .limits import MAX_TENSOR_ELEMENTS
-from .spec import (GRU, TIME_LAYERS, WHOLE_SEQUENCE, Activation, Dense, Embedding, Flatten, GlobalPool, LastStep,
+from .spec import (GRU, TIME_LAYERS, WHOLE_SEQUENCE, Activation, Dense, Flatten, GlobalPool, LastStep,
                    LayerNorm, Merge, ModelSpec, Reverse, Scale, UnitNorm, activation, conv_history_shapes,
                    frame_rate_layers, output_steps)
 

@@ -1,9 +1,11 @@
 """``Model``: a validated spec, planned once, run many times — the top of the package's runtime.
 
 ``Model(spec)`` of a :class:`~grurt.spec.ModelSpec` (or of a :class:`~grurt.graph.Graph` that is one path) is a
-:class:`~grurt.chain_runner.ChainRunner`, whose common call is checked and run in C; of any other Graph, its
-segments run on ChainRunners joined by whole-array operations (:mod:`grurt.graph_model`). ``MEMORY_LIMIT_BYTES``
-here is the knob users set; the modules below read it through ``_kernels._memory_limit()``.
+:class:`~grurt.chain_runner.ChainRunner`, whose common call is checked and run in C; any other Graph is lowered
+onto a tensor graph (:mod:`grurt.graph_lower`: its chains ``grurt.Chain`` nodes) that the planner runs, one variant
+per kind of call (lengths, initial states given, return_state; streams: :mod:`grurt.graph_stream`), its inputs
+checked as :class:`~grurt.graph_model.GraphInputs` declares them. ``MEMORY_LIMIT_BYTES`` here is the knob users
+set; the modules below read it through ``_kernels._memory_limit()``.
 """
 from __future__ import annotations
 
@@ -11,19 +13,17 @@ import os
 
 import numpy as np
 
-from . import precision
+from . import chain_runner, precision
 from .chain_runner import ChainRunner, _allocating, check_threads, reduced_arrays
 from .chain_runner import Stream, StreamPool   # noqa: F401 (public: grurt.model.Stream, grurt.model.StreamPool)
 from .errors import InputError, ModelFormatError
 from .graph import Graph
-from . import chain_runner
+from .graph_lower import lower
 from .graph_model import GraphInputs
 from .graph_stream import GraphStream
-from .graph_lower import lower
 from .ops.recurrent import call_threads
-from .tensor_model import TensorModel
 from .spec import Embedding, ModelSpec, Scale
-from ._kernels import _memory_limit
+from .tensor_model import TensorModel
 
 
 def _physical_memory() -> int:
