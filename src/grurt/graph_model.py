@@ -60,6 +60,7 @@ class GraphInputs:
                           for i, node in enumerate(step.grus) if i in step.states_in}
         self.state_fed |= {gru_index[id(node)] for node in graph.gru_nodes if len(node.inputs) == 3}
         self.inputs = {i.name: i for i in graph.inputs}
+        self.input_names = graph.input_names
         self.masking = [node for node in graph.nodes if isinstance(node.layer, Masking)]
         self.new_steps = [node for node in graph.nodes if isinstance(node.layer, NEW_STEPS_LAYERS)]
 
@@ -68,7 +69,7 @@ class GraphInputs:
     def checked_inputs(self, values):
         """{name: batched float32 (or integer ids) array}, single (no batch axis given), batch."""
         env, single, batch = {}, None, None
-        for name, value in by_name(values, self.graph.input_names).items():
+        for name, value in by_name(values, self.input_names).items():
             a, is_single = self.check_input(name, value)
             size = a.shape[1] if self.inputs[name].kind == "state" else a.shape[0]
             if single is None:
@@ -188,9 +189,9 @@ class GraphInputs:
 
     def initial_states(self, initial_state, batch: int, single: bool):
         """One (D, B, H) state or None per GRU node, from the user's list (None entries allowed)."""
-        grus = self.graph.gru_nodes
         if initial_state is None:
             return None
+        grus = self.graph.gru_nodes
         if not isinstance(initial_state, (list, tuple)) or len(initial_state) != len(grus):
             raise InputError(f"initial_state must be a list of {len(grus)} arrays (or None), one per GRU node")
         states = []

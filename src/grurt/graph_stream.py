@@ -79,6 +79,10 @@ class GraphStream:
         self._stream = tensor_model.stream(batch, time_axes={name: 1 for name in self.frame_names},
                                            static=self._static(static))
         self._directions = [o.directions for o in graph.outputs]
+        self._plain = self._directions == [None]                      # one output, not a state
+        #: a float32 frame's shape (B, I) and with the time axis (B, 1, I), for the common step
+        frame = self._stream._frame
+        self._one = (frame[0], frame[2]) if frame is not None and frame[1] == _FLOAT32 else None
         self._summaries = [axis is None for axis in self._stream.compiled.output_axes]
         # each GRU node's state in the stream's states: the k-th GRU state of the Chain node its segment became
         index = {}
@@ -142,12 +146,14 @@ class GraphStream:
         """Advance by one frame of each sequence input: (I,) when batch is 1, or (batch, I) (an id, or
         (batch,) ids). Returns each output at this frame (a tuple for several outputs)."""
         stream = self._stream
-        if type(frames) is np.ndarray and len(self.frame_names) == 1 and frames.dtype == _FLOAT32:
-            shape = stream._frame[0]       # the common call: one float32 frame, (B, I) or for a batch of 1 (I,)
+        if (type(frames) is np.ndarray and self._one is not None and frames.dtype == _FLOAT32 and self.threads == 1
+                and frames.flags.c_contiguous and stream._stream.step_plan is not None):
+            shape, step_shape = self._one   # the common call: one float32 frame, (B, I) or for a batch of 1 (I,)
             if frames.shape == shape:
-                return self._outputs(self._step(frames), False)
-            if self.batch == 1 and frames.shape == shape[1:]:
-                return self._outputs(self._step(frames.reshape(shape)), True)
+                return stream.step_frame(frames.reshape(step_shape))
+            if frames.shape == shape[1:] and self.batch == 1:
+                result = stream.step_frame(frames.reshape(step_shape))
+                return result[0] if self._plain else self._outputs(result, True)
         given, single = self._frames(frames, block=False)
         return self._outputs(self._step(given), single)
 

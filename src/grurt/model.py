@@ -107,6 +107,9 @@ class ChainModel(Model, ChainRunner):
     with_weights = Model.with_weights
 
 
+_NONE = frozenset()
+
+
 class GraphModel(Model):
     """A :class:`Model` that is a graph of chains (:class:`grurt.graph.Graph`)."""
 
@@ -119,8 +122,8 @@ class GraphModel(Model):
         self._stored = reduced_arrays([node.layer for node in spec.nodes], self.weights, stored)
         self.spec = self.graph = spec
         self._graph = GraphInputs(spec)
-        self._variants = {}        # (lengths, initial states given, return_state) -> (Lowered, TensorModel)
-        self._checked = set()      # (lowered graph, input signature) checked by TensorModel's input checks
+        self._variants = {}        # (lengths, initial states given, return_state, stream) -> (Lowered, TensorModel)
+        self._directions = [output.directions for output in spec.outputs]
 
     def _stream_model(self):
         """The TensorModel of the graph lowered for streaming (every frame valid), built once."""
@@ -184,34 +187,29 @@ class GraphModel(Model):
         check_threads(threads)
         checks = self._graph
         env, single, batch = checks.checked_inputs(seq)
-        arrays = [env[name] for name in self.graph.input_names]
+        arrays = [env[name] for name in checks.input_names]
+        given = _NONE
         if lengths is not None:
             arrays.append(checks.checked_lengths(lengths, env, batch, single))
-        states = checks.initial_states(initial_state, batch, single)
-        given = frozenset(p for p, s in enumerate(states) if s is not None) if states else frozenset()
-        arrays += [states[p] for p in sorted(given)]
-        key = (lengths is not None, given, bool(return_state), False)
-        lowered, tensor_model = self._variant(key)
-        for k, a in enumerate(arrays):
-            arrays[k] = a = a.view()
-            a.setflags(write=False)             # no op writes into an input
-        signature = (key, tuple((a.shape, a.dtype) for a in arrays))
-        if signature not in self._checked:      # a new signature: checked once as TensorModel.run checks it
+        if initial_state is not None:
+            states = checks.initial_states(initial_state, batch, single)
+            given = frozenset(p for p, s in enumerate(states) if s is not None)
+            arrays += [states[p] for p in sorted(given)]
+        lowered, tensor_model = self._variant((lengths is not None, given, bool(return_state), False))
+        # ops never write into their inputs; a plan made is a signature checked (as TensorModel.run checks it)
+        plan = tensor_model._plans.get(tuple([(a.shape, a.dtype) for a in arrays]))
+        if plan is None:
             checks.check_steps(env, batch)
-            tensor_model._inputs(arrays if len(arrays) > 1 else arrays[0])
-            if len(self._checked) < 256:
-                self._checked.add(signature)
-        plan = tensor_model.plan(arrays)
+            plan = tensor_model.plan(tensor_model._inputs(arrays if len(arrays) > 1 else arrays[0]))
         if threads == 1:
             results = plan.run(arrays)
         else:
             with call_threads(threads):
                 results = plan.run(arrays)
-        n = len(self.graph.outputs)
+        n = len(self._directions)
         outputs = results[:n]
         if single:
-            outputs = [value[:, 0] if output.directions is not None else value[0]
-                       for value, output in zip(outputs, self.graph.outputs)]
+            outputs = [value[0] if d is None else value[:, 0] for value, d in zip(outputs, self._directions)]
         result = outputs[0] if n == 1 else tuple(outputs)
         if not return_state:
             return result

@@ -840,11 +840,15 @@ class TensorStream:
         one, plan = self._frame, self._stream.step_plan
         if (one is not None and plan is not None and type(frames) is np.ndarray and frames.shape == one[0]
                 and frames.dtype == one[1] and frames.flags.c_contiguous):
-            # the common step: one array of its frame's exact shape and dtype, and the states the stream holds
-            # (its own arrays, or what the last step left: no op writes into its inputs)
-            outputs, self._states = plan.run([frames.reshape(one[2]), *self._static_frozen, *self._states])
-            return outputs[0] if len(outputs) == 1 else tuple(outputs)
+            return self.step_frame(frames.reshape(one[2]))
         return self._advance(frames, block=False)
+
+    def step_frame(self, frame):
+        """:meth:`step` of the one time input's frame, C-contiguous, of its dtype and of its shape with the time
+        axis of 1 (after a first step), unchecked: the common step. The states the stream holds are its own
+        arrays, or what the last step left (no op writes into its inputs)."""
+        outputs, self._states = self._stream.step_plan.run([frame, *self._static_frozen, *self._states])
+        return outputs[0] if len(outputs) == 1 else tuple(outputs)
 
     def run(self, block):
         """Advance by n frames of each time input (time axis of length n, the same n for all).

@@ -233,15 +233,13 @@ def _run_kept(ctx, inputs):
     own (what the last call returned) is copied in first. Returns the Stream's states themselves (read-only views the
     next call writes into: a stream copies what it hands out). A stream graph's plan has one caller at a time (a
     Stream refuses a second one)."""
-    kept = ctx.kept.get(CALL.threads) or _keep(ctx)
-    views = kept[1]
+    stream, views, writable = ctx.kept.get(CALL.threads) or _keep(ctx)
     if views:
-        for view, into, given, start in zip(views, kept[2], inputs[2:], ctx.starts):
+        for view, into, given, start in zip(views, writable, inputs[2:], ctx.starts):
             if given is not view:
                 into[...] = start if given is None else given
-    x = inputs[0] if ctx.model._table is None else _frames(ctx, inputs[0])
-    y = kept[0].run(x if x.flags.c_contiguous else np.ascontiguousarray(x))
-    return [y if ctx.summary is None else y[:, -1], *views]
+    y = stream.run(inputs[0] if ctx.model._table is None else _frames(ctx, inputs[0]))   # (any layout: it copies)
+    return [y, *views] if ctx.summary is None else [y[:, -1], *views]
 
 
 def _keep(ctx):
