@@ -1,22 +1,25 @@
-"""A Graph model's call on the fused runner (GraphRunner / GraphStream) against the same graph lowered onto a
-TensorGraph (grurt.graph_lower) run by the planner (TensorModel.run, and its plan called directly) and streamed
-(TensorStream.step): interleaved medians, the same bits checked. docs/architecture-tensor-graph.md, "Step 2".
+"""A graph Model's run and one-frame stream step, two builds of grurt interleaved (e.g. main before the switch:
+the fused GraphRunner / GraphStream; this checkout: the lowered TensorGraph), the same bits checked.
+docs/architecture-tensor-graph.md, "Step 2".
 
-    PYTHONPATH=src python bench/graph_switch.py [rounds]
+    PYTHONPATH=src python bench/graph_switch.py OLD_SRC [rounds]
+
+Each build runs in a worker process of its own (``PYTHONPATH=<src>``) building the same seeded graphs; rounds
+alternate the two workers (a burst of timed calls each), and the table gives the medians of all calls.
 """
 from __future__ import annotations
 
 import datetime
 import os
+import pickle
 import platform
+import subprocess
 import sys
 import time
 
 import numpy as np
 
-import grurt
 from grurt.graph import Combine, Concat, Graph, Input, Masking, Node
-from grurt.graph_lower import lower
 from grurt.spec import GRU, Dense, GlobalPool, activation
 
 
@@ -60,44 +63,77 @@ def stream_cases():
             rng.standard_normal((200, 40)).astype(np.float32)
 
 
-def timed(fn, arg):
-    t = time.perf_counter()
-    fn(arg)
-    return time.perf_counter() - t
+def calls():
+    """(name, fn, arg) of every timed call: each case's run, each stream case's step."""
+    import grurt
+    for name, graph, x in cases():
+        yield f"run  {name}", grurt.Model(graph).run, x
+    for name, graph, frames in stream_cases():
+        stream = grurt.Model(graph).stream()
+        it = iter(range(10**9))
+        yield f"step {name}", lambda f, s=stream, fr=frames, i=it: s.step(fr[next(i) % 200]), None
 
 
-def interleave(fns, arg, rounds):
-    times = [[] for _ in fns]
-    for _ in range(rounds):
-        for k, fn in enumerate(fns):
-            times[k].append(timed(fn, arg))
-    return [np.median(t) * 1e6 for t in times]
+def worker():
+    """Read 'burst k n' lines: time n calls of call k; 'check' gives the outputs (a fresh stream's first steps)."""
+    import grurt
+    table = list(calls())
+    out = sys.stdout.buffer
+    for line in sys.stdin:
+        words = line.split()
+        if words[0] == "check":
+            results = [grurt.Model(g).run(x) for _, g, x in cases()]
+            for _, g, frames in stream_cases():
+                s = grurt.Model(g).stream()
+                results.append([s.step(f) for f in frames[:5]])
+            data = pickle.dumps(results)
+        else:
+            _, fn, arg = table[int(words[1])]
+            fn(arg)
+            times = []
+            for _ in range(int(words[2])):
+                t = time.perf_counter()
+                fn(arg)
+                times.append(time.perf_counter() - t)
+            data = pickle.dumps(times)
+        out.write(len(data).to_bytes(8, "little") + data)
+        out.flush()
 
 
-def main(rounds=400):
+def ask(proc, line):
+    proc.stdin.write((line + "\n").encode())
+    proc.stdin.flush()
+    size = int.from_bytes(proc.stdout.read(8), "little")
+    return pickle.loads(proc.stdout.read(size))
+
+
+def main(old_src, rounds=30):
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
                platform.processor())
-    print(f"# {datetime.date.today()}  {cpu}  load {os.getloadavg()[0]:.1f}  rounds {rounds}")
-    for name, graph, x in cases():
-        model = grurt.Model(graph)
-        lowered = grurt.TensorModel(lower(graph).graph)
-        arrays = lowered._inputs(x)
-        plan = lowered.plan(arrays)
-        assert np.array_equal(model.run(x), lowered.run(x)), name
-        us = interleave([model.run, lowered.run, lambda a: plan.run(arrays)], x, rounds)
-        print(f"run  {name:45s} fused {us[0]:8.1f} µs  TensorModel.run {us[1]:8.1f} ({us[1] / us[0] - 1:+6.1%})  "
-              f"plan.run {us[2]:8.1f} ({us[2] / us[0] - 1:+6.1%})")
-    for name, graph, frames in stream_cases():
-        model = grurt.Model(graph)
-        lowered = grurt.TensorModel(lower(graph).graph)
-        a, b = model.stream(), lowered.stream()
-        for f in frames[:5]:
-            assert np.array_equal(a.step(f), b.step(f[None])[0]), name
-        it = iter(range(10**9))
-        us = interleave([lambda f: a.step(frames[next(it) % 200]), lambda f: b.step(frames[next(it) % 200][None])],
-                        None, rounds * 5)
-        print(f"step {name:45s} GraphStream {us[0]:6.1f} µs  TensorStream {us[1]:6.1f} ({us[1] / us[0]:.2f}x)")
+    new_src = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src")
+    procs = [subprocess.Popen([sys.executable, __file__, "--worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              env={**os.environ, "PYTHONPATH": src}) for src in (old_src, new_src)]
+    old, new = (ask(p, "check") for p in procs)
+    same = all(np.array_equal(a, b) for a, b in zip(old[:4], new[:4])) and all(
+        np.array_equal(a, b) for s, t in zip(old[4:], new[4:]) for a, b in zip(s, t))
+    print(f"# {datetime.date.today()}  {cpu}  load {os.getloadavg()[0]:.1f}  rounds {rounds}  same bits: {same}")
+    names = [name for name, _, _ in calls()]
+    times = [[[], []] for _ in names]
+    for r in range(rounds):
+        for k, name in enumerate(names):
+            n = 20 if name.startswith("run") else 200
+            for w in ((0, 1) if r % 2 == 0 else (1, 0)):
+                times[k][w] += ask(procs[w], f"burst {k} {n}")
+    for name, (a, b) in zip(names, times):
+        a, b = np.median(a) * 1e6, np.median(b) * 1e6
+        print(f"{name:50s} old {a:8.1f} µs  new {b:8.1f} µs  ({b / a - 1:+6.1%})")
+    for p in procs:
+        p.stdin.close()
+        p.wait()
 
 
 if __name__ == "__main__":
-    main(*(int(a) for a in sys.argv[1:]))
+    if sys.argv[1:] == ["--worker"]:
+        worker()
+    else:
+        main(sys.argv[1], *(int(a) for a in sys.argv[2:]))

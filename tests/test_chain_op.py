@@ -200,9 +200,25 @@ def test_streaming_steps_blocks_pools_and_the_kernels_stream():
     assert np.array_equal(pooled[::-1], steps)
 
 
+def test_a_chain_ending_in_its_last_step_streams_each_frame_its_own_last_step():
+    """A chain ending in a LastStep streams as the kernels' Stream streams it: a step gives the head of the states after
+    that frame (the same bits), a block what the last of its frames gives, as run() on the frames so far (ATOL)."""
+    layers = _streaming_chain()[:3] + (spec.LastStep(), dense(4, 3))
+    model = TensorModel(chain_graph(layers))
+    x = _f32(2, 7, 4, scale=1)
+    stream = model.stream(batch=2)
+    steps = [stream.step(x[:, t])[0] for t in range(7)]
+    kernels = grurt.Model.chain(layers).stream(batch=2)
+    assert all(np.array_equal(a, kernels.step(x[:, t])) for t, a in enumerate(steps))
+    for t in (0, 6):
+        np.testing.assert_allclose(steps[t], model.run(x[:, :t + 1])[0], atol=ATOL, rtol=0)
+    stream.reset()
+    assert np.array_equal(stream.run(x[:, :5])[0], steps[4]) and np.array_equal(stream.run(x[:, 5:])[0], steps[6])
+
+
 @pytest.mark.parametrize("layers, why", [
     ((gru(3, 4, direction="bidirectional"),), "bidirectional GRU"),
-    ((gru(3, 4), spec.LastStep()), "no time axis"),
+    ((gru(3, 4), spec.GlobalPool("average")), "needs the whole sequence"),
     ((spec.Conv1D(_f32(4, 3, 3), _f32(4), padding=(1, 1)), gru(4, 4)), "looks ahead"),
     ((gru(3, 4), spec.Reverse()), "needs the whole sequence"),
 ])

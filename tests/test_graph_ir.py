@@ -9,7 +9,7 @@ import dataclasses
 
 import numpy as np
 import pytest
-from hypothesis import assume, given
+from hypothesis import given
 from hypothesis import strategies as st
 
 import grurt
@@ -17,7 +17,7 @@ from grurt import reference
 from grurt.graph import (Combine, Concat, Crop, Graph, Input, Masking, Node, Output, PReLU, Repeat, Slice, Unflatten,
                          path_graph)
 from grurt.graph_lower import lower
-from grurt.spec import GRU, GlobalPool, LastStep, activation
+from grurt.spec import GlobalPool, LastStep, activation
 
 from gru_testing import random_gru
 from test_graph import _PROFILE, as_tuple, assert_close, dense, random_graphs, random_initial_state, random_inputs
@@ -237,24 +237,27 @@ def test_a_masked_gru_with_other_activations():
     check(path_graph(3, (gru,), mask_value=0.0), [x])
 
 
-def test_a_masked_gru_with_a_function_the_onnx_gru_lacks_is_refused_naming_the_node():
-    """The fused runner computes a GELU gate; a MaskedGRU node names the ONNX GRU's functions only (left to do)."""
+@pytest.mark.parametrize("gate, candidate", [("sigmoid", "gelu"), ("silu", "mish"), ("hard_silu", "selu"),
+                                             ("sigmoid", "clip")])
+def test_a_masked_gru_with_a_function_the_onnx_gru_lacks(gate, candidate):
+    """A MaskedGRU node (grurt's own op) names grurt's activation kinds too: a GELU, SiLU, Mish, SELU, hard SiLU or
+    clip gate runs as the fused runner runs it, checked against both float64 references."""
     rng = np.random.default_rng(11)
-    graph = path_graph(3, (random_gru(rng, 3, 2, candidate=activation("gelu")),), mask_value=0.0)
-    from grurt.errors import UnsupportedModelError
-    with pytest.raises(UnsupportedModelError, match=r"node .*GRU.*reading a mask.* not gelu"):
-        lower(graph)
+    fn = activation(candidate, -0.8, 0.9) if candidate == "clip" else activation(candidate)
+    graph = path_graph(3, (random_gru(rng, 3, 2, gate=activation(gate), candidate=fn),), mask_value=0.0)
+    x = _x(rng, 2, 5, 3)
+    x[0, 1] = 0
+    x[1, 3:] = 0
+    check(graph, [x])
 
 
 @_PROFILE
 @given(graph_and_seed=random_graphs(streamable=True), batch=st.integers(1, 3))
 def test_streams_of_random_graphs(graph_and_seed, batch):
     """The lowered graph streamed (TensorStream: the Chain nodes' GRU states carried frame to frame) gives the
-    fused GraphStream's bits at every frame. Graphs whose chains all keep time: a grurt.Chain ending in a
-    LastStep or a GRU's last state does not stream yet (GraphStream streams it: each frame its own last step)."""
+    fused GraphStream's bits at every frame; a grurt.Chain ending in a LastStep or a GRU's last state too (each
+    frame its own last step)."""
     graph, seed = graph_and_seed
-    assume(not any(isinstance(node.layer, LastStep) or isinstance(node.layer, GRU) and not node.layer.return_sequences
-                   for node in graph.nodes))
     rng = np.random.default_rng(seed + 2)
     values = random_inputs(rng, graph, batch, 5, single=False)
     static = {i.name: v for i, v in zip(graph.inputs, values) if i.kind != "sequence"}
@@ -285,3 +288,72 @@ def test_sequences_joined_have_one_number_of_steps():
     x["b"] = x["b"][:, :1]
     with pytest.raises(grurt.InputError, match=r"input 'b' must have shape \(batch, 4, 3\), got \(2, 1, 3\)"):
         lowered.run(x)
+
+
+def test_a_stream_keeps_its_chains_states_in_place():
+    """A stream graph's Chain nodes keep their GRU states in their kernels' Stream between steps (nothing copied in
+    or out on the plain path): what the stream hands out stays as it was, a state set, a block run, a reset or a
+    state output read in between continues exactly as stepping frame by frame does (the fused GraphStream's bits)."""
+    rng = np.random.default_rng(7)
+    graph = Graph((Input("x", 6),), (Node(dense(rng, 6, 8), "x", "a"), Node(random_gru(rng, 8, 8), "a", "g"),
+                                     Node(Combine("add"), ("a", "g"), "r"), Node(dense(rng, 8, 3), "r", "y")), ("y",))
+    x = rng.standard_normal((2, 12, 6)).astype(np.float32)
+    want = grurt.Model(graph).run(x)
+    lowered = grurt.TensorModel(lower(graph, return_state=True).graph)
+    stream = lowered.stream(2)
+    got, states = [], []
+    for t in range(4):
+        y, h = stream.step(x[:, t])
+        got.append(y)
+        states.append(h)
+    saved, held = stream.state, states[-1].copy()
+    got.append(stream.run(x[:, 4:7])[0].transpose(1, 0, 2))    # a block between steps
+    for t in range(7, 9):
+        got.append(stream.step(x[:, t])[0][None])
+    assert np.array_equal(states[-1], held)             # a state output is the stream's to change: a copy
+    stream.state = saved                                # back to frame 4
+    again = [stream.step(x[:, t])[0] for t in range(4, 9)]
+    steps = np.concatenate([np.stack(got[:4], 1), *[g.transpose(1, 0, 2) for g in got[4:]]], 1)
+    assert np.array_equal(steps, np.stack([*got[:4], *again], 1))
+    fused = grurt.Model(graph).stream(2)
+    assert np.array_equal(np.stack([fused.step(x[:, t]) for t in range(9)], 1), steps)
+    assert np.abs(steps - want[:, :9]).max() < ATOL
+    stream.reset()
+    assert np.array_equal(stream.step(x[:, 0])[0], got[0])
+
+
+def test_a_chain_ending_in_its_last_step_streams_as_graph_stream_streams_it():
+    """A grurt.Chain ending in a GRU's last state, or in a LastStep, streams: each frame its own last step (the
+    fused GraphStream's bits), and a Chain on that value (a vector source) runs on it at each frame."""
+    rng = np.random.default_rng(12)
+    graph = Graph((Input("x", 4),), (
+        Node(random_gru(rng, 4, 5, return_sequences=False), "x", "h"), Node(dense(rng, 5, 3), "h", "a"),
+        Node(random_gru(rng, 4, 3), "x", "s"), Node(LastStep(), "s", "l"), Node(Combine("add"), ("a", "l"), "y"),
+        Node(random_gru(rng, 4, 2), "x", "z")), ("y", "z"))
+    x = rng.standard_normal((2, 6, 4)).astype(np.float32)
+    lowered = grurt.TensorModel(lower(graph).graph).stream(2)
+    fused_stream = grurt.Model(graph).stream(2)
+    for t in range(6):
+        got, want = lowered.step(x[:, t]), fused_stream.step(x[:, t])
+        for a, b in zip(got, want):
+            assert a.shape == b.shape and np.array_equal(a, b)
+    y, _ = grurt.Model(graph).run(x)
+    assert np.abs(got[0] - y).max() < ATOL     # after the last frame: the whole sequence's
+
+
+@pytest.mark.parametrize("return_sequences", [True, False])
+def test_a_masked_gru_streams_every_frame_valid(return_sequences):
+    """The stream variant of the lowering (``stream=True``) reads every frame as valid, as GraphStream streams a GRU
+    reading a mask: the GRU alone as a grurt.Chain (the same bits), its state output and final state too."""
+    rng = np.random.default_rng(13)
+    graph = Graph((Input("x", 3),), (
+        Node(Masking(0.0), "x", ("m", "mask")),
+        Node(random_gru(rng, 3, 4, return_sequences=return_sequences), ("m", "mask"), ("g", "h")),
+        Node(dense(rng, 4, 2), "g", "y"), Node(random_gru(rng, 3, 2), "x", "z")), ("y", "z", Output("h", 1)))
+    x = rng.standard_normal((2, 5, 3)).astype(np.float32)
+    x[0, 2] = 0
+    lowered = grurt.TensorModel(lower(graph, stream=True).graph).stream(2)
+    fused_stream = grurt.Model(graph).stream(2)
+    for t in range(5):
+        for a, b in zip(lowered.step(x[:, t]), fused_stream.step(x[:, t])):
+            assert a.shape == b.shape and np.array_equal(a, b)

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 import grurt
 from grurt.errors import InputError
 from grurt.graph import Combine, Concat, Graph, Input, Node, Output, Slice
-from grurt.graph_model import GraphStream
+from grurt.graph_stream import GraphStream
 from grurt.spec import LastStep
 
 from gru_testing import max_abs_diff, random_gru

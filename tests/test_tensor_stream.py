@@ -17,6 +17,7 @@ from grurt.errors import InputError, UnsupportedModelError
 from grurt.reference import run_tensor_graph
 from grurt.tensor_graph import TensorGraph, TensorInput, TensorNode
 from grurt.tensor_plan import Plan
+from grurt.tensor_stream import StepPlan
 
 from tolerances import ATOL
 
@@ -150,6 +151,9 @@ def test_attention_decoder_streams_with_static_encoder_outputs(decoder, monkeypa
     original = Plan.run
     monkeypatch.setattr(Plan, "run", lambda plan, arrays: runs.append([a.shape for a in arrays])
                         or original(plan, arrays))
+    original_step = StepPlan.run                  # a step's plan of one frame
+    monkeypatch.setattr(StepPlan, "run", lambda plan, arrays: runs.append([a.shape for a in arrays])
+                        or original_step(plan, arrays))
     stream = model.stream(batch=2, time_axes={"tokens": 1}, static={"enc": enc})
     assert runs == [[enc.shape]]                          # W·enc, computed once
     steps = [stream.step(tokens[:, t]) for t in range(tokens.shape[1])]

@@ -205,6 +205,12 @@ cdef class Stream:
         last input frames it has seen, oldest first (zeros at the start of a stream)."""
         return [view.copy() for view in self.state_views] + [h[:, 1:].copy() for h in self.history_views]
 
+    @property
+    def live_state(self):
+        """The state itself, as ``state`` lists it but not copied: views that every step writes into (a
+        stream graph's node keeps its states there between steps, :mod:`grurt.ops.chain`)."""
+        return self.state_views + [h[:, 1:] for h in self.history_views]
+
     @state.setter
     def state(self, values):
         """Set the state from a list as ``state`` returns it. A list of the GRU states alone (as

@@ -12,11 +12,10 @@ import numpy as np
 
 from . import _kernels
 from . import precision
-from .errors import InputError, ModelFormatError, UnsupportedModelError
+from .errors import InputError, UnsupportedModelError
 from .graph import Graph, path_graph
-from .graph_model import GraphRunner
 from .limits import MAX_TENSOR_ELEMENTS
-from .spec import (GRU, TIME_LAYERS, WHOLE_SEQUENCE, Activation, Dense, Embedding, Flatten, GlobalPool, LastStep,
+from .spec import (GRU, TIME_LAYERS, WHOLE_SEQUENCE, Activation, Dense, Flatten, GlobalPool, LastStep,
                    LayerNorm, Merge, ModelSpec, Reverse, Scale, UnitNorm, activation, conv_history_shapes,
                    frame_rate_layers, output_steps)
 
@@ -34,6 +33,11 @@ def _as_array(value, what: str) -> np.ndarray:
         return np.asarray(value)
     except (ValueError, TypeError) as exc:
         raise InputError(f"{what} must be a rectangular array of numbers ({exc})") from None
+
+
+#: The class that runs a graph (:class:`grurt.model.GraphModel`, set by that module, above this one): a chain whose
+#: mask is not trailing padding only runs as a graph whose GRUs read the mask.
+GRAPH_MODEL = None
 
 
 class ChainRunner:
@@ -381,9 +385,8 @@ class ChainRunner:
         if self._masked is None:
             graph = path_graph(self.spec.input_size, self.spec.layers, mask_value=self.spec.mask_value)
             # the Masking node comes first: layer k is node k + 1
-            self._masked = GraphRunner(graph, self.weights, {(i + 1, name): parts
-                                                             for (i, name), parts in self._stored.items()},
-                                       ChainRunner, _memory_limit)
+            self._masked = GRAPH_MODEL(graph, self.weights, {(i + 1, name): parts
+                                                             for (i, name), parts in self._stored.items()})
         if type(threads) is not int or not 1 <= threads <= _kernels.MAX_THREADS:
             raise InputError(f"threads must be an integer from 1 to {_kernels.MAX_THREADS}, got {threads!r}")
         return self._masked.run(seq, initial_state, return_state, None, threads)

@@ -60,11 +60,12 @@ class Lowered:
 
 
 def lower(graph: Graph, lengths: bool = False, states: FrozenSet[int] = frozenset(),
-          return_state: bool = False) -> Lowered:
+          return_state: bool = False, stream: bool = False) -> Lowered:
     """``graph`` as a TensorGraph taking ``lengths`` (when asked), an initial state for each GRU node
     whose position (in ``graph.gru_nodes``) is in ``states``, and giving every GRU node's final state
-    after its outputs (``return_state``)."""
-    return _Lowering(graph, lengths, frozenset(states), return_state).result
+    after its outputs (``return_state``). ``stream``: the variant a stream runs, which reads every frame as
+    valid (a GRU reading a mask is the GRU alone, a ``grurt.Chain``)."""
+    return _Lowering(graph, lengths, frozenset(states), return_state, stream).result
 
 
 def _time_dims(graph: Graph) -> Dict[str, object]:
@@ -108,8 +109,8 @@ def _time_dims(graph: Graph) -> Dict[str, object]:
 class _Lowering:
     """One lowering: the builder, where each graph tensor is (``env``), and the variant's extras."""
 
-    def __init__(self, graph: Graph, lengths: bool, states: FrozenSet[int], return_state: bool):
-        self.graph = graph
+    def __init__(self, graph: Graph, lengths: bool, states: FrozenSet[int], return_state: bool, stream: bool):
+        self.graph, self.stream = graph, stream
         self.g = GraphBuilder(graph.tensors)
         g = self.g
         gru_nodes = graph.gru_nodes
@@ -226,7 +227,7 @@ class _Lowering:
             return
         if takes_mask(node, self.graph.tensors):
             if isinstance(layer, GRU):
-                self._masked_gru(node, x)
+                (self._streamed_gru if self.stream else self._masked_gru)(node, x)
             else:
                 self.env[out] = masked_mean(g, x[0], x[1], (1,), False, 2, base)
             return
@@ -258,6 +259,22 @@ class _Lowering:
         else:                                                # pragma: no cover (segments() gives no other node)
             raise UnsupportedModelError(f"node {node.describe()}: no tensor-graph lowering")
 
+    def _streamed_gru(self, node, x):
+        """A GRU node reading a mask, in a stream: every frame valid, the GRU alone as a ``grurt.Chain``."""
+        g, layer, base = self.g, node.layer, node.outputs[0]
+        p = self.position[id(node)]
+        state = self.states.get(p, "")
+        if len(node.inputs) == 3:                            # h0 from a tensor (B, D·H) -> (D, B, H)
+            state = g.add("Transpose", [self._state_in(x[1], layer, base)], {"perm": (1, 0, 2)}, f"{base}/Transpose")
+        final = g.fresh(f"{base}/final_state") if self.finals is not None or len(node.outputs) == 2 else ""
+        g.add("grurt.Chain", [x[0], "", state], {"layers": (layer,), "input_size": layer.input_size}, base,
+              names=[self._name(node.outputs[0]), final])
+        if self.finals is not None:
+            self.finals[p] = final
+        if len(node.outputs) == 2:
+            h = g.add("Transpose", [final], {"perm": (1, 0, 2)}, f"{node.outputs[1]}/Transpose")
+            self._flat_state(h, node.outputs[1], self._name(node.outputs[1]))
+
     def _masked_gru(self, node, x):
         """A GRU node reading a mask: ``grurt.MaskedGRU``; without return_sequences its output is its final
         state where the sequence has a valid step, else zeros (the rule of grurt.graph.Masking)."""
@@ -276,15 +293,9 @@ class _Lowering:
                        f"{base}/Expand")
         else:
             h0 = ""
-        functions = []
-        for fn in (layer.gate_activation, layer.candidate_activation):
-            if fn.kind not in _ONNX_ACTIVATIONS:
-                raise UnsupportedModelError(f"node {node.describe()}: a GRU reading a mask computes its gates with "
-                                            f"the ONNX GRU's activations, not {fn.describe()}")
-            functions.append(fn)
-        functions *= d
+        functions = [layer.gate_activation, layer.candidate_activation] * d
         attrs = dict(hidden_size=hidden, direction=layer.direction, linear_before_reset=int(layer.linear_before_reset),
-                     clip=layer.clip, activations=tuple(_ONNX_ACTIVATIONS[fn.kind] for fn in functions),
+                     clip=layer.clip, activations=tuple(_ONNX_ACTIVATIONS.get(fn.kind, fn.kind) for fn in functions),
                      activation_alpha=tuple(fn.alpha for fn in functions if fn.alpha is not None),
                      activation_beta=tuple(fn.beta for fn in functions if fn.beta is not None),
                      masked_output="zeros" if d == 2 else "previous")

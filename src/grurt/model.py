@@ -1,9 +1,11 @@
 """``Model``: a validated spec, planned once, run many times — the top of the package's runtime.
 
 ``Model(spec)`` of a :class:`~grurt.spec.ModelSpec` (or of a :class:`~grurt.graph.Graph` that is one path) is a
-:class:`~grurt.chain_runner.ChainRunner`, whose common call is checked and run in C; of any other Graph, its
-segments run on ChainRunners joined by whole-array operations (:mod:`grurt.graph_model`). ``MEMORY_LIMIT_BYTES``
-here is the knob users set; the modules below read it through ``_kernels._memory_limit()``.
+:class:`~grurt.chain_runner.ChainRunner`, whose common call is checked and run in C; any other Graph is lowered
+onto a tensor graph (:mod:`grurt.graph_lower`: its chains ``grurt.Chain`` nodes) that the planner runs, one variant
+per kind of call (lengths, initial states given, return_state; streams: :mod:`grurt.graph_stream`), its inputs
+checked as :class:`~grurt.graph_model.GraphInputs` declares them. ``MEMORY_LIMIT_BYTES`` here is the knob users
+set; the modules below read it through ``_kernels._memory_limit()``.
 """
 from __future__ import annotations
 
@@ -11,14 +13,17 @@ import os
 
 import numpy as np
 
-from . import precision
+from . import chain_runner, precision
 from .chain_runner import ChainRunner, _allocating, check_threads, reduced_arrays
 from .chain_runner import Stream, StreamPool   # noqa: F401 (public: grurt.model.Stream, grurt.model.StreamPool)
 from .errors import InputError, ModelFormatError
 from .graph import Graph
-from .graph_model import GraphRunner, GraphStream
+from .graph_lower import lower
+from .graph_model import GraphInputs
+from .graph_stream import GraphStream
+from .ops.recurrent import call_threads
 from .spec import Embedding, ModelSpec, Scale
-from ._kernels import _memory_limit
+from .tensor_model import TensorModel
 
 
 def _physical_memory() -> int:
@@ -102,6 +107,9 @@ class ChainModel(Model, ChainRunner):
     with_weights = Model.with_weights
 
 
+_NONE = frozenset()
+
+
 class GraphModel(Model):
     """A :class:`Model` that is a graph of chains (:class:`grurt.graph.Graph`)."""
 
@@ -113,7 +121,21 @@ class GraphModel(Model):
         self.weights = precision.check_mode(weights)
         self._stored = reduced_arrays([node.layer for node in spec.nodes], self.weights, stored)
         self.spec = self.graph = spec
-        self._graph = GraphRunner(spec, self.weights, self._stored, ChainRunner, _memory_limit)
+        self._graph = GraphInputs(spec)
+        self._variants = {}        # (lengths, initial states given, return_state, stream) -> (Lowered, TensorModel)
+        self._directions = [output.directions for output in spec.outputs]
+
+    def _stream_model(self):
+        """The TensorModel of the graph lowered for streaming (every frame valid), built once."""
+        return self._variant((False, frozenset(), False, True))[1]
+
+    def _variant(self, key):
+        """The lowered graph of one kind of call (graph_lower.lower's variant) and its TensorModel, built once."""
+        variant = self._variants.get(key)
+        if variant is None:
+            lowered = lower(self.graph, *key)
+            variant = self._variants[key] = (lowered, TensorModel(lowered.graph, weights=self.weights))
+        return variant
 
     @property
     def input_names(self):
@@ -163,12 +185,40 @@ class GraphModel(Model):
                     and all(type(v) is np.ndarray for v in seq))):
             return self._file_states.run(self, seq, lengths, threads)
         check_threads(threads)
-        return self._graph.run(seq, initial_state, return_state, lengths, threads)
+        checks = self._graph
+        env, single, batch = checks.checked_inputs(seq)
+        arrays = [env[name] for name in checks.input_names]
+        given = _NONE
+        if lengths is not None:
+            arrays.append(checks.checked_lengths(lengths, env, batch, single))
+        if initial_state is not None:
+            states = checks.initial_states(initial_state, batch, single)
+            given = frozenset(p for p, s in enumerate(states) if s is not None)
+            arrays += [states[p] for p in sorted(given)]
+        lowered, tensor_model = self._variant((lengths is not None, given, bool(return_state), False))
+        # ops never write into their inputs; a plan made is a signature checked (as TensorModel.run checks it)
+        plan = tensor_model._plans.get(tuple([(a.shape, a.dtype) for a in arrays]))
+        if plan is None:
+            checks.check_steps(env, batch)
+            plan = tensor_model.plan(tensor_model._inputs(arrays if len(arrays) > 1 else arrays[0]))
+        if threads == 1:
+            results = plan.run(arrays)
+        else:
+            with call_threads(threads):
+                results = plan.run(arrays)
+        n = len(self._directions)
+        outputs = results[:n]
+        if single:
+            outputs = [value[0] if d is None else value[:, 0] for value, d in zip(outputs, self._directions)]
+        result = outputs[0] if n == 1 else tuple(outputs)
+        if not return_state:
+            return result
+        return result, [s[:, 0] if single else s for s in results[n:]]
 
     __call__ = run
 
     def stream(self, batch: int = 1, threads: int = 1, static=None):
-        """A :class:`~grurt.graph_model.GraphStream`: ``step`` takes one frame of each sequence input (a list in
+        """A :class:`~grurt.graph_stream.GraphStream`: ``step`` takes one frame of each sequence input (a list in
         input order or a dict by name, when there are several), and ``static`` gives the static inputs (vectors
         and states) once per stream, as a dict by name (or a list, or the one value), with the stream's batch
         axis."""
@@ -179,3 +229,6 @@ class GraphModel(Model):
         """Refused: a pool steps models that are one chain of layers (a graph streams with :meth:`stream`)."""
         raise InputError("stream_pool runs models that are one chain of layers; this model is a graph: "
                          "use stream(batch=...)")
+
+
+chain_runner.GRAPH_MODEL = GraphModel     # a chain whose mask is not trailing padding only runs as a graph

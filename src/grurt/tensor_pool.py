@@ -304,7 +304,9 @@ class TensorStreamPool:
                     for name, value in frames.items()}
             outputs, states = self._step_group(group, ids[positions], part)
             results.append(outputs)
-            write += states
+            # the next states of a stream graph's nodes may be the states they keep in place: copied before the
+            # next group steps
+            write += [(g, rows, [s.copy() for s in new]) for g, rows, new in states]
         merged = []
         for k, name in enumerate(first.one.graph.outputs):
             axes = {group.output_axes[k] for group, _ in groups}

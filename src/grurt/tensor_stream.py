@@ -34,12 +34,12 @@ import numpy as np
 from .errors import GrurtError, InputError, UnsupportedModelError
 from .graph_model import by_name
 from .ops import REGISTRY, time_rule
-from .ops.chain import chain_spec, stream_refusal
+from .ops.chain import _run_kept, chain_spec, stream_refusal
 from .ops.conv import _time_window
 from .ops.linear import parse_einsum
 from .ops.shape import _pads
 from .tensor_graph import TensorGraph, TensorInput, TensorNode
-from .tensor_plan import make_plan
+from .tensor_plan import _NUMPY_ERRORS, _where_error, make_plan
 
 #: The two lengths of time the graph is planned at to find where time goes.
 PROBES = (4, 5)
@@ -247,7 +247,7 @@ class StreamGraph:
         if node.op == "GRU":
             self._gru(node, timed)
             return
-        if node.op == "grurt.Chain":
+        if node.op == "grurt.Chain" and timed:     # (a chain of a value after the last frame runs on it per frame)
             self._chain(node, timed)
             return
         if node.op == "grurt.MaskedGRU":
@@ -477,9 +477,10 @@ class StreamGraph:
             inputs.append(state.name_in)
             outputs.append(state.name_out)
             self.kind[state.name_out], self.time[state.name_out], self.extra[state.name_out] = "dynamic", None, 0
-        self.nodes.append(TensorNode(node.op, tuple(inputs), tuple(outputs), node.attrs, node.name))
+        self.nodes.append(TensorNode(node.op, tuple(inputs), tuple(outputs), {**node.attrs, "keep_state": 1},
+                                     node.name))
         y = node.outputs[0]
-        self.kind[y], self.time[y], self.extra[y] = "dynamic", 1, 0
+        self.kind[y], self.time[y], self.extra[y] = "dynamic", 1 if spec.returns_sequence else None, 0
 
     def _state(self, node, kind, initial, shape, dtype) -> _Stateful:
         index = len(self.states)
@@ -528,6 +529,8 @@ class StreamGraph:
         outputs = list(dict.fromkeys(self.outputs + [s.name_out for s in self.states]))
         self.state_outputs = [outputs.index(s.name_out) for s in self.states]
         self.output_positions = [outputs.index(n) for n in self.outputs]
+        #: outputs that are states too: copied out (a node of the stream graph may keep its states in place)
+        self.output_copies = [position in self.state_outputs for position in self.output_positions]
         self.stream_graph = TensorGraph(tuple(inputs), tuple(nodes), tuple(outputs), constants)
         self.static_reads = static_reads
         self.output_axes = [self.time.get(n) if self.kind[n] == "dynamic" else None for n in self.outputs]
@@ -587,10 +590,12 @@ class Compiled:
         if not block:
             feed = self._step_frames(time_axes, frames)
             if feed is not None:                    # the common step: the plan of one frame, called directly
-                plan = self.step_plan
-                if plan is None:
-                    plan = self.step_plan = self.runner.plan(feed + list(static_arrays) + list(states))
-                return self._results(plan.run(feed + [_frozen(a) for a in (*static_arrays, *states)]), block)
+                step = self.step_plan
+                if step is None:
+                    step = self.step_plan = StepPlan(self.runner.plan(feed + list(static_arrays) + list(states)),
+                                                     self.graph)
+                return step.run(feed + [a if not a.flags.writeable else _frozen(a)
+                                        for a in (*static_arrays, *states)])
         feed, n = [], None
         for name, (shape, _) in self.frame_shapes.items():
             value = frames[name]
@@ -635,12 +640,72 @@ class Compiled:
     def _results(self, results, block: bool):
         graph = self.graph
         outputs = []
-        for position, axis in zip(graph.output_positions, graph.output_axes):
-            value = results[position]
+        for position, axis, copy in zip(graph.output_positions, graph.output_axes, graph.output_copies):
+            value = results[position].copy() if copy else results[position]
             if axis is not None and not block:
                 value = value.reshape(value.shape[:axis] + value.shape[axis + 1:])
             outputs.append(value)
         return outputs, [results[i] for i in graph.state_outputs]
+
+
+class StepPlan:
+    """The plan of one frame, run as a stream's step: the plan's steps, the states a node keeps in place (a Chain's,
+    :mod:`grurt.ops.chain`) handed back as they are (not copied out, so that the next step copies nothing in), each
+    output with its frame's shape (the step's time axis of 1 dropped), fixed at the first step."""
+
+    __slots__ = ("slots", "input_slots", "program", "outputs", "states", "shapes")
+
+    def __init__(self, plan, graph: StreamGraph):
+        self.slots, self.input_slots = plan.slots, plan.input_slots
+        self.program = tuple((_run_kept if getattr(ctx, "way", None) == "kept" else run, ctx, ins,
+                              outs[0][1] if len(outs) == 1 and outs[0][0] == 0 else outs, frees, node)
+                             for run, ctx, ins, outs, frees, node in plan.steps)
+        kept = {slot for _, ctx, _, outs, _, _ in plan.steps if getattr(ctx, "way", None) == "kept"
+                for k, slot in outs if k > 0}
+        slots = plan.outputs
+        self.outputs = [(slots[position], axis, copy) for position, axis, copy in
+                        zip(graph.output_positions, graph.output_axes, graph.output_copies)]
+        self.states = [(slots[position], slots[position] in kept) for position in graph.state_outputs]
+        self.shapes = None
+
+    def run(self, arrays):
+        """(outputs, next states) of one step, for the plan's inputs ``arrays``."""
+        slots = list(self.slots)
+        for slot, array in zip(self.input_slots, arrays):
+            slots[slot] = array
+        node = None
+        try:
+            for run, ctx, ins, out, frees, node in self.program:
+                results = run(ctx, [slots[i] for i in ins])
+                if type(out) is int:
+                    slots[out] = results[0]
+                else:
+                    for k, slot in out:
+                        slots[slot] = results[k]
+                for slot in frees:
+                    slots[slot] = None
+        except GrurtError as exc:      # as Plan.run: a value-dependent check of an op, named
+            raise _where_error(exc, node.where) from None
+        except _NUMPY_ERRORS as exc:
+            raise InputError(f"{node.where}: cannot compute it on these inputs "
+                             f"({type(exc).__name__}: {exc})") from None
+        shapes = self.shapes
+        if shapes is None:
+            shapes = self.shapes = [slots[slot].shape if axis is None else
+                                    slots[slot].shape[:axis] + slots[slot].shape[axis + 1:]
+                                    for slot, axis, _ in self.outputs]
+        outputs = []
+        for (slot, _, copy), shape in zip(self.outputs, shapes):
+            value = slots[slot]
+            if copy or value.base is not None or not value.flags.writeable:    # an array of its own, as Plan.run's
+                value = value.copy()
+            outputs.append(value.reshape(shape))
+        return outputs, [slots[slot] if kept else _own(slots[slot]) for slot, kept in self.states]
+
+
+def _own(value: np.ndarray) -> np.ndarray:
+    """``value`` as an array of its own, as Plan.run hands out its outputs."""
+    return value.copy() if value.base is not None or not value.flags.writeable else value
 
 
 def _frozen(array: np.ndarray) -> np.ndarray:
@@ -736,6 +801,10 @@ class TensorStream:
         self._stream, self.compiled, self._runner = stream, stream.graph, stream.runner
         self._static_values = stream.static_values(arrays)
         self._static_arrays = [self._static_values[n] for n in self.compiled.static_reads]
+        self._static_frozen = [_frozen(a) for a in self._static_arrays]
+        # the one time input's frame (shape, dtype, shape with the time axis of 1): step's fast path
+        self._frame = ((*stream.frame_shapes[self.frame_names[0]], stream.step_shapes[0])
+                       if len(self.frame_names) == 1 else None)
 
     @property
     def state_names(self) -> List[str]:
@@ -768,7 +837,18 @@ class TensorStream:
         """Advance by one frame of each time input (its time axis removed): one array, a list in
         :attr:`frame_names` order or a dict by name. Returns each output at this frame (an output
         without a time axis: its value after this frame); a tuple for several outputs."""
+        one, plan = self._frame, self._stream.step_plan
+        if (one is not None and plan is not None and type(frames) is np.ndarray and frames.shape == one[0]
+                and frames.dtype == one[1] and frames.flags.c_contiguous):
+            return self.step_frame(frames.reshape(one[2]))
         return self._advance(frames, block=False)
+
+    def step_frame(self, frame):
+        """:meth:`step` of the one time input's frame, C-contiguous, of its dtype and of its shape with the time
+        axis of 1 (after a first step), unchecked: the common step. The states the stream holds are its own
+        arrays, or what the last step left (no op writes into its inputs)."""
+        outputs, self._states = self._stream.step_plan.run([frame, *self._static_frozen, *self._states])
+        return outputs[0] if len(outputs) == 1 else tuple(outputs)
 
     def run(self, block):
         """Advance by n frames of each time input (time axis of length n, the same n for all).

@@ -19,15 +19,18 @@ attribute           ``layers`` (required): the canonical layers, in order; ``inp
 ==================  ==============================================================================
 
 A chain *streams* when its GRUs all run forward, its Conv1Ds are causal (stride 1, padding
-((k-1)·dilation, 0)), it keeps time to its output and has no mask_value, Reverse, pooling or
-padding layers: it then acts causally, its states and histories carrying it from one block of frames
-to the next (:mod:`grurt.tensor_stream`); any other chain needs the whole sequence.
+((k-1)·dilation, 0)) and it has no mask_value, Reverse, pooling, Flatten or padding layers: it then acts
+causally, its states and histories carrying it from one block of frames to the next
+(:mod:`grurt.tensor_stream`); any other chain needs the whole sequence. A chain ending in a LastStep or a GRU's
+last state streams as a summary: its output after a block is what it gives for the frames so far.
 
 ``prepare`` takes the Model (its kernels' plan) shared by every plan of the same layers
 (:func:`grurt.ops.recurrent.shared_model`). ``run`` calls the kernels directly
 (:class:`grurt.ops.recurrent.Direct`) without ``lengths`` or a mask, the common case; with histories
 through a :class:`grurt._kernels.Stream` (the kernels' streaming path); otherwise through
-``Model.run`` itself.
+``Model.run`` itself. A node of a stream graph (attribute ``keep_state=1``, set by :mod:`grurt.tensor_stream`)
+keeps its kernels' Stream and its states in it between calls: a call given back the states it returned copies
+nothing in.
 """
 from __future__ import annotations
 
@@ -38,7 +41,7 @@ import numpy as np
 from .._kernels import Stream
 from ..errors import InputError, ModelFormatError, UnsupportedModelError
 from ..chain_runner import KERNEL_LAYERS
-from ..spec import (GRU, WHOLE_SEQUENCE, Conv1D, Dense, Embedding, LastStep, LayerNorm, ModelSpec, Reverse, Scale,
+from ..spec import (GRU, WHOLE_SEQUENCE, Conv1D, Dense, Embedding, LayerNorm, ModelSpec, Reverse, Scale,
                     frame_rate_layers, output_steps)
 from .recurrent import CALL, Direct, shared_model
 from .registry import FLOAT, INT, Attr, Op, register
@@ -68,12 +71,10 @@ def stream_refusal(spec: ModelSpec):
     """Why a chain cannot run frame by frame (None: it can, with its GRU states and Conv1D histories)."""
     if spec.mask_value is not None:
         return "its mask_value makes each sequence's length depend on its last frames"
-    if not spec.returns_sequence:
-        return "its output has no time axis (a LastStep, a GRU's last state, a pooling or a Flatten)"
     for index, layer in enumerate(spec.layers):
         if isinstance(layer, GRU) and layer.direction != "forward":
             return f"layer {index} is a {layer.direction} GRU, which reads the sequence from its end"
-        if isinstance(layer, (Reverse, LastStep) + WHOLE_SEQUENCE):
+        if isinstance(layer, (Reverse,) + WHOLE_SEQUENCE):
             return f"layer {index} ({layer.describe()}) needs the whole sequence"
     for index, layer in frame_rate_layers(spec):
         return (f"layer {index} ({layer.describe()}) changes the number of frames or looks ahead (only a causal "
@@ -145,7 +146,7 @@ class _Chain:
     """A Chain node prepared for one plan: its Model, the way ``run`` goes ("direct", "stream" or "model")
     and, for the direct way, the kernels' call (Direct)."""
 
-    __slots__ = ("model", "way", "direct", "grus", "histories", "batch", "streams")
+    __slots__ = ("model", "way", "direct", "grus", "histories", "batch", "streams", "starts", "kept", "summary")
 
     def __init__(self, model, way, batch, steps):
         self.model, self.way, self.batch = model, way, batch
@@ -153,7 +154,10 @@ class _Chain:
         if way != "direct":
             model._check_size(batch, steps)
         self.grus, self.histories = _counts(model.spec)
-        self.streams = threading.local()        # "stream" way: each thread's kernels' Stream, by threads
+        self.streams = threading.local()        # "stream", "kept" ways: each thread's kernels' Stream, by threads
+        self.starts = None                      # "kept" way: each state's start (for a state input not given)
+        self.kept = {}                          # "kept" way: (Stream, its states read-only, writable) by threads
+        self.summary = None if model.spec.returns_sequence else True    # output of the last frame, no time axis
 
     def reduced(self, mode):
         chain = _Chain.__new__(_Chain)
@@ -161,6 +165,7 @@ class _Chain:
         chain.way, chain.batch, chain.grus, chain.histories = self.way, self.batch, self.grus, self.histories
         chain.direct = self.direct.reduced(mode) if self.direct is not None else None
         chain.streams = threading.local()
+        chain.starts, chain.kept, chain.summary = self.starts, {}, self.summary
         return chain
 
 
@@ -170,8 +175,16 @@ def _prepare(attrs, values):
     grus = len(spec.gru_layers)
     lengths = len(values) > 1 and values[1] is not None
     histories = any(v is not None for v in values[2 + grus:])
-    way = "stream" if histories else "model" if lengths or spec.mask_value is not None else "direct"
-    return _Chain(shared_model(spec), way, batch, steps)
+    if attrs["keep_state"] and not lengths:
+        way = "kept"
+    else:
+        way = "stream" if histories else "model" if lengths or spec.mask_value is not None else "direct"
+    chain = _Chain(shared_model(spec), way, batch, steps)
+    if way == "kept":
+        chain.starts = [gru.default_state(batch) for gru in spec.gru_layers] + [
+            np.zeros((batch, layer.span - 1, layer.in_channels), np.float32)
+            for layer in spec.layers if isinstance(layer, Conv1D)][:chain.histories]
+    return chain
 
 
 def _frames(ctx, x):
@@ -186,6 +199,8 @@ def _frames(ctx, x):
 
 
 def _run(ctx, inputs):
+    if ctx.way == "kept":
+        return _run_kept(ctx, inputs)
     if ctx.way == "direct":          # the common call: x and the states (None for a state not given)
         states = inputs[2:2 + ctx.grus]
         if len(states) < ctx.grus:
@@ -210,7 +225,35 @@ def _run(ctx, inputs):
         for v, shape in zip(histories, [(ctx.batch, layer.span - 1, layer.in_channels)
                                         for layer in ctx.model.spec.layers if isinstance(layer, Conv1D)])]
     y = stream.run(np.ascontiguousarray(_frames(ctx, x), np.float32))
-    return [y] + stream.state
+    return [y if ctx.model.spec.returns_sequence else y[:, -1]] + stream.state
+
+
+def _run_kept(ctx, inputs):
+    """A node of a stream graph: its states live in a kept kernels' Stream; a state input that is not the Stream's
+    own (what the last call returned) is copied in first. Returns the Stream's states themselves (read-only views the
+    next call writes into: a stream copies what it hands out). A stream graph's plan has one caller at a time (a
+    Stream refuses a second one)."""
+    stream, views, writable = ctx.kept.get(CALL.threads) or _keep(ctx)
+    if views:
+        for view, into, given, start in zip(views, writable, inputs[2:], ctx.starts):
+            if given is not view:
+                into[...] = start if given is None else given
+    y = stream.run(inputs[0] if ctx.model._table is None else _frames(ctx, inputs[0]))   # (any layout: it copies)
+    return [y, *views] if ctx.summary is None else [y[:, -1], *views]
+
+
+def _keep(ctx):
+    """(a new kernels' Stream, its states as read-only views, writable views) for the calling threads' setting."""
+    stream = Stream(ctx.model, ctx.batch, CALL.threads)
+    writable = stream.live_state
+    kept = ctx.kept[CALL.threads] = (stream, [_read_only(v) for v in writable], writable)
+    return kept
+
+
+def _read_only(array):
+    view = array.view()
+    view.setflags(write=False)
+    return view
 
 
 def _stream(ctx) -> Stream:
@@ -231,6 +274,8 @@ register(Op(
         "layers": Attr("layers"),
         "input_size": Attr("int", None, lambda v: None if 0 < v < 2**31 else f"must be a positive integer, got {v}"),
         "mask_value": Attr("float", None),
+        # 1: a node of a stream graph (grurt.tensor_stream), whose states stay in place between its calls
+        "keep_state": Attr("int", 0, lambda v: None if v in (0, 1) else f"must be 0 or 1, got {v}"),
     },
     infer=_infer, prepare=_prepare, run=_run, reduced=lambda ctx, mode: ctx.reduced(mode),
     check=_check, arity=_arity, time=None, time_of=_time_of,

@@ -44,6 +44,9 @@ RNN_ACTIVATIONS = {
     "thresholdedrelu": "thresholded_relu", "scaledtanh": "scaled_tanh", "hardsigmoid": "hard_sigmoid",
     "elu": "elu", "softsign": "softsign", "softplus": "softplus",
 }
+#: What grurt's own recurrent ops (grurt.MaskedGRU) name f and g with: the ONNX names and grurt's activation kinds
+#: (the fused layers' GELU, SiLU, Mish, SELU, hard SiLU, clip, ...).
+GRURT_ACTIVATIONS = {**RNN_ACTIVATIONS, **{kind: kind for kind in ACTIVATION_DEFAULTS if kind != "softmax"}}
 DIRECTIONS = {"forward": 1, "reverse": 1, "bidirectional": 2}
 
 
@@ -69,18 +72,18 @@ def call_threads(threads: int):
         CALL.threads = previous
 
 
-def direction_activations(where, attrs, directions):
+def direction_activations(where, attrs, directions, names=RNN_ACTIVATIONS):
     """[(f, g)] per direction from activations/activation_alpha/activation_beta, read the way
     onnxruntime does: the alpha (beta) list is consumed in order by the functions that take an
-    alpha (beta)."""
-    names = list(attrs.get("activations") or ["Sigmoid", "Tanh"] * directions)
+    alpha (beta). ``names``: the function names the op reads (lower case) -> grurt's kinds."""
+    kinds, names = names, list(attrs.get("activations") or ["Sigmoid", "Tanh"] * directions)
     if len(names) != 2 * directions:
         raise ModelFormatError(f"{where}: activations={names} must name {2 * directions} functions "
                                "(f and g per direction)")
     alphas, betas = list(attrs.get("activation_alpha") or []), list(attrs.get("activation_beta") or [])
     functions = []
     for name in names:
-        kind = RNN_ACTIVATIONS.get(name.lower())
+        kind = kinds.get(name.lower())
         if kind is None:
             raise UnsupportedModelError(f"{where}: activation {name!r} is not supported")
         takes_alpha, takes_beta = (default is not None for default in ACTIVATION_DEFAULTS[kind])
@@ -103,8 +106,8 @@ def gru_activations(where, attrs, directions):
     return pairs[0]
 
 
-def _activations_check(names):
-    unknown = [n for n in names if n.lower() not in RNN_ACTIVATIONS]
+def _activations_check(names, known=RNN_ACTIVATIONS):
+    unknown = [n for n in names if n.lower() not in known]
     return f"activation {unknown[0]!r} is not supported" if unknown else None
 class _SharedModels:
     """The :class:`grurt.Model` s (their kernels' plans: packed weights) that plans run GRU and Chain nodes on,

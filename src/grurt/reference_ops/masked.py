@@ -1,9 +1,10 @@
 """float64 references of grurt's own ops (:mod:`grurt.ops.masked`): plain numpy, independent of
-the kernels and of :func:`grurt.graph_model.masked_gru`, step by step (:func:`.recurrent.gru_direction`)."""
+the kernels and of :func:`grurt.ops.masked.masked_gru`, step by step (:func:`.recurrent.gru_direction`)."""
 from __future__ import annotations
 
 import numpy as np
 
+from ..ops.recurrent import GRURT_ACTIVATIONS
 from .recurrent import direction_layers, gru_direction
 
 
@@ -17,7 +18,7 @@ def masked_gru(attrs, inputs):
     h0 = np.zeros((D, batch, H)) if initial_h is None else initial_h.transpose(1, 0, 2)
     zeros = attrs["masked_output"] == "zeros"
     ys, hs = [], []
-    for d, reverse, layer in direction_layers("MaskedGRU", attrs, W, R, B):
+    for d, reverse, layer in direction_layers("MaskedGRU", attrs, W, R, B, GRURT_ACTIVATIONS):
         y, h = gru_direction(layer, 0, X, np.asarray(h0[d], np.float64), reverse, np.full(batch, steps),
                              mask=np.asarray(mask, bool), zeros_at_masked=zeros)
         ys.append(y)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import special
 
-from ..ops.recurrent import direction_activations
+from ..ops.recurrent import RNN_ACTIVATIONS, direction_activations
 from ..spec import GRU, ActivationFunction
 
 
@@ -114,10 +114,10 @@ def gru(layer: GRU, x: np.ndarray, h0: np.ndarray, lengths: np.ndarray):
 
 
 
-def direction_layers(op: str, attrs, W, R, B):
+def direction_layers(op: str, attrs, W, R, B, names=RNN_ACTIVATIONS):
     """(d, reverse, one-direction GRU layer) for each direction of an ONNX-style GRU node of ``op``
     (W (D, 3H, I), R (D, 3H, H), B (D, 6H)), its activations read as onnxruntime reads them."""
-    for d, (f, g) in enumerate(direction_activations(op, attrs, W.shape[0])):
+    for d, (f, g) in enumerate(direction_activations(op, attrs, W.shape[0], names)):
         reverse = attrs["direction"] == "reverse" or d == 1
         yield d, reverse, GRU(W[d:d + 1], R[d:d + 1], B[d:d + 1], direction="reverse" if reverse else "forward",
                               linear_before_reset=bool(attrs["linear_before_reset"]), gate_activation=f,
