@@ -1,8 +1,11 @@
 """A grurt.graph.Graph lowered onto a TensorGraph (grurt.graph_lower): each chain a grurt.Chain node, the
 nodes between them ONNX ops, masks as the Keras lowering makes them. Checked against the float64
-reference of the Graph (grurt.reference.run, ATOL), against the reference of the lowered TensorGraph
-(grurt.reference.run_tensor_graph: the lowering alone, no kernels) and, bit for bit, against the fused
-runner of the same Graph (grurt.Model(graph)), for every node kind, with lengths, states and masks."""
+reference of the Graph (grurt.reference.run, ATOL: the oracle), against the reference of the lowered TensorGraph
+(grurt.reference.run_tensor_graph: the lowering alone, no kernels) and, bit for bit, against grurt.Model(graph),
+which runs the same lowering through its own variants, input checks and signature cache (Model's wiring), for
+every node kind, with lengths, states and masks. That the lowering gives the bits of the fused graph runner it
+replaced was checked by replaying every graph-model call of the test suite on both builds
+(bench/graph_calls_record.py, bench/graph_calls_replay.py; docs/architecture-tensor-graph.md)."""
 from __future__ import annotations
 
 import dataclasses
@@ -42,30 +45,30 @@ def run_lowered(graph: Graph, values: list, lengths=None, initial_state=None, re
     return (outputs, list(got[len(graph.outputs):])) if return_state else outputs
 
 
-def fused(graph: Graph, values: list, **kwargs):
+def through_model(graph: Graph, values: list, **kwargs):
     return grurt.Model(graph).run(values[0] if len(values) == 1 else values, **kwargs)
 
 
 def check(graph: Graph, values: list, lengths=None, initial_state=None, return_state=False, exact=True):
-    """The lowered graph against the Graph's reference (ATOL) and the fused runner (bit for bit, ``exact``)."""
+    """The lowered graph against the Graph's reference (ATOL) and grurt.Model(graph) (bit for bit, ``exact``)."""
     kwargs = dict(lengths=lengths, initial_state=initial_state, return_state=return_state)
     got = run_lowered(graph, values, **kwargs)
     want = reference.run(graph, values[0] if len(values) == 1 else values, **kwargs)
     of_ops = run_lowered(graph, values, oracle=True, **kwargs)
-    fused_got = fused(graph, values, **kwargs)
+    model_got = through_model(graph, values, **kwargs)
     if return_state:
         (got, states), (want, want_states) = got, want
-        (of_ops, ops_states), (fused_got, fused_states) = of_ops, fused_got
+        (of_ops, ops_states), (model_got, model_states) = of_ops, model_got
         assert_close(tuple(states), tuple(want_states), "final states")
         assert max((np.max(np.abs(a - b)) for a, b in zip(ops_states, want_states)), default=0) <= ATOL
         if exact:
-            for a, b in zip(states, fused_states):
+            for a, b in zip(states, model_states):
                 assert np.array_equal(a, b)
     assert_close(got, want, "outputs")
     for a, b in zip(as_tuple(of_ops), as_tuple(want)):
         assert a.shape == b.shape and np.max(np.abs(a - b), initial=0) <= ATOL
     if exact:
-        for a, b in zip(as_tuple(got), as_tuple(fused_got)):
+        for a, b in zip(as_tuple(got), as_tuple(model_got)):
             assert a.dtype == b.dtype and a.shape == b.shape
             assert np.array_equal(a, b, equal_nan=True), f"max difference {np.max(np.abs(a - b))}"
 
@@ -149,7 +152,7 @@ def test_masked_gru(direction, return_sequences, h0):
               return_state=True)
         # the sequence without a valid step: NaN mean (the reference's NaN too), zeros and h0 from the GRU
         got = run_lowered(graph, values, initial_state=states, return_state=True)
-        want = fused(graph, values, initial_state=states, return_state=True)
+        want = through_model(graph, values, initial_state=states, return_state=True)
     for a, b in zip(as_tuple(got[0]) + tuple(got[1]), as_tuple(want[0]) + tuple(want[1])):
         assert np.array_equal(a, b, equal_nan=True)
     empty_y, empty_h, empty_mean = (a[3] for a in got[0])
@@ -216,7 +219,7 @@ def test_names_of_the_graph_are_kept_and_clashes_avoided():
 
 
 def test_bf16_weights():
-    """A lowered graph in bf16 gives the fused runner's bf16 bits."""
+    """A lowered graph in bf16 gives grurt.Model(graph, weights="bf16")'s bits, within bf16's budget of the reference."""
     rng = np.random.default_rng(9)
     graph = Graph((Input("x", 3),),
                   (Node(random_gru(rng, 3, 8), "x", "a"), Node(random_gru(rng, 3, 8, "reverse"), "x", "b"),
@@ -241,7 +244,7 @@ def test_a_masked_gru_with_other_activations():
                                              ("sigmoid", "clip")])
 def test_a_masked_gru_with_a_function_the_onnx_gru_lacks(gate, candidate):
     """A MaskedGRU node (grurt's own op) names grurt's activation kinds too: a GELU, SiLU, Mish, SELU, hard SiLU or
-    clip gate runs as the fused runner runs it, checked against both float64 references."""
+    clip gate runs, checked against both float64 references."""
     rng = np.random.default_rng(11)
     fn = activation(candidate, -0.8, 0.9) if candidate == "clip" else activation(candidate)
     graph = path_graph(3, (random_gru(rng, 3, 2, gate=activation(gate), candidate=fn),), mask_value=0.0)
@@ -254,8 +257,8 @@ def test_a_masked_gru_with_a_function_the_onnx_gru_lacks(gate, candidate):
 @_PROFILE
 @given(graph_and_seed=random_graphs(streamable=True), batch=st.integers(1, 3))
 def test_streams_of_random_graphs(graph_and_seed, batch):
-    """The lowered graph streamed (TensorStream: the Chain nodes' GRU states carried frame to frame) gives the
-    fused GraphStream's bits at every frame; a grurt.Chain ending in a LastStep or a GRU's last state too (each
+    """The lowered graph streamed (TensorStream: the Chain nodes' GRU states carried frame to frame) gives
+    grurt.Model(graph).stream()'s bits at every frame; a grurt.Chain ending in a LastStep or a GRU's last state too (each
     frame its own last step)."""
     graph, seed = graph_and_seed
     rng = np.random.default_rng(seed + 2)
@@ -263,17 +266,17 @@ def test_streams_of_random_graphs(graph_and_seed, batch):
     static = {i.name: v for i, v in zip(graph.inputs, values) if i.kind != "sequence"}
     frames = [(i.name, v) for i, v in zip(graph.inputs, values) if i.kind == "sequence"]
     lowered = grurt.TensorModel(lower(graph).graph).stream(batch, static=static or None)
-    fused_stream = grurt.Model(graph).stream(batch, static=static or None)
+    model_stream = grurt.Model(graph).stream(batch, static=static or None)
     for t in range(5):
         got = as_tuple(lowered.step({name: v[:, t] for name, v in frames}))
-        want = as_tuple(fused_stream.step({name: v[:, t] for name, v in frames}))
+        want = as_tuple(model_stream.step({name: v[:, t] for name, v in frames}))
         for a, b in zip(got, want):
             assert a.shape == b.shape and np.array_equal(a, b)
 
 
 def test_sequences_joined_have_one_number_of_steps():
     """Inputs whose sequences a Combine or Concat joins share one time dim (no broadcasting of a 1-step
-    sequence, which the fused runner refuses); a PReLU with an alpha per step fixes that dim."""
+    sequence, which the fused runner refused); a PReLU with an alpha per step fixes that dim."""
     rng = np.random.default_rng(12)
     graph = Graph((Input("a", 3), Input("b", 3), Input("c", 2), Input("d", 3)),
                   (Node(random_gru(rng, 3, 3), "a", "g"), Node(Combine("add"), ("g", "b"), "s"),
@@ -293,12 +296,12 @@ def test_sequences_joined_have_one_number_of_steps():
 def test_a_stream_keeps_its_chains_states_in_place():
     """A stream graph's Chain nodes keep their GRU states in their kernels' Stream between steps (nothing copied in
     or out on the plain path): what the stream hands out stays as it was, a state set, a block run, a reset or a
-    state output read in between continues exactly as stepping frame by frame does (the fused GraphStream's bits)."""
+    state output read in between continues exactly as stepping frame by frame does; within ATOL of the reference."""
     rng = np.random.default_rng(7)
     graph = Graph((Input("x", 6),), (Node(dense(rng, 6, 8), "x", "a"), Node(random_gru(rng, 8, 8), "a", "g"),
                                      Node(Combine("add"), ("a", "g"), "r"), Node(dense(rng, 8, 3), "r", "y")), ("y",))
     x = rng.standard_normal((2, 12, 6)).astype(np.float32)
-    want = grurt.Model(graph).run(x)
+    want = reference.run(graph, x)
     lowered = grurt.TensorModel(lower(graph, return_state=True).graph)
     stream = lowered.stream(2)
     got, states = [], []
@@ -315,16 +318,16 @@ def test_a_stream_keeps_its_chains_states_in_place():
     again = [stream.step(x[:, t])[0] for t in range(4, 9)]
     steps = np.concatenate([np.stack(got[:4], 1), *[g.transpose(1, 0, 2) for g in got[4:]]], 1)
     assert np.array_equal(steps, np.stack([*got[:4], *again], 1))
-    fused = grurt.Model(graph).stream(2)
-    assert np.array_equal(np.stack([fused.step(x[:, t]) for t in range(9)], 1), steps)
+    model_stream = grurt.Model(graph).stream(2)
+    assert np.array_equal(np.stack([model_stream.step(x[:, t]) for t in range(9)], 1), steps)
     assert np.abs(steps - want[:, :9]).max() < ATOL
     stream.reset()
     assert np.array_equal(stream.step(x[:, 0])[0], got[0])
 
 
 def test_a_chain_ending_in_its_last_step_streams_as_graph_stream_streams_it():
-    """A grurt.Chain ending in a GRU's last state, or in a LastStep, streams: each frame its own last step (the
-    fused GraphStream's bits), and a Chain on that value (a vector source) runs on it at each frame."""
+    """A grurt.Chain ending in a GRU's last state, or in a LastStep, streams: each frame its own last step (grurt.Model(graph).stream()'s
+    bits, the reference's at the last frame), and a Chain on that value (a vector source) runs on it at each frame."""
     rng = np.random.default_rng(12)
     graph = Graph((Input("x", 4),), (
         Node(random_gru(rng, 4, 5, return_sequences=False), "x", "h"), Node(dense(rng, 5, 3), "h", "a"),
@@ -332,12 +335,12 @@ def test_a_chain_ending_in_its_last_step_streams_as_graph_stream_streams_it():
         Node(random_gru(rng, 4, 2), "x", "z")), ("y", "z"))
     x = rng.standard_normal((2, 6, 4)).astype(np.float32)
     lowered = grurt.TensorModel(lower(graph).graph).stream(2)
-    fused_stream = grurt.Model(graph).stream(2)
+    model_stream = grurt.Model(graph).stream(2)
     for t in range(6):
-        got, want = lowered.step(x[:, t]), fused_stream.step(x[:, t])
+        got, want = lowered.step(x[:, t]), model_stream.step(x[:, t])
         for a, b in zip(got, want):
             assert a.shape == b.shape and np.array_equal(a, b)
-    y, _ = grurt.Model(graph).run(x)
+    y, _ = reference.run(graph, x)
     assert np.abs(got[0] - y).max() < ATOL     # after the last frame: the whole sequence's
 
 
@@ -353,7 +356,7 @@ def test_a_masked_gru_streams_every_frame_valid(return_sequences):
     x = rng.standard_normal((2, 5, 3)).astype(np.float32)
     x[0, 2] = 0
     lowered = grurt.TensorModel(lower(graph, stream=True).graph).stream(2)
-    fused_stream = grurt.Model(graph).stream(2)
+    model_stream = grurt.Model(graph).stream(2)
     for t in range(5):
-        for a, b in zip(lowered.step(x[:, t]), fused_stream.step(x[:, t])):
+        for a, b in zip(lowered.step(x[:, t]), model_stream.step(x[:, t])):
             assert a.shape == b.shape and np.array_equal(a, b)
