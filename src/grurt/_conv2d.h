@@ -19,8 +19,9 @@
  * its rows (grurt_c2_depthwise). A fused activation is applied to each finished
  * block of output rows while it is in cache.
  *
- * ConvTranspose is the direct scatter: each input row times each tap, added at its place (for few
- * channels per group; grurt.ops.conv runs the others as one matmul).
+ * ConvTranspose (few channels per group; grurt.ops.conv runs the others as one matmul) spreads each input
+ * channel once into a zero-filled plane, its columns sw apart (zeros between), and each output row is then
+ * a sum over taps of contiguous runs of those rows: vectors, where the scatter of sw-strided stores was scalar.
  *
  * Nothing is allocated here: the caller passes scratch of grurt_conv2d_scratch() bytes. A call may
  * run on several threads of the worker pool (_pool.h), each claiming items of an image's work.
@@ -506,15 +507,38 @@ static void grurt_conv2d_run(const grurt_conv2d *c, int N, const float *x, float
     }
 }
 
+/* A ConvTranspose's spread row: x's row r at columns P + q·sw, zeros elsewhere, Ls floats, so that the input
+ * seen by output column o through tap j is row[o + pl − j·dw + P] (a zero where no input column falls). */
+static inline int grurt_ct_left(const grurt_conv2d *c) {
+    int p = (c->kw - 1) * c->dw - c->pl;
+    return p > 0 ? p : 0;
+}
+
+static inline size_t grurt_ct_row(const grurt_conv2d *c) {
+    size_t spread = (size_t)(c->W - 1) * c->sw + 1, reach = (size_t)c->Wo + (c->pl > 0 ? c->pl : 0);
+    return grurt_c2_round((spread > reach ? spread : reach) + grurt_ct_left(c));
+}
+
+/* Bytes of a ConvTranspose's scratch: one spread channel plane. */
+static inline size_t grurt_conv_transpose2d_scratch(const grurt_conv2d *c) {
+    return (size_t)c->H * grurt_ct_row(c) * sizeof(float) + 64;
+}
+
 /* ConvTranspose of N images x (N, C, H, W) into y (N, M, Ho, Wo), W (C, Mg, kh, kw) as given:
  * y[g·Mg + m, r·sh + i·dh − pt, q·sw + j·dw − pl] += x[g·Cg + c, r, q] · W[g·Cg + c, m, i, j],
- * the positions outside [0, Ho) × [0, Wo) dropped (pads), then the bias and the activation. */
-GRURT_HOT static void grurt_conv_transpose2d_run(const grurt_conv2d *c, int N, const float *x, float *y) {
+ * the positions outside [0, Ho) × [0, Wo) dropped (pads), then the bias and the activation. Each output's
+ * sum: the bias, then over c, and (i, j) in order (the zeros between spread columns add nothing). `scratch`:
+ * grurt_conv_transpose2d_scratch(c) bytes. */
+GRURT_HOT static void grurt_conv_transpose2d_run(const grurt_conv2d *c, int N, const float *x, float *y,
+                                                 void *scratch) {
     /* the fields in locals: stores through y may alias *c for a compiler without strict aliasing */
     const int G = c->groups, Cg = c->C / G, Mg = c->M / G, kh = c->kh, kw = c->kw, Ho = c->Ho, Wo = c->Wo;
     const int H = c->H, W = c->W, sh = c->sh, sw = c->sw, dh = c->dh, dw = c->dw, pt = c->pt, pl = c->pl, M = c->M;
+    const int P = grurt_ct_left(c);
+    const size_t Ls = grurt_ct_row(c), in_plane = (size_t)H * W, out_plane = (size_t)Ho * Wo;
     const float *wt = c->wt, *bias = c->bias;
-    const size_t in_plane = (size_t)H * W, out_plane = (size_t)Ho * Wo;
+    float *spread = (float *)(((uintptr_t)scratch + 63) & ~(uintptr_t)63);
+    memset(spread, 0, (size_t)H * Ls * sizeof(float));      /* the zeros between columns stay zero */
     for (int n = 0; n < N; ++n) {
         const float *xn = x + (size_t)n * c->C * in_plane;
         float *yn = y + (size_t)n * M * out_plane;
@@ -525,31 +549,30 @@ GRURT_HOT static void grurt_conv_transpose2d_run(const grurt_conv2d *c, int N, c
         for (int g = 0; g < G; ++g)
             for (int ci = 0; ci < Cg; ++ci) {
                 const float *xc = xn + (size_t)(g * Cg + ci) * in_plane;
+                for (int r = 0; r < H; ++r) {
+                    float *row = spread + (size_t)r * Ls + P;
+                    const float *xr = xc + (size_t)r * W;
+                    if (sw == 1)
+                        memcpy(row, xr, (size_t)W * sizeof(float));
+                    else
+                        for (int q = 0; q < W; ++q) row[(size_t)q * sw] = xr[q];
+                }
                 for (int m = 0; m < Mg; ++m) {
                     float *yc = yn + (size_t)(g * Mg + m) * out_plane;
                     const float *w = wt + ((size_t)(g * Cg + ci) * Mg + m) * kh * kw;
-                    for (int i = 0; i < kh; ++i)
-                        for (int r = 0; r < H; ++r) {
-                            int ro = r * sh + i * dh - pt;
-                            if (ro < 0 || ro >= Ho) continue;
-                            const float *xr = xc + (size_t)r * W;
-                            float *yr = yc + (size_t)ro * Wo;
+                    for (int ro = 0; ro < Ho; ++ro) {
+                        float *restrict yr = yc + (size_t)ro * Wo;
+                        for (int i = 0; i < kh; ++i) {
+                            int t = ro + pt - i * dh, r = sh == 1 ? t : t / sh;     /* t = r·sh */
+                            if (t < 0 || (sh != 1 && t % sh) || r >= H) continue;
+                            const float *restrict u = spread + (size_t)r * Ls + P + pl;
                             for (int j = 0; j < kw; ++j) {
                                 const float wv = w[i * kw + j];
-                                const int off = j * dw - pl;
-                                /* q with 0 <= q·sw + off < Wo */
-                                int lo = off >= 0 ? 0 : (-off + sw - 1) / sw;
-                                int hi = (Wo - off + sw - 1) / sw;
-                                if (hi > W) hi = W;
-                                float *yo = yr + off;      /* yo[q·sw], q in [lo, hi): inside the row */
-                                if (sw == 1)
-                                    for (int q = lo; q < hi; ++q) yo[q] += wv * xr[q];
-                                else if (sw == 2)
-                                    for (int q = lo; q < hi; ++q) yo[2 * q] += wv * xr[q];
-                                else
-                                    for (int q = lo; q < hi; ++q) yo[(size_t)q * sw] += wv * xr[q];
+                                const float *restrict uj = u - j * dw;
+                                for (int o = 0; o < Wo; ++o) yr[o] += wv * uj[o];
                             }
                         }
+                    }
                 }
             }
         if (c->act.kind != ACT_LINEAR)

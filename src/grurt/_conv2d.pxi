@@ -9,7 +9,8 @@ cdef extern from "_conv2d.h" nogil:
         grurt_act act
     size_t grurt_conv2d_scratch(const grurt_conv2d* c, int threads)
     void grurt_conv2d_run(const grurt_conv2d* c, int N, const float* x, float* y, void* scratch, int threads)
-    void grurt_conv_transpose2d_run(const grurt_conv2d* c, int N, const float* x, float* y)
+    size_t grurt_conv_transpose2d_scratch(const grurt_conv2d* c)
+    void grurt_conv_transpose2d_run(const grurt_conv2d* c, int N, const float* x, float* y, void* scratch)
 
 #: Conv2d runs without the GIL from this many multiply-adds (below, releasing it costs more than it lets run).
 cdef long CONV2D_NOGIL_FMAS = 100000
@@ -70,16 +71,22 @@ cdef class Conv2d:
         cdef const float* xp = <const float*>cnp.PyArray_DATA(xa)
         cdef float* yp = <float*>cnp.PyArray_DATA(y)
         cdef void* scratch = NULL
+        cdef size_t size
         if self.transposed:
+            size = grurt_conv_transpose2d_scratch(&self.c)
+            scratch = malloc(size)
+            if scratch == NULL:
+                raise MemoryError(f"ConvTranspose: {size} bytes of scratch")
             if self.nogil:
                 with nogil:
-                    grurt_conv_transpose2d_run(&self.c, self.N, xp, yp)
+                    grurt_conv_transpose2d_run(&self.c, self.N, xp, yp, scratch)
             else:
-                grurt_conv_transpose2d_run(&self.c, self.N, xp, yp)
+                grurt_conv_transpose2d_run(&self.c, self.N, xp, yp, scratch)
+            free(scratch)
             return y
         if not self.splits:
             threads = 1
-        cdef size_t size = grurt_conv2d_scratch(&self.c, threads)
+        size = grurt_conv2d_scratch(&self.c, threads)
         scratch = malloc(size)
         if scratch == NULL:
             raise MemoryError(f"Conv: {size} bytes of scratch")
