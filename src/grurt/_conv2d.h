@@ -19,8 +19,9 @@
  * its rows (grurt_c2_depthwise). A fused activation is applied to each finished
  * block of output rows while it is in cache.
  *
- * ConvTranspose is the direct scatter: each input row times each tap, added at its place (for few
- * channels per group; grurt.ops.conv runs the others as one matmul).
+ * ConvTranspose (few channels per group; grurt.ops.conv runs the others as one matmul) spreads each input
+ * channel once into a zero-filled plane, its columns sw apart (zeros between), and each output row is then
+ * a sum over taps of contiguous runs of those rows: vectors, where the scatter of sw-strided stores was scalar.
  *
  * Nothing is allocated here: the caller passes scratch of grurt_conv2d_scratch() bytes. A call may
  * run on several threads of the worker pool (_pool.h), each claiming items of an image's work.
@@ -369,6 +370,8 @@ GRURT_HOT static void grurt_c2_depthwise(const grurt_conv2d *c, const float *x, 
 typedef struct {
     const grurt_conv2d *c;
     const float *src;        /* the image, padded when the Conv pads (a depthwise Conv: as given) */
+    const float *hist;       /* with Hh > 0: the image's first Hh rows (each channel's), src its other H − Hh */
+    int Hh;
     float *y;                /* the image's output */
     char *parts;             /* per thread: `part` bytes of scratch, 64-byte aligned */
     size_t part;
@@ -406,13 +409,21 @@ static inline size_t grurt_conv2d_scratch(const grurt_conv2d *c, int threads) {
     return image * sizeof(float) + (size_t)threads * grurt_c2_part_bytes(c) + 64;
 }
 
-static void grurt_c2_item(const grurt_conv2d *c, const float *src, float *yn, int item, char *part) {
+/* Input row t of channel ch (unpadded): of the history below Hh, of src from there. */
+static inline const float *grurt_c2_input_row(const grurt_conv2d *c, const float *hist, int Hh, const float *src,
+                                              int ch, int t) {
+    if (t < Hh) return hist + ((size_t)ch * Hh + t) * c->W;
+    return src + ((size_t)ch * (c->H - Hh) + t - Hh) * c->W;
+}
+
+static void grurt_c2_item(const grurt_conv2d *c, const float *src, const float *hist, int Hh, float *yn, int item,
+                          char *part) {
     /* the fields in locals: stores through y may alias *c for a compiler without strict aliasing */
     const int G = c->groups, Cg = c->C / G, Mg = c->M / G, kh = c->kh, kw = c->kw, Wo = c->Wo, Ho = c->Ho;
     const int sh = c->sh, sw = c->sw, dh = c->dh, dw = c->dw;
     const int pt = c->pt, pl = c->pl, pb = c->pb, pr = c->pr;
     const float *wt = c->wt, *bias = c->bias;
-    const int Hp = c->H + pt + pb, Wp = c->W + pl + pr, K = Cg * kh * kw, mode = grurt_conv2d_mode(c);
+    const int Hp = c->H + pt + pb, Wp = c->W + pl + pr, K = Cg * kh * kw, mode = Hh ? 0 : grurt_conv2d_mode(c);
     const int alias = (Hp * Wp) % 1024 == 0;       /* B's rows a multiple of 4 KB apart */
     const int R = grurt_conv2d_block_rows(c);
     const size_t in_plane = (size_t)Hp * Wp, out_plane = (size_t)Ho * Wo;
@@ -425,21 +436,25 @@ static void grurt_c2_item(const grurt_conv2d *c, const float *src, float *yn, in
     float *pack = cols + grurt_c2_round(grurt_c2_cols_floats(c, K));
     float *out = pack + (size_t)K * 32;
     const float **rows = (const float **)(out + GRURT_C2_MB_MAX * 32), **pack_rows = rows + K;
-    if (mode == 1) {     /* positions [p0, p0 + L) of group g; the caller activates the output */
-        int chunks = (int)((out_plane + GRURT_C2_CHUNK_POSITIONS - 1) / GRURT_C2_CHUNK_POSITIONS);
-        int g = item / chunks;
-        size_t p0 = (size_t)(item % chunks) * GRURT_C2_CHUNK_POSITIONS;
+    const int lead = Hh < Ho ? Hh : Ho;       /* with a history: the output rows reading some of it */
+    if (mode == 1 || (Hh && item >= lead)) {
+        /* positions [p0, p0 + L) of group g; the caller activates the output. With a history (the rows past its
+         * Hh, whose inputs are all src's, H − Hh rows a channel), positions from Hh·Wo on. */
+        const size_t first = Hh ? (size_t)Hh * Wo : 0, plane = Hh ? (size_t)(c->H - Hh) * Wp : in_plane;
+        int chunks = (int)((out_plane - first + GRURT_C2_CHUNK_POSITIONS - 1) / GRURT_C2_CHUNK_POSITIONS);
+        int g = (item - lead) / chunks;
+        size_t p0 = first + (size_t)((item - lead) % chunks) * GRURT_C2_CHUNK_POSITIONS;
         size_t L = out_plane - p0 < GRURT_C2_CHUNK_POSITIONS ? out_plane - p0 : GRURT_C2_CHUNK_POSITIONS;
         int k = 0;
         for (int ci = 0; ci < Cg; ++ci)
             for (int i = 0; i < kh; ++i)
                 for (int j = 0; j < kw; ++j)
-                    rows[k++] = src + (size_t)(g * Cg + ci) * in_plane + (size_t)i * dh * Wp + j * dw + p0;
+                    rows[k++] = src + (size_t)(g * Cg + ci) * plane + (size_t)i * dh * Wp + j * dw + p0 - first;
         grurt_c2_run(K, rows, L, wt + (size_t)g * K * Mg, Mg, bias ? bias + g * Mg : NULL,
                      yn + (size_t)g * Mg * out_plane + p0, out_plane, alias, 0, pack, pack_rows, out);
         return;
     }
-    int r0 = mode == 0 ? item : item * R, rn = mode == 0 ? 1 : (Ho - r0 < R ? Ho - r0 : R);
+    int r0 = mode == 0 ? item : item * R, rn = mode == 0 ? 1 : (Ho - r0 < R ? Ho - r0 : R);     /* Hh: mode 0 */
     size_t L = (size_t)rn * Wo;
     for (int g = 0; g < G; ++g) {
         int k = 0;
@@ -448,7 +463,8 @@ static void grurt_c2_item(const grurt_conv2d *c, const float *src, float *yn, in
                 for (int j = 0; j < kw; ++j, ++k) {
                     const float *plane = src + (size_t)(g * Cg + ci) * in_plane + (size_t)i * dh * Wp + j * dw;
                     if (mode == 0) {
-                        rows[k] = plane + (size_t)r0 * sh * Wp;
+                        rows[k] = Hh ? grurt_c2_input_row(c, hist, Hh, src, g * Cg + ci, r0 * sh + i * dh) + j * dw
+                                     : plane + (size_t)r0 * sh * Wp;
                         continue;
                     }
                     float *col = cols + (size_t)k * grurt_c2_cols_stride(L);
@@ -468,7 +484,7 @@ static void grurt_c2_work(void *arg, int slot) {
     grurt_c2_job *job = (grurt_c2_job *)arg;
     char *part = job->parts + (size_t)slot * job->part;
     for (int item = grurt_claim(&job->next); item < job->items; item = grurt_claim(&job->next))
-        grurt_c2_item(job->c, job->src, job->y, item, part);
+        grurt_c2_item(job->c, job->src, job->hist, job->Hh, job->y, item, part);
 }
 
 /* Conv of N images x (N, C, H, W) into y (N, M, Ho, Wo) on up to `threads` threads of the worker pool
@@ -485,6 +501,8 @@ static void grurt_conv2d_run(const grurt_conv2d *c, int N, const float *x, float
     job.parts = (char *)(xp + (whole_image ? grurt_c2_round((size_t)C * in_plane + 32) : 0));
     job.part = grurt_c2_part_bytes(c);
     job.items = grurt_c2_items(c);
+    job.hist = NULL;
+    job.Hh = 0;
     for (int n = 0; n < N; ++n) {
         const float *xn = x + (size_t)n * C * H * W;
         job.src = xn;
@@ -506,15 +524,70 @@ static void grurt_conv2d_run(const grurt_conv2d *c, int N, const float *x, float
     }
 }
 
+/* grurt_conv2d_run of the rows of `hist` (N, C, Hh, W) followed by those of x (N, C, H − Hh, W) along H, without
+ * their concatenation (a causal conv's history and new frames): the same bits (an output's sum does not depend
+ * on how positions are grouped). For a Conv of one run (mode 1: unpadded, row stride 1 or one row, Wo = W;
+ * grurt_conv2d_reads_history): the first Hh output rows one an item, reading rows of either (mode 0's reads),
+ * the rest, whose inputs are all x's, in runs of x (mode 1's). */
+static inline int grurt_conv2d_reads_history(const grurt_conv2d *c) {
+    return !(c->pt || c->pl || c->pb || c->pr) && grurt_conv2d_mode(c) == 1 && !grurt_conv2d_depthwise(c);
+}
+
+static void grurt_conv2d_run_history(const grurt_conv2d *c, int N, const float *hist, int Hh, const float *x, float *y,
+                                     void *scratch, int threads) {
+    grurt_c2_job job;
+    job.c = c;
+    job.parts = (char *)(((uintptr_t)scratch + 63) & ~(uintptr_t)63);
+    job.part = grurt_c2_part_bytes(c);
+    const int rows = Hh < c->Ho ? Hh : c->Ho;
+    const size_t rest = (size_t)(c->Ho - rows) * c->Wo;
+    job.items = rows + c->groups * (int)((rest + GRURT_C2_CHUNK_POSITIONS - 1) / GRURT_C2_CHUNK_POSITIONS);
+    job.Hh = Hh;
+    for (int n = 0; n < N; ++n) {
+        job.hist = hist + (size_t)n * c->C * Hh * c->W;
+        job.src = x + (size_t)n * c->C * (c->H - Hh) * c->W;
+        job.y = y + (size_t)n * c->M * c->Ho * c->Wo;
+        job.next = 0;
+        if (threads > 1 && job.items > 1)
+            grurt_pool_run(threads < job.items ? threads : job.items, grurt_c2_work, &job);
+        else
+            grurt_c2_work(&job, 0);
+        if (rows < c->Ho) grurt_c2_activate(c, job.y, rows, c->Ho - rows);
+    }
+}
+
+/* A ConvTranspose's spread row: x's row r at columns P + q·sw, zeros elsewhere, Ls floats, so that the input
+ * seen by output column o through tap j is row[o + pl − j·dw + P] (a zero where no input column falls). */
+static inline int grurt_ct_left(const grurt_conv2d *c) {
+    int p = (c->kw - 1) * c->dw - c->pl;
+    return p > 0 ? p : 0;
+}
+
+static inline size_t grurt_ct_row(const grurt_conv2d *c) {
+    size_t spread = (size_t)(c->W - 1) * c->sw + 1, reach = (size_t)c->Wo + (c->pl > 0 ? c->pl : 0);
+    return grurt_c2_round((spread > reach ? spread : reach) + grurt_ct_left(c));
+}
+
+/* Bytes of a ConvTranspose's scratch: one spread channel plane. */
+static inline size_t grurt_conv_transpose2d_scratch(const grurt_conv2d *c) {
+    return (size_t)c->H * grurt_ct_row(c) * sizeof(float) + 64;
+}
+
 /* ConvTranspose of N images x (N, C, H, W) into y (N, M, Ho, Wo), W (C, Mg, kh, kw) as given:
  * y[g·Mg + m, r·sh + i·dh − pt, q·sw + j·dw − pl] += x[g·Cg + c, r, q] · W[g·Cg + c, m, i, j],
- * the positions outside [0, Ho) × [0, Wo) dropped (pads), then the bias and the activation. */
-GRURT_HOT static void grurt_conv_transpose2d_run(const grurt_conv2d *c, int N, const float *x, float *y) {
+ * the positions outside [0, Ho) × [0, Wo) dropped (pads), then the bias and the activation. Each output's
+ * sum: the bias, then over c, and (i, j) in order (the zeros between spread columns add nothing). `scratch`:
+ * grurt_conv_transpose2d_scratch(c) bytes. */
+GRURT_HOT static void grurt_conv_transpose2d_run(const grurt_conv2d *c, int N, const float *x, float *y,
+                                                 void *scratch) {
     /* the fields in locals: stores through y may alias *c for a compiler without strict aliasing */
     const int G = c->groups, Cg = c->C / G, Mg = c->M / G, kh = c->kh, kw = c->kw, Ho = c->Ho, Wo = c->Wo;
     const int H = c->H, W = c->W, sh = c->sh, sw = c->sw, dh = c->dh, dw = c->dw, pt = c->pt, pl = c->pl, M = c->M;
+    const int P = grurt_ct_left(c);
+    const size_t Ls = grurt_ct_row(c), in_plane = (size_t)H * W, out_plane = (size_t)Ho * Wo;
     const float *wt = c->wt, *bias = c->bias;
-    const size_t in_plane = (size_t)H * W, out_plane = (size_t)Ho * Wo;
+    float *spread = (float *)(((uintptr_t)scratch + 63) & ~(uintptr_t)63);
+    memset(spread, 0, (size_t)H * Ls * sizeof(float));      /* the zeros between columns stay zero */
     for (int n = 0; n < N; ++n) {
         const float *xn = x + (size_t)n * c->C * in_plane;
         float *yn = y + (size_t)n * M * out_plane;
@@ -525,31 +598,30 @@ GRURT_HOT static void grurt_conv_transpose2d_run(const grurt_conv2d *c, int N, c
         for (int g = 0; g < G; ++g)
             for (int ci = 0; ci < Cg; ++ci) {
                 const float *xc = xn + (size_t)(g * Cg + ci) * in_plane;
+                for (int r = 0; r < H; ++r) {
+                    float *row = spread + (size_t)r * Ls + P;
+                    const float *xr = xc + (size_t)r * W;
+                    if (sw == 1)
+                        memcpy(row, xr, (size_t)W * sizeof(float));
+                    else
+                        for (int q = 0; q < W; ++q) row[(size_t)q * sw] = xr[q];
+                }
                 for (int m = 0; m < Mg; ++m) {
                     float *yc = yn + (size_t)(g * Mg + m) * out_plane;
                     const float *w = wt + ((size_t)(g * Cg + ci) * Mg + m) * kh * kw;
-                    for (int i = 0; i < kh; ++i)
-                        for (int r = 0; r < H; ++r) {
-                            int ro = r * sh + i * dh - pt;
-                            if (ro < 0 || ro >= Ho) continue;
-                            const float *xr = xc + (size_t)r * W;
-                            float *yr = yc + (size_t)ro * Wo;
+                    for (int ro = 0; ro < Ho; ++ro) {
+                        float *restrict yr = yc + (size_t)ro * Wo;
+                        for (int i = 0; i < kh; ++i) {
+                            int t = ro + pt - i * dh, r = sh == 1 ? t : t / sh;     /* t = r·sh */
+                            if (t < 0 || (sh != 1 && t % sh) || r >= H) continue;
+                            const float *restrict u = spread + (size_t)r * Ls + P + pl;
                             for (int j = 0; j < kw; ++j) {
                                 const float wv = w[i * kw + j];
-                                const int off = j * dw - pl;
-                                /* q with 0 <= q·sw + off < Wo */
-                                int lo = off >= 0 ? 0 : (-off + sw - 1) / sw;
-                                int hi = (Wo - off + sw - 1) / sw;
-                                if (hi > W) hi = W;
-                                float *yo = yr + off;      /* yo[q·sw], q in [lo, hi): inside the row */
-                                if (sw == 1)
-                                    for (int q = lo; q < hi; ++q) yo[q] += wv * xr[q];
-                                else if (sw == 2)
-                                    for (int q = lo; q < hi; ++q) yo[2 * q] += wv * xr[q];
-                                else
-                                    for (int q = lo; q < hi; ++q) yo[(size_t)q * sw] += wv * xr[q];
+                                const float *restrict uj = u - j * dw;
+                                for (int o = 0; o < Wo; ++o) yr[o] += wv * uj[o];
                             }
                         }
+                    }
                 }
             }
         if (c->act.kind != ACT_LINEAR)

@@ -9,7 +9,11 @@ cdef extern from "_conv2d.h" nogil:
         grurt_act act
     size_t grurt_conv2d_scratch(const grurt_conv2d* c, int threads)
     void grurt_conv2d_run(const grurt_conv2d* c, int N, const float* x, float* y, void* scratch, int threads)
-    void grurt_conv_transpose2d_run(const grurt_conv2d* c, int N, const float* x, float* y)
+    bint grurt_conv2d_reads_history(const grurt_conv2d* c)
+    void grurt_conv2d_run_history(const grurt_conv2d* c, int N, const float* hist, int Hh, const float* x, float* y,
+                                  void* scratch, int threads)
+    size_t grurt_conv_transpose2d_scratch(const grurt_conv2d* c)
+    void grurt_conv_transpose2d_run(const grurt_conv2d* c, int N, const float* x, float* y, void* scratch)
 
 #: Conv2d runs without the GIL from this many multiply-adds (below, releasing it costs more than it lets run).
 cdef long CONV2D_NOGIL_FMAS = 100000
@@ -70,16 +74,22 @@ cdef class Conv2d:
         cdef const float* xp = <const float*>cnp.PyArray_DATA(xa)
         cdef float* yp = <float*>cnp.PyArray_DATA(y)
         cdef void* scratch = NULL
+        cdef size_t size
         if self.transposed:
+            size = grurt_conv_transpose2d_scratch(&self.c)
+            scratch = malloc(size)
+            if scratch == NULL:
+                raise MemoryError(f"ConvTranspose: {size} bytes of scratch")
             if self.nogil:
                 with nogil:
-                    grurt_conv_transpose2d_run(&self.c, self.N, xp, yp)
+                    grurt_conv_transpose2d_run(&self.c, self.N, xp, yp, scratch)
             else:
-                grurt_conv_transpose2d_run(&self.c, self.N, xp, yp)
+                grurt_conv_transpose2d_run(&self.c, self.N, xp, yp, scratch)
+            free(scratch)
             return y
         if not self.splits:
             threads = 1
-        cdef size_t size = grurt_conv2d_scratch(&self.c, threads)
+        size = grurt_conv2d_scratch(&self.c, threads)
         scratch = malloc(size)
         if scratch == NULL:
             raise MemoryError(f"Conv: {size} bytes of scratch")
@@ -88,5 +98,34 @@ cdef class Conv2d:
                 grurt_conv2d_run(&self.c, self.N, xp, yp, scratch, threads)
         else:
             grurt_conv2d_run(&self.c, self.N, xp, yp, scratch, threads)
+        free(scratch)
+        return y
+
+    @property
+    def reads_history(self):
+        """Whether ``history`` can run this Conv (unpadded, column stride 1, not depthwise)."""
+        return not self.transposed and grurt_conv2d_reads_history(&self.c)
+
+    def history(self, hist, x, int threads=1):
+        """The output for the concatenation of ``hist`` (N, C, Hh, W) and ``x`` (N, C, H - Hh, W) along H, without
+        making it (the caller has checked the shapes and ``reads_history``); the same bits as ``self(...)`` of it."""
+        cdef cnp.ndarray ha = hist if cnp.PyArray_IS_C_CONTIGUOUS(hist) else np.ascontiguousarray(hist)
+        cdef cnp.ndarray xa = x if cnp.PyArray_IS_C_CONTIGUOUS(x) else np.ascontiguousarray(x)
+        cdef cnp.ndarray y = cnp.PyArray_EMPTY(self.nd, self.dims, cnp.NPY_FLOAT32, 0)
+        cdef const float* hp = <const float*>cnp.PyArray_DATA(ha)
+        cdef const float* xp = <const float*>cnp.PyArray_DATA(xa)
+        cdef float* yp = <float*>cnp.PyArray_DATA(y)
+        cdef int Hh = ha.shape[2]
+        if not self.splits:
+            threads = 1
+        cdef size_t size = grurt_conv2d_scratch(&self.c, threads)
+        cdef void* scratch = malloc(size)
+        if scratch == NULL:
+            raise MemoryError(f"Conv: {size} bytes of scratch")
+        if self.nogil:
+            with nogil:
+                grurt_conv2d_run_history(&self.c, self.N, hp, Hh, xp, yp, scratch, threads)
+        else:
+            grurt_conv2d_run_history(&self.c, self.N, hp, Hh, xp, yp, scratch, threads)
         free(scratch)
         return y
