@@ -66,25 +66,7 @@ class Plan:
     def run(self, arrays) -> List[np.ndarray]:
         """The graph's outputs for ``arrays`` (the checked inputs, in input order), each an array of
         its own (never a view of an input or of a constant)."""
-        slots = list(self.slots)
-        for slot, array in zip(self.input_slots, arrays):
-            slots[slot] = array
-        node = None
-        try:
-            for run, ctx, ins, out, frees, node in self._program:
-                results = run(ctx, [slots[i] for i in ins])
-                if type(out) is int:
-                    slots[out] = results[0]
-                else:
-                    for k, slot in out:
-                        slots[slot] = results[k]
-                for slot in frees:
-                    slots[slot] = None
-        except GrurtError as exc:      # a value-dependent check of an op (an index out of range, ...)
-            raise _where_error(exc, node.where) from None
-        except _NUMPY_ERRORS as exc:    # numpy refusing values no shape rule foresaw: named, never escaping
-            raise InputError(f"{node.where}: cannot compute it on these inputs "
-                             f"({type(exc).__name__}: {exc})") from None
+        slots = execute(self._program, self.slots, self.input_slots, arrays)
         results = []
         for slot in self.outputs:
             value = slots[slot]
@@ -97,6 +79,33 @@ class Plan:
                  f"{self.constant_bytes} bytes of constants"]
         lines += [f"  {node.name or '-'}: {node.describe()}" for *_, node in self.steps]
         return "\n".join(lines)
+
+
+def execute(program, constants: list, input_slots, arrays) -> list:
+    """Run ``program`` (a plan's steps: ``(run, ctx, ins, out, frees, node)``, ``out`` one slot or ``(k, slot)``
+    pairs) on the slot list ``constants`` with ``arrays`` in ``input_slots``; returns the slots after the last step.
+    A GrurtError an op raises gets its node's name; numpy refusing values no shape rule foresaw is an InputError
+    naming the node, never escaping."""
+    slots = list(constants)
+    for slot, array in zip(input_slots, arrays):
+        slots[slot] = array
+    node = None
+    try:
+        for run, ctx, ins, out, frees, node in program:
+            results = run(ctx, [slots[i] for i in ins])
+            if type(out) is int:
+                slots[out] = results[0]
+            else:
+                for k, slot in out:
+                    slots[slot] = results[k]
+            for slot in frees:
+                slots[slot] = None
+    except GrurtError as exc:      # a value-dependent check of an op (an index out of range, ...)
+        raise _where_error(exc, node.where) from None
+    except _NUMPY_ERRORS as exc:
+        raise InputError(f"{node.where}: cannot compute it on these inputs "
+                         f"({type(exc).__name__}: {exc})") from None
+    return slots
 
 
 def _where_error(exc: GrurtError, where: str) -> GrurtError:

@@ -39,7 +39,7 @@ from .ops.conv import _time_window
 from .ops.linear import parse_einsum
 from .ops.shape import _pads
 from .tensor_graph import TensorGraph, TensorInput, TensorNode
-from .tensor_plan import _NUMPY_ERRORS, _where_error, make_plan
+from .tensor_plan import execute, make_plan
 
 #: The two lengths of time the graph is planned at to find where time goes.
 PROBES = (4, 5)
@@ -670,25 +670,7 @@ class StepPlan:
 
     def run(self, arrays):
         """(outputs, next states) of one step, for the plan's inputs ``arrays``."""
-        slots = list(self.slots)
-        for slot, array in zip(self.input_slots, arrays):
-            slots[slot] = array
-        node = None
-        try:
-            for run, ctx, ins, out, frees, node in self.program:
-                results = run(ctx, [slots[i] for i in ins])
-                if type(out) is int:
-                    slots[out] = results[0]
-                else:
-                    for k, slot in out:
-                        slots[slot] = results[k]
-                for slot in frees:
-                    slots[slot] = None
-        except GrurtError as exc:      # as Plan.run: a value-dependent check of an op, named
-            raise _where_error(exc, node.where) from None
-        except _NUMPY_ERRORS as exc:
-            raise InputError(f"{node.where}: cannot compute it on these inputs "
-                             f"({type(exc).__name__}: {exc})") from None
+        slots = execute(self.program, self.slots, self.input_slots, arrays)
         shapes = self.shapes
         if shapes is None:
             shapes = self.shapes = [slots[slot].shape if axis is None else
