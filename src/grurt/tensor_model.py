@@ -3,6 +3,7 @@ signature (:mod:`grurt.tensor_plan`), the plans kept in a bounded, thread-safe L
 from __future__ import annotations
 
 import collections
+import operator
 import threading
 
 import numpy as np
@@ -23,6 +24,20 @@ from .tensor_stream import TensorStream
 _DTYPES = {"float32": FLOAT, "int64": INT, "bool": BOOL}
 #: What each declared input dtype accepts (numpy dtype kinds).
 _ACCEPTS = {"float32": "fiub", "int64": "iu", "bool": "b"}
+
+
+def _input_rule(declared):
+    """What a call checks of an input, worked out once: (name, dtype kinds accepted, computing dtype, rank,
+    (a getter of the fixed dims of a shape, their sizes) or None, ((axis, parameter) of each named dim), the
+    declared input)."""
+    axes = [a for a, d in enumerate(declared.dims) if isinstance(d, int)]
+    fixed = None
+    if axes:
+        getter = operator.itemgetter(*axes)
+        fixed = (getter, getter(declared.dims))
+    named = tuple((a, d) for a, d in enumerate(declared.dims) if isinstance(d, str))
+    return (declared.name, _ACCEPTS[declared.dtype], _DTYPES[declared.dtype], len(declared.dims), fixed, named,
+            declared)
 
 
 class TensorModel:
@@ -48,6 +63,7 @@ class TensorModel:
         self._plans = collections.OrderedDict()     # signature -> Plan, the last used last
         self._lock = threading.Lock()
         self._hits = self._misses = 0
+        self._rules = tuple(_input_rule(i) for i in graph.inputs)
 
     @property
     def input_names(self):
@@ -138,31 +154,31 @@ class TensorModel:
         checked against the declared ones (each dim parameter one size across inputs)."""
         given = by_name(inputs, self.input_names)
         arrays, sizes = [], {}
-        for declared in self.graph.inputs:
-            where = f"input '{declared.name}'"
-            value = input_array(given[declared.name], where)
-            if value.dtype.kind not in _ACCEPTS[declared.dtype]:
-                raise InputError(f"{where} takes {declared.dtype} values, got dtype {value.dtype}"
+        for name, kinds, dtype, rank, fixed, named, declared in self._rules:
+            value = given[name]
+            if type(value) is not np.ndarray:
+                value = input_array(value, f"input '{name}'")
+            if value.dtype.kind not in kinds:
+                raise InputError(f"input '{name}' takes {declared.dtype} values, got dtype {value.dtype}"
                                  + (" (cast it if the values are whole numbers)"
                                     if declared.dtype == "int64" and value.dtype.kind == "f" else ""))
-            dims = declared.dims
-            if value.ndim != len(dims) or any(isinstance(d, int) and d != n for d, n in zip(dims, value.shape)):
-                raise InputError(f"{where} must have shape ({', '.join(map(str, dims))}{',' if len(dims) == 1 else ''})"
-                                 f", got {value.shape}")
-            for axis, (dim, size) in enumerate(zip(dims, value.shape)):
-                if isinstance(dim, str):
-                    first = sizes.setdefault(dim, (size, declared.name, axis))
-                    if first[0] != size:
-                        raise InputError(f"{where} has size {size} on axis {axis} ('{dim}'), but input '{first[1]}' "
-                                         f"has size {first[0]} there: one size per dim parameter")
-            dtype = _DTYPES[declared.dtype]
+            shape = value.shape
+            if len(shape) != rank or (fixed is not None and fixed[0](shape) != fixed[1]):
+                dims = declared.dims
+                raise InputError(f"input '{name}' must have shape ({', '.join(map(str, dims))}"
+                                 f"{',' if len(dims) == 1 else ''}), got {shape}")
+            for axis, dim in named:
+                first = sizes.setdefault(dim, (shape[axis], name, axis))
+                if first[0] != shape[axis]:
+                    raise InputError(f"input '{name}' has size {shape[axis]} on axis {axis} ('{dim}'), but input "
+                                     f"'{first[1]}' has size {first[0]} there: one size per dim parameter")
             if value.dtype != dtype or not value.flags.c_contiguous:
                 needed = value.size * dtype.itemsize
                 if needed > _memory_limit():
-                    raise InputError(f"{where} of shape {value.shape} would need {needed} bytes as {dtype}, more than "
-                                     f"the limit of {_memory_limit()} (grurt.model.MEMORY_LIMIT_BYTES)")
+                    raise InputError(f"input '{name}' of shape {shape} would need {needed} bytes as {dtype}, more "
+                                     f"than the limit of {_memory_limit()} (grurt.model.MEMORY_LIMIT_BYTES)")
                 if dtype is INT and value.dtype == np.uint64 and value.size and value.max() > np.iinfo(np.int64).max:
-                    raise InputError(f"{where} holds integers beyond the int64 range")
+                    raise InputError(f"input '{name}' holds integers beyond the int64 range")
                 value = np.ascontiguousarray(value, dtype)
             else:
                 value = value.view()
