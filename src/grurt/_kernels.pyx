@@ -34,6 +34,8 @@ from libc.stdlib cimport malloc, calloc, free
 from libc.string cimport memcpy, memset
 from libc.stdint cimport uint16_t, int8_t, int32_t
 cimport numpy as cnp
+import sys
+
 import numpy as np
 
 from ._blas cimport matmul_t

@@ -808,5 +808,9 @@ cdef class StreamPool:
 
 
 def _memory_limit():
-    from . import model
+    """grurt.model.MEMORY_LIMIT_BYTES as it is now (the knob users set, in the module above the kernels); read
+    through sys.modules on every call, which an import statement would make cost a microsecond more."""
+    model = sys.modules.get("grurt.model")
+    if model is None:
+        from . import model
     return model.MEMORY_LIMIT_BYTES
