@@ -133,23 +133,7 @@ class ChainRunner:
         return ChainRunner(self.spec, weights)
 
     def run(self, seq, initial_state=None, return_state=False, lengths=None, threads=1):
-        """Run the model on ``seq``: (T, I) for one sequence or (B, T, I) for a batch.
-
-        A model with several inputs takes a list of them in :attr:`input_names` order, or a dict
-        by name (any model takes the dict); each input has its batch axis, or none has. Several
-        outputs come back as a tuple in :attr:`output_names` order. A model that is a graph takes
-        ``initial_state`` and gives ``return_state`` per GRU node, in the graph's order
-        (``model.graph.gru_nodes``); a GRU whose h0 is a tensor of the graph takes None there.
-
-        Returns float32 output shaped as the model defines ((B, T, F) if the model returns a
-        sequence, (B, F) otherwise; the batch axis is dropped for a (T, I) input). With
-        ``return_state=True`` returns ``(output, states)``: one (directions, B, H) array per
-        GRU layer ((directions, H) for a single sequence). ``initial_state`` takes the same
-        form. ``lengths`` (B,) gives each sequence's valid length for padded batches.
-        ``threads`` > 1 lets each GRU layer run on up to that many threads of grurt's worker
-        pool, when that is measured to be faster (docs/performance-and-threads.md); results are bit for bit
-        those of one thread.
-        """
+        """Run the chain on ``seq``: the contract is :meth:`grurt.Model.run`'s."""
         try:
             # the common call (a float32 sequence or batch, zero states, one thread) is checked in C; anything
             # else, including what that check turns down, goes through the full checks below

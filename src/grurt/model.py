@@ -80,6 +80,31 @@ class Model:
             raise ModelFormatError("Model.chain: no GRU, Dense or Scale layer tells the input size; pass input_size=")
         return Model(ModelSpec(input_size, layers, mask_value=mask_value))
 
+    def run(self, seq, initial_state=None, return_state=False, lengths=None, threads=1):
+        """Run the model on ``seq``: (T, I) for one sequence or (B, T, I) for a batch.
+
+        A model with several inputs takes a list of them in :attr:`input_names` order, or a dict
+        by name (any model takes the dict); each input has its batch axis, or none has. Several
+        outputs come back as a tuple in :attr:`output_names` order. A model that is a graph takes
+        ``initial_state`` and gives ``return_state`` per GRU node, in the graph's order
+        (``model.graph.gru_nodes``); a GRU whose h0 is a tensor of the graph takes None there.
+
+        Returns float32 output shaped as the model defines ((B, T, F) if the model returns a
+        sequence, (B, F) otherwise; the batch axis is dropped for a (T, I) input). With
+        ``return_state=True`` returns ``(output, states)``: one (directions, B, H) array per
+        GRU layer ((directions, H) for a single sequence). ``initial_state`` takes the same
+        form. ``lengths`` (B,) gives each sequence's valid length for padded batches.
+        ``threads`` > 1 lets each GRU layer run on up to that many threads of grurt's worker
+        pool, when that is measured to be faster (docs/performance-and-threads.md); results are bit for bit
+        those of one thread.
+        """
+        raise NotImplementedError    # ChainModel (the chain runner's) and GraphModel run
+
+    def stream(self, batch: int = 1, threads: int = 1, static=None):
+        """A stream that feeds this model ``batch`` sequences one frame (or block of frames) at a time
+        (docs/streaming-and-serving.md); ``static`` gives a graph's static inputs once per stream."""
+        raise NotImplementedError    # ChainModel and GraphModel stream
+
     def __reduce__(self):
         if self.weights == "float32" and self._file_states is None:
             return (Model, (self._source,))
@@ -93,7 +118,7 @@ class Model:
         return Model(self._source, weights, file_states=self._file_states)
 
 
-class ChainModel(Model, ChainRunner):
+class ChainModel(ChainRunner, Model):   # the runner's methods first: run, stream, ...
     """A :class:`Model` that is one chain of layers: a :class:`~grurt.chain_runner.ChainRunner` (``run``,
     ``stream``, ``stream_pool``)."""
 
