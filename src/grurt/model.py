@@ -222,7 +222,7 @@ class GraphModel(Model):
             arrays += [states[p] for p in sorted(given)]
         lowered, tensor_model = self._variant((lengths is not None, given, bool(return_state), False))
         # ops never write into their inputs; a plan made is a signature checked (as TensorModel.run checks it)
-        plan = tensor_model._plans.get(tuple([(a.shape, a.dtype) for a in arrays]))
+        plan = tensor_model.cached_plan(arrays)
         if plan is None:
             checks.check_steps(env, batch)
             plan = tensor_model.plan(tensor_model._inputs(arrays if len(arrays) > 1 else arrays[0]))

@@ -108,15 +108,24 @@ class TensorModel:
 
     __call__ = run
 
-    def plan(self, arrays):
-        """The plan for checked input arrays (from the cache, or made now)."""
+    def cached_plan(self, arrays):
+        """The cached plan of the signature of ``arrays`` (marked used last), or None: a plan made is a
+        signature checked, so a caller that finds one may skip the input checks (grurt.model.GraphModel)."""
         key = signature(arrays)
         with self._lock:
             plan = self._plans.get(key)
             if plan is not None:
                 self._plans.move_to_end(key)
                 self._hits += 1
-                return plan
+            return plan
+
+    def plan(self, arrays):
+        """The plan for checked input arrays (from the cache, or made now)."""
+        plan = self.cached_plan(arrays)
+        if plan is not None:
+            return plan
+        key = signature(arrays)
+        with self._lock:
             self._misses += 1
         plan = make_plan(self.graph, key, weights=self.weights)   # outside the lock: other signatures keep running
         with self._lock:
