@@ -72,3 +72,15 @@ def ort_op(op_type, attrs, inputs, n_outputs=1, opset=17, const=()):
     model.ir_version = 8
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     return session.run(None, feed)
+
+
+def assert_within(got, oracles, atol):
+    """grurt's outputs ``got`` (one array or a tuple) against each oracle's (one array or a list): as many, the
+    same shapes, float32, each within ``atol``."""
+    got = got if isinstance(got, tuple) else (got,)
+    for oracle in oracles:
+        oracle = oracle if isinstance(oracle, (list, tuple)) else [oracle]
+        assert len(oracle) == len(got)
+        for ours, want in zip(got, oracle):
+            assert ours.shape == np.shape(want) and ours.dtype == np.float32
+            assert np.max(np.abs(ours - want)) <= atol

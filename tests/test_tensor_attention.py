@@ -13,6 +13,7 @@ os.environ.setdefault("KERAS_BACKEND", "torch")
 
 import grurt  # noqa: E402
 from grurt.reference import run_tensor_graph  # noqa: E402
+from op_testing import assert_within  # noqa: E402
 from tolerances import ATOL  # noqa: E402
 
 onnx = pytest.importorskip("onnx")
@@ -70,12 +71,7 @@ def _run_all(path, feed):
     described = plan.describe()
     session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     oracles = [session.run(None, feed), run_tensor_graph(model.graph, feed)]
-    for oracle in oracles:
-        oracle = oracle if isinstance(oracle, (list, tuple)) else [oracle]
-        assert len(oracle) == len(got)
-        for ours, want in zip(got, oracle):
-            assert ours.shape == np.shape(want) and ours.dtype == np.float32
-            assert np.max(np.abs(ours - want)) <= ATOL
+    assert_within(got, oracles, ATOL)
     return got, described
 
 

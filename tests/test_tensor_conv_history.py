@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 import grurt
 from grurt import _kernels, tensor_passes
 from grurt.reference import run_tensor_graph
+from op_testing import assert_within
 from tolerances import ATOL
 
 onnx = pytest.importorskip("onnx")
@@ -132,11 +133,7 @@ def _run_all(path, feed, monkeypatch):
         patch.setattr(tensor_passes, "_conv_histories", lambda steps, known: steps)
         unfused = grurt.load(path).run(feed)
     session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-    for oracle in (session.run(None, feed), run_tensor_graph(model.graph, feed)):
-        assert len(oracle) == len(got)
-        for ours, want in zip(got, oracle):
-            assert ours.shape == np.shape(want) and ours.dtype == np.float32
-            assert np.max(np.abs(ours - want)) <= ATOL
+    assert_within(got, (session.run(None, feed), run_tensor_graph(model.graph, feed)), ATOL)
     assert all(np.array_equal(a, b) for a, b in zip(got, unfused))
     assert not any(np.shares_memory(a, v) for a in got for v in feed.values())
     return got, described

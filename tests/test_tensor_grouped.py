@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 import grurt
 from grurt import _kernels, tensor_passes
 from grurt.reference import run_tensor_graph
+from op_testing import assert_within
 from tolerances import ATOL
 
 onnx = pytest.importorskip("onnx")
@@ -106,12 +107,7 @@ def _run_all(path, feed, monkeypatch):
     with monkeypatch.context() as patch:
         patch.setattr(tensor_passes, "_grouped_linears", lambda steps, known: steps)
         unfused = grurt.load(path).run(feed)
-    for oracle in (session.run(None, feed), run_tensor_graph(model.graph, feed), unfused):
-        oracle = oracle if isinstance(oracle, (list, tuple)) else [oracle]
-        assert len(oracle) == len(got)
-        for ours, want in zip(got, oracle):
-            assert ours.shape == np.shape(want) and ours.dtype == np.float32
-            assert np.max(np.abs(ours - want)) <= ATOL
+    assert_within(got, (session.run(None, feed), run_tensor_graph(model.graph, feed), unfused), ATOL)
     return got, described
 
 

@@ -162,15 +162,8 @@ class GraphModel(Model):
             variant = self._variants[key] = (lowered, TensorModel(lowered.graph, weights=self.weights))
         return variant
 
-    @property
-    def input_names(self):
-        """The inputs' names, in the order ``run`` takes a list of inputs."""
-        return self.graph.input_names
-
-    @property
-    def output_names(self):
-        """The outputs' names, in the order ``run`` returns several outputs."""
-        return self.graph.output_names
+    input_names = ChainRunner.input_names          # the graph's (self.graph), as a chain's
+    output_names = ChainRunner.output_names
 
     @property
     def input_size(self):
