@@ -120,7 +120,7 @@ def _describe(component, graph):
 
 def test_no_import_cycles():
     graph = import_graph()
-    assert {"grurt.model", "grurt.graph_model", "grurt.importers.onnx.graph", "grurt._kernels"} <= set(graph)
+    assert {"grurt.model", "grurt.graph_model", "grurt.fusion.interpreter", "grurt._kernels"} <= set(graph)
     for (source, target), reason in KNOWN.items():
         assert target in graph[source], f"known exception {source} -> {target} is gone: remove it from KNOWN"
         graph[source] = graph[source] - {target}
@@ -132,9 +132,18 @@ def test_the_named_cycles_are_gone():
     """Issue 20: the two cycles it names, each way round, top-level or lazy."""
     graph = import_graph()
     assert "grurt.model" not in graph["grurt.graph_model"]
-    assert "grurt.importers.onnx.build" not in graph["grurt.importers.onnx.graph"]
-    assert "grurt.graph_model" in graph["grurt.model"] and "grurt.importers.onnx.graph" in graph[
-        "grurt.importers.onnx.build"]
+    assert "grurt.fusion.build" not in graph["grurt.fusion.interpreter"]
+    assert "grurt.graph_model" in graph["grurt.model"] and "grurt.fusion.interpreter" in graph["grurt.fusion.build"]
+
+
+def test_the_fusion_pass_is_below_the_importers():
+    """The fusion pass reads TensorGraphs: the ONNX importer (and from_torch through it) imports it, never the
+    other way round."""
+    graph = import_graph()
+    fusion = [name for name in graph if name == "grurt.fusion" or name.startswith("grurt.fusion.")]
+    assert len(fusion) >= 6 and "grurt.fusion" in graph["grurt.importers.onnx"]
+    for name in fusion:
+        assert not any(target.startswith("grurt.importers") for target in graph[name]), (name, graph[name])
 
 
 def test_the_checker_finds_cycles(tmp_path):

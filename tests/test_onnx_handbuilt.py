@@ -241,7 +241,7 @@ def test_layout_1_matches_onnx_reference_evaluator(tmp_path, direction):
 
 
 def test_gru_attribute_values_are_checked(tmp_path):
-    # values no ONNX GRU has (the fused reader does not know them, the general one refuses them)
+    # values no ONNX GRU has: the registry's GRU refuses them as the file is read, before the fusion pass
     with pytest.raises(ModelFormatError, match="the_gru.*attribute layout of GRU: must be 0 or 1, got 2"):
         load_onnx(gru_graph(tmp_path / "a.onnx", layout=2))
     with pytest.raises(ModelFormatError, match="the_gru.*attribute direction of GRU: must be one of .*'sideways'"):
@@ -250,7 +250,7 @@ def test_gru_attribute_values_are_checked(tmp_path):
         load_onnx(gru_graph(tmp_path / "c.onnx", activations=["Gelu", "Tanh"]))
     with pytest.raises(UnsupportedModelError, match="the_gru.*attribute output_sequence=1"):
         load_onnx(gru_graph(tmp_path / "d.onnx", output_sequence=1))
-    with pytest.raises(ModelFormatError, match="the_gru.*clip must be a positive"):
+    with pytest.raises(ModelFormatError, match="the_gru.*attribute clip of GRU: must be positive, got -1.0"):
         load_onnx(gru_graph(tmp_path / "e.onnx", clip=-1.0))
 
 

@@ -65,7 +65,7 @@ def test_empty_file(tmp_path):
 def test_missing_initializer(tmp_path):
     initializers = weights()
     del initializers["R"]
-    with pytest.raises(ModelFormatError, match=r"node 'gru' \(GRU\): input 'R' is not an initializer"):
+    with pytest.raises(ModelFormatError, match=r"node 'gru' \(GRU\): input 'R' is not defined in the graph"):
         load_onnx(write(tmp_path / "m.onnx", model_proto(initializers=initializers)))
 
 

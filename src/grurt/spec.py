@@ -196,6 +196,17 @@ class Scale:
         return f"Scale({self.size})"
 
 
+def batchnorm_affine(mean, variance, epsilon, gamma=None, beta=None):
+    """Inference-time batch normalisation ``(x − mean)/√(var + ε)·γ + β`` as ``x·a + c``; ε within
+    [0, grurt.limits.MAX_EPSILON] (a ModelFormatError naming it, else)."""
+    epsilon = bounded_float("batch normalisation", "epsilon", epsilon, 0, MAX_EPSILON, "MAX_EPSILON")
+    a = 1.0 / np.sqrt(np.asarray(variance, np.float64) + epsilon)
+    if gamma is not None:
+        a = a * gamma
+    c = -np.asarray(mean, np.float64) * a
+    return a, c if beta is None else c + beta
+
+
 @dataclass(frozen=True, eq=False)
 class Reverse:
     """Reverses the time axis (each sequence within its own length)."""

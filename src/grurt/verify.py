@@ -14,16 +14,17 @@ import numpy as np
 
 from .errors import InputError, UnsupportedModelError
 from .importers.keras import _major, read_keras
-from .importers.onnx import _import, _interpret
+from .fusion import Budget, interpret
+from .importers.onnx import _import
 
 
 def onnx_input_sizes(path):
     """(batch, steps) the ONNX file's sequence input fixes: an int where its shape is fixed, else None."""
-    source, probe = _import(path)
+    _, graph, probe = _import(path)
     data = [i.name for i in probe.graph.inputs if i.kind in ("sequence", "ids")]
     if not data:
         return None, None
-    dims = {name: dims for name, _, dims in source.inputs}[data[0]]
+    dims = {i.name: i.dims for i in graph.inputs}[data[0]]
     sizes = [d if isinstance(d, int) else None for d in dims[:2]]
     return (sizes[1], sizes[0]) if data[0] in probe.time_major else tuple(sizes)
 
@@ -54,11 +55,12 @@ def onnx_outputs(path, seq, initial_state=None, return_state=False, lengths=None
         import onnxruntime
     except ImportError:
         raise ImportError("running ONNX files needs onnxruntime: pip install onnxruntime") from None
-    source, probe = _import(path)
+    budget = Budget()                    # one budget of element ids for both interpretations, as for one load
+    source, graph, probe = _import(path, budget)
     inputs = {i.name: i for i in probe.graph.inputs}
     arrays, single = _onnx_inputs(probe.graph, seq)
     batch = next(iter(arrays.values())).shape[0]
-    dims = {name: dims for name, _, dims in source.inputs}
+    dims = {i.name: i.dims for i in graph.inputs}
     fixed = {}
     for name, a in arrays.items():
         kind = inputs[name].kind
@@ -73,7 +75,7 @@ def onnx_outputs(path, seq, initial_state=None, return_state=False, lengths=None
                 raise InputError(f"the ONNX graph's input '{name}' has fixed shape {dims[name]}; it cannot run "
                                  f"an input of shape {a.shape}")
             fixed[dim] = size
-    run = _interpret(source, fixed)      # the exact element mapping at these sizes
+    run = interpret(graph, fixed, budget=budget)      # the exact element mapping at these sizes
     feeds = {name: np.zeros(run.inputs[name].shape, dtype) for name, dtype, _ in source.inputs}
     for name, a in arrays.items():
         if name in run.time_major:

@@ -61,7 +61,7 @@ from ..limits import (MAX_ARRAYS, MAX_LAYER_INDEX, MAX_MEMBER_BYTES, MAX_PARAMET
                       MAX_TORCH_BYTES, shown)
 from ..model import Model
 from ..spec import (GRU, Activation, ActivationFunction, Conv1D, Dense, Embedding, LastStep, LayerNorm, ModelSpec,
-                    Scale, activation, append_folded, layer_output)
+                    Scale, activation, append_folded, batchnorm_affine, layer_output)
 from .scalers import with_scalers
 from .torch import torch_gru_direction
 
@@ -657,7 +657,6 @@ def _conv1d(where, prefix, params, conv, eps):
 
 def _batch_norm(where, prefix, params, conv, eps):
     """nn.BatchNorm1d in eval mode: a per-channel x·a + c from the running statistics."""
-    from .keras import batchnorm_affine
     mean = _param(where, params, "running_mean", None)
     if mean.ndim != 1 or mean.size == 0:
         raise ModelFormatError(f"{where}: running_mean must be a non-empty 1-D array, got {mean.shape}")

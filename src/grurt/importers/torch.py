@@ -58,7 +58,7 @@ from ..tensor_graph import TensorGraph
 from ..tensor_model import TensorModel
 from ..spec import GRU, Activation, Conv1D, Dense, LastStep, ModelSpec, Pool1D, Scale, ZeroPad1D, activation
 from ..spec import Embedding, LayerNorm
-from ..spec import append_folded
+from ..spec import append_folded, batchnorm_affine
 from .scalers import with_scalers
 
 # torch.nn activation modules -> (grurt kind, attribute holding alpha or None)
@@ -332,7 +332,6 @@ def _torch_batchnorm(module, where):
     if not module.track_running_stats or module.running_mean is None:
         raise UnsupportedModelError(f"{where}: track_running_stats=False normalises with each batch's statistics, "
                                     "even in eval mode; grurt needs running statistics")
-    from .keras import batchnorm_affine
     gamma = _numpy(module.weight) if module.affine else None
     beta = _numpy(module.bias) if module.affine else None
     a, c = batchnorm_affine(_numpy(module.running_mean), _numpy(module.running_var), module.eps, gamma, beta)

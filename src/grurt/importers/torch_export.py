@@ -30,8 +30,8 @@ OPSET = 17
 
 
 def graph_from_torch(module, example_input):
-    """The :class:`~grurt.importers.onnx.build._Import` of ``module`` traced on ``example_input`` or,
-    when the fused layers do not cover it, the :class:`~grurt.tensor_graph.TensorGraph` of its ops."""
+    """The :class:`~grurt.fusion.Fused` layers of ``module`` traced on ``example_input`` or, when the
+    fused layers do not cover it, the :class:`~grurt.tensor_graph.TensorGraph` of its ops."""
     import torch
 
     from .onnx import _import
@@ -49,9 +49,9 @@ def graph_from_torch(module, example_input):
             path = os.path.join(folder, "module.onnx")
             _export(torch, module, args, path, names, output_names, None)
             try:
-                _, fixed = _import(path)          # static: interpreted at the example's sizes
+                *_, fixed = _import(path)         # static: interpreted at the example's sizes
                 _export(torch, module, args, path, names, output_names, _dynamic_axes(fixed, args, names))
-                _, result = _import(path)
+                *_, result = _import(path)
             except UnsupportedModelError:         # beyond the fused layers: the general graph of the module's ops
                 result = export_general(torch, module, args, path, names, output_names)
     finally:

@@ -9,9 +9,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ...errors import GrurtError, ModelFormatError, UnsupportedModelError
-from ...limits import MAX_EPSILON, bounded_float
 from ...spec import (GRU, LAYER_TYPES, MERGE_MODES, Activation, ActivationFunction, Dense, Merge, ModelSpec, Reverse,
-                    Scale, activation)
+                    Scale, activation, batchnorm_affine)
 from ...spec import Embedding, Flatten, GlobalPool, LayerNorm, UnitNorm
 from ...spec import TIME_LAYERS, Conv1D, Pool1D, ZeroPad1D, append_folded
 from ...graph import (GRAPH_LAYERS, ONE_INPUT_LAYERS, Crop, Masking, PReLU, Repeat, Unflatten, mask_survives,
@@ -204,17 +203,6 @@ def keras_activation(name, keras_major: int) -> ActivationFunction:
         return activation(*_KERAS_ACTIVATIONS[name])
     raise UnsupportedModelError(f"unsupported Keras activation {name!r}; grurt computes "
                                 f"{', '.join(_KERAS_ACTIVATIONS)} and hard_sigmoid")
-
-
-def batchnorm_affine(mean, variance, epsilon, gamma=None, beta=None):
-    """Inference-time batch normalisation ``(x − mean)/√(var + ε)·γ + β`` as ``x·a + c``; ε within
-    [0, grurt.limits.MAX_EPSILON] (a ModelFormatError naming it, else)."""
-    epsilon = bounded_float("batch normalisation", "epsilon", epsilon, 0, MAX_EPSILON, "MAX_EPSILON")
-    a = 1.0 / np.sqrt(np.asarray(variance, np.float64) + epsilon)
-    if gamma is not None:
-        a = a * gamma
-    c = -np.asarray(mean, np.float64) * a
-    return a, c if beta is None else c + beta
 
 
 # ---- layers ----

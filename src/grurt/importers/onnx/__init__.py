@@ -1,8 +1,10 @@
 """ONNX files → grurt: :func:`load_onnx`. The one place that knows ONNX's conventions. See docs/onnx.md.
 
-The file is read (:mod:`.proto`), then interpreted symbolically at small probe sizes of its
-dynamic dimensions (:mod:`.graph`, with the operators of :mod:`.ops` and :mod:`.gru`): the
-result is the canonical layer chain and where each graph input and output maps to.
+The file is read once (:mod:`.proto`) and translated into a :class:`~grurt.tensor_graph.TensorGraph`
+of the registry's ops (:mod:`.general`: each node of the file, older opsets' forms normalized).
+The fusion pass (:func:`grurt.fusion.fuse`) then recognizes grurt's fused layers in that graph; a
+file it does not entirely recognize runs as the TensorGraph itself
+(:class:`~grurt.tensor_model.TensorModel`).
 
 ======================  ============================================================  ===========================
                         ONNX                                                          grurt (:mod:`grurt.spec`)
@@ -38,98 +40,35 @@ import warnings
 
 import numpy as np
 
-from ...errors import GrurtError, InputError, ModelFormatError, UnsupportedModelError
+from ...errors import InputError, UnsupportedModelError
+from ...fusion import fuse
 from ...model import Model
 from ...spec import LastStep
-from .build import build
-from .conv import _ConvOps, _TooShort
-from .graph import _Layout, _Mismatch, _TooLarge
-from .gru import _GRUOp
-from .norm import _NormOps
-from .ops import _Ops
+from .general import tensor_graph_from_source
 from .proto import _open
 
 
-class _Importer(_GRUOp, _NormOps, _ConvOps, _Ops):
-    """The interpreter with every operator's handler."""
-
-    ATTRIBUTES = {**_Ops.ATTRIBUTES, **_GRUOp.ATTRIBUTES, **_NormOps.ATTRIBUTES, **_ConvOps.ATTRIBUTES}
-
-
-# ---- driving: probe sizes, unifying dims ----
-
-def _interpret(source, fixed=None, probe=0):
-    """Interpret the graph with dims from ``fixed`` (param -> size) and probe sizes for the others.
-
-    Dims that must agree (a state input's batch and the sequence's) are unified by retrying.
-    """
-    fixed = dict(fixed or {})
-    params = []
-    for _, _, dims in source.inputs:
-        params += [d for d in dims if isinstance(d, str) and d not in params]
-    links = {}
-    time_major = frozenset()
-    longer = 0      # added to the probe sizes while a convolution or pool finds too few frames
-    while True:
-        sizes = {}
-        for index, param in enumerate(params):
-            sizes[param] = fixed.get(param, (3, 5)[probe] + index + longer)
-        for param, target in links.items():
-            sizes[param] = sizes[target] if isinstance(target, str) else target
-        try:
-            return build(_Importer(source, sizes, time_major).run())
-        except _Layout as layout:
-            if layout.inputs & time_major:
-                raise UnsupportedModelError(str(layout)) from None
-            time_major |= layout.inputs
-        except _TooShort as short:
-            if longer >= 1024 or not params:
-                raise ModelFormatError(f"{short} (the graph's input is too short for it)") from None
-            longer = max(16, 4 * longer)
-        except _Mismatch as mismatch:
-            got = [p for p in params if sizes[p] == mismatch.got and p not in links and p not in fixed]
-            expected = [p for p in params if sizes[p] == mismatch.expected]
-            if got:
-                links.update({p: expected[0] if expected else mismatch.expected for p in got})
-            elif expected and not set(expected) & set(fixed):
-                links.update({p: mismatch.got for p in expected})
-            else:   # the graph cannot run the batch size asked for, or contradicts itself
-                raise (InputError if set(expected) & set(fixed) else ModelFormatError)(str(mismatch)) from None
-
-
-def _import(path):
+def _import(path, budget=None):
+    """(the parsed file, its TensorGraph, the fusion pass's result); UnsupportedModelError when it does not fuse."""
     source = _open(path)
-    return source, _interpret_dynamic(source)
+    graph = tensor_graph_from_source(source)
+    return source, graph, fuse(graph, budget)
 
 
-def _interpret_dynamic(source):
-    try:
-        result = _interpret(source)
-        if source.dynamic:
-            try:
-                other = _interpret(source, probe=1)
-            except _TooLarge:
-                raise
-            except GrurtError as exc:
-                raise UnsupportedModelError(f"the graph works only for some input sizes: {exc}") from None
-            if other.signature() != result.signature():
-                raise UnsupportedModelError("the graph means a different model for different input sizes "
-                                            "(e.g. a hard-coded time index or batch size)")
-    except _TooLarge as exc:      # the file's budget is spent, whichever the probe (grurt.limits.MAX_IDS)
-        raise ModelFormatError(str(exc)) from None
-    return result
+def _warn_lbr0(model, nodes):
+    """PyTorch's GRU always resets after the recurrent product: a PyTorch file with linear_before_reset=0
+    (in the GRU ``nodes``) comes from the dynamo exporter with onnxscript < 0.7.1 and is wrong."""
+    if model.producer_name == "pytorch" and nodes:
+        warnings.warn(
+            f"this PyTorch export has linear_before_reset=0 in {', '.join(nodes)}, but every "
+            "torch.nn.GRU needs linear_before_reset=1: torch.onnx.export(dynamo=True) with onnxscript older than "
+            "0.7.1 drops it, and the file (in onnxruntime too) computes a different GRU than the torch model. "
+            "Re-export with pip install 'onnxscript>=0.7.1', or use grurt.from_torch on the module.", stacklevel=4)
 
 
 def _warn(model, result):
     """Files that load but probably do not mean what their author meant."""
-    # PyTorch's GRU always resets after the recurrent product: a PyTorch file with
-    # linear_before_reset=0 comes from the dynamo exporter with onnxscript < 0.7.1 and is wrong
-    if model.producer_name == "pytorch" and result.lbr0_nodes:
-        warnings.warn(
-            f"this PyTorch export has linear_before_reset=0 in {', '.join(result.lbr0_nodes)}, but every "
-            "torch.nn.GRU needs linear_before_reset=1: torch.onnx.export(dynamo=True) with onnxscript older than "
-            "0.7.1 drops it, and the file (in onnxruntime too) computes a different GRU than the torch model. "
-            "Re-export with pip install 'onnxscript>=0.7.1', or use grurt.from_torch on the module.", stacklevel=3)
+    _warn_lbr0(model, result.lbr0_nodes)
     if result.lengths_input and any(isinstance(node.layer, LastStep) for node in result.graph.nodes):
         warnings.warn("the graph takes sequence_lens and selects the last time step: grurt's last step is each "
                       "sequence's last valid step, where the ONNX graph reads step T-1 (padding) of shorter "
@@ -150,41 +89,47 @@ def load_onnx(path):
     and outputs as the file lays them out.
     """
     source = _open(path)
+    graph = tensor_graph_from_source(source)
     try:
-        result = _interpret_dynamic(source)
+        result = fuse(graph)
     except UnsupportedModelError:          # beyond the fused layers: the file's ops as a general graph
-        from .general import tensor_model_from_source
-        return tensor_model_from_source(source)
+        return _tensor_model(source, graph)
     _warn(source.model, result)
-    return Model(result.graph, file_states=_file_states(source, result))
+    return Model(result.graph, file_states=_file_states(graph, result))
 
 
 def session_model(path_or_bytes):
     """(model, fused, source) for :class:`grurt.InferenceSession`: the fused Model when its inputs and
     outputs are exactly the file's (names, order, layouts), else the file's ops as a general graph."""
     source = _open(path_or_bytes)
+    graph = tensor_graph_from_source(source)
     try:
-        result = _interpret_dynamic(source)
+        result = fuse(graph)
     except UnsupportedModelError:
         result = None
-    if result is not None and _same_io(source, result):
+    if result is not None and _same_io(graph, result):
         _warn(source.model, result)
         return Model(result.graph), True, source
-    from .general import tensor_model_from_source
-    return tensor_model_from_source(source), False, source
+    return _tensor_model(source, graph), False, source
 
 
-def _same_io(source, result) -> bool:
+def _tensor_model(source, graph):
+    """A :class:`~grurt.tensor_model.TensorModel` of the file's TensorGraph, warning as the fused path does."""
+    from ...tensor_model import TensorModel
+
+    _warn_lbr0(source.model, [node.name for node in graph.nodes
+                              if node.op == "GRU" and not node.attrs["linear_before_reset"]])
+    return TensorModel(graph)
+
+
+def _same_io(graph, result) -> bool:
     """Whether the fused model takes and gives the file's tensors as the file lays them out: no state
     moved to initial_state=, no time-major input, no lengths input, states (D, B, H), and every output
     the same elements in the same places (the interpreter's element ids say so)."""
-    graph = result.graph
-    file_inputs = tuple(name for name, _, _ in source.inputs)
-    file_outputs = tuple(info.name for info in source.model.graph.output)
     return (not result.state_inputs and not result.time_major and result.lengths_input is None
             and all(axis == 1 for axis in result.state_batch_axis.values())
-            and graph.input_names == file_inputs and graph.output_names == file_outputs
-            and all(np.array_equal(result.outputs[name], result.returned[name]) for name in file_outputs))
+            and result.graph.input_names == graph.input_names and result.graph.output_names == graph.output_names
+            and all(np.array_equal(result.outputs[name], result.returned[name]) for name in graph.output_names))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -227,9 +172,9 @@ class FileStates:
                      for _, rows in self.outputs)
 
 
-def _file_states(source, result):
+def _file_states(graph, result):
     """The FileStates of a one-path file whose state inputs and outputs are rows of GRU states, else None."""
-    if not result.chain or result.lengths_input or not (result.state_inputs or len(source.model.graph.output) > 1):
+    if not result.chain or result.lengths_input or not (result.state_inputs or len(graph.outputs) > 1):
         return None
     if any(axis != 1 for axis in result.state_batch_axis.values()):
         return None
@@ -246,7 +191,7 @@ def _file_states(source, result):
         return tuple(found)
 
     inputs = []
-    for name, _, _ in source.inputs:
+    for name in graph.input_names:
         givers = [(gru, ids) for gru, (input_name, ids) in result.state_inputs.items() if input_name == name]
         if not givers:
             inputs.append((name, None))
@@ -257,15 +202,15 @@ def _file_states(source, result):
         inputs.append((name, mapped))
     outputs = []
     (chain_output,) = result.returned
-    for info in source.model.graph.output:
-        if info.name == chain_output:
-            outputs.append((info.name, None))
+    for name in graph.outputs:
+        if name == chain_output:
+            outputs.append((name, None))
             continue
-        mapped = rows(result.outputs[info.name], [((gru, d), result.states[gru][d]) for gru, d in pairs]) \
-            if result.outputs[info.name].ndim == 3 else None
+        mapped = rows(result.outputs[name], [((gru, d), result.states[gru][d]) for gru, d in pairs]) \
+            if result.outputs[name].ndim == 3 else None
         if mapped is None:
             return None
-        outputs.append((info.name, mapped))
+        outputs.append((name, mapped))
     if sum(rows is None for _, rows in inputs) != 1:
         return None
     return FileStates(tuple(inputs), tuple(outputs))

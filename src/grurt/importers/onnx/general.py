@@ -1,8 +1,9 @@
 """ONNX files → a general :class:`~grurt.tensor_graph.TensorGraph`: each node of the file becomes
 a node of the op of the same name in grurt's registry (:mod:`grurt.ops`), the file's names kept.
 
-:func:`grurt.importers.onnx.load_onnx` takes this path when the fused interpreter (the rest of
-this package) refuses a file. Only translation happens here:
+This is the one reading of a file's nodes: :func:`grurt.importers.onnx.load_onnx` gives this graph
+to the fusion pass (:func:`grurt.fusion.fuse`) and runs it as it is when the pass does not
+recognize it. Only translation happens here:
 
 =========================  ===================================================================
 the file                   the graph
@@ -25,15 +26,14 @@ values, sizes) is :class:`~grurt.tensor_graph.TensorGraph`'s, shapes are the pla
 """
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 
 from ...errors import ModelFormatError, UnsupportedModelError
 from ...ops import lookup
 from ...tensor_graph import TensorGraph, TensorInput, TensorNode, canonical_array
-from .graph import _LOOP_HINT
 from .proto import _DEFAULT_DOMAINS, _attributes, _live_nodes
+
+_LOOP_HINT = {"Loop": " (tf2onnx writes Keras GRUs other than sigmoid/reset_after=True as a Loop)"}
 
 #: Softmax-like ops whose meaning changed at opset 13 (from "flatten from axis" to "along axis").
 _FLATTENING = ("Softmax", "LogSoftmax", "Hardmax")
@@ -85,22 +85,6 @@ def tensor_graph_from_source(source) -> TensorGraph:
         nodes.append(_node(node.op_type, node_inputs, node_outputs, attrs, name))
     outputs = [info.name for info in graph.output]
     return TensorGraph(inputs, nodes, outputs, constants)
-
-
-def tensor_model_from_source(source):
-    """A :class:`~grurt.tensor_model.TensorModel` of a parsed file, warning as the fused path does
-    about PyTorch GRU exports that lost ``linear_before_reset``."""
-    from ...tensor_model import TensorModel
-
-    graph = tensor_graph_from_source(source)
-    lbr0 = [node.name for node in graph.nodes if node.op == "GRU" and not node.attrs["linear_before_reset"]]
-    if source.model.producer_name == "pytorch" and lbr0:
-        warnings.warn(
-            f"this PyTorch export has linear_before_reset=0 in {', '.join(lbr0)}, but every torch.nn.GRU needs "
-            "linear_before_reset=1: torch.onnx.export(dynamo=True) with onnxscript older than 0.7.1 drops it, and "
-            "the file (in onnxruntime too) computes a different GRU than the torch model. Re-export with "
-            "pip install 'onnxscript>=0.7.1', or use grurt.from_torch on the module.", stacklevel=4)
-    return TensorModel(graph)
 
 
 def _node(op, inputs, outputs, attrs, name):

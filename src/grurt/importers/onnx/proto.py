@@ -13,7 +13,7 @@ import os
 import numpy as np
 
 from ...errors import ModelFormatError, UnsupportedModelError
-from ...limits import MAX_ARRAYS, MAX_IDS, MAX_PARAMETERS
+from ...limits import MAX_ARRAYS, MAX_PARAMETERS
 
 #: Operator set versions of the default domain that grurt reads.
 _OPSETS = (7, 22)
@@ -165,11 +165,11 @@ def _graph_inputs(model):
 #: (a name has one type in every op; "value" is a TENSOR but a FLOAT in Pad before opset 11). An
 #: attribute of another type is refused by name before any handler reads it.
 _ATTRIBUTE_TYPES = {
-    **dict.fromkeys(("allowzero", "axis", "ceil_mode", "count_include_pad", "end", "group", "hidden_size", "is_test",
+    **dict.fromkeys(("allowzero", "axis", "ceil_mode", "count_include_pad", "end", "group", "hidden_size",
                      "keepdims", "layout", "linear_before_reset", "noop_with_empty_axes", "num_outputs", "p",
-                     "saturate", "seed", "spatial", "start", "stash_type", "storage_order", "to", "training_mode",
+                     "saturate", "seed", "start", "stash_type", "storage_order", "to", "training_mode",
                      "transA", "transB", "value_int"), ("INT",)),
-    **dict.fromkeys(("axes", "consumed_inputs", "dilations", "ends", "kernel_shape", "pads", "perm", "split",
+    **dict.fromkeys(("axes", "dilations", "ends", "kernel_shape", "pads", "perm", "split",
                      "starts", "strides", "value_ints"), ("INTS",)),
     **dict.fromkeys(("alpha", "beta", "clip", "epsilon", "max", "min", "momentum", "ratio", "value_float"),
                     ("FLOAT",)),
@@ -221,19 +221,12 @@ def _opset(model):
 
 @dataclasses.dataclass
 class _Source:
-    """A parsed file: read once, interpreted at several sizes."""
+    """A parsed file, read once (then translated by :func:`.general.tensor_graph_from_source`)."""
     model: object
     folder: str
     opset: int
     constants: dict     # initializer name -> array
     inputs: list        # (name, numpy dtype, dims) of each graph input
-    #: element ids the interpreter may still hand out or move, over every interpretation of this
-    #: file (grurt.limits.MAX_IDS): what bounds its time and memory
-    ids_left: int = MAX_IDS
-
-    @property
-    def dynamic(self):
-        return any(isinstance(d, str) for _, _, dims in self.inputs for d in dims)
 
 
 def _open(path):

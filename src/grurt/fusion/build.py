@@ -1,4 +1,4 @@
-"""The interpreted ONNX graph → a :class:`grurt.graph.Graph`.
+"""The interpreted TensorGraph → a :class:`grurt.graph.Graph`.
 
 The interpreter (:mod:`.graph`) leaves canonical tensors and the nodes between them. Here the
 graph outputs are read — a (N, B, H) arrangement of GRU final states is a state output, anything
@@ -19,21 +19,24 @@ from typing import Optional
 
 import numpy as np
 
-from ...errors import ModelFormatError, UnsupportedModelError
-from ...graph import GRAPH_LAYERS, Concat, Graph, Input, Output, Slice
-from ...spec import GRU, LayerNorm, Scale, fold_layer
-from .graph import _RawInput, _Sym
+from ..errors import ModelFormatError, UnsupportedModelError
+from ..graph import GRAPH_LAYERS, Concat, Graph, Input, Node, Output, Slice
+from ..spec import GRU, LayerNorm, Scale, fold_layer
+from .interpreter import _RawInput, _Sym
 
 
 @dataclasses.dataclass
-class _Import:
+class Fused:
+    """What the fusion pass made of a TensorGraph: the Graph of grurt's layers, and how the TensorGraph's
+    inputs and outputs map onto it (its element ids: where each element of each tensor goes)."""
+
     graph: Graph                 # the model; a chain when ``chain``
     chain: bool                  # states map to run(initial_state=, return_state=); else named inputs/outputs
-    time_major: frozenset        # sequence inputs that are (T, B, ...) in the file
-    state_batch_axis: dict       # state graph input -> axis of its batch in the file (1: (N, B, H))
+    time_major: frozenset        # sequence inputs that are (T, B, ...) in the TensorGraph
+    state_batch_axis: dict       # state graph input -> axis of its batch in the TensorGraph (1: (N, B, H))
     lengths_input: Optional[str]
-    inputs: dict                 # graph input name -> ids, in the file's shape
-    outputs: dict                # graph output name -> ids, in the file's shape
+    inputs: dict                 # graph input name -> ids, in the TensorGraph's shape
+    outputs: dict                # graph output name -> ids, in the TensorGraph's shape
     returned: dict               # model output name -> ids, in the layout grurt returns
     state_inputs: dict           # chain: GRU index -> (graph input, ids of its initial state (D, B, H))
     states: list                 # ids of each GRU node's final state (D, B, H), in graph.gru_nodes order
@@ -51,20 +54,18 @@ class _Import:
                 sorted(self.state_batch_axis.items()), learned)
 
 
-def build(it) -> _Import:
+def build(it) -> Fused:
     gru_states = {node.outputs[1] for node in it.grus}
     outputs = []                 # (graph output name, tensor name, directions or None)
-    for info in it.model.graph.output:
-        value, where = it.values.get(info.name), f"graph output '{info.name}'"
-        if value is None:
-            raise ModelFormatError(f"{where} is not a graph input, an initializer or the output of a node")
+    for name in it.graph.outputs:
+        value, where = it.values[name], f"graph output '{name}'"
         if not isinstance(value, _Sym):
             raise UnsupportedModelError(f"{where} is a constant")
         state = _state_output(it, where, value, gru_states)
         if state is not None:
-            outputs.append((info.name, state[0].name, state[1]))
+            outputs.append((name, state[0].name, state[1]))
             continue
-        outputs.append((info.name, _plain_output(it, where, value).name, None))
+        outputs.append((name, _plain_output(it, where, value).name, None))
     tensors = {}
     for owner in it.owners:
         if not isinstance(owner, _RawInput):
@@ -103,12 +104,12 @@ def build(it) -> _Import:
     result = dict(time_major=it.time_major & set(it.claimed), state_batch_axis=dict(it.state_batch_axis),
                   lengths_input=it.lengths[0] if it.lengths else None,
                   inputs={name: raw.ids for name, raw in it.raw.items()},
-                  outputs={info.name: it.values[info.name].ids for info in it.model.graph.output},
+                  outputs={name: it.values[name].ids for name in it.graph.outputs},
                   lbr0_nodes=list(it.lbr0_nodes))
     chain = _as_chain(inputs, nodes, graph_outputs)
     if chain is not None:
         graph, state_sources = chain
-        return _Import(graph, True, returned={graph.outputs[0].name: _ids_of(graph.outputs[0].name, tensors, rename)},
+        return Fused(graph, True, returned={graph.outputs[0].name: _ids_of(graph.outputs[0].name, tensors, rename)},
                        state_inputs=_state_inputs(graph, state_sources, tensors, rename),
                        states=_final_states(graph, gru_ids), **result)
     graph = Graph(tuple(inputs), tuple(_graph_node(node) for node in nodes), graph_outputs)
@@ -118,7 +119,7 @@ def build(it) -> _Import:
         if output.directions is not None:
             ids = ids.reshape(ids.shape[0], output.directions, -1).transpose(1, 0, 2)
         returned[output.name] = ids
-    return _Import(graph, False, returned=returned, state_inputs={}, states=_final_states(graph, gru_ids), **result)
+    return Fused(graph, False, returned=returned, state_inputs={}, states=_final_states(graph, gru_ids), **result)
 
 
 # ---- outputs ----
@@ -256,7 +257,6 @@ def _renaming(nodes, it, named):
 
 
 def _graph_node(node):
-    from ...graph import Node
     return Node(node.layer, tuple(node.inputs), tuple(node.outputs))
 
 

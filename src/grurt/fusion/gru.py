@@ -1,4 +1,4 @@
-"""The ONNX ``GRU`` operator → a canonical :class:`~grurt.spec.GRU` layer.
+"""The ``GRU`` op (ONNX's) → a canonical :class:`~grurt.spec.GRU` layer.
 
 The canonical GRU *is* this operator's (gate order z, r, h; ``W`` (D, 3H, I), ``R`` (D, 3H, H),
 ``B`` (D, 6H) = [Wb, Rb]; ``linear_before_reset``; ``clip``), so the weights pass through
@@ -25,37 +25,35 @@ from __future__ import annotations
 
 import numpy as np
 
-from ...errors import ModelFormatError, UnsupportedModelError
-from ...ops.recurrent import gru_activations
-from ...spec import GRU
-from .graph import _Interpreter, _Mismatch, _Node, _RawInput, _Sym
+from ..errors import ModelFormatError, UnsupportedModelError
+from ..ops.recurrent import gru_activations
+from ..spec import GRU
+from .interpreter import _Interpreter, _Mismatch, _Node, _RawInput, _Sym
+
 
 class _GRUOp(_Interpreter):
-    """The handler of the GRU operator."""
-
-    ATTRIBUTES = {"GRU": {"activation_alpha", "activation_beta", "activations", "clip", "direction", "hidden_size",
-                          "layout", "linear_before_reset"}}
+    """The handler of the GRU op."""
 
     def _op_GRU(self, where, inputs, attrs, n_out):
         X, W, R, B, lengths, initial_h = (inputs + [None] * 6)[:6]
         W = np.asarray(self._const(where, W, "W"), np.float64)
         R = np.asarray(self._const(where, R, "R"), np.float64)
-        direction = attrs.get("direction", "forward")
+        direction = attrs["direction"]
         if direction not in ("forward", "reverse", "bidirectional"):
             raise UnsupportedModelError(f"{where}: attribute direction={direction!r} is not supported")
         D = 2 if direction == "bidirectional" else 1
         if R.ndim != 3 or W.ndim != 3:
             raise ModelFormatError(f"{where}: W and R must be 3-D, got shapes {W.shape} and {R.shape}")
-        H = attrs.get("hidden_size", R.shape[-1])
+        H = R.shape[-1] if attrs["hidden_size"] is None else attrs["hidden_size"]
         B = np.zeros((D, 6 * R.shape[-1])) if B is None else np.asarray(self._const(where, B, "B"), np.float64)
         for name, array, shape in (("W", W, (D, 3 * H, W.shape[-1])), ("R", R, (D, 3 * H, H)), ("B", B, (D, 6 * H))):
             if array.shape != shape:
                 raise ModelFormatError(f"{where}: {name} has shape {array.shape}, but hidden_size={H} and "
                                        f"direction={direction} need {shape}")
         for name in ("layout", "linear_before_reset"):
-            if attrs.get(name, 0) not in (0, 1):
+            if attrs[name] not in (0, 1):
                 raise UnsupportedModelError(f"{where}: attribute {name}={attrs[name]} is not supported")
-        layout, lbr = attrs.get("layout", 0), bool(attrs.get("linear_before_reset", 0))
+        layout, lbr = attrs["layout"], bool(attrs["linear_before_reset"])
         f, g = gru_activations(where, attrs, D)
         if not isinstance(X, _Sym) or X.ids.ndim != 3:
             raise UnsupportedModelError(f"{where}: X must be a 3-D sequence computed from the model's inputs")
@@ -69,7 +67,7 @@ class _GRUOp(_Interpreter):
         W_full = np.zeros((D, 3 * H, tensor.features))
         W_full[:, :, features] = W
         layer = GRU(W=W_full, R=R, B=B, direction=direction, linear_before_reset=lbr,
-                    gate_activation=f, candidate_activation=g, clip=attrs.get("clip"), initial_state=learned)
+                    gate_activation=f, candidate_activation=g, clip=attrs["clip"], initial_state=learned)
         y = self._tensor(self._new_ids((batch, steps, D * H)), True, name=self._name())
         state = self._tensor(self._new_ids((batch, D * H)), False, name=self._name(":h"))
         self.nodes.append(_Node(layer, [tensor.name] + ([h0.name] if h0 is not None else []), [y.name, state.name]))

@@ -1,4 +1,5 @@
-"""The ONNX operators grurt understands, other than GRU (:mod:`.gru`).
+"""The ops the fusion pass understands, other than GRU (:mod:`.gru`), convolutions (:mod:`.conv`) and
+normalisations (:mod:`.norm`).
 
 Data movement and shape arithmetic (Transpose, Reshape, Squeeze, Slice, Gather, Concat,
 Split, Shape, Expand, Tile, ...) run on constants and on id arrays alike. Arithmetic folds constants; with
@@ -14,11 +15,13 @@ import math
 
 import numpy as np
 
-from ...errors import ModelFormatError, UnsupportedModelError
-from ...limits import MAX_PARAMETERS
-from ...graph import Combine
-from ...spec import Activation, activation
-from .graph import _Interpreter, _Sym
+from ..errors import ModelFormatError, UnsupportedModelError
+from ..graph import Combine
+from ..limits import MAX_PARAMETERS
+from ..ops import REGISTRY, Value, canonical_dtype
+from ..ops.elementwise import CAST_TYPES
+from ..spec import Activation, activation
+from .interpreter import _Interpreter, _Sym
 
 # elementwise activation ops -> (grurt kind, attributes carrying alpha and beta)
 _ACTIVATION_OPS = {
@@ -31,32 +34,10 @@ _ACTIVATION_OPS = {
 class _Ops(_Interpreter):
     """The handlers of every operator but GRU."""
 
-    # attributes each op understands; any other attribute is refused by name and value
-    ATTRIBUTES = {
-        "Gemm": {"alpha", "beta", "transA", "transB"}, "MatMul": set(), "Add": set(), "Sub": set(),
-        "Mul": set(), "Div": set(), "Neg": set(), "Sqrt": set(), "Reciprocal": set(), "Equal": set(),
-        "Where": set(), "Softmax": {"axis"}, "Clip": {"min", "max"}, "Identity": set(),
-        "Dropout": {"ratio", "seed"}, "Constant": {"value", "value_float", "value_floats",
-                                                    "value_int", "value_ints"},
-        "ConstantOfShape": {"value"}, "Shape": {"start", "end"}, "Size": set(), "Cast": {"to", "saturate"},
-        "Transpose": {"perm"}, "Reshape": {"allowzero"}, "Flatten": {"axis"}, "Squeeze": {"axes"},
-        "Unsqueeze": {"axes"}, "Gather": {"axis"}, "Slice": {"starts", "ends", "axes"}, "Concat": {"axis"},
-        "Split": {"axis", "split", "num_outputs"}, "Expand": set(), "Tile": set(), "Max": set(), "Min": set(),
-        "Mean": set(), "Sum": set(),
-        **{op: set(attrs) for op, (_, attrs) in _ACTIVATION_OPS.items()},
-    }
-
-    def _handler(self, op_type):
-        if op_type in _ACTIVATION_OPS:
-            return functools.partial(self._op_activation, _ACTIVATION_OPS[op_type])
-        return super()._handler(op_type)
-
-    @staticmethod
-    def _required(where, inputs, index, what):
-        """Input ``index``, which the op requires: an error naming it when it is omitted (absent or '')."""
-        if len(inputs) <= index or inputs[index] is None:
-            raise ModelFormatError(f"{where}: input {index} ({what}) is required, but is omitted")
-        return inputs[index]
+    def _handler(self, op):
+        if op in _ACTIVATION_OPS:
+            return functools.partial(self._op_activation, _ACTIVATION_OPS[op])
+        return super()._handler(op)
 
     def _result_size(self, where, value, count):
         """The size of a data-movement result from ``value``, checked before it is built: model values
@@ -78,80 +59,72 @@ class _Ops(_Interpreter):
                                         "is supported")
         return [inputs[0]]
 
-    def _op_Constant(self, where, inputs, attrs, n_out):
-        if len(attrs) != 1:
-            raise ModelFormatError(f"{where}: needs exactly one value attribute, got {sorted(attrs)}")
-        (name, value), = attrs.items()
-        dtype = np.float32 if name.startswith("value_float") else np.int64
-        return [value if name == "value" else np.array(value, dtype)]
-
     def _op_ConstantOfShape(self, where, inputs, attrs, n_out):
         shape = self._ints(where, inputs[0], "shape")
         if any(d < 0 for d in shape) or math.prod(shape) > MAX_PARAMETERS:
             raise ModelFormatError(f"{where}: shape {shape} is negative or too large")
-        fill = attrs.get("value", np.zeros(1, np.float32))
-        if not isinstance(fill, np.ndarray) or fill.size != 1:
-            raise ModelFormatError(f"{where}: attribute value must be a one-element tensor, got {fill!r}")
+        fill = np.zeros(1, np.float32) if attrs["value"] is None else attrs["value"]     # one value (the registry)
         return [np.full(shape, fill.reshape(-1)[0], fill.dtype)]
 
     def _op_Shape(self, where, inputs, attrs, n_out):
         shape = np.array(inputs[0].shape, np.int64)
-        return [shape[slice(attrs.get("start", 0), attrs.get("end"))]]
+        return [shape[slice(attrs["start"], attrs["end"])]]
 
     def _op_Size(self, where, inputs, attrs, n_out):
         return [np.array(math.prod(inputs[0].shape), np.int64)]
 
     def _op_Cast(self, where, inputs, attrs, n_out):
-        from onnx import TensorProto, helper
-
-        to = attrs.get("to")
-        value = inputs[0]
+        to, value = attrs["to"], inputs[0]
         if isinstance(value, _Sym):
-            integers, floats = (TensorProto.INT32, TensorProto.INT64), (TensorProto.FLOAT, TensorProto.DOUBLE)
-            if to not in (integers if value.integer else floats):
+            if to not in (_INTEGERS if value.integer else _FLOATS):
                 raise UnsupportedModelError(f"{where}: attribute to={to} would change the model's data type")
             return [value]
-        return [np.asarray(value).astype(helper.tensor_dtype_to_np_dtype(to))]
+        if to not in CAST_TYPES:
+            raise UnsupportedModelError(f"{where}: Cast to data type {to} is not supported")
+        value = np.asarray(value)
+        value = value.astype(canonical_dtype(value.dtype))
+        cast = REGISTRY["Cast"]       # the constant as a graph computes it: the registry's Cast
+        return cast.run(cast.prepare(attrs, [_constant_value(value)]), [value])
 
     def _op_Transpose(self, where, inputs, attrs, n_out):
-        perm = attrs.get("perm")
+        perm = attrs["perm"]
         return [self._move(inputs[0], lambda a: np.transpose(a, perm))]
 
     def _op_Reshape(self, where, inputs, attrs, n_out):
-        target = self._ints(where, self._required(where, inputs, 1, "shape"), "shape")
+        target = self._ints(where, inputs[1], "shape")
         value = inputs[0]
-        if not attrs.get("allowzero", 0):
+        if not attrs["allowzero"]:
             target = [value.shape[i] if d == 0 else d for i, d in enumerate(target)]
         return [self._move(value, lambda a: a.reshape(target))]
 
     def _op_Flatten(self, where, inputs, attrs, n_out):
-        shape = inputs[0].shape
-        axis = attrs.get("axis", 1) % (len(shape) + 1) if shape else 0
+        shape, axis = inputs[0].shape, attrs["axis"]
+        if not -len(shape) <= axis <= len(shape):
+            raise ModelFormatError(f"{where}: axis {axis} is out of range for a tensor of rank {len(shape)}")
+        axis += len(shape) if axis < 0 else 0
         target = (math.prod(shape[:axis]), math.prod(shape[axis:]))
         return [self._move(inputs[0], lambda a: a.reshape(target))]
 
     def _op_Squeeze(self, where, inputs, attrs, n_out):
-        axes = self._axes(where, attrs, inputs, 1)
+        axes = self._attr_or_input(where, attrs, "axes", inputs, 1)
         value = inputs[0]
         axes = tuple(i for i, d in enumerate(value.shape) if d == 1) if axes is None else tuple(axes)
         return [self._move(value, lambda a: np.squeeze(a, axes))]
 
     def _op_Unsqueeze(self, where, inputs, attrs, n_out):
-        axes = self._axes(where, attrs, inputs, 1)
+        axes = self._attr_or_input(where, attrs, "axes", inputs, 1)
         return [self._move(inputs[0], lambda a: np.expand_dims(a, tuple(axes)))]
 
     def _op_Gather(self, where, inputs, attrs, n_out):
-        indices = np.asarray(self._const(where, self._required(where, inputs, 1, "indices"), "indices"), np.int64)
-        shape, axis = inputs[0].shape, attrs.get("axis", 0)
+        indices = np.asarray(self._const(where, inputs[1], "indices"), np.int64)
+        shape, axis = inputs[0].shape, attrs["axis"]
         self._result_size(where, inputs[0], math.prod(shape) // max(shape[axis], 1) * indices.size)
         return [self._move(inputs[0], lambda a: np.take(a, indices, axis=axis))]
 
     def _op_Slice(self, where, inputs, attrs, n_out):
-        if self.opset < 10:
-            starts, ends, axes, steps = attrs.get("starts"), attrs.get("ends"), attrs.get("axes"), None
-        else:
-            starts, ends, axes, steps = (self._ints(where, inputs[i] if len(inputs) > i else None, name)
-                                         for i, name in ((1, "starts"), (2, "ends"), (3, "axes"), (4, "steps")))
+        starts, ends, axes = (self._attr_or_input(where, attrs, name, inputs, index)
+                              for index, name in enumerate(("starts", "ends", "axes"), 1))
+        steps = self._ints(where, inputs[4] if len(inputs) > 4 else None, "steps")
         value = inputs[0]
         axes = list(range(len(starts))) if axes is None else axes
         steps = [1] * len(starts) if steps is None else steps
@@ -163,8 +136,6 @@ class _Ops(_Interpreter):
         return [self._move(value, lambda a: a[tuple(index)])]
 
     def _op_Concat(self, where, inputs, attrs, n_out):
-        if "axis" not in attrs:
-            raise ModelFormatError(f"{where}: attribute axis is required")
         kinds = {isinstance(v, _Sym) for v in inputs}
         if kinds == {True, False}:
             raise UnsupportedModelError(f"{where}: joins the model's data with constants")
@@ -175,23 +146,24 @@ class _Ops(_Interpreter):
         return [np.concatenate([np.asarray(v) for v in inputs], axis=attrs["axis"])]
 
     def _op_Split(self, where, inputs, attrs, n_out):
-        value, axis = inputs[0], attrs.get("axis", 0)
-        sizes = attrs.get("split") or self._ints(where, inputs[1] if len(inputs) > 1 else None, "split")
-        if sizes is None:
+        value, axis = inputs[0], attrs["axis"]
+        sizes = self._attr_or_input(where, attrs, "split", inputs, 1)
+        if not sizes:
+            parts = attrs["num_outputs"] or n_out
             length = value.shape[axis]
-            chunk = -(-length // n_out)
-            sizes = [min(chunk, length - i * chunk) for i in range(n_out)]
+            chunk = -(-length // parts)
+            sizes = [min(chunk, length - i * chunk) for i in range(parts)]
         bounds = np.cumsum(sizes)[:-1]
         return [self._move(value, lambda a, i=i: np.split(a, bounds, axis=axis)[i]) for i in range(len(sizes))]
 
     def _op_Expand(self, where, inputs, attrs, n_out):
-        target = self._ints(where, self._required(where, inputs, 1, "shape"), "shape")
+        target = self._ints(where, inputs[1], "shape")
         shape = np.broadcast_shapes(np.shape(inputs[0]), tuple(target))
         self._result_size(where, inputs[0], math.prod(shape))
         return [self._move(inputs[0], lambda a: np.broadcast_to(a, shape).copy())]
 
     def _op_Tile(self, where, inputs, attrs, n_out):
-        repeats = self._ints(where, self._required(where, inputs, 1, "repeats"), "repeats")
+        repeats = self._ints(where, inputs[1], "repeats")
         shape = np.shape(inputs[0])
         if len(repeats) != len(shape) or min(repeats, default=0) < 0:
             raise ModelFormatError(f"{where}: repeats {repeats} must be {len(shape)} non-negative integers, one per "
@@ -285,18 +257,18 @@ class _Ops(_Interpreter):
 
     def _op_Gemm(self, where, inputs, attrs, n_out):
         A, B, C = (inputs + [None])[:3]
-        alpha, beta = attrs.get("alpha", 1.0), attrs.get("beta", 1.0)
+        alpha, beta = attrs["alpha"], attrs["beta"]
         B = np.asarray(self._const(where, B, "B"))
-        if attrs.get("transB", 0):
+        if attrs["transB"]:
             B = B.T
         if not isinstance(A, _Sym):
             A = np.asarray(A)
-            A = A.T if attrs.get("transA", 0) else A
+            A = A.T if attrs["transA"] else A
             if A.ndim == 2 and B.ndim == 2:
                 self._check_constant(where, (A.shape[0], B.shape[1]))
             product = alpha * (A @ B)
             return [product + beta * C if C is not None else product]
-        if attrs.get("transA", 0):
+        if attrs["transA"]:
             A = _Sym(A.ids.T)
         if A.ids.ndim != 2:
             raise ModelFormatError(f"{where}: A must be 2-D, got shape {A.shape}")
@@ -325,31 +297,24 @@ class _Ops(_Interpreter):
 
     def _op_activation(self, kind_and_attrs, where, inputs, attrs, n_out):
         kind, names = kind_and_attrs
-        return self._activation(where, inputs, kind, *(attrs.get(name) for name in names))
+        return self._activation(where, inputs, kind, *(attrs[name] for name in names))
 
     def _op_Softmax(self, where, inputs, attrs, n_out):
         value = inputs[0]
         if not isinstance(value, _Sym):
             raise UnsupportedModelError(f"{where}: softmax of a constant")
         rank = len(value.shape)
-        axis = attrs.get("axis", -1 if self.opset >= 13 else 1) % rank
-        # before opset 13, softmax runs over all axes from `axis` on, flattened
-        reduced = [axis] if self.opset >= 13 else list(range(axis, rank))
-        kept = [i for i in range(rank) if i not in reduced]
-        ids = value.ids.transpose(kept + reduced)
-        tensor, _, features = self._rows(where, ids.reshape(ids.shape[:len(kept)] + (-1,)))
+        axis = attrs["axis"] % rank
+        kept = [i for i in range(rank) if i != axis]
+        tensor, _, features = self._rows(where, value.ids.transpose(kept + [axis]))
         if features.size != tensor.features:
             raise UnsupportedModelError(f"{where}: softmax over part of the features")
         return self._activation(where, inputs, "softmax")
 
     def _op_Clip(self, where, inputs, attrs, n_out):
         value = inputs[0]
-        if self.opset < 11:
-            low, high = attrs.get("min", -math.inf), attrs.get("max", math.inf)
-        else:
-            bounds = [self._const(where, v, "min/max") for v in (inputs + [None, None])[1:3]]
-            low, high = (float(np.asarray(b).reshape(())) if b is not None else default
-                         for b, default in zip(bounds, (-math.inf, math.inf)))
+        low, high = (float(np.asarray(b).reshape(())) if b is not None else default
+                     for b, default in zip(self._clip_bounds(where, inputs, attrs), (-math.inf, math.inf)))
         if not low < high:
             raise UnsupportedModelError(f"{where}: min={low} is not below max={high}")
         if not isinstance(value, _Sym):
@@ -366,3 +331,17 @@ class _Ops(_Interpreter):
             span = high - low
             steps = (Activation(activation("hard_sigmoid", 1 / span, (0 - low) / span)), (span, low))
         return [self._elementwise(where, value, *steps)]
+
+    def _clip_bounds(self, where, inputs, attrs):
+        """Clip's (min, max), each None when not given: attributes before opset 11, constant inputs after."""
+        return [attrs[name] if attrs[name] is not None else self._const(
+                where, inputs[index] if len(inputs) > index else None, "min/max")
+                for index, name in enumerate(("min", "max"), 1)]
+
+
+#: the ONNX data types (TensorProto.DataType) a Cast of the model's data may name: it keeps their dtype
+_INTEGERS, _FLOATS = (6, 7), (1, 11)
+
+
+def _constant_value(array):
+    return Value(array.shape, array.dtype, array)

@@ -33,9 +33,9 @@ import dataclasses
 
 import numpy as np
 
-from ...errors import UnsupportedModelError
-from ...spec import Embedding, Flatten, GlobalPool, LayerNorm, UnitNorm
-from .graph import _Interpreter, _RawInput, _Sym
+from ..errors import UnsupportedModelError
+from ..spec import Embedding, Flatten, GlobalPool, LayerNorm, UnitNorm
+from .interpreter import _Interpreter, _RawInput, _Sym
 
 
 @dataclasses.dataclass
@@ -69,12 +69,6 @@ class _NormOps(_Interpreter):
     """Handlers for Gather on ids, LayerNormalization (and its decomposition), LpNormalization,
     global pooling over time and Flatten of a sequence. Mixed in before :class:`.ops._Ops`."""
 
-    ATTRIBUTES = {"LayerNormalization": {"axis", "epsilon", "stash_type"}, "LpNormalization": {"axis", "p"},
-                  "ReduceL2": {"axes", "keepdims", "noop_with_empty_axes"},
-                  "ReduceMean": {"axes", "keepdims", "noop_with_empty_axes"},
-                  "ReduceMax": {"axes", "keepdims", "noop_with_empty_axes"},
-                  "GlobalAveragePool": set(), "GlobalMaxPool": set(), "Pow": set()}
-
     # -- Embedding --
 
     def _op_Gather(self, where, inputs, attrs, n_out):
@@ -82,7 +76,7 @@ class _NormOps(_Interpreter):
         if not (isinstance(indices, _Sym) and indices.integer and not isinstance(data, _Sym)):
             return super()._op_Gather(where, inputs, attrs, n_out)
         table = np.asarray(data)
-        if attrs.get("axis", 0) != 0 or table.ndim != 2:
+        if attrs["axis"] != 0 or table.ndim != 2:
             raise UnsupportedModelError(f"{where}: gathers with indices from the model's inputs; grurt reads that "
                                         "as an embedding: rows (axis 0) of a 2-D table")
         tensors, _ = self._owners(where, indices.ids) if self._raw_ids(where, indices.ids) else (None, None)
@@ -130,7 +124,7 @@ class _NormOps(_Interpreter):
         if n_out > 1:
             raise UnsupportedModelError(f"{where}: the Mean and InvStdDev outputs are not supported")
         X, scale, bias = (inputs + [None, None])[:3]
-        epsilon = attrs.get("epsilon", 1e-5)
+        epsilon = attrs["epsilon"]
 
         def layer_of(features):
             size = features.size
@@ -140,20 +134,19 @@ class _NormOps(_Interpreter):
                     full[features] = np.broadcast_to(np.asarray(self._const(where, value, name), np.float64),
                                                      (size,))
             return LayerNorm(gamma, beta, epsilon)
-        return [self._feature_layer(where, X, attrs.get("axis", -1), layer_of)]
+        return [self._feature_layer(where, X, attrs["axis"], layer_of)]
 
     def _op_LpNormalization(self, where, inputs, attrs, n_out):
-        if attrs.get("p", 2) != 2:
+        if attrs["p"] != 2:
             raise UnsupportedModelError(f"{where}: attribute p={attrs['p']} is not supported (p = 2 only)")
-        return [self._feature_layer(where, inputs[0], attrs.get("axis", -1), lambda features: UnitNorm(0.0))]
+        return [self._feature_layer(where, inputs[0], attrs["axis"], lambda features: UnitNorm(0.0))]
 
     # -- the decomposed LayerNorm, ReduceMean/ReduceMax --
 
     def _reduce_axes(self, where, inputs, attrs, rank):
-        axes = attrs.get("axes") if "axes" in attrs else self._ints(where, inputs[1] if len(inputs) > 1 else None,
-                                                                     "axes")
+        axes = self._attr_or_input(where, attrs, "axes", inputs, 1)
         if not axes:
-            if attrs.get("noop_with_empty_axes", 0):
+            if attrs["noop_with_empty_axes"]:
                 return []
             return list(range(rank))
         return sorted({int(a) % rank for a in axes})
@@ -170,10 +163,10 @@ class _NormOps(_Interpreter):
         if not isinstance(value, (_Sym,) + _PENDING):
             value = np.asarray(value)
             axes = self._reduce_axes(where, inputs, attrs, value.ndim)
-            return [np.sqrt(np.sum(value * value, axis=tuple(axes), keepdims=bool(attrs.get("keepdims", 1))))]
+            return [np.sqrt(np.sum(value * value, axis=tuple(axes), keepdims=bool(attrs["keepdims"])))]
         rank = len(value.shape)
         axes = self._reduce_axes(where, inputs, attrs, rank)
-        if isinstance(value, _Sym) and axes == [rank - 1] and attrs.get("keepdims", 1) \
+        if isinstance(value, _Sym) and axes == [rank - 1] and attrs["keepdims"] \
                 and self._all_features(where, value):
             return [_Stat("l2", value, value.shape[:-1] + (1,))]
         raise UnsupportedModelError(f"{where}: the L2 norm is supported over the features, as F.normalize takes it")
@@ -181,10 +174,7 @@ class _NormOps(_Interpreter):
     def _op_Clip(self, where, inputs, attrs, n_out):
         value = inputs[0]
         if isinstance(value, _Stat) and value.kind == "l2" and not value.epsilon:
-            if self.opset < 11:
-                low, high = attrs.get("min"), attrs.get("max")
-            else:
-                low, high = (self._const(where, v, "min/max") for v in (inputs + [None, None])[1:3])
+            low, high = self._clip_bounds(where, inputs, attrs)
             if low is not None and high is None and np.size(low) == 1 and float(np.asarray(low).reshape(())) >= 0:
                 return [dataclasses.replace(value, epsilon=float(np.asarray(low).reshape(())))]
         self._refuse_pending(where, inputs)
@@ -202,7 +192,7 @@ class _NormOps(_Interpreter):
 
     def _reduce(self, where, inputs, attrs, mode, fold):
         value = inputs[0]
-        keepdims = bool(attrs.get("keepdims", 1))
+        keepdims = bool(attrs["keepdims"])
         if not isinstance(value, (_Sym,) + _PENDING):
             value = np.asarray(value)
             axes = self._reduce_axes(where, inputs, attrs, value.ndim)

@@ -1,11 +1,11 @@
-"""The symbolic interpreter at the heart of the ONNX importer.
+"""The symbolic interpreter at the heart of the fusion pass (:mod:`grurt.fusion`).
 
 Exporters wrap a GRU in Transpose/Squeeze/Reshape/Slice/Gather/Concat chains, build the
 zero state from ``Shape`` arithmetic and split states out of one input. Rather than match
-patterns, the importer *interprets* the graph once for a small probe size of the dynamic
-dimensions. Every ONNX value is either
+patterns, the pass *interprets* the :class:`~grurt.tensor_graph.TensorGraph` once for a small
+probe size of the dynamic dimensions. Every tensor of the graph is either
 
-* a numpy constant (initializers, shape arithmetic: folded as the graph runs), or
+* a numpy constant (the graph's constants, shape arithmetic: folded as the graph runs), or
 * a :class:`_Sym`: an integer array of **element ids** with the value's shape. Each id names
   one element of a canonical grurt tensor (:class:`_Tensor`): a graph input, or a node's
   output, held in grurt's layout (B, T, F) or (B, F) under a name of the graph being built.
@@ -18,15 +18,21 @@ selections fold into weights, or become ``Slice``/``Concat`` nodes where tensors
 only the last time step adds ``LastStep``, a time flip ``Reverse``. Anything else raises an
 error that names the node.
 
+The nodes are the registry's ops (:mod:`grurt.ops`) with their attributes checked and defaulted,
+in the newest opset's form where the importer normalized an older one (a Softmax before opset
+13 is a Flatten, a Softmax and a Reshape); an attribute that an older opset gave and a newer
+one takes as an input (Slice's starts, Squeeze's axes, Clip's bounds, Pad's pads, ...) is read
+from either, as the registry's ops read it.
+
 A sequence input's time axis is known once a layer over time (GRU, Conv, pool) reads it; until
 then it is taken as batch first. A layer that finds it time-major raises :class:`_Layout` and the
 driver interprets again with that input transposed. Dynamic graphs are interpreted at two
 probe sizes and must give the same model: a graph whose meaning depends on the size (a
 hard-coded time index, say) is refused.
 
-This module holds the core: ids, canonical tensors, the nodes, and the dispatch of ONNX nodes
-to handlers (:mod:`.ops`, :mod:`.gru`, :mod:`.norm`, :mod:`.conv`); :mod:`.build`, above it, turns
-the result into a :class:`grurt.graph.Graph`.
+This module holds the core: ids, canonical tensors, the nodes, and the dispatch of the graph's
+nodes to handlers (:mod:`.ops`, :mod:`.gru`, :mod:`.norm`, :mod:`.conv`); :mod:`.build`, above it,
+turns the result into a :class:`grurt.graph.Graph`.
 """
 from __future__ import annotations
 
@@ -35,18 +41,22 @@ import math
 
 import numpy as np
 
-from ...errors import GrurtError, ModelFormatError, UnsupportedModelError
-from ...graph import Concat, Slice
-from ...limits import MAX_IDS, MAX_PARAMETERS
-from ...spec import Dense, LastStep, Reverse, Scale
-from .proto import _DEFAULT_DOMAINS, _attributes, _live_nodes
+from ..errors import GrurtError, ModelFormatError, UnsupportedModelError
+from ..graph import Concat, Slice
+from ..limits import MAX_IDS, MAX_PARAMETERS
+from ..spec import Dense, LastStep, Reverse, Scale
 
-#: What interpreting one node costs, counted in element ids against the file's budget (MAX_IDS):
+#: What interpreting one node costs, counted in element ids against the graph's budget (MAX_IDS):
 #: about its time, so that the budget bounds the work of a graph of many small nodes too.
 NODE_IDS = 512
 
-_LOOP_HINT = {"Loop": " (tf2onnx writes Keras GRUs other than sigmoid/reset_after=True as a Loop)",
-              "Scan": "", "If": ""}
+
+class Budget:
+    """The element ids the interpreter may still hand out or move, over every interpretation of one
+    graph (grurt.limits.MAX_IDS): what bounds its time and memory."""
+
+    def __init__(self):
+        self.ids_left = MAX_IDS
 
 
 class _Sym:
@@ -123,23 +133,21 @@ class _RawInput:
 
 
 class _Interpreter:
-    """Interprets a graph once at given sizes of its dynamic dims; subclasses add the op handlers.
+    """Interprets a TensorGraph once at given sizes of its dynamic dims; subclasses add the op handlers.
 
-    A handler is a method ``_op_<OpType>(where, inputs, attrs, n_out)`` returning the node's
-    outputs; ``ATTRIBUTES`` maps each op type to the attributes its handler understands.
+    A handler is a method ``_op_<Op>(where, inputs, attrs, n_out)`` returning the node's outputs;
+    ``attrs`` are the node's, checked and with their defaults (:func:`grurt.ops.check_attributes`).
     """
 
-    ATTRIBUTES = {}
-
-    def __init__(self, source, sizes, time_major=frozenset()):
-        self.source = source
-        self.model, self.folder, self.opset = source.model, source.folder, source.opset
+    def __init__(self, graph, sizes, time_major=frozenset(), budget=None):
+        self.graph = graph
+        self.budget = Budget() if budget is None else budget
         self.folded = 0                           # elements of the constants folded so far (MAX_PARAMETERS)
         self.time_major = frozenset(time_major)   # sequence inputs known to be (T, B, ...)
         self.next_id = 0
         self.owners = []                          # id ranges: owner (_Tensor or _RawInput) and first id,
         self.starts = np.zeros(16, np.int64)      # in starts[:len(owners)] (grown by doubling: no copy per op)
-        self.values = dict(source.constants)
+        self.values = dict(graph.constants)
         self.raw = {}                             # graph input name -> _RawInput
         self.claimed = {}                         # graph input name -> (kind, _Tensor or None, directions)
         self.nodes, self.cache = [], {}
@@ -148,10 +156,11 @@ class _Interpreter:
         self.state_batch_axis = {}                # state input -> axis of its batch in the graph's shape
         self.grus, self.lengths, self.lbr0_nodes = [], [], []
         self.hint = "t"
-        for name, dtype, dims in source.inputs:
-            shape = tuple(d if isinstance(d, int) else sizes[d] for d in dims)
+        for tensor_input in graph.inputs:
+            name = tensor_input.name
+            shape = tuple(d if isinstance(d, int) else sizes[d] for d in tensor_input.dims)
             ids = self._new_ids(shape, f"graph input '{name}'")
-            raw = _RawInput(name, ids, dtype.kind != "f")
+            raw = _RawInput(name, ids, tensor_input.dtype != "float32")
             self._register(ids, raw)
             self.raw[name] = raw
             self.names.add(name)
@@ -167,13 +176,13 @@ class _Interpreter:
         return ids
 
     def _charge(self, what, count, shape=None):
-        """Take ``count`` element ids from the file's budget (grurt.limits.MAX_IDS), before they are allocated."""
+        """Take ``count`` element ids from the graph's budget (grurt.limits.MAX_IDS), before they are allocated."""
         self._room(what, count, shape)
-        self.source.ids_left -= count
+        self.budget.ids_left -= count
 
     def _room(self, what, count, shape=None):
-        """ModelFormatError unless ``count`` element ids fit what is left of the file's budget."""
-        if count > self.source.ids_left:
+        """ModelFormatError unless ``count`` element ids fit what is left of the graph's budget."""
+        if count > self.budget.ids_left:
             shape = f" of shape {tuple(shape)}" if shape is not None else ""
             raise _TooLarge(f"{what}{shape} is too large for grurt to analyse: the graph's nodes and values would take "
                             f"more than {MAX_IDS} element ids in all at the sizes it is interpreted with "
@@ -392,29 +401,17 @@ class _Interpreter:
     # -- driving --
 
     def run(self):
-        """Interpret every live node; returns the interpreter, which :func:`.build.build` reads."""
-        graph = self.model.graph
-        for node in _live_nodes(graph):
-            where = f"node '{node.name or node.output[0]}' ({node.op_type})"
+        """Interpret every node; returns the interpreter, which :func:`.build.build` reads."""
+        for node in self.graph.nodes:
+            where = node.where
             self._charge(where, NODE_IDS)
-            if node.domain not in _DEFAULT_DOMAINS:
-                raise UnsupportedModelError(f"{where}: operators of domain '{node.domain}' are not supported")
-            handler = self._handler(node.op_type)
-            if handler is None or node.op_type not in self.ATTRIBUTES:
-                raise UnsupportedModelError(f"{where}: operator {node.op_type} is not supported"
-                                            f"{_LOOP_HINT.get(node.op_type, '')}")
-            inputs = []
-            for name in node.input:
-                if name and name not in self.values:
-                    raise ModelFormatError(f"{where}: input '{name}' is not an initializer, a graph input "
-                                           "or the output of an earlier node")
-                inputs.append(self.values[name] if name else None)
-            if inputs and inputs[0] is None:      # every op's first input is required; later ones may be omitted
-                raise ModelFormatError(f"{where}: its first input has the empty name '' (omitted), but is required")
-            attrs = _attributes(node, self.ATTRIBUTES[node.op_type], self.folder, where)
-            self.hint = next((name for name in node.output if name), node.name or node.op_type)
+            handler = self._handler(node.op)
+            if handler is None:
+                raise UnsupportedModelError(f"{where}: operator {node.op} is not supported")
+            inputs = [self.values[name] if name else None for name in node.inputs]
+            self.hint = next((name for name in node.outputs if name), node.name or node.op)
             try:
-                outputs = handler(where, inputs, attrs, len(node.output))
+                outputs = handler(where, inputs, node.attrs, len(node.outputs))
             except (_Mismatch, _Layout):
                 raise
             except GrurtError as exc:     # errors from the spec's checks do not know the node
@@ -423,9 +420,9 @@ class _Interpreter:
                 raise type(exc)(f"{where}: {exc}") from None
             except (ValueError, IndexError, TypeError, ZeroDivisionError, OverflowError) as exc:
                 raise ModelFormatError(f"{where}: {exc}") from None
-            for name, value in zip(node.output, outputs):
+            for name, value in zip(node.outputs, outputs):
                 if name:
-                    if isinstance(value, _Sym):         # ids held by the values: from the file's budget too
+                    if isinstance(value, _Sym):         # ids held by the values: from the graph's budget too
                         self._charge(where, value.ids.size)
                     else:                               # constants folded: MAX_PARAMETERS elements in all
                         self.folded += np.size(value)
@@ -435,9 +432,9 @@ class _Interpreter:
                     self.values[name] = value
         return self
 
-    def _handler(self, op_type):
-        """The method that interprets nodes of ``op_type``, or None."""
-        return getattr(self, "_op_" + op_type, None)
+    def _handler(self, op):
+        """The method that interprets nodes of ``op``, or None."""
+        return getattr(self, "_op_" + op, None)
 
     # -- layers for the handlers --
 
@@ -530,11 +527,12 @@ class _Interpreter:
         value = self._const(where, value, what)
         return None if value is None else [int(v) for v in np.asarray(value).reshape(-1)]
 
-    def _axes(self, where, attrs, inputs, index):
-        """Axes from an attribute (older opsets) or an input (newer ones)."""
-        if "axes" in attrs:
-            return list(attrs["axes"])
-        return self._ints(where, inputs[index] if len(inputs) > index else None, "axes")
+    def _attr_or_input(self, where, attrs, name, inputs, index):
+        """Integers an older opset gave as the attribute ``name`` and a newer one as the constant input
+        ``index`` (Slice's starts, Squeeze's axes, Pad's pads, ...): the attribute when the node has it."""
+        if attrs[name] is not None:
+            return list(attrs[name])
+        return self._ints(where, inputs[index] if len(inputs) > index else None, name)
 
     @staticmethod
     def _move(value, fn):

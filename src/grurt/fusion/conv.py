@@ -1,4 +1,4 @@
-"""The ONNX operators over time → :class:`~grurt.spec.Conv1D`, :class:`~grurt.spec.Pool1D`,
+"""The ops over time → :class:`~grurt.spec.Conv1D`, :class:`~grurt.spec.Pool1D`,
 :class:`~grurt.spec.ZeroPad1D`; ``BatchNormalization`` → a per-channel ``Scale`` (folded into
 the Conv1D or Dense before it when the chain is finished, see :func:`grurt.spec.append_folded`).
 
@@ -26,9 +26,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ...errors import ModelFormatError, UnsupportedModelError
-from ...spec import Conv1D, Pool1D, ZeroPad1D
-from .graph import _Interpreter, _Sym
+from ..errors import ModelFormatError, UnsupportedModelError
+from ..spec import Conv1D, Pool1D, ZeroPad1D, batchnorm_affine
+from .interpreter import _Interpreter, _Sym
 
 
 class _TooShort(Exception):
@@ -37,15 +37,6 @@ class _TooShort(Exception):
 
 class _ConvOps(_Interpreter):
     """The handlers of Conv, MaxPool, AveragePool, BatchNormalization and Pad."""
-
-    ATTRIBUTES = {
-        "Conv": {"auto_pad", "dilations", "group", "kernel_shape", "pads", "strides"},
-        "MaxPool": {"auto_pad", "ceil_mode", "dilations", "kernel_shape", "pads", "storage_order", "strides"},
-        "AveragePool": {"auto_pad", "ceil_mode", "count_include_pad", "dilations", "kernel_shape", "pads",
-                        "strides"},
-        "BatchNormalization": {"epsilon", "momentum", "spatial", "training_mode", "is_test", "consumed_inputs"},
-        "Pad": {"mode", "pads", "value"},
-    }
 
     # -- where the sequence is --
 
@@ -87,14 +78,14 @@ class _ConvOps(_Interpreter):
 
     @staticmethod
     def _padding(where, attrs, span, stride):
-        auto_pad = attrs.get("auto_pad", "NOTSET")
+        auto_pad = attrs["auto_pad"]
         if auto_pad not in ("NOTSET", "VALID", "SAME_UPPER", "SAME_LOWER"):
             raise ModelFormatError(f"{where}: auto_pad={auto_pad!r} is not an ONNX value")
         if auto_pad != "NOTSET":
-            if any(attrs.get("pads", [])):
+            if any(attrs["pads"] or []):
                 raise ModelFormatError(f"{where}: pads given with auto_pad={auto_pad}")
             return (0, 0) if auto_pad == "VALID" else auto_pad.lower()
-        pads = list(attrs.get("pads", [0, 0]))
+        pads = list(attrs["pads"] or [0, 0])
         if len(pads) != 2:
             raise UnsupportedModelError(f"{where}: pads={pads}; grurt runs 1-D (time) convolutions and pools")
         if min(pads) < 0:
@@ -114,7 +105,7 @@ class _ConvOps(_Interpreter):
         stride, dilation = self._one(where, attrs, "strides", 1), self._one(where, attrs, "dilations", 1)
         bias = np.zeros(W.shape[0]) if B is None else np.asarray(self._const(where, B, "B"), np.float64)
         tensor, perm = self._sequence_view(where, X, 2, 1)
-        layer = Conv1D(W=W, b=bias, stride=stride, dilation=dilation, groups=attrs.get("group", 1),
+        layer = Conv1D(W=W, b=bias, stride=stride, dilation=dilation, groups=attrs["group"],
                        padding=self._padding(where, attrs, (k - 1) * dilation + 1, stride))
         if layer.in_channels != tensor.features:
             raise ModelFormatError(f"{where}: W takes {layer.in_channels} input channels, X has {tensor.features}")
@@ -124,17 +115,17 @@ class _ConvOps(_Interpreter):
     def _pool(self, where, inputs, attrs, n_out, mode):
         if n_out > 1:
             raise UnsupportedModelError(f"{where}: the Indices output is not supported")
-        if attrs.get("ceil_mode", 0):
+        if attrs["ceil_mode"]:
             raise UnsupportedModelError(f"{where}: ceil_mode=1 is not supported")
         if self._one(where, attrs, "dilations", 1) != 1:
             raise UnsupportedModelError(f"{where}: dilated pooling is not supported")
-        if "kernel_shape" not in attrs:
+        if attrs["kernel_shape"] is None:
             raise ModelFormatError(f"{where}: kernel_shape is required")
         size = self._one(where, attrs, "kernel_shape", None)
         stride = self._one(where, attrs, "strides", 1)
         tensor, perm = self._sequence_view(where, inputs[0], 2, 1)
         layer = Pool1D(mode, size, stride, self._padding(where, attrs, size, stride),
-                       count_include_pad=bool(attrs.get("count_include_pad", 0)))
+                       count_include_pad=bool(attrs.get("count_include_pad")))
         out = self._push_time(where, layer, tensor, tensor.features)
         return [_Sym(out.ids.transpose(np.argsort(perm)))]
 
@@ -145,9 +136,7 @@ class _ConvOps(_Interpreter):
         return self._pool(where, inputs, attrs, n_out, "average")
 
     def _op_BatchNormalization(self, where, inputs, attrs, n_out):
-        from ..keras import batchnorm_affine
-
-        if n_out > 1 or attrs.get("training_mode", 0) or attrs.get("is_test", 1) == 0:
+        if n_out > 1 or attrs["training_mode"]:
             raise UnsupportedModelError(f"{where}: training-mode batch normalization is not supported")
         X = inputs[0]
         gamma, beta, mean, var = (np.asarray(self._const(where, v, name), np.float64)
@@ -156,20 +145,17 @@ class _ConvOps(_Interpreter):
             raise UnsupportedModelError(f"{where}: batch normalization of a constant")
         if X.ids.ndim < 2:
             raise UnsupportedModelError(f"{where}: expects channels on axis 1, got shape {X.shape}")
-        a, c = batchnorm_affine(mean, var, attrs.get("epsilon", 1e-5), gamma, beta)
+        a, c = batchnorm_affine(mean, var, attrs["epsilon"], gamma, beta)
         shape = (1, -1) + (1,) * (X.ids.ndim - 2)
         return [self._scale_op(where, X, a.reshape(shape), c.reshape(shape))]
 
     def _op_Pad(self, where, inputs, attrs, n_out):
         X = inputs[0]
-        if self.opset < 11:
-            pads, value, axes = list(attrs.get("pads", [])), attrs.get("value", 0.0), None
-        else:
-            pads = self._ints(where, inputs[1] if len(inputs) > 1 else None, "pads") or []
-            value = self._const(where, inputs[2] if len(inputs) > 2 else None, "constant_value")
-            value = 0.0 if value is None else float(np.asarray(value).reshape(-1)[0])
-            axes = self._ints(where, inputs[3] if len(inputs) > 3 else None, "axes")
-        mode = attrs.get("mode", "constant")
+        pads = self._attr_or_input(where, attrs, "pads", inputs, 1) or []
+        value = self._const(where, inputs[2] if len(inputs) > 2 else None, "constant_value")
+        value = attrs["value"] if value is None else float(np.asarray(value).reshape(-1)[0])
+        axes = self._ints(where, inputs[3] if len(inputs) > 3 else None, "axes")
+        mode = attrs["mode"]
         rank = len(X.shape)
         if axes is not None:       # opset 18: pads for the listed axes only
             full = [0] * (2 * rank)
