@@ -15,12 +15,12 @@ MAX_HEADER_BYTES = 1 << 20
 #: Bytes of a JSON member (config.json, metadata.json) of a .keras archive.
 MAX_JSON_BYTES = 64 << 20
 
-#: Element ids the ONNX importer hands out or moves while it interprets a graph, over every
-#: interpretation of one file (probe sizes, retries): every input, layer output and state element
-#: takes one, every value computed from them holds one per element (an int64 each), and every
-#: node interpreted counts as 512. The importer's time is about a microsecond per id: this bounds a
-#: hostile file to seconds. A graph with fixed sizes beyond it loads with dynamic batch and time
-#: axes (grurt then interprets it at small probe sizes).
+#: Element ids the fusion pass (grurt.fusion) hands out or moves while it interprets a graph, over
+#: every interpretation of one graph (of one ONNX file: probe sizes, retries): every input, layer
+#: output and state element takes one, every value computed from them holds one per element (an
+#: int64 each), and every node interpreted counts as 512. The pass's time is about a microsecond per
+#: id: this bounds a hostile file to seconds. A graph with fixed sizes beyond it loads with dynamic
+#: batch and time axes (grurt then interprets it at small probe sizes).
 MAX_IDS = 1 << 22
 
 #: Bytes of an HDF5 file grurt reads (a legacy Keras .h5 file, or the model.weights.h5 member of

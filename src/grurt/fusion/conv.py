@@ -78,9 +78,7 @@ class _ConvOps(_Interpreter):
 
     @staticmethod
     def _padding(where, attrs, span, stride):
-        auto_pad = attrs["auto_pad"]
-        if auto_pad not in ("NOTSET", "VALID", "SAME_UPPER", "SAME_LOWER"):
-            raise ModelFormatError(f"{where}: auto_pad={auto_pad!r} is not an ONNX value")
+        auto_pad = attrs["auto_pad"]         # one of NOTSET, VALID, SAME_UPPER, SAME_LOWER (the registry)
         if auto_pad != "NOTSET":
             if any(attrs["pads"] or []):
                 raise ModelFormatError(f"{where}: pads given with auto_pad={auto_pad}")

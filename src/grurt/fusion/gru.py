@@ -38,9 +38,7 @@ class _GRUOp(_Interpreter):
         X, W, R, B, lengths, initial_h = (inputs + [None] * 6)[:6]
         W = np.asarray(self._const(where, W, "W"), np.float64)
         R = np.asarray(self._const(where, R, "R"), np.float64)
-        direction = attrs["direction"]
-        if direction not in ("forward", "reverse", "bidirectional"):
-            raise UnsupportedModelError(f"{where}: attribute direction={direction!r} is not supported")
+        direction = attrs["direction"]         # checked by the registry, as layout and linear_before_reset
         D = 2 if direction == "bidirectional" else 1
         if R.ndim != 3 or W.ndim != 3:
             raise ModelFormatError(f"{where}: W and R must be 3-D, got shapes {W.shape} and {R.shape}")
@@ -50,9 +48,6 @@ class _GRUOp(_Interpreter):
             if array.shape != shape:
                 raise ModelFormatError(f"{where}: {name} has shape {array.shape}, but hidden_size={H} and "
                                        f"direction={direction} need {shape}")
-        for name in ("layout", "linear_before_reset"):
-            if attrs[name] not in (0, 1):
-                raise UnsupportedModelError(f"{where}: attribute {name}={attrs[name]} is not supported")
         layout, lbr = attrs["layout"], bool(attrs["linear_before_reset"])
         f, g = gru_activations(where, attrs, D)
         if not isinstance(X, _Sym) or X.ids.ndim != 3:

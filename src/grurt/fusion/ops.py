@@ -149,7 +149,7 @@ class _Ops(_Interpreter):
         value, axis = inputs[0], attrs["axis"]
         sizes = self._attr_or_input(where, attrs, "split", inputs, 1)
         if not sizes:
-            parts = attrs["num_outputs"] or n_out
+            parts = attrs["num_outputs"]      # the node's outputs, when the file gives no sizes (general.py)
             length = value.shape[axis]
             chunk = -(-length // parts)
             sizes = [min(chunk, length - i * chunk) for i in range(parts)]
