@@ -329,7 +329,7 @@ class _Plain:
 
 
 def _state_inputs(graph, sources, tensors, rename):
-    """Chain GRU index -> (state input, ids of its initial state (D, B, H) in the file's input)."""
+    """Chain GRU index -> (state input, ids of its initial state (D, B, H) in the graph's input)."""
     back = {new: old for old, new in rename.items()}
     result = {}
     for index, node in enumerate(graph.gru_nodes):

@@ -74,7 +74,7 @@ class _Sym:
 
 
 class _TooLarge(ModelFormatError):
-    """The file's budget of element ids (grurt.limits.MAX_IDS) is spent: refused whatever the probe sizes."""
+    """The graph's budget of element ids (grurt.limits.MAX_IDS) is spent: refused whatever the probe sizes."""
 
 
 class _Mismatch(Exception):

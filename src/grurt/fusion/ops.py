@@ -41,7 +41,7 @@ class _Ops(_Interpreter):
 
     def _result_size(self, where, value, count):
         """The size of a data-movement result from ``value``, checked before it is built: model values
-        against the file's id budget, constants against MAX_PARAMETERS."""
+        against the graph's id budget, constants against MAX_PARAMETERS."""
         if isinstance(value, _Sym):
             self._room(where, count)
         else:

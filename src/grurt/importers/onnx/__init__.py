@@ -44,6 +44,7 @@ from ...errors import InputError, UnsupportedModelError
 from ...fusion import fuse
 from ...model import Model
 from ...spec import LastStep
+from ...tensor_model import TensorModel
 from .general import tensor_graph_from_source
 from .proto import _open
 
@@ -53,6 +54,16 @@ def _import(path, budget=None):
     source = _open(path)
     graph = tensor_graph_from_source(source)
     return source, graph, fuse(graph, budget)
+
+
+def _read(path):
+    """(the parsed file, its TensorGraph, the fusion pass's result or None when the pass refuses the graph)."""
+    source = _open(path)
+    graph = tensor_graph_from_source(source)
+    try:
+        return source, graph, fuse(graph)
+    except UnsupportedModelError:          # beyond the fused layers: the file's ops as a general graph
+        return source, graph, None
 
 
 def _warn_lbr0(model, nodes):
@@ -88,11 +99,8 @@ def load_onnx(path):
     layers") loads as a :class:`grurt.tensor_model.TensorModel` of the file's own ops, inputs
     and outputs as the file lays them out.
     """
-    source = _open(path)
-    graph = tensor_graph_from_source(source)
-    try:
-        result = fuse(graph)
-    except UnsupportedModelError:          # beyond the fused layers: the file's ops as a general graph
+    source, graph, result = _read(path)
+    if result is None:
         return _tensor_model(source, graph)
     _warn(source.model, result)
     return Model(result.graph, file_states=_file_states(graph, result))
@@ -101,12 +109,7 @@ def load_onnx(path):
 def session_model(path_or_bytes):
     """(model, fused, source) for :class:`grurt.InferenceSession`: the fused Model when its inputs and
     outputs are exactly the file's (names, order, layouts), else the file's ops as a general graph."""
-    source = _open(path_or_bytes)
-    graph = tensor_graph_from_source(source)
-    try:
-        result = fuse(graph)
-    except UnsupportedModelError:
-        result = None
+    source, graph, result = _read(path_or_bytes)
     if result is not None and _same_io(graph, result):
         _warn(source.model, result)
         return Model(result.graph), True, source
@@ -115,8 +118,6 @@ def session_model(path_or_bytes):
 
 def _tensor_model(source, graph):
     """A :class:`~grurt.tensor_model.TensorModel` of the file's TensorGraph, warning as the fused path does."""
-    from ...tensor_model import TensorModel
-
     _warn_lbr0(source.model, [node.name for node in graph.nodes
                               if node.op == "GRU" and not node.attrs["linear_before_reset"]])
     return TensorModel(graph)
