@@ -73,6 +73,14 @@ def export_files(folder):
     return files
 
 
+def _cpu() -> str:
+    try:
+        with open("/proc/cpuinfo") as handle:
+            return next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("old")
@@ -102,7 +110,7 @@ def main() -> None:
         for process in workers.values():
             process.stdin.close()
             process.wait()
-    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}, "
+    print(f"{_cpu()}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}, "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; medians of {args.rounds} loads")
     print(f"| file | model | old ({builds['old']}) | new ({builds['new']}) | new / old |")
     print("|---|---|---|---|---|")
