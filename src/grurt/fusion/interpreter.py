@@ -113,7 +113,8 @@ class _Tensor:
         return self.ids.shape[-1]
 
     def describe(self):
-        return f"'{self.name}' ({', '.join(('B', 'T', str(self.features)) if self.has_time else ('B', str(self.features)))})"
+        axes = ("B", "T", str(self.features)) if self.has_time else ("B", str(self.features))
+        return f"'{self.name}' ({', '.join(axes)})"
 
 
 @dataclasses.dataclass(eq=False)
