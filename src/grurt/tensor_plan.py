@@ -26,10 +26,11 @@ from typing import List, Tuple
 
 import numpy as np
 
-from ._kernels import _memory_limit
+from ._kernels import NativeProgram, _memory_limit
 from .errors import GrurtError, InputError, ModelFormatError, UnsupportedModelError
 from .ops import BOOL, FLOAT, INT, REGISTRY, Value
 from .tensor_graph import TensorGraph
+from . import tensor_native
 from .tensor_passes import optimize
 
 #: Ops whose outputs depend on their inputs' shapes only: folded at plan time from the shapes.
@@ -51,17 +52,19 @@ class Plan:
 
     ``slots``: the initial value of each slot (slot 0 is always None, for omitted inputs; the
     plan's constants are in theirs); ``steps``: ``(run, ctx, input slots, [(output index, slot)],
-    slots to empty after it, node)``; ``outputs``: the slot of each graph output.
+    slots to empty after it, node)``; ``outputs``: the slot of each graph output; ``runs``: what
+    ``run`` executes, the same steps but runs of them as one native step each (:mod:`grurt.tensor_native`).
     """
 
-    __slots__ = ("slots", "input_slots", "steps", "outputs", "peak_bytes", "constant_bytes", "_program")
+    __slots__ = ("slots", "input_slots", "steps", "runs", "outputs", "peak_bytes", "constant_bytes", "_program")
 
-    def __init__(self, slots, input_slots, steps, outputs, peak_bytes, constant_bytes):
+    def __init__(self, slots, input_slots, steps, outputs, peak_bytes, constant_bytes, runs=None):
         self.slots, self.input_slots, self.steps, self.outputs = slots, input_slots, steps, outputs
+        self.runs = steps if runs is None else runs
         self.peak_bytes, self.constant_bytes = peak_bytes, constant_bytes
         # what run loops over: a step of one output (most) stores it without a loop
         self._program = tuple((run, ctx, ins, outs[0][1] if len(outs) == 1 and outs[0][0] == 0 else outs, frees, node)
-                              for run, ctx, ins, outs, frees, node in steps)
+                              for run, ctx, ins, outs, frees, node in self.runs)
 
     def run(self, arrays) -> List[np.ndarray]:
         """The graph's outputs for ``arrays`` (the checked inputs, in input order), each an array of
@@ -74,10 +77,13 @@ class Plan:
         return results
 
     def describe(self) -> str:
-        """The steps left after folding, node by node."""
+        """The steps left after folding, node by node (those of a native run under it)."""
         lines = [f"{len(self.steps)} steps, peak {self.peak_bytes} bytes of tensors, "
                  f"{self.constant_bytes} bytes of constants"]
-        lines += [f"  {node.name or '-'}: {node.describe()}" for *_, node in self.steps]
+        for _, ctx, *_, node in self.runs:
+            lines.append(f"  {node.name or '-'}: {node.describe()}")
+            if isinstance(ctx, NativeProgram):
+                lines += [f"    {inner.name or '-'}: {inner.describe()}" for inner in ctx.nodes]
         return "\n".join(lines)
 
 
@@ -222,7 +228,9 @@ def make_plan(graph: TensorGraph, sig, record: dict = None, weights: str = "floa
     if record is not None:
         record.update(values)
     known = {slot: values[name] for names in (slot_of, constant_slots) for name, slot in names.items()}
-    return Plan(tuple(slots), input_slots, optimize(steps, known), results, peak, folded)
+    steps = optimize(steps, known)
+    runs = tensor_native.native_runs(steps, known) if tensor_native.ENABLED else None
+    return Plan(tuple(slots), input_slots, steps, results, peak, folded, runs)
 
 
 def _freed_after_last_step(steps, freeable) -> list:
