@@ -307,7 +307,8 @@ cdef class NativeProgram:
     each tensor the run hands out, or that a tensor it hands out is a view of: (shape, type number)), one
     workspace of ``work_bytes`` (every other tensor, 64-byte aligned offsets), then ``constants`` (arrays kept
     here). ``outputs``: (buffer, byte offset, shape, type number) of each array ``run`` returns, in order.
-    ``nodes``: the plan's steps it runs (messages, ``Plan.describe``)."""
+    ``nodes``: the plan's steps it runs (messages, ``Plan.describe``); ``owners``: the index in ``nodes`` of the step
+    each instruction is part of (profiles)."""
     cdef NativeOp* ops
     cdef int n_ops, n_inputs, n_roots, n_outputs, n_bases
     cdef TensorShape* shapes         # the inputs', the roots', then the outputs' shapes
@@ -318,7 +319,7 @@ cdef class NativeProgram:
     cdef char** constant_data
     cdef size_t work_bytes, scratch_one
     cdef list steps, constants, split_steps
-    cdef readonly tuple nodes
+    cdef readonly tuple nodes, owners
 
     def __cinit__(self):
         self.ops, self.shapes, self.written, self.out_buf, self.out_offset, self.out_whole = NULL, NULL, NULL, NULL, \
@@ -326,10 +327,12 @@ cdef class NativeProgram:
         self.constant_data = NULL
 
     def __init__(self, list steps, list inputs, list roots, size_t work_bytes, list constants, list outputs,
-                 tuple nodes):
+                 tuple nodes, tuple owners):
         cdef NativeStep step
         cdef int k
-        self.steps, self.nodes, self.work_bytes = steps, nodes, work_bytes
+        if len(owners) != len(steps):
+            raise ValueError(f"{len(owners)} owners of {len(steps)} instructions")
+        self.steps, self.nodes, self.owners, self.work_bytes = steps, nodes, owners, work_bytes
         self.constants = [np.ascontiguousarray(c) for c in constants]
         self.n_ops, self.n_inputs, self.n_roots, self.n_outputs = len(steps), len(inputs), len(roots), len(outputs)
         self.n_bases = self.n_inputs + self.n_roots + 1 + len(constants)
@@ -462,3 +465,60 @@ cdef class NativeProgram:
                                                 bases[buf] + self.out_offset[k], 0, flags, None)
         cnp.set_array_base(view, owner)
         return view
+
+
+cdef class InputSignature:
+    """The inputs of one plan signature (``names``: the inputs' names in order; ``signature``: (shape, dtype) of
+    each): ``frozen(inputs)`` gives them as ``TensorModel`` checks them (read-only views in input order) when
+    they are exactly that signature, else None (the caller runs its full checks). A plan was made from checked
+    inputs of that signature, so inputs of the same shapes and dtypes, C-contiguous, pass every check."""
+    cdef tuple names
+    cdef int n
+    cdef TensorShape* shapes
+
+    def __cinit__(self):
+        self.shapes = NULL
+
+    def __init__(self, tuple names, tuple signature):
+        if len(names) != len(signature) or not names:
+            raise ValueError(f"InputSignature: {len(names)} names for {len(signature)} inputs")
+        self.names, self.n = names, len(names)
+        self.shapes = <TensorShape*>calloc(self.n, sizeof(TensorShape))
+        if self.shapes == NULL:
+            raise MemoryError()
+        for k, (shape, dtype) in enumerate(signature):
+            if not np.dtype(dtype).isnative:
+                raise ValueError(f"InputSignature: dtype {dtype} is not in the machine's byte order")
+            set_shape(&self.shapes[k], tuple(shape), np.dtype(dtype).num)
+
+    def __dealloc__(self):
+        free(self.shapes)
+
+    def frozen(self, inputs):
+        """``inputs`` (a dict by name, a list or tuple in input order, or the one input's array) as read-only views in
+        input order when each is an ndarray of the signature's dtype and shape, C-contiguous and aligned; else
+        None."""
+        cdef int k
+        cdef object value
+        cdef cnp.ndarray a, view
+        if type(inputs) is dict:
+            if len(<dict>inputs) != self.n:
+                return None
+            given = [(<dict>inputs).get(name) for name in self.names]
+        elif self.n == 1:
+            given = [inputs]                # (a list is the one input's data: the full checks convert it)
+        elif (type(inputs) is list or type(inputs) is tuple) and len(inputs) == self.n:
+            given = list(inputs)
+        else:
+            return None
+        for k in range(self.n):
+            value = given[k]
+            if type(value) is not np.ndarray:
+                return None
+            a = value
+            if not same_shape(a, &self.shapes[k]) or not cnp.PyArray_ISCARRAY_RO(a) or not cnp.PyArray_ISNOTSWAPPED(a):
+                return None
+            view = a.view()
+            cnp.PyArray_CLEARFLAGS(view, cnp.NPY_ARRAY_WRITEABLE)
+            given[k] = view
+        return given

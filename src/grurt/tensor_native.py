@@ -178,7 +178,7 @@ class _Run:
 
     def step(self, steps, forms):
         """The native step of the run ``steps`` (their forms: lists of operations)."""
-        return _Program(self, steps, [op for form in forms for op in form]).step()
+        return _Program(self, steps, [(k, op) for k, form in enumerate(forms) for op in form]).step()
 
 
 def _out(outs, k):
@@ -448,14 +448,16 @@ class _Program:
     view of, at an offset); a root is an input of the run (a slot it reads before any of its steps writes it), a
     constant, an array made per call (a root of a tensor the run hands out), or a place in the workspace."""
 
-    def __init__(self, build: _Run, steps, ops):
-        self.build, self.steps, self.ops = build, steps, ops
+    def __init__(self, build: _Run, steps, owned_ops):
+        self.build, self.steps = build, steps
+        self.ops = [op for _, op in owned_ops]
+        self.owners = tuple(k for k, op in owned_ops if not isinstance(op, _Alias))
         self.root: Dict[object, tuple] = {}        # tensor -> (root, byte offset)
         self.inputs: List[object] = []             # roots that are the run's inputs, in order
         self.constants: List[object] = []
         self.written = set()                       # inputs an operation writes into (in place)
         self.span: Dict[object, list] = {}         # internal root -> [first, last] operation touching it
-        for index, op in enumerate(ops):
+        for index, op in enumerate(self.ops):
             if isinstance(op, _Alias):
                 root, offset = self._read(op.src, index)
                 self.root[op.out] = (root, offset + op.offset)
@@ -512,7 +514,8 @@ class _Program:
         program = _kernels.NativeProgram(
             native, [(build.shape(k), typenum(k), k in self.written) for k in self.inputs],
             [(build.shape(k), typenum(k)) for k in escaping], work, [build.const(k) for k in self.constants],
-            [ref(slot) + (build.shape(slot), typenum(slot)) for slot in outputs], tuple(step[5] for step in steps))
+            [ref(slot) + (build.shape(slot), typenum(slot)) for slot in outputs], tuple(step[5] for step in steps),
+            self.owners)
         names = [step[5].name or "-" for step in steps]
         node = TensorNode("native", (), (), {}, _shortened(f"{len(steps)} steps, {names[0]} to {names[-1]}"))
         frees = tuple(sorted(slot for slot in freed if slot not in set(produced)))

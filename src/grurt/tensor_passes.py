@@ -91,7 +91,7 @@ def optimize(steps: Sequence[tuple], known: Dict[int, Value]) -> Tuple[tuple, ..
 
 #: A separable pair becomes one Conv when that costs at most this many more multiply-adds than the
 #: pair (about what one numpy call costs: measured on DeepFilterNet's convs at 1 and 20 frames).
-SEPARABLE_SLACK = 200_000
+SEPARABLE_SLACK = 0
 
 
 def _separable_convs(steps: List[tuple], known) -> List[tuple]:

@@ -81,9 +81,11 @@ class Plan:
         lines = [f"{len(self.steps)} steps, peak {self.peak_bytes} bytes of tensors, "
                  f"{self.constant_bytes} bytes of constants"]
         for _, ctx, *_, node in self.runs:
-            lines.append(f"  {node.name or '-'}: {node.describe()}")
             if isinstance(ctx, NativeProgram):
+                lines.append(f"  native run of {len(ctx.nodes)} steps:")
                 lines += [f"    {inner.name or '-'}: {inner.describe()}" for inner in ctx.nodes]
+            else:
+                lines.append(f"  {node.name or '-'}: {node.describe()}")
         return "\n".join(lines)
 
 
