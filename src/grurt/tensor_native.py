@@ -38,7 +38,6 @@ from . import _kernels
 from ._kernels import _memory_limit
 from .errors import InputError
 from .ops import BOOL, FLOAT, INT, REGISTRY
-from .ops import chain as chain_op
 from .ops.conv import ACTIVATIONS
 from .ops.recurrent import CALL, Direct, _gru_run
 from .tensor_graph import TensorNode
