@@ -7,6 +7,9 @@
 from libc.stddef cimport ptrdiff_t
 from libc.string cimport memcmp
 
+cdef extern from "numpy/arrayobject.h":
+    object array_view "PyArray_View" (cnp.ndarray a, void* dtype, void* subtype)     # a view of a (NULL, NULL: its own)
+
 cdef extern from "_native.h" nogil:
     enum: GRURT_NATIVE_DIMS
     ctypedef struct grurt_strided:
@@ -320,6 +323,8 @@ cdef class NativeProgram:
     cdef size_t work_bytes, scratch_one
     cdef list steps, constants, split_steps
     cdef readonly tuple nodes, owners
+    cdef readonly bint fresh           # every output is an array made by the call, whole (no view)
+    cdef readonly bint writes_inputs   # an instruction writes into an input (in place)
 
     def __cinit__(self):
         self.ops, self.shapes, self.written, self.out_buf, self.out_offset, self.out_whole = NULL, NULL, NULL, NULL, \
@@ -353,6 +358,7 @@ cdef class NativeProgram:
         for k, (shape, typenum, written) in enumerate(inputs):
             set_shape(&self.shapes[k], shape, typenum)
             self.written[k] = written
+            self.writes_inputs = self.writes_inputs or written
         for k, (shape, typenum) in enumerate(roots):
             set_shape(&self.shapes[self.n_inputs + k], shape, typenum)
         for k, array in enumerate(self.constants):
@@ -366,6 +372,7 @@ cdef class NativeProgram:
             root = buf - first_root
             self.out_whole[k] = root if (0 <= root < self.n_roots and offset == 0 and roots[root] == (shape, typenum)) \
                 else -1
+        self.fresh = all(self.out_whole[k] >= 0 for k in range(self.n_outputs))
 
     def __dealloc__(self):
         free(self.ops)
@@ -471,18 +478,25 @@ cdef class InputSignature:
     """The inputs of one plan signature (``names``: the inputs' names in order; ``signature``: (shape, dtype) of
     each): ``frozen(inputs)`` gives them as ``TensorModel`` checks them (read-only views in input order) when
     they are exactly that signature, else None (the caller runs its full checks). A plan was made from checked
-    inputs of that signature, so inputs of the same shapes and dtypes, C-contiguous, pass every check."""
-    cdef tuple names
+    inputs of that signature, so inputs of the same shapes and dtypes, C-contiguous, pass every check.
+    ``program``: the plan's one native step from its inputs to its outputs, if it has one (``Plan.whole``: which
+    inputs it takes, ``take``, and which of its outputs are the plan's, ``give``): ``outputs`` then runs it."""
+    cdef tuple names, take, give
     cdef int n
     cdef TensorShape* shapes
+    cdef NativeProgram program
 
     def __cinit__(self):
         self.shapes = NULL
 
-    def __init__(self, tuple names, tuple signature):
+    def __init__(self, tuple names, tuple signature, NativeProgram program=None, tuple take=(), tuple give=()):
         if len(names) != len(signature) or not names:
             raise ValueError(f"InputSignature: {len(names)} names for {len(signature)} inputs")
-        self.names, self.n = names, len(names)
+        if program is not None and (program.writes_inputs or not program.fresh or len(take) != program.n_inputs
+                                    or any(not 0 <= k < program.n_outputs for k in give)
+                                    or any(not 0 <= i < len(names) for i in take)):
+            raise ValueError("InputSignature: a program that writes its inputs, hands out views, or does not match")
+        self.names, self.n, self.program, self.take, self.give = names, len(names), program, take, give
         self.shapes = <TensorShape*>calloc(self.n, sizeof(TensorShape))
         if self.shapes == NULL:
             raise MemoryError()
@@ -494,13 +508,10 @@ cdef class InputSignature:
     def __dealloc__(self):
         free(self.shapes)
 
-    def frozen(self, inputs):
-        """``inputs`` (a dict by name, a list or tuple in input order, or the one input's array) as read-only views in
-        input order when each is an ndarray of the signature's dtype and shape, C-contiguous and aligned; else
-        None."""
+    cdef list _given(self, inputs):
+        """``inputs`` in input order when each is an ndarray of the signature, C-contiguous and aligned; else None."""
         cdef int k
         cdef object value
-        cdef cnp.ndarray a, view
         if type(inputs) is dict:
             if len(<dict>inputs) != self.n:
                 return None
@@ -513,12 +524,32 @@ cdef class InputSignature:
             return None
         for k in range(self.n):
             value = given[k]
-            if type(value) is not np.ndarray:
+            if (type(value) is not np.ndarray or not same_shape(<cnp.ndarray>value, &self.shapes[k])
+                    or not cnp.PyArray_ISCARRAY_RO(<cnp.ndarray>value) or not cnp.PyArray_ISNOTSWAPPED(<cnp.ndarray>value)):
                 return None
-            a = value
-            if not same_shape(a, &self.shapes[k]) or not cnp.PyArray_ISCARRAY_RO(a) or not cnp.PyArray_ISNOTSWAPPED(a):
-                return None
-            view = a.view()
+        return given
+
+    def frozen(self, inputs):
+        """``inputs`` (a dict by name, a list or tuple in input order, or the one input's array) as read-only views in
+        input order when each is an ndarray of the signature's dtype and shape, C-contiguous and aligned; else
+        None."""
+        cdef list given = self._given(inputs)
+        cdef cnp.ndarray view
+        if given is None:
+            return None
+        for k in range(self.n):
+            view = array_view(<cnp.ndarray>given[k], NULL, NULL)
             cnp.PyArray_CLEARFLAGS(view, cnp.NPY_ARRAY_WRITEABLE)
             given[k] = view
         return given
+
+    def outputs(self, inputs, int threads):
+        """The plan's outputs (arrays of their own) for ``inputs`` of the signature by its one native program (which
+        writes none of its inputs), on up to ``threads`` threads; None without such a program or for other inputs."""
+        if self.program is None:
+            return None
+        cdef list given = self._given(inputs)
+        if given is None:
+            return None
+        values = self.program._call([given[i] for i in self.take], threads, NULL)
+        return [values[k] for k in self.give]

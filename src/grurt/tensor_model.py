@@ -102,7 +102,14 @@ class TensorModel:
         if threads != 1 or type(threads) is not int:
             check_threads(threads)
         recent = self._recent
-        arrays = None if recent is None else recent[0].frozen(inputs)
+        arrays = None
+        if recent is not None:
+            outputs = recent[0].outputs(inputs, threads)      # a plan run natively as a whole: one C call
+            if outputs is not None:
+                with self._lock:
+                    self._hits += 1
+                return self._result(outputs)
+            arrays = recent[0].frozen(inputs)
         if arrays is None:
             arrays = self._inputs(inputs)
             plan = self.plan(arrays)
@@ -144,7 +151,8 @@ class TensorModel:
                     self._plans.popitem(last=False)
         recent = self._recent
         if recent is None or recent[1] is not plan:
-            self._recent = (InputSignature(self.input_names, key), plan, key)
+            whole = () if plan.whole is None or plan.whole[0].writes_inputs else plan.whole[:3]
+            self._recent = (InputSignature(self.input_names, key, *whole), plan, key)
         return plan
 
     def cache_info(self):

@@ -55,9 +55,9 @@ _BINARY_CODES = {np.add: 0, np.subtract: 1, np.multiply: 2, np.divide: 3}
 _DTYPES = (FLOAT, INT, BOOL)
 
 
-def native_runs(steps, known: dict) -> tuple:
+def native_runs(steps, known: dict, results) -> tuple:
     """``steps`` (a plan's, after ``optimize``) with each maximal run of at least MIN_STEPS steps that have a C
-    form as one step of a NativeProgram; ``known``: the Value of each slot."""
+    form as one step of a NativeProgram; ``known``: the Value of each slot; ``results``: the plan's output slots."""
     build = _Run(known)
     forms = [_form(step, build) for step in steps]
     result, i = [], 0
@@ -66,7 +66,7 @@ def native_runs(steps, known: dict) -> tuple:
         while j < len(steps) and forms[j] is not None:
             j += 1
         if j - i >= MIN_STEPS:
-            result.append(build.step(steps[i:j], forms[i:j]))
+            result.append(build.step(steps[i:j], forms[i:j], set(results)))
         else:
             j = max(j, i + 1)
             result.extend(steps[i:j])
@@ -175,9 +175,9 @@ class _Run:
         size = self.nbytes(dst)
         return _Op((dst,), (), lambda ref: _kernels.ZeroStep(ref(dst), size))
 
-    def step(self, steps, forms):
-        """The native step of the run ``steps`` (their forms: lists of operations)."""
-        return _Program(self, steps, [(k, op) for k, form in enumerate(forms) for op in form]).step()
+    def step(self, steps, forms, results):
+        """The native step of the run ``steps`` (their forms: lists of operations); ``results``: the plan's outputs."""
+        return _Program(self, steps, forms, results).step(results)
 
 
 def _out(outs, k):
@@ -445,10 +445,35 @@ def _form(step, build) -> Optional[list]:
 class _Program:
     """The buffers of a run's tensors: each tensor is bytes of a root (its own, or those of the tensor it is a
     view of, at an offset); a root is an input of the run (a slot it reads before any of its steps writes it), a
-    constant, an array made per call (a root of a tensor the run hands out), or a place in the workspace."""
+    constant, an array made per call (a root of a tensor the run hands out, its shape that of a tensor it hands
+    out whole), or a place in the workspace. A plan output that would be a view (of an input, a constant, part of
+    a tensor) is copied into an array of its own after the step that makes it: every output of the plan a run
+    hands out is then an array of its own, as ``Plan.run`` gives them (the bytes of a live output are not written
+    again: the in-place rewrites write only into a tensor no live one shares memory with)."""
 
-    def __init__(self, build: _Run, steps, owned_ops):
+    def __init__(self, build: _Run, steps, forms, results):
         self.build, self.steps = build, steps
+        freed = {slot for step in steps for slot in step[4]}
+        produced = [slot for step in steps for _, slot in step[3]]
+        self.frees = tuple(sorted(slot for slot in freed if slot not in set(produced)))
+        self.outputs = [slot for slot in produced if slot not in freed]
+        self._analyze([(k, op) for k, form in enumerate(forms) for op in form])
+        self.given = {}                            # a plan output copied -> its copy
+        for slot in self.outputs:
+            if slot in results and not self._whole(slot):
+                self.given[slot] = build.temp(build.shape(slot), build.dtype(slot))
+        if self.given:
+            owned = []
+            for k, (form, step) in enumerate(zip(forms, steps)):
+                owned += [(k, op) for op in form]
+                for _, slot in step[3]:
+                    if slot in self.given:
+                        shape = build.shape(slot)
+                        owned.append((k, build.copy(self.given[slot], 0, slot, 0, shape,
+                                                    _c_strides(shape, build.dtype(slot).itemsize))))
+            self._analyze(owned)
+
+    def _analyze(self, owned_ops):
         self.ops = [op for _, op in owned_ops]
         self.owners = tuple(k for k, op in owned_ops if not isinstance(op, _Alias))
         self.root: Dict[object, tuple] = {}        # tensor -> (root, byte offset)
@@ -490,12 +515,19 @@ class _Program:
             self.span[root][1] = index
         return self.root[key]
 
-    def step(self):
-        build, steps = self.build, self.steps
-        freed = {slot for step in steps for slot in step[4]}
-        produced = [slot for step in steps for _, slot in step[3]]
-        outputs = [slot for slot in produced if slot not in freed]
-        escaping = list(dict.fromkeys(self.root[slot][0] for slot in outputs if self.root[slot][0] in self.span))
+    def _whole(self, key) -> bool:
+        """Whether tensor ``key`` is the whole of an internal root (an array of its own when it is handed out)."""
+        root, offset = self.root[key]
+        return root in self.span and offset == 0 and self.build.nbytes(key) == self.build.nbytes(root)
+
+    def step(self, results):
+        build = self.build
+        handed = [self.given.get(slot, slot) for slot in self.outputs]
+        claim = {}                                 # an escaping root -> the tensor whose shape its array takes
+        for key in sorted(handed, key=lambda k: k not in results):
+            if self._whole(key):
+                claim.setdefault(self.root[key][0], key)
+        escaping = list(dict.fromkeys(self.root[key][0] for key in handed if self.root[key][0] in self.span))
         places, work = self._workspace(set(escaping))
         first_root, workspace = len(self.inputs), len(self.inputs) + len(escaping)
         buffers = {**{key: (k, 0) for k, key in enumerate(self.inputs)},
@@ -512,13 +544,12 @@ class _Program:
         typenum = lambda key: build.dtype(key).num        # noqa: E731
         program = _kernels.NativeProgram(
             native, [(build.shape(k), typenum(k), k in self.written) for k in self.inputs],
-            [(build.shape(k), typenum(k)) for k in escaping], work, [build.const(k) for k in self.constants],
-            [ref(slot) + (build.shape(slot), typenum(slot)) for slot in outputs], tuple(step[5] for step in steps),
-            self.owners)
-        names = [step[5].name or "-" for step in steps]
-        node = TensorNode("native", (), (), {}, _shortened(f"{len(steps)} steps, {names[0]} to {names[-1]}"))
-        frees = tuple(sorted(slot for slot in freed if slot not in set(produced)))
-        return (_native_run, program, tuple(self.inputs), tuple(enumerate(outputs)), frees, node)
+            [(build.shape(claim.get(r, r)), typenum(r)) for r in escaping], work,
+            [build.const(k) for k in self.constants], [ref(k) + (build.shape(k), typenum(k)) for k in handed],
+            tuple(step[5] for step in self.steps), self.owners)
+        names = [step[5].name or "-" for step in self.steps]
+        node = TensorNode("native", (), (), {}, _shortened(f"{len(self.steps)} steps, {names[0]} to {names[-1]}"))
+        return (_native_run, program, tuple(self.inputs), tuple(enumerate(self.outputs)), self.frees, node)
 
     def _workspace(self, escaping):
         """{root: byte offset} of the internal roots that stay in the run, packed by liveness (two roots share bytes

@@ -31,6 +31,7 @@ from .errors import GrurtError, InputError, ModelFormatError, UnsupportedModelEr
 from .ops import BOOL, FLOAT, INT, REGISTRY, Value
 from .tensor_graph import TensorGraph
 from . import tensor_native
+from .ops.recurrent import CALL
 from .tensor_passes import optimize
 
 #: Ops whose outputs depend on their inputs' shapes only: folded at plan time from the shapes.
@@ -56,7 +57,8 @@ class Plan:
     ``run`` executes, the same steps but runs of them as one native step each (:mod:`grurt.tensor_native`).
     """
 
-    __slots__ = ("slots", "input_slots", "steps", "runs", "outputs", "peak_bytes", "constant_bytes", "_program")
+    __slots__ = ("slots", "input_slots", "steps", "runs", "outputs", "peak_bytes", "constant_bytes", "_program",
+                 "whole")
 
     def __init__(self, slots, input_slots, steps, outputs, peak_bytes, constant_bytes, runs=None):
         self.slots, self.input_slots, self.steps, self.outputs = slots, input_slots, steps, outputs
@@ -65,16 +67,28 @@ class Plan:
         # what run loops over: a step of one output (most) stores it without a loop
         self._program = tuple((run, ctx, ins, outs[0][1] if len(outs) == 1 and outs[0][0] == 0 else outs, frees, node)
                               for run, ctx, ins, outs, frees, node in self.runs)
+        #: (NativeProgram, the positions of its inputs among the plan's, of the plan's outputs among its own, its node)
+        #: when one native step computes every output from the inputs, each an array of its own: run without slots
+        self.whole = None
+        if len(self.runs) == 1 and isinstance(self.runs[0][1], NativeProgram) and self.runs[0][1].fresh:
+            run, ctx, ins, outs, _, node = self.runs[0]
+            made = {slot: k for k, slot in outs}
+            if all(s in input_slots for s in ins) and all(s in made for s in outputs):
+                self.whole = (ctx, tuple(input_slots.index(s) for s in ins), tuple(made[s] for s in outputs), node)
 
     def run(self, arrays) -> List[np.ndarray]:
         """The graph's outputs for ``arrays`` (the checked inputs, in input order), each an array of
         its own (never a view of an input or of a constant)."""
+        if self.whole is not None:
+            program, take, give, node = self.whole
+            try:
+                values = program.run([arrays[i] for i in take], CALL.threads)
+            except GrurtError as exc:
+                raise _where_error(exc, node.where) from None
+            return [values[k] for k in give]
         slots = execute(self._program, self.slots, self.input_slots, arrays)
-        results = []
-        for slot in self.outputs:
-            value = slots[slot]
-            results.append(value.copy() if value.base is not None or not value.flags.writeable else value)
-        return results
+        values = [slots[slot] for slot in self.outputs]
+        return [value.copy() if value.base is not None or not value.flags.writeable else value for value in values]
 
     def describe(self) -> str:
         """The steps left after folding, node by node (those of a native run under it)."""
@@ -231,7 +245,7 @@ def make_plan(graph: TensorGraph, sig, record: dict = None, weights: str = "floa
         record.update(values)
     known = {slot: values[name] for names in (slot_of, constant_slots) for name, slot in names.items()}
     steps = optimize(steps, known)
-    runs = tensor_native.native_runs(steps, known) if tensor_native.ENABLED else None
+    runs = tensor_native.native_runs(steps, known, results) if tensor_native.ENABLED else None
     return Plan(tuple(slots), input_slots, steps, results, peak, folded, runs)
 
 
