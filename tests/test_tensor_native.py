@@ -437,4 +437,4 @@ def test_calls_of_the_same_signature_skip_the_checks_and_others_do_not():
     again = model.run([x, x])
     assert np.array_equal(again, first) and again is not first and np.array_equal(x, before)
     info = model.cache_info()
-    assert (info.hits, info.misses) == (5, 1)
+    assert (info.hits, info.misses) == (6, 1)
