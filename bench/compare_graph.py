@@ -186,9 +186,9 @@ def profile(w, repeat=200) -> str:
     total = _median_us(lambda: model.run(inputs), repeat)
     miss = _median_us(lambda: grurt.tensor_plan.make_plan(model.graph, grurt.tensor_plan.signature(arrays)),
                       max(5, repeat // 20))
-    native = sum(len(ctx.nodes) for _, ctx, *_ in plan.runs if isinstance(ctx, grurt._kernels.NativeProgram))
-    lines = [f"{w.name}: run median {total:.0f} µs CPU; {len(plan.steps)} steps ({native} in {len(plan.runs)} runs "
-             f"natively); plan-cache miss (make_plan) {miss:.0f} µs", "",
+    native = [len(ctx.nodes) for _, ctx, *_ in plan.runs if isinstance(ctx, grurt._kernels.NativeProgram)]
+    lines = [f"{w.name}: run median {total:.0f} µs CPU; {len(plan.steps)} steps ({sum(native)} of them in "
+             f"{len(native)} native runs); plan-cache miss (make_plan) {miss:.0f} µs", "",
              "| op | steps | CPU µs (sum of step medians) |", "|---|---:|---:|"]
     lines += [f"| {op} | {count[op]} | {us:.1f} |" for op, us in by_op.most_common()]
     lines.append(f"| (dispatch, input checks, cache lookup) | | {total - sum(by_op.values()):.1f} |")

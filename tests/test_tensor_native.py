@@ -152,8 +152,8 @@ _BINARY = ("Add", "Sub", "Mul", "Div")
 def graphs(draw):
     """x (float32, rank 1-4) and, sometimes, ids (int64): a chain of nodes, each on a tensor made before: views,
     Transpose, Slice (any steps, negative too), Concat, Split, Add/Sub/Mul/Div with broadcasting (against
-    another tensor or a constant), activations, and ops without a native form (Abs, Softmax, ReduceSum) that
-    end a run. Outputs: the last tensor and some others (an input, a view of one, a constant's view)."""
+    another tensor or a constant), activations, Softmax and LogSoftmax over any axis, and ops without a native form
+    (Abs, ReduceSum, a Softmax over an axis whose rows are strided) that end a run. Outputs: the last tensor and some others (an input, a view of one, a constant's view)."""
     shape = tuple(draw(st.lists(st.integers(1, 4), min_size=1, max_size=4)))
     tensors = {"x": (shape, np.float32)}
     inputs = [TensorInput("x", "float32", shape)]
@@ -253,12 +253,15 @@ def graphs(draw):
                 pair = pair if op == "Div" or draw(st.booleans()) else pair[::-1]
             nodes.append(node(op, pair, [new(out_shape, dtype)]))
         else:
-            op = draw(st.sampled_from(["Abs", "Softmax", "ReduceSum"]))
+            op = draw(st.sampled_from(["Abs", "Softmax", "LogSoftmax", "ReduceSum"]))
             if op == "ReduceSum":
                 out = new(shape[:-1] + (1,), dtype)
                 nodes.append(node(op, [name, constant(np.array([-1], np.int64))], [out]))
-            else:
-                nodes.append(node(op, [name], [new(shape, dtype)], **({"axis": -1} if op == "Softmax" else {})))
+            elif op == "Abs":
+                nodes.append(node(op, [name], [new(shape, dtype)]))
+            else:                   # native over contiguous rows (only dims of 1 after the axis), numpy's otherwise
+                axis = draw(st.integers(-len(shape), len(shape) - 1))
+                nodes.append(node(op, [name], [new(shape, dtype)], axis=axis))
     if not nodes:
         nodes.append(node("Transpose", ["x"], [new(shape[::-1], np.float32)]))
     made = [out for n in nodes for out in n.outputs]
@@ -281,11 +284,11 @@ def test_runs_end_at_steps_without_a_native_form():
                         [node("Transpose", ["x"], ["a"], perm=[2, 0, 1]), node("Relu", ["a"], ["b"]),
                          node("Exp", ["b"], ["c"]),
                          node("Slice", ["c", "s", "e", "ax"], ["d"]), node("Mul", ["d", "k"], ["f"]),
-                         node("Softmax", ["f"], ["g"], axis=-1), node("Sigmoid", ["g"], ["h"])],
+                         node("ReduceSum", ["f", "ax"], ["g"]), node("Sigmoid", ["g"], ["h"])],
                         ["h", "b"], {"s": np.array([1], np.int64), "e": np.array([3], np.int64),
                                      "ax": np.array([0], np.int64), "k": _f32(1, 1, 3)})
     _, _, native = _plans(graph, x)
-    assert [step[5].op for step in native.runs] == ["native", "Exp", "native", "Softmax", "Sigmoid in place"]
+    assert [step[5].op for step in native.runs] == ["native", "Exp", "native", "ReduceSum", "Sigmoid"]
     described = native.describe()
     assert "  native run of 2 steps:\n    a: a = Transpose(x; perm=(2, 0, 1))\n    b: b = Relu(a)\n  c:" in described
     assert_near_reference(graph, x, assert_same_bits(graph, x))

@@ -158,6 +158,26 @@ cdef class BinaryStep(NativeStep):
         self.fn, self.data = binary_fn, &self.d
 
 
+cdef struct SoftmaxData:
+    Ref x, y
+    size_t rows, n
+    bint log
+
+cdef void softmax_fn(const void* data, char** bases, char* scratch, int threads) noexcept nogil:
+    cdef const SoftmaxData* d = <const SoftmaxData*>data
+    grurt_softmax_rows(<const float*>at(bases, d.x), <float*>at(bases, d.y), d.rows, d.n, d.log)
+
+
+cdef class SoftmaxStep(NativeStep):
+    """Softmax (``log``: LogSoftmax) of each of ``rows`` rows of ``n`` float32 values of x into y, as
+    ``softmax_rows``."""
+    cdef SoftmaxData d
+
+    def __init__(self, tuple y, tuple x, size_t rows, size_t n, bint log):
+        self.d.y, self.d.x, self.d.rows, self.d.n, self.d.log = as_ref(y), as_ref(x), rows, n, log
+        self.fn, self.data = softmax_fn, &self.d
+
+
 # ---- the kernels of the ops ----
 
 cdef struct ConvData:

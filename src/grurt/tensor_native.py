@@ -14,7 +14,8 @@ The C forms, each computing what the Python step computes with the same kernel o
 * **copies** (Transpose, Slice, Split, Concat, the history rows of ``Concat+Slice``, a GRU's layout changes) are
   strided loops (``_native.h``), the planner having merged the dims that step as one;
 * **arithmetic**: Add, Sub, Mul, Div of float32 tensors with broadcasting, in place where the Python step is;
-  Relu, Sigmoid, Tanh (the kernels' activations, as the Python steps compute them);
+  Relu, Sigmoid, Tanh (the kernels' activations, as the Python steps compute them); Softmax and LogSoftmax over
+  contiguous rows (the kernels');
 * **kernels**: a Conv or ConvTranspose on the C kernel (``Conv2d``, fused activation, on a history), a grouped
   linear (``GroupedLinear``), a packed Gemm of one product (``Linear``), a GRU or ``grurt.Chain`` that calls its
   kernels' plan directly (``ops.recurrent.Direct``, at most ``MAX_BATCH`` sequences).
@@ -298,6 +299,19 @@ def _in_place_form(ctx, ins, outs, build):
     return [_Alias(y, ins[into]), _binary(build, y, ins[0], ins[1], _BINARY_CODES[ufunc])]
 
 
+def _softmax_form(log):
+    def form(axis, ins, outs, build):
+        """A Softmax (LogSoftmax) whose rows are contiguous (only dims of 1 after its axis): the kernel's, as the
+        Python step runs it."""
+        shape = build.shape(ins[0])
+        if any(d != 1 for d in shape[axis + 1:]):
+            return None
+        y, x, n = outs[0][1], ins[0], shape[axis]
+        rows = math.prod(shape) // n
+        return [_Op((y,), (x,), lambda ref: _kernels.SoftmaxStep(ref(y), ref(x), rows, n, log))]
+    return form
+
+
 def _conv_form(ctx, ins, outs, build):
     if ctx.native is None:
         return None
@@ -413,7 +427,8 @@ def _forms() -> dict:
                   _history_slice_run: _history_slice_form, _unary_run: _unary_form, _binary_run: _in_place_form,
                   REGISTRY["Conv"].run: _conv_form, REGISTRY["ConvTranspose"].run: _conv_form,
                   _history_conv_run: _history_conv_form, _grouped_run: _grouped_form, _linear_run: _linear_form,
-                  _gru_run: _gru_form, REGISTRY["grurt.Chain"].run: _chain_form})
+                  _gru_run: _gru_form, REGISTRY["grurt.Chain"].run: _chain_form,
+                  REGISTRY["Softmax"].run: _softmax_form(False), REGISTRY["LogSoftmax"].run: _softmax_form(True)})
     forms.update({REGISTRY[op].run: _activation_form(op) for op in ACTIVATIONS})
     forms.update({REGISTRY[op].run: _binary_form(code) for op, code in (("Add", 0), ("Sub", 1), ("Mul", 2),
                                                                         ("Div", 3))})
@@ -421,7 +436,8 @@ def _forms() -> dict:
 
 
 FORMS = _forms()
-_ELEMENTWISE = frozenset(REGISTRY[op].run for op in ("Add", "Sub", "Mul", "Div", *ACTIVATIONS)) | {_unary_run}
+_ELEMENTWISE = frozenset(REGISTRY[op].run for op in ("Add", "Sub", "Mul", "Div", "Softmax", "LogSoftmax",
+                                                     *ACTIVATIONS)) | {_unary_run}
 
 
 def _form(step, build) -> Optional[list]:
