@@ -455,7 +455,12 @@ cdef class NativeProgram:
                 bases[k] = <char*>cnp.PyArray_DATA(a)
             for k in range(n_roots):
                 s = &self.shapes[n_in + k]
-                a = cnp.PyArray_EMPTY(s.nd, <cnp.npy_intp*>s.dims, s.typenum, 0)
+                try:
+                    a = cnp.PyArray_EMPTY(s.nd, <cnp.npy_intp*>s.dims, s.typenum, 0)
+                except MemoryError:
+                    shape = tuple(s.dims[i] for i in range(s.nd))
+                    raise out_of_memory(cnp.PyArray_DescrFromType(s.typenum).itemsize * int(np.prod(shape)),
+                                        f"an output {shape} of a native run of {len(self.nodes)} steps") from None
                 arrays.append(a)
                 bases[n_in + k] = <char*>cnp.PyArray_DATA(a)
             bases[n_in + n_roots] = block + table
