@@ -16,9 +16,10 @@ A signature is the shape and dtype of each input. Planning walks the nodes in or
   the last step reading it;
 * the steps are then rewritten where the shapes allow (:mod:`grurt.tensor_passes`: a weighted
   sum as one matrix product, attention as one step, Gemms on packed weights, elementwise ops
-  in place).
+  in place), and each run of steps that have a C form becomes one native step (:mod:`grurt.tensor_native`:
+  one call without the GIL; ``Plan.runs``).
 
-Running a plan is the loop over its steps: no shape logic, no checks, no lookups.
+Running a plan is the loop over its runs: no shape logic, no checks, no lookups.
 """
 from __future__ import annotations
 
