@@ -1,7 +1,8 @@
 #!/usr/bin/env python
-"""Two builds of grurt on W1-W8, interleaved: is the new one slower, are its outputs the same bits?
+"""Two builds of grurt on W1-W8 (and the general graphs W9, W10, W10s20), interleaved: is the new one slower, are its
+outputs the same bits?
 
-    python bench/ab_builds.py OLD_SRC [--new NEW_SRC] [--rounds N] [--workloads W1,W2]
+    python bench/ab_builds.py OLD_SRC [--new NEW_SRC] [--rounds N] [--workloads W1,W2,W10]
 
 OLD_SRC and NEW_SRC (default: this checkout's src/) are the ``src`` directories of two checkouts
 with their kernels built (``python setup.py build_ext --inplace`` in each), e.g. a worktree of
@@ -12,14 +13,15 @@ the commit before a change::
 
 Each build runs in a worker process of its own (``PYTHONPATH=<src>``), which builds the
 workloads of ``workloads.py`` with its grurt (the same seeded PyTorch weights) and times what
-``compare.py`` times for grurt: ``Model.run``, W3/W6s a stream step, W7 a stream-pool step.
+``compare.py`` times for grurt: ``Model.run``, W3/W6s a stream step, W7 a stream-pool step (W9-W10s20: the
+graphs of ``workloads_graph.py``, a W10 call one hop with its states carried, as ``compare_graph.py`` times them).
 Rounds alternate the two workers in a shuffled order (one turn: an untimed warm-up call, then
 a ~5 ms burst of timed calls, ``time.perf_counter`` per call); while one worker runs, the other
 waits on its pipe. The table gives per-call medians over all turns and new / old (< 1: the new
 build is faster), with the median of the per-round ratios beside it (a round's two turns are
 seconds apart, so that ratio is robust to drifting load). Before timing, each worker computes
 its outputs (``w.x``; for a stream, the steps over ``check_frames`` from a fresh state) and the
-parent compares them bit for bit (``np.array_equal``).
+parent compares them bit for bit (``np.array_equal``; when they differ, the table gives the largest difference).
 """
 import argparse
 import datetime
@@ -35,6 +37,7 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W6", "W6s", "W7", "W8")
+GRAPHS = ("W9", "W10", "W10s20")
 BURST_SECONDS = 0.005
 
 
@@ -60,8 +63,38 @@ def worker() -> None:
         sys.stdout.flush()
 
     answer({"grurt": grurt.__file__})
+    def graph(name):
+        """(call, input) of a general graph: W9's run, a W10 hop with its states carried."""
+        import workloads_graph as wg
+
+        w = wg.get(name)
+        if name == "W9":
+            return lambda x: [w.model.run(x)], w.example[0]
+        step = wg.stepper(lambda arrays: list(w.model.run(dict(zip(wg.INPUT_NAMES, arrays)))))
+        return lambda hop: step(*hop), wg.hops(w.frames, 1, seed=11)[0]
+
+    def burst(call, x):
+        call(x)                               # the other build evicted the caches
+        times, end = [], time.perf_counter() + BURST_SECONDS
+        while True:
+            start = time.perf_counter()
+            call(x)
+            now = time.perf_counter()
+            times.append(now - start)
+            if now >= end:
+                return times
+
     for line in sys.stdin:
         command, name, *rest = line.split()
+        if name in GRAPHS:
+            if command == "outputs":
+                call, x = graph(name)
+                np.save(rest[0], np.concatenate([np.ravel(o) for o in call(x)]))
+                callers[name] = graph(name)
+                answer({"ok": True})
+            else:
+                answer(burst(*callers[name]))
+            continue
         w = workloads.get(name)
         if command == "outputs":          # bit-for-bit check: written to the file named
             call = fresh(w)
@@ -74,17 +107,7 @@ def worker() -> None:
             callers[name] = fresh(w)
             answer({"ok": True})
         elif command == "turn":
-            call, x = callers[name], w.x
-            call(x)                           # the other build evicted the caches
-            times, end = [], time.perf_counter() + BURST_SECONDS
-            while True:
-                start = time.perf_counter()
-                call(x)
-                now = time.perf_counter()
-                times.append(now - start)
-                if now >= end:
-                    break
-            answer(times)
+            answer(burst(callers[name], w.x))
 
 
 class Worker:
@@ -135,7 +158,10 @@ def main(argv=None) -> int:
         for label, w in builds.items():
             saved[label] = os.path.join("/tmp", f"ab_{os.getpid()}_{label}_{name}.npy")
             w.ask("outputs", name, saved[label])
-        same = np.array_equal(np.load(saved["old"]), np.load(saved["new"]))
+        old_out, new_out = np.load(saved["old"]), np.load(saved["new"])
+        same = "bit-identical" if np.array_equal(old_out, new_out) else (
+            f"max diff {np.max(np.abs(old_out.astype(np.float64) - new_out)):.0e}" if old_out.shape == new_out.shape
+            else "DIFFERENT")
         for path in saved.values():
             os.remove(path)
         times = {label: [] for label in builds}
@@ -153,7 +179,7 @@ def main(argv=None) -> int:
         ratio = float(np.median(per_round))
         worst = max(worst, ratio)
         print(f"| {name} | {old:,.1f} | {new:,.1f} | {new / old:.3f} | {ratio:.3f} | "
-              f"{'bit-identical' if same else 'DIFFERENT'} |", flush=True)
+              f"{same} |", flush=True)
     for w in builds.values():
         w.close()
     print(f"\nslowest new / old (median of rounds): {worst:.3f}; load average at end {os.getloadavg()[0]:.2f}")

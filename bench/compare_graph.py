@@ -28,7 +28,8 @@ onnxruntime-1-thread median / contender median (> 1: faster than onnxruntime); t
 are the same from the calling thread's CPU time (``time.thread_time``), which a loaded machine
 does not inflate when it preempts a call. A W10 call is
 one hop (the features of S frames and the six states in, ten outputs out, the states fed back).
-``--profile`` adds, per workload, grurt's CPU time per op type (each plan step timed alone), the
+``--profile`` adds, per workload, grurt's CPU time per op type (each plan step timed alone, inside a native run
+by its clock), the
 cost of a plan-cache miss, and of a general op above the numpy call it makes.
 """
 import os
@@ -166,44 +167,53 @@ def _median_us(fn, repeat):
 
 
 def profile(w, repeat=200) -> str:
-    """grurt's CPU time per op type (each step timed alone, medians summed), the whole run's median,
-    and the cost of a plan-cache miss."""
+    """grurt's CPU time per op type (each step timed alone, medians summed; the steps of a native run timed
+    inside it), the whole run's median, and the cost of a plan-cache miss."""
     model = w.model
     inputs = dict(zip(model.input_names, w.example))
     arrays = model._inputs(inputs)
     plan = model.plan(arrays)
-    per_step = [[] for _ in plan.steps]
+    per_node = collections.defaultdict(list)
     for _ in range(repeat):
-        for k, seconds in enumerate(step_times(plan, arrays, time.thread_time)):
-            per_step[k].append(seconds)
+        for node, seconds in step_times(plan, arrays, time.thread_time):
+            per_node[id(node)].append((node, seconds))
     by_op = collections.Counter()
     count = collections.Counter()
-    for (*_, node), times in zip(plan.steps, per_step):
-        op = getattr(node, "op", str(node))
-        by_op[op] += float(np.median(times)) * 1e6
+    for times in per_node.values():
+        op = times[0][0].op
+        by_op[op] += float(np.median([s for _, s in times])) * 1e6
         count[op] += 1
     total = _median_us(lambda: model.run(inputs), repeat)
     miss = _median_us(lambda: grurt.tensor_plan.make_plan(model.graph, grurt.tensor_plan.signature(arrays)),
                       max(5, repeat // 20))
-    lines = [f"{w.name}: run median {total:.0f} µs CPU; {len(plan.steps)} steps; plan-cache miss (make_plan) "
-             f"{miss:.0f} µs", "", "| op | steps | CPU µs (sum of step medians) |", "|---|---:|---:|"]
+    native = [len(ctx.nodes) for _, ctx, *_ in plan.runs if isinstance(ctx, grurt._kernels.NativeProgram)]
+    lines = [f"{w.name}: run median {total:.0f} µs CPU; {len(plan.steps)} steps ({sum(native)} of them in "
+             f"{len(native)} native runs); plan-cache miss (make_plan) {miss:.0f} µs", "",
+             "| op | steps | CPU µs (sum of step medians) |", "|---|---:|---:|"]
     lines += [f"| {op} | {count[op]} | {us:.1f} |" for op, us in by_op.most_common()]
     lines.append(f"| (dispatch, input checks, cache lookup) | | {total - sum(by_op.values()):.1f} |")
     return "\n".join(lines)
 
 
 def step_times(plan, arrays, clock):
-    """One run of ``plan`` on the checked ``arrays`` as Plan.run makes it, each step timed alone by
-    ``clock``: the seconds of each step, in order."""
+    """One run of ``plan`` on the checked ``arrays`` as Plan.run makes it, each step timed alone by ``clock`` (the
+    steps of a native run by the run's own clock, in C): (node, seconds) of each step, in order."""
     slots = list(plan.slots)
     for slot, array in zip(plan.input_slots, arrays):
         slots[slot] = array
     seconds = []
-    for run, ctx, ins, outs, _, _ in plan.steps:
+    for run, ctx, ins, outs, _, node in plan.runs:
         args = [slots[i] for i in ins]
-        start = clock()
-        results = run(ctx, args)
-        seconds.append(clock() - start)
+        if isinstance(ctx, grurt._kernels.NativeProgram):
+            results, ns, _ = ctx.profile(args, 1)
+            spent = [0] * len(ctx.nodes)
+            for owner, t in zip(ctx.owners, ns):
+                spent[owner] += t
+            seconds += [(inner, t * 1e-9) for inner, t in zip(ctx.nodes, spent)]
+        else:
+            start = clock()
+            results = run(ctx, args)
+            seconds.append((node, clock() - start))
         for k, slot in outs:
             slots[slot] = results[k]
     return seconds

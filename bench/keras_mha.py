@@ -146,7 +146,7 @@ def ort_profile(twin, x, rounds):
 
 
 def profile(model, x, rounds):
-    """Min and median µs of each step of grurt's plan (the op's run on its inputs, as Plan.run calls it),
+    """Min and median µs of each step of grurt's plan (the op's run on its inputs, as Plan.run calls it, or inside its native run),
     and of the whole ``model.run`` in the same rounds (its excess over the sum: the call's own cost)."""
     arrays = model._inputs(x)
     plan = model.plan(arrays)
@@ -156,7 +156,7 @@ def profile(model, x, rounds):
         start = time.perf_counter()
         model.run(x)
         whole.append(time.perf_counter() - start)
-        for index, seconds in enumerate(step_times(plan, arrays, time.perf_counter)):
+        for index, (_, seconds) in enumerate(step_times(plan, arrays, time.perf_counter)):
             times[index].append(seconds)
     print(f"\ngrurt's plan, {len(plan.steps)} steps (µs per step over {rounds} runs):")
     print(f"  {'min':>8} {'median':>8}")

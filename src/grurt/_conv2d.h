@@ -418,6 +418,11 @@ static inline const float *grurt_c2_input_row(const grurt_conv2d *c, const float
 
 static void grurt_c2_item(const grurt_conv2d *c, const float *src, const float *hist, int Hh, float *yn, int item,
                           char *part) {
+    if (grurt_conv2d_depthwise(c)) {        /* first: a channel's work is small, the geometry below is not needed */
+        float *plane = (float *)part, *z = plane + grurt_c2_round(grurt_c2_dw_plane_floats(c));
+        grurt_c2_depthwise(c, src, plane, z, (const float **)(z + grurt_c2_dw_positions(c)), yn, item);
+        return;
+    }
     /* the fields in locals: stores through y may alias *c for a compiler without strict aliasing */
     const int G = c->groups, Cg = c->C / G, Mg = c->M / G, kh = c->kh, kw = c->kw, Wo = c->Wo, Ho = c->Ho;
     const int sh = c->sh, sw = c->sw, dh = c->dh, dw = c->dw;
@@ -427,11 +432,6 @@ static void grurt_c2_item(const grurt_conv2d *c, const float *src, const float *
     const int alias = (Hp * Wp) % 1024 == 0;       /* B's rows a multiple of 4 KB apart */
     const int R = grurt_conv2d_block_rows(c);
     const size_t in_plane = (size_t)Hp * Wp, out_plane = (size_t)Ho * Wo;
-    if (grurt_conv2d_depthwise(c)) {
-        float *plane = (float *)part, *z = plane + grurt_c2_round(grurt_c2_dw_plane_floats(c));
-        grurt_c2_depthwise(c, src, plane, z, (const float **)(z + grurt_c2_dw_positions(c)), yn, item);
-        return;
-    }
     float *cols = (float *)part;
     float *pack = cols + grurt_c2_round(grurt_c2_cols_floats(c, K));
     float *out = pack + (size_t)K * 32;
@@ -518,8 +518,9 @@ static void grurt_conv2d_run(const grurt_conv2d *c, int N, const float *x, float
         job.next = 0;
         if (threads > 1 && job.items > 1)
             grurt_pool_run(threads < job.items ? threads : job.items, grurt_c2_work, &job);
-        else
-            grurt_c2_work(&job, 0);
+        else                                /* in order, without claiming (an atomic an item: 64 a depthwise Conv) */
+            for (int item = 0; item < job.items; ++item)
+                grurt_c2_item(c, job.src, NULL, 0, job.y, item, job.parts);
         if (mode == 1 && !grurt_conv2d_depthwise(c)) grurt_c2_activate(c, job.y, 0, c->Ho);
     }
 }
@@ -551,7 +552,8 @@ static void grurt_conv2d_run_history(const grurt_conv2d *c, int N, const float *
         if (threads > 1 && job.items > 1)
             grurt_pool_run(threads < job.items ? threads : job.items, grurt_c2_work, &job);
         else
-            grurt_c2_work(&job, 0);
+            for (int item = 0; item < job.items; ++item)
+                grurt_c2_item(c, job.src, job.hist, Hh, job.y, item, job.parts);
         if (rows < c->Ho) grurt_c2_activate(c, job.y, rows, c->Ho - rows);
     }
 }

@@ -23,6 +23,7 @@ One module, split by job into files that Cython includes here:
     _serve.pxi     Stream and StreamPool: states kept between calls, stepped in C
     _conv2d.pxi    Conv2d: the general graph's Conv and ConvTranspose (grurt.ops.conv)
     _grouped.pxi   GroupedLinear: the general graph's grouped linears (Einsum "...gi,gih->...gh")
+    _native.pxi    NativeProgram: a run of a plan's steps as one call without the GIL (grurt.tensor_native)
 
 The C they call: _gru_math.h (activations, gate pass, products), _lowp.h (products over bf16
 and int8 weights), _pool.h (the persistent worker pool and the atomic counters threads claim
@@ -96,6 +97,7 @@ cdef extern from "_pool.h" nogil:
     int grurt_pool_workers()
     int grurt_pool_cpus()
     long grurt_ticks()
+    long grurt_now_ns()
     int grurt_claim(int* next)
     void grurt_cpu_relax()
     int grurt_load_acquire(const int* p)
@@ -232,3 +234,4 @@ include "_serve.pxi"
 include "_fused.pxi"
 include "_conv2d.pxi"
 include "_grouped.pxi"
+include "_native.pxi"

@@ -7,8 +7,8 @@ returns fewer or cheaper steps computing the same outputs:
 * **a separable convolution as one**: a Conv (grouped: depthwise) read only by a 1x1 Conv of one
   group is one Conv of the combined weights (1x1 weights @ grouped weights, per group, in float64,
   biases carried through) when that costs at most ``SEPARABLE_SLACK`` more multiply-adds than the
-  pair (at one frame, one call instead of two; DeepFilterNet's first DF conv, 2 groups of 1 input
-  channel, is cheaper combined at any length). The sums' order changes (float32 rounding only);
+  pair (DeepFilterNet's first DF conv, 2 groups of 1 input channel, is cheaper combined at any length).
+  The sums' order changes (float32 rounding only);
 * **a Conv and its activation as one step**: a Conv or ConvTranspose on the C kernel (``_conv2d.h``) whose
   output only a Relu, Sigmoid or Tanh reads applies it itself (the same bits for Relu; the kernels' sigmoid and
   tanh, which the elementwise Sigmoid and Tanh compute too). One step, and one pass over the output fewer;
@@ -90,8 +90,9 @@ def optimize(steps: Sequence[tuple], known: Dict[int, Value]) -> Tuple[tuple, ..
 # ---- grouped Conv -> 1x1 Conv as one Conv ----
 
 #: A separable pair becomes one Conv when that costs at most this many more multiply-adds than the
-#: pair (about what one numpy call costs: measured on DeepFilterNet's convs at 1 and 20 frames).
-SEPARABLE_SLACK = 200_000
+#: pair. It was 200K (a numpy call's cost) before the native executor made a step's call nearly free:
+#: W10 at one frame then ran its four separable convs apart 2% faster (grurt.tensor_native).
+SEPARABLE_SLACK = 0
 
 
 def _separable_convs(steps: List[tuple], known) -> List[tuple]:

@@ -16,9 +16,10 @@ A signature is the shape and dtype of each input. Planning walks the nodes in or
   the last step reading it;
 * the steps are then rewritten where the shapes allow (:mod:`grurt.tensor_passes`: a weighted
   sum as one matrix product, attention as one step, Gemms on packed weights, elementwise ops
-  in place).
+  in place), and each run of steps that have a C form becomes one native step (:mod:`grurt.tensor_native`:
+  one call without the GIL; ``Plan.runs``).
 
-Running a plan is the loop over its steps: no shape logic, no checks, no lookups.
+Running a plan is the loop over its runs: no shape logic, no checks, no lookups.
 """
 from __future__ import annotations
 
@@ -26,10 +27,12 @@ from typing import List, Tuple
 
 import numpy as np
 
-from ._kernels import _memory_limit
+from ._kernels import NativeProgram, _memory_limit
 from .errors import GrurtError, InputError, ModelFormatError, UnsupportedModelError
 from .ops import BOOL, FLOAT, INT, REGISTRY, Value
 from .tensor_graph import TensorGraph
+from . import tensor_native
+from .ops.recurrent import CALL
 from .tensor_passes import optimize
 
 #: Ops whose outputs depend on their inputs' shapes only: folded at plan time from the shapes.
@@ -51,33 +54,53 @@ class Plan:
 
     ``slots``: the initial value of each slot (slot 0 is always None, for omitted inputs; the
     plan's constants are in theirs); ``steps``: ``(run, ctx, input slots, [(output index, slot)],
-    slots to empty after it, node)``; ``outputs``: the slot of each graph output.
+    slots to empty after it, node)``; ``outputs``: the slot of each graph output; ``runs``: what
+    ``run`` executes, the same steps but runs of them as one native step each (:mod:`grurt.tensor_native`).
     """
 
-    __slots__ = ("slots", "input_slots", "steps", "outputs", "peak_bytes", "constant_bytes", "_program")
+    __slots__ = ("slots", "input_slots", "steps", "runs", "outputs", "peak_bytes", "constant_bytes", "_program",
+                 "whole")
 
-    def __init__(self, slots, input_slots, steps, outputs, peak_bytes, constant_bytes):
+    def __init__(self, slots, input_slots, steps, outputs, peak_bytes, constant_bytes, runs=None):
         self.slots, self.input_slots, self.steps, self.outputs = slots, input_slots, steps, outputs
+        self.runs = steps if runs is None else runs
         self.peak_bytes, self.constant_bytes = peak_bytes, constant_bytes
         # what run loops over: a step of one output (most) stores it without a loop
         self._program = tuple((run, ctx, ins, outs[0][1] if len(outs) == 1 and outs[0][0] == 0 else outs, frees, node)
-                              for run, ctx, ins, outs, frees, node in steps)
+                              for run, ctx, ins, outs, frees, node in self.runs)
+        #: (NativeProgram, the positions of its inputs among the plan's, of the plan's outputs among its own, its node)
+        #: when one native step computes every output from the inputs, each an array of its own: run without slots
+        self.whole = None
+        if len(self.runs) == 1 and isinstance(self.runs[0][1], NativeProgram) and self.runs[0][1].fresh:
+            run, ctx, ins, outs, _, node = self.runs[0]
+            made = {slot: k for k, slot in outs}
+            if all(s in input_slots for s in ins) and all(s in made for s in outputs):
+                self.whole = (ctx, tuple(input_slots.index(s) for s in ins), tuple(made[s] for s in outputs), node)
 
     def run(self, arrays) -> List[np.ndarray]:
         """The graph's outputs for ``arrays`` (the checked inputs, in input order), each an array of
         its own (never a view of an input or of a constant)."""
+        if self.whole is not None:
+            program, take, give, node = self.whole
+            try:
+                values = program.run([arrays[i] for i in take], CALL.threads)
+            except GrurtError as exc:
+                raise _where_error(exc, node.where) from None
+            return [values[k] for k in give]
         slots = execute(self._program, self.slots, self.input_slots, arrays)
-        results = []
-        for slot in self.outputs:
-            value = slots[slot]
-            results.append(value.copy() if value.base is not None or not value.flags.writeable else value)
-        return results
+        values = [slots[slot] for slot in self.outputs]
+        return [value.copy() if value.base is not None or not value.flags.writeable else value for value in values]
 
     def describe(self) -> str:
-        """The steps left after folding, node by node."""
+        """The steps left after folding, node by node (those of a native run under it)."""
         lines = [f"{len(self.steps)} steps, peak {self.peak_bytes} bytes of tensors, "
                  f"{self.constant_bytes} bytes of constants"]
-        lines += [f"  {node.name or '-'}: {node.describe()}" for *_, node in self.steps]
+        for _, ctx, *_, node in self.runs:
+            if isinstance(ctx, NativeProgram):
+                lines.append(f"  native run of {len(ctx.nodes)} steps:")
+                lines += [f"    {inner.name or '-'}: {inner.describe()}" for inner in ctx.nodes]
+            else:
+                lines.append(f"  {node.name or '-'}: {node.describe()}")
         return "\n".join(lines)
 
 
@@ -222,7 +245,9 @@ def make_plan(graph: TensorGraph, sig, record: dict = None, weights: str = "floa
     if record is not None:
         record.update(values)
     known = {slot: values[name] for names in (slot_of, constant_slots) for name, slot in names.items()}
-    return Plan(tuple(slots), input_slots, optimize(steps, known), results, peak, folded)
+    steps = optimize(steps, known)
+    runs = tensor_native.native_runs(steps, known, results) if tensor_native.ENABLED else None
+    return Plan(tuple(slots), input_slots, steps, results, peak, folded, runs)
 
 
 def _freed_after_last_step(steps, freeable) -> list:

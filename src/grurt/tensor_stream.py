@@ -659,8 +659,8 @@ class StepPlan:
         self.slots, self.input_slots = plan.slots, plan.input_slots
         self.program = tuple((_run_kept if getattr(ctx, "way", None) == "kept" else run, ctx, ins,
                               outs[0][1] if len(outs) == 1 and outs[0][0] == 0 else outs, frees, node)
-                             for run, ctx, ins, outs, frees, node in plan.steps)
-        kept = {slot for _, ctx, _, outs, _, _ in plan.steps if getattr(ctx, "way", None) == "kept"
+                             for run, ctx, ins, outs, frees, node in plan.runs)
+        kept = {slot for _, ctx, _, outs, _, _ in plan.runs if getattr(ctx, "way", None) == "kept"
                 for k, slot in outs if k > 0}
         slots = plan.outputs
         self.outputs = [(slots[position], axis, copy) for position, axis, copy in

@@ -292,12 +292,13 @@ def _shifted(x, axis):
 
 
 def _last_axis_rows(axis, x, log_softmax):
-    """Softmax (LogSoftmax) over the last axis of a C-contiguous float32 ``x`` by the C kernel
-    (_softmax.h: within ~5e-7 relative of float64); None for any other axis or layout (numpy's)."""
-    if axis != x.ndim - 1 or x.dtype != FLOAT or not x.flags.c_contiguous:
+    """Softmax (LogSoftmax) over the last axis of a C-contiguous float32 ``x`` (or over an axis only dims of 1
+    follow: its rows are as contiguous) by the C kernel (_softmax.h: within ~5e-7 relative of float64); None for
+    any other axis or layout (numpy's)."""
+    if any(d != 1 for d in x.shape[axis + 1:]) or x.dtype != FLOAT or not x.flags.c_contiguous:
         return None
     y = np.empty_like(x)
-    _kernels.softmax_rows(x, y, log_softmax)
+    _kernels.softmax_rows(x.reshape(x.shape[:axis + 1]), y.reshape(x.shape[:axis + 1]), log_softmax)
     return y
 
 
