@@ -15,6 +15,7 @@ general tensor graph of the file's ops.
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Optional, Tuple, Union
 
 import numpy as np
