@@ -1,0 +1,637 @@
+"""The fusion pass on parts of a graph: the regions of a general TensorGraph that grurt's fused layers
+cover, each rewritten into ``grurt.Chain`` nodes (docs/architecture-tensor-graph.md, "Step 3: regions").
+
+:func:`grurt.fusion.fuse` takes a whole graph or refuses it. A graph with one op beyond the fused layers
+(a softmax over time, an Einsum, a 2-D convolution) would keep its GRUs as ONNX ``GRU`` nodes with the
+exporter's wiring around them (Transposes, Squeezes, the Shape arithmetic of a zero h0, Slices of a
+state input). :func:`fuse_regions` finds the regions around the GRU nodes that the interpreter
+recognizes, cuts each out as a TensorGraph of its own and fuses that:
+
+1. **Shapes.** The graph is walked (shapes inferred, constants folded) at a base size of its dim
+   parameters (the caller's: ``from_torch`` gives its example's; else probe sizes) and again with each
+   parameter changed alone. A tensor computed from constants and shapes only is *static* (folded when
+   the graph is planned). An axis of a tensor is a fixed size, a dim parameter of the graph (it follows
+   one exactly), or a parameter of its own (it follows them otherwise: T - 2, say), shared by the axes
+   that follow them alike.
+2. **Regions.** The nodes that compute from the inputs and whose op may be fused (:data:`REGION_OPS`:
+   the GRU and data movement) are joined by the tensors they pass; each connected set holding a GRU is
+   a region. Static tensors it reads come along: as constants when their values do not depend on the
+   sizes, else as copies of the nodes computing them (the graph keeps its own).
+3. **Fusion.** A region's sub-graph (its inputs: the tensors it reads from outside; its outputs: the
+   tensors read outside it or given by the graph) is interpreted at two probe sizes
+   (:func:`grurt.fusion.interpret`), which must mean the same layers. A node the interpreter refuses
+   leaves the region, as does the producer of an output it refuses or that the boundary cannot give (the
+   rest, split where the node was, is tried again); a region that fails otherwise stays as it is. So does
+   a part of a region that a path leaving it and coming back would have to run before it.
+4. **Boundary.** The fused layers are lowered (:func:`grurt.graph_lower.lower`: ``grurt.Chain`` nodes)
+   and wired to the region's tensors by their element ids: each input the lowered nodes take, and each
+   output the region gives, must be one tensor as it is, or through a Reshape and/or a Transpose, or slices
+   of tensors along one axis joined by a Concat (the rows of a state (L·D, B, H)): layout nodes found
+   alike at both probe sizes. A GRU and a chain of GRUs run the same kernels as the GRU nodes they
+   replace: the outputs are the same bits.
+
+The pass only rewrites what it proves equal; whatever it leaves runs as before.
+"""
+from __future__ import annotations
+
+import itertools
+from collections import defaultdict
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .._kernels import _memory_limit
+from ..errors import GrurtError
+from ..graph_lower import lower
+from ..ops import BOOL, FLOAT, INT, REGISTRY, Value
+from ..tensor_graph import TensorGraph, TensorInput, TensorNode
+from .driver import interpret
+from .interpreter import Budget, _TooLarge
+
+#: The ops a region may hold: the GRU and the ops that move data. Layers that compute (MatMul, Gemm,
+#: activations, norms, convolutions, arithmetic) stay general ops: the planner already runs them on the
+#: kernels a grurt.Chain would (packed Gemms with their activation, convolutions), where a chain would not
+#: give the same bits (a Dense of fewer than 32 outputs runs on BLAS in a plan, on the panels in a chain).
+REGION_OPS = frozenset({"GRU", "Identity", "Dropout", "Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze",
+                        "Slice", "Concat", "Split", "Gather", "Expand", "Tile", "Cast"})
+#: Ops whose outputs depend on their inputs' shapes only (folded from the shapes, as the planner does).
+_SHAPE_OPS = ("Shape", "Size")
+_DTYPE_NAMES = {FLOAT: "float32", INT: "int64", BOOL: "bool"}
+_INPUT_DTYPES = {"float32": FLOAT, "int64": INT, "bool": BOOL}
+_NUMPY_ERRORS = (ValueError, IndexError, TypeError, ArithmeticError, MemoryError)
+#: The most dim parameters whose shapes are walked one by one (a walk each).
+MAX_PARAMS = 16
+#: The most layout steps between a tensor and what the boundary makes of it.
+_MAX_RANK = 5
+
+
+def fuse_regions(graph: TensorGraph, sizes: Optional[Dict[str, int]] = None) -> Tuple[TensorGraph, list]:
+    """(``graph`` with the regions the fused layers cover as ``grurt.Chain`` nodes, the names of the nodes of
+    each region fused). ``sizes``: dim parameter -> a size at which the graph runs (default: probe sizes).
+    A graph without GRU nodes, or whose shapes cannot be followed, is returned as it is."""
+    if not any(node.op == "GRU" for node in graph.nodes):
+        return graph, []
+    shapes = _Shapes.of(graph, sizes)
+    if shapes is None:
+        return graph, []
+    return _Pass(graph, shapes).run()
+
+
+# ---- 1. shapes ----
+
+class _Shapes:
+    """Every tensor's Value at the base sizes, and the dims of a tensor (ints and parameter names)."""
+
+    def __init__(self, base, variants, sizes):
+        self.base, self.variants, self.sizes = base, variants, sizes
+        self.fresh = {}           # how an axis follows the parameters -> the parameter it becomes
+
+    @classmethod
+    def of(cls, graph, sizes=None):
+        params = []
+        for tensor_input in graph.inputs:
+            params += [d for d in tensor_input.dims if isinstance(d, str) and d not in params]
+        if len(params) > MAX_PARAMS:
+            return None
+        candidates = [dict(sizes)] if sizes else [{p: 3 + i for i, p in enumerate(params)}]
+        for base_sizes in candidates:
+            if set(base_sizes) != set(params):
+                continue
+            base = _walk(graph, base_sizes)
+            if base is None:
+                continue
+            variants = []
+            for param in params:
+                for size in (base_sizes[param] + 1, 2 * base_sizes[param]):
+                    changed = dict(base_sizes, **{param: size})
+                    walked = _walk(graph, changed, base)
+                    if walked is not None:
+                        variants.append((param, changed, walked))
+                        break
+                else:
+                    return None     # a parameter that cannot change alone: which axes follow it is not known
+            return cls(base, variants, base_sizes)
+        return None
+
+    def static(self, name) -> bool:
+        return self.base[name].const is not None
+
+    def same_everywhere(self, name) -> bool:
+        """Whether a static tensor has one value at every size walked."""
+        array = self.base[name].const
+        return all(np.array_equal(walk[name].const, array) and walk[name].const.dtype == array.dtype
+                   for _, _, walk in self.variants)
+
+    def dims(self, name) -> Optional[tuple]:
+        """The dims of tensor ``name``: a fixed size, a parameter of the graph, or a parameter of its own."""
+        shape = self.base[name].shape
+        if any(len(walk[name].shape) != len(shape) for _, _, walk in self.variants):
+            return None
+        dims = []
+        for axis, size in enumerate(shape):
+            moves = tuple(walk[name].shape[axis] for _, _, walk in self.variants)
+            follows = [(param, changed) for (param, changed, _), moved in zip(self.variants, moves) if moved != size]
+            if not follows:
+                dims.append(size)
+            elif len(follows) == 1 and size == self.sizes[follows[0][0]] \
+                    and moves[[p for p, _, _ in self.variants].index(follows[0][0])] == follows[0][1][follows[0][0]]:
+                dims.append(follows[0][0])
+            else:
+                dims.append(self.fresh.setdefault((size, moves), f"{name}:{axis}"))
+        return tuple(dims)
+
+
+def _walk(graph, sizes, base=None) -> Optional[dict]:
+    """Every tensor's :class:`~grurt.ops.Value` with the dim parameters at ``sizes`` (the arrays of those a plan
+    folds), or None when the graph cannot be planned there. ``base``: the values at other sizes, of which only
+    what the inputs whose sizes differ reach is computed again. Folded values are counted against the memory
+    limit before they are computed, as the planner counts them."""
+    limit, folded = _memory_limit(), 0
+    values = dict(base) if base is not None else {name: Value(array.shape, array.dtype, array)
+                                                  for name, array in graph.constants.items()}
+    changed = set()
+    for t in graph.inputs:
+        value = Value(tuple(sizes[d] if isinstance(d, str) else d for d in t.dims), _INPUT_DTYPES[t.dtype])
+        if base is None or value.shape != base[t.name].shape:
+            values[t.name] = value
+            changed.add(t.name)
+    try:
+        for node in graph.nodes:
+            if base is not None and changed.isdisjoint(node.inputs):
+                continue
+            op = REGISTRY[node.op]
+            args = [values[name] if name else None for name in node.inputs]
+            if any(position < len(args) and args[position] is not None and args[position].const is None
+                   for position in op.const_inputs):
+                return None
+            outputs = [Value(tuple(int(d) for d in shape), np.dtype(dtype))
+                       for shape, dtype in op.infer(node.attrs, args)[:len(node.outputs)]]
+            if any(d < 0 for value in outputs for d in value.shape):
+                return None
+            if op.name in _SHAPE_OPS or all(a is None or a.const is not None for a in args):
+                folded += sum(value.size * value.dtype.itemsize for value in outputs)
+                if folded > limit:
+                    return None
+                ctx = op.prepare(node.attrs, args) if op.prepare is not None else node.attrs
+                arrays = [None if a is None else a.const if a.const is not None
+                          else np.broadcast_to(np.zeros((), a.dtype), a.shape) for a in args]
+                results = op.run(ctx, arrays)
+                outputs = [Value(value.shape, value.dtype, np.asarray(result))
+                           for value, result in zip(outputs, results)]
+            for name, value in zip(node.outputs, outputs):
+                if name:
+                    values[name] = value
+                    changed.add(name)
+    except (GrurtError,) + _NUMPY_ERRORS:
+        return None
+    return values
+
+
+# ---- 2, 3. regions and their fusion ----
+
+class _Refused(Exception):
+    """A region cannot be fused as it is: ``nodes`` (indices) leave it and the rest is tried again; none:
+    the region stays as it is."""
+
+    def __init__(self, nodes=frozenset()):
+        super().__init__()
+        self.nodes = frozenset(nodes)
+
+
+class _Pass:
+    def __init__(self, graph, shapes):
+        self.graph, self.shapes = graph, shapes
+        self.nodes = graph.nodes
+        self.producer = {name: index for index, node in enumerate(self.nodes) for name in node.outputs if name}
+        self.readers = defaultdict(list)
+        for index, node in enumerate(self.nodes):
+            for name in dict.fromkeys(node.inputs):
+                if name:
+                    self.readers[name].append(index)
+        self.static = {index for index, node in enumerate(self.nodes)
+                       if all(shapes.static(name) for name in node.outputs if name)}
+        self.budget = Budget()        # element ids of every interpretation of the pass (grurt.limits.MAX_IDS)
+        self.taken = {t.name for t in graph.inputs} | set(graph.constants) | set(self.producer)
+
+    def run(self):
+        candidates = {index for index, node in enumerate(self.nodes)
+                      if index not in self.static and node.op in REGION_OPS}
+        queue = self._components(candidates)
+        replacements = []
+        while queue:
+            region = queue.pop(0)
+            try:
+                replacements.append(self._fuse(region))
+            except _Refused as refused:
+                if refused.nodes:
+                    queue += self._components(region - refused.nodes)
+            except _TooLarge:                      # the pass's budget is spent: the rest stays as it is
+                break
+        if not replacements:
+            return self.graph, []
+        removed = set().union(*(r.region for r in replacements))
+        nodes = [node for index, node in enumerate(self.nodes) if index not in removed]
+        constants = dict(self.graph.constants)
+        for replacement in replacements:
+            nodes += replacement.nodes
+            constants.update(replacement.constants)
+        fused = TensorGraph(self.graph.inputs, nodes, self.graph.outputs, constants)
+        names = [tuple(self.nodes[index].name or self.nodes[index].op for index in sorted(r.region))
+                 for r in replacements]
+        return fused, names
+
+    def _components(self, indices) -> List[set]:
+        """The connected sets of ``indices`` (joined by the tensors they pass) holding a GRU node, in order."""
+        indices, found = set(indices), []
+        while indices:
+            start = min(indices)
+            component, stack = set(), [start]
+            while stack:
+                index = stack.pop()
+                if index in component:
+                    continue
+                component.add(index)
+                node = self.nodes[index]
+                linked = [self.producer.get(name) for name in node.inputs if name]
+                linked += [reader for name in node.outputs if name for reader in self.readers[name]]
+                stack += [other for other in linked if other in indices and other not in component]
+            indices -= component
+            if any(self.nodes[index].op == "GRU" for index in component):
+                found.append(component)
+        return found
+
+    def _fuse(self, region) -> "_Replacement":
+        self._convex(region)
+        sub, copies = self._subgraph(region)
+        results = self._interpret(sub, region, copies)
+        return _Boundary(self, sub, region, results).replacement()
+
+    def _convex(self, region):
+        """_Refused with the region's nodes a path leaving it comes back to (through a node that computes)."""
+        after = self._reach(region, forward=True)
+        before = self._reach(region, forward=False)
+        through = {index for index in after & before if index not in self.static}
+        if through:
+            raise _Refused(self._reach(through, forward=True) & region)
+
+    def _reach(self, start, forward):
+        """The nodes outside ``start`` reachable from it (forward: reading what it gives; else: giving what it reads)."""
+        seen, stack = set(), list(start)
+        while stack:
+            node = self.nodes[stack.pop()]
+            if forward:
+                nxt = [r for name in node.outputs if name for r in self.readers[name]]
+            else:
+                nxt = [self.producer[name] for name in node.inputs if name in self.producer]
+            for index in nxt:
+                if index not in seen:
+                    seen.add(index)
+                    stack.append(index)
+        return seen - set(start) if forward else seen
+
+    def _subgraph(self, region):
+        """(the region as a TensorGraph, the indices of the static nodes copied into it)."""
+        shapes, constants, inputs, copies = self.shapes, {}, {}, set()
+        pending = [name for index in sorted(region) for name in self.nodes[index].inputs if name]
+        while pending:
+            name = pending.pop(0)
+            index = self.producer.get(name)
+            if name in constants or name in inputs or index in region or index in copies:
+                continue
+            if name in self.graph.constants:
+                constants[name] = self.graph.constants[name]
+            elif shapes.static(name) and shapes.same_everywhere(name):
+                constants[name] = shapes.base[name].const
+            elif index is not None and index in self.static:
+                copies.add(index)
+                pending += [n for n in self.nodes[index].inputs if n]
+            else:
+                dims = shapes.dims(name)
+                dtype = _DTYPE_NAMES.get(shapes.base[name].dtype)
+                if dims is None or dtype is None:
+                    raise _Refused()
+                inputs[name] = TensorInput(name, dtype, dims)
+        outside = self._needed_outside(region)
+        outputs = [name for index in sorted(region) for name in self.nodes[index].outputs if name in outside]
+        nodes = [self.nodes[index] for index in sorted(region | copies)]
+        try:
+            return TensorGraph(tuple(inputs.values()), nodes, outputs, constants), copies
+        except GrurtError:
+            raise _Refused() from None
+
+    def _needed_outside(self, region) -> set:
+        """The tensors read by the nodes outside ``region`` that compute from the inputs, by the static nodes
+        these (or the graph's outputs) need, and the graph's outputs."""
+        needed = set(self.graph.outputs)
+        stack = [name for index, node in enumerate(self.nodes) if index not in region and index not in self.static
+                 for name in node.inputs if name] + list(self.graph.outputs)
+        while stack:
+            name = stack.pop()
+            needed.add(name)
+            index = self.producer.get(name)
+            if index in self.static:
+                stack += [n for n in self.nodes[index].inputs if n and n not in needed]
+        return needed
+
+    def _interpret(self, sub, region, copies):
+        """The fused result of ``sub`` at probe sizes 0 and 1 (one when its dims are fixed), the same layers."""
+        dynamic = any(isinstance(d, str) for tensor_input in sub.inputs for d in tensor_input.dims)
+        try:
+            results = [interpret(sub, probe=probe, budget=self.budget) for probe in ((0, 1) if dynamic else (0,))]
+        except _TooLarge:
+            raise
+        except GrurtError as exc:
+            raise _Refused(self._blamed(exc, region, copies)) from None
+        if len(results) == 2 and results[0].signature() != results[1].signature():
+            raise _Refused()
+        if results[0].lengths_input is not None:
+            raise _Refused()
+        return results
+
+    def _blamed(self, exc, region, copies) -> set:
+        """The region's nodes an error of the interpreter puts out: the node it refused, the producer of the
+        output it refused, or the region's readers of a static copy it refused; none when it names neither."""
+        node, output = getattr(exc, "node", None), getattr(exc, "output", None)
+        if output is not None:
+            return {self.producer[output]}
+        if node is None:
+            return set()
+        index = self.producer.get(next((name for name in node.outputs if name), None))
+        if index in region:
+            return {index}
+        if index in copies:      # the region's nodes reading (through other copies) what the copy gives
+            tensors, blamed, stack = set(), set(), [index]
+            while stack:
+                for name in self.nodes[stack.pop()].outputs:
+                    tensors.add(name)
+                    for reader in self.readers[name]:
+                        if reader in region:
+                            blamed.add(reader)
+                        elif reader in copies:
+                            stack.append(reader)
+            return blamed
+        return set()
+
+    def fresh(self, base: str) -> str:
+        name, k = base, 1
+        while name in self.taken:
+            k += 1
+            name = f"{base}~{k}"
+        self.taken.add(name)
+        return name
+
+
+# ---- 4. the boundary ----
+
+class _Replacement:
+    def __init__(self, region, nodes, constants):
+        self.region, self.nodes, self.constants = region, nodes, constants
+
+
+class _Boundary:
+    """The lowered fused layers of a region, wired to the region's inputs and outputs by layout nodes."""
+
+    def __init__(self, owner: _Pass, sub: TensorGraph, region: set, results):
+        self.owner, self.sub, self.region, self.results = owner, sub, region, results
+        first = results[0]
+        states = frozenset(first.state_inputs) if first.chain else frozenset()
+        self.lowered = lower(first.graph, states=states, return_state=first.chain)
+        self.nodes, self.constants, self.ints = [], {}, {}
+        grus = [owner.nodes[index] for index in sorted(region) if owner.nodes[index].op == "GRU"]
+        #: the names the region's new nodes and tensors are given from: its GRU nodes'
+        self.label = "+".join(node.name or node.outputs[0] for node in grus)
+        self.base = grus[0].name or grus[0].outputs[0]
+
+    def replacement(self) -> _Replacement:
+        lowered, first, fresh = self.lowered, self.results[0], self.owner.fresh
+        state_of = {name: p for p, name in lowered.states.items()}
+        rename = {}
+        for tensor_input in lowered.graph.inputs:        # what the lowered nodes take, from the region's inputs
+            name = tensor_input.name
+            if name in state_of:
+                p = state_of[name]
+                source, targets = first.state_inputs[p][0], [r.state_inputs[p][1] for r in self.results]
+            else:
+                source, targets = name, [r.taken[name] for r in self.results]
+            found = _layout(targets, [[(source, r.inputs[source])] for r in self.results])
+            if found is None:
+                raise _Refused({index for index in self.owner.readers[source] if index in self.region})
+            rename[name] = self._emit(found, {}, fresh(f"{source}/{name}") if found[1] else None, f"{source}/{name}")
+        finals = {name: p for p, name in enumerate(lowered.finals)}
+        given = [[(name, r.states[finals[name]] if name in finals else r.returned[name])
+                  for name in lowered.graph.outputs] for r in self.results]
+        outputs = {}
+        for name in self.sub.outputs:                    # what the region gives, from the lowered outputs
+            found = _layout([r.outputs[name] for r in self.results], given)
+            if found is None:
+                raise _Refused({self.owner.producer[name]})
+            outputs[name] = found
+            if not found[1] and found[0] not in rename:  # the lowered tensor itself: it takes the output's name
+                rename[found[0]] = name
+        read = {n for node in lowered.graph.nodes for n in node.inputs}
+        read |= {piece for found in outputs.values() for piece in _sources(found)}
+        for name, array in lowered.graph.constants.items():
+            rename[name] = fresh(f"{self.base}/{name}")
+            self.constants[rename[name]] = array
+        nodes, chains = [], sum(node.op == "grurt.Chain" for node in lowered.graph.nodes)
+        for node in lowered.graph.nodes:
+            for k, name in enumerate(node.outputs):      # a tensor nobody reads is not kept (but a node's first)
+                if name and name not in rename:
+                    rename[name] = fresh(f"{self.base}/{name}") if name in read or k == 0 else ""
+            label = node.name
+            if node.op == "grurt.Chain":                 # named after the GRU nodes it runs
+                label = self.label if chains == 1 else f"{self.label}:{sum(n.op == 'grurt.Chain' for n in nodes) + 1}"
+            nodes.append(TensorNode(node.op, tuple(rename.get(n, n) for n in node.inputs),
+                                    tuple(rename[n] if n else "" for n in node.outputs), node.attrs, label))
+        self.nodes = nodes + self.nodes
+        for name, found in outputs.items():
+            if self._emit(found, rename, name, name) != name:    # given twice as it is: a copy
+                self.nodes.append(TensorNode("Identity", (rename[found[0]],), (name,), {}, f"{name}/Identity"))
+        nodes = _live(self.nodes, self.sub.outputs)
+        if len(nodes) >= len(self.region):     # the layouts would cost more steps than the fused layers save
+            raise _Refused()
+        used = {name for node in nodes for name in node.inputs}
+        return _Replacement(self.region, nodes, {k: v for k, v in self.constants.items() if k in used})
+
+    def _emit(self, found, names, target, base) -> str:
+        """The layout nodes of ``found`` (:func:`_layout`) on the tensors ``names`` gives (a source's own name
+        when absent), the last one giving ``target`` (a fresh name when None); the name of what they give (the
+        source's when there are no steps)."""
+        source, ops = found
+        current = names.get(source, source)
+        for k, (op, args) in enumerate(ops):
+            out = target if target is not None and k == len(ops) - 1 else self.owner.fresh(f"{base}/{op}")
+            if op == "Reshape":
+                self._node("Reshape", (current, self._ints(args, base)), out, {})
+            elif op == "Transpose":
+                self._node("Transpose", (current,), out, {"perm": tuple(args)})
+            elif len(args) == 1:                         # a Slice alone
+                piece, (begin, end, axis, _) = args[0]
+                self._slice(names.get(piece, piece), begin, end, axis, out)
+            else:
+                parts = [names.get(piece, piece) if whole else
+                         self._slice(names.get(piece, piece), begin, end, axis, self.owner.fresh(f"{base}/Slice"))
+                         for piece, (begin, end, axis, whole) in args]
+                self._node("Concat", tuple(parts), out, {"axis": args[0][1][2]})
+            current = out
+        return current
+
+    def _slice(self, tensor, begin, end, axis, out) -> str:
+        self._node("Slice", (tensor, self._ints((begin,), out), self._ints((end,), out), self._ints((axis,), out)),
+                   out, {})
+        return out
+
+    def _node(self, op, inputs, out, attrs):
+        self.nodes.append(TensorNode(op, inputs, (out,), attrs, f"{out}/{op}"))
+
+    def _ints(self, values, base) -> str:
+        key = tuple(int(v) for v in values)
+        if key not in self.ints:
+            self.ints[key] = self.owner.fresh(f"{self.base}/ints")
+            array = np.array(key, np.int64)
+            array.setflags(write=False)
+            self.constants[self.ints[key]] = array
+        return self.ints[key]
+
+
+def _live(nodes, outputs) -> list:
+    """The ``nodes`` that ``outputs`` need."""
+    producer = {name: node for node in nodes for name in node.outputs if name}
+    needed, stack = set(), list(outputs)
+    while stack:
+        node = producer.get(stack.pop())
+        if node is not None and id(node) not in needed:
+            needed.add(id(node))
+            stack += [name for name in node.inputs if name]
+    return [node for node in nodes if id(node) in needed]
+
+
+def _sources(found):
+    """The tensors layout steps read."""
+    source, ops = found
+    return [source] + [piece for op, args in ops if op == "Concat" for piece, _ in args]
+
+
+def _layout(targets: Sequence[np.ndarray], sources: Sequence[list]):
+    """How ``targets[k]`` (ids, at probe size k) is made of the tensors ``sources[k]`` ((name, ids) pairs): (the
+    source read, [(op, args)]) with ops Reshape (a shape of sizes, 0 for a dim copied, -1 for one inferred),
+    Transpose (perm) and Concat ([(source, (begin, end, axis, whole))]: slices of sources along one axis); the
+    same at every probe size, or None."""
+    target, given = targets[0], sources[0]
+    found = _arrangement(target, given, targets[1] if len(targets) > 1 else None,
+                         sources[1] if len(sources) > 1 else None)
+    if found is None:
+        found = _pieces(target, given)
+    if found is None:
+        return None
+    for k in range(1, len(targets)):      # the same steps at the other probe size
+        if not np.array_equal(_apply(found, dict(sources[k])), targets[k]):
+            return None
+    return found
+
+
+def _locate(target, given):
+    """(index of the source of each element of ``target``, its flat position there), or None if some element
+    is in none of them."""
+    ids = np.concatenate([ids.ravel() for _, ids in given]) if given else np.zeros(0, np.int64)
+    which = np.concatenate([np.full(ids.size, k) for k, (_, ids) in enumerate(given)]) if given else ids
+    where = np.concatenate([np.arange(ids.size) for _, ids in given]) if given else ids
+    order = np.argsort(ids, kind="stable")
+    at = np.searchsorted(ids[order], target.ravel())
+    if ids.size == 0 or (at >= ids.size).any() or not np.array_equal(ids[order][np.minimum(at, ids.size - 1)],
+                                                                    target.ravel()):
+        return None
+    return which[order][at].reshape(target.shape), where[order][at].reshape(target.shape)
+
+
+def _arrangement(target, given, other_target, other_given):
+    """One whole source as ``target``: Reshape and/or Transpose of it."""
+    located = _locate(target, given)
+    if located is None or target.ndim > _MAX_RANK:
+        return None
+    which, where = located
+    source = int(which.flat[0]) if which.size else 0
+    name, ids = given[source]
+    if (which != source).any() or ids.size != target.size:
+        return None
+    identity = tuple(range(target.ndim))
+    for perm in itertools.permutations(identity):
+        inverse = tuple(np.argsort(perm))
+        if not np.array_equal(where.transpose(inverse).ravel(), np.arange(target.size)):
+            continue
+        shape = tuple(target.shape[i] for i in inverse)
+        ops = []
+        if shape != ids.shape:
+            dims = _reshape_dims(shape, ids.shape, other_target, inverse, other_given, name)
+            if dims is None:
+                return None
+            ops.append(("Reshape", dims))
+        if perm != identity:
+            ops.append(("Transpose", perm))
+        return name, ops
+    return None
+
+
+def _reshape_dims(shape, source_shape, other_target, inverse, other_given, name):
+    """The Reshape target of ``shape``: sizes, 0 where a dim that changes with the probe sizes is the source's
+    at the same axis, -1 for one other such dim."""
+    if other_target is None:
+        return shape
+    other_shape = tuple(other_target.shape[i] for i in inverse)
+    other_source = dict(other_given)[name].shape
+    dims, inferred = [], False
+    for axis, (size, other) in enumerate(zip(shape, other_shape)):
+        if size == other:
+            dims.append(size)
+        elif axis < len(source_shape) and source_shape[axis] == size and other_source[axis] == other:
+            dims.append(0)
+        elif not inferred:
+            dims.append(-1)
+            inferred = True
+        else:
+            return None
+    return tuple(dims)
+
+
+def _pieces(target, given):
+    """``target`` as slices of sources along one axis, side by side (a Concat, or a Slice alone)."""
+    located = _locate(target, given)
+    if located is None:
+        return None
+    which, where = located
+    for axis in range(target.ndim):
+        pieces = []
+        for j in range(target.shape[axis]):
+            plane_which, plane_where = which.take(j, axis), where.take(j, axis)
+            source = int(plane_which.flat[0])
+            name, ids = given[source]
+            if (plane_which != source).any() or ids.ndim != target.ndim or \
+                    ids.shape[:axis] + ids.shape[axis + 1:] != target.shape[:axis] + target.shape[axis + 1:]:
+                break
+            row = np.unravel_index(int(plane_where.flat[0]), ids.shape)[axis]
+            positions = np.arange(ids.size).reshape(ids.shape).take(row, axis)
+            if not np.array_equal(plane_where, positions):
+                break
+            if pieces and pieces[-1][0] == name and pieces[-1][1][1] == row:
+                begin = pieces[-1][1][0]
+                pieces[-1] = (name, (begin, row + 1, axis, begin == 0 and row + 1 == ids.shape[axis]))
+            else:
+                pieces.append((name, (row, row + 1, axis, ids.shape[axis] == 1)))
+        else:
+            return pieces[0][0], [("Concat", pieces)]
+    return None
+
+
+def _apply(found, arrays: dict) -> np.ndarray:
+    """The layout steps ``found`` run on id arrays (ONNX's semantics: a Reshape's 0 copies the input's dim)."""
+    name, ops = found
+    value = arrays[name]
+    for op, args in ops:
+        if op == "Reshape":
+            value = value.reshape([value.shape[i] if d == 0 else d for i, d in enumerate(args)])
+        elif op == "Transpose":
+            value = value.transpose(args)
+        else:
+            value = np.concatenate([arrays[piece].take(range(begin, end), axis)
+                                    for piece, (begin, end, axis, _) in args], args[0][1][2])
+    return value
