@@ -190,12 +190,12 @@ def _walk(graph, sizes, base=None) -> Optional[dict]:
 # ---- 2, 3. regions and their fusion ----
 
 class _Refused(Exception):
-    """A region cannot be fused as it is: ``nodes`` (indices) leave it and the rest is tried again; none:
-    the region stays as it is."""
+    """A region cannot be fused as it is: ``nodes`` (indices) leave it, the tensors ``edges`` ((tensor, reader
+    index) pairs) no longer join its nodes, and the rest is tried again; neither: the region stays as it is."""
 
-    def __init__(self, nodes=frozenset()):
+    def __init__(self, nodes=frozenset(), edges=frozenset()):
         super().__init__()
-        self.nodes = frozenset(nodes)
+        self.nodes, self.edges = frozenset(nodes), frozenset(edges)
 
 
 class _Pass:
@@ -211,6 +211,7 @@ class _Pass:
         self.static = {index for index, node in enumerate(self.nodes)
                        if all(shapes.static(name) for name in node.outputs if name)}
         self.budget = Budget()        # element ids of every interpretation of the pass (grurt.limits.MAX_IDS)
+        self.cut = set()              # (tensor, reader): a tensor that no longer joins its reader to a region
         self.taken = {t.name for t in graph.inputs} | set(graph.constants) | set(self.producer)
 
     def run(self):
@@ -223,7 +224,8 @@ class _Pass:
             try:
                 replacements.append(self._fuse(region))
             except _Refused as refused:
-                if refused.nodes:
+                self.cut |= refused.edges
+                if refused.nodes or refused.edges:
                     queue += self._components(region - refused.nodes)
             except _TooLarge:                      # the pass's budget is spent: the rest stays as it is
                 break
@@ -252,8 +254,9 @@ class _Pass:
                     continue
                 component.add(index)
                 node = self.nodes[index]
-                linked = [self.producer.get(name) for name in node.inputs if name]
-                linked += [reader for name in node.outputs if name for reader in self.readers[name]]
+                linked = [self.producer.get(name) for name in node.inputs if name and (name, index) not in self.cut]
+                linked += [reader for name in node.outputs if name for reader in self.readers[name]
+                           if (name, reader) not in self.cut]
                 stack += [other for other in linked if other in indices and other not in component]
             indices -= component
             if any(self.nodes[index].op == "GRU" for index in component):
@@ -341,24 +344,26 @@ class _Pass:
         except _TooLarge:
             raise
         except GrurtError as exc:
-            raise _Refused(self._blamed(exc, region, copies)) from None
+            raise self._blamed(exc, region, copies) from None
         if len(results) == 2 and results[0].signature() != results[1].signature():
             raise _Refused()
         if results[0].lengths_input is not None:
             raise _Refused()
         return results
 
-    def _blamed(self, exc, region, copies) -> set:
-        """The region's nodes an error of the interpreter puts out: the node it refused, the producer of the
-        output it refused, or the region's readers of a static copy it refused; none when it names neither."""
+    def _blamed(self, exc, region, copies) -> _Refused:
+        """What an error of the interpreter puts out of the region: the node it refused, once it reads nothing
+        from the region (before, the region is split before it: what it reads may be what it refused); the
+        producer of the output it refused; the region's readers of a static copy it refused; else nothing."""
         node, output = getattr(exc, "node", None), getattr(exc, "output", None)
         if output is not None:
-            return {self.producer[output]}
+            return _Refused({self.producer[output]})
         if node is None:
-            return set()
+            return _Refused()
         index = self.producer.get(next((name for name in node.outputs if name), None))
         if index in region:
-            return {index}
+            edges = {(name, index) for name in node.inputs if self.producer.get(name) in region} - self.cut
+            return _Refused(edges=edges) if edges else _Refused({index})
         if index in copies:      # the region's nodes reading (through other copies) what the copy gives
             tensors, blamed, stack = set(), set(), [index]
             while stack:
@@ -369,8 +374,8 @@ class _Pass:
                             blamed.add(reader)
                         elif reader in copies:
                             stack.append(reader)
-            return blamed
-        return set()
+            return _Refused(blamed)
+        return _Refused()
 
     def fresh(self, base: str) -> str:
         name, k = base, 1
