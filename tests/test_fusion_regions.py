@@ -403,3 +403,34 @@ def test_the_regions_fused_are_named():
     assert chain.name == "/gru/GRU+/gru/GRU_1" and len(chain.attrs["layers"]) == 2
     slices = [node for node in model.graph.nodes if node.op == "Slice" and node.inputs[0] == "h0"]
     assert len(slices) == 2 and set(chain.inputs[2:]) == {node.outputs[0] for node in slices}
+
+
+class AttentionWeights(nn.Module):
+    """The attention weights themselves as the output: a softmax over time of a one-feature score."""
+
+    def __init__(self):
+        super().__init__()
+        self.gru = nn.GRU(5, 6, batch_first=True)
+        self.score = nn.Linear(6, 1)
+
+    def forward(self, x):
+        return torch.softmax(self.score(self.gru(x)[0]), dim=1)
+
+
+def test_a_softmax_over_time_is_not_one_over_a_feature(tmp_path):
+    """A softmax over the time axis of a (B, T, 1) score is a softmax over the T steps of each sequence: the pass
+    read it as a softmax over the one feature (every weight 1.0) before. With dynamic steps the file is a general
+    graph (its GRU a region); with fixed steps it fuses whole, as a softmax over the flattened steps."""
+    torch.manual_seed(3)
+    module = AttentionWeights().eval()
+    x = torch.randn(2, 7, 5)
+    expected = torch_outputs(module, [x])[0]
+    dynamic, fixed = tmp_path / "dynamic.onnx", tmp_path / "fixed.onnx"
+    _export(module, (x,), ["x"], dynamic, {"x": {0: "batch", 1: "time"}})
+    _export(module, (x,), ["x"], fixed, {})
+    model = grurt.load(str(dynamic))
+    assert isinstance(model, TensorModel) and ops(model)["grurt.Chain"] == 1 and ops(model)["Softmax"] == 1
+    assert np.abs(model.run(x.numpy()) - expected).max() <= ATOL
+    model = grurt.load(str(fixed))
+    assert not isinstance(model, TensorModel)
+    assert np.abs(model.run(x.numpy()) - expected[..., 0]).max() <= ATOL      # (B, T): grurt's layout of (B, T·1)
