@@ -100,7 +100,8 @@ def test_conv_stack_steps_give_the_whole_sequence(conv_stack):
     assert max_diff(y, y_torch) < ATOL and max_diff(y, y_ref) < ATOL
     stream = model.stream(batch=2, time_axes={"x": 2})
     assert [s.split(":")[0] for s in stream.state_names] == [
-        "history of node '/Pad' (Pad)", "history of node '/Pad_1' (Pad)", "GRU state of node '/gru/GRU' (GRU)",
+        "history of node '/Pad' (Pad)", "history of node '/Pad_1' (Pad)",
+        "GRU state of node '/gru/GRU' (grurt.Chain)",       # the GRU with its wiring: a Chain (fuse_regions)
         "running sum of node '/CumSum' (CumSum)"]
     outputs = [stream.step(x[:, :, t]) for t in range(steps)]
     for t, (y_t, h_t) in enumerate(outputs):

@@ -71,50 +71,45 @@ def fuse_regions(graph: TensorGraph, sizes: Optional[Dict[str, int]] = None) -> 
     A graph without GRU nodes, or whose shapes cannot be followed, is returned as it is."""
     if not any(node.op == "GRU" for node in graph.nodes):
         return graph, []
-    shapes = _Shapes.of(graph, sizes)
-    if shapes is None:
-        return graph, []
-    return _Pass(graph, shapes).run()
+    return _Pass(graph).run(sizes)
 
 
 # ---- 1. shapes ----
 
 class _Shapes:
-    """Every tensor's Value at the base sizes, and the dims of a tensor (ints and parameter names)."""
+    """The Value of the tensors the regions may read at the base sizes, and their dims (ints and parameter names)."""
 
     def __init__(self, base, variants, sizes):
         self.base, self.variants, self.sizes = base, variants, sizes
         self.fresh = {}           # how an axis follows the parameters -> the parameter it becomes
 
     @classmethod
-    def of(cls, graph, sizes=None):
-        params = []
+    def of(cls, graph, sizes, needed):
+        """The shapes at ``sizes`` (or probe sizes) of what the nodes ``needed`` (indices) give; None when the graph
+        cannot be planned there, or a parameter the nodes depend on cannot change alone."""
+        params, read = [], {name for index in needed for name in graph.nodes[index].inputs}
         for tensor_input in graph.inputs:
             params += [d for d in tensor_input.dims if isinstance(d, str) and d not in params]
-        if len(params) > MAX_PARAMS:
+        base_sizes = dict(sizes) if sizes else {p: 3 + i for i, p in enumerate(params)}
+        if set(base_sizes) != set(params):
             return None
-        candidates = [dict(sizes)] if sizes else [{p: 3 + i for i, p in enumerate(params)}]
-        for base_sizes in candidates:
-            if set(base_sizes) != set(params):
-                continue
-            base = _walk(graph, base_sizes)
-            if base is None:
-                continue
-            variants = []
-            for param in params:
-                for size in (base_sizes[param] + 1, 2 * base_sizes[param]):
-                    changed = dict(base_sizes, **{param: size})
-                    walked = _walk(graph, changed, base)
-                    if walked is not None:
-                        variants.append((param, changed, walked))
-                        break
-                else:
-                    return None     # a parameter that cannot change alone: which axes follow it is not known
-            return cls(base, variants, base_sizes)
-        return None
-
-    def static(self, name) -> bool:
-        return self.base[name].const is not None
+        base = _walk(graph, base_sizes, needed)
+        if base is None:
+            return None
+        variants = []
+        varied = list(dict.fromkeys(d for t in graph.inputs if t.name in read for d in t.dims if isinstance(d, str)))
+        if len(varied) > MAX_PARAMS:
+            return None
+        for param in varied:
+            for size in (base_sizes[param] + 1, 2 * base_sizes[param]):
+                changed = dict(base_sizes, **{param: size})
+                walked = _walk(graph, changed, needed, base)
+                if walked is not None:
+                    variants.append((param, changed, walked))
+                    break
+            else:
+                return None     # a parameter that cannot change alone: which axes follow it is not known
+        return cls(base, variants, base_sizes)
 
     def same_everywhere(self, name) -> bool:
         """Whether a static tensor has one value at every size walked."""
@@ -141,11 +136,12 @@ class _Shapes:
         return tuple(dims)
 
 
-def _walk(graph, sizes, base=None) -> Optional[dict]:
-    """Every tensor's :class:`~grurt.ops.Value` with the dim parameters at ``sizes`` (the arrays of those a plan
-    folds), or None when the graph cannot be planned there. ``base``: the values at other sizes, of which only
-    what the inputs whose sizes differ reach is computed again. Folded values are counted against the memory
-    limit before they are computed, as the planner counts them."""
+def _walk(graph, sizes, needed, base=None) -> Optional[dict]:
+    """The :class:`~grurt.ops.Value` of what the nodes ``needed`` (indices, with every node they read from) give
+    with the dim parameters at ``sizes`` (the arrays of those a plan folds), or None when they cannot be planned
+    there. ``base``: the values at other sizes, of which only what the inputs whose sizes differ reach is computed
+    again. Folded values are counted against the memory limit before they are computed, as the planner counts
+    them."""
     limit, folded = _memory_limit(), 0
     values = dict(base) if base is not None else {name: Value(array.shape, array.dtype, array)
                                                   for name, array in graph.constants.items()}
@@ -156,8 +152,8 @@ def _walk(graph, sizes, base=None) -> Optional[dict]:
             values[t.name] = value
             changed.add(t.name)
     try:
-        for node in graph.nodes:
-            if base is not None and changed.isdisjoint(node.inputs):
+        for index, node in enumerate(graph.nodes):
+            if index not in needed or base is not None and changed.isdisjoint(node.inputs):
                 continue
             op = REGISTRY[node.op]
             args = [values[name] if name else None for name in node.inputs]
@@ -199,8 +195,8 @@ class _Refused(Exception):
 
 
 class _Pass:
-    def __init__(self, graph, shapes):
-        self.graph, self.shapes = graph, shapes
+    def __init__(self, graph):
+        self.graph, self.shapes = graph, None
         self.nodes = graph.nodes
         self.producer = {name: index for index, node in enumerate(self.nodes) for name in node.outputs if name}
         self.readers = defaultdict(list)
@@ -208,17 +204,27 @@ class _Pass:
             for name in dict.fromkeys(node.inputs):
                 if name:
                     self.readers[name].append(index)
-        self.static = {index for index, node in enumerate(self.nodes)
-                       if all(shapes.static(name) for name in node.outputs if name)}
+        # the nodes a plan folds (Shape, Size, and what reads constants only) and the tensors they give
+        self.static, self.known = set(), set(graph.constants)
+        for index, node in enumerate(self.nodes):
+            if node.op in _SHAPE_OPS or all(not name or name in self.known for name in node.inputs):
+                self.static.add(index)
+                self.known.update(node.outputs)
         self.budget = Budget()        # element ids of every interpretation of the pass (grurt.limits.MAX_IDS)
         self.cut = set()              # (tensor, reader): a tensor that no longer joins its reader to a region
         self.taken = {t.name for t in graph.inputs} | set(graph.constants) | set(self.producer)
 
-    def run(self):
+    def run(self, sizes):
         candidates = {index for index, node in enumerate(self.nodes)
                       if index not in self.static and node.op in REGION_OPS}
         queue = self._components(candidates)
+        if queue:
+            needed = set().union(*queue)
+            needed |= self._reach(needed, forward=False)
+            self.shapes = _Shapes.of(self.graph, sizes, needed)
         replacements = []
+        if self.shapes is None:
+            queue = []
         while queue:
             region = queue.pop(0)
             try:
@@ -303,7 +309,7 @@ class _Pass:
                 continue
             if name in self.graph.constants:
                 constants[name] = self.graph.constants[name]
-            elif shapes.static(name) and shapes.same_everywhere(name):
+            elif name in self.known and shapes.same_everywhere(name):
                 constants[name] = shapes.base[name].const
             elif index is not None and index in self.static:
                 copies.add(index)
