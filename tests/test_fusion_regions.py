@@ -434,3 +434,33 @@ def test_a_softmax_over_time_is_not_one_over_a_feature(tmp_path):
     model = grurt.load(str(fixed))
     assert not isinstance(model, TensorModel)
     assert np.abs(model.run(x.numpy()) - expected[..., 0]).max() <= ATOL      # (B, T): grurt's layout of (B, T·1)
+
+
+def test_long_chains_around_regions(tmp_path):
+    """3000 shape-arithmetic nodes read a region's output (the GRU's, through its Squeeze) and 200 GRU nodes run one
+    after the other, each a region of its own between Erf nodes: the pass keeps to loops (no recursion), each region
+    fused, the same bits."""
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(10)
+    W, R = rng.standard_normal((1, 6, 2)).astype(np.float32) * 0.5, rng.standard_normal((1, 6, 2)).astype(np.float32)
+    initializers = {"W": W, "R": R, "one": np.array([1]), "two": np.array([2], np.int64)}
+    nodes, x = [], "x"
+    for k in range(200):
+        nodes += [helper.make_node("Transpose", [x], [f"t{k}"], perm=[1, 0, 2]),
+                  helper.make_node("GRU", [f"t{k}", "W", "R"], [f"Y{k}"], hidden_size=2),
+                  helper.make_node("Squeeze", [f"Y{k}", "one"], [f"s{k}"]),
+                  helper.make_node("Transpose", [f"s{k}"], [f"y{k}"], perm=[1, 0, 2]),
+                  helper.make_node("Erf", [f"y{k}"], [f"e{k}"])]
+        x = f"e{k}"
+    nodes.append(helper.make_node("Shape", ["s0"], ["n0"]))
+    for k in range(3000):
+        nodes.append(helper.make_node("Add", [f"n{k}", "two"], [f"n{k + 1}"]))
+    nodes += [helper.make_node("Cast", ["n3000"], ["size"], to=TensorProto.FLOAT),
+              helper.make_node("ReduceSum", ["size"], ["total"], keepdims=0),
+              helper.make_node("Mul", [x, "total"], ["z"])]
+    path = _onnx_file(tmp_path / "long.onnx", nodes, [("x", TensorProto.FLOAT, ["b", "t", 2])], ["z"], initializers)
+    model, plain = grurt.load(path), TensorModel(tensor_graph_from_source(_open(path)))
+    assert ops(model)["GRU"] == 0 and ops(model)["grurt.Chain"] == 200 and ops(model)["Add"] == 3000
+    x = rng.standard_normal((2, 5, 2)).astype(np.float32)
+    assert np.array_equal(model.run(x), plain.run(x))

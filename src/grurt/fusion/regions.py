@@ -212,6 +212,7 @@ class _Pass:
                 self.known.update(node.outputs)
         self.budget = Budget()        # element ids of every interpretation of the pass (grurt.limits.MAX_IDS)
         self.cut = set()              # (tensor, reader): a tensor that no longer joins its reader to a region
+        self.outputs = set(graph.outputs)
         self.taken = {t.name for t in graph.inputs} | set(graph.constants) | set(self.producer)
 
     def run(self, sizes):
@@ -220,7 +221,7 @@ class _Pass:
         queue = self._components(candidates)
         if queue:
             needed = set().union(*queue)
-            needed |= self._reach(needed, forward=False)
+            needed |= self._reach(needed, False)
             self.shapes = _Shapes.of(self.graph, sizes, needed)
         replacements = []
         if self.shapes is None:
@@ -276,27 +277,30 @@ class _Pass:
         return _Boundary(self, sub, region, results).replacement()
 
     def _convex(self, region):
-        """_Refused with the region's nodes a path leaving it comes back to (through a node that computes)."""
-        after = self._reach(region, forward=True)
-        before = self._reach(region, forward=False)
-        through = {index for index in after & before if index not in self.static}
+        """_Refused with the region's nodes a path leaving it comes back to (through a node that computes). The nodes
+        are in a topological order: such a path runs between the region's first and last node."""
+        first, last = min(region), max(region)
+        after = self._reach(region, True, last)
+        through = {index for index in after & self._reach(region, False, first) if index not in self.static}
         if through:
-            raise _Refused(self._reach(through, forward=True) & region)
+            raise _Refused(self._reach(through, True, last) & region)
 
-    def _reach(self, start, forward):
-        """The nodes outside ``start`` reachable from it (forward: reading what it gives; else: giving what it reads)."""
+    def _reach(self, start, forward, bound=None):
+        """The nodes reachable from ``start`` (forward: reading what it gives, up to node ``bound``; else: giving what
+        it reads, from node ``bound`` on), but ``start``'s own."""
         seen, stack = set(), list(start)
         while stack:
             node = self.nodes[stack.pop()]
             if forward:
-                nxt = [r for name in node.outputs if name for r in self.readers[name]]
+                nxt = [r for name in node.outputs if name for r in self.readers[name] if bound is None or r <= bound]
             else:
-                nxt = [self.producer[name] for name in node.inputs if name in self.producer]
+                nxt = [self.producer[name] for name in node.inputs
+                       if name in self.producer and (bound is None or self.producer[name] >= bound)]
             for index in nxt:
                 if index not in seen:
                     seen.add(index)
                     stack.append(index)
-        return seen - set(start) if forward else seen
+        return seen - set(start)
 
     def _subgraph(self, region):
         """(the region as a TensorGraph, the indices of the static nodes copied into it)."""
@@ -320,27 +324,33 @@ class _Pass:
                 if dims is None or dtype is None:
                     raise _Refused()
                 inputs[name] = TensorInput(name, dtype, dims)
-        outside = self._needed_outside(region)
-        outputs = [name for index in sorted(region) for name in self.nodes[index].outputs if name in outside]
+        outputs = self._given(region)
         nodes = [self.nodes[index] for index in sorted(region | copies)]
         try:
             return TensorGraph(tuple(inputs.values()), nodes, outputs, constants), copies
         except GrurtError:
             raise _Refused() from None
 
-    def _needed_outside(self, region) -> set:
-        """The tensors read by the nodes outside ``region`` that compute from the inputs, by the static nodes
-        these (or the graph's outputs) need, and the graph's outputs."""
-        needed = set(self.graph.outputs)
-        stack = [name for index, node in enumerate(self.nodes) if index not in region and index not in self.static
-                 for name in node.inputs if name] + list(self.graph.outputs)
-        while stack:
-            name = stack.pop()
-            needed.add(name)
-            index = self.producer.get(name)
-            if index in self.static:
-                stack += [n for n in self.nodes[index].inputs if n and n not in needed]
-        return needed
+    def _given(self, region) -> list:
+        """The tensors the region gives that are needed outside it: the graph's outputs, and what a node outside it
+        that computes from the inputs reads, or a static node that such a node (or an output) needs."""
+        statics, stack = set(), [index for index in region]
+        while stack:                  # the static nodes that read (through static nodes) what the region gives
+            for name in self.nodes[stack.pop()].outputs:
+                for reader in self.readers[name] if name else ():
+                    if reader in self.static and reader not in statics:
+                        statics.add(reader)
+                        stack.append(reader)
+        live = {}                     # static node -> whether something outside the region needs it
+
+        def needs(reader):
+            return reader not in region and (reader not in self.static or live[reader])
+
+        for index in sorted(statics, reverse=True):     # readers after the nodes they read: theirs known first
+            live[index] = any(name in self.outputs or any(needs(r) for r in self.readers[name])
+                              for name in self.nodes[index].outputs if name)
+        return [name for index in sorted(region) for name in self.nodes[index].outputs
+                if name and (name in self.outputs or any(needs(r) for r in self.readers[name]))]
 
     def _interpret(self, sub, region, copies):
         """The fused result of ``sub`` at probe sizes 0 and 1 (one when its dims are fixed), the same layers."""
