@@ -108,6 +108,8 @@ def main(other_src, rounds=20):
     for name, (x, y) in zip(names, times):
         (wa, ca), (wb, cb) = (np.median(np.array(t), axis=0) * 1e6 for t in (x, y))
         print(f"| {name} | {wa:.1f} | {wb:.1f} | {wb / wa - 1:+.1%} | {ca:.1f} | {cb:.1f} | {cb / ca - 1:+.1%} |")
+        (qa, _), (qb, _) = (np.percentile(np.array(t), 25, axis=0) * 1e6 for t in (x, y))
+        print(f"|   25th percentile | {qa:.1f} | {qb:.1f} | {qb / qa - 1:+.1%} | | | |")
     for p in procs:
         p.stdin.close()
         p.wait()

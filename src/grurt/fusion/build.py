@@ -123,7 +123,10 @@ def _output(it, name, gru_states, named):
     if not isinstance(value, _Sym):
         raise UnsupportedModelError(f"{where} is a constant")
     state = _state_output(it, where, value, gru_states)
-    tensor, directions = (state[0].name, state[1]) if state is not None else (_plain_output(it, where, value).name, None)
+    if state is not None:
+        tensor, directions = state[0].name, state[1]
+    else:
+        tensor, directions = _plain_output(it, where, value).name, None
     if tensor in it.claimed:
         raise UnsupportedModelError(f"{where} is graph input '{tensor}' unchanged")
     if tensor in named:

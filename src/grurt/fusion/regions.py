@@ -7,28 +7,32 @@ exporter's wiring around them (Transposes, Squeezes, the Shape arithmetic of a z
 state input). :func:`fuse_regions` finds the regions around the GRU nodes that the interpreter
 recognizes, cuts each out as a TensorGraph of its own and fuses that:
 
-1. **Shapes.** The graph is walked (shapes inferred, constants folded) at a base size of its dim
-   parameters (the caller's: ``from_torch`` gives its example's; else probe sizes) and again with each
-   parameter changed alone. A tensor computed from constants and shapes only is *static* (folded when
-   the graph is planned). An axis of a tensor is a fixed size, a dim parameter of the graph (it follows
-   one exactly), or a parameter of its own (it follows them otherwise: T - 2, say), shared by the axes
-   that follow them alike.
+1. **Shapes.** A node a plan folds (Shape, Size, and what reads constants only) is *static*. What a region
+   reads of the rest of the graph is found when first asked: a static tensor computed from constants alone is
+   computed once (a constant of the region); a graph input has its declared dims; the dims of another tensor come
+   from walking the graph (shapes inferred, constants folded) at a base size of its dim parameters (the caller's:
+   ``from_torch`` gives its example's; else probe sizes) and again with each parameter changed alone: an axis is a
+   fixed size, a dim parameter of the graph (it follows one exactly), or a parameter of its own (it follows them
+   otherwise: T - 2, say), shared by the axes that follow them alike.
 2. **Regions.** The nodes that compute from the inputs and whose op may be fused (:data:`REGION_OPS`:
    the GRU and data movement) are joined by the tensors they pass; each connected set holding a GRU is
-   a region. Static tensors it reads come along: as constants when their values do not depend on the
-   sizes, else as copies of the nodes computing them (the graph keeps its own).
+   a region. Static tensors it reads come along: as constants when computed from constants alone, else as
+   copies of the nodes computing them (the graph keeps its own).
 3. **Fusion.** A region's sub-graph (its inputs: the tensors it reads from outside; its outputs: the
    tensors read outside it or given by the graph) is interpreted at two probe sizes
-   (:func:`grurt.fusion.interpret`), which must mean the same layers. A node the interpreter refuses
-   leaves the region, as does the producer of an output it refuses or that the boundary cannot give (the
-   rest, split where the node was, is tried again); a region that fails otherwise stays as it is. So does
-   a part of a region that a path leaving it and coming back would have to run before it.
+   (:func:`grurt.fusion.interpret`), which must mean the same layers. A node the interpreter refuses first splits
+   the region before it (the tensors it reads from the region stop joining it: what it refused may be what it
+   reads, a GRU fed by a repeated state), then, refused again, leaves it; the producer of an output the
+   interpreter refuses or the boundary cannot give leaves it too; the rest is tried again. A region that fails
+   otherwise (its meaning depends on the sizes; a GRU reads ``sequence_lens``) stays as it is, as does a part of a
+   region that a path leaving it and coming back would have to run before it.
 4. **Boundary.** The fused layers are lowered (:func:`grurt.graph_lower.lower`: ``grurt.Chain`` nodes)
    and wired to the region's tensors by their element ids: each input the lowered nodes take, and each
    output the region gives, must be one tensor as it is, or through a Reshape and/or a Transpose, or slices
-   of tensors along one axis joined by a Concat (the rows of a state (L·D, B, H)): layout nodes found
-   alike at both probe sizes. A GRU and a chain of GRUs run the same kernels as the GRU nodes they
-   replace: the outputs are the same bits.
+   of tensors along one axis joined by a Concat (the rows of a state (L·D, B, H)): layout nodes found at the
+   first probe size and checked by running them on the ids of the second. The region is rewritten only when it
+   has more nodes than what replaces it (a GRU node alone never: the GRU op moves its layouts itself). A GRU and
+   a chain of GRUs run the same kernels as the GRU nodes they replace: the outputs are the same bits.
 
 The pass only rewrites what it proves equal; whatever it leaves runs as before.
 """
@@ -77,59 +81,74 @@ def fuse_regions(graph: TensorGraph, sizes: Optional[Dict[str, int]] = None) -> 
 # ---- 1. shapes ----
 
 class _Shapes:
-    """The Value of the tensors the regions may read at the base sizes, and their dims (ints and parameter names)."""
+    """What the regions read of the rest of the graph, walked when first asked: the values of static tensors computed
+    from constants alone, and the dims of tensors (a graph input's as declared; others walked at the base sizes and
+    with each parameter changed)."""
 
-    def __init__(self, base, variants, sizes):
-        self.base, self.variants, self.sizes = base, variants, sizes
+    def __init__(self, graph, sizes, needed, constant_nodes):
+        self.graph, self.needed, self.constant_nodes = graph, needed, constant_nodes
+        self.inputs = {t.name: t for t in graph.inputs}
+        params = list(dict.fromkeys(d for t in graph.inputs for d in t.dims if isinstance(d, str)))
+        self.sizes = dict(sizes) if sizes else {p: 3 + i for i, p in enumerate(params)}
+        self.complete = set(self.sizes) == set(params)
+        self.constants = None     # static tensor computed from constants alone -> Value
+        self.walks = None         # (Values at the base sizes, [(parameter, its sizes, Values)]), or () when failed
         self.fresh = {}           # how an axis follows the parameters -> the parameter it becomes
 
-    @classmethod
-    def of(cls, graph, sizes, needed):
-        """The shapes at ``sizes`` (or probe sizes) of what the nodes ``needed`` (indices) give; None when the graph
-        cannot be planned there, or a parameter the nodes depend on cannot change alone."""
-        params, read = [], {name for index in needed for name in graph.nodes[index].inputs}
-        for tensor_input in graph.inputs:
-            params += [d for d in tensor_input.dims if isinstance(d, str) and d not in params]
-        base_sizes = dict(sizes) if sizes else {p: 3 + i for i, p in enumerate(params)}
-        if set(base_sizes) != set(params):
-            return None
-        base = _walk(graph, base_sizes, needed)
-        if base is None:
-            return None
-        variants = []
-        varied = list(dict.fromkeys(d for t in graph.inputs if t.name in read for d in t.dims if isinstance(d, str)))
-        if len(varied) > MAX_PARAMS:
-            return None
-        for param in varied:
-            for size in (base_sizes[param] + 1, 2 * base_sizes[param]):
-                changed = dict(base_sizes, **{param: size})
-                walked = _walk(graph, changed, needed, base)
-                if walked is not None:
-                    variants.append((param, changed, walked))
-                    break
-            else:
-                return None     # a parameter that cannot change alone: which axes follow it is not known
-        return cls(base, variants, base_sizes)
+    def constant(self, name) -> Optional[np.ndarray]:
+        """The value of a static tensor computed from constants alone (None when it cannot be computed)."""
+        if self.constants is None:
+            self.constants = (_walk(self.graph, self.sizes, self.constant_nodes) if self.complete else None) or {}
+        value = self.constants.get(name)
+        return None if value is None else value.const
 
-    def same_everywhere(self, name) -> bool:
-        """Whether a static tensor has one value at every size walked."""
-        array = self.base[name].const
-        return all(np.array_equal(walk[name].const, array) and walk[name].const.dtype == array.dtype
-                   for _, _, walk in self.variants)
+    def _walked(self):
+        if self.walks is None:
+            self.walks = ()
+            base = _walk(self.graph, self.sizes, self.needed) if self.complete else None
+            read = {name for index in self.needed for name in self.graph.nodes[index].inputs}
+            varied = list(dict.fromkeys(d for t in self.graph.inputs if t.name in read
+                                        for d in t.dims if isinstance(d, str)))
+            if base is None or len(varied) > MAX_PARAMS:
+                return self.walks
+            variants = []
+            for param in varied:
+                for size in (self.sizes[param] + 1, 2 * self.sizes[param]):
+                    changed = dict(self.sizes, **{param: size})
+                    walked = _walk(self.graph, changed, self.needed, base)
+                    if walked is not None:
+                        variants.append((param, changed, walked))
+                        break
+                else:
+                    return self.walks     # a parameter that cannot change alone: which axes follow it is not known
+            self.walks = (base, variants)
+        return self.walks
+
+    def dtype(self, name) -> Optional[str]:
+        if name in self.inputs:
+            return self.inputs[name].dtype
+        walks = self._walked()
+        return _DTYPE_NAMES.get(walks[0][name].dtype) if walks else None
 
     def dims(self, name) -> Optional[tuple]:
         """The dims of tensor ``name``: a fixed size, a parameter of the graph, or a parameter of its own."""
-        shape = self.base[name].shape
-        if any(len(walk[name].shape) != len(shape) for _, _, walk in self.variants):
+        if name in self.inputs:
+            return self.inputs[name].dims
+        walks = self._walked()
+        if not walks:
+            return None
+        base, variants = walks
+        shape = base[name].shape
+        if any(len(walk[name].shape) != len(shape) for _, _, walk in variants):
             return None
         dims = []
         for axis, size in enumerate(shape):
-            moves = tuple(walk[name].shape[axis] for _, _, walk in self.variants)
-            follows = [(param, changed) for (param, changed, _), moved in zip(self.variants, moves) if moved != size]
+            moves = tuple(walk[name].shape[axis] for _, _, walk in variants)
+            follows = [(param, changed) for (param, changed, _), moved in zip(variants, moves) if moved != size]
             if not follows:
                 dims.append(size)
             elif len(follows) == 1 and size == self.sizes[follows[0][0]] \
-                    and moves[[p for p, _, _ in self.variants].index(follows[0][0])] == follows[0][1][follows[0][0]]:
+                    and moves[[p for p, _, _ in variants].index(follows[0][0])] == follows[0][1][follows[0][0]]:
                 dims.append(follows[0][0])
             else:
                 dims.append(self.fresh.setdefault((size, moves), f"{name}:{axis}"))
@@ -196,7 +215,7 @@ class _Refused(Exception):
 
 class _Pass:
     def __init__(self, graph):
-        self.graph, self.shapes = graph, None
+        self.graph = graph
         self.nodes = graph.nodes
         self.producer = {name: index for index, node in enumerate(self.nodes) for name in node.outputs if name}
         self.readers = defaultdict(list)
@@ -204,12 +223,15 @@ class _Pass:
             for name in dict.fromkeys(node.inputs):
                 if name:
                     self.readers[name].append(index)
-        # the nodes a plan folds (Shape, Size, and what reads constants only) and the tensors they give
-        self.static, self.known = set(), set(graph.constants)
+        # the nodes a plan folds (Shape, Size, and what reads constants only) and the tensors they give; those of
+        # them that read a shape (their values may change with the sizes)
+        self.static, self.known, self.sized = set(), set(graph.constants), set()
         for index, node in enumerate(self.nodes):
             if node.op in _SHAPE_OPS or all(not name or name in self.known for name in node.inputs):
                 self.static.add(index)
                 self.known.update(node.outputs)
+                if node.op in _SHAPE_OPS or not self.sized.isdisjoint(node.inputs):
+                    self.sized.update(node.outputs)
         self.budget = Budget()        # element ids of every interpretation of the pass (grurt.limits.MAX_IDS)
         self.cut = set()              # (tensor, reader): a tensor that no longer joins its reader to a region
         self.outputs = set(graph.outputs)
@@ -222,10 +244,10 @@ class _Pass:
         if queue:
             needed = set().union(*queue)
             needed |= self._reach(needed, False)
-            self.shapes = _Shapes.of(self.graph, sizes, needed)
+            constant_nodes = {index for index in needed & self.static
+                              if self.sized.isdisjoint(self.nodes[index].outputs)}
+            self.shapes = _Shapes(self.graph, sizes, needed, constant_nodes)
         replacements = []
-        if self.shapes is None:
-            queue = []
         while queue:
             region = queue.pop(0)
             try:
@@ -271,10 +293,16 @@ class _Pass:
         return found
 
     def _fuse(self, region) -> "_Replacement":
+        if len(region) < 2:           # a GRU node alone: its grurt.Chain would need as many nodes or more
+            raise _Refused()
         self._convex(region)
         sub, copies = self._subgraph(region)
         results = self._interpret(sub, region, copies)
-        return _Boundary(self, sub, region, results).replacement()
+        try:
+            boundary = _Boundary(self, sub, region, results)
+        except GrurtError:            # layers the lowering does not take
+            raise _Refused() from None
+        return boundary.replacement()
 
     def _convex(self, region):
         """_Refused with the region's nodes a path leaving it comes back to (through a node that computes). The nodes
@@ -313,14 +341,15 @@ class _Pass:
                 continue
             if name in self.graph.constants:
                 constants[name] = self.graph.constants[name]
-            elif name in self.known and shapes.same_everywhere(name):
-                constants[name] = shapes.base[name].const
+            elif name in self.known and name not in self.sized:
+                constants[name] = shapes.constant(name)
+                if constants[name] is None:
+                    raise _Refused()
             elif index is not None and index in self.static:
                 copies.add(index)
                 pending += [n for n in self.nodes[index].inputs if n]
             else:
-                dims = shapes.dims(name)
-                dtype = _DTYPE_NAMES.get(shapes.base[name].dtype)
+                dims, dtype = shapes.dims(name), shapes.dtype(name)
                 if dims is None or dtype is None:
                     raise _Refused()
                 inputs[name] = TensorInput(name, dtype, dims)
