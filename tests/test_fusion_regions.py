@@ -11,7 +11,9 @@ weights and threads as the unfused one does, to the same bits.
 from __future__ import annotations
 
 import collections
+import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,24 +29,11 @@ from tolerances import ATOL, LOWP_BUDGETS
 torch = pytest.importorskip("torch")
 ort = pytest.importorskip("onnxruntime")
 nn = torch.nn
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+import workloads_graph as wg  # noqa: E402 (W9's and W10's modules, built smaller here)
 
 
 # ---- the models ----
-
-class AttentionPooling(nn.Module):
-    """W9's shape: a BiGRU, softmax attention weights over time, their weighted sum, a classifier."""
-
-    def __init__(self, features=6, hidden=8, classes=3):
-        super().__init__()
-        self.gru = nn.GRU(features, hidden, batch_first=True, bidirectional=True)
-        self.score = nn.Linear(2 * hidden, 1)
-        self.head = nn.Linear(2 * hidden, classes)
-
-    def forward(self, x):
-        out, _ = self.gru(x)
-        w = torch.softmax(self.score(out), dim=1)
-        return self.head((out * w).sum(1))
-
 
 class AutoEncoder(nn.Module):
     """An encoder GRU's last state repeated over time into a decoder GRU; a running sum over time (CumSum, which
@@ -62,41 +51,14 @@ class AutoEncoder(nn.Module):
         return torch.cumsum(self.out(y), dim=1)
 
 
-class GroupedLinear(nn.Module):
-    """DeepFilterNet's grouped linear: one (I, O) matrix per group of features, an einsum."""
-
-    def __init__(self, inputs, outputs, groups):
-        super().__init__()
-        self.groups = groups
-        self.weight = nn.Parameter(torch.randn(groups, inputs // groups, outputs // groups) / np.sqrt(inputs // groups))
-
-    def forward(self, x):
-        return torch.einsum("...gi,gih->...gh", x.unflatten(-1, (self.groups, -1)), self.weight).flatten(-2)
-
-
-class DeepFilterBlock(nn.Module):
-    """DeepFilterNet's SqueezedGRU with states in and out: grouped linear + ReLU, a two-layer GRU from h0,
-    grouped linear out, a skip."""
-
-    def __init__(self, features=16, hidden=16, groups=4):
-        super().__init__()
-        self.linear_in = GroupedLinear(features, hidden, groups)
-        self.gru = nn.GRU(hidden, hidden, 2, batch_first=True)
-        self.linear_out = GroupedLinear(hidden, features, groups)
-
-    def forward(self, x, h0):
-        y, h = self.gru(torch.relu(self.linear_in(x)), h0)
-        return self.linear_out(y) + x, h
-
-
 class StreamingBlock(nn.Module):
     """A causal block that streams: grouped linear, a GRU from zeros, grouped linear out."""
 
     def __init__(self, features=8, hidden=12, groups=4):
         super().__init__()
-        self.linear_in = GroupedLinear(features, hidden, groups)
+        self.linear_in = wg.GroupedLinearEinsum(features, hidden, groups)
         self.gru = nn.GRU(hidden, hidden, batch_first=True)
-        self.linear_out = GroupedLinear(hidden, 4, groups)
+        self.linear_out = wg.GroupedLinearEinsum(hidden, 4, groups)
 
     def forward(self, x):
         return self.linear_out(self.gru(torch.relu(self.linear_in(x)))[0])
@@ -126,10 +88,13 @@ def _cases():
     grurt.Chain nodes after the pass))."""
     torch.manual_seed(0)
     return {
-        "attention": (AttentionPooling(), (torch.randn(2, 7, 6),), ["x"], {"x": {0: "batch", 1: "time"}}, (1, 0, 1)),
+        "attention": (wg.AttentionPooling(6, 8, 3), (torch.randn(2, 7, 6),), ["x"], {"x": {0: "batch", 1: "time"}},
+                      (1, 0, 1)),
         "autoencoder": (AutoEncoder(), (torch.randn(2, 9, 5),), ["x"], {"x": {0: "batch", 1: "time"}}, (2, 0, 2)),
-        "deepfilter": (DeepFilterBlock(), (torch.randn(1, 5, 16), torch.randn(2, 1, 16)), ["x", "h0"],
-                       {"x": {1: "time"}}, (2, 0, 1)),
+        # DeepFilterNet3's SqueezedGRU: grouped linear + ReLU (Einsum), a two-layer GRU from h0, grouped linear out
+        "deepfilter": (wg.SqueezedGRU(16, 16, output_size=16, layers=2, groups=4), (torch.randn(1, 5, 16),
+                                                                                    torch.randn(2, 1, 16)),
+                       ["x", "h"], {"x": {1: "time"}}, (2, 0, 1)),
         # nn.GRU on one step of a vector: the fused layers read sequences (a GRU reading x.unsqueeze(1) is refused,
         # "X has no time axis"), and the GRU alone would need more layout nodes than it has: it stays
         "gru_step": (DecoderStep(cell=False), (torch.randn(3, 4), torch.randn(1, 3, 6), torch.randn(3, 5, 4)),
@@ -401,7 +366,7 @@ def test_the_regions_fused_are_named():
         model = grurt.from_torch(module.eval(), args)
     (chain,) = [node for node in model.graph.nodes if node.op == "grurt.Chain"]
     assert chain.name == "/gru/GRU+/gru/GRU_1" and len(chain.attrs["layers"]) == 2
-    slices = [node for node in model.graph.nodes if node.op == "Slice" and node.inputs[0] == "h0"]
+    slices = [node for node in model.graph.nodes if node.op == "Slice" and node.inputs[0] == "h"]
     assert len(slices) == 2 and set(chain.inputs[2:]) == {node.outputs[0] for node in slices}
 
 

@@ -48,6 +48,7 @@ from .._kernels import _memory_limit
 from ..errors import GrurtError
 from ..graph_lower import lower
 from ..ops import BOOL, FLOAT, INT, REGISTRY, Value
+from ..tensor_build import GraphBuilder
 from ..tensor_graph import TensorGraph, TensorInput, TensorNode
 from .driver import interpret
 from .interpreter import Budget, _TooLarge
@@ -422,14 +423,6 @@ class _Pass:
             return _Refused(blamed)
         return _Refused()
 
-    def fresh(self, base: str) -> str:
-        name, k = base, 1
-        while name in self.taken:
-            k += 1
-            name = f"{base}~{k}"
-        self.taken.add(name)
-        return name
-
 
 # ---- 4. the boundary ----
 
@@ -439,21 +432,22 @@ class _Replacement:
 
 
 class _Boundary:
-    """The lowered fused layers of a region, wired to the region's inputs and outputs by layout nodes."""
+    """The lowered fused layers of a region, wired to the region's inputs and outputs by layout nodes (built with a
+    :class:`~grurt.tensor_build.GraphBuilder` whose names avoid the graph's and the other regions')."""
 
     def __init__(self, owner: _Pass, sub: TensorGraph, region: set, results):
         self.owner, self.sub, self.region, self.results = owner, sub, region, results
         first = results[0]
         states = frozenset(first.state_inputs) if first.chain else frozenset()
         self.lowered = lower(first.graph, states=states, return_state=first.chain)
-        self.nodes, self.constants, self.ints = [], {}, {}
+        self.g = GraphBuilder(owner.taken)
         grus = [owner.nodes[index] for index in sorted(region) if owner.nodes[index].op == "GRU"]
         #: the names the region's new nodes and tensors are given from: its GRU nodes'
         self.label = "+".join(node.name or node.outputs[0] for node in grus)
         self.base = grus[0].name or grus[0].outputs[0]
 
     def replacement(self) -> _Replacement:
-        lowered, first, fresh = self.lowered, self.results[0], self.owner.fresh
+        lowered, first, g = self.lowered, self.results[0], self.g
         state_of = {name: p for p, name in lowered.states.items()}
         rename = {}
         for tensor_input in lowered.graph.inputs:        # what the lowered nodes take, from the region's inputs
@@ -466,7 +460,7 @@ class _Boundary:
             found = _layout(targets, [[(source, r.inputs[source])] for r in self.results])
             if found is None:
                 raise _Refused({index for index in self.owner.readers[source] if index in self.region})
-            rename[name] = self._emit(found, {}, fresh(f"{source}/{name}") if found[1] else None, f"{source}/{name}")
+            rename[name] = self._emit(found, {}, g.fresh(f"{source}/{name}") if found[1] else None)
         finals = {name: p for p, name in enumerate(lowered.finals)}
         given = [[(name, r.states[finals[name]] if name in finals else r.returned[name])
                   for name in lowered.graph.outputs] for r in self.results]
@@ -481,67 +475,49 @@ class _Boundary:
         read = {n for node in lowered.graph.nodes for n in node.inputs}
         read |= {piece for found in outputs.values() for piece in _sources(found)}
         for name, array in lowered.graph.constants.items():
-            rename[name] = fresh(f"{self.base}/{name}")
-            self.constants[rename[name]] = array
-        nodes, chains = [], sum(node.op == "grurt.Chain" for node in lowered.graph.nodes)
+            rename[name] = g.const(array, f"{self.base}/{name}", array.dtype)
+        chains = sum(node.op == "grurt.Chain" for node in lowered.graph.nodes)
         for node in lowered.graph.nodes:
             for k, name in enumerate(node.outputs):      # a tensor nobody reads is not kept (but a node's first)
                 if name and name not in rename:
-                    rename[name] = fresh(f"{self.base}/{name}") if name in read or k == 0 else ""
+                    rename[name] = g.fresh(f"{self.base}/{name}") if name in read or k == 0 else ""
             label = node.name
             if node.op == "grurt.Chain":                 # named after the GRU nodes it runs
-                label = self.label if chains == 1 else f"{self.label}:{sum(n.op == 'grurt.Chain' for n in nodes) + 1}"
-            nodes.append(TensorNode(node.op, tuple(rename.get(n, n) for n in node.inputs),
-                                    tuple(rename[n] if n else "" for n in node.outputs), node.attrs, label))
-        self.nodes = nodes + self.nodes
+                label = self.label if chains == 1 else f"{self.label}:{sum(n[0] == 'grurt.Chain' for n in g.nodes) + 1}"
+            g.add(node.op, [rename.get(n, n) for n in node.inputs], node.attrs, label,
+                  names=[rename[n] if n else "" for n in node.outputs])
         for name, found in outputs.items():
-            if self._emit(found, rename, name, name) != name:    # given twice as it is: a copy
-                self.nodes.append(TensorNode("Identity", (rename[found[0]],), (name,), {}, f"{name}/Identity"))
-        nodes = _live(self.nodes, self.sub.outputs)
+            if self._emit(found, rename, name) != name:  # given twice as it is: a copy
+                g.add("Identity", [rename[found[0]]], {}, f"{name}/Identity", names=[name])
+        nodes = _live([TensorNode(op, tuple(ins), tuple(outs), attrs, label) for op, ins, outs, attrs, label in g.nodes],
+                      self.sub.outputs)
         if len(nodes) >= len(self.region):     # the layouts would cost more steps than the fused layers save
             raise _Refused()
+        self.owner.taken = g.taken
         used = {name for node in nodes for name in node.inputs}
-        return _Replacement(self.region, nodes, {k: v for k, v in self.constants.items() if k in used})
+        return _Replacement(self.region, nodes, {k: v for k, v in g.constants.items() if k in used})
 
-    def _emit(self, found, names, target, base) -> str:
+    def _emit(self, found, names, target) -> str:
         """The layout nodes of ``found`` (:func:`_layout`) on the tensors ``names`` gives (a source's own name
         when absent), the last one giving ``target`` (a fresh name when None); the name of what they give (the
         source's when there are no steps)."""
         source, ops = found
-        current = names.get(source, source)
+        g, current = self.g, names.get(source, source)
         for k, (op, args) in enumerate(ops):
-            out = target if target is not None and k == len(ops) - 1 else self.owner.fresh(f"{base}/{op}")
+            base = f"{target or current}/{op}"
+            out = [target] if target is not None and k == len(ops) - 1 else None
             if op == "Reshape":
-                self._node("Reshape", (current, self._ints(args, base)), out, {})
+                current = g.add("Reshape", [current, g.ints(args)], {}, base, names=out)
             elif op == "Transpose":
-                self._node("Transpose", (current,), out, {"perm": tuple(args)})
-            elif len(args) == 1:                         # a Slice alone
-                piece, (begin, end, axis, _) = args[0]
-                self._slice(names.get(piece, piece), begin, end, axis, out)
-            else:
+                current = g.add("Transpose", [current], {"perm": tuple(args)}, base, names=out)
+            else:                                        # slices along one axis, side by side
                 parts = [names.get(piece, piece) if whole else
-                         self._slice(names.get(piece, piece), begin, end, axis, self.owner.fresh(f"{base}/Slice"))
+                         g.add("Slice", [names.get(piece, piece), g.ints((begin,)), g.ints((end,)), g.ints((axis,))],
+                               {}, f"{target or current}/Slice", names=out if len(args) == 1 else None)
                          for piece, (begin, end, axis, whole) in args]
-                self._node("Concat", tuple(parts), out, {"axis": args[0][1][2]})
-            current = out
+                current = parts[0] if len(parts) == 1 else g.add("Concat", parts, {"axis": args[0][1][2]}, base,
+                                                                  names=out)
         return current
-
-    def _slice(self, tensor, begin, end, axis, out) -> str:
-        self._node("Slice", (tensor, self._ints((begin,), out), self._ints((end,), out), self._ints((axis,), out)),
-                   out, {})
-        return out
-
-    def _node(self, op, inputs, out, attrs):
-        self.nodes.append(TensorNode(op, inputs, (out,), attrs, f"{out}/{op}"))
-
-    def _ints(self, values, base) -> str:
-        key = tuple(int(v) for v in values)
-        if key not in self.ints:
-            self.ints[key] = self.owner.fresh(f"{self.base}/ints")
-            array = np.array(key, np.int64)
-            array.setflags(write=False)
-            self.constants[self.ints[key]] = array
-        return self.ints[key]
 
 
 def _live(nodes, outputs) -> list:
