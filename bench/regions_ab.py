@@ -3,11 +3,14 @@ regions and this checkout (their GRUs with their wiring as grurt.Chain nodes). d
 "Step 3: regions".
 
     PYTHONPATH=src python bench/regions_ab.py OTHER_SRC [rounds]
+    PYTHONPATH=src python bench/regions_ab.py --same-process [calls]
 
 Each build runs in a worker process of its own (``PYTHONPATH=<src>``) that builds the workloads as ``from_torch`` makes
 them (the same seeded modules) and exports W9's and W10's files; rounds alternate the two workers, each timing a burst
 of calls (``run`` on the workload's example, a W10 call with its six states; ``grurt.load`` of the file), and the table
 gives the medians of all calls, wall and thread CPU time. The outputs are checked to be the same bits first.
+``--same-process``: each workload's file (its graph as ``general.py`` reads it) run as it is and with its regions
+fused, in one process, calls alternating: thread CPU time, medians and 25th percentiles.
 """
 from __future__ import annotations
 
@@ -21,7 +24,9 @@ import tempfile
 import time
 import warnings
 
-import numpy as np
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")      # before numpy loads OpenBLAS: one thread, as compare_graph
+
+import numpy as np  # noqa: E402
 
 WORKLOADS = ("W9", "W10", "W10s20")
 
@@ -110,8 +115,36 @@ def main(other_src, rounds=20):
         p.wait()
 
 
+def same_process(calls=400):
+    import compare_graph
+    import workloads_graph as wg
+    from grurt.fusion import fuse_regions
+    from grurt.importers.onnx.general import tensor_graph_from_source
+    from grurt.importers.onnx.proto import _open
+    from grurt.tensor_model import TensorModel
+
+    warnings.simplefilter("ignore")
+    print(f"# {datetime.datetime.now():%Y-%m-%d %H:%M}  load {os.getloadavg()[0]:.1f}  {calls} calls each")
+    with tempfile.TemporaryDirectory() as folder:
+        for name in WORKLOADS:
+            w = wg.get(name)
+            graph = tensor_graph_from_source(_open(compare_graph.export(w, folder)))
+            feeds = dict(zip(graph.input_names, w.example))
+            models, times = (TensorModel(graph), TensorModel(fuse_regions(graph)[0])), ([], [])
+            for r in range(calls):
+                for k in ((0, 1) if r % 2 else (1, 0)):
+                    start = time.thread_time()
+                    models[k].run(feeds)
+                    times[k].append(time.thread_time() - start)
+            (ma, qa), (mb, qb) = ((np.median(t) * 1e6, np.percentile(t, 25) * 1e6) for t in times)
+            print(f"{name}: as it is {ma:.1f} µs, regions fused {mb:.1f} µs ({mb / ma - 1:+.1%}); 25th percentiles "
+                  f"{qa:.1f}, {qb:.1f} ({qb / qa - 1:+.1%})")
+
+
 if __name__ == "__main__":
     if sys.argv[1:] == ["--worker"]:
         worker()
+    elif sys.argv[1:2] == ["--same-process"]:
+        same_process(*(int(a) for a in sys.argv[2:]))
     else:
         main(sys.argv[1], *(int(a) for a in sys.argv[2:]))
