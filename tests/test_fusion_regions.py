@@ -429,3 +429,33 @@ def test_long_chains_around_regions(tmp_path):
     assert ops(model)["GRU"] == 0 and ops(model)["grurt.Chain"] == 200 and ops(model)["Add"] == 3000
     x = rng.standard_normal((2, 5, 2)).astype(np.float32)
     assert np.array_equal(model.run(x), plain.run(x))
+
+
+def test_a_path_leaving_a_region_and_coming_back_splits_it(tmp_path):
+    """y = GRU₁(x); z = GRU₂(Concat(y, Erf(y))): the Concat, a region op, reads y and the Erf of y, computed
+    outside the region. One region would have to run before and after the Erf: it splits at the Concat, and both
+    parts fuse (two Chains, the Concat and the Erf between them), the same bits."""
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(11)
+    W1, R1 = rng.standard_normal((1, 12, 3)).astype(np.float32), rng.standard_normal((1, 12, 4)).astype(np.float32)
+    W2, R2 = rng.standard_normal((1, 15, 8)).astype(np.float32), rng.standard_normal((1, 15, 5)).astype(np.float32)
+    nodes = [helper.make_node("Transpose", ["x"], ["xt"], perm=[1, 0, 2]),
+             helper.make_node("GRU", ["xt", "W1", "R1"], ["Y1"], hidden_size=4),
+             helper.make_node("Squeeze", ["Y1", "one"], ["s1"]),
+             helper.make_node("Transpose", ["s1"], ["y"], perm=[1, 0, 2]),
+             helper.make_node("Erf", ["y"], ["e"]),
+             helper.make_node("Concat", ["y", "e"], ["c"], axis=2),
+             helper.make_node("Transpose", ["c"], ["ct"], perm=[1, 0, 2]),
+             helper.make_node("GRU", ["ct", "W2", "R2"], ["Y2"], hidden_size=5),
+             helper.make_node("Squeeze", ["Y2", "one"], ["s2"]),
+             helper.make_node("Transpose", ["s2"], ["z"], perm=[1, 0, 2])]
+    path = _onnx_file(tmp_path / "back.onnx", nodes, [("x", TensorProto.FLOAT, ["b", "t", 3])], ["z"],
+                      {"W1": W1, "R1": R1, "W2": W2, "R2": R2, "one": np.array([1])})
+    graph = tensor_graph_from_source(_open(path))
+    fused, regions = fuse_regions(graph)
+    assert sorted(map(len, regions)) == [4, 5] and ops(TensorModel(fused)) == {"grurt.Chain": 2, "Concat": 1, "Erf": 1}
+    x = rng.standard_normal((2, 6, 3)).astype(np.float32)
+    assert np.array_equal(TensorModel(fused).run(x), TensorModel(graph).run(x))
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    assert np.abs(TensorModel(fused).run(x) - session.run(None, {"x": x})[0]).max() <= ATOL

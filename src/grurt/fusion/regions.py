@@ -23,9 +23,10 @@ recognizes, cuts each out as a TensorGraph of its own and fuses that:
    (:func:`grurt.fusion.interpret`), which must mean the same layers. A node the interpreter refuses first splits
    the region before it (the tensors it reads from the region stop joining it: what it refused may be what it
    reads, a GRU fed by a repeated state), then, refused again, leaves it; the producer of an output the
-   interpreter refuses or the boundary cannot give leaves it too; the rest is tried again. A region that fails
-   otherwise (its meaning depends on the sizes; a GRU reads ``sequence_lens``) stays as it is, as does a part of a
-   region that a path leaving it and coming back would have to run before it.
+   interpreter refuses or the boundary cannot give leaves it too; the rest is tried again. The part of a region
+   that a path leaving it comes back to is split off first (fused, the region would run before and after the
+   path). A region that fails otherwise (its meaning depends on the sizes; a GRU reads ``sequence_lens``) stays
+   as it is.
 4. **Boundary.** The fused layers are lowered (:func:`grurt.graph_lower.lower`: ``grurt.Chain`` nodes)
    and wired to the region's tensors by their element ids: each input the lowered nodes take, and each
    output the region gives, must be one tensor as it is, or through a Reshape and/or a Transpose, or slices
@@ -215,6 +216,8 @@ class _Refused(Exception):
 
 
 class _Pass:
+    """One run of the pass over a graph: its regions, tried, split and rewritten (see the module's text)."""
+
     def __init__(self, graph):
         self.graph = graph
         self.nodes = graph.nodes
@@ -275,8 +278,9 @@ class _Pass:
     def _components(self, indices) -> List[set]:
         """The connected sets of ``indices`` (joined by the tensors they pass) holding a GRU node, in order."""
         indices, found = set(indices), []
-        while indices:
-            start = min(indices)
+        for start in sorted(indices):
+            if start not in indices:
+                continue
             component, stack = set(), [start]
             while stack:
                 index = stack.pop()
@@ -306,13 +310,16 @@ class _Pass:
         return boundary.replacement()
 
     def _convex(self, region):
-        """_Refused with the region's nodes a path leaving it comes back to (through a node that computes). The nodes
-        are in a topological order: such a path runs between the region's first and last node."""
+        """_Refused splitting off the region's nodes a path leaving it comes back to (through a node that computes):
+        once fused, the region would have to run before and after that node. The nodes are in a topological order:
+        such a path runs between the region's first and last node."""
         first, last = min(region), max(region)
         after = self._reach(region, True, last)
         through = {index for index in after & self._reach(region, False, first) if index not in self.static}
         if through:
-            raise _Refused(self._reach(through, True, last) & region)
+            later = self._reach(through, True, last) & region
+            raise _Refused(edges={(name, index) for index in later for name in self.nodes[index].inputs
+                                  if self.producer.get(name) in region - later})
 
     def _reach(self, start, forward, bound=None):
         """The nodes reachable from ``start`` (forward: reading what it gives, up to node ``bound``; else: giving what
@@ -489,8 +496,8 @@ class _Boundary:
         for name, found in outputs.items():
             if self._emit(found, rename, name) != name:  # given twice as it is: a copy
                 g.add("Identity", [rename[found[0]]], {}, f"{name}/Identity", names=[name])
-        nodes = _live([TensorNode(op, tuple(ins), tuple(outs), attrs, label) for op, ins, outs, attrs, label in g.nodes],
-                      self.sub.outputs)
+        nodes = _live([TensorNode(op, tuple(ins), tuple(outs), attrs, label)
+                       for op, ins, outs, attrs, label in g.nodes], self.sub.outputs)
         if len(nodes) >= len(self.region):     # the layouts would cost more steps than the fused layers save
             raise _Refused()
         self.owner.taken = g.taken
