@@ -13,7 +13,8 @@ graph means one model whatever the sizes (a hard-coded time index is refused, as
 
 A module the fused layers do not cover (attention, broadcasting, reductions, 2-D convolutions, ...)
 is read as a general graph (:mod:`grurt.importers.onnx.general`), its free axes found on the graph
-(:func:`export_general`).
+(:func:`export_general`), its GRUs with their wiring fused where the graph allows
+(:func:`grurt.fusion.fuse_regions`).
 """
 from __future__ import annotations
 
@@ -31,7 +32,8 @@ OPSET = 17
 
 def graph_from_torch(module, example_input):
     """The :class:`~grurt.fusion.Fused` layers of ``module`` traced on ``example_input`` or, when the
-    fused layers do not cover it, the :class:`~grurt.tensor_graph.TensorGraph` of its ops."""
+    fused layers do not cover it, the :class:`~grurt.tensor_graph.TensorGraph` of its ops, the regions around its
+    GRUs as ``grurt.Chain`` nodes (:func:`grurt.fusion.fuse_regions`, at the example's sizes)."""
     import torch
 
     from ..fusion import fuse_regions
