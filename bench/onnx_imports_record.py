@@ -16,6 +16,10 @@
 
 3. ``python bench/onnx_imports_record.py compare A.pkl B.pkl``: counts, and every difference (arrays by
    ``np.array_equal``, dtypes and shapes too).
+
+4. ``python bench/onnx_imports_record.py regions A.pkl B.pkl``: the general models (``load_onnx`` gives a
+   TensorModel, or else ``session_model`` does): their outputs on random inputs, the same bits in both? and how
+   many GRU nodes became ``grurt.Chain`` nodes (the fusion pass on their regions, "Step 3: regions").
 """
 import dataclasses
 import hashlib
@@ -166,6 +170,38 @@ def _outcome(fn):
     return value, error, [str(w.message) for w in caught]
 
 
+#: sizes tried for the dim parameters of a general model's inputs, in order (the first the model runs at)
+_SIZES = (lambda params: {p: 3 for p in params}, lambda params: {p: 3 + i for i, p in enumerate(params)},
+          lambda params: {p: 1 for p in params})
+
+
+def run_random(model, seed):
+    """(the sizes' index, the outputs) of a general model on random inputs at the first of _SIZES it runs at, or
+    the last error: the same inputs in every build (they depend on the declared inputs only)."""
+    params = list(dict.fromkeys(d for i in model.graph.inputs for d in i.dims if isinstance(d, str)))
+    error = None
+    for index, sizes in enumerate(_SIZES):
+        sizes = sizes(params)
+        rng = np.random.default_rng([seed, index])
+        arrays = []
+        for tensor_input in model.graph.inputs:
+            shape = tuple(sizes[d] if isinstance(d, str) else d for d in tensor_input.dims)
+            arrays.append(rng.standard_normal(shape).astype(np.float32) if tensor_input.dtype == "float32" else
+                          rng.integers(0, 3, shape) if tensor_input.dtype == "int64" else rng.random(shape) < 0.5)
+        try:
+            outputs = model.run(dict(zip(model.input_names, arrays)))
+            return index, plain(outputs if isinstance(outputs, tuple) else (outputs,))
+        except Exception as exc:
+            error = (type(exc).__name__, str(exc))
+    return None, error
+
+
+def chains(model):
+    """(the grurt.Chain nodes, the GRU nodes) of a general model's graph."""
+    ops = [node.op for node in model.graph.nodes]
+    return ops.count("grurt.Chain"), ops.count("GRU")
+
+
 def describe_file(folder):
     from grurt.importers.onnx import _import, load_onnx, session_model
     from grurt.importers.onnx.general import tensor_graph_from_source
@@ -180,8 +216,16 @@ def describe_file(folder):
     result = {}
     model, error, caught = _outcome(lambda: load_onnx(path))
     result["load_onnx"] = (describe_model(model) if model is not None else None, error, caught)
+    if type(model).__name__ == "TensorModel":      # a general model: what it computes, and its fused regions
+        seed = int(os.path.basename(folder)[:8], 16)
+        result["outputs"] = (run_random(model, seed), None, [])
+        result["chains"] = (chains(model), None, [])
     value, error, caught = _outcome(lambda: session_model(path))
     result["session_model"] = ((describe_model(value[0]), value[1]) if value is not None else None, error, caught)
+    if value is not None and type(value[0]).__name__ == "TensorModel" and "outputs" not in result:
+        seed = int(os.path.basename(folder)[:8], 16)        # a file fused whole but not as the session reads it
+        result["outputs"] = (run_random(value[0], seed), None, [])
+        result["chains"] = (chains(value[0]), None, [])
     value, error, caught = _outcome(lambda: _import(path)[-1])      # main: (source, result); after: (.., graph, result)
     result["_import"] = (plain(value)[1] if value is not None else None, error, caught)    # its fields, not its name
     value, error, caught = _outcome(lambda: tensor_graph_from_source(_open(path)))
@@ -261,6 +305,40 @@ def compare(first, second):
     print(f"load_onnx in A: {counts}; files with a difference: {differing}")
 
 
+def regions(first, second):
+    """The general models of A and B: their outputs on random inputs (the same bits?) and the grurt.Chain and
+    GRU nodes of each (a region fused: GRU nodes become grurt.Chain nodes)."""
+    with open(first, "rb") as handle:
+        a = pickle.load(handle)["records"]
+    with open(second, "rb") as handle:
+        b = pickle.load(handle)["records"]
+    counts = {"general": 0, "fused": 0, "same bits": 0, "same error": 0, "differ": 0, "chains": 0, "GRU before": 0,
+              "GRU after": 0, "GRU-free": 0}
+    for name in sorted(set(a) & set(b)):
+        if "outputs" not in a[name]:
+            continue
+        counts["general"] += 1
+        if "outputs" not in b[name]:
+            print(f"--- {name}: general in A only")
+            counts["differ"] += 1
+            continue
+        (chain_a, gru_a), (chain_b, gru_b) = a[name]["chains"][0], b[name]["chains"][0]
+        counts["GRU before"] += gru_a
+        counts["GRU after"] += gru_b
+        counts["chains"] += chain_b - chain_a
+        counts["fused"] += gru_b < gru_a
+        counts["GRU-free"] += gru_a == 0
+        (ia, va), (ib, vb) = a[name]["outputs"][0], b[name]["outputs"][0]
+        found = [] if ia == ib else [f"sizes {ia} vs {ib}"]
+        differences(va, vb, "outputs", found)
+        if found:
+            counts["differ"] += 1
+            print(f"--- {name} (GRU nodes {gru_a} -> {gru_b}):", *found[:6], sep="\n    ")
+        else:
+            counts["same bits" if ia is not None else "same error"] += 1
+    print(counts)
+
+
 if __name__ == "__main__":
     command = sys.argv[1]
     if command == "install":
@@ -269,5 +347,7 @@ if __name__ == "__main__":
         describe(sys.argv[2], sys.argv[3])
     elif command == "compare":
         compare(sys.argv[2], sys.argv[3])
+    elif command == "regions":
+        regions(sys.argv[2], sys.argv[3])
     else:
         raise SystemExit(__doc__)

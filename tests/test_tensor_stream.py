@@ -100,7 +100,8 @@ def test_conv_stack_steps_give_the_whole_sequence(conv_stack):
     assert max_diff(y, y_torch) < ATOL and max_diff(y, y_ref) < ATOL
     stream = model.stream(batch=2, time_axes={"x": 2})
     assert [s.split(":")[0] for s in stream.state_names] == [
-        "history of node '/Pad' (Pad)", "history of node '/Pad_1' (Pad)", "GRU state of node '/gru/GRU' (GRU)",
+        "history of node '/Pad' (Pad)", "history of node '/Pad_1' (Pad)",
+        "GRU state of node '/gru/GRU' (grurt.Chain)",       # the GRU with its wiring: a Chain (fuse_regions)
         "running sum of node '/CumSum' (CumSum)"]
     outputs = [stream.step(x[:, :, t]) for t in range(steps)]
     for t, (y_t, h_t) in enumerate(outputs):
@@ -235,7 +236,9 @@ class _Upsample(nn.Module):
 @pytest.mark.parametrize("module, node, why", [
     (_Softmax(), r"node '/body/Softmax' \(Softmax\)", "mixes the frames along time"),
     (_Mean(), r"node '/body/ReduceMean' \(ReduceMean\)", "mixes the frames along time"),
-    (_Head(_BiGRU(), width=4), r"node '/body/gru/GRU' \(GRU\)", "a bidirectional GRU reads the sequence from its end"),
+    # the GRU with its wiring is a grurt.Chain named after it (grurt.fusion.fuse_regions)
+    (_Head(_BiGRU(), width=4), r"node '/body/gru/GRU' \(grurt.Chain\)",
+     "layer 0 is a bidirectional GRU, which reads the sequence from its end"),
     (_Upsample(), r"node '/body/up/ConvTranspose' \(ConvTranspose\)", "mixes the frames along time"),
 ])
 def test_refusals_name_the_node(module, node, why):

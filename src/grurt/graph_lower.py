@@ -127,10 +127,11 @@ class _Lowering:
             inputs.append(TensorInput(self.states[p], "float32", (layer.num_directions, _BATCH, layer.hidden_size)))
         #: a graph tensor's name -> the TensorGraph tensor holding it (the same name, but for outputs as states)
         self.env = {i.name: i.name for i in graph.inputs if i.kind != "state"}
+        #: a (B, D·H) state vector made from a (D, B, H) state -> (that state, D): read back without moving it
+        self.stacked = {}
         for i in graph.inputs:
             if i.kind == "state":          # (D, B, H) -> (B, D·H)
-                self.env[i.name] = self._flat_state(g.add("Transpose", [i.name], {"perm": (1, 0, 2)},
-                                                          f"{i.name}/Transpose"), i.name)
+                self.env[i.name] = self._flattened(i.name, i.directions, i.name)
         self.finals = [None] * len(gru_nodes) if return_state else None
         for step in segments(graph):
             if isinstance(step, Segment):
@@ -141,8 +142,7 @@ class _Lowering:
         for o in graph.outputs:
             tensor = self.env[o.name]
             if o.directions is not None:     # (B, F) -> (directions, B, F / directions)
-                shaped = g.add("Reshape", [tensor, g.ints((0, o.directions, -1))], {}, f"{o.name}/Reshape")
-                tensor = g.add("Transpose", [shaped], {"perm": (1, 0, 2)}, f"{o.name}/Transpose")
+                tensor = self._stacked(tensor, o.directions, o.name)
             outputs.append((tensor, o.name))
         finals = ()
         if return_state:
@@ -172,6 +172,21 @@ class _Lowering:
         return self.g.add("Reshape", [state, self.g.ints((0, -1))], {}, f"{base}/Reshape",
                           names=[name] if name else None)
 
+    def _flattened(self, state: str, directions: int, base: str, name: Optional[str] = None) -> str:
+        """A (D, B, H) state as the (B, D·H) vector the graph's nodes read, remembered for :meth:`_stacked`."""
+        vector = self._flat_state(self.g.add("Transpose", [state], {"perm": (1, 0, 2)}, f"{base}/Transpose"), base,
+                                  name)
+        self.stacked[vector] = (state, directions)
+        return vector
+
+    def _stacked(self, vector: str, directions: int, base: str) -> str:
+        """A (B, D·H) vector as a (D, B, H) state: the state it was flattened from, when it was."""
+        known = self.stacked.get(vector)
+        if known is not None and known[1] == directions:
+            return known[0]
+        shaped = self.g.add("Reshape", [vector, self.g.ints((0, directions, -1))], {}, f"{base}/Reshape")
+        return self.g.add("Transpose", [shaped], {"perm": (1, 0, 2)}, f"{base}/Transpose")
+
     def _state_in(self, vector: str, layer: GRU, base: str) -> str:
         """A (B, D·H) state tensor as (B, D, H)."""
         return self.g.add("Reshape", [vector, self.g.ints((0, layer.num_directions, layer.hidden_size))], {},
@@ -189,8 +204,7 @@ class _Lowering:
         for i, node in enumerate(step.grus):
             p = self.position[id(node)]
             if i in step.states_in:
-                h0 = self._state_in(self.env[step.states_in[i]], node.layer, node.outputs[0])
-                states.append(g.add("Transpose", [h0], {"perm": (1, 0, 2)}, f"{node.outputs[0]}/Transpose"))
+                states.append(self._stacked(self.env[step.states_in[i]], node.layer.num_directions, node.outputs[0]))
             else:
                 states.append(self.states.get(p, ""))
         wanted = [self.finals is not None or i in step.states_out for i in range(len(step.grus))]
@@ -206,8 +220,7 @@ class _Lowering:
             if self.finals is not None:
                 self.finals[self.position[id(node)]] = final
             if i in step.states_out:
-                h = g.add("Transpose", [final], {"perm": (1, 0, 2)}, f"{node.outputs[1]}/Transpose")
-                self._flat_state(h, node.outputs[1], self._name(node.outputs[1]))
+                self._flattened(final, node.layer.num_directions, node.outputs[1], self._name(node.outputs[1]))
 
     # ---- the nodes between them ----
 
@@ -265,15 +278,14 @@ class _Lowering:
         p = self.position[id(node)]
         state = self.states.get(p, "")
         if len(node.inputs) == 3:                            # h0 from a tensor (B, D·H) -> (D, B, H)
-            state = g.add("Transpose", [self._state_in(x[1], layer, base)], {"perm": (1, 0, 2)}, f"{base}/Transpose")
+            state = self._stacked(x[1], layer.num_directions, base)
         final = g.fresh(f"{base}/final_state") if self.finals is not None or len(node.outputs) == 2 else ""
         g.add("grurt.Chain", [x[0], "", state], {"layers": (layer,), "input_size": layer.input_size}, base,
               names=[self._name(node.outputs[0]), final])
         if self.finals is not None:
             self.finals[p] = final
         if len(node.outputs) == 2:
-            h = g.add("Transpose", [final], {"perm": (1, 0, 2)}, f"{node.outputs[1]}/Transpose")
-            self._flat_state(h, node.outputs[1], self._name(node.outputs[1]))
+            self._flattened(final, layer.num_directions, node.outputs[1], self._name(node.outputs[1]))
 
     def _masked_gru(self, node, x):
         """A GRU node reading a mask: ``grurt.MaskedGRU``; without return_sequences its output is its final

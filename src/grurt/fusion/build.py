@@ -19,10 +19,10 @@ from typing import Optional
 
 import numpy as np
 
-from ..errors import ModelFormatError, UnsupportedModelError
+from ..errors import GrurtError, ModelFormatError, UnsupportedModelError
 from ..graph import GRAPH_LAYERS, Concat, Graph, Input, Node, Output, Slice
 from ..spec import GRU, LayerNorm, Scale, fold_layer
-from .interpreter import _RawInput, _Sym
+from .interpreter import _RawInput, _Sym, unique
 
 
 @dataclasses.dataclass
@@ -36,6 +36,8 @@ class Fused:
     state_batch_axis: dict       # state graph input -> axis of its batch in the TensorGraph (1: (N, B, H))
     lengths_input: Optional[str]
     inputs: dict                 # graph input name -> ids, in the TensorGraph's shape
+    taken: dict                  # graph input name -> ids, as the model takes it: (B, T, F), (B, F), (B, T) or a
+    #                              state (directions, B, H) (the inputs read as data; not sequence_lens)
     outputs: dict                # graph output name -> ids, in the TensorGraph's shape
     returned: dict               # model output name -> ids, in the layout grurt returns
     state_inputs: dict           # chain: GRU index -> (graph input, ids of its initial state (D, B, H))
@@ -57,27 +59,17 @@ class Fused:
 def build(it) -> Fused:
     gru_states = {node.outputs[1] for node in it.grus}
     outputs = []                 # (graph output name, tensor name, directions or None)
+    named = {}
     for name in it.graph.outputs:
-        value, where = it.values[name], f"graph output '{name}'"
-        if not isinstance(value, _Sym):
-            raise UnsupportedModelError(f"{where} is a constant")
-        state = _state_output(it, where, value, gru_states)
-        if state is not None:
-            outputs.append((name, state[0].name, state[1]))
-            continue
-        outputs.append((name, _plain_output(it, where, value).name, None))
+        try:
+            outputs.append(_output(it, name, gru_states, named))
+        except GrurtError as exc:    # the output it refuses, for the region pass (.regions)
+            exc.output = name
+            raise
     tensors = {}
     for owner in it.owners:
         if not isinstance(owner, _RawInput):
             tensors[owner.name] = owner
-    named = {}
-    for name, tensor, _ in outputs:
-        if tensor in it.claimed:
-            raise UnsupportedModelError(f"graph output '{name}' is graph input '{tensor}' unchanged")
-        if tensor in named:
-            raise UnsupportedModelError(f"graph outputs '{named[tensor]}' and '{name}' are the same tensor; grurt "
-                                        "gives each output once")
-        named[tensor] = name
     nodes = _needed(it.nodes, [t for _, t, _ in outputs])
     grus = [node for node in nodes if isinstance(node.layer, GRU)]
     if not grus:
@@ -103,7 +95,7 @@ def build(it) -> Fused:
     graph_outputs = tuple(Output(name, directions) for name, _, directions in outputs)
     result = dict(time_major=it.time_major & set(it.claimed), state_batch_axis=dict(it.state_batch_axis),
                   lengths_input=it.lengths[0] if it.lengths else None,
-                  inputs={name: raw.ids for name, raw in it.raw.items()},
+                  inputs={name: raw.ids for name, raw in it.raw.items()}, taken=_taken(it),
                   outputs={name: it.values[name].ids for name in it.graph.outputs},
                   lbr0_nodes=list(it.lbr0_nodes))
     chain = _as_chain(inputs, nodes, graph_outputs)
@@ -124,12 +116,32 @@ def build(it) -> Fused:
 
 # ---- outputs ----
 
+def _output(it, name, gru_states, named):
+    """(name, the tensor graph output ``name`` is, its directions when it is a state output, else None);
+    ``named``: tensor -> the output naming it, so far."""
+    value, where = it.values[name], f"graph output '{name}'"
+    if not isinstance(value, _Sym):
+        raise UnsupportedModelError(f"{where} is a constant")
+    state = _state_output(it, where, value, gru_states)
+    if state is not None:
+        tensor, directions = state[0].name, state[1]
+    else:
+        tensor, directions = _plain_output(it, where, value).name, None
+    if tensor in it.claimed:
+        raise UnsupportedModelError(f"{where} is graph input '{tensor}' unchanged")
+    if tensor in named:
+        raise UnsupportedModelError(f"graph outputs '{named[tensor]}' and '{name}' are the same tensor; grurt "
+                                    "gives each output once")
+    named[tensor] = name
+    return name, tensor, directions
+
+
 def _state_output(it, where, value, gru_states):
     """(tensor, N) when ``value`` is (N, B, H) (or (B, N, H)) of GRU final states or state inputs, else None."""
     ids = value.ids
     if ids.ndim != 3:
         return None
-    owners = {it.owners[i] for i in np.unique(it._owner_indices(ids.ravel()))}
+    owners = {it.owners[i] for i in unique(it._owner_indices(ids.ravel()))}
     if not all(not isinstance(o, _RawInput) and (o.name in gru_states or it.claimed.get(o.name, ("",))[0] == "state")
                for o in owners):
         return None
@@ -157,11 +169,21 @@ def _plain_output(it, where, value):
         if not np.array_equal(line_features[0], np.arange(features)):
             tensor, _ = it._aligned(where, value)
             positions = it._find(where, ids)[1]
-    elif np.unique(line_features).size != features:    # features spread over axes, e.g. Y (T, D, B, H)
+    elif unique(line_features).size != features:    # features spread over axes, e.g. Y (T, D, B, H)
         raise UnsupportedModelError(f"{where}: holds some of the features, not on its last axis")
-    if np.unique(positions).size != positions.size or positions.size != tensor.ids.size:
+    if unique(positions).size != positions.size or positions.size != tensor.ids.size:
         raise UnsupportedModelError(f"{where}: repeats elements of tensor '{tensor.name}'")
     return tensor
+
+
+def _taken(it):
+    """Each graph input read as data -> its ids in the layout the fused model takes it."""
+    taken = {}
+    for name, (kind, tensor, directions) in it.claimed.items():
+        if tensor is not None:
+            ids = tensor.ids
+            taken[name] = ids.reshape(ids.shape[0], directions, -1).transpose(1, 0, 2) if kind == "state" else ids
+    return taken
 
 
 def _ids_of(name, tensors, rename):

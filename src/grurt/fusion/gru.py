@@ -28,7 +28,7 @@ import numpy as np
 from ..errors import ModelFormatError, UnsupportedModelError
 from ..ops.recurrent import gru_activations
 from ..spec import GRU
-from .interpreter import _Interpreter, _Mismatch, _Node, _RawInput, _Sym
+from .interpreter import _Interpreter, _Mismatch, _Node, _RawInput, _Sym, unique
 
 
 class _GRUOp(_Interpreter):
@@ -36,14 +36,14 @@ class _GRUOp(_Interpreter):
 
     def _op_GRU(self, where, inputs, attrs, n_out):
         X, W, R, B, lengths, initial_h = (inputs + [None] * 6)[:6]
-        W = np.asarray(self._const(where, W, "W"), np.float64)
-        R = np.asarray(self._const(where, R, "R"), np.float64)
+        W = np.asarray(self._const(where, W, "W"))       # the GRU layer keeps them float32
+        R = np.asarray(self._const(where, R, "R"))
         direction = attrs["direction"]         # checked by the registry, as layout and linear_before_reset
         D = 2 if direction == "bidirectional" else 1
         if R.ndim != 3 or W.ndim != 3:
             raise ModelFormatError(f"{where}: W and R must be 3-D, got shapes {W.shape} and {R.shape}")
         H = R.shape[-1] if attrs["hidden_size"] is None else attrs["hidden_size"]
-        B = np.zeros((D, 6 * R.shape[-1])) if B is None else np.asarray(self._const(where, B, "B"), np.float64)
+        B = np.zeros((D, 6 * R.shape[-1]), np.float32) if B is None else np.asarray(self._const(where, B, "B"))
         for name, array, shape in (("W", W, (D, 3 * H, W.shape[-1])), ("R", R, (D, 3 * H, H)), ("B", B, (D, 6 * H))):
             if array.shape != shape:
                 raise ModelFormatError(f"{where}: {name} has shape {array.shape}, but hidden_size={H} and "
@@ -59,8 +59,10 @@ class _GRUOp(_Interpreter):
         batch, steps = tensor.ids.shape[:2]
         h0, learned = self._gru_state(where, initial_h, layout, (D, batch, H))
         self._gru_lengths(where, lengths, batch, steps)
-        W_full = np.zeros((D, 3 * H, tensor.features))
-        W_full[:, :, features] = W
+        W_full = W
+        if not np.array_equal(features, np.arange(tensor.features)):    # the features X reads of the tensor
+            W_full = np.zeros((D, 3 * H, tensor.features), np.float32)
+            W_full[:, :, features] = W
         layer = GRU(W=W_full, R=R, B=B, direction=direction, linear_before_reset=lbr,
                     gate_activation=f, candidate_activation=g, clip=attrs["clip"], initial_state=learned)
         y = self._tensor(self._new_ids((batch, steps, D * H)), True, name=self._name())
@@ -137,7 +139,7 @@ class _GRUOp(_Interpreter):
         """Graph inputs read for the first time as initial_h (D, B, H) become state inputs: (N, B, H) (or
         (B, N, H) with layout 1) → a vector (B, N·H), N states side by side."""
         flat = ids.ravel()
-        owners = {self.owners[i] for i in np.unique(self._owner_indices(flat))}
+        owners = {self.owners[i] for i in unique(self._owner_indices(flat))}
         batch_index = np.indices(ids.shape)[1].ravel()
         for raw in owners:
             if not isinstance(raw, _RawInput):

@@ -51,6 +51,13 @@ from ..spec import Dense, LastStep, Reverse, Scale
 NODE_IDS = 512
 
 
+def unique(values) -> np.ndarray:
+    """The sorted distinct values of an integer array: np.unique's result (numpy 2's np.unique hashes, ten times
+    slower than a sort on the id arrays the interpreter reads)."""
+    flat = np.sort(values, axis=None)
+    return flat[np.concatenate(([True], flat[1:] != flat[:-1]))] if flat.size else flat
+
+
 class Budget:
     """The element ids the interpreter may still hand out or move, over every interpretation of one
     graph (grurt.limits.MAX_IDS): what bounds its time and memory."""
@@ -276,12 +283,12 @@ class _Interpreter:
         """The canonical tensors holding ``ids`` (claiming graph inputs read for the first time), in the
         order they first appear, and the index of each element's tensor among them."""
         indices = self._owner_indices(ids.ravel())
-        unique, first, which = np.unique(indices, return_index=True, return_inverse=True)
+        distinct, first, which = np.unique(indices, return_index=True, return_inverse=True)
         order = np.argsort(first)
         rank = np.empty_like(order)
         rank[order] = np.arange(order.size)
         tensors = []
-        for i in unique[order]:
+        for i in distinct[order]:
             owner = self.owners[i]
             tensors.append(self._claim(where, owner) if isinstance(owner, _RawInput) else owner)
         return tensors, rank[which]
@@ -315,7 +322,7 @@ class _Interpreter:
             raise UnsupportedModelError(f"{where}: reads the token ids of graph input '{tensor.name}' as data; "
                                         "grurt reads token ids only by a Gather from a table (an embedding)")
         features = tensor.features
-        rows = np.unique(positions // features)
+        rows = unique(positions // features)
         if rows.size == tensor.ids.size // features:
             return tensor, positions
         # only the time axis may be partly read, once known, and then only its last step
@@ -355,7 +362,7 @@ class _Interpreter:
         lines = positions.reshape(-1, ids.shape[-1])
         rows, features = np.divmod(lines, tensor.features)
         if not ((rows == rows[:, :1]).all() and (features == features[:1]).all()
-                and np.unique(features[0]).size == features.shape[1] and np.unique(rows[:, 0]).size == rows.shape[0]):
+                and unique(features[0]).size == features.shape[1] and unique(rows[:, 0]).size == rows.shape[0]):
             raise UnsupportedModelError(f"{where}: its last axis does not hold the features of one time step")
         return tensor, rows[:, 0], features[0]
 
@@ -402,36 +409,44 @@ class _Interpreter:
     # -- driving --
 
     def run(self):
-        """Interpret every node; returns the interpreter, which :func:`.build.build` reads."""
+        """Interpret every node; returns the interpreter, which :func:`.build.build` reads. A GrurtError
+        carries the node it refuses as ``node`` (the region pass, :mod:`.regions`, leaves that node out)."""
         for node in self.graph.nodes:
-            where = node.where
-            self._charge(where, NODE_IDS)
-            handler = self._handler(node.op)
-            if handler is None:
-                raise UnsupportedModelError(f"{where}: operator {node.op} is not supported")
-            inputs = [self.values[name] if name else None for name in node.inputs]
-            self.hint = next((name for name in node.outputs if name), node.name or node.op)
             try:
-                outputs = handler(where, inputs, node.attrs, len(node.outputs))
-            except (_Mismatch, _Layout):
+                self._node(node)
+            except GrurtError as exc:
+                exc.node = node
                 raise
-            except GrurtError as exc:     # errors from the spec's checks do not know the node
-                if where in str(exc):
-                    raise
-                raise type(exc)(f"{where}: {exc}") from None
-            except (ValueError, IndexError, TypeError, ZeroDivisionError, OverflowError) as exc:
-                raise ModelFormatError(f"{where}: {exc}") from None
-            for name, value in zip(node.outputs, outputs):
-                if name:
-                    if isinstance(value, _Sym):         # ids held by the values: from the graph's budget too
-                        self._charge(where, value.ids.size)
-                    else:                               # constants folded: MAX_PARAMETERS elements in all
-                        self.folded += np.size(value)
-                        if self.folded > MAX_PARAMETERS:
-                            raise ModelFormatError(f"{where}: the constants the graph computes hold more than "
-                                                   f"{MAX_PARAMETERS} elements in all (grurt.limits.MAX_PARAMETERS)")
-                    self.values[name] = value
         return self
+
+    def _node(self, node):
+        where = node.where
+        self._charge(where, NODE_IDS)
+        handler = self._handler(node.op)
+        if handler is None:
+            raise UnsupportedModelError(f"{where}: operator {node.op} is not supported")
+        inputs = [self.values[name] if name else None for name in node.inputs]
+        self.hint = next((name for name in node.outputs if name), node.name or node.op)
+        try:
+            outputs = handler(where, inputs, node.attrs, len(node.outputs))
+        except (_Mismatch, _Layout):
+            raise
+        except GrurtError as exc:     # errors from the spec's checks do not know the node
+            if where in str(exc):
+                raise
+            raise type(exc)(f"{where}: {exc}") from None
+        except (ValueError, IndexError, TypeError, ZeroDivisionError, OverflowError) as exc:
+            raise ModelFormatError(f"{where}: {exc}") from None
+        for name, value in zip(node.outputs, outputs):
+            if name:
+                if isinstance(value, _Sym):         # ids held by the values: from the graph's budget too
+                    self._charge(where, value.ids.size)
+                else:                               # constants folded: MAX_PARAMETERS elements in all
+                    self.folded += np.size(value)
+                    if self.folded > MAX_PARAMETERS:
+                        raise ModelFormatError(f"{where}: the constants the graph computes hold more than "
+                                               f"{MAX_PARAMETERS} elements in all (grurt.limits.MAX_PARAMETERS)")
+                self.values[name] = value
 
     def _handler(self, op):
         """The method that interprets nodes of ``op``, or None."""

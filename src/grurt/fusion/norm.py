@@ -35,7 +35,7 @@ import numpy as np
 
 from ..errors import UnsupportedModelError
 from ..spec import Embedding, Flatten, GlobalPool, LayerNorm, UnitNorm
-from .interpreter import _Interpreter, _RawInput, _Sym
+from .interpreter import _Interpreter, _RawInput, _Sym, unique
 
 
 @dataclasses.dataclass
@@ -84,7 +84,7 @@ class _NormOps(_Interpreter):
             raise UnsupportedModelError(f"{where}: the ids must be an integer graph input (each id read once)")
         ids_input = tensors[0]
         positions = ids_input.inverse[indices.ids - ids_input.start]
-        if np.unique(positions).size != ids_input.ids.size:
+        if unique(positions).size != ids_input.ids.size:
             raise UnsupportedModelError(f"{where}: the ids must be an integer graph input (each id read once)")
         out = self._add(Embedding(table), [ids_input], ids_input.ids.shape + (table.shape[1],), True,
                         ids_input.origins)
@@ -93,7 +93,7 @@ class _NormOps(_Interpreter):
 
     def _raw_ids(self, where, ids):
         """Whether ``ids`` all come from one integer graph input (claiming it as token ids)."""
-        owners = {self.owners[i] for i in np.unique(self._owner_indices(ids.ravel()))}
+        owners = {self.owners[i] for i in unique(self._owner_indices(ids.ravel()))}
         if len(owners) != 1:
             return False
         owner, = owners
@@ -312,7 +312,7 @@ class _NormOps(_Interpreter):
                                        and (np.sort(t, axis=1) == np.arange(steps)).all()):
             raise UnsupportedModelError(f"{where}: reduces over axes {axes}, which are not exactly the time axis")
         pairs = b[:, 0] * features + f[:, 0]
-        if np.unique(pairs).size != batch * features or pairs.size != batch * features:
+        if unique(pairs).size != batch * features or pairs.size != batch * features:
             raise UnsupportedModelError(f"{where}: the axes kept are not the batch and the features")
         out = self._add(GlobalPool(mode), [tensor], (batch, features), False)
         kept_shape = [value.shape[i] for i in kept]
@@ -338,7 +338,7 @@ class _NormOps(_Interpreter):
             lines = positions.reshape(-1, ids.shape[-1])
             sequence = lines // (steps * features)
             if not (ids.shape[-1] == steps * features and (sequence == sequence[:, :1]).all()
-                    and np.unique(sequence[:, 0]).size == batch == lines.shape[0]):
+                    and unique(sequence[:, 0]).size == batch == lines.shape[0]):
                 raise
             flat = self._cached(("flatten", tensor.name), lambda: self._add(
                 Flatten(steps), [tensor], (batch, steps * features), False, suffix=":flat"))

@@ -305,11 +305,16 @@ class _Ops(_Interpreter):
             raise UnsupportedModelError(f"{where}: softmax of a constant")
         rank = len(value.shape)
         axis = attrs["axis"] % rank
-        kept = [i for i in range(rank) if i != axis]
-        tensor, _, features = self._rows(where, value.ids.transpose(kept + [axis]))
+        order = [i for i in range(rank) if i != axis] + [axis]
+        moved = value.ids.transpose(order)
+        # the tensor whose features the softmax axis holds: the one read, or what _rows makes of it (a Flatten of
+        # all the steps of each sequence: a softmax over time, at a fixed number of steps)
+        tensor, rows, features = self._rows(where, moved)
         if features.size != tensor.features:
             raise UnsupportedModelError(f"{where}: softmax over part of the features")
-        return self._activation(where, inputs, "softmax")
+        out = self._layer(Activation(activation("softmax")), tensor)
+        ids = out.ids.reshape(-1, tensor.features)[rows][:, features].reshape(moved.shape)
+        return [_Sym(ids.transpose(np.argsort(order)))]
 
     def _op_Clip(self, where, inputs, attrs, n_out):
         value = inputs[0]

@@ -166,7 +166,8 @@ def from_torch(module, example_input=None, *, last_step: bool = False, input_sca
     (docs/torch.md, "A learned initial state").
     A module beyond those layers (attention, broadcasting, reductions, 2-D convolutions, einsum,
     ...) becomes a :class:`grurt.tensor_model.TensorModel` of its ONNX ops, inputs and outputs as
-    the module takes and returns them (docs/onnx.md, "Graphs beyond the fused layers").
+    the module takes and returns them, each GRU with its wiring one ``grurt.Chain`` node where the graph
+    allows (docs/onnx.md, "Graphs beyond the fused layers").
 
     ``input_scaler`` and ``output_scaler`` fold fitted scikit-learn scalers in, as in
     :func:`from_keras` (a model that is one chain only).

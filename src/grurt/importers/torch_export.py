@@ -13,7 +13,8 @@ graph means one model whatever the sizes (a hard-coded time index is refused, as
 
 A module the fused layers do not cover (attention, broadcasting, reductions, 2-D convolutions, ...)
 is read as a general graph (:mod:`grurt.importers.onnx.general`), its free axes found on the graph
-(:func:`export_general`).
+(:func:`export_general`), its GRUs with their wiring fused where the graph allows
+(:func:`grurt.fusion.fuse_regions`).
 """
 from __future__ import annotations
 
@@ -31,9 +32,11 @@ OPSET = 17
 
 def graph_from_torch(module, example_input):
     """The :class:`~grurt.fusion.Fused` layers of ``module`` traced on ``example_input`` or, when the
-    fused layers do not cover it, the :class:`~grurt.tensor_graph.TensorGraph` of its ops."""
+    fused layers do not cover it, the :class:`~grurt.tensor_graph.TensorGraph` of its ops, the regions around its
+    GRUs as ``grurt.Chain`` nodes (:func:`grurt.fusion.fuse_regions`, at the example's sizes)."""
     import torch
 
+    from ..fusion import fuse_regions
     from .onnx import _import
 
     args = example_input if isinstance(example_input, tuple) else (example_input,)
@@ -52,8 +55,12 @@ def graph_from_torch(module, example_input):
                 *_, fixed = _import(path)         # static: interpreted at the example's sizes
                 _export(torch, module, args, path, names, output_names, _dynamic_axes(fixed, args, names))
                 *_, result = _import(path)
-            except UnsupportedModelError:         # beyond the fused layers: the general graph of the module's ops
-                result = export_general(torch, module, args, path, names, output_names)
+            except UnsupportedModelError:         # beyond the fused layers: the general graph of the module's ops,
+                graph = export_general(torch, module, args, path, names, output_names)    # its GRUs fused where
+                shapes = dict(zip(names, (tuple(arg.shape) for arg in args)))             # the regions allow
+                sizes = {d: shapes[t.name][axis] for t in graph.inputs for axis, d in enumerate(t.dims)
+                         if isinstance(d, str)}
+                result = fuse_regions(graph, sizes)[0]
     finally:
         module.train(was_training)
     return result

@@ -41,7 +41,7 @@ import warnings
 import numpy as np
 
 from ...errors import InputError, UnsupportedModelError
-from ...fusion import fuse
+from ...fusion import fuse, fuse_regions
 from ...model import Model
 from ...spec import LastStep
 from ...tensor_model import TensorModel
@@ -117,10 +117,11 @@ def session_model(path_or_bytes):
 
 
 def _tensor_model(source, graph):
-    """A :class:`~grurt.tensor_model.TensorModel` of the file's TensorGraph, warning as the fused path does."""
+    """A :class:`~grurt.tensor_model.TensorModel` of the file's TensorGraph, its regions that grurt's fused layers
+    cover as ``grurt.Chain`` nodes (:func:`grurt.fusion.fuse_regions`), warning as the fused path does."""
     _warn_lbr0(source.model, [node.name for node in graph.nodes
                               if node.op == "GRU" and not node.attrs["linear_before_reset"]])
-    return TensorModel(graph)
+    return TensorModel(fuse_regions(graph)[0])
 
 
 def _same_io(graph, result) -> bool:
