@@ -829,7 +829,8 @@ def _in_place(steps: List[tuple], known) -> List[tuple]:
                 run, ctx = _binary_run, (_BINARY[op], into)
                 node = _renamed(node, f"{op} in place")
         result.append((run, ctx, ins, outs, frees, node))
-        if op in FRESH or (op == "Einsum" and getattr(ctx, "pairs", None)) or (op in VIEWS and ins[0] in dying):
+        if (op in FRESH or (op == "Einsum" and getattr(ctx, "pairs", None)) or (op in VIEWS and ins[0] in dying)
+                or (op == "grurt.Chain" and not node.attrs["keep_state"])):     # (a stream's Chain hands out its states)
             owned.update(slot for _, slot in outs)
         else:       # its outputs may share memory with its inputs: neither is written in place from now on
             owned.difference_update(ins)
