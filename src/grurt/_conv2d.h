@@ -575,6 +575,24 @@ static inline size_t grurt_conv_transpose2d_scratch(const grurt_conv2d *c) {
     return (size_t)c->H * grurt_ct_row(c) * sizeof(float) + 64;
 }
 
+/* One tap row of a ConvTranspose's output row: y[o] += w[j] · u[o − j·dw] for j < kw in order, the sum kept in a
+ * register over the taps (one load and one store of y per 16 outputs, not per tap); the last Wo % 16 outputs a
+ * tap at a time, as before (a scalar sum kept in a register is not the same bits there). */
+GRURT_INLINE void grurt_ct_row_taps(float *restrict yr, const float *restrict u, const float *w, int kw, int dw,
+                                    int Wo) {
+    int o = 0;
+    for (; o + 16 <= Wo; o += 16) {
+        grurt_c2v acc = *(const grurt_c2v *)(yr + o);
+        for (int j = 0; j < kw; ++j) acc += w[j] * *(const grurt_c2v *)(u + o - j * dw);
+        *(grurt_c2v *)(yr + o) = acc;
+    }
+    for (int j = 0; j < kw; ++j) {
+        const float wv = w[j];
+        const float *restrict uj = u - j * dw;
+        for (int q = o; q < Wo; ++q) yr[q] += wv * uj[q];
+    }
+}
+
 /* ConvTranspose of N images x (N, C, H, W) into y (N, M, Ho, Wo), W (C, Mg, kh, kw) as given:
  * y[g·Mg + m, r·sh + i·dh − pt, q·sw + j·dw − pl] += x[g·Cg + c, r, q] · W[g·Cg + c, m, i, j],
  * the positions outside [0, Ho) × [0, Wo) dropped (pads), then the bias and the activation. Each output's
@@ -616,12 +634,7 @@ GRURT_HOT static void grurt_conv_transpose2d_run(const grurt_conv2d *c, int N, c
                         for (int i = 0; i < kh; ++i) {
                             int t = ro + pt - i * dh, r = sh == 1 ? t : t / sh;     /* t = r·sh */
                             if (t < 0 || (sh != 1 && t % sh) || r >= H) continue;
-                            const float *restrict u = spread + (size_t)r * Ls + P + pl;
-                            for (int j = 0; j < kw; ++j) {
-                                const float wv = w[i * kw + j];
-                                const float *restrict uj = u - j * dw;
-                                for (int o = 0; o < Wo; ++o) yr[o] += wv * uj[o];
-                            }
+                            grurt_ct_row_taps(yr, spread + (size_t)r * Ls + P + pl, w + i * kw, kw, dw, Wo);
                         }
                     }
                 }
