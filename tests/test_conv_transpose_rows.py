@@ -1,0 +1,33 @@
+"""ConvTranspose's output rows summed in registers (`grurt_ct_row_taps`, _conv2d.h): each output row's taps kept in
+a register per 16 outputs, the last Wo % 16 a tap at a time. Within ATOL (tests/tolerances.py) of the float64
+reference, and the same bits (np.array_equal) with the native executor on and off, on 1 and 2 threads, at W10's
+depthwise upsampling (64 channels, (1, 3), column stride 2) over 1 and 20 frames and at shapes whose rows end in a
+partial vector (widths 22, 35), several channels per group, row strides, pads and dilations."""
+import numpy as np
+import pytest
+
+from grurt.tensor_graph import TensorGraph, TensorInput
+from test_tensor_native import _f32, assert_near_reference, assert_same_bits, node
+
+CASES = [  # (x shape, W shape, attributes)
+    ((1, 64, 1, 8), (64, 1, 1, 3), {"group": 64, "strides": [1, 2], "pads": [0, 1, 0, 1], "output_padding": [0, 1]}),
+    ((1, 64, 20, 8), (64, 1, 1, 3), {"group": 64, "strides": [1, 2], "pads": [0, 1, 0, 1], "output_padding": [0, 1]}),
+    ((1, 64, 20, 16), (64, 1, 1, 3), {"group": 64, "strides": [1, 2], "pads": [0, 1, 0, 1], "output_padding": [0, 1]}),
+    ((1, 5, 20, 11), (5, 1, 1, 3), {"group": 5, "strides": [1, 2], "pads": [0, 0, 0, 1]}),                # Wo 22
+    ((2, 6, 7, 9), (6, 2, 3, 5), {"group": 3, "strides": [2, 2], "pads": [1, 1, 0, 0], "output_padding": [1, 1]}),
+    ((1, 3, 1, 15), (3, 4, 2, 4), {"group": 3, "strides": [1, 2], "dilations": [2, 2], "pads": [1, 0, 0, 0]}),  # Wo 35
+]
+
+
+@pytest.mark.parametrize("x_shape, w_shape, attrs", CASES)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_conv_transpose_rows(x_shape, w_shape, attrs, threads):
+    x = _f32(*x_shape)
+    m = w_shape[1] * attrs.get("group", 1)
+    graph = TensorGraph([TensorInput("x", "float32", x.shape)],
+                        [node("ConvTranspose", ["x", "w", "b"], ["y"], kernel_shape=list(w_shape[2:]), **attrs),
+                         node("Mul", ["y", "half"], ["z"])],       # a second step: a native run is two or more
+                        ["y", "z"], {"w": _f32(*w_shape), "b": _f32(m), "half": np.array([0.5], np.float32)})
+    got = assert_same_bits(graph, x, runs=1, threads=threads)
+    assert got[0].shape[:2] == (x_shape[0], m)
+    assert_near_reference(graph, x, got)
