@@ -328,7 +328,8 @@ GRURT_INLINE void grurt_c2_copy(float *restrict dst, const float *restrict src, 
  * flat output z[t] = b + Σ_k w_k · xp[t·sw + off_k] 16 positions at a time in a register, the taps in
  * order (column stride 1: one load a tap, 2: the even lanes of two), over every position of the plane
  * whatever the width of its rows (narrow rows cost no gathers, a few pad columns are computed and
- * dropped), then output row r copied from z[r·sh·Wb/sw ...]. */
+ * dropped), then output row r copied from z[r·sh·Wb/sw ...]; rows of 16 outputs or more (column strides 1, 2)
+ * are computed into y instead, a vector at a time (the last one overlapping), the same sums. */
 GRURT_HOT static void grurt_c2_depthwise(const grurt_conv2d *c, const float *x, float *xp, float *z,
                                          const float **taps, float *y, int o) {
     /* the fields in locals: stores through y may alias *c for a compiler without strict aliasing */
@@ -341,6 +342,22 @@ GRURT_HOT static void grurt_c2_depthwise(const grurt_conv2d *c, const float *x, 
     for (int r = 0; r < H; ++r) grurt_c2_copy(xp + (size_t)(r + pt) * Wb + pl, in + (size_t)r * W, W);
     for (int i = 0; i < kh; ++i)
         for (int j = 0; j < kw; ++j) taps[i * kw + j] = xp + (size_t)i * dh * Wb + (size_t)j * dw;
+    float *yo = y + (size_t)o * Ho * Wo;
+    if (Wo >= 16 && sw <= 2) {      /* rows of whole vectors (the last one overlapping): into y, no copy */
+        for (int r = 0; r < Ho; ++r)
+            for (int q = 0; q < Wo; q += 16) {
+                const int q0 = q + 16 <= Wo ? q : Wo - 16;
+                const size_t t = (size_t)r * per_row + q0;
+                grurt_c2v acc = (grurt_c2v){0} + b;
+                if (sw == 1)
+                    for (int k = 0; k < K; ++k) acc += w[k] * *(const grurt_c2v *)(taps[k] + t);
+                else
+                    for (int k = 0; k < K; ++k) acc += w[k] * GRURT_C2_EVENS(taps[k] + 2 * t);
+                *(grurt_c2v *)(yo + (size_t)r * Wo + q0) = acc;
+            }
+        grurt_activate(&c->act, yo, Ho * Wo);
+        return;
+    }
     if (sw == 1)
         for (size_t t = 0; t < T; t += 16) {
             grurt_c2v acc = (grurt_c2v){0} + b;
@@ -359,7 +376,6 @@ GRURT_HOT static void grurt_c2_depthwise(const grurt_conv2d *c, const float *x, 
             for (int k = 0; k < K; ++k) acc += w[k] * taps[k][t * sw];
             z[t] = acc;
         }
-    float *yo = y + (size_t)o * Ho * Wo;
     for (int r = 0; r < Ho; ++r) grurt_c2_copy(yo + (size_t)r * Wo, z + (size_t)r * per_row, Wo);
     grurt_activate(&c->act, yo, Ho * Wo);
 }
