@@ -328,7 +328,8 @@ GRURT_INLINE void grurt_c2_copy(float *restrict dst, const float *restrict src, 
  * flat output z[t] = b + Σ_k w_k · xp[t·sw + off_k] 16 positions at a time in a register, the taps in
  * order (column stride 1: one load a tap, 2: the even lanes of two), over every position of the plane
  * whatever the width of its rows (narrow rows cost no gathers, a few pad columns are computed and
- * dropped), then output row r copied from z[r·sh·Wb/sw ...]. */
+ * dropped), then output row r copied from z[r·sh·Wb/sw ...]; rows of 16 outputs or more (column strides 1, 2)
+ * are computed into y instead, a vector at a time (the last one overlapping), the same sums. */
 GRURT_HOT static void grurt_c2_depthwise(const grurt_conv2d *c, const float *x, float *xp, float *z,
                                          const float **taps, float *y, int o) {
     /* the fields in locals: stores through y may alias *c for a compiler without strict aliasing */
@@ -341,6 +342,22 @@ GRURT_HOT static void grurt_c2_depthwise(const grurt_conv2d *c, const float *x, 
     for (int r = 0; r < H; ++r) grurt_c2_copy(xp + (size_t)(r + pt) * Wb + pl, in + (size_t)r * W, W);
     for (int i = 0; i < kh; ++i)
         for (int j = 0; j < kw; ++j) taps[i * kw + j] = xp + (size_t)i * dh * Wb + (size_t)j * dw;
+    float *yo = y + (size_t)o * Ho * Wo;
+    if (Wo >= 16 && sw <= 2) {      /* rows of whole vectors (the last one overlapping): into y, no copy */
+        for (int r = 0; r < Ho; ++r)
+            for (int q = 0; q < Wo; q += 16) {
+                const int q0 = q + 16 <= Wo ? q : Wo - 16;
+                const size_t t = (size_t)r * per_row + q0;
+                grurt_c2v acc = (grurt_c2v){0} + b;
+                if (sw == 1)
+                    for (int k = 0; k < K; ++k) acc += w[k] * *(const grurt_c2v *)(taps[k] + t);
+                else
+                    for (int k = 0; k < K; ++k) acc += w[k] * GRURT_C2_EVENS(taps[k] + 2 * t);
+                *(grurt_c2v *)(yo + (size_t)r * Wo + q0) = acc;
+            }
+        grurt_activate(&c->act, yo, Ho * Wo);
+        return;
+    }
     if (sw == 1)
         for (size_t t = 0; t < T; t += 16) {
             grurt_c2v acc = (grurt_c2v){0} + b;
@@ -359,7 +376,6 @@ GRURT_HOT static void grurt_c2_depthwise(const grurt_conv2d *c, const float *x, 
             for (int k = 0; k < K; ++k) acc += w[k] * taps[k][t * sw];
             z[t] = acc;
         }
-    float *yo = y + (size_t)o * Ho * Wo;
     for (int r = 0; r < Ho; ++r) grurt_c2_copy(yo + (size_t)r * Wo, z + (size_t)r * per_row, Wo);
     grurt_activate(&c->act, yo, Ho * Wo);
 }
@@ -575,6 +591,24 @@ static inline size_t grurt_conv_transpose2d_scratch(const grurt_conv2d *c) {
     return (size_t)c->H * grurt_ct_row(c) * sizeof(float) + 64;
 }
 
+/* One tap row of a ConvTranspose's output row: y[o] += w[j] · u[o − j·dw] for j < kw in order, the sum kept in a
+ * register over the taps (one load and one store of y per 16 outputs, not per tap); the last Wo % 16 outputs a
+ * tap at a time, as before (a scalar sum kept in a register is not the same bits there). */
+GRURT_INLINE void grurt_ct_row_taps(float *restrict yr, const float *restrict u, const float *w, int kw, int dw,
+                                    int Wo) {
+    int o = 0;
+    for (; o + 16 <= Wo; o += 16) {
+        grurt_c2v acc = *(const grurt_c2v *)(yr + o);
+        for (int j = 0; j < kw; ++j) acc += w[j] * *(const grurt_c2v *)(u + o - j * dw);
+        *(grurt_c2v *)(yr + o) = acc;
+    }
+    for (int j = 0; j < kw; ++j) {
+        const float wv = w[j];
+        const float *restrict uj = u - j * dw;
+        for (int q = o; q < Wo; ++q) yr[q] += wv * uj[q];
+    }
+}
+
 /* ConvTranspose of N images x (N, C, H, W) into y (N, M, Ho, Wo), W (C, Mg, kh, kw) as given:
  * y[g·Mg + m, r·sh + i·dh − pt, q·sw + j·dw − pl] += x[g·Cg + c, r, q] · W[g·Cg + c, m, i, j],
  * the positions outside [0, Ho) × [0, Wo) dropped (pads), then the bias and the activation. Each output's
@@ -616,12 +650,7 @@ GRURT_HOT static void grurt_conv_transpose2d_run(const grurt_conv2d *c, int N, c
                         for (int i = 0; i < kh; ++i) {
                             int t = ro + pt - i * dh, r = sh == 1 ? t : t / sh;     /* t = r·sh */
                             if (t < 0 || (sh != 1 && t % sh) || r >= H) continue;
-                            const float *restrict u = spread + (size_t)r * Ls + P + pl;
-                            for (int j = 0; j < kw; ++j) {
-                                const float wv = w[i * kw + j];
-                                const float *restrict uj = u - j * dw;
-                                for (int o = 0; o < Wo; ++o) yr[o] += wv * uj[o];
-                            }
+                            grurt_ct_row_taps(yr, spread + (size_t)r * Ls + P + pl, w + i * kw, kw, dw, Wo);
                         }
                     }
                 }
