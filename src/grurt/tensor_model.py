@@ -64,7 +64,7 @@ class TensorModel:
         self._lock = threading.Lock()
         self._hits = self._misses = 0
         self._rules = tuple(_input_rule(i) for i in graph.inputs)
-        self._recent = None         # (InputSignature, plan, signature) of the plan used last: a call of it skips checks
+        self._recent = None         # (InputSignature, plan) of the plan used last: a call of it skips checks
 
     @property
     def input_names(self):
@@ -152,7 +152,7 @@ class TensorModel:
         recent = self._recent
         if recent is None or recent[1] is not plan:
             whole = () if plan.whole is None or plan.whole[0].writes_inputs else plan.whole[:3]
-            self._recent = (InputSignature(self.input_names, key, *whole), plan, key)
+            self._recent = (InputSignature(self.input_names, key, *whole), plan)
         return plan
 
     def cache_info(self):
